@@ -1,0 +1,65 @@
+"""A guest page allocator for rings and DMA buffers.
+
+The guest kernel owns its RAM; this hands out page-granular, aligned runs from a window
+of it with first-fit over a sorted free list, merging neighbours on free. Double frees
+and frees of unknown addresses are errors (a driver bug should be loud).
+"""
+
+from __future__ import annotations
+
+from virtio_sim.layouts import align_up
+
+PAGE_SIZE = 4096
+
+
+class OutOfGuestMemory(Exception):
+    pass
+
+
+class PageAllocator:
+    def __init__(self, start: int, end: int, page_size: int = PAGE_SIZE) -> None:
+        start = align_up(start, page_size)
+        if end <= start:
+            raise ValueError(f"empty allocator window [{start:#x}, {end:#x})")
+        self.page_size = page_size
+        self.start = start
+        self.end = end
+        self._free: list[tuple[int, int]] = [(start, end - start)]  # (addr, size), sorted
+        self._used: dict[int, int] = {}
+
+    def alloc(self, size: int, align: int = PAGE_SIZE) -> int:
+        if size <= 0:
+            raise ValueError("allocation size must be positive")
+        size = align_up(size, self.page_size)
+        align = max(align, self.page_size)
+        for i, (addr, run) in enumerate(self._free):
+            start = align_up(addr, align)
+            waste = start - addr
+            if waste + size <= run:
+                pieces = []
+                if waste:
+                    pieces.append((addr, waste))
+                if run - waste - size:
+                    pieces.append((start + size, run - waste - size))
+                self._free[i : i + 1] = pieces
+                self._used[start] = size
+                return start
+        raise OutOfGuestMemory(f"no {size}-byte run (align {align:#x}) left in guest memory")
+
+    def free(self, addr: int) -> None:
+        size = self._used.pop(addr, None)
+        if size is None:
+            raise ValueError(f"free of {addr:#x}, which is not allocated")
+        self._free.append((addr, size))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for a, n in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((a, n))
+        self._free = merged
+
+    @property
+    def bytes_free(self) -> int:
+        return sum(n for _, n in self._free)

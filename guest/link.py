@@ -1,0 +1,112 @@
+"""The guest's end of the host link: register accesses out, interrupts in.
+
+A read is a request/response pair matched by sequence number, so several guest tasks can
+have reads in flight (like several vCPUs); a write is posted and returns as soon as it is
+queued. One reader task routes replies to their waiters and interrupt frames to the
+interrupt handler. When the host goes away or sends an ERROR frame, every pending and
+future access fails with :class:`HostLinkError` instead of hanging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from virtio_sim import wire
+from virtio_sim.wire import FrameChannel, IrqKind, MsgType, WireError
+
+
+class HostLinkError(Exception):
+    """The host link is gone or the host reported an error."""
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value = 0
+        self.error: HostLinkError | None = None
+
+
+class HostLink:
+    def __init__(self, channel: FrameChannel) -> None:
+        self.channel = channel
+        self._seq = 0
+        self._pending: dict[int, _Pending] = {}
+        self.failure: HostLinkError | None = None
+        self.irq_handler: Callable[[IrqKind, int, int], None] = lambda kind, line, value: None
+
+    async def run(self) -> None:
+        """Route incoming frames until the link ends (run this in a nursery)."""
+        try:
+            while True:
+                try:
+                    frame = await self.channel.receive()
+                except trio.EndOfChannel:
+                    self._fail(HostLinkError("host closed the link"))
+                    return
+                except WireError as e:
+                    self._fail(HostLinkError(f"malformed frame from host: {e}"))
+                    return
+                if frame.type is MsgType.READ_REPLY:
+                    p = self._pending.pop(frame.seq, None)
+                    if p is None:
+                        self._fail(HostLinkError(f"reply to unknown request {frame.seq}"))
+                        return
+                    p.value = wire.parse_read_reply(frame)
+                    p.event.set()
+                elif frame.type is MsgType.IRQ:
+                    kind, line, value = wire.parse_irq(frame)
+                    self.irq_handler(kind, line, value)
+                elif frame.type is MsgType.ERROR:
+                    code, message = wire.parse_error(frame)
+                    self._fail(HostLinkError(f"host error {code}: {message}"))
+                    return
+                elif frame.type is MsgType.BYE:
+                    self._fail(HostLinkError("host said bye"))
+                    return
+                else:
+                    self._fail(HostLinkError(f"unexpected {frame.type.name} frame from host"))
+                    return
+        finally:
+            if self.failure is None:
+                self._fail(HostLinkError("host link reader stopped"))
+
+    def _fail(self, error: HostLinkError) -> None:
+        if self.failure is None:
+            self.failure = error
+        for p in self._pending.values():
+            p.error = error
+            p.event.set()
+        self._pending.clear()
+
+    async def read(self, addr: int, size: int) -> int:
+        if self.failure:
+            raise self.failure
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        seq = self._seq
+        p = _Pending()
+        self._pending[seq] = p
+        try:
+            await self.channel.send(wire.access(MsgType.MMIO_READ, seq, addr, size))
+        except trio.EndOfChannel:
+            self._fail(HostLinkError("host closed the link"))
+        await p.event.wait()
+        if p.error:
+            raise p.error
+        return p.value
+
+    async def write(self, addr: int, size: int, value: int) -> None:
+        if self.failure:
+            raise self.failure
+        try:
+            await self.channel.send(wire.access(MsgType.MMIO_WRITE, 0, addr, size, value))
+        except trio.EndOfChannel:
+            self._fail(HostLinkError("host closed the link"))
+            raise self.failure from None  # type: ignore[misc]
+
+    async def bye(self) -> None:
+        try:
+            await self.channel.send(wire.bye())
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

@@ -1,0 +1,106 @@
+"""What every device model provides, whatever transport it sits behind.
+
+A device model knows its device type, its queues, its feature bits and its config space,
+and it serves requests from a :class:`DeviceQueue`. It never sees registers, interrupts
+or addresses of rings: the transport-independent core (:mod:`host.virtio_device`) turns
+register traffic into calls here, and an error raised while serving (a malformed ring, a
+DMA refusal) is turned into the configured error policy by the core, not by the model.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from virtio_sim.dma import AddressSpace
+from virtio_sim.layouts import ByteOrder
+from virtio_sim.ring.chain import Chain
+
+log = logging.getLogger("virtio_sim.host.devices")
+
+
+class DeviceQueue(Protocol):
+    """The device side of one virtqueue, whatever its ring format."""
+
+    index: int
+    space: AddressSpace
+
+    def pop(self) -> Chain | None: ...
+
+    def push(self, head: int, written: int) -> None: ...
+
+
+class PropertyError(ValueError):
+    """A device property is unknown or has an invalid value (reported like QEMU does)."""
+
+
+@dataclass
+class DeviceEvents:
+    """What a device noticed while serving, for the run result and conformance checks."""
+
+    messages: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        log.info(message)
+        self.messages.append(message)
+
+
+class DeviceModel(abc.ABC):
+    """A transport-agnostic virtio device model."""
+
+    #: key into specs/devices.toml (e.g. "blk")
+    type_key: str
+    num_queues: int
+    queue_max_size: int = 256
+
+    def __init__(self) -> None:
+        self.events = DeviceEvents()
+        self.features = 0  # negotiated, set by activate()
+        self.order: ByteOrder = "little"
+
+    @abc.abstractmethod
+    def device_features(self) -> int:
+        """Device-type feature bits offered (the core adds the transport bits)."""
+
+    def validate_features(self, acked: int) -> str | None:
+        """A reason to refuse FEATURES_OK for these acked bits, or None to accept."""
+        return None
+
+    @abc.abstractmethod
+    def config_space(self) -> bytes:
+        """The current device config space, encoded in ``self.order``."""
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        """Drivers may write some config fields; by default every field is read-only."""
+        self.events.note(f"ignored write of {len(data)} bytes to read-only config offset {offset:#x}")
+
+    def activate(self, features: int, order: ByteOrder) -> None:
+        """Called when the driver sets DRIVER_OK (or, legacy, starts using queues)."""
+        self.features = features
+        self.order = order
+
+    def reset(self) -> None:
+        """Forget everything the driver negotiated or set up."""
+        self.features = 0
+
+    @abc.abstractmethod
+    def process(self, queue: DeviceQueue) -> int:
+        """Serve every available request on ``queue``; returns how many were completed.
+
+        May raise RingError or DmaError: the core applies the error policy.
+        """
+
+    def has_feature(self, bit: int) -> bool:
+        return bool(self.features >> bit & 1)
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """QEMU's boolean property spellings."""
+    v = value.lower()
+    if v in ("on", "true", "yes", "1"):
+        return True
+    if v in ("off", "false", "no", "0"):
+        return False
+    raise PropertyError(f"Property '{name}' doesn't take value '{value}'")

@@ -1,0 +1,238 @@
+"""Framed host<->guest messages and the channels that carry them.
+
+Host and guest exchange nothing but these frames: a guest register access is an MMIO_READ
+(answered by a READ_REPLY with the same sequence number) or a posted MMIO_WRITE; a device
+interrupt is a one-way IRQ. The same bytes travel over a pair of trio memory channels in
+the embedded mode and over a socket between two processes, so both modes run the same
+code and a decoding bug cannot hide in one of them.
+
+Every frame is a fixed header (declared once in construct, encoded with a derived
+struct codec) followed by a typed payload. Decoding validates the magic, the version, the
+type, the declared length against :data:`MAX_PAYLOAD` and the payload size of the type;
+anything else is a :class:`WireError`, never an exception from inside construct.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import construct as cs
+import trio
+
+from virtio_sim.layouts import fast_codec
+
+PROTOCOL_MAGIC = 0x5654  # "VT"
+PROTOCOL_VERSION = 1
+MAX_PAYLOAD = 1 << 20  # bytes; a larger declared length is a hostile or broken peer
+
+
+class MsgType(enum.IntEnum):
+    HELLO = 1
+    MEM_REGION = 2
+    MMIO_READ = 3
+    MMIO_WRITE = 4
+    PIO_READ = 5
+    PIO_WRITE = 6
+    READ_REPLY = 7
+    IRQ = 8
+    DMA_READ = 9
+    DMA_WRITE = 10
+    DMA_REPLY = 11
+    ERROR = 12
+    BYE = 13
+
+
+class IrqKind(enum.IntEnum):
+    LINE_LEVEL = 1  # INTx/SPI line: value = 1 asserted, 0 deasserted
+    MSI = 2  # message-signalled: value = vector
+
+
+FrameHeader = cs.Struct(
+    "magic" / cs.Int16ul,
+    "version" / cs.Int8ul,
+    "type" / cs.Int8ul,
+    "seq" / cs.Int32ul,
+    "length" / cs.Int32ul,
+)
+HEADER_SIZE: int = FrameHeader.sizeof()
+_HEADER = fast_codec(FrameHeader)
+
+# Payload layouts per message type (fixed-size ones; HELLO/ERROR/DMA carry variable data).
+AccessPayload = cs.Struct("addr" / cs.Int64ul, "size" / cs.Int8ul, "_pad" / cs.Bytes(7), "value" / cs.Int64ul)
+ReadReplyPayload = cs.Struct("value" / cs.Int64ul)
+IrqPayload = cs.Struct("kind" / cs.Int8ul, "_pad" / cs.Bytes(3), "line" / cs.Int32ul, "value" / cs.Int32ul)
+HelloPayload = cs.Struct("capabilities" / cs.Int32ul, "ram_size" / cs.Int64ul, "name" / cs.PascalString(cs.Int8ul, "utf8"))
+ErrorPayload = cs.Struct("code" / cs.Int32ul, "message" / cs.PascalString(cs.Int16ul, "utf8"))
+
+_ACCESS = fast_codec(AccessPayload)
+_READ_REPLY = fast_codec(ReadReplyPayload)
+_IRQ = fast_codec(IrqPayload)
+
+_FIXED_SIZES = {
+    MsgType.MMIO_READ: _ACCESS.size,
+    MsgType.MMIO_WRITE: _ACCESS.size,
+    MsgType.PIO_READ: _ACCESS.size,
+    MsgType.PIO_WRITE: _ACCESS.size,
+    MsgType.READ_REPLY: _READ_REPLY.size,
+    MsgType.IRQ: _IRQ.size,
+    MsgType.BYE: 0,
+}
+
+ACCESS_SIZES = (1, 2, 4, 8)
+
+
+class WireError(Exception):
+    """A frame that is malformed, oversized, of an unknown type or version."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: MsgType
+    seq: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(PROTOCOL_MAGIC, PROTOCOL_VERSION, self.type, self.seq, len(self.payload)) + self.payload
+
+
+def decode_header(raw: bytes) -> tuple[MsgType, int, int]:
+    """Validate a frame header; returns (type, seq, payload length)."""
+    if len(raw) != HEADER_SIZE:
+        raise WireError(f"truncated frame header ({len(raw)} of {HEADER_SIZE} bytes)")
+    magic, version, mtype, seq, length = _HEADER.unpack(raw)
+    if magic != PROTOCOL_MAGIC:
+        raise WireError(f"bad frame magic {magic:#06x}")
+    if version != PROTOCOL_VERSION:
+        raise WireError(f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})")
+    try:
+        kind = MsgType(mtype)
+    except ValueError:
+        raise WireError(f"unknown message type {mtype}") from None
+    if length > MAX_PAYLOAD:
+        raise WireError(f"declared payload length {length} exceeds the limit {MAX_PAYLOAD}")
+    fixed = _FIXED_SIZES.get(kind)
+    if fixed is not None and length != fixed:
+        raise WireError(f"{kind.name} payload must be {fixed} bytes, not {length}")
+    return kind, seq, length
+
+
+def decode(raw: bytes) -> Frame:
+    kind, seq, length = decode_header(raw[:HEADER_SIZE])
+    payload = raw[HEADER_SIZE:]
+    if len(payload) != length:
+        raise WireError(f"frame payload is {len(payload)} bytes, header says {length}")
+    return Frame(kind, seq, payload)
+
+
+# --------------------------------------------------------------------------- constructors
+
+
+def access(kind: MsgType, seq: int, addr: int, size: int, value: int = 0) -> Frame:
+    return Frame(kind, seq, _ACCESS.pack(addr, size, b"", value))
+
+
+def parse_access(frame: Frame) -> tuple[int, int, int]:
+    addr, size, _, value = _ACCESS.unpack(frame.payload)
+    if size not in ACCESS_SIZES:
+        raise WireError(f"access size {size} is not 1, 2, 4 or 8")
+    if value >> (8 * size):
+        raise WireError(f"value {value:#x} does not fit a {size}-byte access")
+    return addr, size, value
+
+
+def read_reply(seq: int, value: int) -> Frame:
+    return Frame(MsgType.READ_REPLY, seq, _READ_REPLY.pack(value))
+
+
+def parse_read_reply(frame: Frame) -> int:
+    value: int = _READ_REPLY.unpack(frame.payload)[0]
+    return value
+
+
+def irq(kind: IrqKind, line: int, value: int) -> Frame:
+    return Frame(MsgType.IRQ, 0, _IRQ.pack(kind, b"", line, value))
+
+
+def parse_irq(frame: Frame) -> tuple[IrqKind, int, int]:
+    kind, _, line, value = _IRQ.unpack(frame.payload)
+    try:
+        return IrqKind(kind), line, value
+    except ValueError:
+        raise WireError(f"unknown interrupt kind {kind}") from None
+
+
+def _parse_var(declaration: Any, frame: Frame) -> Any:
+    try:
+        return declaration.parse(frame.payload)
+    except (cs.ConstructError, UnicodeDecodeError) as e:
+        raise WireError(f"malformed {frame.type.name} payload: {e}") from None
+
+
+def error(code: int, message: str) -> Frame:
+    return Frame(MsgType.ERROR, 0, ErrorPayload.build({"code": code, "message": message[:4000]}))
+
+
+def parse_error(frame: Frame) -> tuple[int, str]:
+    p = _parse_var(ErrorPayload, frame)
+    return int(p.code), str(p.message)
+
+
+def bye() -> Frame:
+    return Frame(MsgType.BYE, 0, b"")
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class FrameChannel(Protocol):
+    """A bidirectional, ordered, reliable stream of encoded frames."""
+
+    async def send(self, frame: Frame) -> None: ...
+
+    async def receive(self) -> Frame:
+        """The next frame; raises trio.EndOfChannel when the peer is gone."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryFrameChannel:
+    """One end of an embedded link: encoded frames over trio memory channels.
+
+    Frames are encoded on send and decoded on receive, exactly as over a socket, so the
+    embedded mode exercises the real codec.
+    """
+
+    def __init__(self, tx: trio.MemorySendChannel[bytes], rx: trio.MemoryReceiveChannel[bytes]) -> None:
+        self._tx = tx
+        self._rx = rx
+
+    async def send(self, frame: Frame) -> None:
+        try:
+            await self._tx.send(frame.encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise trio.EndOfChannel("peer closed the link") from None
+
+    async def send_raw(self, raw: bytes) -> None:
+        """Send bytes as they are (tests use this to inject malformed frames)."""
+        await self._tx.send(raw)
+
+    async def receive(self) -> Frame:
+        try:
+            raw = await self._rx.receive()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel("link closed") from None
+        return decode(raw)
+
+    async def aclose(self) -> None:
+        await self._tx.aclose()
+        await self._rx.aclose()
+
+
+def memory_link(buffer: float = 1024) -> tuple[MemoryFrameChannel, MemoryFrameChannel]:
+    """A connected (host end, guest end) pair for the embedded mode."""
+    h2g_tx, h2g_rx = trio.open_memory_channel[bytes](buffer)
+    g2h_tx, g2h_rx = trio.open_memory_channel[bytes](buffer)
+    return MemoryFrameChannel(h2g_tx, g2h_rx), MemoryFrameChannel(g2h_tx, h2g_rx)
