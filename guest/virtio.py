@@ -158,8 +158,7 @@ class VirtioGuestDevice:
         await self.add_status(STATUS.ACKNOWLEDGE)
         await self.add_status(STATUS.DRIVER)
         self.device_features = await t.get_features()
-        wanted = driver_features & self.policy.known_features
-        self.features = self.device_features & wanted
+        self.features = self.device_features & driver_features
         if not t.legacy and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
             raise ProbeRefused("features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport")
@@ -221,7 +220,8 @@ class VirtioGuestDevice:
 
     # -- interrupts ------------------------------------------------------------
 
-    async def handle_interrupt(self) -> None:
+    async def handle_interrupt(self) -> int:
+        """Read and acknowledge the causes, complete used buffers; returns the causes."""
         isr = await self.transport.ack_interrupt()
         if isr & ISR_CONFIG:
             status = await self.transport.get_status()
@@ -230,6 +230,7 @@ class VirtioGuestDevice:
         for vq in self.queues:
             vq.reap()
         self._progress()
+        return isr
 
     def _progress(self) -> None:
         self._progress_event.set()

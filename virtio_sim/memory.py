@@ -141,8 +141,9 @@ class GuestMemory:
         self._pieces(addr, length)
 
     def contains(self, addr: int, length: int) -> bool:
+        """Whether :meth:`check` accepts the range (it may span touching regions)."""
         try:
-            self._locate(addr, length)
+            self._pieces(addr, length)
         except MemoryAccessError:
             return False
         return True

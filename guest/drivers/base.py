@@ -1,0 +1,31 @@
+"""What a guest device driver declares: the device type it binds and the features it knows."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from guest.virtio import VirtioGuestDevice
+
+
+class GuestDriver:
+    #: key into specs/devices.toml
+    type_key: ClassVar[str]
+    #: device-type feature bits this driver knows (transport bits come from the profile)
+    device_feature_mask: ClassVar[int] = 0
+
+    def __init__(self, dev: VirtioGuestDevice) -> None:
+        self.dev = dev
+
+    async def probe(self) -> None:
+        """Read config, set up queues (between FEATURES_OK and DRIVER_OK)."""
+        raise NotImplementedError
+
+    async def read_config_stable(self, fields: list[tuple[int, int]]) -> list[int]:
+        """Read several config fields atomically: retry while config_generation moves."""
+        t = self.dev.transport
+        for _ in range(64):
+            before = await t.config_generation()
+            values = [await t.read_config(off, size) for off, size in fields]
+            if await t.config_generation() == before:
+                return values
+        raise RuntimeError("config generation never settled")

@@ -1,0 +1,98 @@
+"""What a guest does with a device in a run, and the evidence it collects.
+
+Each workload drives a bound driver and checks the data end to end. A check that fails
+because data is wrong is CORRUPTION; a device that reports an error status or breaks the
+ring is DEVICE_ERROR; the caller maps exceptions to outcomes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from guest.drivers.base import GuestDriver
+from guest.drivers.blk import BlkDriver, BlkIoError
+from guest.drivers.rng import RngDriver
+from virtio_sim.spec import BLK
+
+CANARY = 0xA5
+
+
+class CorruptionDetected(Exception):
+    """The workload saw data that is not what it must be."""
+
+
+RNG_REQUEST_SIZES = (1, 16, 64, 512, 4096)
+
+
+async def rng_workload(driver: GuestDriver, seed: int | None = None) -> dict[str, Any]:
+    """Read entropy in several sizes; with the device's seed known, compare every byte."""
+    assert isinstance(driver, RngDriver)
+    expected = random.Random(seed) if seed is not None else None
+    total = 0
+    for n in RNG_REQUEST_SIZES:
+        got = await driver.read(n, CANARY)
+        if not 1 <= len(got) <= n:
+            raise CorruptionDetected(f"rng returned {len(got)} bytes for a {n}-byte buffer")
+        tail = driver.last_buffer[len(got) :]
+        if tail.strip(bytes([CANARY])):
+            raise CorruptionDetected("rng device wrote past the length it reported")
+        if expected is not None and got != expected.randbytes(len(got)):
+            raise CorruptionDetected("rng bytes differ from the device's seeded stream")
+        total += len(got)
+    return {"bytes": total, "requests": len(RNG_REQUEST_SIZES), "verified_stream": seed is not None}
+
+
+def blk_pattern_seed(seed: int | None) -> int:
+    return seed if seed is not None else 0x5EED
+
+
+async def blk_rw_workload(driver: GuestDriver, seed: int | None = None) -> dict[str, Any]:
+    """Write patterns (single-sector, multi-segment, last sector), read back, flush, GET_ID."""
+    assert isinstance(driver, BlkDriver)
+    rnd = random.Random(blk_pattern_seed(seed))
+    cap = driver.geometry.capacity
+    if cap < 2:
+        raise CorruptionDetected(f"disk capacity {cap} sectors is too small for the workload")
+    sector = BLK.sector_size
+    plan = [(0, 1), (1, min(8, cap - 1)), (max(cap - 1, 0), 1)]
+    if cap > 256:
+        plan.append((128, 128))  # 64 KiB over several segments
+    written: dict[int, bytes] = {}
+    for start, count in plan:
+        data = rnd.randbytes(count * sector)
+        await driver.write(start, data)
+        for i in range(count):
+            written[start + i] = data[i * sector : (i + 1) * sector]
+    for start, count in plan:
+        got = await driver.read(start, count)
+        want = b"".join(written[start + i] for i in range(count))
+        if got != want:
+            bad = next(i for i in range(count) if got[i * sector : (i + 1) * sector] != want[i * sector : (i + 1) * sector])
+            raise CorruptionDetected(f"sector {start + bad} read back differs from what was written")
+        if driver.last_used_len != count * sector + 1:
+            raise CorruptionDetected(f"read of {count} sectors reported used.len {driver.last_used_len}")
+    await driver.flush()
+    ident = await driver.get_id()
+    try:
+        await driver.read(cap, 1)
+    except BlkIoError:
+        beyond = "IOERR"
+    else:
+        raise CorruptionDetected("read beyond capacity succeeded")
+    return {
+        "sectors_written": len(written),
+        "capacity": cap,
+        "serial": ident.decode(errors="replace"),
+        "beyond_capacity": beyond,
+        "plan": plan,
+    }
+
+
+WorkloadFn = Callable[[GuestDriver, int | None], Awaitable[dict[str, Any]]]
+
+WORKLOADS: dict[str, tuple[str, WorkloadFn]] = {
+    "rng": ("rng", rng_workload),
+    "blk-rw": ("blk", blk_rw_workload),
+}
