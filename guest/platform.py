@@ -77,7 +77,9 @@ class GuestPolicy:
 
 
 class GuestKernel:
-    def __init__(self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy) -> None:
+    def __init__(
+        self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy
+    ) -> None:
         self.link = link
         self.memory = memory
         self.policy = policy

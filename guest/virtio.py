@@ -45,9 +45,7 @@ class DeviceNeedsReset(Exception):
 class DriverPolicy:
     """The parts of a driver generation the core needs (profiles fill these in)."""
 
-    known_features: int = (
-        bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC)
-    )
+    known_features: int = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC)
     requires_version_1: bool = False
     features_ok: bool = True  # legacy-only drivers predate FEATURES_OK
 
@@ -61,7 +59,9 @@ class RequestState:
 class GuestVirtqueue:
     """A driver-side virtqueue with blocking submit, completed by interrupts."""
 
-    def __init__(self, dev: VirtioGuestDevice, index: int, ring: SplitDriverQueue, area: DmaBuffer) -> None:
+    def __init__(
+        self, dev: VirtioGuestDevice, index: int, ring: SplitDriverQueue, area: DmaBuffer
+    ) -> None:
         self.dev = dev
         self.index = index
         self.ring = ring
@@ -108,7 +108,9 @@ class GuestVirtqueue:
 class VirtioGuestDevice:
     """One virtio device as the guest drives it, from probe to removal."""
 
-    def __init__(self, transport: ConfigOps, memory: Any, dma: DirectDma, policy: DriverPolicy) -> None:
+    def __init__(
+        self, transport: ConfigOps, memory: Any, dma: DirectDma, policy: DriverPolicy
+    ) -> None:
         self.transport = transport
         self.memory = memory
         self.dma = dma
@@ -161,7 +163,9 @@ class VirtioGuestDevice:
         self.features = self.device_features & driver_features
         if not t.legacy and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
-            raise ProbeRefused("features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport")
+            raise ProbeRefused(
+                "features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport"
+            )
         if self.policy.requires_version_1 and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
             raise ProbeRefused("features", "this driver requires VIRTIO_F_VERSION_1")

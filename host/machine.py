@@ -53,9 +53,11 @@ class Machine:
         if slot_index < 0:
             raise ValueError(f"no free virtio-mmio slot (machine has {self.mmio_slots})")
         irq = self.irq_base + slot_index
-        transport = MmioTransport(
-            device, legacy=legacy, set_irq_level=lambda level, irq=irq: self.irq_out(irq, level)
-        )
+
+        def set_level(level: bool) -> None:
+            self.irq_out(irq, level)
+
+        transport = MmioTransport(device, legacy=legacy, set_irq_level=set_level)
         slot = MmioSlot(self.mmio_base + MMIO_WINDOW * slot_index, irq, transport)
         self.slots.append(slot)
         return slot

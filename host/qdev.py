@@ -87,14 +87,25 @@ def _blk(props: dict[str, str]) -> DeviceModel:
     except ValueError:
         raise PropertyError("queue-size and logical_block_size take integers") from None
     if queue_size < 2 or queue_size > 1024 or queue_size & (queue_size - 1):
-        raise PropertyError(f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024")
-    return BlkDevice(drive, read_only=readonly, serial=serial, queue_size=queue_size, logical_block_size=block_size)
+        raise PropertyError(
+            f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024"
+        )
+    return BlkDevice(
+        drive,
+        read_only=readonly,
+        serial=serial,
+        queue_size=queue_size,
+        logical_block_size=block_size,
+    )
 
 
 # name -> (factory, properties it accepts besides the common ones)
 DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str, ...]]] = {
     "virtio-rng-device": (_rng, ("x-seed",)),
-    "virtio-blk-device": (_blk, ("drive", "readonly", "serial", "queue-size", "logical_block_size")),
+    "virtio-blk-device": (
+        _blk,
+        ("drive", "readonly", "serial", "queue-size", "logical_block_size"),
+    ),
 }
 
 
@@ -115,7 +126,9 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
     try:
         policy = ErrorPolicy(pol)
     except ValueError:
-        raise PropertyError(f"Property 'x-error-policy' doesn't take value '{pol}' (needs-reset|drop)") from None
+        raise PropertyError(
+            f"Property 'x-error-policy' doesn't take value '{pol}' (needs-reset|drop)"
+        ) from None
     strict = parse_bool("x-strict-rings", props.pop("x-strict-rings", "on"))
     model = factory(props)
     return BuiltDevice(spec, model, tf, policy, strict)

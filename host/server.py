@@ -9,6 +9,7 @@ ERROR frame; it never reaches the machine.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -40,11 +41,11 @@ async def serve(channel: FrameChannel, machine: Machine) -> str:
         try:
             if frame.type is MsgType.MMIO_READ:
                 addr, size, _ = wire.parse_access(frame)
-                value = _guarded(machine, lambda: machine.mmio_read(addr, size))
-                await channel.send(wire.read_reply(frame.seq, value or 0))
+                value = _guarded(machine, machine.mmio_read, addr, size)
+                await channel.send(wire.read_reply(frame.seq, value))
             elif frame.type is MsgType.MMIO_WRITE:
                 addr, size, value = wire.parse_access(frame)
-                _guarded(machine, lambda: machine.mmio_write(addr, size, value))
+                _guarded(machine, machine.mmio_write, addr, size, value)
             elif frame.type is MsgType.BYE:
                 return "guest said bye"
             else:
@@ -64,10 +65,10 @@ async def serve(channel: FrameChannel, machine: Machine) -> str:
                 return "guest closed the connection"
 
 
-def _guarded(machine: Machine, op):  # type: ignore[no-untyped-def]
-    """Run a register access; a ring or DMA error escaping a device breaks only that device."""
+def _guarded(machine: Machine, op: Callable[..., int | None], *args: int) -> int:
+    """Run a register access; a ring or DMA error escaping a device never ends the host."""
     try:
-        return op()
+        return op(*args) or 0
     except (RingError, DmaError) as e:
         # Devices apply their error policy themselves; this is the last line of defence
         # so that nothing a guest does can end the host.

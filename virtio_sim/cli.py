@@ -48,10 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="virtio-sim", description="virtio feature-negotiation and vring emulator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one device with one workload, host and guest embedded")
-    run.add_argument("--device", required=True, help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img")
+    run.add_argument(
+        "--device", required=True, help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img"
+    )
     run.add_argument("--workload", required=True, help="rng | blk-rw")
     run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
-    run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
+    run.add_argument(
+        "--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data"
+    )
     run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -63,7 +67,9 @@ def _print_human(result: RunResult) -> None:
     colour = "green" if result.outcome is Outcome.OK else "red"
     console.print(f"[bold {colour}]{result.outcome}[/] {result.device} over {result.transport}")
     console.print(f"  offered    {result.device_features:#x}")
-    console.print(f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})")
+    console.print(
+        f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})"
+    )
     console.print(f"  status     {' -> '.join(result.status_trace) or '-'}")
     console.print(f"  detail     {result.detail}")
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from guest.drivers.blk import BlkIoError
 from guest.link import HostLink, HostLinkError
 from guest.platform import GuestKernel, GuestPolicy
-from guest.virtio import DeviceNeedsReset, ProbeRefused
+from guest.virtio import DeviceNeedsReset
 from guest.workloads import WORKLOADS, CorruptionDetected
-from guest.drivers.blk import BlkIoError
 from host.devices.base import PropertyError
 from host.machine import Machine
 from host.qdev import DeviceSpec, build_device, parse_device_option
@@ -52,7 +52,9 @@ class ConfigError(ValueError):
 
 def check_config(cfg: RunConfig) -> DeviceSpec:
     if cfg.transport not in TRANSPORTS:
-        raise ConfigError(f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})")
+        raise ConfigError(
+            f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})"
+        )
     if cfg.workload not in WORKLOADS:
         raise ConfigError(f"unknown workload {cfg.workload!r} (choose from {', '.join(WORKLOADS)})")
     if cfg.ram_size < (2 << 20):
@@ -81,7 +83,9 @@ async def _run(cfg: RunConfig, spec: DeviceSpec) -> RunResult:
     try:
         built = build_device(spec)
     except PropertyError as e:
-        return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=spec.driver, detail=str(e))
+        return RunResult(
+            Outcome.HOST_REFUSED, transport=cfg.transport, device=spec.driver, detail=str(e)
+        )
     memory = GuestMemory.create(cfg.ram_size)
     try:
         vdev = VirtioDevice(

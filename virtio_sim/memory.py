@@ -12,6 +12,7 @@ a clean error for the device's error policy, not a crash.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class GuestMemory:
             if r.size <= 0 or r.offset < 0 or r.offset + r.size > backing.size:
                 raise ValueError(f"region {r} does not fit its backing object")
             check_range(r.gpa, r.size)
-        for a, b in zip(regions, regions[1:], strict=False):
+        for a, b in itertools.pairwise(regions):
             if a.end > b.gpa:
                 raise ValueError(f"regions {a} and {b} overlap")
         self.backing = backing
@@ -124,7 +125,7 @@ class GuestMemory:
         return sum(r.size for r in self.regions)
 
     def _locate(self, addr: int, length: int) -> int:
-        """Offset into the backing object of ``[addr, addr+length)``, which must be in one region."""
+        """Backing offset of ``[addr, addr+length)``, which must lie in one region."""
         r = self._single
         if r is not None and r.gpa <= addr and addr + length <= r.end and length >= 0:
             return r.offset + addr - r.gpa

@@ -306,7 +306,9 @@ class PciIdentity:
 
 
 MMIO = _bind(MmioIdentity, _TRANSPORTS["mmio"], "transports.toml [mmio]")
-MMIO_INT = _bind(MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]")
+MMIO_INT = _bind(
+    MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]"
+)
 PCI = _bind(PciIdentity, _TRANSPORTS["pci"], "transports.toml [pci]")
 
 # --------------------------------------------------------------------------- rings

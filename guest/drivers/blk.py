@@ -29,7 +29,9 @@ class BlkGeometry:
 
 class BlkDriver(GuestDriver):
     type_key = "blk"
-    device_feature_mask = bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH) | bit(BLK_F.RO)
+    device_feature_mask = (
+        bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH) | bit(BLK_F.RO)
+    )
     queue_size = 128
 
     async def probe(self) -> None:
@@ -48,7 +50,9 @@ class BlkDriver(GuestDriver):
     def _order(self) -> layouts.ByteOrder:
         return self.dev.transport.guest_order if self.dev.legacy else "little"
 
-    async def _request(self, rtype: int, sector: int, out_data: bytes | None, in_len: int) -> tuple[int, bytes, int]:
+    async def _request(
+        self, rtype: int, sector: int, out_data: bytes | None, in_len: int
+    ) -> tuple[int, bytes, int]:
         """One request; returns (status, data read, used.len)."""
         dma = self.dev.dma
         hdr = dma.alloc(BLK_REQ_HEADER_SIZE)

@@ -108,7 +108,11 @@ class MmioTransportDriver:
             await self._w("QueueAlign", LEGACY_PAGE_SIZE)
             await self._w("QueuePFN", addrs.desc // LEGACY_PAGE_SIZE)
             return
-        for reg, addr in (("QueueDesc", addrs.desc), ("QueueDriver", addrs.avail), ("QueueDevice", addrs.used)):
+        for reg, addr in (
+            ("QueueDesc", addrs.desc),
+            ("QueueDriver", addrs.avail),
+            ("QueueDevice", addrs.used),
+        ):
             await self._w(reg + "Low", addr)
             await self._w(reg + "High", addr >> 32)
         await self._w("QueueReady", 1)

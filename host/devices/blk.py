@@ -41,7 +41,9 @@ class BlkDevice(DeviceModel):
     ) -> None:
         super().__init__()
         if logical_block_size < BLK.sector_size or logical_block_size & (logical_block_size - 1):
-            raise PropertyError(f"logical_block_size {logical_block_size} must be a power of two >= 512")
+            raise PropertyError(
+                f"logical_block_size {logical_block_size} must be a power of two >= 512"
+            )
         try:
             self.fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
         except OSError as e:

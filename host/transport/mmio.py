@@ -133,7 +133,11 @@ class MmioTransport(InterruptSink):
             case "QueueReady":
                 return int(q.ready) if q else 0
             case "QueuePFN":
-                return (q.desc // self.guest_page_size) if q and q.ready and self.guest_page_size else 0
+                return (
+                    (q.desc // self.guest_page_size)
+                    if q and q.ready and self.guest_page_size
+                    else 0
+                )
             case "InterruptStatus":
                 return self.interrupt_status
             case "Status":
@@ -159,7 +163,9 @@ class MmioTransport(InterruptSink):
     def write(self, offset: int, size: int, value: int) -> None:
         if offset >= MMIO_CONFIG_OFFSET:
             if size not in (1, 2, 4, 8) or (not self.legacy and offset % size):
-                self.device.note(f"mmio: config write of {size} bytes at unaligned offset {offset:#x}")
+                self.device.note(
+                    f"mmio: config write of {size} bytes at unaligned offset {offset:#x}"
+                )
                 return
             self.device.write_config(offset - MMIO_CONFIG_OFFSET, size, value)
             return

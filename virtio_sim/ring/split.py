@@ -178,12 +178,16 @@ class SplitDeviceQueue:
         while True:
             if index >= table_entries:
                 raise RingError(
-                    "next-out-of-range", f"descriptor next {index} >= table size {table_entries}", head
+                    "next-out-of-range",
+                    f"descriptor next {index} >= table size {table_entries}",
+                    head,
                 )
             budget -= 1
             if budget < 0:
                 raise RingError(
-                    "chain-loop", f"chain from head {head} is longer than {self.size} descriptors", head
+                    "chain-loop",
+                    f"chain from head {head} is longer than {self.size} descriptors",
+                    head,
                 )
             if indirect_table is None:
                 addr, length, flags, nxt = self._read_desc(self.addrs.desc, index, head)
@@ -193,21 +197,29 @@ class SplitDeviceQueue:
             chain.descriptors += 1
             if flags & DESC_F.INDIRECT:
                 if indirect_table is not None:
-                    raise RingError("nested-indirect", "indirect descriptor inside an indirect table", head)
+                    raise RingError(
+                        "nested-indirect", "indirect descriptor inside an indirect table", head
+                    )
                 if not self.indirect and self.strict:
                     raise RingError(
-                        "indirect-not-negotiated", "INDIRECT used without VIRTIO_F_INDIRECT_DESC", head
+                        "indirect-not-negotiated",
+                        "INDIRECT used without VIRTIO_F_INDIRECT_DESC",
+                        head,
                     )
                 if flags & DESC_F.NEXT:
                     raise RingError("indirect-with-next", "INDIRECT and NEXT both set", head)
                 if length == 0 or length % layouts.DESC_SIZE:
                     raise RingError(
-                        "indirect-bad-length", f"indirect table length {length} is not a non-zero multiple of 16", head
+                        "indirect-bad-length",
+                        f"indirect table length {length} is not a non-zero multiple of 16",
+                        head,
                     )
                 entries = length // layouts.DESC_SIZE
                 if entries > self.max_indirect:
                     raise RingError(
-                        "indirect-too-large", f"indirect table has {entries} entries (limit {self.max_indirect})", head
+                        "indirect-too-large",
+                        f"indirect table has {entries} entries (limit {self.max_indirect})",
+                        head,
                     )
                 try:
                     indirect_table = self.space.read(addr, length)
@@ -220,7 +232,9 @@ class SplitDeviceQueue:
             is_write = bool(flags & DESC_F.WRITE)
             if not is_write and chain.writable:
                 raise RingError(
-                    "readable-after-writable", "device-readable descriptor after a writable one", head
+                    "readable-after-writable",
+                    "device-readable descriptor after a writable one",
+                    head,
                 )
             if length == 0 and self.strict:
                 raise RingError("zero-length", "zero-length descriptor", head)
@@ -343,8 +357,12 @@ class SplitDriverQueue:
     def num_free(self) -> int:
         return len(self.free)
 
-    def _write_desc(self, base: int, index: int, addr: int, length: int, flags: int, nxt: int) -> None:
-        self.memory.write(base + index * layouts.DESC_SIZE, self._desc.pack(addr, length, flags, nxt))
+    def _write_desc(
+        self, base: int, index: int, addr: int, length: int, flags: int, nxt: int
+    ) -> None:
+        self.memory.write(
+            base + index * layouts.DESC_SIZE, self._desc.pack(addr, length, flags, nxt)
+        )
 
     def add(
         self,
@@ -372,7 +390,9 @@ class SplitDriverQueue:
             table = self.indirect_pool.alloc(layouts.DESC_SIZE * len(segs), layouts.DESC_SIZE)
             for i, (a, n, fl) in enumerate(segs):
                 more = i + 1 < len(segs)
-                self._write_desc(table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0)
+                self._write_desc(
+                    table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0
+                )
             head = self.free.pop()
             self._write_desc(self.gpa.desc, head, table.dev_addr, table.size, DESC_F.INDIRECT, 0)
             descs = [head]
@@ -383,7 +403,11 @@ class SplitDriverQueue:
             for i, (a, n, fl) in enumerate(segs):
                 more = i + 1 < len(segs)
                 self._write_desc(
-                    self.gpa.desc, descs[i], a, n, fl | (DESC_F.NEXT if more else 0),
+                    self.gpa.desc,
+                    descs[i],
+                    a,
+                    n,
+                    fl | (DESC_F.NEXT if more else 0),
                     descs[i + 1] if more else 0,
                 )
             head = descs[0]
@@ -439,7 +463,8 @@ class SplitDriverQueue:
             raise self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
         if length > state.writable_len:
             raise self._mark_broken(
-                "used-bad-len", f"used len {length} > writable length {state.writable_len} of head {head}"
+                "used-bad-len",
+                f"used len {length} > writable length {state.writable_len} of head {head}",
             )
         self.last_used = (self.last_used + 1) & IDX_MASK
         del self.inflight[head]
@@ -455,7 +480,8 @@ class SplitDriverQueue:
         """Ask for interrupts again; True if used buffers are already pending (race check)."""
         if self.event_idx:
             self.memory.write(
-                self.gpa.avail + layouts.used_event_offset(self.size), self._idx.pack(self.last_used)
+                self.gpa.avail + layouts.used_event_offset(self.size),
+                self._idx.pack(self.last_used),
             )
         else:
             self.memory.write(self.gpa.avail, self._idx.pack(0))
