@@ -37,7 +37,7 @@ CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
 def need_event(event: int, new: int, old: int) -> bool:
     """vring_need_event(): did the index move past ``event`` going from ``old`` to ``new``?"""
-    return ((new - event - 1) & IDX_MASK) < ((new - old) & IDX_MASK)
+    return ((new - event - 1) & IDX_MASK) <= ((new - old) & IDX_MASK)
 
 
 def check_queue_size(size: int) -> None:
@@ -394,7 +394,9 @@ class SplitDriverQueue:
                     table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0
                 )
             head = self.free.pop()
-            self._write_desc(self.gpa.desc, head, table.dev_addr, table.size, DESC_F.INDIRECT, 0)
+            # The table is as long as the chain, not as the (possibly larger) pool buffer.
+            table_len = layouts.DESC_SIZE * len(segs)
+            self._write_desc(self.gpa.desc, head, table.dev_addr, table_len, DESC_F.INDIRECT, 0)
             descs = [head]
         else:
             if len(segs) > len(self.free):

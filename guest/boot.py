@@ -1,0 +1,92 @@
+"""The guest's main: boot, probe, run one workload, report what happened.
+
+The guest fills in its half of a :class:`~virtio_sim.outcome.RunResult` (transport,
+acked features, status trace, workload evidence and the outcome it can judge); the host
+side adds what only it can see. The same function runs embedded and in a guest process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from guest.drivers.blk import BlkIoError
+from guest.link import HostLink, HostLinkError
+from guest.platform import GuestKernel, GuestPolicy
+from guest.virtio import DeviceNeedsReset
+from guest.workloads import WORKLOADS, CorruptionDetected
+from virtio_sim.memory import ByteAccess
+from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.spec import FEATURES
+
+
+@dataclass
+class BootInfo:
+    """What the bootloader hands the guest kernel."""
+
+    cmdline: str
+    ram_size: int
+
+
+async def run_guest(
+    link: HostLink,
+    memory: ByteAccess,
+    boot: BootInfo,
+    workload: str,
+    *,
+    seed: int | None,
+    policy: GuestPolicy,
+    timeout: float,
+) -> RunResult:
+    """Run the guest until the workload ends or ``timeout`` passes (then HANG)."""
+    result = RunResult(Outcome.HANG)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        kernel = GuestKernel(link, memory, boot.ram_size, policy)
+        nursery.start_soon(kernel.irq_loop)
+        with trio.move_on_after(timeout) as scope:
+            await _main(kernel, boot, workload, seed, result)
+        if scope.cancelled_caught:
+            result.outcome = Outcome.HANG
+            extra = f" ({result.detail})" if result.detail else ""
+            result.detail = f"no completion within {timeout:g}s{extra}"
+        await link.bye()
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def _main(
+    kernel: GuestKernel, boot: BootInfo, workload_name: str, seed: int | None, result: RunResult
+) -> None:
+    key, workload = WORKLOADS[workload_name]
+    try:
+        probes = await kernel.probe_mmio(boot.cmdline)
+    except HostLinkError as e:
+        result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
+        return
+    record = next((p for p in probes if p.device_key == key), None)
+    if record is None or record.device is None:
+        why = "; ".join(f"{p.where}: {p.reason}" for p in probes) or "no transports"
+        result.outcome = Outcome.NOT_PROBED
+        result.detail = f"no {key} device bound ({why})"
+        return
+    dev = record.device
+    result.transport = dev.transport.name
+    result.driver_features = dev.features
+    result.negotiated = FEATURES.names(dev.features, key)
+    result.status_trace = dev.trace
+    if not record.bound:
+        result.outcome, result.detail = Outcome.FAILED_CLEAN, record.reason
+        return
+    assert record.driver is not None
+    try:
+        result.workload = await workload(record.driver, seed)
+    except CorruptionDetected as e:
+        result.outcome, result.detail = Outcome.CORRUPTION, str(e)
+    except (DeviceNeedsReset, BlkIoError, HostLinkError) as e:
+        result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
+    else:
+        result.outcome = Outcome.OK
+        result.detail = f"{workload_name} verified"
+    result.status_trace = dev.trace
