@@ -37,7 +37,7 @@ CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
 def need_event(event: int, new: int, old: int) -> bool:
     """vring_need_event(): did the index move past ``event`` going from ``old`` to ``new``?"""
-    return ((new - event - 1) & IDX_MASK) <= ((new - old) & IDX_MASK)
+    return ((new - event - 1) & IDX_MASK) < ((new - old) & IDX_MASK)
 
 
 def check_queue_size(size: int) -> None:
@@ -287,7 +287,7 @@ class SplitDeviceQueue:
         try:
             if self.event_idx:
                 if enable:
-                    self.space.write(self._avail_event_addr, self._idx.pack(self._shadow_avail))
+                    self.space.write(self._avail_event_addr, self._idx.pack(self.last_avail + 1))
             else:
                 flags = 0 if enable else USED_F.NO_NOTIFY
                 self.space.write(self.addrs.used, self._idx.pack(flags))

@@ -1,0 +1,25 @@
+"""The code base stays type-checked and lint-clean (mypy strict, ruff), as CI requires."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mypy_strict() -> None:
+    p = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ruff() -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "virtio_sim", "host", "guest"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
