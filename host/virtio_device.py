@@ -138,6 +138,7 @@ class VirtioDevice:
         self.status_writes: list[int] = []
         self.config_generation = 0
         self._config_snapshot = b""
+        model.hooks = self
         self.reset()
 
     # -- identity and features ----------------------------------------------
@@ -246,7 +247,9 @@ class VirtioDevice:
     # -- queues -----------------------------------------------------------------
 
     def queue(self, index: int) -> QueueState | None:
-        return self.queues[index] if 0 <= index < len(self.queues) else None
+        if not 0 <= index < min(len(self.queues), self.model.queue_count(self.driver_features)):
+            return None
+        return self.queues[index]
 
     def set_queue_size(self, q: QueueState, size: int) -> None:
         if size < 1 or size > q.max_size or size & (size - 1) or size > SPLIT.max_queue_size:
@@ -289,17 +292,29 @@ class VirtioDevice:
         bound = _BoundQueue(index, ring)
         while True:
             try:
-                self.model.process(bound)
-                self._maybe_interrupt(q)
+                used_before = ring.used_idx
+                done = self.model.process(bound)
+                if ring.used_idx != used_before:
+                    self._maybe_interrupt(q)
                 # Re-arm notifications, then look again: a buffer added between the last
                 # pop and the re-arm would otherwise wait for a kick that never comes.
+                # A model that made no progress (a receive queue with nothing to
+                # deliver) leaves its buffers for later.
                 ring.set_notification(True)
-                if not ring.has_available():
+                if not done or not ring.has_available():
                     return
             except (RingError, DmaError) as e:
                 self._maybe_interrupt(q)
                 if not self._fail(q, e):
                     return
+
+    def kick_from_device(self, index: int) -> None:
+        """The model has work for queue ``index`` (a backend delivered data): serve it as
+        a notification would, but only on a live queue of a device past DRIVER_OK."""
+        q = self.queue(index)
+        if q is None or not q.ready or self.broken or not self.status & STATUS.DRIVER_OK:
+            return
+        self.notify(index)
 
     def _maybe_interrupt(self, q: QueueState) -> None:
         if q.ring is not None and self.sink is not None and q.ring.needs_interrupt():

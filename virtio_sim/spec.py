@@ -370,3 +370,189 @@ class BlkConstants:
 BLK_T = _bind(BlkRequestTypes, _BLK["request_type"], "blk.toml [request_type]")
 BLK_S = _bind(BlkStatusValues, _BLK["status"], "blk.toml [status]")
 BLK = _bind(BlkConstants, _BLK["constants"], "blk.toml [constants]")
+
+# --------------------------------------------------------------------------- net
+
+
+class NetFeatureBits:
+    """virtio-net feature bit numbers (VIRTIO_NET_F_*)."""
+
+    CSUM: int
+    GUEST_CSUM: int
+    CTRL_GUEST_OFFLOADS: int
+    MTU: int
+    MAC: int
+    GSO: int
+    GUEST_TSO4: int
+    GUEST_TSO6: int
+    GUEST_ECN: int
+    GUEST_UFO: int
+    HOST_TSO4: int
+    HOST_TSO6: int
+    HOST_ECN: int
+    HOST_UFO: int
+    MRG_RXBUF: int
+    STATUS: int
+    CTRL_VQ: int
+    CTRL_RX: int
+    CTRL_VLAN: int
+    CTRL_RX_EXTRA: int
+    GUEST_ANNOUNCE: int
+    MQ: int
+    CTRL_MAC_ADDR: int
+    HASH_REPORT: int
+    RSS: int
+
+
+class NetHdrFlags:
+    NEEDS_CSUM: int
+    DATA_VALID: int
+    RSC_INFO: int
+
+
+class NetGsoTypes:
+    NONE: int
+    TCPV4: int
+    UDP: int
+    TCPV6: int
+    UDP_L4: int
+    ECN: int
+
+
+class NetStatusBits:
+    LINK_UP: int
+    ANNOUNCE: int
+
+
+class NetCtrlClasses:
+    RX: int
+    MAC: int
+    VLAN: int
+    ANNOUNCE: int
+    MQ: int
+    GUEST_OFFLOADS: int
+
+
+class NetCtrlRxCommands:
+    PROMISC: int
+    ALLMULTI: int
+    ALLUNI: int
+    NOMULTI: int
+    NOUNI: int
+    NOBCAST: int
+
+
+class NetCtrlMacCommands:
+    TABLE_SET: int
+    ADDR_SET: int
+
+
+class NetCtrlMqCommands:
+    VQ_PAIRS_SET: int
+    VQ_PAIRS_MIN: int
+    VQ_PAIRS_MAX: int
+
+
+class NetCtrlAck:
+    OK: int
+    ERR: int
+
+
+class NetConstants:
+    eth_alen: int
+    eth_hlen: int
+    eth_frame_max: int
+    max_packet: int
+    qemu_mac_table_entries: int
+    qemu_default_mac: str
+
+
+_NET = load_toml("net.toml")
+NET_F = _bind(NetFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_NET_F_")
+NET_HDR_F = _bind(NetHdrFlags, _NET["hdr_flags"], "net.toml [hdr_flags]")
+NET_GSO = _bind(NetGsoTypes, _NET["gso"], "net.toml [gso]")
+NET_S = _bind(NetStatusBits, _NET["status"], "net.toml [status]")
+NET_CTRL = _bind(NetCtrlClasses, _NET["ctrl_class"], "net.toml [ctrl_class]")
+NET_CTRL_RX = _bind(NetCtrlRxCommands, _NET["ctrl_rx"], "net.toml [ctrl_rx]")
+NET_CTRL_MAC = _bind(NetCtrlMacCommands, _NET["ctrl_mac"], "net.toml [ctrl_mac]")
+NET_CTRL_MQ = _bind(NetCtrlMqCommands, _NET["ctrl_mq"], "net.toml [ctrl_mq]")
+NET_ACK = _bind(NetCtrlAck, _NET["ctrl_ack"], "net.toml [ctrl_ack]")
+NET = _bind(NetConstants, _NET["constants"], "net.toml [constants]")
+
+
+@dataclass(frozen=True)
+class FeatureDependency:
+    """``feature`` may only be offered/acked together with all (or, ``any_of``, one) of
+    ``requires``."""
+
+    feature: int
+    requires: tuple[int, ...]
+    any_of: bool
+
+    def satisfied(self, features: int) -> bool:
+        if not features >> self.feature & 1:
+            return True
+        hits = [features >> r & 1 for r in self.requires]
+        return any(hits) if self.any_of else all(hits)
+
+
+def _load_dependencies(data: dict[str, Any], source: str) -> tuple[FeatureDependency, ...]:
+    out: list[FeatureDependency] = []
+    for name, raw in data.items():
+        any_of = isinstance(raw, dict)
+        names = raw.get("any", []) if isinstance(raw, dict) else raw
+        if not isinstance(names, list) or not names:
+            raise SpecDataError(f"{source}: dependency of {name!r} must be a non-empty list")
+        try:
+            out.append(
+                FeatureDependency(
+                    FEATURES.get(name).bit, tuple(FEATURES.get(n).bit for n in names), any_of
+                )
+            )
+        except KeyError as e:
+            raise SpecDataError(f"{source}: {e}") from None
+    return tuple(out)
+
+
+NET_FEATURE_DEPS = _load_dependencies(_NET["dependencies"], "net.toml [dependencies]")
+
+
+def unmet_dependencies(
+    features: int, deps: tuple[FeatureDependency, ...]
+) -> list[FeatureDependency]:
+    """The dependencies that ``features`` breaks (a feature present without its prerequisites)."""
+    return [d for d in deps if not d.satisfied(features)]
+
+
+# --------------------------------------------------------------------------- console
+
+
+class ConsoleFeatureBits:
+    """virtio-console feature bit numbers (VIRTIO_CONSOLE_F_*)."""
+
+    SIZE: int
+    MULTIPORT: int
+    EMERG_WRITE: int
+
+
+class ConsoleControlEvents:
+    DEVICE_READY: int
+    PORT_ADD: int
+    PORT_REMOVE: int
+    PORT_READY: int
+    CONSOLE_PORT: int
+    RESIZE: int
+    PORT_OPEN: int
+    PORT_NAME: int
+
+
+class ConsoleConstants:
+    bad_id: int
+    qemu_max_ports: int
+    max_ports_limit: int
+
+
+_CONSOLE = load_toml("console.toml")
+CONSOLE_F = _bind(ConsoleFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_CONSOLE_F_")
+CONSOLE_E = _bind(ConsoleControlEvents, _CONSOLE["control_event"], "console.toml [control_event]")
+CONSOLE = _bind(ConsoleConstants, _CONSOLE["constants"], "console.toml [constants]")
