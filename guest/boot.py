@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import trio
 
+from guest.drivers.base import DeviceProtocolError
 from guest.drivers.blk import BlkIoError
 from guest.link import HostLink, HostLinkError
 from guest.platform import GuestKernel, GuestPolicy
@@ -80,11 +81,14 @@ async def _main(
         result.outcome, result.detail = Outcome.FAILED_CLEAN, record.reason
         return
     assert record.driver is not None
+    record.driver.peers = [
+        p.driver for p in kernel.bound(key) if p is not record and p.driver is not None
+    ]
     try:
         result.workload = await workload(record.driver, seed)
     except CorruptionDetected as e:
         result.outcome, result.detail = Outcome.CORRUPTION, str(e)
-    except (DeviceNeedsReset, BlkIoError, HostLinkError) as e:
+    except (DeviceNeedsReset, DeviceProtocolError, BlkIoError, HostLinkError) as e:
         result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
     else:
         result.outcome = Outcome.OK

@@ -19,6 +19,8 @@ from guest.allocator import PageAllocator
 from guest.dma import DirectDma
 from guest.drivers.base import GuestDriver
 from guest.drivers.blk import BlkDriver
+from guest.drivers.console import ConsoleDriver
+from guest.drivers.net import NetDriver
 from guest.drivers.rng import RngDriver
 from guest.link import HostLink
 from guest.transport.base import TransportError
@@ -29,7 +31,12 @@ from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO
 from virtio_sim.wire import IrqKind
 
-DRIVERS: dict[str, type[GuestDriver]] = {"rng": RngDriver, "blk": BlkDriver}
+DRIVERS: dict[str, type[GuestDriver]] = {
+    "rng": RngDriver,
+    "blk": BlkDriver,
+    "net": NetDriver,
+    "console": ConsoleDriver,
+}
 
 IRQ_STORM_LIMIT = 64  # handler passes per raised line before the device counts as broken
 _MMIO_PARAM = re.compile(r"virtio_mmio\.device=(\w+)@(0x[0-9a-fA-F]+|\d+):(\d+)")

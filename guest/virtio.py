@@ -11,7 +11,7 @@ which is what a run result shows as ``status_trace``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,8 @@ class GuestVirtqueue:
         self.index = index
         self.ring = ring
         self.area = area
+        #: called for every reaped buffer in used-ring order (receive queues need the order)
+        self.on_used: Callable[[Any, int], None] | None = None
 
     async def submit(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]]) -> int:
         """Add one chain, kick if the device wants it, wait for completion; returns used.len."""
@@ -86,6 +88,23 @@ class GuestVirtqueue:
             await self.dev.wait_progress()
         return req.length
 
+    def post(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]]) -> RequestState:
+        """Add one chain without kicking or waiting (receive buffers, batches); the caller
+        kicks with :meth:`kick` and learns of completion from ``on_used`` or the state.
+        QueueFullError propagates: the caller decides whether to wait or stop filling."""
+        self.dev.raise_if_broken()
+        req = RequestState()
+        try:
+            self.ring.add(out, in_, req)
+        except DeviceBrokenError as e:
+            raise DeviceNeedsReset(str(e)) from None
+        return req
+
+    async def kick(self) -> None:
+        """Notify the device of what was posted, if it asked for notifications."""
+        if self.ring.kick_prepare():
+            await self.dev.transport.notify(self.index)
+
     def reap(self) -> int:
         """Interrupt handler: complete every used buffer; returns how many."""
         n = 0
@@ -102,6 +121,8 @@ class GuestVirtqueue:
             token, length = got
             token.length = length
             token.done.set()
+            if self.on_used is not None:
+                self.on_used(token, length)
             n += 1
 
 

@@ -14,13 +14,12 @@ from typing import Any
 from guest.drivers.base import GuestDriver
 from guest.drivers.blk import BlkDriver, BlkIoError
 from guest.drivers.rng import RngDriver
+from guest.evidence import CorruptionDetected
+from guest.workloads_console import console_echo_workload, console_write_workload
+from guest.workloads_net import net_loopback_workload, net_pair_workload
 from virtio_sim.spec import BLK
 
 CANARY = 0xA5
-
-
-class CorruptionDetected(Exception):
-    """The workload saw data that is not what it must be."""
 
 
 RNG_REQUEST_SIZES = (1, 16, 64, 512, 4096)
@@ -103,4 +102,10 @@ WorkloadFn = Callable[[GuestDriver, int | None], Awaitable[dict[str, Any]]]
 WORKLOADS: dict[str, tuple[str, WorkloadFn]] = {
     "rng": ("rng", rng_workload),
     "blk-rw": ("blk", blk_rw_workload),
+    "net-loopback": ("net", net_loopback_workload),
+    "net-pair": ("net", net_pair_workload),
+    "console-echo": ("console", console_echo_workload),
+    "console-write": ("console", console_write_workload),
 }
+
+__all__ = ["WORKLOADS", "CorruptionDetected", "WorkloadFn"]

@@ -17,6 +17,8 @@ from host.virtio_device import VirtioDevice
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
+from virtio_sim.netproto import nth_mac
+from virtio_sim.spec import NET
 
 HOST_TRANSPORTS = ("mmio-v2", "mmio-v1")
 DEFAULT_DISK_SIZE = 1 << 20
@@ -58,6 +60,9 @@ def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
         spec.props["drive"] = disk
     if spec.driver == "virtio-rng-device" and cfg.seed is not None:
         spec.props.setdefault("x-seed", str(cfg.seed))
+    if spec.driver == "virtio-net-device":
+        # QEMU counts its default NIC address up per NIC; here per device slot.
+        spec.props.setdefault("mac", nth_mac(NET.qemu_default_mac, index))
 
 
 def build_host(cfg: HostConfig) -> HostSetup:

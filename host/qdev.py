@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from host.devices.base import DeviceModel, PropertyError, parse_bool
 from host.devices.blk import BlkDevice
 from host.devices.rng import RngDevice
+from host.qdev_netcon import NET_PROPS, SERIAL_PROPS, net_device, serial_device
 from host.virtio_device import ErrorPolicy, TransportFeatures
 
 COMMON_PROPS = ("event_idx", "indirect_desc", "x-error-policy", "x-strict-rings")
@@ -106,6 +107,8 @@ DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str
         _blk,
         ("drive", "readonly", "serial", "queue-size", "logical_block_size"),
     ),
+    "virtio-net-device": (net_device, NET_PROPS),
+    "virtio-serial-device": (serial_device, SERIAL_PROPS),
 }
 
 
