@@ -26,11 +26,12 @@ from guest.transport.mmio import MmioTransportDriver
 from guest.virtio import DriverPolicy, ProbeRefused, VirtioGuestDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
-from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO
+from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, F
 from virtio_sim.wire import IrqKind
 
 DRIVERS: dict[str, type[GuestDriver]] = {"rng": RngDriver, "blk": BlkDriver}
 
+RAM_ALLOC_START = 1 << 20  # the first MiB is the "firmware's"; drivers allocate above it
 IRQ_STORM_LIMIT = 64  # handler passes per raised line before the device counts as broken
 _MMIO_PARAM = re.compile(r"virtio_mmio\.device=(\w+)@(0x[0-9a-fA-F]+|\d+):(\d+)")
 _SIZE_SUFFIX = {"K": 1 << 10, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -74,17 +75,34 @@ class GuestPolicy:
     driver: DriverPolicy = field(default_factory=DriverPolicy)
     mmio_versions: tuple[int, ...] = (MMIO.version_legacy, MMIO.version_modern)
     guest_order: ByteOrder = "little"
+    #: Linux's vring_use_dma_api(): "never", "feature" (ACCESS_PLATFORM negotiated), "always"
+    dma_api: str = "feature"
+
+    def uses_dma_api(self, features: int) -> bool:
+        return self.dma_api == "always" or (
+            self.dma_api == "feature" and bool(features >> F.ACCESS_PLATFORM & 1)
+        )
+
+
+SWIOTLB_SIZE = 4 << 20  # the shared bounce window of a restricted-memory guest
 
 
 class GuestKernel:
-    def __init__(
-        self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy
-    ) -> None:
+    def __init__(self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy) -> None:
         self.link = link
         self.memory = memory
         self.policy = policy
-        self.allocator = PageAllocator(1 << 20, ram_size)
-        self.dma = DirectDma(memory, self.allocator)
+        restricted = policy.driver.restricted_memory
+        low, high = RAM_ALLOC_START, ram_size - (SWIOTLB_SIZE if restricted else 0)
+        self.dma = DirectDma(memory, PageAllocator(low, high))
+        self.shared_dma = self.dma
+        if restricted:
+            mark_private = getattr(memory, "mark_private", None)
+            if mark_private is None:
+                raise BootError("this guest memory cannot emulate private (encrypted) pages")
+            mark_private(low, high - low)
+            # swiotlb: DMA through the DMA API is bounced via this shared window.
+            self.shared_dma = DirectDma(memory, PageAllocator(high, ram_size))
         self.probes: list[ProbeRecord] = []
         self._irq_routes: dict[int, list[VirtioGuestDevice]] = {}
         self._irq_send, self._irq_recv = trio.open_memory_channel[int](256)
@@ -129,16 +147,22 @@ class GuestKernel:
         driver_cls = DRIVERS.get(key or "")
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {device_id}")
-        dev = VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver)
+        dev = VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver, self._dma_for)
         self._irq_routes.setdefault(res.irq, []).append(dev)
         driver = driver_cls(dev)
         try:
-            await dev.negotiate(driver.device_feature_mask | self.policy.driver.known_features)
+            device_mask = self.policy.driver.device_features.get(key or "", driver.device_feature_mask)
+            wanted = (driver.device_feature_mask & device_mask) | self.policy.driver.known_features
+            await dev.negotiate(wanted)
             await driver.probe()
             await dev.driver_ok()
         except ProbeRefused as e:
             return ProbeRecord(where, key, False, str(e), dev, driver)
         return ProbeRecord(where, key, True, "", dev, driver)
+
+    def _dma_for(self, features: int) -> DirectDma:
+        """Restricted guests reach devices only through the DMA API's shared window."""
+        return self.shared_dma if self.policy.uses_dma_api(features) else self.dma
 
     def bound(self, device_key: str) -> list[ProbeRecord]:
         return [p for p in self.probes if p.bound and p.device_key == device_key]

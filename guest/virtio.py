@@ -11,7 +11,7 @@ which is what a run result shows as ``status_trace``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,12 @@ class DriverPolicy:
     known_features: int = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC)
     requires_version_1: bool = False
     features_ok: bool = True  # legacy-only drivers predate FEATURES_OK
+    #: device-type bits per device key; a key not listed keeps the driver's own mask
+    device_features: dict[str, int] = field(default_factory=dict)
+    #: a restricted-memory guest (SEV/TDX/s390 PV) ...
+    restricted_memory: bool = False
+    #: ... and whether it refuses devices without VERSION_1 + ACCESS_PLATFORM (Linux 5.10+)
+    refuse_unrestricted: bool = False
 
 
 @dataclass
@@ -59,9 +65,7 @@ class RequestState:
 class GuestVirtqueue:
     """A driver-side virtqueue with blocking submit, completed by interrupts."""
 
-    def __init__(
-        self, dev: VirtioGuestDevice, index: int, ring: SplitDriverQueue, area: DmaBuffer
-    ) -> None:
+    def __init__(self, dev: VirtioGuestDevice, index: int, ring: SplitDriverQueue, area: DmaBuffer) -> None:
         self.dev = dev
         self.index = index
         self.ring = ring
@@ -109,12 +113,19 @@ class VirtioGuestDevice:
     """One virtio device as the guest drives it, from probe to removal."""
 
     def __init__(
-        self, transport: ConfigOps, memory: Any, dma: DirectDma, policy: DriverPolicy
+        self,
+        transport: ConfigOps,
+        memory: Any,
+        dma: DirectDma,
+        policy: DriverPolicy,
+        dma_for: Callable[[int], DirectDma] | None = None,
     ) -> None:
         self.transport = transport
         self.memory = memory
         self.dma = dma
         self.policy = policy
+        #: picks the DMA API for the negotiated features (Linux's vring_use_dma_api())
+        self.dma_for = dma_for
         self.trace: list[str] = []
         self.device_features = 0
         self.features = 0
@@ -163,14 +174,21 @@ class VirtioGuestDevice:
         self.features = self.device_features & driver_features
         if not t.legacy and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
-            raise ProbeRefused(
-                "features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport"
-            )
+            raise ProbeRefused("features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport")
         if self.policy.requires_version_1 and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
             raise ProbeRefused("features", "this driver requires VIRTIO_F_VERSION_1")
         await t.set_features(self.features)
-        if self.policy.features_ok and not t.legacy:
+        if self.dma_for is not None:
+            self.dma = self.dma_for(self.features)
+        if self.policy.restricted_memory and self.policy.refuse_unrestricted:
+            # virtio_features_ok(): the only place Linux ties ACCESS_PLATFORM to VERSION_1.
+            for needed in (F.VERSION_1, F.ACCESS_PLATFORM):
+                if not self.has(needed):
+                    name = FEATURES.names(bit(needed), "transport")[0]
+                    await self.fail(f"device must provide {name}")
+                    raise ProbeRefused("features", f"device must provide {name}")
+        if self.policy.features_ok and not self.legacy:
             await self.add_status(STATUS.FEATURES_OK)
             status = await t.get_status()
             self.trace.append(f"read {status_names(status)}")

@@ -85,6 +85,7 @@ def build_host(cfg: HostConfig) -> HostSetup:
             transport_features=b.transport_features,
             policy=b.policy,
             strict_rings=b.strict_rings,
+            validate_access_platform=b.validate_access_platform,
         )
         vdev.guest_order = cfg.guest_order
         machine.add_mmio_device(vdev, legacy=cfg.transport == "mmio-v1")

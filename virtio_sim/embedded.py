@@ -46,9 +46,7 @@ class ConfigError(ValueError):
 
 def check_config(cfg: RunConfig) -> None:
     if cfg.transport not in TRANSPORTS:
-        raise ConfigError(
-            f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})"
-        )
+        raise ConfigError(f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})")
     if cfg.workload not in WORKLOADS:
         raise ConfigError(f"unknown workload {cfg.workload!r} (choose from {', '.join(WORKLOADS)})")
     if cfg.ram_size < MIN_RAM:
@@ -87,9 +85,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
         try:
             setup = build_host(host_cfg)
         except PropertyError as e:
-            return RunResult(
-                Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e)
-            )
+            return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
         try:
             host_end, guest_end = memory_link()
             boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size)

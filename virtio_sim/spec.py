@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-SPECS_DIR = Path(
-    os.environ.get("VIRTIO_SIM_SPECS", Path(__file__).resolve().parent.parent / "specs")
-)
+SPECS_DIR = Path(os.environ.get("VIRTIO_SIM_SPECS", Path(__file__).resolve().parent.parent / "specs"))
 
 
 class SpecDataError(Exception):
@@ -102,9 +100,7 @@ class FeatureTable:
 
     def lookup(self, bit: int, device_key: str) -> FeatureBit | None:
         """The feature at ``bit`` as seen by a device of type ``device_key``."""
-        return self._by_scope_bit.get((device_key, bit)) or self._by_scope_bit.get(
-            ("transport", bit)
-        )
+        return self._by_scope_bit.get((device_key, bit)) or self._by_scope_bit.get(("transport", bit))
 
     def mask(self, *names: str) -> int:
         m = 0
@@ -306,9 +302,7 @@ class PciIdentity:
 
 
 MMIO = _bind(MmioIdentity, _TRANSPORTS["mmio"], "transports.toml [mmio]")
-MMIO_INT = _bind(
-    MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]"
-)
+MMIO_INT = _bind(MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]")
 PCI = _bind(PciIdentity, _TRANSPORTS["pci"], "transports.toml [pci]")
 
 # --------------------------------------------------------------------------- rings

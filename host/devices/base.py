@@ -74,9 +74,7 @@ class DeviceModel(abc.ABC):
 
     def config_write(self, offset: int, data: bytes) -> None:
         """Drivers may write some config fields; by default every field is read-only."""
-        self.events.note(
-            f"ignored write of {len(data)} bytes to read-only config offset {offset:#x}"
-        )
+        self.events.note(f"ignored write of {len(data)} bytes to read-only config offset {offset:#x}")
 
     def activate(self, features: int, order: ByteOrder) -> None:
         """Called when the driver sets DRIVER_OK (or, legacy, starts using queues)."""
