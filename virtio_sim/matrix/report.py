@@ -171,9 +171,10 @@ def to_html(results: list[dict[str, Any]], title: str) -> str:
                 parts.append("<td>")
                 for r in sorted((r for r in rows if r["driver"] == drv and r["device"] == dev), key=_variant):
                     mism = bool(r.get("expected")) and r["expected"] != r["outcome"]
-                    detail = json.dumps({k: v for k, v in r.items() if k != "workload"}, indent=1)
+                    detail = json.dumps(r, indent=1)
+                    attrs = f"data-id='{esc(r['id'])}' data-outcome='{esc(r['outcome'])}'"
                     parts.append(
-                        f"<details class='cellbox' data-id='{esc(r['id'])}' data-outcome='{esc(r['outcome'])}'>"
+                        f"<details class='cellbox' {attrs}>"
                         f"<summary class='cell{' mismatch' if mism else ''}' "
                         f"style='background:{OUTCOME_COLOUR.get(r['outcome'], '#000')}'>"
                         f"{esc(_variant(r))}: {esc(ABBREV.get(r['outcome'], r['outcome']))}</summary>"
