@@ -57,7 +57,7 @@ def make_executor(args: argparse.Namespace) -> Executor:
 
 
 def matrix_spec(args: argparse.Namespace) -> tuple[MatrixSpec, dict[str, list[str]]]:
-    filters = {a: getattr(args, a) for a in AXES if getattr(args, a)}
+    filters = {a: getattr(args, a) for a in AXES if getattr(args, a, None)}
     spec = load_matrix(args.file)
     if args.file is None and filters:
         # Ad-hoc selection: axes not named take plain defaults, not the whole default matrix.

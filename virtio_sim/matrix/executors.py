@@ -29,14 +29,18 @@ TOOL_ERROR = "TOOL_ERROR"  # our own bug while running a cell; never a verdict o
 
 def hard_deadline(timeout: float) -> float:
     """Seconds a worker may take for a cell before it is killed (run timeout + grace)."""
-    return timeout * 2 + 10
+    return timeout * 1.5 + 3
 
 
 def failed_cell(cell: Cell, outcome: str, detail: str) -> dict[str, Any]:
     return {**cell.axes(), "id": cell.id, "outcome": outcome, "detail": detail}
 
 
+WORKER_START_LIMIT = 120.0  # seconds a fresh worker may take to import everything
+
+
 def _worker(conn: Connection, fn: CellFn) -> None:
+    conn.send("ready")  # imports are done: cell deadlines start counting from here
     while True:
         try:
             job = conn.recv()
@@ -64,12 +68,16 @@ class LocalPool:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["virtio_sim.matrix.cell"])
 
     def _spawn(self, fn: CellFn) -> _Slot:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_worker, args=(child, fn), daemon=True)
         proc.start()
         child.close()
+        if not parent.poll(WORKER_START_LIMIT) or parent.recv() != "ready":
+            proc.kill()
+            raise RuntimeError("a matrix worker process did not start")
         return _Slot(proc, parent)
 
     def run(

@@ -32,6 +32,7 @@ from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, 
 from virtio_sim.spec import AVAIL_F, DESC_F, SPLIT, USED_F
 
 IDX_MASK = 0xFFFF
+INDIRECT_TABLE_LIMIT = 1024  # QEMU's VIRTQUEUE_MAX_SIZE
 CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
 
@@ -77,7 +78,9 @@ class SplitDeviceQueue:
         self.event_idx = event_idx
         self.indirect = indirect
         self.strict = strict
-        self.max_indirect = max_indirect if max_indirect is not None else size
+        # Linux may build indirect tables longer than a small queue; QEMU caps any chain at
+        # VIRTQUEUE_MAX_SIZE (1024) entries, and so do we unless told otherwise.
+        self.max_indirect = max_indirect if max_indirect is not None else max(size, INDIRECT_TABLE_LIMIT)
         self._desc = layouts.desc_codec(order)
         self._elem = layouts.used_elem_codec(order)
         self._idx = layouts.ring_index_codec(order)
