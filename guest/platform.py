@@ -16,20 +16,22 @@ from dataclasses import dataclass, field
 import trio
 
 from guest.allocator import PageAllocator
-from guest.dma import DirectDma
-from guest.drivers.base import GuestDriver
+from guest.dma import DirectDma, DmaApi
+from guest.drivers.base import DriverProbeError, GuestDriver
 from guest.drivers.blk import BlkDriver
+from guest.drivers.iommu import IommuDriver, IommuRequestError
 from guest.drivers.rng import RngDriver
+from guest.iommu_dma import IommuDma
 from guest.link import HostLink
 from guest.transport.base import TransportError
 from guest.transport.mmio import MmioTransportDriver
-from guest.virtio import DriverPolicy, ProbeRefused, VirtioGuestDevice
+from guest.virtio import DeviceNeedsReset, DriverPolicy, ProbeRefused, VirtioGuestDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, F
 from virtio_sim.wire import IrqKind
 
-DRIVERS: dict[str, type[GuestDriver]] = {"rng": RngDriver, "blk": BlkDriver}
+DRIVERS: dict[str, type[GuestDriver]] = {"rng": RngDriver, "blk": BlkDriver, "iommu": IommuDriver}
 
 RAM_ALLOC_START = 1 << 20  # the first MiB is the "firmware's"; drivers allocate above it
 IRQ_STORM_LIMIT = 64  # handler passes per raised line before the device counts as broken
@@ -39,6 +41,33 @@ _SIZE_SUFFIX = {"K": 1 << 10, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 class BootError(Exception):
     pass
+
+
+_VIOT_PARAM = re.compile(r"virtio_sim\.viot=(0x[0-9a-fA-F]+):([0-9a-fA-Fx@,]*)")
+
+
+@dataclass
+class Viot:
+    """Which transports sit behind which virtio-iommu (what ACPI's VIOT table says)."""
+
+    iommu_base: int
+    endpoints: dict[int, int]  # transport base -> endpoint id
+
+
+def parse_viot(cmdline: str) -> Viot | None:
+    m = _VIOT_PARAM.search(cmdline)
+    if m is None:
+        return None
+    endpoints = {}
+    for item in filter(None, m.group(2).split(",")):
+        base, _, ep = item.partition("@")
+        endpoints[int(base, 0)] = int(ep, 0)
+    return Viot(int(m.group(1), 0), endpoints)
+
+
+def endpoint_domain(endpoint: int) -> int:
+    """One DMA domain per endpoint, as Linux's default domains are."""
+    return endpoint + 1
 
 
 @dataclass
@@ -68,6 +97,9 @@ class ProbeRecord:
     reason: str = ""
     device: VirtioGuestDevice | None = None
     driver: GuestDriver | None = None
+    #: the probe failed because a device (this one, or the IOMMU in front of it) broke,
+    #: not because either side refused the other
+    device_broke: bool = False
 
 
 @dataclass
@@ -104,6 +136,9 @@ class GuestKernel:
             # swiotlb: DMA through the DMA API is bounced via this shared window.
             self.shared_dma = DirectDma(memory, PageAllocator(high, ram_size))
         self.probes: list[ProbeRecord] = []
+        self.viot: Viot | None = None
+        self.iommu: IommuDriver | None = None
+        self.iommu_dmas: list[IommuDma] = []
         self._irq_routes: dict[int, list[VirtioGuestDevice]] = {}
         self._irq_send, self._irq_recv = trio.open_memory_channel[int](256)
         link.irq_handler = self._on_irq
@@ -129,8 +164,16 @@ class GuestKernel:
         resources = parse_cmdline(cmdline)
         if not resources:
             raise BootError("no virtio_mmio.device= parameters on the command line")
+        self.viot = parse_viot(cmdline)
+        if self.viot is not None:
+            # The IOMMU is probed first: the devices behind it are attached at their probe.
+            resources.sort(key=lambda r: r.base != self.viot.iommu_base)  # type: ignore[union-attr]
         for res in resources:
-            self.probes.append(await self._probe_one(res))
+            record = await self._probe_one(res)
+            self.probes.append(record)
+            if record.bound and isinstance(record.driver, IommuDriver):
+                self.iommu = record.driver
+                await record.driver.start_events()
         return self.probes
 
     async def _probe_one(self, res: MmioResource) -> ProbeRecord:
@@ -147,10 +190,20 @@ class GuestKernel:
         driver_cls = DRIVERS.get(key or "")
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {device_id}")
-        dev = VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver, self._dma_for)
+        if self.policy.driver.drivers is not None and key not in self.policy.driver.drivers:
+            return ProbeRecord(where, key, False, f"this kernel has no driver for {key} devices")
+        endpoint = self.viot.endpoints.get(res.base) if self.viot else None
+
+        def dma_for(features: int) -> DmaApi:
+            return self._dma_for(features, endpoint)
+
+        dev = VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver, dma_for)
         self._irq_routes.setdefault(res.irq, []).append(dev)
         driver = driver_cls(dev)
         try:
+            if endpoint is not None and self.iommu is not None:
+                # Linux's IOMMU core attaches every endpoint to a default domain at add time.
+                await self.iommu.attach(endpoint_domain(endpoint), endpoint)
             device_mask = self.policy.driver.device_features.get(key or "", driver.device_feature_mask)
             wanted = (driver.device_feature_mask & device_mask) | self.policy.driver.known_features
             await dev.negotiate(wanted)
@@ -158,11 +211,32 @@ class GuestKernel:
             await dev.driver_ok()
         except ProbeRefused as e:
             return ProbeRecord(where, key, False, str(e), dev, driver)
+        except IommuRequestError as e:
+            return ProbeRecord(where, key, False, f"IOMMU: {e}", dev, driver)
+        except DeviceNeedsReset as e:
+            record = ProbeRecord(where, key, False, f"a device broke during probe: {e}", dev, driver)
+            record.device_broke = True
+            return record
+        except DriverProbeError as e:
+            await dev.fail(str(e))
+            return ProbeRecord(where, key, False, f"driver refused the device: {e}", dev, driver)
         return ProbeRecord(where, key, True, "", dev, driver)
 
-    def _dma_for(self, features: int) -> DirectDma:
-        """Restricted guests reach devices only through the DMA API's shared window."""
-        return self.shared_dma if self.policy.uses_dma_api(features) else self.dma
+    def _dma_for(self, features: int, endpoint: int | None) -> DmaApi:
+        """Linux's rule: the DMA API when ACCESS_PLATFORM was negotiated (or always, Xen).
+
+        Through the DMA API a device behind the IOMMU gets IOVAs; a restricted guest's
+        buffers come from the shared swiotlb window; otherwise raw guest-physical memory.
+        """
+        if not self.policy.uses_dma_api(features):
+            return self.dma
+        if endpoint is not None and self.iommu is not None:
+            dma = IommuDma(
+                self.memory, self.shared_dma.allocator, self.iommu, endpoint_domain(endpoint), endpoint
+            )
+            self.iommu_dmas.append(dma)
+            return dma
+        return self.shared_dma
 
     def bound(self, device_key: str) -> list[ProbeRecord]:
         return [p for p in self.probes if p.bound and p.device_key == device_key]

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from guest.dma import DirectDma
+from guest.dma import DmaApi
 from guest.transport.base import ConfigOps
 from virtio_sim import layouts
 from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer
@@ -54,12 +54,15 @@ class DriverPolicy:
     restricted_memory: bool = False
     #: ... and whether it refuses devices without VERSION_1 + ACCESS_PLATFORM (Linux 5.10+)
     refuse_unrestricted: bool = False
+    #: device types this kernel has drivers for (None: every driver the guest stack has)
+    drivers: frozenset[str] | None = None
 
 
 @dataclass
 class RequestState:
     done: trio.Event = field(default_factory=trio.Event)
     length: int = 0
+    on_done: Callable[[int], None] | None = None
 
 
 class GuestVirtqueue:
@@ -73,22 +76,49 @@ class GuestVirtqueue:
 
     async def submit(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]]) -> int:
         """Add one chain, kick if the device wants it, wait for completion; returns used.len."""
-        req = RequestState()
+        (length,) = await self.submit_many([(out, in_)])
+        return length
+
+    async def submit_many(
+        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]]]
+    ) -> list[int]:
+        """Add several chains, kick once, wait for all; returns their used.len values."""
+        await self.dev.dma.flush()  # pending IOMMU maps must land before the device looks
+        reqs = []
+        for out, in_ in chains:
+            req = RequestState()
+            await self._add(out, in_, req)
+            reqs.append(req)
+        await self.kick()
+        for req in reqs:
+            while not req.done.is_set():
+                self.dev.raise_if_broken()
+                await self.dev.wait_progress()
+        return [r.length for r in reqs]
+
+    async def post(self, in_: Sequence[tuple[int, int]], on_done: Callable[[int], None]) -> None:
+        """Lend writable buffers the device fills whenever it likes (event queues)."""
+        req = RequestState(on_done=on_done)
+        await self._add([], in_, req)
+        await self.kick()
+
+    async def _add(
+        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], req: RequestState
+    ) -> None:
         while True:
             self.dev.raise_if_broken()
             try:
                 self.ring.add(out, in_, req)
-                break
+                return
             except DeviceBrokenError as e:
                 raise DeviceNeedsReset(str(e)) from None
             except QueueFullError:
+                await self.kick()
                 await self.dev.wait_progress()  # completions free descriptors
+
+    async def kick(self) -> None:
         if self.ring.kick_prepare():
             await self.dev.transport.notify(self.index)
-        while not req.done.is_set():
-            self.dev.raise_if_broken()
-            await self.dev.wait_progress()
-        return req.length
 
     def reap(self) -> int:
         """Interrupt handler: complete every used buffer; returns how many."""
@@ -106,6 +136,8 @@ class GuestVirtqueue:
             token, length = got
             token.length = length
             token.done.set()
+            if token.on_done is not None:
+                token.on_done(length)
             n += 1
 
 
@@ -116,9 +148,9 @@ class VirtioGuestDevice:
         self,
         transport: ConfigOps,
         memory: Any,
-        dma: DirectDma,
+        dma: DmaApi,
         policy: DriverPolicy,
-        dma_for: Callable[[int], DirectDma] | None = None,
+        dma_for: Callable[[int], DmaApi] | None = None,
     ) -> None:
         self.transport = transport
         self.memory = memory
@@ -181,6 +213,7 @@ class VirtioGuestDevice:
         await t.set_features(self.features)
         if self.dma_for is not None:
             self.dma = self.dma_for(self.features)
+            await self.dma.flush()
         if self.policy.restricted_memory and self.policy.refuse_unrestricted:
             # virtio_features_ok(): the only place Linux ties ACCESS_PLATFORM to VERSION_1.
             for needed in (F.VERSION_1, F.ACCESS_PLATFORM):
@@ -230,9 +263,10 @@ class VirtioGuestDevice:
             size,
             gpa,
             event_idx=self.has(F.EVENT_IDX),
-            indirect_pool=self.dma if self.has(F.INDIRECT_DESC) else None,
+            indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
             order=order,
         )
+        await self.dma.flush()  # the ring must be mapped before the device is told about it
         await t.setup_queue(index, size, SplitRingAddresses(desc, avail, used))
         vq = GuestVirtqueue(self, index, ring, area)
         while len(self.queues) <= index:

@@ -146,6 +146,7 @@ class VirtioDevice:
         #: the guest CPU's byte order: what the legacy interface uses (a machine property,
         #: so a device reset does not change it)
         self.guest_order: ByteOrder = "little"
+        model.notify_used = self._notify_used
         self.reset()
 
     # -- identity and features ----------------------------------------------
@@ -321,6 +322,14 @@ class VirtioDevice:
                 self._maybe_interrupt(q)
                 if not self._fail(q, e):
                     return
+
+    def _notify_used(self, index: int) -> None:
+        q = self.queue(index)
+        if q is not None and not self.broken:
+            try:
+                self._maybe_interrupt(q)
+            except RingError as e:
+                self._fail(q, e)
 
     def _maybe_interrupt(self, q: QueueState) -> None:
         if q.ring is not None and self.sink is not None and q.ring.needs_interrupt():

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import trio
 from rich.console import Console
 
+from guest.profile import guest_policy
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.matrix.cli import (
     add_compat_arguments,
@@ -18,6 +19,7 @@ from virtio_sim.matrix.cli import (
     cmd_matrix,
 )
 from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.profiles import ProfileError, load_driver_profile
 
 EXIT_USAGE = 2
 
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
     run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
+    run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
     add_matrix_arguments(m)
@@ -97,7 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ram_size=args.ram,
             seed=args.seed,
             timeout=args.timeout,
+            iommu=args.iommu,
         )
+        if args.driver:
+            try:
+                cfg.guest = guest_policy(load_driver_profile(args.driver))
+            except ProfileError as e:
+                print(f"virtio-sim: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
         try:
             result = trio.run(run_embedded, cfg)
         except ConfigError as e:

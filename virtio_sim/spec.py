@@ -364,3 +364,76 @@ class BlkConstants:
 BLK_T = _bind(BlkRequestTypes, _BLK["request_type"], "blk.toml [request_type]")
 BLK_S = _bind(BlkStatusValues, _BLK["status"], "blk.toml [status]")
 BLK = _bind(BlkConstants, _BLK["constants"], "blk.toml [constants]")
+
+
+# --------------------------------------------------------------------------- iommu
+
+_IOMMU = load_toml("iommu.toml")
+
+
+class IommuFeatureBits:
+    """virtio-iommu feature bit numbers (VIRTIO_IOMMU_F_*)."""
+
+    INPUT_RANGE: int
+    DOMAIN_RANGE: int
+    MAP_UNMAP: int
+    BYPASS: int
+    PROBE: int
+    MMIO: int
+    BYPASS_CONFIG: int
+
+
+class IommuRequestTypes:
+    ATTACH: int
+    DETACH: int
+    MAP: int
+    UNMAP: int
+    PROBE: int
+
+
+class IommuStatusValues:
+    OK: int
+    IOERR: int
+    UNSUPP: int
+    DEVERR: int
+    INVAL: int
+    RANGE: int
+    NOENT: int
+    FAULT: int
+    NOMEM: int
+
+
+class IommuMapFlags:
+    READ: int
+    WRITE: int
+    MMIO: int
+
+
+class IommuFaultReasons:
+    UNKNOWN: int
+    DOMAIN: int
+    MAPPING: int
+
+
+class IommuFaultFlags:
+    READ: int
+    WRITE: int
+    EXEC: int
+    ADDRESS: int
+
+
+class IommuProbe:
+    NONE: int
+    RESV_MEM: int
+    RESV_MEM_RESERVED: int
+    RESV_MEM_MSI: int
+
+
+IOMMU_F = _bind(IommuFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_IOMMU_F_")
+IOMMU_T = _bind(IommuRequestTypes, _IOMMU["request_type"], "iommu.toml [request_type]")
+IOMMU_S = _bind(IommuStatusValues, _IOMMU["status"], "iommu.toml [status]")
+IOMMU_MAP_F = _bind(IommuMapFlags, _IOMMU["map_flags"], "iommu.toml [map_flags]")
+IOMMU_ATTACH_F_BYPASS: int = int(_IOMMU["attach_flags"]["BYPASS"])
+IOMMU_FAULT_R = _bind(IommuFaultReasons, _IOMMU["fault_reason"], "iommu.toml [fault_reason]")
+IOMMU_FAULT_F = _bind(IommuFaultFlags, _IOMMU["fault_flags"], "iommu.toml [fault_flags]")
+IOMMU_PROBE = _bind(IommuProbe, _IOMMU["probe"], "iommu.toml [probe]")

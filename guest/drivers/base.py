@@ -7,6 +7,10 @@ from typing import ClassVar
 from guest.virtio import VirtioGuestDevice
 
 
+class DriverProbeError(Exception):
+    """The driver looked at the device and refused it (Linux's probe returning an error)."""
+
+
 class GuestDriver:
     #: key into specs/devices.toml
     type_key: ClassVar[str]
@@ -28,4 +32,4 @@ class GuestDriver:
             values = [await t.read_config(off, size) for off, size in fields]
             if await t.config_generation() == before:
                 return values
-        raise RuntimeError("config generation never settled")
+        raise DriverProbeError("config generation never settled")

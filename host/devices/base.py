@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +60,9 @@ class DeviceModel(abc.ABC):
         self.events = DeviceEvents()
         self.features = 0  # negotiated, set by activate()
         self.order: ByteOrder = "little"
+        #: set by the core: tell the driver about buffers this model completed on its own
+        #: (outside process(), e.g. an IOMMU fault report on the event queue)
+        self.notify_used: Callable[[int], None] = lambda index: None
 
     @abc.abstractmethod
     def device_features(self) -> int:

@@ -29,7 +29,7 @@ from virtio_sim.profiles import (
 
 MACHINE_FOR_TRANSPORT = {"mmio": "microvm", "pci": "q35"}
 SUPPORTED = {
-    "iommu": ("none",),
+    "iommu": ("none", "virtio-iommu"),
     "iommu_platform": ("off", "on"),
     "ring": ("split",),
 }
@@ -99,6 +99,7 @@ def run_cell(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str, Any]
             seed=seed,
             timeout=timeout,
             guest=guest_policy(driver),
+            iommu=cell.iommu,
         )
         result = trio.run(run_embedded, cfg)
     out = result.to_json()
