@@ -78,7 +78,9 @@ async def _main(
     result.negotiated = FEATURES.names(dev.features, key)
     result.status_trace = dev.trace
     if not record.bound:
-        result.outcome, result.detail = Outcome.FAILED_CLEAN, record.reason
+        broke = record.device_broke
+        result.outcome = Outcome.DEVICE_ERROR if broke else Outcome.FAILED_CLEAN
+        result.detail = record.reason
         return
     assert record.driver is not None
     record.driver.peers = [

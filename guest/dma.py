@@ -7,9 +7,28 @@ it and no IOMMU). The IOMMU-backed and bounce-buffer variants come with ACCESS_P
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from guest.allocator import PageAllocator
 from virtio_sim.memory import ByteAccess
-from virtio_sim.ring.chain import DmaBuffer
+from virtio_sim.ring.chain import DmaBuffer, DmaPool
+
+
+class DmaApi(Protocol):
+    """What drivers and the vring use for every buffer and ring (Linux's DMA API)."""
+
+    name: str
+    coherent: DmaPool
+
+    def alloc(self, size: int, align: int = 1) -> DmaBuffer: ...
+
+    def free(self, buf: DmaBuffer) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    def write(self, buf: DmaBuffer, data: bytes, offset: int = 0) -> None: ...
+
+    def read(self, buf: DmaBuffer, length: int | None = None, offset: int = 0) -> bytes: ...
 
 
 class DirectDma:
@@ -20,6 +39,8 @@ class DirectDma:
     def __init__(self, memory: ByteAccess, allocator: PageAllocator) -> None:
         self.memory = memory
         self.allocator = allocator
+        #: where rings put indirect tables: memory the device can reach without a flush
+        self.coherent: DmaPool = self
 
     def alloc(self, size: int, align: int = 1) -> DmaBuffer:
         gpa = self.allocator.alloc(size, align)
@@ -27,6 +48,9 @@ class DirectDma:
 
     def free(self, buf: DmaBuffer) -> None:
         self.allocator.free(buf.gpa)
+
+    async def flush(self) -> None:
+        """Nothing to do: direct DMA needs no mappings."""
 
     def write(self, buf: DmaBuffer, data: bytes, offset: int = 0) -> None:
         if offset + len(data) > buf.size:

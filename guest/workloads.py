@@ -73,13 +73,9 @@ async def blk_rw_workload(driver: GuestDriver, seed: int | None = None) -> dict[
                 for i in range(count)
                 if got[i * sector : (i + 1) * sector] != want[i * sector : (i + 1) * sector]
             )
-            raise CorruptionDetected(
-                f"sector {start + bad} read back differs from what was written"
-            )
+            raise CorruptionDetected(f"sector {start + bad} read back differs from what was written")
         if driver.last_used_len != count * sector + 1:
-            raise CorruptionDetected(
-                f"read of {count} sectors reported used.len {driver.last_used_len}"
-            )
+            raise CorruptionDetected(f"read of {count} sectors reported used.len {driver.last_used_len}")
     await driver.flush()
     ident = await driver.get_id()
     try:

@@ -8,19 +8,23 @@ before the guest runs (the run's outcome is then HOST_REFUSED).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from host.devices.base import PropertyError
+from host.devices.iommu import IommuDevice
+from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
 from host.qdev import BuiltDevice, DeviceSpec, build_device, parse_device_option
 from host.virtio_device import VirtioDevice
-from virtio_sim.dma import IdentityAddressSpace
+from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
 from virtio_sim.netproto import nth_mac
-from virtio_sim.spec import NET
+from virtio_sim.spec import NET, F
 
 HOST_TRANSPORTS = ("mmio-v2", "mmio-v1")
+IOMMU_KINDS = ("none", "virtio-iommu")
 DEFAULT_DISK_SIZE = 1 << 20
 
 
@@ -32,6 +36,7 @@ class HostConfig:
     seed: int | None = None
     guest_order: ByteOrder = "little"
     scratch_dir: str | None = None  # where default disk images are created
+    iommu: str = "none"  # QEMU's machine property: none | virtio-iommu
 
 
 @dataclass
@@ -40,6 +45,14 @@ class HostSetup:
     machine: Machine
     devices: list[VirtioDevice] = field(default_factory=list)
     built: list[BuiltDevice] = field(default_factory=list)
+    iommu: Iommu | None = None
+    iommu_device: VirtioDevice | None = None
+    #: raw-GPA address spaces of devices behind the IOMMU (evidence for OK_NO_ISOLATION)
+    unisolated: list[UnisolatedAddressSpace] = field(default_factory=list)
+
+    @property
+    def unisolated_accesses(self) -> int:
+        return sum(s.unisolated_accesses for s in self.unisolated)
 
     def close(self) -> None:
         for b in self.built:
@@ -80,18 +93,54 @@ def build_host(cfg: HostConfig) -> HostSetup:
             if close:
                 close()
         raise
+    if cfg.iommu not in IOMMU_KINDS:
+        raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
     memory = GuestMemory.create(cfg.ram_size)
     machine = Machine(memory)
     setup = HostSetup(memory, machine, built=built)
-    for b in built:
+    legacy = cfg.transport == "mmio-v1"
+    if cfg.iommu == "virtio-iommu":
+        # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
+        setup.iommu = Iommu(set(range(1, len(built) + 1)))
+        iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: IdentityAddressSpace(memory))
+        iommu_dev.guest_order = cfg.guest_order
+        machine.add_mmio_device(iommu_dev, legacy=legacy)
+        setup.iommu_device = iommu_dev
+    for endpoint, b in enumerate(built, start=1):
         vdev = VirtioDevice(
             b.model,
-            lambda features: IdentityAddressSpace(memory),
+            _space_for(memory, setup.iommu, endpoint, b.dma_mode, setup),
             transport_features=b.transport_features,
             policy=b.policy,
             strict_rings=b.strict_rings,
+            validate_access_platform=b.validate_access_platform,
         )
         vdev.guest_order = cfg.guest_order
-        machine.add_mmio_device(vdev, legacy=cfg.transport == "mmio-v1")
+        slot = machine.add_mmio_device(vdev, legacy=legacy)
+        if setup.iommu is not None:
+            machine.iommu_endpoints[slot.base] = endpoint
         setup.devices.append(vdev)
     return setup
+
+
+def _space_for(
+    memory: GuestMemory, iommu: Iommu | None, endpoint: int, dma_mode: str, setup: HostSetup
+) -> Callable[[int], AddressSpace]:
+    """How this device's DMA meets the IOMMU, decided when the driver's features are known.
+
+    ``honor`` (QEMU with iommu_platform): translated when ACCESS_PLATFORM was negotiated,
+    raw GPAs otherwise; ``bypass`` (QEMU before 2.9, or a lying device): always raw GPAs;
+    ``translate-always`` (a lying device): always translated.
+    """
+
+    def space(features: int) -> AddressSpace:
+        if iommu is None:
+            return IdentityAddressSpace(memory)
+        negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
+        if dma_mode == "translate-always" or (dma_mode == "honor" and negotiated):
+            return TranslatedAddressSpace(memory, EndpointTranslator(iommu, endpoint))
+        raw = UnisolatedAddressSpace(memory, iommu, endpoint)
+        setup.unisolated.append(raw)
+        return raw
+
+    return space

@@ -10,8 +10,16 @@ from collections.abc import Sequence
 import trio
 from rich.console import Console
 
+from guest.profile import guest_policy
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
+from virtio_sim.matrix.cli import (
+    add_compat_arguments,
+    add_matrix_arguments,
+    cmd_compat,
+    cmd_matrix,
+)
 from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.profiles import ProfileError, load_driver_profile
 
 EXIT_USAGE = 2
 
@@ -53,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workload", required=True, help="rng | blk-rw")
     run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
-    run.add_argument(
-        "--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data"
-    )
+    run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
     run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
+    run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
+    add_matrix_arguments(m)
+    c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
+    add_compat_arguments(c)
     return p
 
 
@@ -67,15 +79,20 @@ def _print_human(result: RunResult) -> None:
     colour = "green" if result.outcome is Outcome.OK else "red"
     console.print(f"[bold {colour}]{result.outcome}[/] {result.device} over {result.transport}")
     console.print(f"  offered    {result.device_features:#x}")
-    console.print(
-        f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})"
-    )
+    console.print(f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})")
     console.print(f"  status     {' -> '.join(result.status_trace) or '-'}")
     console.print(f"  detail     {result.detail}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "matrix":
+        return cmd_matrix(args)
+    if args.command == "compat":
+        if args.old == args.new:
+            print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)
+            return EXIT_USAGE
+        return cmd_compat(args)
     if args.command == "run":
         cfg = RunConfig(
             device=args.device,
@@ -84,7 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ram_size=args.ram,
             seed=args.seed,
             timeout=args.timeout,
+            iommu=args.iommu,
         )
+        if args.driver:
+            try:
+                cfg.guest = guest_policy(load_driver_profile(args.driver))
+            except ProfileError as e:
+                print(f"virtio-sim: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
         try:
             result = trio.run(run_embedded, cfg)
         except ConfigError as e:

@@ -38,6 +38,7 @@ class RunConfig:
     seed: int | None = 1
     timeout: float = 10.0
     guest: GuestPolicy = field(default_factory=GuestPolicy)
+    iommu: str = "none"
 
 
 class ConfigError(ValueError):
@@ -46,9 +47,7 @@ class ConfigError(ValueError):
 
 def check_config(cfg: RunConfig) -> None:
     if cfg.transport not in TRANSPORTS:
-        raise ConfigError(
-            f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})"
-        )
+        raise ConfigError(f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})")
     if cfg.workload not in WORKLOADS:
         raise ConfigError(f"unknown workload {cfg.workload!r} (choose from {', '.join(WORKLOADS)})")
     if cfg.ram_size < MIN_RAM:
@@ -60,7 +59,13 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
-    """Fold what the host saw into the guest's result."""
+    """Fold what the host saw into the guest's result.
+
+    Precedence: data corruption stays CORRUPTION; IOMMU faults make DMA_FAULT (the device
+    was stopped by translation, whatever error the guest then saw); ring violations turn an
+    apparent OK into DEVICE_ERROR; raw DMA by a device the guest had put behind its IOMMU
+    turns OK into OK_NO_ISOLATION.
+    """
     if setup.devices:
         vdev = setup.devices[0]
         result.device_features = vdev.device_features
@@ -69,6 +74,26 @@ def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
         if result.outcome is Outcome.OK and vdev.violations:
             result.outcome = Outcome.DEVICE_ERROR
             result.detail = f"device recorded ring violations: {vdev.violations[0].message}"
+    if setup.iommu is not None:
+        faults = setup.iommu.faults
+        result.iommu = {
+            "faults": [f"{f.address:#x} ep {f.endpoint} reason {f.reason}" for f in faults[:8]],
+            "fault_count": len(faults),
+            "unisolated_accesses": setup.unisolated_accesses,
+            "iotlb_hits": setup.iommu.iotlb_hits,
+            "iotlb_misses": setup.iommu.iotlb_misses,
+        }
+        if faults and result.outcome is not Outcome.CORRUPTION:
+            result.outcome = Outcome.DMA_FAULT
+            result.detail = (
+                f"{len(faults)} IOMMU fault(s), first at IOVA {faults[0].address:#x}; " + result.detail
+            )
+        elif result.outcome is Outcome.OK and setup.unisolated_accesses:
+            result.outcome = Outcome.OK_NO_ISOLATION
+            result.detail = (
+                f"worked, but {setup.unisolated_accesses} DMA accesses bypassed the IOMMU "
+                "for an endpoint the guest had attached"
+            )
     return result
 
 
@@ -83,13 +108,12 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             seed=cfg.seed,
             guest_order=cfg.guest.guest_order,
             scratch_dir=tmp,
+            iommu=cfg.iommu,
         )
         try:
             setup = build_host(host_cfg)
         except PropertyError as e:
-            return RunResult(
-                Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e)
-            )
+            return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
         try:
             host_end, guest_end = memory_link()
             boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size)

@@ -36,6 +36,7 @@ class RunResult:
     workload: dict[str, Any] = field(default_factory=dict)
     device_notes: list[str] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
+    iommu: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-SPECS_DIR = Path(
-    os.environ.get("VIRTIO_SIM_SPECS", Path(__file__).resolve().parent.parent / "specs")
-)
+SPECS_DIR = Path(os.environ.get("VIRTIO_SIM_SPECS", Path(__file__).resolve().parent.parent / "specs"))
 
 
 class SpecDataError(Exception):
@@ -102,9 +100,7 @@ class FeatureTable:
 
     def lookup(self, bit: int, device_key: str) -> FeatureBit | None:
         """The feature at ``bit`` as seen by a device of type ``device_key``."""
-        return self._by_scope_bit.get((device_key, bit)) or self._by_scope_bit.get(
-            ("transport", bit)
-        )
+        return self._by_scope_bit.get((device_key, bit)) or self._by_scope_bit.get(("transport", bit))
 
     def mask(self, *names: str) -> int:
         m = 0
@@ -306,9 +302,7 @@ class PciIdentity:
 
 
 MMIO = _bind(MmioIdentity, _TRANSPORTS["mmio"], "transports.toml [mmio]")
-MMIO_INT = _bind(
-    MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]"
-)
+MMIO_INT = _bind(MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]")
 PCI = _bind(PciIdentity, _TRANSPORTS["pci"], "transports.toml [pci]")
 
 # --------------------------------------------------------------------------- rings
@@ -556,3 +550,75 @@ _CONSOLE = load_toml("console.toml")
 CONSOLE_F = _bind(ConsoleFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_CONSOLE_F_")
 CONSOLE_E = _bind(ConsoleControlEvents, _CONSOLE["control_event"], "console.toml [control_event]")
 CONSOLE = _bind(ConsoleConstants, _CONSOLE["constants"], "console.toml [constants]")
+
+# --------------------------------------------------------------------------- iommu
+
+_IOMMU = load_toml("iommu.toml")
+
+
+class IommuFeatureBits:
+    """virtio-iommu feature bit numbers (VIRTIO_IOMMU_F_*)."""
+
+    INPUT_RANGE: int
+    DOMAIN_RANGE: int
+    MAP_UNMAP: int
+    BYPASS: int
+    PROBE: int
+    MMIO: int
+    BYPASS_CONFIG: int
+
+
+class IommuRequestTypes:
+    ATTACH: int
+    DETACH: int
+    MAP: int
+    UNMAP: int
+    PROBE: int
+
+
+class IommuStatusValues:
+    OK: int
+    IOERR: int
+    UNSUPP: int
+    DEVERR: int
+    INVAL: int
+    RANGE: int
+    NOENT: int
+    FAULT: int
+    NOMEM: int
+
+
+class IommuMapFlags:
+    READ: int
+    WRITE: int
+    MMIO: int
+
+
+class IommuFaultReasons:
+    UNKNOWN: int
+    DOMAIN: int
+    MAPPING: int
+
+
+class IommuFaultFlags:
+    READ: int
+    WRITE: int
+    EXEC: int
+    ADDRESS: int
+
+
+class IommuProbe:
+    NONE: int
+    RESV_MEM: int
+    RESV_MEM_RESERVED: int
+    RESV_MEM_MSI: int
+
+
+IOMMU_F = _bind(IommuFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_IOMMU_F_")
+IOMMU_T = _bind(IommuRequestTypes, _IOMMU["request_type"], "iommu.toml [request_type]")
+IOMMU_S = _bind(IommuStatusValues, _IOMMU["status"], "iommu.toml [status]")
+IOMMU_MAP_F = _bind(IommuMapFlags, _IOMMU["map_flags"], "iommu.toml [map_flags]")
+IOMMU_ATTACH_F_BYPASS: int = int(_IOMMU["attach_flags"]["BYPASS"])
+IOMMU_FAULT_R = _bind(IommuFaultReasons, _IOMMU["fault_reason"], "iommu.toml [fault_reason]")
+IOMMU_FAULT_F = _bind(IommuFaultFlags, _IOMMU["fault_flags"], "iommu.toml [fault_flags]")
+IOMMU_PROBE = _bind(IommuProbe, _IOMMU["probe"], "iommu.toml [probe]")

@@ -60,13 +60,9 @@ HEADER_SIZE: int = FrameHeader.sizeof()
 _HEADER = fast_codec(FrameHeader)
 
 # Payload layouts per message type (fixed-size ones; HELLO/ERROR/DMA carry variable data).
-AccessPayload = cs.Struct(
-    "addr" / cs.Int64ul, "size" / cs.Int8ul, "_pad" / cs.Bytes(7), "value" / cs.Int64ul
-)
+AccessPayload = cs.Struct("addr" / cs.Int64ul, "size" / cs.Int8ul, "_pad" / cs.Bytes(7), "value" / cs.Int64ul)
 ReadReplyPayload = cs.Struct("value" / cs.Int64ul)
-IrqPayload = cs.Struct(
-    "kind" / cs.Int8ul, "_pad" / cs.Bytes(3), "line" / cs.Int32ul, "value" / cs.Int32ul
-)
+IrqPayload = cs.Struct("kind" / cs.Int8ul, "_pad" / cs.Bytes(3), "line" / cs.Int32ul, "value" / cs.Int32ul)
 HelloPayload = cs.Struct(
     "capabilities" / cs.Int32ul,
     "ram_size" / cs.Int64ul,
@@ -116,9 +112,7 @@ def decode_header(raw: bytes) -> tuple[MsgType, int, int]:
     if magic != PROTOCOL_MAGIC:
         raise WireError(f"bad frame magic {magic:#06x}")
     if version != PROTOCOL_VERSION:
-        raise WireError(
-            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
-        )
+        raise WireError(f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})")
     try:
         kind = MsgType(mtype)
     except ValueError:
@@ -218,9 +212,7 @@ class MemoryFrameChannel:
     embedded mode exercises the real codec.
     """
 
-    def __init__(
-        self, tx: trio.MemorySendChannel[bytes], rx: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
+    def __init__(self, tx: trio.MemorySendChannel[bytes], rx: trio.MemoryReceiveChannel[bytes]) -> None:
         self._tx = tx
         self._rx = rx
 

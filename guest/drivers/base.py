@@ -12,6 +12,10 @@ class DeviceProtocolError(Exception):
     a broken receive protocol): a run reports DEVICE_ERROR."""
 
 
+class DriverProbeError(Exception):
+    """The driver looked at the device and refused it (Linux's probe returning an error)."""
+
+
 class GuestDriver:
     #: key into specs/devices.toml
     type_key: ClassVar[str]
@@ -36,4 +40,4 @@ class GuestDriver:
             values = [await t.read_config(off, size) for off, size in fields]
             if await t.config_generation() == before:
                 return values
-        raise RuntimeError("config generation never settled")
+        raise DriverProbeError("config generation never settled")

@@ -182,8 +182,7 @@ class NetDriver(GuestDriver):
         if min(sizes) < self.hdr_len and self.mergeable:
             raise ValueError(f"mergeable rx buffers must hold the {self.hdr_len}-byte header")
         for rx in self.rxq:
-            count = min(self.rx_buffers_per_queue, rx.pool.vq.ring.size)
-            rx.pool.alloc(self.dev.dma, sizes, count)
+            rx.pool.alloc(self.dev.dma, sizes, self.rx_buffers_per_queue)
         await self._refill()
         self.opened = True
 

@@ -4,7 +4,12 @@ Linux drivers fill a receive queue with device-writable buffers, take the used o
 used-ring order from the interrupt handler, copy the data out and post buffers again.
 This pool does the same over one slab of DMA memory carved into buffers: ``done`` holds
 (buffer, used length) in the order the device used them, ``give_back`` queues a buffer for
-reposting and :meth:`RxPool.refill` posts the queued ones and kicks once.
+reposting and :meth:`RxPool.refill` posts the queued ones (after the DMA API made the slab
+reachable) and kicks once.
+
+The pool never holds more buffers than the ring can take at once (two descriptors per
+buffer at worst), so posting never waits for the device: a receive queue is used only
+when data arrives, and waiting for that while filling would never end.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from guest.dma import DirectDma
-from guest.virtio import GuestVirtqueue, RequestState
+from guest.dma import DmaApi
+from guest.virtio import GuestVirtqueue
 from virtio_sim.ring.chain import DmaBuffer
-from virtio_sim.ring.split import QueueFullError
+
+MAX_SEGMENTS_PER_BUFFER = 2
 
 
 @dataclass
@@ -38,14 +44,19 @@ class RxPool:
     segments: Segments = whole_buffer
     bufs: list[RxBuf] = field(default_factory=list)
     done: deque[tuple[RxBuf, int]] = field(default_factory=deque)
-    _posted: dict[int, tuple[RequestState, RxBuf]] = field(default_factory=dict)
     _repost: list[RxBuf] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.vq.on_used = self._on_used
+    @property
+    def capacity(self) -> int:
+        """How many buffers fit the ring at once."""
+        return self.vq.ring.size // MAX_SEGMENTS_PER_BUFFER
 
-    def alloc(self, dma: DirectDma, sizes: Sequence[int], count: int) -> None:
-        """``count`` buffers sized by cycling through ``sizes``, all queued for posting."""
+    def alloc(self, dma: DmaApi, sizes: Sequence[int], count: int) -> None:
+        """``count`` buffers (at most :attr:`capacity`) sized by cycling through ``sizes``,
+        all queued for posting."""
+        count = min(count, self.capacity - len(self.bufs))
+        if count <= 0:
+            return
         plan = [sizes[i % len(sizes)] for i in range(count)]
         slab = dma.alloc(sum(plan))
         off = 0
@@ -55,31 +66,24 @@ class RxPool:
             self._repost.append(buf)
             off += n
 
-    def _on_used(self, token: RequestState, length: int) -> None:
-        entry = self._posted.pop(id(token), None)
-        if entry is not None:
-            self.done.append((entry[1], length))
-
     def give_back(self, buf: RxBuf) -> None:
         self._repost.append(buf)
 
-    @property
-    def needs_refill(self) -> bool:
-        return bool(self._repost)
+    def _completion(self, buf: RxBuf) -> Callable[[int], None]:
+        def on_done(length: int) -> None:
+            self.done.append((buf, length))
+
+        return on_done
 
     async def refill(self) -> int:
-        """Post every buffer given back (as many as fit) and kick once; returns how many
-        were posted (0: nothing to do, or the ring is full until the device uses some)."""
+        """Post every buffer given back and kick once; returns how many were posted."""
+        if not self._repost:
+            return 0
         posted = 0
+        await self.vq.dev.dma.flush()  # new slabs must be mapped before the device looks
         while self._repost:
-            buf = self._repost[-1]
-            try:
-                req = self.vq.post([], self.segments(buf))
-            except QueueFullError:
-                break
-            self._repost.pop()
-            self._posted[id(req)] = (req, buf)
+            buf = self._repost.pop()
+            await self.vq.post(self.segments(buf), self._completion(buf), kick=False)
             posted += 1
-        if posted:
-            await self.vq.kick()
+        await self.vq.kick()
         return posted

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,6 +70,9 @@ class DeviceModel(abc.ABC):
         self.features = 0  # negotiated, set by activate()
         self.order: ByteOrder = "little"
         self.hooks: DeviceHooks | None = None  # set by the core that hosts the model
+        #: set by the core: tell the driver about buffers this model completed on its own
+        #: (outside process(), e.g. an IOMMU fault report on the event queue)
+        self.notify_used: Callable[[int], None] = lambda index: None
 
     @abc.abstractmethod
     def device_features(self) -> int:
@@ -89,9 +93,7 @@ class DeviceModel(abc.ABC):
 
     def config_write(self, offset: int, data: bytes) -> None:
         """Drivers may write some config fields; by default every field is read-only."""
-        self.events.note(
-            f"ignored write of {len(data)} bytes to read-only config offset {offset:#x}"
-        )
+        self.events.note(f"ignored write of {len(data)} bytes to read-only config offset {offset:#x}")
 
     def activate(self, features: int, order: ByteOrder) -> None:
         """Called when the driver sets DRIVER_OK (or, legacy, starts using queues)."""
