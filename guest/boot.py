@@ -83,9 +83,7 @@ async def _main(
         result.detail = record.reason
         return
     assert record.driver is not None
-    record.driver.peers = [
-        p.driver for p in kernel.bound(key) if p is not record and p.driver is not None
-    ]
+    record.driver.peers = [p.driver for p in kernel.bound(key) if p is not record and p.driver is not None]
     try:
         result.workload = await workload(record.driver, seed)
     except CorruptionDetected as e:

@@ -61,9 +61,7 @@ async def _echo(driver: NetDriver, frame: bytes, pair: int, what: str) -> RxFram
     return got
 
 
-async def _dropped_then_marker(
-    driver: NetDriver, rnd: random.Random, dropped: bytes, what: str
-) -> None:
+async def _dropped_then_marker(driver: NetDriver, rnd: random.Random, dropped: bytes, what: str) -> None:
     """Send ``dropped`` (which must not arrive), then a marker that must come next."""
     await driver.send(dropped)
     marker = make_frame(rnd, driver.mac, driver.mac, 64)

@@ -499,9 +499,7 @@ def _load_dependencies(data: dict[str, Any], source: str) -> tuple[FeatureDepend
             raise SpecDataError(f"{source}: dependency of {name!r} must be a non-empty list")
         try:
             out.append(
-                FeatureDependency(
-                    FEATURES.get(name).bit, tuple(FEATURES.get(n).bit for n in names), any_of
-                )
+                FeatureDependency(FEATURES.get(name).bit, tuple(FEATURES.get(n).bit for n in names), any_of)
             )
         except KeyError as e:
             raise SpecDataError(f"{source}: {e}") from None
@@ -511,9 +509,7 @@ def _load_dependencies(data: dict[str, Any], source: str) -> tuple[FeatureDepend
 NET_FEATURE_DEPS = _load_dependencies(_NET["dependencies"], "net.toml [dependencies]")
 
 
-def unmet_dependencies(
-    features: int, deps: tuple[FeatureDependency, ...]
-) -> list[FeatureDependency]:
+def unmet_dependencies(features: int, deps: tuple[FeatureDependency, ...]) -> list[FeatureDependency]:
     """The dependencies that ``features`` breaks (a feature present without its prerequisites)."""
     return [d for d in deps if not d.satisfied(features)]
 

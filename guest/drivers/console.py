@@ -65,9 +65,7 @@ class ConsoleDriverStats:
 
 class ConsoleDriver(GuestDriver):
     type_key = "console"
-    device_feature_mask = (
-        bit(CONSOLE_F.SIZE) | bit(CONSOLE_F.MULTIPORT) | bit(CONSOLE_F.EMERG_WRITE)
-    )
+    device_feature_mask = bit(CONSOLE_F.SIZE) | bit(CONSOLE_F.MULTIPORT) | bit(CONSOLE_F.EMERG_WRITE)
     queue_size = 128
     rx_buffers_per_port = 16
 

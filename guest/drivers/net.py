@@ -235,9 +235,7 @@ class NetDriver(GuestDriver):
             self.stats.rx_frames += 1
             self.stats.rx_buffers += count
             self.stats.max_buffers_per_frame = max(self.stats.max_buffers_per_frame, count)
-            self.frames.append(
-                RxFrame(bytes(data), flags, gso_type, csum_start, csum_offset, count, rx.pair)
-            )
+            self.frames.append(RxFrame(bytes(data), flags, gso_type, csum_start, csum_offset, count, rx.pair))
 
     def _rx_error(self, why: str) -> NoReturn:
         self.stats.rx_length_errors += 1
@@ -272,9 +270,7 @@ class NetDriver(GuestDriver):
             fields.append(0)  # num_buffers is 0 on transmit
         return net_hdr_codec(self._order(), nb).pack(*fields)
 
-    async def send(
-        self, frame: bytes, *, pair: int = 0, csum: tuple[int, int] | None = None
-    ) -> None:
+    async def send(self, frame: bytes, *, pair: int = 0, csum: tuple[int, int] | None = None) -> None:
         """Transmit one frame on queue pair ``pair``; ``csum`` = (start, offset) asks the
         device to complete the checksum (CSUM)."""
         await self.send_raw(self.tx_header(csum) + frame, pair=pair)

@@ -162,10 +162,7 @@ class ConsoleDevice(DeviceModel):
 
     def config_write(self, offset: int, data: bytes) -> None:
         """Only emerg_wr is writable: its low byte goes to port 0's backend, at any time."""
-        if (
-            offset == CONSOLE_CONFIG_OFFSETS["emerg_wr"]
-            and self.offered >> CONSOLE_F.EMERG_WRITE & 1
-        ):
+        if offset == CONSOLE_CONFIG_OFFSETS["emerg_wr"] and self.offered >> CONSOLE_F.EMERG_WRITE & 1:
             char = int.from_bytes(data, self.order) & 0xFF
             self.stats.emergency_bytes += 1
             self.ports[0].backend.write(bytes([char]))
@@ -311,9 +308,7 @@ class ConsoleDevice(DeviceModel):
                     f"the header needs {CONSOLE_CONTROL_SIZE}",
                     chain.head,
                 )
-            raw = ChainReader(queue.space, chain.readable).read(
-                min(chain.readable_len, CONTROL_DATA_LIMIT)
-            )
+            raw = ChainReader(queue.space, chain.readable).read(min(chain.readable_len, CONTROL_DATA_LIMIT))
             queue.push(chain.head, 0)
             self.stats.control_in += 1
             port_id, event, value = codec.unpack(raw[:CONSOLE_CONTROL_SIZE])

@@ -83,9 +83,7 @@ _CONFIG_END_BY_FEATURE = (
     (NET_F.STATUS, "status"),
     (NET_F.MQ, "max_virtqueue_pairs"),
 )
-_FIELD_END = {
-    sc.name: NET_CONFIG_OFFSETS[sc.name] + sc.sizeof() for sc in virtio_net_config().subcons
-}
+_FIELD_END = {sc.name: NET_CONFIG_OFFSETS[sc.name] + sc.sizeof() for sc in virtio_net_config().subcons}
 
 
 @dataclass
@@ -356,8 +354,7 @@ class NetDevice(DeviceModel):
             elif csum_start + csum_offset + 2 > len(data):
                 self.stats.tx_errors += 1
                 self.events.note(
-                    f"net: tx checksum at {csum_start}+{csum_offset} is beyond the"
-                    f" {len(data)}-byte frame"
+                    f"net: tx checksum at {csum_start}+{csum_offset} is beyond the {len(data)}-byte frame"
                 )
                 return None
             else:
@@ -420,9 +417,7 @@ class NetDevice(DeviceModel):
             return None
         hdr_len = self.hdr_len
         if chain.writable_len < hdr_len:
-            what = (
-                f"{chain.writable_len} writable bytes" if chain.writable else "no writable buffer"
-            )
+            what = f"{chain.writable_len} writable bytes" if chain.writable else "no writable buffer"
             raise RingError(
                 "net-rx-buffer-short",
                 f"rx chain {chain.head} has {what}, the header needs {hdr_len}",
