@@ -24,7 +24,7 @@ from guest.drivers.iommu import IommuDriver, IommuRequestError
 from guest.drivers.net import NetDriver
 from guest.drivers.rng import RngDriver
 from guest.iommu_dma import IommuDma
-from guest.link import HostLink
+from guest.link import HostLink, HostLinkError
 from guest.transport.base import TransportError
 from guest.transport.mmio import MmioTransportDriver
 from guest.virtio import DeviceNeedsReset, DriverPolicy, ProbeRefused, VirtioGuestDevice
@@ -163,8 +163,15 @@ class GuestKernel:
         async for line in self._irq_recv:
             for dev in self._irq_routes.get(line, []):
                 for _ in range(IRQ_STORM_LIMIT):
-                    if not await dev.handle_interrupt():
-                        break
+                    try:
+                        if not await dev.handle_interrupt():
+                            break
+                    except HostLinkError as e:
+                        # The link is gone (shutdown or host death): wake every waiter.
+                        for devs in self._irq_routes.values():
+                            for d in devs:
+                                d.mark_broken(f"host link lost: {e}")
+                        return
                 else:
                     dev.mark_broken(f"interrupt storm on line {line}: status never clears")
 
