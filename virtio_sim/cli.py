@@ -11,6 +11,7 @@ import trio
 from rich.console import Console
 
 from guest.profile import guest_policy
+from guest.workloads import WORKLOADS
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.matrix.cli import (
     add_compat_arguments,
@@ -57,9 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one device with one workload, host and guest embedded")
     run.add_argument(
-        "--device", required=True, help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img"
+        "--device",
+        required=True,
+        action="append",
+        help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img; repeat for more devices"
+        " on the same machine (the workload uses the first, net-pair the first two)",
     )
-    run.add_argument("--workload", required=True, help="rng | blk-rw")
+    run.add_argument("--workload", required=True, help=", ".join(WORKLOADS))
     run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
     run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
     run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
@@ -95,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_compat(args)
     if args.command == "run":
         cfg = RunConfig(
-            device=args.device,
+            device=args.device[0],
+            extra_devices=args.device[1:],
             workload=args.workload,
             transport=args.transport,
             ram_size=args.ram,

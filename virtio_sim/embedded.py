@@ -39,6 +39,8 @@ class RunConfig:
     timeout: float = 10.0
     guest: GuestPolicy = field(default_factory=GuestPolicy)
     iommu: str = "none"
+    #: more devices on the same machine, after ``device`` (net-pair needs two NICs)
+    extra_devices: list[str] = field(default_factory=list)
 
 
 class ConfigError(ValueError):
@@ -53,7 +55,8 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.ram_size < MIN_RAM:
         raise ConfigError("guest RAM must be at least 2 MiB")
     try:
-        parse_device_option(cfg.device)
+        for text in [cfg.device, *cfg.extra_devices]:
+            parse_device_option(text)
     except PropertyError as e:
         raise ConfigError(str(e)) from None
 
@@ -74,6 +77,10 @@ def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
         if result.outcome is Outcome.OK and vdev.violations:
             result.outcome = Outcome.DEVICE_ERROR
             result.detail = f"device recorded ring violations: {vdev.violations[0].message}"
+        others = [v for d in setup.devices[1:] for v in d.violations]
+        if result.outcome is Outcome.OK and others:
+            result.outcome = Outcome.DEVICE_ERROR
+            result.detail = f"another device recorded ring violations: {others[0].message}"
     if setup.iommu is not None:
         faults = setup.iommu.faults
         result.iommu = {
@@ -102,7 +109,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
     device_name = parse_device_option(cfg.device).driver
     with tempfile.TemporaryDirectory(prefix="virtio-sim-") as tmp:
         host_cfg = HostConfig(
-            devices=[cfg.device],
+            devices=[cfg.device, *cfg.extra_devices],
             transport=cfg.transport,
             ram_size=cfg.ram_size,
             seed=cfg.seed,
