@@ -23,6 +23,10 @@ class DeviceRequest:
     packed: bool = False
 
 
+#: device keys whose QEMU device is not called virtio-<key> (the console is virtio-serial)
+QEMU_DEVICE_NAMES = {"console": "virtio-serial"}
+
+
 def _onoff(value: bool) -> str:
     return "on" if value else "off"
 
@@ -30,7 +34,8 @@ def _onoff(value: bool) -> str:
 def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
     """The ``-device`` string for ``req`` on a ``profile`` device, or PropertyError."""
     pci = req.transport.startswith("pci-")
-    name = f"virtio-{req.device_key}-{'pci' if pci else 'device'}"
+    base = QEMU_DEVICE_NAMES.get(req.device_key, f"virtio-{req.device_key}")
+    name = f"{base}-{'pci' if pci else 'device'}"
     props: dict[str, str] = {}
 
     def need(prop: str, owner: str = name) -> None:
