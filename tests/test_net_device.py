@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from helpers import Bench, make_bench
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from host.devices.base import PropertyError
 from host.devices.net import NetDevice
@@ -497,3 +499,66 @@ def test_qdev_ctrl_vq_off_takes_its_dependents_along() -> None:
     offered = built.model.device_features()
     assert not offered & (bit(NET_F.CTRL_VQ) | bit(NET_F.CTRL_RX) | bit(NET_F.CTRL_MAC_ADDR))
     assert offered & bit(NET_F.MAC)
+
+
+# --------------------------------------------------------------------------- property
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    mrg=st.booleans(),
+    frames=st.lists(st.integers(1, 2500), min_size=1, max_size=6),
+    sizes=st.lists(st.integers(12, 900), min_size=1, max_size=6),
+)
+def test_rx_placement_matches_a_simple_model(mrg: bool, frames: list[int], sizes: list[int]) -> None:
+    """Frames land in posted buffers exactly as a reference model of the rules says: one
+    buffer per frame and drops of what does not fit without MRG_RXBUF, all-but-last filled
+    with it, frames waiting (never reordered) when the buffers run out."""
+    feats = MODERN | (bit(NET_F.MRG_RXBUF) if mrg else 0)
+    nic = make_nic(feats, backend=Recorder())
+    hdr = nic.hdr_len
+    bufs = [sizes[i % len(sizes)] for i in range(16)]
+    gpas = [nic.post_rx(n, i) for i, n in enumerate(bufs)]
+    payloads = [bytes([i + 1]) * n for i, n in enumerate(frames)]
+    for p in payloads:
+        nic.model.receive_frame(Frame(p))
+    # reference model
+    head, expect, dropped, waiting = 0, [], 0, 0
+    for p in payloads:
+        need = hdr + len(p)
+        if waiting:
+            waiting += 1
+            continue
+        if not mrg:
+            if head >= len(bufs):
+                waiting += 1
+            elif need <= bufs[head]:
+                expect.append((p, [head]))
+                head += 1
+            else:
+                dropped += 1
+            continue
+        take, room = [], 0
+        while room < need and head + len(take) < len(bufs):
+            take.append(head + len(take))
+            room += bufs[take[-1]]
+        if room < need:
+            waiting += 1
+        else:
+            expect.append((p, take))
+            head += len(take)
+    got = used(nic.rx)
+    assert [tok[0] for tok, _ in got] == [i for _, idx in expect for i in idx]  # type: ignore[index]
+    lens = iter(n for _, n in got)
+    for p, idx in expect:
+        data = b""
+        for k, i in enumerate(idx):
+            n = next(lens)
+            if k + 1 < len(idx):
+                assert n == bufs[i]  # every buffer but the last is filled
+            data += nic.bench.memory.read(gpas[i], n)
+        if hdr == 12:
+            assert int.from_bytes(data[10:12], "little") == len(idx)
+        assert data[hdr:] == p
+    assert nic.model.stats.rx_dropped_too_big == dropped
+    assert len(nic.model.rx[0].backlog) == waiting
