@@ -236,3 +236,23 @@ def test_qdev_features_follow_properties() -> None:
     assert offered({}) == bit(CONSOLE_F.MULTIPORT) | bit(CONSOLE_F.EMERG_WRITE)  # QEMU: 31 ports
     assert offered({"max_ports": "1", "emergency-write": "off"}) == 0
     assert offered({"max_ports": "1", "x-size": "80x25"}) == bit(CONSOLE_F.SIZE) | bit(CONSOLE_F.EMERG_WRITE)
+
+
+def test_huge_transmit_chain_is_capped() -> None:
+    """Descriptors may all point at the same memory: the device takes a bounded amount."""
+    from host.devices.console import TX_CHAIN_LIMIT
+
+    captured: list[int] = []
+
+    class Count(CharBackend):
+        def write(self, data: bytes) -> None:
+            captured.append(len(data))
+
+    con = make_con(bit(F.VERSION_1) | bit(F.INDIRECT_DESC), max_ports=1, console=Count())
+    b = con.bench
+    buf = b.dma.alloc(1 << 20)
+    con.queues[1].add([(buf.gpa, 1 << 20)] * 8, [], "huge")  # 8 MiB through one MiB of memory
+    b.w("QueueNotify", 1)
+    assert captured == [TX_CHAIN_LIMIT]
+    assert [n for _, n in con.used(1)] == [0]
+    assert any("only the first" in m for m in con.model.events.messages)

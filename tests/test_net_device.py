@@ -562,3 +562,20 @@ def test_rx_placement_matches_a_simple_model(mrg: bool, frames: list[int], sizes
         assert data[hdr:] == p
     assert nic.model.stats.rx_dropped_too_big == dropped
     assert len(nic.model.rx[0].backlog) == waiting
+
+
+def test_held_buffers_are_forgotten_when_the_queue_is_reset() -> None:
+    """Buffers the device held for a frame belong to the old ring after a queue reset; the
+    device must not complete them on the new one."""
+    nic = make_nic(MODERN | bit(NET_F.MRG_RXBUF), backend=LoopbackBackend())
+    b = nic.bench
+    nic.post_rx(20, "old")
+    nic.send(bytes(100))  # needs more than the one buffer: held, frame waits
+    assert nic.model.rx[0].held
+    b.w("QueueSel", 0)
+    b.w("QueueReset", 1)
+    nic.rx = b.setup_queue(0, 16)
+    gpa = nic.post_rx(200, "new")
+    assert [(tok[0], n) for tok, n in used(nic.rx)] == [("new", 112)]  # type: ignore[index]
+    assert b.memory.read(gpa + 12, 100) == bytes(100)
+    assert not b.device.violations

@@ -44,6 +44,7 @@ from virtio_sim.spec import CONSOLE, CONSOLE_E, CONSOLE_F, bit
 
 CONTROL_DATA_LIMIT = 4096  # bytes of one control message the device reads
 RX_BACKLOG_LIMIT = 1 << 20  # bytes waiting for a port's receive buffers
+TX_CHAIN_LIMIT = 1 << 20  # bytes taken from one transmit chain (descriptors may repeat memory)
 
 
 @dataclass
@@ -247,7 +248,12 @@ class ConsoleDevice(DeviceModel):
             done += 1
             if chain.writable:
                 self.events.note(f"console: tx chain {chain.head} has writable buffers (ignored)")
-            data = ChainReader(queue.space, chain.readable).read(chain.readable_len)
+            if chain.readable_len > TX_CHAIN_LIMIT:
+                self.events.note(
+                    f"console: tx chain {chain.head} carries {chain.readable_len} bytes;"
+                    f" only the first {TX_CHAIN_LIMIT} are taken"
+                )
+            data = ChainReader(queue.space, chain.readable).read(TX_CHAIN_LIMIT)
             queue.push(chain.head, 0)
             port.bytes_in += len(data)
             if not port.host_open:
