@@ -238,6 +238,13 @@ class GuestKernel:
             return dma
         return self.shared_dma
 
+    def check_canaries(self) -> list[str]:
+        """Every device write outside a DMA buffer seen so far (canary hits)."""
+        found = self.dma.check()
+        if self.shared_dma is not self.dma:
+            found = found + self.shared_dma.check()
+        return found
+
     def bound(self, device_key: str) -> list[ProbeRecord]:
         return [p for p in self.probes if p.bound and p.device_key == device_key]
 
