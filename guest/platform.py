@@ -22,7 +22,7 @@ from guest.drivers.blk import BlkDriver
 from guest.drivers.iommu import IommuDriver, IommuRequestError
 from guest.drivers.rng import RngDriver
 from guest.iommu_dma import IommuDma
-from guest.link import HostLink
+from guest.link import HostLink, HostLinkError
 from guest.transport.base import TransportError
 from guest.transport.mmio import MmioTransportDriver
 from guest.virtio import DeviceNeedsReset, DriverPolicy, ProbeRefused, VirtioGuestDevice
@@ -152,13 +152,19 @@ class GuestKernel:
 
     async def irq_loop(self) -> None:
         """Handle raised lines; a level line is served until no device has a cause left."""
-        async for line in self._irq_recv:
-            for dev in self._irq_routes.get(line, []):
-                for _ in range(IRQ_STORM_LIMIT):
-                    if not await dev.handle_interrupt():
-                        break
-                else:
-                    dev.mark_broken(f"interrupt storm on line {line}: status never clears")
+        try:
+            async for line in self._irq_recv:
+                for dev in self._irq_routes.get(line, []):
+                    for _ in range(IRQ_STORM_LIMIT):
+                        if not await dev.handle_interrupt():
+                            break
+                    else:
+                        dev.mark_broken(f"interrupt storm on line {line}: status never clears")
+        except HostLinkError as e:
+            # The host is gone: every waiter must wake up and see it, nothing may hang.
+            for devs in self._irq_routes.values():
+                for dev in devs:
+                    dev.mark_broken(f"host link lost: {e}")
 
     async def probe_mmio(self, cmdline: str) -> list[ProbeRecord]:
         resources = parse_cmdline(cmdline)
