@@ -34,7 +34,7 @@ def main() -> int:
                 "rows": [r.to_json() for r in rows],
             },
             indent=2,
-        )  # fmt: skip
+        )
     )
     print(f"wrote {args.json}")
     return 0

@@ -181,7 +181,9 @@ def peak_rss_embedded(ram: str = "1G") -> float:
     code = (
         "import resource, trio\n"
         "from virtio_sim.embedded import RunConfig, run_embedded\n"
-        f"r = trio.run(run_embedded, RunConfig(device='virtio-blk-device', workload='blk-rw', ram_size={_size(ram)}))\n"
+        "cfg = RunConfig(device='virtio-blk-device', workload='blk-rw', "
+        f"ram_size={_size(ram)})\n"
+        "r = trio.run(run_embedded, cfg)\n"
         "assert str(r.outcome) == 'OK', r.detail\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
