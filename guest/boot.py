@@ -94,3 +94,7 @@ async def _main(
         result.outcome = Outcome.OK
         result.detail = f"{workload_name} verified"
     result.status_trace = dev.trace
+    damage = kernel.check_canaries()
+    if damage:
+        result.outcome = Outcome.CORRUPTION
+        result.detail = f"{damage[0]} ({len(damage)} canary hit(s))"

@@ -160,20 +160,19 @@ class GuestKernel:
 
     async def irq_loop(self) -> None:
         """Handle raised lines; a level line is served until no device has a cause left."""
-        async for line in self._irq_recv:
-            for dev in self._irq_routes.get(line, []):
-                for _ in range(IRQ_STORM_LIMIT):
-                    try:
+        try:
+            async for line in self._irq_recv:
+                for dev in self._irq_routes.get(line, []):
+                    for _ in range(IRQ_STORM_LIMIT):
                         if not await dev.handle_interrupt():
                             break
-                    except HostLinkError as e:
-                        # The link is gone (shutdown or host death): wake every waiter.
-                        for devs in self._irq_routes.values():
-                            for d in devs:
-                                d.mark_broken(f"host link lost: {e}")
-                        return
-                else:
-                    dev.mark_broken(f"interrupt storm on line {line}: status never clears")
+                    else:
+                        dev.mark_broken(f"interrupt storm on line {line}: status never clears")
+        except HostLinkError as e:
+            # The host is gone: every waiter must wake up and see it, nothing may hang.
+            for devs in self._irq_routes.values():
+                for dev in devs:
+                    dev.mark_broken(f"host link lost: {e}")
 
     async def probe_mmio(self, cmdline: str) -> list[ProbeRecord]:
         resources = parse_cmdline(cmdline)
@@ -252,6 +251,13 @@ class GuestKernel:
             self.iommu_dmas.append(dma)
             return dma
         return self.shared_dma
+
+    def check_canaries(self) -> list[str]:
+        """Every device write outside a DMA buffer seen so far (canary hits)."""
+        found = self.dma.check()
+        if self.shared_dma is not self.dma:
+            found = found + self.shared_dma.check()
+        return found
 
     def bound(self, device_key: str) -> list[ProbeRecord]:
         return [p for p in self.probes if p.bound and p.device_key == device_key]
