@@ -193,7 +193,7 @@ async def _mac_change(d: NetDriver, rnd: random.Random) -> str:
     new = bytes([old[0] | 0x02]) + old[1:5] + bytes([old[5] ^ 0xFF])
     await d.set_mac(new)
     if d.dev.has(NET_F.MAC):
-        seen = await d._read_mac()
+        seen = await d.read_mac()
         if seen != new:
             raise CorruptionDetected(f"config mac is {format_mac(seen)} after setting it")
     if d.dev.has(NET_F.CTRL_RX):

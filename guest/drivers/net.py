@@ -116,7 +116,7 @@ class NetDriver(GuestDriver):
         self.mergeable = d.has(NET_F.MRG_RXBUF)
         self.any_layout = d.has(F.VERSION_1) or d.has(F.ANY_LAYOUT)
         self.stats = NetDriverStats()
-        self.mac = await self._read_mac() if d.has(NET_F.MAC) else self._random_mac()
+        self.mac = await self.read_mac() if d.has(NET_F.MAC) else self._random_mac()
         self.link_up = await self.read_link()
         self.max_pairs = 1
         if d.has(NET_F.MQ):
@@ -145,7 +145,7 @@ class NetDriver(GuestDriver):
         raw[0] = (raw[0] & 0xFE) | LOCAL_ADMIN_BIT  # unicast, locally administered
         return bytes(raw)
 
-    async def _read_mac(self) -> bytes:
+    async def read_mac(self) -> bytes:
         """Byte by byte like virtio_cread_bytes; legacy config has no generation counter,
         so read until two passes agree."""
         fields = [(_CFG["mac"] + i, 1) for i in range(NET.eth_alen)]
