@@ -412,9 +412,7 @@ class QemuVirtioPciLayout:
     max_vectors: int
 
 
-PCI_CAP = _bind(
-    VirtioPciCapTypes, _TRANSPORTS["pci"]["cfg_type"], "transports.toml [pci.cfg_type]"
-)
+PCI_CAP = _bind(VirtioPciCapTypes, _TRANSPORTS["pci"]["cfg_type"], "transports.toml [pci.cfg_type]")
 PCI_ISR = _bind(VirtioPciIsrBits, _TRANSPORTS["pci"]["isr"], "transports.toml [pci.isr]")
 QEMU_PCI = _bind(QemuVirtioPciLayout, _TRANSPORTS["pci"]["qemu"], "transports.toml [pci.qemu]")
 
