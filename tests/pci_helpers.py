@@ -24,7 +24,9 @@ RAM = 32 << 20
 
 def make_host(tmp: Path, device: str, transport: str = "pci-transitional", **kw: Any) -> HostSetup:
     return build_host(
-        HostConfig(devices=[device], transport=transport, ram_size=RAM, seed=1, scratch_dir=str(tmp), **kw)
+        HostConfig(
+            devices=[device], transport=transport, ram_size=RAM, seed=1, scratch_dir=str(tmp), **kw
+        )
     )
 
 
@@ -60,7 +62,9 @@ class HostBench:
     def bar_reg(self, index: int) -> int:
         return PCI_HEADER["bar0"] + PCI_BAR_SIZE * index
 
-    def place(self, addrs: dict[int, int], command: int = PCI_CMD.IO | PCI_CMD.MEMORY | PCI_CMD.MASTER) -> None:
+    def place(
+        self, addrs: dict[int, int], command: int = PCI_CMD.IO | PCI_CMD.MEMORY | PCI_CMD.MASTER
+    ) -> None:
         for index, addr in addrs.items():
             self.cfg_w(self.bar_reg(index), 4, addr & 0xFFFFFFFF)
             if self.proxy.fn.bars[index].kind.value == "mem64":
