@@ -6,6 +6,13 @@ check magic and version, skip placeholder slots (device id 0), find a driver for
 device id, negotiate, let the driver set up queues, DRIVER_OK. Interrupt lines are routed
 to the devices behind them; a raised line is handled by reading and acknowledging the
 interrupt status until no cause is left.
+
+PCI (``virtio_sim.pci=`` on the command line, standing in for ACPI's MCFG) is enumerated
+by :mod:`guest.pci`; every function with the virtio vendor id goes through Linux's
+virtio_pci_probe: enable, modern transport first and legacy as fallback (the other way
+round with ``force_legacy``), bus mastering, MSI-X vectors (config change on entry 0, one
+per queue or one shared) with INTx as the fallback. An MSI carries the guest vector as
+its data and goes straight to the config or queue handler it was given to.
 """
 
 from __future__ import annotations

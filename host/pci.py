@@ -591,7 +591,10 @@ class PciHost:
             )
             if slot is None:
                 raise ValueError("no free PCI slot on bus 0")
-        if not 0 <= slot < PCI_CFG.devices_per_bus or not 0 <= function < 8:
+        if (
+            not 0 <= slot < PCI_CFG.devices_per_bus
+            or not 0 <= function < PCI_CFG.functions_per_device
+        ):
             raise ValueError(f"PCI address {slot:#x}.{function} is out of range")
         bdf = (0, slot, function)
         if bdf in self.functions:

@@ -16,7 +16,7 @@ is created.
 from __future__ import annotations
 
 from host.devices.base import PropertyError
-from host.pci import BarKind, Msix, PciFunction
+from host.pci import Msix, PciFunction
 from host.transport.pci_legacy import LegacyInterface
 from host.transport.pci_modern import ModernInterface
 from host.virtio_device import InterruptSink, VirtioDevice
@@ -206,7 +206,3 @@ class VirtioPciProxy(InterruptSink):
             # QEMU's virtio_write_config: taking bus mastering away stops the device.
             self.note("bus mastering disabled: DRIVER_OK dropped")
             self.device.status &= ~STATUS.DRIVER_OK
-
-    @property
-    def bar_kinds(self) -> dict[int, BarKind]:
-        return {i: b.kind for i, b in self.fn.bars.items() if b.index == i}
