@@ -14,7 +14,7 @@ import trio
 from guest.drivers.base import DeviceProtocolError
 from guest.drivers.blk import BlkIoError
 from guest.link import HostLink, HostLinkError
-from guest.platform import GuestKernel, GuestPolicy
+from guest.platform import BootError, GuestKernel, GuestPolicy
 from guest.virtio import DeviceNeedsReset
 from guest.workloads import WORKLOADS, CorruptionDetected
 from virtio_sim.memory import ByteAccess
@@ -62,9 +62,12 @@ async def _main(
 ) -> None:
     key, workload = WORKLOADS[workload_name]
     try:
-        probes = await kernel.probe_mmio(boot.cmdline)
+        probes = await kernel.probe_platform(boot.cmdline)
     except HostLinkError as e:
         result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
+        return
+    except BootError as e:
+        result.outcome, result.detail = Outcome.NOT_PROBED, str(e)
         return
     record = next((p for p in probes if p.device_key == key), None)
     if record is None or record.device is None:

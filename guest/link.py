@@ -81,6 +81,22 @@ class HostLink:
         self._pending.clear()
 
     async def read(self, addr: int, size: int) -> int:
+        """A memory-mapped register read (a load from ``addr``)."""
+        return await self._read(MsgType.MMIO_READ, addr, size)
+
+    async def write(self, addr: int, size: int, value: int) -> None:
+        """A posted memory-mapped register write."""
+        await self._write(MsgType.MMIO_WRITE, addr, size, value)
+
+    async def pio_read(self, port: int, size: int) -> int:
+        """An x86 port read (``in``): legacy virtio-pci and 0xCF8/0xCFC config access."""
+        return await self._read(MsgType.PIO_READ, port, size)
+
+    async def pio_write(self, port: int, size: int, value: int) -> None:
+        """An x86 port write (``out``), posted like a memory write."""
+        await self._write(MsgType.PIO_WRITE, port, size, value)
+
+    async def _read(self, kind: MsgType, addr: int, size: int) -> int:
         if self.failure:
             raise self.failure
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -88,7 +104,7 @@ class HostLink:
         p = _Pending()
         self._pending[seq] = p
         try:
-            await self.channel.send(wire.access(MsgType.MMIO_READ, seq, addr, size))
+            await self.channel.send(wire.access(kind, seq, addr, size))
         except trio.EndOfChannel:
             self._fail(HostLinkError("host closed the link"))
         await p.event.wait()
@@ -96,11 +112,11 @@ class HostLink:
             raise p.error
         return p.value
 
-    async def write(self, addr: int, size: int, value: int) -> None:
+    async def _write(self, kind: MsgType, addr: int, size: int, value: int) -> None:
         if self.failure:
             raise self.failure
         try:
-            await self.channel.send(wire.access(MsgType.MMIO_WRITE, 0, addr, size, value))
+            await self.channel.send(wire.access(kind, 0, addr, size, value))
         except trio.EndOfChannel:
             self._fail(HostLinkError("host closed the link"))
             raise self.failure from None  # type: ignore[misc]

@@ -292,6 +292,20 @@ class VirtioGuestDevice:
         self._progress()
         return isr
 
+    async def handle_queue_vector(self, queues: list[int] | None) -> None:
+        """MSI-X: a queue vector fired; complete the queues it serves (None: all)."""
+        for vq in self.queues:
+            if queues is None or vq.index in queues:
+                vq.reap()
+        self._progress()
+
+    async def handle_config_vector(self) -> None:
+        """MSI-X: the configuration-change vector fired (NEEDS_RESET arrives this way)."""
+        status = await self.transport.get_status()
+        if status & STATUS.DEVICE_NEEDS_RESET:
+            self.mark_broken(f"device set DEVICE_NEEDS_RESET ({status_names(status)})")
+        self._progress()
+
     def _progress(self) -> None:
         self._progress_event.set()
         self._progress_event = trio.Event()

@@ -11,11 +11,20 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from host.devices.base import PropertyError
+from host.devices.base import PropertyError, parse_bool
 from host.devices.iommu import IommuDevice
 from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
-from host.qdev import BuiltDevice, DeviceSpec, build_device, parse_device_option
+from host.pci import BusMasterGate, PciFunction
+from host.qdev import (
+    BuiltDevice,
+    DeviceSpec,
+    build_device,
+    model_name,
+    parse_device_option,
+    pci_name,
+)
+from host.transport.virtio_pci import VirtioPciProxy
 from host.virtio_device import VirtioDevice
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace
 from virtio_sim.layouts import ByteOrder
@@ -23,9 +32,20 @@ from virtio_sim.memory import GuestMemory
 from virtio_sim.netproto import nth_mac
 from virtio_sim.spec import NET, F
 
-HOST_TRANSPORTS = ("mmio-v2", "mmio-v1")
+PCI_TRANSPORTS = ("pci-modern", "pci-transitional", "pci-legacy")
+HOST_TRANSPORTS = ("mmio-v2", "mmio-v1", "mmio", *PCI_TRANSPORTS)
 IOMMU_KINDS = ("none", "virtio-iommu")
 DEFAULT_DISK_SIZE = 1 << 20
+
+# What each PCI transport choice sets on a virtio-*-pci device unless the user did.
+# pci-legacy is the transitional device; the guest is told to drive its legacy interface.
+PCI_TRANSPORT_PROPS: dict[str, dict[str, str]] = {
+    "pci-modern": {"disable-legacy": "on", "disable-modern": "off"},
+    "pci-transitional": {"disable-legacy": "off", "disable-modern": "off"},
+    "pci-legacy": {"disable-legacy": "off", "disable-modern": "off"},
+}
+# QEMU -global properties this host knows, with QEMU's defaults.
+GLOBAL_DEFAULTS = {"virtio-mmio.force-legacy": "on"}
 
 
 @dataclass
@@ -36,6 +56,7 @@ class HostConfig:
     seed: int | None = None
     guest_order: ByteOrder = "little"
     scratch_dir: str | None = None  # where default disk images are created
+    globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
     iommu: str = "none"  # QEMU's machine property: none | virtio-iommu
 
 
@@ -64,27 +85,63 @@ class HostSetup:
 
 def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
     """Fill in what a one-line run leaves out: a scratch disk, the entropy seed."""
-    if spec.driver == "virtio-blk-device" and "drive" not in spec.props:
+    base = model_name(spec.driver)
+    if base == "virtio-blk-device" and "drive" not in spec.props:
         if cfg.scratch_dir is None:
             raise PropertyError("drive property not set")
         disk = os.path.join(cfg.scratch_dir, f"disk{index}.img")
         with open(disk, "wb") as f:
             f.truncate(DEFAULT_DISK_SIZE)
         spec.props["drive"] = disk
-    if spec.driver == "virtio-rng-device" and cfg.seed is not None:
+    if base == "virtio-rng-device" and cfg.seed is not None:
         spec.props.setdefault("x-seed", str(cfg.seed))
-    if spec.driver == "virtio-net-device":
+    if base == "virtio-net-device":
         # QEMU counts its default NIC address up per NIC; here per device slot.
         spec.props.setdefault("mac", nth_mac(NET.qemu_default_mac, index))
+
+
+def _place_on_bus(spec: DeviceSpec, transport: str) -> None:
+    """Fit a device name to the transport's bus (QEMU refuses a device on the wrong bus;
+    here a bus-independent ``virtio-X-device`` name follows the transport chosen)."""
+    is_pci = model_name(spec.driver) != spec.driver
+    if transport in PCI_TRANSPORTS:
+        if not is_pci:
+            name = pci_name(spec.driver)
+            if name is None:
+                raise PropertyError(f"No 'virtio-pci' flavour of device '{spec.driver}'")
+            spec.driver = name
+        for k, v in PCI_TRANSPORT_PROPS[transport].items():
+            spec.props.setdefault(k, v)
+    elif is_pci:
+        raise PropertyError(f"No 'PCI' bus found for device '{spec.driver}'")
+
+
+def mmio_force_legacy(cfg: HostConfig) -> bool:
+    """mmio-v1 / mmio-v2 pick the version; plain mmio follows virtio-mmio.force-legacy."""
+    if cfg.transport == "mmio-v1":
+        return True
+    if cfg.transport == "mmio-v2":
+        return False
+    key = "virtio-mmio.force-legacy"
+    return parse_bool(key, cfg.globals.get(key, GLOBAL_DEFAULTS[key]))
 
 
 def build_host(cfg: HostConfig) -> HostSetup:
     if cfg.transport not in HOST_TRANSPORTS:
         raise PropertyError(f"unknown transport {cfg.transport!r}")
+    for key in cfg.globals:
+        if key not in GLOBAL_DEFAULTS:
+            raise PropertyError(f"global {key} is not a property this host knows")
+    if cfg.iommu not in IOMMU_KINDS:
+        raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
+    if cfg.iommu != "none" and cfg.transport in PCI_TRANSPORTS:
+        raise PropertyError("virtio-iommu with PCI endpoints is not supported by this build (mmio only)")
+    force_legacy = mmio_force_legacy(cfg)
     specs = [parse_device_option(d) for d in cfg.devices]
     built: list[BuiltDevice] = []
     try:
         for i, spec in enumerate(specs):
+            _place_on_bus(spec, cfg.transport)
             _apply_defaults(spec, cfg, i)
             built.append(build_device(spec))
     except PropertyError:
@@ -93,38 +150,33 @@ def build_host(cfg: HostConfig) -> HostSetup:
             if close:
                 close()
         raise
-    if cfg.iommu not in IOMMU_KINDS:
-        raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
     memory = GuestMemory.create(cfg.ram_size)
     machine = Machine(memory)
+    if cfg.transport in PCI_TRANSPORTS:
+        machine.attach_q35_pci()
     setup = HostSetup(memory, machine, built=built)
-    legacy = cfg.transport == "mmio-v1"
-    if cfg.iommu == "virtio-iommu":
-        # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
-        setup.iommu = Iommu(set(range(1, len(built) + 1)))
-        iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: IdentityAddressSpace(memory))
-        iommu_dev.guest_order = cfg.guest_order
-        machine.add_mmio_device(iommu_dev, legacy=legacy)
-        setup.iommu_device = iommu_dev
-    for endpoint, b in enumerate(built, start=1):
-        vdev = VirtioDevice(
-            b.model,
-            _space_for(memory, setup.iommu, endpoint, b.dma_mode, setup),
-            transport_features=b.transport_features,
-            policy=b.policy,
-            strict_rings=b.strict_rings,
-            validate_access_platform=b.validate_access_platform,
-        )
-        vdev.guest_order = cfg.guest_order
-        slot = machine.add_mmio_device(vdev, legacy=legacy)
-        if setup.iommu is not None:
-            machine.iommu_endpoints[slot.base] = endpoint
-        setup.devices.append(vdev)
+    try:
+        if cfg.iommu == "virtio-iommu":
+            # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
+            setup.iommu = Iommu(set(range(1, len(built) + 1)))
+            iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: IdentityAddressSpace(memory))
+            iommu_dev.guest_order = cfg.guest_order
+            machine.add_mmio_device(iommu_dev, legacy=force_legacy)
+            setup.iommu_device = iommu_dev
+        for endpoint, b in enumerate(built, start=1):
+            vdev = _plug(machine, memory, b, force_legacy, _space_for(memory, setup, endpoint, b.dma_mode))
+            vdev.guest_order = cfg.guest_order
+            setup.devices.append(vdev)
+            if setup.iommu is not None:
+                machine.iommu_endpoints[machine.slots[-1].base] = endpoint
+    except (PropertyError, ValueError) as e:
+        setup.close()
+        raise PropertyError(str(e)) from None
     return setup
 
 
 def _space_for(
-    memory: GuestMemory, iommu: Iommu | None, endpoint: int, dma_mode: str, setup: HostSetup
+    memory: GuestMemory, setup: HostSetup, endpoint: int, dma_mode: str
 ) -> Callable[[int], AddressSpace]:
     """How this device's DMA meets the IOMMU, decided when the driver's features are known.
 
@@ -134,6 +186,7 @@ def _space_for(
     """
 
     def space(features: int) -> AddressSpace:
+        iommu = setup.iommu
         if iommu is None:
             return IdentityAddressSpace(memory)
         negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
@@ -144,3 +197,49 @@ def _space_for(
         return raw
 
     return space
+
+
+def _plug(
+    machine: Machine,
+    memory: GuestMemory,
+    b: BuiltDevice,
+    force_legacy: bool,
+    mmio_space: Callable[[int], AddressSpace],
+) -> VirtioDevice:
+    if b.pci is None:
+        vdev = VirtioDevice(
+            b.model,
+            mmio_space,
+            transport_features=b.transport_features,
+            policy=b.policy,
+            strict_rings=b.strict_rings,
+            validate_access_platform=b.validate_access_platform,
+        )
+        machine.add_mmio_device(vdev, legacy=force_legacy)
+        return vdev
+    # A PCI device's DMA goes through its function: no bus mastering, no access.
+    holder: list[PciFunction] = []
+
+    def space_for(features: int) -> AddressSpace:
+        return BusMasterGate(IdentityAddressSpace(memory), lambda: holder[0] if holder else None)
+
+    vdev = VirtioDevice(
+        b.model,
+        space_for,
+        transport_features=b.transport_features,
+        policy=b.policy,
+        strict_rings=b.strict_rings,
+        validate_access_platform=b.validate_access_platform,
+    )
+    opts = b.pci
+    proxy = VirtioPciProxy(
+        vdev,
+        modern=opts.modern,
+        legacy=opts.legacy,
+        vectors=opts.vectors,
+        class_code=opts.class_code,
+        name=b.spec.driver,
+    )
+    holder.append(proxy.fn)
+    machine.add_pci_device(proxy, opts.slot, opts.function)
+    return vdev

@@ -1,8 +1,9 @@
 """Serve one guest connection: frames in, register accesses to the machine, IRQs out.
 
 Register reads are answered in order; writes are posted and applied in arrival order, so
-a read always sees every write sent before it. Interrupt line changes produced while a
-write is applied are sent right after it. A malformed frame ends the connection with an
+a read always sees every write sent before it. Memory (MMIO_*) and port (PIO_*) accesses
+take the same path. Interrupt line changes and MSI messages produced while an access is
+applied are sent right after it. A malformed frame ends the connection with an
 ERROR frame; it never reaches the machine.
 """
 
@@ -27,8 +28,11 @@ ERR_UNSUPPORTED = 2
 
 async def serve(channel: FrameChannel, machine: Machine) -> str:
     """Run until the guest says BYE or goes away; returns how the connection ended."""
-    pending_irqs: list[tuple[int, bool]] = []
-    machine.irq_out = lambda irq, level: pending_irqs.append((irq, level))
+    pending_irqs: list[wire.Frame] = []
+    machine.irq_out = lambda irq, level: pending_irqs.append(wire.irq(IrqKind.LINE_LEVEL, irq, int(level)))
+    machine.msi_out = lambda address, data: pending_irqs.append(
+        wire.irq(IrqKind.MSI, address & 0xFFFFFFFF, data & 0xFFFFFFFF)
+    )
     while True:
         try:
             frame = await channel.receive()
@@ -46,6 +50,13 @@ async def serve(channel: FrameChannel, machine: Machine) -> str:
             elif frame.type is MsgType.MMIO_WRITE:
                 addr, size, value = wire.parse_access(frame)
                 _guarded(machine, machine.mmio_write, addr, size, value)
+            elif frame.type is MsgType.PIO_READ:
+                port, size, _ = wire.parse_access(frame)
+                value = _guarded(machine, machine.pio_read, port, size)
+                await channel.send(wire.read_reply(frame.seq, value))
+            elif frame.type is MsgType.PIO_WRITE:
+                port, size, value = wire.parse_access(frame)
+                _guarded(machine, machine.pio_write, port, size, value)
             elif frame.type is MsgType.BYE:
                 return "guest said bye"
             else:
@@ -58,9 +69,8 @@ async def serve(channel: FrameChannel, machine: Machine) -> str:
         except trio.EndOfChannel:
             return "guest closed the connection"
         while pending_irqs:
-            irq, level = pending_irqs.pop(0)
             try:
-                await channel.send(wire.irq(IrqKind.LINE_LEVEL, irq, int(level)))
+                await channel.send(pending_irqs.pop(0))
             except trio.EndOfChannel:
                 return "guest closed the connection"
 

@@ -85,9 +85,15 @@ class TransportFeatures:
     any_layout: bool = True  # legacy-only bit; transitional devices must offer it
     notify_on_empty: bool = True
     access_platform: bool = False  # QEMU's iommu_platform property (bit 33)
+    bad_feature: bool = False  # QEMU's virtio-pci offers bit 30 to catch ack-everything drivers
+    ring_reset: bool = False  # QEMU property queue_reset
 
     def mask(self) -> int:
         m = 0
+        if self.bad_feature:
+            m |= bit(F.BAD_FEATURE)
+        if self.ring_reset:
+            m |= bit(F.RING_RESET)
         if self.version_1:
             m |= bit(F.VERSION_1)
         if self.event_idx:
@@ -243,17 +249,31 @@ class VirtioDevice:
 
     def _config_space(self) -> bytes:
         """The config space in the byte order the driver currently expects."""
-        self.model.order = self.byte_order(self.guest_order)
-        return self.model.config_space()
+        return self.config_bytes(self.byte_order(self.guest_order))
 
-    def read_config(self, offset: int, size: int) -> int | None:
-        space = self._config_space()
+    def config_bytes(self, order: ByteOrder) -> bytes:
+        """The device config space encoded in ``order`` (whatever the model last activated)."""
+        saved = self.model.order
+        self.model.order = order
+        try:
+            return self.model.config_space()
+        finally:
+            self.model.order = saved
+
+    def read_config(self, offset: int, size: int, order: ByteOrder | None = None) -> int | None:
+        """A config field's value; ``order`` is the interface's (modern PCI: always little),
+        by default the negotiated one. None when the access leaves the config space."""
+        order = order or self.byte_order(self.guest_order)
+        space = self.config_bytes(order)
         if offset < 0 or offset + size > len(space):
             return None
-        return int.from_bytes(space[offset : offset + size], self.model.order)
+        return int.from_bytes(space[offset : offset + size], order)
 
-    def write_config(self, offset: int, size: int, value: int) -> None:
-        order = self.byte_order(self.guest_order)
+    def config_size(self) -> int:
+        return len(self.model.config_space())
+
+    def write_config(self, offset: int, size: int, value: int, order: ByteOrder | None = None) -> None:
+        order = order or self.byte_order(self.guest_order)
         self.model.config_write(offset, value.to_bytes(size, order))
         self.config_changed()
 

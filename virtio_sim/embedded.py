@@ -10,7 +10,7 @@ and ring violations the device recorded turn an apparent OK into DEVICE_ERROR.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -22,6 +22,7 @@ from host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
 from host.devices.base import PropertyError
 from host.qdev import parse_device_option
 from host.server import serve
+from virtio_sim.layouts import ByteOrder
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.wire import memory_link
 
@@ -41,6 +42,18 @@ class RunConfig:
     iommu: str = "none"
     #: more devices on the same machine, after ``device`` (net-pair needs two NICs)
     extra_devices: list[str] = field(default_factory=list)
+    # What the host is told about the guest's byte order (None: the truth, guest.guest_order);
+    # a different value makes a deliberately mismatched legacy setup.
+    host_guest_order: ByteOrder | None = None
+    globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
+
+
+def guest_policy_for(cfg: RunConfig) -> GuestPolicy:
+    """The transport choice can also say how the guest drives it: pci-legacy is the
+    transitional device driven through its legacy interface (virtio_pci.force_legacy=1)."""
+    if cfg.transport == "pci-legacy":
+        return replace(cfg.guest, pci_force_legacy=True)
+    return cfg.guest
 
 
 class ConfigError(ValueError):
@@ -113,9 +126,10 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             transport=cfg.transport,
             ram_size=cfg.ram_size,
             seed=cfg.seed,
-            guest_order=cfg.guest.guest_order,
+            guest_order=cfg.host_guest_order or cfg.guest.guest_order,
             scratch_dir=tmp,
             iommu=cfg.iommu,
+            globals=dict(cfg.globals),
         )
         try:
             setup = build_host(host_cfg)
@@ -132,7 +146,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
                     boot,
                     cfg.workload,
                     seed=cfg.seed,
-                    policy=cfg.guest,
+                    policy=guest_policy_for(cfg),
                     timeout=cfg.timeout,
                 )
                 nursery.cancel_scope.cancel()

@@ -221,6 +221,128 @@ MMIO_V2_REGISTERS = frozenset(
 )  # fmt: skip
 
 
+# --------------------------------------------------------------------------- PCI (PCI 3.0 ch. 6)
+
+# Type 0 configuration header (the first 64 bytes of every function's config space).
+PciConfigHeader = cs.Struct(
+    "vendor_id" / cs.Int16ul,  # 0x00
+    "device_id" / cs.Int16ul,  # 0x02
+    "command" / cs.Int16ul,  # 0x04
+    "status" / cs.Int16ul,  # 0x06
+    "revision_id" / cs.Int8ul,  # 0x08
+    "prog_if" / cs.Int8ul,  # 0x09
+    "subclass" / cs.Int8ul,  # 0x0a
+    "class_code" / cs.Int8ul,  # 0x0b
+    "cache_line_size" / cs.Int8ul,  # 0x0c
+    "latency_timer" / cs.Int8ul,  # 0x0d
+    "header_type" / cs.Int8ul,  # 0x0e
+    "bist" / cs.Int8ul,  # 0x0f
+    "bar0" / cs.Int32ul,  # 0x10
+    "bar1" / cs.Int32ul,
+    "bar2" / cs.Int32ul,
+    "bar3" / cs.Int32ul,
+    "bar4" / cs.Int32ul,
+    "bar5" / cs.Int32ul,
+    "cardbus_cis" / cs.Int32ul,  # 0x28
+    "subsystem_vendor_id" / cs.Int16ul,  # 0x2c
+    "subsystem_id" / cs.Int16ul,  # 0x2e
+    "expansion_rom" / cs.Int32ul,  # 0x30
+    "capabilities_ptr" / cs.Int8ul,  # 0x34
+    "_reserved" / cs.Bytes(7),
+    "interrupt_line" / cs.Int8ul,  # 0x3c
+    "interrupt_pin" / cs.Int8ul,  # 0x3d
+    "min_gnt" / cs.Int8ul,
+    "max_lat" / cs.Int8ul,
+)
+
+# The part of a type 1 (PCI-to-PCI bridge) header that enumeration needs: bus numbers.
+PciBridgeBusNumbers = cs.Struct(
+    "_common" / cs.Bytes(0x10),
+    "bar0" / cs.Int32ul,
+    "bar1" / cs.Int32ul,
+    "primary_bus" / cs.Int8ul,  # 0x18
+    "secondary_bus" / cs.Int8ul,  # 0x19
+    "subordinate_bus" / cs.Int8ul,  # 0x1a
+    "secondary_latency" / cs.Int8ul,
+)
+
+PciCapHeader = cs.Struct("cap_id" / cs.Int8ul, "cap_next" / cs.Int8ul)
+
+# MSI-X capability (PCI 3.0 6.8.2) and one table entry.
+MsixCapability = cs.Struct(
+    "cap_id" / cs.Int8ul,
+    "cap_next" / cs.Int8ul,
+    "message_control" / cs.Int16ul,  # table size N-1, function mask, enable
+    "table" / cs.Int32ul,  # BIR in bits 2:0, offset in the rest
+    "pba" / cs.Int32ul,
+)
+MsixTableEntry = cs.Struct(
+    "msg_addr_lo" / cs.Int32ul,
+    "msg_addr_hi" / cs.Int32ul,
+    "msg_data" / cs.Int32ul,
+    "vector_control" / cs.Int32ul,
+)
+MsixPbaQword = cs.Int64ul  # pending bits, one per vector, in 64-bit words
+
+# --------------------------------------------------------------------------- virtio-pci (4.1)
+
+# struct virtio_pci_cap and the capabilities that extend it (flat declarations so that
+# field_offsets/fast_codec work on them).
+_VIRTIO_PCI_CAP_FIELDS = (
+    "cap_vndr" / cs.Int8ul,  # PCI_CAP_ID_VNDR
+    "cap_next" / cs.Int8ul,
+    "cap_len" / cs.Int8ul,
+    "cfg_type" / cs.Int8ul,
+    "bar" / cs.Int8ul,
+    "id" / cs.Int8ul,
+    "padding" / cs.Bytes(2),
+    "offset" / cs.Int32ul,
+    "length" / cs.Int32ul,
+)
+VirtioPciCap = cs.Struct(*_VIRTIO_PCI_CAP_FIELDS)
+VirtioPciNotifyCap = cs.Struct(*_VIRTIO_PCI_CAP_FIELDS, "notify_off_multiplier" / cs.Int32ul)
+VirtioPciCfgCap = cs.Struct(*_VIRTIO_PCI_CAP_FIELDS, "pci_cfg_data" / cs.Bytes(4))
+
+# struct virtio_pci_common_cfg, 1.3 size (64 bytes).
+VirtioPciCommonCfg = cs.Struct(
+    "device_feature_select" / cs.Int32ul,  # 0x00
+    "device_feature" / cs.Int32ul,  # 0x04
+    "driver_feature_select" / cs.Int32ul,  # 0x08
+    "driver_feature" / cs.Int32ul,  # 0x0c
+    "config_msix_vector" / cs.Int16ul,  # 0x10
+    "num_queues" / cs.Int16ul,  # 0x12
+    "device_status" / cs.Int8ul,  # 0x14
+    "config_generation" / cs.Int8ul,  # 0x15
+    "queue_select" / cs.Int16ul,  # 0x16
+    "queue_size" / cs.Int16ul,  # 0x18
+    "queue_msix_vector" / cs.Int16ul,  # 0x1a
+    "queue_enable" / cs.Int16ul,  # 0x1c
+    "queue_notify_off" / cs.Int16ul,  # 0x1e
+    "queue_desc" / cs.Int64ul,  # 0x20
+    "queue_driver" / cs.Int64ul,  # 0x28
+    "queue_device" / cs.Int64ul,  # 0x30
+    "queue_notify_data" / cs.Int16ul,  # 0x38 (1.2; queue_notif_config_data in 1.4)
+    "queue_reset" / cs.Int16ul,  # 0x3a (1.2)
+    "admin_queue_index" / cs.Int16ul,  # 0x3c (1.3)
+    "admin_queue_num" / cs.Int16ul,  # 0x3e (1.3)
+)
+
+# The legacy header at the start of I/O BAR 0 (virtio 4.1.4.10). The two MSI-X vector
+# registers exist only while MSI-X is enabled; device config follows the header.
+VirtioPciLegacyHeader = cs.Struct(
+    "host_features" / cs.Int32ul,  # 0x00
+    "guest_features" / cs.Int32ul,  # 0x04
+    "queue_pfn" / cs.Int32ul,  # 0x08
+    "queue_num" / cs.Int16ul,  # 0x0c
+    "queue_sel" / cs.Int16ul,  # 0x0e
+    "queue_notify" / cs.Int16ul,  # 0x10
+    "status" / cs.Int8ul,  # 0x12
+    "isr" / cs.Int8ul,  # 0x13
+    "config_msix_vector" / cs.Int16ul,  # 0x14 (MSI-X enabled only)
+    "queue_msix_vector" / cs.Int16ul,  # 0x16 (MSI-X enabled only)
+)
+
+
 # --------------------------------------------------------------------------- virtio-blk (5.2)
 
 
@@ -515,3 +637,31 @@ def console_control_codec(order: ByteOrder = "little") -> struct.Struct:
 @cache
 def console_resize_codec(order: ByteOrder = "little") -> struct.Struct:
     return fast_codec(virtio_console_resize(order))
+
+
+PCI_HEADER: dict[str, int] = field_offsets(PciConfigHeader)
+PCI_BAR_SIZE: int = PCI_HEADER["bar1"] - PCI_HEADER["bar0"]  # a 64-bit BAR takes two
+PCI_HEADER_SIZE: int = PciConfigHeader.sizeof()
+PCI_BRIDGE: dict[str, int] = field_offsets(PciBridgeBusNumbers)
+MSIX_CAP: dict[str, int] = field_offsets(MsixCapability)
+MSIX_CAP_SIZE: int = MsixCapability.sizeof()
+MSIX_ENTRY: dict[str, int] = field_offsets(MsixTableEntry)
+MSIX_ENTRY_SIZE: int = MsixTableEntry.sizeof()
+MSIX_PBA_WORD: int = MsixPbaQword.sizeof()
+VIRTIO_CAP: dict[str, int] = field_offsets(VirtioPciNotifyCap)  # superset of virtio_pci_cap
+VIRTIO_CFG_CAP: dict[str, int] = field_offsets(VirtioPciCfgCap)
+COMMON_CFG: dict[str, int] = field_offsets(VirtioPciCommonCfg)
+COMMON_CFG_SIZE: int = VirtioPciCommonCfg.sizeof()
+COMMON_CFG_V1_0_SIZE: int = COMMON_CFG["queue_notify_data"]  # what a virtio 1.0 device has
+LEGACY_HDR: dict[str, int] = field_offsets(VirtioPciLegacyHeader)
+LEGACY_CONFIG_OFFSET: int = LEGACY_HDR["config_msix_vector"]  # device config, MSI-X off
+LEGACY_CONFIG_OFFSET_MSIX: int = VirtioPciLegacyHeader.sizeof()  # device config, MSI-X on
+
+
+def field_widths(declaration: Any) -> dict[str, int]:
+    """Byte width of every named field of a flat construct Struct."""
+    return {sub.name: sub.sizeof() for sub in declaration.subcons if sub.name is not None}
+
+
+COMMON_CFG_WIDTH: dict[str, int] = field_widths(VirtioPciCommonCfg)
+LEGACY_HDR_WIDTH: dict[str, int] = field_widths(VirtioPciLegacyHeader)

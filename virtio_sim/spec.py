@@ -618,3 +618,167 @@ IOMMU_ATTACH_F_BYPASS: int = int(_IOMMU["attach_flags"]["BYPASS"])
 IOMMU_FAULT_R = _bind(IommuFaultReasons, _IOMMU["fault_reason"], "iommu.toml [fault_reason]")
 IOMMU_FAULT_F = _bind(IommuFaultFlags, _IOMMU["fault_flags"], "iommu.toml [fault_flags]")
 IOMMU_PROBE = _bind(IommuProbe, _IOMMU["probe"], "iommu.toml [probe]")
+
+# --------------------------------------------------------------------------- virtio-pci
+
+
+class VirtioPciCapTypes:
+    """virtio_pci_cap.cfg_type values (virtio 4.1.4)."""
+
+    COMMON: int
+    NOTIFY: int
+    ISR: int
+    DEVICE: int
+    PCI_CFG: int
+    SHARED_MEMORY: int
+    VENDOR: int
+
+
+class VirtioPciIsrBits:
+    QUEUE: int
+    CONFIG: int
+
+
+class QemuVirtioPciLayout:
+    """Where QEMU puts things in a virtio-pci function (BAR indices, modern regions)."""
+
+    legacy_io_bar: int
+    msix_bar: int
+    modern_mem_bar: int
+    common_offset: int
+    common_size: int
+    isr_offset: int
+    isr_size: int
+    device_offset: int
+    device_size: int
+    notify_offset: int
+    notify_off_multiplier: int
+    queue_max: int
+    subsystem_id_modern: int
+    default_vectors: int
+    max_vectors: int
+
+
+PCI_CAP = _bind(VirtioPciCapTypes, _TRANSPORTS["pci"]["cfg_type"], "transports.toml [pci.cfg_type]")
+PCI_ISR = _bind(VirtioPciIsrBits, _TRANSPORTS["pci"]["isr"], "transports.toml [pci.isr]")
+QEMU_PCI = _bind(QemuVirtioPciLayout, _TRANSPORTS["pci"]["qemu"], "transports.toml [pci.qemu]")
+
+
+# --------------------------------------------------------------------------- PCI
+
+_PCI = load_toml("pci.toml")
+
+
+class PciConfigNumbers:
+    legacy_size: int
+    express_size: int
+    first_capability: int
+    ecam_bus_shift: int
+    ecam_device_shift: int
+    ecam_function_shift: int
+    devices_per_bus: int
+    functions_per_device: int
+    buses: int
+    absent_vendor: int
+    header_type_mask: int
+    header_type_multifunction: int
+    header_type_normal: int
+    header_type_bridge: int
+    capability_ttl: int
+
+
+class PciCommandBits:
+    IO: int
+    MEMORY: int
+    MASTER: int
+    PARITY: int
+    SERR: int
+    INTX_DISABLE: int
+
+
+class PciStatusBits:
+    INTERRUPT: int
+    CAP_LIST: int
+
+
+class PciBarBits:
+    count: int
+    SPACE_IO: int
+    MEM_TYPE_MASK: int
+    MEM_TYPE_32: int
+    MEM_TYPE_64: int
+    MEM_PREFETCH: int
+    io_flag_bits: int
+    mem_flag_bits: int
+    io_space_size: int
+
+
+class PciCapIds:
+    PM: int
+    VNDR: int
+    EXP: int
+    MSIX: int
+
+
+class MsixBits:
+    table_size_mask: int
+    FUNCTION_MASK: int
+    ENABLE: int
+    bir_mask: int
+    ENTRY_MASKED: int
+    max_vectors: int
+
+
+class PciInterruptPins:
+    INTA: int
+
+
+class Conf1Numbers:
+    address_port: int
+    data_port: int
+    ENABLE: int
+    bus_shift: int
+    device_shift: int
+    function_shift: int
+    register_mask: int
+
+
+class MsiNumbers:
+    x86_doorbell: int
+    x86_doorbell_size: int
+
+
+class PciClasses:
+    bridge_host: int
+    storage_scsi: int
+    network_ethernet: int
+    communication_other: int
+    others: int
+
+
+class PciIds:
+    intel_vendor: int
+    q35_host_bridge: int
+
+
+PCI_CFG = _bind(PciConfigNumbers, _PCI["config"], "pci.toml [config]")
+PCI_CMD = _bind(PciCommandBits, _PCI["command"], "pci.toml [command]")
+PCI_STATUS = _bind(PciStatusBits, _PCI["status"], "pci.toml [status]")
+PCI_BAR = _bind(PciBarBits, _PCI["bar"], "pci.toml [bar]")
+PCI_CAP_ID = _bind(PciCapIds, _PCI["cap_id"], "pci.toml [cap_id]")
+MSIX = _bind(MsixBits, _PCI["msix"], "pci.toml [msix]")
+PCI_PIN = _bind(PciInterruptPins, _PCI["interrupt_pin"], "pci.toml [interrupt_pin]")
+CONF1 = _bind(Conf1Numbers, _PCI["conf1"], "pci.toml [conf1]")
+MSI = _bind(MsiNumbers, _PCI["msi"], "pci.toml [msi]")
+PCI_CLASS = _bind(PciClasses, _PCI["class"], "pci.toml [class]")
+PCI_IDS = _bind(PciIds, _PCI["ids"], "pci.toml [ids]")
+
+
+def legacy_only_transport_features() -> int:
+    """Mask of the transport bits that exist only on the legacy interface (QEMU hides
+    them from the modern one: VIRTIO_LEGACY_FEATURES)."""
+    m = 0
+    for fb in FEATURES.features:
+        if fb.scope == "transport" and fb.legacy_only:
+            m |= fb.mask
+    return m

@@ -177,6 +177,8 @@ class MmioTransport(InterruptSink):
                 self.device_features_sel = value
             case "DriverFeatures":
                 if self.legacy and self.driver_features_sel:
+                    # QEMU logs this guest error: version 1 has only feature word 0.
+                    d.note("mmio: legacy DriverFeatures write with DriverFeaturesSel > 0 ignored")
                     return
                 d.write_driver_features(self.driver_features_sel, value)
             case "DriverFeaturesSel":
