@@ -20,7 +20,7 @@ from guest.dma import DirectDma
 from guest.drivers.base import GuestDriver
 from guest.drivers.blk import BlkDriver
 from guest.drivers.rng import RngDriver
-from guest.link import HostLink
+from guest.link import HostLink, HostLinkError
 from guest.transport.base import TransportError
 from guest.transport.mmio import MmioTransportDriver
 from guest.virtio import DriverPolicy, ProbeRefused, VirtioGuestDevice
@@ -102,8 +102,14 @@ class GuestKernel:
         async for line in self._irq_recv:
             for dev in self._irq_routes.get(line, []):
                 for _ in range(IRQ_STORM_LIMIT):
-                    if not await dev.handle_interrupt():
-                        break
+                    try:
+                        if not await dev.handle_interrupt():
+                            break
+                    except HostLinkError as e:
+                        # The host is gone: nothing will be handled any more; whoever
+                        # waits for this device learns it from the broken device.
+                        dev.mark_broken(f"host link lost: {e}")
+                        return
                 else:
                     dev.mark_broken(f"interrupt storm on line {line}: status never clears")
 

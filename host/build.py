@@ -8,13 +8,15 @@ before the guest runs (the run's outcome is then HOST_REFUSED).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from host.devices.base import PropertyError
 from host.machine import Machine
 from host.qdev import BuiltDevice, DeviceSpec, build_device, parse_device_option
 from host.virtio_device import VirtioDevice
-from virtio_sim.dma import IdentityAddressSpace
+from virtio_sim.dma import AddressSpace, IdentityAddressSpace
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
 
@@ -30,6 +32,9 @@ class HostConfig:
     seed: int | None = None
     guest_order: ByteOrder = "little"
     scratch_dir: str | None = None  # where default disk images are created
+    # How devices reach guest RAM, asked each time a device sets up a ring: identity over
+    # the shared map by default; the process host supplies DMA over the wire for TCP.
+    address_space: Callable[[GuestMemory], AddressSpace] | None = None
 
 
 @dataclass
@@ -38,6 +43,20 @@ class HostSetup:
     machine: Machine
     devices: list[VirtioDevice] = field(default_factory=list)
     built: list[BuiltDevice] = field(default_factory=list)
+
+    def evidence(self) -> dict[str, Any]:
+        """What the host saw, as plain data (RunResult.add_host_evidence folds it in)."""
+        return {
+            "devices": [
+                {
+                    "device_features": vdev.device_features,
+                    "notes": list(vdev.notes),
+                    "violations": [dict(v.__dict__) for v in vdev.violations],
+                }
+                for vdev in self.devices
+            ],
+            "machine_notes": list(self.machine.notes),
+        }
 
     def close(self) -> None:
         for b in self.built:
@@ -78,10 +97,11 @@ def build_host(cfg: HostConfig) -> HostSetup:
     memory = GuestMemory.create(cfg.ram_size)
     machine = Machine(memory)
     setup = HostSetup(memory, machine, built=built)
+    make_space = cfg.address_space or IdentityAddressSpace
     for b in built:
         vdev = VirtioDevice(
             b.model,
-            lambda features: IdentityAddressSpace(memory),
+            lambda features: make_space(memory),
             transport_features=b.transport_features,
             policy=b.policy,
             strict_rings=b.strict_rings,

@@ -4,65 +4,177 @@ Register reads are answered in order; writes are posted and applied in arrival o
 a read always sees every write sent before it. Interrupt line changes produced while a
 write is applied are sent right after it. A malformed frame ends the connection with an
 ERROR frame; it never reaches the machine.
+
+When guest RAM is not shared (TCP), pass a :class:`~host.remote_dma.DmaPort`: a reader
+task then routes the guest's DMA_REPLY frames to the port and queues everything else, in
+order, for the dispatcher, which applies each register access in a worker thread so that
+devices can wait for DMA replies (see :mod:`host.remote_dma`). Either way the frames are
+handled by the same code.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from host.machine import Machine
+from host.remote_dma import DmaPort
 from virtio_sim import wire
 from virtio_sim.dma import DmaError
 from virtio_sim.ring.chain import RingError
-from virtio_sim.wire import FrameChannel, IrqKind, MsgType, WireError
+from virtio_sim.wire import ErrorCode, FrameChannel, IrqKind, MsgType, WireError
 
 log = logging.getLogger("virtio_sim.host.server")
 
-ERR_PROTOCOL = 1
-ERR_UNSUPPORTED = 2
+ERR_PROTOCOL = ErrorCode.PROTOCOL
+ERR_UNSUPPORTED = ErrorCode.UNSUPPORTED
+BYE_REASON = "guest said bye"
+CLOSED_REASON = "guest closed the connection"
+# Posted frames a DMA-mode connection may queue while a device waits for the guest; a
+# guest that floods beyond this is dropped instead of growing the host without bound.
+MAX_QUEUED_FRAMES = 4096
+
+Call = Callable[..., Awaitable[int]]
 
 
-async def serve(channel: FrameChannel, machine: Machine) -> str:
+async def serve(channel: FrameChannel, machine: Machine, *, dma: DmaPort | None = None) -> str:
     """Run until the guest says BYE or goes away; returns how the connection ended."""
     pending_irqs: list[tuple[int, bool]] = []
     machine.irq_out = lambda irq, level: pending_irqs.append((irq, level))
+    if dma is not None:
+        return await _serve_dma(channel, machine, dma, pending_irqs)
+
+    async def call(op: Callable[..., int | None], *args: int) -> int:
+        return _guarded(machine, op, *args)
+
     while True:
         try:
             frame = await channel.receive()
-        except trio.EndOfChannel:
-            return "guest closed the connection"
+        except trio.EndOfChannel as e:
+            return _closed(e)
         except WireError as e:
-            log.warning("dropping guest: %s", e)
-            await _send_quietly(channel, wire.error(ERR_PROTOCOL, str(e)))
-            return f"protocol error: {e}"
-        try:
-            if frame.type is MsgType.MMIO_READ:
-                addr, size, _ = wire.parse_access(frame)
-                value = _guarded(machine, machine.mmio_read, addr, size)
-                await channel.send(wire.read_reply(frame.seq, value))
-            elif frame.type is MsgType.MMIO_WRITE:
-                addr, size, value = wire.parse_access(frame)
-                _guarded(machine, machine.mmio_write, addr, size, value)
-            elif frame.type is MsgType.BYE:
-                return "guest said bye"
-            else:
-                msg = f"unexpected {frame.type.name} frame from the guest"
-                await _send_quietly(channel, wire.error(ERR_UNSUPPORTED, msg))
-                return f"protocol error: {msg}"
-        except WireError as e:
-            await _send_quietly(channel, wire.error(ERR_PROTOCOL, str(e)))
-            return f"protocol error: {e}"
-        except trio.EndOfChannel:
-            return "guest closed the connection"
+            return await _protocol_error(channel, e)
+        ended = await _handle(channel, machine, frame, call, pending_irqs)
+        if ended is _SEND_FAILED:
+            return await _bye_after_send_failure(channel.receive)
+        if ended is not None:
+            return ended
+
+
+# A reply or IRQ could not be sent because the guest closed its end. That is normal right
+# after the guest's BYE, which may still be unread: look for it before calling the guest
+# lost. (A plain string, compared by identity.)
+_SEND_FAILED = "send failed"
+BYE_LOOKAHEAD = 1.0  # seconds to look for a BYE after a failed send
+
+
+async def _bye_after_send_failure(receive: Callable[[], Awaitable[wire.Frame]]) -> str:
+    with trio.move_on_after(BYE_LOOKAHEAD):
+        while True:
+            try:
+                frame = await receive()
+            except (trio.EndOfChannel, WireError):
+                break
+            if frame.type is MsgType.BYE:
+                return BYE_REASON
+    return f"{CLOSED_REASON} (it did not take a reply)"
+
+
+async def _handle(
+    channel: FrameChannel,
+    machine: Machine,
+    frame: wire.Frame,
+    call: Call,
+    pending_irqs: list[tuple[int, bool]],
+) -> str | None:
+    """Apply one guest frame; returns why the connection ends, or None to go on."""
+    try:
+        if frame.type is MsgType.MMIO_READ:
+            addr, size, _ = wire.parse_access(frame)
+            value = await call(machine.mmio_read, addr, size)
+            await channel.send(wire.read_reply(frame.seq, value))
+        elif frame.type is MsgType.MMIO_WRITE:
+            addr, size, value = wire.parse_access(frame)
+            await call(machine.mmio_write, addr, size, value)
+        elif frame.type is MsgType.BYE:
+            return BYE_REASON
+        else:
+            msg = f"unexpected {frame.type.name} frame from the guest"
+            await _send_quietly(channel, wire.error(ERR_UNSUPPORTED, msg))
+            return f"protocol error: {msg}"
         while pending_irqs:
             irq, level = pending_irqs.pop(0)
-            try:
-                await channel.send(wire.irq(IrqKind.LINE_LEVEL, irq, int(level)))
-            except trio.EndOfChannel:
-                return "guest closed the connection"
+            await channel.send(wire.irq(IrqKind.LINE_LEVEL, irq, int(level)))
+    except WireError as e:
+        return await _protocol_error(channel, e)
+    except trio.EndOfChannel:
+        return _SEND_FAILED
+    return None
+
+
+async def _serve_dma(
+    channel: FrameChannel, machine: Machine, port: DmaPort, pending_irqs: list[tuple[int, bool]]
+) -> str:
+    inbox_tx, inbox_rx = trio.open_memory_channel[wire.Frame](MAX_QUEUED_FRAMES)
+    reader_end: list[str] = []
+
+    async def reader() -> None:
+        reason = CLOSED_REASON
+        try:
+            while True:
+                frame = await channel.receive()
+                if frame.type is MsgType.DMA_REPLY:
+                    port.deliver(frame)
+                    continue
+                try:
+                    inbox_tx.send_nowait(frame)
+                except trio.WouldBlock:
+                    raise WireError(
+                        f"guest queued more than {MAX_QUEUED_FRAMES} frames while a device "
+                        "waited for DMA"
+                    ) from None
+                if frame.type is MsgType.BYE:
+                    reason = BYE_REASON
+                    return
+        except trio.EndOfChannel as e:
+            reason = _closed(e)
+        except WireError as e:
+            reason = await _protocol_error(channel, e)
+        finally:
+            reader_end.append(reason)
+            port.fail(reason)
+            inbox_tx.close()
+
+    async def call(op: Callable[..., int | None], *args: int) -> int:
+        return await trio.to_thread.run_sync(functools.partial(_guarded, machine, op, *args))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        ended: str | None = None
+        async for frame in inbox_rx:
+            ended = await _handle(channel, machine, frame, call, pending_irqs)
+            if ended is _SEND_FAILED:
+                ended = await _bye_after_send_failure(inbox_rx.receive)
+            if ended is not None:
+                break
+        nursery.cancel_scope.cancel()
+    if ended is not None:
+        return ended
+    return reader_end[0] if reader_end else CLOSED_REASON
+
+
+def _closed(e: trio.EndOfChannel) -> str:
+    detail = str(e)  # a socket channel says "connection lost: <errno text>" on a reset
+    return f"{CLOSED_REASON} ({detail})" if detail.startswith("connection lost") else CLOSED_REASON
+
+
+async def _protocol_error(channel: FrameChannel, e: WireError) -> str:
+    log.warning("dropping guest: %s", e)
+    await _send_quietly(channel, wire.error(e.code, str(e)))
+    return f"protocol error: {e}"
 
 
 def _guarded(machine: Machine, op: Callable[..., int | None], *args: int) -> int:

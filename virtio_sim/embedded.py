@@ -60,16 +60,9 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
-    """Fold what the host saw into the guest's result."""
-    if setup.devices:
-        vdev = setup.devices[0]
-        result.device_features = vdev.device_features
-        result.device_notes = list(vdev.notes)
-        result.violations = [v.__dict__ for v in vdev.violations]
-        if result.outcome is Outcome.OK and vdev.violations:
-            result.outcome = Outcome.DEVICE_ERROR
-            result.detail = f"device recorded ring violations: {vdev.violations[0].message}"
-    return result
+    """Fold what the host saw into the guest's result (the process mode folds the same
+    evidence, received from the host process)."""
+    return result.add_host_evidence(setup.evidence())
 
 
 async def run_embedded(cfg: RunConfig) -> RunResult:

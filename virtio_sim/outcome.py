@@ -37,6 +37,32 @@ class RunResult:
     device_notes: list[str] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
 
+    def add_host_evidence(self, evidence: dict[str, Any]) -> RunResult:
+        """Fold in what the host saw (``HostSetup.evidence()``, possibly from another
+        process): ring violations recorded by the device turn an apparent OK into
+        DEVICE_ERROR."""
+        devices = evidence.get("devices") or []
+        if devices:
+            dev = devices[0]
+            self.device_features = int(dev["device_features"])
+            self.device_notes = list(dev["notes"])
+            self.violations = [dict(v) for v in dev["violations"]]
+            if self.outcome is Outcome.OK and self.violations:
+                self.outcome = Outcome.DEVICE_ERROR
+                first = self.violations[0]["message"]
+                self.detail = f"device recorded ring violations: {first}"
+        return self
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunResult:
+        """The inverse of :meth:`to_json` (a result printed by a guest process)."""
+        fields = dict(d)
+        fields["outcome"] = Outcome(fields["outcome"])
+        for key in ("device_features", "driver_features"):
+            fields[key] = int(fields[key], 16) if isinstance(fields[key], str) else fields[key]
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["outcome"] = str(self.outcome)

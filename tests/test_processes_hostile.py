@@ -1,0 +1,269 @@
+"""A host process against hostile or broken clients: each is refused cleanly with an ERROR
+frame and the connection dropped, and the host goes on serving the next real guest.
+
+The clients here speak the protocol by hand over a real socket (Unix or TCP), the host is a
+real ``virtio-sim host`` process, and after every abuse a real ``virtio-sim guest`` process
+must still complete a verified workload against the same host.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from process_helpers import Proc, expect_error, host, raw_channel, run_guest
+from virtio_sim import wire
+from virtio_sim.handshake import HostSession, MemoryMode, auth_tag, guest_handshake
+from virtio_sim.layouts import MMIO_OFFSETS
+from virtio_sim.sockets import SocketFrameChannel
+from virtio_sim.spec import MMIO
+from virtio_sim.wire import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    Capability,
+    ErrorCode,
+    Hello,
+    MsgType,
+    Role,
+)
+
+SECRET = b"correct horse"
+MMIO_BASE = 0xFEB00000 + 7 * 0x200  # microvm: the first device sits in the highest slot
+
+
+def _header(mtype: int, length: int, *, version: int = PROTOCOL_VERSION, seq: int = 0) -> bytes:
+    return wire._HEADER.pack(wire.PROTOCOL_MAGIC, version, mtype, seq, length)
+
+
+class Target:
+    def __init__(self, h: Proc, address: str, link: str, secret_file: Path) -> None:
+        self.h = h
+        self.address = address
+        self.link = link
+        self.secret_file = secret_file
+
+    async def channel(self) -> SocketFrameChannel:
+        return await raw_channel(self.address)
+
+    async def handshake(self, ch: SocketFrameChannel) -> HostSession:
+        return await guest_handshake(ch, secret=SECRET, can_take_fds=self.link == "unix")
+
+    async def still_serves(self) -> None:
+        """The proof that the host survived: a real guest process runs a verified workload."""
+        g = await run_guest(
+            self.address, "--workload", "rng", "--seed", "5", "--json",
+            "--secret-file", str(self.secret_file),
+        )  # fmt: skip
+        assert g.proc.returncode == 0, g.stderr
+        assert g.json_result()["workload"]["verified_stream"] is True
+        assert self.h.proc.returncode is None
+
+
+@asynccontextmanager
+async def target(tmp_path: Path, link: str, *extra: str) -> AsyncIterator[Target]:
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET)
+    os.chmod(secret_file, 0o600)
+    listen = "unix:" if link == "unix" else "tcp:127.0.0.1:0"
+    async with host(
+        "--listen", listen, "-device", "virtio-rng-device", "--seed", "5",
+        "--secret-file", str(secret_file), "--max-guests", "2",
+        "--handshake-timeout", "1", "--frame-timeout", "1", *extra,
+    ) as (h, address):  # fmt: skip
+        yield Target(h, address, link, secret_file)
+
+
+LINKS = pytest.mark.parametrize("link", ["unix", "tcp"])
+
+
+async def _first_frame(ch: SocketFrameChannel) -> wire.Frame:
+    frame = await ch.receive()
+    assert frame.type is MsgType.HELLO  # the host always speaks first
+    return frame
+
+
+@LINKS
+async def test_garbage_bytes(tmp_path: Path, link: str) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, link) as t:
+            ch = await t.channel()
+            await _first_frame(ch)
+            await ch.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.PROTOCOL and "bad frame magic" in message
+            await t.still_serves()
+
+
+@LINKS
+async def test_truncated_frame_then_close(tmp_path: Path, link: str) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, link) as t:
+            ch = await t.channel()
+            await _first_frame(ch)
+            hello = wire.hello(Hello(PROTOCOL_VERSION, Role.GUEST, Capability.DMA_MESSAGES))
+            raw = hello.encode()
+            await ch.send_raw(raw[: HEADER_SIZE + 5])  # header promises more than comes
+            ch.socket.shutdown(socket.SHUT_WR)
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.PROTOCOL and "truncated frame" in message
+            await t.still_serves()
+
+
+async def test_truncated_frame_that_stalls_times_out(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, "unix") as t:
+            ch = await t.channel()
+            await t.handshake(ch)
+            write = wire.access(MsgType.MMIO_WRITE, 0, MMIO_BASE, 4, 0).encode()
+            await ch.send_raw(write[: HEADER_SIZE + 3])  # ... and then nothing
+            code, message = await expect_error(ch, timeout=5)
+            assert code == ErrorCode.TIMEOUT and "incomplete" in message
+            await t.still_serves()
+
+
+@LINKS
+async def test_oversized_length_is_refused_before_any_payload(tmp_path: Path, link: str) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, link) as t:
+            ch = await t.channel()
+            await _first_frame(ch)
+            # Only the header: the host must answer without waiting for 4 GiB of payload.
+            await ch.send_raw(_header(MsgType.HELLO, 0xFFFFFFFF))
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.PROTOCOL
+            assert f"exceeds the limit {MAX_PAYLOAD}" in message
+            # The same after the handshake, in the middle of register traffic.
+            ch = await t.channel()
+            await t.handshake(ch)
+            await ch.send_raw(_header(MsgType.MMIO_WRITE, MAX_PAYLOAD + 1))
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.PROTOCOL and "exceeds the limit" in message
+            await t.still_serves()
+
+
+@LINKS
+async def test_wrong_versions(tmp_path: Path, link: str) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, link) as t:
+            # A frame header from a future protocol.
+            ch = await t.channel()
+            await _first_frame(ch)
+            await ch.send_raw(_header(MsgType.HELLO, 0, version=PROTOCOL_VERSION + 1))
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.VERSION and "unsupported protocol version" in message
+            # A current header carrying a HELLO that claims another version.
+            ch = await t.channel()
+            host_hello = wire.parse_hello(await _first_frame(ch))
+            await ch.send(
+                wire.hello(
+                    Hello(
+                        PROTOCOL_VERSION + 1,
+                        Role.GUEST,
+                        Capability.DMA_MESSAGES,
+                        auth=auth_tag(SECRET, host_hello.nonce),
+                    )
+                )
+            )
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.VERSION and "protocol version 2" in message
+            await t.still_serves()
+
+
+@LINKS
+async def test_wrong_or_missing_secret(tmp_path: Path, link: str) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, link) as t:
+            ch = await t.channel()
+            with pytest.raises(Exception, match="wrong shared secret"):
+                await guest_handshake(ch, secret=b"guess", can_take_fds=False)
+            # A replayed answer to an old challenge is no better than a guess.
+            ch = await t.channel()
+            old_nonce = wire.parse_hello(await _first_frame(ch)).nonce
+            ch2 = await t.channel()
+            await _first_frame(ch2)
+            await ch2.send(
+                wire.hello(
+                    Hello(
+                        PROTOCOL_VERSION,
+                        Role.GUEST,
+                        Capability.DMA_MESSAGES,
+                        auth=auth_tag(SECRET, old_nonce),
+                    )
+                )
+            )
+            code, message = await expect_error(ch2)
+            assert code == ErrorCode.AUTH
+            await ch.aclose()
+            # The guest command without the secret says what is missing.
+            g = await run_guest(t.address, "--workload", "rng")
+            assert g.proc.returncode == 1
+            assert "requires a shared secret" in g.stderr
+            ended = [e for e in t.h.events() if e["event"] == "guest-ended"]
+            assert [e["end"] for e in ended].count("refused") >= 2
+            await t.still_serves()
+
+
+async def test_silent_client_is_dropped_after_the_handshake_timeout(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, "tcp") as t:
+            ch = await t.channel()
+            code, message = await expect_error(ch, timeout=5)  # we never answer the HELLO
+            assert code == ErrorCode.TIMEOUT and "no handshake" in message
+            await t.still_serves()
+
+
+@LINKS
+async def test_garbage_after_the_handshake(tmp_path: Path, link: str) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, link) as t:
+            ch = await t.channel()
+            session = await t.handshake(ch)
+            assert session.mode is (MemoryMode.SHARED if link == "unix" else MemoryMode.DMA)
+            # A well-formed read first: the connection works ...
+            await ch.send(wire.access(MsgType.MMIO_READ, 1, MMIO_BASE + MMIO_OFFSETS["MagicValue"], 4))
+            reply = await ch.receive()
+            assert wire.parse_read_reply(reply) == MMIO.magic
+            # ... then frames a guest must never send, and a bad access size.
+            await ch.send(wire.read_reply(9, 0))
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.UNSUPPORTED and "unexpected READ_REPLY" in message
+            ch = await t.channel()
+            await t.handshake(ch)
+            await ch.send(wire.Frame(MsgType.MMIO_WRITE, 0, wire._ACCESS.pack(0, 3, b"", 0)))
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.PROTOCOL and "access size" in message
+            await t.still_serves()
+
+
+async def test_unsolicited_dma_reply_over_tcp(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, "tcp") as t:
+            ch = await t.channel()
+            await t.handshake(ch)
+            await ch.send(wire.dma_reply(77, wire.DMA_OK, b"x"))
+            code, message = await expect_error(ch)
+            assert code == ErrorCode.PROTOCOL and "unknown request 77" in message
+            await t.still_serves()
+
+
+async def test_connection_limit(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, "unix") as t:
+            held = [await t.channel() for _ in range(2)]
+            for ch in held:
+                await t.handshake(ch)
+            third = await t.channel()
+            code, message = await expect_error(third)
+            assert code == ErrorCode.BUSY and "already serves 2 guests" in message
+            for ch in held:
+                await ch.send(wire.bye())
+                await ch.aclose()
+            await t.h.wait_for(lambda: sum(e["event"] == "guest-ended" for e in t.h.events()) >= 3)
+            await t.still_serves()
