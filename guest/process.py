@@ -120,7 +120,9 @@ async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit
         await _send_quietly(channel, wire.error(e.code, str(e)))
         return GuestExit(EXIT_FAIL, message=f"malformed frame from the host: {e}")
     except trio.EndOfChannel as e:
-        return GuestExit(EXIT_PEER_LOST, message=f"host closed the connection in the handshake ({e})")
+        return GuestExit(
+            EXIT_PEER_LOST, message=f"host closed the connection in the handshake ({e})"
+        )
     try:
         memory = session_memory(session)
     except HandshakeError as e:

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -55,11 +56,10 @@ from virtio_sim.memory import GuestMemory
 from virtio_sim.sockets import (
     FRAME_TIMEOUT,
     Address,
-    ListenError,
     Listener,
+    ListenError,
     SocketFrameChannel,
     TcpAddress,
-    UnixAddress,
     open_listener,
     peer_credentials,
 )
@@ -289,9 +289,7 @@ class HostServer:
             else:
                 nursery.start_soon(self._connection, self._register(stream))
 
-    async def _watch_signals(
-        self, signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope
-    ) -> None:
+    async def _watch_signals(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
         async for signum in signals:
             self.interrupted = signum
             self.log(f"{signal.Signals(signum).name}: saying BYE to {len(self.live)} guest(s)")
@@ -429,4 +427,3 @@ def host_main(opts: HostOptions, out: TextIO = sys.stdout, err: TextIO = sys.std
         print(f"virtio-sim host: error: {e}", file=err, flush=True)
         return EXIT_USAGE
     return trio.run(HostServer(plan, out, err).run)
-

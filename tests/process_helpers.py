@@ -56,6 +56,7 @@ class Proc:
         self.stderr = ""
         self.changed = trio.Event()
         self.drained = trio.Event()
+        self.address = ""  # a host's listening address
 
     def _changed(self) -> None:
         self.changed.set()
@@ -187,11 +188,12 @@ async def _kill_group(p: Proc) -> None:
 
 
 @asynccontextmanager
-async def host(*args: str) -> AsyncIterator[tuple[Proc, str]]:
-    """A host process (``virtio-sim host ARGS``) and the address it listens on."""
+async def host(*args: str) -> AsyncIterator[Proc]:
+    """A host process (``virtio-sim host ARGS``), listening at ``.address``."""
     async with spawn("host", *args, name="host") as h:
         event = await h.event("listening", timeout=15)
-        yield h, str(event["address"])
+        h.address = str(event["address"])
+        yield h
 
 
 async def run_guest(address: str, *args: str, timeout: float = 30.0) -> Proc:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from guest_helpers import in_test_guest
+from process_helpers import host
 
 from guest.drivers.blk import BlkDriver, BlkIoError
 from guest.virtio import DeviceNeedsReset
-from guest_helpers import in_test_guest
-from process_helpers import host
 from virtio_sim.layouts import BLK_REQ_HEADER_SIZE, blk_req_header_codec
 from virtio_sim.spec import BLK_S, BLK_T
 
@@ -41,20 +41,21 @@ async def test_flushed_writes_survive_kill_9_of_the_host(
     tmp_path: Path, disk: Path, link: str
 ) -> None:
     rnd = random.Random(11)
-    writes = {sector: rnd.randbytes(SECTOR * count) for sector, count in ((3, 1), (40, 16), (2047, 1))}
+    writes = {
+        sector: rnd.randbytes(SECTOR * count) for sector, count in ((3, 1), (40, 16), (2047, 1))
+    }
     with trio.fail_after(30):
-        async with host(*_listen(link, tmp_path), "-device", f"virtio-blk-device,drive={disk}") as (
-            h,
-            address,
+        async with (
+            host(*_listen(link, tmp_path), "-device", f"virtio-blk-device,drive={disk}") as h,
+            in_test_guest(h.address, SECRET if link == "tcp" else None) as g,
         ):
-            async with in_test_guest(address, SECRET if link == "tcp" else None) as g:
-                drv = g.driver
-                assert isinstance(drv, BlkDriver)
-                for sector, data in writes.items():
-                    await drv.write(sector, data)
-                await drv.flush()
-                h.signal(signal.SIGKILL)  # the very moment the FLUSH completed
-                assert await h.exit(timeout=5) == -signal.SIGKILL
+            drv = g.driver
+            assert isinstance(drv, BlkDriver)
+            for sector, data in writes.items():
+                await drv.write(sector, data)
+            await drv.flush()
+            h.signal(signal.SIGKILL)  # the very moment the FLUSH completed
+            assert await h.exit(timeout=5) == -signal.SIGKILL
     content = disk.read_bytes()
     for sector, data in writes.items():
         assert content[sector * SECTOR : sector * SECTOR + len(data)] == data
@@ -81,11 +82,10 @@ async def test_malformed_requests_never_touch_the_file(
 ) -> None:
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
     with trio.fail_after(30):
-        async with host(*_listen(link, tmp_path), "-device", f"virtio-blk-device,drive={disk}") as (
-            h,
-            address,
-        ):
-            async with in_test_guest(address, SECRET if link == "tcp" else None) as g:
+        async with host(
+            *_listen(link, tmp_path), "-device", f"virtio-blk-device,drive={disk}"
+        ) as h:
+            async with in_test_guest(h.address, SECRET if link == "tcp" else None) as g:
                 drv = g.driver
                 assert isinstance(drv, BlkDriver)
                 cap = drv.geometry.capacity

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from process_helpers import DEATH_BOUND, host, live_group_members, run_guest, spawn
+
 from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_PEER_LOST
 
 SEED = ("--seed", "3")
@@ -37,12 +37,9 @@ def _guest_secret(link: str, tmp_path: Path) -> tuple[str, ...]:
 @pytest.mark.parametrize("link", ["unix", "tcp"])
 async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
     with trio.fail_after(60):
-        async with host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as (
-            h,
-            address,
-        ):
+        async with host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as h:
             async with spawn(
-                "guest", "--connect", address, *SOAK, *_guest_secret(link, tmp_path), name="guest"
+                "guest", "--connect", h.address, *SOAK, *_guest_secret(link, tmp_path), name="guest"
             ) as g:
                 await h.log("guest 1: handshake done")
                 await trio.sleep(0.3)  # well inside the soak (thousands of requests)
@@ -56,7 +53,7 @@ async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
             assert "before BYE" in ended["reason"]
             # The host is still up and serves the next guest as if nothing happened.
             nxt = await run_guest(
-                address, "--workload", "rng", "--seed", "3", "--json",
+                h.address, "--workload", "rng", "--seed", "3", "--json",
                 *_guest_secret(link, tmp_path),
             )  # fmt: skip
             assert nxt.proc.returncode == 0, nxt.stderr
@@ -66,17 +63,16 @@ async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
 
 async def test_kill_9_guest_ends_a_once_host_with_status_3() -> None:
     with trio.fail_after(60):
-        async with host("--listen", "unix:", "--once", "-device", "virtio-rng-device", *SEED) as (
-            h,
-            address,
+        async with (
+            host("--listen", "unix:", "--once", "-device", "virtio-rng-device", *SEED) as h,
+            spawn("guest", "--connect", h.address, *SOAK, name="guest") as g,
         ):
-            async with spawn("guest", "--connect", address, *SOAK, name="guest") as g:
-                await h.log("handshake done")
-                await trio.sleep(0.3)
-                killed_at = trio.current_time()
-                g.signal(signal.SIGKILL)
-                rc = await h.exit(timeout=5)
-                assert trio.current_time() - killed_at < DEATH_BOUND
+            await h.log("handshake done")
+            await trio.sleep(0.3)
+            killed_at = trio.current_time()
+            g.signal(signal.SIGKILL)
+            rc = await h.exit(timeout=5)
+            assert trio.current_time() - killed_at < DEATH_BOUND
     assert rc == EXIT_PEER_LOST
     assert "LOST" in h.stderr and "the guest died or dropped the link" in h.stderr
 
@@ -84,20 +80,19 @@ async def test_kill_9_guest_ends_a_once_host_with_status_3() -> None:
 @pytest.mark.parametrize("link", ["unix", "tcp"])
 async def test_kill_9_host_mid_workload(tmp_path: Path, link: str) -> None:
     with trio.fail_after(60):
-        async with host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as (
-            h,
-            address,
+        async with (
+            host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as h,
+            spawn(
+                "guest", "--connect", h.address, *SOAK, *_guest_secret(link, tmp_path), name="guest"
+            ) as g,
         ):
-            async with spawn(
-                "guest", "--connect", address, *SOAK, *_guest_secret(link, tmp_path), name="guest"
-            ) as g:
-                await h.log("guest 1: handshake done")
-                await trio.sleep(0.3)
-                assert g.proc.returncode is None
-                killed_at = trio.current_time()
-                h.signal(signal.SIGKILL)
-                rc = await g.exit(timeout=5)
-                assert trio.current_time() - killed_at < DEATH_BOUND
+            await h.log("guest 1: handshake done")
+            await trio.sleep(0.3)
+            assert g.proc.returncode is None
+            killed_at = trio.current_time()
+            h.signal(signal.SIGKILL)
+            rc = await g.exit(timeout=5)
+            assert trio.current_time() - killed_at < DEATH_BOUND
     assert rc == EXIT_PEER_LOST
     assert "host link lost" in g.stderr
     result = g.json_result()
@@ -111,13 +106,10 @@ async def test_ctrl_c_on_the_host_says_bye_and_removes_the_socket(tmp_path: Path
     sock_dir = tmp_path / "private"
     sock = sock_dir / "vs.sock"
     with trio.fail_after(60):
-        async with host("--listen", f"unix:{sock}", "-device", "virtio-rng-device", *SEED) as (
-            h,
-            address,
-        ):
+        async with host("--listen", f"unix:{sock}", "-device", "virtio-rng-device", *SEED) as h:
             assert oct(sock_dir.stat().st_mode & 0o777) == oct(0o700)
             assert oct(sock.stat().st_mode & 0o777) == oct(0o600)
-            async with spawn("guest", "--connect", address, *SOAK, name="guest") as g:
+            async with spawn("guest", "--connect", h.address, *SOAK, name="guest") as g:
                 await h.log("handshake done")
                 h.signal(signal.SIGINT)
                 grc = await g.exit(timeout=5)
@@ -132,8 +124,8 @@ async def test_ctrl_c_on_the_host_says_bye_and_removes_the_socket(tmp_path: Path
 
 async def test_ctrl_c_on_the_guest_says_bye() -> None:
     with trio.fail_after(60):
-        async with host("--listen", "unix:", "-device", "virtio-rng-device", *SEED) as (h, address):
-            async with spawn("guest", "--connect", address, *SOAK, name="guest") as g:
+        async with host("--listen", "unix:", "-device", "virtio-rng-device", *SEED) as h:
+            async with spawn("guest", "--connect", h.address, *SOAK, name="guest") as g:
                 await h.log("handshake done")
                 await trio.sleep(0.2)
                 g.signal(signal.SIGINT)

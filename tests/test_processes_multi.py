@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-
 from process_helpers import host, raw_channel, run_guest
+
 from virtio_sim import wire
 from virtio_sim.handshake import MemoryMode, guest_handshake, session_memory
 from virtio_sim.layouts import MMIO_OFFSETS
@@ -18,15 +18,12 @@ MMIO_BASE = 0xFEB00000 + 7 * 0x200  # microvm: the first device sits in the high
 
 async def test_two_guest_processes_at_once() -> None:
     with trio.fail_after(60):
-        async with host("--listen", "unix:", "-device", "virtio-rng-device", "--seed", "21") as (
-            h,
-            address,
-        ):
+        async with host("--listen", "unix:", "-device", "virtio-rng-device", "--seed", "21") as h:
             guests = []
 
             async def one() -> None:
                 guests.append(
-                    await run_guest(address, "--workload", "rng-soak", "--seed", "21", "--json")
+                    await run_guest(h.address, "--workload", "rng-soak", "--seed", "21", "--json")
                 )
 
             async with trio.open_nursery() as n:
@@ -56,20 +53,19 @@ async def test_each_connection_has_its_own_machine_and_memory() -> None:
     """A connection held open across a whole other guest run keeps its own device state
     and its own RAM, and is still served afterwards."""
     with trio.fail_after(60):
-        async with host("--listen", "unix:", "-device", "virtio-rng-device", "--seed", "4") as (
-            h,
-            address,
-        ):
-            ch = await raw_channel(address)
+        async with host("--listen", "unix:", "-device", "virtio-rng-device", "--seed", "4") as h:
+            ch = await raw_channel(h.address)
             session = await guest_handshake(ch, secret=None, can_take_fds=True)
             assert session.mode is MemoryMode.SHARED
             ram = session_memory(session)  # the host's memfd for this connection
             assert await _read(ch, 1, "MagicValue") == MMIO.magic
             await ch.send(
-                wire.access(MsgType.MMIO_WRITE, 0, MMIO_BASE + MMIO_OFFSETS["Status"], 4, STATUS.ACKNOWLEDGE)
+                wire.access(
+                    MsgType.MMIO_WRITE, 0, MMIO_BASE + MMIO_OFFSETS["Status"], 4, STATUS.ACKNOWLEDGE
+                )
             )
             ram.write(0x200000, b"mine")
-            g = await run_guest(address, "--workload", "rng", "--seed", "4", "--json")
+            g = await run_guest(h.address, "--workload", "rng", "--seed", "4", "--json")
             assert g.proc.returncode == 0, g.stderr
             # The other guest negotiated to DRIVER_OK on its device; ours is untouched.
             assert await _read(ch, 2, "Status") == STATUS.ACKNOWLEDGE
@@ -87,13 +83,10 @@ async def test_one_disk_image_is_never_shared_by_two_guests(tmp_path: Path) -> N
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))
     with trio.fail_after(60):
-        async with host("--listen", "unix:", "-device", f"virtio-blk-device,drive={disk}") as (
-            h,
-            address,
-        ):
-            first = await raw_channel(address)
+        async with host("--listen", "unix:", "-device", f"virtio-blk-device,drive={disk}") as h:
+            first = await raw_channel(h.address)
             await guest_handshake(first, secret=None, can_take_fds=True)
-            g = await run_guest(address, "--workload", "blk-rw", "--json")
+            g = await run_guest(h.address, "--workload", "blk-rw", "--json")
             assert g.proc.returncode == 1
             refused = g.json_result()
             assert refused["outcome"] == "HOST_REFUSED"
@@ -101,5 +94,5 @@ async def test_one_disk_image_is_never_shared_by_two_guests(tmp_path: Path) -> N
             await first.send(wire.bye())
             await first.aclose()
             await h.wait_for(lambda: "guest 1: ended" in h.stderr)
-            g = await run_guest(address, "--workload", "blk-rw", "--json")
+            g = await run_guest(h.address, "--workload", "blk-rw", "--json")
             assert g.proc.returncode == 0, g.stderr

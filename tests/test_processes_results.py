@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from process_helpers import host, run_guest, spawn
 
 from guest.workloads import blk_pattern_seed
-from process_helpers import host, run_guest, spawn
 
 SECTOR = 512
 
@@ -104,9 +104,9 @@ async def test_host_and_guest_commands_use_the_announced_memory_path(
         async with host(
             "--listen", listen, "-device", "virtio-rng-device", "--seed", "9",
             "--memory", memory, "--secret-file", str(secret),
-        ) as (h, address):  # fmt: skip
+        ) as h:  # fmt: skip
             g = await run_guest(
-                address, "--workload", "rng", "--seed", "9", "--json",
+                h.address, "--workload", "rng", "--seed", "9", "--json",
                 "--secret-file", str(secret),
             )  # fmt: skip
             assert g.proc.returncode == 0, g.stderr

@@ -142,7 +142,9 @@ def _add_guest_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="run a guest driver stack against a host process",
         description="Connect to a virtio-sim host, boot, probe, run one workload.",
     )
-    guest.add_argument("--connect", required=True, metavar="ADDR", help="unix:PATH or tcp:HOST:PORT")
+    guest.add_argument(
+        "--connect", required=True, metavar="ADDR", help="unix:PATH or tcp:HOST:PORT"
+    )
     guest.add_argument("--workload", required=True, help="rng | rng-soak | blk-rw")
     guest.add_argument("--driver", default="default", metavar="PROFILE", help="driver profile")
     guest.add_argument(

@@ -222,7 +222,11 @@ class HostSession:
 
 
 async def guest_handshake(
-    channel: FrameChannel, *, secret: bytes | None, can_take_fds: bool, name: str = "virtio-sim guest"
+    channel: FrameChannel,
+    *,
+    secret: bytes | None,
+    can_take_fds: bool,
+    name: str = "virtio-sim guest",
 ) -> HostSession:
     """Run the guest side. Raises HandshakeError (with the host's code) or WireError."""
     host = wire.parse_hello(await _expect(channel, MsgType.HELLO, "host"))
@@ -251,14 +255,20 @@ async def guest_handshake(
             gpa, size, offset, flags = wire.parse_mem_region(frame)
             this_mode = MemoryMode.SHARED if flags & MemRegionFlag.SHARED_FD else MemoryMode.DMA
             if mode is not None and this_mode is not mode:
-                raise HandshakeError("MEM_REGION frames mix shared and DMA memory", ErrorCode.PROTOCOL)
+                raise HandshakeError(
+                    "MEM_REGION frames mix shared and DMA memory", ErrorCode.PROTOCOL
+                )
             mode = this_mode
             if mode is MemoryMode.SHARED and fd is None:
                 if not can_take_fds:
-                    raise HandshakeError("host shares memory over a channel without fds", ErrorCode.PROTOCOL)
+                    raise HandshakeError(
+                        "host shares memory over a channel without fds", ErrorCode.PROTOCOL
+                    )
                 fd = _fd_channel(channel).take_fd()
                 if fd is None:
-                    raise HandshakeError("MEM_REGION(SHARED_FD) arrived without an fd", ErrorCode.PROTOCOL)
+                    raise HandshakeError(
+                        "MEM_REGION(SHARED_FD) arrived without an fd", ErrorCode.PROTOCOL
+                    )
             regions.append(MemoryRegion(gpa, size, offset))
             if len(regions) > MAX_REGIONS:
                 raise HandshakeError(f"more than {MAX_REGIONS} memory regions", ErrorCode.PROTOCOL)
@@ -277,7 +287,8 @@ def _check_regions(regions: list[MemoryRegion], ram_size: int) -> None:
     total = sum(r.size for r in regions)
     if total != ram_size:
         raise HandshakeError(
-            f"memory regions add up to {total} bytes, HELLO announced {ram_size}", ErrorCode.PROTOCOL
+            f"memory regions add up to {total} bytes, HELLO announced {ram_size}",
+            ErrorCode.PROTOCOL,
         )
     if any(r.size <= 0 or r.offset < 0 or r.offset + r.size > MAX_GUEST_RAM for r in regions):
         raise HandshakeError("a memory region is empty or out of range", ErrorCode.PROTOCOL)
@@ -290,7 +301,9 @@ def session_memory(session: HostSession) -> GuestMemory:
         if session.mode is MemoryMode.SHARED:
             assert session.fd is not None
             if not stat.S_ISREG(os.fstat(session.fd).st_mode):
-                raise HandshakeError("the shared memory fd is not a memory file", ErrorCode.PROTOCOL)
+                raise HandshakeError(
+                    "the shared memory fd is not a memory file", ErrorCode.PROTOCOL
+                )
             backing = SharedMemoryObject.attach(session.fd, extent)
         else:
             backing = SharedMemoryObject.create_memfd(extent, "virtio-sim-guest-private-ram")
@@ -309,4 +322,3 @@ def session_memory(session: HostSession) -> GuestMemory:
 async def _send_quietly(channel: FrameChannel, frame: wire.Frame) -> None:
     with contextlib.suppress(Exception):
         await channel.send(frame)
-

@@ -273,7 +273,9 @@ def _host_did_not_start(host: _Child, cfg: RunConfig, device: str) -> ProcessRun
                 Outcome.HOST_REFUSED, cfg.transport, device=device, detail=str(event["detail"])
             )
             return ProcessRun(EXIT_FAIL, result)
-    return ProcessRun(EXIT_FAIL, message=f"the host did not start listening ({host.describe_exit()})")
+    return ProcessRun(
+        EXIT_FAIL, message=f"the host did not start listening ({host.describe_exit()})"
+    )
 
 
 def _merge(cfg: RunConfig, device: str, host: _Child, guest: _Child) -> ProcessRun:

@@ -279,7 +279,11 @@ async def connect(addr: Address) -> trio.SocketStream:
             return await trio.open_unix_socket(addr.path)
         return await trio.open_tcp_stream(addr.host, addr.port)
     except OSError as e:
-        hint = " (is the host running?)" if isinstance(e, ConnectionRefusedError | FileNotFoundError) else ""
+        hint = (
+            " (is the host running?)"
+            if isinstance(e, ConnectionRefusedError | FileNotFoundError)
+            else ""
+        )
         raise ConnectError(f"cannot connect to {addr}: {e.strerror or e}{hint}") from None
 
 
