@@ -387,7 +387,7 @@ class HostServer:
         except trio.EndOfChannel as e:
             return "lost", f"{CLOSED_REASON} during the handshake ({e})"
         if mode is MemoryMode.DMA:
-            conn.port = DmaPort(channel)
+            conn.port = DmaPort(channel, reply_timeout=self.opts.frame_timeout)
         record["memory"] = str(mode)
         self.log(f"guest {conn.ident}: handshake done ({hello.name!r}, guest RAM {mode})")
         reason = await serve(channel, setup.machine, dma=conn.port)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from host.machine import Machine
-from host.remote_dma import DmaPort
+from host.remote_dma import DmaPort, PostingChannel
 from virtio_sim import wire
 from virtio_sim.dma import DmaError
 from virtio_sim.ring.chain import RingError
@@ -118,8 +118,10 @@ async def _handle(
 async def _serve_dma(
     channel: FrameChannel, machine: Machine, port: DmaPort, pending_irqs: list[tuple[int, bool]]
 ) -> str:
+    out = PostingChannel(channel, port)  # every send stays behind earlier DMA traffic
     inbox_tx, inbox_rx = trio.open_memory_channel[wire.Frame](MAX_QUEUED_FRAMES)
     reader_end: list[str] = []
+    limiter = trio.CapacityLimiter(1)  # one worker thread per connection, never more
 
     async def reader() -> None:
         reason = CLOSED_REASON
@@ -142,24 +144,40 @@ async def _serve_dma(
         except trio.EndOfChannel as e:
             reason = _closed(e)
         except WireError as e:
-            reason = await _protocol_error(channel, e)
+            reason = await _protocol_error(out, e)
         finally:
             reader_end.append(reason)
             port.fail(reason)
             inbox_tx.close()
 
     async def call(op: Callable[..., int | None], *args: int) -> int:
-        return await trio.to_thread.run_sync(functools.partial(_guarded, machine, op, *args))
+        job = functools.partial(_guarded, machine, op, *args)
+        return await trio.to_thread.run_sync(job, limiter=limiter)
+
+    sent_all = trio.Event()
+
+    async def sender() -> None:
+        try:
+            await port.run_sender()
+        finally:
+            sent_all.set()
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
         nursery.start_soon(reader)
         ended: str | None = None
         async for frame in inbox_rx:
-            ended = await _handle(channel, machine, frame, call, pending_irqs)
+            ended = await _handle(out, machine, frame, call, pending_irqs)
             if ended is _SEND_FAILED:
                 ended = await _bye_after_send_failure(inbox_rx.receive)
+            elif ended is None and port.timed_out:
+                timeout = WireError(port.failure or "DMA timeout", ErrorCode.TIMEOUT)
+                ended = await _protocol_error(out, timeout)
             if ended is not None:
                 break
+        port.close_sender()
+        with trio.move_on_after(BYE_LOOKAHEAD):
+            await sent_all.wait()  # a final ERROR frame must get out before we hang up
         nursery.cancel_scope.cancel()
     if ended is not None:
         return ended

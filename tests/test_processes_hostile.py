@@ -18,11 +18,13 @@ import pytest
 import trio
 from process_helpers import Proc, expect_error, host, raw_channel, run_guest
 
+from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from host.transport.mmio import MMIO_WINDOW
 from virtio_sim import wire
 from virtio_sim.handshake import HostSession, MemoryMode, auth_tag, guest_handshake
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.sockets import SocketFrameChannel
-from virtio_sim.spec import MMIO
+from virtio_sim.spec import MMIO, F
 from virtio_sim.wire import (
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -35,7 +37,8 @@ from virtio_sim.wire import (
 )
 
 SECRET = b"correct horse"
-MMIO_BASE = 0xFEB00000 + 7 * 0x200  # microvm: the first device sits in the highest slot
+# microvm: the first device sits in the highest slot
+MMIO_BASE = MICROVM_MMIO_BASE + (MICROVM_MMIO_SLOTS - 1) * MMIO_WINDOW
 
 
 def _header(mtype: int, length: int, *, version: int = PROTOCOL_VERSION, seq: int = 0) -> bytes:
@@ -267,4 +270,73 @@ async def test_connection_limit(tmp_path: Path) -> None:
                 await ch.send(wire.bye())
                 await ch.aclose()
             await t.h.wait_for(lambda: sum(e["event"] == "guest-ended" for e in t.h.events()) >= 3)
+            await t.still_serves()
+
+
+async def _regs(ch: SocketFrameChannel, writes: list[tuple[str, int]]) -> None:
+    for reg, value in writes:
+        await ch.send(wire.access(MsgType.MMIO_WRITE, 0, MMIO_BASE + MMIO_OFFSETS[reg], 4, value))
+
+
+async def test_guest_that_never_answers_dma_is_dropped(tmp_path: Path) -> None:
+    """Over TCP a device waits for the guest's DMA_REPLY; a guest that stays silent is
+    dropped after the timeout instead of holding the device (and a host thread) forever."""
+    with trio.fail_after(30):
+        async with target(tmp_path, "tcp") as t:
+            ch = await t.channel()
+            session = await t.handshake(ch)
+            assert session.mode is MemoryMode.DMA
+            ring = 0x100000
+            await _regs(
+                ch,
+                [
+                    ("QueueSel", 0),
+                    ("QueueSize", 16),
+                    ("QueueDescLow", ring),
+                    ("QueueDriverLow", ring + 0x1000),
+                    ("QueueDeviceLow", ring + 0x2000),
+                    ("QueueReady", 1),
+                    ("QueueNotify", 0),  # the device now reads the avail ring over DMA
+                ],
+            )
+            seen = []
+            while True:
+                frame = await ch.receive()
+                seen.append(frame.type)
+                if frame.type is MsgType.ERROR:
+                    code, message = wire.parse_error(frame)
+                    break
+            assert MsgType.DMA_READ in seen  # which we ignore
+            assert code == ErrorCode.TIMEOUT and "did not answer a DMA read" in message
+            await t.still_serves()
+
+
+@LINKS
+async def test_posted_writes_are_ordered_with_later_reads(tmp_path: Path, link: str) -> None:
+    """Writes are posted (no reply) and a read sent right behind them sees all of them."""
+    with trio.fail_after(30):
+        async with target(tmp_path, link) as t:
+            ch = await t.channel()
+            await t.handshake(ch)
+            features = []
+            for sel in (0, 1, 0, 1):
+                await _regs(ch, [("DeviceFeaturesSel", sel)])
+                await ch.send(
+                    wire.access(
+                        MsgType.MMIO_READ, sel + 10, MMIO_BASE + MMIO_OFFSETS["DeviceFeatures"], 4
+                    )
+                )
+            await _regs(ch, [("Status", 1), ("Status", 3)])
+            await ch.send(wire.access(MsgType.MMIO_READ, 20, MMIO_BASE + MMIO_OFFSETS["Status"], 4))
+            replies = []
+            while len(replies) < 5:
+                frame = await ch.receive()
+                assert frame.type is MsgType.READ_REPLY  # writes produced no replies
+                replies.append((frame.seq, wire.parse_read_reply(frame)))
+            features = [v for seq, v in replies[:4]]
+            assert [seq for seq, _ in replies] == [10, 11, 10, 11, 20]
+            assert features[0] == features[2] and features[1] == features[3]
+            assert features[1] >> (F.VERSION_1 - 32) & 1  # VERSION_1 is in the high word
+            assert replies[4][1] == 3
+            await ch.send(wire.bye())
             await t.still_serves()

@@ -7,13 +7,16 @@ from pathlib import Path
 import trio
 from process_helpers import host, raw_channel, run_guest
 
+from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from host.transport.mmio import MMIO_WINDOW
 from virtio_sim import wire
 from virtio_sim.handshake import MemoryMode, guest_handshake, session_memory
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.spec import MMIO, STATUS
 from virtio_sim.wire import MsgType
 
-MMIO_BASE = 0xFEB00000 + 7 * 0x200  # microvm: the first device sits in the highest slot
+# microvm: the first device sits in the highest slot
+MMIO_BASE = MICROVM_MMIO_BASE + (MICROVM_MMIO_SLOTS - 1) * MMIO_WINDOW
 
 
 async def test_two_guest_processes_at_once() -> None:
