@@ -44,6 +44,7 @@ from virtio_sim.wire import ErrorCode, WireError
 # Driver generations a guest can be told to be. Only the built-in Linux-like policy
 # exists here; the profiles issue maps its TOML driver profiles into this table.
 DRIVER_PROFILES: dict[str, Callable[[], GuestPolicy]] = {"default": GuestPolicy}
+MIN_GUEST_RAM = 2 << 20
 
 
 @dataclass
@@ -128,6 +129,12 @@ async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit
     except HandshakeError as e:
         await _send_quietly(channel, wire.error(e.code, str(e)))
         return GuestExit(EXIT_FAIL, message=str(e))
+    if session.ram_size < MIN_GUEST_RAM or not memory.contains(0, session.ram_size):
+        # The guest kernel allocates from 1 MiB up in RAM that starts at address 0.
+        memory.close()
+        msg = f"cannot boot in {session.ram_size} bytes of RAM laid out as {session.regions}"
+        await _send_quietly(channel, wire.error(ErrorCode.UNSUPPORTED, msg))
+        return GuestExit(EXIT_FAIL, message=msg)
     try:
         link = HostLink(channel)
         if session.mode is MemoryMode.DMA:

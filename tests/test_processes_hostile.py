@@ -23,7 +23,7 @@ from host.transport.mmio import MMIO_WINDOW
 from virtio_sim import wire
 from virtio_sim.handshake import HostSession, MemoryMode, auth_tag, guest_handshake
 from virtio_sim.layouts import MMIO_OFFSETS
-from virtio_sim.sockets import SocketFrameChannel
+from virtio_sim.sockets import SocketFrameChannel, UnixAddress, open_listener
 from virtio_sim.spec import MMIO, F
 from virtio_sim.wire import (
     HEADER_SIZE,
@@ -32,6 +32,7 @@ from virtio_sim.wire import (
     Capability,
     ErrorCode,
     Hello,
+    MemRegionFlag,
     MsgType,
     Role,
 )
@@ -340,3 +341,74 @@ async def test_posted_writes_are_ordered_with_later_reads(tmp_path: Path, link: 
             assert replies[4][1] == 3
             await ch.send(wire.bye())
             await t.still_serves()
+
+
+# --------------------------------------------------------------------------- hostile host
+
+
+def _host_hello(version: int = PROTOCOL_VERSION, ram: int = 16 << 20) -> wire.Frame:
+    caps = Capability.DMA_MESSAGES | Capability.LINE_IRQ
+    return wire.hello(Hello(version, Role.HOST, caps, ram_size=ram, cmdline=""))
+
+
+HOSTILE_HOSTS = {
+    "garbage": ([b"\x00" * 64], 1, "malformed frame from the host"),
+    "future version": ([_host_hello(version=9).encode()], 1, "protocol version 9"),
+    "shared RAM without an fd": (
+        [
+            _host_hello().encode(),
+            wire.mem_region(0, 16 << 20, 0, MemRegionFlag.SHARED_FD | MemRegionFlag.LAST).encode(),
+        ],
+        1,
+        "arrived without an fd",
+    ),
+    "RAM where no kernel can boot": (
+        [
+            _host_hello().encode(),
+            wire.mem_region(1 << 31, 16 << 20, 0, MemRegionFlag.LAST).encode(),
+        ],
+        1,
+        "cannot boot",
+    ),
+    "regions that do not add up": (
+        [_host_hello().encode(), wire.mem_region(0, 1 << 20, 0, MemRegionFlag.LAST).encode()],
+        1,
+        "add up to",
+    ),
+    "hangs up in the handshake": ([_host_hello().encode()], 3, "closed the connection"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_HOSTS))
+async def test_guest_process_against_a_hostile_host(case: str) -> None:
+    """The guest is as careful as the host: a broken host gets a clear message and a
+    non-zero status, never a traceback or a hang."""
+    frames, status, message = HOSTILE_HOSTS[case]
+    with trio.fail_after(30):
+        listener = await open_listener(UnixAddress(None))
+        try:
+            async with trio.open_nursery() as n:
+
+                async def serve_once() -> None:
+                    stream = await listener.accept()
+                    ch = SocketFrameChannel(stream)
+                    for raw in frames:
+                        await ch.send_raw(raw)
+                    if status == 3:
+                        await ch.aclose()
+                        return
+                    with trio.move_on_after(10):  # wait for the guest to hang up
+                        try:
+                            while True:
+                                await ch.receive()
+                        except (trio.EndOfChannel, wire.WireError):
+                            pass
+
+                n.start_soon(serve_once)
+                g = await run_guest(str(listener.address), "--workload", "rng", timeout=20)
+                n.cancel_scope.cancel()
+        finally:
+            await listener.aclose()
+    assert g.proc.returncode == status, g.stderr
+    assert message in g.stderr
+    assert "Traceback" not in g.stderr
