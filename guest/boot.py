@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import trio
 
+from guest.drivers.base import DeviceProtocolError
 from guest.drivers.blk import BlkIoError
 from guest.link import HostLink, HostLinkError
 from guest.platform import GuestKernel, GuestPolicy
@@ -88,16 +89,23 @@ async def _main(
     result.negotiated = FEATURES.names(dev.features, key)
     result.status_trace = dev.trace
     if not record.bound:
-        result.outcome, result.detail = Outcome.FAILED_CLEAN, record.reason
+        broke = record.device_broke
+        result.outcome = Outcome.DEVICE_ERROR if broke else Outcome.FAILED_CLEAN
+        result.detail = record.reason
         return
     assert record.driver is not None
+    record.driver.peers = [p.driver for p in kernel.bound(key) if p is not record and p.driver is not None]
     try:
         result.workload = await workload(record.driver, seed)
     except CorruptionDetected as e:
         result.outcome, result.detail = Outcome.CORRUPTION, str(e)
-    except (DeviceNeedsReset, BlkIoError, HostLinkError) as e:
+    except (DeviceNeedsReset, DeviceProtocolError, BlkIoError, HostLinkError) as e:
         result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
     else:
         result.outcome = Outcome.OK
         result.detail = f"{workload_name} verified"
     result.status_trace = dev.trace
+    damage = kernel.check_canaries()
+    if damage:
+        result.outcome = Outcome.CORRUPTION
+        result.detail = f"{damage[0]} ({len(damage)} canary hit(s))"

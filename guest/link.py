@@ -20,6 +20,7 @@ from collections.abc import Callable
 import trio
 
 from virtio_sim import wire
+from virtio_sim.dma import DmaError
 from virtio_sim.memory import ByteAccess, MemoryAccessError
 from virtio_sim.wire import DMA_OK, ErrorCode, FrameChannel, IrqKind, MsgType, WireError
 
@@ -84,14 +85,14 @@ class HostLink:
             addr, length = wire.parse_dma_read(frame)
             try:
                 reply = wire.dma_reply(frame.seq, DMA_OK, self.dma_memory.read(addr, length))
-            except MemoryAccessError as e:
+            except (MemoryAccessError, DmaError) as e:
                 reply = wire.dma_reply(frame.seq, ErrorCode.DMA, str(e).encode())
             await self.channel.send(reply)
         elif frame.type is MsgType.DMA_WRITE and self.dma_memory is not None:
             addr, data = wire.parse_dma_write(frame)
             try:
                 self.dma_memory.write(addr, data)
-            except MemoryAccessError as e:
+            except (MemoryAccessError, DmaError) as e:
                 await self._send_quietly(wire.error(ErrorCode.DMA, str(e)))
                 return HostLinkError(f"host DMA write outside guest RAM: {e}")
         elif frame.type is MsgType.ERROR:

@@ -16,21 +16,32 @@ from dataclasses import dataclass, field
 import trio
 
 from guest.allocator import PageAllocator
-from guest.dma import DirectDma
-from guest.drivers.base import GuestDriver
+from guest.dma import DirectDma, DmaApi
+from guest.drivers.base import DriverProbeError, GuestDriver
 from guest.drivers.blk import BlkDriver
+from guest.drivers.console import ConsoleDriver
+from guest.drivers.iommu import IommuDriver, IommuRequestError
+from guest.drivers.net import NetDriver
 from guest.drivers.rng import RngDriver
+from guest.iommu_dma import IommuDma
 from guest.link import HostLink, HostLinkError
 from guest.transport.base import TransportError
 from guest.transport.mmio import MmioTransportDriver
-from guest.virtio import DriverPolicy, ProbeRefused, VirtioGuestDevice
+from guest.virtio import DeviceNeedsReset, DriverPolicy, ProbeRefused, VirtioGuestDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
-from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO
+from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, F
 from virtio_sim.wire import IrqKind
 
-DRIVERS: dict[str, type[GuestDriver]] = {"rng": RngDriver, "blk": BlkDriver}
+DRIVERS: dict[str, type[GuestDriver]] = {
+    "rng": RngDriver,
+    "blk": BlkDriver,
+    "iommu": IommuDriver,
+    "net": NetDriver,
+    "console": ConsoleDriver,
+}
 
+RAM_ALLOC_START = 1 << 20  # the first MiB is the "firmware's"; drivers allocate above it
 IRQ_STORM_LIMIT = 64  # handler passes per raised line before the device counts as broken
 _MMIO_PARAM = re.compile(r"virtio_mmio\.device=(\w+)@(0x[0-9a-fA-F]+|\d+):(\d+)")
 _SIZE_SUFFIX = {"K": 1 << 10, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -38,6 +49,33 @@ _SIZE_SUFFIX = {"K": 1 << 10, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 class BootError(Exception):
     pass
+
+
+_VIOT_PARAM = re.compile(r"virtio_sim\.viot=(0x[0-9a-fA-F]+):([0-9a-fA-Fx@,]*)")
+
+
+@dataclass
+class Viot:
+    """Which transports sit behind which virtio-iommu (what ACPI's VIOT table says)."""
+
+    iommu_base: int
+    endpoints: dict[int, int]  # transport base -> endpoint id
+
+
+def parse_viot(cmdline: str) -> Viot | None:
+    m = _VIOT_PARAM.search(cmdline)
+    if m is None:
+        return None
+    endpoints = {}
+    for item in filter(None, m.group(2).split(",")):
+        base, _, ep = item.partition("@")
+        endpoints[int(base, 0)] = int(ep, 0)
+    return Viot(int(m.group(1), 0), endpoints)
+
+
+def endpoint_domain(endpoint: int) -> int:
+    """One DMA domain per endpoint, as Linux's default domains are."""
+    return endpoint + 1
 
 
 @dataclass
@@ -67,6 +105,9 @@ class ProbeRecord:
     reason: str = ""
     device: VirtioGuestDevice | None = None
     driver: GuestDriver | None = None
+    #: the probe failed because a device (this one, or the IOMMU in front of it) broke,
+    #: not because either side refused the other
+    device_broke: bool = False
 
 
 @dataclass
@@ -74,18 +115,38 @@ class GuestPolicy:
     driver: DriverPolicy = field(default_factory=DriverPolicy)
     mmio_versions: tuple[int, ...] = (MMIO.version_legacy, MMIO.version_modern)
     guest_order: ByteOrder = "little"
+    #: Linux's vring_use_dma_api(): "never", "feature" (ACCESS_PLATFORM negotiated), "always"
+    dma_api: str = "feature"
+
+    def uses_dma_api(self, features: int) -> bool:
+        return self.dma_api == "always" or (
+            self.dma_api == "feature" and bool(features >> F.ACCESS_PLATFORM & 1)
+        )
+
+
+SWIOTLB_SIZE = 4 << 20  # the shared bounce window of a restricted-memory guest
 
 
 class GuestKernel:
-    def __init__(
-        self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy
-    ) -> None:
+    def __init__(self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy) -> None:
         self.link = link
         self.memory = memory
         self.policy = policy
-        self.allocator = PageAllocator(1 << 20, ram_size)
-        self.dma = DirectDma(memory, self.allocator)
+        restricted = policy.driver.restricted_memory
+        low, high = RAM_ALLOC_START, ram_size - (SWIOTLB_SIZE if restricted else 0)
+        self.dma = DirectDma(memory, PageAllocator(low, high))
+        self.shared_dma = self.dma
+        if restricted:
+            mark_private = getattr(memory, "mark_private", None)
+            if mark_private is None:
+                raise BootError("this guest memory cannot emulate private (encrypted) pages")
+            mark_private(low, high - low)
+            # swiotlb: DMA through the DMA API is bounced via this shared window.
+            self.shared_dma = DirectDma(memory, PageAllocator(high, ram_size))
         self.probes: list[ProbeRecord] = []
+        self.viot: Viot | None = None
+        self.iommu: IommuDriver | None = None
+        self.iommu_dmas: list[IommuDma] = []
         self._irq_routes: dict[int, list[VirtioGuestDevice]] = {}
         self._irq_send, self._irq_recv = trio.open_memory_channel[int](256)
         link.irq_handler = self._on_irq
@@ -99,26 +160,34 @@ class GuestKernel:
 
     async def irq_loop(self) -> None:
         """Handle raised lines; a level line is served until no device has a cause left."""
-        async for line in self._irq_recv:
-            for dev in self._irq_routes.get(line, []):
-                for _ in range(IRQ_STORM_LIMIT):
-                    try:
+        try:
+            async for line in self._irq_recv:
+                for dev in self._irq_routes.get(line, []):
+                    for _ in range(IRQ_STORM_LIMIT):
                         if not await dev.handle_interrupt():
                             break
-                    except HostLinkError as e:
-                        # The host is gone: nothing will be handled any more; whoever
-                        # waits for this device learns it from the broken device.
-                        dev.mark_broken(f"host link lost: {e}")
-                        return
-                else:
-                    dev.mark_broken(f"interrupt storm on line {line}: status never clears")
+                    else:
+                        dev.mark_broken(f"interrupt storm on line {line}: status never clears")
+        except HostLinkError as e:
+            # The host is gone: every waiter must wake up and see it, nothing may hang.
+            for devs in self._irq_routes.values():
+                for dev in devs:
+                    dev.mark_broken(f"host link lost: {e}")
 
     async def probe_mmio(self, cmdline: str) -> list[ProbeRecord]:
         resources = parse_cmdline(cmdline)
         if not resources:
             raise BootError("no virtio_mmio.device= parameters on the command line")
+        self.viot = parse_viot(cmdline)
+        if self.viot is not None:
+            # The IOMMU is probed first: the devices behind it are attached at their probe.
+            resources.sort(key=lambda r: r.base != self.viot.iommu_base)  # type: ignore[union-attr]
         for res in resources:
-            self.probes.append(await self._probe_one(res))
+            record = await self._probe_one(res)
+            self.probes.append(record)
+            if record.bound and isinstance(record.driver, IommuDriver):
+                self.iommu = record.driver
+                await record.driver.start_events()
         return self.probes
 
     async def _probe_one(self, res: MmioResource) -> ProbeRecord:
@@ -135,16 +204,60 @@ class GuestKernel:
         driver_cls = DRIVERS.get(key or "")
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {device_id}")
-        dev = VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver)
+        if self.policy.driver.drivers is not None and key not in self.policy.driver.drivers:
+            return ProbeRecord(where, key, False, f"this kernel has no driver for {key} devices")
+        endpoint = self.viot.endpoints.get(res.base) if self.viot else None
+
+        def dma_for(features: int) -> DmaApi:
+            return self._dma_for(features, endpoint)
+
+        dev = VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver, dma_for)
         self._irq_routes.setdefault(res.irq, []).append(dev)
         driver = driver_cls(dev)
         try:
-            await dev.negotiate(driver.device_feature_mask | self.policy.driver.known_features)
+            if endpoint is not None and self.iommu is not None:
+                # Linux's IOMMU core attaches every endpoint to a default domain at add time.
+                await self.iommu.attach(endpoint_domain(endpoint), endpoint)
+            device_mask = self.policy.driver.device_features.get(key or "", driver.device_feature_mask)
+            wanted = (driver.device_feature_mask & device_mask) | self.policy.driver.known_features
+            await dev.negotiate(wanted)
             await driver.probe()
             await dev.driver_ok()
         except ProbeRefused as e:
             return ProbeRecord(where, key, False, str(e), dev, driver)
+        except IommuRequestError as e:
+            return ProbeRecord(where, key, False, f"IOMMU: {e}", dev, driver)
+        except DeviceNeedsReset as e:
+            record = ProbeRecord(where, key, False, f"a device broke during probe: {e}", dev, driver)
+            record.device_broke = True
+            return record
+        except DriverProbeError as e:
+            await dev.fail(str(e))
+            return ProbeRecord(where, key, False, f"driver refused the device: {e}", dev, driver)
         return ProbeRecord(where, key, True, "", dev, driver)
+
+    def _dma_for(self, features: int, endpoint: int | None) -> DmaApi:
+        """Linux's rule: the DMA API when ACCESS_PLATFORM was negotiated (or always, Xen).
+
+        Through the DMA API a device behind the IOMMU gets IOVAs; a restricted guest's
+        buffers come from the shared swiotlb window; otherwise raw guest-physical memory.
+        """
+        if not self.policy.uses_dma_api(features):
+            return self.dma
+        if endpoint is not None and self.iommu is not None:
+            dma = IommuDma(
+                self.memory, self.shared_dma.allocator, self.iommu, endpoint_domain(endpoint), endpoint
+            )
+            self.iommu_dmas.append(dma)
+            return dma
+        return self.shared_dma
+
+    def check_canaries(self) -> list[str]:
+        """Every device write outside a DMA buffer seen so far (canary hits)."""
+        found = self.dma.check()
+        if self.shared_dma is not self.dma:
+            found = found + self.shared_dma.check()
+        return found
 
     def bound(self, device_key: str) -> list[ProbeRecord]:
         return [p for p in self.probes if p.bound and p.device_key == device_key]

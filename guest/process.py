@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -22,7 +21,9 @@ import trio
 from guest.boot import BootInfo, run_guest
 from guest.link import HostLink
 from guest.platform import GuestPolicy
+from guest.profile import guest_policy
 from virtio_sim import wire
+from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PEER_LOST
 from virtio_sim.handshake import (
     HANDSHAKE_TIMEOUT,
@@ -32,6 +33,7 @@ from virtio_sim.handshake import (
     session_memory,
 )
 from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.profiles import load_driver_profile
 from virtio_sim.sockets import (
     Address,
     ConnectError,
@@ -41,17 +43,22 @@ from virtio_sim.sockets import (
 )
 from virtio_sim.wire import ErrorCode, WireError
 
-# Driver generations a guest can be told to be. Only the built-in Linux-like policy
-# exists here; the profiles issue maps its TOML driver profiles into this table.
-DRIVER_PROFILES: dict[str, Callable[[], GuestPolicy]] = {"default": GuestPolicy}
 MIN_GUEST_RAM = 2 << 20
+
+
+def guest_policy_for(profile: str | None) -> GuestPolicy:
+    """The guest's policy: a driver generation from specs/profiles/drivers, or the
+    current one. Raises ProfileError for an unknown or broken profile."""
+    if profile is None:
+        return GuestPolicy()
+    return guest_policy(load_driver_profile(profile))
 
 
 @dataclass
 class GuestOptions:
     connect: Address
     workload: str
-    profile: str = "default"
+    profile: str | None = None  # a driver profile name; None: the current driver
     seed: int | None = None
     timeout: float = 10.0
     secret: bytes | None = None
@@ -101,10 +108,15 @@ async def guest_main(opts: GuestOptions) -> GuestExit:
 
 
 async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit:
+    policy = guest_policy_for(opts.profile)
+    # A guest with encrypted (private) memory does not hand the host a plain map of its
+    # RAM: the host then reaches it by DMA and sees ciphertext in private pages, as a
+    # device of a confidential VM does.
+    share = channel.is_unix and not policy.driver.restricted_memory
     try:
         with trio.fail_after(opts.handshake_timeout):
             session = await guest_handshake(
-                channel, secret=opts.secret, can_take_fds=channel.is_unix
+                channel, secret=opts.secret, can_take_fds=share, big_endian=policy.guest_order == "big"
             )
     except trio.TooSlowError:
         return GuestExit(
@@ -121,9 +133,7 @@ async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit
         await _send_quietly(channel, wire.error(e.code, str(e)))
         return GuestExit(EXIT_FAIL, message=f"malformed frame from the host: {e}")
     except trio.EndOfChannel as e:
-        return GuestExit(
-            EXIT_PEER_LOST, message=f"host closed the connection in the handshake ({e})"
-        )
+        return GuestExit(EXIT_PEER_LOST, message=f"host closed the connection in the handshake ({e})")
     try:
         memory = session_memory(session)
     except HandshakeError as e:
@@ -138,14 +148,15 @@ async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit
     try:
         link = HostLink(channel)
         if session.mode is MemoryMode.DMA:
-            link.dma_memory = memory
+            # The host's accesses see guest RAM as a device does (ciphertext where private).
+            link.dma_memory = IdentityAddressSpace(memory)
         result = await run_guest(
             link,
             memory,
             BootInfo(session.cmdline, session.ram_size),
             opts.workload,
             seed=opts.seed,
-            policy=DRIVER_PROFILES[opts.profile](),
+            policy=policy,
             timeout=opts.timeout,
         )
     finally:

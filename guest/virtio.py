@@ -11,13 +11,13 @@ which is what a run result shows as ``status_trace``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from guest.dma import DirectDma
+from guest.dma import DmaApi
 from guest.transport.base import ConfigOps
 from virtio_sim import layouts
 from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer
@@ -48,20 +48,27 @@ class DriverPolicy:
     known_features: int = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC)
     requires_version_1: bool = False
     features_ok: bool = True  # legacy-only drivers predate FEATURES_OK
+    #: device-type bits per device key; a key not listed keeps the driver's own mask
+    device_features: dict[str, int] = field(default_factory=dict)
+    #: a restricted-memory guest (SEV/TDX/s390 PV) ...
+    restricted_memory: bool = False
+    #: ... and whether it refuses devices without VERSION_1 + ACCESS_PLATFORM (Linux 5.10+)
+    refuse_unrestricted: bool = False
+    #: device types this kernel has drivers for (None: every driver the guest stack has)
+    drivers: frozenset[str] | None = None
 
 
 @dataclass
 class RequestState:
     done: trio.Event = field(default_factory=trio.Event)
     length: int = 0
+    on_done: Callable[[int], None] | None = None
 
 
 class GuestVirtqueue:
     """A driver-side virtqueue with blocking submit, completed by interrupts."""
 
-    def __init__(
-        self, dev: VirtioGuestDevice, index: int, ring: SplitDriverQueue, area: DmaBuffer
-    ) -> None:
+    def __init__(self, dev: VirtioGuestDevice, index: int, ring: SplitDriverQueue, area: DmaBuffer) -> None:
         self.dev = dev
         self.index = index
         self.ring = ring
@@ -69,22 +76,53 @@ class GuestVirtqueue:
 
     async def submit(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]]) -> int:
         """Add one chain, kick if the device wants it, wait for completion; returns used.len."""
-        req = RequestState()
+        (length,) = await self.submit_many([(out, in_)])
+        return length
+
+    async def submit_many(
+        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]]]
+    ) -> list[int]:
+        """Add several chains, kick once, wait for all; returns their used.len values."""
+        await self.dev.dma.flush()  # pending IOMMU maps must land before the device looks
+        reqs = []
+        for out, in_ in chains:
+            req = RequestState()
+            await self._add(out, in_, req)
+            reqs.append(req)
+        await self.kick()
+        for req in reqs:
+            while not req.done.is_set():
+                self.dev.raise_if_broken()
+                await self.dev.wait_progress()
+        return [r.length for r in reqs]
+
+    async def post(
+        self, in_: Sequence[tuple[int, int]], on_done: Callable[[int], None], *, kick: bool = True
+    ) -> None:
+        """Lend writable buffers the device fills whenever it likes (event and receive
+        queues); ``kick=False`` lets a driver fill many and :meth:`kick` once."""
+        req = RequestState(on_done=on_done)
+        await self._add([], in_, req)
+        if kick:
+            await self.kick()
+
+    async def _add(
+        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], req: RequestState
+    ) -> None:
         while True:
             self.dev.raise_if_broken()
             try:
                 self.ring.add(out, in_, req)
-                break
+                return
             except DeviceBrokenError as e:
                 raise DeviceNeedsReset(str(e)) from None
             except QueueFullError:
+                await self.kick()
                 await self.dev.wait_progress()  # completions free descriptors
+
+    async def kick(self) -> None:
         if self.ring.kick_prepare():
             await self.dev.transport.notify(self.index)
-        while not req.done.is_set():
-            self.dev.raise_if_broken()
-            await self.dev.wait_progress()
-        return req.length
 
     def reap(self) -> int:
         """Interrupt handler: complete every used buffer; returns how many."""
@@ -102,6 +140,8 @@ class GuestVirtqueue:
             token, length = got
             token.length = length
             token.done.set()
+            if token.on_done is not None:
+                token.on_done(length)
             n += 1
 
 
@@ -109,12 +149,19 @@ class VirtioGuestDevice:
     """One virtio device as the guest drives it, from probe to removal."""
 
     def __init__(
-        self, transport: ConfigOps, memory: Any, dma: DirectDma, policy: DriverPolicy
+        self,
+        transport: ConfigOps,
+        memory: Any,
+        dma: DmaApi,
+        policy: DriverPolicy,
+        dma_for: Callable[[int], DmaApi] | None = None,
     ) -> None:
         self.transport = transport
         self.memory = memory
         self.dma = dma
         self.policy = policy
+        #: picks the DMA API for the negotiated features (Linux's vring_use_dma_api())
+        self.dma_for = dma_for
         self.trace: list[str] = []
         self.device_features = 0
         self.features = 0
@@ -163,14 +210,22 @@ class VirtioGuestDevice:
         self.features = self.device_features & driver_features
         if not t.legacy and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
-            raise ProbeRefused(
-                "features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport"
-            )
+            raise ProbeRefused("features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport")
         if self.policy.requires_version_1 and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
             raise ProbeRefused("features", "this driver requires VIRTIO_F_VERSION_1")
         await t.set_features(self.features)
-        if self.policy.features_ok and not t.legacy:
+        if self.dma_for is not None:
+            self.dma = self.dma_for(self.features)
+            await self.dma.flush()
+        if self.policy.restricted_memory and self.policy.refuse_unrestricted:
+            # virtio_features_ok(): the only place Linux ties ACCESS_PLATFORM to VERSION_1.
+            for needed in (F.VERSION_1, F.ACCESS_PLATFORM):
+                if not self.has(needed):
+                    name = FEATURES.names(bit(needed), "transport")[0]
+                    await self.fail(f"device must provide {name}")
+                    raise ProbeRefused("features", f"device must provide {name}")
+        if self.policy.features_ok and not self.legacy:
             await self.add_status(STATUS.FEATURES_OK)
             status = await t.get_status()
             self.trace.append(f"read {status_names(status)}")
@@ -212,9 +267,10 @@ class VirtioGuestDevice:
             size,
             gpa,
             event_idx=self.has(F.EVENT_IDX),
-            indirect_pool=self.dma if self.has(F.INDIRECT_DESC) else None,
+            indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
             order=order,
         )
+        await self.dma.flush()  # the ring must be mapped before the device is told about it
         await t.setup_queue(index, size, SplitRingAddresses(desc, avail, used))
         vq = GuestVirtqueue(self, index, ring, area)
         while len(self.queues) <= index:

@@ -15,13 +15,12 @@ from typing import Any
 from guest.drivers.base import GuestDriver
 from guest.drivers.blk import BlkDriver, BlkIoError
 from guest.drivers.rng import RngDriver
+from guest.evidence import CorruptionDetected
+from guest.workloads_console import console_echo_workload, console_write_workload
+from guest.workloads_net import net_loopback_workload, net_pair_workload
 from virtio_sim.spec import BLK
 
 CANARY = 0xA5
-
-
-class CorruptionDetected(Exception):
-    """The workload saw data that is not what it must be."""
 
 
 RNG_REQUEST_SIZES = (1, 16, 64, 512, 4096)
@@ -109,13 +108,9 @@ async def blk_rw_workload(driver: GuestDriver, seed: int | None = None) -> dict[
                 for i in range(count)
                 if got[i * sector : (i + 1) * sector] != want[i * sector : (i + 1) * sector]
             )
-            raise CorruptionDetected(
-                f"sector {start + bad} read back differs from what was written"
-            )
+            raise CorruptionDetected(f"sector {start + bad} read back differs from what was written")
         if driver.last_used_len != count * sector + 1:
-            raise CorruptionDetected(
-                f"read of {count} sectors reported used.len {driver.last_used_len}"
-            )
+            raise CorruptionDetected(f"read of {count} sectors reported used.len {driver.last_used_len}")
     await driver.flush()
     ident = await driver.get_id()
     try:
@@ -139,4 +134,10 @@ WORKLOADS: dict[str, tuple[str, WorkloadFn]] = {
     "rng": ("rng", rng_workload),
     "rng-soak": ("rng", rng_soak_workload),
     "blk-rw": ("blk", blk_rw_workload),
+    "net-loopback": ("net", net_loopback_workload),
+    "net-pair": ("net", net_pair_workload),
+    "console-echo": ("console", console_echo_workload),
+    "console-write": ("console", console_write_workload),
 }
+
+__all__ = ["WORKLOADS", "CorruptionDetected", "WorkloadFn"]

@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from host.devices.base import PropertyError
+from host.devices.iommu import IommuDevice
+from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
 from host.qdev import BuiltDevice, DeviceSpec, build_device, parse_device_option
 from host.virtio_device import VirtioDevice
-from virtio_sim.dma import AddressSpace, IdentityAddressSpace
+from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
+from virtio_sim.netproto import nth_mac
+from virtio_sim.spec import NET, F
 
 HOST_TRANSPORTS = ("mmio-v2", "mmio-v1")
+IOMMU_KINDS = ("none", "virtio-iommu")
 DEFAULT_DISK_SIZE = 1 << 20
 
 
@@ -32,8 +37,10 @@ class HostConfig:
     seed: int | None = None
     guest_order: ByteOrder = "little"
     scratch_dir: str | None = None  # where default disk images are created
+    iommu: str = "none"  # QEMU's machine property: none | virtio-iommu
     # How devices reach guest RAM, asked each time a device sets up a ring: identity over
     # the shared map by default; the process host supplies DMA over the wire for TCP.
+    # An IOMMU translates on top of it.
     address_space: Callable[[GuestMemory], AddressSpace] | None = None
 
 
@@ -43,6 +50,14 @@ class HostSetup:
     machine: Machine
     devices: list[VirtioDevice] = field(default_factory=list)
     built: list[BuiltDevice] = field(default_factory=list)
+    iommu: Iommu | None = None
+    iommu_device: VirtioDevice | None = None
+    #: raw-GPA address spaces of devices behind the IOMMU (evidence for OK_NO_ISOLATION)
+    unisolated: list[UnisolatedAddressSpace] = field(default_factory=list)
+
+    @property
+    def unisolated_accesses(self) -> int:
+        return sum(s.unisolated_accesses for s in self.unisolated)
 
     def evidence(self) -> dict[str, Any]:
         """What the host saw, as plain data (RunResult.add_host_evidence folds it in)."""
@@ -56,6 +71,20 @@ class HostSetup:
                 for vdev in self.devices
             ],
             "machine_notes": list(self.machine.notes),
+            "iommu": self._iommu_evidence(),
+        }
+
+    def _iommu_evidence(self) -> dict[str, Any] | None:
+        if self.iommu is None:
+            return None
+        faults = self.iommu.faults
+        return {
+            "faults": [f"{f.address:#x} ep {f.endpoint} reason {f.reason}" for f in faults[:8]],
+            "fault_count": len(faults),
+            "unisolated_accesses": self.unisolated_accesses,
+            "iotlb_hits": self.iommu.iotlb_hits,
+            "iotlb_misses": self.iommu.iotlb_misses,
+            "first_fault_address": faults[0].address if faults else 0,
         }
 
     def close(self) -> None:
@@ -77,6 +106,9 @@ def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
         spec.props["drive"] = disk
     if spec.driver == "virtio-rng-device" and cfg.seed is not None:
         spec.props.setdefault("x-seed", str(cfg.seed))
+    if spec.driver == "virtio-net-device":
+        # QEMU counts its default NIC address up per NIC; here per device slot.
+        spec.props.setdefault("mac", nth_mac(NET.qemu_default_mac, index))
 
 
 def build_host(cfg: HostConfig) -> HostSetup:
@@ -94,19 +126,61 @@ def build_host(cfg: HostConfig) -> HostSetup:
             if close:
                 close()
         raise
+    if cfg.iommu not in IOMMU_KINDS:
+        raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
     memory = GuestMemory.create(cfg.ram_size)
     machine = Machine(memory)
     setup = HostSetup(memory, machine, built=built)
-    make_space = cfg.address_space or IdentityAddressSpace
-    for b in built:
+    legacy = cfg.transport == "mmio-v1"
+    make_ram = cfg.address_space or IdentityAddressSpace
+    if cfg.iommu == "virtio-iommu":
+        # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
+        setup.iommu = Iommu(set(range(1, len(built) + 1)))
+        iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: make_ram(memory))
+        iommu_dev.guest_order = cfg.guest_order
+        machine.add_mmio_device(iommu_dev, legacy=legacy)
+        setup.iommu_device = iommu_dev
+    for endpoint, b in enumerate(built, start=1):
         vdev = VirtioDevice(
             b.model,
-            lambda features: make_space(memory),
+            _space_for(memory, setup.iommu, endpoint, b.dma_mode, setup, make_ram),
             transport_features=b.transport_features,
             policy=b.policy,
             strict_rings=b.strict_rings,
+            validate_access_platform=b.validate_access_platform,
         )
         vdev.guest_order = cfg.guest_order
-        machine.add_mmio_device(vdev, legacy=cfg.transport == "mmio-v1")
+        slot = machine.add_mmio_device(vdev, legacy=legacy)
+        if setup.iommu is not None:
+            machine.iommu_endpoints[slot.base] = endpoint
         setup.devices.append(vdev)
     return setup
+
+
+def _space_for(
+    memory: GuestMemory,
+    iommu: Iommu | None,
+    endpoint: int,
+    dma_mode: str,
+    setup: HostSetup,
+    make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
+) -> Callable[[int], AddressSpace]:
+    """How this device's DMA meets the IOMMU, decided when the driver's features are known.
+
+    ``honor`` (QEMU with iommu_platform): translated when ACCESS_PLATFORM was negotiated,
+    raw GPAs otherwise; ``bypass`` (QEMU before 2.9, or a lying device): always raw GPAs;
+    ``translate-always`` (a lying device): always translated.
+    """
+
+    def space(features: int) -> AddressSpace:
+        if iommu is None:
+            return make_ram(memory)
+        negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
+        if dma_mode == "translate-always" or (dma_mode == "honor" and negotiated):
+            translator = EndpointTranslator(iommu, endpoint)
+            return TranslatedAddressSpace(memory, translator, make_ram(memory))
+        raw = UnisolatedAddressSpace(memory, iommu, endpoint, make_ram(memory))
+        setup.unisolated.append(raw)
+        return raw
+
+    return space

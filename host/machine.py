@@ -46,6 +46,8 @@ class Machine:
         self.slots: list[MmioSlot] = []
         self.notes: list[str] = []
         self.irq_out: Callable[[int, bool], None] = lambda irq, level: None
+        #: transport base -> virtio-iommu endpoint id, for devices behind the IOMMU
+        self.iommu_endpoints: dict[int, int] = {}
 
     def add_mmio_device(self, device: VirtioDevice, *, legacy: bool) -> MmioSlot:
         """Place a device in the highest free slot (QEMU microvm's order)."""
@@ -63,11 +65,20 @@ class Machine:
         return slot
 
     def kernel_cmdline(self) -> str:
-        """Linux's virtio_mmio.device= parameters describing every populated slot."""
-        return " ".join(
+        """Linux's virtio_mmio.device= parameters describing every populated slot.
+
+        With a virtio-iommu, ``virtio_sim.viot=IOMMU:BASE@EP,...`` tells the guest which
+        transports sit behind it and their endpoint ids (what ACPI's VIOT table carries).
+        """
+        params = [
             f"virtio_mmio.device={MMIO_WINDOW:#x}@{s.base:#x}:{s.irq}"
             for s in sorted(self.slots, key=lambda s: s.base)
-        )
+        ]
+        iommu = next((s for s in self.slots if s.transport.device.type.key == "iommu"), None)
+        if iommu is not None:
+            eps = ",".join(f"{base:#x}@{ep}" for base, ep in sorted(self.iommu_endpoints.items()))
+            params.append(f"virtio_sim.viot={iommu.base:#x}:{eps}")
+        return " ".join(params)
 
     def _find(self, addr: int, size: int) -> tuple[MmioSlot, int] | None:
         for s in self.slots:

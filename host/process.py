@@ -52,6 +52,7 @@ from virtio_sim.handshake import (
     MemoryMode,
     host_handshake,
 )
+from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
 from virtio_sim.sockets import (
     FRAME_TIMEOUT,
@@ -63,7 +64,7 @@ from virtio_sim.sockets import (
     open_listener,
     peer_credentials,
 )
-from virtio_sim.wire import ErrorCode, WireError
+from virtio_sim.wire import Capability, ErrorCode, WireError
 
 # Machines this host can build; QEMU's -M names. Firmware-described machines (q35, virt)
 # arrive with the machines issue and register here.
@@ -71,7 +72,11 @@ MACHINES: dict[str, str] = {
     "microvm": "QEMU microvm layout: virtio-mmio slots at 0xfeb00000, IRQ 5 + slot, "
     "transports announced on the kernel command line",
 }
+# Machine properties (-M NAME,PROP=VALUE) each machine takes, as QEMU's -M does.
+MACHINE_PROPS: dict[str, tuple[str, ...]] = {"microvm": ("iommu",)}
 MMIO_GLOBAL_DRIVER = "virtio-mmio"
+NET_BACKEND_PROP = "x-backend"
+SWITCH_PREFIX = "switch:"
 MMIO_GLOBAL_PROPS = ("force-legacy",)
 DEFAULT_MAX_GUESTS = 4
 MIN_RAM = 2 << 20
@@ -105,6 +110,8 @@ class HostPlan:
     opts: HostOptions
     devices: list[str]
     transport: str
+    machine: str = "microvm"
+    iommu: str = "none"
 
 
 def apply_globals(devices: list[str], globals_: list[str]) -> tuple[list[str], str]:
@@ -138,11 +145,7 @@ def apply_globals(devices: list[str], globals_: list[str]) -> tuple[list[str], s
 
 def plan_host(opts: HostOptions) -> HostPlan:
     """Check everything that can be checked before listening; HostUsageError otherwise."""
-    if opts.machine not in MACHINES:
-        raise HostUsageError(
-            f"unsupported machine type '{opts.machine}' (this host builds: "
-            f"{', '.join(MACHINES)}; see -M help)"
-        )
+    machine, props = parse_machine_option(opts.machine)
     if not opts.devices:
         raise HostUsageError("no -device given: a host without devices has nothing to serve")
     if opts.ram_size < MIN_RAM:
@@ -155,23 +158,50 @@ def plan_host(opts: HostOptions) -> HostPlan:
         if opts.memory == "shared":
             raise HostUsageError("guest RAM cannot be shared over TCP (--memory shared)")
         if opts.secret is None:
-            raise HostUsageError(
-                "a TCP host needs a shared secret (--secret-file FILE or VIRTIO_SIM_SECRET)"
-            )
+            raise HostUsageError("a TCP host needs a shared secret (--secret-file FILE or VIRTIO_SIM_SECRET)")
     try:
         devices, transport = apply_globals(opts.devices, opts.globals_)
+        iommu = props.get("iommu", "none")
         if transport not in HOST_TRANSPORTS:
             raise PropertyError(f"unknown transport {transport!r}")
         # A trial build catches bad properties and unreadable drives before any guest
         # connects, with the same messages the embedded mode gives.
         with tempfile.TemporaryDirectory(prefix="virtio-sim-check-") as scratch:
-            setup = build_host(
-                HostConfig(devices, transport, opts.ram_size, opts.seed, scratch_dir=scratch)
-            )
-            setup.close()
+            cfg = HostConfig(devices, transport, opts.ram_size, opts.seed, scratch_dir=scratch)
+            cfg.iommu = iommu
+            build_host(cfg).close()
     except PropertyError as e:
         raise HostUsageError(str(e)) from None
-    return HostPlan(opts, devices, transport)
+    return HostPlan(opts, devices, transport, machine, iommu)
+
+
+def parse_machine_option(text: str) -> tuple[str, dict[str, str]]:
+    """``microvm,iommu=virtio-iommu`` -> ("microvm", {"iommu": "virtio-iommu"})."""
+    name, *rest = text.split(",")
+    if name not in MACHINES:
+        raise HostUsageError(
+            f"unsupported machine type '{name}' (this host builds: {', '.join(MACHINES)}; see -M help)"
+        )
+    props: dict[str, str] = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if not eq or key not in MACHINE_PROPS.get(name, ()):
+            raise HostUsageError(f"Property '{name}-machine.{key}' not found")
+        props[key] = value
+    return name, props
+
+
+def private_switches(devices: list[str], ident: int) -> list[str]:
+    """Each guest gets its own machine, network switches included: ``switch:lan`` of guest
+    3 is ``switch:guest3.lan``, so NICs of one machine meet and two guests never do."""
+    out = []
+    for text in devices:
+        spec = parse_device_option(text)
+        backend = spec.props.get(NET_BACKEND_PROP, "")
+        if backend.startswith(SWITCH_PREFIX):
+            spec.props[NET_BACKEND_PROP] = f"{SWITCH_PREFIX}guest{ident}.{backend[len(SWITCH_PREFIX) :]}"
+        out.append(format_device_option(spec))
+    return out
 
 
 def lock_drives(setup: HostSetup) -> None:
@@ -184,8 +214,7 @@ def lock_drives(setup: HostSetup) -> None:
                 fcntl.flock(model.fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise PropertyError(
-                    f'Failed to get "write" lock on {model.path}: '
-                    "the image is in use by another guest"
+                    f'Failed to get "write" lock on {model.path}: the image is in use by another guest'
                 ) from None
 
 
@@ -204,11 +233,11 @@ class _Connection:
 
 
 class HostServer:
-    def __init__(self, plan: HostPlan, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    def __init__(self, plan: HostPlan, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.plan = plan
         self.opts = plan.opts
-        self.out = out
-        self.err = err
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
         self.live: dict[int, _Connection] = {}
         self.next_id = 0
         self.interrupted: int | None = None
@@ -340,11 +369,12 @@ class HostServer:
                 return await _refuse(channel, ErrorCode.AUTH, f"peer uid {creds[1]} is not ours")
         with tempfile.TemporaryDirectory(prefix="virtio-sim-guest-") as scratch:
             cfg = HostConfig(
-                self.plan.devices,
+                private_switches(self.plan.devices, conn.ident),
                 self.plan.transport,
                 self.opts.ram_size,
                 self.opts.seed,
                 scratch_dir=scratch,
+                iommu=self.plan.iommu,
                 address_space=conn.address_space,
             )
             try:
@@ -371,7 +401,7 @@ class HostServer:
             regions=setup.memory.regions,
             shared_fd=setup.memory.backing.fd if share else None,
             secret=self.opts.secret,
-            name=f"virtio-sim host ({self.opts.machine})",
+            name=f"virtio-sim host ({self.plan.machine})",
             force_mode=MemoryMode.DMA if self.opts.memory == "dma" else None,
         )
         try:
@@ -386,6 +416,11 @@ class HostServer:
             return await _refuse(channel, e.code, str(e))
         except trio.EndOfChannel as e:
             return "lost", f"{CLOSED_REASON} during the handshake ({e})"
+        # The guest's CPU byte order is a machine property QEMU knows from the target;
+        # here the guest states it, and the legacy interface of every device follows it.
+        order: ByteOrder = "big" if hello.capabilities & Capability.BIG_ENDIAN else "little"
+        for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
+            vdev.guest_order = order
         if mode is MemoryMode.DMA:
             conn.port = DmaPort(channel, reply_timeout=self.opts.frame_timeout)
         record["memory"] = str(mode)
@@ -418,8 +453,9 @@ async def _send_quietly(channel: SocketFrameChannel, frame: wire.Frame) -> None:
         await channel.send(frame)
 
 
-def host_main(opts: HostOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def host_main(opts: HostOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Plan, then serve until done; returns the exit status."""
+    out, err = out or sys.stdout, err or sys.stderr
     try:
         plan = plan_host(opts)
     except HostUsageError as e:

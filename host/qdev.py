@@ -14,9 +14,19 @@ from dataclasses import dataclass, field
 from host.devices.base import DeviceModel, PropertyError, parse_bool
 from host.devices.blk import BlkDevice
 from host.devices.rng import RngDevice
+from host.qdev_netcon import NET_PROPS, SERIAL_PROPS, net_device, serial_device
 from host.virtio_device import ErrorPolicy, TransportFeatures
 
-COMMON_PROPS = ("event_idx", "indirect_desc", "x-error-policy", "x-strict-rings")
+COMMON_PROPS = (
+    "event_idx",
+    "indirect_desc",
+    "iommu_platform",
+    "x-error-policy",
+    "x-strict-rings",
+    "x-validate-access-platform",
+    "x-dma",
+)
+DMA_MODES = ("honor", "bypass", "translate-always")
 
 
 @dataclass
@@ -32,6 +42,9 @@ class BuiltDevice:
     transport_features: TransportFeatures
     policy: ErrorPolicy
     strict_rings: bool
+    validate_access_platform: bool = True
+    #: how device DMA meets an IOMMU: honor the negotiated bit, always bypass, always translate
+    dma_mode: str = "honor"
 
 
 def parse_device_option(text: str) -> DeviceSpec:
@@ -93,9 +106,7 @@ def _blk(props: dict[str, str]) -> DeviceModel:
     except ValueError:
         raise PropertyError("queue-size and logical_block_size take integers") from None
     if queue_size < 2 or queue_size > 1024 or queue_size & (queue_size - 1):
-        raise PropertyError(
-            f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024"
-        )
+        raise PropertyError(f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024")
     return BlkDevice(
         drive,
         read_only=readonly,
@@ -112,6 +123,8 @@ DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str
         _blk,
         ("drive", "readonly", "serial", "queue-size", "logical_block_size"),
     ),
+    "virtio-net-device": (net_device, NET_PROPS),
+    "virtio-serial-device": (serial_device, SERIAL_PROPS),
 }
 
 
@@ -127,7 +140,12 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
     tf = TransportFeatures(
         event_idx=parse_bool("event_idx", props.pop("event_idx", "on")),
         indirect_desc=parse_bool("indirect_desc", props.pop("indirect_desc", "on")),
+        access_platform=parse_bool("iommu_platform", props.pop("iommu_platform", "off")),
     )
+    validate_ap = parse_bool("x-validate-access-platform", props.pop("x-validate-access-platform", "on"))
+    dma_mode = props.pop("x-dma", "honor")
+    if dma_mode not in DMA_MODES:
+        raise PropertyError(f"Property 'x-dma' doesn't take value '{dma_mode}' ({'|'.join(DMA_MODES)})")
     pol = props.pop("x-error-policy", ErrorPolicy.NEEDS_RESET.value)
     try:
         policy = ErrorPolicy(pol)
@@ -137,4 +155,4 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
         ) from None
     strict = parse_bool("x-strict-rings", props.pop("x-strict-rings", "on"))
     model = factory(props)
-    return BuiltDevice(spec, model, tf, policy, strict)
+    return BuiltDevice(spec, model, tf, policy, strict, validate_ap, dma_mode)

@@ -26,6 +26,7 @@ the wait with a DmaError at once, so a device never hangs on a dead or hostile g
 from __future__ import annotations
 
 import math
+import threading
 
 import trio
 
@@ -52,6 +53,7 @@ class DmaPort:
         self.channel = channel
         self.reply_timeout = reply_timeout
         self.token = trio.lowlevel.current_trio_token()
+        self.trio_thread = threading.get_ident()
         self._out_tx, self._out_rx = trio.open_memory_channel[wire.Frame](math.inf)
         self._seq = 0
         self._pending: dict[int, _Reply] = {}
@@ -187,6 +189,12 @@ class WireAddressSpace:
         self.check(addr, length, False)
         if length == 0:
             return b""
+        if threading.get_ident() == self.port.trio_thread:
+            # Device work started by the event loop itself (not by a register access)
+            # cannot wait for the guest's reply on the loop that must deliver it.
+            raise DmaError(
+                addr, length, "device DMA outside a register access is not supported over DMA messages"
+            )
         try:
             return trio.from_thread.run(self.port.read, addr, length)
         except (trio.Cancelled, trio.RunFinishedError):
@@ -196,7 +204,9 @@ class WireAddressSpace:
         self.check(addr, len(data), True)
         if self.port.failure is not None:
             raise DmaError(addr, len(data), self.port.failure)
-        if len(data):
+        if len(data) and threading.get_ident() == self.port.trio_thread:
+            self.port.post_write(addr, bytes(data))
+        elif len(data):
             try:
                 # Posted: queued in order behind earlier frames, no waiting for the guest.
                 self.port.token.run_sync_soon(self.port.post_write, addr, bytes(data))

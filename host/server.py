@@ -135,8 +135,7 @@ async def _serve_dma(
                     inbox_tx.send_nowait(frame)
                 except trio.WouldBlock:
                     raise WireError(
-                        f"guest queued more than {MAX_QUEUED_FRAMES} frames while a device "
-                        "waited for DMA"
+                        f"guest queued more than {MAX_QUEUED_FRAMES} frames while a device waited for DMA"
                     ) from None
                 if frame.type is MsgType.BYE:
                     reason = BYE_REASON

@@ -129,6 +129,16 @@ class Proc:
         result: dict[str, Any] = await self.wait_for(find, timeout)
         return result
 
+    async def ended(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """A host's first ``count`` guest-ended events, once there are that many."""
+
+        def find() -> list[dict[str, Any]] | None:
+            hits = [e for e in self.events() if e["event"] == "guest-ended"]
+            return hits[:count] if len(hits) >= count else None
+
+        result: list[dict[str, Any]] = await self.wait_for(find, timeout)
+        return result
+
     async def log(self, text: str, timeout: float = 10.0) -> float:
         """Wait for ``text`` on stderr; returns the trio clock when it was seen."""
         await self.wait_for(lambda: text in self.stderr, timeout)

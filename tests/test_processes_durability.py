@@ -37,13 +37,9 @@ def _listen(link: str, tmp_path: Path) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("link", ["unix", "tcp"])
-async def test_flushed_writes_survive_kill_9_of_the_host(
-    tmp_path: Path, disk: Path, link: str
-) -> None:
+async def test_flushed_writes_survive_kill_9_of_the_host(tmp_path: Path, disk: Path, link: str) -> None:
     rnd = random.Random(11)
-    writes = {
-        sector: rnd.randbytes(SECTOR * count) for sector, count in ((3, 1), (40, 16), (2047, 1))
-    }
+    writes = {sector: rnd.randbytes(SECTOR * count) for sector, count in ((3, 1), (40, 16), (2047, 1))}
     with trio.fail_after(30):
         async with (
             host(*_listen(link, tmp_path), "-device", f"virtio-blk-device,drive={disk}") as h,
@@ -77,14 +73,10 @@ async def _out_request(drv: BlkDriver, sector: int, segments: list[tuple[int, in
 
 
 @pytest.mark.parametrize("link", ["unix", "tcp"])
-async def test_malformed_requests_never_touch_the_file(
-    tmp_path: Path, disk: Path, link: str
-) -> None:
+async def test_malformed_requests_never_touch_the_file(tmp_path: Path, disk: Path, link: str) -> None:
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
     with trio.fail_after(30):
-        async with host(
-            *_listen(link, tmp_path), "-device", f"virtio-blk-device,drive={disk}"
-        ) as h:
+        async with host(*_listen(link, tmp_path), "-device", f"virtio-blk-device,drive={disk}") as h:
             async with in_test_guest(h.address, SECRET if link == "tcp" else None) as g:
                 drv = g.driver
                 assert isinstance(drv, BlkDriver)

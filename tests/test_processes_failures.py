@@ -82,9 +82,7 @@ async def test_kill_9_host_mid_workload(tmp_path: Path, link: str) -> None:
     with trio.fail_after(60):
         async with (
             host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as h,
-            spawn(
-                "guest", "--connect", h.address, *SOAK, *_guest_secret(link, tmp_path), name="guest"
-            ) as g,
+            spawn("guest", "--connect", h.address, *SOAK, *_guest_secret(link, tmp_path), name="guest") as g,
         ):
             await h.log("guest 1: handshake done")
             await trio.sleep(0.3)

@@ -21,7 +21,7 @@ from process_helpers import Proc, expect_error, host, raw_channel, run_guest
 from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
 from host.transport.mmio import MMIO_WINDOW
 from virtio_sim import wire
-from virtio_sim.handshake import HostSession, MemoryMode, auth_tag, guest_handshake
+from virtio_sim.handshake import HandshakeError, HostSession, MemoryMode, auth_tag, guest_handshake
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress, open_listener
 from virtio_sim.spec import MMIO, F
@@ -77,7 +77,7 @@ async def target(tmp_path: Path, link: str, *extra: str) -> AsyncIterator[Target
     listen = "unix:" if link == "unix" else "tcp:127.0.0.1:0"
     async with host(
         "--listen", listen, "-device", "virtio-rng-device", "--seed", "5",
-        "--secret-file", str(secret_file), "--max-guests", "2",
+        "--secret-file", str(secret_file), "--max-guests", "16",
         "--handshake-timeout", "1", "--frame-timeout", "1", *extra,
     ) as h:  # fmt: skip
         yield Target(h, link, secret_file)
@@ -92,90 +92,101 @@ async def _first_frame(ch: SocketFrameChannel) -> wire.Frame:
     return frame
 
 
-@LINKS
-async def test_garbage_bytes(tmp_path: Path, link: str) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, link) as t:
-            ch = await t.channel()
-            await _first_frame(ch)
-            await ch.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.PROTOCOL and "bad frame magic" in message
-            await t.still_serves()
+async def _abuse_garbage(t: Target) -> None:
+    ch = await t.channel()
+    await _first_frame(ch)
+    await ch.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.PROTOCOL and "bad frame magic" in message
+
+
+async def _abuse_truncated(t: Target) -> None:
+    ch = await t.channel()
+    await _first_frame(ch)
+    raw = wire.hello(Hello(PROTOCOL_VERSION, Role.GUEST, Capability.DMA_MESSAGES)).encode()
+    await ch.send_raw(raw[: HEADER_SIZE + 5])  # the header promises more than comes
+    ch.socket.shutdown(socket.SHUT_WR)
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.PROTOCOL and "truncated frame" in message
+
+
+async def _abuse_oversized(t: Target) -> None:
+    ch = await t.channel()
+    await _first_frame(ch)
+    # Only the header: the host must answer without waiting for 4 GiB of payload.
+    await ch.send_raw(_header(MsgType.HELLO, 0xFFFFFFFF))
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.PROTOCOL and f"exceeds the limit {MAX_PAYLOAD}" in message
+    # The same after the handshake, in the middle of register traffic.
+    ch = await t.channel()
+    await t.handshake(ch)
+    await ch.send_raw(_header(MsgType.MMIO_WRITE, MAX_PAYLOAD + 1))
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.PROTOCOL and "exceeds the limit" in message
+
+
+async def _abuse_versions(t: Target) -> None:
+    # A frame header from a future protocol.
+    ch = await t.channel()
+    await _first_frame(ch)
+    await ch.send_raw(_header(MsgType.HELLO, 0, version=PROTOCOL_VERSION + 1))
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.VERSION and "unsupported protocol version" in message
+    # A current header carrying a HELLO that claims another version.
+    ch = await t.channel()
+    nonce = wire.parse_hello(await _first_frame(ch)).nonce
+    future = Hello(PROTOCOL_VERSION + 1, Role.GUEST, Capability.DMA_MESSAGES, auth=auth_tag(SECRET, nonce))
+    await ch.send(wire.hello(future))
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.VERSION and "protocol version 2" in message
+
+
+async def _abuse_after_handshake(t: Target) -> None:
+    ch = await t.channel()
+    session = await t.handshake(ch)
+    assert session.mode is (MemoryMode.SHARED if t.link == "unix" else MemoryMode.DMA)
+    # A well-formed read first: the connection works ...
+    await ch.send(wire.access(MsgType.MMIO_READ, 1, MMIO_BASE + MMIO_OFFSETS["MagicValue"], 4))
+    assert wire.parse_read_reply(await ch.receive()) == MMIO.magic
+    # ... then a frame a guest must never send.
+    await ch.send(wire.read_reply(9, 0))
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.UNSUPPORTED and "unexpected READ_REPLY" in message
+    # A bad access size.
+    ch = await t.channel()
+    await t.handshake(ch)
+    await ch.send(wire.Frame(MsgType.MMIO_WRITE, 0, wire._ACCESS.pack(0, 3, b"", 0)))
+    code, message = await expect_error(ch)
+    assert code == ErrorCode.PROTOCOL and "access size" in message
+    # A DMA_REPLY nobody asked for.
+    ch = await t.channel()
+    await t.handshake(ch)
+    await ch.send(wire.dma_reply(77, wire.DMA_OK, b"x"))
+    code, message = await expect_error(ch)
+    if t.link == "tcp":
+        assert code == ErrorCode.PROTOCOL and "unknown request 77" in message
+    else:  # shared RAM: there is no DMA on this connection at all
+        assert code == ErrorCode.UNSUPPORTED and "unexpected DMA_REPLY" in message
 
 
 @LINKS
-async def test_truncated_frame_then_close(tmp_path: Path, link: str) -> None:
+async def test_malformed_frames_are_refused_and_the_host_serves_on(tmp_path: Path, link: str) -> None:
+    """Garbage, truncated frames, oversized lengths, wrong versions and frames out of place,
+    before and after the handshake: each gets an ERROR with its code and a hang-up. Other
+    connections (they all run at once here) are unaffected, and a real guest then runs."""
     with trio.fail_after(30):
         async with target(tmp_path, link) as t:
-            ch = await t.channel()
-            await _first_frame(ch)
-            hello = wire.hello(Hello(PROTOCOL_VERSION, Role.GUEST, Capability.DMA_MESSAGES))
-            raw = hello.encode()
-            await ch.send_raw(raw[: HEADER_SIZE + 5])  # header promises more than comes
-            ch.socket.shutdown(socket.SHUT_WR)
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.PROTOCOL and "truncated frame" in message
-            await t.still_serves()
-
-
-async def test_truncated_frame_that_stalls_times_out(tmp_path: Path) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, "unix") as t:
-            ch = await t.channel()
-            await t.handshake(ch)
-            write = wire.access(MsgType.MMIO_WRITE, 0, MMIO_BASE, 4, 0).encode()
-            await ch.send_raw(write[: HEADER_SIZE + 3])  # ... and then nothing
-            code, message = await expect_error(ch, timeout=5)
-            assert code == ErrorCode.TIMEOUT and "incomplete" in message
-            await t.still_serves()
-
-
-@LINKS
-async def test_oversized_length_is_refused_before_any_payload(tmp_path: Path, link: str) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, link) as t:
-            ch = await t.channel()
-            await _first_frame(ch)
-            # Only the header: the host must answer without waiting for 4 GiB of payload.
-            await ch.send_raw(_header(MsgType.HELLO, 0xFFFFFFFF))
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.PROTOCOL
-            assert f"exceeds the limit {MAX_PAYLOAD}" in message
-            # The same after the handshake, in the middle of register traffic.
-            ch = await t.channel()
-            await t.handshake(ch)
-            await ch.send_raw(_header(MsgType.MMIO_WRITE, MAX_PAYLOAD + 1))
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.PROTOCOL and "exceeds the limit" in message
-            await t.still_serves()
-
-
-@LINKS
-async def test_wrong_versions(tmp_path: Path, link: str) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, link) as t:
-            # A frame header from a future protocol.
-            ch = await t.channel()
-            await _first_frame(ch)
-            await ch.send_raw(_header(MsgType.HELLO, 0, version=PROTOCOL_VERSION + 1))
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.VERSION and "unsupported protocol version" in message
-            # A current header carrying a HELLO that claims another version.
-            ch = await t.channel()
-            host_hello = wire.parse_hello(await _first_frame(ch))
-            await ch.send(
-                wire.hello(
-                    Hello(
-                        PROTOCOL_VERSION + 1,
-                        Role.GUEST,
-                        Capability.DMA_MESSAGES,
-                        auth=auth_tag(SECRET, host_hello.nonce),
-                    )
-                )
-            )
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.VERSION and "protocol version 2" in message
+            async with trio.open_nursery() as n:
+                for abuse in (
+                    _abuse_garbage,
+                    _abuse_truncated,
+                    _abuse_oversized,
+                    _abuse_versions,
+                    _abuse_after_handshake,
+                ):
+                    n.start_soon(abuse, t)
+            ended = await t.h.ended(9)
+            assert len(ended) == 9 and all(e["end"] in ("error", "refused") for e in ended)
             await t.still_serves()
 
 
@@ -184,23 +195,17 @@ async def test_wrong_or_missing_secret(tmp_path: Path, link: str) -> None:
     with trio.fail_after(30):
         async with target(tmp_path, link) as t:
             ch = await t.channel()
-            with pytest.raises(Exception, match="wrong shared secret"):
+            with pytest.raises(HandshakeError, match="wrong shared secret"):
                 await guest_handshake(ch, secret=b"guess", can_take_fds=False)
             # A replayed answer to an old challenge is no better than a guess.
             ch = await t.channel()
             old_nonce = wire.parse_hello(await _first_frame(ch)).nonce
             ch2 = await t.channel()
             await _first_frame(ch2)
-            await ch2.send(
-                wire.hello(
-                    Hello(
-                        PROTOCOL_VERSION,
-                        Role.GUEST,
-                        Capability.DMA_MESSAGES,
-                        auth=auth_tag(SECRET, old_nonce),
-                    )
-                )
+            replay = Hello(
+                PROTOCOL_VERSION, Role.GUEST, Capability.DMA_MESSAGES, auth=auth_tag(SECRET, old_nonce)
             )
+            await ch2.send(wire.hello(replay))
             code, message = await expect_error(ch2)
             assert code == ErrorCode.AUTH and "wrong shared secret" in message
             await ch.aclose()
@@ -213,65 +218,19 @@ async def test_wrong_or_missing_secret(tmp_path: Path, link: str) -> None:
             await t.still_serves()
 
 
-async def test_silent_client_is_dropped_after_the_handshake_timeout(tmp_path: Path) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, "tcp") as t:
-            ch = await t.channel()
-            code, message = await expect_error(ch, timeout=5)  # we never answer the HELLO
-            assert code == ErrorCode.TIMEOUT and "no handshake" in message
-            await t.still_serves()
+async def _stall_mid_frame(t: Target) -> None:
+    ch = await t.channel()
+    await t.handshake(ch)
+    write = wire.access(MsgType.MMIO_WRITE, 0, MMIO_BASE, 4, 0).encode()
+    await ch.send_raw(write[: HEADER_SIZE + 3])  # ... and then nothing
+    code, message = await expect_error(ch, timeout=5)
+    assert code == ErrorCode.TIMEOUT and "incomplete" in message
 
 
-@LINKS
-async def test_garbage_after_the_handshake(tmp_path: Path, link: str) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, link) as t:
-            ch = await t.channel()
-            session = await t.handshake(ch)
-            assert session.mode is (MemoryMode.SHARED if link == "unix" else MemoryMode.DMA)
-            # A well-formed read first: the connection works ...
-            await ch.send(
-                wire.access(MsgType.MMIO_READ, 1, MMIO_BASE + MMIO_OFFSETS["MagicValue"], 4)
-            )
-            reply = await ch.receive()
-            assert wire.parse_read_reply(reply) == MMIO.magic
-            # ... then frames a guest must never send, and a bad access size.
-            await ch.send(wire.read_reply(9, 0))
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.UNSUPPORTED and "unexpected READ_REPLY" in message
-            ch = await t.channel()
-            await t.handshake(ch)
-            await ch.send(wire.Frame(MsgType.MMIO_WRITE, 0, wire._ACCESS.pack(0, 3, b"", 0)))
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.PROTOCOL and "access size" in message
-            await t.still_serves()
-
-
-async def test_unsolicited_dma_reply_over_tcp(tmp_path: Path) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, "tcp") as t:
-            ch = await t.channel()
-            await t.handshake(ch)
-            await ch.send(wire.dma_reply(77, wire.DMA_OK, b"x"))
-            code, message = await expect_error(ch)
-            assert code == ErrorCode.PROTOCOL and "unknown request 77" in message
-            await t.still_serves()
-
-
-async def test_connection_limit(tmp_path: Path) -> None:
-    with trio.fail_after(30):
-        async with target(tmp_path, "unix") as t:
-            held = [await t.channel() for _ in range(2)]
-            for ch in held:
-                await t.handshake(ch)
-            third = await t.channel()
-            code, message = await expect_error(third)
-            assert code == ErrorCode.BUSY and "already serves 2 guests" in message
-            for ch in held:
-                await ch.send(wire.bye())
-                await ch.aclose()
-            await t.h.wait_for(lambda: sum(e["event"] == "guest-ended" for e in t.h.events()) >= 3)
-            await t.still_serves()
+async def _never_say_hello(t: Target) -> None:
+    ch = await t.channel()
+    code, message = await expect_error(ch, timeout=5)  # we never answer the HELLO
+    assert code == ErrorCode.TIMEOUT and "no handshake" in message
 
 
 async def _regs(ch: SocketFrameChannel, writes: list[tuple[str, int]]) -> None:
@@ -279,36 +238,43 @@ async def _regs(ch: SocketFrameChannel, writes: list[tuple[str, int]]) -> None:
         await ch.send(wire.access(MsgType.MMIO_WRITE, 0, MMIO_BASE + MMIO_OFFSETS[reg], 4, value))
 
 
-async def test_guest_that_never_answers_dma_is_dropped(tmp_path: Path) -> None:
+async def _never_answer_dma(t: Target) -> None:
     """Over TCP a device waits for the guest's DMA_REPLY; a guest that stays silent is
     dropped after the timeout instead of holding the device (and a host thread) forever."""
+    ch = await t.channel()
+    assert (await t.handshake(ch)).mode is MemoryMode.DMA
+    ring = 0x100000
+    await _regs(
+        ch,
+        [
+            ("QueueSel", 0),
+            ("QueueSize", 16),
+            ("QueueDescLow", ring),
+            ("QueueDriverLow", ring + 0x1000),
+            ("QueueDeviceLow", ring + 0x2000),
+            ("QueueReady", 1),
+            ("QueueNotify", 0),  # the device now reads the avail ring over DMA
+        ],
+    )
+    seen = []
+    while True:
+        frame = await ch.receive()
+        seen.append(frame.type)
+        if frame.type is MsgType.ERROR:
+            code, message = wire.parse_error(frame)
+            break
+    assert MsgType.DMA_READ in seen  # which we ignore
+    assert code == ErrorCode.TIMEOUT and "did not answer a DMA read" in message
+
+
+async def test_stalling_peers_are_dropped_after_their_timeout(tmp_path: Path) -> None:
+    """A frame that stops halfway, a client that never says HELLO, a guest that never
+    answers a DMA read: each is dropped with ERROR(TIMEOUT); nothing waits forever."""
     with trio.fail_after(30):
         async with target(tmp_path, "tcp") as t:
-            ch = await t.channel()
-            session = await t.handshake(ch)
-            assert session.mode is MemoryMode.DMA
-            ring = 0x100000
-            await _regs(
-                ch,
-                [
-                    ("QueueSel", 0),
-                    ("QueueSize", 16),
-                    ("QueueDescLow", ring),
-                    ("QueueDriverLow", ring + 0x1000),
-                    ("QueueDeviceLow", ring + 0x2000),
-                    ("QueueReady", 1),
-                    ("QueueNotify", 0),  # the device now reads the avail ring over DMA
-                ],
-            )
-            seen = []
-            while True:
-                frame = await ch.receive()
-                seen.append(frame.type)
-                if frame.type is MsgType.ERROR:
-                    code, message = wire.parse_error(frame)
-                    break
-            assert MsgType.DMA_READ in seen  # which we ignore
-            assert code == ErrorCode.TIMEOUT and "did not answer a DMA read" in message
+            async with trio.open_nursery() as n:
+                for stall in (_stall_mid_frame, _never_say_hello, _never_answer_dma):
+                    n.start_soon(stall, t)
             await t.still_serves()
 
 
@@ -323,9 +289,7 @@ async def test_posted_writes_are_ordered_with_later_reads(tmp_path: Path, link: 
             for sel in (0, 1, 0, 1):
                 await _regs(ch, [("DeviceFeaturesSel", sel)])
                 await ch.send(
-                    wire.access(
-                        MsgType.MMIO_READ, sel + 10, MMIO_BASE + MMIO_OFFSETS["DeviceFeatures"], 4
-                    )
+                    wire.access(MsgType.MMIO_READ, sel + 10, MMIO_BASE + MMIO_OFFSETS["DeviceFeatures"], 4)
                 )
             await _regs(ch, [("Status", 1), ("Status", 3)])
             await ch.send(wire.access(MsgType.MMIO_READ, 20, MMIO_BASE + MMIO_OFFSETS["Status"], 4))
@@ -340,6 +304,22 @@ async def test_posted_writes_are_ordered_with_later_reads(tmp_path: Path, link: 
             assert features[1] >> (F.VERSION_1 - 32) & 1  # VERSION_1 is in the high word
             assert replies[4][1] == 3
             await ch.send(wire.bye())
+            await t.still_serves()
+
+
+async def test_connection_limit(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with target(tmp_path, "unix", "--max-guests", "2") as t:
+            held = [await t.channel() for _ in range(2)]
+            for ch in held:
+                await t.handshake(ch)
+            third = await t.channel()
+            code, message = await expect_error(third)
+            assert code == ErrorCode.BUSY and "already serves 2 guests" in message
+            for ch in held:
+                await ch.send(wire.bye())
+                await ch.aclose()
+            await t.h.wait_for(lambda: sum(e["event"] == "guest-ended" for e in t.h.events()) >= 3)
             await t.still_serves()
 
 
@@ -379,36 +359,41 @@ HOSTILE_HOSTS = {
 }
 
 
-@pytest.mark.parametrize("case", list(HOSTILE_HOSTS))
-async def test_guest_process_against_a_hostile_host(case: str) -> None:
-    """The guest is as careful as the host: a broken host gets a clear message and a
-    non-zero status, never a traceback or a hang."""
+async def _hostile_host_case(case: str) -> None:
     frames, status, message = HOSTILE_HOSTS[case]
+    listener = await open_listener(UnixAddress(None))
+    try:
+        async with trio.open_nursery() as n:
+
+            async def serve_once() -> None:
+                stream = await listener.accept()
+                ch = SocketFrameChannel(stream)
+                for raw in frames:
+                    await ch.send_raw(raw)
+                if status == 3:
+                    await ch.aclose()
+                    return
+                with trio.move_on_after(10):  # wait for the guest to hang up
+                    try:
+                        while True:
+                            await ch.receive()
+                    except (trio.EndOfChannel, wire.WireError):
+                        pass
+
+            n.start_soon(serve_once)
+            g = await run_guest(str(listener.address), "--workload", "rng", timeout=20)
+            n.cancel_scope.cancel()
+    finally:
+        await listener.aclose()
+    assert g.proc.returncode == status, (case, g.stderr)
+    assert message in g.stderr, (case, g.stderr)
+    assert "Traceback" not in g.stderr, (case, g.stderr)
+
+
+async def test_guest_process_against_hostile_hosts() -> None:
+    """The guest is as careful as the host: a broken host gets a clear message and a
+    non-zero status, never a traceback or a hang (one guest process per case, at once)."""
     with trio.fail_after(30):
-        listener = await open_listener(UnixAddress(None))
-        try:
-            async with trio.open_nursery() as n:
-
-                async def serve_once() -> None:
-                    stream = await listener.accept()
-                    ch = SocketFrameChannel(stream)
-                    for raw in frames:
-                        await ch.send_raw(raw)
-                    if status == 3:
-                        await ch.aclose()
-                        return
-                    with trio.move_on_after(10):  # wait for the guest to hang up
-                        try:
-                            while True:
-                                await ch.receive()
-                        except (trio.EndOfChannel, wire.WireError):
-                            pass
-
-                n.start_soon(serve_once)
-                g = await run_guest(str(listener.address), "--workload", "rng", timeout=20)
-                n.cancel_scope.cancel()
-        finally:
-            await listener.aclose()
-    assert g.proc.returncode == status, g.stderr
-    assert message in g.stderr
-    assert "Traceback" not in g.stderr
+        async with trio.open_nursery() as n:
+            for case in HOSTILE_HOSTS:
+                n.start_soon(_hostile_host_case, case)

@@ -25,9 +25,7 @@ async def test_two_guest_processes_at_once() -> None:
             guests = []
 
             async def one() -> None:
-                guests.append(
-                    await run_guest(h.address, "--workload", "rng-soak", "--seed", "21", "--json")
-                )
+                guests.append(await run_guest(h.address, "--workload", "rng-soak", "--seed", "21", "--json"))
 
             async with trio.open_nursery() as n:
                 n.start_soon(one)
@@ -63,9 +61,7 @@ async def test_each_connection_has_its_own_machine_and_memory() -> None:
             ram = session_memory(session)  # the host's memfd for this connection
             assert await _read(ch, 1, "MagicValue") == MMIO.magic
             await ch.send(
-                wire.access(
-                    MsgType.MMIO_WRITE, 0, MMIO_BASE + MMIO_OFFSETS["Status"], 4, STATUS.ACKNOWLEDGE
-                )
+                wire.access(MsgType.MMIO_WRITE, 0, MMIO_BASE + MMIO_OFFSETS["Status"], 4, STATUS.ACKNOWLEDGE)
             )
             ram.write(0x200000, b"mine")
             g = await run_guest(h.address, "--workload", "rng", "--seed", "4", "--json")
@@ -99,3 +95,25 @@ async def test_one_disk_image_is_never_shared_by_two_guests(tmp_path: Path) -> N
             await h.wait_for(lambda: "guest 1: ended" in h.stderr)
             g = await run_guest(h.address, "--workload", "blk-rw", "--json")
             assert g.proc.returncode == 0, g.stderr
+
+
+async def test_network_switches_are_private_to_each_guest() -> None:
+    """Two guests whose machines both put two NICs on ``switch:lan``: each pair talks
+    within its own machine; frames never cross to the other guest."""
+    nic = "virtio-net-device,x-backend=switch:lan"
+    with trio.fail_after(60):
+        async with host("--listen", "unix:", "-device", nic, "-device", nic) as h:
+            guests = []
+
+            async def one() -> None:
+                guests.append(await run_guest(h.address, "--workload", "net-pair", "--json"))
+
+            async with trio.open_nursery() as n:
+                n.start_soon(one)
+                n.start_soon(one)
+            log = h.stderr
+    assert [g.proc.returncode for g in guests] == [0, 0], [g.stderr for g in guests]
+    for g in guests:
+        w = g.json_result()["workload"]
+        assert w["a_to_b"] == w["b_to_a"] == 24 and w["broadcast"] == "delivered"
+    assert log.index("guest 2: connected") < log.index("guest 1: ended")

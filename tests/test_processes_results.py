@@ -17,7 +17,11 @@ import pytest
 import trio
 from process_helpers import host, run_guest, spawn
 
+from guest.profile import guest_policy
 from guest.workloads import blk_pattern_seed
+from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.processes import ProcessRun, run_processes
+from virtio_sim.profiles import load_driver_profile
 
 SECTOR = 512
 
@@ -64,28 +68,74 @@ async def test_run_processes_blk_leaves_the_same_disk(tmp_path: Path, link: str)
     plan = results[link]["workload"]["plan"]  # type: ignore[index]
     assert plan
     for start, count in plan:
-        assert disks[link][start * SECTOR : (start + count) * SECTOR] == rnd.randbytes(
-            count * SECTOR
-        )
+        assert disks[link][start * SECTOR : (start + count) * SECTOR] == rnd.randbytes(count * SECTOR)
 
 
-async def test_run_processes_legacy_mmio_and_refusal_match_embedded(tmp_path: Path) -> None:
+async def test_run_processes_refusal_matches_embedded(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.img")
+    refused = ("run", "--device", f"virtio-blk-device,drive={missing}", "--workload", "blk-rw", "--json")
     with trio.fail_after(60):
-        base = ("run", "--device", "virtio-rng-device", "--workload", "rng", "--json")
-        legacy = (*base, "--transport", "mmio-v1")
-        rc_e, embedded, _ = await _cli_json(*legacy)
-        rc_p, procs, err = await _cli_json(*legacy, "--processes")
-        assert rc_e == rc_p == 0, err
-        assert procs == embedded
-        assert procs["transport"] == "mmio-v1"  # -global virtio-mmio.force-legacy=on
-        missing = str(tmp_path / "missing.img")
-        refused = ("run", "--device", f"virtio-blk-device,drive={missing}", "--workload", "blk-rw")
-        rc_e, embedded, _ = await _cli_json(*refused, "--json")
-        rc_p, procs, _ = await _cli_json(*refused, "--json", "--processes")
+        rc_e, embedded, _ = await _cli_json(*refused)
+        rc_p, procs, _ = await _cli_json(*refused, "--processes")
     assert rc_e == rc_p == 1
     assert procs == embedded
     assert procs["outcome"] == "HOST_REFUSED"
     assert "Could not open" in str(procs["detail"])
+
+
+BLK = "virtio-blk-device,event_idx=on,indirect_desc=on,x-validate-access-platform=on"
+# Cells whose outcome rests on something the processes must carry across: the guest's byte
+# order (legacy big-endian), ciphertext in private pages, IOMMU faults and bypass counts,
+# a switch between two NICs of one machine, a console backend.
+CELLS = {
+    "big-endian legacy": ("virtio-rng-device", "rng", "mmio-v1", "linux-3.18-ppc64be", "none", "OK"),
+    "private memory seen as ciphertext": (
+        f"{BLK},x-dma=honor", "blk-rw", "mmio-v2", "linux-5.4-sev", "none", "DEVICE_ERROR",
+    ),
+    "IOMMU fault": (
+        f"{BLK},x-dma=translate-always", "blk-rw", "mmio-v2", "linux-6.1", "virtio-iommu", "DMA_FAULT",
+    ),
+    "IOMMU bypassed": (
+        f"{BLK},x-dma=honor", "blk-rw", "mmio-v2", "linux-6.1", "virtio-iommu", "OK_NO_ISOLATION",
+    ),
+    "IOMMU translated": (
+        f"{BLK},iommu_platform=on,x-dma=honor", "blk-rw", "mmio-v2", "linux-6.1", "virtio-iommu", "OK",
+    ),
+    "two NICs on a switch": (
+        "virtio-net-device,x-backend=switch:lan", "net-pair", "mmio-v2", None, "none", "OK",
+    ),
+    "console": ("virtio-serial-device", "console-echo", "mmio-v2", None, "none", "OK"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+async def test_matrix_cells_match_embedded_over_both_links(cell: str) -> None:
+    device, workload, transport, driver, iommu, expected = CELLS[cell]
+    cfg = RunConfig(device=device, workload=workload, transport=transport, seed=3, timeout=5, iommu=iommu)
+    if workload == "net-pair":
+        cfg.extra_devices = [device]
+    if driver is not None:
+        cfg.guest = guest_policy(load_driver_profile(driver))
+    with trio.fail_after(60):
+        embedded = _plain((await run_embedded(cfg)).to_json())
+        runs: dict[str, ProcessRun] = {}
+
+        async def run(link: str) -> None:
+            runs[link] = await run_processes(cfg, link, driver)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(run, "unix")
+            n.start_soon(run, "tcp")
+    assert embedded["outcome"] == expected, embedded["detail"]
+    for link, done in runs.items():
+        assert done.result is not None, (link, done.message, done.host_stderr, done.guest_stderr)
+        assert _plain(done.result.to_json()) == embedded, link
+
+
+def _plain(d: dict[str, object]) -> dict[str, object]:
+    """As JSON carries it (tuples become lists)."""
+    result: dict[str, object] = json.loads(json.dumps(d))
+    return result
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,18 @@ from collections.abc import Sequence
 import trio
 from rich.console import Console
 
+from guest.profile import guest_policy
+from guest.workloads import WORKLOADS
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.exit_codes import EXIT_USAGE
+from virtio_sim.matrix.cli import (
+    add_compat_arguments,
+    add_matrix_arguments,
+    cmd_compat,
+    cmd_matrix,
+)
 from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.profiles import ProfileError, load_driver_profile
 
 SECRET_ENV = "VIRTIO_SIM_SECRET"
 
@@ -52,15 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one device with one workload, host and guest embedded")
     run.add_argument(
-        "--device", required=True, help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img"
+        "--device",
+        required=True,
+        action="append",
+        help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img; repeat for more devices"
+        " on the same machine (the workload uses the first, net-pair the first two)",
     )
-    run.add_argument("--workload", required=True, help="rng | blk-rw")
+    run.add_argument("--workload", required=True, help=", ".join(WORKLOADS))
     run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
-    run.add_argument(
-        "--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data"
-    )
+    run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
     run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
+    run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
         "--processes",
@@ -75,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_host_parser(sub)
     _add_guest_parser(sub)
+    m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
+    add_matrix_arguments(m)
+    c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
+    add_compat_arguments(c)
     return p
 
 
@@ -84,9 +101,7 @@ def _add_secret_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"shared secret for TCP (a file only you can read; or set ${SECRET_ENV})",
     )
-    p.add_argument(
-        "--secret", metavar="TEXT", help="shared secret on the command line (visible in ps)"
-    )
+    p.add_argument("--secret", metavar="TEXT", help="shared secret on the command line (visible in ps)")
 
 
 def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -102,9 +117,7 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="unix:PATH (unix: for a fresh private directory) or tcp:HOST:PORT "
         "(tcp::PORT listens on 127.0.0.1)",
     )
-    host.add_argument(
-        "-M", "--machine", default="microvm", help="machine type (microvm; -M help lists them)"
-    )
+    host.add_argument("-M", "--machine", default="microvm", help="machine type (microvm; -M help lists them)")
     host.add_argument(
         "-device", dest="devices", action="append", default=[], metavar="DEV",
         help="a device, e.g. virtio-blk-device,drive=disk.img (repeatable)",
@@ -142,11 +155,11 @@ def _add_guest_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="run a guest driver stack against a host process",
         description="Connect to a virtio-sim host, boot, probe, run one workload.",
     )
-    guest.add_argument(
-        "--connect", required=True, metavar="ADDR", help="unix:PATH or tcp:HOST:PORT"
-    )
+    guest.add_argument("--connect", required=True, metavar="ADDR", help="unix:PATH or tcp:HOST:PORT")
     guest.add_argument("--workload", required=True, help="rng | rng-soak | blk-rw")
-    guest.add_argument("--driver", default="default", metavar="PROFILE", help="driver profile")
+    guest.add_argument(
+        "--driver", metavar="PROFILE", help="driver generation (specs/profiles/drivers), default: current"
+    )
     guest.add_argument(
         "--seed",
         type=lambda s: None if s == "none" else int(s, 0),
@@ -191,9 +204,7 @@ def _print_human(result: RunResult) -> None:
     colour = "green" if result.outcome is Outcome.OK else "red"
     console.print(f"[bold {colour}]{result.outcome}[/] {result.device} over {result.transport}")
     console.print(f"  offered    {result.device_features:#x}")
-    console.print(
-        f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})"
-    )
+    console.print(f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})")
     console.print(f"  status     {' -> '.join(result.status_trace) or '-'}")
     console.print(f"  detail     {result.detail}")
 
@@ -232,19 +243,17 @@ def _host(args: argparse.Namespace) -> int:
 
 
 def _guest(args: argparse.Namespace) -> int:
-    from guest.process import DRIVER_PROFILES, GuestOptions, guest_main
+    from guest.process import GuestOptions, guest_main, guest_policy_for
     from guest.workloads import WORKLOADS
     from virtio_sim.sockets import AddressError, parse_address
 
     try:
         if args.workload not in WORKLOADS:
-            raise UsageError(
-                f"unknown workload {args.workload!r} (choose from {', '.join(WORKLOADS)})"
-            )
-        if args.driver not in DRIVER_PROFILES:
-            raise UsageError(
-                f"unknown driver profile {args.driver!r} (choose from {', '.join(DRIVER_PROFILES)})"
-            )
+            raise UsageError(f"unknown workload {args.workload!r} (choose from {', '.join(WORKLOADS)})")
+        try:
+            guest_policy_for(args.driver)
+        except ProfileError as e:
+            raise UsageError(str(e)) from None
         opts = GuestOptions(
             connect=parse_address(args.connect, listen=False),
             workload=args.workload,
@@ -267,10 +276,10 @@ def _guest(args: argparse.Namespace) -> int:
     return done.status
 
 
-def _run_processes(cfg: RunConfig, link: str, as_json: bool) -> int:
+def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool) -> int:
     from virtio_sim.processes import run_processes
 
-    done = trio.run(run_processes, cfg, link)
+    done = trio.run(run_processes, cfg, link, driver)
     if done.result is not None:
         if as_json:
             print(json.dumps(done.result.to_json(), indent=2), flush=True)
@@ -290,21 +299,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _host(args)
     if args.command == "guest":
         return _guest(args)
+    if args.command == "matrix":
+        return cmd_matrix(args)
+    if args.command == "compat":
+        if args.old == args.new:
+            print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)
+            return EXIT_USAGE
+        return cmd_compat(args)
     if args.command == "run":
         if args.link and not args.processes:
             _error("--link needs --processes")
             return EXIT_USAGE
         cfg = RunConfig(
-            device=args.device,
+            device=args.device[0],
+            extra_devices=args.device[1:],
             workload=args.workload,
             transport=args.transport,
             ram_size=args.ram,
             seed=args.seed,
             timeout=args.timeout,
+            iommu=args.iommu,
         )
+        if args.driver:
+            try:
+                cfg.guest = guest_policy(load_driver_profile(args.driver))
+            except ProfileError as e:
+                print(f"virtio-sim: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
         try:
             if args.processes:
-                return _run_processes(cfg, args.link or "unix", args.json)
+                return _run_processes(cfg, args.link or "unix", args.driver, args.json)
             result = trio.run(run_embedded, cfg)
         except ConfigError as e:
             print(f"virtio-sim: error: {e}", file=sys.stderr)

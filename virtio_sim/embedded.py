@@ -38,6 +38,9 @@ class RunConfig:
     seed: int | None = 1
     timeout: float = 10.0
     guest: GuestPolicy = field(default_factory=GuestPolicy)
+    iommu: str = "none"
+    #: more devices on the same machine, after ``device`` (net-pair needs two NICs)
+    extra_devices: list[str] = field(default_factory=list)
 
 
 class ConfigError(ValueError):
@@ -46,22 +49,21 @@ class ConfigError(ValueError):
 
 def check_config(cfg: RunConfig) -> None:
     if cfg.transport not in TRANSPORTS:
-        raise ConfigError(
-            f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})"
-        )
+        raise ConfigError(f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})")
     if cfg.workload not in WORKLOADS:
         raise ConfigError(f"unknown workload {cfg.workload!r} (choose from {', '.join(WORKLOADS)})")
     if cfg.ram_size < MIN_RAM:
         raise ConfigError("guest RAM must be at least 2 MiB")
     try:
-        parse_device_option(cfg.device)
+        for text in [cfg.device, *cfg.extra_devices]:
+            parse_device_option(text)
     except PropertyError as e:
         raise ConfigError(str(e)) from None
 
 
 def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
     """Fold what the host saw into the guest's result (the process mode folds the same
-    evidence, received from the host process)."""
+    evidence, received from the host process; see RunResult.add_host_evidence)."""
     return result.add_host_evidence(setup.evidence())
 
 
@@ -70,19 +72,18 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
     device_name = parse_device_option(cfg.device).driver
     with tempfile.TemporaryDirectory(prefix="virtio-sim-") as tmp:
         host_cfg = HostConfig(
-            devices=[cfg.device],
+            devices=[cfg.device, *cfg.extra_devices],
             transport=cfg.transport,
             ram_size=cfg.ram_size,
             seed=cfg.seed,
             guest_order=cfg.guest.guest_order,
             scratch_dir=tmp,
+            iommu=cfg.iommu,
         )
         try:
             setup = build_host(host_cfg)
         except PropertyError as e:
-            return RunResult(
-                Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e)
-            )
+            return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
         try:
             host_end, guest_end = memory_link()
             boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size)

@@ -156,9 +156,7 @@ async def host_handshake(channel: FrameChannel, offer: HostOffer) -> tuple[Hello
     _check_version(guest, "the guest")
     if guest.role is not Role.GUEST:
         raise HandshakeError("the peer says it is not a guest", ErrorCode.PROTOCOL)
-    if offer.secret is not None and not hmac.compare_digest(
-        guest.auth, auth_tag(offer.secret, nonce)
-    ):
+    if offer.secret is not None and not hmac.compare_digest(guest.auth, auth_tag(offer.secret, nonce)):
         raise HandshakeError("authentication failed: wrong shared secret", ErrorCode.AUTH)
     mode = _pick_mode(offer, guest.capabilities)
     for i, r in enumerate(offer.regions):
@@ -227,6 +225,7 @@ async def guest_handshake(
     secret: bytes | None,
     can_take_fds: bool,
     name: str = "virtio-sim guest",
+    big_endian: bool = False,
 ) -> HostSession:
     """Run the guest side. Raises HandshakeError (with the host's code) or WireError."""
     host = wire.parse_hello(await _expect(channel, MsgType.HELLO, "host"))
@@ -245,6 +244,8 @@ async def guest_handshake(
     caps = Capability.DMA_MESSAGES | Capability.LINE_IRQ
     if can_take_fds:
         caps |= Capability.SHARED_MEMORY_FD
+    if big_endian:
+        caps |= Capability.BIG_ENDIAN
     await channel.send(wire.hello(Hello(PROTOCOL_VERSION, Role.GUEST, caps, auth=tag, name=name)))
     regions: list[MemoryRegion] = []
     fd: int | None = None
@@ -255,20 +256,14 @@ async def guest_handshake(
             gpa, size, offset, flags = wire.parse_mem_region(frame)
             this_mode = MemoryMode.SHARED if flags & MemRegionFlag.SHARED_FD else MemoryMode.DMA
             if mode is not None and this_mode is not mode:
-                raise HandshakeError(
-                    "MEM_REGION frames mix shared and DMA memory", ErrorCode.PROTOCOL
-                )
+                raise HandshakeError("MEM_REGION frames mix shared and DMA memory", ErrorCode.PROTOCOL)
             mode = this_mode
             if mode is MemoryMode.SHARED and fd is None:
                 if not can_take_fds:
-                    raise HandshakeError(
-                        "host shares memory over a channel without fds", ErrorCode.PROTOCOL
-                    )
+                    raise HandshakeError("host shares memory over a channel without fds", ErrorCode.PROTOCOL)
                 fd = _fd_channel(channel).take_fd()
                 if fd is None:
-                    raise HandshakeError(
-                        "MEM_REGION(SHARED_FD) arrived without an fd", ErrorCode.PROTOCOL
-                    )
+                    raise HandshakeError("MEM_REGION(SHARED_FD) arrived without an fd", ErrorCode.PROTOCOL)
             regions.append(MemoryRegion(gpa, size, offset))
             if len(regions) > MAX_REGIONS:
                 raise HandshakeError(f"more than {MAX_REGIONS} memory regions", ErrorCode.PROTOCOL)
@@ -301,9 +296,7 @@ def session_memory(session: HostSession) -> GuestMemory:
         if session.mode is MemoryMode.SHARED:
             assert session.fd is not None
             if not stat.S_ISREG(os.fstat(session.fd).st_mode):
-                raise HandshakeError(
-                    "the shared memory fd is not a memory file", ErrorCode.PROTOCOL
-                )
+                raise HandshakeError("the shared memory fd is not a memory file", ErrorCode.PROTOCOL)
             backing = SharedMemoryObject.attach(session.fd, extent)
         else:
             backing = SharedMemoryObject.create_memfd(extent, "virtio-sim-guest-private-ram")

@@ -140,7 +140,11 @@ def legacy_used_ring_offset(queue_size: int, align: int) -> int:
 
 
 def legacy_vring_size(queue_size: int, align: int) -> int:
-    """Total bytes of a contiguous legacy vring, as Linux's vring_size() computes it."""
+    """Total bytes of a contiguous legacy vring, the spec's virtq_size(): both parts aligned.
+
+    Linux's vring_size() leaves the used part unaligned (10246 for Q=256, A=4096, where this
+    gives 12288); rounded up to the alignment the two agree.
+    """
     return legacy_used_ring_offset(queue_size, align) + align_up(used_ring_size(queue_size), align)
 
 
@@ -277,6 +281,60 @@ BLK_STATUS_SIZE: int = VirtioBlkStatus.sizeof()
 VirtioRngConfig = cs.Struct()  # the entropy device has no configuration space
 
 
+# --------------------------------------------------------------------------- virtio-iommu (5.13)
+
+VirtioIommuConfig = cs.Struct(
+    "page_size_mask" / cs.Int64ul,
+    "input_start" / cs.Int64ul,
+    "input_end" / cs.Int64ul,
+    "domain_start" / cs.Int32ul,
+    "domain_end" / cs.Int32ul,
+    "probe_size" / cs.Int32ul,
+    "bypass" / cs.Int8ul,
+    "reserved" / cs.Bytes(3),
+)
+IommuReqHead = cs.Struct("type" / cs.Int8ul, "reserved" / cs.Bytes(3))
+IommuReqTail = cs.Struct("status" / cs.Int8ul, "reserved" / cs.Bytes(3))
+# Request bodies: what follows the head and precedes the tail (device-readable part).
+IommuAttachBody = cs.Struct(
+    "domain" / cs.Int32ul, "endpoint" / cs.Int32ul, "flags" / cs.Int32ul, "reserved" / cs.Bytes(4)
+)
+IommuDetachBody = cs.Struct("domain" / cs.Int32ul, "endpoint" / cs.Int32ul, "reserved" / cs.Bytes(8))
+IommuMapBody = cs.Struct(
+    "domain" / cs.Int32ul,
+    "virt_start" / cs.Int64ul,
+    "virt_end" / cs.Int64ul,
+    "phys_start" / cs.Int64ul,
+    "flags" / cs.Int32ul,
+)
+IommuUnmapBody = cs.Struct(
+    "domain" / cs.Int32ul, "virt_start" / cs.Int64ul, "virt_end" / cs.Int64ul, "reserved" / cs.Bytes(4)
+)
+IommuProbeBody = cs.Struct("endpoint" / cs.Int32ul, "reserved" / cs.Bytes(64))
+IommuPropertyHeader = cs.Struct("type" / cs.Int16ul, "length" / cs.Int16ul)
+IommuResvMem = cs.Struct(
+    "subtype" / cs.Int8ul, "reserved" / cs.Bytes(3), "start" / cs.Int64ul, "end" / cs.Int64ul
+)
+IommuFault = cs.Struct(
+    "reason" / cs.Int8ul,
+    "reserved" / cs.Bytes(3),
+    "flags" / cs.Int32ul,
+    "endpoint" / cs.Int32ul,
+    "reserved1" / cs.Int32ul,
+    "address" / cs.Int64ul,
+)
+IOMMU_HEAD_SIZE: int = IommuReqHead.sizeof()
+IOMMU_TAIL_SIZE: int = IommuReqTail.sizeof()
+IOMMU_PROPERTY_TYPE_MASK = 0xFFF  # le16 {type:12, reserved:4}
+IOMMU_BODIES = {
+    "ATTACH": IommuAttachBody,
+    "DETACH": IommuDetachBody,
+    "MAP": IommuMapBody,
+    "UNMAP": IommuUnmapBody,
+    "PROBE": IommuProbeBody,
+}
+
+
 # --------------------------------------------------------------------------- derived codecs
 
 
@@ -340,3 +398,120 @@ def ring_index_codec(order: ByteOrder = "little") -> struct.Struct:
 @cache
 def blk_req_header_codec(order: ByteOrder = "little") -> struct.Struct:
     return fast_codec(virtio_blk_req_header(order))
+
+
+# --------------------------------------------------------------------------- virtio-net (5.1)
+
+
+@cache
+def virtio_net_hdr(order: ByteOrder = "little", num_buffers: bool = True) -> Any:
+    """struct virtio_net_hdr: 10 bytes, or 12 with num_buffers (VERSION_1 or MRG_RXBUF).
+
+    Which size applies is :func:`virtio_sim.netproto.net_hdr_len`'s decision; the
+    fields of the legacy interface are guest-native-endian, hence ``order``.
+    """
+    i = _ints(order)
+    fields = [
+        "flags" / i.u8,
+        "gso_type" / i.u8,
+        "hdr_len" / i.u16,
+        "gso_size" / i.u16,
+        "csum_start" / i.u16,
+        "csum_offset" / i.u16,
+    ]
+    if num_buffers:
+        fields.append("num_buffers" / i.u16)
+    return cs.Struct(*fields)
+
+
+@cache
+def virtio_net_config(order: ByteOrder = "little") -> Any:
+    """struct virtio_net_config (28 bytes, virtio 1.4); devices expose a feature-sized prefix."""
+    i = _ints(order)
+    return cs.Struct(
+        "mac" / cs.Bytes(6),
+        "status" / i.u16,
+        "max_virtqueue_pairs" / i.u16,
+        "mtu" / i.u16,
+        "speed" / i.u32,
+        "duplex" / i.u8,
+        "rss_max_key_size" / i.u8,
+        "rss_max_indirection_table_length" / i.u16,
+        "supported_hash_types" / i.u32,
+        "supported_tunnel_types" / i.u32,
+    )
+
+
+VirtioNetHdr = virtio_net_hdr("little", True)
+VirtioNetHdrLegacy = virtio_net_hdr("little", False)
+VirtioNetConfig = virtio_net_config("little")
+NET_HDR_SIZE: int = VirtioNetHdr.sizeof()  # 12
+NET_HDR_LEGACY_SIZE: int = VirtioNetHdrLegacy.sizeof()  # 10
+NET_NUM_BUFFERS_OFFSET: int = NET_HDR_LEGACY_SIZE  # num_buffers follows the legacy fields
+NET_CONFIG_OFFSETS: dict[str, int] = field_offsets(VirtioNetConfig)
+
+# The control command head (class, command) and its closing ack byte (5.1.6.5).
+VirtioNetCtrlHdr = cs.Struct("class_" / cs.Int8ul, "cmd" / cs.Int8ul)
+VirtioNetCtrlAck = cs.Int8ul
+NET_CTRL_HDR_SIZE: int = VirtioNetCtrlHdr.sizeof()
+NET_CTRL_ACK_SIZE: int = VirtioNetCtrlAck.sizeof()
+
+
+@cache
+def net_ctrl_mac_entries(order: ByteOrder = "little") -> Any:
+    """The le32 count opening each of the two MAC_TABLE_SET tables."""
+    return _ints(order).u32
+
+
+@cache
+def net_ctrl_mq_pairs(order: ByteOrder = "little") -> Any:
+    """struct virtio_net_ctrl_mq: le16 virtqueue_pairs."""
+    return _ints(order).u16
+
+
+NetCtrlOnOff = cs.Int8ul  # the one data byte of the RX class commands
+
+
+@cache
+def net_hdr_codec(order: ByteOrder = "little", num_buffers: bool = True) -> struct.Struct:
+    return fast_codec(virtio_net_hdr(order, num_buffers))
+
+
+# --------------------------------------------------------------------------- virtio-console (5.3)
+
+
+@cache
+def virtio_console_config(order: ByteOrder = "little") -> Any:
+    """struct virtio_console_config (12 bytes)."""
+    i = _ints(order)
+    return cs.Struct("cols" / i.u16, "rows" / i.u16, "max_nr_ports" / i.u32, "emerg_wr" / i.u32)
+
+
+@cache
+def virtio_console_control(order: ByteOrder = "little") -> Any:
+    """struct virtio_console_control: one control message (8 bytes, then event data)."""
+    i = _ints(order)
+    return cs.Struct("id" / i.u32, "event" / i.u16, "value" / i.u16)
+
+
+@cache
+def virtio_console_resize(order: ByteOrder = "little") -> Any:
+    """The data following a RESIZE control message: struct virtio_console_resize."""
+    i = _ints(order)
+    return cs.Struct("cols" / i.u16, "rows" / i.u16)
+
+
+VirtioConsoleConfig = virtio_console_config("little")
+VirtioConsoleControl = virtio_console_control("little")
+CONSOLE_CONFIG_OFFSETS: dict[str, int] = field_offsets(VirtioConsoleConfig)
+CONSOLE_CONTROL_SIZE: int = VirtioConsoleControl.sizeof()
+
+
+@cache
+def console_control_codec(order: ByteOrder = "little") -> struct.Struct:
+    return fast_codec(virtio_console_control(order))
+
+
+@cache
+def console_resize_codec(order: ByteOrder = "little") -> struct.Struct:
+    return fast_codec(virtio_console_resize(order))

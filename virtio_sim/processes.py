@@ -138,8 +138,12 @@ async def _start(name: str, cmd: list[str], nursery: trio.Nursery) -> _Child:
     return child
 
 
-async def run_processes(cfg: RunConfig, link: str = "unix") -> ProcessRun:
-    """Run one cell as a host process and a guest process; never leaves a child behind."""
+async def run_processes(cfg: RunConfig, link: str = "unix", driver: str | None = None) -> ProcessRun:
+    """Run one cell as a host process and a guest process; never leaves a child behind.
+
+    ``driver`` names the driver profile the guest runs (``cfg.guest`` is its policy,
+    which the guest process rebuilds from the name).
+    """
     check_config(cfg)
     if link not in LINKS:
         return ProcessRun(EXIT_USAGE, message=f"unknown link {link!r} (unix or tcp)")
@@ -159,7 +163,7 @@ async def run_processes(cfg: RunConfig, link: str = "unix") -> ProcessRun:
                             return
 
                     nursery.start_soon(watch_signals)
-                    outcome = await _run(cfg, link, tmp, nursery, children)
+                    outcome = await _run(cfg, link, driver, tmp, nursery, children)
                 with trio.CancelScope(shield=True):
                     first = interrupted[0] if interrupted else signal.SIGTERM
                     async with trio.open_nursery() as stoppers:
@@ -187,13 +191,22 @@ async def run_processes(cfg: RunConfig, link: str = "unix") -> ProcessRun:
 
 
 async def _run(
-    cfg: RunConfig, link: str, tmp: str, nursery: trio.Nursery, children: list[_Child]
+    cfg: RunConfig,
+    link: str,
+    driver: str | None,
+    tmp: str,
+    nursery: trio.Nursery,
+    children: list[_Child],
 ) -> ProcessRun:
     device = parse_device_option(cfg.device).driver
-    host_cmd = [*_cli(), "host", "--once", "-M", "microvm", "-device", cfg.device]
-    host_cmd += ["-m", str(cfg.ram_size)]
+    machine = "microvm" if cfg.iommu == "none" else f"microvm,iommu={cfg.iommu}"
+    host_cmd = [*_cli(), "host", "--once", "-M", machine, "-m", str(cfg.ram_size)]
+    for dev in [cfg.device, *cfg.extra_devices]:
+        host_cmd += ["-device", dev]
     guest_cmd = [*_cli(), "guest", "--workload", cfg.workload, "--json"]
     guest_cmd += ["--timeout", repr(cfg.timeout)]
+    if driver is not None:
+        guest_cmd += ["--driver", driver]
     if cfg.seed is not None:
         host_cmd += ["--seed", str(cfg.seed)]
         guest_cmd += ["--seed", str(cfg.seed)]
@@ -273,9 +286,7 @@ def _host_did_not_start(host: _Child, cfg: RunConfig, device: str) -> ProcessRun
                 Outcome.HOST_REFUSED, cfg.transport, device=device, detail=str(event["detail"])
             )
             return ProcessRun(EXIT_FAIL, result)
-    return ProcessRun(
-        EXIT_FAIL, message=f"the host did not start listening ({host.describe_exit()})"
-    )
+    return ProcessRun(EXIT_FAIL, message=f"the host did not start listening ({host.describe_exit()})")
 
 
 def _merge(cfg: RunConfig, device: str, host: _Child, guest: _Child) -> ProcessRun:

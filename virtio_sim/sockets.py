@@ -175,14 +175,12 @@ class SocketFrameChannel:
                 more = await self._more(n - len(self._buf))
             if scope.cancelled_caught:
                 raise WireError(
-                    f"{what} incomplete after {self.frame_timeout:g}s "
-                    f"({len(self._buf)} of {n} bytes)",
+                    f"{what} incomplete after {self.frame_timeout:g}s ({len(self._buf)} of {n} bytes)",
                     ErrorCode.TIMEOUT,
                 )
             if not more:
                 raise WireError(
-                    f"truncated frame: connection closed after {len(self._buf)} of {n} bytes "
-                    f"of the {what}"
+                    f"truncated frame: connection closed after {len(self._buf)} of {n} bytes of the {what}"
                 )
 
     async def _more(self, wanted: int = RECV_CHUNK) -> bool:
@@ -279,11 +277,7 @@ async def connect(addr: Address) -> trio.SocketStream:
             return await trio.open_unix_socket(addr.path)
         return await trio.open_tcp_stream(addr.host, addr.port)
     except OSError as e:
-        hint = (
-            " (is the host running?)"
-            if isinstance(e, ConnectionRefusedError | FileNotFoundError)
-            else ""
-        )
+        hint = " (is the host running?)" if isinstance(e, ConnectionRefusedError | FileNotFoundError) else ""
         raise ConnectError(f"cannot connect to {addr}: {e.strerror or e}{hint}") from None
 
 
@@ -389,9 +383,7 @@ async def _open_unix(addr: UnixAddress) -> Listener:
         os.umask(old_umask)
     os.chmod(path, 0o600)
     sock.listen(LISTEN_BACKLOG)
-    return Listener(
-        trio.SocketListener(sock), UnixAddress(path), path, os.lstat(path).st_ino, own_dir
-    )
+    return Listener(trio.SocketListener(sock), UnixAddress(path), path, os.lstat(path).st_ino, own_dir)
 
 
 async def _open_tcp(addr: TcpAddress) -> Listener:

@@ -77,6 +77,7 @@ class Capability(enum.IntFlag):
     LINE_IRQ = 1 << 2  # level-triggered interrupt lines (IRQ kind LINE_LEVEL)
     MSI = 1 << 3  # message-signalled interrupts (IRQ kind MSI)
     AUTH_REQUIRED = 1 << 4  # host only: the guest must answer the challenge
+    BIG_ENDIAN = 1 << 5  # guest only: a big-endian CPU (the legacy interface uses its order)
 
 
 class MemRegionFlag(enum.IntFlag):
@@ -100,13 +101,9 @@ HEADER_SIZE: int = FrameHeader.sizeof()
 _HEADER = fast_codec(FrameHeader)
 
 # Payload layouts per message type (fixed-size ones; HELLO/ERROR/DMA carry variable data).
-AccessPayload = cs.Struct(
-    "addr" / cs.Int64ul, "size" / cs.Int8ul, "_pad" / cs.Bytes(7), "value" / cs.Int64ul
-)
+AccessPayload = cs.Struct("addr" / cs.Int64ul, "size" / cs.Int8ul, "_pad" / cs.Bytes(7), "value" / cs.Int64ul)
 ReadReplyPayload = cs.Struct("value" / cs.Int64ul)
-IrqPayload = cs.Struct(
-    "kind" / cs.Int8ul, "_pad" / cs.Bytes(3), "line" / cs.Int32ul, "value" / cs.Int32ul
-)
+IrqPayload = cs.Struct("kind" / cs.Int8ul, "_pad" / cs.Bytes(3), "line" / cs.Int32ul, "value" / cs.Int32ul)
 NONCE_SIZE = 32
 AUTH_TAG_SIZE = 32  # HMAC-SHA256
 HelloPayload = cs.Struct(
@@ -391,9 +388,7 @@ class MemoryFrameChannel:
     embedded mode exercises the real codec.
     """
 
-    def __init__(
-        self, tx: trio.MemorySendChannel[bytes], rx: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
+    def __init__(self, tx: trio.MemorySendChannel[bytes], rx: trio.MemoryReceiveChannel[bytes]) -> None:
         self._tx = tx
         self._rx = rx
 

@@ -32,6 +32,7 @@ from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, 
 from virtio_sim.spec import AVAIL_F, DESC_F, SPLIT, USED_F
 
 IDX_MASK = 0xFFFF
+INDIRECT_TABLE_LIMIT = 1024  # QEMU's VIRTQUEUE_MAX_SIZE
 CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
 
@@ -42,9 +43,7 @@ def need_event(event: int, new: int, old: int) -> bool:
 
 def check_queue_size(size: int) -> None:
     if size < 1 or size > SPLIT.max_queue_size or size & (size - 1):
-        raise ValueError(
-            f"split queue size {size} must be a power of two in 1..{SPLIT.max_queue_size}"
-        )
+        raise ValueError(f"split queue size {size} must be a power of two in 1..{SPLIT.max_queue_size}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,9 @@ class SplitDeviceQueue:
         self.event_idx = event_idx
         self.indirect = indirect
         self.strict = strict
-        self.max_indirect = max_indirect if max_indirect is not None else size
+        # Linux may build indirect tables longer than a small queue; QEMU caps any chain at
+        # VIRTQUEUE_MAX_SIZE (1024) entries, and so do we unless told otherwise.
+        self.max_indirect = max_indirect if max_indirect is not None else max(size, INDIRECT_TABLE_LIMIT)
         self._desc = layouts.desc_codec(order)
         self._elem = layouts.used_elem_codec(order)
         self._idx = layouts.ring_index_codec(order)
@@ -145,11 +146,13 @@ class SplitDeviceQueue:
         """
         if not self.has_available():
             return None
-        if len(self.in_flight) >= self.size:
-            raise RingError("too-many-in-flight", f"{self.size} requests already in flight")
         slot = self.last_avail % self.size
         head = self._read_u16(self.addrs.avail + layouts.avail_entry_offset(slot))
         self.last_avail = (self.last_avail + 1) & IDX_MASK
+        if len(self.in_flight) >= self.size:
+            # Consumed like every other bad head: raising before last_avail moved would
+            # make a drop policy retry the same slot forever.
+            raise RingError("too-many-in-flight", f"{self.size} requests already in flight")
         if head >= self.size:
             raise RingError("head-out-of-range", f"avail ring names head {head} >= {self.size}")
         if head in self.in_flight:
@@ -197,9 +200,7 @@ class SplitDeviceQueue:
             chain.descriptors += 1
             if flags & DESC_F.INDIRECT:
                 if indirect_table is not None:
-                    raise RingError(
-                        "nested-indirect", "indirect descriptor inside an indirect table", head
-                    )
+                    raise RingError("nested-indirect", "indirect descriptor inside an indirect table", head)
                 if not self.indirect and self.strict:
                     raise RingError(
                         "indirect-not-negotiated",
@@ -260,9 +261,7 @@ class SplitDeviceQueue:
         self.in_flight.discard(head)
         slot = self.used_idx % self.size
         try:
-            self.space.write(
-                self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written)
-            )
+            self.space.write(self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written))
             self.used_idx = (self.used_idx + 1) & IDX_MASK
             self.space.write(self._used_idx_addr, self._idx.pack(self.used_idx))
         except DmaError as e:
@@ -357,12 +356,8 @@ class SplitDriverQueue:
     def num_free(self) -> int:
         return len(self.free)
 
-    def _write_desc(
-        self, base: int, index: int, addr: int, length: int, flags: int, nxt: int
-    ) -> None:
-        self.memory.write(
-            base + index * layouts.DESC_SIZE, self._desc.pack(addr, length, flags, nxt)
-        )
+    def _write_desc(self, base: int, index: int, addr: int, length: int, flags: int, nxt: int) -> None:
+        self.memory.write(base + index * layouts.DESC_SIZE, self._desc.pack(addr, length, flags, nxt))
 
     def add(
         self,
@@ -390,9 +385,7 @@ class SplitDriverQueue:
             table = self.indirect_pool.alloc(layouts.DESC_SIZE * len(segs), layouts.DESC_SIZE)
             for i, (a, n, fl) in enumerate(segs):
                 more = i + 1 < len(segs)
-                self._write_desc(
-                    table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0
-                )
+                self._write_desc(table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0)
             head = self.free.pop()
             # The table is as long as the chain, not as the (possibly larger) pool buffer.
             table_len = layouts.DESC_SIZE * len(segs)
