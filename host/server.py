@@ -47,21 +47,55 @@ async def serve(channel: FrameChannel, machine: Machine, *, dma: DmaPort | None 
     if dma is not None:
         return await _serve_dma(channel, machine, dma, pending_irqs)
 
-    async def call(op: Callable[..., int | None], *args: int) -> int:
-        return _guarded(machine, op, *args)
+    in_access = False
+    wake = [trio.Event()]
 
-    while True:
+    def irq_out(irq: int, level: bool) -> None:
+        pending_irqs.append((irq, level))
+        if not in_access:  # raised by device work outside a guest access (backend input)
+            wake[0].set()
+
+    machine.irq_out = irq_out
+
+    async def call(op: Callable[..., int | None], *args: int) -> int:
+        nonlocal in_access
+        in_access = True
         try:
-            frame = await channel.receive()
-        except trio.EndOfChannel as e:
-            return _closed(e)
-        except WireError as e:
-            return await _protocol_error(channel, e)
-        ended = await _handle(channel, machine, frame, call, pending_irqs)
-        if ended is _SEND_FAILED:
-            return await _bye_after_send_failure(channel.receive)
-        if ended is not None:
-            return ended
+            return _guarded(machine, op, *args)
+        finally:
+            in_access = False
+
+    async def irq_pump() -> None:
+        """Interrupts that no guest access will be followed by: send them now."""
+        while True:
+            await wake[0].wait()
+            wake[0] = trio.Event()
+            while pending_irqs and not in_access:
+                irq, level = pending_irqs.pop(0)
+                try:
+                    await channel.send(wire.irq(IrqKind.LINE_LEVEL, irq, int(level)))
+                except trio.EndOfChannel:
+                    return
+
+    async def frames() -> str:
+        while True:
+            try:
+                frame = await channel.receive()
+            except trio.EndOfChannel as e:
+                return _closed(e)
+            except WireError as e:
+                return await _protocol_error(channel, e)
+            ended = await _handle(channel, machine, frame, call, pending_irqs)
+            if ended is _SEND_FAILED:
+                return await _bye_after_send_failure(channel.receive)
+            if ended is not None:
+                return ended
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(irq_pump)
+        reason = await frames()
+        nursery.cancel_scope.cancel()
+    return reason
 
 
 # A reply or IRQ could not be sent because the guest closed its end. That is normal right

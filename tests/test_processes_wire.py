@@ -15,6 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from process_helpers import CLI, ROOT
 
+from guest.link import HostLink
+from host.build import HostConfig, build_host
+from host.server import serve
 from virtio_sim import cli, wire
 from virtio_sim.handshake import (
     HandshakeError,
@@ -308,3 +311,33 @@ def test_secret_file_must_be_private(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_machine_help_lists_microvm(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["host", "--listen", "unix:", "-M", "help"]) == 0
     assert capsys.readouterr().out.startswith("microvm")
+
+
+async def test_an_interrupt_raised_between_guest_accesses_is_sent_at_once() -> None:
+    """Device work a backend starts on its own (console input, a frame from the network)
+    can raise an interrupt while the guest is idle; the host sends it without waiting for
+    the guest's next access."""
+    setup = build_host(HostConfig(devices=["virtio-rng-device"], seed=1))
+    try:
+        host_end, guest_end = wire.memory_link()
+        link = HostLink(guest_end)
+        seen: list[tuple[wire.IrqKind, int, int]] = []
+        got = trio.Event()
+
+        def on_irq(kind: wire.IrqKind, line: int, value: int) -> None:
+            seen.append((kind, line, value))
+            got.set()
+
+        link.irq_handler = on_irq
+        with trio.fail_after(5):
+            async with trio.open_nursery() as n:
+                n.start_soon(serve, host_end, setup.machine)
+                n.start_soon(link.run)
+                await trio.sleep(0.05)
+                slot = setup.machine.slots[0]
+                setup.machine.irq_out(slot.irq, True)  # as a backend's input would
+                await got.wait()
+                n.cancel_scope.cancel()
+        assert seen == [(wire.IrqKind.LINE_LEVEL, slot.irq, 1)]
+    finally:
+        setup.close()
