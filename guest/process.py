@@ -32,6 +32,7 @@ from virtio_sim.handshake import (
     guest_handshake,
     session_memory,
 )
+from virtio_sim.lifeline import wait_for_stdin_eof
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.sockets import (
@@ -63,6 +64,7 @@ class GuestOptions:
     timeout: float = 10.0
     secret: bytes | None = None
     handshake_timeout: float = HANDSHAKE_TIMEOUT
+    lifeline: bool = False  # stop when stdin closes (the parent died)
 
 
 @dataclass
@@ -93,12 +95,23 @@ async def guest_main(opts: GuestOptions) -> GuestExit:
                             main.cancel()
                             return
 
+                    async def watch_lifeline() -> None:
+                        await wait_for_stdin_eof()
+                        interrupted.append(signal.SIGHUP)
+                        main.cancel()
+
                     nursery.start_soon(watch_signals)
+                    if opts.lifeline:
+                        nursery.start_soon(watch_lifeline)
                     outcome = await _session(channel, opts)
                 nursery.cancel_scope.cancel()
         if interrupted:
-            name = signal.Signals(interrupted[0]).name
-            outcome = GuestExit(EXIT_INTERRUPTED, outcome.result, f"interrupted by {name}")
+            why = (
+                "parent went away (stdin closed)"
+                if interrupted[0] == signal.SIGHUP
+                else f"interrupted by {signal.Signals(interrupted[0]).name}"
+            )
+            outcome = GuestExit(EXIT_INTERRUPTED, outcome.result, why)
             with trio.move_on_after(1):
                 await _send_quietly(channel, wire.bye())
     finally:

@@ -53,6 +53,7 @@ from virtio_sim.handshake import (
     host_handshake,
 )
 from virtio_sim.layouts import ByteOrder
+from virtio_sim.lifeline import wait_for_stdin_eof
 from virtio_sim.memory import GuestMemory
 from virtio_sim.sockets import (
     FRAME_TIMEOUT,
@@ -101,6 +102,7 @@ class HostOptions:
     memory: str = "auto"  # auto | shared | dma
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     frame_timeout: float = FRAME_TIMEOUT
+    lifeline: bool = False  # shut down when stdin closes (the parent died)
 
 
 @dataclass
@@ -269,6 +271,8 @@ class HostServer:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch_signals, signals, nursery.cancel_scope)
+                    if self.opts.lifeline:
+                        nursery.start_soon(self._watch_lifeline, nursery.cancel_scope)
                     if self.opts.once:
                         stream = await listener.accept()
                         await listener.aclose()  # nobody else may connect
@@ -320,14 +324,22 @@ class HostServer:
 
     async def _watch_signals(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
         async for signum in signals:
-            self.interrupted = signum
-            self.log(f"{signal.Signals(signum).name}: saying BYE to {len(self.live)} guest(s)")
-            with trio.move_on_after(SHUTDOWN_GRACE):
-                for conn in list(self.live.values()):
-                    with contextlib.suppress(Exception):
-                        await conn.channel.send(wire.bye())
-            scope.cancel()
+            await self._shut_down(signum, signal.Signals(signum).name, scope)
             return
+
+    async def _watch_lifeline(self, scope: trio.CancelScope) -> None:
+        await wait_for_stdin_eof()
+        # The parent is gone (its end of our stdin closed): as good as a hangup.
+        await self._shut_down(signal.SIGHUP, "parent went away (stdin closed)", scope)
+
+    async def _shut_down(self, signum: int, why: str, scope: trio.CancelScope) -> None:
+        self.interrupted = signum
+        self.log(f"{why}: saying BYE to {len(self.live)} guest(s)")
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            for conn in list(self.live.values()):
+                with contextlib.suppress(Exception):
+                    await conn.channel.send(wire.bye())
+        scope.cancel()
 
     async def _refuse_busy(self, stream: trio.SocketStream, ident: int) -> None:
         channel = SocketFrameChannel(stream)

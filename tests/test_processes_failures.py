@@ -180,3 +180,21 @@ def _is_guest(pid: int) -> bool:
     except OSError:
         return False
     return b"guest" in argv and b"virtio_sim.cli" in argv
+
+
+async def test_children_do_not_outlive_a_killed_runner() -> None:
+    """``kill -9`` of ``run --processes`` itself leaves it no chance to stop its children;
+    they see their stdin lifeline close and shut down on their own."""
+    with trio.fail_after(60):
+        async with spawn(
+            "run", "--device", "virtio-rng-device", "--workload", "rng-soak", "--timeout", "60",
+            "--processes", "--link", "tcp", name="runner",
+        ) as r:  # fmt: skip
+            # Over TCP the soak runs for seconds: long enough to be cut short.
+            await r.wait_for(lambda: len(live_group_members(r.pgid)) >= 3, timeout=15)
+            await trio.sleep(1.0)
+            r.signal(signal.SIGKILL)
+            killed_at = trio.current_time()
+            while live_group_members(r.pgid):
+                assert trio.current_time() - killed_at < 2 * DEATH_BOUND, "children outlived the runner"
+                await trio.sleep(0.05)

@@ -15,7 +15,7 @@ from rich.console import Console
 from guest.profile import guest_policy
 from guest.workloads import WORKLOADS
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
-from virtio_sim.exit_codes import EXIT_USAGE
+from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from virtio_sim.matrix.cli import (
     add_compat_arguments,
     add_matrix_arguments,
@@ -146,6 +146,7 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "--frame-timeout", type=_positive_float, default=5.0,
         help="seconds a started frame has to arrive completely (5)",
     )  # fmt: skip
+    host.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
     _add_secret_options(host)
 
 
@@ -168,6 +169,7 @@ def _add_guest_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     guest.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
     guest.add_argument("--json", action="store_true", help="print the result as JSON")
+    guest.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
     _add_secret_options(guest)
 
 
@@ -235,11 +237,15 @@ def _host(args: argparse.Namespace) -> int:
             memory=args.memory,
             handshake_timeout=args.handshake_timeout,
             frame_timeout=args.frame_timeout,
+            lifeline=args.lifeline,
         )
     except (AddressError, UsageError) as e:
         _error(str(e))
         return EXIT_USAGE
-    return host_main(opts)
+    try:
+        return host_main(opts)
+    except KeyboardInterrupt:  # Ctrl-C before the host installed its own handler
+        return EXIT_INTERRUPTED
 
 
 def _guest(args: argparse.Namespace) -> int:
@@ -261,11 +267,15 @@ def _guest(args: argparse.Namespace) -> int:
             seed=args.seed,
             timeout=args.timeout,
             secret=_load_secret(args),
+            lifeline=args.lifeline,
         )
     except (AddressError, UsageError) as e:
         _error(str(e))
         return EXIT_USAGE
-    done = trio.run(guest_main, opts)
+    try:
+        done = trio.run(guest_main, opts)
+    except KeyboardInterrupt:  # Ctrl-C before the guest installed its own handler
+        return EXIT_INTERRUPTED
     if done.result is not None:
         if args.json:
             print(json.dumps(done.result.to_json(), indent=2), flush=True)
@@ -279,7 +289,10 @@ def _guest(args: argparse.Namespace) -> int:
 def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool) -> int:
     from virtio_sim.processes import run_processes
 
-    done = trio.run(run_processes, cfg, link, driver)
+    try:
+        done = trio.run(run_processes, cfg, link, driver)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     if done.result is not None:
         if as_json:
             print(json.dumps(done.result.to_json(), indent=2), flush=True)

@@ -8,8 +8,9 @@ folded exactly as :func:`virtio_sim.embedded.add_host_evidence` folds it in one 
 
 Every child is bounded in time and reaped: a child that dies is reported with its exit
 status and the other is stopped; Ctrl-C (SIGINT) or SIGTERM is passed on to both, which
-say BYE and exit, and whatever is still running after a grace period is killed. Nothing
-is left behind but the result.
+say BYE and exit, and whatever is still running after a grace period is killed. Should
+the runner itself be killed outright, its children see their stdin (their lifeline)
+close and shut down. Nothing is left behind but the result.
 """
 
 from __future__ import annotations
@@ -130,8 +131,10 @@ class _Child:
 
 
 async def _start(name: str, cmd: list[str], nursery: trio.Nursery) -> _Child:
+    # stdin is the child's lifeline (--lifeline): it closes when this process dies, even
+    # by SIGKILL, and then the child shuts down instead of outliving us.
     proc = await trio.lowlevel.open_process(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*cmd, "--lifeline"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     child = _Child(name, proc)
     nursery.start_soon(child.pump)
@@ -176,6 +179,8 @@ async def run_processes(cfg: RunConfig, link: str = "unix", driver: str | None =
                 if child.proc.returncode is None:
                     child.proc.kill()
                     await child.proc.wait()
+                if child.proc.stdin is not None:
+                    await child.proc.stdin.aclose()
         shutil.rmtree(tmp, ignore_errors=True)
     if interrupted:
         name = signal.Signals(interrupted[0]).name
