@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -160,10 +162,16 @@ class Proc:
 
 @asynccontextmanager
 async def spawn(*args: str, name: str = "child") -> AsyncIterator[Proc]:
-    """Start ``virtio-sim ARGS``; on exit kill its whole process group and prove it gone."""
+    """Start ``virtio-sim ARGS``; on exit stop its whole process group and prove it gone.
+
+    The child's TMPDIR is a directory of its own, removed afterwards: what a process killed
+    with SIGKILL could not clean up (its socket directory, scratch disks) goes with it.
+    """
+    scratch = tempfile.mkdtemp(prefix="vs-test-")
     proc = await trio.lowlevel.open_process(
         [*CLI, *args],
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": scratch},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -181,13 +189,21 @@ async def spawn(*args: str, name: str = "child") -> AsyncIterator[Proc]:
     finally:
         if proc.returncode is None:
             proc.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def _kill_group(p: Proc) -> None:
-    try:
-        os.killpg(p.pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGTERM first (a host removes its socket), SIGKILL what is left."""
+    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 0.0)):
+        if not live_group_members(p.pgid):
+            break
+        try:
+            os.killpg(p.pgid, sig)
+        except ProcessLookupError:
+            break
+        with trio.move_on_after(grace):
+            while live_group_members(p.pgid):
+                await trio.sleep(0.02)
     with trio.move_on_after(5):
         await p.proc.wait()
         await p.drained.wait()
