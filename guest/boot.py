@@ -43,12 +43,23 @@ async def run_guest(
     """Run the guest until the workload ends or ``timeout`` passes (then HANG)."""
     result = RunResult(Outcome.HANG)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run)
-        kernel = GuestKernel(link, memory, boot.ram_size, policy)
-        nursery.start_soon(kernel.irq_loop)
         with trio.move_on_after(timeout) as scope:
+
+            async def watch_link() -> None:
+                # A host that goes away (or refuses to go on) ends the run at once: a
+                # driver waiting for an interrupt would otherwise wait for the timeout.
+                await link.run()
+                if link.peer_failure is not None:
+                    scope.cancel()
+
+            nursery.start_soon(watch_link)
+            kernel = GuestKernel(link, memory, boot.ram_size, policy)
+            nursery.start_soon(kernel.irq_loop)
             await _main(kernel, boot, workload, seed, result)
-        if scope.cancelled_caught:
+        if link.peer_failure is not None and result.outcome is not Outcome.OK:
+            result.outcome = Outcome.DEVICE_ERROR
+            result.detail = f"host link lost: {link.peer_failure}"
+        elif scope.cancelled_caught:
             result.outcome = Outcome.HANG
             extra = f" ({result.detail})" if result.detail else ""
             result.detail = f"no completion within {timeout:g}s{extra}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from host.devices.base import PropertyError, parse_bool
 from host.devices.iommu import IommuDevice
@@ -58,6 +59,10 @@ class HostConfig:
     scratch_dir: str | None = None  # where default disk images are created
     globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
     iommu: str = "none"  # QEMU's machine property: none | virtio-iommu
+    # How devices reach guest RAM, asked each time a device sets up a ring: identity over
+    # the shared map by default; the process host supplies DMA over the wire for TCP.
+    # An IOMMU translates on top of it.
+    address_space: Callable[[GuestMemory], AddressSpace] | None = None
 
 
 @dataclass
@@ -74,6 +79,34 @@ class HostSetup:
     @property
     def unisolated_accesses(self) -> int:
         return sum(s.unisolated_accesses for s in self.unisolated)
+
+    def evidence(self) -> dict[str, Any]:
+        """What the host saw, as plain data (RunResult.add_host_evidence folds it in)."""
+        return {
+            "devices": [
+                {
+                    "device_features": vdev.device_features,
+                    "notes": list(vdev.notes),
+                    "violations": [dict(v.__dict__) for v in vdev.violations],
+                }
+                for vdev in self.devices
+            ],
+            "machine_notes": list(self.machine.notes),
+            "iommu": self._iommu_evidence(),
+        }
+
+    def _iommu_evidence(self) -> dict[str, Any] | None:
+        if self.iommu is None:
+            return None
+        faults = self.iommu.faults
+        return {
+            "faults": [f"{f.address:#x} ep {f.endpoint} reason {f.reason}" for f in faults[:8]],
+            "fault_count": len(faults),
+            "unisolated_accesses": self.unisolated_accesses,
+            "iotlb_hits": self.iommu.iotlb_hits,
+            "iotlb_misses": self.iommu.iotlb_misses,
+            "first_fault_address": faults[0].address if faults else 0,
+        }
 
     def close(self) -> None:
         for b in self.built:
@@ -155,16 +188,18 @@ def build_host(cfg: HostConfig) -> HostSetup:
     if cfg.transport in PCI_TRANSPORTS:
         machine.attach_q35_pci()
     setup = HostSetup(memory, machine, built=built)
+    make_ram = cfg.address_space or IdentityAddressSpace
     try:
         if cfg.iommu == "virtio-iommu":
             # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
             setup.iommu = Iommu(set(range(1, len(built) + 1)))
-            iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: IdentityAddressSpace(memory))
+            iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: make_ram(memory))
             iommu_dev.guest_order = cfg.guest_order
             machine.add_mmio_device(iommu_dev, legacy=force_legacy)
             setup.iommu_device = iommu_dev
         for endpoint, b in enumerate(built, start=1):
-            vdev = _plug(machine, memory, b, force_legacy, _space_for(memory, setup, endpoint, b.dma_mode))
+            space = _space_for(memory, setup, endpoint, b.dma_mode, make_ram)
+            vdev = _plug(machine, memory, b, force_legacy, space, make_ram)
             vdev.guest_order = cfg.guest_order
             setup.devices.append(vdev)
             if setup.iommu is not None:
@@ -176,7 +211,11 @@ def build_host(cfg: HostConfig) -> HostSetup:
 
 
 def _space_for(
-    memory: GuestMemory, setup: HostSetup, endpoint: int, dma_mode: str
+    memory: GuestMemory,
+    setup: HostSetup,
+    endpoint: int,
+    dma_mode: str,
+    make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
 ) -> Callable[[int], AddressSpace]:
     """How this device's DMA meets the IOMMU, decided when the driver's features are known.
 
@@ -188,11 +227,12 @@ def _space_for(
     def space(features: int) -> AddressSpace:
         iommu = setup.iommu
         if iommu is None:
-            return IdentityAddressSpace(memory)
+            return make_ram(memory)
         negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
         if dma_mode == "translate-always" or (dma_mode == "honor" and negotiated):
-            return TranslatedAddressSpace(memory, EndpointTranslator(iommu, endpoint))
-        raw = UnisolatedAddressSpace(memory, iommu, endpoint)
+            translator = EndpointTranslator(iommu, endpoint)
+            return TranslatedAddressSpace(memory, translator, make_ram(memory))
+        raw = UnisolatedAddressSpace(memory, iommu, endpoint, make_ram(memory))
         setup.unisolated.append(raw)
         return raw
 
@@ -205,6 +245,7 @@ def _plug(
     b: BuiltDevice,
     force_legacy: bool,
     mmio_space: Callable[[int], AddressSpace],
+    make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
 ) -> VirtioDevice:
     if b.pci is None:
         vdev = VirtioDevice(
@@ -221,7 +262,7 @@ def _plug(
     holder: list[PciFunction] = []
 
     def space_for(features: int) -> AddressSpace:
-        return BusMasterGate(IdentityAddressSpace(memory), lambda: holder[0] if holder else None)
+        return BusMasterGate(make_ram(memory), lambda: holder[0] if holder else None)
 
     vdev = VirtioDevice(
         b.model,

@@ -22,7 +22,7 @@ import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from virtio_sim.dma import DmaError, IdentityAddressSpace
+from virtio_sim.dma import AddressSpace, DmaError, IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
 from virtio_sim.spec import IOMMU_FAULT_F, IOMMU_FAULT_R, IOMMU_MAP_F, IOMMU_S
 
@@ -278,8 +278,10 @@ class UnisolatedAddressSpace:
 
     name = "bypass"
 
-    def __init__(self, memory: GuestMemory, iommu: Iommu, endpoint: int) -> None:
-        self.ram = IdentityAddressSpace(memory)
+    def __init__(
+        self, memory: GuestMemory, iommu: Iommu, endpoint: int, ram: AddressSpace | None = None
+    ) -> None:
+        self.ram: AddressSpace = ram if ram is not None else IdentityAddressSpace(memory)
         self.iommu = iommu
         self.endpoint = endpoint
         self.unisolated_accesses = 0

@@ -95,6 +95,12 @@ def parse_device_option(text: str) -> DeviceSpec:
     return DeviceSpec(driver, props)
 
 
+def format_device_option(spec: DeviceSpec) -> str:
+    """The inverse of :func:`parse_device_option` (commas in values doubled)."""
+    parts = [spec.driver] + [f"{k}={v}".replace(",", ",,") for k, v in spec.props.items()]
+    return ",".join(parts)
+
+
 def _rng(props: dict[str, str]) -> DeviceModel:
     seed = props.pop("x-seed", None)
     qs = props.pop("x-queue-size", None)

@@ -128,8 +128,9 @@ class TranslatedAddressSpace:
 
     name = "translated"
 
-    def __init__(self, memory: GuestMemory, translator: Translator) -> None:
-        self.ram = IdentityAddressSpace(memory)
+    def __init__(self, memory: GuestMemory, translator: Translator, ram: AddressSpace | None = None) -> None:
+        # ``ram``: how translated addresses reach guest RAM (default: the shared map).
+        self.ram: AddressSpace = ram if ram is not None else IdentityAddressSpace(memory)
         self.translator = translator
         self.accesses = 0
 

@@ -75,46 +75,9 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
-    """Fold what the host saw into the guest's result.
-
-    Precedence: data corruption stays CORRUPTION; IOMMU faults make DMA_FAULT (the device
-    was stopped by translation, whatever error the guest then saw); ring violations turn an
-    apparent OK into DEVICE_ERROR; raw DMA by a device the guest had put behind its IOMMU
-    turns OK into OK_NO_ISOLATION.
-    """
-    if setup.devices:
-        vdev = setup.devices[0]
-        result.device_features = vdev.device_features
-        result.device_notes = list(vdev.notes)
-        result.violations = [v.__dict__ for v in vdev.violations]
-        if result.outcome is Outcome.OK and vdev.violations:
-            result.outcome = Outcome.DEVICE_ERROR
-            result.detail = f"device recorded ring violations: {vdev.violations[0].message}"
-        others = [v for d in setup.devices[1:] for v in d.violations]
-        if result.outcome is Outcome.OK and others:
-            result.outcome = Outcome.DEVICE_ERROR
-            result.detail = f"another device recorded ring violations: {others[0].message}"
-    if setup.iommu is not None:
-        faults = setup.iommu.faults
-        result.iommu = {
-            "faults": [f"{f.address:#x} ep {f.endpoint} reason {f.reason}" for f in faults[:8]],
-            "fault_count": len(faults),
-            "unisolated_accesses": setup.unisolated_accesses,
-            "iotlb_hits": setup.iommu.iotlb_hits,
-            "iotlb_misses": setup.iommu.iotlb_misses,
-        }
-        if faults and result.outcome is not Outcome.CORRUPTION:
-            result.outcome = Outcome.DMA_FAULT
-            result.detail = (
-                f"{len(faults)} IOMMU fault(s), first at IOVA {faults[0].address:#x}; " + result.detail
-            )
-        elif result.outcome is Outcome.OK and setup.unisolated_accesses:
-            result.outcome = Outcome.OK_NO_ISOLATION
-            result.detail = (
-                f"worked, but {setup.unisolated_accesses} DMA accesses bypassed the IOMMU "
-                "for an endpoint the guest had attached"
-            )
-    return result
+    """Fold what the host saw into the guest's result (the process mode folds the same
+    evidence, received from the host process; see RunResult.add_host_evidence)."""
+    return result.add_host_evidence(setup.evidence())
 
 
 async def run_embedded(cfg: RunConfig) -> RunResult:
