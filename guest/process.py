@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -65,6 +65,7 @@ class GuestOptions:
     secret: bytes | None = None
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     lifeline: bool = False  # stop when stdin closes (the parent died)
+    pci_force_legacy: bool = False  # Linux's virtio_pci.force_legacy=1
 
 
 @dataclass
@@ -122,6 +123,8 @@ async def guest_main(opts: GuestOptions) -> GuestExit:
 
 async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit:
     policy = guest_policy_for(opts.profile)
+    if opts.pci_force_legacy:
+        policy = replace(policy, pci_force_legacy=True)
     # A guest with encrypted (private) memory does not hand the host a plain map of its
     # RAM: the host then reaches it by DMA and sees ciphertext in private pages, as a
     # device of a confidential VM does.

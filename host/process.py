@@ -72,9 +72,11 @@ from virtio_sim.wire import Capability, ErrorCode, WireError
 MACHINES: dict[str, str] = {
     "microvm": "QEMU microvm layout: virtio-mmio slots at 0xfeb00000, IRQ 5 + slot, "
     "transports announced on the kernel command line",
+    "q35": "QEMU q35 PCI: host bridge with ECAM at 0xb0000000 and 0xCF8/0xCFC, "
+    "virtio-*-pci devices (transitional unless disable-legacy=on)",
 }
 # Machine properties (-M NAME,PROP=VALUE) each machine takes, as QEMU's -M does.
-MACHINE_PROPS: dict[str, tuple[str, ...]] = {"microvm": ("iommu",)}
+MACHINE_PROPS: dict[str, tuple[str, ...]] = {"microvm": ("iommu",), "q35": ()}
 MMIO_GLOBAL_DRIVER = "virtio-mmio"
 NET_BACKEND_PROP = "x-backend"
 SWITCH_PREFIX = "switch:"
@@ -163,6 +165,10 @@ def plan_host(opts: HostOptions) -> HostPlan:
             raise HostUsageError("a TCP host needs a shared secret (--secret-file FILE or VIRTIO_SIM_SECRET)")
     try:
         devices, transport = apply_globals(opts.devices, opts.globals_)
+        if machine == "q35":
+            # Devices land on the PCI bus; each device's disable-legacy/disable-modern
+            # decide its interfaces (transitional by default, as on QEMU's root bus).
+            transport = "pci-transitional"
         iommu = props.get("iommu", "none")
         if transport not in HOST_TRANSPORTS:
             raise PropertyError(f"unknown transport {transport!r}")

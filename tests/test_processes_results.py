@@ -71,6 +71,32 @@ async def test_run_processes_blk_leaves_the_same_disk(tmp_path: Path, link: str)
         assert disks[link][start * SECTOR : (start + count) * SECTOR] == rnd.randbytes(count * SECTOR)
 
 
+@pytest.mark.parametrize(
+    "transport, link",
+    [("pci-modern", "unix"), ("pci-transitional", "tcp"), ("pci-legacy", "unix")],
+)
+async def test_pci_transports_over_processes_match_embedded(
+    tmp_path: Path, transport: str, link: str
+) -> None:
+    """The q35 host process serves virtio-pci (PIO config cycles, MSI-X or INTx) as the
+    embedded mode does; the legacy path is the transitional device with force_legacy."""
+    disks, results = {}, {}
+    with trio.fail_after(90):
+        for mode in ("embedded", link):
+            disk = tmp_path / f"{mode}.img"
+            disk.write_bytes(bytes(1 << 20))
+            extra = () if mode == "embedded" else ("--processes", "--link", link)
+            rc, results[mode], err = await _cli_json(
+                "run", "--device", f"virtio-blk-device,drive={disk}", "--workload", "blk-rw",
+                "--transport", transport, "--json", "--seed", "3", *extra,
+            )  # fmt: skip
+            assert rc == 0, err
+            disks[mode] = disk.read_bytes()
+    assert results[link] == results["embedded"]
+    assert results[link]["transport"] == transport
+    assert disks[link] == disks["embedded"]
+
+
 async def test_run_processes_refusal_matches_embedded(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.img")
     refused = ("run", "--device", f"virtio-blk-device,drive={missing}", "--workload", "blk-rw", "--json")

@@ -168,6 +168,12 @@ def _add_guest_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="the host's rng seed / blk pattern seed, to verify data end to end",
     )
     guest.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    guest.add_argument(
+        "--pci-force-legacy",
+        action="store_true",
+        help="drive transitional virtio-pci devices through their legacy interface "
+        "(Linux's virtio_pci.force_legacy=1)",
+    )
     guest.add_argument("--json", action="store_true", help="print the result as JSON")
     guest.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
     _add_secret_options(guest)
@@ -268,6 +274,7 @@ def _guest(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             secret=_load_secret(args),
             lifeline=args.lifeline,
+            pci_force_legacy=args.pci_force_legacy,
         )
     except (AddressError, UsageError) as e:
         _error(str(e))

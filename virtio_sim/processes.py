@@ -28,7 +28,8 @@ from typing import Any
 
 import trio
 
-from host.qdev import parse_device_option
+from host.build import PCI_TRANSPORT_PROPS
+from host.qdev import format_device_option, model_name, parse_device_option, pci_name
 from virtio_sim.embedded import RunConfig, check_config
 from virtio_sim.exit_codes import (
     EXIT_FAIL,
@@ -141,6 +142,18 @@ async def _start(name: str, cmd: list[str], nursery: trio.Nursery) -> _Child:
     return child
 
 
+def _on_transport(device: str, transport: str) -> str:
+    """The -device option as the host process needs it for ``transport``: on q35 the
+    virtio-pci flavour, with the interfaces the transport choice implies."""
+    if not transport.startswith("pci-"):
+        return device
+    spec = parse_device_option(device)
+    spec.driver = pci_name(model_name(spec.driver)) or spec.driver
+    for k, v in PCI_TRANSPORT_PROPS[transport].items():
+        spec.props.setdefault(k, v)
+    return format_device_option(spec)
+
+
 async def run_processes(cfg: RunConfig, link: str = "unix", driver: str | None = None) -> ProcessRun:
     """Run one cell as a host process and a guest process; never leaves a child behind.
 
@@ -204,10 +217,13 @@ async def _run(
     children: list[_Child],
 ) -> ProcessRun:
     device = parse_device_option(cfg.device).driver
-    machine = "microvm" if cfg.iommu == "none" else f"microvm,iommu={cfg.iommu}"
+    pci = cfg.transport.startswith("pci-")
+    machine = "q35" if pci else "microvm"
+    if cfg.iommu != "none":
+        machine += f",iommu={cfg.iommu}"
     host_cmd = [*_cli(), "host", "--once", "-M", machine, "-m", str(cfg.ram_size)]
     for dev in [cfg.device, *cfg.extra_devices]:
-        host_cmd += ["-device", dev]
+        host_cmd += ["-device", _on_transport(dev, cfg.transport)]
     guest_cmd = [*_cli(), "guest", "--workload", cfg.workload, "--json"]
     guest_cmd += ["--timeout", repr(cfg.timeout)]
     if driver is not None:
@@ -215,6 +231,8 @@ async def _run(
     if cfg.seed is not None:
         host_cmd += ["--seed", str(cfg.seed)]
         guest_cmd += ["--seed", str(cfg.seed)]
+    if cfg.transport == "pci-legacy":
+        guest_cmd += ["--pci-force-legacy"]
     if cfg.transport == "mmio-v1":
         host_cmd += ["-global", "virtio-mmio.force-legacy=on"]
     if link == "unix":
