@@ -58,6 +58,9 @@ def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
         elif "disable-modern" in profile.properties:  # pci-legacy
             props["disable-modern"] = "on"
             props["disable-legacy"] = "off"
+        elif not profile.pci_modern:
+            # Before virtio 1.0 the device simply has no modern interface (no property yet).
+            props["disable-modern"] = "on"
     if req.iommu_platform:
         need("iommu_platform")
         if profile.access_platform_offer == "property":
