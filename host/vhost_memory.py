@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from virtio_sim.dma import DmaError
-from virtio_sim.memory import check_range, MemoryAccessError
+from virtio_sim.memory import MemoryAccessError, check_range
 
 
 class VhostMemoryError(Exception):
@@ -92,7 +92,9 @@ class VhostMemoryTable:
                 f" its file ({actual:#x} bytes)"
             )
         try:
-            m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+            m = mmap.mmap(
+                fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
+            )
         except (OSError, ValueError) as e:
             raise VhostMemoryError(f"memory region at {gpa:#x}: mmap failed: {e}") from None
         self.regions.append(MappedRegion(gpa, size, uva, offset, m, memoryview(m)))

@@ -564,7 +564,11 @@ class VhostUserBackend:
         if len(data) < size:
             self.note(f"GET_CONFIG {offset}+{size} reaches past our {len(space)}-byte config (zeros)")
             data = data.ljust(size, b"\0")
-        return bytes(layouts.vhost_user_config(size).build({"offset": offset, "size": size, "flags": 0, "payload": data}))
+        return bytes(
+            layouts.vhost_user_config(size).build(
+                {"offset": offset, "size": size, "flags": 0, "payload": data}
+            )
+        )
 
     def _set_config(self, msg: Message) -> None:
         offset, size, data = self._config_request(msg)

@@ -115,4 +115,3 @@ def cmd_vhost_user(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     clean = report["ended"] == "front-end closed the connection" and not report["violations"]
     return EXIT_OK if clean else EXIT_FAIL
-

@@ -70,7 +70,9 @@ async def receive_message(sock: trio.socket.SocketType) -> Message | None:
             data, anc, flags, _ = await sock.recvmsg(layouts.VHOST_USER_HEADER_SIZE - len(header), anc_size)
             fds += _take_fds(anc)
             if flags & socket.MSG_CTRUNC or len(fds) > VU_LIMITS.max_fds:
-                raise VhostUserProtocolError(f"more than {VU_LIMITS.max_fds} file descriptors with one message")
+                raise VhostUserProtocolError(
+                    f"more than {VU_LIMITS.max_fds} file descriptors with one message"
+                )
             if not data:
                 if header or fds:
                     raise VhostUserProtocolError("connection closed inside a message header")

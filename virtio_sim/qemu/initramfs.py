@@ -42,9 +42,7 @@ def _pad(n: int, align: int) -> bytes:
 def newc_archive(entries: Iterable[Entry]) -> bytes:
     """A cpio newc archive of ``entries`` (directories before what they contain)."""
     out = bytearray()
-    ino = 0
-    for e in [*entries, Entry(_TRAILER, 0)]:
-        ino += 1
+    for ino, e in enumerate([*entries, Entry(_TRAILER, 0)], start=1):
         name = e.path.encode() + b"\0"
         nlink = 2 if stat.S_ISDIR(e.mode) else 1
         fields = (ino, e.mode, 0, 0, nlink, 0, len(e.data), 0, 0, 0, 0, len(name), 0)
@@ -71,7 +69,7 @@ def init_script(modules: list[str], checks: list[str]) -> str:
         '  insmod "/lib/modules/$m.ko" || mark insmod-failed "$m"',
         "done",
         # a node appears once its driver's probe finished: wait for them (bounded)
-        "wait_for() { i=0; while [ ! -e \"$1\" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; }",
+        'wait_for() { i=0; while [ ! -e "$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; }',
         *checks,
         f"mark {END_KEY} done",
         "poweroff -f",

@@ -153,7 +153,9 @@ def fetch_kernel(cache: Path | None = None) -> KernelImage:
         if not images:
             raise KernelFetchError(f"{package} has no /boot/vmlinuz-*")
         release = images[0].name.removeprefix("vmlinuz-")
-        kdir = next(p for p in (unpacked / "lib" / "modules", unpacked / "usr" / "lib" / "modules") if p.is_dir())
+        kdir = next(
+            p for p in (unpacked / "lib" / "modules", unpacked / "usr" / "lib" / "modules") if p.is_dir()
+        )
         modules = resolve_modules(kdir / release / "kernel", WANTED_MODULES)
         staged = scratch / "staged"
         (staged / "modules").mkdir(parents=True)

@@ -66,7 +66,8 @@ CHECK_VIRTIO_DEVICES = """\
 for d in /sys/bus/virtio/devices/*; do
   [ -e "$d" ] || continue
   drv=$(basename "$(readlink "$d/driver")")
-  mark virtio-device "$(basename "$d") id=$(cat "$d/device") features=$(cat "$d/features") driver=$drv path=$(readlink -f "$d")"
+  info="id=$(cat "$d/device") features=$(cat "$d/features") driver=$drv path=$(readlink -f "$d")"
+  mark virtio-device "$(basename "$d") $info"
 done"""
 
 
@@ -91,15 +92,18 @@ class BlkCheck:
         b, at = self.write_block, self.write_at
         return f"""\
 wait_for /dev/vda
+sha() {{ sha256sum "$@" | cut -d' ' -f1; }}
 size=$(blockdev --getsize64 /dev/vda)
 mark blk-size "$size"
-mark blk-host-read "$(dd if=/dev/vda bs={self.host_bytes} count=1 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
-mark blk-host-last "$(dd if=/dev/vda bs=512 skip=$((size / 512 - 1)) count=1 iflag=direct 2>/dev/null | head -c 12)"
+mark blk-host-read "$(dd if=/dev/vda bs={self.host_bytes} count=1 iflag=direct 2>/dev/null | sha)"
+last=$((size / 512 - 1))
+mark blk-host-last "$(dd if=/dev/vda bs=512 skip=$last count=1 iflag=direct 2>/dev/null | head -c 12)"
 dd if={self.source} of=/tmp/w bs={b} count=1 iflag=fullblock 2>/dev/null
-mark blk-written "$(sha256sum /tmp/w | cut -d' ' -f1)"
-if dd if=/tmp/w of=/dev/vda bs={b} seek={at} oflag=direct conv=fsync 2>/dev/null; then mark blk-write ok; else mark blk-write failed; fi
+mark blk-written "$(sha /tmp/w)"
+if dd if=/tmp/w of=/dev/vda bs={b} seek={at} oflag=direct conv=fsync 2>/dev/null
+then mark blk-write ok; else mark blk-write failed; fi
 dd if=/dev/vda of=/tmp/r bs={b} skip={at} count=1 iflag=direct 2>/dev/null
-mark blk-read-back "$(sha256sum /tmp/r | cut -d' ' -f1)"
+mark blk-read-back "$(sha /tmp/r)"
 if cmp -s /tmp/w /tmp/r; then mark blk-compare same; else mark blk-compare differ; fi"""
 
 
@@ -195,9 +199,13 @@ async def boot_with_vhost_user(
                 sockets.append((FRONTENDS[b.spec.driver] + kind.frontend_suffix, path))
 
                 async def serve(
-                    i: int = i, path: str = path, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    i: int = i,
+                    path: str = path,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                 ) -> None:
-                    backends[i] = await serve_socket(path, built[i], connect_timeout=timeout, task_status=task_status)
+                    backends[i] = await serve_socket(
+                        path, built[i], connect_timeout=timeout, task_status=task_status
+                    )
 
                 await nursery.start(serve)
             cmd = qemu_command(
@@ -205,7 +213,9 @@ async def boot_with_vhost_user(
             )
             with stderr_log.open("wb") as err:
                 with trio.move_on_after(timeout) as scope:
-                    done = await trio.run_process(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, check=False)
+                    done = await trio.run_process(
+                        cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, check=False
+                    )
                     returncode = done.returncode
                 timed_out = scope.cancelled_caught
             # QEMU is gone, so every connection ends; the back-ends finish on their own.
@@ -223,7 +233,10 @@ async def boot_with_vhost_user(
         machine=machine,
         serial=serial,
         markers=parse_markers(serial),
-        reports=[b.report() if b is not None else {"device": d, "ended": "never connected"} for b, d in zip(backends, devices, strict=True)],
+        reports=[
+            b.report() if b is not None else {"device": d, "ended": "never connected"}
+            for b, d in zip(backends, devices, strict=True)
+        ],
         returncode=returncode,
         qemu_stderr=stderr_log.read_text(errors="replace") if stderr_log.exists() else "",
         timed_out=timed_out,
