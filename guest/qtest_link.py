@@ -1,0 +1,106 @@
+"""The guest's link when the devices are QEMU's: register accesses and RAM over qtest.
+
+:class:`QtestLink` has the interface of :class:`~guest.link.HostLink` (``read``,
+``write``, ``pio_read``, ``pio_write``, ``irq_handler``, ``run``, ``bye``), so the guest
+kernel, transports and drivers run unchanged; :class:`QtestMemory` is the
+:class:`~virtio_sim.memory.ByteAccess` for guest RAM, which lives in QEMU and is reached
+with ``b64read``/``b64write``. Interrupts are the ``IRQ raise N`` lines of the
+intercepted interrupt controller, delivered as level interrupts on line ``N + irq_base``.
+
+Any qtest failure (QEMU gone, a refused command, no reply) becomes a
+:class:`~guest.link.HostLinkError`, which the guest already turns into an outcome.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from guest.link import HostLink, HostLinkError
+from virtio_sim.qemu.qtest import QtestClient, QtestError
+from virtio_sim.wire import IrqKind
+
+
+class QtestLink(HostLink):
+    """A HostLink whose host is a QEMU process under qtest."""
+
+    def __init__(self, client: QtestClient, irq_base: int = 0) -> None:  # noqa: D107
+        # No frame channel: every access is a qtest command.
+        self.client = client
+        self.irq_base = irq_base
+        self.failure: HostLinkError | None = None
+        self.peer_failure: HostLinkError | None = None
+        self.dma_memory = None
+        self._closing = False
+        self.irq_handler = lambda kind, line, value: None
+        client.on_irq = self._irq
+
+    def _irq(self, raised: bool, line: int) -> None:
+        self.irq_handler(IrqKind.LINE_LEVEL, line + self.irq_base, int(raised))
+
+    def _lost(self, error: QtestError) -> HostLinkError:
+        problem = HostLinkError(f"qtest: {error}")
+        if not self._closing and self.peer_failure is None:
+            self.peer_failure = problem
+        if self.failure is None:
+            self.failure = problem
+        return problem
+
+    async def _do(self, op, *args):  # type: ignore[no-untyped-def]
+        if self.failure:
+            raise self.failure
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            return op(*args)
+        except QtestError as e:
+            raise self._lost(e) from None
+
+    async def run(self) -> None:
+        """Deliver interrupts that arrive while no command is in flight."""
+        try:
+            while not self._closing:
+                await trio.lowlevel.wait_readable(self.client.sock)
+                self.client.poll()
+        except QtestError as e:
+            self._lost(e)
+        except (OSError, trio.ClosedResourceError) as e:
+            self._lost(QtestError(str(e)))
+
+    async def read(self, addr: int, size: int) -> int:
+        value: int = await self._do(self.client.read, addr, size)
+        return value
+
+    async def write(self, addr: int, size: int, value: int) -> None:
+        await self._do(self.client.write, addr, size, value)
+
+    async def pio_read(self, port: int, size: int) -> int:
+        value: int = await self._do(self.client.pio_read, port, size)
+        return value
+
+    async def pio_write(self, port: int, size: int, value: int) -> None:
+        await self._do(self.client.pio_write, port, size, value)
+
+    async def bye(self) -> None:
+        self._closing = True
+
+
+class QtestMemory:
+    """Guest RAM inside QEMU, read and written through qtest (a ByteAccess)."""
+
+    def __init__(self, client: QtestClient, link: QtestLink | None = None) -> None:
+        self.client = client
+        self.link = link
+
+    def _error(self, e: QtestError) -> HostLinkError:
+        return self.link._lost(e) if self.link is not None else HostLinkError(f"qtest: {e}")
+
+    def read(self, addr: int, length: int) -> bytes:
+        try:
+            return self.client.memread(addr, length)
+        except QtestError as e:
+            raise self._error(e) from None
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.client.memwrite(addr, bytes(data))
+        except QtestError as e:
+            raise self._error(e) from None
