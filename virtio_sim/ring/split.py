@@ -287,7 +287,7 @@ class SplitDeviceQueue:
         try:
             if self.event_idx:
                 if enable:
-                    self.space.write(self._avail_event_addr, self._idx.pack(self.last_avail + 1))
+                    self.space.write(self._avail_event_addr, self._idx.pack(self._shadow_avail))
             else:
                 flags = 0 if enable else USED_F.NO_NOTIFY
                 self.space.write(self.addrs.used, self._idx.pack(flags))
