@@ -76,6 +76,7 @@ async def _main(
     result.driver_features = dev.features
     result.negotiated = FEATURES.names(dev.features, key)
     result.status_trace = dev.trace
+    result.ring = dev.ring_info()
     if not record.bound:
         result.outcome, result.detail = Outcome.FAILED_CLEAN, record.reason
         return
@@ -90,3 +91,4 @@ async def _main(
         result.outcome = Outcome.OK
         result.detail = f"{workload_name} verified"
     result.status_trace = dev.trace
+    result.ring = dev.ring_info()

@@ -17,6 +17,16 @@ from host.devices.rng import RngDevice
 from host.virtio_device import ErrorPolicy, TransportFeatures
 
 COMMON_PROPS = ("event_idx", "indirect_desc", "x-error-policy", "x-strict-rings")
+# Ring-layout and ring-feature properties every virtio device has, with QEMU 7.2's
+# defaults (queue_reset is on since 7.2); x- ones have no QEMU equivalent.
+RING_PROPS: dict[str, tuple[str, bool]] = {
+    "packed": ("packed", False),
+    "in_order": ("in_order", False),
+    "notification_data": ("notification_data", False),
+    "queue_reset": ("queue_reset", True),
+    "x-order-platform": ("order_platform", False),
+    "x-in-order-batch": ("in_order_batch", False),
+}
 
 
 @dataclass
@@ -115,13 +125,15 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
         raise PropertyError(f"'{spec.driver}' is not a valid device model name")
     factory, own = entry
     for k in spec.props:
-        if k not in own and k not in COMMON_PROPS:
+        if k not in own and k not in COMMON_PROPS and k not in RING_PROPS:
             raise PropertyError(f"Property '{spec.driver}.{k}' not found")
     props = dict(spec.props)
     tf = TransportFeatures(
         event_idx=parse_bool("event_idx", props.pop("event_idx", "on")),
         indirect_desc=parse_bool("indirect_desc", props.pop("indirect_desc", "on")),
     )
+    for prop, (attr, default) in RING_PROPS.items():
+        setattr(tf, attr, parse_bool(prop, props.pop(prop, "on" if default else "off")))
     pol = props.pop("x-error-policy", ErrorPolicy.NEEDS_RESET.value)
     try:
         policy = ErrorPolicy(pol)

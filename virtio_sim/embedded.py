@@ -66,6 +66,12 @@ def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
         result.device_features = vdev.device_features
         result.device_notes = list(vdev.notes)
         result.violations = [v.__dict__ for v in vdev.violations]
+        if result.ring:
+            rings = [q.ring for q in vdev.queues if q.ring is not None]
+            result.ring["device_format"] = type(rings[0]).__name__ if rings else None
+            result.ring["device_barriers"] = vdev.barriers
+            result.ring["notify_data_checked"] = vdev.notify_data_checked
+            result.ring["device_queue_resets"] = len(vdev.queue_resets)
         if result.outcome is Outcome.OK and vdev.violations:
             result.outcome = Outcome.DEVICE_ERROR
             result.detail = f"device recorded ring violations: {vdev.violations[0].message}"

@@ -36,6 +36,9 @@ class RunResult:
     workload: dict[str, Any] = field(default_factory=dict)
     device_notes: list[str] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
+    # Ring format and ring features in use: format (split|packed), barriers (weak|platform,
+    # from ORDER_PLATFORM), in_order, notification_data, ring_reset, queue sizes.
+    ring: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
