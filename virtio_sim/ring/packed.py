@@ -179,7 +179,7 @@ class PackedDeviceQueue:
         self._in_flight_descs = 0
         self._signalled = 0
         self._signalled_valid = False
-        self._last_claim: int | None = None
+        self._last_claim = 0  # NOTIFICATION_DATA claims never go back
         self._buffers.clear()
         self._order.clear()
         self._ready.clear()
@@ -480,14 +480,14 @@ class PackedDeviceQueue:
         claim = event_position(word, self._avail_pos - size, size)
         assert claim is not None
         where = f"next_off {next_off} next_wrap {next_wrap}"
-        if self._last_claim is not None and claim < self._last_claim:
-            return f"{where} goes back behind an earlier notification"
-        self._last_claim = claim
+        if claim < self._last_claim:
+            return f"{where} goes back behind an earlier notification or the ring start"
         if claim - self._used_pos > size:
             return f"{where} is more than the ring ahead of the used position"
         for p in range(self._avail_pos, claim):
             if not is_avail(self._flags_at(p), p, size):
                 return f"{where} but slot {p % size} is not available"
+        self._last_claim = claim
         return None
 
 

@@ -97,6 +97,7 @@ class SplitDeviceQueue:
         self._writable: dict[int, int] = {}  # IN_ORDER: head -> writable length
         self._done: dict[int, int] = {}  # IN_ORDER: head -> written, held back
         self._ready: list[tuple[int, int]] = []  # IN_ORDER: (head, written) to write
+        self._last_claim: int | None = None  # NOTIFICATION_DATA: the previous avail idx
         self.max_indirect = max_indirect if max_indirect is not None else size
         self._desc = layouts.desc_codec(order)
         self._elem = layouts.used_elem_codec(order)
@@ -372,18 +373,22 @@ class SplitDeviceQueue:
         ahead of the avail idx in memory names buffers that were never made available.
         """
         claim = (next_off | next_wrap << NOTIFY_DATA.off_mask.bit_length()) & IDX_MASK
-        ahead = (claim - self.last_avail) & IDX_MASK
-        if ((self.last_avail - claim) & IDX_MASK) <= self.size:
-            return None  # at or behind last_avail: stale or exact
-        if ahead <= (self.avail_idx() - self.last_avail) & IDX_MASK:
-            return None
-        return f"notification says avail idx {claim}, the ring says {self.avail_idx()}"
+        last = self._last_claim
+        if last is not None and (claim - last) & IDX_MASK > IDX_MASK // 2:
+            return f"notification avail idx {claim} goes back behind {last}"
+        stale = ((self.last_avail - claim) & IDX_MASK) <= self.size  # at or behind last_avail
+        pending = (self.avail_idx() - self.last_avail) & IDX_MASK
+        if not stale and (claim - self.last_avail) & IDX_MASK > pending:
+            return f"notification says avail idx {claim}, the ring says {self.avail_idx()}"
+        self._last_claim = claim
+        return None
 
     def reset(self) -> None:
         self.last_avail = self._shadow_avail = self.used_idx = 0
         self._signalled_valid = False
         self.in_flight.clear()
         self._next_head = 0
+        self._last_claim = None
         self._order.clear()
         self._writable.clear()
         self._done.clear()
