@@ -91,6 +91,7 @@ async def _main(
     result.driver_features = dev.features
     result.negotiated = FEATURES.names(dev.features, key)
     result.status_trace = dev.trace
+    result.ring = dev.ring_info()
     if not record.bound:
         broke = record.device_broke
         result.outcome = Outcome.DEVICE_ERROR if broke else Outcome.FAILED_CLEAN
@@ -108,6 +109,7 @@ async def _main(
         result.outcome = Outcome.OK
         result.detail = f"{workload_name} verified"
     result.status_trace = dev.trace
+    result.ring = dev.ring_info()
     damage = kernel.check_canaries()
     if damage:
         result.outcome = Outcome.CORRUPTION

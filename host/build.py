@@ -88,6 +88,7 @@ class HostSetup:
                     "device_features": vdev.device_features,
                     "notes": list(vdev.notes),
                     "violations": [dict(v.__dict__) for v in vdev.violations],
+                    "ring": _ring_evidence(vdev),
                 }
                 for vdev in self.devices
             ],
@@ -114,6 +115,17 @@ class HostSetup:
             if close:
                 close()
         self.memory.close()
+
+
+def _ring_evidence(vdev: VirtioDevice) -> dict[str, Any]:
+    """The ring format and features as the device side saw them."""
+    rings = [q.ring for q in vdev.queues if q.ring is not None]
+    return {
+        "device_format": type(rings[0]).__name__ if rings else None,
+        "device_barriers": vdev.barriers,
+        "notify_data_checked": vdev.notify_data_checked,
+        "device_queue_resets": len(vdev.queue_resets),
+    }
 
 
 def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
