@@ -46,7 +46,12 @@ PCI_TRANSPORT_PROPS: dict[str, dict[str, str]] = {
     "pci-legacy": {"disable-legacy": "off", "disable-modern": "off"},
 }
 # QEMU -global properties this host knows, with QEMU's defaults.
-GLOBAL_DEFAULTS = {"virtio-mmio.force-legacy": "on"}
+GLOBAL_DEFAULTS = {
+    "virtio-mmio.force-legacy": "on",
+    # A machine-wide default for every virtio device (QEMU's abstract virtio-device type);
+    # a device's own iommu_platform= overrides it.
+    "virtio-device.iommu_platform": "off",
+}
 
 
 @dataclass
@@ -179,13 +184,14 @@ def build_host(cfg: HostConfig) -> HostSetup:
             raise PropertyError(f"global {key} is not a property this host knows")
     if cfg.iommu not in IOMMU_KINDS:
         raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
-    if cfg.iommu != "none" and cfg.transport in PCI_TRANSPORTS:
-        raise PropertyError("virtio-iommu with PCI endpoints is not supported by this build (mmio only)")
     force_legacy = mmio_force_legacy(cfg)
     specs = [parse_device_option(d) for d in cfg.devices]
     built: list[BuiltDevice] = []
     try:
+        iommu_default = cfg.globals.get("virtio-device.iommu_platform")
         for i, spec in enumerate(specs):
+            if iommu_default is not None:
+                spec.props.setdefault("iommu_platform", iommu_default)
             _place_on_bus(spec, cfg.transport)
             _apply_defaults(spec, cfg, i)
             built.append(build_device(spec))
@@ -204,18 +210,25 @@ def build_host(cfg: HostConfig) -> HostSetup:
     try:
         if cfg.iommu == "virtio-iommu":
             # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
-            setup.iommu = Iommu(set(range(1, len(built) + 1)))
+            setup.iommu = Iommu(set())  # endpoints are added as devices are plugged
             iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: make_ram(memory))
             iommu_dev.guest_order = cfg.guest_order
             machine.add_mmio_device(iommu_dev, legacy=force_legacy)
             setup.iommu_device = iommu_dev
-        for endpoint, b in enumerate(built, start=1):
+        for index, b in enumerate(built, start=1):
+            # mmio endpoints: the devices in command-line order from 1; PCI endpoints: the
+            # requester id (bus << 8 | devfn), known once the function is plugged.
+            endpoint: list[int] = [index]
             space = _space_for(memory, setup, endpoint, b.dma_mode, make_ram)
-            vdev = _plug(machine, memory, b, force_legacy, space, make_ram)
+            vdev = _plug(machine, memory, b, force_legacy, space, make_ram, endpoint)
             vdev.guest_order = cfg.guest_order
             setup.devices.append(vdev)
             if setup.iommu is not None:
-                machine.iommu_endpoints[machine.slots[-1].base] = endpoint
+                setup.iommu.endpoints.add(endpoint[0])
+                if b.pci is None:
+                    machine.iommu_endpoints[machine.slots[-1].base] = endpoint[0]
+                else:
+                    machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
     except (PropertyError, ValueError) as e:
         setup.close()
         raise PropertyError(str(e)) from None
@@ -225,7 +238,7 @@ def build_host(cfg: HostConfig) -> HostSetup:
 def _space_for(
     memory: GuestMemory,
     setup: HostSetup,
-    endpoint: int,
+    endpoint_ref: list[int],
     dma_mode: str,
     make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
 ) -> Callable[[int], AddressSpace]:
@@ -238,6 +251,7 @@ def _space_for(
 
     def space(features: int) -> AddressSpace:
         iommu = setup.iommu
+        endpoint = endpoint_ref[0]
         if iommu is None:
             return make_ram(memory)
         negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
@@ -258,6 +272,7 @@ def _plug(
     force_legacy: bool,
     mmio_space: Callable[[int], AddressSpace],
     make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
+    endpoint_ref: list[int] | None = None,
 ) -> VirtioDevice:
     if b.pci is None:
         vdev = VirtioDevice(
@@ -274,7 +289,7 @@ def _plug(
     holder: list[PciFunction] = []
 
     def space_for(features: int) -> AddressSpace:
-        return BusMasterGate(make_ram(memory), lambda: holder[0] if holder else None)
+        return BusMasterGate(mmio_space(features), lambda: holder[0] if holder else None)
 
     vdev = VirtioDevice(
         b.model,
@@ -295,4 +310,7 @@ def _plug(
     )
     holder.append(proxy.fn)
     machine.add_pci_device(proxy, opts.slot, opts.function)
+    if endpoint_ref is not None:
+        bus, slot, fn = proxy.fn.bdf
+        endpoint_ref[0] = bus << 8 | slot << 3 | fn  # the requester id
     return vdev
