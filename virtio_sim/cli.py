@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_matrix_arguments(m)
     c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
     add_compat_arguments(c)
+    vu = sub.add_parser("vhost-user", help="serve one of our devices to a QEMU vhost-user front-end")
+    from host.vhost_user_cli import add_vhost_user_arguments
+
+    add_vhost_user_arguments(vu)
     return p
 
 
@@ -324,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guest(args)
     if args.command == "matrix":
         return cmd_matrix(args)
+    if args.command == "vhost-user":
+        from host.vhost_user_cli import cmd_vhost_user
+
+        return cmd_vhost_user(args)
     if args.command == "compat":
         if args.old == args.new:
             print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)

@@ -695,3 +695,60 @@ LEGACY_HDR_WIDTH: dict[str, int] = field_widths(VirtioPciLegacyHeader)
 PACKED_DESC_CODEC: struct.Struct = fast_codec(PvirtqDesc)  # (addr, len, id, flags)
 EVENT_SUPPRESS_CODEC: struct.Struct = fast_codec(PvirtqEventSuppress)  # (off_wrap, flags)
 PACKED_U16_CODEC: struct.Struct = ring_index_codec("little")  # one flags or off_wrap word
+
+
+# --------------------------------------------------------------------------- vhost-user
+# QEMU docs/interop/vhost-user.rst. Always little-endian (the protocol is host-local).
+# The request numbers and flag bits are data in specs/vhost_user.toml.
+
+VhostUserHeader = cs.Struct("request" / cs.Int32ul, "flags" / cs.Int32ul, "size" / cs.Int32ul)
+VhostUserU64 = cs.Struct("u64" / cs.Int64ul)  # features, protocol features, queue num, fd index
+VhostUserVringState = cs.Struct("index" / cs.Int32ul, "num" / cs.Int32ul)
+VhostUserVringAddr = cs.Struct(
+    "index" / cs.Int32ul,
+    "flags" / cs.Int32ul,  # bit 0: VHOST_VRING_F_LOG
+    "desc_user_addr" / cs.Int64ul,  # front-end virtual addresses, not guest-physical
+    "used_user_addr" / cs.Int64ul,
+    "avail_user_addr" / cs.Int64ul,
+    "log_guest_addr" / cs.Int64ul,
+)
+VhostUserMemoryRegion = cs.Struct(
+    "guest_phys_addr" / cs.Int64ul,
+    "memory_size" / cs.Int64ul,
+    "userspace_addr" / cs.Int64ul,  # where the front-end mapped it: ring addresses use this
+    "mmap_offset" / cs.Int64ul,  # offset of the region inside the fd passed with it
+)
+VhostUserMemoryHeader = cs.Struct("nregions" / cs.Int32ul, "padding" / cs.Int32ul)
+VhostUserConfigHeader = cs.Struct("offset" / cs.Int32ul, "size" / cs.Int32ul, "flags" / cs.Int32ul)
+
+
+def vhost_user_memory(nregions: int) -> Any:
+    """SET_MEM_TABLE's payload: the count, padding, then ``nregions`` region records."""
+    return cs.Struct(
+        "nregions" / cs.Int32ul,
+        "padding" / cs.Int32ul,
+        "regions" / cs.Array(nregions, VhostUserMemoryRegion),
+    )
+
+
+def vhost_user_config(size: int) -> Any:
+    """GET_CONFIG/SET_CONFIG payload: offset, size, flags, then ``size`` config bytes."""
+    return cs.Struct(
+        "offset" / cs.Int32ul,
+        "size" / cs.Int32ul,
+        "flags" / cs.Int32ul,
+        "payload" / cs.Bytes(size),
+    )
+
+
+VHOST_USER_HEADER_SIZE: int = VhostUserHeader.sizeof()
+VHOST_USER_REGION_SIZE: int = VhostUserMemoryRegion.sizeof()
+VHOST_USER_MEMORY_HEADER_SIZE: int = VhostUserMemoryHeader.sizeof()
+VHOST_USER_CONFIG_HEADER_SIZE: int = VhostUserConfigHeader.sizeof()
+vhost_user_header_codec = fast_codec(VhostUserHeader)
+vhost_user_u64_codec = fast_codec(VhostUserU64)
+vhost_user_vring_state_codec = fast_codec(VhostUserVringState)
+vhost_user_vring_addr_codec = fast_codec(VhostUserVringAddr)
+vhost_user_region_codec = fast_codec(VhostUserMemoryRegion)
+vhost_user_memory_header_codec = fast_codec(VhostUserMemoryHeader)
+vhost_user_config_header_codec = fast_codec(VhostUserConfigHeader)

@@ -829,3 +829,99 @@ def legacy_only_transport_features() -> int:
         if fb.scope == "transport" and fb.legacy_only:
             m |= fb.mask
     return m
+
+
+# --------------------------------------------------------------------------- vhost-user
+
+_VHOST_USER = load_toml("vhost_user.toml")
+
+
+class VhostUserHeaderFlags:
+    """The flags word of a vhost-user message header."""
+
+    version: int
+    version_mask: int
+    reply: int
+    need_reply: int
+
+
+class VhostUserLimits:
+    max_mem_regions: int
+    max_config_size: int
+    max_payload: int
+    max_fds: int
+
+
+class VhostUserVringBits:
+    index_mask: int
+    nofd: int
+
+
+class VhostUserVirtioFeatures:
+    """Feature bits vhost reserves in the virtio feature word."""
+
+    PROTOCOL_FEATURES: int
+    LOG_ALL: int
+
+
+class VhostUserProtocolFeatures:
+    MQ: int
+    LOG_SHMFD: int
+    RARP: int
+    REPLY_ACK: int
+    NET_MTU: int
+    BACKEND_REQ: int
+    CROSS_ENDIAN: int
+    CRYPTO_SESSION: int
+    PAGEFAULT: int
+    CONFIG: int
+    BACKEND_SEND_FD: int
+    HOST_NOTIFIER: int
+    INFLIGHT_SHMFD: int
+    RESET_DEVICE: int
+    INBAND_NOTIFICATIONS: int
+    CONFIGURE_MEM_SLOTS: int
+    STATUS: int
+
+
+class VhostUserRequests:
+    """Front-end -> back-end request numbers (the ones this back-end acts on)."""
+
+    GET_FEATURES: int
+    SET_FEATURES: int
+    SET_OWNER: int
+    RESET_OWNER: int
+    SET_MEM_TABLE: int
+    SET_LOG_BASE: int
+    SET_LOG_FD: int
+    SET_VRING_NUM: int
+    SET_VRING_ADDR: int
+    SET_VRING_BASE: int
+    GET_VRING_BASE: int
+    SET_VRING_KICK: int
+    SET_VRING_CALL: int
+    SET_VRING_ERR: int
+    GET_PROTOCOL_FEATURES: int
+    SET_PROTOCOL_FEATURES: int
+    GET_QUEUE_NUM: int
+    SET_VRING_ENABLE: int
+    SET_BACKEND_REQ_FD: int
+    GET_CONFIG: int
+    SET_CONFIG: int
+    GET_INFLIGHT_FD: int
+    RESET_DEVICE: int
+    GET_MAX_MEM_SLOTS: int
+    SET_STATUS: int
+    GET_STATUS: int
+
+
+VU_FLAGS = _bind(VhostUserHeaderFlags, _VHOST_USER["header"], "vhost_user.toml [header]")
+VU_LIMITS = _bind(VhostUserLimits, _VHOST_USER["limits"], "vhost_user.toml [limits]")
+VU_VRING = _bind(VhostUserVringBits, _VHOST_USER["vring"], "vhost_user.toml [vring]")
+VU_F = _bind(VhostUserVirtioFeatures, _VHOST_USER["virtio_features"], "vhost_user.toml [virtio_features]")
+VU_PROTOCOL_F = _bind(
+    VhostUserProtocolFeatures, _VHOST_USER["protocol_features"], "vhost_user.toml [protocol_features]"
+)
+VU_REQ = _bind(VhostUserRequests, _VHOST_USER["request"], "vhost_user.toml [request]")
+#: every request number -> its name, for logs and reports
+VU_REQUEST_NAMES: dict[int, str] = {int(v): str(k) for k, v in _VHOST_USER["request"].items()}

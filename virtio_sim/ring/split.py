@@ -393,6 +393,18 @@ class SplitDeviceQueue:
         self._done.clear()
         self._ready.clear()
 
+    def resume(self, last_avail: int) -> None:
+        """Start from a ring another device instance served before (vhost's
+        SET_VRING_BASE): continue at ``last_avail`` and at the used index found in memory.
+
+        Chains between the two indices were in flight when the ring stopped; they are not
+        re-served (a front-end that restarts a ring it stopped cleanly has none).
+        """
+        self.last_avail = self._shadow_avail = last_avail & IDX_MASK
+        self.used_idx = self._read_u16(self._used_idx_addr)
+        self._signalled_valid = False
+        self.in_flight.clear()
+
 
 # --------------------------------------------------------------------------- driver side
 
