@@ -209,8 +209,9 @@ def build_host(cfg: HostConfig) -> HostSetup:
     make_ram = cfg.address_space or IdentityAddressSpace
     try:
         if cfg.iommu == "virtio-iommu":
-            # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
-            setup.iommu = Iommu(set())  # endpoints are added as devices are plugged
+            # The IOMMU itself sits on an mmio slot (also on q35); its endpoints are added
+            # below as the devices are plugged.
+            setup.iommu = Iommu(set())
             iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: make_ram(memory))
             iommu_dev.guest_order = cfg.guest_order
             machine.add_mmio_device(iommu_dev, legacy=force_legacy)
