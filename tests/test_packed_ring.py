@@ -13,8 +13,8 @@ import construct as cs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from ringpair import RingPair
+
 from virtio_sim import layouts as L
 from virtio_sim.ring.chain import ChainWriter, DeviceBrokenError, RingError
 from virtio_sim.ring.notify import decode_notify_data, encode_notify_data
