@@ -445,3 +445,17 @@ def test_malformed_packed_ring_meets_the_error_policy(policy: str) -> None:
 def test_split_driver_queue_type_is_unchanged_for_split() -> None:
     b = bench(Echo2(), packed=False)
     assert isinstance(queue(b, 0, 4, packed=False), SplitDriverQueue)
+
+
+def test_cli_json_reports_the_ring(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from virtio_sim.cli import main
+
+    argv = ["run", "--device", "virtio-blk-device,packed=on,x-order-platform=on"]
+    assert main([*argv, "--workload", "blk-rw", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["outcome"] == "OK"
+    assert r["ring"]["format"] == "packed" and r["ring"]["barriers"] == "platform"
+    assert main([*argv, "--workload", "blk-rw"]) == 0
+    assert "ring       packed, barriers platform" in capsys.readouterr().out
