@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import trio
 
+from guest.drivers.base import DeviceProtocolError
 from guest.drivers.blk import BlkIoError
 from guest.link import HostLink, HostLinkError
-from guest.platform import GuestKernel, GuestPolicy
+from guest.platform import BootError, GuestKernel, GuestPolicy
 from guest.virtio import DeviceNeedsReset
 from guest.workloads import WORKLOADS, CorruptionDetected
 from virtio_sim.memory import ByteAccess
@@ -42,12 +43,23 @@ async def run_guest(
     """Run the guest until the workload ends or ``timeout`` passes (then HANG)."""
     result = RunResult(Outcome.HANG)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run)
-        kernel = GuestKernel(link, memory, boot.ram_size, policy)
-        nursery.start_soon(kernel.irq_loop)
         with trio.move_on_after(timeout) as scope:
+
+            async def watch_link() -> None:
+                # A host that goes away (or refuses to go on) ends the run at once: a
+                # driver waiting for an interrupt would otherwise wait for the timeout.
+                await link.run()
+                if link.peer_failure is not None:
+                    scope.cancel()
+
+            nursery.start_soon(watch_link)
+            kernel = GuestKernel(link, memory, boot.ram_size, policy)
+            nursery.start_soon(kernel.irq_loop)
             await _main(kernel, boot, workload, seed, result)
-        if scope.cancelled_caught:
+        if link.peer_failure is not None and result.outcome is not Outcome.OK:
+            result.outcome = Outcome.DEVICE_ERROR
+            result.detail = f"host link lost: {link.peer_failure}"
+        elif scope.cancelled_caught:
             result.outcome = Outcome.HANG
             extra = f" ({result.detail})" if result.detail else ""
             result.detail = f"no completion within {timeout:g}s{extra}"
@@ -61,9 +73,12 @@ async def _main(
 ) -> None:
     key, workload = WORKLOADS[workload_name]
     try:
-        probes = await kernel.probe_mmio(boot.cmdline)
+        probes = await kernel.probe_platform(boot.cmdline)
     except HostLinkError as e:
         result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
+        return
+    except BootError as e:
+        result.outcome, result.detail = Outcome.NOT_PROBED, str(e)
         return
     record = next((p for p in probes if p.device_key == key), None)
     if record is None or record.device is None:
@@ -78,17 +93,24 @@ async def _main(
     result.status_trace = dev.trace
     result.ring = dev.ring_info()
     if not record.bound:
-        result.outcome, result.detail = Outcome.FAILED_CLEAN, record.reason
+        broke = record.device_broke
+        result.outcome = Outcome.DEVICE_ERROR if broke else Outcome.FAILED_CLEAN
+        result.detail = record.reason
         return
     assert record.driver is not None
+    record.driver.peers = [p.driver for p in kernel.bound(key) if p is not record and p.driver is not None]
     try:
         result.workload = await workload(record.driver, seed)
     except CorruptionDetected as e:
         result.outcome, result.detail = Outcome.CORRUPTION, str(e)
-    except (DeviceNeedsReset, BlkIoError, HostLinkError) as e:
+    except (DeviceNeedsReset, DeviceProtocolError, BlkIoError, HostLinkError) as e:
         result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
     else:
         result.outcome = Outcome.OK
         result.detail = f"{workload_name} verified"
     result.status_trace = dev.trace
     result.ring = dev.ring_info()
+    damage = kernel.check_canaries()
+    if damage:
+        result.outcome = Outcome.CORRUPTION
+        result.detail = f"{damage[0]} ({len(damage)} canary hit(s))"

@@ -7,26 +7,95 @@ it and no IOMMU). The IOMMU-backed and bounce-buffer variants come with ACCESS_P
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from guest.allocator import PageAllocator
+from virtio_sim import layouts
 from virtio_sim.memory import ByteAccess
-from virtio_sim.ring.chain import DmaBuffer
+from virtio_sim.ring.chain import DmaBuffer, DmaPool
+
+
+class DmaApi(Protocol):
+    """What drivers and the vring use for every buffer and ring (Linux's DMA API)."""
+
+    name: str
+    coherent: DmaPool
+
+    def alloc(self, size: int, align: int = 1) -> DmaBuffer: ...
+
+    def free(self, buf: DmaBuffer) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    def write(self, buf: DmaBuffer, data: bytes, offset: int = 0) -> None: ...
+
+    def read(self, buf: DmaBuffer, length: int | None = None, offset: int = 0) -> bytes: ...
+
+
+CANARY = 0xCA
+GUARD = 4096  # one guard page in front of every buffer
 
 
 class DirectDma:
-    """IOVA == GPA: the device is told guest-physical addresses."""
+    """IOVA == GPA: the device is told guest-physical addresses.
+
+    Every buffer sits between canaries: a guard page in front, and the rest of its last page
+    plus a guard page behind. :meth:`check` (and every free) verifies them, so a device
+    that writes outside the buffers it was given is caught and reported as corruption.
+    """
 
     name = "direct"
 
-    def __init__(self, memory: ByteAccess, allocator: PageAllocator) -> None:
+    def __init__(self, memory: ByteAccess, allocator: PageAllocator, *, canaries: bool = True) -> None:
         self.memory = memory
         self.allocator = allocator
+        self.canaries = canaries
+        #: where rings put indirect tables: memory the device can reach without a flush
+        self.coherent: DmaPool = self
+        self._live: dict[int, tuple[int, int, int]] = {}  # gpa -> (block base, block size, size)
+        self.corruption: list[str] = []
 
     def alloc(self, size: int, align: int = 1) -> DmaBuffer:
-        gpa = self.allocator.alloc(size, align)
+        if not self.canaries:
+            gpa = self.allocator.alloc(size, align)
+            return DmaBuffer(gpa, gpa, size)
+        body = layouts.align_up(max(size, 1), GUARD)
+        total = GUARD + body + GUARD
+        base = self.allocator.alloc(total, max(align, GUARD))
+        gpa = base + GUARD
+        self.memory.write(base, bytes([CANARY]) * GUARD)
+        self.memory.write(gpa + size, bytes([CANARY]) * (total - GUARD - size))
+        self._live[gpa] = (base, total, size)
         return DmaBuffer(gpa, gpa, size)
 
+    def _check_one(self, gpa: int) -> None:
+        base, total, size = self._live[gpa]
+        for start, end in ((base, gpa), (gpa + size, base + total)):
+            seen = self.memory.read(start, end - start)
+            if seen.count(CANARY) != len(seen):
+                bad = next(i for i, b in enumerate(seen) if b != CANARY)
+                self.corruption.append(
+                    f"device wrote outside a {size}-byte DMA buffer at {gpa:#x}: "
+                    f"canary at {start + bad:#x} changed"
+                )
+                return
+
     def free(self, buf: DmaBuffer) -> None:
-        self.allocator.free(buf.gpa)
+        if not self.canaries:
+            self.allocator.free(buf.gpa)
+            return
+        self._check_one(buf.gpa)
+        base, _, _ = self._live.pop(buf.gpa)
+        self.allocator.free(base)
+
+    def check(self) -> list[str]:
+        """Check the canaries of every live buffer; returns everything found so far."""
+        for gpa in list(self._live):
+            self._check_one(gpa)
+        return self.corruption
+
+    async def flush(self) -> None:
+        """Nothing to do: direct DMA needs no mappings."""
 
     def write(self, buf: DmaBuffer, data: bytes, offset: int = 0) -> None:
         if offset + len(data) > buf.size:

@@ -6,6 +6,13 @@ check magic and version, skip placeholder slots (device id 0), find a driver for
 device id, negotiate, let the driver set up queues, DRIVER_OK. Interrupt lines are routed
 to the devices behind them; a raised line is handled by reading and acknowledging the
 interrupt status until no cause is left.
+
+PCI (``virtio_sim.pci=`` on the command line, standing in for ACPI's MCFG) is enumerated
+by :mod:`guest.pci`; every function with the virtio vendor id goes through Linux's
+virtio_pci_probe: enable, modern transport first and legacy as fallback (the other way
+round with ``force_legacy``), bus mastering, MSI-X vectors (config change on entry 0, one
+per queue or one shared) with INTx as the fallback. An MSI carries the guest vector as
+its data and goes straight to the config or queue handler it was given to.
 """
 
 from __future__ import annotations
@@ -16,28 +23,88 @@ from dataclasses import dataclass, field
 import trio
 
 from guest.allocator import PageAllocator
-from guest.dma import DirectDma
-from guest.drivers.base import GuestDriver
+from guest.dma import DirectDma, DmaApi
+from guest.drivers.base import DriverProbeError, GuestDriver
 from guest.drivers.blk import BlkDriver
+from guest.drivers.console import ConsoleDriver
+from guest.drivers.iommu import IommuDriver, IommuRequestError
+from guest.drivers.net import NetDriver
 from guest.drivers.rng import RngDriver
-from guest.link import HostLink
-from guest.transport.base import TransportError
+from guest.iommu_dma import IommuDma
+from guest.link import HostLink, HostLinkError
+from guest.pci import (
+    Conf1Access,
+    ConfigAccess,
+    EcamAccess,
+    GuestMsix,
+    GuestPciBus,
+    GuestPciDevice,
+    PciError,
+    PciFirmware,
+    msix_cap,
+    parse_pci_param,
+)
+from guest.transport.base import ConfigOps, TransportError
 from guest.transport.mmio import MmioTransportDriver
-from guest.virtio import DriverPolicy, ProbeRefused, VirtioGuestDevice
+from guest.transport.pci_common import NoDevice, PciTransportBase
+from guest.transport.pci_legacy import PciLegacyTransport
+from guest.transport.pci_modern import PciModernTransport
+from guest.virtio import DeviceNeedsReset, DriverPolicy, ProbeRefused, VirtioGuestDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
-from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO
+from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI, F
 from virtio_sim.wire import IrqKind
 
-DRIVERS: dict[str, type[GuestDriver]] = {"rng": RngDriver, "blk": BlkDriver}
+DRIVERS: dict[str, type[GuestDriver]] = {
+    "rng": RngDriver,
+    "blk": BlkDriver,
+    "iommu": IommuDriver,
+    "net": NetDriver,
+    "console": ConsoleDriver,
+}
 
+RAM_ALLOC_START = 1 << 20  # the first MiB is the "firmware's"; drivers allocate above it
 IRQ_STORM_LIMIT = 64  # handler passes per raised line before the device counts as broken
+FIRST_DEVICE_VECTOR = 0x30  # guest interrupt vectors handed to MSI-X entries start here
+MIN_MSIX_ENTRIES = 2  # one for config changes, one (shared) for the queues
 _MMIO_PARAM = re.compile(r"virtio_mmio\.device=(\w+)@(0x[0-9a-fA-F]+|\d+):(\d+)")
 _SIZE_SUFFIX = {"K": 1 << 10, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 class BootError(Exception):
     pass
+
+
+_VIOT_PARAM = re.compile(r"virtio_sim\.viot=(0x[0-9a-fA-F]+):([0-9a-fA-Fx@,pci:]*)")
+
+
+@dataclass
+class Viot:
+    """Which transports sit behind which virtio-iommu (what ACPI's VIOT table says)."""
+
+    iommu_base: int
+    endpoints: dict[int, int]  # mmio transport base -> endpoint id
+    pci_endpoints: dict[int, int] = field(default_factory=dict)  # requester id -> endpoint id
+
+
+def parse_viot(cmdline: str) -> Viot | None:
+    m = _VIOT_PARAM.search(cmdline)
+    if m is None:
+        return None
+    endpoints: dict[int, int] = {}
+    pci: dict[int, int] = {}
+    for item in filter(None, m.group(2).split(",")):
+        where, _, ep = item.partition("@")
+        if where.startswith("pci:"):
+            pci[int(where[4:], 0)] = int(ep, 0)
+        else:
+            endpoints[int(where, 0)] = int(ep, 0)
+    return Viot(int(m.group(1), 0), endpoints, pci)
+
+
+def endpoint_domain(endpoint: int) -> int:
+    """One DMA domain per endpoint, as Linux's default domains are."""
+    return endpoint + 1
 
 
 @dataclass
@@ -67,6 +134,9 @@ class ProbeRecord:
     reason: str = ""
     device: VirtioGuestDevice | None = None
     driver: GuestDriver | None = None
+    #: the probe failed because a device (this one, or the IOMMU in front of it) broke,
+    #: not because either side refused the other
+    device_broke: bool = False
 
 
 @dataclass
@@ -74,45 +144,117 @@ class GuestPolicy:
     driver: DriverPolicy = field(default_factory=DriverPolicy)
     mmio_versions: tuple[int, ...] = (MMIO.version_legacy, MMIO.version_modern)
     guest_order: ByteOrder = "little"
+    # virtio_pci: which interfaces this driver generation has (a pre-1.0 kernel: legacy
+    # only; CONFIG_VIRTIO_PCI_LEGACY=n: modern only), Linux's force_legacy parameter,
+    # whether MSI-X is used (pci=nomsi turns it off), and how config space is reached
+    # ("auto": ECAM when the platform describes it, else 0xCF8/0xCFC; or "ecam"/"conf1").
+    pci_modern: bool = True
+    pci_legacy: bool = True
+    pci_force_legacy: bool = False
+    pci_msix: bool = True
+    pci_config_access: str = "auto"
+    #: Linux's vring_use_dma_api(): "never", "feature" (ACCESS_PLATFORM negotiated), "always"
+    dma_api: str = "feature"
+
+    def uses_dma_api(self, features: int) -> bool:
+        return self.dma_api == "always" or (
+            self.dma_api == "feature" and bool(features >> F.ACCESS_PLATFORM & 1)
+        )
+
+
+SWIOTLB_SIZE = 4 << 20  # the shared bounce window of a restricted-memory guest
 
 
 class GuestKernel:
-    def __init__(
-        self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy
-    ) -> None:
+    def __init__(self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy) -> None:
         self.link = link
         self.memory = memory
         self.policy = policy
-        self.allocator = PageAllocator(1 << 20, ram_size)
-        self.dma = DirectDma(memory, self.allocator)
+        restricted = policy.driver.restricted_memory
+        low, high = RAM_ALLOC_START, ram_size - (SWIOTLB_SIZE if restricted else 0)
+        self.dma = DirectDma(memory, PageAllocator(low, high))
+        self.shared_dma = self.dma
+        if restricted:
+            mark_private = getattr(memory, "mark_private", None)
+            if mark_private is None:
+                raise BootError("this guest memory cannot emulate private (encrypted) pages")
+            mark_private(low, high - low)
+            # swiotlb: DMA through the DMA API is bounced via this shared window.
+            self.shared_dma = DirectDma(memory, PageAllocator(high, ram_size))
         self.probes: list[ProbeRecord] = []
+        self.viot: Viot | None = None
+        self.iommu: IommuDriver | None = None
+        self.iommu_dmas: list[IommuDma] = []
         self._irq_routes: dict[int, list[VirtioGuestDevice]] = {}
-        self._irq_send, self._irq_recv = trio.open_memory_channel[int](256)
+        self._msi_routes: dict[int, tuple[VirtioGuestDevice, int]] = {}
+        self._next_vector = FIRST_DEVICE_VECTOR
+        self.pci_bus: GuestPciBus | None = None
+        self.stray_msis: list[int] = []
+        self._irq_send, self._irq_recv = trio.open_memory_channel[tuple[IrqKind, int]](256)
         link.irq_handler = self._on_irq
 
     def _on_irq(self, kind: IrqKind, line: int, value: int) -> None:
+        event: tuple[IrqKind, int]
         if kind is IrqKind.LINE_LEVEL and value:
-            try:
-                self._irq_send.send_nowait(line)
-            except trio.WouldBlock:
-                pass  # a flood: the pending entries for this line will handle it
+            event = (kind, line)
+        elif kind is IrqKind.MSI:
+            event = (kind, value)  # the message data is the guest's vector
+        else:
+            return
+        try:
+            self._irq_send.send_nowait(event)
+        except trio.WouldBlock:
+            pass  # a flood: the pending entries for this line will handle it
 
     async def irq_loop(self) -> None:
-        """Handle raised lines; a level line is served until no device has a cause left."""
-        async for line in self._irq_recv:
-            for dev in self._irq_routes.get(line, []):
-                for _ in range(IRQ_STORM_LIMIT):
-                    if not await dev.handle_interrupt():
-                        break
-                else:
-                    dev.mark_broken(f"interrupt storm on line {line}: status never clears")
+        """Handle raised lines (a level line is served until no device has a cause left)
+        and MSI vectors (each goes straight to the queues or config handler it serves)."""
+        try:
+            async for kind, number in self._irq_recv:
+                if kind is IrqKind.MSI:
+                    await self._handle_msi(number)
+                    continue
+                for dev in self._irq_routes.get(number, []):
+                    for _ in range(IRQ_STORM_LIMIT):
+                        if not await dev.handle_interrupt():
+                            break
+                    else:
+                        dev.mark_broken(f"interrupt storm on line {number}: status never clears")
+        except HostLinkError as e:
+            # The host is gone: every waiter must wake up and see it, nothing may hang.
+            for dev in self._all_devices():
+                dev.mark_broken(f"host link lost: {e}")
+
+    def _all_devices(self) -> list[VirtioGuestDevice]:
+        return [p.device for p in self.probes if p.device is not None]
+
+    async def _handle_msi(self, vector: int) -> None:
+        route = self._msi_routes.get(vector)
+        if route is None:
+            self.stray_msis.append(vector)
+            return
+        dev, entry = route
+        t = dev.transport
+        queues = t.queues_for_entry(entry) if isinstance(t, PciTransportBase) else None
+        if queues is None:
+            await dev.handle_config_vector()
+        else:
+            await dev.handle_queue_vector(queues)
 
     async def probe_mmio(self, cmdline: str) -> list[ProbeRecord]:
         resources = parse_cmdline(cmdline)
         if not resources:
             raise BootError("no virtio_mmio.device= parameters on the command line")
+        self.viot = parse_viot(cmdline)
+        if self.viot is not None:
+            # The IOMMU is probed first: the devices behind it are attached at their probe.
+            resources.sort(key=lambda r: r.base != self.viot.iommu_base)  # type: ignore[union-attr]
         for res in resources:
-            self.probes.append(await self._probe_one(res))
+            record = await self._probe_one(res)
+            self.probes.append(record)
+            if record.bound and isinstance(record.driver, IommuDriver):
+                self.iommu = record.driver
+                await record.driver.start_events()
         return self.probes
 
     async def _probe_one(self, res: MmioResource) -> ProbeRecord:
@@ -129,15 +271,178 @@ class GuestKernel:
         driver_cls = DRIVERS.get(key or "")
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {device_id}")
-        dev = VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver)
+        endpoint = self.viot.endpoints.get(res.base) if self.viot else None
+        dev = self._new_device(t, endpoint)
         self._irq_routes.setdefault(res.irq, []).append(dev)
+        return await self._bind(where, key, t, dev, driver_cls, endpoint)
+
+    def _new_device(self, t: ConfigOps, endpoint: int | None) -> VirtioGuestDevice:
+        def dma_for(features: int) -> DmaApi:
+            return self._dma_for(features, endpoint)
+
+        return VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver, dma_for)
+
+    def _dma_for(self, features: int, endpoint: int | None) -> DmaApi:
+        """Linux's rule: the DMA API when ACCESS_PLATFORM was negotiated (or always, Xen).
+
+        Through the DMA API a device behind the IOMMU gets IOVAs; a restricted guest's
+        buffers come from the shared swiotlb window; otherwise raw guest-physical memory.
+        """
+        if not self.policy.uses_dma_api(features):
+            return self.dma
+        if endpoint is not None and self.iommu is not None:
+            dma = IommuDma(
+                self.memory, self.shared_dma.allocator, self.iommu, endpoint_domain(endpoint), endpoint
+            )
+            self.iommu_dmas.append(dma)
+            return dma
+        return self.shared_dma
+
+    def check_canaries(self) -> list[str]:
+        """Every device write outside a DMA buffer seen so far (canary hits)."""
+        found = self.dma.check()
+        if self.shared_dma is not self.dma:
+            found = found + self.shared_dma.check()
+        return found
+
+    async def probe_platform(self, cmdline: str) -> list[ProbeRecord]:
+        """Probe what the platform describes: virtio-mmio parameters, then PCI."""
+        fw = parse_pci_param(cmdline)
+        if parse_cmdline(cmdline):
+            await self.probe_mmio(cmdline)
+        elif fw is None:
+            raise BootError("no virtio_mmio.device= parameters and no PCI host on the command line")
+        if fw is not None:
+            await self.probe_pci(fw)
+        return self.probes
+
+    # -- PCI ------------------------------------------------------------------------------
+
+    def _config_access(self, fw: PciFirmware) -> ConfigAccess:
+        how = self.policy.pci_config_access
+        if how == "conf1" or (how == "auto" and fw.ecam_base is None):
+            return Conf1Access(self.link)
+        if fw.ecam_base is None:
+            raise BootError("ECAM config access asked for, but the platform has no MCFG")
+        return EcamAccess(self.link, fw.ecam_base, fw.ecam_buses)
+
+    async def probe_pci(self, fw: PciFirmware) -> list[ProbeRecord]:
+        """Enumerate, then hand every function with the virtio vendor id to virtio_pci."""
+        bus = GuestPciBus(self._config_access(fw), fw)
+        self.pci_bus = bus
+        for pdev in await bus.scan():
+            if pdev.vendor_id == PCI.vendor_id:
+                self.probes.append(await self._probe_pci_one(bus, pdev))
+        return self.probes
+
+    def _pci_transports(self) -> list[type[PciModernTransport] | type[PciLegacyTransport]]:
+        pol = self.policy
+        order: list[type[PciModernTransport] | type[PciLegacyTransport]] = []
+        if pol.pci_modern:
+            order.append(PciModernTransport)
+        if pol.pci_legacy:
+            order.insert(0 if pol.pci_force_legacy else len(order), PciLegacyTransport)
+        return order
+
+    async def _probe_pci_one(self, bus: GuestPciBus, pdev: GuestPciDevice) -> ProbeRecord:
+        """Linux's virtio_pci_probe: enable, modern probe then legacy (or the other way
+        round with force_legacy), bus mastering, interrupts, then the virtio core."""
+        where = f"pci {pdev.name} [{pdev.vendor_id:04x}:{pdev.device_id:04x} rev {pdev.revision}]"
+        try:
+            await bus.enable(pdev)
+        except PciError as e:
+            return ProbeRecord(where, None, False, str(e))
+        reasons: list[str] = []
+        t: PciModernTransport | PciLegacyTransport | None = None
+        for cls in self._pci_transports():
+            cand = cls(self.link, bus, pdev, self.policy.guest_order)
+            try:
+                await cand.probe()
+            except NoDevice as e:
+                reasons.append(f"{cls.__name__}: {e}")
+                continue
+            except TransportError as e:
+                return ProbeRecord(where, None, False, f"{cls.__name__}: {e}")
+            t = cand
+            break
+        if t is None:
+            why = "; ".join(reasons) or "this driver has no PCI transport"
+            return ProbeRecord(where, None, False, f"no driver matched ({why})")
+        await bus.set_master(pdev)
+        dtype = DEVICE_TYPES_BY_ID.get(t.device_id)
+        key = dtype.key if dtype else None
+        driver_cls = DRIVERS.get(key or "")
+        if driver_cls is None:
+            return ProbeRecord(where, key, False, f"no driver for device id {t.device_id}")
+        bus_no, slot, fn = pdev.bdf
+        requester_id = bus_no << 8 | slot << 3 | fn
+        endpoint = self.viot.pci_endpoints.get(requester_id) if self.viot else None
+        dev = self._new_device(t, endpoint)
+        if pdev.irq_pin:
+            self._irq_routes.setdefault(pdev.irq_line, []).append(dev)
+        await self._setup_msix(bus, pdev, t, dev)
+        return await self._bind(where, key, t, dev, driver_cls, endpoint)
+
+    async def _setup_msix(
+        self,
+        bus: GuestPciBus,
+        pdev: GuestPciDevice,
+        t: PciTransportBase,
+        dev: VirtioGuestDevice,
+    ) -> None:
+        cap = msix_cap(pdev)
+        if not self.policy.pci_msix or cap is None:
+            return
+        msix = GuestMsix(bus, self.link, pdev, cap)
+        try:
+            entries = await msix.probe()
+        except PciError as e:
+            t.irq_notes.append(f"MSI-X unusable: {e}")
+            return
+        if entries < MIN_MSIX_ENTRIES:
+            return
+        data = list(range(self._next_vector, self._next_vector + entries))
+        self._next_vector += entries
+        for entry, vector in enumerate(data):
+            self._msi_routes[vector] = (dev, entry)
+        await t.use_msix(msix, data)
+
+    async def _bind(
+        self,
+        where: str,
+        key: str | None,
+        t: ConfigOps,
+        dev: VirtioGuestDevice,
+        driver_cls: type[GuestDriver],
+        endpoint: int | None = None,
+    ) -> ProbeRecord:
+        """Linux's virtio_dev_probe for one device, with every way it can end."""
+        if self.policy.driver.drivers is not None and key not in self.policy.driver.drivers:
+            return ProbeRecord(where, key, False, f"this kernel has no driver for {key} devices")
         driver = driver_cls(dev)
         try:
-            await dev.negotiate(driver.device_feature_mask | self.policy.driver.known_features)
+            if endpoint is not None and self.iommu is not None:
+                # Linux's IOMMU core attaches every endpoint to a default domain at add time.
+                await self.iommu.attach(endpoint_domain(endpoint), endpoint)
+            device_mask = self.policy.driver.device_features.get(key or "", driver.device_feature_mask)
+            wanted = (driver.device_feature_mask & device_mask) | self.policy.driver.known_features
+            await dev.negotiate(wanted)
             await driver.probe()
             await dev.driver_ok()
         except ProbeRefused as e:
             return ProbeRecord(where, key, False, str(e), dev, driver)
+        except TransportError as e:
+            await dev.fail(str(e))
+            return ProbeRecord(where, key, False, f"transport: {e}", dev, driver)
+        except IommuRequestError as e:
+            return ProbeRecord(where, key, False, f"IOMMU: {e}", dev, driver)
+        except DeviceNeedsReset as e:
+            record = ProbeRecord(where, key, False, f"a device broke during probe: {e}", dev, driver)
+            record.device_broke = True
+            return record
+        except DriverProbeError as e:
+            await dev.fail(str(e))
+            return ProbeRecord(where, key, False, f"driver refused the device: {e}", dev, driver)
         return ProbeRecord(where, key, True, "", dev, driver)
 
     def bound(self, device_key: str) -> list[ProbeRecord]:

@@ -18,13 +18,13 @@ either format.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from guest.dma import DirectDma
+from guest.dma import DmaApi
 from guest.transport.base import ConfigOps
 from virtio_sim import layouts
 from virtio_sim.ring.api import DriverRing
@@ -67,6 +67,14 @@ class DriverPolicy:
     )
     requires_version_1: bool = False
     features_ok: bool = True  # legacy-only drivers predate FEATURES_OK
+    #: device-type bits per device key; a key not listed keeps the driver's own mask
+    device_features: dict[str, int] = field(default_factory=dict)
+    #: a restricted-memory guest (SEV/TDX/s390 PV) ...
+    restricted_memory: bool = False
+    #: ... and whether it refuses devices without VERSION_1 + ACCESS_PLATFORM (Linux 5.10+)
+    refuse_unrestricted: bool = False
+    #: device types this kernel has drivers for (None: every driver the guest stack has)
+    drivers: frozenset[str] | None = None
     max_queue_size: int | None = None  # cap on the sizes drivers ask for (None: theirs)
 
 
@@ -74,6 +82,7 @@ class DriverPolicy:
 class RequestState:
     done: trio.Event = field(default_factory=trio.Event)
     length: int = 0
+    on_done: Callable[[int], None] | None = None
     out: Sequence[tuple[int, int]] = ()
     in_: Sequence[tuple[int, int]] = ()
 
@@ -97,9 +106,7 @@ class _RingMemory:
 class GuestVirtqueue:
     """A driver-side virtqueue with blocking submit, completed by interrupts."""
 
-    def __init__(
-        self, dev: VirtioGuestDevice, index: int, ring: DriverRing, area: DmaBuffer
-    ) -> None:
+    def __init__(self, dev: VirtioGuestDevice, index: int, ring: DriverRing, area: DmaBuffer) -> None:
         self.dev = dev
         self.index = index
         self.ring = ring
@@ -113,13 +120,35 @@ class GuestVirtqueue:
 
     async def submit(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]]) -> int:
         """Add one chain, kick if the device wants it, wait for completion; returns used.len."""
-        return await self.wait(await self.start(out, in_))
+        (length,) = await self.submit_many([(out, in_)])
+        return length
+
+    async def submit_many(
+        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]]]
+    ) -> list[int]:
+        """Add several chains, kick once, wait for all; returns their used.len values."""
+        reqs = [await self.start(out, in_, kick=False) for out, in_ in chains]
+        await self.kick()
+        return [await self.wait(r) for r in reqs]
+
+    async def post(
+        self, in_: Sequence[tuple[int, int]], on_done: Callable[[int], None], *, kick: bool = True
+    ) -> None:
+        """Lend writable buffers the device fills whenever it likes (event and receive
+        queues); ``kick=False`` lets a driver fill many and :meth:`kick` once."""
+        await self.start([], in_, kick=kick, on_done=on_done)
 
     async def start(
-        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], *, kick: bool = True
+        self,
+        out: Sequence[tuple[int, int]],
+        in_: Sequence[tuple[int, int]],
+        *,
+        kick: bool = True,
+        on_done: Callable[[int], None] | None = None,
     ) -> RequestState:
         """Make one chain available (and kick, unless told not to); do not wait for it."""
-        req = RequestState(out=list(out), in_=list(in_))
+        await self.dev.dma.flush()  # pending IOMMU maps must land before the device looks
+        req = RequestState(on_done=on_done, out=list(out), in_=list(in_))
         while True:
             self.dev.raise_if_broken()
             if self._resetting is not None:
@@ -131,6 +160,7 @@ class GuestVirtqueue:
             except DeviceBrokenError as e:
                 raise DeviceNeedsReset(str(e)) from None
             except QueueFullError:
+                await self.kick()
                 await self.dev.wait_progress()  # completions free descriptors
         if kick:
             await self.kick()
@@ -171,6 +201,7 @@ class GuestVirtqueue:
             dev.dma.free(self.area)
             mem = dev.new_ring(size or self.ring.size)
             self.ring, self.area = mem.ring, mem.area
+            await dev.dma.flush()
             await dev.transport.setup_queue(self.index, mem.ring.size, mem.addrs)
             for req in pending:
                 self.ring.add(req.out, req.in_, req)
@@ -199,6 +230,8 @@ class GuestVirtqueue:
             token, length = got
             token.length = length
             token.done.set()
+            if token.on_done is not None:
+                token.on_done(length)
             n += 1
 
 
@@ -206,12 +239,19 @@ class VirtioGuestDevice:
     """One virtio device as the guest drives it, from probe to removal."""
 
     def __init__(
-        self, transport: ConfigOps, memory: Any, dma: DirectDma, policy: DriverPolicy
+        self,
+        transport: ConfigOps,
+        memory: Any,
+        dma: DmaApi,
+        policy: DriverPolicy,
+        dma_for: Callable[[int], DmaApi] | None = None,
     ) -> None:
         self.transport = transport
         self.memory = memory
         self.dma = dma
         self.policy = policy
+        #: picks the DMA API for the negotiated features (Linux's vring_use_dma_api())
+        self.dma_for = dma_for
         self.trace: list[str] = []
         self.device_features = 0
         self.features = 0
@@ -277,14 +317,22 @@ class VirtioGuestDevice:
         self.features = self.device_features & driver_features
         if not t.legacy and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
-            raise ProbeRefused(
-                "features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport"
-            )
+            raise ProbeRefused("features", "device does not offer VIRTIO_F_VERSION_1 on a modern transport")
         if self.policy.requires_version_1 and not self.has(F.VERSION_1):
             await self.fail("no VERSION_1")
             raise ProbeRefused("features", "this driver requires VIRTIO_F_VERSION_1")
         await t.set_features(self.features)
-        if self.policy.features_ok and not t.legacy:
+        if self.dma_for is not None:
+            self.dma = self.dma_for(self.features)
+            await self.dma.flush()
+        if self.policy.restricted_memory and self.policy.refuse_unrestricted:
+            # virtio_features_ok(): the only place Linux ties ACCESS_PLATFORM to VERSION_1.
+            for needed in (F.VERSION_1, F.ACCESS_PLATFORM):
+                if not self.has(needed):
+                    name = FEATURES.names(bit(needed), "transport")[0]
+                    await self.fail(f"device must provide {name}")
+                    raise ProbeRefused("features", f"device must provide {name}")
+        if self.policy.features_ok and not self.legacy:
             await self.add_status(STATUS.FEATURES_OK)
             status = await t.get_status()
             self.trace.append(f"read {status_names(status)}")
@@ -306,6 +354,7 @@ class VirtioGuestDevice:
         if t.legacy_ring_align() is not None:
             size = max_size  # the legacy interface cannot change the size
         mem = self.new_ring(size)
+        await self.dma.flush()  # the ring must be mapped before the device is told about it
         await t.setup_queue(index, size, mem.addrs)
         vq = GuestVirtqueue(self, index, mem.ring, mem.area)
         while len(self.queues) <= index:
@@ -340,7 +389,7 @@ class VirtioGuestDevice:
             size,
             gpa,
             event_idx=self.has(F.EVENT_IDX),
-            indirect_pool=self.dma if self.has(F.INDIRECT_DESC) else None,
+            indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
             order=order,
             in_order=self.has(F.IN_ORDER),
         )
@@ -356,7 +405,7 @@ class VirtioGuestDevice:
             size,
             SplitRingAddresses(area.gpa, area.gpa + drv_off, area.gpa + dev_off),
             event_idx=self.has(F.EVENT_IDX),
-            indirect_pool=self.dma if self.has(F.INDIRECT_DESC) else None,
+            indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
             in_order=self.has(F.IN_ORDER),
         )
         a = area.dev_addr
@@ -375,6 +424,20 @@ class VirtioGuestDevice:
             vq.reap()
         self._progress()
         return isr
+
+    async def handle_queue_vector(self, queues: list[int] | None) -> None:
+        """MSI-X: a queue vector fired; complete the queues it serves (None: all)."""
+        for vq in self.queues:
+            if queues is None or vq.index in queues:
+                vq.reap()
+        self._progress()
+
+    async def handle_config_vector(self) -> None:
+        """MSI-X: the configuration-change vector fired (NEEDS_RESET arrives this way)."""
+        status = await self.transport.get_status()
+        if status & STATUS.DEVICE_NEEDS_RESET:
+            self.mark_broken(f"device set DEVICE_NEEDS_RESET ({status_names(status)})")
+        self._progress()
 
     def _progress(self) -> None:
         self._progress_event.set()

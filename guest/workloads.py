@@ -7,6 +7,7 @@ ring is DEVICE_ERROR; the caller maps exceptions to outcomes.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,13 +15,12 @@ from typing import Any
 from guest.drivers.base import GuestDriver
 from guest.drivers.blk import BlkDriver, BlkIoError
 from guest.drivers.rng import RngDriver
+from guest.evidence import CorruptionDetected
+from guest.workloads_console import console_echo_workload, console_write_workload
+from guest.workloads_net import net_loopback_workload, net_pair_workload
 from virtio_sim.spec import BLK
 
 CANARY = 0xA5
-
-
-class CorruptionDetected(Exception):
-    """The workload saw data that is not what it must be."""
 
 
 RNG_REQUEST_SIZES = (1, 16, 64, 512, 4096)
@@ -31,6 +31,7 @@ async def rng_workload(driver: GuestDriver, seed: int | None = None) -> dict[str
     assert isinstance(driver, RngDriver)
     expected = random.Random(seed) if seed is not None else None
     total = 0
+    digest = hashlib.sha256()
     for n in RNG_REQUEST_SIZES:
         got = await driver.read(n, CANARY)
         if not 1 <= len(got) <= n:
@@ -41,7 +42,40 @@ async def rng_workload(driver: GuestDriver, seed: int | None = None) -> dict[str
         if expected is not None and got != expected.randbytes(len(got)):
             raise CorruptionDetected("rng bytes differ from the device's seeded stream")
         total += len(got)
-    return {"bytes": total, "requests": len(RNG_REQUEST_SIZES), "verified_stream": seed is not None}
+        digest.update(got)
+    return {
+        "bytes": total,
+        "requests": len(RNG_REQUEST_SIZES),
+        "verified_stream": seed is not None,
+        "sha256": digest.hexdigest(),
+    }
+
+
+RNG_SOAK_REQUESTS = 2000
+RNG_SOAK_SIZE = 4096
+
+
+async def rng_soak_workload(driver: GuestDriver, seed: int | None = None) -> dict[str, Any]:
+    """Many full-page entropy requests, each checked against the seeded stream: a steady
+    load for measuring a link and for killing a peer in the middle of a run."""
+    assert isinstance(driver, RngDriver)
+    expected = random.Random(seed) if seed is not None else None
+    digest = hashlib.sha256()
+    total = 0
+    for i in range(RNG_SOAK_REQUESTS):
+        got = await driver.read(RNG_SOAK_SIZE, CANARY)
+        if not 1 <= len(got) <= RNG_SOAK_SIZE:
+            raise CorruptionDetected(f"rng request {i} returned {len(got)} bytes")
+        if expected is not None and got != expected.randbytes(len(got)):
+            raise CorruptionDetected(f"rng request {i} differs from the device's seeded stream")
+        total += len(got)
+        digest.update(got)
+    return {
+        "bytes": total,
+        "requests": RNG_SOAK_REQUESTS,
+        "verified_stream": seed is not None,
+        "sha256": digest.hexdigest(),
+    }
 
 
 def blk_pattern_seed(seed: int | None) -> int:
@@ -74,13 +108,9 @@ async def blk_rw_workload(driver: GuestDriver, seed: int | None = None) -> dict[
                 for i in range(count)
                 if got[i * sector : (i + 1) * sector] != want[i * sector : (i + 1) * sector]
             )
-            raise CorruptionDetected(
-                f"sector {start + bad} read back differs from what was written"
-            )
+            raise CorruptionDetected(f"sector {start + bad} read back differs from what was written")
         if driver.last_used_len != count * sector + 1:
-            raise CorruptionDetected(
-                f"read of {count} sectors reported used.len {driver.last_used_len}"
-            )
+            raise CorruptionDetected(f"read of {count} sectors reported used.len {driver.last_used_len}")
     await driver.flush()
     ident = await driver.get_id()
     try:
@@ -102,5 +132,12 @@ WorkloadFn = Callable[[GuestDriver, int | None], Awaitable[dict[str, Any]]]
 
 WORKLOADS: dict[str, tuple[str, WorkloadFn]] = {
     "rng": ("rng", rng_workload),
+    "rng-soak": ("rng", rng_soak_workload),
     "blk-rw": ("blk", blk_rw_workload),
+    "net-loopback": ("net", net_loopback_workload),
+    "net-pair": ("net", net_pair_workload),
+    "console-echo": ("console", console_echo_workload),
+    "console-write": ("console", console_write_workload),
 }
+
+__all__ = ["WORKLOADS", "CorruptionDetected", "WorkloadFn"]

@@ -8,18 +8,50 @@ before the guest runs (the run's outcome is then HOST_REFUSED).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from host.devices.base import PropertyError
+from host.devices.base import PropertyError, parse_bool
+from host.devices.iommu import IommuDevice
+from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
-from host.qdev import BuiltDevice, DeviceSpec, build_device, parse_device_option
+from host.pci import BusMasterGate, PciFunction
+from host.qdev import (
+    BuiltDevice,
+    DeviceSpec,
+    build_device,
+    model_name,
+    parse_device_option,
+    pci_name,
+)
+from host.transport.virtio_pci import VirtioPciProxy
 from host.virtio_device import VirtioDevice
-from virtio_sim.dma import IdentityAddressSpace
+from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
+from virtio_sim.netproto import nth_mac
+from virtio_sim.spec import NET, F
 
-HOST_TRANSPORTS = ("mmio-v2", "mmio-v1")
+PCI_TRANSPORTS = ("pci-modern", "pci-transitional", "pci-legacy")
+HOST_TRANSPORTS = ("mmio-v2", "mmio-v1", "mmio", *PCI_TRANSPORTS)
+IOMMU_KINDS = ("none", "virtio-iommu")
 DEFAULT_DISK_SIZE = 1 << 20
+
+# What each PCI transport choice sets on a virtio-*-pci device unless the user did.
+# pci-legacy is the transitional device; the guest is told to drive its legacy interface.
+PCI_TRANSPORT_PROPS: dict[str, dict[str, str]] = {
+    "pci-modern": {"disable-legacy": "on", "disable-modern": "off"},
+    "pci-transitional": {"disable-legacy": "off", "disable-modern": "off"},
+    "pci-legacy": {"disable-legacy": "off", "disable-modern": "off"},
+}
+# QEMU -global properties this host knows, with QEMU's defaults.
+GLOBAL_DEFAULTS = {
+    "virtio-mmio.force-legacy": "on",
+    # A machine-wide default for every virtio device (QEMU's abstract virtio-device type);
+    # a device's own iommu_platform= overrides it.
+    "virtio-device.iommu_platform": "off",
+}
 
 
 @dataclass
@@ -30,6 +62,12 @@ class HostConfig:
     seed: int | None = None
     guest_order: ByteOrder = "little"
     scratch_dir: str | None = None  # where default disk images are created
+    globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
+    iommu: str = "none"  # QEMU's machine property: none | virtio-iommu
+    # How devices reach guest RAM, asked each time a device sets up a ring: identity over
+    # the shared map by default; the process host supplies DMA over the wire for TCP.
+    # An IOMMU translates on top of it.
+    address_space: Callable[[GuestMemory], AddressSpace] | None = None
 
 
 @dataclass
@@ -38,6 +76,43 @@ class HostSetup:
     machine: Machine
     devices: list[VirtioDevice] = field(default_factory=list)
     built: list[BuiltDevice] = field(default_factory=list)
+    iommu: Iommu | None = None
+    iommu_device: VirtioDevice | None = None
+    #: raw-GPA address spaces of devices behind the IOMMU (evidence for OK_NO_ISOLATION)
+    unisolated: list[UnisolatedAddressSpace] = field(default_factory=list)
+
+    @property
+    def unisolated_accesses(self) -> int:
+        return sum(s.unisolated_accesses for s in self.unisolated)
+
+    def evidence(self) -> dict[str, Any]:
+        """What the host saw, as plain data (RunResult.add_host_evidence folds it in)."""
+        return {
+            "devices": [
+                {
+                    "device_features": vdev.device_features,
+                    "notes": list(vdev.notes),
+                    "violations": [dict(v.__dict__) for v in vdev.violations],
+                    "ring": _ring_evidence(vdev),
+                }
+                for vdev in self.devices
+            ],
+            "machine_notes": list(self.machine.notes),
+            "iommu": self._iommu_evidence(),
+        }
+
+    def _iommu_evidence(self) -> dict[str, Any] | None:
+        if self.iommu is None:
+            return None
+        faults = self.iommu.faults
+        return {
+            "faults": [f"{f.address:#x} ep {f.endpoint} reason {f.reason}" for f in faults[:8]],
+            "fault_count": len(faults),
+            "unisolated_accesses": self.unisolated_accesses,
+            "iotlb_hits": self.iommu.iotlb_hits,
+            "iotlb_misses": self.iommu.iotlb_misses,
+            "first_fault_address": faults[0].address if faults else 0,
+        }
 
     def close(self) -> None:
         for b in self.built:
@@ -47,26 +122,77 @@ class HostSetup:
         self.memory.close()
 
 
+def _ring_evidence(vdev: VirtioDevice) -> dict[str, Any]:
+    """The ring format and features as the device side saw them."""
+    rings = [q.ring for q in vdev.queues if q.ring is not None]
+    return {
+        "device_format": type(rings[0]).__name__ if rings else None,
+        "device_barriers": vdev.barriers,
+        "notify_data_checked": vdev.notify_data_checked,
+        "device_queue_resets": len(vdev.queue_resets),
+    }
+
+
 def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
     """Fill in what a one-line run leaves out: a scratch disk, the entropy seed."""
-    if spec.driver == "virtio-blk-device" and "drive" not in spec.props:
+    base = model_name(spec.driver)
+    if base == "virtio-blk-device" and "drive" not in spec.props:
         if cfg.scratch_dir is None:
             raise PropertyError("drive property not set")
         disk = os.path.join(cfg.scratch_dir, f"disk{index}.img")
         with open(disk, "wb") as f:
             f.truncate(DEFAULT_DISK_SIZE)
         spec.props["drive"] = disk
-    if spec.driver == "virtio-rng-device" and cfg.seed is not None:
+    if base == "virtio-rng-device" and cfg.seed is not None:
         spec.props.setdefault("x-seed", str(cfg.seed))
+    if base == "virtio-net-device":
+        # QEMU counts its default NIC address up per NIC; here per device slot.
+        spec.props.setdefault("mac", nth_mac(NET.qemu_default_mac, index))
+
+
+def _place_on_bus(spec: DeviceSpec, transport: str) -> None:
+    """Fit a device name to the transport's bus (QEMU refuses a device on the wrong bus;
+    here a bus-independent ``virtio-X-device`` name follows the transport chosen)."""
+    is_pci = model_name(spec.driver) != spec.driver
+    if transport in PCI_TRANSPORTS:
+        if not is_pci:
+            name = pci_name(spec.driver)
+            if name is None:
+                raise PropertyError(f"No 'virtio-pci' flavour of device '{spec.driver}'")
+            spec.driver = name
+        for k, v in PCI_TRANSPORT_PROPS[transport].items():
+            spec.props.setdefault(k, v)
+    elif is_pci:
+        raise PropertyError(f"No 'PCI' bus found for device '{spec.driver}'")
+
+
+def mmio_force_legacy(cfg: HostConfig) -> bool:
+    """mmio-v1 / mmio-v2 pick the version; plain mmio follows virtio-mmio.force-legacy."""
+    if cfg.transport == "mmio-v1":
+        return True
+    if cfg.transport == "mmio-v2":
+        return False
+    key = "virtio-mmio.force-legacy"
+    return parse_bool(key, cfg.globals.get(key, GLOBAL_DEFAULTS[key]))
 
 
 def build_host(cfg: HostConfig) -> HostSetup:
     if cfg.transport not in HOST_TRANSPORTS:
         raise PropertyError(f"unknown transport {cfg.transport!r}")
+    for key in cfg.globals:
+        if key not in GLOBAL_DEFAULTS:
+            raise PropertyError(f"global {key} is not a property this host knows")
+    if cfg.iommu not in IOMMU_KINDS:
+        raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
+    force_legacy = mmio_force_legacy(cfg)
     specs = [parse_device_option(d) for d in cfg.devices]
     built: list[BuiltDevice] = []
     try:
+        iommu_default = cfg.globals.get("virtio-device.iommu_platform")
         for i, spec in enumerate(specs):
+            if iommu_default is not None:
+                spec.props.setdefault("iommu_platform", iommu_default)
+            _place_on_bus(spec, cfg.transport)
             _apply_defaults(spec, cfg, i)
             built.append(build_device(spec))
     except PropertyError:
@@ -77,16 +203,114 @@ def build_host(cfg: HostConfig) -> HostSetup:
         raise
     memory = GuestMemory.create(cfg.ram_size)
     machine = Machine(memory)
+    if cfg.transport in PCI_TRANSPORTS:
+        machine.attach_q35_pci()
     setup = HostSetup(memory, machine, built=built)
-    for b in built:
+    make_ram = cfg.address_space or IdentityAddressSpace
+    try:
+        if cfg.iommu == "virtio-iommu":
+            # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
+            setup.iommu = Iommu(set())  # endpoints are added as devices are plugged
+            iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: make_ram(memory))
+            iommu_dev.guest_order = cfg.guest_order
+            machine.add_mmio_device(iommu_dev, legacy=force_legacy)
+            setup.iommu_device = iommu_dev
+        for index, b in enumerate(built, start=1):
+            # mmio endpoints: the devices in command-line order from 1; PCI endpoints: the
+            # requester id (bus << 8 | devfn), known once the function is plugged.
+            endpoint: list[int] = [index]
+            space = _space_for(memory, setup, endpoint, b.dma_mode, make_ram)
+            vdev = _plug(machine, memory, b, force_legacy, space, make_ram, endpoint)
+            vdev.guest_order = cfg.guest_order
+            setup.devices.append(vdev)
+            if setup.iommu is not None:
+                setup.iommu.endpoints.add(endpoint[0])
+                if b.pci is None:
+                    machine.iommu_endpoints[machine.slots[-1].base] = endpoint[0]
+                else:
+                    machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
+    except (PropertyError, ValueError) as e:
+        setup.close()
+        raise PropertyError(str(e)) from None
+    return setup
+
+
+def _space_for(
+    memory: GuestMemory,
+    setup: HostSetup,
+    endpoint_ref: list[int],
+    dma_mode: str,
+    make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
+) -> Callable[[int], AddressSpace]:
+    """How this device's DMA meets the IOMMU, decided when the driver's features are known.
+
+    ``honor`` (QEMU with iommu_platform): translated when ACCESS_PLATFORM was negotiated,
+    raw GPAs otherwise; ``bypass`` (QEMU before 2.9, or a lying device): always raw GPAs;
+    ``translate-always`` (a lying device): always translated.
+    """
+
+    def space(features: int) -> AddressSpace:
+        iommu = setup.iommu
+        endpoint = endpoint_ref[0]
+        if iommu is None:
+            return make_ram(memory)
+        negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
+        if dma_mode == "translate-always" or (dma_mode == "honor" and negotiated):
+            translator = EndpointTranslator(iommu, endpoint)
+            return TranslatedAddressSpace(memory, translator, make_ram(memory))
+        raw = UnisolatedAddressSpace(memory, iommu, endpoint, make_ram(memory))
+        setup.unisolated.append(raw)
+        return raw
+
+    return space
+
+
+def _plug(
+    machine: Machine,
+    memory: GuestMemory,
+    b: BuiltDevice,
+    force_legacy: bool,
+    mmio_space: Callable[[int], AddressSpace],
+    make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
+    endpoint_ref: list[int] | None = None,
+) -> VirtioDevice:
+    if b.pci is None:
         vdev = VirtioDevice(
             b.model,
-            lambda features: IdentityAddressSpace(memory),
+            mmio_space,
             transport_features=b.transport_features,
             policy=b.policy,
             strict_rings=b.strict_rings,
+            validate_access_platform=b.validate_access_platform,
         )
-        vdev.guest_order = cfg.guest_order
-        machine.add_mmio_device(vdev, legacy=cfg.transport == "mmio-v1")
-        setup.devices.append(vdev)
-    return setup
+        machine.add_mmio_device(vdev, legacy=force_legacy)
+        return vdev
+    # A PCI device's DMA goes through its function: no bus mastering, no access.
+    holder: list[PciFunction] = []
+
+    def space_for(features: int) -> AddressSpace:
+        return BusMasterGate(mmio_space(features), lambda: holder[0] if holder else None)
+
+    vdev = VirtioDevice(
+        b.model,
+        space_for,
+        transport_features=b.transport_features,
+        policy=b.policy,
+        strict_rings=b.strict_rings,
+        validate_access_platform=b.validate_access_platform,
+    )
+    opts = b.pci
+    proxy = VirtioPciProxy(
+        vdev,
+        modern=opts.modern,
+        legacy=opts.legacy,
+        vectors=opts.vectors,
+        class_code=opts.class_code,
+        name=b.spec.driver,
+    )
+    holder.append(proxy.fn)
+    machine.add_pci_device(proxy, opts.slot, opts.function)
+    if endpoint_ref is not None:
+        bus, slot, fn = proxy.fn.bdf
+        endpoint_ref[0] = bus << 8 | slot << 3 | fn  # the requester id
+    return vdev

@@ -1,9 +1,13 @@
-"""A machine: guest RAM, an MMIO bus with virtio-mmio transports, and interrupt lines.
+"""A machine: guest RAM, an MMIO bus with virtio-mmio transports, interrupt lines, and
+optionally q35's PCI host bridge with virtio-pci functions.
 
 This is the small machine the core slice needs: QEMU microvm's virtio-mmio layout (slots
 of 0x200 bytes from 0xfeb00000, IRQ 5 + slot, devices placed from the highest slot down as
 QEMU 7.2 does). The guest learns the transports the way Linux's ``virtio_mmio.device=``
 kernel parameter tells it (``size@base:irq``); firmware tables come with the machines issue.
+A machine with PCI (``attach_q35_pci``) also describes its ECAM window and BAR windows on
+the command line (``virtio_sim.pci=ecam@BASE/BUSES,mem@START-END,io@START-END``), standing
+in for ACPI's MCFG table and the host bridge's resources.
 
 Accesses to addresses where no device sits read as 0 and are ignored on write (QEMU's
 unassigned memory), recorded in :attr:`Machine.notes`.
@@ -14,13 +18,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from host.pci import PciHost, PciWindows, q35_host_bridge
 from host.transport.mmio import MMIO_WINDOW, MmioTransport
+from host.transport.virtio_pci import VirtioPciProxy
 from host.virtio_device import VirtioDevice
 from virtio_sim.memory import GuestMemory
+from virtio_sim.spec import MSI
 
 MICROVM_MMIO_BASE = 0xFEB00000
 MICROVM_MMIO_SLOTS = 8
 MICROVM_IRQ_BASE = 5
+
+# QEMU q35 (hw/pci-host/q35.c, hw/i386/pc.c): MMCONFIG at 0xb0000000 for 256 buses, BARs
+# in the 32-bit hole below the IOAPIC, I/O BARs from 0xc000 as SeaBIOS places them, and
+# the PCI interrupt pins swizzled onto the PIRQ lines that the IOAPIC sees as GSI 16-23.
+Q35_ECAM_BASE = 0xB0000000
+Q35_ECAM_BUSES = 256
+Q35_PCI_MEM_WINDOW = (0xC0000000, 0xFEC00000)
+Q35_PCI_IO_WINDOW = (0xC000, 0x10000)
+Q35_PIRQ_GSI_BASE = 16
+Q35_PIRQ_LINES = 8
+PCI_CMDLINE_PARAM = "virtio_sim.pci"
 
 
 @dataclass
@@ -46,6 +64,13 @@ class Machine:
         self.slots: list[MmioSlot] = []
         self.notes: list[str] = []
         self.irq_out: Callable[[int, bool], None] = lambda irq, level: None
+        #: transport base -> virtio-iommu endpoint id, for devices behind the IOMMU
+        self.iommu_endpoints: dict[int, int] = {}
+        #: PCI requester id -> virtio-iommu endpoint id (the same number, as in the VIOT)
+        self.iommu_pci_endpoints: dict[int, int] = {}
+        self.msi_out: Callable[[int, int], None] = lambda address, data: None
+        self.pci: PciHost | None = None
+        self.pci_devices: list[VirtioPciProxy] = []
 
     def add_mmio_device(self, device: VirtioDevice, *, legacy: bool) -> MmioSlot:
         """Place a device in the highest free slot (QEMU microvm's order)."""
@@ -62,12 +87,75 @@ class Machine:
         self.slots.append(slot)
         return slot
 
+    # -- PCI ---------------------------------------------------------------------------
+
+    def attach_q35_pci(self) -> PciHost:
+        """Give the machine q35's PCI host bridge (ECAM and 0xCF8/0xCFC) at 00:00.0."""
+        host = PciHost(
+            PciWindows(Q35_PCI_MEM_WINDOW, Q35_PCI_IO_WINDOW),
+            ecam_base=Q35_ECAM_BASE,
+            ecam_buses=Q35_ECAM_BUSES,
+            conf1=True,
+            irq_base=Q35_PIRQ_GSI_BASE,
+            irq_count=Q35_PIRQ_LINES,
+        )
+        host.irq_out = lambda irq, level: self.irq_out(irq, level)
+        host.msi_out = self._msi
+        host.plug(q35_host_bridge(), slot=0)
+        self.pci = host
+        return host
+
+    def add_pci_device(self, proxy: VirtioPciProxy, slot: int | None = None, function: int = 0) -> None:
+        if self.pci is None:
+            raise ValueError("this machine has no PCI bus")
+        self.pci.plug(proxy.fn, slot, function)
+        self.pci_devices.append(proxy)
+
+    def _msi(self, address: int, data: int) -> None:
+        """An MSI is a write to the interrupt controller's window; anywhere else it is a
+        stray DMA write, which this machine drops and notes."""
+        if MSI.x86_doorbell <= address < MSI.x86_doorbell + MSI.x86_doorbell_size:
+            self.msi_out(address, data)
+        else:
+            self.notes.append(f"MSI write {data:#x} to {address:#x} outside the APIC window")
+
+    def pio_read(self, port: int, size: int) -> int:
+        value = self.pci.pio_read(port, size) if self.pci else None
+        if value is None:
+            self.notes.append(f"read of unassigned port {port:#x}/{size}")
+            return (1 << (8 * size)) - 1  # nothing drives the bus: all ones
+        return value
+
+    def pio_write(self, port: int, size: int, value: int) -> None:
+        if not (self.pci and self.pci.pio_write(port, size, value)):
+            self.notes.append(f"write of unassigned port {port:#x}/{size}")
+
     def kernel_cmdline(self) -> str:
-        """Linux's virtio_mmio.device= parameters describing every populated slot."""
-        return " ".join(
+        """Linux's virtio_mmio.device= parameters describing every populated slot, and
+        what ACPI's MCFG and the host bridge's _CRS would say about PCI.
+
+        With a virtio-iommu, ``virtio_sim.viot=IOMMU:BASE@EP,...`` tells the guest which
+        transports sit behind it and their endpoint ids (what ACPI's VIOT table carries).
+        """
+        params = [
             f"virtio_mmio.device={MMIO_WINDOW:#x}@{s.base:#x}:{s.irq}"
             for s in sorted(self.slots, key=lambda s: s.base)
-        )
+        ]
+        if self.pci is not None:
+            w = self.pci.windows
+            parts = []
+            if self.pci.ecam_base is not None:
+                parts.append(f"ecam@{self.pci.ecam_base:#x}/{self.pci.ecam_buses}")
+            parts.append(f"mem@{w.mem[0]:#x}-{w.mem[1]:#x}")
+            parts.append(f"io@{w.io[0]:#x}-{w.io[1]:#x}")
+            params.append(f"{PCI_CMDLINE_PARAM}={','.join(parts)}")
+        iommu = next((s for s in self.slots if s.transport.device.type.key == "iommu"), None)
+        if iommu is not None:
+            items = [f"{base:#x}@{ep}" for base, ep in sorted(self.iommu_endpoints.items())]
+            items += [f"pci:{rid:#x}@{ep}" for rid, ep in sorted(self.iommu_pci_endpoints.items())]
+            eps = ",".join(items)
+            params.append(f"virtio_sim.viot={iommu.base:#x}:{eps}")
+        return " ".join(params)
 
     def _find(self, addr: int, size: int) -> tuple[MmioSlot, int] | None:
         for s in self.slots:
@@ -76,6 +164,10 @@ class Machine:
         return None
 
     def mmio_read(self, addr: int, size: int) -> int:
+        if self.pci is not None:
+            value = self.pci.mmio_read(addr, size)
+            if value is not None:
+                return value
         hit = self._find(addr, size)
         if hit is None:
             self.notes.append(f"read of unassigned address {addr:#x}/{size}")
@@ -84,6 +176,8 @@ class Machine:
         return slot.transport.read(off, size)
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
+        if self.pci is not None and self.pci.mmio_write(addr, size, value):
+            return
         hit = self._find(addr, size)
         if hit is None:
             self.notes.append(f"write of unassigned address {addr:#x}/{size}")
@@ -93,4 +187,4 @@ class Machine:
 
     @property
     def devices(self) -> list[VirtioDevice]:
-        return [s.transport.device for s in self.slots]
+        return [s.transport.device for s in self.slots] + [p.device for p in self.pci_devices]

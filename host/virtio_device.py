@@ -103,6 +103,8 @@ class TransportFeatures:
     indirect_desc: bool = True
     any_layout: bool = True  # legacy-only bit; transitional devices must offer it
     notify_on_empty: bool = True
+    access_platform: bool = False  # QEMU's iommu_platform property (bit 33)
+    bad_feature: bool = False  # QEMU's virtio-pci offers bit 30 to catch ack-everything drivers
     packed: bool = False  # QEMU "packed" (default off)
     in_order: bool = False  # QEMU "in_order" (default off)
     notification_data: bool = False  # QEMU "notification_data" (default off)
@@ -113,6 +115,8 @@ class TransportFeatures:
 
     def mask(self) -> int:
         m = 0
+        if self.bad_feature:
+            m |= bit(F.BAD_FEATURE)
         for flag, feature in (
             (self.packed, F.RING_PACKED),
             (self.in_order, F.IN_ORDER),
@@ -132,6 +136,8 @@ class TransportFeatures:
             m |= bit(F.ANY_LAYOUT)
         if self.notify_on_empty:
             m |= bit(F.NOTIFY_ON_EMPTY)
+        if self.access_platform:
+            m |= bit(F.ACCESS_PLATFORM)
         return m
 
 
@@ -159,8 +165,10 @@ class VirtioDevice:
         transport_features: TransportFeatures | None = None,
         policy: ErrorPolicy = ErrorPolicy.NEEDS_RESET,
         strict_rings: bool = True,
+        validate_access_platform: bool = True,
     ) -> None:
         self.model = model
+        self.validate_access_platform = validate_access_platform
         self.type = DEVICE_TYPES[model.type_key]
         self.space_for = space_for
         self.transport_features = transport_features or TransportFeatures()
@@ -175,6 +183,11 @@ class VirtioDevice:
         self.queue_resets: list[int] = []  # queues reset one by one (RING_RESET)
         self.config_generation = 0
         self._config_snapshot = b""
+        model.hooks = self
+        #: the guest CPU's byte order: what the legacy interface uses (a machine property,
+        #: so a device reset does not change it)
+        self.guest_order: ByteOrder = "little"
+        model.notify_used = self._notify_used
         self.reset()
 
     # -- identity and features ----------------------------------------------
@@ -206,7 +219,6 @@ class VirtioDevice:
         self.status = 0
         self.driver_features = 0
         self.broken = False
-        self.guest_order: ByteOrder = "little"
         for q in self.queues:
             q.reset()
         self.model.reset()
@@ -231,13 +243,23 @@ class VirtioDevice:
         self.status = new
         if new & STATUS.DRIVER_OK and not old & STATUS.DRIVER_OK:
             self.model.activate(self.driver_features, self.byte_order(self.guest_order))
-            self._config_snapshot = self.model.config_space()
+            self._config_snapshot = self._config_space()
 
     def _features_ok_refusal(self) -> str | None:
         extra = self.driver_features & ~self.device_features
         if extra:
             names = FEATURES.names(extra, self.model.type_key)
             return f"driver acked features the device did not offer: {', '.join(names)}"
+        ap = bit(F.ACCESS_PLATFORM)
+        if (
+            self.validate_access_platform
+            and not self.legacy
+            and self.device_features & ap
+            and not self.driver_features & ap
+        ):
+            # QEMU's virtio_validate_features(): an offered, un-acked IOMMU_PLATFORM would let
+            # the driver bypass the IOMMU, so FEATURES_OK is refused.
+            return "driver did not accept VIRTIO_F_ACCESS_PLATFORM (iommu_platform=on)"
         return self.model.validate_features(self.driver_features)
 
     def write_driver_features(self, window: int, value: int) -> None:
@@ -259,21 +281,39 @@ class VirtioDevice:
 
     # -- config space -------------------------------------------------------
 
-    def read_config(self, offset: int, size: int) -> int | None:
-        space = self.model.config_space()
+    def _config_space(self) -> bytes:
+        """The config space in the byte order the driver currently expects."""
+        return self.config_bytes(self.byte_order(self.guest_order))
+
+    def config_bytes(self, order: ByteOrder) -> bytes:
+        """The device config space encoded in ``order`` (whatever the model last activated)."""
+        saved = self.model.order
+        self.model.order = order
+        try:
+            return self.model.config_space()
+        finally:
+            self.model.order = saved
+
+    def read_config(self, offset: int, size: int, order: ByteOrder | None = None) -> int | None:
+        """A config field's value; ``order`` is the interface's (modern PCI: always little),
+        by default the negotiated one. None when the access leaves the config space."""
+        order = order or self.byte_order(self.guest_order)
+        space = self.config_bytes(order)
         if offset < 0 or offset + size > len(space):
             return None
-        order = self.byte_order(self.guest_order)
         return int.from_bytes(space[offset : offset + size], order)
 
-    def write_config(self, offset: int, size: int, value: int) -> None:
-        order = self.byte_order(self.guest_order)
+    def config_size(self) -> int:
+        return len(self.model.config_space())
+
+    def write_config(self, offset: int, size: int, value: int, order: ByteOrder | None = None) -> None:
+        order = order or self.byte_order(self.guest_order)
         self.model.config_write(offset, value.to_bytes(size, order))
         self.config_changed()
 
     def config_changed(self) -> None:
         """Bump the generation if the config really changed, and tell the driver."""
-        now = self.model.config_space()
+        now = self._config_space()
         if now != self._config_snapshot:
             self._config_snapshot = now
             self.config_generation = (self.config_generation + 1) & 0xFF
@@ -283,7 +323,9 @@ class VirtioDevice:
     # -- queues -----------------------------------------------------------------
 
     def queue(self, index: int) -> QueueState | None:
-        return self.queues[index] if 0 <= index < len(self.queues) else None
+        if not 0 <= index < min(len(self.queues), self.model.queue_count(self.driver_features)):
+            return None
+        return self.queues[index]
 
     @property
     def packed(self) -> bool:
@@ -397,17 +439,38 @@ class VirtioDevice:
         bound = _BoundQueue(index, ring)
         while True:
             try:
-                self.model.process(bound)
-                self._maybe_interrupt(q)
+                used_before = ring.published
+                done = self.model.process(bound)
+                ring.flush()  # IN_ORDER batching: the held run becomes one used entry now
+                if ring.published != used_before:
+                    self._maybe_interrupt(q)
                 # Re-arm notifications, then look again: a buffer added between the last
                 # pop and the re-arm would otherwise wait for a kick that never comes.
+                # A model that made no progress (a receive queue with nothing to
+                # deliver) leaves its buffers for later.
                 ring.set_notification(True)
-                if not ring.has_available():
+                if not done or not ring.has_available():
                     return
             except (RingError, DmaError) as e:
                 self._maybe_interrupt(q)
                 if not self._fail(q, e):
                     return
+
+    def kick_from_device(self, index: int) -> None:
+        """The model has work for queue ``index`` (a backend delivered data): serve it as
+        a notification would, but only on a live queue of a device past DRIVER_OK."""
+        q = self.queue(index)
+        if q is None or not q.ready or self.broken or not self.status & STATUS.DRIVER_OK:
+            return
+        self.notify(index)
+
+    def _notify_used(self, index: int) -> None:
+        q = self.queue(index)
+        if q is not None and not self.broken:
+            try:
+                self._maybe_interrupt(q)
+            except RingError as e:
+                self._fail(q, e)
 
     def _maybe_interrupt(self, q: QueueState) -> None:
         if q.ring is None:

@@ -70,9 +70,7 @@ def test_nonzero_base() -> None:
         assert m.backing.map[0] == ord("x")
         with pytest.raises(MemoryAccessError) as e:
             m.read(0x7FFF_FFFF, 2)
-        assert str(e.value) == expect_error(
-            0x7FFF_FFFF, 2, "address 0x7fffffff is not in guest RAM"
-        )
+        assert str(e.value) == expect_error(0x7FFF_FFFF, 2, "address 0x7fffffff is not in guest RAM")
         with pytest.raises(MemoryAccessError):
             m.read(0, 1)
     finally:
@@ -114,9 +112,7 @@ def test_read_out_of_range(mem: GuestMemory, addr: int, length: int, reason: str
         (ADDRESS_LIMIT - 4, 8, "range wraps past 2^64"),
     ],
 )
-def test_write_out_of_range_writes_nothing(
-    mem: GuestMemory, addr: int, length: int, reason: str
-) -> None:
+def test_write_out_of_range_writes_nothing(mem: GuestMemory, addr: int, length: int, reason: str) -> None:
     mem.write(0, bytes(range(256)) * (SIZE // 256))
     before = backing_bytes(mem)
     with pytest.raises(MemoryAccessError) as e:
@@ -276,10 +272,8 @@ def test_random_accesses_against_a_model(
     try:
         mapped = {gpa + i for gpa, size in layout for i in range(size)}
         model = {a: 0 for a in mapped}
-        counter = 0
-        for is_write, addr, length in ops:
+        for counter, (is_write, addr, length) in enumerate(ops, 1):
             ok = addr >= 0 and all(a in mapped for a in range(addr, addr + length))
-            counter += 1
             data = bytes((counter + i) & 0xFF for i in range(length))
             if ok:
                 if is_write:

@@ -58,9 +58,7 @@ PACKED_COMBOS = [
 
 
 @pytest.mark.parametrize("props", PACKED_COMBOS)
-@pytest.mark.parametrize(
-    "device,workload", [("virtio-blk-device", "blk-rw"), ("virtio-rng-device", "rng")]
-)
+@pytest.mark.parametrize("device,workload", [("virtio-blk-device", "blk-rw"), ("virtio-rng-device", "rng")])
 async def test_workloads_over_packed_rings(device: str, workload: str, props: str) -> None:
     r = await run(f"{device},{props}", workload)
     assert r.outcome is Outcome.OK, (r.detail, r.violations, r.device_notes)
@@ -142,9 +140,7 @@ async def test_legacy_transport_offers_no_high_ring_features() -> None:
 # --------------------------------------------------------------------------- booted guest
 
 
-async def with_guest(
-    device: str, body: Callable[[GuestKernel, HostSetup], Awaitable[None]]
-) -> None:
+async def with_guest(device: str, body: Callable[[GuestKernel, HostSetup], Awaitable[None]]) -> None:
     """Boot a guest against a host (embedded), probe, run ``body``, shut down."""
     with tempfile.TemporaryDirectory() as tmp:
         setup = build_host(HostConfig(devices=[device], scratch_dir=tmp, seed=1))

@@ -16,7 +16,7 @@ def test_mypy_strict() -> None:
 
 def test_ruff() -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "virtio_sim", "host", "guest"],
+        [sys.executable, "-m", "ruff", "check", "virtio_sim", "host", "guest", "benchmarks"],
         cwd=ROOT,
         capture_output=True,
         text=True,

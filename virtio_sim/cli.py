@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 
 import trio
 from rich.console import Console
 
+from guest.profile import guest_policy
+from guest.workloads import WORKLOADS
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
+from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
+from virtio_sim.matrix.cli import (
+    add_compat_arguments,
+    add_matrix_arguments,
+    cmd_compat,
+    cmd_matrix,
+)
 from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.profiles import ProfileError, load_driver_profile
 
-EXIT_USAGE = 2
+SECRET_ENV = "VIRTIO_SIM_SECRET"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,17 +61,154 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one device with one workload, host and guest embedded")
     run.add_argument(
-        "--device", required=True, help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img"
+        "--device",
+        required=True,
+        action="append",
+        help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img; repeat for more devices"
+        " on the same machine (the workload uses the first, net-pair the first two)",
     )
-    run.add_argument("--workload", required=True, help="rng | blk-rw")
+    run.add_argument("--workload", required=True, help=", ".join(WORKLOADS))
     run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
-    run.add_argument(
-        "--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data"
-    )
+    run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
     run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
+    run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument(
+        "--processes",
+        action="store_true",
+        help="run host and guest as two child processes (default: one process, embedded)",
+    )
+    run.add_argument(
+        "--link",
+        choices=("unix", "tcp"),
+        default=None,
+        help="with --processes: Unix socket with shared RAM (default) or TCP with DMA messages",
+    )
+    _add_host_parser(sub)
+    _add_guest_parser(sub)
+    m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
+    add_matrix_arguments(m)
+    c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
+    add_compat_arguments(c)
+    vu = sub.add_parser("vhost-user", help="serve one of our devices to a QEMU vhost-user front-end")
+    from host.vhost_user_cli import add_vhost_user_arguments
+
+    add_vhost_user_arguments(vu)
     return p
+
+
+def _add_secret_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help=f"shared secret for TCP (a file only you can read; or set ${SECRET_ENV})",
+    )
+    p.add_argument("--secret", metavar="TEXT", help="shared secret on the command line (visible in ps)")
+
+
+def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    host = sub.add_parser(
+        "host",
+        help="serve virtio devices to guest processes",
+        description="Serve QEMU-style virtio devices to guest processes over a socket.",
+    )
+    host.add_argument(
+        "--listen",
+        required=True,
+        metavar="ADDR",
+        help="unix:PATH (unix: for a fresh private directory) or tcp:HOST:PORT "
+        "(tcp::PORT listens on 127.0.0.1)",
+    )
+    host.add_argument("-M", "--machine", default="microvm", help="machine type (microvm; -M help lists them)")
+    host.add_argument(
+        "-device", dest="devices", action="append", default=[], metavar="DEV",
+        help="a device, e.g. virtio-blk-device,drive=disk.img (repeatable)",
+    )  # fmt: skip
+    host.add_argument(
+        "-global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
+        help="default property for every device of DRIVER (virtio-mmio.force-legacy=on)",
+    )  # fmt: skip
+    host.add_argument("-m", dest="ram", type=_size, default="64M", help="guest RAM (64M)")
+    host.add_argument(
+        "--seed", type=lambda s: int(s, 0), default=None, help="seed the entropy of rng devices"
+    )
+    host.add_argument("--max-guests", type=int, default=4, help="concurrent guests (4)")
+    host.add_argument("--once", action="store_true", help="serve one guest, then exit")
+    host.add_argument(
+        "--memory",
+        choices=("auto", "shared", "dma"),
+        default="auto",
+        help="guest RAM: shared memfd (Unix only) or DMA messages; auto picks shared if possible",
+    )
+    host.add_argument(
+        "--handshake-timeout", type=_positive_float, default=5.0,
+        help="seconds a new guest has to complete the handshake (5)",
+    )  # fmt: skip
+    host.add_argument(
+        "--frame-timeout", type=_positive_float, default=5.0,
+        help="seconds a started frame has to arrive completely (5)",
+    )  # fmt: skip
+    host.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
+    _add_secret_options(host)
+
+
+def _add_guest_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    guest = sub.add_parser(
+        "guest",
+        help="run a guest driver stack against a host process",
+        description="Connect to a virtio-sim host, boot, probe, run one workload.",
+    )
+    guest.add_argument("--connect", required=True, metavar="ADDR", help="unix:PATH or tcp:HOST:PORT")
+    guest.add_argument("--workload", required=True, help="rng | rng-soak | blk-rw")
+    guest.add_argument(
+        "--driver", metavar="PROFILE", help="driver generation (specs/profiles/drivers), default: current"
+    )
+    guest.add_argument(
+        "--seed",
+        type=lambda s: None if s == "none" else int(s, 0),
+        default=None,
+        help="the host's rng seed / blk pattern seed, to verify data end to end",
+    )
+    guest.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    guest.add_argument(
+        "--pci-force-legacy",
+        action="store_true",
+        help="drive transitional virtio-pci devices through their legacy interface "
+        "(Linux's virtio_pci.force_legacy=1)",
+    )
+    guest.add_argument("--json", action="store_true", help="print the result as JSON")
+    guest.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
+    _add_secret_options(guest)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _load_secret(args: argparse.Namespace) -> bytes | None:
+    if args.secret_file:
+        try:
+            st = os.stat(args.secret_file)
+            if st.st_mode & 0o077:
+                raise UsageError(
+                    f"secret file {args.secret_file} is readable by others "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
+                )
+            with open(args.secret_file, "rb") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read secret file {args.secret_file}: {e.strerror}") from None
+    elif args.secret:
+        secret = args.secret.encode()
+    elif os.environ.get(SECRET_ENV):
+        secret = os.environ[SECRET_ENV].encode()
+    else:
+        return None
+    if not secret:
+        raise UsageError("the shared secret is empty")
+    return secret
 
 
 def _print_human(result: RunResult) -> None:
@@ -67,9 +216,7 @@ def _print_human(result: RunResult) -> None:
     colour = "green" if result.outcome is Outcome.OK else "red"
     console.print(f"[bold {colour}]{result.outcome}[/] {result.device} over {result.transport}")
     console.print(f"  offered    {result.device_features:#x}")
-    console.print(
-        f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})"
-    )
+    console.print(f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})")
     console.print(f"  status     {' -> '.join(result.status_trace) or '-'}")
     if result.ring:
         r = result.ring
@@ -77,18 +224,142 @@ def _print_human(result: RunResult) -> None:
     console.print(f"  detail     {result.detail}")
 
 
+def _error(message: str) -> None:
+    print(f"virtio-sim: error: {message}", file=sys.stderr)
+
+
+def _host(args: argparse.Namespace) -> int:
+    from host.process import MACHINES, HostOptions, host_main
+    from virtio_sim.sockets import AddressError, parse_address
+
+    if args.machine == "help":  # QEMU's -M help
+        for name, what in MACHINES.items():
+            print(f"{name:<12} {what}")
+        return 0
+    try:
+        opts = HostOptions(
+            listen=parse_address(args.listen, listen=True),
+            devices=args.devices,
+            machine=args.machine,
+            globals_=args.globals_,
+            ram_size=args.ram,
+            seed=args.seed,
+            secret=_load_secret(args),
+            max_guests=args.max_guests,
+            once=args.once,
+            memory=args.memory,
+            handshake_timeout=args.handshake_timeout,
+            frame_timeout=args.frame_timeout,
+            lifeline=args.lifeline,
+        )
+    except (AddressError, UsageError) as e:
+        _error(str(e))
+        return EXIT_USAGE
+    try:
+        return host_main(opts)
+    except KeyboardInterrupt:  # Ctrl-C before the host installed its own handler
+        return EXIT_INTERRUPTED
+
+
+def _guest(args: argparse.Namespace) -> int:
+    from guest.process import GuestOptions, guest_main, guest_policy_for
+    from guest.workloads import WORKLOADS
+    from virtio_sim.sockets import AddressError, parse_address
+
+    try:
+        if args.workload not in WORKLOADS:
+            raise UsageError(f"unknown workload {args.workload!r} (choose from {', '.join(WORKLOADS)})")
+        try:
+            guest_policy_for(args.driver)
+        except ProfileError as e:
+            raise UsageError(str(e)) from None
+        opts = GuestOptions(
+            connect=parse_address(args.connect, listen=False),
+            workload=args.workload,
+            profile=args.driver,
+            seed=args.seed,
+            timeout=args.timeout,
+            secret=_load_secret(args),
+            lifeline=args.lifeline,
+            pci_force_legacy=args.pci_force_legacy,
+        )
+    except (AddressError, UsageError) as e:
+        _error(str(e))
+        return EXIT_USAGE
+    try:
+        done = trio.run(guest_main, opts)
+    except KeyboardInterrupt:  # Ctrl-C before the guest installed its own handler
+        return EXIT_INTERRUPTED
+    if done.result is not None:
+        if args.json:
+            print(json.dumps(done.result.to_json(), indent=2), flush=True)
+        else:
+            _print_human(done.result)
+    if done.message:
+        print(f"virtio-sim guest: {done.message}", file=sys.stderr, flush=True)
+    return done.status
+
+
+def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool) -> int:
+    from virtio_sim.processes import run_processes
+
+    try:
+        done = trio.run(run_processes, cfg, link, driver)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if done.result is not None:
+        if as_json:
+            print(json.dumps(done.result.to_json(), indent=2), flush=True)
+        else:
+            _print_human(done.result)
+    if done.message:
+        print(f"virtio-sim: {done.message}", file=sys.stderr, flush=True)
+        for name, text in (("host", done.host_stderr), ("guest", done.guest_stderr)):
+            for line in text.strip().splitlines()[-5:]:
+                print(f"  [{name}] {line}", file=sys.stderr)
+    return done.status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "host":
+        return _host(args)
+    if args.command == "guest":
+        return _guest(args)
+    if args.command == "matrix":
+        return cmd_matrix(args)
+    if args.command == "vhost-user":
+        from host.vhost_user_cli import cmd_vhost_user
+
+        return cmd_vhost_user(args)
+    if args.command == "compat":
+        if args.old == args.new:
+            print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)
+            return EXIT_USAGE
+        return cmd_compat(args)
     if args.command == "run":
+        if args.link and not args.processes:
+            _error("--link needs --processes")
+            return EXIT_USAGE
         cfg = RunConfig(
-            device=args.device,
+            device=args.device[0],
+            extra_devices=args.device[1:],
             workload=args.workload,
             transport=args.transport,
             ram_size=args.ram,
             seed=args.seed,
             timeout=args.timeout,
+            iommu=args.iommu,
         )
+        if args.driver:
+            try:
+                cfg.guest = guest_policy(load_driver_profile(args.driver))
+            except ProfileError as e:
+                print(f"virtio-sim: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
         try:
+            if args.processes:
+                return _run_processes(cfg, args.link or "unix", args.driver, args.json)
             result = trio.run(run_embedded, cfg)
         except ConfigError as e:
             print(f"virtio-sim: error: {e}", file=sys.stderr)

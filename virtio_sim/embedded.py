@@ -10,7 +10,7 @@ and ring violations the device recorded turn an apparent OK into DEVICE_ERROR.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -22,6 +22,7 @@ from host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
 from host.devices.base import PropertyError
 from host.qdev import parse_device_option
 from host.server import serve
+from virtio_sim.layouts import ByteOrder
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.wire import memory_link
 
@@ -38,6 +39,21 @@ class RunConfig:
     seed: int | None = 1
     timeout: float = 10.0
     guest: GuestPolicy = field(default_factory=GuestPolicy)
+    iommu: str = "none"
+    #: more devices on the same machine, after ``device`` (net-pair needs two NICs)
+    extra_devices: list[str] = field(default_factory=list)
+    # What the host is told about the guest's byte order (None: the truth, guest.guest_order);
+    # a different value makes a deliberately mismatched legacy setup.
+    host_guest_order: ByteOrder | None = None
+    globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
+
+
+def guest_policy_for(cfg: RunConfig) -> GuestPolicy:
+    """The transport choice can also say how the guest drives it: pci-legacy is the
+    transitional device driven through its legacy interface (virtio_pci.force_legacy=1)."""
+    if cfg.transport == "pci-legacy":
+        return replace(cfg.guest, pci_force_legacy=True)
+    return cfg.guest
 
 
 class ConfigError(ValueError):
@@ -46,36 +62,22 @@ class ConfigError(ValueError):
 
 def check_config(cfg: RunConfig) -> None:
     if cfg.transport not in TRANSPORTS:
-        raise ConfigError(
-            f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})"
-        )
+        raise ConfigError(f"unknown transport {cfg.transport!r} (choose from {', '.join(TRANSPORTS)})")
     if cfg.workload not in WORKLOADS:
         raise ConfigError(f"unknown workload {cfg.workload!r} (choose from {', '.join(WORKLOADS)})")
     if cfg.ram_size < MIN_RAM:
         raise ConfigError("guest RAM must be at least 2 MiB")
     try:
-        parse_device_option(cfg.device)
+        for text in [cfg.device, *cfg.extra_devices]:
+            parse_device_option(text)
     except PropertyError as e:
         raise ConfigError(str(e)) from None
 
 
 def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
-    """Fold what the host saw into the guest's result."""
-    if setup.devices:
-        vdev = setup.devices[0]
-        result.device_features = vdev.device_features
-        result.device_notes = list(vdev.notes)
-        result.violations = [v.__dict__ for v in vdev.violations]
-        if result.ring:
-            rings = [q.ring for q in vdev.queues if q.ring is not None]
-            result.ring["device_format"] = type(rings[0]).__name__ if rings else None
-            result.ring["device_barriers"] = vdev.barriers
-            result.ring["notify_data_checked"] = vdev.notify_data_checked
-            result.ring["device_queue_resets"] = len(vdev.queue_resets)
-        if result.outcome is Outcome.OK and vdev.violations:
-            result.outcome = Outcome.DEVICE_ERROR
-            result.detail = f"device recorded ring violations: {vdev.violations[0].message}"
-    return result
+    """Fold what the host saw into the guest's result (the process mode folds the same
+    evidence, received from the host process; see RunResult.add_host_evidence)."""
+    return result.add_host_evidence(setup.evidence())
 
 
 async def run_embedded(cfg: RunConfig) -> RunResult:
@@ -83,19 +85,19 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
     device_name = parse_device_option(cfg.device).driver
     with tempfile.TemporaryDirectory(prefix="virtio-sim-") as tmp:
         host_cfg = HostConfig(
-            devices=[cfg.device],
+            devices=[cfg.device, *cfg.extra_devices],
             transport=cfg.transport,
             ram_size=cfg.ram_size,
             seed=cfg.seed,
-            guest_order=cfg.guest.guest_order,
+            guest_order=cfg.host_guest_order or cfg.guest.guest_order,
             scratch_dir=tmp,
+            iommu=cfg.iommu,
+            globals=dict(cfg.globals),
         )
         try:
             setup = build_host(host_cfg)
         except PropertyError as e:
-            return RunResult(
-                Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e)
-            )
+            return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
         try:
             host_end, guest_end = memory_link()
             boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size)
@@ -107,7 +109,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
                     boot,
                     cfg.workload,
                     seed=cfg.seed,
-                    policy=cfg.guest,
+                    policy=guest_policy_for(cfg),
                     timeout=cfg.timeout,
                 )
                 nursery.cancel_scope.cancel()

@@ -140,7 +140,11 @@ def legacy_used_ring_offset(queue_size: int, align: int) -> int:
 
 
 def legacy_vring_size(queue_size: int, align: int) -> int:
-    """Total bytes of a contiguous legacy vring, as Linux's vring_size() computes it."""
+    """Total bytes of a contiguous legacy vring, the spec's virtq_size(): both parts aligned.
+
+    Linux's vring_size() leaves the used part unaligned (10246 for Q=256, A=4096, where this
+    gives 12288); rounded up to the alignment the two agree.
+    """
     return legacy_used_ring_offset(queue_size, align) + align_up(used_ring_size(queue_size), align)
 
 
@@ -242,6 +246,128 @@ MMIO_V2_REGISTERS = frozenset(
 )  # fmt: skip
 
 
+# --------------------------------------------------------------------------- PCI (PCI 3.0 ch. 6)
+
+# Type 0 configuration header (the first 64 bytes of every function's config space).
+PciConfigHeader = cs.Struct(
+    "vendor_id" / cs.Int16ul,  # 0x00
+    "device_id" / cs.Int16ul,  # 0x02
+    "command" / cs.Int16ul,  # 0x04
+    "status" / cs.Int16ul,  # 0x06
+    "revision_id" / cs.Int8ul,  # 0x08
+    "prog_if" / cs.Int8ul,  # 0x09
+    "subclass" / cs.Int8ul,  # 0x0a
+    "class_code" / cs.Int8ul,  # 0x0b
+    "cache_line_size" / cs.Int8ul,  # 0x0c
+    "latency_timer" / cs.Int8ul,  # 0x0d
+    "header_type" / cs.Int8ul,  # 0x0e
+    "bist" / cs.Int8ul,  # 0x0f
+    "bar0" / cs.Int32ul,  # 0x10
+    "bar1" / cs.Int32ul,
+    "bar2" / cs.Int32ul,
+    "bar3" / cs.Int32ul,
+    "bar4" / cs.Int32ul,
+    "bar5" / cs.Int32ul,
+    "cardbus_cis" / cs.Int32ul,  # 0x28
+    "subsystem_vendor_id" / cs.Int16ul,  # 0x2c
+    "subsystem_id" / cs.Int16ul,  # 0x2e
+    "expansion_rom" / cs.Int32ul,  # 0x30
+    "capabilities_ptr" / cs.Int8ul,  # 0x34
+    "_reserved" / cs.Bytes(7),
+    "interrupt_line" / cs.Int8ul,  # 0x3c
+    "interrupt_pin" / cs.Int8ul,  # 0x3d
+    "min_gnt" / cs.Int8ul,
+    "max_lat" / cs.Int8ul,
+)
+
+# The part of a type 1 (PCI-to-PCI bridge) header that enumeration needs: bus numbers.
+PciBridgeBusNumbers = cs.Struct(
+    "_common" / cs.Bytes(0x10),
+    "bar0" / cs.Int32ul,
+    "bar1" / cs.Int32ul,
+    "primary_bus" / cs.Int8ul,  # 0x18
+    "secondary_bus" / cs.Int8ul,  # 0x19
+    "subordinate_bus" / cs.Int8ul,  # 0x1a
+    "secondary_latency" / cs.Int8ul,
+)
+
+PciCapHeader = cs.Struct("cap_id" / cs.Int8ul, "cap_next" / cs.Int8ul)
+
+# MSI-X capability (PCI 3.0 6.8.2) and one table entry.
+MsixCapability = cs.Struct(
+    "cap_id" / cs.Int8ul,
+    "cap_next" / cs.Int8ul,
+    "message_control" / cs.Int16ul,  # table size N-1, function mask, enable
+    "table" / cs.Int32ul,  # BIR in bits 2:0, offset in the rest
+    "pba" / cs.Int32ul,
+)
+MsixTableEntry = cs.Struct(
+    "msg_addr_lo" / cs.Int32ul,
+    "msg_addr_hi" / cs.Int32ul,
+    "msg_data" / cs.Int32ul,
+    "vector_control" / cs.Int32ul,
+)
+MsixPbaQword = cs.Int64ul  # pending bits, one per vector, in 64-bit words
+
+# --------------------------------------------------------------------------- virtio-pci (4.1)
+
+# struct virtio_pci_cap and the capabilities that extend it (flat declarations so that
+# field_offsets/fast_codec work on them).
+_VIRTIO_PCI_CAP_FIELDS = (
+    "cap_vndr" / cs.Int8ul,  # PCI_CAP_ID_VNDR
+    "cap_next" / cs.Int8ul,
+    "cap_len" / cs.Int8ul,
+    "cfg_type" / cs.Int8ul,
+    "bar" / cs.Int8ul,
+    "id" / cs.Int8ul,
+    "padding" / cs.Bytes(2),
+    "offset" / cs.Int32ul,
+    "length" / cs.Int32ul,
+)
+VirtioPciCap = cs.Struct(*_VIRTIO_PCI_CAP_FIELDS)
+VirtioPciNotifyCap = cs.Struct(*_VIRTIO_PCI_CAP_FIELDS, "notify_off_multiplier" / cs.Int32ul)
+VirtioPciCfgCap = cs.Struct(*_VIRTIO_PCI_CAP_FIELDS, "pci_cfg_data" / cs.Bytes(4))
+
+# struct virtio_pci_common_cfg, 1.3 size (64 bytes).
+VirtioPciCommonCfg = cs.Struct(
+    "device_feature_select" / cs.Int32ul,  # 0x00
+    "device_feature" / cs.Int32ul,  # 0x04
+    "driver_feature_select" / cs.Int32ul,  # 0x08
+    "driver_feature" / cs.Int32ul,  # 0x0c
+    "config_msix_vector" / cs.Int16ul,  # 0x10
+    "num_queues" / cs.Int16ul,  # 0x12
+    "device_status" / cs.Int8ul,  # 0x14
+    "config_generation" / cs.Int8ul,  # 0x15
+    "queue_select" / cs.Int16ul,  # 0x16
+    "queue_size" / cs.Int16ul,  # 0x18
+    "queue_msix_vector" / cs.Int16ul,  # 0x1a
+    "queue_enable" / cs.Int16ul,  # 0x1c
+    "queue_notify_off" / cs.Int16ul,  # 0x1e
+    "queue_desc" / cs.Int64ul,  # 0x20
+    "queue_driver" / cs.Int64ul,  # 0x28
+    "queue_device" / cs.Int64ul,  # 0x30
+    "queue_notify_data" / cs.Int16ul,  # 0x38 (1.2; queue_notif_config_data in 1.4)
+    "queue_reset" / cs.Int16ul,  # 0x3a (1.2)
+    "admin_queue_index" / cs.Int16ul,  # 0x3c (1.3)
+    "admin_queue_num" / cs.Int16ul,  # 0x3e (1.3)
+)
+
+# The legacy header at the start of I/O BAR 0 (virtio 4.1.4.10). The two MSI-X vector
+# registers exist only while MSI-X is enabled; device config follows the header.
+VirtioPciLegacyHeader = cs.Struct(
+    "host_features" / cs.Int32ul,  # 0x00
+    "guest_features" / cs.Int32ul,  # 0x04
+    "queue_pfn" / cs.Int32ul,  # 0x08
+    "queue_num" / cs.Int16ul,  # 0x0c
+    "queue_sel" / cs.Int16ul,  # 0x0e
+    "queue_notify" / cs.Int16ul,  # 0x10
+    "status" / cs.Int8ul,  # 0x12
+    "isr" / cs.Int8ul,  # 0x13
+    "config_msix_vector" / cs.Int16ul,  # 0x14 (MSI-X enabled only)
+    "queue_msix_vector" / cs.Int16ul,  # 0x16 (MSI-X enabled only)
+)
+
+
 # --------------------------------------------------------------------------- virtio-blk (5.2)
 
 
@@ -300,6 +426,60 @@ BLK_STATUS_SIZE: int = VirtioBlkStatus.sizeof()
 # --------------------------------------------------------------------------- virtio-rng (5.4)
 
 VirtioRngConfig = cs.Struct()  # the entropy device has no configuration space
+
+
+# --------------------------------------------------------------------------- virtio-iommu (5.13)
+
+VirtioIommuConfig = cs.Struct(
+    "page_size_mask" / cs.Int64ul,
+    "input_start" / cs.Int64ul,
+    "input_end" / cs.Int64ul,
+    "domain_start" / cs.Int32ul,
+    "domain_end" / cs.Int32ul,
+    "probe_size" / cs.Int32ul,
+    "bypass" / cs.Int8ul,
+    "reserved" / cs.Bytes(3),
+)
+IommuReqHead = cs.Struct("type" / cs.Int8ul, "reserved" / cs.Bytes(3))
+IommuReqTail = cs.Struct("status" / cs.Int8ul, "reserved" / cs.Bytes(3))
+# Request bodies: what follows the head and precedes the tail (device-readable part).
+IommuAttachBody = cs.Struct(
+    "domain" / cs.Int32ul, "endpoint" / cs.Int32ul, "flags" / cs.Int32ul, "reserved" / cs.Bytes(4)
+)
+IommuDetachBody = cs.Struct("domain" / cs.Int32ul, "endpoint" / cs.Int32ul, "reserved" / cs.Bytes(8))
+IommuMapBody = cs.Struct(
+    "domain" / cs.Int32ul,
+    "virt_start" / cs.Int64ul,
+    "virt_end" / cs.Int64ul,
+    "phys_start" / cs.Int64ul,
+    "flags" / cs.Int32ul,
+)
+IommuUnmapBody = cs.Struct(
+    "domain" / cs.Int32ul, "virt_start" / cs.Int64ul, "virt_end" / cs.Int64ul, "reserved" / cs.Bytes(4)
+)
+IommuProbeBody = cs.Struct("endpoint" / cs.Int32ul, "reserved" / cs.Bytes(64))
+IommuPropertyHeader = cs.Struct("type" / cs.Int16ul, "length" / cs.Int16ul)
+IommuResvMem = cs.Struct(
+    "subtype" / cs.Int8ul, "reserved" / cs.Bytes(3), "start" / cs.Int64ul, "end" / cs.Int64ul
+)
+IommuFault = cs.Struct(
+    "reason" / cs.Int8ul,
+    "reserved" / cs.Bytes(3),
+    "flags" / cs.Int32ul,
+    "endpoint" / cs.Int32ul,
+    "reserved1" / cs.Int32ul,
+    "address" / cs.Int64ul,
+)
+IOMMU_HEAD_SIZE: int = IommuReqHead.sizeof()
+IOMMU_TAIL_SIZE: int = IommuReqTail.sizeof()
+IOMMU_PROPERTY_TYPE_MASK = 0xFFF  # le16 {type:12, reserved:4}
+IOMMU_BODIES = {
+    "ATTACH": IommuAttachBody,
+    "DETACH": IommuDetachBody,
+    "MAP": IommuMapBody,
+    "UNMAP": IommuUnmapBody,
+    "PROBE": IommuProbeBody,
+}
 
 
 # --------------------------------------------------------------------------- derived codecs
@@ -369,6 +549,206 @@ def blk_req_header_codec(order: ByteOrder = "little") -> struct.Struct:
     return fast_codec(virtio_blk_req_header(order))
 
 
+# --------------------------------------------------------------------------- virtio-net (5.1)
+
+
+@cache
+def virtio_net_hdr(order: ByteOrder = "little", num_buffers: bool = True) -> Any:
+    """struct virtio_net_hdr: 10 bytes, or 12 with num_buffers (VERSION_1 or MRG_RXBUF).
+
+    Which size applies is :func:`virtio_sim.netproto.net_hdr_len`'s decision; the
+    fields of the legacy interface are guest-native-endian, hence ``order``.
+    """
+    i = _ints(order)
+    fields = [
+        "flags" / i.u8,
+        "gso_type" / i.u8,
+        "hdr_len" / i.u16,
+        "gso_size" / i.u16,
+        "csum_start" / i.u16,
+        "csum_offset" / i.u16,
+    ]
+    if num_buffers:
+        fields.append("num_buffers" / i.u16)
+    return cs.Struct(*fields)
+
+
+@cache
+def virtio_net_config(order: ByteOrder = "little") -> Any:
+    """struct virtio_net_config (28 bytes, virtio 1.4); devices expose a feature-sized prefix."""
+    i = _ints(order)
+    return cs.Struct(
+        "mac" / cs.Bytes(6),
+        "status" / i.u16,
+        "max_virtqueue_pairs" / i.u16,
+        "mtu" / i.u16,
+        "speed" / i.u32,
+        "duplex" / i.u8,
+        "rss_max_key_size" / i.u8,
+        "rss_max_indirection_table_length" / i.u16,
+        "supported_hash_types" / i.u32,
+        "supported_tunnel_types" / i.u32,
+    )
+
+
+VirtioNetHdr = virtio_net_hdr("little", True)
+VirtioNetHdrLegacy = virtio_net_hdr("little", False)
+VirtioNetConfig = virtio_net_config("little")
+NET_HDR_SIZE: int = VirtioNetHdr.sizeof()  # 12
+NET_HDR_LEGACY_SIZE: int = VirtioNetHdrLegacy.sizeof()  # 10
+NET_NUM_BUFFERS_OFFSET: int = NET_HDR_LEGACY_SIZE  # num_buffers follows the legacy fields
+NET_CONFIG_OFFSETS: dict[str, int] = field_offsets(VirtioNetConfig)
+
+# The control command head (class, command) and its closing ack byte (5.1.6.5).
+VirtioNetCtrlHdr = cs.Struct("class_" / cs.Int8ul, "cmd" / cs.Int8ul)
+VirtioNetCtrlAck = cs.Int8ul
+NET_CTRL_HDR_SIZE: int = VirtioNetCtrlHdr.sizeof()
+NET_CTRL_ACK_SIZE: int = VirtioNetCtrlAck.sizeof()
+
+
+@cache
+def net_ctrl_mac_entries(order: ByteOrder = "little") -> Any:
+    """The le32 count opening each of the two MAC_TABLE_SET tables."""
+    return _ints(order).u32
+
+
+@cache
+def net_ctrl_mq_pairs(order: ByteOrder = "little") -> Any:
+    """struct virtio_net_ctrl_mq: le16 virtqueue_pairs."""
+    return _ints(order).u16
+
+
+NetCtrlOnOff = cs.Int8ul  # the one data byte of the RX class commands
+
+
+@cache
+def net_hdr_codec(order: ByteOrder = "little", num_buffers: bool = True) -> struct.Struct:
+    return fast_codec(virtio_net_hdr(order, num_buffers))
+
+
+# --------------------------------------------------------------------------- virtio-console (5.3)
+
+
+@cache
+def virtio_console_config(order: ByteOrder = "little") -> Any:
+    """struct virtio_console_config (12 bytes)."""
+    i = _ints(order)
+    return cs.Struct("cols" / i.u16, "rows" / i.u16, "max_nr_ports" / i.u32, "emerg_wr" / i.u32)
+
+
+@cache
+def virtio_console_control(order: ByteOrder = "little") -> Any:
+    """struct virtio_console_control: one control message (8 bytes, then event data)."""
+    i = _ints(order)
+    return cs.Struct("id" / i.u32, "event" / i.u16, "value" / i.u16)
+
+
+@cache
+def virtio_console_resize(order: ByteOrder = "little") -> Any:
+    """The data following a RESIZE control message: struct virtio_console_resize."""
+    i = _ints(order)
+    return cs.Struct("cols" / i.u16, "rows" / i.u16)
+
+
+VirtioConsoleConfig = virtio_console_config("little")
+VirtioConsoleControl = virtio_console_control("little")
+CONSOLE_CONFIG_OFFSETS: dict[str, int] = field_offsets(VirtioConsoleConfig)
+CONSOLE_CONTROL_SIZE: int = VirtioConsoleControl.sizeof()
+
+
+@cache
+def console_control_codec(order: ByteOrder = "little") -> struct.Struct:
+    return fast_codec(virtio_console_control(order))
+
+
+@cache
+def console_resize_codec(order: ByteOrder = "little") -> struct.Struct:
+    return fast_codec(virtio_console_resize(order))
+
+
+PCI_HEADER: dict[str, int] = field_offsets(PciConfigHeader)
+PCI_BAR_SIZE: int = PCI_HEADER["bar1"] - PCI_HEADER["bar0"]  # a 64-bit BAR takes two
+PCI_HEADER_SIZE: int = PciConfigHeader.sizeof()
+PCI_BRIDGE: dict[str, int] = field_offsets(PciBridgeBusNumbers)
+MSIX_CAP: dict[str, int] = field_offsets(MsixCapability)
+MSIX_CAP_SIZE: int = MsixCapability.sizeof()
+MSIX_ENTRY: dict[str, int] = field_offsets(MsixTableEntry)
+MSIX_ENTRY_SIZE: int = MsixTableEntry.sizeof()
+MSIX_PBA_WORD: int = MsixPbaQword.sizeof()
+VIRTIO_CAP: dict[str, int] = field_offsets(VirtioPciNotifyCap)  # superset of virtio_pci_cap
+VIRTIO_CFG_CAP: dict[str, int] = field_offsets(VirtioPciCfgCap)
+COMMON_CFG: dict[str, int] = field_offsets(VirtioPciCommonCfg)
+COMMON_CFG_SIZE: int = VirtioPciCommonCfg.sizeof()
+COMMON_CFG_V1_0_SIZE: int = COMMON_CFG["queue_notify_data"]  # what a virtio 1.0 device has
+LEGACY_HDR: dict[str, int] = field_offsets(VirtioPciLegacyHeader)
+LEGACY_CONFIG_OFFSET: int = LEGACY_HDR["config_msix_vector"]  # device config, MSI-X off
+LEGACY_CONFIG_OFFSET_MSIX: int = VirtioPciLegacyHeader.sizeof()  # device config, MSI-X on
+
+
+def field_widths(declaration: Any) -> dict[str, int]:
+    """Byte width of every named field of a flat construct Struct."""
+    return {sub.name: sub.sizeof() for sub in declaration.subcons if sub.name is not None}
+
+
+COMMON_CFG_WIDTH: dict[str, int] = field_widths(VirtioPciCommonCfg)
+LEGACY_HDR_WIDTH: dict[str, int] = field_widths(VirtioPciLegacyHeader)
 PACKED_DESC_CODEC: struct.Struct = fast_codec(PvirtqDesc)  # (addr, len, id, flags)
 EVENT_SUPPRESS_CODEC: struct.Struct = fast_codec(PvirtqEventSuppress)  # (off_wrap, flags)
 PACKED_U16_CODEC: struct.Struct = ring_index_codec("little")  # one flags or off_wrap word
+
+
+# --------------------------------------------------------------------------- vhost-user
+# QEMU docs/interop/vhost-user.rst. Always little-endian (the protocol is host-local).
+# The request numbers and flag bits are data in specs/vhost_user.toml.
+
+VhostUserHeader = cs.Struct("request" / cs.Int32ul, "flags" / cs.Int32ul, "size" / cs.Int32ul)
+VhostUserU64 = cs.Struct("u64" / cs.Int64ul)  # features, protocol features, queue num, fd index
+VhostUserVringState = cs.Struct("index" / cs.Int32ul, "num" / cs.Int32ul)
+VhostUserVringAddr = cs.Struct(
+    "index" / cs.Int32ul,
+    "flags" / cs.Int32ul,  # bit 0: VHOST_VRING_F_LOG
+    "desc_user_addr" / cs.Int64ul,  # front-end virtual addresses, not guest-physical
+    "used_user_addr" / cs.Int64ul,
+    "avail_user_addr" / cs.Int64ul,
+    "log_guest_addr" / cs.Int64ul,
+)
+VhostUserMemoryRegion = cs.Struct(
+    "guest_phys_addr" / cs.Int64ul,
+    "memory_size" / cs.Int64ul,
+    "userspace_addr" / cs.Int64ul,  # where the front-end mapped it: ring addresses use this
+    "mmap_offset" / cs.Int64ul,  # offset of the region inside the fd passed with it
+)
+VhostUserMemoryHeader = cs.Struct("nregions" / cs.Int32ul, "padding" / cs.Int32ul)
+VhostUserConfigHeader = cs.Struct("offset" / cs.Int32ul, "size" / cs.Int32ul, "flags" / cs.Int32ul)
+
+
+def vhost_user_memory(nregions: int) -> Any:
+    """SET_MEM_TABLE's payload: the count, padding, then ``nregions`` region records."""
+    return cs.Struct(
+        "nregions" / cs.Int32ul,
+        "padding" / cs.Int32ul,
+        "regions" / cs.Array(nregions, VhostUserMemoryRegion),
+    )
+
+
+def vhost_user_config(size: int) -> Any:
+    """GET_CONFIG/SET_CONFIG payload: offset, size, flags, then ``size`` config bytes."""
+    return cs.Struct(
+        "offset" / cs.Int32ul,
+        "size" / cs.Int32ul,
+        "flags" / cs.Int32ul,
+        "payload" / cs.Bytes(size),
+    )
+
+
+VHOST_USER_HEADER_SIZE: int = VhostUserHeader.sizeof()
+VHOST_USER_REGION_SIZE: int = VhostUserMemoryRegion.sizeof()
+VHOST_USER_MEMORY_HEADER_SIZE: int = VhostUserMemoryHeader.sizeof()
+VHOST_USER_CONFIG_HEADER_SIZE: int = VhostUserConfigHeader.sizeof()
+vhost_user_header_codec = fast_codec(VhostUserHeader)
+vhost_user_u64_codec = fast_codec(VhostUserU64)
+vhost_user_vring_state_codec = fast_codec(VhostUserVringState)
+vhost_user_vring_addr_codec = fast_codec(VhostUserVringAddr)
+vhost_user_region_codec = fast_codec(VhostUserMemoryRegion)
+vhost_user_memory_header_codec = fast_codec(VhostUserMemoryHeader)
+vhost_user_config_header_codec = fast_codec(VhostUserConfigHeader)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 ADDRESS_LIMIT = 1 << 64  # guest-physical addresses are 64-bit
+PAGE_SHIFT = 12  # granularity of private (encrypted) guest memory
+PAGE_SIZE = 1 << PAGE_SHIFT
 
 
 class MemoryAccessError(Exception):
@@ -114,6 +116,18 @@ class GuestMemory:
         self._buf = memoryview(backing.map)
         # Fast path for the common single-region layout.
         self._single = regions[0] if len(regions) == 1 else None
+        #: Page frame numbers the guest made private (SEV/TDX-style encrypted memory).
+        #: The guest always sees plaintext; a device (the host) sees ciphertext there.
+        self.private_pages: set[int] = set()
+
+    def mark_private(self, addr: int, length: int, private: bool = True) -> None:
+        """Change the encryption state of every page touching ``[addr, addr+length)``."""
+        self.check(addr, length)
+        pages = range(addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        if private:
+            self.private_pages.update(pages)
+        else:
+            self.private_pages.difference_update(pages)
 
     @classmethod
     def create(cls, size: int, base: int = 0) -> GuestMemory:

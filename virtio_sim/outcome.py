@@ -36,9 +36,62 @@ class RunResult:
     workload: dict[str, Any] = field(default_factory=dict)
     device_notes: list[str] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
+    iommu: dict[str, Any] = field(default_factory=dict)
     # Ring format and ring features in use: format (split|packed), barriers (weak|platform,
     # from ORDER_PLATFORM), in_order, notification_data, ring_reset, queue sizes.
     ring: dict[str, Any] = field(default_factory=dict)
+
+    def add_host_evidence(self, evidence: dict[str, Any]) -> RunResult:
+        """Fold in what the host saw (``HostSetup.evidence()``, in this process or sent by
+        a host process), so that both modes judge a run by the same rules.
+
+        Precedence: data corruption stays CORRUPTION; IOMMU faults make DMA_FAULT (the device
+        was stopped by translation, whatever error the guest then saw); ring violations turn
+        an apparent OK into DEVICE_ERROR; raw DMA by a device the guest had put behind its
+        IOMMU turns OK into OK_NO_ISOLATION.
+        """
+        devices = evidence.get("devices") or []
+        if devices:
+            dev = devices[0]
+            self.device_features = int(dev["device_features"])
+            self.device_notes = list(dev["notes"])
+            self.violations = [dict(v) for v in dev["violations"]]
+            if self.ring and dev.get("ring"):
+                self.ring.update(dev["ring"])
+            if self.outcome is Outcome.OK and self.violations:
+                self.outcome = Outcome.DEVICE_ERROR
+                first = self.violations[0]["message"]
+                self.detail = f"device recorded ring violations: {first}"
+            others = [v for d in devices[1:] for v in d["violations"]]
+            if self.outcome is Outcome.OK and others:
+                self.outcome = Outcome.DEVICE_ERROR
+                self.detail = f"another device recorded ring violations: {others[0]['message']}"
+        iommu = evidence.get("iommu")
+        if iommu is not None:
+            self.iommu = {k: v for k, v in iommu.items() if k != "first_fault_address"}
+            if iommu["fault_count"] and self.outcome is not Outcome.CORRUPTION:
+                self.outcome = Outcome.DMA_FAULT
+                self.detail = (
+                    f"{iommu['fault_count']} IOMMU fault(s), first at IOVA "
+                    f"{iommu['first_fault_address']:#x}; " + self.detail
+                )
+            elif self.outcome is Outcome.OK and iommu["unisolated_accesses"]:
+                self.outcome = Outcome.OK_NO_ISOLATION
+                self.detail = (
+                    f"worked, but {iommu['unisolated_accesses']} DMA accesses bypassed the IOMMU "
+                    "for an endpoint the guest had attached"
+                )
+        return self
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunResult:
+        """The inverse of :meth:`to_json` (a result printed by a guest process)."""
+        fields = dict(d)
+        fields["outcome"] = Outcome(fields["outcome"])
+        for key in ("device_features", "driver_features"):
+            fields[key] = int(fields[key], 16) if isinstance(fields[key], str) else fields[key]
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in fields.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

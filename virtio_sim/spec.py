@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-SPECS_DIR = Path(
-    os.environ.get("VIRTIO_SIM_SPECS", Path(__file__).resolve().parent.parent / "specs")
-)
+SPECS_DIR = Path(os.environ.get("VIRTIO_SIM_SPECS", Path(__file__).resolve().parent.parent / "specs"))
 
 
 class SpecDataError(Exception):
@@ -102,9 +100,7 @@ class FeatureTable:
 
     def lookup(self, bit: int, device_key: str) -> FeatureBit | None:
         """The feature at ``bit`` as seen by a device of type ``device_key``."""
-        return self._by_scope_bit.get((device_key, bit)) or self._by_scope_bit.get(
-            ("transport", bit)
-        )
+        return self._by_scope_bit.get((device_key, bit)) or self._by_scope_bit.get(("transport", bit))
 
     def mask(self, *names: str) -> int:
         m = 0
@@ -306,9 +302,7 @@ class PciIdentity:
 
 
 MMIO = _bind(MmioIdentity, _TRANSPORTS["mmio"], "transports.toml [mmio]")
-MMIO_INT = _bind(
-    MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]"
-)
+MMIO_INT = _bind(MmioInterruptBits, _TRANSPORTS["mmio"]["interrupt"], "transports.toml [mmio.interrupt]")
 PCI = _bind(PciIdentity, _TRANSPORTS["pci"], "transports.toml [pci]")
 
 # --------------------------------------------------------------------------- rings
@@ -384,12 +378,8 @@ class NotifyDataBits:
 
 
 PACKED = _bind(PackedRingNumbers, _RINGS["packed"], "rings.toml [packed]")
-PACKED_DESC_F = _bind(
-    PackedDescFlags, _RINGS["packed"]["desc_flags"], "rings.toml [packed.desc_flags]"
-)
-PACKED_EVENT_F = _bind(
-    PackedEventFlags, _RINGS["packed"]["event_flags"], "rings.toml [packed.event_flags]"
-)
+PACKED_DESC_F = _bind(PackedDescFlags, _RINGS["packed"]["desc_flags"], "rings.toml [packed.desc_flags]")
+PACKED_EVENT_F = _bind(PackedEventFlags, _RINGS["packed"]["event_flags"], "rings.toml [packed.event_flags]")
 PACKED_EVENT = _bind(PackedEventBits, _RINGS["packed"]["event"], "rings.toml [packed.event]")
 NOTIFY_DATA = _bind(NotifyDataBits, _RINGS["notify_data"], "rings.toml [notify_data]")
 
@@ -421,3 +411,517 @@ class BlkConstants:
 BLK_T = _bind(BlkRequestTypes, _BLK["request_type"], "blk.toml [request_type]")
 BLK_S = _bind(BlkStatusValues, _BLK["status"], "blk.toml [status]")
 BLK = _bind(BlkConstants, _BLK["constants"], "blk.toml [constants]")
+
+# --------------------------------------------------------------------------- net
+
+
+class NetFeatureBits:
+    """virtio-net feature bit numbers (VIRTIO_NET_F_*)."""
+
+    CSUM: int
+    GUEST_CSUM: int
+    CTRL_GUEST_OFFLOADS: int
+    MTU: int
+    MAC: int
+    GSO: int
+    GUEST_TSO4: int
+    GUEST_TSO6: int
+    GUEST_ECN: int
+    GUEST_UFO: int
+    HOST_TSO4: int
+    HOST_TSO6: int
+    HOST_ECN: int
+    HOST_UFO: int
+    MRG_RXBUF: int
+    STATUS: int
+    CTRL_VQ: int
+    CTRL_RX: int
+    CTRL_VLAN: int
+    CTRL_RX_EXTRA: int
+    GUEST_ANNOUNCE: int
+    MQ: int
+    CTRL_MAC_ADDR: int
+    HASH_REPORT: int
+    RSS: int
+
+
+class NetHdrFlags:
+    NEEDS_CSUM: int
+    DATA_VALID: int
+    RSC_INFO: int
+
+
+class NetGsoTypes:
+    NONE: int
+    TCPV4: int
+    UDP: int
+    TCPV6: int
+    UDP_L4: int
+    ECN: int
+
+
+class NetStatusBits:
+    LINK_UP: int
+    ANNOUNCE: int
+
+
+class NetCtrlClasses:
+    RX: int
+    MAC: int
+    VLAN: int
+    ANNOUNCE: int
+    MQ: int
+    GUEST_OFFLOADS: int
+
+
+class NetCtrlRxCommands:
+    PROMISC: int
+    ALLMULTI: int
+    ALLUNI: int
+    NOMULTI: int
+    NOUNI: int
+    NOBCAST: int
+
+
+class NetCtrlMacCommands:
+    TABLE_SET: int
+    ADDR_SET: int
+
+
+class NetCtrlMqCommands:
+    VQ_PAIRS_SET: int
+    VQ_PAIRS_MIN: int
+    VQ_PAIRS_MAX: int
+
+
+class NetCtrlAck:
+    OK: int
+    ERR: int
+
+
+class NetConstants:
+    eth_alen: int
+    eth_hlen: int
+    eth_frame_max: int
+    max_packet: int
+    qemu_mac_table_entries: int
+    qemu_default_mac: str
+
+
+_NET = load_toml("net.toml")
+NET_F = _bind(NetFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_NET_F_")
+NET_HDR_F = _bind(NetHdrFlags, _NET["hdr_flags"], "net.toml [hdr_flags]")
+NET_GSO = _bind(NetGsoTypes, _NET["gso"], "net.toml [gso]")
+NET_S = _bind(NetStatusBits, _NET["status"], "net.toml [status]")
+NET_CTRL = _bind(NetCtrlClasses, _NET["ctrl_class"], "net.toml [ctrl_class]")
+NET_CTRL_RX = _bind(NetCtrlRxCommands, _NET["ctrl_rx"], "net.toml [ctrl_rx]")
+NET_CTRL_MAC = _bind(NetCtrlMacCommands, _NET["ctrl_mac"], "net.toml [ctrl_mac]")
+NET_CTRL_MQ = _bind(NetCtrlMqCommands, _NET["ctrl_mq"], "net.toml [ctrl_mq]")
+NET_ACK = _bind(NetCtrlAck, _NET["ctrl_ack"], "net.toml [ctrl_ack]")
+NET = _bind(NetConstants, _NET["constants"], "net.toml [constants]")
+
+
+@dataclass(frozen=True)
+class FeatureDependency:
+    """``feature`` may only be offered/acked together with all (or, ``any_of``, one) of
+    ``requires``."""
+
+    feature: int
+    requires: tuple[int, ...]
+    any_of: bool
+
+    def satisfied(self, features: int) -> bool:
+        if not features >> self.feature & 1:
+            return True
+        hits = [features >> r & 1 for r in self.requires]
+        return any(hits) if self.any_of else all(hits)
+
+
+def _load_dependencies(data: dict[str, Any], source: str) -> tuple[FeatureDependency, ...]:
+    out: list[FeatureDependency] = []
+    for name, raw in data.items():
+        any_of = isinstance(raw, dict)
+        names = raw.get("any", []) if isinstance(raw, dict) else raw
+        if not isinstance(names, list) or not names:
+            raise SpecDataError(f"{source}: dependency of {name!r} must be a non-empty list")
+        try:
+            out.append(
+                FeatureDependency(FEATURES.get(name).bit, tuple(FEATURES.get(n).bit for n in names), any_of)
+            )
+        except KeyError as e:
+            raise SpecDataError(f"{source}: {e}") from None
+    return tuple(out)
+
+
+NET_FEATURE_DEPS = _load_dependencies(_NET["dependencies"], "net.toml [dependencies]")
+
+
+def unmet_dependencies(features: int, deps: tuple[FeatureDependency, ...]) -> list[FeatureDependency]:
+    """The dependencies that ``features`` breaks (a feature present without its prerequisites)."""
+    return [d for d in deps if not d.satisfied(features)]
+
+
+# --------------------------------------------------------------------------- console
+
+
+class ConsoleFeatureBits:
+    """virtio-console feature bit numbers (VIRTIO_CONSOLE_F_*)."""
+
+    SIZE: int
+    MULTIPORT: int
+    EMERG_WRITE: int
+
+
+class ConsoleControlEvents:
+    DEVICE_READY: int
+    PORT_ADD: int
+    PORT_REMOVE: int
+    PORT_READY: int
+    CONSOLE_PORT: int
+    RESIZE: int
+    PORT_OPEN: int
+    PORT_NAME: int
+
+
+class ConsoleConstants:
+    bad_id: int
+    qemu_max_ports: int
+    max_ports_limit: int
+
+
+_CONSOLE = load_toml("console.toml")
+CONSOLE_F = _bind(ConsoleFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_CONSOLE_F_")
+CONSOLE_E = _bind(ConsoleControlEvents, _CONSOLE["control_event"], "console.toml [control_event]")
+CONSOLE = _bind(ConsoleConstants, _CONSOLE["constants"], "console.toml [constants]")
+
+# --------------------------------------------------------------------------- iommu
+
+_IOMMU = load_toml("iommu.toml")
+
+
+class IommuFeatureBits:
+    """virtio-iommu feature bit numbers (VIRTIO_IOMMU_F_*)."""
+
+    INPUT_RANGE: int
+    DOMAIN_RANGE: int
+    MAP_UNMAP: int
+    BYPASS: int
+    PROBE: int
+    MMIO: int
+    BYPASS_CONFIG: int
+
+
+class IommuRequestTypes:
+    ATTACH: int
+    DETACH: int
+    MAP: int
+    UNMAP: int
+    PROBE: int
+
+
+class IommuStatusValues:
+    OK: int
+    IOERR: int
+    UNSUPP: int
+    DEVERR: int
+    INVAL: int
+    RANGE: int
+    NOENT: int
+    FAULT: int
+    NOMEM: int
+
+
+class IommuMapFlags:
+    READ: int
+    WRITE: int
+    MMIO: int
+
+
+class IommuFaultReasons:
+    UNKNOWN: int
+    DOMAIN: int
+    MAPPING: int
+
+
+class IommuFaultFlags:
+    READ: int
+    WRITE: int
+    EXEC: int
+    ADDRESS: int
+
+
+class IommuProbe:
+    NONE: int
+    RESV_MEM: int
+    RESV_MEM_RESERVED: int
+    RESV_MEM_MSI: int
+
+
+IOMMU_F = _bind(IommuFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_IOMMU_F_")
+IOMMU_T = _bind(IommuRequestTypes, _IOMMU["request_type"], "iommu.toml [request_type]")
+IOMMU_S = _bind(IommuStatusValues, _IOMMU["status"], "iommu.toml [status]")
+IOMMU_MAP_F = _bind(IommuMapFlags, _IOMMU["map_flags"], "iommu.toml [map_flags]")
+IOMMU_ATTACH_F_BYPASS: int = int(_IOMMU["attach_flags"]["BYPASS"])
+IOMMU_FAULT_R = _bind(IommuFaultReasons, _IOMMU["fault_reason"], "iommu.toml [fault_reason]")
+IOMMU_FAULT_F = _bind(IommuFaultFlags, _IOMMU["fault_flags"], "iommu.toml [fault_flags]")
+IOMMU_PROBE = _bind(IommuProbe, _IOMMU["probe"], "iommu.toml [probe]")
+
+# --------------------------------------------------------------------------- virtio-pci
+
+
+class VirtioPciCapTypes:
+    """virtio_pci_cap.cfg_type values (virtio 4.1.4)."""
+
+    COMMON: int
+    NOTIFY: int
+    ISR: int
+    DEVICE: int
+    PCI_CFG: int
+    SHARED_MEMORY: int
+    VENDOR: int
+
+
+class VirtioPciIsrBits:
+    QUEUE: int
+    CONFIG: int
+
+
+class QemuVirtioPciLayout:
+    """Where QEMU puts things in a virtio-pci function (BAR indices, modern regions)."""
+
+    legacy_io_bar: int
+    msix_bar: int
+    modern_mem_bar: int
+    common_offset: int
+    common_size: int
+    isr_offset: int
+    isr_size: int
+    device_offset: int
+    device_size: int
+    notify_offset: int
+    notify_off_multiplier: int
+    queue_max: int
+    subsystem_id_modern: int
+    default_vectors: int
+    max_vectors: int
+
+
+PCI_CAP = _bind(VirtioPciCapTypes, _TRANSPORTS["pci"]["cfg_type"], "transports.toml [pci.cfg_type]")
+PCI_ISR = _bind(VirtioPciIsrBits, _TRANSPORTS["pci"]["isr"], "transports.toml [pci.isr]")
+QEMU_PCI = _bind(QemuVirtioPciLayout, _TRANSPORTS["pci"]["qemu"], "transports.toml [pci.qemu]")
+
+
+# --------------------------------------------------------------------------- PCI
+
+_PCI = load_toml("pci.toml")
+
+
+class PciConfigNumbers:
+    legacy_size: int
+    express_size: int
+    first_capability: int
+    ecam_bus_shift: int
+    ecam_device_shift: int
+    ecam_function_shift: int
+    devices_per_bus: int
+    functions_per_device: int
+    buses: int
+    absent_vendor: int
+    header_type_mask: int
+    header_type_multifunction: int
+    header_type_normal: int
+    header_type_bridge: int
+    capability_ttl: int
+
+
+class PciCommandBits:
+    IO: int
+    MEMORY: int
+    MASTER: int
+    PARITY: int
+    SERR: int
+    INTX_DISABLE: int
+
+
+class PciStatusBits:
+    INTERRUPT: int
+    CAP_LIST: int
+
+
+class PciBarBits:
+    count: int
+    SPACE_IO: int
+    MEM_TYPE_MASK: int
+    MEM_TYPE_32: int
+    MEM_TYPE_64: int
+    MEM_PREFETCH: int
+    io_flag_bits: int
+    mem_flag_bits: int
+    io_space_size: int
+
+
+class PciCapIds:
+    PM: int
+    VNDR: int
+    EXP: int
+    MSIX: int
+
+
+class MsixBits:
+    table_size_mask: int
+    FUNCTION_MASK: int
+    ENABLE: int
+    bir_mask: int
+    ENTRY_MASKED: int
+    max_vectors: int
+
+
+class PciInterruptPins:
+    INTA: int
+
+
+class Conf1Numbers:
+    address_port: int
+    data_port: int
+    ENABLE: int
+    bus_shift: int
+    device_shift: int
+    function_shift: int
+    register_mask: int
+
+
+class MsiNumbers:
+    x86_doorbell: int
+    x86_doorbell_size: int
+
+
+class PciClasses:
+    bridge_host: int
+    storage_scsi: int
+    network_ethernet: int
+    communication_other: int
+    others: int
+
+
+class PciIds:
+    intel_vendor: int
+    q35_host_bridge: int
+
+
+PCI_CFG = _bind(PciConfigNumbers, _PCI["config"], "pci.toml [config]")
+PCI_CMD = _bind(PciCommandBits, _PCI["command"], "pci.toml [command]")
+PCI_STATUS = _bind(PciStatusBits, _PCI["status"], "pci.toml [status]")
+PCI_BAR = _bind(PciBarBits, _PCI["bar"], "pci.toml [bar]")
+PCI_CAP_ID = _bind(PciCapIds, _PCI["cap_id"], "pci.toml [cap_id]")
+MSIX = _bind(MsixBits, _PCI["msix"], "pci.toml [msix]")
+PCI_PIN = _bind(PciInterruptPins, _PCI["interrupt_pin"], "pci.toml [interrupt_pin]")
+CONF1 = _bind(Conf1Numbers, _PCI["conf1"], "pci.toml [conf1]")
+MSI = _bind(MsiNumbers, _PCI["msi"], "pci.toml [msi]")
+PCI_CLASS = _bind(PciClasses, _PCI["class"], "pci.toml [class]")
+PCI_IDS = _bind(PciIds, _PCI["ids"], "pci.toml [ids]")
+
+
+def legacy_only_transport_features() -> int:
+    """Mask of the transport bits that exist only on the legacy interface (QEMU hides
+    them from the modern one: VIRTIO_LEGACY_FEATURES)."""
+    m = 0
+    for fb in FEATURES.features:
+        if fb.scope == "transport" and fb.legacy_only:
+            m |= fb.mask
+    return m
+
+
+# --------------------------------------------------------------------------- vhost-user
+
+_VHOST_USER = load_toml("vhost_user.toml")
+
+
+class VhostUserHeaderFlags:
+    """The flags word of a vhost-user message header."""
+
+    version: int
+    version_mask: int
+    reply: int
+    need_reply: int
+
+
+class VhostUserLimits:
+    max_mem_regions: int
+    max_config_size: int
+    max_payload: int
+    max_fds: int
+
+
+class VhostUserVringBits:
+    index_mask: int
+    nofd: int
+
+
+class VhostUserVirtioFeatures:
+    """Feature bits vhost reserves in the virtio feature word."""
+
+    PROTOCOL_FEATURES: int
+    LOG_ALL: int
+
+
+class VhostUserProtocolFeatures:
+    MQ: int
+    LOG_SHMFD: int
+    RARP: int
+    REPLY_ACK: int
+    NET_MTU: int
+    BACKEND_REQ: int
+    CROSS_ENDIAN: int
+    CRYPTO_SESSION: int
+    PAGEFAULT: int
+    CONFIG: int
+    BACKEND_SEND_FD: int
+    HOST_NOTIFIER: int
+    INFLIGHT_SHMFD: int
+    RESET_DEVICE: int
+    INBAND_NOTIFICATIONS: int
+    CONFIGURE_MEM_SLOTS: int
+    STATUS: int
+
+
+class VhostUserRequests:
+    """Front-end -> back-end request numbers (the ones this back-end acts on)."""
+
+    GET_FEATURES: int
+    SET_FEATURES: int
+    SET_OWNER: int
+    RESET_OWNER: int
+    SET_MEM_TABLE: int
+    SET_LOG_BASE: int
+    SET_LOG_FD: int
+    SET_VRING_NUM: int
+    SET_VRING_ADDR: int
+    SET_VRING_BASE: int
+    GET_VRING_BASE: int
+    SET_VRING_KICK: int
+    SET_VRING_CALL: int
+    SET_VRING_ERR: int
+    GET_PROTOCOL_FEATURES: int
+    SET_PROTOCOL_FEATURES: int
+    GET_QUEUE_NUM: int
+    SET_VRING_ENABLE: int
+    SET_BACKEND_REQ_FD: int
+    GET_CONFIG: int
+    SET_CONFIG: int
+    GET_INFLIGHT_FD: int
+    RESET_DEVICE: int
+    GET_MAX_MEM_SLOTS: int
+    SET_STATUS: int
+    GET_STATUS: int
+
+
+VU_FLAGS = _bind(VhostUserHeaderFlags, _VHOST_USER["header"], "vhost_user.toml [header]")
+VU_LIMITS = _bind(VhostUserLimits, _VHOST_USER["limits"], "vhost_user.toml [limits]")
+VU_VRING = _bind(VhostUserVringBits, _VHOST_USER["vring"], "vhost_user.toml [vring]")
+VU_F = _bind(VhostUserVirtioFeatures, _VHOST_USER["virtio_features"], "vhost_user.toml [virtio_features]")
+VU_PROTOCOL_F = _bind(
+    VhostUserProtocolFeatures, _VHOST_USER["protocol_features"], "vhost_user.toml [protocol_features]"
+)
+VU_REQ = _bind(VhostUserRequests, _VHOST_USER["request"], "vhost_user.toml [request]")
+#: every request number -> its name, for logs and reports
+VU_REQUEST_NAMES: dict[int, str] = {int(v): str(k) for k, v in _VHOST_USER["request"].items()}

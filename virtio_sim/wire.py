@@ -10,6 +10,11 @@ Every frame is a fixed header (declared once in construct, encoded with a derive
 struct codec) followed by a typed payload. Decoding validates the magic, the version, the
 type, the declared length against :data:`MAX_PAYLOAD` and the payload size of the type;
 anything else is a :class:`WireError`, never an exception from inside construct.
+
+Between processes a connection starts with a handshake (HELLO both ways, then MEM_REGION
+frames describing guest RAM; :mod:`virtio_sim.handshake`), and when guest RAM is not
+shared the host reaches it with DMA_READ (answered by DMA_REPLY) and posted DMA_WRITE
+frames. docs/wire-protocol.md has the byte layouts and the sequences.
 """
 
 from __future__ import annotations
@@ -44,6 +49,42 @@ class MsgType(enum.IntEnum):
     BYE = 13
 
 
+class ErrorCode(enum.IntEnum):
+    """The ``code`` of an ERROR frame (docs/wire-protocol.md, "Error codes")."""
+
+    PROTOCOL = 1  # malformed, truncated or oversized frame, bad field value
+    UNSUPPORTED = 2  # a frame type the sender's role must not send, no common memory mode
+    VERSION = 3  # protocol version mismatch (frame header or HELLO)
+    AUTH = 4  # shared-secret challenge failed, or a peer of another user
+    BUSY = 5  # the host serves its maximum number of guests
+    CONFIG = 6  # the host could not build the machine for this guest (HOST_REFUSED)
+    SHUTDOWN = 7  # the host is shutting down (Ctrl-C / SIGTERM)
+    DMA = 8  # a DMA request outside guest RAM
+    TIMEOUT = 9  # handshake or frame not completed in time
+    INTERNAL = 10  # a bug on the sender's side; the connection is dropped
+
+
+class Role(enum.IntEnum):
+    HOST = 1
+    GUEST = 2
+
+
+class Capability(enum.IntFlag):
+    """What a HELLO sender can do; the host picks the memory mode from both sides' bits."""
+
+    SHARED_MEMORY_FD = 1 << 0  # can pass / map guest RAM as an fd (SCM_RIGHTS, Unix socket)
+    DMA_MESSAGES = 1 << 1  # can serve / issue DMA_READ, DMA_WRITE, DMA_REPLY
+    LINE_IRQ = 1 << 2  # level-triggered interrupt lines (IRQ kind LINE_LEVEL)
+    MSI = 1 << 3  # message-signalled interrupts (IRQ kind MSI)
+    AUTH_REQUIRED = 1 << 4  # host only: the guest must answer the challenge
+    BIG_ENDIAN = 1 << 5  # guest only: a big-endian CPU (the legacy interface uses its order)
+
+
+class MemRegionFlag(enum.IntFlag):
+    SHARED_FD = 1 << 0  # backed by the fd that came with the first MEM_REGION (SCM_RIGHTS)
+    LAST = 1 << 1  # the last region: guest RAM is complete, register traffic may start
+
+
 class IrqKind(enum.IntEnum):
     LINE_LEVEL = 1  # INTx/SPI line: value = 1 asserted, 0 deasserted
     MSI = 2  # message-signalled: value = vector
@@ -60,23 +101,42 @@ HEADER_SIZE: int = FrameHeader.sizeof()
 _HEADER = fast_codec(FrameHeader)
 
 # Payload layouts per message type (fixed-size ones; HELLO/ERROR/DMA carry variable data).
-AccessPayload = cs.Struct(
-    "addr" / cs.Int64ul, "size" / cs.Int8ul, "_pad" / cs.Bytes(7), "value" / cs.Int64ul
-)
+AccessPayload = cs.Struct("addr" / cs.Int64ul, "size" / cs.Int8ul, "_pad" / cs.Bytes(7), "value" / cs.Int64ul)
 ReadReplyPayload = cs.Struct("value" / cs.Int64ul)
-IrqPayload = cs.Struct(
-    "kind" / cs.Int8ul, "_pad" / cs.Bytes(3), "line" / cs.Int32ul, "value" / cs.Int32ul
-)
+IrqPayload = cs.Struct("kind" / cs.Int8ul, "_pad" / cs.Bytes(3), "line" / cs.Int32ul, "value" / cs.Int32ul)
+NONCE_SIZE = 32
+AUTH_TAG_SIZE = 32  # HMAC-SHA256
 HelloPayload = cs.Struct(
-    "capabilities" / cs.Int32ul,
-    "ram_size" / cs.Int64ul,
-    "name" / cs.PascalString(cs.Int8ul, "utf8"),
+    "version" / cs.Int16ul,  # protocol version the sender speaks
+    "role" / cs.Int8ul,  # Role
+    "_pad" / cs.Bytes(1),
+    "capabilities" / cs.Int32ul,  # Capability bits
+    "ram_size" / cs.Int64ul,  # host: guest RAM bytes; guest: 0
+    "nonce" / cs.Bytes(NONCE_SIZE),  # host: the challenge; guest: zeros
+    "auth" / cs.Bytes(AUTH_TAG_SIZE),  # guest: HMAC-SHA256(secret, context + nonce); host: zeros
+    "name" / cs.PascalString(cs.Int8ul, "utf8"),  # free text for logs
+    "cmdline" / cs.PascalString(cs.Int16ul, "utf8"),  # host: the kernel command line
+    cs.Terminated,
 )
+MemRegionPayload = cs.Struct(
+    "gpa" / cs.Int64ul,  # guest-physical base
+    "size" / cs.Int64ul,
+    "offset" / cs.Int64ul,  # offset into the shared object (SHARED_FD) or the guest's own RAM
+    "flags" / cs.Int32ul,  # MemRegionFlag bits
+    "_pad" / cs.Bytes(4),
+)
+DmaReadPayload = cs.Struct("addr" / cs.Int64ul, "length" / cs.Int32ul, "_pad" / cs.Bytes(4))
+DmaWriteHeader = cs.Struct("addr" / cs.Int64ul)  # followed by the bytes to write
+DmaReplyHeader = cs.Struct("status" / cs.Int32ul, "_pad" / cs.Bytes(4))  # then data or reason
 ErrorPayload = cs.Struct("code" / cs.Int32ul, "message" / cs.PascalString(cs.Int16ul, "utf8"))
 
 _ACCESS = fast_codec(AccessPayload)
 _READ_REPLY = fast_codec(ReadReplyPayload)
 _IRQ = fast_codec(IrqPayload)
+_MEM_REGION = fast_codec(MemRegionPayload)
+_DMA_READ = fast_codec(DmaReadPayload)
+_DMA_WRITE = fast_codec(DmaWriteHeader)
+_DMA_REPLY = fast_codec(DmaReplyHeader)
 
 _FIXED_SIZES = {
     MsgType.MMIO_READ: _ACCESS.size,
@@ -86,13 +146,28 @@ _FIXED_SIZES = {
     MsgType.READ_REPLY: _READ_REPLY.size,
     MsgType.IRQ: _IRQ.size,
     MsgType.BYE: 0,
+    MsgType.MEM_REGION: _MEM_REGION.size,
+    MsgType.DMA_READ: _DMA_READ.size,
 }
+# Variable-size payloads that still have a fixed-size head.
+_MIN_SIZES = {MsgType.DMA_WRITE: _DMA_WRITE.size, MsgType.DMA_REPLY: _DMA_REPLY.size}
+
+# The largest DMA transfer one frame carries; longer transfers are split by the sender.
+MAX_DMA_CHUNK = 256 << 10
+DMA_OK = 0
 
 ACCESS_SIZES = (1, 2, 4, 8)
 
 
 class WireError(Exception):
-    """A frame that is malformed, oversized, of an unknown type or version."""
+    """A frame that is malformed, oversized, of an unknown type or version.
+
+    ``code`` is the ERROR code the receiver answers with before dropping the connection.
+    """
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -117,7 +192,8 @@ def decode_header(raw: bytes) -> tuple[MsgType, int, int]:
         raise WireError(f"bad frame magic {magic:#06x}")
     if version != PROTOCOL_VERSION:
         raise WireError(
-            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
+            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})",
+            ErrorCode.VERSION,
         )
     try:
         kind = MsgType(mtype)
@@ -128,6 +204,9 @@ def decode_header(raw: bytes) -> tuple[MsgType, int, int]:
     fixed = _FIXED_SIZES.get(kind)
     if fixed is not None and length != fixed:
         raise WireError(f"{kind.name} payload must be {fixed} bytes, not {length}")
+    least = _MIN_SIZES.get(kind)
+    if least is not None and length < least:
+        raise WireError(f"{kind.name} payload must be at least {least} bytes, not {length}")
     return kind, seq, length
 
 
@@ -196,6 +275,97 @@ def bye() -> Frame:
     return Frame(MsgType.BYE, 0, b"")
 
 
+@dataclass(frozen=True)
+class Hello:
+    version: int
+    role: Role
+    capabilities: Capability
+    ram_size: int = 0
+    nonce: bytes = bytes(NONCE_SIZE)
+    auth: bytes = bytes(AUTH_TAG_SIZE)
+    name: str = ""
+    cmdline: str = ""
+
+
+def hello(h: Hello) -> Frame:
+    payload = HelloPayload.build(
+        {
+            "version": h.version,
+            "role": h.role,
+            "_pad": b"\0",
+            "capabilities": h.capabilities,
+            "ram_size": h.ram_size,
+            "nonce": h.nonce,
+            "auth": h.auth,
+            "name": h.name.encode()[:255].decode(errors="ignore"),
+            "cmdline": h.cmdline,
+        }
+    )
+    return Frame(MsgType.HELLO, 0, bytes(payload))
+
+
+def parse_hello(frame: Frame) -> Hello:
+    p = _parse_var(HelloPayload, frame)
+    try:
+        role = Role(p.role)
+    except ValueError:
+        raise WireError(f"HELLO names an unknown role {p.role}") from None
+    return Hello(
+        version=int(p.version),
+        role=role,
+        capabilities=Capability(int(p.capabilities)),
+        ram_size=int(p.ram_size),
+        nonce=bytes(p.nonce),
+        auth=bytes(p.auth),
+        name=str(p.name),
+        cmdline=str(p.cmdline),
+    )
+
+
+def mem_region(gpa: int, size: int, offset: int, flags: MemRegionFlag) -> Frame:
+    return Frame(MsgType.MEM_REGION, 0, _MEM_REGION.pack(gpa, size, offset, flags, b""))
+
+
+def parse_mem_region(frame: Frame) -> tuple[int, int, int, MemRegionFlag]:
+    gpa, size, offset, flags, _ = _MEM_REGION.unpack(frame.payload)
+    if flags & ~int(MemRegionFlag.SHARED_FD | MemRegionFlag.LAST):
+        raise WireError(f"MEM_REGION has unknown flags {flags:#x}")
+    return gpa, size, offset, MemRegionFlag(flags)
+
+
+def dma_read(seq: int, addr: int, length: int) -> Frame:
+    return Frame(MsgType.DMA_READ, seq, _DMA_READ.pack(addr, length, b""))
+
+
+def parse_dma_read(frame: Frame) -> tuple[int, int]:
+    addr, length, _ = _DMA_READ.unpack(frame.payload)
+    if length > MAX_DMA_CHUNK:
+        raise WireError(f"DMA_READ of {length} bytes exceeds the chunk limit {MAX_DMA_CHUNK}")
+    return addr, length
+
+
+def dma_write(addr: int, data: bytes | bytearray | memoryview) -> Frame:
+    return Frame(MsgType.DMA_WRITE, 0, _DMA_WRITE.pack(addr) + bytes(data))
+
+
+def parse_dma_write(frame: Frame) -> tuple[int, bytes]:
+    (addr,) = _DMA_WRITE.unpack_from(frame.payload)
+    data = frame.payload[_DMA_WRITE.size :]
+    if len(data) > MAX_DMA_CHUNK:
+        raise WireError(f"DMA_WRITE of {len(data)} bytes exceeds the chunk limit {MAX_DMA_CHUNK}")
+    return addr, data
+
+
+def dma_reply(seq: int, status: int, data: bytes = b"") -> Frame:
+    """status DMA_OK with the bytes read, or an ErrorCode with a UTF-8 reason."""
+    return Frame(MsgType.DMA_REPLY, seq, _DMA_REPLY.pack(status, b"") + data)
+
+
+def parse_dma_reply(frame: Frame) -> tuple[int, bytes]:
+    status, _ = _DMA_REPLY.unpack_from(frame.payload)
+    return int(status), frame.payload[_DMA_REPLY.size :]
+
+
 # --------------------------------------------------------------------------- channels
 
 
@@ -218,9 +388,7 @@ class MemoryFrameChannel:
     embedded mode exercises the real codec.
     """
 
-    def __init__(
-        self, tx: trio.MemorySendChannel[bytes], rx: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
+    def __init__(self, tx: trio.MemorySendChannel[bytes], rx: trio.MemoryReceiveChannel[bytes]) -> None:
         self._tx = tx
         self._rx = rx
 

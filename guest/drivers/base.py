@@ -7,6 +7,15 @@ from typing import ClassVar
 from guest.virtio import VirtioGuestDevice
 
 
+class DeviceProtocolError(Exception):
+    """The device answered in a way the driver cannot accept (a refused control command,
+    a broken receive protocol): a run reports DEVICE_ERROR."""
+
+
+class DriverProbeError(Exception):
+    """The driver looked at the device and refused it (Linux's probe returning an error)."""
+
+
 class GuestDriver:
     #: key into specs/devices.toml
     type_key: ClassVar[str]
@@ -15,6 +24,9 @@ class GuestDriver:
 
     def __init__(self, dev: VirtioGuestDevice) -> None:
         self.dev = dev
+        #: the other bound drivers of the same device type, for workloads that use
+        #: several devices at once (net-pair); filled in by the boot code
+        self.peers: list[GuestDriver] = []
 
     async def probe(self) -> None:
         """Read config, set up queues (between FEATURES_OK and DRIVER_OK)."""
@@ -28,4 +40,4 @@ class GuestDriver:
             values = [await t.read_config(off, size) for off, size in fields]
             if await t.config_generation() == before:
                 return values
-        raise RuntimeError("config generation never settled")
+        raise DriverProbeError("config generation never settled")

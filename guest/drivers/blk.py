@@ -29,9 +29,7 @@ class BlkGeometry:
 
 class BlkDriver(GuestDriver):
     type_key = "blk"
-    device_feature_mask = (
-        bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH) | bit(BLK_F.RO)
-    )
+    device_feature_mask = bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH) | bit(BLK_F.RO)
     queue_size = 128
 
     async def probe(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +31,15 @@ class DeviceQueue(Protocol):
     def pop(self) -> Chain | None: ...
 
     def push(self, head: int, written: int) -> None: ...
+
+
+class DeviceHooks(Protocol):
+    """What a model may ask of the core for work it starts itself (QEMU's virtio_notify
+    after a backend delivered a packet): serve a queue now, or announce a config change."""
+
+    def kick_from_device(self, index: int) -> None: ...
+
+    def config_changed(self) -> None: ...
 
 
 class PropertyError(ValueError):
@@ -59,10 +69,19 @@ class DeviceModel(abc.ABC):
         self.events = DeviceEvents()
         self.features = 0  # negotiated, set by activate()
         self.order: ByteOrder = "little"
+        self.hooks: DeviceHooks | None = None  # set by the core that hosts the model
+        #: set by the core: tell the driver about buffers this model completed on its own
+        #: (outside process(), e.g. an IOMMU fault report on the event queue)
+        self.notify_used: Callable[[int], None] = lambda index: None
 
     @abc.abstractmethod
     def device_features(self) -> int:
         """Device-type feature bits offered (the core adds the transport bits)."""
+
+    def queue_count(self, features: int) -> int:
+        """How many queues exist for the driver's acked ``features`` (net: the control
+        queue index moves with MQ); by default all ``num_queues`` always exist."""
+        return self.num_queues
 
     def validate_features(self, acked: int) -> str | None:
         """A reason to refuse FEATURES_OK for these acked bits, or None to accept."""
@@ -74,9 +93,7 @@ class DeviceModel(abc.ABC):
 
     def config_write(self, offset: int, data: bytes) -> None:
         """Drivers may write some config fields; by default every field is read-only."""
-        self.events.note(
-            f"ignored write of {len(data)} bytes to read-only config offset {offset:#x}"
-        )
+        self.events.note(f"ignored write of {len(data)} bytes to read-only config offset {offset:#x}")
 
     def activate(self, features: int, order: ByteOrder) -> None:
         """Called when the driver sets DRIVER_OK (or, legacy, starts using queues)."""
@@ -94,6 +111,9 @@ class DeviceModel(abc.ABC):
     @abc.abstractmethod
     def process(self, queue: DeviceQueue) -> int:
         """Serve every available request on ``queue``; returns how many were completed.
+
+        0 means no progress (e.g. a receive queue with buffers but nothing to deliver):
+        the core then stops serving until the next notification or device kick.
 
         May raise RingError or DmaError: the core applies the error policy.
         """

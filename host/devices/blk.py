@@ -41,9 +41,7 @@ class BlkDevice(DeviceModel):
     ) -> None:
         super().__init__()
         if logical_block_size < BLK.sector_size or logical_block_size & (logical_block_size - 1):
-            raise PropertyError(
-                f"logical_block_size {logical_block_size} must be a power of two >= 512"
-            )
+            raise PropertyError(f"logical_block_size {logical_block_size} must be a power of two >= 512")
         try:
             self.fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
         except OSError as e:
@@ -70,9 +68,7 @@ class BlkDevice(DeviceModel):
         return f
 
     def config_space(self) -> bytes:
-        fields = dict.fromkeys(
-            name for name in (sc.name for sc in virtio_blk_config(self.order).subcons)
-        )
+        fields = dict.fromkeys(name for name in (sc.name for sc in virtio_blk_config(self.order).subcons))
         values: dict[str, object] = {k: 0 for k in fields}
         values.update(
             capacity=self.capacity,

@@ -58,6 +58,10 @@ class MmioTransport(InterruptSink):
         if legacy:
             # The legacy interface offers no VERSION_1 (its features are 32 bits wide).
             device.transport_features.version_1 = False
+        else:
+            # A modern-only transport masks the legacy-only bits, as QEMU's v2 mode does.
+            device.transport_features.any_layout = False
+            device.transport_features.notify_on_empty = False
         self._reset_registers()
 
     @property
@@ -133,11 +137,7 @@ class MmioTransport(InterruptSink):
             case "QueueReady":
                 return int(q.ready) if q else 0
             case "QueuePFN":
-                return (
-                    (q.desc // self.guest_page_size)
-                    if q and q.ready and self.guest_page_size
-                    else 0
-                )
+                return (q.desc // self.guest_page_size) if q and q.ready and self.guest_page_size else 0
             case "InterruptStatus":
                 return self.interrupt_status
             case "Status":
@@ -163,9 +163,7 @@ class MmioTransport(InterruptSink):
     def write(self, offset: int, size: int, value: int) -> None:
         if offset >= MMIO_CONFIG_OFFSET:
             if size not in (1, 2, 4, 8) or (not self.legacy and offset % size):
-                self.device.note(
-                    f"mmio: config write of {size} bytes at unaligned offset {offset:#x}"
-                )
+                self.device.note(f"mmio: config write of {size} bytes at unaligned offset {offset:#x}")
                 return
             self.device.write_config(offset - MMIO_CONFIG_OFFSET, size, value)
             return
@@ -179,6 +177,8 @@ class MmioTransport(InterruptSink):
                 self.device_features_sel = value
             case "DriverFeatures":
                 if self.legacy and self.driver_features_sel:
+                    # QEMU logs this guest error: version 1 has only feature word 0.
+                    d.note("mmio: legacy DriverFeatures write with DriverFeaturesSel > 0 ignored")
                     return
                 d.write_driver_features(self.driver_features_sel, value)
             case "DriverFeaturesSel":

@@ -21,6 +21,7 @@ class DeviceRing(Protocol):
     space: AddressSpace
     size: int
     warnings: list[str]  # non-fatal observations (odd event flags, ...) for the device notes
+    published: int  # used entries written so far
 
     @property
     def in_flight(self) -> Collection[int]: ...

@@ -157,6 +157,7 @@ class PackedDeviceQueue:
         if order != "little":
             raise ValueError("packed rings exist only with VERSION_1, which is little-endian")
         self.space = space
+        self.published = 0
         self.size = size
         self.addrs = addrs
         self.event_idx = event_idx
@@ -277,9 +278,7 @@ class PackedDeviceQueue:
                 )
             descs.append(d)
         if room < len(descs):
-            raise RingError(
-                "ring-overrun", f"slot {pos % size} made available while every slot is in flight"
-            )
+            raise RingError("ring-overrun", f"slot {pos % size} made available while every slot is in flight")
         buf_id = descs[-1].id
         if buf_id >= size:
             raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
@@ -338,13 +337,9 @@ class PackedDeviceQueue:
         if d.flags & PACKED_DESC_F.NEXT:
             raise RingError("indirect-with-next", "INDIRECT and NEXT both set", buf_id)
         if index:
-            raise RingError(
-                "indirect-in-chain", "INDIRECT descriptor inside a chain of the ring", buf_id
-            )
+            raise RingError("indirect-in-chain", "INDIRECT descriptor inside a chain of the ring", buf_id)
         if not self.indirect and self.strict:
-            raise RingError(
-                "indirect-not-negotiated", "INDIRECT used without VIRTIO_F_INDIRECT_DESC", buf_id
-            )
+            raise RingError("indirect-not-negotiated", "INDIRECT used without VIRTIO_F_INDIRECT_DESC", buf_id)
         if d.len == 0 or d.len % _DESC_SIZE:
             raise RingError(
                 "indirect-bad-length",
@@ -369,9 +364,7 @@ class PackedDeviceQueue:
             addr, length, _id, flags = _DESC.unpack_from(table, i * _DESC_SIZE)
             chain.descriptors += 1
             if flags & PACKED_DESC_F.INDIRECT and self.strict:
-                raise RingError(
-                    "nested-indirect", "indirect descriptor inside an indirect table", buf_id
-                )
+                raise RingError("nested-indirect", "indirect descriptor inside an indirect table", buf_id)
             add(addr, length, bool(flags & PACKED_DESC_F.WRITE))
 
     # -- completing ---------------------------------------------------------------
@@ -415,6 +408,7 @@ class PackedDeviceQueue:
             self._write_used(last_id, last.written, sum(b.descs for _, b in batch))
 
     def _write_used(self, buf_id: int, written: int, skip: int) -> None:
+        self.published += 1  # used entries written: progress the core can see
         pos = self._used_pos
         flags = used_flags(pos, self.size) | (PACKED_DESC_F.WRITE if written else 0)
         raw = _DESC.pack(0, written, buf_id, flags)
@@ -602,9 +596,7 @@ class PackedDriverQueue:
             descs = [(table.dev_addr, table_len, PACKED_DESC_F.INDIRECT)]
         else:
             nxt = PACKED_DESC_F.NEXT
-            descs = [
-                (a, n, fl | (nxt if i + 1 < len(segs) else 0)) for i, (a, n, fl) in enumerate(segs)
-            ]
+            descs = [(a, n, fl | (nxt if i + 1 < len(segs) else 0)) for i, (a, n, fl) in enumerate(segs)]
         pos = self._avail_pos
         # Every descriptor after the head is complete before the head becomes available.
         for i in range(1, len(descs)):
@@ -661,9 +653,7 @@ class PackedDriverQueue:
         if self._completed:
             return self._completed.popleft()
         pos = self._used_pos
-        _addr, length, buf_id, flags = _DESC.unpack(
-            self.memory.read(self._desc_addr(pos), _DESC_SIZE)
-        )
+        _addr, length, buf_id, flags = _DESC.unpack(self.memory.read(self._desc_addr(pos), _DESC_SIZE))
         if not is_used(flags, pos, self.size):
             return None
         state = self.inflight.get(buf_id)

@@ -40,6 +40,7 @@ from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, 
 from virtio_sim.spec import AVAIL_F, DESC_F, NOTIFY_DATA, SPLIT, USED_F
 
 IDX_MASK = 0xFFFF
+INDIRECT_TABLE_LIMIT = 1024  # QEMU's VIRTQUEUE_MAX_SIZE
 CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
 
@@ -50,9 +51,7 @@ def need_event(event: int, new: int, old: int) -> bool:
 
 def check_queue_size(size: int) -> None:
     if size < 1 or size > SPLIT.max_queue_size or size & (size - 1):
-        raise ValueError(
-            f"split queue size {size} must be a power of two in 1..{SPLIT.max_queue_size}"
-        )
+        raise ValueError(f"split queue size {size} must be a power of two in 1..{SPLIT.max_queue_size}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,7 @@ class SplitDeviceQueue:
     ) -> None:
         check_queue_size(size)
         self.space = space
+        self.published = 0
         self.size = size
         self.addrs = addrs
         self.event_idx = event_idx
@@ -98,7 +98,9 @@ class SplitDeviceQueue:
         self._done: dict[int, int] = {}  # IN_ORDER: head -> written, held back
         self._ready: list[tuple[int, int]] = []  # IN_ORDER: (head, written) to write
         self._last_claim: int | None = None  # NOTIFICATION_DATA: the previous avail idx
-        self.max_indirect = max_indirect if max_indirect is not None else size
+        # Linux may build indirect tables longer than a small queue; QEMU caps any chain at
+        # VIRTQUEUE_MAX_SIZE (1024) entries, and so do we unless told otherwise.
+        self.max_indirect = max_indirect if max_indirect is not None else max(size, INDIRECT_TABLE_LIMIT)
         self._desc = layouts.desc_codec(order)
         self._elem = layouts.used_elem_codec(order)
         self._idx = layouts.ring_index_codec(order)
@@ -164,11 +166,13 @@ class SplitDeviceQueue:
         """
         if not self.has_available():
             return None
-        if len(self.in_flight) >= self.size:
-            raise RingError("too-many-in-flight", f"{self.size} requests already in flight")
         slot = self.last_avail % self.size
         head = self._read_u16(self.addrs.avail + layouts.avail_entry_offset(slot))
         self.last_avail = (self.last_avail + 1) & IDX_MASK
+        if len(self.in_flight) >= self.size:
+            # Consumed like every other bad head: raising before last_avail moved would
+            # make a drop policy retry the same slot forever.
+            raise RingError("too-many-in-flight", f"{self.size} requests already in flight")
         if head >= self.size:
             raise RingError("head-out-of-range", f"avail ring names head {head} >= {self.size}")
         if head in self.in_flight:
@@ -181,9 +185,7 @@ class SplitDeviceQueue:
             self._order.append(head)
             expected, self._next_head = self._next_head, head
             if head != expected and self.strict:
-                raise RingError(
-                    "in-order-head", f"IN_ORDER chain starts at {head}, not at {expected}", head
-                )
+                raise RingError("in-order-head", f"IN_ORDER chain starts at {head}, not at {expected}", head)
         chain = self._walk(head)
         if self.in_order:
             self._writable[head] = chain.writable_len
@@ -226,9 +228,7 @@ class SplitDeviceQueue:
             chain.descriptors += 1
             if flags & DESC_F.INDIRECT:
                 if indirect_table is not None:
-                    raise RingError(
-                        "nested-indirect", "indirect descriptor inside an indirect table", head
-                    )
+                    raise RingError("nested-indirect", "indirect descriptor inside an indirect table", head)
                 if not self.indirect and self.strict:
                     raise RingError(
                         "indirect-not-negotiated",
@@ -329,11 +329,10 @@ class SplitDeviceQueue:
             self._write_used(head, written, len(batch))
 
     def _write_used(self, head: int, written: int, count: int) -> None:
+        self.published += 1  # used entries written: progress the core can see
         slot = self.used_idx % self.size
         try:
-            self.space.write(
-                self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written)
-            )
+            self.space.write(self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written))
             self.used_idx = (self.used_idx + count) & IDX_MASK
             self.space.write(self._used_idx_addr, self._idx.pack(self.used_idx))
         except DmaError as e:
@@ -393,6 +392,18 @@ class SplitDeviceQueue:
         self._writable.clear()
         self._done.clear()
         self._ready.clear()
+
+    def resume(self, last_avail: int) -> None:
+        """Start from a ring another device instance served before (vhost's
+        SET_VRING_BASE): continue at ``last_avail`` and at the used index found in memory.
+
+        Chains between the two indices were in flight when the ring stopped; they are not
+        re-served (a front-end that restarts a ring it stopped cleanly has none).
+        """
+        self.last_avail = self._shadow_avail = last_avail & IDX_MASK
+        self.used_idx = self._read_u16(self._used_idx_addr)
+        self._signalled_valid = False
+        self.in_flight.clear()
 
 
 # --------------------------------------------------------------------------- driver side
@@ -457,12 +468,8 @@ class SplitDriverQueue:
     def num_free(self) -> int:
         return len(self.free)
 
-    def _write_desc(
-        self, base: int, index: int, addr: int, length: int, flags: int, nxt: int
-    ) -> None:
-        self.memory.write(
-            base + index * layouts.DESC_SIZE, self._desc.pack(addr, length, flags, nxt)
-        )
+    def _write_desc(self, base: int, index: int, addr: int, length: int, flags: int, nxt: int) -> None:
+        self.memory.write(base + index * layouts.DESC_SIZE, self._desc.pack(addr, length, flags, nxt))
 
     def add(
         self,
@@ -490,9 +497,7 @@ class SplitDriverQueue:
             table = self.indirect_pool.alloc(layouts.DESC_SIZE * len(segs), layouts.DESC_SIZE)
             for i, (a, n, fl) in enumerate(segs):
                 more = i + 1 < len(segs)
-                self._write_desc(
-                    table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0
-                )
+                self._write_desc(table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0)
             head = self._take()
             # The table is as long as the chain, not as the (possibly larger) pool buffer.
             table_len = layouts.DESC_SIZE * len(segs)
@@ -588,8 +593,7 @@ class SplitDriverQueue:
             if len(batch) > ahead:
                 raise self._mark_broken(
                     "used-idx-jump",
-                    f"IN_ORDER used id {head} completes {len(batch)} buffers but used idx"
-                    f" moved by {ahead}",
+                    f"IN_ORDER used id {head} completes {len(batch)} buffers but used idx moved by {ahead}",
                 )
         self.last_used = (self.last_used + len(batch)) & IDX_MASK
         for h in batch:

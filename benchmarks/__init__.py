@@ -1,0 +1,1 @@
+"""On-demand benchmarks: ``python -m benchmarks`` (never part of the timed test suite)."""

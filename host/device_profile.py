@@ -1,0 +1,79 @@
+"""Turn a device generation (a DeviceProfile) into the QEMU options it would accept.
+
+A matrix cell asks for a device type on a transport with some settings (iommu_platform,
+ring layout). A QEMU generation either has the property and the transport mode or it
+does not; in the latter case QEMU refuses to start, and so does this, with QEMU's
+wording. What the profile says about behaviour (validating bit 33, how DMA meets an
+IOMMU, whether the bit is offered at all) becomes ``x-`` properties of the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from host.devices.base import PropertyError
+from virtio_sim.profiles import DeviceProfile
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    device_key: str  # "blk", "rng"
+    transport: str  # one of virtio_sim.profiles.TRANSPORT_NAMES
+    iommu_platform: bool = False
+    packed: bool = False
+
+
+#: device keys whose QEMU device is not called virtio-<key> (the console is virtio-serial)
+QEMU_DEVICE_NAMES = {"console": "virtio-serial"}
+
+
+def _onoff(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
+    """The ``-device`` string for ``req`` on a ``profile`` device, or PropertyError."""
+    pci = req.transport.startswith("pci-")
+    base = QEMU_DEVICE_NAMES.get(req.device_key, f"virtio-{req.device_key}")
+    name = f"{base}-{'pci' if pci else 'device'}"
+    props: dict[str, str] = {}
+
+    def need(prop: str, owner: str = name) -> None:
+        if prop not in profile.properties:
+            raise PropertyError(f"Property '{owner}.{prop}' not found")
+
+    if req.transport == "mmio-v2" and not profile.mmio_v2:
+        need("force-legacy", "virtio-mmio")
+    if pci:
+        if req.transport in ("pci-modern", "pci-transitional") and not profile.pci_modern:
+            need("disable-modern")
+        if req.transport == "pci-modern":
+            need("disable-legacy")
+            props["disable-legacy"] = "on"
+            props["disable-modern"] = "off"
+        elif req.transport == "pci-transitional":
+            if "disable-legacy" in profile.properties:
+                props["disable-legacy"] = "off"
+                props["disable-modern"] = "off"
+        elif "disable-modern" in profile.properties:  # pci-legacy
+            props["disable-modern"] = "on"
+            props["disable-legacy"] = "off"
+        elif not profile.pci_modern:
+            # Before virtio 1.0 the device simply has no modern interface (no property yet).
+            props["disable-modern"] = "on"
+    if req.iommu_platform:
+        need("iommu_platform")
+        if profile.access_platform_offer == "property":
+            props["iommu_platform"] = "on"
+    if req.packed:
+        need("packed")
+        props["packed"] = "on"
+    for prop in ("event_idx", "indirect_desc"):
+        if prop in profile.defaults:
+            props[prop] = _onoff(bool(profile.defaults[prop]))
+    # Ring features this generation did not have are off, whatever today's defaults are.
+    for prop in ("queue_reset", "in_order", "notification_data"):
+        props[prop] = _onoff(bool(profile.defaults.get(prop, False)))
+    props["x-validate-access-platform"] = _onoff(profile.validate_access_platform)
+    props["x-dma"] = profile.dma
+    return ",".join([name, *(f"{k}={v}" for k, v in props.items())])

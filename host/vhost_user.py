@@ -1,0 +1,643 @@
+"""A vhost-user back-end: our device models served to a real QEMU (the front-end).
+
+QEMU keeps the transport (virtio-pci or virtio-mmio, the status byte, the guest's feature
+negotiation) and hands the rings to us: SET_FEATURES tells what the driver acked,
+SET_MEM_TABLE passes guest RAM as memfds, SET_VRING_NUM/BASE/ADDR/KICK/CALL describe each
+ring, a kick is an eventfd write, an interrupt is our write to the call eventfd. The device
+behind it is exactly the one the simulator's own host serves: a :class:`VirtioDevice` with
+the model built from a ``-device`` option (``virtio-rng-device``, ``virtio-blk-device,
+drive=...``), its :class:`SplitDeviceQueue` reading the rings through a
+:class:`VhostMemoryTable`, so every ring rule the device side checks (and every note and
+violation it records) applies to whatever driver the front-end's guest runs: a real Linux.
+
+How the vhost-user states map onto the device core:
+
+* SET_FEATURES resets the device and writes the acked features (vhost's own bits removed),
+  then FEATURES_OK; the first ring start sets DRIVER_OK (QEMU starts the back-end at the
+  guest's DRIVER_OK). A FEATURES_OK our device would refuse cannot be refused here: the
+  guest already has it; it is kept as a note.
+* A ring starts when it has an address, a kick fd and (with PROTOCOL_FEATURES) was enabled;
+  GET_VRING_BASE stops it and returns where it got to; SET_VRING_BASE resumes from there.
+* A ring violation (the device's error policy applies as usual) is also signalled on the
+  ring's error eventfd (SET_VRING_ERR), which QEMU reports as "vhost vring error".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from host.devices.base import DeviceModel
+from host.devices.blk import BlkDevice
+from host.devices.rng import RngDevice
+from host.qdev import BuiltDevice
+from host.vhost_memory import VhostMemoryError, VhostMemoryTable
+from host.vhost_user_wire import (
+    Message,
+    VhostUserProtocolError,
+    encode_reply,
+    expect_size,
+    payload_u64,
+    payload_vring_state,
+    receive_message,
+    send_all,
+    u64_payload,
+    vring_state_payload,
+)
+from host.virtio_device import VirtioDevice
+from virtio_sim import layouts
+from virtio_sim.dma import DmaError
+from virtio_sim.ring.chain import Chain, RingError
+from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses, check_queue_size
+from virtio_sim.spec import (
+    DESC_F,
+    FEATURES,
+    STATUS,
+    VU_F,
+    VU_LIMITS,
+    VU_PROTOCOL_F,
+    VU_REQ,
+    VU_VRING,
+    F,
+    bit,
+    status_names,
+)
+
+EVENTFD_WORD = 8  # an eventfd is read and written 8 bytes at a time
+SEQUENCE_LIMIT = 200  # messages kept in order for the report
+RECORD_LIMIT = 1 << 20  # entropy bytes kept for the report (end-to-end checks)
+BASE_PROTOCOL_FEATURES = bit(VU_PROTOCOL_F.MQ) | bit(VU_PROTOCOL_F.REPLY_ACK)
+VHOST_ONLY_FEATURES = bit(VU_F.PROTOCOL_FEATURES) | bit(VU_F.LOG_ALL)
+DRIVER_OK_STATUS = STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK
+
+
+class _Refused(Exception):
+    """A request this back-end cannot carry out; answered with a failed REPLY_ACK."""
+
+
+class _CurrentMemory:
+    """The AddressSpace the rings hold: whatever the latest SET_MEM_TABLE mapped.
+
+    QEMU may replace the table while rings run (memory hotplug); guest-physical
+    addresses stay valid across that, so the rings never need rebuilding.
+    """
+
+    name = "vhost-user"
+
+    def __init__(self) -> None:
+        self.table: VhostMemoryTable | None = None
+
+    def _t(self, addr: int, length: int) -> VhostMemoryTable:
+        if self.table is None:
+            raise DmaError(addr, length, "no SET_MEM_TABLE yet")
+        return self.table
+
+    def read(self, addr: int, length: int) -> bytes:
+        return self._t(addr, length).read(addr, length)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self._t(addr, len(data)).write(addr, data)
+
+    def check(self, addr: int, length: int, write: bool) -> None:
+        self._t(addr, length).check(addr, length, write)
+
+
+@dataclass
+class RingStats:
+    chains: int = 0
+    indirect_chains: int = 0
+    interrupts_sent: int = 0
+    interrupts_suppressed: int = 0
+
+
+class ObservedSplitQueue(SplitDeviceQueue):
+    """The device ring plus the evidence a report wants: how many chains came indirect,
+    how many interrupts the driver's event index (or NO_INTERRUPT) suppressed."""
+
+    stats: RingStats
+
+    def pop(self) -> Chain | None:
+        chain = super().pop()
+        if chain is not None:
+            self.stats.chains += 1
+            _, _, flags, _ = self._read_desc(self.addrs.desc, chain.head, chain.head)
+            if flags & DESC_F.INDIRECT:
+                self.stats.indirect_chains += 1
+        return chain
+
+    def needs_interrupt(self) -> bool:
+        wanted = super().needs_interrupt()
+        if wanted:
+            self.stats.interrupts_sent += 1
+        else:
+            self.stats.interrupts_suppressed += 1
+        return wanted
+
+
+@dataclass
+class Vring:
+    """What the front-end told us about one ring."""
+
+    index: int
+    num: int = 0
+    base: int = 0
+    addr: tuple[int, int, int] | None = None  # front-end virtual: desc, avail, used
+    kick_fd: int | None = None
+    call_fd: int | None = None
+    err_fd: int | None = None
+    enabled: bool = False
+    started: bool = False
+    ring: ObservedSplitQueue | None = None
+    watcher: trio.CancelScope | None = None
+    kicks: int = 0
+    errors_signalled: int = 0
+    stats: RingStats = field(default_factory=RingStats)
+
+
+class RecordingEntropy:
+    """Wraps an rng model's entropy source and keeps what it served (bounded)."""
+
+    def __init__(self, inner: Any, limit: int = RECORD_LIMIT) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.served = bytearray()
+        self.total = 0
+
+    def read(self, n: int) -> bytes:
+        data: bytes = self.inner.read(n)
+        self.total += len(data)
+        room = self.limit - len(self.served)
+        if room > 0:
+            self.served += data[:room]
+        return data
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class VhostUserBackend:
+    """One device served to one front-end connection."""
+
+    def __init__(self, built: BuiltDevice) -> None:
+        self.built = built
+        self.model: DeviceModel = built.model
+        self.memory = _CurrentMemory()
+        self.vdev = VirtioDevice(
+            built.model,
+            lambda features: self.memory,
+            transport_features=built.transport_features,
+            policy=built.policy,
+            strict_rings=built.strict_rings,
+            validate_access_platform=built.validate_access_platform,
+        )
+        self.vdev.sink = self
+        self.vrings = [Vring(i) for i in range(self.model.num_queues)]
+        self.protocol_features = 0
+        self.acked_features: int | None = None
+        self._raw_acked = 0  # SET_FEATURES as sent, vhost's own bits included
+        self.messages: Counter[str] = Counter()
+        self.sequence: list[str] = []
+        self.notes: list[str] = []
+        self.entropy: RecordingEntropy | None = None
+        if isinstance(self.model, RngDevice):
+            self.entropy = RecordingEntropy(self.model.source)
+            self.model.source = self.entropy  # type: ignore[assignment]
+        self.ended = ""
+        self._nursery: trio.Nursery | None = None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    @property
+    def offered_protocol_features(self) -> int:
+        """CONFIG only for a device that has a config space (QEMU warns otherwise)."""
+        has_config = bool(self.vdev.config_bytes("little"))
+        return BASE_PROTOCOL_FEATURES | (bit(VU_PROTOCOL_F.CONFIG) if has_config else 0)
+
+    @property
+    def offered_features(self) -> int:
+        return self.vdev.device_features | bit(VU_F.PROTOCOL_FEATURES)
+
+    def _has_protocol(self) -> bool:
+        return bool(self._raw_acked >> VU_F.PROTOCOL_FEATURES & 1)
+
+    def _vring(self, index: int, what: str) -> Vring:
+        if not 0 <= index < len(self.vrings):
+            raise _Refused(f"{what}: vring {index} does not exist ({len(self.vrings)} queues)")
+        return self.vrings[index]
+
+    # -- InterruptSink -----------------------------------------------------------------
+
+    def queue_interrupt(self, index: int) -> None:
+        vr = self.vrings[index] if 0 <= index < len(self.vrings) else None
+        if vr is None or vr.call_fd is None:
+            return
+        try:
+            os.write(vr.call_fd, (1).to_bytes(EVENTFD_WORD, "little"))
+        except OSError as e:
+            if e.errno != errno.EAGAIN:
+                self.note(f"vring {index}: call eventfd write failed: {e.strerror}")
+
+    def config_interrupt(self) -> None:
+        # A config change or DEVICE_NEEDS_RESET would need the back-end request channel
+        # (PROTOCOL_F_BACKEND_REQ), which this back-end does not offer.
+        self.note("config interrupt wanted, but vhost-user has no channel for it here")
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def serve(self, sock: trio.socket.SocketType) -> str:
+        """Serve the connection until the front-end closes it; returns how it ended."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                self.ended = await self._message_loop(sock)
+            finally:
+                self._stop_all()
+                nursery.cancel_scope.cancel()
+        if self.memory.table is not None:
+            self.memory.table.close()
+            self.memory.table = None
+        for vr in self.vrings:
+            for fd in (vr.call_fd, vr.err_fd):
+                _close_fd(fd)
+            vr.call_fd = vr.err_fd = None
+        return self.ended
+
+    async def _message_loop(self, sock: trio.socket.SocketType) -> str:
+        while True:
+            try:
+                msg = await receive_message(sock)
+            except VhostUserProtocolError as e:
+                self.note(f"protocol error: {e}")
+                return f"protocol error: {e}"
+            except OSError as e:
+                return f"connection lost: {e.strerror}"
+            if msg is None:
+                return "front-end closed the connection"
+            self.messages[msg.name] += 1
+            if len(self.sequence) < SEQUENCE_LIMIT:
+                self.sequence.append(msg.name)
+            try:
+                reply, ok = self._dispatch(msg), True
+            except (_Refused, VhostMemoryError, RingError) as e:
+                self.note(f"{msg.name}: {e}")
+                reply, ok = None, False
+            except VhostUserProtocolError as e:
+                self.note(f"protocol error: {e}")
+                msg.close_fds()
+                return f"protocol error: {e}"
+            finally:
+                msg.close_fds()  # handlers take the fds they keep out of the list
+            try:
+                if reply is not None:
+                    await send_all(sock, encode_reply(msg.request, reply))
+                elif msg.need_reply and self.protocol_features >> VU_PROTOCOL_F.REPLY_ACK & 1:
+                    await send_all(sock, encode_reply(msg.request, u64_payload(0 if ok else 1)))
+            except OSError as e:
+                return f"connection lost: {e.strerror}"
+
+    def _dispatch(self, msg: Message) -> bytes | None:
+        """Handle one message; returns the reply payload for requests that have one."""
+        r = msg.request
+        if r == VU_REQ.GET_FEATURES:
+            return u64_payload(self.offered_features)
+        if r == VU_REQ.SET_FEATURES:
+            self._set_features(payload_u64(msg))
+        elif r == VU_REQ.GET_PROTOCOL_FEATURES:
+            return u64_payload(self.offered_protocol_features)
+        elif r == VU_REQ.SET_PROTOCOL_FEATURES:
+            value = payload_u64(msg)
+            if value & ~self.offered_protocol_features:
+                self.note(f"front-end acked protocol features we did not offer: {value:#x}")
+            self.protocol_features = value & self.offered_protocol_features
+        elif r == VU_REQ.GET_QUEUE_NUM:
+            return u64_payload(self.model.num_queues)
+        elif r in (VU_REQ.SET_OWNER, VU_REQ.RESET_OWNER, VU_REQ.RESET_DEVICE):
+            if r != VU_REQ.SET_OWNER:
+                self._stop_all()
+                self.vdev.reset()
+                self.acked_features = None
+        elif r == VU_REQ.SET_MEM_TABLE:
+            self._set_mem_table(msg)
+        elif r == VU_REQ.SET_VRING_NUM:
+            index, num = payload_vring_state(msg)
+            vr = self._vring(index, msg.name)
+            try:
+                check_queue_size(num)
+            except ValueError as e:
+                raise _Refused(f"vring {index}: {e}") from None
+            vr.num = num
+        elif r == VU_REQ.SET_VRING_ADDR:
+            self._set_vring_addr(msg)
+        elif r == VU_REQ.SET_VRING_BASE:
+            index, num = payload_vring_state(msg)
+            self._vring(index, msg.name).base = num
+        elif r == VU_REQ.GET_VRING_BASE:
+            index, _ = payload_vring_state(msg)
+            vr = self._vring(index, msg.name)
+            base = self._stop(vr)
+            return vring_state_payload(index, base)
+        elif r in (VU_REQ.SET_VRING_KICK, VU_REQ.SET_VRING_CALL, VU_REQ.SET_VRING_ERR):
+            self._set_vring_fd(msg)
+        elif r == VU_REQ.SET_VRING_ENABLE:
+            index, num = payload_vring_state(msg)
+            vr = self._vring(index, msg.name)
+            vr.enabled = bool(num)
+            if vr.enabled:
+                self._maybe_start(vr)
+        elif r == VU_REQ.GET_CONFIG:
+            return self._get_config(msg)
+        elif r == VU_REQ.SET_CONFIG:
+            self._set_config(msg)
+        elif r == VU_REQ.GET_MAX_MEM_SLOTS:
+            return u64_payload(VU_LIMITS.max_mem_regions)
+        else:
+            if msg.name.startswith("GET_"):
+                # We never offered the feature that makes QEMU ask this; no reply we
+                # could give would be right.
+                raise VhostUserProtocolError(f"{msg.name} is not supported by this back-end")
+            raise _Refused(f"unsupported request {msg.name}")
+        return None
+
+    # -- features and memory -------------------------------------------------------------
+
+    def _set_features(self, value: int) -> None:
+        if value & bit(VU_F.LOG_ALL):
+            self.note("front-end asked for dirty logging (LOG_ALL), which is not supported")
+        virtio = value & ~VHOST_ONLY_FEATURES
+        if virtio == self.acked_features and any(vr.started for vr in self.vrings):
+            self._raw_acked = value
+            return  # the same features again (e.g. logging toggled): rings keep running
+        self._stop_all()
+        self._raw_acked = value
+        self.acked_features = virtio
+        self.vdev.reset()
+        self.vdev.write_driver_features(0, virtio & 0xFFFFFFFF)
+        self.vdev.write_driver_features(1, virtio >> 32)
+        self.vdev.write_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK)
+        if virtio >> F.RING_PACKED & 1:
+            self.note("packed rings were acked, but this back-end serves split rings only")
+
+    def _set_mem_table(self, msg: Message) -> None:
+        hdr = layouts.VHOST_USER_MEMORY_HEADER_SIZE
+        if len(msg.payload) < hdr:
+            raise VhostUserProtocolError(f"SET_MEM_TABLE payload of {len(msg.payload)} bytes")
+        nregions, _ = layouts.vhost_user_memory_header_codec.unpack(msg.payload[:hdr])
+        if not 1 <= nregions <= VU_LIMITS.max_mem_regions:
+            raise _Refused(f"SET_MEM_TABLE with {nregions} regions (1..{VU_LIMITS.max_mem_regions})")
+        expect_size(msg, hdr + nregions * layouts.VHOST_USER_REGION_SIZE)
+        records = [
+            layouts.vhost_user_region_codec.unpack_from(msg.payload, hdr + i * layouts.VHOST_USER_REGION_SIZE)
+            for i in range(nregions)
+        ]
+        fds, msg.fds = msg.fds, []
+        table = VhostMemoryTable.from_message(records, fds)
+        old, self.memory.table = self.memory.table, table
+        if old is not None:
+            old.close()
+
+    # -- rings -------------------------------------------------------------------------
+
+    def _set_vring_addr(self, msg: Message) -> None:
+        expect_size(msg, layouts.VhostUserVringAddr.sizeof())
+        index, _flags, desc, used, avail, _log = layouts.vhost_user_vring_addr_codec.unpack(msg.payload)
+        vr = self._vring(index, msg.name)
+        vr.addr = (desc, avail, used)
+        self._maybe_start(vr)
+
+    def _set_vring_fd(self, msg: Message) -> None:
+        value = payload_u64(msg)
+        index = value & VU_VRING.index_mask
+        vr = self._vring(index, msg.name)
+        nofd = bool(value & VU_VRING.nofd)
+        if nofd and msg.fds:
+            raise VhostUserProtocolError(f"{msg.name}: NOFD flag set but an fd was attached")
+        if not nofd and len(msg.fds) != 1:
+            raise VhostUserProtocolError(f"{msg.name}: expected one fd, got {len(msg.fds)}")
+        fd = None if nofd else msg.fds.pop()
+        if msg.request == VU_REQ.SET_VRING_KICK:
+            self._stop_watching(vr)
+            vr.kick_fd = fd
+            if fd is None:
+                self.note(f"vring {index}: no kick fd (polling mode is not supported)")
+            if not self._has_protocol():
+                vr.enabled = True  # without PROTOCOL_FEATURES a ring starts enabled
+            self._maybe_start(vr)
+        elif msg.request == VU_REQ.SET_VRING_CALL:
+            _close_fd(vr.call_fd)
+            vr.call_fd = fd  # always the latest: QEMU swaps it when it masks vectors
+        else:
+            _close_fd(vr.err_fd)
+            vr.err_fd = fd
+
+    def _maybe_start(self, vr: Vring) -> None:
+        if vr.started or not vr.enabled or vr.kick_fd is None or vr.addr is None or not vr.num:
+            return
+        table = self.memory.table
+        if table is None or self.acked_features is None:
+            return
+        n = vr.num
+        desc = table.uva_to_gpa(vr.addr[0], layouts.desc_table_size(n))
+        avail = table.uva_to_gpa(vr.addr[1], layouts.avail_ring_size(n))
+        used = table.uva_to_gpa(vr.addr[2], layouts.used_ring_size(n))
+        q = self.vdev.queue(vr.index)
+        if q is None:
+            raise _Refused(f"vring {vr.index} does not exist for the acked features")
+        feats = self.acked_features
+        try:
+            ring = ObservedSplitQueue(
+                self.memory,
+                n,
+                SplitRingAddresses(desc, avail, used),
+                event_idx=bool(feats >> F.EVENT_IDX & 1),
+                indirect=bool(feats >> F.INDIRECT_DESC & 1),
+                order=self.vdev.byte_order(self.vdev.guest_order),
+                strict=self.vdev.strict_rings,
+            )
+        except RingError as e:
+            self._signal_error(vr)
+            raise _Refused(f"vring {vr.index}: {e}") from None
+        ring.stats = vr.stats
+        ring.resume(vr.base)
+        q.size, q.desc, q.driver, q.device = n, desc, avail, used
+        q.ring, q.ready = ring, True
+        vr.ring, vr.started = ring, True
+        if not self.vdev.status & STATUS.DRIVER_OK:
+            self.vdev.write_status(DRIVER_OK_STATUS)
+            if not self.vdev.status & STATUS.FEATURES_OK:
+                acked = ", ".join(FEATURES.names(self.acked_features, self.model.type_key)) or "-"
+                self.note(
+                    f"the guest runs with features our device refuses ({acked}):"
+                    f" {status_names(self.vdev.status)}"
+                )
+        if self._nursery is not None and vr.kick_fd is not None:
+            self._nursery.start_soon(self._watch_kick, vr, vr.kick_fd)
+        self._serve(vr)  # buffers made available before the ring started
+
+    async def _watch_kick(self, vr: Vring, fd: int) -> None:
+        with trio.CancelScope() as scope:
+            vr.watcher = scope
+            while True:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except (trio.ClosedResourceError, OSError):
+                    return
+                try:
+                    os.read(fd, EVENTFD_WORD)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    self.note(f"vring {vr.index}: kick eventfd read failed: {e.strerror}")
+                    return
+                vr.kicks += 1
+                self._serve(vr)
+
+    def _serve(self, vr: Vring) -> None:
+        if not vr.started or not vr.enabled:
+            return
+        before = len(self.vdev.violations)
+        self.vdev.notify(vr.index)
+        if len(self.vdev.violations) > before:
+            self._signal_error(vr)
+
+    def _signal_error(self, vr: Vring) -> None:
+        vr.errors_signalled += 1
+        if vr.err_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(vr.err_fd, (1).to_bytes(EVENTFD_WORD, "little"))
+
+    def _stop_watching(self, vr: Vring) -> None:
+        if vr.watcher is not None:
+            vr.watcher.cancel()
+            vr.watcher = None
+        if vr.kick_fd is not None:
+            trio.lowlevel.notify_closing(vr.kick_fd)
+            _close_fd(vr.kick_fd)
+            vr.kick_fd = None
+
+    def _stop(self, vr: Vring) -> int:
+        """GET_VRING_BASE: stop the ring; returns the next avail index it would serve."""
+        base = vr.ring.last_avail if vr.ring is not None else vr.base
+        self._stop_watching(vr)
+        vr.started = False
+        vr.ring = None
+        vr.base = base
+        q = self.vdev.queue(vr.index)
+        if q is not None:
+            q.ready = False
+            q.ring = None
+        return base
+
+    def _stop_all(self) -> None:
+        for vr in self.vrings:
+            if vr.started or vr.kick_fd is not None:
+                self._stop(vr)
+
+    # -- config --------------------------------------------------------------------------
+
+    def _config_request(self, msg: Message) -> tuple[int, int, bytes]:
+        hdr = layouts.VHOST_USER_CONFIG_HEADER_SIZE
+        if len(msg.payload) < hdr:
+            raise VhostUserProtocolError(f"{msg.name} payload of {len(msg.payload)} bytes")
+        offset, size, _flags = layouts.vhost_user_config_header_codec.unpack(msg.payload[:hdr])
+        if size > VU_LIMITS.max_config_size or offset > VU_LIMITS.max_config_size:
+            raise VhostUserProtocolError(f"{msg.name}: config range {offset}+{size} is too large")
+        expect_size(msg, hdr + size)
+        return offset, size, msg.payload[hdr:]
+
+    def _get_config(self, msg: Message) -> bytes:
+        offset, size, _ = self._config_request(msg)
+        space = self.vdev.config_bytes("little")
+        data = space[offset : offset + size]
+        if len(data) < size:
+            self.note(f"GET_CONFIG {offset}+{size} reaches past our {len(space)}-byte config (zeros)")
+            data = data.ljust(size, b"\0")
+        return bytes(
+            layouts.vhost_user_config(size).build(
+                {"offset": offset, "size": size, "flags": 0, "payload": data}
+            )
+        )
+
+    def _set_config(self, msg: Message) -> None:
+        offset, size, data = self._config_request(msg)
+        if size not in (1, 2, 4, 8):
+            raise _Refused(f"SET_CONFIG of {size} bytes at {offset} (fields are 1, 2, 4 or 8 bytes)")
+        self.vdev.write_config(offset, size, int.from_bytes(data, "little"), "little")
+
+    # -- report ---------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        key = self.model.type_key
+        acked = self.acked_features or 0
+        out: dict[str, Any] = {
+            "device": self.built.spec.driver,
+            "ended": self.ended,
+            "messages": dict(self.messages),
+            "sequence": self.sequence,
+            "protocol_features": f"{self.protocol_features:#x}",
+            "features_offered": f"{self.offered_features:#x}",
+            "features_acked": f"{acked:#x}",
+            "negotiated": FEATURES.names(acked, key),
+            "status": status_names(self.vdev.status),
+            "queues": [
+                {
+                    "index": vr.index,
+                    "size": vr.num,
+                    "kicks": vr.kicks,
+                    "chains": vr.stats.chains,
+                    "indirect_chains": vr.stats.indirect_chains,
+                    "interrupts_sent": vr.stats.interrupts_sent,
+                    "interrupts_suppressed": vr.stats.interrupts_suppressed,
+                    "errors_signalled": vr.errors_signalled,
+                }
+                for vr in self.vrings
+            ],
+            "violations": [v.__dict__ for v in self.vdev.violations],
+            "notes": self.notes + self.vdev.notes + self.model.events.messages,
+        }
+        if self.entropy is not None:
+            out["rng"] = {"bytes_served": self.entropy.total, "served_hex": self.entropy.served.hex()}
+        if isinstance(self.model, BlkDevice):
+            out["blk"] = {"requests": self.model.requests, "capacity_sectors": self.model.capacity}
+        return out
+
+
+async def serve_socket(
+    path: str,
+    built: BuiltDevice,
+    *,
+    connect_timeout: float | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> VhostUserBackend | None:
+    """Listen on ``path``, serve the first front-end that connects, return the back-end
+    (None when nobody connected within ``connect_timeout`` seconds)."""
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await listener.bind(path)
+        listener.listen(1)
+        task_status.started()
+        conn: trio.socket.SocketType | None = None
+        with trio.move_on_after(connect_timeout if connect_timeout is not None else math.inf):
+            conn, _ = await listener.accept()
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if conn is None:
+        return None
+    backend = VhostUserBackend(built)
+    with conn:
+        await backend.serve(conn)
+    return backend

@@ -1,0 +1,1 @@
+"""Interoperability matrices: cells, their execution, and reports."""

@@ -1,0 +1,184 @@
+"""``virtio-sim matrix`` and ``virtio-sim compat``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from virtio_sim.matrix import report
+from virtio_sim.matrix.executors import TOOL_ERROR, DaskExecutor, LocalPool
+from virtio_sim.matrix.run import Executor, execute, plan
+from virtio_sim.matrix.spec import AXES, AXIS_DEFAULTS, MatrixError, MatrixSpec, load_matrix
+
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2
+
+
+def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", nargs="?", type=Path, help="matrix TOML (default: specs/matrices/default.toml)")
+    for axis in AXES:
+        flag = "--" + axis.replace("_", "-")
+        p.add_argument(
+            flag, dest=axis, action="append", metavar=axis.upper(), help=f"only these {axis} values"
+        )
+    add_executor_arguments(p)
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="write JSON (to stdout alone if no PATH)",
+    )
+    p.add_argument("--junit-xml", metavar="PATH", help="write a JUnit XML report")
+    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML grid")
+
+
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler")
+    p.add_argument("--dask-local", type=int, metavar="N", help="run on a dask LocalCluster of N workers")
+    p.add_argument("--timeout", type=float, help="per-cell timeout in seconds (overrides the file)")
+    p.add_argument("--seed", type=int, default=1, help="seed for reproducible data")
+
+
+def make_executor(args: argparse.Namespace) -> Executor:
+    if args.scheduler or args.dask_local:
+        if args.dask_local is not None and args.dask_local < 1:
+            raise MatrixError("--dask-local needs at least 1 worker")
+        return DaskExecutor(address=args.scheduler, local_workers=args.dask_local)
+    if args.workers is not None and args.workers < 1:
+        raise MatrixError("--workers needs at least 1")
+    return LocalPool(args.workers)
+
+
+def matrix_spec(args: argparse.Namespace) -> tuple[MatrixSpec, dict[str, list[str]]]:
+    filters = {a: getattr(args, a) for a in AXES if getattr(args, a, None)}
+    spec = load_matrix(args.file)
+    if args.file is None and filters:
+        # Ad-hoc selection: axes not named take plain defaults, not the whole default matrix.
+        for axis, values in AXIS_DEFAULTS.items():
+            spec.axes[axis] = list(values)
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise MatrixError("--timeout must be positive")
+        spec.timeout = args.timeout
+    return spec, filters
+
+
+def run_with_progress(
+    spec: MatrixSpec, cells: list[Any], executor: Executor, seed: int, quiet: bool
+) -> list[dict[str, Any]]:
+    if quiet:
+        return execute(spec, cells, executor, seed=seed)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("cells", total=len(cells))
+        return execute(spec, cells, executor, seed=seed, progress=lambda i, r: bar.advance(task))
+
+
+def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    if args.json and args.json != "-":
+        Path(args.json).write_text(report.to_json(results, meta))
+    if args.junit_xml:
+        Path(args.junit_xml).write_text(report.to_junit(results, meta["source"]))
+    if args.html:
+        Path(args.html).write_text(report.to_html(results, f"virtio-sim matrix: {meta['source']}"))
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    try:
+        spec, filters = matrix_spec(args)
+        cells = plan(spec, filters)
+        executor = make_executor(args)
+    except MatrixError as e:
+        print(f"virtio-sim matrix: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not cells:
+        print("virtio-sim matrix: error: the filters select no cell", file=sys.stderr)
+        return EXIT_USAGE
+    json_only = args.json == "-"
+    results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only)
+    meta = {
+        "source": spec.source,
+        "cells": len(results),
+        "timeout": spec.timeout,
+        "seed": args.seed,
+    }
+    write_outputs(args, results, meta)
+    if json_only:
+        print(report.to_json(results, meta))
+    else:
+        console = Console()
+        report.print_table(results, console)
+    bad = report.mismatches(results)
+    errors = [r for r in results if r["outcome"] == TOOL_ERROR]
+    out = sys.stderr if json_only else sys.stdout
+    for m in bad:
+        print(f"MISMATCH {m.id}: expected {m.expected}, got {m.got} ({m.detail})", file=out)
+    for r in errors:
+        print(f"TOOL ERROR {r['id']}: {r['detail']}", file=sys.stderr)
+    return EXIT_MISMATCH if bad or errors else 0
+
+
+def cmd_compat(args: argparse.Namespace) -> int:
+    """Run two driver generations over the same device configurations; show what changed."""
+    try:
+        spec, filters = matrix_spec(args)
+        filters["driver"] = [args.old, args.new]
+        cells = plan(spec, filters)
+        executor = make_executor(args)
+    except MatrixError as e:
+        print(f"virtio-sim compat: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    json_only = args.json == "-"
+    results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only)
+    pairs: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        key = "/".join(str(r[a]) for a in AXES if a != "driver")
+        pairs.setdefault(key, {})[r["driver"]] = r
+    changes = []
+    for key, by in sorted(pairs.items()):
+        old, new = by.get(args.old), by.get(args.new)
+        if old and new and old["outcome"] != new["outcome"]:
+            changes.append(
+                {"config": key, "old": old["outcome"], "new": new["outcome"],
+                 "old_detail": old.get("detail", ""), "new_detail": new.get("detail", "")}
+            )  # fmt: skip
+    meta = {"source": spec.source, "old": args.old, "new": args.new, "configs": len(pairs)}
+    if json_only:
+        import json
+
+        print(json.dumps({"compat": meta, "changed": changes, "cells": results}, indent=2))
+        return 0
+    write_outputs(args, results, meta)
+    console = Console()
+    console.print(f"{len(pairs)} configurations, {len(changes)} changed from {args.old} to {args.new}")
+    from rich.table import Table
+
+    t = Table("configuration", args.old, args.new, "why (new)")
+    for c in changes:
+        t.add_row(c["config"], c["old"], c["new"], c["new_detail"][:80])
+    console.print(t)
+    return 0
+
+
+def add_compat_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--old", required=True, help="older driver profile")
+    p.add_argument("--new", required=True, help="newer driver profile")
+    p.add_argument("file", nargs="?", type=Path, help="matrix TOML for the device axes")
+    for axis in AXES:
+        if axis == "driver":
+            continue
+        p.add_argument("--" + axis.replace("_", "-"), dest=axis, action="append", metavar=axis.upper())
+    add_executor_arguments(p)
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH")
+    p.add_argument("--junit-xml", metavar="PATH")
+    p.add_argument("--html", metavar="PATH")

@@ -1,0 +1,198 @@
+"""Executors: run cells on local worker processes, or on a dask.distributed cluster.
+
+The local pool keeps one long-lived worker process per core and gives each cell a hard
+deadline on top of the run's own (cooperative) timeout: a worker that does not answer in
+time is killed and replaced, its cell is reported as HANG, and the matrix goes on. Results
+come back in cell order whichever executor ran them, so outputs are identical.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from virtio_sim.matrix.spec import Cell
+from virtio_sim.outcome import Outcome
+
+CellFn = Callable[[Cell, float, int], dict[str, Any]]
+Progress = Callable[[int, dict[str, Any]], None]
+
+TOOL_ERROR = "TOOL_ERROR"  # our own bug while running a cell; never a verdict on the peers
+
+
+def hard_deadline(timeout: float) -> float:
+    """Seconds a worker may take for a cell before it is killed (run timeout + grace)."""
+    return timeout * 1.5 + 3
+
+
+def failed_cell(cell: Cell, outcome: str, detail: str) -> dict[str, Any]:
+    return {**cell.axes(), "id": cell.id, "outcome": outcome, "detail": detail}
+
+
+WORKER_START_LIMIT = 120.0  # seconds a fresh worker may take to import everything
+
+
+def _worker(conn: Connection, fn: CellFn) -> None:
+    conn.send("ready")  # imports are done: cell deadlines start counting from here
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        idx, cell, timeout, seed = job
+        try:
+            res = fn(cell, timeout, seed)
+        except Exception as e:  # a bug in the tool: report it, keep the worker
+            res = failed_cell(cell, TOOL_ERROR, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        conn.send((idx, res))
+
+
+@dataclass
+class _Slot:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    job: int | None = None
+    deadline: float = 0.0
+
+
+class LocalPool:
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["virtio_sim.matrix.cell"])
+
+    def _spawn(self, fn: CellFn) -> _Slot:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker, args=(child, fn), daemon=True)
+        proc.start()
+        child.close()
+        if not parent.poll(WORKER_START_LIMIT) or parent.recv() != "ready":
+            proc.kill()
+            raise RuntimeError("a matrix worker process did not start")
+        return _Slot(proc, parent)
+
+    def run(
+        self,
+        cells: Sequence[Cell],
+        fn: CellFn,
+        *,
+        timeout: float,
+        seed: int = 1,
+        progress: Progress | None = None,
+    ) -> list[dict[str, Any]]:
+        results: list[dict[str, Any] | None] = [None] * len(cells)
+        todo = deque(range(len(cells)))
+        slots = [self._spawn(fn) for _ in range(min(self.workers, len(cells)))]
+        limit = hard_deadline(timeout)
+
+        def finish(i: int, res: dict[str, Any]) -> None:
+            results[i] = res
+            if progress:
+                progress(i, res)
+
+        try:
+            while todo or any(s.job is not None for s in slots):
+                for s in slots:
+                    if s.job is None and todo:
+                        s.job = todo.popleft()
+                        s.deadline = time.monotonic() + limit
+                        s.conn.send((s.job, cells[s.job], timeout, seed))
+                busy = [s for s in slots if s.job is not None]
+                wait_for = max(0.0, min(s.deadline for s in busy) - time.monotonic())
+                ready = wait([s.conn for s in busy], timeout=wait_for)
+                for s in busy:
+                    if s.conn in ready:
+                        try:
+                            idx, res = s.conn.recv()
+                        except (EOFError, OSError):
+                            assert s.job is not None
+                            cell = cells[s.job]
+                            finish(s.job, failed_cell(cell, TOOL_ERROR, "worker process died"))
+                            self._replace(slots, s, fn)
+                            continue
+                        s.job = None
+                        finish(idx, res)
+                    elif time.monotonic() >= s.deadline:
+                        assert s.job is not None
+                        cell = cells[s.job]
+                        detail = f"cell did not finish within {limit:g}s; its worker was killed"
+                        finish(s.job, failed_cell(cell, Outcome.HANG.value, detail))
+                        self._replace(slots, s, fn)
+        finally:
+            for s in slots:
+                try:
+                    s.conn.send(None)
+                except (OSError, BrokenPipeError):
+                    pass
+            for s in slots:
+                s.proc.join(timeout=2)
+                if s.proc.is_alive():
+                    s.proc.kill()
+                    s.proc.join()
+        return [r for r in results if r is not None]
+
+    def _replace(self, slots: list[_Slot], old: _Slot, fn: CellFn) -> None:
+        old.proc.kill()
+        old.proc.join()
+        old.conn.close()
+        slots[slots.index(old)] = self._spawn(fn)
+
+
+class DaskExecutor:
+    """Cells as dask futures: on a scheduler at ``address``, or a LocalCluster of N workers."""
+
+    def __init__(self, address: str | None = None, local_workers: int | None = None) -> None:
+        if address is None and local_workers is None:
+            raise ValueError("give a scheduler address or a number of local workers")
+        self.address = address
+        self.local_workers = local_workers
+
+    def run(
+        self,
+        cells: Sequence[Cell],
+        fn: CellFn,
+        *,
+        timeout: float,
+        seed: int = 1,
+        progress: Progress | None = None,
+    ) -> list[dict[str, Any]]:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if self.address is None:
+            cluster = LocalCluster(
+                n_workers=self.local_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+            client = Client(cluster)
+        else:
+            client = Client(self.address, timeout=30)
+        try:
+            futures = client.map(fn, list(cells), timeout=timeout, seed=seed, pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results: list[dict[str, Any] | None] = [None] * len(cells)
+            for fut in as_completed(futures):
+                i = index[fut.key]
+                try:
+                    res = fut.result()
+                except Exception as e:
+                    res = failed_cell(cells[i], TOOL_ERROR, f"{type(e).__name__}: {e}")
+                results[i] = res
+                if progress:
+                    progress(i, res)
+            return [r for r in results if r is not None]
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()

@@ -1,0 +1,187 @@
+"""Matrix reports: terminal table, JSON, JUnit XML and a self-contained HTML grid."""
+
+from __future__ import annotations
+
+import html
+import json
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+OUTCOME_STYLE = {
+    "OK": "green",
+    "OK_NO_ISOLATION": "yellow",
+    "FAILED_CLEAN": "cyan",
+    "NOT_PROBED": "bright_black",
+    "HOST_REFUSED": "blue",
+    "DMA_FAULT": "magenta",
+    "DEVICE_ERROR": "red",
+    "CORRUPTION": "bold red",
+    "HANG": "bold magenta",
+    "TOOL_ERROR": "bold white on red",
+}
+OUTCOME_COLOUR = {
+    "OK": "#3c9a4a",
+    "OK_NO_ISOLATION": "#d8b83a",
+    "FAILED_CLEAN": "#4aa8c8",
+    "NOT_PROBED": "#9a9a9a",
+    "HOST_REFUSED": "#5a6ad0",
+    "DMA_FAULT": "#b84ab8",
+    "DEVICE_ERROR": "#d05a3a",
+    "CORRUPTION": "#a01010",
+    "HANG": "#7a1a7a",
+    "TOOL_ERROR": "#000000",
+}
+ABBREV = {
+    "OK": "OK", "OK_NO_ISOLATION": "NOISO", "FAILED_CLEAN": "FAIL", "NOT_PROBED": "NOPROBE",
+    "HOST_REFUSED": "REFUSED", "DMA_FAULT": "DMAF", "DEVICE_ERROR": "DEVERR",
+    "CORRUPTION": "CORRUPT", "HANG": "HANG", "TOOL_ERROR": "BUG",
+}  # fmt: skip
+
+
+@dataclass
+class Mismatch:
+    id: str
+    expected: str
+    got: str
+    detail: str
+
+
+def mismatches(results: list[dict[str, Any]]) -> list[Mismatch]:
+    return [
+        Mismatch(r["id"], r["expected"], r["outcome"], r.get("detail", ""))
+        for r in results
+        if r.get("expected") and r["expected"] != r["outcome"]
+    ]
+
+
+def _variant(r: dict[str, Any]) -> str:
+    """The axes that are not rows/columns of the grid, as one label."""
+    parts = [r["workload"]]
+    if r.get("iommu_platform") == "on":
+        parts.append("iommu_platform")
+    if r.get("ring") != "split":
+        parts.append(str(r.get("ring")))
+    if r.get("iommu") not in (None, "none"):
+        parts.append(str(r["iommu"]))
+    return "+".join(parts)
+
+
+def print_table(results: list[dict[str, Any]], console: Console) -> None:
+    for transport in sorted({r["transport"] for r in results}):
+        rows = [r for r in results if r["transport"] == transport]
+        devices = sorted({r["device"] for r in rows})
+        drivers = sorted({r["driver"] for r in rows})
+        table = Table(title=f"transport {transport}", show_lines=False)
+        table.add_column("driver \\ device")
+        for d in devices:
+            table.add_column(d)
+        for drv in drivers:
+            cells = []
+            for dev in devices:
+                here = [r for r in rows if r["driver"] == drv and r["device"] == dev]
+                cells.append(
+                    " ".join(
+                        f"[{OUTCOME_STYLE.get(r['outcome'], '')}]{ABBREV.get(r['outcome'], r['outcome'])}[/]"
+                        + ("!" if r.get("expected") and r["expected"] != r["outcome"] else "")
+                        for r in sorted(here, key=_variant)
+                    )
+                )
+            table.add_row(drv, *cells)
+        console.print(table)
+    variants = sorted({_variant(r) for r in results})
+    console.print(f"cell order within a box: {', '.join(variants)}")
+    counts = Counter(r["outcome"] for r in results)
+    console.print(
+        "outcomes: " + ", ".join(f"[{OUTCOME_STYLE.get(k, '')}]{k}[/] {v}" for k, v in sorted(counts.items()))
+    )
+
+
+def to_json(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    counts = Counter(r["outcome"] for r in results)
+    return json.dumps({"matrix": meta, "summary": dict(sorted(counts.items())), "cells": results}, indent=2)
+
+
+def to_junit(results: list[dict[str, Any]], name: str) -> str:
+    failures = mismatches(results)
+    failed_ids = {m.id for m in failures}
+    suite = ET.Element(
+        "testsuite",
+        name=name,
+        tests=str(len(results)),
+        failures=str(len(failures)),
+        errors=str(sum(1 for r in results if r["outcome"] == "TOOL_ERROR")),
+        time=f"{sum(float(r.get('seconds', 0)) for r in results):.3f}",
+    )
+    for r in results:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"matrix.{r['transport']}", name=r["id"],
+            time=f"{float(r.get('seconds', 0)):.4f}",
+        )  # fmt: skip
+        props = ET.SubElement(case, "properties")
+        ET.SubElement(props, "property", name="outcome", value=r["outcome"])
+        if r["id"] in failed_ids:
+            f = ET.SubElement(case, "failure", message=f"expected {r['expected']}, got {r['outcome']}")
+            f.text = r.get("detail", "")
+        elif r["outcome"] == "TOOL_ERROR":
+            e = ET.SubElement(case, "error", message="tool error")
+            e.text = r.get("detail", "")
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def to_html(results: list[dict[str, Any]], title: str) -> str:
+    """A self-contained page: one grid per transport, details per cell on click."""
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title><style>",
+        "body{font-family:sans-serif;margin:1em} table{border-collapse:collapse;margin-bottom:2em}",
+        "th,td{border:1px solid #ccc;padding:3px;vertical-align:top}",
+        ".cell{display:inline-block;min-width:4.5em;color:#fff;padding:2px 4px;margin:1px;"
+        "font-size:11px;border-radius:3px;cursor:pointer}",
+        ".mismatch{outline:3px solid #f00}",
+        "details{font-size:12px} pre{white-space:pre-wrap;max-width:60em}",
+        "</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
+    counts = Counter(r["outcome"] for r in results)
+    parts.append("<p id='summary'>")
+    parts.append(
+        " ".join(
+            f"<span class='cell' style='background:{OUTCOME_COLOUR.get(k, '#000')}'>{esc(k)}: {v}</span>"
+            for k, v in sorted(counts.items())
+        )
+    )
+    parts.append("</p>")
+    for transport in sorted({r["transport"] for r in results}):
+        rows = [r for r in results if r["transport"] == transport]
+        devices = sorted({r["device"] for r in rows})
+        drivers = sorted({r["driver"] for r in rows})
+        parts.append(f"<h2>{esc(transport)}</h2><table class='grid' data-transport='{esc(transport)}'>")
+        parts.append(
+            "<tr><th>driver \\ device</th>" + "".join(f"<th>{esc(d)}</th>" for d in devices) + "</tr>"
+        )
+        for drv in drivers:
+            parts.append(f"<tr><th>{esc(drv)}</th>")
+            for dev in devices:
+                parts.append("<td>")
+                for r in sorted((r for r in rows if r["driver"] == drv and r["device"] == dev), key=_variant):
+                    mism = bool(r.get("expected")) and r["expected"] != r["outcome"]
+                    detail = json.dumps(r, indent=1)
+                    attrs = f"data-id='{esc(r['id'])}' data-outcome='{esc(r['outcome'])}'"
+                    parts.append(
+                        f"<details class='cellbox' {attrs}>"
+                        f"<summary class='cell{' mismatch' if mism else ''}' "
+                        f"style='background:{OUTCOME_COLOUR.get(r['outcome'], '#000')}'>"
+                        f"{esc(_variant(r))}: {esc(ABBREV.get(r['outcome'], r['outcome']))}</summary>"
+                        f"<pre>{esc(detail)}</pre></details>"
+                    )
+                parts.append("</td>")
+            parts.append("</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

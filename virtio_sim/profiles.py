@@ -1,0 +1,172 @@
+"""Driver and device generations as data (specs/profiles/), validated on load.
+
+A new Linux or QEMU generation is a new TOML file, not a subclass. Loading checks every
+key and every feature name and fails with the file and the key at fault, because a typo
+in a profile would otherwise silently change what a matrix cell tests.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtio_sim.spec import FEATURES, SPECS_DIR
+
+PROFILES_DIR = SPECS_DIR / "profiles"
+TRANSPORT_NAMES = ("pci-modern", "pci-transitional", "pci-legacy", "mmio-v1", "mmio-v2")
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, malformed or names something unknown."""
+
+
+@dataclass(frozen=True)
+class DriverProfile:
+    name: str
+    description: str
+    transport_features: int
+    device_features: dict[str, int]
+    transports: tuple[str, ...]
+    mmio_versions: tuple[int, ...]
+    pci_match: str  # "any" | "transitional-only"
+    acpi_hids: tuple[str, ...]
+    dt_compatibles: tuple[str, ...]
+    dma_api: str  # "never" | "feature" | "always"
+    features_ok: bool
+    endianness: str  # "little" | "big"
+    restricted_memory: bool = False
+    refuse_unrestricted: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    properties: frozenset[str]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    pci_modern: bool = True
+    mmio_v2: bool = True
+    validate_access_platform: bool = True
+    dma: str = "honor"  # "honor" | "bypass" | "translate-always"
+    access_platform_offer: str = "property"  # "property" | "never"
+
+
+_DRIVER_KEYS = {
+    "description": str, "transport_features": list, "device_features": dict, "transports": list,
+    "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
+    "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
+    "refuse_unrestricted": bool,
+}  # fmt: skip
+_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted"}
+_DEVICE_KEYS = {
+    "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
+    "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
+}  # fmt: skip
+_CHOICES = {
+    "pci_match": ("any", "transitional-only"),
+    "dma_api": ("never", "feature", "always"),
+    "endianness": ("little", "big"),
+    "dma": ("honor", "bypass", "translate-always"),
+    "access_platform_offer": ("property", "never"),
+}
+KNOWN_DEVICE_PROPERTIES = frozenset(
+    {
+        "event_idx", "indirect_desc", "disable-legacy", "disable-modern", "iommu_platform",
+        "packed", "force-legacy", "queue_reset", "in_order", "notification_data",
+    }
+)  # fmt: skip
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path}: invalid TOML: {e}") from None
+
+
+def _check_keys(path: Path, data: dict[str, Any], keys: dict[str, type], required: set[str]) -> None:
+    for k, v in data.items():
+        if k not in keys:
+            raise ProfileError(f"{path}: unknown key {k!r}")
+        if not isinstance(v, keys[k]):
+            raise ProfileError(f"{path}: key {k!r} must be a {keys[k].__name__}")
+        if k in _CHOICES and v not in _CHOICES[k]:
+            raise ProfileError(f"{path}: key {k!r} must be one of {', '.join(_CHOICES[k])}")
+    missing = required - set(data)
+    if missing:
+        raise ProfileError(f"{path}: missing key(s) {', '.join(sorted(missing))}")
+
+
+def _features(path: Path, key: str, names: list[Any], scope: str | None) -> int:
+    mask = 0
+    for n in names:
+        if not isinstance(n, str) or not FEATURES.known(n):
+            raise ProfileError(f"{path}: key {key!r}: unknown feature {n!r}")
+        fb = FEATURES.get(n)
+        if scope is not None and fb.scope != scope:
+            raise ProfileError(f"{path}: key {key!r}: {n} belongs to {fb.scope}, not {scope}")
+        mask |= fb.mask
+    return mask
+
+
+def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfile:
+    path = (directory or PROFILES_DIR / "drivers") / f"{name}.toml"
+    data = _read(path)
+    _check_keys(path, data, _DRIVER_KEYS, _DRIVER_REQUIRED)
+    for t in data["transports"]:
+        if t not in TRANSPORT_NAMES:
+            raise ProfileError(f"{path}: key 'transports': unknown transport {t!r}")
+    dev_feats = {}
+    for key, names in data["device_features"].items():
+        if not isinstance(names, list):
+            raise ProfileError(f"{path}: key 'device_features.{key}' must be a list")
+        dev_feats[key] = _features(path, f"device_features.{key}", names, key)
+    return DriverProfile(
+        name=name,
+        description=data["description"],
+        transport_features=_features(path, "transport_features", data["transport_features"], "transport"),
+        device_features=dev_feats,
+        transports=tuple(data["transports"]),
+        mmio_versions=tuple(int(v) for v in data["mmio_versions"]),
+        pci_match=data["pci_match"],
+        acpi_hids=tuple(data["acpi_hids"]),
+        dt_compatibles=tuple(data["dt_compatibles"]),
+        dma_api=data["dma_api"],
+        features_ok=data["features_ok"],
+        endianness=data["endianness"],
+        restricted_memory=data.get("restricted_memory", False),
+        refuse_unrestricted=data.get("refuse_unrestricted", False),
+    )
+
+
+def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfile:
+    path = (directory or PROFILES_DIR / "devices") / f"{name}.toml"
+    data = _read(path)
+    _check_keys(path, data, _DEVICE_KEYS, {"description", "properties"})
+    props = data["properties"]
+    for p in props:
+        if p not in KNOWN_DEVICE_PROPERTIES:
+            raise ProfileError(f"{path}: key 'properties': unknown property {p!r}")
+    for p in data.get("defaults", {}):
+        if p not in props:
+            raise ProfileError(f"{path}: key 'defaults.{p}': property is not in 'properties'")
+    return DeviceProfile(
+        name=name,
+        description=data["description"],
+        properties=frozenset(props),
+        defaults=dict(data.get("defaults", {})),
+        pci_modern=data.get("pci_modern", True),
+        mmio_v2=data.get("mmio_v2", True),
+        validate_access_platform=data.get("validate_access_platform", True),
+        dma=data.get("dma", "honor"),
+        access_platform_offer=data.get("access_platform_offer", "property"),
+    )
+
+
+def list_profiles(kind: str) -> list[str]:
+    return sorted(p.stem for p in (PROFILES_DIR / kind).glob("*.toml"))
