@@ -391,9 +391,9 @@ class VirtioDevice:
         if q is not None and q.ready and not self.broken:
             try:
                 problem = self._ring(q).check_notify_data(data.next_off, data.next_wrap)
-            except RingError as e:
-                problem = str(e)
-            self.notify_data_checked += 1
+                self.notify_data_checked += 1
+            except RingError:
+                problem = None  # an unusable ring: notify() applies the error policy
             if problem:
                 msg = f"notification data {value:#010x}: {problem}"
                 self.violations.append(Violation("notify-data-mismatch", msg, q.index, "noted"))
@@ -441,6 +441,7 @@ class VirtioDevice:
             try:
                 used_before = ring.published
                 done = self.model.process(bound)
+                ring.flush()  # IN_ORDER batching: the held run becomes one used entry now
                 if ring.published != used_before:
                     self._maybe_interrupt(q)
                 # Re-arm notifications, then look again: a buffer added between the last

@@ -13,8 +13,8 @@ import construct as cs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from ringpair import RingPair
+
 from virtio_sim import layouts as L
 from virtio_sim.ring.chain import ChainWriter, DeviceBrokenError, RingError
 from virtio_sim.ring.notify import decode_notify_data, encode_notify_data
@@ -135,9 +135,7 @@ def test_any_packed_queue_size_up_to_32768(size: int) -> None:
     off=st.integers(0, 2**15 - 1),
     wrap=st.integers(0, 1),
 )
-def test_event_crossed_matches_brute_force(
-    size: int, old: int, span: int, off: int, wrap: int
-) -> None:
+def test_event_crossed_matches_brute_force(size: int, old: int, span: int, off: int, wrap: int) -> None:
     new = old + span
     word = off | wrap << 15
     if off >= size:
@@ -673,9 +671,7 @@ def test_split_in_order_driver_uses_consecutive_slots() -> None:
             h = d.add([(p.data, 4)], [(p.data + 8, 4), (p.data + 16, 4)], rnd, use_indirect=False)
             assert h == (3 * rnd) % 4
             slots = [(h + k) % 4 for k in range(3)]
-            nexts = [
-                struct.unpack("<QIHH", p.mem.read(p.addrs.desc + 16 * s, 16))[3] for s in slots
-            ]
+            nexts = [struct.unpack("<QIHH", p.mem.read(p.addrs.desc + 16 * s, 16))[3] for s in slots]
             assert nexts[:2] == slots[1:]  # next = slot + 1, wrapping to 0
             c = v.pop()
             assert c is not None

@@ -386,7 +386,7 @@ class PackedDeviceQueue:
         buf.written = written
         while self._order and self._buffers[self._order[0]].written is not None:
             first = self._order.popleft()
-            self._ready.append((first, self._buffers.pop(first)))
+            self._ready.append((first, self._buffers[first]))  # in flight until written
         if not self.batch_in_order:
             self.flush()
 
@@ -401,6 +401,8 @@ class PackedDeviceQueue:
                     break  # skipped buffers count as fully written: only full ones join
                 n += 1
             batch, ready = ready[: n + 1], ready[n + 1 :]
+            for buf_id, _ in batch:
+                del self._buffers[buf_id]
             last_id, last = batch[-1]
             assert last.written is not None
             self._write_used(last_id, last.written, sum(b.descs for _, b in batch))
