@@ -92,6 +92,7 @@ async def _main(
     result.device_features = dev.device_features  # as the guest read them (a host may add its own)
     result.negotiated = FEATURES.names(dev.features, key)
     result.status_trace = dev.trace
+    result.ring = dev.ring_info()
     if not record.bound:
         broke = record.device_broke
         result.outcome = Outcome.DEVICE_ERROR if broke else Outcome.FAILED_CLEAN
@@ -109,6 +110,7 @@ async def _main(
         result.outcome = Outcome.OK
         result.detail = f"{workload_name} verified"
     result.status_trace = dev.trace
+    result.ring = dev.ring_info()
     damage = kernel.check_canaries()
     if damage:
         result.outcome = Outcome.CORRUPTION

@@ -75,7 +75,7 @@ class BootError(Exception):
     pass
 
 
-_VIOT_PARAM = re.compile(r"virtio_sim\.viot=(0x[0-9a-fA-F]+):([0-9a-fA-Fx@,]*)")
+_VIOT_PARAM = re.compile(r"virtio_sim\.viot=(0x[0-9a-fA-F]+):([0-9a-fA-Fx@,pci:]*)")
 
 
 @dataclass
@@ -83,18 +83,23 @@ class Viot:
     """Which transports sit behind which virtio-iommu (what ACPI's VIOT table says)."""
 
     iommu_base: int
-    endpoints: dict[int, int]  # transport base -> endpoint id
+    endpoints: dict[int, int]  # mmio transport base -> endpoint id
+    pci_endpoints: dict[int, int] = field(default_factory=dict)  # requester id -> endpoint id
 
 
 def parse_viot(cmdline: str) -> Viot | None:
     m = _VIOT_PARAM.search(cmdline)
     if m is None:
         return None
-    endpoints = {}
+    endpoints: dict[int, int] = {}
+    pci: dict[int, int] = {}
     for item in filter(None, m.group(2).split(",")):
-        base, _, ep = item.partition("@")
-        endpoints[int(base, 0)] = int(ep, 0)
-    return Viot(int(m.group(1), 0), endpoints)
+        where, _, ep = item.partition("@")
+        if where.startswith("pci:"):
+            pci[int(where[4:], 0)] = int(ep, 0)
+        else:
+            endpoints[int(where, 0)] = int(ep, 0)
+    return Viot(int(m.group(1), 0), endpoints, pci)
 
 
 def endpoint_domain(endpoint: int) -> int:
@@ -369,11 +374,14 @@ class GuestKernel:
         driver_cls = DRIVERS.get(key or "")
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {t.device_id}")
-        dev = self._new_device(t, None)
+        bus_no, slot, fn = pdev.bdf
+        requester_id = bus_no << 8 | slot << 3 | fn
+        endpoint = self.viot.pci_endpoints.get(requester_id) if self.viot else None
+        dev = self._new_device(t, endpoint)
         if pdev.irq_pin:
             self._irq_routes.setdefault(pdev.irq_line, []).append(dev)
         await self._setup_msix(bus, pdev, t, dev)
-        return await self._bind(where, key, t, dev, driver_cls)
+        return await self._bind(where, key, t, dev, driver_cls, endpoint)
 
     async def _setup_msix(
         self,

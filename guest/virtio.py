@@ -7,6 +7,13 @@ then DRIVER_OK. Any failure sets FAILED and is reported with the step that faile
 
 Every status value written and read back is recorded in :attr:`VirtioGuestDevice.trace`,
 which is what a run result shows as ``status_trace``.
+
+The ring format follows the negotiated features like Linux's vring_create_virtqueue():
+a packed ring (descriptor ring + driver and device event suppression areas, any size)
+with VIRTIO_F_RING_PACKED, a split ring otherwise; IN_ORDER, NOTIFICATION_DATA (the
+kick carries next_off/next_wrap), RING_RESET (:meth:`GuestVirtqueue.reset`) and
+ORDER_PLATFORM (barriers "platform" instead of "weak", as Linux's weak_barriers) apply to
+either format.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import trio
 from guest.dma import DmaApi
 from guest.transport.base import ConfigOps
 from virtio_sim import layouts
+from virtio_sim.ring.api import DriverRing
 from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer
+from virtio_sim.ring.notify import encode_notify_data
+from virtio_sim.ring.packed import PackedDriverQueue
 from virtio_sim.ring.split import QueueFullError, SplitDriverQueue, SplitRingAddresses
 from virtio_sim.spec import FEATURES, MMIO_INT, STATUS, F, bit, status_names
 
@@ -45,7 +55,16 @@ class DeviceNeedsReset(Exception):
 class DriverPolicy:
     """The parts of a driver generation the core needs (profiles fill these in)."""
 
-    known_features: int = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC)
+    known_features: int = (
+        bit(F.VERSION_1)
+        | bit(F.EVENT_IDX)
+        | bit(F.INDIRECT_DESC)
+        | bit(F.RING_PACKED)
+        | bit(F.IN_ORDER)
+        | bit(F.ORDER_PLATFORM)
+        | bit(F.NOTIFICATION_DATA)
+        | bit(F.RING_RESET)
+    )
     requires_version_1: bool = False
     features_ok: bool = True  # legacy-only drivers predate FEATURES_OK
     #: device-type bits per device key; a key not listed keeps the driver's own mask
@@ -56,6 +75,7 @@ class DriverPolicy:
     refuse_unrestricted: bool = False
     #: device types this kernel has drivers for (None: every driver the guest stack has)
     drivers: frozenset[str] | None = None
+    max_queue_size: int | None = None  # cap on the sizes drivers ask for (None: theirs)
 
 
 @dataclass
@@ -63,16 +83,40 @@ class RequestState:
     done: trio.Event = field(default_factory=trio.Event)
     length: int = 0
     on_done: Callable[[int], None] | None = None
+    out: Sequence[tuple[int, int]] = ()
+    in_: Sequence[tuple[int, int]] = ()
+
+
+@dataclass
+class QueueStats:
+    """What queue resets did, for tests and results."""
+
+    resets: int = 0
+    reaped_at_reset: int = 0  # completions found on the ring after the device let go of it
+    resubmitted: int = 0  # buffers the device never used, made available again
+
+
+@dataclass
+class _RingMemory:
+    ring: DriverRing
+    area: DmaBuffer
+    addrs: SplitRingAddresses  # device addresses: desc, driver area, device area
 
 
 class GuestVirtqueue:
     """A driver-side virtqueue with blocking submit, completed by interrupts."""
 
-    def __init__(self, dev: VirtioGuestDevice, index: int, ring: SplitDriverQueue, area: DmaBuffer) -> None:
+    def __init__(self, dev: VirtioGuestDevice, index: int, ring: DriverRing, area: DmaBuffer) -> None:
         self.dev = dev
         self.index = index
         self.ring = ring
         self.area = area
+        self.stats = QueueStats()
+        self._resetting: trio.Event | None = None
+
+    @property
+    def size(self) -> int:
+        return self.ring.size
 
     async def submit(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]]) -> int:
         """Add one chain, kick if the device wants it, wait for completion; returns used.len."""
@@ -83,46 +127,92 @@ class GuestVirtqueue:
         self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]]]]
     ) -> list[int]:
         """Add several chains, kick once, wait for all; returns their used.len values."""
-        await self.dev.dma.flush()  # pending IOMMU maps must land before the device looks
-        reqs = []
-        for out, in_ in chains:
-            req = RequestState()
-            await self._add(out, in_, req)
-            reqs.append(req)
+        reqs = [await self.start(out, in_, kick=False) for out, in_ in chains]
         await self.kick()
-        for req in reqs:
-            while not req.done.is_set():
-                self.dev.raise_if_broken()
-                await self.dev.wait_progress()
-        return [r.length for r in reqs]
+        return [await self.wait(r) for r in reqs]
 
     async def post(
         self, in_: Sequence[tuple[int, int]], on_done: Callable[[int], None], *, kick: bool = True
     ) -> None:
         """Lend writable buffers the device fills whenever it likes (event and receive
         queues); ``kick=False`` lets a driver fill many and :meth:`kick` once."""
-        req = RequestState(on_done=on_done)
-        await self._add([], in_, req)
-        if kick:
-            await self.kick()
+        await self.start([], in_, kick=kick, on_done=on_done)
 
-    async def _add(
-        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], req: RequestState
-    ) -> None:
+    async def start(
+        self,
+        out: Sequence[tuple[int, int]],
+        in_: Sequence[tuple[int, int]],
+        *,
+        kick: bool = True,
+        on_done: Callable[[int], None] | None = None,
+    ) -> RequestState:
+        """Make one chain available (and kick, unless told not to); do not wait for it."""
+        await self.dev.dma.flush()  # pending IOMMU maps must land before the device looks
+        req = RequestState(on_done=on_done, out=list(out), in_=list(in_))
         while True:
             self.dev.raise_if_broken()
+            if self._resetting is not None:
+                await self._resetting.wait()  # the ring is being replaced
+                continue
             try:
                 self.ring.add(out, in_, req)
-                return
+                break
             except DeviceBrokenError as e:
                 raise DeviceNeedsReset(str(e)) from None
             except QueueFullError:
                 await self.kick()
                 await self.dev.wait_progress()  # completions free descriptors
+        if kick:
+            await self.kick()
+        return req
 
     async def kick(self) -> None:
+        """Notify the device if its event suppression asks for it."""
         if self.ring.kick_prepare():
-            await self.dev.transport.notify(self.index)
+            data = None
+            if self.dev.has(F.NOTIFICATION_DATA):
+                data = encode_notify_data(self.index, *self.ring.notify_data())
+            await self.dev.transport.notify(self.index, data)
+
+    async def wait(self, req: RequestState) -> int:
+        while not req.done.is_set():
+            self.dev.raise_if_broken()
+            await self.dev.wait_progress()
+        return req.length
+
+    async def reset(self, size: int | None = None) -> None:
+        """Reset this queue alone (VIRTIO_F_RING_RESET) and enable it again.
+
+        Like Linux's virtqueue_reset(): the transport resets the queue and waits until the
+        device is done with it; then completions the device wrote before the reset are
+        reaped (none is lost), buffers it never used are taken back, the queue is set up
+        afresh (``size`` may change it) and those buffers are made available again in
+        their original order. Submitters wait while the ring is being replaced.
+        """
+        dev = self.dev
+        if not dev.has(F.RING_RESET):
+            raise ValueError("VIRTIO_F_RING_RESET was not negotiated")
+        self._resetting = trio.Event()
+        try:
+            self.ring.disable_cb()
+            await dev.transport.reset_queue(self.index)
+            self.stats.reaped_at_reset += self.reap()
+            pending: list[RequestState] = self.ring.detach_all()
+            dev.dma.free(self.area)
+            mem = dev.new_ring(size or self.ring.size)
+            self.ring, self.area = mem.ring, mem.area
+            await dev.dma.flush()
+            await dev.transport.setup_queue(self.index, mem.ring.size, mem.addrs)
+            for req in pending:
+                self.ring.add(req.out, req.in_, req)
+            self.stats.resubmitted += len(pending)
+            self.stats.resets += 1
+        finally:
+            done, self._resetting = self._resetting, None
+            done.set()
+        if pending:
+            await self.kick()
+        dev.mark_progress()
 
     def reap(self) -> int:
         """Interrupt handler: complete every used buffer; returns how many."""
@@ -192,6 +282,23 @@ class VirtioGuestDevice:
     def legacy(self) -> bool:
         return not self.has(F.VERSION_1)
 
+    @property
+    def barriers(self) -> str:
+        """Linux's weak_barriers: SMP barriers suffice unless ORDER_PLATFORM was negotiated."""
+        return "platform" if self.has(F.ORDER_PLATFORM) else "weak"
+
+    def ring_info(self) -> dict[str, Any]:
+        """The ring format and ring features in use, for run results."""
+        return {
+            "format": "packed" if self.has(F.RING_PACKED) else "split",
+            "barriers": self.barriers,
+            "in_order": self.has(F.IN_ORDER),
+            "notification_data": self.has(F.NOTIFICATION_DATA),
+            "ring_reset": self.has(F.RING_RESET),
+            "queue_sizes": [vq.size for vq in self.queues],
+            "queue_resets": sum(vq.stats.resets for vq in self.queues),
+        }
+
     def negotiated_names(self, device_key: str) -> list[str]:
         return FEATURES.names(self.features, device_key)
 
@@ -241,12 +348,27 @@ class VirtioGuestDevice:
         max_size = await t.queue_max_size(index)
         if max_size == 0:
             raise ProbeRefused("queue setup", f"queue {index} does not exist")
-        size = min(max_size, wanted_size)
-        if size & (size - 1):  # legacy queues have a fixed size, modern may be any max
-            size = 1 << (size.bit_length() - 1)
+        size = min(max_size, wanted_size, self.policy.max_queue_size or max_size)
+        if size & (size - 1) and not self.has(F.RING_PACKED):
+            size = 1 << (size.bit_length() - 1)  # split rings need a power of two
+        if t.legacy_ring_align() is not None:
+            size = max_size  # the legacy interface cannot change the size
+        mem = self.new_ring(size)
+        await self.dma.flush()  # the ring must be mapped before the device is told about it
+        await t.setup_queue(index, size, mem.addrs)
+        vq = GuestVirtqueue(self, index, mem.ring, mem.area)
+        while len(self.queues) <= index:
+            self.queues.append(vq)
+        self.queues[index] = vq
+        return vq
+
+    def new_ring(self, size: int) -> _RingMemory:
+        """Allocate and initialise the driver side of a ring in the negotiated format."""
+        if self.has(F.RING_PACKED):
+            return self._new_packed_ring(size)
+        t = self.transport
         align = t.legacy_ring_align()
         if align is not None:
-            size = max_size  # the legacy interface cannot change the size
             total = layouts.legacy_vring_size(size, align)
             area = self.dma.alloc(total, align)
             desc = area.dev_addr
@@ -269,14 +391,25 @@ class VirtioGuestDevice:
             event_idx=self.has(F.EVENT_IDX),
             indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
             order=order,
+            in_order=self.has(F.IN_ORDER),
         )
-        await self.dma.flush()  # the ring must be mapped before the device is told about it
-        await t.setup_queue(index, size, SplitRingAddresses(desc, avail, used))
-        vq = GuestVirtqueue(self, index, ring, area)
-        while len(self.queues) <= index:
-            self.queues.append(vq)
-        self.queues[index] = vq
-        return vq
+        return _RingMemory(ring, area, SplitRingAddresses(desc, avail, used))
+
+    def _new_packed_ring(self, size: int) -> _RingMemory:
+        """Descriptor ring, then the driver and the device event suppression structures."""
+        drv_off = layouts.align_up(layouts.packed_ring_size(size), layouts.EVENT_SUPPRESS_ALIGN)
+        dev_off = drv_off + layouts.EVENT_SUPPRESS_SIZE
+        area = self.dma.alloc(dev_off + layouts.EVENT_SUPPRESS_SIZE, layouts.PACKED_DESC_ALIGN)
+        ring = PackedDriverQueue(
+            self.memory,
+            size,
+            SplitRingAddresses(area.gpa, area.gpa + drv_off, area.gpa + dev_off),
+            event_idx=self.has(F.EVENT_IDX),
+            indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
+            in_order=self.has(F.IN_ORDER),
+        )
+        a = area.dev_addr
+        return _RingMemory(ring, area, SplitRingAddresses(a, a + drv_off, a + dev_off))
 
     # -- interrupts ------------------------------------------------------------
 
@@ -309,6 +442,10 @@ class VirtioGuestDevice:
     def _progress(self) -> None:
         self._progress_event.set()
         self._progress_event = trio.Event()
+
+    def mark_progress(self) -> None:
+        """Wake every task waiting for completions (after reaping outside an interrupt)."""
+        self._progress()
 
     async def wait_progress(self) -> None:
         """Sleep until the next interrupt was handled or the device broke."""

@@ -46,7 +46,12 @@ PCI_TRANSPORT_PROPS: dict[str, dict[str, str]] = {
     "pci-legacy": {"disable-legacy": "off", "disable-modern": "off"},
 }
 # QEMU -global properties this host knows, with QEMU's defaults.
-GLOBAL_DEFAULTS = {"virtio-mmio.force-legacy": "on"}
+GLOBAL_DEFAULTS = {
+    "virtio-mmio.force-legacy": "on",
+    # A machine-wide default for every virtio device (QEMU's abstract virtio-device type);
+    # a device's own iommu_platform= overrides it.
+    "virtio-device.iommu_platform": "off",
+}
 
 
 @dataclass
@@ -88,6 +93,7 @@ class HostSetup:
                     "device_features": vdev.device_features,
                     "notes": list(vdev.notes),
                     "violations": [dict(v.__dict__) for v in vdev.violations],
+                    "ring": _ring_evidence(vdev),
                 }
                 for vdev in self.devices
             ],
@@ -114,6 +120,17 @@ class HostSetup:
             if close:
                 close()
         self.memory.close()
+
+
+def _ring_evidence(vdev: VirtioDevice) -> dict[str, Any]:
+    """The ring format and features as the device side saw them."""
+    rings = [q.ring for q in vdev.queues if q.ring is not None]
+    return {
+        "device_format": type(rings[0]).__name__ if rings else None,
+        "device_barriers": vdev.barriers,
+        "notify_data_checked": vdev.notify_data_checked,
+        "device_queue_resets": len(vdev.queue_resets),
+    }
 
 
 def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
@@ -167,13 +184,14 @@ def build_host(cfg: HostConfig) -> HostSetup:
             raise PropertyError(f"global {key} is not a property this host knows")
     if cfg.iommu not in IOMMU_KINDS:
         raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
-    if cfg.iommu != "none" and cfg.transport in PCI_TRANSPORTS:
-        raise PropertyError("virtio-iommu with PCI endpoints is not supported by this build (mmio only)")
     force_legacy = mmio_force_legacy(cfg)
     specs = [parse_device_option(d) for d in cfg.devices]
     built: list[BuiltDevice] = []
     try:
+        iommu_default = cfg.globals.get("virtio-device.iommu_platform")
         for i, spec in enumerate(specs):
+            if iommu_default is not None:
+                spec.props.setdefault("iommu_platform", iommu_default)
             _place_on_bus(spec, cfg.transport)
             _apply_defaults(spec, cfg, i)
             built.append(build_device(spec))
@@ -191,19 +209,27 @@ def build_host(cfg: HostConfig) -> HostSetup:
     make_ram = cfg.address_space or IdentityAddressSpace
     try:
         if cfg.iommu == "virtio-iommu":
-            # Endpoint ids: the devices in command-line order, from 1 (the VIOT says which is which).
-            setup.iommu = Iommu(set(range(1, len(built) + 1)))
+            # The IOMMU itself sits on an mmio slot (also on q35); its endpoints are added
+            # below as the devices are plugged.
+            setup.iommu = Iommu(set())
             iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: make_ram(memory))
             iommu_dev.guest_order = cfg.guest_order
             machine.add_mmio_device(iommu_dev, legacy=force_legacy)
             setup.iommu_device = iommu_dev
-        for endpoint, b in enumerate(built, start=1):
+        for index, b in enumerate(built, start=1):
+            # mmio endpoints: the devices in command-line order from 1; PCI endpoints: the
+            # requester id (bus << 8 | devfn), known once the function is plugged.
+            endpoint: list[int] = [index]
             space = _space_for(memory, setup, endpoint, b.dma_mode, make_ram)
-            vdev = _plug(machine, memory, b, force_legacy, space, make_ram)
+            vdev = _plug(machine, memory, b, force_legacy, space, make_ram, endpoint)
             vdev.guest_order = cfg.guest_order
             setup.devices.append(vdev)
             if setup.iommu is not None:
-                machine.iommu_endpoints[machine.slots[-1].base] = endpoint
+                setup.iommu.endpoints.add(endpoint[0])
+                if b.pci is None:
+                    machine.iommu_endpoints[machine.slots[-1].base] = endpoint[0]
+                else:
+                    machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
     except (PropertyError, ValueError) as e:
         setup.close()
         raise PropertyError(str(e)) from None
@@ -213,7 +239,7 @@ def build_host(cfg: HostConfig) -> HostSetup:
 def _space_for(
     memory: GuestMemory,
     setup: HostSetup,
-    endpoint: int,
+    endpoint_ref: list[int],
     dma_mode: str,
     make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
 ) -> Callable[[int], AddressSpace]:
@@ -226,6 +252,7 @@ def _space_for(
 
     def space(features: int) -> AddressSpace:
         iommu = setup.iommu
+        endpoint = endpoint_ref[0]
         if iommu is None:
             return make_ram(memory)
         negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
@@ -246,6 +273,7 @@ def _plug(
     force_legacy: bool,
     mmio_space: Callable[[int], AddressSpace],
     make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
+    endpoint_ref: list[int] | None = None,
 ) -> VirtioDevice:
     if b.pci is None:
         vdev = VirtioDevice(
@@ -262,7 +290,7 @@ def _plug(
     holder: list[PciFunction] = []
 
     def space_for(features: int) -> AddressSpace:
-        return BusMasterGate(make_ram(memory), lambda: holder[0] if holder else None)
+        return BusMasterGate(mmio_space(features), lambda: holder[0] if holder else None)
 
     vdev = VirtioDevice(
         b.model,
@@ -283,4 +311,7 @@ def _plug(
     )
     holder.append(proxy.fn)
     machine.add_pci_device(proxy, opts.slot, opts.function)
+    if endpoint_ref is not None:
+        bus, slot, fn = proxy.fn.bdf
+        endpoint_ref[0] = bus << 8 | slot << 3 | fn  # the requester id
     return vdev

@@ -71,6 +71,9 @@ def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
     for prop in ("event_idx", "indirect_desc"):
         if prop in profile.defaults:
             props[prop] = _onoff(bool(profile.defaults[prop]))
+    # Ring features this generation did not have are off, whatever today's defaults are.
+    for prop in ("queue_reset", "in_order", "notification_data"):
+        props[prop] = _onoff(bool(profile.defaults.get(prop, False)))
     props["x-validate-access-platform"] = _onoff(profile.validate_access_platform)
     props["x-dma"] = profile.dma
     return ",".join([name, *(f"{k}={v}" for k, v in props.items())])

@@ -66,6 +66,8 @@ class Machine:
         self.irq_out: Callable[[int, bool], None] = lambda irq, level: None
         #: transport base -> virtio-iommu endpoint id, for devices behind the IOMMU
         self.iommu_endpoints: dict[int, int] = {}
+        #: PCI requester id -> virtio-iommu endpoint id (the same number, as in the VIOT)
+        self.iommu_pci_endpoints: dict[int, int] = {}
         self.msi_out: Callable[[int, int], None] = lambda address, data: None
         self.pci: PciHost | None = None
         self.pci_devices: list[VirtioPciProxy] = []
@@ -149,7 +151,9 @@ class Machine:
             params.append(f"{PCI_CMDLINE_PARAM}={','.join(parts)}")
         iommu = next((s for s in self.slots if s.transport.device.type.key == "iommu"), None)
         if iommu is not None:
-            eps = ",".join(f"{base:#x}@{ep}" for base, ep in sorted(self.iommu_endpoints.items()))
+            items = [f"{base:#x}@{ep}" for base, ep in sorted(self.iommu_endpoints.items())]
+            items += [f"pci:{rid:#x}@{ep}" for rid, ep in sorted(self.iommu_pci_endpoints.items())]
+            eps = ",".join(items)
             params.append(f"virtio_sim.viot={iommu.base:#x}:{eps}")
         return " ".join(params)
 

@@ -30,6 +30,16 @@ COMMON_PROPS = (
 )
 DMA_MODES = ("honor", "bypass", "translate-always")
 PCI_PROPS = ("disable-legacy", "disable-modern", "vectors", "addr")
+# Ring-layout and ring-feature properties every virtio device has, with QEMU 7.2's
+# defaults (queue_reset is on since 7.2); x- ones have no QEMU equivalent.
+RING_PROPS: dict[str, tuple[str, bool]] = {
+    "packed": ("packed", False),
+    "in_order": ("in_order", False),
+    "notification_data": ("notification_data", False),
+    "queue_reset": ("queue_reset", True),
+    "x-order-platform": ("order_platform", False),
+    "x-in-order-batch": ("in_order_batch", False),
+}
 
 
 @dataclass
@@ -217,7 +227,12 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
         raise PropertyError(f"'{spec.driver}' is not a valid device model name")
     factory, own = entry
     for k in spec.props:
-        if k not in own and k not in COMMON_PROPS and not (pci_entry and k in PCI_PROPS):
+        if (
+            k not in own
+            and k not in COMMON_PROPS
+            and k not in RING_PROPS
+            and not (pci_entry and k in PCI_PROPS)
+        ):
             raise PropertyError(f"Property '{spec.driver}.{k}' not found")
     props = dict(spec.props)
     pci = _pci_options(props, pci_entry[1]) if pci_entry else None
@@ -230,6 +245,8 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
     dma_mode = props.pop("x-dma", "honor")
     if dma_mode not in DMA_MODES:
         raise PropertyError(f"Property 'x-dma' doesn't take value '{dma_mode}' ({'|'.join(DMA_MODES)})")
+    for prop, (attr, default) in RING_PROPS.items():
+        setattr(tf, attr, parse_bool(prop, props.pop(prop, "on" if default else "off")))
     pol = props.pop("x-error-policy", ErrorPolicy.NEEDS_RESET.value)
     try:
         policy = ErrorPolicy(pol)

@@ -14,6 +14,13 @@ RingError or DmaError the device either
 * ``drop``: gives the offending head back with used.len 0 and keeps the queue running.
 
 Either way the violation is recorded in :attr:`VirtioDevice.violations` with its class.
+
+Ring format and ring features: the queue is a packed ring when VIRTIO_F_RING_PACKED was
+negotiated, split otherwise (:meth:`VirtioDevice._ring`). IN_ORDER, NOTIFICATION_DATA
+(:meth:`VirtioDevice.notify_value` decodes and checks the value, recording mismatches as
+``notify-data-mismatch`` violations), RING_RESET (:meth:`VirtioDevice.reset_queue`, one
+queue while the others keep running) and ORDER_PLATFORM are offered from the device's
+properties and apply to every transport.
 """
 
 from __future__ import annotations
@@ -27,9 +34,21 @@ from typing import Protocol
 from host.devices.base import DeviceModel
 from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
-from virtio_sim.ring.chain import RingError
+from virtio_sim.ring.api import DeviceRing
+from virtio_sim.ring.chain import Chain, RingError
+from virtio_sim.ring.notify import decode_notify_data
+from virtio_sim.ring.packed import PackedDeviceQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses
-from virtio_sim.spec import DEVICE_TYPES, FEATURES, SPLIT, STATUS, F, bit, status_names
+from virtio_sim.spec import (
+    DEVICE_TYPES,
+    FEATURES,
+    PACKED,
+    SPLIT,
+    STATUS,
+    F,
+    bit,
+    status_names,
+)
 
 log = logging.getLogger("virtio_sim.host")
 
@@ -58,7 +77,7 @@ class QueueState:
     desc: int = 0
     driver: int = 0
     device: int = 0
-    ring: SplitDeviceQueue | None = None
+    ring: DeviceRing | None = None
 
     def reset(self) -> None:
         self.size = self.max_size
@@ -86,14 +105,27 @@ class TransportFeatures:
     notify_on_empty: bool = True
     access_platform: bool = False  # QEMU's iommu_platform property (bit 33)
     bad_feature: bool = False  # QEMU's virtio-pci offers bit 30 to catch ack-everything drivers
-    ring_reset: bool = False  # QEMU property queue_reset
+    packed: bool = False  # QEMU "packed" (default off)
+    in_order: bool = False  # QEMU "in_order" (default off)
+    notification_data: bool = False  # QEMU "notification_data" (default off)
+    queue_reset: bool = True  # QEMU "queue_reset" (default on since 7.2)
+    order_platform: bool = False  # no QEMU property: "x-order-platform"
+    # Not a feature bit: with IN_ORDER, write one used entry per batch ("x-in-order-batch").
+    in_order_batch: bool = False
 
     def mask(self) -> int:
         m = 0
         if self.bad_feature:
             m |= bit(F.BAD_FEATURE)
-        if self.ring_reset:
-            m |= bit(F.RING_RESET)
+        for flag, feature in (
+            (self.packed, F.RING_PACKED),
+            (self.in_order, F.IN_ORDER),
+            (self.notification_data, F.NOTIFICATION_DATA),
+            (self.queue_reset, F.RING_RESET),
+            (self.order_platform, F.ORDER_PLATFORM),
+        ):
+            if flag and self.version_1:  # bits above 31 do not exist for legacy devices
+                m |= bit(feature)
         if self.version_1:
             m |= bit(F.VERSION_1)
         if self.event_idx:
@@ -112,12 +144,12 @@ class TransportFeatures:
 class _BoundQueue:
     """A DeviceQueue for a model: the ring plus its index."""
 
-    def __init__(self, index: int, ring: SplitDeviceQueue) -> None:
+    def __init__(self, index: int, ring: DeviceRing) -> None:
         self.index = index
         self.ring = ring
         self.space: AddressSpace = ring.space
 
-    def pop(self):  # type: ignore[no-untyped-def]
+    def pop(self) -> Chain | None:
         return self.ring.pop()
 
     def push(self, head: int, written: int) -> None:
@@ -147,6 +179,8 @@ class VirtioDevice:
         self.violations: list[Violation] = []
         self.notes: list[str] = []
         self.status_writes: list[int] = []
+        self.notify_data_checked = 0  # NOTIFICATION_DATA values compared with a ring
+        self.queue_resets: list[int] = []  # queues reset one by one (RING_RESET)
         self.config_generation = 0
         self._config_snapshot = b""
         model.hooks = self
@@ -293,25 +327,96 @@ class VirtioDevice:
             return None
         return self.queues[index]
 
+    @property
+    def packed(self) -> bool:
+        return bool(self.driver_features >> F.RING_PACKED & 1)
+
+    def has_feature(self, feature_bit: int) -> bool:
+        return bool(self.driver_features >> feature_bit & 1)
+
+    @property
+    def barriers(self) -> str:
+        """The memory ordering both sides must use: "platform" with ORDER_PLATFORM."""
+        return "platform" if self.has_feature(F.ORDER_PLATFORM) else "weak"
+
     def set_queue_size(self, q: QueueState, size: int) -> None:
-        if size < 1 or size > q.max_size or size & (size - 1) or size > SPLIT.max_queue_size:
+        # Packed rings take any size up to 2^15; split rings need a power of two.
+        limit = PACKED.max_queue_size if self.packed else SPLIT.max_queue_size
+        pow2 = not size & (size - 1)
+        if size < 1 or size > q.max_size or size > limit or not (pow2 or self.packed):
             self.note(f"queue {q.index}: invalid size {size} (max {q.max_size}) ignored")
             return
         q.size = size
 
-    def _ring(self, q: QueueState) -> SplitDeviceQueue:
+    def _ring(self, q: QueueState) -> DeviceRing:
         if q.ring is None:
             feats = self.driver_features
-            q.ring = SplitDeviceQueue(
-                self.space_for(feats),
-                q.size,
-                SplitRingAddresses(q.desc, q.driver, q.device),
-                event_idx=bool(feats >> F.EVENT_IDX & 1),
-                indirect=bool(feats >> F.INDIRECT_DESC & 1),
-                order=self.byte_order(self.guest_order),
-                strict=self.strict_rings,
-            )
+            space = self.space_for(feats)
+            addrs = SplitRingAddresses(q.desc, q.driver, q.device)
+            ring: DeviceRing
+            if self.packed:
+                ring = PackedDeviceQueue(
+                    space,
+                    q.size,
+                    addrs,
+                    event_idx=self.has_feature(F.EVENT_IDX),
+                    indirect=self.has_feature(F.INDIRECT_DESC),
+                    in_order=self.has_feature(F.IN_ORDER),
+                    batch_in_order=self.transport_features.in_order_batch,
+                    strict=self.strict_rings,
+                )
+            else:
+                ring = SplitDeviceQueue(
+                    space,
+                    q.size,
+                    addrs,
+                    event_idx=self.has_feature(F.EVENT_IDX),
+                    indirect=self.has_feature(F.INDIRECT_DESC),
+                    order=self.byte_order(self.guest_order),
+                    strict=self.strict_rings,
+                    in_order=self.has_feature(F.IN_ORDER),
+                    batch_in_order=self.transport_features.in_order_batch,
+                )
+            q.ring = ring
         return q.ring
+
+    def notify_value(self, value: int) -> None:
+        """A transport's raw notification: the queue index, or with NOTIFICATION_DATA the
+        32-bit value whose next_off/next_wrap are checked against the ring first."""
+        if not self.has_feature(F.NOTIFICATION_DATA):
+            self.notify(value & 0xFFFF)
+            return
+        data = decode_notify_data(value)
+        q = self.queue(data.queue)
+        if q is not None and q.ready and not self.broken:
+            try:
+                problem = self._ring(q).check_notify_data(data.next_off, data.next_wrap)
+                self.notify_data_checked += 1
+            except RingError:
+                problem = None  # an unusable ring: notify() applies the error policy
+            if problem:
+                msg = f"notification data {value:#010x}: {problem}"
+                self.violations.append(Violation("notify-data-mismatch", msg, q.index, "noted"))
+                self.note(f"queue {q.index}: {msg}")
+        self.notify(data.queue)
+
+    def reset_queue(self, index: int) -> None:
+        """VIRTIO_F_RING_RESET: forget one queue's setup and ring state; the others keep
+        running. Completions the device wrote before stay in guest memory for the driver."""
+        q = self.queue(index)
+        if q is None:
+            self.note(f"reset of nonexistent queue {index} ignored")
+            return
+        if not self.has_feature(F.RING_RESET):
+            self.note(f"queue {index} reset without VIRTIO_F_RING_RESET negotiated")
+        if q.ring is not None:
+            try:
+                q.ring.flush()  # completions held for IN_ORDER batching are not lost
+            except RingError as e:
+                self.note(f"queue {index}: {e} while flushing before the reset")
+        q.reset()
+        self.model.reset_queue(index)
+        self.queue_resets.append(index)
 
     def notify(self, index: int) -> None:
         """The driver kicked queue ``index``: serve it and interrupt if the driver wants."""
@@ -334,9 +439,10 @@ class VirtioDevice:
         bound = _BoundQueue(index, ring)
         while True:
             try:
-                used_before = ring.used_idx
+                used_before = ring.published
                 done = self.model.process(bound)
-                if ring.used_idx != used_before:
+                ring.flush()  # IN_ORDER batching: the held run becomes one used entry now
+                if ring.published != used_before:
                     self._maybe_interrupt(q)
                 # Re-arm notifications, then look again: a buffer added between the last
                 # pop and the re-arm would otherwise wait for a kick that never comes.
@@ -367,7 +473,12 @@ class VirtioDevice:
                 self._fail(q, e)
 
     def _maybe_interrupt(self, q: QueueState) -> None:
-        if q.ring is not None and self.sink is not None and q.ring.needs_interrupt():
+        if q.ring is None:
+            return
+        wants = q.ring.needs_interrupt()  # also flushes held IN_ORDER completions
+        while q.ring.warnings:
+            self.note(f"queue {q.index}: {q.ring.warnings.pop(0)}")
+        if wants and self.sink is not None:
             self.sink.queue_interrupt(q.index)
 
     def _fail(self, q: QueueState, e: RingError | DmaError) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -88,7 +89,13 @@ def test_iotlb_is_invalidated_by_unmap() -> None:
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("map"), st.integers(0, 15), st.integers(1, 4), st.integers(0, 31), st.sampled_from([1, 2, 3])),
+        st.tuples(
+            st.just("map"),
+            st.integers(0, 15),
+            st.integers(1, 4),
+            st.integers(0, 31),
+            st.sampled_from([1, 2, 3]),
+        ),
         st.tuples(st.just("unmap"), st.integers(0, 15), st.integers(1, 6)),
         st.tuples(st.just("attach"), st.integers(1, 3)),
         st.tuples(st.just("detach"), st.integers(1, 3)),
@@ -183,9 +190,13 @@ def test_device_requests_and_fault_event() -> None:
     assert used == 4 and tail == bytes(4)  # OK and tail.reserved zeroed; head.reserved ignored
     used, tail = _req(b, reqq, "ATTACH", {"domain": 1, "endpoint": 9, "flags": 0, "reserved": bytes(4)})
     assert tail[0] == IOMMU_S.NOENT
-    used, tail = _req(b, reqq, "ATTACH", {"domain": 1, "endpoint": 5, "flags": 0, "reserved": b"\x01" + bytes(3)})
+    used, tail = _req(
+        b, reqq, "ATTACH", {"domain": 1, "endpoint": 5, "flags": 0, "reserved": b"\x01" + bytes(3)}
+    )
     assert tail[0] == IOMMU_S.INVAL
-    used, tail = _req(b, reqq, "MAP", {"domain": 1, "virt_start": 0, "virt_end": G - 1, "phys_start": 0x10000, "flags": RW})
+    used, tail = _req(
+        b, reqq, "MAP", {"domain": 1, "virt_start": 0, "virt_end": G - 1, "phys_start": 0x10000, "flags": RW}
+    )
     assert tail[0] == IOMMU_S.OK
     used, tail = _req(b, reqq, "PROBE", {"endpoint": 5, "reserved": bytes(64)}, writable=512 + 4)
     assert used == 516 and tail[516 - 4] == IOMMU_S.OK
@@ -227,16 +238,19 @@ def test_device_offers_map_unmap_and_bypass_config() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.parametrize("transport", ["mmio-v2", "pci-modern"])
 @pytest.mark.parametrize("device, workload", [("virtio-blk-device", "blk-rw"), ("virtio-rng-device", "rng")])
-def test_iova_translated_dma_end_to_end(device: str, workload: str) -> None:
+def test_iova_translated_dma_end_to_end(device: str, workload: str, transport: str) -> None:
     cfg = RunConfig(
         device=f"{device},iommu_platform=on",
         workload=workload,
+        transport=transport,
         iommu="virtio-iommu",
         guest=guest_policy(load_driver_profile("linux-6.1")),
     )
     r = trio.run(run_embedded, cfg)
     assert r.outcome is Outcome.OK, r.detail
+    assert r.transport == transport
     assert "VIRTIO_F_ACCESS_PLATFORM" in r.negotiated
     assert r.iommu["fault_count"] == 0
     assert r.iommu["iotlb_misses"] > 0  # DMA really went through translation
@@ -254,10 +268,17 @@ def test_iova_translated_dma_end_to_end(device: str, workload: str) -> None:
         ("iommu_platform=on", "linux-4.8", Outcome.OK),  # knows the bit, no virtio-iommu driver
     ],
 )
-def test_lying_devices_and_old_drivers_land_in_the_right_class(props: str, driver: str, outcome: Outcome) -> None:
+@pytest.mark.parametrize("transport", ["mmio-v2", "pci-modern"])
+def test_lying_devices_and_old_drivers_land_in_the_right_class(
+    props: str, driver: str, outcome: Outcome, transport: str
+) -> None:
     dev = "virtio-blk-device" + ("," + props if props else "")
     cfg = RunConfig(
-        device=dev, workload="blk-rw", iommu="virtio-iommu", guest=guest_policy(load_driver_profile(driver))
+        device=dev,
+        workload="blk-rw",
+        transport=transport,
+        iommu="virtio-iommu",
+        guest=guest_policy(load_driver_profile(driver)),
     )
     r = trio.run(run_embedded, cfg)
     assert r.outcome is outcome, r.detail
@@ -280,3 +301,36 @@ def test_run_cli_with_iommu() -> None:
 def test_default_policy_still_works_without_iommu() -> None:
     r = trio.run(run_embedded, RunConfig(device="virtio-rng-device", workload="rng", guest=GuestPolicy()))
     assert r.outcome is Outcome.OK and r.iommu == {}
+
+
+def test_pci_endpoints_are_requester_ids(tmp_path: Path) -> None:
+    from host.build import HostConfig, build_host
+
+    setup = build_host(HostConfig(devices=["virtio-blk-device", "virtio-rng-device"], transport="pci-modern",
+                                  iommu="virtio-iommu", scratch_dir=str(tmp_path)))  # fmt: skip
+    try:
+        assert setup.iommu is not None
+        rids = sorted(setup.machine.iommu_pci_endpoints)
+        assert rids and setup.iommu.endpoints == set(rids)
+        assert all(rid & 7 == 0 and rid >> 8 == 0 for rid in rids)  # function 0 on bus 0
+        assert "pci:" in setup.machine.kernel_cmdline()
+    finally:
+        setup.close()
+
+
+def test_machine_wide_iommu_platform_default_with_per_device_override(tmp_path: Path) -> None:
+    from host.build import HostConfig, build_host
+    from virtio_sim.spec import F
+
+    cfg = HostConfig(
+        devices=["virtio-blk-device", "virtio-rng-device,iommu_platform=off"],
+        globals={"virtio-device.iommu_platform": "on"},
+        scratch_dir=str(tmp_path),
+    )
+    setup = build_host(cfg)
+    try:
+        blk, rng = setup.devices
+        assert blk.device_features >> F.ACCESS_PLATFORM & 1
+        assert not rng.device_features >> F.ACCESS_PLATFORM & 1
+    finally:
+        setup.close()

@@ -191,3 +191,15 @@ def test_compat_reports_changed_outcomes() -> None:
     assert len(changed) == 1
     ((config, pair),) = changed.items()
     assert "/on/" in config and pair == ("FAILED_CLEAN", "OK")
+
+
+def test_packed_ring_axis() -> None:
+    p = _cli(
+        "matrix", "--driver", "linux-5.0", "--driver", "linux-4.8", "--device", "qemu-4.2",
+        "--device", "qemu-2.9", "--transport", "pci-modern", "--ring", "packed", "--json",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    cells = {(c["driver"], c["device"]): c for c in json.loads(p.stdout)["cells"]}
+    assert cells[("linux-5.0", "qemu-4.2")]["ring_info"]["format"] == "packed"
+    assert cells[("linux-4.8", "qemu-4.2")]["ring_info"]["format"] == "split"  # driver predates packed
+    assert cells[("linux-5.0", "qemu-2.9")]["outcome"] == "HOST_REFUSED"

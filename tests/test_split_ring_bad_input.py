@@ -592,7 +592,7 @@ class HostileDevice:
         assert d.broken is e.value
         assert self.broken == [e.value]
         # Nothing was taken back from the broken queue.
-        assert d.inflight == inflight and d.free == free and d.last_used == last_used
+        assert d.inflight == inflight and list(d.free) == free and d.last_used == last_used
         # And it stays broken.
         for _ in range(2):
             with pytest.raises(DeviceBrokenError) as again:

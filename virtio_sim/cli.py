@@ -225,6 +225,9 @@ def _print_human(result: RunResult) -> None:
     console.print(f"  offered    {result.device_features:#x}")
     console.print(f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})")
     console.print(f"  status     {' -> '.join(result.status_trace) or '-'}")
+    if result.ring:
+        r = result.ring
+        console.print(f"  ring       {r.get('format')}, barriers {r.get('barriers')}")
     console.print(f"  detail     {result.detail}")
 
 

@@ -148,6 +148,31 @@ def legacy_vring_size(queue_size: int, align: int) -> int:
     return legacy_used_ring_offset(queue_size, align) + align_up(used_ring_size(queue_size), align)
 
 
+# --------------------------------------------------------------------------- packed ring (2.8)
+# The packed ring only exists with VERSION_1, so its structures are little-endian only.
+
+PvirtqDesc = cs.Struct(
+    "addr" / cs.Int64ul,  # buffer address (unused in used descriptors)
+    "len" / cs.Int32ul,  # buffer length; in a used descriptor: bytes written
+    "id" / cs.Int16ul,  # buffer id (meaningful in the last descriptor of a chain)
+    "flags" / cs.Int16ul,  # NEXT, WRITE, INDIRECT, AVAIL, USED
+)
+PvirtqEventSuppress = cs.Struct(
+    "desc" / cs.Int16ul,  # off_wrap: event offset (bits 0-14) and wrap counter (bit 15)
+    "flags" / cs.Int16ul,  # desc_event_flags: ENABLE, DISABLE or DESC (bits 0-1)
+)
+
+PACKED_DESC_SIZE: int = PvirtqDesc.sizeof()
+EVENT_SUPPRESS_SIZE: int = PvirtqEventSuppress.sizeof()
+PACKED_DESC_ALIGN = 16  # 2.8.10.1: descriptor ring alignment
+EVENT_SUPPRESS_ALIGN = 4  # 2.8.10.1: each event suppression structure
+
+
+def packed_ring_size(queue_size: int) -> int:
+    """Bytes of the packed descriptor ring."""
+    return PACKED_DESC_SIZE * queue_size
+
+
 # --------------------------------------------------------------------------- virtio-mmio (4.2)
 
 # One declaration of the register block; padding names are the gaps the spec leaves
@@ -499,6 +524,8 @@ def field_offsets(declaration: Any) -> dict[str, int]:
 
 
 MMIO_OFFSETS: dict[str, int] = field_offsets(MmioRegistersV2)
+PACKED_DESC_OFFSETS: dict[str, int] = field_offsets(PvirtqDesc)
+EVENT_SUPPRESS_OFFSETS: dict[str, int] = field_offsets(PvirtqEventSuppress)
 MMIO_NAMES: dict[int, str] = {off: name for name, off in MMIO_OFFSETS.items() if name[0] != "_"}
 
 
@@ -665,6 +692,9 @@ def field_widths(declaration: Any) -> dict[str, int]:
 
 COMMON_CFG_WIDTH: dict[str, int] = field_widths(VirtioPciCommonCfg)
 LEGACY_HDR_WIDTH: dict[str, int] = field_widths(VirtioPciLegacyHeader)
+PACKED_DESC_CODEC: struct.Struct = fast_codec(PvirtqDesc)  # (addr, len, id, flags)
+EVENT_SUPPRESS_CODEC: struct.Struct = fast_codec(PvirtqEventSuppress)  # (off_wrap, flags)
+PACKED_U16_CODEC: struct.Struct = ring_index_codec("little")  # one flags or off_wrap word
 
 
 # --------------------------------------------------------------------------- vhost-user

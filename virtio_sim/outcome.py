@@ -37,6 +37,9 @@ class RunResult:
     device_notes: list[str] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
     iommu: dict[str, Any] = field(default_factory=dict)
+    # Ring format and ring features in use: format (split|packed), barriers (weak|platform,
+    # from ORDER_PLATFORM), in_order, notification_data, ring_reset, queue sizes.
+    ring: dict[str, Any] = field(default_factory=dict)
 
     def add_host_evidence(self, evidence: dict[str, Any]) -> RunResult:
         """Fold in what the host saw (``HostSetup.evidence()``, in this process or sent by
@@ -53,6 +56,8 @@ class RunResult:
             self.device_features = int(dev["device_features"])
             self.device_notes = list(dev["notes"])
             self.violations = [dict(v) for v in dev["violations"]]
+            if self.ring and dev.get("ring"):
+                self.ring.update(dev["ring"])
             if self.outcome is Outcome.OK and self.violations:
                 self.outcome = Outcome.DEVICE_ERROR
                 first = self.violations[0]["message"]

@@ -336,6 +336,53 @@ DESC_F = _bind(DescFlags, _RINGS["split"]["desc_flags"], "rings.toml [split.desc
 AVAIL_F = _bind(AvailFlags, _RINGS["split"]["avail_flags"], "rings.toml [split.avail_flags]")
 USED_F = _bind(UsedFlags, _RINGS["split"]["used_flags"], "rings.toml [split.used_flags]")
 
+
+class PackedRingNumbers:
+    max_queue_size: int
+    wrap_counter_start: int
+
+
+class PackedDescFlags:
+    """pvirtq_desc flags (2.8.1): the split flags plus the AVAIL/USED wrap bits."""
+
+    NEXT: int
+    WRITE: int
+    INDIRECT: int
+    AVAIL: int
+    USED: int
+
+
+class PackedEventFlags:
+    """desc_event_flags of struct pvirtq_event_suppress (RING_EVENT_FLAGS_*)."""
+
+    ENABLE: int
+    DISABLE: int
+    DESC: int
+
+
+class PackedEventBits:
+    """How the off_wrap and flags words of an event suppression structure are split."""
+
+    wrap_shift: int
+    off_mask: int
+    flags_mask: int
+
+
+class NotifyDataBits:
+    """The fields of a VIRTIO_F_NOTIFICATION_DATA notification value."""
+
+    vq_mask: int
+    off_shift: int
+    off_mask: int
+    wrap_shift: int
+
+
+PACKED = _bind(PackedRingNumbers, _RINGS["packed"], "rings.toml [packed]")
+PACKED_DESC_F = _bind(PackedDescFlags, _RINGS["packed"]["desc_flags"], "rings.toml [packed.desc_flags]")
+PACKED_EVENT_F = _bind(PackedEventFlags, _RINGS["packed"]["event_flags"], "rings.toml [packed.event_flags]")
+PACKED_EVENT = _bind(PackedEventBits, _RINGS["packed"]["event"], "rings.toml [packed.event]")
+NOTIFY_DATA = _bind(NotifyDataBits, _RINGS["notify_data"], "rings.toml [notify_data]")
+
 # --------------------------------------------------------------------------- blk
 
 _BLK = load_toml("blk.toml")

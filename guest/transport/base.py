@@ -41,7 +41,13 @@ class ConfigOps(Protocol):
 
     async def disable_queue(self, index: int) -> None: ...
 
-    async def notify(self, index: int) -> None: ...
+    async def notify(self, index: int, data: int | None = None) -> None:
+        """Kick queue ``index``; ``data`` is the whole NOTIFICATION_DATA value if negotiated."""
+        ...
+
+    async def reset_queue(self, index: int) -> None:
+        """VIRTIO_F_RING_RESET: reset one queue and wait until the device says it is done."""
+        ...
 
     async def ack_interrupt(self) -> int:
         """Read and acknowledge the pending interrupt causes (ISR bits)."""

@@ -14,6 +14,7 @@ from virtio_sim.spec import MMIO
 
 R = MMIO_OFFSETS
 LEGACY_PAGE_SIZE = 4096
+QUEUE_RESET_POLLS = 1000  # reads of QueueReset before a queue reset counts as stuck
 
 
 class MmioTransportDriver:
@@ -124,8 +125,22 @@ class MmioTransportDriver:
         else:
             await self._w("QueueReady", 0)
 
-    async def notify(self, index: int) -> None:
-        await self._w("QueueNotify", index)
+    async def notify(self, index: int, data: int | None = None) -> None:
+        await self._w("QueueNotify", index if data is None else data)
+
+    async def reset_queue(self, index: int) -> None:
+        """Linux's vm_reset_vq(): write 1 to QueueReset, poll until it reads 0 again."""
+        if self.legacy:
+            raise TransportError("virtio-mmio version 1 has no QueueReset register")
+        await self._w("QueueSel", index)
+        await self._w("QueueReset", 1)
+        for _ in range(QUEUE_RESET_POLLS):
+            if not await self._r("QueueReset"):
+                break
+        else:
+            raise TransportError(f"queue {index} reset did not complete")
+        if await self._r("QueueReady"):
+            raise TransportError(f"queue {index} still reads ready after its reset")
 
     async def ack_interrupt(self) -> int:
         status = await self._r("InterruptStatus")

@@ -125,8 +125,12 @@ class PciLegacyTransport(PciTransportBase):
             await self._r("isr")  # flush, as Linux does
         await self._w("queue_pfn", 0)
 
-    async def notify(self, index: int) -> None:
+    async def notify(self, index: int, data: int | None = None) -> None:
+        # The legacy header has a 16-bit notify register only: no notification data.
         await self._w("queue_notify", index)
+
+    async def reset_queue(self, index: int) -> None:
+        raise TransportError("the legacy virtio-pci interface has no per-queue reset")
 
     async def ack_interrupt(self) -> int:
         return await self._r("isr")

@@ -49,6 +49,9 @@ class MappedRegion:
     length: int
 
 
+QUEUE_RESET_POLLS = 1000  # reads of queue_reset before the reset counts as stuck
+
+
 class PciModernTransport(PciTransportBase):
     legacy = False
 
@@ -231,11 +234,25 @@ class PciModernTransport(PciTransportBase):
             await self._w("queue_msix_vector", NO_VECTOR)
             await self._r("queue_msix_vector")  # flush
 
-    async def notify(self, index: int) -> None:
+    async def notify(self, index: int, data: int | None = None) -> None:
+        """A 16-bit write of the queue index, or the 32-bit NOTIFICATION_DATA value."""
         addr = self._notify_addr.get(index)
         if addr is None:
             raise TransportError(f"queue {index} has no notification address")
-        await self.link.write(addr, 2, index)
+        if data is None:
+            await self.link.write(addr, 2, index)
+        else:
+            await self.link.write(addr, 4, data)
+
+    async def reset_queue(self, index: int) -> None:
+        """VIRTIO_F_RING_RESET: write 1 to queue_reset, wait until it reads 0 again."""
+        await self._w("queue_select", index)
+        await self._w("queue_reset", 1)
+        for _ in range(QUEUE_RESET_POLLS):
+            if not await self._r("queue_reset"):
+                self._notify_addr.pop(index, None)
+                return
+        raise TransportError(f"queue {index} reset did not complete")
 
     async def ack_interrupt(self) -> int:
         return await self.link.read(self.isr.address, 1)

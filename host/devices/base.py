@@ -104,6 +104,10 @@ class DeviceModel(abc.ABC):
         """Forget everything the driver negotiated or set up."""
         self.features = 0
 
+    def reset_queue(self, index: int) -> None:
+        """One queue was reset (VIRTIO_F_RING_RESET); models with per-queue state drop it."""
+        self.events.note(f"queue {index} reset")
+
     @abc.abstractmethod
     def process(self, queue: DeviceQueue) -> int:
         """Serve every available request on ``queue``; returns how many were completed.

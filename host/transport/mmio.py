@@ -212,7 +212,7 @@ class MmioTransport(InterruptSink):
                     q.ready = False
                     q.ring = None
             case "QueueNotify":
-                d.notify(value & 0xFFFF)
+                d.notify_value(value)  # the index, or NOTIFICATION_DATA's 32-bit value
             case "InterruptACK":
                 self.interrupt_status &= ~value
                 self._update_line()
@@ -228,7 +228,7 @@ class MmioTransport(InterruptSink):
                 self.shm_sel = value
             case "QueueReset":
                 if value == 1 and q is not None:
-                    q.reset()
+                    d.reset_queue(q.index)  # completes at once: QueueReset reads 0 again
             case _:
                 d.note(f"mmio: write of read-only register {name} ignored")
 

@@ -297,7 +297,7 @@ class ModernInterface:
                 p.note("modern: queue_reset written without VIRTIO_F_RING_RESET (ignored)")
                 return
             if value == 1:
-                q.reset()
+                d.reset_queue(q.index)  # completes at once: queue_reset reads 0 again
                 p.queue_vectors[q.index] = PCI.msix_no_vector
 
     def _set_address(self, q: QueueState | None, attr: str, shift: int, size: int, value: int) -> None:
@@ -332,7 +332,11 @@ class ModernInterface:
         if size not in (2, DWORD) or offset % mult:
             p.note(f"modern: notification of {size} bytes at +{offset:#x} ignored")
             return
-        p.device.notify(offset // mult)
+        index = offset // mult
+        if size == DWORD and p.device.has_feature(F.NOTIFICATION_DATA):
+            p.device.notify_value(value)  # vq index + next offset/wrap (spec 4.1.5.2)
+        else:
+            p.device.notify(index)
 
     # -- the PCI configuration access capability -----------------------------------------
 

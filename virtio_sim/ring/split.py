@@ -16,10 +16,18 @@ Indices are free-running 16-bit counters; all arithmetic on them is done modulo 
 explicitly with :data:`IDX_MASK`.
 
 Byte order: ``order="big"`` gives the legacy interface of a big-endian guest.
+
+VIRTIO_F_IN_ORDER: the driver takes descriptors in ring order (head after head, ``next``
+= slot + 1, as 2.7.5.3 asks) and the device checks that in strict mode. The device holds
+a completion until every older buffer is complete; with ``batch_in_order`` it writes one
+used element for a run of them (the id of the last, used idx advanced by the run), and
+the driver completes every older in-flight buffer when it sees a later head, reporting
+the skipped ones as fully written.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +37,7 @@ from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, MemoryAccessError
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
-from virtio_sim.spec import AVAIL_F, DESC_F, SPLIT, USED_F
+from virtio_sim.spec import AVAIL_F, DESC_F, NOTIFY_DATA, SPLIT, USED_F
 
 IDX_MASK = 0xFFFF
 INDIRECT_TABLE_LIMIT = 1024  # QEMU's VIRTQUEUE_MAX_SIZE
@@ -70,14 +78,26 @@ class SplitDeviceQueue:
         order: ByteOrder = "little",
         strict: bool = True,
         max_indirect: int | None = None,
+        in_order: bool = False,
+        batch_in_order: bool = False,
     ) -> None:
         check_queue_size(size)
         self.space = space
+        self.published = 0
         self.size = size
         self.addrs = addrs
         self.event_idx = event_idx
         self.indirect = indirect
         self.strict = strict
+        self.in_order = in_order
+        self.batch_in_order = batch_in_order
+        self.warnings: list[str] = []
+        self._next_head = 0  # IN_ORDER: the slot the next chain must start at
+        self._order: deque[int] = deque()  # IN_ORDER: heads in avail order
+        self._writable: dict[int, int] = {}  # IN_ORDER: head -> writable length
+        self._done: dict[int, int] = {}  # IN_ORDER: head -> written, held back
+        self._ready: list[tuple[int, int]] = []  # IN_ORDER: (head, written) to write
+        self._last_claim: int | None = None  # NOTIFICATION_DATA: the previous avail idx
         # Linux may build indirect tables longer than a small queue; QEMU caps any chain at
         # VIRTQUEUE_MAX_SIZE (1024) entries, and so do we unless told otherwise.
         self.max_indirect = max_indirect if max_indirect is not None else max(size, INDIRECT_TABLE_LIMIT)
@@ -161,7 +181,15 @@ class SplitDeviceQueue:
         # The head counts as in flight even if its chain is malformed, so that a drop
         # policy can give it back with push(head, 0).
         self.in_flight.add(head)
-        return self._walk(head)
+        if self.in_order:
+            self._order.append(head)
+            expected, self._next_head = self._next_head, head
+            if head != expected and self.strict:
+                raise RingError("in-order-head", f"IN_ORDER chain starts at {head}, not at {expected}", head)
+        chain = self._walk(head)
+        if self.in_order:
+            self._writable[head] = chain.writable_len
+        return chain
 
     def _read_desc(self, table: int, index: int, head: int) -> tuple[int, int, int, int]:
         try:
@@ -249,26 +277,70 @@ class SplitDeviceQueue:
             if length:
                 (chain.writable if is_write else chain.readable).append((addr, length))
             if not flags & DESC_F.NEXT:
+                if self.in_order and indirect_table is None:
+                    self._next_head = (index + 1) % self.size
+                elif self.in_order:
+                    self._next_head = (head + 1) % self.size
                 return chain
+            if self.in_order and self.strict and nxt != (index + 1) % table_entries:
+                raise RingError(
+                    "in-order-next",
+                    f"IN_ORDER descriptor {index} chains to {nxt}, not to the next slot",
+                    head,
+                )
             index = nxt
 
     # -- completing ----------------------------------------------------------
 
     def push(self, head: int, written: int) -> None:
-        """Publish one used element: the element first, then the index."""
-        if head not in self.in_flight:
+        """Publish one used element: the element first, then the index.
+
+        With IN_ORDER the element waits until every older buffer is complete (and, with
+        ``batch_in_order``, until flush()).
+        """
+        if head not in self.in_flight or head in self._done:
             raise ValueError(f"device bug: head {head} is not in flight")
-        self.in_flight.discard(head)
+        if not self.in_order:
+            self.in_flight.discard(head)
+            self._write_used(head, written, 1)
+            return
+        self._done[head] = written
+        while self._order and self._order[0] in self._done:
+            first = self._order.popleft()
+            self._ready.append((first, self._done.pop(first)))
+        if not self.batch_in_order:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held IN_ORDER completions; a batch ends at a short write."""
+        ready, self._ready = self._ready, []
+        while ready:
+            n = 0
+            while n + 1 < len(ready) and self.batch_in_order:
+                head, written = ready[n]
+                if written != self._writable.get(head):
+                    break  # skipped buffers count as fully written: only full ones join
+                n += 1
+            batch, ready = ready[: n + 1], ready[n + 1 :]
+            for head, _ in batch:
+                self.in_flight.discard(head)
+                self._writable.pop(head, None)
+            head, written = batch[-1]
+            self._write_used(head, written, len(batch))
+
+    def _write_used(self, head: int, written: int, count: int) -> None:
+        self.published += 1  # used entries written: progress the core can see
         slot = self.used_idx % self.size
         try:
             self.space.write(self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written))
-            self.used_idx = (self.used_idx + 1) & IDX_MASK
+            self.used_idx = (self.used_idx + count) & IDX_MASK
             self.space.write(self._used_idx_addr, self._idx.pack(self.used_idx))
         except DmaError as e:
             raise RingError("ring-address", f"used ring: {e}", head) from None
 
     def needs_interrupt(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last one."""
+        self.flush()
         if self.event_idx:
             old = self._signalled_used
             valid = self._signalled_valid
@@ -293,10 +365,33 @@ class SplitDeviceQueue:
         except DmaError as e:
             raise RingError("ring-address", f"used ring: {e}") from None
 
+    def check_notify_data(self, next_off: int, next_wrap: int) -> str | None:
+        """Compare a NOTIFICATION_DATA claim (the driver's new avail idx) with the ring.
+
+        A claim behind what the device already consumed is stale, not wrong; a claim
+        ahead of the avail idx in memory names buffers that were never made available.
+        """
+        claim = (next_off | next_wrap << NOTIFY_DATA.off_mask.bit_length()) & IDX_MASK
+        last = self._last_claim
+        if last is not None and (claim - last) & IDX_MASK > IDX_MASK // 2:
+            return f"notification avail idx {claim} goes back behind {last}"
+        stale = ((self.last_avail - claim) & IDX_MASK) <= self.size  # at or behind last_avail
+        pending = (self.avail_idx() - self.last_avail) & IDX_MASK
+        if not stale and (claim - self.last_avail) & IDX_MASK > pending:
+            return f"notification says avail idx {claim}, the ring says {self.avail_idx()}"
+        self._last_claim = claim
+        return None
+
     def reset(self) -> None:
         self.last_avail = self._shadow_avail = self.used_idx = 0
         self._signalled_valid = False
         self.in_flight.clear()
+        self._next_head = 0
+        self._last_claim = None
+        self._order.clear()
+        self._writable.clear()
+        self._done.clear()
+        self._ready.clear()
 
     def resume(self, last_avail: int) -> None:
         """Start from a ring another device instance served before (vhost's
@@ -339,6 +434,7 @@ class SplitDriverQueue:
         indirect_pool: DmaPool | None = None,
         order: ByteOrder = "little",
         on_broken: Callable[[DeviceBrokenError], None] | None = None,
+        in_order: bool = False,
     ) -> None:
         check_queue_size(size)
         self.memory = memory
@@ -346,11 +442,15 @@ class SplitDriverQueue:
         self.gpa = ring_gpa
         self.event_idx = event_idx
         self.indirect_pool = indirect_pool
+        self.in_order = in_order
         self._desc = layouts.desc_codec(order)
         self._elem = layouts.used_elem_codec(order)
         self._idx = layouts.ring_index_codec(order)
-        self.free: list[int] = list(range(size - 1, -1, -1))  # stack; pop() gives 0 first
-        self.inflight: dict[int, _Inflight] = {}
+        # Free descriptors. Normally a stack (pop() gives 0 first); with IN_ORDER a queue
+        # in ring order, taken from the left, so chains occupy consecutive slots.
+        self.free: deque[int] = deque(range(size) if in_order else range(size - 1, -1, -1))
+        self.inflight: dict[int, _Inflight] = {}  # insertion order == avail order
+        self._completed: deque[tuple[Any, int]] = deque()  # rest of an IN_ORDER batch
         self.avail_idx = 0
         self._kicked_avail = 0
         self.last_used = 0
@@ -398,7 +498,7 @@ class SplitDriverQueue:
             for i, (a, n, fl) in enumerate(segs):
                 more = i + 1 < len(segs)
                 self._write_desc(table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0)
-            head = self.free.pop()
+            head = self._take()
             # The table is as long as the chain, not as the (possibly larger) pool buffer.
             table_len = layouts.DESC_SIZE * len(segs)
             self._write_desc(self.gpa.desc, head, table.dev_addr, table_len, DESC_F.INDIRECT, 0)
@@ -406,7 +506,7 @@ class SplitDriverQueue:
         else:
             if len(segs) > len(self.free):
                 raise QueueFullError(f"chain needs {len(segs)} descriptors, {len(self.free)} free")
-            descs = [self.free.pop() for _ in segs]
+            descs = [self._take() for _ in segs]
             for i, (a, n, fl) in enumerate(segs):
                 more = i + 1 < len(segs)
                 self._write_desc(
@@ -425,6 +525,17 @@ class SplitDriverQueue:
         self.avail_idx = (self.avail_idx + 1) & IDX_MASK
         self.memory.write(self.gpa.avail + layouts.RING_IDX_OFFSET, self._idx.pack(self.avail_idx))
         return head
+
+    def _take(self) -> int:
+        return self.free.popleft() if self.in_order else self.free.pop()
+
+    def _release(self, descs: list[int]) -> None:
+        self.free.extend(descs if self.in_order else reversed(descs))
+
+    def notify_data(self) -> tuple[int, int]:
+        """(next_off, next_wrap): the low 15 bits and bit 15 of the avail idx."""
+        shift = NOTIFY_DATA.off_mask.bit_length()
+        return self.avail_idx & NOTIFY_DATA.off_mask, self.avail_idx >> shift & 1
 
     def _read_u16(self, addr: int) -> int:
         value: int = self._idx.unpack(self.memory.read(addr, 2))[0]
@@ -452,6 +563,8 @@ class SplitDriverQueue:
         """Reap one used element: (token, length), or None when nothing new was used."""
         if self.broken:
             raise self.broken
+        if self._completed:
+            return self._completed.popleft()
         used_idx = self._read_u16(self.gpa.used + layouts.RING_IDX_OFFSET)
         if used_idx == self.last_used:
             return None
@@ -473,14 +586,27 @@ class SplitDriverQueue:
                 "used-bad-len",
                 f"used len {length} > writable length {state.writable_len} of head {head}",
             )
-        self.last_used = (self.last_used + 1) & IDX_MASK
-        del self.inflight[head]
-        self.free.extend(reversed(state.descs))
-        if state.indirect is not None and self.indirect_pool is not None:
-            self.indirect_pool.free(state.indirect)
-        return state.token, length
+        batch = [head]
+        if self.in_order:
+            batch = list(self.inflight)
+            batch = batch[: batch.index(head) + 1]
+            if len(batch) > ahead:
+                raise self._mark_broken(
+                    "used-idx-jump",
+                    f"IN_ORDER used id {head} completes {len(batch)} buffers but used idx moved by {ahead}",
+                )
+        self.last_used = (self.last_used + len(batch)) & IDX_MASK
+        for h in batch:
+            st = self.inflight.pop(h)
+            self._release(st.descs)
+            if st.indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(st.indirect)
+            self._completed.append((st.token, length if h == head else st.writable_len))
+        return self._completed.popleft()
 
     def more_used(self) -> bool:
+        if self._completed:
+            return True
         return self._read_u16(self.gpa.used + layouts.RING_IDX_OFFSET) != self.last_used
 
     def enable_cb(self) -> bool:
@@ -502,11 +628,13 @@ class SplitDriverQueue:
         """After a device reset: take back every in-flight chain, return their tokens."""
         tokens = [s.token for s in self.inflight.values()]
         for s in self.inflight.values():
-            self.free.extend(s.descs)
+            self._release(s.descs)
             if s.indirect is not None and self.indirect_pool is not None:
                 self.indirect_pool.free(s.indirect)
         self.inflight.clear()
-        return tokens
+        if self.in_order:  # a reset device expects the next chain at slot 0 again
+            self.free = deque(range(self.size))
+        return tokens  # completions already taken off the ring stay for get_used()
 
 
 __all__ = [

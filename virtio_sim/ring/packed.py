@@ -1,0 +1,722 @@
+"""Packed virtqueues (virtio 1.4 section 2.8), device side and driver side.
+
+One descriptor ring carries both directions. The driver makes a descriptor available by
+setting its AVAIL flag to the driver's wrap counter and USED to the inverse; the device
+marks a buffer used by overwriting one descriptor with AVAIL == USED == the device's wrap
+counter. Both wrap counters start at 1 and flip each time their side passes the ring end.
+A chain's buffer id is in its last descriptor, and both sides skip over the whole chain
+(its length in ring descriptors) when it is made available and when it is used, so used
+descriptors are written in completion order at consecutive positions.
+
+Positions are kept as free-running Python integers ("linear positions"): slot =
+pos % size, wrap counter = start ^ (pos // size & 1). That makes every comparison exact:
+an event suppression offset/wrap pair names one linear position in any window of two
+laps, so "did the driver or device pass that descriptor" is a plain interval test, and no
+queue size (powers of two or not, up to 32768) needs special cases.
+
+Both sides trust nothing read back from shared memory, as for split rings:
+
+* The device reads each descriptor once into a private copy. The walk is bounded by the
+  queue size and by the slots not already in flight; every descriptor after the head must
+  itself be available for its lap; the buffer id must be in range and not in flight;
+  segments are checked against the device's :class:`AddressSpace`. Errors are
+  :class:`RingError` with a violation name; once the buffer id is known (the structural
+  walk succeeded) the chain is consumed, so a drop policy can complete it with length 0.
+* The driver checks each used descriptor against its own record of buffers in flight
+  (id known, length not above the writable part) and raises :class:`DeviceBrokenError`.
+
+VIRTIO_F_IN_ORDER: the device holds completions until all older buffers are done, and
+with ``batch_in_order`` writes one used descriptor for a run of them (id of the last,
+placed at the first's position, skipping the whole run); the driver completes every
+older in-flight buffer when it sees a later id, reporting the skipped ones as fully
+written (their whole writable length).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from virtio_sim import layouts
+from virtio_sim.dma import AddressSpace, DmaError
+from virtio_sim.layouts import ByteOrder
+from virtio_sim.memory import ByteAccess
+from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
+from virtio_sim.ring.split import CHAIN_BYTES_LIMIT, QueueFullError, SplitRingAddresses
+from virtio_sim.spec import PACKED, PACKED_DESC_F, PACKED_EVENT, PACKED_EVENT_F
+
+# desc = descriptor ring, avail = driver event suppression (the driver area),
+# used = device event suppression (the device area): the transports' three addresses.
+PackedRingAddresses = SplitRingAddresses
+
+_DESC = layouts.PACKED_DESC_CODEC
+_EVENT = layouts.EVENT_SUPPRESS_CODEC
+_U16 = layouts.PACKED_U16_CODEC
+_DESC_SIZE = layouts.PACKED_DESC_SIZE
+_LEN_OFF = layouts.PACKED_DESC_OFFSETS["len"]
+_FLAGS_OFF = layouts.PACKED_DESC_OFFSETS["flags"]
+_EV_FLAGS_OFF = layouts.EVENT_SUPPRESS_OFFSETS["flags"]
+_EV_DESC_OFF = layouts.EVENT_SUPPRESS_OFFSETS["desc"]
+_AVAIL_USED = PACKED_DESC_F.AVAIL | PACKED_DESC_F.USED
+
+
+def check_packed_queue_size(size: int) -> None:
+    """Any size from 1 to 32768; packed rings need no power of two (2.8.10)."""
+    if size < 1 or size > PACKED.max_queue_size:
+        raise ValueError(f"packed queue size {size} must be in 1..{PACKED.max_queue_size}")
+
+
+def lap_wrap(pos: int, size: int) -> int:
+    """The wrap counter that goes with linear position ``pos``."""
+    return PACKED.wrap_counter_start ^ (pos // size & 1)
+
+
+def avail_flags(pos: int, size: int) -> int:
+    """AVAIL = wrap counter, USED = its inverse: 'made available in this lap'."""
+    return PACKED_DESC_F.AVAIL if lap_wrap(pos, size) else PACKED_DESC_F.USED
+
+
+def used_flags(pos: int, size: int) -> int:
+    """AVAIL == USED == wrap counter: 'used in this lap'."""
+    return _AVAIL_USED if lap_wrap(pos, size) else 0
+
+
+def is_avail(flags: int, pos: int, size: int) -> bool:
+    return flags & _AVAIL_USED == avail_flags(pos, size)
+
+
+def is_used(flags: int, pos: int, size: int) -> bool:
+    return flags & _AVAIL_USED == used_flags(pos, size)
+
+
+def off_wrap(pos: int, size: int) -> int:
+    """The event suppression ``desc`` word naming linear position ``pos``."""
+    return pos % size | lap_wrap(pos, size) << PACKED_EVENT.wrap_shift
+
+
+def event_position(word: int, near: int, size: int) -> int | None:
+    """The linear position named by an off_wrap word: the first one at or after ``near``.
+
+    None when the offset is not a slot of this ring (a malformed word).
+    """
+    off = word & PACKED_EVENT.off_mask
+    if off >= size:
+        return None
+    wrap = word >> PACKED_EVENT.wrap_shift & 1
+    base = off + (0 if wrap == PACKED.wrap_counter_start else size)
+    return near + (base - near) % (2 * size)
+
+
+def event_crossed(word: int, old: int, new: int, size: int) -> bool:
+    """Did moving from ``old`` to ``new`` pass the descriptor named by ``word``?
+
+    The packed analogue of vring_need_event(). A malformed word counts as crossed: a
+    spurious notification is harmless, a missing one hangs the other side.
+    """
+    event = event_position(word, old, size)
+    return event is None or event < new
+
+
+class _Desc(NamedTuple):
+    addr: int
+    len: int
+    id: int
+    flags: int
+
+
+# --------------------------------------------------------------------------- device side
+
+
+@dataclass
+class _DevBuffer:
+    descs: int  # ring descriptors the chain occupied (what the used side skips)
+    writable: int = 0  # total writable length (IN_ORDER batches need it)
+    written: int | None = None  # set once pushed while IN_ORDER holds it back
+
+
+class PackedDeviceQueue:
+    """The device's view of one packed virtqueue."""
+
+    def __init__(
+        self,
+        space: AddressSpace,
+        size: int,
+        addrs: SplitRingAddresses,
+        *,
+        event_idx: bool = False,
+        indirect: bool = False,
+        in_order: bool = False,
+        batch_in_order: bool = False,
+        order: ByteOrder = "little",
+        strict: bool = True,
+        max_indirect: int | None = None,
+    ) -> None:
+        check_packed_queue_size(size)
+        if order != "little":
+            raise ValueError("packed rings exist only with VERSION_1, which is little-endian")
+        self.space = space
+        self.published = 0
+        self.size = size
+        self.addrs = addrs
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.in_order = in_order
+        self.batch_in_order = batch_in_order
+        self.strict = strict
+        self.max_indirect = max_indirect if max_indirect is not None else size
+        self.warnings: list[str] = []
+        self._buffers: dict[int, _DevBuffer] = {}
+        self._order: deque[int] = deque()  # ids in the order they were made available
+        self._ready: list[tuple[int, _DevBuffer]] = []  # IN_ORDER completions not yet written
+        self.reset()
+        self._check_ring_memory()
+
+    def reset(self) -> None:
+        """Back to the state of a freshly enabled queue: slot 0, both wrap counters 1."""
+        self._avail_pos = 0  # next descriptor to read
+        self._used_pos = 0  # next used descriptor to write
+        self._in_flight_descs = 0
+        self._signalled = 0
+        self._signalled_valid = False
+        self._last_claim = 0  # NOTIFICATION_DATA claims never go back
+        self._buffers.clear()
+        self._order.clear()
+        self._ready.clear()
+
+    def _check_ring_memory(self) -> None:
+        a = self.addrs
+        if self.strict and (
+            a.desc % layouts.PACKED_DESC_ALIGN
+            or a.avail % layouts.EVENT_SUPPRESS_ALIGN
+            or a.used % layouts.EVENT_SUPPRESS_ALIGN
+        ):
+            raise RingError(
+                "ring-alignment",
+                f"packed ring areas {a.desc:#x}/{a.avail:#x}/{a.used:#x} are not aligned"
+                f" to {layouts.PACKED_DESC_ALIGN}/{layouts.EVENT_SUPPRESS_ALIGN}",
+            )
+        try:
+            self.space.check(a.desc, layouts.packed_ring_size(self.size), write=True)
+            self.space.check(a.avail, layouts.EVENT_SUPPRESS_SIZE, write=False)
+            self.space.check(a.used, layouts.EVENT_SUPPRESS_SIZE, write=True)
+        except DmaError as e:
+            raise RingError("ring-address", f"ring memory is not accessible: {e}") from None
+
+    # -- positions ------------------------------------------------------------
+
+    @property
+    def last_avail(self) -> int:
+        return self._avail_pos % self.size
+
+    @property
+    def avail_wrap(self) -> int:
+        return lap_wrap(self._avail_pos, self.size)
+
+    @property
+    def used_idx(self) -> int:
+        return self._used_pos % self.size
+
+    @property
+    def used_wrap(self) -> int:
+        return lap_wrap(self._used_pos, self.size)
+
+    @property
+    def in_flight(self) -> dict[int, _DevBuffer]:
+        """Buffer ids popped and not yet written back as used."""
+        return self._buffers
+
+    # -- reading ----------------------------------------------------------------
+
+    def _read(self, addr: int, length: int, what: str, head: int | None = None) -> bytes:
+        try:
+            return self.space.read(addr, length)
+        except DmaError as e:
+            raise RingError("ring-address", f"{what}: {e}", head) from None
+
+    def _read_desc(self, pos: int) -> _Desc:
+        slot = pos % self.size
+        raw = self._read(self.addrs.desc + slot * _DESC_SIZE, _DESC_SIZE, f"descriptor {slot}")
+        return _Desc(*_DESC.unpack(raw))
+
+    def _flags_at(self, pos: int) -> int:
+        slot = pos % self.size
+        addr = self.addrs.desc + slot * _DESC_SIZE + _FLAGS_OFF
+        value: int = _U16.unpack(self._read(addr, 2, f"descriptor {slot} flags"))[0]
+        return value
+
+    def has_available(self) -> bool:
+        return is_avail(self._flags_at(self._avail_pos), self._avail_pos, self.size)
+
+    def pop(self) -> Chain | None:
+        """The next available chain, validated, or None when nothing new is available."""
+        pos, size = self._avail_pos, self.size
+        first = self._read_desc(pos)
+        if not is_avail(first.flags, pos, size):
+            return None
+        room = size - self._in_flight_descs  # slots the driver may legally have filled
+        descs = [first]
+        while descs[-1].flags & PACKED_DESC_F.NEXT:
+            n = len(descs)
+            if n >= size:
+                raise RingError(
+                    "chain-too-long", f"chain at slot {pos % size} is longer than the ring ({size})"
+                )
+            if n >= room:
+                raise RingError(
+                    "ring-overrun",
+                    f"chain at slot {pos % size} runs into {size - room} slots still in flight",
+                )
+            p = pos + n
+            d = self._read_desc(p)
+            if not is_avail(d.flags, p, size):
+                raise RingError(
+                    "desc-wrap-bits",
+                    f"descriptor {n} of the chain at slot {pos % size} (slot {p % size}) is not"
+                    f" available for wrap counter {lap_wrap(p, size)} (flags {d.flags:#06x})",
+                )
+            descs.append(d)
+        if room < len(descs):
+            raise RingError("ring-overrun", f"slot {pos % size} made available while every slot is in flight")
+        buf_id = descs[-1].id
+        if buf_id >= size:
+            raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
+        if buf_id in self._buffers:
+            # No head attached: completing it would complete the first buffer too.
+            raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
+        # Consumed from here on, even if malformed, so that a drop policy can complete it.
+        self._avail_pos += len(descs)
+        self._in_flight_descs += len(descs)
+        buf = self._buffers[buf_id] = _DevBuffer(len(descs))
+        if self.in_order:
+            self._order.append(buf_id)
+        chain = self._segments(buf_id, descs)
+        buf.writable = chain.writable_len
+        return chain
+
+    def _segments(self, buf_id: int, descs: list[_Desc]) -> Chain:
+        chain = Chain(buf_id, descriptors=len(descs))
+        total = 0
+
+        def add(addr: int, length: int, write: bool) -> None:
+            nonlocal total
+            if not write and chain.writable:
+                raise RingError(
+                    "readable-after-writable",
+                    "device-readable descriptor after a writable one",
+                    buf_id,
+                )
+            if length == 0 and self.strict:
+                raise RingError("zero-length", "zero-length descriptor", buf_id)
+            total += length
+            if total > CHAIN_BYTES_LIMIT:
+                raise RingError("chain-too-big", "chain is longer than 2^32 bytes", buf_id)
+            try:
+                self.space.check(addr, length, write=write)
+            except DmaError as e:
+                raise RingError("bad-address", str(e), buf_id) from None
+            if length:
+                (chain.writable if write else chain.readable).append((addr, length))
+
+        for i, d in enumerate(descs):
+            if d.flags & PACKED_DESC_F.INDIRECT:
+                self._indirect(buf_id, d, i, chain, add)
+            else:
+                add(d.addr, d.len, bool(d.flags & PACKED_DESC_F.WRITE))
+        return chain
+
+    def _indirect(
+        self,
+        buf_id: int,
+        d: _Desc,
+        index: int,
+        chain: Chain,
+        add: Callable[[int, int, bool], None],
+    ) -> None:
+        if d.flags & PACKED_DESC_F.NEXT:
+            raise RingError("indirect-with-next", "INDIRECT and NEXT both set", buf_id)
+        if index:
+            raise RingError("indirect-in-chain", "INDIRECT descriptor inside a chain of the ring", buf_id)
+        if not self.indirect and self.strict:
+            raise RingError("indirect-not-negotiated", "INDIRECT used without VIRTIO_F_INDIRECT_DESC", buf_id)
+        if d.len == 0 or d.len % _DESC_SIZE:
+            raise RingError(
+                "indirect-bad-length",
+                f"indirect table length {d.len} is not a non-zero multiple of {_DESC_SIZE}",
+                buf_id,
+            )
+        entries = d.len // _DESC_SIZE
+        if entries > self.max_indirect:
+            raise RingError(
+                "indirect-too-large",
+                f"indirect table has {entries} entries (limit {self.max_indirect})",
+                buf_id,
+            )
+        try:
+            table = self.space.read(d.addr, d.len)
+        except DmaError as e:
+            raise RingError("bad-address", f"indirect table: {e}", buf_id) from None
+        # The table length is the chain length; only WRITE means anything in an entry
+        # (NEXT, ids and the wrap bits are ignored), and WRITE on the INDIRECT descriptor
+        # itself is ignored.
+        for i in range(entries):
+            addr, length, _id, flags = _DESC.unpack_from(table, i * _DESC_SIZE)
+            chain.descriptors += 1
+            if flags & PACKED_DESC_F.INDIRECT and self.strict:
+                raise RingError("nested-indirect", "indirect descriptor inside an indirect table", buf_id)
+            add(addr, length, bool(flags & PACKED_DESC_F.WRITE))
+
+    # -- completing ---------------------------------------------------------------
+
+    def push(self, head: int, written: int) -> None:
+        """Mark buffer ``head`` used with ``written`` bytes.
+
+        Without IN_ORDER the used descriptor is written at once. With it, completions wait
+        until every older buffer is complete and are then written (one by one, or as one
+        batch entry at the next flush() when ``batch_in_order``).
+        """
+        buf = self._buffers.get(head)
+        if buf is None or buf.written is not None:
+            raise ValueError(f"device bug: buffer {head} is not in flight")
+        if not self.in_order:
+            del self._buffers[head]
+            self._write_used(head, written, buf.descs)
+            return
+        buf.written = written
+        while self._order and self._buffers[self._order[0]].written is not None:
+            first = self._order.popleft()
+            self._ready.append((first, self._buffers[first]))  # in flight until written
+        if not self.batch_in_order:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held IN_ORDER completions; a batch ends at a short write."""
+        ready, self._ready = self._ready, []
+        while ready:
+            n = 0
+            while n + 1 < len(ready) and self.batch_in_order:
+                buf = ready[n][1]
+                if buf.written != buf.writable:
+                    break  # skipped buffers count as fully written: only full ones join
+                n += 1
+            batch, ready = ready[: n + 1], ready[n + 1 :]
+            for buf_id, _ in batch:
+                del self._buffers[buf_id]
+            last_id, last = batch[-1]
+            assert last.written is not None
+            self._write_used(last_id, last.written, sum(b.descs for _, b in batch))
+
+    def _write_used(self, buf_id: int, written: int, skip: int) -> None:
+        self.published += 1  # used entries written: progress the core can see
+        pos = self._used_pos
+        flags = used_flags(pos, self.size) | (PACKED_DESC_F.WRITE if written else 0)
+        raw = _DESC.pack(0, written, buf_id, flags)
+        addr = self.addrs.desc + (pos % self.size) * _DESC_SIZE
+        try:
+            self.space.write(addr + _LEN_OFF, raw[_LEN_OFF:_FLAGS_OFF])  # len and id first,
+            self.space.write(addr + _FLAGS_OFF, raw[_FLAGS_OFF:])  # then the flags
+        except DmaError as e:
+            raise RingError("ring-address", f"used descriptor: {e}", buf_id) from None
+        self._used_pos += skip
+        self._in_flight_descs -= skip
+
+    # -- notifications ----------------------------------------------------------
+
+    def _read_event(self, addr: int) -> tuple[int, int]:
+        raw = self._read(addr, layouts.EVENT_SUPPRESS_SIZE, "event suppression")
+        word, flags = _EVENT.unpack(raw)
+        return word, flags
+
+    def needs_interrupt(self) -> bool:
+        """Whether the driver event suppression asks for an interrupt for what was used."""
+        self.flush()
+        old, new = self._signalled, self._used_pos
+        valid = self._signalled_valid
+        self._signalled, self._signalled_valid = new, True
+        word, flags = self._read_event(self.addrs.avail)
+        mode = flags & PACKED_EVENT.flags_mask
+        if mode == PACKED_EVENT_F.DISABLE:
+            return False
+        if mode == PACKED_EVENT_F.ENABLE:
+            return True
+        if mode != PACKED_EVENT_F.DESC or not self.event_idx:
+            self.warnings.append(f"driver event suppression flags {flags:#x} are not valid")
+            return True
+        return not valid or event_crossed(word, old, new, self.size)
+
+    def set_notification(self, enable: bool) -> None:
+        """Tell the driver whether (and with EVENT_IDX, from where) to notify."""
+        base = self.addrs.used
+        try:
+            if not enable:
+                mode = PACKED_EVENT_F.DISABLE
+            elif self.event_idx:
+                word = off_wrap(self._avail_pos, self.size)
+                self.space.write(base + _EV_DESC_OFF, _U16.pack(word))  # the offset first
+                mode = PACKED_EVENT_F.DESC
+            else:
+                mode = PACKED_EVENT_F.ENABLE
+            self.space.write(base + _EV_FLAGS_OFF, _U16.pack(mode))
+        except DmaError as e:
+            raise RingError("ring-address", f"device event suppression: {e}") from None
+
+    def check_notify_data(self, next_off: int, next_wrap: int) -> str | None:
+        """Compare a NOTIFICATION_DATA claim with the ring.
+
+        The claim says every descriptor before (next_off, next_wrap) is available. A claim
+        behind what the device already consumed is stale, not wrong (the driver may have
+        added more before the device got to the notification), but claims never go back,
+        never exceed the ring, and never name descriptors that are not available.
+        """
+        size = self.size
+        if next_off >= size:
+            return f"next_off {next_off} is not a slot of a {size}-entry ring"
+        word = next_off | next_wrap << PACKED_EVENT.wrap_shift
+        claim = event_position(word, self._avail_pos - size, size)
+        assert claim is not None
+        where = f"next_off {next_off} next_wrap {next_wrap}"
+        if claim < self._last_claim:
+            return f"{where} goes back behind an earlier notification or the ring start"
+        if claim - self._used_pos > size:
+            return f"{where} is more than the ring ahead of the used position"
+        for p in range(self._avail_pos, claim):
+            if not is_avail(self._flags_at(p), p, size):
+                return f"{where} but slot {p % size} is not available"
+        self._last_claim = claim
+        return None
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+@dataclass
+class _DrvBuffer:
+    token: Any
+    descs: int
+    writable_len: int
+    indirect: DmaBuffer | None
+
+
+class PackedDriverQueue:
+    """The driver's side of one packed virtqueue, in the spirit of Linux's virtio_ring."""
+
+    def __init__(
+        self,
+        memory: ByteAccess,
+        size: int,
+        ring_gpa: SplitRingAddresses,
+        *,
+        event_idx: bool = False,
+        indirect_pool: DmaPool | None = None,
+        in_order: bool = False,
+        order: ByteOrder = "little",
+        on_broken: Callable[[DeviceBrokenError], None] | None = None,
+    ) -> None:
+        check_packed_queue_size(size)
+        if order != "little":
+            raise ValueError("packed rings exist only with VERSION_1, which is little-endian")
+        self.memory = memory
+        self.size = size
+        self.gpa = ring_gpa
+        self.event_idx = event_idx
+        self.indirect_pool = indirect_pool
+        self.in_order = in_order
+        self.on_broken = on_broken
+        self.broken: DeviceBrokenError | None = None
+        self.free_ids: list[int] = list(range(size - 1, -1, -1))  # stack; 0 comes first
+        self.inflight: dict[int, _DrvBuffer] = {}  # insertion order == avail order
+        self._free = size
+        self._avail_pos = 0
+        self._kicked_pos = 0
+        self._used_pos = 0
+        self._completed: deque[tuple[Any, int]] = deque()  # rest of an IN_ORDER batch
+        self._init_rings()
+
+    def _init_rings(self) -> None:
+        """Zeroed rings: nothing available, and both event structures say ENABLE."""
+        self.memory.write(self.gpa.desc, bytes(layouts.packed_ring_size(self.size)))
+        self.memory.write(self.gpa.avail, bytes(layouts.EVENT_SUPPRESS_SIZE))
+        self.memory.write(self.gpa.used, bytes(layouts.EVENT_SUPPRESS_SIZE))
+
+    @property
+    def num_free(self) -> int:
+        return self._free
+
+    @property
+    def next_avail(self) -> int:
+        return self._avail_pos % self.size
+
+    @property
+    def avail_wrap(self) -> int:
+        return lap_wrap(self._avail_pos, self.size)
+
+    @property
+    def last_used(self) -> int:
+        return self._used_pos % self.size
+
+    @property
+    def used_wrap(self) -> int:
+        return lap_wrap(self._used_pos, self.size)
+
+    def _desc_addr(self, pos: int) -> int:
+        return self.gpa.desc + (pos % self.size) * _DESC_SIZE
+
+    def add(
+        self,
+        out: Sequence[tuple[int, int]],
+        in_: Sequence[tuple[int, int]],
+        token: Any,
+        *,
+        use_indirect: bool | None = None,
+    ) -> int:
+        """Make one buffer available; returns its buffer id."""
+        if self.broken:
+            raise self.broken
+        w = PACKED_DESC_F.WRITE
+        segs = [(a, n, 0) for a, n in out] + [(a, n, w) for a, n in in_]
+        if not segs:
+            raise ValueError("a chain needs at least one buffer")
+        if use_indirect is None:
+            use_indirect = self.indirect_pool is not None and len(segs) > 1
+        if use_indirect and self.indirect_pool is None:
+            raise ValueError("indirect descriptors were not negotiated")
+        needed = 1 if use_indirect else len(segs)
+        if needed > self._free:
+            raise QueueFullError(f"buffer needs {needed} descriptors, {self._free} free")
+        buf_id = self.free_ids.pop()
+        table: DmaBuffer | None = None
+        if use_indirect:
+            assert self.indirect_pool is not None
+            table_len = _DESC_SIZE * len(segs)
+            table = self.indirect_pool.alloc(table_len, _DESC_SIZE)
+            entries = b"".join(_DESC.pack(a, n, 0, fl) for a, n, fl in segs)
+            self.memory.write(table.gpa, entries)
+            # The table is as long as the chain, not as the (possibly larger) pool buffer.
+            descs = [(table.dev_addr, table_len, PACKED_DESC_F.INDIRECT)]
+        else:
+            nxt = PACKED_DESC_F.NEXT
+            descs = [(a, n, fl | (nxt if i + 1 < len(segs) else 0)) for i, (a, n, fl) in enumerate(segs)]
+        pos = self._avail_pos
+        # Every descriptor after the head is complete before the head becomes available.
+        for i in range(1, len(descs)):
+            a, n, fl = descs[i]
+            flags = fl | avail_flags(pos + i, self.size)
+            self.memory.write(self._desc_addr(pos + i), _DESC.pack(a, n, buf_id, flags))
+        a, n, fl = descs[0]
+        raw = _DESC.pack(a, n, buf_id, fl | avail_flags(pos, self.size))
+        head = self._desc_addr(pos)
+        self.memory.write(head, raw[:_FLAGS_OFF])
+        self.memory.write(head + _FLAGS_OFF, raw[_FLAGS_OFF:])  # the head's flags last
+        self._avail_pos += len(descs)
+        self._free -= len(descs)
+        self.inflight[buf_id] = _DrvBuffer(token, len(descs), sum(n for _, n in in_), table)
+        return buf_id
+
+    def _read_event(self, addr: int) -> tuple[int, int]:
+        word, flags = _EVENT.unpack(self.memory.read(addr, layouts.EVENT_SUPPRESS_SIZE))
+        return word, flags
+
+    def kick_prepare(self) -> bool:
+        """Whether the device event suppression asks for a notification for what was added."""
+        old, new = self._kicked_pos, self._avail_pos
+        self._kicked_pos = new
+        if old == new:
+            return False
+        word, flags = self._read_event(self.gpa.used)
+        mode = flags & PACKED_EVENT.flags_mask
+        if mode == PACKED_EVENT_F.DESC and self.event_idx:
+            return event_crossed(word, old, new, self.size)
+        return mode != PACKED_EVENT_F.DISABLE
+
+    def notify_data(self) -> tuple[int, int]:
+        return self.next_avail, self.avail_wrap
+
+    def _mark_broken(self, violation: str, message: str) -> DeviceBrokenError:
+        err = DeviceBrokenError(violation, message)
+        self.broken = err
+        if self.on_broken:
+            self.on_broken(err)
+        return err
+
+    def more_used(self) -> bool:
+        if self._completed:
+            return True
+        raw = self.memory.read(self._desc_addr(self._used_pos) + _FLAGS_OFF, 2)
+        flags: int = _U16.unpack(raw)[0]
+        return is_used(flags, self._used_pos, self.size)
+
+    def get_used(self) -> tuple[Any, int] | None:
+        """Reap one used buffer: (token, length), or None when nothing new was used."""
+        if self.broken:
+            raise self.broken
+        if self._completed:
+            return self._completed.popleft()
+        pos = self._used_pos
+        _addr, length, buf_id, flags = _DESC.unpack(self.memory.read(self._desc_addr(pos), _DESC_SIZE))
+        if not is_used(flags, pos, self.size):
+            return None
+        state = self.inflight.get(buf_id)
+        if state is None:
+            raise self._mark_broken("used-bad-id", f"used id {buf_id} is not a buffer in flight")
+        if not flags & PACKED_DESC_F.WRITE:
+            length = 0  # len is reserved without WRITE (2.8.4)
+        if length > state.writable_len:
+            raise self._mark_broken(
+                "used-bad-len",
+                f"used len {length} > writable length {state.writable_len} of buffer {buf_id}",
+            )
+        if self.in_order:
+            batch: list[int] = []
+            for i in self.inflight:
+                batch.append(i)
+                if i == buf_id:
+                    break
+        else:
+            batch = [buf_id]
+        for i in batch:
+            st = self.inflight.pop(i)
+            self._used_pos += st.descs
+            self._free += st.descs
+            self.free_ids.append(i)
+            if st.indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(st.indirect)
+            self._completed.append((st.token, length if i == buf_id else st.writable_len))
+        return self._completed.popleft()
+
+    def enable_cb(self) -> bool:
+        """Ask for interrupts again; True if used buffers are already pending (race check)."""
+        base = self.gpa.avail
+        if self.event_idx:
+            word = off_wrap(self._used_pos, self.size)
+            self.memory.write(base + _EV_DESC_OFF, _U16.pack(word))
+            mode = PACKED_EVENT_F.DESC
+        else:
+            mode = PACKED_EVENT_F.ENABLE
+        self.memory.write(base + _EV_FLAGS_OFF, _U16.pack(mode))
+        return self.more_used()
+
+    def disable_cb(self) -> None:
+        self.memory.write(self.gpa.avail + _EV_FLAGS_OFF, _U16.pack(PACKED_EVENT_F.DISABLE))
+
+    def detach_all(self) -> list[Any]:
+        """After a device or queue reset: take back every buffer in flight, in avail order."""
+        tokens = [s.token for s in self.inflight.values()]
+        for i, s in self.inflight.items():
+            self._free += s.descs
+            self.free_ids.append(i)
+            if s.indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(s.indirect)
+        self.inflight.clear()
+        return tokens  # completions already taken off the ring stay for get_used()
+
+
+__all__ = [
+    "PackedDeviceQueue",
+    "PackedDriverQueue",
+    "PackedRingAddresses",
+    "QueueFullError",
+    "check_packed_queue_size",
+    "event_crossed",
+    "lap_wrap",
+]
