@@ -13,17 +13,23 @@ Any qtest failure (QEMU gone, a refused command, no reply) becomes a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import trio
 
 from guest.link import HostLink, HostLinkError
 from virtio_sim.qemu.qtest import QtestClient, QtestError
 from virtio_sim.wire import IrqKind
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
 
 class QtestLink(HostLink):
     """A HostLink whose host is a QEMU process under qtest."""
 
-    def __init__(self, client: QtestClient, irq_base: int = 0) -> None:  # noqa: D107
+    def __init__(self, client: QtestClient, irq_base: int = 0) -> None:
         # No frame channel: every access is a qtest command.
         self.client = client
         self.irq_base = irq_base
@@ -37,7 +43,7 @@ class QtestLink(HostLink):
     def _irq(self, raised: bool, line: int) -> None:
         self.irq_handler(IrqKind.LINE_LEVEL, line + self.irq_base, int(raised))
 
-    def _lost(self, error: QtestError) -> HostLinkError:
+    def qtest_failed(self, error: QtestError) -> HostLinkError:
         problem = HostLinkError(f"qtest: {error}")
         if not self._closing and self.peer_failure is None:
             self.peer_failure = problem
@@ -45,14 +51,14 @@ class QtestLink(HostLink):
             self.failure = problem
         return problem
 
-    async def _do(self, op, *args):  # type: ignore[no-untyped-def]
+    async def _do(self, op: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self.failure:
             raise self.failure
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            return op(*args)
+            return op(*args, **kwargs)
         except QtestError as e:
-            raise self._lost(e) from None
+            raise self.qtest_failed(e) from None
 
     async def run(self) -> None:
         """Deliver interrupts that arrive while no command is in flight."""
@@ -61,20 +67,18 @@ class QtestLink(HostLink):
                 await trio.lowlevel.wait_readable(self.client.sock)
                 self.client.poll()
         except QtestError as e:
-            self._lost(e)
+            self.qtest_failed(e)
         except (OSError, trio.ClosedResourceError) as e:
-            self._lost(QtestError(str(e)))
+            self.qtest_failed(QtestError(str(e)))
 
     async def read(self, addr: int, size: int) -> int:
-        value: int = await self._do(self.client.read, addr, size)
-        return value
+        return await self._do(self.client.read, addr, size)
 
     async def write(self, addr: int, size: int, value: int) -> None:
         await self._do(self.client.write, addr, size, value)
 
     async def pio_read(self, port: int, size: int) -> int:
-        value: int = await self._do(self.client.pio_read, port, size)
-        return value
+        return await self._do(self.client.pio_read, port, size)
 
     async def pio_write(self, port: int, size: int, value: int) -> None:
         await self._do(self.client.pio_write, port, size, value)
@@ -91,7 +95,7 @@ class QtestMemory:
         self.link = link
 
     def _error(self, e: QtestError) -> HostLinkError:
-        return self.link._lost(e) if self.link is not None else HostLinkError(f"qtest: {e}")
+        return self.link.qtest_failed(e) if self.link is not None else HostLinkError(f"qtest: {e}")
 
     def read(self, addr: int, length: int) -> bytes:
         try:

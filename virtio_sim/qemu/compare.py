@@ -15,25 +15,39 @@ our models or documented.
 from __future__ import annotations
 
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from guest.workloads import WORKLOADS
+from host.build import HostConfig, build_host
+from host.qdev import model_name, parse_device_option
+from virtio_sim import layouts
 from virtio_sim.embedded import RunConfig, run_embedded
-from virtio_sim.outcome import RunResult
+from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.qemu.machines import machine_args, qemu_devices
+from virtio_sim.qemu.qtest import spawn_qtest
 from virtio_sim.qemu.run import run_qemu
-from virtio_sim.spec import FEATURES, legacy_only_transport_features
+from virtio_sim.qemu.tools import QEMU_X86, require_qemu
+from virtio_sim.spec import DEVICE_TYPES, FEATURES, legacy_only_transport_features
 
 LEGACY_TRANSPORTS = ("mmio-v1", "pci-legacy")
 LEGACY_FEATURE_MASK = 0xFFFFFFFF  # a legacy interface has one 32-bit feature word
 #: workload evidence compared as is (other fields are run-specific: byte counts, hashes)
 EVIDENCE_KEYS = ("serial", "capacity", "beyond_capacity")
+ALL_TRANSPORTS = ("mmio-v1", "mmio-v2", "pci-modern", "pci-transitional", "pci-legacy")
 STANDARD = [
     (device, workload, transport)
-    for device, workload in (("virtio-rng-device", "rng"), ("virtio-blk-device", "blk-rw"))
-    for transport in ("mmio-v1", "mmio-v2", "pci-modern", "pci-transitional", "pci-legacy")
+    for device, workload in (
+        ("virtio-rng-device", "rng"),
+        ("virtio-blk-device", "blk-rw"),
+        ("virtio-rng-device,iommu_platform=on", "rng"),  # a guest that does not ack bit 33
+    )
+    for transport in ALL_TRANSPORTS
 ]
 
 
@@ -66,6 +80,8 @@ def diff(device_key: str, transport: str, ours: RunResult, qemu: RunResult) -> l
     out: list[str] = []
     if ours.outcome != qemu.outcome:
         out.append(f"{where} outcome ours={ours.outcome} qemu={qemu.outcome}")
+    elif ours.outcome is Outcome.HOST_REFUSED and ours.detail != qemu.detail:
+        out.append(f"{where} refusal ours={ours.detail!r} qemu={qemu.detail!r}")
     o, q = visible_offer(ours, transport, True), visible_offer(qemu, transport, False)
     out += [f"{where} offered-only-by-qemu {n}" for n in _bits(q & ~o, device_key)]
     out += [f"{where} offered-only-by-ours {n}" for n in _bits(o & ~q, device_key)]
@@ -79,11 +95,82 @@ def diff(device_key: str, transport: str, ours: RunResult, qemu: RunResult) -> l
     return out
 
 
+# --------------------------------------------------------------------------- registers
+
+MMIO_PROBE_REGISTERS = ("MagicValue", "Version", "DeviceID", "VendorID", "QueueSizeMax", "ConfigGeneration")
+#: each device type's config layout, field by field (rng has none: one word past the end)
+CONFIG_LAYOUTS: dict[str, Any] = {"blk": layouts.VirtioBlkConfig}
+MMIO_BASE_OF_FIRST_DEVICE = 0xFEB00E00  # both microvms put the first -device in slot 7
+
+
+def _config_fields(key: str) -> list[tuple[str, int, int]]:
+    decl = CONFIG_LAYOUTS.get(key)
+    if decl is None:
+        return [("past-the-end", 0, 4)]
+    offs = layouts.field_offsets(decl)
+    return [
+        (sc.name, offs[sc.name], sc.sizeof())
+        for sc in decl.subcons
+        if sc.name and not sc.name.startswith("unused") and sc.sizeof() in (1, 2, 4)
+    ]
+
+
+def probe_mmio(
+    read: Callable[[int, int], int], write: Callable[[int, int, int], None], key: str
+) -> dict[str, int]:
+    """Register and config values of the device in the first microvm slot, after reset."""
+    base = MMIO_BASE_OF_FIRST_DEVICE
+    write(base + layouts.MMIO_OFFSETS["Status"], 4, 0)
+    write(base + layouts.MMIO_OFFSETS["QueueSel"], 4, 0)
+    out = {name: read(base + layouts.MMIO_OFFSETS[name], 4) for name in MMIO_PROBE_REGISTERS}
+    for name, off, size in _config_fields(key):
+        out[f"config.{name}"] = read(base + layouts.MMIO_CONFIG_OFFSET + off, size)
+    return out
+
+
+def registers(device: str, transport: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(ours, QEMU's) register probes of ``device`` on an mmio ``transport``, same disk."""
+    key = DEVICE_TYPES_BY_NAME[model_name(parse_device_option(device).driver)]
+    with tempfile.TemporaryDirectory(prefix="virtio-sim-probe-") as tmp:
+        option = device
+        if key == "blk" and "drive=" not in device:
+            disk = Path(tmp) / "probe.img"
+            disk.write_bytes(bytes(4 << 20))
+            option = f"{device},drive={disk}"
+        setup = build_host(HostConfig(devices=[option], transport=transport))
+        try:
+            ours = probe_mmio(setup.machine.mmio_read, setup.machine.mmio_write, key)
+        finally:
+            setup.close()
+        devs = qemu_devices([option], transport, Path(tmp))
+        q = spawn_qtest(require_qemu(QEMU_X86), "x86_64", machine_args(transport, 64 << 20) + devs.args)
+        try:
+            theirs = probe_mmio(q.client.read, q.client.write, key)
+        finally:
+            q.close()
+    return ours, theirs
+
+
+DEVICE_TYPES_BY_NAME = {f"virtio-{k}-device": k for k in DEVICE_TYPES}
+
+
+def register_diff(device: str, transport: str) -> list[str]:
+    key = DEVICE_TYPES_BY_NAME[model_name(parse_device_option(device).driver)]
+    ours, theirs = registers(device, transport)
+    return [
+        f"{key} {transport} register {name} ours={ours[name]:#x} qemu={theirs[name]:#x}"
+        for name in ours
+        if ours[name] != theirs[name]
+    ]
+
+
 async def compare(cfg: RunConfig, **qemu_kw: Any) -> Comparison:
     ours = await run_embedded(cfg)
     qemu = await run_qemu(cfg, **qemu_kw)
     key = WORKLOADS[cfg.workload][0]
-    return Comparison(cfg.device, cfg.workload, cfg.transport, ours, qemu, diff(key, cfg.transport, ours, qemu))
+    return Comparison(
+        cfg.device, cfg.workload, cfg.transport, ours, qemu, diff(key, cfg.transport, ours, qemu)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{device:<18} {transport:<17} ours={c.ours.outcome} qemu={c.qemu.outcome}")
         for d in c.differences:
             print(f"    {d}")
+        if transport.startswith("mmio"):
+            for d in register_diff(device, transport):
+                print(f"    {d}")
     return 0
 
 

@@ -17,7 +17,7 @@ X86_HALT_LOOP = bytes((0xF4, 0xEB, 0xFD))  # hlt; jmp $-1 (back to the hlt)
 
 # aarch64: execution starts at the beginning of flash.
 ARM64_IMAGE_SIZE = 4096
-ARM64_HALT_LOOP = bytes.fromhex("7f2003d5" "ffffff17")  # wfi; b .-4 (little-endian words)
+ARM64_HALT_LOOP = bytes.fromhex("7f2003d5ffffff17")  # wfi; b .-4 (little-endian words)
 
 
 def x86_halt_image() -> bytes:

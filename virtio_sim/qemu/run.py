@@ -74,23 +74,39 @@ async def run_qemu(cfg: RunConfig, *, qemu: str | None = None, workdir: Path | N
         try:
             q = await trio.to_thread.run_sync(lambda: spawn_qtest(qemu, "x86_64", args, workdir=Path(tmp)))
         except QtestError as e:
-            refused.detail = f"QEMU refused the configuration: {e}"
+            refused.detail = qemu_refusal(str(e)) or str(e)
             refused.device_notes = devs.notes
             return refused
         try:
-            result = await _run(cfg, q.client, device_name)
+            try:
+                q.client.intercept_irqs(irq_controller(cfg.transport))
+                cmdline = describe(q.client, cfg.transport)
+            except QtestError as e:
+                # QEMU connects before it realizes the devices: a device it refuses ends
+                # the process right after the connection.
+                stderr = q.close()
+                refused.detail = qemu_refusal(stderr) or f"QEMU stopped before the guest ran: {e}"
+                refused.device_notes = devs.notes
+                return refused
+            result = await _run(cfg, q.client, cmdline, device_name)
         finally:
             stderr = q.close()
         result.device_notes = devs.notes + [line for line in stderr.splitlines() if line.strip()]
         return result
 
 
-async def _run(cfg: RunConfig, client: Any, device_name: str) -> RunResult:
-    try:
-        client.intercept_irqs(irq_controller(cfg.transport))
-        cmdline = describe(client, cfg.transport)
-    except QtestError as e:
-        return RunResult(Outcome.DEVICE_ERROR, transport=cfg.transport, device=device_name, detail=str(e))
+def qemu_refusal(stderr: str) -> str:
+    """QEMU's reason for refusing a configuration, without its ``prog: -device ...:`` prefix."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip().startswith("qemu-system-")]
+    if not lines:
+        return ""
+    _, _, text = lines[-1].partition(": ")
+    if text.startswith("-"):
+        _, _, text = text.partition(": ")
+    return text.strip()
+
+
+async def _run(cfg: RunConfig, client: Any, cmdline: str, device_name: str) -> RunResult:
     link = QtestLink(client)
     memory = QtestMemory(client, link)
     policy = replace(guest_policy_for(cfg), pci_msix=False)
