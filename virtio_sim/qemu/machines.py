@@ -25,7 +25,7 @@ from host.devices.base import PropertyError
 from host.qdev import model_name, parse_device_option, pci_name
 from virtio_sim.layouts import MMIO_OFFSETS, PCI_HEADER
 from virtio_sim.qemu.qtest import QtestClient
-from virtio_sim.spec import CONF1, MMIO, PCI_CFG, load_toml
+from virtio_sim.spec import CONF1, DEVICE_ID, MMIO, PCI, PCI_CFG, load_toml
 
 MMIO_TRANSPORTS = ("mmio-v1", "mmio-v2", "mmio")
 QEMU_TRANSPORTS = (*MMIO_TRANSPORTS, *PCI_TRANSPORTS)
@@ -161,9 +161,17 @@ def q35_gsi(slot: int, pin: int) -> int | None:
     return int(_fact("q35", "pirq_gsi_base") + pirq)
 
 
+IOMMU_DEVICE = "virtio-iommu-pci"  # QEMU's virtio-iommu; it translates PCI endpoints only
+
+
 def describe_pci(client: QtestClient) -> str:
     """Program every bus-0 function's interrupt line (as SeaBIOS does) and return the
-    ``virtio_sim.pci=`` description of the windows (no ECAM: MMCONFIG is off)."""
+    ``virtio_sim.pci=`` description of the windows (no ECAM: MMCONFIG is off), plus, with
+    a virtio-iommu-pci, ``virtio_sim.viot=`` naming it and the virtio functions behind it
+    (QEMU's endpoint id is the PCI requester id, as in the VIOT table it builds)."""
+    iommu_id = PCI.modern_device_id_base + DEVICE_ID.iommu
+    iommu_rid: int | None = None
+    endpoints: list[int] = []
     for dev in range(PCI_CFG.devices_per_bus):
         functions = 1
         for fn in range(PCI_CFG.functions_per_device):
@@ -177,13 +185,23 @@ def describe_pci(client: QtestClient) -> str:
             header = _cfg_read(client, dev, fn, PCI_HEADER["header_type"], 1)
             if fn == 0 and header & PCI_CFG.header_type_multifunction:
                 functions = PCI_CFG.functions_per_device
+            if vendor == PCI.vendor_id:
+                rid = dev << 3 | fn  # bus 0
+                if _cfg_read(client, dev, fn, PCI_HEADER["device_id"], 2) == iommu_id:
+                    iommu_rid = rid
+                else:
+                    endpoints.append(rid)
             pin = _cfg_read(client, dev, fn, PCI_HEADER["interrupt_pin"], 1)
             gsi = q35_gsi(dev, pin)
             if gsi is not None:
                 _cfg_write(client, dev, fn, PCI_HEADER["interrupt_line"], 1, gsi)
     mem = f"mem@{_fact('q35', 'pci_mem_start'):#x}-{_fact('q35', 'pci_mem_end'):#x}"
     io = f"io@{_fact('q35', 'pci_io_start'):#x}-{_fact('q35', 'pci_io_end'):#x}"
-    return f"virtio_sim.pci={mem},{io}"
+    params = [f"virtio_sim.pci={mem},{io}"]
+    if iommu_rid is not None:
+        eps = ",".join(f"pci:{rid:#x}@{rid:#x}" for rid in endpoints)
+        params.append(f"virtio_sim.viot=pci:{iommu_rid:#x}:{eps}")
+    return " ".join(params)
 
 
 def describe(client: QtestClient, transport: str) -> str:
