@@ -89,6 +89,7 @@ async def _main(
     dev = record.device
     result.transport = dev.transport.name
     result.driver_features = dev.features
+    result.device_features = dev.device_features  # as the guest read them (a host may add its own)
     result.negotiated = FEATURES.names(dev.features, key)
     result.status_trace = dev.trace
     result.ring = dev.ring_info()

@@ -75,16 +75,17 @@ class BootError(Exception):
     pass
 
 
-_VIOT_PARAM = re.compile(r"virtio_sim\.viot=(0x[0-9a-fA-F]+):([0-9a-fA-Fx@,pci:]*)")
+_VIOT_PARAM = re.compile(r"virtio_sim\.viot=(pci:)?(0x[0-9a-fA-F]+):([0-9a-fA-Fx@,pci:]*)")
 
 
 @dataclass
 class Viot:
     """Which transports sit behind which virtio-iommu (what ACPI's VIOT table says)."""
 
-    iommu_base: int
+    iommu_base: int  # the IOMMU's mmio transport base, or its PCI requester id (iommu_is_pci)
     endpoints: dict[int, int]  # mmio transport base -> endpoint id
     pci_endpoints: dict[int, int] = field(default_factory=dict)  # requester id -> endpoint id
+    iommu_is_pci: bool = False  # ``virtio_sim.viot=pci:RID:...``: a virtio-iommu-pci function
 
 
 def parse_viot(cmdline: str) -> Viot | None:
@@ -93,13 +94,18 @@ def parse_viot(cmdline: str) -> Viot | None:
         return None
     endpoints: dict[int, int] = {}
     pci: dict[int, int] = {}
-    for item in filter(None, m.group(2).split(",")):
+    for item in filter(None, m.group(3).split(",")):
         where, _, ep = item.partition("@")
         if where.startswith("pci:"):
             pci[int(where[4:], 0)] = int(ep, 0)
         else:
             endpoints[int(where, 0)] = int(ep, 0)
-    return Viot(int(m.group(1), 0), endpoints, pci)
+    return Viot(int(m.group(2), 0), endpoints, pci, iommu_is_pci=bool(m.group(1)))
+
+
+def requester_id(bdf: tuple[int, int, int]) -> int:
+    bus, slot, fn = bdf
+    return bus << 8 | slot << 3 | fn
 
 
 def endpoint_domain(endpoint: int) -> int:
@@ -313,6 +319,7 @@ class GuestKernel:
         elif fw is None:
             raise BootError("no virtio_mmio.device= parameters and no PCI host on the command line")
         if fw is not None:
+            self.viot = self.viot or parse_viot(cmdline)
             await self.probe_pci(fw)
         return self.probes
 
@@ -330,9 +337,17 @@ class GuestKernel:
         """Enumerate, then hand every function with the virtio vendor id to virtio_pci."""
         bus = GuestPciBus(self._config_access(fw), fw)
         self.pci_bus = bus
-        for pdev in await bus.scan():
-            if pdev.vendor_id == PCI.vendor_id:
-                self.probes.append(await self._probe_pci_one(bus, pdev))
+        found = [p for p in await bus.scan() if p.vendor_id == PCI.vendor_id]
+        viot = self.viot
+        if viot is not None and viot.iommu_is_pci:
+            # A virtio-iommu-pci is probed first: the functions behind it attach at probe.
+            found.sort(key=lambda p: requester_id(p.bdf) != viot.iommu_base)
+        for pdev in found:
+            record = await self._probe_pci_one(bus, pdev)
+            self.probes.append(record)
+            if record.bound and isinstance(record.driver, IommuDriver) and self.iommu is None:
+                self.iommu = record.driver
+                await record.driver.start_events()
         return self.probes
 
     def _pci_transports(self) -> list[type[PciModernTransport] | type[PciLegacyTransport]]:
@@ -374,9 +389,7 @@ class GuestKernel:
         driver_cls = DRIVERS.get(key or "")
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {t.device_id}")
-        bus_no, slot, fn = pdev.bdf
-        requester_id = bus_no << 8 | slot << 3 | fn
-        endpoint = self.viot.pci_endpoints.get(requester_id) if self.viot else None
+        endpoint = self.viot.pci_endpoints.get(requester_id(pdev.bdf)) if self.viot else None
         dev = self._new_device(t, endpoint)
         if pdev.irq_pin:
             self._irq_routes.setdefault(pdev.irq_line, []).append(dev)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from host.devices.base import PropertyError
+from host.qdev import RING_PROPS
 from virtio_sim.profiles import DeviceProfile
 
 
@@ -71,9 +72,13 @@ def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
     for prop in ("event_idx", "indirect_desc"):
         if prop in profile.defaults:
             props[prop] = _onoff(bool(profile.defaults[prop]))
-    # Ring features this generation did not have are off, whatever today's defaults are.
+    # Ring features this generation did not have are off, whatever today's defaults are;
+    # a property the generation lacks is only spelled out when our model's default differs
+    # (QEMU 7.2 itself refuses in_order= and notification_data=, which came later).
     for prop in ("queue_reset", "in_order", "notification_data"):
-        props[prop] = _onoff(bool(profile.defaults.get(prop, False)))
+        value = bool(profile.defaults.get(prop, False))
+        if prop in profile.properties or value != RING_PROPS[prop][1]:
+            props[prop] = _onoff(value)
     props["x-validate-access-platform"] = _onoff(profile.validate_access_platform)
     props["x-dma"] = profile.dma
     return ",".join([name, *(f"{k}={v}" for k, v in props.items())])

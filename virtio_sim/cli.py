@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
+        "--device-backend",
+        choices=("ours", "qemu"),
+        default="ours",
+        help="whose device models the guest drives: ours (default) or QEMU's (qemu-system-x86_64"
+        " under qtest)",
+    )
+    run.add_argument(
         "--processes",
         action="store_true",
         help="run host and guest as two child processes (default: one process, embedded)",
@@ -357,10 +364,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ProfileError as e:
                 print(f"virtio-sim: error: {e}", file=sys.stderr)
                 return EXIT_USAGE
+        if args.device_backend == "qemu" and args.processes:
+            _error("--device-backend qemu runs the guest in this process (no --processes)")
+            return EXIT_USAGE
         try:
             if args.processes:
                 return _run_processes(cfg, args.link or "unix", args.driver, args.json)
-            result = trio.run(run_embedded, cfg)
+            if args.device_backend == "qemu":
+                from virtio_sim.qemu.run import run_qemu
+
+                result = trio.run(run_qemu, cfg)
+            else:
+                result = trio.run(run_embedded, cfg)
         except ConfigError as e:
             print(f"virtio-sim: error: {e}", file=sys.stderr)
             return EXIT_USAGE

@@ -107,4 +107,6 @@ class BlkDriver(GuestDriver):
         status, data, _ = await self._request(BLK_T.GET_ID, 0, None, BLK.id_bytes)
         if status != BLK_S.OK:
             raise BlkIoError("get_id", status)
-        return data.rstrip(b"\0")
+        # A C string: the serial ends at the first NUL, and the device need not write the
+        # rest of the buffer (QEMU writes strlen + 1 bytes), as Linux's serial_show knows.
+        return data.split(b"\0", 1)[0]

@@ -17,6 +17,7 @@ from virtio_sim.layouts import (
     BLK_REQ_HEADER_SIZE,
     BLK_STATUS_SIZE,
     blk_req_header_codec,
+    field_offsets,
     virtio_blk_config,
 )
 from virtio_sim.ring.chain import Chain, ChainReader, ChainWriter
@@ -78,7 +79,11 @@ class BlkDevice(DeviceModel):
             unused1=bytes(3),
             unused2=bytes(3),
         )
-        return bytes(virtio_blk_config(self.order).build(values))
+        # Like QEMU (virtio_blk_cfg_size_params), the config space ends before the fields
+        # of features the device does not offer: discard's come first, and we offer none
+        # of discard, write zeroes, secure erase or zoned. Reads past it give all ones.
+        full = bytes(virtio_blk_config(self.order).build(values))
+        return full[: field_offsets(virtio_blk_config(self.order))["max_discard_sectors"]]
 
     # -- request handling ---------------------------------------------------
 

@@ -157,7 +157,7 @@ class MmioTransport(InterruptSink):
         value = self.device.read_config(offset, size)
         if value is None:
             self.device.note(f"mmio: config read beyond config space at {offset:#x}")
-            return 0
+            return (1 << (8 * size)) - 1  # QEMU's virtio_config_read*: all ones
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from virtio_sim.matrix import report
-from virtio_sim.matrix.executors import TOOL_ERROR, DaskExecutor, LocalPool
+from virtio_sim.matrix.cell import run_cell, run_cell_qemu, validate_cell_for_qemu
+from virtio_sim.matrix.executors import TOOL_ERROR, CellFn, DaskExecutor, LocalPool
 from virtio_sim.matrix.run import Executor, execute, plan
 from virtio_sim.matrix.spec import AXES, AXIS_DEFAULTS, MatrixError, MatrixSpec, load_matrix
 
@@ -35,6 +36,12 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
         help="write JSON (to stdout alone if no PATH)",
     )
     p.add_argument("--junit-xml", metavar="PATH", help="write a JUnit XML report")
+    p.add_argument(
+        "--device-backend",
+        choices=("ours", "qemu"),
+        default="ours",
+        help="run the cells on our device models (default) or on QEMU's (qemu-system-x86_64, qtest)",
+    )
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML grid")
 
 
@@ -71,17 +78,17 @@ def matrix_spec(args: argparse.Namespace) -> tuple[MatrixSpec, dict[str, list[st
 
 
 def run_with_progress(
-    spec: MatrixSpec, cells: list[Any], executor: Executor, seed: int, quiet: bool
+    spec: MatrixSpec, cells: list[Any], executor: Executor, seed: int, quiet: bool, fn: CellFn = run_cell
 ) -> list[dict[str, Any]]:
     if quiet:
-        return execute(spec, cells, executor, seed=seed)
+        return execute(spec, cells, executor, seed=seed, fn=fn)
     console = Console(stderr=True)
     with Progress(
         TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("cells", total=len(cells))
-        return execute(spec, cells, executor, seed=seed, progress=lambda i, r: bar.advance(task))
+        return execute(spec, cells, executor, seed=seed, progress=lambda i, r: bar.advance(task), fn=fn)
 
 
 def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
@@ -97,6 +104,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     try:
         spec, filters = matrix_spec(args)
         cells = plan(spec, filters)
+        fn: CellFn = run_cell
+        if getattr(args, "device_backend", "ours") == "qemu":
+            for c in cells:
+                validate_cell_for_qemu(c)
+            fn = run_cell_qemu
         executor = make_executor(args)
     except MatrixError as e:
         print(f"virtio-sim matrix: error: {e}", file=sys.stderr)
@@ -105,12 +117,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print("virtio-sim matrix: error: the filters select no cell", file=sys.stderr)
         return EXIT_USAGE
     json_only = args.json == "-"
-    results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only)
+    results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only, fn=fn)
     meta = {
         "source": spec.source,
         "cells": len(results),
         "timeout": spec.timeout,
         "seed": args.seed,
+        "device_backend": getattr(args, "device_backend", "ours"),
     }
     write_outputs(args, results, meta)
     if json_only:

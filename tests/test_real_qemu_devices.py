@@ -1,0 +1,311 @@
+"""Our guest stack against QEMU's device models (qemu-system-x86_64 under qtest).
+
+The guest kernel, transports, rings, drivers and workloads are the ones every other test
+uses; only the link is a qtest socket and guest RAM lives in QEMU. Each test asserts what
+QEMU's devices really did: the status QEMU latched, the bytes in the disk file QEMU wrote,
+the outcome our own models give for the same configuration.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import random
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from guest.iommu_dma import IOVA_BASE
+from guest.platform import GuestKernel
+from guest.profile import guest_policy
+from guest.qtest_link import QtestLink, QtestMemory
+from guest.workloads import blk_pattern_seed
+from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.layouts import MMIO_OFFSETS
+from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.profiles import load_driver_profile
+from virtio_sim.qemu import compare as cmp
+from virtio_sim.qemu.machines import IOMMU_DEVICE, describe, irq_controller, machine_args, qemu_devices
+from virtio_sim.qemu.qtest import QtestError, spawn_qtest
+from virtio_sim.qemu.run import IOMMU_FAULT, judge_qemu_evidence, run_qemu
+from virtio_sim.qemu.tools import QEMU_X86, require_qemu
+from virtio_sim.spec import MMIO, STATUS, F, status_names
+
+pytestmark = pytest.mark.qemu
+
+MMIO_TRANSPORTS = ("mmio-v1", "mmio-v2")
+PCI_TRANSPORTS = ("pci-modern", "pci-transitional", "pci-legacy")
+ALL = MMIO_TRANSPORTS + PCI_TRANSPORTS
+MODERN = ("mmio-v2", "pci-modern", "pci-transitional")
+SECTOR = 512
+DOC = Path(__file__).resolve().parent.parent / "docs" / "qemu-deviations.md"
+
+
+def qemu_run(device: str, workload: str, transport: str, **kw: object) -> RunResult:
+    cfg = RunConfig(device=device, workload=workload, transport=transport, timeout=15, **kw)  # type: ignore[arg-type]
+    return trio.run(run_qemu, cfg)
+
+
+def test_qtest_client_reads_registers_and_ram() -> None:
+    q = spawn_qtest(
+        require_qemu(QEMU_X86),
+        "x86_64",
+        ["-M", "microvm,ioapic2=off,pit=off", "-m", "64M", "-device", "virtio-rng-device"],
+    )
+    try:
+        base = 0xFEB00E00  # the first -device sits in the highest of the 8 slots
+        c = q.client
+        assert c.read(base + MMIO_OFFSETS["MagicValue"], 4) == MMIO.magic
+        assert c.read(base + MMIO_OFFSETS["VendorID"], 4) == MMIO.qemu_vendor_id
+        assert c.read(base + MMIO_OFFSETS["DeviceID"], 4) == 4
+        assert c.read(0xFEB00000 + MMIO_OFFSETS["DeviceID"], 4) == 0  # an empty transport
+        data = bytes(range(256)) * 3
+        c.memwrite(0x123456, data)
+        assert c.memread(0x123456, len(data)) == data
+        with pytest.raises(QtestError, match="refused"):
+            c.command("no_such_command 1")
+        assert c.read(base + MMIO_OFFSETS["Version"], 4) == MMIO.version_legacy  # still usable
+    finally:
+        q.close()
+    with pytest.raises(QtestError):  # QEMU is gone: an error, not a hang
+        q.client.read(base, 4)
+
+
+@pytest.mark.parametrize("transport", ALL)
+def test_negotiation_with_qemu(transport: str) -> None:
+    r = qemu_run("virtio-rng-device", "rng", transport)
+    assert r.outcome is Outcome.OK, r.detail
+    modern = transport in MODERN
+    assert bool(r.driver_features >> F.VERSION_1 & 1) == modern
+    assert r.driver_features >> F.EVENT_IDX & 1 and r.driver_features >> F.INDIRECT_DESC & 1
+    assert r.driver_features & ~r.device_features == 0  # we acked only what QEMU offered
+    final = STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.DRIVER_OK | (STATUS.FEATURES_OK if modern else 0)
+    assert r.status_trace[-1] == status_names(final)
+    if modern:  # FEATURES_OK was read back from QEMU, latched
+        assert (
+            f"read {status_names(STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK)}" in r.status_trace
+        )
+    assert r.device_notes == []  # QEMU printed nothing
+
+
+@pytest.mark.parametrize("transport", ("mmio-v1", "mmio-v2", "pci-modern"))
+def test_rng_bytes_from_qemu(transport: str) -> None:
+    r = qemu_run("virtio-rng-device", "rng", transport)
+    assert r.outcome is Outcome.OK, r.detail
+    # the workload checked each used.len against its buffer and the canary beyond it
+    assert r.workload["requests"] == 5 and r.workload["bytes"] >= 5
+    assert r.workload["verified_stream"] is False  # QEMU's entropy is not our seeded stream
+
+
+def pattern_disk(path: Path, sectors: int) -> bytes:
+    data = b"".join(b"QEMU%08d" % n + bytes(SECTOR - 12) for n in range(sectors))
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("transport", ALL)
+def test_blk_write_read_verified_in_the_disk_file(transport: str, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    sectors = 1024
+    before = pattern_disk(disk, sectors)
+    r = qemu_run(f"virtio-blk-device,drive={disk}", "blk-rw", transport, seed=9)
+    assert r.outcome is Outcome.OK, r.detail
+    assert r.workload["capacity"] == sectors
+    assert r.workload["beyond_capacity"] == "IOERR"
+    # replay the workload's pattern: QEMU must have put exactly these bytes in the file
+    rnd = random.Random(blk_pattern_seed(9))
+    expected = bytearray(before)
+    for start, count in r.workload["plan"]:
+        expected[start * SECTOR : (start + count) * SECTOR] = rnd.randbytes(count * SECTOR)
+    assert disk.read_bytes() == bytes(expected)
+
+
+@pytest.mark.parametrize("transport", ("mmio-v2", "pci-modern"))
+def test_features_ok_refused_without_access_platform(transport: str) -> None:
+    r = qemu_run("virtio-rng-device,iommu_platform=on", "rng", transport)
+    assert r.outcome is Outcome.FAILED_CLEAN, r.detail
+    assert r.device_features >> F.ACCESS_PLATFORM & 1 and not r.driver_features >> F.ACCESS_PLATFORM & 1
+    assert "FEATURES_OK" in r.detail
+    # QEMU did not latch it: the status read back lacks FEATURES_OK
+    assert f"read {status_names(STATUS.ACKNOWLEDGE | STATUS.DRIVER)}" in r.status_trace
+    # our model refuses the same way
+    ours = trio.run(
+        run_embedded,
+        RunConfig(device="virtio-rng-device,iommu_platform=on", workload="rng", transport=transport),
+    )
+    assert ours.outcome is Outcome.FAILED_CLEAN
+    # a driver that acks bit 33 (Linux 6.1) is accepted
+    ok = qemu_run(
+        "virtio-rng-device,iommu_platform=on",
+        "rng",
+        transport,
+        guest=guest_policy(load_driver_profile("linux-6.1")),
+    )
+    assert ok.outcome is Outcome.OK and ok.driver_features >> F.ACCESS_PLATFORM & 1, ok.detail
+
+
+def test_qemu_refusal_is_host_refused_with_its_words() -> None:
+    r = qemu_run("virtio-rng-device,iommu_platform=on", "rng", "pci-transitional")
+    assert r.outcome is Outcome.HOST_REFUSED
+    assert r.detail == "VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional device"
+    r = qemu_run("virtio-rng-device,no-such-prop=1", "rng", "mmio-v2")
+    assert r.outcome is Outcome.HOST_REFUSED and "no-such-prop" in r.detail
+
+
+def test_our_extensions_are_dropped_with_a_note() -> None:
+    r = qemu_run("virtio-rng-device,x-seed=3", "rng", "mmio-v2")
+    assert r.outcome is Outcome.OK
+    assert any("x-seed=3 is ours" in n for n in r.device_notes)
+
+
+def _doc_keys() -> list[str]:
+    text = DOC.read_text()
+    m = re.search(r"```deviation-keys\n(.*?)```", text, re.S)
+    assert m, "docs/qemu-deviations.md has no deviation-keys block"
+    return [line.strip() for line in m.group(1).splitlines() if line.strip()]
+
+
+def test_every_difference_from_qemu_is_documented() -> None:
+    keys = _doc_keys()
+    found: list[str] = []
+    for device, workload, transport in cmp.STANDARD:
+        c = trio.run(
+            cmp.compare, RunConfig(device=device, workload=workload, transport=transport, timeout=15)
+        )
+        found += c.differences
+        if transport.startswith("mmio") and "iommu" not in device:
+            found += cmp.register_diff(device, transport)
+    missing = [d for d in found if not any(fnmatch.fnmatchcase(d, k) for k in keys)]
+    assert not missing, "undocumented differences from QEMU:\n" + "\n".join(missing)
+    # and the documented ones are still real (a fixed difference leaves the list)
+    stale = [k for k in keys if not any(fnmatch.fnmatchcase(d, k) for d in found)]
+    assert not stale, "documented differences that no longer occur:\n" + "\n".join(stale)
+
+
+def test_cli_run_device_backend_qemu(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "virtio_sim.cli", "run", "--device", "virtio-blk-device"]
+    cmd += ["--workload", "blk-rw", "--transport", "pci-modern", "--device-backend", "qemu", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["outcome"] == "OK" and out["workload"]["device_backend"] == "qemu"
+
+
+# --------------------------------------------------------------------------- virtio-iommu
+
+
+async def _iommu_session(dma_api: str, tmp: Path) -> dict[str, object]:
+    """Boot our guest against virtio-iommu-pci + virtio-rng-pci,iommu_platform=on, read."""
+    devs = qemu_devices(["virtio-rng-device,iommu_platform=on"], "pci-modern", tmp)
+    args = [*machine_args("pci-modern", 64 << 20), "-device", IOMMU_DEVICE, *devs.args]
+    q = spawn_qtest(require_qemu(QEMU_X86), "x86_64", args)
+    out: dict[str, object] = {}
+    try:
+        q.client.intercept_irqs(irq_controller("pci-modern"))
+        cmdline = describe(q.client, "pci-modern")
+        link = QtestLink(q.client)
+        policy = replace(guest_policy(load_driver_profile("linux-6.1")), pci_msix=False, dma_api=dma_api)
+        async with trio.open_nursery() as n:
+            n.start_soon(link.run)
+            kernel = GuestKernel(link, QtestMemory(q.client, link), 64 << 20, policy)
+            n.start_soon(kernel.irq_loop)
+            probes = await kernel.probe_platform(cmdline)
+            out["probed"] = [(p.device_key, p.bound) for p in probes]
+            rng = next(p for p in probes if p.device_key == "rng")
+            assert rng.driver is not None and rng.device is not None and kernel.iommu is not None
+            out["dma"] = type(rng.device.dma).__name__
+            out["ring"] = rng.device.queues[0].area
+            with trio.move_on_after(2):
+                out["bytes"] = await rng.driver.read(32)  # type: ignore[attr-defined]
+            await trio.sleep(0.1)  # fault reports arrive on the event queue
+            out["faults"] = list(kernel.iommu.faults)
+            n.cancel_scope.cancel()
+    finally:
+        out["stderr"] = q.close()
+    return out
+
+
+def test_iommu_translated_dma(tmp_path: Path) -> None:
+    s = trio.run(_iommu_session, "feature", tmp_path)
+    assert s["probed"] == [("iommu", True), ("rng", True)]  # the IOMMU first, then its endpoint
+    assert s["dma"] == "IommuDma"
+    ring = s["ring"]
+    assert ring.dev_addr >= IOVA_BASE and ring.dev_addr != ring.gpa  # type: ignore[attr-defined]
+    # QEMU read the ring and wrote the entropy through IOVAs that are not guest RAM
+    assert len(s["bytes"]) == 32 and s["faults"] == []  # type: ignore[arg-type]
+    # end to end through run_qemu, blk data verified in the disk file
+    disk = tmp_path / "disk.img"
+    pattern_disk(disk, 256)
+    r = qemu_run(f"virtio-blk-device,drive={disk},iommu_platform=on", "blk-rw", "pci-modern", seed=4,
+                 iommu="virtio-iommu", guest=guest_policy(load_driver_profile("linux-6.1")))  # fmt: skip
+    assert r.outcome is Outcome.OK, r.detail
+    assert r.driver_features >> F.ACCESS_PLATFORM & 1
+    rnd = random.Random(blk_pattern_seed(4))
+    data = disk.read_bytes()
+    for start, count in r.workload["plan"]:
+        assert data[start * SECTOR : (start + count) * SECTOR] == rnd.randbytes(count * SECTOR)
+
+
+def test_dma_without_mappings_faults_in_qemus_iommu(tmp_path: Path) -> None:
+    # a driver that negotiates ACCESS_PLATFORM but hands the device raw GPAs
+    s = trio.run(_iommu_session, "never", tmp_path)
+    assert s["dma"] == "DirectDma" and "bytes" not in s
+    faults = s["faults"]
+    assert faults, s["stderr"]
+    rng_rid = 0x10  # 00:02.0, behind the IOMMU at 00:01.0
+    assert all(f.endpoint == rng_rid for f in faults)  # type: ignore[attr-defined]
+    assert IOMMU_FAULT in str(s["stderr"])
+    r = judge_qemu_evidence(
+        RunResult(Outcome.HANG, device_notes=[f"qemu-system-x86_64: {IOMMU_FAULT} for 0x1"])
+    )
+    assert r.outcome is Outcome.DMA_FAULT
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+def test_matrix_cells_on_qemu_match_ours_and_expectations(tmp_path: Path) -> None:
+    sel = ["--device", "qemu-7.2", "--driver", "linux-6.1", "--driver", "linux-4.0", "--driver", "linux-3.18",
+           "--transport", "mmio-v2", "--transport", "pci-modern", "--transport", "pci-transitional",
+           "--workload", "rng", "--iommu-platform", "on", "--iommu-platform", "off"]  # fmt: skip
+    outcomes = {}
+    for backend in ("qemu", "ours"):
+        path = tmp_path / f"{backend}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "virtio_sim.cli",
+            "matrix",
+            *sel,
+            "--device-backend",
+            backend,
+            "--json",
+            str(path),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]  # every cell as expected
+        data = json.loads(path.read_text())
+        assert data["matrix"]["device_backend"] == backend
+        outcomes[backend] = {c["id"]: c["outcome"] for c in data["cells"]}
+    assert outcomes["qemu"] == outcomes["ours"]
+    assert set(outcomes["qemu"].values()) >= {"OK", "FAILED_CLEAN", "HOST_REFUSED", "NOT_PROBED"}
+
+
+def test_matrix_refuses_cells_qemu_cannot_run() -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "virtio_sim.cli",
+        "matrix",
+        "--device",
+        "qemu-2.3",
+        "--device-backend",
+        "qemu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "cannot run on QEMU's devices" in done.stderr

@@ -1,0 +1,208 @@
+"""QEMU's machines as the qtest back-end uses them, and the firmware work nobody else does.
+
+A run names a transport (mmio-v1, mmio-v2, pci-modern, ...) and our ``-device`` options.
+Here they become a QEMU command line on the matching machine (microvm for virtio-mmio,
+q35 for virtio-pci) with QEMU's own device names and properties, and after QEMU started,
+the two things firmware would have done before the guest kernel looks around:
+
+* microvm: ACPI lists the populated virtio-mmio transports; we read each slot's magic
+  and device id and describe the populated ones with ``virtio_mmio.device=``.
+* q35: SeaBIOS writes each function's interrupt line; we do it through 0xCF8/0xCFC with
+  QEMU's PIRQ routing, and describe the PCI windows with ``virtio_sim.pci=``.
+
+The machine facts are data: specs/qemu_machines.toml.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from host.build import PCI_TRANSPORT_PROPS, PCI_TRANSPORTS
+from host.devices.base import PropertyError
+from host.qdev import model_name, parse_device_option, pci_name
+from virtio_sim.layouts import MMIO_OFFSETS, PCI_HEADER
+from virtio_sim.qemu.qtest import QtestClient
+from virtio_sim.spec import CONF1, DEVICE_ID, MMIO, PCI, PCI_CFG, load_toml
+
+MMIO_TRANSPORTS = ("mmio-v1", "mmio-v2", "mmio")
+QEMU_TRANSPORTS = (*MMIO_TRANSPORTS, *PCI_TRANSPORTS)
+DEFAULT_DISK_SIZE = 1 << 20
+DWORD = 4
+OUR_EXTENSIONS = "x-"  # properties QEMU does not have (QEMU's own x- ones are not used here)
+
+_FACTS: dict[str, Any] = load_toml("qemu_machines.toml")
+
+
+def _fact(machine: str, key: str) -> Any:
+    try:
+        return _FACTS[machine][key]
+    except KeyError:
+        raise KeyError(f"specs/qemu_machines.toml: [{machine}] has no {key!r}") from None
+
+
+@dataclass
+class QemuDevices:
+    """QEMU arguments for a run's devices, plus what could not be carried over."""
+
+    args: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # QEMU device names, in order
+    disks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def machine_of(transport: str) -> str:
+    if transport in MMIO_TRANSPORTS:
+        return "microvm"
+    if transport in PCI_TRANSPORTS:
+        return "q35"
+    raise PropertyError(f"transport {transport!r} has no QEMU machine here ({', '.join(QEMU_TRANSPORTS)})")
+
+
+def qemu_devices(options: list[str], transport: str, scratch: Path) -> QemuDevices:
+    """Our ``-device`` options as QEMU arguments on the machine for ``transport``."""
+    out = QemuDevices()
+    pci = transport in PCI_TRANSPORTS
+    for i, text in enumerate(options):
+        spec = parse_device_option(text)
+        base = model_name(spec.driver)
+        name = spec.driver
+        if pci and base == spec.driver:
+            name = pci_name(spec.driver) or ""
+            if not name:
+                raise PropertyError(f"No 'virtio-pci' flavour of device '{spec.driver}'")
+        elif not pci and base != spec.driver:
+            raise PropertyError(f"No 'PCI' bus found for device '{spec.driver}'")
+        props = dict(spec.props)
+        if pci:
+            for k, v in PCI_TRANSPORT_PROPS[transport].items():
+                props.setdefault(k, v)
+        if base == "virtio-blk-device":
+            disk = props.pop("drive", None)
+            if disk is None:
+                disk = str(scratch / f"disk{i}.img")
+                with open(disk, "wb") as f:
+                    f.truncate(DEFAULT_DISK_SIZE)
+            disk = os.path.abspath(disk)
+            out.disks.append(disk)
+            out.args += ["-drive", f"file={disk.replace(',', ',,')},format=raw,if=none,id=drive{i}"]
+            props["drive"] = f"drive{i}"
+        kept = []
+        for k, v in props.items():
+            if k.startswith(OUR_EXTENSIONS):
+                out.notes.append(f"{name}: {k}={v} is ours, not QEMU's (QEMU ran without it)")
+            else:
+                kept.append(f"{k}={v.replace(',', ',,')}")  # QEMU judges the rest itself
+        out.args += ["-device", ",".join([name, *kept])]
+        out.names.append(name)
+    return out
+
+
+def machine_args(transport: str, ram_size: int) -> list[str]:
+    machine = machine_of(transport)
+    args = ["-M", _fact(machine, "machine"), "-m", f"{ram_size >> 20}M"]
+    if transport == "mmio-v1":
+        args += ["-global", "virtio-mmio.force-legacy=on"]
+    elif transport == "mmio-v2":
+        args += ["-global", "virtio-mmio.force-legacy=off"]
+    return args
+
+
+def irq_controller(transport: str) -> str:
+    return str(_fact(machine_of(transport), "irq_controller"))
+
+
+# --------------------------------------------------------------------------- firmware
+
+
+def describe_mmio(client: QtestClient) -> str:
+    """``virtio_mmio.device=`` for every populated transport (what microvm's ACPI lists)."""
+    base, stride = _fact("microvm", "mmio_base"), _fact("microvm", "mmio_stride")
+    irq_base = _fact("microvm", "irq_base")
+    params = []
+    for slot in range(_fact("microvm", "mmio_slots")):
+        addr = base + slot * stride
+        if client.read(addr + MMIO_OFFSETS["MagicValue"], DWORD) != MMIO.magic:
+            continue
+        if client.read(addr + MMIO_OFFSETS["DeviceID"], DWORD) == 0:
+            continue  # an empty transport
+        params.append(f"virtio_mmio.device={stride:#x}@{addr:#x}:{irq_base + slot}")
+    return " ".join(params)
+
+
+def _conf1(bus: int, dev: int, fn: int, offset: int) -> int:
+    return (
+        CONF1.ENABLE
+        | bus << CONF1.bus_shift
+        | dev << CONF1.device_shift
+        | fn << CONF1.function_shift
+        | offset & CONF1.register_mask
+    )
+
+
+def _cfg_read(client: QtestClient, dev: int, fn: int, offset: int, size: int) -> int:
+    client.pio_write(CONF1.address_port, DWORD, _conf1(0, dev, fn, offset))
+    return client.pio_read(CONF1.data_port + offset % DWORD, size)
+
+
+def _cfg_write(client: QtestClient, dev: int, fn: int, offset: int, size: int, value: int) -> None:
+    client.pio_write(CONF1.address_port, DWORD, _conf1(0, dev, fn, offset))
+    client.pio_write(CONF1.data_port + offset % DWORD, size, value)
+
+
+def q35_gsi(slot: int, pin: int) -> int | None:
+    """The IOAPIC pin INTx ``pin`` (1 = INTA) of a bus-0 ``slot`` reaches on QEMU's q35."""
+    if not 1 <= pin <= 4 or slot >= _fact("q35", "routed_slots"):
+        return None
+    rotation = _fact("q35", "pirq_rotation")
+    pirq = _fact("q35", "pirq_first") + (slot + pin - 1) % rotation
+    return int(_fact("q35", "pirq_gsi_base") + pirq)
+
+
+IOMMU_DEVICE = "virtio-iommu-pci"  # QEMU's virtio-iommu; it translates PCI endpoints only
+
+
+def describe_pci(client: QtestClient) -> str:
+    """Program every bus-0 function's interrupt line (as SeaBIOS does) and return the
+    ``virtio_sim.pci=`` description of the windows (no ECAM: MMCONFIG is off), plus, with
+    a virtio-iommu-pci, ``virtio_sim.viot=`` naming it and the virtio functions behind it
+    (QEMU's endpoint id is the PCI requester id, as in the VIOT table it builds)."""
+    iommu_id = PCI.modern_device_id_base + DEVICE_ID.iommu
+    iommu_rid: int | None = None
+    endpoints: list[int] = []
+    for dev in range(PCI_CFG.devices_per_bus):
+        functions = 1
+        for fn in range(PCI_CFG.functions_per_device):
+            if fn >= functions:
+                break
+            vendor = _cfg_read(client, dev, fn, PCI_HEADER["vendor_id"], 2)
+            if vendor in (PCI_CFG.absent_vendor, 0):
+                if fn == 0:
+                    break
+                continue
+            header = _cfg_read(client, dev, fn, PCI_HEADER["header_type"], 1)
+            if fn == 0 and header & PCI_CFG.header_type_multifunction:
+                functions = PCI_CFG.functions_per_device
+            if vendor == PCI.vendor_id:
+                rid = dev << 3 | fn  # bus 0
+                if _cfg_read(client, dev, fn, PCI_HEADER["device_id"], 2) == iommu_id:
+                    iommu_rid = rid
+                else:
+                    endpoints.append(rid)
+            pin = _cfg_read(client, dev, fn, PCI_HEADER["interrupt_pin"], 1)
+            gsi = q35_gsi(dev, pin)
+            if gsi is not None:
+                _cfg_write(client, dev, fn, PCI_HEADER["interrupt_line"], 1, gsi)
+    mem = f"mem@{_fact('q35', 'pci_mem_start'):#x}-{_fact('q35', 'pci_mem_end'):#x}"
+    io = f"io@{_fact('q35', 'pci_io_start'):#x}-{_fact('q35', 'pci_io_end'):#x}"
+    params = [f"virtio_sim.pci={mem},{io}"]
+    if iommu_rid is not None:
+        eps = ",".join(f"pci:{rid:#x}@{rid:#x}" for rid in endpoints)
+        params.append(f"virtio_sim.viot=pci:{iommu_rid:#x}:{eps}")
+    return " ".join(params)
+
+
+def describe(client: QtestClient, transport: str) -> str:
+    return describe_pci(client) if transport in PCI_TRANSPORTS else describe_mmio(client)
