@@ -1,0 +1,99 @@
+"""What a conformance checker found, per requirement id, and when a run must stop.
+
+Requirement ids are the stable ids of specs/conformance (taken from the virtio 1.4
+requirement list, e.g. ``status.drv.never-clear-bit``). A checker calls
+:meth:`FindingLog.passed`, :meth:`FindingLog.failed` or :meth:`FindingLog.not_applicable`;
+the log keeps the worst verdict per id (FAIL beats PASS beats NOT_APPLICABLE) and every piece
+of evidence, and under the strict policy turns the first MUST-level failure into
+:class:`StrictStop` so the run ends where the target first broke the spec.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class Verdict(enum.Enum):
+    """Per-requirement result. NOT_COVERED is what a report says for ids no checker touched."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    NOT_APPLICABLE = "NOT_APPLICABLE"
+    NOT_COVERED = "NOT_COVERED"
+
+
+_RANK = {Verdict.NOT_COVERED: 0, Verdict.NOT_APPLICABLE: 1, Verdict.PASS: 2, Verdict.FAIL: 3}
+
+
+class Policy(enum.Enum):
+    """strict stops at the first MUST/MUST NOT failure; lenient records it and goes on."""
+
+    STRICT = "strict"
+    LENIENT = "lenient"
+
+
+MANDATORY_LEVELS = frozenset({"MUST", "MUST NOT"})
+
+
+class StrictStop(Exception):
+    """Raised by a strict log at the first mandatory failure; carries that finding."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(f"{finding.requirement}: {finding.evidence}")
+        self.finding = finding
+
+
+@dataclass
+class Finding:
+    requirement: str
+    verdict: Verdict
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FindingLog:
+    """Accumulates findings. ``level_of`` maps an id to its level (from the catalogue);
+    unknown ids are a checker bug and raise KeyError at once rather than vanish from the report."""
+
+    level_of: Callable[[str], str]
+    policy: Policy = Policy.LENIENT
+    findings: dict[str, Finding] = field(default_factory=dict)
+
+    def _record(self, requirement: str, verdict: Verdict, evidence: str | None) -> Finding:
+        level = self.level_of(requirement)  # KeyError for an id not in the catalogue
+        finding = self.findings.get(requirement)
+        if finding is None:
+            finding = self.findings[requirement] = Finding(requirement, verdict)
+        elif _RANK[verdict] > _RANK[finding.verdict]:
+            finding.verdict = verdict
+        if evidence:
+            finding.evidence.append(evidence)
+        if verdict is Verdict.FAIL and self.policy is Policy.STRICT and level in MANDATORY_LEVELS:
+            raise StrictStop(finding)
+        return finding
+
+    def passed(self, requirement: str, evidence: str | None = None) -> None:
+        self._record(requirement, Verdict.PASS, evidence)
+
+    def failed(self, requirement: str, evidence: str) -> None:
+        self._record(requirement, Verdict.FAIL, evidence)
+
+    def not_applicable(self, requirement: str, why: str) -> None:
+        self._record(requirement, Verdict.NOT_APPLICABLE, why)
+
+    def check(self, requirement: str, ok: bool, evidence: str) -> bool:
+        """Record PASS or FAIL for one observation; returns ``ok`` so callers can branch."""
+        if ok:
+            self.passed(requirement)
+        else:
+            self.failed(requirement, evidence)
+        return ok
+
+    def verdict(self, requirement: str) -> Verdict:
+        finding = self.findings.get(requirement)
+        return Verdict.NOT_COVERED if finding is None else finding.verdict
+
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings.values() if f.verdict is Verdict.FAIL]
