@@ -164,13 +164,24 @@ async def test_run_processes_reports_a_killed_guest() -> None:
             members = await r.wait_for(
                 lambda: [pid for pid in live_group_members(r.pgid) if _is_guest(pid)], timeout=15
             )
-            await trio.sleep(0.5)
+            # Kill only once the guest has mapped guest RAM, i.e. finished the handshake: a
+            # guest killed before the host has it leaves the host no loss to report.
+            await r.wait_for(lambda: _has_mapped_guest_ram(members[0]), timeout=15)
+            await trio.sleep(0.2)
             os.kill(members[0], signal.SIGKILL)
             rc = await r.exit(timeout=10)
             assert live_group_members(r.pgid) == []
     assert rc == EXIT_PEER_LOST
     assert "guest process was killed by SIGKILL" in r.stderr
     assert "LOST" in r.stderr  # the host's own report, passed on
+
+
+def _has_mapped_guest_ram(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "memfd:" in f.read()
+    except OSError:
+        return False
 
 
 def _is_guest(pid: int) -> bool:
