@@ -752,3 +752,40 @@ vhost_user_vring_addr_codec = fast_codec(VhostUserVringAddr)
 vhost_user_region_codec = fast_codec(VhostUserMemoryRegion)
 vhost_user_memory_header_codec = fast_codec(VhostUserMemoryHeader)
 vhost_user_config_header_codec = fast_codec(VhostUserConfigHeader)
+
+
+# --------------------------------------------------------------------------- QEMU fw_cfg
+
+# QEMU's firmware configuration device: the file directory (selector 0x19) is a big-endian
+# count followed by these records; "etc/table-loader" is a sequence of 128-byte commands
+# (little-endian) telling firmware where to place the ACPI blobs and how to link them.
+FW_CFG_FILE_NAME_SIZE = 56
+FwCfgFile = cs.Struct(
+    "size" / cs.Int32ub,
+    "select" / cs.Int16ub,
+    "reserved" / cs.Int16ub,
+    "name" / cs.PaddedString(FW_CFG_FILE_NAME_SIZE, "ascii"),
+)
+FW_CFG_FILE_SIZE: int = FwCfgFile.sizeof()
+FwCfgLoaderAllocate = cs.Struct(
+    "file" / cs.PaddedString(FW_CFG_FILE_NAME_SIZE, "ascii"),
+    "align" / cs.Int32ul,
+    "zone" / cs.Int8ul,
+)
+FwCfgLoaderAddPointer = cs.Struct(
+    "dest_file" / cs.PaddedString(FW_CFG_FILE_NAME_SIZE, "ascii"),
+    "src_file" / cs.PaddedString(FW_CFG_FILE_NAME_SIZE, "ascii"),
+    "offset" / cs.Int32ul,
+    "size" / cs.Int8ul,
+)
+FwCfgLoaderAddChecksum = cs.Struct(
+    "file" / cs.PaddedString(FW_CFG_FILE_NAME_SIZE, "ascii"),
+    "offset" / cs.Int32ul,
+    "start" / cs.Int32ul,
+    "length" / cs.Int32ul,
+)
+FW_CFG_LOADER_ENTRY_SIZE = 128
+FwCfgLoaderEntry = cs.Struct(
+    "command" / cs.Int32ul,
+    "body" / cs.Bytes(FW_CFG_LOADER_ENTRY_SIZE - 4),
+)
