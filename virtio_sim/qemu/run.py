@@ -30,11 +30,11 @@ import trio
 from guest.boot import BootInfo, run_guest
 from guest.qtest_link import QtestLink, QtestMemory
 from guest.workloads import WORKLOADS
+from host.build import PCI_TRANSPORTS
 from host.devices.base import PropertyError
 from host.qdev import parse_device_option
 from virtio_sim.embedded import RunConfig, check_config, guest_policy_for
 from virtio_sim.outcome import Outcome, RunResult
-from host.build import PCI_TRANSPORTS
 from virtio_sim.qemu.machines import (
     IOMMU_DEVICE,
     QEMU_TRANSPORTS,
