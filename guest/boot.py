@@ -28,6 +28,7 @@ class BootInfo:
 
     cmdline: str
     ram_size: int
+    ram_base: int = 0  # guest-physical start of RAM (QEMU's arm virt: 1 GiB)
 
 
 async def run_guest(
@@ -53,7 +54,7 @@ async def run_guest(
                     scope.cancel()
 
             nursery.start_soon(watch_link)
-            kernel = GuestKernel(link, memory, boot.ram_size, policy)
+            kernel = GuestKernel(link, memory, boot.ram_size, policy, ram_base=boot.ram_base)
             nursery.start_soon(kernel.irq_loop)
             await _main(kernel, boot, workload, seed, result)
         if link.peer_failure is not None and result.outcome is not Outcome.OK:

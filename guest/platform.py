@@ -172,12 +172,17 @@ SWIOTLB_SIZE = 4 << 20  # the shared bounce window of a restricted-memory guest
 
 
 class GuestKernel:
-    def __init__(self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy) -> None:
+    def __init__(
+        self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy, *, ram_base: int = 0
+    ) -> None:
+        """``ram_base`` is where RAM starts in the guest-physical map (0 on x86; 1 GiB on
+        QEMU's arm ``virt``); drivers allocate only inside [ram_base, ram_base + ram_size)."""
         self.link = link
         self.memory = memory
         self.policy = policy
         restricted = policy.driver.restricted_memory
-        low, high = RAM_ALLOC_START, ram_size - (SWIOTLB_SIZE if restricted else 0)
+        ram_end = ram_base + ram_size
+        low, high = ram_base + RAM_ALLOC_START, ram_end - (SWIOTLB_SIZE if restricted else 0)
         self.dma = DirectDma(memory, PageAllocator(low, high))
         self.shared_dma = self.dma
         if restricted:
@@ -186,7 +191,7 @@ class GuestKernel:
                 raise BootError("this guest memory cannot emulate private (encrypted) pages")
             mark_private(low, high - low)
             # swiotlb: DMA through the DMA API is bounced via this shared window.
-            self.shared_dma = DirectDma(memory, PageAllocator(high, ram_size))
+            self.shared_dma = DirectDma(memory, PageAllocator(high, ram_end))
         self.probes: list[ProbeRecord] = []
         self.viot: Viot | None = None
         self.iommu: IommuDriver | None = None

@@ -53,12 +53,44 @@ class QemuDevices:
     notes: list[str] = field(default_factory=list)
 
 
-def machine_of(transport: str) -> str:
+MMIO_MACHINES = ("microvm", "virt")
+
+
+def machine_of(transport: str, machine: str | None = None) -> str:
+    """The QEMU machine a run uses: microvm (or arm ``virt``) for virtio-mmio, q35 for PCI."""
     if transport in MMIO_TRANSPORTS:
-        return "microvm"
+        if machine is None:
+            return "microvm"
+        if machine in MMIO_MACHINES:
+            return machine
+        choices = ", ".join(MMIO_MACHINES)
+        raise PropertyError(f"machine {machine!r} has no virtio-mmio transports here ({choices})")
     if transport in PCI_TRANSPORTS:
+        if machine not in (None, "q35"):
+            raise PropertyError(f"PCI transports run on q35 here, not on {machine!r}")
         return "q35"
     raise PropertyError(f"transport {transport!r} has no QEMU machine here ({', '.join(QEMU_TRANSPORTS)})")
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What the qtest back-end must know of one QEMU machine (specs/qemu_machines.toml)."""
+
+    name: str
+    arch: str
+    ram_base: int
+    irq_controller: str
+    irq_line_offset: int  # intercepted line n is interrupt n + this for the guest
+
+    @classmethod
+    def of(cls, machine: str) -> MachineFacts:
+        return cls(
+            machine,
+            str(_fact(machine, "arch")),
+            int(_fact(machine, "ram_base")),
+            str(_fact(machine, "irq_controller")),
+            int(_fact(machine, "irq_line_offset")),
+        )
 
 
 def qemu_devices(options: list[str], transport: str, scratch: Path) -> QemuDevices:
@@ -100,9 +132,11 @@ def qemu_devices(options: list[str], transport: str, scratch: Path) -> QemuDevic
     return out
 
 
-def machine_args(transport: str, ram_size: int) -> list[str]:
-    machine = machine_of(transport)
+def machine_args(transport: str, ram_size: int, machine: str | None = None) -> list[str]:
+    machine = machine_of(transport, machine)
     args = ["-M", _fact(machine, "machine"), "-m", f"{ram_size >> 20}M"]
+    if "cpu" in _FACTS[machine]:
+        args += ["-cpu", _fact(machine, "cpu")]
     if transport == "mmio-v1":
         args += ["-global", "virtio-mmio.force-legacy=on"]
     elif transport == "mmio-v2":
@@ -110,19 +144,19 @@ def machine_args(transport: str, ram_size: int) -> list[str]:
     return args
 
 
-def irq_controller(transport: str) -> str:
-    return str(_fact(machine_of(transport), "irq_controller"))
+def irq_controller(transport: str, machine: str | None = None) -> str:
+    return str(_fact(machine_of(transport, machine), "irq_controller"))
 
 
 # --------------------------------------------------------------------------- firmware
 
 
-def describe_mmio(client: QtestClient) -> str:
-    """``virtio_mmio.device=`` for every populated transport (what microvm's ACPI lists)."""
-    base, stride = _fact("microvm", "mmio_base"), _fact("microvm", "mmio_stride")
-    irq_base = _fact("microvm", "irq_base")
+def describe_mmio(client: QtestClient, machine: str = "microvm") -> str:
+    """``virtio_mmio.device=`` for every populated transport (what the machine's ACPI lists)."""
+    base, stride = _fact(machine, "mmio_base"), _fact(machine, "mmio_stride")
+    irq_base = _fact(machine, "irq_base")
     params = []
-    for slot in range(_fact("microvm", "mmio_slots")):
+    for slot in range(_fact(machine, "mmio_slots")):
         addr = base + slot * stride
         if client.read(addr + MMIO_OFFSETS["MagicValue"], DWORD) != MMIO.magic:
             continue
@@ -204,5 +238,7 @@ def describe_pci(client: QtestClient) -> str:
     return " ".join(params)
 
 
-def describe(client: QtestClient, transport: str) -> str:
-    return describe_pci(client) if transport in PCI_TRANSPORTS else describe_mmio(client)
+def describe(client: QtestClient, transport: str, machine: str | None = None) -> str:
+    if transport in PCI_TRANSPORTS:
+        return describe_pci(client)
+    return describe_mmio(client, machine_of(transport, machine))

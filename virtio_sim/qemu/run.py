@@ -38,20 +38,28 @@ from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.qemu.machines import (
     IOMMU_DEVICE,
     QEMU_TRANSPORTS,
+    MachineFacts,
     describe,
-    irq_controller,
     machine_args,
+    machine_of,
     qemu_devices,
 )
 from virtio_sim.qemu.qtest import QtestError, spawn_qtest
-from virtio_sim.qemu.tools import QEMU_X86, MissingTool, require_qemu
+from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, MissingTool, require_qemu
 
 DEVICE_BACKENDS = ("ours", "qemu")
+QEMU_BINARY = {"x86_64": QEMU_X86, "aarch64": QEMU_ARM}
 IOMMU_FAULT = "virtio_iommu_translate no mapping"  # what QEMU 7.2 prints for a fault
 
 
-async def run_qemu(cfg: RunConfig, *, qemu: str | None = None, workdir: Path | None = None) -> RunResult:
-    """Run ``cfg`` with QEMU's device models; ``workdir`` keeps scratch disks (default: temp)."""
+async def run_qemu(
+    cfg: RunConfig, *, qemu: str | None = None, workdir: Path | None = None, machine: str | None = None
+) -> RunResult:
+    """Run ``cfg`` with QEMU's device models; ``workdir`` keeps scratch disks (default: temp).
+
+    ``machine`` picks QEMU's arm ``virt`` (qemu-system-aarch64) instead of microvm for the
+    virtio-mmio transports; PCI always runs on q35.
+    """
     check_config(cfg)
     device_name = parse_device_option(cfg.device).driver
     refused = RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name)
@@ -65,7 +73,12 @@ async def run_qemu(cfg: RunConfig, *, qemu: str | None = None, workdir: Path | N
         refused.detail = "QEMU's virtio-iommu (virtio-iommu-pci) translates PCI endpoints only"
         return refused
     try:
-        qemu = qemu or require_qemu(QEMU_X86)
+        facts = MachineFacts.of(machine_of(cfg.transport, machine))
+    except PropertyError as e:
+        refused.detail = str(e)
+        return refused
+    try:
+        qemu = qemu or require_qemu(QEMU_BINARY[facts.arch])
     except MissingTool as e:
         refused.detail = str(e)
         return refused
@@ -76,20 +89,20 @@ async def run_qemu(cfg: RunConfig, *, qemu: str | None = None, workdir: Path | N
         except PropertyError as e:
             refused.detail = str(e)
             return refused
-        args = machine_args(cfg.transport, cfg.ram_size)
+        args = machine_args(cfg.transport, cfg.ram_size, facts.name)
         if cfg.iommu == "virtio-iommu":
             args += ["-device", IOMMU_DEVICE]  # first: the lowest free slot
         args += devs.args
         try:
-            q = await trio.to_thread.run_sync(lambda: spawn_qtest(qemu, "x86_64", args, workdir=Path(tmp)))
+            q = await trio.to_thread.run_sync(lambda: spawn_qtest(qemu, facts.arch, args, workdir=Path(tmp)))
         except QtestError as e:
             refused.detail = qemu_refusal(str(e)) or str(e)
             refused.device_notes = devs.notes
             return refused
         try:
             try:
-                q.client.intercept_irqs(irq_controller(cfg.transport))
-                cmdline = describe(q.client, cfg.transport)
+                q.client.intercept_irqs(facts.irq_controller)
+                cmdline = describe(q.client, cfg.transport, facts.name)
             except QtestError as e:
                 # QEMU connects before it realizes the devices: a device it refuses ends
                 # the process right after the connection.
@@ -97,7 +110,7 @@ async def run_qemu(cfg: RunConfig, *, qemu: str | None = None, workdir: Path | N
                 refused.detail = qemu_refusal(stderr) or f"QEMU stopped before the guest ran: {e}"
                 refused.device_notes = devs.notes
                 return refused
-            result = await _run(cfg, q.client, cmdline, device_name)
+            result = await _run(cfg, q.client, cmdline, device_name, facts)
         finally:
             stderr = q.close()
         result.device_notes = devs.notes + [line for line in stderr.splitlines() if line.strip()]
@@ -125,8 +138,8 @@ def qemu_refusal(stderr: str) -> str:
     return text.strip()
 
 
-async def _run(cfg: RunConfig, client: Any, cmdline: str, device_name: str) -> RunResult:
-    link = QtestLink(client)
+async def _run(cfg: RunConfig, client: Any, cmdline: str, device_name: str, facts: MachineFacts) -> RunResult:
+    link = QtestLink(client, irq_base=facts.irq_line_offset)
     memory = QtestMemory(client, link)
     policy = replace(guest_policy_for(cfg), pci_msix=False)
     key = WORKLOADS[cfg.workload][0]
@@ -134,7 +147,7 @@ async def _run(cfg: RunConfig, client: Any, cmdline: str, device_name: str) -> R
     result = await run_guest(
         link,
         memory,
-        BootInfo(cmdline, cfg.ram_size),
+        BootInfo(cmdline, cfg.ram_size, facts.ram_base),
         cfg.workload,
         seed=seed,
         policy=policy,
@@ -143,7 +156,12 @@ async def _run(cfg: RunConfig, client: Any, cmdline: str, device_name: str) -> R
     result.device = device_name
     if not result.transport:
         result.transport = cfg.transport
-    result.workload = {**result.workload, "device_backend": "qemu", "qtest_commands": client.commands}
+    result.workload = {
+        **result.workload,
+        "device_backend": "qemu",
+        "qemu_machine": facts.name,
+        "qtest_commands": client.commands,
+    }
     return result
 
 
