@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 
 from virtio_sim.memory import GuestMemory
-from virtio_sim.qemu.tools import QEMU_INSTALL_HINT, QEMU_X86
+from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``qemu`` run whenever QEMU is installed; otherwise they are skipped
     with the command that installs it (CI installs it, so there they always run)."""
-    if shutil.which(QEMU_X86):
-        return
-    skip = pytest.mark.skip(reason=f"{QEMU_X86} not found: {QEMU_INSTALL_HINT}")
-    for item in items:
-        if "qemu" in item.keywords:
-            item.add_marker(skip)
+    for marker, binary in (("qemu", QEMU_X86), ("qemu_arm", QEMU_ARM)):
+        if shutil.which(binary):
+            continue
+        skip = pytest.mark.skip(reason=f"{binary} not found: {QEMU_INSTALL_HINT}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

@@ -151,6 +151,7 @@ def test_microvm_tables_list_the_populated_transports(tmp_path: Path) -> None:
 
 
 @pytest.mark.qemu
+@pytest.mark.qemu_arm
 def test_arm_virt_tables_list_all_32_transports(tmp_path: Path) -> None:
     q = spawn_qtest(
         require_qemu(QEMU_ARM),

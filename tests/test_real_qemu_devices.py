@@ -316,6 +316,7 @@ def test_matrix_refuses_cells_qemu_cannot_run() -> None:
 # --------------------------------------------------------------------------- arm virt
 
 
+@pytest.mark.qemu_arm
 @pytest.mark.parametrize("transport", MMIO_TRANSPORTS)
 def test_arm_virt_rng_and_blk_through_the_gic(transport: str, tmp_path: Path) -> None:
     """qemu-system-aarch64 -M virt: RAM at 1 GiB, 32 transports, interrupts from the GIC.
