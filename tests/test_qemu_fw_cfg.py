@@ -171,3 +171,21 @@ def test_arm_virt_tables_list_all_32_transports(tmp_path: Path) -> None:
         assert f"Device (VR{slot:02d})" in dsl
         assert f"0x{0x0A000000 + 0x200 * slot:08X}" in dsl
         assert f"0x{32 + 16 + slot:08X}" in dsl  # SPI 16 + slot, as a GSIV (32 + SPI)
+
+
+@pytest.mark.qemu
+def test_dma_reads_what_the_data_register_reads() -> None:
+    """fw_cfg DMA (used for the big blobs) and byte reads agree, file by file."""
+    q = spawn_qtest(require_qemu(QEMU_X86), "x86_64", ["-M", "q35,pit=off", "-m", "64M"])
+    try:
+        by_dma = FwCfg(X86FwCfgPort(q.client), dma_window=(0x80000, 0xE0000))
+        by_bytes = FwCfg(X86FwCfgPort(q.client))
+        assert by_dma.has_dma()
+        for name in ("etc/acpi/rsdp", "etc/table-loader"):
+            assert by_dma.read_file(name) == by_bytes.read_file(name)
+        tables = by_dma.read_file("etc/acpi/tables")
+        assert len(tables) == by_dma.files()["etc/acpi/tables"].size and b"DSDT" in tables
+        with pytest.raises(FwCfgError, match="does not fit the DMA window"):
+            FwCfg(X86FwCfgPort(q.client), dma_window=(0x80000, 0x80100)).read_file("etc/acpi/tables")
+    finally:
+        q.close()

@@ -784,6 +784,8 @@ FwCfgLoaderAddChecksum = cs.Struct(
     "start" / cs.Int32ul,
     "length" / cs.Int32ul,
 )
+FwCfgDmaAccess = cs.Struct("control" / cs.Int32ub, "length" / cs.Int32ub, "address" / cs.Int64ub)
+FW_CFG_DMA_ACCESS_SIZE: int = FwCfgDmaAccess.sizeof()
 FW_CFG_LOADER_ENTRY_SIZE = 128
 FwCfgLoaderEntry = cs.Struct(
     "command" / cs.Int32ul,

@@ -24,6 +24,7 @@ from host.build import PCI_TRANSPORT_PROPS, PCI_TRANSPORTS
 from host.devices.base import PropertyError
 from host.qdev import model_name, parse_device_option, pci_name
 from virtio_sim.layouts import MMIO_OFFSETS, PCI_HEADER
+from virtio_sim.qemu.fw_cfg import LinkedTables, WindowPlacer, fw_cfg_for, install_tables, read_acpi
 from virtio_sim.qemu.qtest import QtestClient
 from virtio_sim.spec import CONF1, DEVICE_ID, MMIO, PCI, PCI_CFG, load_toml
 
@@ -149,6 +150,19 @@ def irq_controller(transport: str, machine: str | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- firmware
+
+
+def install_acpi(client: QtestClient, machine: str) -> LinkedTables:
+    """Do what SeaBIOS/EDK2 do with QEMU's ACPI tables: read them from fw_cfg, run the
+    table loader into the machine's firmware window and leave them in guest RAM."""
+    facts = _FACTS[machine]
+    high = tuple(_fact(machine, "acpi_high"))
+    fseg = tuple(facts["acpi_fseg"]) if "acpi_fseg" in facts else None
+    # The blobs are read by DMA into the window they are then linked into.
+    fw = fw_cfg_for(client, _fact(machine, "arch"), high)
+    linked = read_acpi(fw, WindowPlacer(high, fseg))
+    install_tables(client.memwrite, linked)
+    return linked
 
 
 def describe_mmio(client: QtestClient, machine: str = "microvm") -> str:

@@ -35,11 +35,13 @@ from host.devices.base import PropertyError
 from host.qdev import parse_device_option
 from virtio_sim.embedded import RunConfig, check_config, guest_policy_for
 from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.qemu.fw_cfg import FwCfgError
 from virtio_sim.qemu.machines import (
     IOMMU_DEVICE,
     QEMU_TRANSPORTS,
     MachineFacts,
     describe,
+    install_acpi,
     machine_args,
     machine_of,
     qemu_devices,
@@ -102,7 +104,13 @@ async def run_qemu(
         try:
             try:
                 q.client.intercept_irqs(facts.irq_controller)
-                cmdline = describe(q.client, cfg.transport, facts.name)
+                tables = install_acpi(q.client, facts.name)
+                rsdp = f"acpi_rsdp={tables.rsdp_address:#x}"  # Linux's parameter for it
+                cmdline = f"{describe(q.client, cfg.transport, facts.name)} {rsdp}"
+            except FwCfgError as e:
+                q.close()
+                refused.detail = f"QEMU's ACPI tables are unusable: {e}"
+                return refused
             except QtestError as e:
                 # QEMU connects before it realizes the devices: a device it refuses ends
                 # the process right after the connection.
