@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(
             r.group, r.name, f"{r.value:,.1f}", r.unit,
             f"{r.floor:,.1f}" if r.floor else "-", f"{r.ratio:.3f}x" if r.ratio else "-",
-            (f">= {r.target}x" if r.target is not None else "-") + mark, r.clock,
+            r.target_text() + mark, r.clock,
         )  # fmt: skip
     Console(width=max(Console().width, 150)).print(table)
     args.json.write_text(
