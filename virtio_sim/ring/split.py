@@ -27,6 +27,8 @@ the skipped ones as fully written.
 
 from __future__ import annotations
 
+import struct
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,27 @@ _HDR = layouts.RING_HEADER_SIZE  # avail entries and used elements start after i
 _AVAIL_STRIDE = layouts.AVAIL_ENTRY_SIZE
 _USED_STRIDE = layouts.USED_ELEM_SIZE
 _IDX_OFF = layouts.RING_IDX_OFFSET
+# Word indices into a ring area cast to native u16/u32 (when the ring's byte order is the
+# machine's): the index word, the first avail entry, and the first used element's id.
+_IDX_W16 = _IDX_OFF // _AVAIL_STRIDE
+_AVAIL_W16 = _HDR // _AVAIL_STRIDE
+_ELEM_W32 = _HDR // 4
+_ELEM_WORDS = _USED_STRIDE // 4
+
+
+def _word_views(
+    order: ByteOrder, avail: Lease | None, used: Lease | None, size: int
+) -> tuple[memoryview, memoryview, memoryview] | None:
+    """(avail as u16, used as u16, used elements as u32) views, for rings whose byte order
+    is the machine's: a subscript instead of a struct call per ring word."""
+    if order != sys.byteorder or struct.calcsize("H") != 2 or struct.calcsize("I") != 4:
+        return None
+    if avail is None or used is None:
+        return None
+    elems = _HDR + _USED_STRIDE * size
+    return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
+
+
 INDIRECT_TABLE_LIMIT = 1024  # QEMU's VIRTQUEUE_MAX_SIZE
 CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
@@ -126,6 +149,8 @@ class SplitDeviceQueue:
         self._dl: Lease | None = None
         self._al: Lease | None = None
         self._ul: Lease | None = None
+        self._order_name: ByteOrder = order
+        self._words: tuple[memoryview, memoryview, memoryview] | None = None
         self._take_leases()
 
     def _take_leases(self) -> None:
@@ -141,6 +166,7 @@ class SplitDeviceQueue:
         self._dl = lease_for(sp, a.desc, layouts.desc_table_size(size), False)
         self._al = lease_for(sp, a.avail, layouts.avail_ring_size(size), False)
         self._ul = lease_for(sp, a.used, layouts.used_ring_size(size), True)
+        self._words = _word_views(self._order_name, self._al, self._ul, size)
 
     def _check_ring_memory(self) -> None:
         a = self.addrs
@@ -218,7 +244,11 @@ class SplitDeviceQueue:
         size = self.size
         al = self._al
         if al is not None and al.valid:
-            head: int = self._idx.unpack_from(al.view, _HDR + _AVAIL_STRIDE * (last & self._mask))[0]
+            words = self._words
+            if words is not None:
+                head: int = words[0][_AVAIL_W16 + (last & self._mask)]
+            else:
+                head = self._idx.unpack_from(al.view, _HDR + _AVAIL_STRIDE * (last & self._mask))[0]
         else:
             head = self._read_u16(self.addrs.avail + layouts.avail_entry_offset(last % size))
         self.last_avail = (last + 1) & IDX_MASK
@@ -409,8 +439,17 @@ class SplitDeviceQueue:
             ul = self._ul
             if ul is not None and ul.valid:  # _write_used() inlined: the element, then idx
                 self.published += 1
-                view = ul.view
                 idx = self.used_idx
+                words = self._words
+                if words is not None and 0 <= written <= 0xFFFFFFFF:
+                    w = _ELEM_W32 + _ELEM_WORDS * (idx & self._mask)
+                    u32 = words[2]
+                    u32[w] = head
+                    u32[w + 1] = written
+                    self.used_idx = idx = (idx + 1) & IDX_MASK
+                    words[1][_IDX_W16] = idx
+                    return
+                view = ul.view
                 self._elem.pack_into(view, _HDR + _USED_STRIDE * (idx & self._mask), head, written)
                 self.used_idx = idx = (idx + 1) & IDX_MASK
                 self._idx.pack_into(view, _IDX_OFF, idx)
@@ -581,6 +620,8 @@ class SplitDriverQueue:
         self._dl: Lease | None = None
         self._al: Lease | None = None
         self._ul: Lease | None = None
+        self._order_name: ByteOrder = order
+        self._words: tuple[memoryview, memoryview, memoryview] | None = None
         self._leasable = hasattr(memory, "lease")
         self._take_leases()
 
@@ -593,6 +634,7 @@ class SplitDriverQueue:
         self._dl = lease_for(self.memory, g.desc, layouts.desc_table_size(size), True)
         self._al = lease_for(self.memory, g.avail, layouts.avail_ring_size(size), True)
         self._ul = lease_for(self.memory, g.used, layouts.used_ring_size(size), True)
+        self._words = _word_views(self._order_name, self._al, self._ul, size)
         return self._leases_valid()
 
     def _leases_valid(self) -> bool:
@@ -647,8 +689,15 @@ class SplitDriverQueue:
                     writable_len = n
                 self._desc.pack_into(dl.view, head * _DESC_SIZE, a, n, fl, 0)
                 self.inflight[head] = _Inflight(token, [head], writable_len, None)
-                avail = al.view
                 idx = self.avail_idx
+                words = self._words
+                if words is not None:
+                    a16 = words[0]
+                    a16[_AVAIL_W16 + (idx & self._mask)] = head
+                    self.avail_idx = idx = (idx + 1) & IDX_MASK
+                    a16[_IDX_W16] = idx  # the index last: the chain is complete
+                    return head
+                avail = al.view
                 self._idx.pack_into(avail, _HDR + _AVAIL_STRIDE * (idx & self._mask), head)
                 self.avail_idx = idx = (idx + 1) & IDX_MASK
                 self._idx.pack_into(avail, _IDX_OFF, idx)  # the index last: the chain is complete
@@ -784,7 +833,10 @@ class SplitDriverQueue:
             # Through the used-ring lease, without IN_ORDER: the same checks as below.
             view = ul.view
             last = self.last_used
-            used_idx: int = self._idx.unpack_from(view, _IDX_OFF)[0]
+            words = self._words
+            used_idx: int = (
+                words[1][_IDX_W16] if words is not None else self._idx.unpack_from(view, _IDX_OFF)[0]
+            )
             if used_idx == last:
                 return None
             inflight = self.inflight
@@ -794,7 +846,12 @@ class SplitDriverQueue:
                     "used-idx-jump",
                     f"used idx {used_idx} is {ahead} ahead but only {len(inflight)} in flight",
                 )
-            head, length = self._elem.unpack_from(view, _HDR + _USED_STRIDE * (last & self._mask))
+            if words is not None:
+                w = _ELEM_W32 + _ELEM_WORDS * (last & self._mask)
+                u32 = words[2]
+                head, length = u32[w], u32[w + 1]
+            else:
+                head, length = self._elem.unpack_from(view, _HDR + _USED_STRIDE * (last & self._mask))
             st = inflight.get(head) if head < self.size else None
             if st is None:
                 raise self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
