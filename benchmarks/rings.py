@@ -77,17 +77,39 @@ def _reap(drv: Any) -> None:
         pass
 
 
-def throughput(fmt: str, chains: int, batch: int, event_idx: bool, translated: bool = False) -> float:
-    """Chains/s through one queue, driver and device in this process (CPU time)."""
+def _fill_batch(drv: Any, base: int, n: int) -> None:
+    drv.add_batch([((), ((base + BUFFERS + 4096 * i, 64),), i) for i in range(n)])
+    drv.kick_prepare()
+
+
+def _serve_batch(dev: Any) -> int:
+    chains = dev.pop_batch(QSIZE)
+    dev.push_batch([(c.head, 64) for c in chains])
+    dev.needs_interrupt()
+    return len(chains)
+
+
+def _reap_batch(drv: Any) -> None:
+    drv.get_used_batch()
+
+
+def throughput(
+    fmt: str, chains: int, batch: int, event_idx: bool, translated: bool = False, api: str = "chain"
+) -> float:
+    """Chains/s through one queue, driver and device in this process (CPU time).
+
+    ``api="chain"``: add/pop/push/get_used per chain (what the device models call);
+    ``api="batch"``: add_batch/pop_batch/push_batch/get_used_batch (split rings)."""
     mem, drv, dev, base = ring_pair(fmt, event_idx, translated)
+    fill, serve, reap = (_fill_batch, _serve_batch, _reap_batch) if api == "batch" else (_fill, _serve, _reap)
     try:
         done = 0
         start = time.process_time()
         while done < chains:
             n = min(batch, chains - done, QSIZE)
-            _fill(drv, base, n)
-            _serve(dev)
-            _reap(drv)
+            fill(drv, base, n)
+            serve(dev)
+            reap(drv)
             done += n
         return chains / (time.process_time() - start)
     finally:
