@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_host_parser(sub)
     _add_guest_parser(sub)
+    sub.add_parser("bench", help="run the benchmarks (the options of python -m benchmarks follow)")
     m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
     add_matrix_arguments(m)
     c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
@@ -338,7 +339,26 @@ def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool)
     return done.status
 
 
+def _bench(argv: list[str]) -> int:
+    """``virtio-sim bench ...`` is ``python -m benchmarks ...`` from the source tree."""
+    import importlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(root, "benchmarks")) and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        bench = importlib.import_module("benchmarks.__main__")
+    except ImportError as e:
+        print(f"virtio-sim bench: the benchmarks package is not available ({e})", file=sys.stderr)
+        return EXIT_USAGE
+    status: int = bench.main(argv)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
+        return _bench(args_list[1:])
     args = build_parser().parse_args(argv)
     if args.command == "host":
         return _host(args)
