@@ -14,7 +14,7 @@ from typing import Any
 
 from host.devices.base import PropertyError, parse_bool
 from host.devices.iommu import IommuDevice
-from host.firmware import install_acpi
+from host.firmware import install_acpi, install_fdt
 from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
 from host.machine_types import MachineSpec, check_placement, parse_machine
@@ -255,6 +255,8 @@ def build_host(cfg: HostConfig) -> HostSetup:
                     machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
         if mspec is not None and mspec.acpi:
             install_acpi(machine, memory, mspec)
+        elif mspec is not None and mspec.facts["arch"] == "aarch64":
+            install_fdt(machine, memory, mspec)
     except (PropertyError, ValueError) as e:
         setup.close()
         raise PropertyError(str(e)) from None

@@ -5,16 +5,18 @@ x86 (microvm, q35): the RSDP in the BIOS read-only area at 0xE0000 (Linux scans
 0xE0000-0xFFFFF for "RSD PTR "), the other tables below it from 0x80000 -- all in the
 first MiB, which our guest leaves to firmware. arm ``virt``: the tables in the first MiB
 of RAM (at 1 GiB) and the RSDP address handed over as ``acpi_rsdp=`` (what UEFI's
-configuration table does on real arm64).
+configuration table does on real arm64); with acpi=off a device tree instead
+(:mod:`host.fdt`).
 """
 
 from __future__ import annotations
 
 from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, ViotTopology, build_tables
+from host.fdt import virt_fdt
 from host.machine import Machine
 from host.machine_types import MachineSpec
 from host.transport.mmio import MMIO_WINDOW
-from virtio_sim.acpi_layouts import RSDP
+from virtio_sim.acpi_layouts import FDT, RSDP
 from virtio_sim.memory import GuestMemory
 
 
@@ -62,3 +64,17 @@ def install_acpi(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> Ac
         memory.write(address, blob)
     machine.firmware = "acpi"
     return tables
+
+
+def install_fdt(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> int:
+    """virt with acpi=off: the device tree in the first MiB of RAM, its address handed
+    over on the command line (standing in for register x0 at kernel entry)."""
+    facts = spec.facts
+    blob = virt_fdt(machine.mmio_base, MMIO_WINDOW, machine.mmio_slots, facts["spi_base"])
+    if len(blob) > facts["fdt_max"]:
+        raise ValueError(f"device tree of {len(blob)} bytes exceeds {facts['fdt_max']}")
+    address = spec.ram_base + int(facts["fdt_offset"])
+    memory.write(address, blob)
+    machine.firmware = "fdt"
+    machine.boot_params = [f"{FDT['cmdline_param']}={address:#x}"]
+    return address

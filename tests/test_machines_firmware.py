@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,14 @@ from guest.acpi import (
     parse_sdt,
     parse_viot,
 )
+from guest.fdt import FdtError, FdtNode, parse_fdt
 from guest.profile import guest_policy
 from host import acpi as host_acpi
 from host.acpi import AcpiPlan, MmioDeviceEntry, ViotTopology, build_tables, sdt
 from host.build import HostConfig, build_host
 from host.devices.base import PropertyError
-from host.machine_types import parse_machine
+from host.fdt import virt_fdt
+from host.machine_types import MACHINE_FACTS, parse_machine
 from virtio_sim.acpi_layouts import decode_pkg_length, encode_pkg_length
 from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
@@ -352,3 +355,90 @@ def test_arbitrary_bytes_only_raise_acpi_error(body: bytes, sig: str) -> None:
                 parse(data)  # type: ignore[operator]
             except AcpiError:
                 pass
+
+
+# --------------------------------------------------------------------------- device tree
+
+
+def test_virt_without_acpi_boots_from_the_device_tree() -> None:
+    r = _run("virt,acpi=off", "virtio-blk-device", "blk-rw")
+    assert r.outcome is Outcome.OK, r.detail
+    (bound,) = _bound(r)
+    assert (
+        bound["where"] == "virtio-mmio@0xa003e00"
+        and bound["source"] == "fdt:/virtio_mmio@a003e00 virtio,mmio"
+    )
+    no_of = guest_policy(load_driver_profile("linux-6.1"))
+    no_of = replace(no_of, dt_compatibles=())
+    assert _run("virt,acpi=off", "virtio-rng-device", guest=no_of).outcome is Outcome.NOT_PROBED
+
+
+@pytest.mark.qemu
+@pytest.mark.qemu_arm
+def test_our_device_tree_matches_qemus_virtio_nodes(tmp_path: Path) -> None:
+    """QEMU's own virt DTB (dumpdtb) read by the guest's parser: its virtio-mmio nodes
+    are exactly the ones our host writes, in the same order."""
+    from virtio_sim.qemu.tools import QEMU_ARM, require_qemu
+
+    dtb = tmp_path / "virt.dtb"
+    subprocess.run(
+        [
+            require_qemu(QEMU_ARM),
+            "-M",
+            f"virt,dumpdtb={dtb}",
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            "64M",
+            "-nographic",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    facts = MACHINE_FACTS["virt"]
+
+    def virtio(nodes: list[FdtNode]) -> list[tuple[str, list[tuple[int, int]], list[int], list[str], bool]]:
+        return [
+            (n.path, n.reg, n.cells("interrupts"), n.compatible, "dma-coherent" in n.props)
+            for n in nodes
+            if "virtio,mmio" in n.compatible
+        ]
+
+    ours = virtio(
+        parse_fdt(virt_fdt(facts["mmio_base"], facts["mmio_stride"], facts["mmio_slots"], facts["spi_base"]))
+    )
+    theirs = virtio(parse_fdt(dtb.read_bytes()))
+    assert len(ours) == 32 and ours == theirs
+
+
+def test_hostile_device_trees_are_refused() -> None:
+    good = virt_fdt(0x0A000000, 0x200, 2, 16)
+    assert len([n for n in parse_fdt(good) if n.reg]) == 2
+    with pytest.raises(FdtError, match="bad magic"):
+        parse_fdt(b"\0" * 64)
+    lying = bytearray(good)
+    lying[4:8] = (len(good) + 100).to_bytes(4, "big")
+    with pytest.raises(FdtError, match=r"only .* present"):
+        parse_fdt(bytes(lying))
+    huge = bytearray(good)
+    huge[4:8] = (1 << 30).to_bytes(4, "big")
+    with pytest.raises(FdtError, match="impossible total size"):
+        parse_fdt(bytes(huge))
+    cut = bytearray(good)
+    cut[36:40] = (8).to_bytes(4, "big")  # size_dt_struct: the structure ends mid-node
+    with pytest.raises(FdtError):
+        parse_fdt(bytes(cut))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=400))
+def test_arbitrary_device_tree_bytes_only_raise_fdt_error(noise: bytes, at: int) -> None:
+    blob = bytearray(virt_fdt(0x0A000000, 0x200, 2, 16))
+    at = min(at, len(blob))
+    blob[at : at + len(noise)] = noise
+    for data in (bytes(blob), noise):
+        try:
+            parse_fdt(data)
+        except FdtError:
+            pass
