@@ -3,8 +3,10 @@ optionally q35's PCI host bridge with virtio-pci functions.
 
 This is the small machine the core slice needs: QEMU microvm's virtio-mmio layout (slots
 of 0x200 bytes from 0xfeb00000, IRQ 5 + slot, devices placed from the highest slot down as
-QEMU 7.2 does). The guest learns the transports the way Linux's ``virtio_mmio.device=``
-kernel parameter tells it (``size@base:irq``); firmware tables come with the machines issue.
+QEMU 7.2 does). Without firmware (the default machine, QEMU microvm's acpi=off) the guest
+learns the transports from Linux's ``virtio_mmio.device=`` kernel parameter
+(``size@base:irq``); a machine built with ``-M`` gets ACPI tables or a device tree from
+:mod:`host.firmware` and the command line then carries only :attr:`Machine.boot_params`.
 A machine with PCI (``attach_q35_pci``) also describes its ECAM window and BAR windows on
 the command line (``virtio_sim.pci=ecam@BASE/BUSES,mem@START-END,io@START-END``), standing
 in for ACPI's MCFG table and the host bridge's resources.
