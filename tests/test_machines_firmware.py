@@ -28,6 +28,7 @@ from guest.acpi import (
     parse_viot,
 )
 from guest.fdt import FdtError, FdtNode, parse_fdt
+from guest.firmware import discover
 from guest.profile import guest_policy
 from host import acpi as host_acpi
 from host.acpi import AcpiPlan, MmioDeviceEntry, ViotTopology, build_tables, sdt
@@ -37,6 +38,7 @@ from host.fdt import virt_fdt
 from host.machine_types import MACHINE_FACTS, parse_machine
 from virtio_sim.acpi_layouts import decode_pkg_length, encode_pkg_length
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.memory import GuestMemory
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.spec import load_toml
@@ -442,3 +444,31 @@ def test_arbitrary_device_tree_bytes_only_raise_fdt_error(noise: bytes, at: int)
             parse_fdt(data)
         except FdtError:
             pass
+
+
+def test_discover_reports_hostile_tables_in_guest_memory() -> None:
+    """The guest's firmware reader on RAM with hostile tables: every failure is a reported
+    error, a bad RSDP checksum in the BIOS area is skipped as Linux's scan skips it."""
+    mem = GuestMemory.create(2 << 20)
+    try:
+        tables = build_tables(
+            AcpiPlan([MmioDeviceEntry(7, 0xFEB00E00, 0x200, 23)]), 0xE0000, 0x80000, 0xE0000
+        )
+        for address, blob in tables.blobs.items():
+            mem.write(address, blob)
+        view = discover(mem, "")
+        assert view.source == "acpi" and not view.errors and [m.base for m in view.mmio] == [0xFEB00E00]
+        xsdt = tables.names["XSDT"]
+        entry = bytearray(mem.read(xsdt, 36 + 8))
+        entry[36:44] = (3 << 20).to_bytes(8, "little")  # the FADT "lives" past the end of RAM
+        entry[9] = 0
+        entry[9] = -sum(entry) & 0xFF
+        mem.write(xsdt, bytes(entry))
+        view = discover(mem, "")
+        assert view.errors and "cannot read" in view.errors[0]
+        mem.write(0xE0008, b"\x00")  # break the RSDP checksum: the scan finds nothing
+        assert discover(mem, "").source == "none"
+        bad_param = discover(mem, "acpi_rsdp=0x7fffffff")
+        assert bad_param.source == "acpi" and "cannot read" in bad_param.errors[0]
+    finally:
+        mem.close()
