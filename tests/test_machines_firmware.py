@@ -38,6 +38,10 @@ from host.fdt import virt_fdt
 from host.machine_types import MACHINE_FACTS, parse_machine
 from virtio_sim.acpi_layouts import decode_pkg_length, encode_pkg_length
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.matrix import report
+from virtio_sim.matrix.executors import LocalPool
+from virtio_sim.matrix.run import execute, plan
+from virtio_sim.matrix.spec import MatrixError, load_matrix, parse_matrix
 from virtio_sim.memory import GuestMemory
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
@@ -472,3 +476,25 @@ def test_discover_reports_hostile_tables_in_guest_memory() -> None:
         assert bad_param.source == "acpi" and "cannot read" in bad_param.errors[0]
     finally:
         mem.close()
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+def test_discovery_matrix_matches_its_expectations() -> None:
+    """specs/matrices/discovery.toml: old vs new drivers across command line, ACPI with
+    LNRO0005, ACPI with QEMU's vendor id, and the device tree."""
+    spec = load_matrix(ROOT / "specs" / "matrices" / "discovery.toml")
+    results = execute(spec, plan(spec), LocalPool(2))
+    assert report.mismatches(results) == []
+    by = {(r["driver"], r["machine"]): r["outcome"] for r in results}
+    assert by[("linux-4.0", "virt")] == "NOT_PROBED" and by[("linux-4.0", "virt,acpi=off")] == "OK"
+    assert by[("linux-6.1", "virt")] == "OK" and by[("linux-6.1", "virt,x-mmio-hid=QEMU1AF4")] == "NOT_PROBED"
+    assert by[("linux-4.0", "microvm")] == "OK"  # QEMU microvm acpi=off: the command line
+
+
+def test_matrix_refuses_a_machine_that_cannot_carry_the_transport() -> None:
+    axes = {"driver": ["linux-6.1"], "device": ["qemu-7.2"], "transport": ["pci-modern"], "workload": ["rng"]}
+    spec = parse_matrix({"axes": {**axes, "machine": ["virt"]}}, "test")
+    with pytest.raises(MatrixError, match="No 'PCI' bus found"):
+        plan(spec)
