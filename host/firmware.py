@@ -23,12 +23,13 @@ from virtio_sim.memory import GuestMemory
 def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
     """What the DSDT lists: populated slots (microvm, q35) or every slot (virt), highest
     slot first as QEMU writes them; the VIOT when a virtio-iommu is present."""
-    populated = {s.base: s for s in machine.slots}
-    if spec.facts["dsdt_slots"] == "all":
-        slots = range(machine.mmio_slots - 1, -1, -1)
-    else:
-        slots = range(machine.mmio_slots - 1, -1, -1)
-        slots = [i for i in slots if machine.mmio_base + MMIO_WINDOW * i in populated]  # type: ignore[assignment]
+    populated = {s.base for s in machine.slots}
+    every = spec.facts["dsdt_slots"] == "all"
+    slots = [
+        i
+        for i in range(machine.mmio_slots - 1, -1, -1)
+        if every or machine.mmio_base + MMIO_WINDOW * i in populated
+    ]
     entries = [
         MmioDeviceEntry(i, machine.mmio_base + MMIO_WINDOW * i, MMIO_WINDOW, machine.irq_base + i)
         for i in slots
@@ -52,12 +53,10 @@ def install_acpi(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> Ac
         low, high = facts["tables_low"], facts["tables_high"]
         machine.boot_params = []
     else:
-        base = spec.ram_base
-        rsdp_at = base + facts["tables_low"]
-        low, high = (
-            rsdp_at + RSDP["length"] + RSDP["align"] - RSDP["length"] % RSDP["align"],
-            base + facts["tables_high"],
-        )
+        # The RSDP first, the other tables from the next aligned address after it.
+        rsdp_at = spec.ram_base + facts["tables_low"]
+        rsdp_span = -(-RSDP["length"] // RSDP["align"]) * RSDP["align"]
+        low, high = rsdp_at + rsdp_span, spec.ram_base + facts["tables_high"]
         machine.boot_params = [f"{RSDP['cmdline_param']}={rsdp_at:#x}"]
     tables = build_tables(acpi_plan(machine, spec), rsdp_at, low, high)
     for address, blob in tables.blobs.items():
