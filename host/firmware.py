@@ -21,15 +21,14 @@ from virtio_sim.memory import GuestMemory
 
 
 def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
-    """What the DSDT lists: populated slots (microvm, q35) or every slot (virt), highest
-    slot first as QEMU writes them; the VIOT when a virtio-iommu is present."""
+    """What the DSDT lists, in QEMU's order: populated slots highest first (microvm, q35)
+    or every slot lowest first (virt); the VIOT when a virtio-iommu is present."""
     populated = {s.base for s in machine.slots}
     every = spec.facts["dsdt_slots"] == "all"
-    slots = [
-        i
-        for i in range(machine.mmio_slots - 1, -1, -1)
-        if every or machine.mmio_base + MMIO_WINDOW * i in populated
-    ]
+    order = range(machine.mmio_slots)
+    if spec.facts["dsdt_order"] == "descending":
+        order = range(machine.mmio_slots - 1, -1, -1)
+    slots = [i for i in order if every or machine.mmio_base + MMIO_WINDOW * i in populated]
     entries = [
         MmioDeviceEntry(i, machine.mmio_base + MMIO_WINDOW * i, MMIO_WINDOW, machine.irq_base + i)
         for i in slots

@@ -83,6 +83,8 @@ def test_virt_lists_all_32_slots_and_binds_only_the_populated_one() -> None:
     assert r.outcome is Outcome.OK, r.detail
     q = QEMU["virt"]
     assert len(r.probes) == q["mmio_slots"]  # every slot, as QEMU's DSDT has them
+    # in QEMU's DSDT order: VR00 first
+    assert [p["where"] for p in r.probes[:2]] == ["virtio-mmio@0xa000000", "virtio-mmio@0xa000200"]
     (bound,) = _bound(r)
     assert bound["where"] == f"virtio-mmio@{q['mmio_base'] + q['mmio_stride'] * (q['mmio_slots'] - 1):#x}"
     # backend-less transports in the other slots, as QEMU has them
@@ -498,3 +500,70 @@ def test_matrix_refuses_a_machine_that_cannot_carry_the_transport() -> None:
     spec = parse_matrix({"axes": {**axes, "machine": ["virt"]}}, "test")
     with pytest.raises(MatrixError, match="No 'PCI' bus found"):
         plan(spec)
+
+
+# --------------------------------------------------------------------------- vs QEMU's AML
+
+
+def _qemu_dsdt(arch: str, args: list[str]) -> bytes:
+    """QEMU's own DSDT, read through fw_cfg and linked as firmware would, found by the
+    guest's reader from the RSDP."""
+    from virtio_sim.qemu.fw_cfg import ArmVirtFwCfgPort, FwCfg, WindowPlacer, X86FwCfgPort, read_acpi
+    from virtio_sim.qemu.qtest import spawn_qtest
+    from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, require_qemu
+
+    x86 = arch == "x86_64"
+    q = spawn_qtest(require_qemu(QEMU_X86 if x86 else QEMU_ARM), arch, args)
+    try:
+        port = X86FwCfgPort(q.client) if x86 else ArmVirtFwCfgPort(q.client)
+        window = (
+            WindowPlacer((0x80000, 0xE0000), (0xE0000, 0x100000))
+            if x86
+            else WindowPlacer((0x40000000, 0x40100000))
+        )
+        linked = read_acpi(FwCfg(port), window)
+    finally:
+        q.close()
+    mem = {linked.addresses[n]: bytes(b) for n, b in linked.blobs.items()}
+
+    def read(address: int) -> bytes:
+        base = max(a for a in mem if a <= address)
+        return mem[base][address - base :]
+
+    rsdp = parse_rsdp(read(linked.rsdp_address))
+    root = parse_root(read(rsdp.xsdt_address or rsdp.rsdt_address))
+    fadt = next(read(a) for a in root if read(a)[:4] == b"FACP")
+    return read(parse_fadt(fadt))
+
+
+def _device_aml(dsdt: bytes, name: str) -> bytes:
+    at = dsdt.index(b"\x5b\x82")
+    at = dsdt.index(name.encode(), at) - 2
+    while dsdt[at : at + 2] != b"\x5b\x82":
+        at -= 1
+    length, _ = decode_pkg_length(dsdt, at + 2)
+    return dsdt[at : at + 2 + length]
+
+
+@pytest.mark.qemu
+def test_our_virtio_mmio_aml_is_byte_identical_to_qemus_microvm() -> None:
+    dsdt = _qemu_dsdt(
+        "x86_64", ["-M", "microvm,ioapic2=off,pit=off", "-m", "64M", "-device", "virtio-rng-device"]
+    )
+    ours = host_acpi.virtio_mmio_device(MmioDeviceEntry(7, 0xFEB00E00, 0x200, 16 + 7), "LNRO0005")
+    assert _device_aml(dsdt, "VR07") == ours
+    assert [d.path for d in parse_dsdt(dsdt).devices if d.hid == "LNRO0005"] == ["\\_SB.VR07"]
+
+
+@pytest.mark.qemu
+@pytest.mark.qemu_arm
+def test_our_virtio_mmio_aml_is_byte_identical_to_qemus_virt() -> None:
+    dsdt = _qemu_dsdt("aarch64", ["-M", "virt", "-cpu", "cortex-a57", "-m", "64M"])
+    ours = parse_dsdt(_tables("virt", ["virtio-rng-device"])["DSDT"]).devices
+    theirs = [d for d in parse_dsdt(dsdt).devices if d.hid == "LNRO0005"]
+    assert [(d.path, d.memory, d.interrupts) for d in ours] == [
+        (d.path, d.memory, d.interrupts) for d in theirs
+    ]
+    for slot in (0, 1, 30, 31):
+        entry = MmioDeviceEntry(slot, 0x0A000000 + 0x200 * slot, 0x200, 48 + slot)
+        assert _device_aml(dsdt, f"VR{slot:02d}") == host_acpi.virtio_mmio_device(entry, "LNRO0005")
