@@ -567,3 +567,56 @@ def test_our_virtio_mmio_aml_is_byte_identical_to_qemus_virt() -> None:
     for slot in (0, 1, 30, 31):
         entry = MmioDeviceEntry(slot, 0x0A000000 + 0x200 * slot, 0x200, 48 + slot)
         assert _device_aml(dsdt, f"VR{slot:02d}") == host_acpi.virtio_mmio_device(entry, "LNRO0005")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_host_and_guest_processes_on_firmware_machines() -> None:
+    """``run --processes -M``: the host process writes the tables into the shared guest
+    RAM (virt's at 1 GiB), the guest process finds its devices there."""
+    for machine, source in (
+        ("virt", "acpi:\\_SB.VR31 LNRO0005"),
+        ("virt,acpi=off", "fdt:/virtio_mmio@a003e00 virtio,mmio"),
+    ):
+        p = subprocess.run(
+            [
+                *CLI,
+                "--processes",
+                "-M",
+                machine,
+                "--device",
+                "virtio-blk-device",
+                "--workload",
+                "blk-rw",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+            timeout=120,
+        )
+        r = json.loads(p.stdout)
+        assert r["outcome"] == "OK", r["detail"]
+        assert [q["source"] for q in r["probes"] if q["outcome"] == "BOUND"] == [source]
+    tcp = subprocess.run(
+        [
+            *CLI,
+            "--processes",
+            "--link",
+            "tcp",
+            "-M",
+            "virt",
+            "--device",
+            "virtio-rng-device",
+            "--workload",
+            "rng",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert tcp.returncode != 0 and "firmware tables live in guest RAM" in tcp.stdout + tcp.stderr
