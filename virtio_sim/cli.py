@@ -396,9 +396,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _error(f"Invalid -global '{g}': expected driver.property=value")
                 return EXIT_USAGE
             cfg.globals[key] = value
-        if args.machine and args.processes:
-            _error("-M runs embedded here (the host process takes its own -M)")
-            return EXIT_USAGE
         if args.driver:
             try:
                 cfg.guest = guest_policy(load_driver_profile(args.driver))
