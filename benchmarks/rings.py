@@ -116,7 +116,7 @@ def throughput(
         mem.close()
 
 
-def _two_process(fmt: str, rounds: int, batch: int, event_idx: bool) -> float:
+def _two_process(fmt: str, rounds: int, batch: int, event_idx: bool, api: str = "chain") -> float:
     """Seconds (wall) for ``rounds`` kick/interrupt exchanges of ``batch`` chains each,
     with the device queue in a forked child that shares guest RAM."""
     mem = GuestMemory.create(RAM)
@@ -132,8 +132,9 @@ def _two_process(fmt: str, rounds: int, batch: int, event_idx: bool) -> float:
                 dev = SplitDeviceQueue(space, QSIZE, RING_GPA, event_idx=event_idx)
             else:
                 dev = PackedDeviceQueue(space, QSIZE, RING_GPA, event_idx=event_idx)
+            serve = _serve_batch if api == "batch" else _serve
             while child_sock.recv(1) == b"k":
-                _serve(dev)
+                serve(dev)
                 child_sock.sendall(b"i")
         except BaseException:
             code = 1
@@ -146,13 +147,14 @@ def _two_process(fmt: str, rounds: int, batch: int, event_idx: bool) -> float:
             drv = SplitDriverQueue(mem, QSIZE, RING_GPA, event_idx=event_idx)
         else:
             drv = PackedDriverQueue(mem, QSIZE, RING_GPA, event_idx=event_idx)
+        fill, reap = (_fill_batch, _reap_batch) if api == "batch" else (_fill, _reap)
         start = time.perf_counter()
         for _ in range(rounds):
-            _fill(drv, 0, batch)
+            fill(drv, 0, batch)
             parent_sock.sendall(b"k")  # every batch is kicked: the device waits on the socket
             if parent_sock.recv(1) != b"i":
                 raise RuntimeError("device process died")
-            _reap(drv)
+            reap(drv)
         elapsed = time.perf_counter() - start
         parent_sock.sendall(b"q")
         return elapsed
@@ -162,10 +164,10 @@ def _two_process(fmt: str, rounds: int, batch: int, event_idx: bool) -> float:
         mem.close()
 
 
-def two_process_throughput(fmt: str, chains: int, batch: int, event_idx: bool) -> float:
+def two_process_throughput(fmt: str, chains: int, batch: int, event_idx: bool, api: str = "chain") -> float:
     """Chains/s with the device in another process (wall time: both processes work)."""
     rounds = max(1, chains // batch)
-    return rounds * batch / _two_process(fmt, rounds, batch, event_idx)
+    return rounds * batch / _two_process(fmt, rounds, batch, event_idx, api)
 
 
 def two_process_latency(fmt: str, rounds: int) -> float:

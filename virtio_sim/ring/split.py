@@ -335,18 +335,34 @@ class SplitDeviceQueue:
                 return self._pop_each(limit, out)
             a16, table = words[0], dl.view
             win = getattr(space, "fast_window", None)
-            for _ in range(min(limit, (self._shadow_avail - last) & IDX_MASK)):
+            n = min(limit, (self._shadow_avail - last) & IDX_MASK)
+            slot = last & mask
+            if slot + n <= size:  # the window of avail entries, each read once
+                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + slot + n].tolist()
+            else:
+                k = size - slot
+                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + size].tolist()
+                heads += a16[_AVAIL_W16 : _AVAIL_W16 + n - k].tolist()
+            # pop()'s three head rules checked for the whole window at once; a window
+            # that breaks one is checked head by head, so its error comes at the same head.
+            window_ok = not heads or (
+                len(in_flight) + n <= size
+                and max(heads) < size
+                and len(set(heads)) == n
+                and in_flight.isdisjoint(heads)
+            )
+            for head in heads:
                 if not (al.valid and dl.valid):
                     return self._pop_each(limit, out)  # a lease went away: the checked path
-                head: int = a16[_AVAIL_W16 + (last & mask)]
                 last = (last + 1) & IDX_MASK
                 self.last_avail = last
-                if len(in_flight) >= size:
-                    raise RingError("too-many-in-flight", f"{size} requests already in flight")
-                if head >= size:
-                    raise RingError("head-out-of-range", f"avail ring names head {head} >= {size}")
-                if head in in_flight:
-                    raise RingError("head-in-flight", f"head {head} made available twice")
+                if not window_ok:
+                    if len(in_flight) >= size:
+                        raise RingError("too-many-in-flight", f"{size} requests already in flight")
+                    if head >= size:
+                        raise RingError("head-out-of-range", f"avail ring names head {head} >= {size}")
+                    if head in in_flight:
+                        raise RingError("head-in-flight", f"head {head} made available twice")
                 in_flight.add(head)
                 first: tuple[int, int, int, int] = unpack_from(table, head * _DESC_SIZE)
                 addr, length, flags, _nxt = first
