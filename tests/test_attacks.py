@@ -1,0 +1,192 @@
+"""The hostile-driver corpus against every device model x transport x ring format.
+
+Every scenario runs on every target it applies to (bounded per case); the tests fail
+with a listing of any case that crashed, hung, escaped its memory or did not show the
+required behaviour. Then the oracle itself is tested (a planted escape, crash and hang
+are seen), and each crash the corpus found has its own regression test.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from host.devices.rng import RngDevice
+from host.virtio_device import VirtioDevice
+from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
+from virtio_sim.attacks.runner import CASE_SECONDS, run_case, run_cases, run_sync
+from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
+from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
+from virtio_sim.dma import IdentityAddressSpace
+from virtio_sim.memory import GuestMemory
+from virtio_sim.spec import STATUS
+
+SCENARIOS = host_scenarios()
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+def test_corpus_against_every_target_of_a_device(device: str, tmp_path: Path) -> None:
+    targets = [t for t in all_targets() if t.device == device]
+    cases = host_cases(SCENARIOS, targets)
+    summary = run_sync(cases, str(tmp_path))
+    counts = summary.counts()
+    assert counts["cases"] == len(cases) and len(cases) > 800
+    assert not summary.offenders, f"{len(summary.offenders)} offending cases:\n{summary.listing()}"
+    # each policy the corpus expects was seen firing on this device's targets
+    policies = {r.policy for r in summary.results}
+    assert {"needs-reset", "ignored"} <= policies
+    if any(t.policy == "drop" for t in targets):
+        assert "drop" in policies
+
+
+def test_corpus_size_and_rows() -> None:
+    ids = [s.id for s in SCENARIOS]
+    assert len(ids) == len(set(ids)) >= 100
+    assert len(all_targets()) >= 56
+    table = rows()
+    assert {s.row for s in SCENARIOS} <= set(table)
+    # every row of sections A-F is replayed here, or says where it is covered
+    uncovered = [
+        rid
+        for rid, row in table.items()
+        if rid[0] in "ABCDEF"
+        and rid not in {s.row for s in SCENARIOS}
+        and "covered_by" not in row
+        and rid != "F51"  # the vhost-user wire corpus (test_attacks_wire.py)
+    ]
+    assert not uncovered
+    # rows the previous attempt missed are here now
+    assert {"C28", "E40", "E44", "F46", "F49"} <= {s.row for s in SCENARIOS}
+
+
+def _planted(body: object, expect: Expect = Expect.SURVIVE) -> Scenario:
+    return Scenario("planted", "X1", "ring", expect, "oracle check", body)  # type: ignore[arg-type]
+
+
+def test_the_oracle_sees_an_escape(tmp_path: Path) -> None:
+    def body(b: Bench) -> None:
+        b.bring_up()
+        space = b.vdevs[0].space_for(b.vdevs[0].driver_features)
+        space.write(0x5000, b"stray")  # a device write no buffer allowed
+
+    r = run_case(_planted(body), Target("rng", "mmio-v2", "split"), str(tmp_path))
+    assert r.verdict is Verdict.ESCAPE and "0x5000" in r.detail
+
+
+def test_the_oracle_sees_a_canary_change_behind_the_watch(tmp_path: Path) -> None:
+    def body(b: Bench) -> None:
+        b.bring_up()
+        b.memory.write(0x6000, b"\x00")  # not through the watched space, not the driver
+
+    r = run_case(_planted(body), Target("blk", "pci-modern", "packed"), str(tmp_path))
+    assert r.verdict is Verdict.ESCAPE and "canary" in r.detail
+
+
+def test_the_oracle_sees_a_crash_a_failure_and_a_hang(tmp_path: Path) -> None:
+    def crash(b: Bench) -> None:
+        raise KeyError("boom")
+
+    def nothing(b: Bench) -> None:
+        b.bring_up()
+
+    t = Target("rng", "mmio-v2", "split")
+    assert run_case(_planted(crash), t, str(tmp_path)).verdict is Verdict.CRASH
+    r = run_case(_planted(nothing, Expect.VIOLATION), t, str(tmp_path))
+    assert r.verdict is Verdict.FAILURE and "expected a violation" in r.detail
+
+    def slow(s: Scenario, t: Target, scratch: str) -> CaseResult:
+        time.sleep(1.5)
+        return CaseResult(s.id, t.name, Verdict.HANDLED)
+
+    start = time.monotonic()
+    summary = trio.run(lambda: run_cases([(_planted(nothing), t)], str(tmp_path), bound=0.2, case=slow))
+    assert summary.results[0].verdict is Verdict.HANG
+    assert time.monotonic() - start < 1.0  # the runner did not wait for the stuck case
+    assert CASE_SECONDS <= 10
+
+
+def test_the_bystander_and_recovery_checks_are_real(tmp_path: Path) -> None:
+    def wreck_bystander(b: Bench) -> None:
+        b.bring_up()
+        b.vdevs[1].model.process = lambda queue: 0  # type: ignore[method-assign]
+
+    r = run_case(_planted(wreck_bystander), Target("rng", "mmio-v2", "split"), str(tmp_path))
+    assert r.verdict is Verdict.FAILURE and "bystander" in r.detail
+
+
+# --------------------------------------------------------------------------- regressions
+# Crashes and gaps the corpus found; each was an exception escaping a register write or a
+# rule not enforced.
+
+
+def _one(sid: str, target: Target, tmp_path: Path) -> CaseResult:
+    (s,) = [s for s in SCENARIOS if s.id == sid]
+    return run_case(s, target, str(tmp_path))
+
+
+@pytest.mark.parametrize("ring", ["split", "packed"])
+def test_regression_ring_unmapped_after_a_violation_does_not_escape(ring: str, tmp_path: Path) -> None:
+    """notify() interrupted after a violation and re-read a ring whose IOMMU mapping was
+    gone: the RingError escaped from the QueueNotify write."""
+    r = _one("unmap-while-live", Target("rng", "mmio-v2", ring, iommu=True), tmp_path)
+    assert r.verdict is Verdict.HANDLED, r.detail
+    assert r.policy == "needs-reset"
+
+
+def test_regression_config_write_wider_than_the_access() -> None:
+    """A 0xFFFFFFFF value in a 1-byte config write raised OverflowError (legacy PCI)."""
+    mem = GuestMemory.create(1 << 20)
+    try:
+        dev = VirtioDevice(RngDevice(), lambda f: IdentityAddressSpace(mem))
+        dev.write_config(0, 1, 0xFFFFFFFF)
+        dev.write_config(0, 3, 1 << 70)
+    finally:
+        mem.close()
+
+
+def test_regression_blk_backing_file_gone(tmp_path: Path) -> None:
+    r = _one("blk-backend-gone", Target("blk", "mmio-v2", "split"), tmp_path)
+    assert r.verdict is Verdict.HANDLED, r.detail
+    assert not any("activation" in v for v in r.violations)
+
+
+@pytest.mark.parametrize(
+    ("sid", "transport", "klass"),
+    [
+        ("misaligned-desc", "mmio-v2", "ring-alignment"),
+        ("misaligned-used", "pci-modern", "ring-alignment"),
+        ("driver-ok-without-features-ok", "pci-modern", "driver-ok-without-features-ok"),
+        ("activation-fails", "mmio-v1", "activation-failed"),
+    ],
+)
+def test_regression_violations_now_enforced(sid: str, transport: str, klass: str, tmp_path: Path) -> None:
+    r = _one(sid, Target("rng", transport, "split"), tmp_path)
+    assert r.verdict is Verdict.HANDLED and r.policy == "needs-reset", r.detail
+    assert f"{klass}/needs-reset" in r.violations
+
+
+def test_regression_queue_size_ignored_while_live_on_mmio(tmp_path: Path) -> None:
+    b = Bench(Target("rng", "mmio-v2", "split"), str(tmp_path))
+    try:
+        b.bring_up()
+        b.ports[0].select(0)
+        b.ports[0].set_size(2)
+        assert b.vdevs[0].queues[0].size == 8
+        assert any("size written while the queue is live" in n for n in b.vdevs[0].notes)
+        assert b.serves()
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("transport", ["mmio-v2", "pci-modern"])
+def test_regression_modern_only_device_refuses_a_legacy_feature_set(transport: str, tmp_path: Path) -> None:
+    b = Bench(Target("blk", transport, "split"), str(tmp_path))
+    try:
+        b.negotiate(features=0)
+        assert not b.ports[0].status() & STATUS.FEATURES_OK
+        assert any("VERSION_1" in n for n in b.vdevs[0].notes)
+    finally:
+        b.close()
