@@ -14,14 +14,18 @@ from pathlib import Path
 import pytest
 import trio
 
+from host.devices.hostile import LIES
 from host.devices.rng import RngDevice
 from host.virtio_device import VirtioDevice
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
+from virtio_sim.attacks.device_side import TOLERABLE, driver_cases, profiles, run_driver_case
 from virtio_sim.attacks.runner import CASE_SECONDS, run_case, run_cases, run_sync
 from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
 from virtio_sim.dma import IdentityAddressSpace
+from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.memory import GuestMemory
+from virtio_sim.outcome import Outcome
 from virtio_sim.spec import STATUS
 
 SCENARIOS = host_scenarios()
@@ -190,3 +194,29 @@ def test_regression_modern_only_device_refuses_a_legacy_feature_set(transport: s
         assert any("VERSION_1" in n for n in b.vdevs[0].notes)
     finally:
         b.close()
+
+
+# --------------------------------------------------------------------------- the reverse
+
+
+@pytest.mark.parametrize("device", ["rng", "blk"])
+def test_hostile_device_against_every_driver_profile(device: str, tmp_path: Path) -> None:
+    """Every lie x every driver profile x its transports and ring formats: no exception
+    escapes the guest, no hang, no canary hit; protocol-breaking lies end with the device
+    marked broken and reset by the driver."""
+    cases = [(t, lie) for t, lie in driver_cases() if t.device == device]
+    results = [run_driver_case(t, lie, str(tmp_path)) for t, lie in cases]
+    bad = [r for r in results if r.verdict is not Verdict.HANDLED]
+    listing = "\n".join(f"{r.verdict.value}: {r.scenario} @ {r.target}: {r.detail[-300:]}" for r in bad[:20])
+    assert not bad, f"{len(bad)} offending reverse cases:\n{listing}"
+    assert len(cases) >= 350
+    assert {t.profile for t, _ in cases} == set(profiles())
+    assert {t.ring for t, _ in cases} == {"split", "packed"}
+    breaking = [r for r in results if r.scenario not in TOLERABLE]
+    assert breaking and all(r.policy == "broken+reset" for r in breaking)
+
+
+def test_hostile_property_is_validated() -> None:
+    r = trio.run(run_embedded, RunConfig("virtio-rng-device,x-hostile=nonsense", "rng"))
+    assert r.outcome is Outcome.HOST_REFUSED and "x-hostile" in r.detail
+    assert set(LIES) >= {"used-id-out-of-range", "needs-reset", "config-generation-churn"}
