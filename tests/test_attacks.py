@@ -18,6 +18,8 @@ from host.devices.hostile import LIES
 from host.devices.rng import RngDevice
 from host.virtio_device import VirtioDevice
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
+from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
+from virtio_sim.attacks.corpus_wire import run_wire_corpus
 from virtio_sim.attacks.device_side import TOLERABLE, driver_cases, profiles, run_driver_case
 from virtio_sim.attacks.runner import CASE_SECONDS, run_case, run_cases, run_sync
 from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
@@ -29,6 +31,7 @@ from virtio_sim.outcome import Outcome
 from virtio_sim.spec import STATUS
 
 SCENARIOS = host_scenarios()
+WIRE_ROWS = {"F51", "X1"}  # the wire corpus (test_wire_corpus_...)
 
 
 @pytest.mark.parametrize("device", list(DEVICES))
@@ -53,13 +56,11 @@ def test_corpus_size_and_rows() -> None:
     table = rows()
     assert {s.row for s in SCENARIOS} <= set(table)
     # every row of sections A-F is replayed here, or says where it is covered
+    cited = {s.row for s in SCENARIOS} | WIRE_ROWS
     uncovered = [
         rid
         for rid, row in table.items()
-        if rid[0] in "ABCDEF"
-        and rid not in {s.row for s in SCENARIOS}
-        and "covered_by" not in row
-        and rid != "F51"  # the vhost-user wire corpus (test_attacks_wire.py)
+        if rid[0] in "ABCDEF" and rid not in cited and "covered_by" not in row
     ]
     assert not uncovered
     # rows the previous attempt missed are here now
@@ -220,3 +221,22 @@ def test_hostile_property_is_validated() -> None:
     r = trio.run(run_embedded, RunConfig("virtio-rng-device,x-hostile=nonsense", "rng"))
     assert r.outcome is Outcome.HOST_REFUSED and "x-hostile" in r.detail
     assert set(LIES) >= {"used-id-out-of-range", "needs-reset", "config-generation-churn"}
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+async def test_wire_corpus_against_the_host_server_and_vhost_user(tmp_path: Path) -> None:
+    """Broken frames to the two-process host (one server for every case, so the good
+    guest after each attack is served by the attacked server) and to vhost-user
+    back-ends: each connection is ended or the request refused, no fd leaks, and the
+    next well-behaved peer is served."""
+    results = await run_wire_corpus(str(tmp_path))
+    bad = [r for r in results if r.verdict is not Verdict.HANDLED]
+    listing = "\n".join(f"{r.verdict.value}: {r.scenario}: {r.detail[-300:]}" for r in bad)
+    assert not bad, listing
+    assert len(results) == len(WIRE_CASES) >= 25
+    assert {r.target for r in results} == {"host", "vhost-user"}
+    by_id = {r.scenario: r for r in results}
+    assert by_id["wire-oversized"].policy == "close"
+    assert by_id["vu-fd-flood"].policy == "close" and "file descriptors" in by_id["vu-fd-flood"].detail
