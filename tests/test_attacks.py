@@ -8,6 +8,7 @@ are seen), and each crash the corpus found has its own regression test.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import trio
 from host.devices.hostile import LIES
 from host.devices.rng import RngDevice
 from host.virtio_device import VirtioDevice
+from virtio_sim import cli
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
 from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
 from virtio_sim.attacks.corpus_wire import run_wire_corpus
@@ -240,3 +242,21 @@ async def test_wire_corpus_against_the_host_server_and_vhost_user(tmp_path: Path
     by_id = {r.scenario: r for r in results}
     assert by_id["wire-oversized"].policy == "close"
     assert by_id["vu-fd-flood"].policy == "close" and "file descriptors" in by_id["vu-fd-flood"].detail
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_attack_list_json_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["attack", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "loop-self" in out and "used-id-out-of-range" in out and "vu-fd-flood" in out
+    assert cli.main(["attack", "--target", "host:blk/pci-modern/packed", "--scenario", "B15", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["counts"]["handled"] == doc["counts"]["cases"] >= 1
+    assert {c["policy"] for c in doc["cases"]} == {"needs-reset"}
+    assert cli.main(["attack", "--target", "driver:linux-6.1", "--scenario", "needs-reset"]) == 0
+    assert "broken+reset" in capsys.readouterr().out
+    assert cli.main(["attack", "--target", "host:nope"]) == 2
+    assert cli.main(["attack", "--target", "host:rng", "--scenario", "no-such"]) == 2
+    assert "unknown scenario" in capsys.readouterr().err
