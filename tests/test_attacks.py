@@ -8,29 +8,40 @@ are seen), and each crash the corpus found has its own regression test.
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from host.devices.hostile import LIES
 from host.devices.rng import RngDevice
+from host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
 from host.virtio_device import VirtioDevice
-from virtio_sim import cli
+from virtio_sim import cli, wire
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
 from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
 from virtio_sim.attacks.corpus_wire import run_wire_corpus
 from virtio_sim.attacks.device_side import TOLERABLE, driver_cases, profiles, run_driver_case
+from virtio_sim.attacks.forge import INDIRECT, WRITE, SplitForge
 from virtio_sim.attacks.runner import CASE_SECONDS, run_case, run_cases, run_sync
 from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.handshake import MAX_GUEST_RAM, HandshakeError, guest_handshake
+from virtio_sim.layouts import fast_codec
 from virtio_sim.memory import GuestMemory
 from virtio_sim.outcome import Outcome
-from virtio_sim.spec import STATUS
+from virtio_sim.ring.chain import RingError
+from virtio_sim.ring.split import INDIRECT_TABLE_LIMIT
+from virtio_sim.sockets import SocketFrameChannel, UnixAddress
+from virtio_sim.spec import STATUS, VU_LIMITS
+from virtio_sim.wire import Capability, Hello, Role
 
 SCENARIOS = host_scenarios()
 WIRE_ROWS = {"F51", "X1"}  # the wire corpus (test_wire_corpus_...)
@@ -260,3 +271,111 @@ def test_cli_attack_list_json_and_usage(capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["attack", "--target", "host:nope"]) == 2
     assert cli.main(["attack", "--target", "host:rng", "--scenario", "no-such"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- resource bounds
+
+
+def _limits() -> dict[str, Any]:
+    with (Path(__file__).resolve().parents[1] / "specs" / "limits.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def test_limits_pinned_to_the_code() -> None:
+    lim = _limits()
+    assert lim["indirect"]["max_entries"] == INDIRECT_TABLE_LIMIT
+    assert lim["wire"]["max_payload"] == wire.MAX_PAYLOAD
+    assert lim["wire"]["max_dma_chunk"] == wire.MAX_DMA_CHUNK
+    assert lim["wire"]["max_guest_ram"] == MAX_GUEST_RAM
+    assert lim["vhost_user"]["max_payload"] == VU_LIMITS.max_payload
+    assert lim["vhost_user"]["max_fds"] == VU_LIMITS.max_fds
+    assert lim["vhost_user"]["max_mem_regions"] == VU_LIMITS.max_mem_regions
+    assert lim["host"]["max_guests"] == DEFAULT_MAX_GUESTS
+    assert lim["chain"]["max_bytes"] == 1 << 32
+
+
+def test_bound_chain_length_and_bytes(tmp_path: Path) -> None:
+    for sid in ("chain-longer-than-queue", "chain-over-4g"):
+        r = _one(sid, Target("rng", "mmio-v2", "split"), tmp_path)
+        assert r.verdict is Verdict.HANDLED and r.policy == "needs-reset", r.detail
+
+
+def test_bound_indirect_table_entries(tmp_path: Path) -> None:
+    limit = _limits()["indirect"]["max_entries"]
+    for entries, ok in ((limit, True), (limit + 1, False)):
+        b = Bench(Target("rng", "mmio-v2", "split"), str(tmp_path))
+        try:
+            f = b.bring_up()
+            assert isinstance(f, SplitForge)
+            table = b.table_addr()
+            f.table(table, [(b.buf(8), 8, WRITE, 0)] * entries)
+            f.raw_desc(0, table, 16 * entries, INDIRECT)
+            f.put_heads(0)
+            b.kick()
+            got = [v.violation for v in b.vdevs[0].violations]
+            assert (got == []) if ok else (got == ["indirect-too-large"]), (entries, got)
+            assert b.published() == (1 if ok else 0)
+        finally:
+            b.close()
+
+
+def test_bound_requests_in_flight(tmp_path: Path) -> None:
+    b = Bench(Target("net", "mmio-v2", "split"), str(tmp_path))
+    try:
+        f = b.bring_up()
+        assert isinstance(f, SplitForge)
+        ring = b.vdevs[0]._ring(b.vdevs[0].queues[b.qi])
+        for i in range(f.q):
+            f.raw_desc(i, b.buf(64), 64)
+        f.put_heads(*range(f.q))
+        for _ in range(f.q):
+            assert ring.pop() is not None  # popped, never completed: all in flight
+        f.put_heads(0)
+        with pytest.raises(RingError) as e:
+            ring.pop()
+        assert e.value.violation in ("too-many-in-flight", "head-in-flight")
+    finally:
+        b.close()
+
+
+def test_bound_wire_frame_and_guest_ram() -> None:
+    lim = _limits()["wire"]
+    hdr = fast_codec(wire.FrameHeader).pack(
+        wire.PROTOCOL_MAGIC, wire.PROTOCOL_VERSION, wire.MsgType.HELLO, 0, lim["max_payload"] + 1
+    )
+    with pytest.raises(wire.WireError, match="exceeds the limit"):
+        wire.decode_header(hdr)
+
+    async def host_says(ram: int) -> None:
+        host_end, guest_end = wire.memory_link()
+        hello = Hello(
+            wire.PROTOCOL_VERSION, Role.HOST, Capability.DMA_MESSAGES, ram_size=ram, nonce=bytes(32), name="h"
+        )
+        await host_end.send(wire.hello(hello))
+        await guest_handshake(guest_end, secret=None, can_take_fds=False)
+
+    with pytest.raises(HandshakeError, match="bytes of RAM"):
+        trio.run(host_says, lim["max_guest_ram"] + 1)
+
+
+async def test_bound_connections(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sock")
+    opts = HostOptions(
+        listen=UnixAddress(path), devices=["virtio-rng-device"], ram_size=2 << 20, max_guests=2
+    )
+    server = HostServer(plan_host(opts), out=io.StringIO(), err=io.StringIO())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        while not Path(path).exists():
+            await trio.sleep(0.01)
+        held = [await trio.open_unix_socket(path) for _ in range(2)]
+        with trio.fail_after(5):
+            while len(server.live) < 2:
+                await trio.sleep(0.01)
+        extra = SocketFrameChannel(await trio.open_unix_socket(path), frame_timeout=5)
+        with trio.fail_after(5):
+            frame = await extra.receive()
+        assert frame.type is wire.MsgType.ERROR and wire.parse_error(frame)[0] == wire.ErrorCode.BUSY
+        for s in held:
+            await s.aclose()
+        nursery.cancel_scope.cancel()
