@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
     run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
     run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
+    run.add_argument(
+        "-M",
+        "--machine",
+        default=None,
+        help="QEMU machine: microvm|q35|virt[,acpi=on|off][,iommu=virtio][,x-mmio-hid=HID]; devices are"
+        " then found through the machine's ACPI tables (default: microvm, transports on the command line)",
+    )
+    run.add_argument(
+        "-global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
+        help="QEMU -global default (e.g. virtio-mmio.force-legacy=false)",
+    )  # fmt: skip
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
         "--device-backend",
@@ -95,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_host_parser(sub)
     _add_guest_parser(sub)
+    sub.add_parser("bench", help="run the benchmarks (the options of python -m benchmarks follow)")
     m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
     add_matrix_arguments(m)
     c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
@@ -331,7 +343,26 @@ def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool)
     return done.status
 
 
+def _bench(argv: list[str]) -> int:
+    """``virtio-sim bench ...`` is ``python -m benchmarks ...`` from the source tree."""
+    import importlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(root, "benchmarks")) and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        bench = importlib.import_module("benchmarks.__main__")
+    except ImportError as e:
+        print(f"virtio-sim bench: the benchmarks package is not available ({e})", file=sys.stderr)
+        return EXIT_USAGE
+    status: int = bench.main(argv)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
+        return _bench(args_list[1:])
     args = build_parser().parse_args(argv)
     if args.command == "host":
         return _host(args)
@@ -365,7 +396,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             timeout=args.timeout,
             iommu=args.iommu,
+            machine=args.machine,
         )
+        for g in args.globals_:
+            key, eq, value = g.partition("=")
+            if not eq:
+                _error(f"Invalid -global '{g}': expected driver.property=value")
+                return EXIT_USAGE
+            cfg.globals[key] = value
+        if args.machine and args.processes:
+            _error("-M runs embedded here (the host process takes its own -M)")
+            return EXIT_USAGE
         if args.driver:
             try:
                 cfg.guest = guest_policy(load_driver_profile(args.driver))
@@ -381,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.device_backend == "qemu":
                 from virtio_sim.qemu.run import run_qemu
 
-                result = trio.run(run_qemu, cfg)
+                qemu_machine = args.machine.split(",")[0] if args.machine else None
+                result = trio.run(lambda: run_qemu(cfg, machine=qemu_machine))
             else:
                 result = trio.run(run_embedded, cfg)
         except ConfigError as e:

@@ -39,7 +39,7 @@ class DeviceBrokenError(Exception):
 Segment = tuple[int, int]  # (device address, length)
 
 
-@dataclass
+@dataclass(slots=True)
 class Chain:
     head: int
     readable: list[Segment] = field(default_factory=list)
