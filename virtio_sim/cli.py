@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     from host.vhost_user_cli import add_vhost_user_arguments
 
     add_vhost_user_arguments(vu)
+    from virtio_sim.attacks.cli import add_attack_arguments, add_fuzz_arguments
+
+    add_attack_arguments(sub.add_parser("attack", help="replay the hostile-peer corpus (see --list)"))
+    add_fuzz_arguments(sub.add_parser("fuzz", help="fuzz rings, registers and wire frames for a while"))
     return p
 
 
@@ -370,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from host.vhost_user_cli import cmd_vhost_user
 
         return cmd_vhost_user(args)
+    if args.command in ("attack", "fuzz"):
+        from virtio_sim.attacks.cli import cmd_attack, cmd_fuzz
+
+        return cmd_attack(args) if args.command == "attack" else cmd_fuzz(args)
     if args.command == "compat":
         if args.old == args.new:
             print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)
