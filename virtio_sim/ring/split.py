@@ -204,6 +204,7 @@ class SplitDeviceQueue:
         table_entries = self.size
         indirect_table: bytes | None = None
         index = head
+        indirect_slot = head  # where the INDIRECT descriptor sits in the main table
         budget = self.size  # descriptors left before the walk is a loop or over-long chain
         total = 0
         while True:
@@ -237,6 +238,7 @@ class SplitDeviceQueue:
                     )
                 if flags & DESC_F.NEXT:
                     raise RingError("indirect-with-next", "INDIRECT and NEXT both set", head)
+                indirect_slot = index
                 if length == 0 or length % layouts.DESC_SIZE:
                     raise RingError(
                         "indirect-bad-length",
@@ -280,7 +282,8 @@ class SplitDeviceQueue:
                 if self.in_order and indirect_table is None:
                     self._next_head = (index + 1) % self.size
                 elif self.in_order:
-                    self._next_head = (head + 1) % self.size
+                    # a chain may start with plain descriptors before its INDIRECT one
+                    self._next_head = (indirect_slot + 1) % self.size
                 return chain
             if self.in_order and self.strict and nxt != (index + 1) % table_entries:
                 raise RingError(
