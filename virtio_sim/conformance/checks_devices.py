@@ -17,6 +17,7 @@ from virtio_sim.conformance.device_checks import (
     submit,
     wait_used,
 )
+from virtio_sim.conformance.rawring import RawPackedRing
 from virtio_sim.layouts import field_offsets, virtio_blk_config
 from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, bit
 
@@ -70,12 +71,20 @@ async def blk_requests(ctx: Ctx) -> None:
     sector = max(0, capacity - 2)
     read_only = bool(ctx.offered >> BLK_F.RO & 1)
     if not read_only:
-        status, length, _ = await blk_request(ctx, BLK_T.OUT, sector, data_out=PATTERN)
-        if status != BLK_S.OK or length != 1:
-            problems.append(f"write: status {status}, len {length}")
-        status, length, data = await blk_request(ctx, BLK_T.IN, sector, data_in=len(PATTERN))
-        if status != BLK_S.OK or data != PATTERN or length != len(PATTERN) + 1:
-            problems.append(f"read back: status {status}, len {length}, data matches {data == PATTERN}")
+        status, wlen, _ = await blk_request(ctx, BLK_T.OUT, sector, data_out=PATTERN)
+        if status != BLK_S.OK:
+            problems.append(f"write: status {status}")
+        status, rlen, data = await blk_request(ctx, BLK_T.IN, sector, data_in=len(PATTERN))
+        if status != BLK_S.OK or data != PATTERN:
+            problems.append(f"read back: status {status}, data matches {data == PATTERN}")
+        lens = (wlen, rlen)
+        expected = (1, len(PATTERN) + 1)  # status byte; data + status byte
+        rid = (
+            "packed.used.write-flag-and-len"
+            if isinstance(ctx.rings[0], RawPackedRing)
+            else "split.used.len-bytes-written"
+        )
+        ctx.log.check(rid, lens == expected, f"blk write/read used len {lens}, bytes written {expected}")
     flush_offered = bool(ctx.offered >> BLK_F.FLUSH & 1)
     status, _, _ = await blk_request(ctx, BLK_T.FLUSH)
     if flush_offered and status != BLK_S.OK:

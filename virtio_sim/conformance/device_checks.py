@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from guest.transport.base import TransportError
 from virtio_sim.conformance.dut import Dut, OpenedTransport
 from virtio_sim.conformance.findings import FindingLog
 from virtio_sim.conformance.rawring import Arena, RawPackedRing, RawSplitRing, Segment, UsedEntry
@@ -100,7 +101,12 @@ def checker(
 
 
 async def reset(ctx: Ctx) -> None:
-    await ctx.t.ops.reset()
+    try:
+        await ctx.t.ops.reset()
+    except TransportError as e:
+        # the transport driver waits for status 0 (PCI): a device that never gets there
+        ctx.log.failed("reset.dev.status-zero", f"writing 0 to the status: {e}")
+        raise
     ctx.rings.clear()
     ctx.features = 0
     ctx.arena.reset()

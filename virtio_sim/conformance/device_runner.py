@@ -57,7 +57,7 @@ def _with_ring(option: str, ring: str) -> str:
 
 
 async def run_device_target(
-    spec: str, *, transport: str, ring: str, policy: Policy, catalog: Catalog
+    spec: str, *, transport: str, ring: str, policy: Policy, catalog: Catalog, thorough: bool = True
 ) -> FindingLog:
     """Open the target (host or QEMU device), run every applicable checker, close it.
 
@@ -76,7 +76,7 @@ async def run_device_target(
     except DutError as e:
         raise TargetError(f"{spec}: {e}") from None
     try:
-        return await run_device(dut, ring=ring, policy=policy, catalog=catalog)
+        return await run_device(dut, ring=ring, policy=policy, catalog=catalog, thorough=thorough)
     finally:
         dut.close()
 

@@ -151,10 +151,11 @@ class DirectLink:
 
 
 def device_key(name: str) -> str:
+    """``virtio-blk-pci`` / ``virtio-blk-device`` / ``virtio-blk`` -> ``blk``."""
     for key in DEVICE_TYPES:
-        if name.startswith(f"virtio-{key}-"):
+        if name == f"virtio-{key}" or name.startswith(f"virtio-{key}-"):
             return key
-    if name.startswith("virtio-serial-"):
+    if name == "virtio-serial" or name.startswith("virtio-serial-"):
         return "console"
     raise DutError(f"unknown device {name!r}")
 
