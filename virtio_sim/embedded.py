@@ -46,6 +46,8 @@ class RunConfig:
     # a different value makes a deliberately mismatched legacy setup.
     host_guest_order: ByteOrder | None = None
     globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
+    #: QEMU's -M value (host/machine_types.py); None: microvm announced on the command line
+    machine: str | None = None
 
 
 def guest_policy_for(cfg: RunConfig) -> GuestPolicy:
@@ -93,6 +95,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             scratch_dir=tmp,
             iommu=cfg.iommu,
             globals=dict(cfg.globals),
+            machine=cfg.machine,
         )
         try:
             setup = build_host(host_cfg)
@@ -100,7 +103,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
         try:
             host_end, guest_end = memory_link()
-            boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size)
+            boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size, setup.ram_base)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serve, host_end, setup.machine)
                 result = await run_guest(
