@@ -53,6 +53,8 @@ _READ_ONLY = frozenset(
     }
 )  # fmt: skip
 _QUEUE_ADDRESS = {"queue_desc": "desc", "queue_driver": "driver", "queue_device": "device"}
+# Queue fields an observer hears about (host/observer.py), by observer field name.
+_QUEUE_FIELDS = {"queue_size": "size", "queue_enable": "enable", "queue_reset": "reset", **_QUEUE_ADDRESS}
 
 
 def _cap_bytes(declaration: object, **values: int | bytes) -> bytes:
@@ -141,7 +143,9 @@ class ModernInterface:
             return self.common_read(rel, size)
         if name == "isr":
             if rel != 0 or size != 1:
-                self.proxy.note(f"modern: ISR read of {size} bytes at +{rel:#x} ignored")
+                self.proxy.device.misuse(
+                    "pci-isr-width", f"pci: modern: ISR read of {size} bytes at +{rel:#x} ignored"
+                )
                 return 0
             return self.proxy.read_isr()
         if name == "device":
@@ -157,7 +161,7 @@ class ModernInterface:
         if name == "common":
             self.common_write(rel, size, value)
         elif name == "isr":
-            self.proxy.note("modern: write to the read-only ISR ignored")
+            self.proxy.device.misuse("pci-isr-write", "pci: modern: write to the read-only ISR ignored")
         elif name == "device":
             self._device_write(rel, size, value)
         else:
@@ -180,7 +184,9 @@ class ModernInterface:
     def _field(self, offset: int, size: int, op: str) -> tuple[str, int] | None:
         """(field, shift) for a correctly sized access, else None (noted)."""
         if offset >= COMMON_CFG_SIZE:
-            self.proxy.note(f"modern: common cfg {op} beyond the structure at {offset:#x}")
+            self.proxy.device.misuse(
+                "pci-common-undefined", f"pci: modern: common cfg {op} beyond the structure at {offset:#x}"
+            )
             return None
         name = _FIELD_AT.get(offset)
         shift = 0
@@ -189,12 +195,16 @@ class ModernInterface:
             if COMMON_CFG_WIDTH[name] != 2 * DWORD:
                 name = None
         if name is None:
-            self.proxy.note(f"modern: common cfg {op} at {offset:#x} is inside a field")
+            self.proxy.device.misuse(
+                "pci-common-undefined", f"pci: modern: common cfg {op} at {offset:#x} is inside a field"
+            )
             return None
         width = COMMON_CFG_WIDTH[name]
         if size == width or (width == 2 * DWORD and size == DWORD):
             return name, shift
-        self.proxy.note(f"modern: wrong size access ({size}) to common cfg field {name}")
+        self.proxy.device.misuse(
+            "pci-common-width", f"pci: modern: wrong size access ({size}) to common cfg field {name}"
+        )
         return None
 
     def common_read(self, offset: int, size: int) -> int:
@@ -202,8 +212,14 @@ class ModernInterface:
         if hit is None:
             return 0
         name, shift = hit
-        value = self._get(name)
-        return value >> shift & ((1 << (8 * size)) - 1)
+        value = self._get(name) >> shift & ((1 << (8 * size)) - 1)
+        obs = self.proxy.device.observer
+        if obs is not None:
+            if name == "device_feature":
+                obs.on_features_read(self.dfselect, value)
+            elif name in ("queue_enable", "queue_reset", "queue_size"):
+                obs.on_queue_read(self.proxy.queue_sel, name.removeprefix("queue_"), value)
+        return value
 
     def _get(self, name: str) -> int:
         p = self.proxy
@@ -227,7 +243,7 @@ class ModernInterface:
             case "num_queues":
                 return len(d.queues)
             case "device_status":
-                return d.status
+                return d.read_status()
             case "config_generation":
                 return d.config_generation
             case "queue_select":
@@ -252,9 +268,13 @@ class ModernInterface:
         p = self.proxy
         d = p.device
         if name in _READ_ONLY:
-            p.note(f"modern: write to read-only common cfg field {name} ignored")
+            d.misuse(
+                "pci-common-write-ro", f"pci: modern: write to read-only common cfg field {name} ignored"
+            )
             return
         q = d.queue(p.queue_sel)
+        if d.observer is not None and name in _QUEUE_FIELDS:
+            d.observer.on_queue_write(p.queue_sel, _QUEUE_FIELDS[name], value, bool(q and q.ready))
         match name:
             case "device_feature_select":
                 self.dfselect = value
@@ -316,19 +336,25 @@ class ModernInterface:
 
     def _device_read(self, offset: int, size: int) -> int:
         if size not in (1, 2, DWORD) or offset % size:
-            self.proxy.note(f"modern: device cfg read of {size} bytes at {offset:#x} ignored")
+            self.proxy.device.misuse(
+                "pci-config-width", f"pci: modern: device cfg read of {size} bytes at {offset:#x} ignored"
+            )
             return 0
         return self.proxy.read_device_config(offset, size, "little")
 
     def _device_write(self, offset: int, size: int, value: int) -> None:
         if size not in (1, 2, DWORD) or offset % size:
-            self.proxy.note(f"modern: device cfg write of {size} bytes at {offset:#x} ignored")
+            self.proxy.device.misuse(
+                "pci-config-width", f"pci: modern: device cfg write of {size} bytes at {offset:#x} ignored"
+            )
             return
         self.proxy.write_device_config(offset, size, value, "little")
 
     def _notify_write(self, offset: int, size: int, value: int) -> None:
         p = self.proxy
         mult = QEMU_PCI.notify_off_multiplier
+        if p.device.observer is not None:
+            p.device.observer.on_notify(offset // mult, value, size)
         if size not in (2, DWORD) or offset % mult:
             p.note(f"modern: notification of {size} bytes at +{offset:#x} ignored")
             return
