@@ -236,6 +236,7 @@ class VirtioDevice:
         return RingView(
             index=q.index,
             size=q.size,
+            max_size=q.max_size,
             desc=q.desc,
             driver=q.driver,
             device=q.device,

@@ -20,6 +20,7 @@ class RingView:
 
     index: int
     size: int
+    max_size: int
     desc: int
     driver: int
     device: int

@@ -1,0 +1,983 @@
+"""A checking device's eyes: every driver-side rule a device can see being kept or broken.
+
+:class:`DriverWatch` implements the host's DriverObserver callbacks (host/observer.py) and
+turns what a driver does into findings per requirement id: the status sequence (reset
+first, ACKNOWLEDGE -> DRIVER -> FEATURES_OK -> DRIVER_OK, no bit ever cleared, FEATURES_OK
+read back, nothing after FAILED), the feature exchange (only offered bits, nothing after
+FEATURES_OK, VERSION_1 taken), queue setup (before DRIVER_OK, nothing changed while live,
+sizes the transport allows, ring alignment, zeroed used flags), notifications (never
+before DRIVER_OK, the right width and value, NOTIFICATION_DATA that matches the ring), the
+avail ring (never backwards, never more than the queue size, entries written before idx,
+flags the feature set allows), every chain made available (length, loops, NEXT inside the
+table, indirect rules, readable before writable; blk request framing, rng buffers
+writable) and register misuse the transport refused. Ring violations the device itself
+found while serving a queue are mapped to the driver requirement they break.
+
+It sees only what a device sees: guest memory when the driver notifies and at the end of
+a run, and the register accesses. Ids never exercised stay NOT_COVERED; ids whose feature
+was not negotiated are NOT_APPLICABLE; an id exercised without a failure is PASS.
+
+``vantage="vhost-user"``: behind a vhost-user front-end the status byte and the registers
+belong to QEMU; only the features, the ring setup and the rings themselves are checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from virtio_sim import layouts
+from virtio_sim.conformance.findings import Finding, FindingLog, StrictStop
+from virtio_sim.dma import DmaError
+from virtio_sim.ring.notify import decode_notify_data
+from virtio_sim.ring.split import need_event
+from virtio_sim.ring.view import RingSource, RingView
+from virtio_sim.spec import (
+    BLK,
+    BLK_T,
+    DESC_F,
+    NOTIFY_DATA,
+    PACKED_DESC_F,
+    PACKED_EVENT,
+    PACKED_EVENT_F,
+    SPLIT,
+    STATUS,
+    USED_F,
+    F,
+    bit,
+    status_names,
+)
+
+IDX_MASK = 0xFFFF
+IDX_HALF = 0x8000  # an idx that moved "forward" by more than this went backwards
+CHAIN_BYTES_LIMIT = 1 << 32
+BLK_HEADER = layouts.blk_req_header_codec("little").size
+#: how far back published avail entries are re-read for late changes: half the ring, so a
+#: driver preparing its next entries (Linux prepares one at a time) is never mistaken
+RECHECK_FRACTION = 2
+
+#: device ring violation class -> (id on a split ring, id on a packed ring)
+RING_VIOLATIONS: dict[str, tuple[str, str]] = {
+    "chain-loop": ("split.desc.drv-chain-len-limit", "packed.sg.drv-queue-size-limit"),
+    "next-out-of-range": ("split.chain.drv-max-queue-size", "packed.sg.drv-queue-size-limit"),
+    "head-out-of-range": ("split.avail.drv-barrier-before-idx", "packed.wrap.drv-avail-encoding"),
+    "nested-indirect": ("split.indirect.drv-no-nesting", "packed.indirect.drv-only-write-flag"),
+    "indirect-with-next": ("split.indirect.drv-not-with-next", "packed.indirect.drv-not-in-list"),
+    "indirect-not-negotiated": ("split.indirect.drv-feature", "packed.indirect.drv-feature"),
+    "readable-after-writable": ("framing.drv.readable-before-writable", "packed.sg.drv-readable-first"),
+    "avail-idx-jump": ("split.avail.idx-free-running", "packed.sg.drv-space-for-list"),
+    "head-in-flight": ("split.avail.drv-barrier-before-idx", "packed.desc.drv-wait-used"),
+    "too-many-in-flight": ("split.avail.idx-free-running", "packed.sg.drv-space-for-list"),
+    "ring-address": ("split.drv.alignment", "packed.drv.alignment"),
+    "chain-too-big": ("split.desc.drv-chain-len-limit", "packed.sg.drv-device-limit"),
+    "desc-wrap-bits": ("packed.wrap.drv-avail-encoding", "packed.wrap.drv-avail-encoding"),
+    "chain-too-long": ("split.chain.drv-max-queue-size", "packed.sg.drv-queue-size-limit"),
+    "ring-overrun": ("split.avail.idx-free-running", "packed.sg.drv-space-for-list"),
+    "buffer-id-in-flight": ("packed.desc.drv-wait-used", "packed.desc.drv-wait-used"),
+    "indirect-in-chain": ("packed.indirect.drv-not-in-list", "packed.indirect.drv-not-in-list"),
+    "in-order-head": ("split.desc.drv-in-order-ring-order", "split.desc.drv-in-order-ring-order"),
+    "in-order-next": ("split.desc.drv-in-order-next", "split.desc.drv-in-order-next"),
+    "notify-data-mismatch": ("notify.data.content", "packed.notify.drv-next-off-wrap"),
+    "console-rx-not-writable": ("framing.drv.readable-before-writable", "packed.sg.drv-readable-first"),
+}
+
+#: register misuse class (host transports) -> requirement
+MISUSE: dict[str, str] = {
+    "mmio-undefined": "mmio.drv.no-undefined-offsets",
+    "mmio-config-range": "mmio.drv.no-undefined-offsets",
+    "mmio-width": "mmio.drv.control-32bit",
+    "mmio-read-wo": "mmio.drv.no-read-wo",
+    "mmio-write-ro": "mmio.drv.no-write-ro",
+    "mmio-config-width": "mmio.drv.config-natural-width",
+    "pci-common-width": "pci.access.drv-natural-width",
+    "pci-common-undefined": "pci.access.drv-natural-width",
+    "pci-config-width": "pci.access.drv-natural-width",
+    "pci-isr-width": "pci.access.drv-natural-width",
+    "pci-common-write-ro": "pci.common.drv-no-write-ro",
+}
+_MMIO_ACCESS_IDS = ("mmio.drv.no-undefined-offsets", "mmio.drv.control-32bit", "mmio.drv.no-read-wo",
+                    "mmio.drv.no-write-ro", "mmio.drv.config-natural-width")  # fmt: skip
+_PCI_ACCESS_IDS = ("pci.access.drv-natural-width", "pci.common.drv-no-write-ro")
+
+#: ids that only apply with (or without, "!") a feature: NOT_APPLICABLE otherwise
+CONDITIONS: dict[str, str] = {
+    "notify.data.content": "NOTIFICATION_DATA",
+    "pci.notify.drv-32bit": "NOTIFICATION_DATA",
+    "packed.notify.drv-next-off-wrap": "NOTIFICATION_DATA",
+    "split.usedsupp.drv-flags-zero-with-event-idx": "EVENT_IDX",
+    "split.availsupp.drv-event-idx-kick": "EVENT_IDX",
+    "split.usedsupp.drv-flags-0-1": "!EVENT_IDX",
+    "split.availsupp.drv-flags0-kick": "!EVENT_IDX",
+    "vqreset.drv.verify": "RING_RESET",
+    "vqreset.drv.reenable-full-setup": "RING_RESET",
+    "pci.common.drv-queue-reset-wait": "RING_RESET",
+    "mmio.drv.queue-reset-wait": "RING_RESET",
+    "pci.common.drv-packed-size-nonzero": "RING_PACKED",
+    "pci.common.drv-split-size-pow2": "!RING_PACKED",
+    "packed.drv.alignment": "RING_PACKED",
+    "packed.sg.drv-queue-size-limit": "RING_PACKED",
+    "packed.sg.drv-readable-first": "RING_PACKED",
+    "packed.sg.drv-first-last": "RING_PACKED",
+    "packed.wrap.drv-avail-encoding": "RING_PACKED",
+    "packed.indirect.drv-feature": "RING_PACKED",
+    "packed.indirect.drv-not-in-list": "RING_PACKED",
+    "packed.indirect.drv-only-write-flag": "RING_PACKED",
+    "packed.evsupp.reserved-zero": "RING_PACKED",
+    "packed.evsupp.desc-needs-event-idx": "RING_PACKED",
+    "split.drv.alignment": "!RING_PACKED",
+    "split.avail.drv-no-decrement": "!RING_PACKED",
+    "split.avail.idx-free-running": "!RING_PACKED",
+    "split.avail.drv-barrier-before-idx": "!RING_PACKED",
+    "split.availsupp.drv-init-used-flags": "!RING_PACKED",
+    "split.chain.drv-max-queue-size": "!RING_PACKED",
+    "split.desc.drv-chain-len-limit": "!RING_PACKED",
+    "split.indirect.drv-feature": "!RING_PACKED",
+    "split.indirect.drv-not-with-next": "!RING_PACKED",
+    "split.indirect.drv-no-nesting": "!RING_PACKED",
+    "init.legacy.drv-skip-features-ok": "!VERSION_1",
+    "features.legacy.drv-accept-any-layout": "!VERSION_1",
+}
+
+
+@dataclass
+class _Queue:
+    """What the watch remembers about one queue since it was enabled."""
+
+    index: int
+    started: bool = False  # ring checks at enable done
+    seen: int = 0  # split: avail idx the watch has read up to; packed: descriptor position
+    kicked: int = 0  # split: avail idx at the last notification
+    recent: dict[int, int] = field(default_factory=dict)  # split: position -> head read
+    reset_unverified: bool = False
+    was_reset: bool = False
+
+
+class DriverWatch:
+    """Records driver-side findings into ``log`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        log: FindingLog,
+        source: RingSource,
+        *,
+        transport: str,
+        device_type: str = "",
+        vantage: str = "transport",
+        on_stop: Callable[[Finding], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.source = source
+        self.transport = transport  # mmio-v1, mmio-v2, pci-modern, pci-legacy, vhost-user, ...
+        self.device_type = device_type
+        self.vantage = vantage
+        self.on_stop = on_stop
+        self.stopped: Finding | None = None
+        self.exercised: set[str] = set()
+        self.unmapped: list[str] = []  # device violations / misuse no requirement covers
+        self.chains = 0
+        self.kicks = 0
+        self.status = 0
+        self._reset_state()
+        self.reset_seen = False
+        self.features = 0  # the features the driver settled on (checked at FEATURES_OK)
+        self.ever_features_ok = False
+
+    # -- recording --------------------------------------------------------------------------
+
+    @property
+    def _mmio(self) -> bool:
+        return self.transport.startswith("mmio")
+
+    @property
+    def _pci(self) -> bool:
+        return self.transport.startswith("pci")
+
+    @property
+    def _vhost(self) -> bool:
+        return self.vantage == "vhost-user"
+
+    def _fail(self, requirement: str, evidence: str) -> None:
+        if self.stopped is not None:
+            return
+        try:
+            self.log.failed(requirement, evidence)
+        except StrictStop as stop:
+            self.stopped = stop.finding
+            if self.on_stop is not None:
+                self.on_stop(stop.finding)
+
+    def _ok(self, *requirements: str) -> None:
+        self.exercised.update(requirements)
+
+    def _check(self, requirement: str, ok: bool, evidence: str) -> bool:
+        if ok:
+            self.exercised.add(requirement)
+        else:
+            self._fail(requirement, evidence)
+        return ok
+
+    def _reset_state(self) -> None:
+        self.reset_pending = False
+        self.fok_unverified = False
+        self.offered: dict[int, int] = {}
+        self.acked: dict[int, int] = {}
+        self.features_checked = False
+        self.queues: dict[int, _Queue] = {}
+
+    def has(self, feature: int) -> bool:
+        return bool(self.source.driver_features >> feature & 1)
+
+    @property
+    def legacy(self) -> bool:
+        return not self.has(F.VERSION_1)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def on_status_write(self, old: int, value: int, new: int) -> None:
+        if self.stopped is not None or self._vhost:
+            return
+        if value == 0:
+            self._finish_queues()
+            self._reset_state()
+            self.reset_pending = True
+            self.reset_seen = True
+            self.status = 0
+            return
+        self._check("init.drv.reset-first", self.reset_seen, f"first status write {value:#x} was not a reset")
+        self.reset_seen = True
+        if self.reset_pending:
+            why = f"status {status_names(value)} written before the reset read back 0"
+            self._fail("reset.drv.complete-on-zero", why)
+            if self._pci:
+                self._fail("pci.common.drv-wait-reset", why)
+            self.reset_pending = False
+        cleared = old & ~value & ~STATUS.DEVICE_NEEDS_RESET
+        self._check(
+            "status.drv.never-clear-bit",
+            not cleared,
+            f"status write {status_names(value)} clears {status_names(cleared)} of {status_names(old)}",
+        )
+        if old & STATUS.FAILED and value & ~old & ~STATUS.FAILED:
+            why = f"after FAILED the driver wrote {status_names(value)} without a reset"
+            self._fail("status.drv.reset-after-failed", why)
+            self._fail("init.drv.stop-on-error", why)
+        added = value & ~old
+        if added & STATUS.DRIVER:
+            self._check(
+                "init.drv.acknowledge",
+                bool(old & STATUS.ACKNOWLEDGE),
+                f"DRIVER set before ACKNOWLEDGE ({status_names(value)})",
+            )
+            self._step_ok(old, value, STATUS.ACKNOWLEDGE)
+        if added & STATUS.FEATURES_OK:
+            self._step_ok(old, value, STATUS.DRIVER)
+            self._check(
+                "init.drv.driver-bit",
+                bool(old & STATUS.DRIVER),
+                f"FEATURES_OK set before DRIVER ({status_names(value)})",
+            )
+            self._check_features()
+            self._check(
+                "init.drv.feature-exchange",
+                bool(self.offered) and bool(self.acked),
+                "FEATURES_OK set without reading and writing the feature bits",
+            )
+            self._check(
+                "init.legacy.drv-skip-features-ok",
+                not self.legacy,
+                "a legacy (no VERSION_1) driver set FEATURES_OK",
+            )
+            self.fok_unverified = True
+            self.ever_features_ok = True
+        if added & STATUS.DRIVER_OK:
+            if self.legacy:
+                self._check_features()
+                self._step_ok(old, value, STATUS.DRIVER)
+                self._ok("init.legacy.drv-skip-features-ok")
+            else:
+                self._step_ok(old, value, STATUS.FEATURES_OK)
+                self._check(
+                    "init.drv.set-features-ok",
+                    bool(old & STATUS.FEATURES_OK),
+                    f"DRIVER_OK set before FEATURES_OK ({status_names(old)} -> {status_names(value)})",
+                )
+                self._check(
+                    "init.drv.reread-features-ok",
+                    not self.fok_unverified,
+                    "DRIVER_OK set without reading FEATURES_OK back",
+                )
+            self._ok("init.drv.driver-ok-last")
+        self.status = new
+
+    def _step_ok(self, old: int, value: int, needed: int) -> None:
+        self._check(
+            "status.drv.set-bits-per-step",
+            bool(old & needed),
+            f"{status_names(value & ~old)} set before {status_names(needed)}"
+            f" ({status_names(old)} -> {status_names(value)})",
+        )
+
+    def on_status_read(self, value: int) -> None:
+        if self.stopped is not None or self._vhost:
+            return
+        if self.reset_pending and value == 0:
+            self.reset_pending = False
+            self._ok("reset.drv.complete-on-zero")
+            if self._pci:
+                self._ok("pci.common.drv-wait-reset")
+        if self.fok_unverified:
+            self.fok_unverified = False
+            self._ok("init.drv.reread-features-ok")
+
+    # -- features -----------------------------------------------------------------------------
+
+    def on_features_read(self, window: int, value: int) -> None:
+        if self.stopped is None:
+            self.offered[window] = value
+
+    def on_features_write(self, window: int, value: int) -> None:
+        if self.stopped is not None:
+            return
+        if not self._vhost and self.status & STATUS.FEATURES_OK:
+            self._fail(
+                "init.drv.no-features-after-features-ok",
+                f"feature window {window} written ({value:#x}) after FEATURES_OK",
+            )
+            return
+        self.acked[window] = value
+        self.features_checked = False
+
+    def _check_features(self) -> None:
+        if self.features_checked:
+            return
+        self.features_checked = True
+        offered = sum(v << (32 * w) for w, v in self.offered.items() if w < 2)
+        acked = sum(v << (32 * w) for w, v in self.acked.items() if w < 2)
+        self.features = acked
+        extra = acked & ~offered
+        self._check(
+            "features.drv.only-offered",
+            not extra,
+            f"acked {extra:#x}, which the device did not offer (offered {offered:#x})",
+        )
+        if not self._vhost:
+            self._ok("init.drv.no-features-after-features-ok")
+        if offered & bit(F.VERSION_1):
+            self._check(
+                "features.drv.accept-version-1",
+                bool(acked & bit(F.VERSION_1)),
+                "VERSION_1 offered but not accepted",
+            )
+        if offered & bit(F.BAD_FEATURE):
+            self._check(
+                "features.legacy.bit30", not acked & bit(F.BAD_FEATURE), "bit 30 (BAD_FEATURE) negotiated"
+            )
+        if not acked & bit(F.VERSION_1) and offered & bit(F.ANY_LAYOUT):
+            self._check(
+                "features.legacy.drv-accept-any-layout",
+                bool(acked & bit(F.ANY_LAYOUT)),
+                "legacy driver did not accept the offered ANY_LAYOUT",
+            )
+        for feature, requirement in (
+            (F.ACCESS_PLATFORM, "features.drv.accept-access-platform"),
+            (F.RING_PACKED, "features.drv.accept-ring-packed"),
+            (F.ORDER_PLATFORM, "features.drv.accept-order-platform"),
+        ):
+            if offered & bit(feature):
+                self._check(
+                    requirement, bool(acked & bit(feature)), f"feature bit {feature} offered but not accepted"
+                )
+
+    # -- config -------------------------------------------------------------------------------
+
+    def on_config_write(self, offset: int, size: int) -> None:
+        if self.stopped is not None or self._vhost:
+            return
+        self._check(
+            "init.drv.no-config-write-before-features-ok",
+            bool(self.status & STATUS.FEATURES_OK) or (self.legacy and bool(self.status & STATUS.DRIVER)),
+            f"config write of {size} bytes at {offset:#x} during feature negotiation"
+            f" ({status_names(self.status)})",
+        )
+
+    # -- queues -------------------------------------------------------------------------------
+
+    def _queue(self, index: int) -> _Queue:
+        q = self.queues.get(index)
+        if q is None:
+            q = self.queues[index] = _Queue(index)
+        return q
+
+    def on_queue_write(self, index: int, field_name: str, value: int, ready: bool) -> None:
+        if self.stopped is not None:
+            return
+        q = self._queue(index)
+        if field_name == "guest_page_size":
+            return
+        if field_name == "reset":
+            if value:
+                self.queues[index] = _Queue(index, reset_unverified=True, was_reset=True)
+            return
+        if q.reset_unverified:
+            why = f"queue {index} set up again before its reset read back 0"
+            self._fail("vqreset.drv.verify", why)
+            self._fail("mmio.drv.queue-reset-wait" if self._mmio else "pci.common.drv-queue-reset-wait", why)
+            q.reset_unverified = False
+        setup = field_name in ("size", "desc", "driver", "device", "align", "pfn")
+        if not self._vhost and (setup or (field_name == "enable" and value)):
+            late = (
+                bool(self.status & STATUS.DRIVER_OK)
+                and not q.was_reset
+                and not (field_name == "pfn" and value == 0)
+            )
+            self._check(
+                "init.drv.setup-before-driver-ok",
+                not late,
+                f"queue {index} {field_name} written after DRIVER_OK",
+            )
+            early = not self.legacy and not self.status & STATUS.FEATURES_OK
+            if not early:
+                self._ok("init.drv.setup-before-driver-ok")
+            else:
+                self._fail(
+                    "init.drv.setup-before-driver-ok",
+                    f"queue {index} {field_name} written before FEATURES_OK",
+                )
+            if self.fok_unverified:
+                self._fail(
+                    "init.drv.reread-features-ok", f"queue {index} set up without reading FEATURES_OK back"
+                )
+        if ready and field_name in ("size", "desc", "driver", "device"):
+            why = f"queue {index} {field_name} written ({value:#x}) while the queue is live"
+            self._fail(
+                "mmio.drv.no-touch-while-ready" if self._mmio else "pci.common.drv-config-before-enable", why
+            )
+        elif setup and not self._vhost:
+            self._ok("mmio.drv.no-touch-while-ready" if self._mmio else "pci.common.drv-config-before-enable")
+        if field_name == "size" and not self._vhost:
+            self._check_size(index, value)
+        if field_name == "enable":
+            if self._pci and not value:
+                self._fail("pci.common.drv-no-queue-enable-zero", f"queue {index}: 0 written to queue_enable")
+            elif self._pci:
+                self._ok("pci.common.drv-no-queue-enable-zero")
+            if value:
+                q.started = False
+                q.seen = q.kicked = 0
+                q.recent.clear()
+        if field_name == "pfn" and value:
+            q.started = False
+            q.seen = q.kicked = 0
+
+    def _check_size(self, index: int, size: int) -> None:
+        view = self.source.ring_view(index)
+        if view is None:
+            return
+        if self._mmio:
+            self._check(
+                "mmio.drv.queue-size-le-max",
+                size <= view.max_size,
+                f"queue {index}: QueueSize {size} > QueueSizeMax {view.max_size}",
+            )
+        elif self._pci and self.has(F.RING_PACKED):
+            self._check(
+                "pci.common.drv-packed-size-nonzero",
+                size != 0,
+                f"queue {index}: queue_size 0 on a packed ring",
+            )
+        elif self._pci:
+            pow2 = size > 0 and not size & (size - 1)
+            self._check(
+                "pci.common.drv-split-size-pow2",
+                pow2,
+                f"queue {index}: queue_size {size} is not a power of two",
+            )
+
+    def on_queue_read(self, index: int, field_name: str, value: int) -> None:
+        if self.stopped is not None:
+            return
+        q = self.queues.get(index)
+        if q is not None and field_name == "reset" and value == 0 and q.reset_unverified:
+            q.reset_unverified = False
+            self._ok(
+                "vqreset.drv.verify",
+                "mmio.drv.queue-reset-wait" if self._mmio else "pci.common.drv-queue-reset-wait",
+            )
+
+    def _start(self, q: _Queue, view: RingView) -> None:
+        """Checks once per enabled queue, at its first notification or the end of the run."""
+        q.started = True
+        if view.packed:
+            ok = (
+                not view.desc % layouts.PACKED_DESC_ALIGN
+                and not (view.driver | view.device) % layouts.EVENT_SUPPRESS_ALIGN
+            )
+            self._check(
+                "packed.drv.alignment",
+                ok,
+                f"queue {q.index}: rings at {view.desc:#x}/{view.driver:#x}/{view.device:#x}",
+            )
+            return
+        ok = (
+            not view.desc % SPLIT.desc_align
+            and not view.driver % SPLIT.avail_align
+            and not view.device % SPLIT.used_align
+        )
+        self._check(
+            "split.drv.alignment",
+            ok,
+            f"queue {q.index}: rings at {view.desc:#x}/{view.driver:#x}/{view.device:#x}",
+        )
+        try:
+            flags = self._u16(view, view.device)
+        except DmaError:
+            return
+        self._check(
+            "split.availsupp.drv-init-used-flags",
+            flags & USED_F.NO_NOTIFY == 0 or q.seen != 0,
+            f"queue {q.index}: used.flags {flags:#x} when the queue was enabled",
+        )
+
+    # -- notifications --------------------------------------------------------------------------
+
+    def on_notify(self, index: int, value: int, width: int) -> None:
+        if self.stopped is not None:
+            return
+        self.kicks += 1
+        data = self.has(F.NOTIFICATION_DATA)
+        if not self._vhost:
+            self._check(
+                "init.drv.no-kick-before-driver-ok",
+                bool(self.status & STATUS.DRIVER_OK),
+                f"queue {index} notified before DRIVER_OK ({status_names(self.status)})",
+            )
+            if self.transport == "pci-modern" or self.transport == "pci-transitional":
+                if data:
+                    self._check(
+                        "pci.notify.drv-32bit",
+                        width == 4,
+                        f"notification of {width} bytes with NOTIFICATION_DATA",
+                    )
+                else:
+                    self._check(
+                        "pci.notify.drv-16bit",
+                        width == 2,
+                        f"notification of {width} bytes (16 bits expected)",
+                    )
+                    self._check(
+                        "pci.notify.drv-value-index",
+                        value == index,
+                        f"notification value {value:#x} at queue {index}'s address",
+                    )
+            if self._mmio and not data:
+                self._check(
+                    "mmio.notify.value",
+                    value >> 16 == 0,
+                    f"QueueNotify value {value:#x} is not a queue index",
+                )
+        view = self.source.ring_view(index)
+        if view is None or not view.ready or not view.size:
+            self._fail("notify.identifier", f"notification for queue {index}, which is not set up")
+            return
+        self._ok("notify.identifier")
+        q = self._queue(index)
+        try:
+            if not q.started:
+                self._start(q, view)
+            if view.packed:
+                self._scan_packed(q, view)
+                expect = (q.seen % view.size, self._wrap(q.seen, view.size))
+            else:
+                idx = self._scan_split(q, view)
+                q.kicked = idx
+                expect = (idx & NOTIFY_DATA.off_mask, idx >> 15 & 1)
+        except DmaError as e:
+            self.unmapped.append(f"queue {index}: ring unreadable at a notification: {e}")
+            return
+        if data and width:
+            nd = decode_notify_data(value)
+            ok = (nd.next_off, nd.next_wrap) == expect and nd.queue == index
+            why = (
+                f"notification data {value:#010x}: next_off/wrap {nd.next_off}/{nd.next_wrap},"
+                f" ring says {expect[0]}/{expect[1]}"
+            )
+            self._check("notify.data.content", ok, why)
+            if view.packed:
+                self._check("packed.notify.drv-next-off-wrap", ok, why)
+            if self._mmio:
+                self._check("mmio.notify.value", ok, why)
+
+    # -- split rings ---------------------------------------------------------------------------
+
+    def _u16(self, view: RingView, addr: int) -> int:
+        return int.from_bytes(view.space.read(addr, 2), view.order)
+
+    def _scan_split(self, q: _Queue, view: RingView) -> int:
+        size = view.size
+        flags = self._u16(view, view.driver)
+        idx = self._u16(view, view.driver + layouts.RING_IDX_OFFSET)
+        if self.has(F.EVENT_IDX):
+            self._check(
+                "split.usedsupp.drv-flags-zero-with-event-idx",
+                flags == 0,
+                f"queue {q.index}: avail.flags {flags:#x} with EVENT_IDX",
+            )
+        else:
+            self._check(
+                "split.usedsupp.drv-flags-0-1", flags in (0, 1), f"queue {q.index}: avail.flags {flags:#x}"
+            )
+        self._recheck_split(q, view, idx)
+        delta = (idx - q.seen) & IDX_MASK
+        if delta >= IDX_HALF:
+            self._fail(
+                "split.avail.drv-no-decrement", f"queue {q.index}: avail idx went back from {q.seen} to {idx}"
+            )
+            q.seen = idx
+            return idx
+        if delta > size:
+            self._fail(
+                "split.avail.idx-free-running",
+                f"queue {q.index}: avail idx jumped by {delta} > queue size {size}",
+            )
+            q.seen = idx
+            return idx
+        if delta:
+            self._ok("split.avail.drv-no-decrement", "split.avail.idx-free-running")
+        for pos in range(q.seen, q.seen + delta):
+            pos &= IDX_MASK
+            slot = view.driver + layouts.avail_entry_offset(pos % size)
+            head = self._u16(view, slot)
+            q.recent[pos] = head
+            if head < size:
+                self._walk_split(q, view, head)
+        q.seen = idx
+        return idx
+
+    def _recheck_split(self, q: _Queue, view: RingView, idx: int) -> None:
+        """Entries published earlier (within half the ring of idx) must not have changed:
+        a changed one was not in place when idx covered it (or was rewritten while live)."""
+        window = view.size // RECHECK_FRACTION
+        for pos, head in list(q.recent.items()):
+            if (idx - pos) & IDX_MASK > window:
+                del q.recent[pos]
+                continue
+            now = self._u16(view, view.driver + layouts.avail_entry_offset(pos % view.size))
+            if now != head:
+                self._fail(
+                    "split.avail.drv-barrier-before-idx",
+                    f"queue {q.index}: avail entry {pos} read {head} after idx covered it, later {now}",
+                )
+                q.recent[pos] = now
+            else:
+                self._ok("split.avail.drv-barrier-before-idx")
+
+    def _walk_split(self, q: _Queue, view: RingView, head: int) -> None:
+        codec = layouts.desc_codec(view.order)
+        table, table_size, i = view.desc, view.size, head
+        seen: set[int] = set()
+        count = total = 0
+        writable = indirect = False
+        segments: list[tuple[int, int, bool]] = []
+        self.chains += 1
+        where = f"queue {q.index} head {head}"
+        while True:
+            if i >= table_size:
+                self._fail(
+                    "split.chain.drv-max-queue-size", f"{where}: next {i} is outside a table of {table_size}"
+                )
+                return
+            if i in seen:
+                self._fail(
+                    "split.desc.drv-chain-len-limit", f"{where}: descriptor {i} is reached twice (a loop)"
+                )
+                return
+            seen.add(i)
+            count += 1
+            addr, length, flags, nxt = codec.unpack(
+                view.space.read(table + i * layouts.DESC_SIZE, layouts.DESC_SIZE)
+            )
+            if flags & DESC_F.INDIRECT:
+                self._check(
+                    "split.indirect.drv-feature",
+                    self.has(F.INDIRECT_DESC),
+                    f"{where}: INDIRECT without VIRTIO_F_INDIRECT_DESC",
+                )
+                if indirect:
+                    self._fail(
+                        "split.indirect.drv-no-nesting",
+                        f"{where}: an indirect table holds an INDIRECT descriptor",
+                    )
+                    return
+                self._check(
+                    "split.indirect.drv-not-with-next",
+                    not flags & DESC_F.NEXT,
+                    f"{where}: descriptor {i} has INDIRECT and NEXT",
+                )
+                self._ok("split.indirect.drv-no-nesting")
+                indirect = True
+                table, table_size, i = addr, length // layouts.DESC_SIZE, 0
+                seen = set()
+                continue
+            if flags & DESC_F.WRITE:
+                writable = True
+            elif writable:
+                self._fail(
+                    "framing.drv.readable-before-writable",
+                    f"{where}: a device-readable descriptor follows a writable one",
+                )
+                return
+            total += length
+            segments.append((addr, length, bool(flags & DESC_F.WRITE)))
+            if not flags & DESC_F.NEXT:
+                break
+            i = nxt
+        self._ok("split.indirect.drv-feature")
+        self._check(
+            "split.chain.drv-max-queue-size",
+            count <= view.size,
+            f"{where}: chain of {count} descriptors > queue size {view.size}",
+        )
+        self._check(
+            "split.desc.drv-chain-len-limit", total <= CHAIN_BYTES_LIMIT, f"{where}: chain of {total} bytes"
+        )
+        self._ok("framing.drv.readable-before-writable")
+        self._check_request(where, view, segments)
+
+    # -- packed rings ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _wrap(pos: int, size: int) -> int:
+        return 1 ^ (pos // size) & 1
+
+    def _scan_packed(self, q: _Queue, view: RingView) -> None:
+        ev_flags = self._u16(view, view.driver + 2)
+        mode = ev_flags & PACKED_EVENT.flags_mask
+        self._check(
+            "packed.evsupp.reserved-zero",
+            not ev_flags & ~PACKED_EVENT.flags_mask and mode != 3,
+            f"queue {q.index}: driver event flags {ev_flags:#x}",
+        )
+        if mode == PACKED_EVENT_F.DESC:
+            self._check(
+                "packed.evsupp.desc-needs-event-idx",
+                self.has(F.EVENT_IDX),
+                f"queue {q.index}: RING_EVENT_FLAGS_DESC without EVENT_IDX",
+            )
+        codec = layouts.fast_codec(layouts.PvirtqDesc)
+        size = view.size
+        for _ in range(size):
+            pos = q.seen
+            wrap = self._wrap(pos, size)
+            _addr, _length, _id, flags = codec.unpack(
+                view.space.read(view.desc + (pos % size) * layouts.PACKED_DESC_SIZE, layouts.PACKED_DESC_SIZE)
+            )
+            avail, used = bool(flags & PACKED_DESC_F.AVAIL), bool(flags & PACKED_DESC_F.USED)
+            if avail != bool(wrap):
+                return  # not made available (yet)
+            if used == bool(wrap):
+                q.seen += 1  # the device has used it already (served without a kick)
+                continue
+            q.seen += self._walk_packed(q, view, pos)
+
+    def _walk_packed(self, q: _Queue, view: RingView, pos: int) -> int:
+        codec = layouts.fast_codec(layouts.PvirtqDesc)
+        size = view.size
+        where = f"queue {q.index} slot {pos % size}"
+        writable = False
+        segments: list[tuple[int, int, bool]] = []
+        self.chains += 1
+        for count in range(1, size + 1):
+            p = pos + count - 1
+            wrap = self._wrap(p, size)
+            addr, length, _id, flags = codec.unpack(
+                view.space.read(view.desc + (p % size) * layouts.PACKED_DESC_SIZE, layouts.PACKED_DESC_SIZE)
+            )
+            avail, used = bool(flags & PACKED_DESC_F.AVAIL), bool(flags & PACKED_DESC_F.USED)
+            if count > 1 and (avail != bool(wrap) or used == bool(wrap)):
+                self._fail(
+                    "packed.sg.drv-first-last",
+                    f"{where}: the list's descriptor {count} is not available with its head",
+                )
+                return count - 1
+            if flags & PACKED_DESC_F.INDIRECT:
+                self._check(
+                    "packed.indirect.drv-feature",
+                    self.has(F.INDIRECT_DESC),
+                    f"{where}: INDIRECT without VIRTIO_F_INDIRECT_DESC",
+                )
+                self._check(
+                    "packed.indirect.drv-not-in-list",
+                    count == 1 and not flags & PACKED_DESC_F.NEXT,
+                    f"{where}: INDIRECT descriptor inside a list",
+                )
+                for k in range(length // layouts.PACKED_DESC_SIZE):
+                    a, n, _i, fl = codec.unpack(
+                        view.space.read(addr + k * layouts.PACKED_DESC_SIZE, layouts.PACKED_DESC_SIZE)
+                    )
+                    self._check(
+                        "packed.indirect.drv-only-write-flag",
+                        not fl & ~PACKED_DESC_F.WRITE,
+                        f"{where}: indirect entry {k} flags {fl:#x}",
+                    )
+                    segments.append((a, n, bool(fl & PACKED_DESC_F.WRITE)))
+                break
+            if flags & PACKED_DESC_F.WRITE:
+                writable = True
+            elif writable:
+                self._fail(
+                    "packed.sg.drv-readable-first",
+                    f"{where}: a device-readable descriptor follows a writable one",
+                )
+            segments.append((addr, length, bool(flags & PACKED_DESC_F.WRITE)))
+            if not flags & PACKED_DESC_F.NEXT:
+                break
+        else:
+            self._fail("packed.sg.drv-queue-size-limit", f"{where}: a list longer than the queue size {size}")
+            return size
+        self._ok(
+            "packed.sg.drv-queue-size-limit",
+            "packed.sg.drv-readable-first",
+            "packed.wrap.drv-avail-encoding",
+            "packed.indirect.drv-feature",
+        )
+        self._check_request(where, view, segments)
+        return count
+
+    # -- device-type framing ------------------------------------------------------------------------
+
+    def _check_request(self, where: str, view: RingView, segments: list[tuple[int, int, bool]]) -> None:
+        if self.device_type == "rng":
+            self._check(
+                "rng.drv.writable-only",
+                all(w for _, _, w in segments),
+                f"{where}: a device-readable buffer on the entropy queue",
+            )
+        elif self.device_type == "blk":
+            self._check_blk(where, view, segments)
+
+    def _check_blk(self, where: str, view: RingView, segments: list[tuple[int, int, bool]]) -> None:
+        readable = [(a, n) for a, n, w in segments if not w]
+        writable = [(a, n) for a, n, w in segments if w]
+        header = b"".join(view.space.read(a, n) for a, n in readable)[:BLK_HEADER]
+        ok = len(header) == BLK_HEADER and bool(writable) and writable[-1][1] >= 1
+        if not self._check(
+            "blk.req.format", ok, f"{where}: blk request without a 16-byte header and a status byte"
+        ):
+            return
+        order = view.order if self.legacy else "little"
+        rtype, _reserved, sector = layouts.blk_req_header_codec(order).unpack(header)
+        data_in = sum(n for _, n in writable) - 1
+        data_out = sum(n for _, n in readable) - BLK_HEADER
+        if rtype in (BLK_T.IN, BLK_T.OUT):
+            data = data_in if rtype == BLK_T.IN else data_out
+            self._check("blk.drv.rw-multiple-512", data % BLK.sector_size == 0, f"{where}: {data} data bytes")
+        elif rtype in (BLK_T.FLUSH, BLK_T.FLUSH_OUT):
+            self._check("blk.drv.flush-sector-zero", sector == 0, f"{where}: FLUSH with sector {sector}")
+        elif rtype == BLK_T.GET_ID:
+            self._check("blk.drv.get-id-20", data_in == BLK.id_bytes, f"{where}: GET_ID with {data_in} bytes")
+            self._check("blk.req.sector-zero-non-rw", sector == 0, f"{where}: GET_ID with sector {sector}")
+
+    # -- what the device itself refused ---------------------------------------------------------------
+
+    def on_ring_violation(self, index: int, violation: str, message: str) -> None:
+        if self.stopped is not None:
+            return
+        ids = RING_VIOLATIONS.get(violation)
+        if violation in ("bad-address", "dma"):
+            feature = (
+                "features.drv.access-platform-iommu"
+                if self.has(F.ACCESS_PLATFORM)
+                else "features.drv.physical-addresses"
+            )
+            self._fail(feature, f"queue {index}: {message}")
+        elif ids is None:
+            self.unmapped.append(f"queue {index}: {violation}: {message}")
+        else:
+            self._fail(ids[1] if self.has(F.RING_PACKED) else ids[0], f"queue {index}: {message}")
+
+    def on_misuse(self, kind: str, message: str) -> None:
+        if self.stopped is not None:
+            return
+        requirement = MISUSE.get(kind)
+        if requirement is None:
+            self.unmapped.append(f"{kind}: {message}")
+        else:
+            self._fail(requirement, message)
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    def _finish_queues(self) -> None:
+        """Rules that need the final state: buffers made available must have been kicked
+        when the device asked for it."""
+        for index, q in self.queues.items():
+            view = self.source.ring_view(index)
+            if view is None or not view.ready or not view.size or view.packed:
+                continue
+            try:
+                if not q.started:
+                    self._start(q, view)
+                idx = self._u16(view, view.driver + layouts.RING_IDX_OFFSET)
+                self._recheck_split(q, view, idx)
+                if idx == q.kicked:
+                    continue
+                if self.has(F.EVENT_IDX):
+                    event = self._u16(view, view.device + layouts.avail_event_offset(view.size))
+                    missed = need_event(event, idx, q.kicked)
+                    self._check(
+                        "split.availsupp.drv-event-idx-kick",
+                        not missed,
+                        f"queue {index}: avail idx {q.kicked} -> {idx} passed avail_event {event}"
+                        " without a notification",
+                    )
+                else:
+                    flags = self._u16(view, view.device)
+                    missed = not flags & USED_F.NO_NOTIFY
+                    self._check(
+                        "split.availsupp.drv-flags0-kick",
+                        not missed,
+                        f"queue {index}: avail idx {q.kicked} -> {idx} with used.flags 0 and no notification",
+                    )
+            except DmaError:
+                continue
+
+    def finish(self) -> FindingLog:
+        """Apply end-of-run checks, then PASS every exercised id and mark the ids whose
+        feature was not negotiated NOT_APPLICABLE. Returns the log."""
+        if self.stopped is None:
+            self._finish_queues()
+        if self.kicks and any(q.kicked or q.seen for q in self.queues.values()):
+            # every kick with work found a split ring whose avail_event said so, or no work
+            if self.has(F.EVENT_IDX):
+                self._ok("split.availsupp.drv-event-idx-kick")
+            else:
+                self._ok("split.availsupp.drv-flags0-kick")
+        if not self._vhost and self.reset_seen:
+            family = (
+                _MMIO_ACCESS_IDS
+                if self._mmio
+                else _PCI_ACCESS_IDS
+                if self.transport in ("pci-modern", "pci-transitional")
+                else ()
+            )
+            self._ok(*family)
+        failed = {f.requirement for f in self.log.failures()}
+        features = self.source.driver_features
+        for requirement in sorted(self.exercised - failed):
+            if self._applies(requirement, features):
+                self.log.passed(requirement)
+        for requirement, condition in CONDITIONS.items():
+            if requirement not in self.log.findings and not self._applies(requirement, features):
+                self.log.not_applicable(
+                    requirement,
+                    f"{condition.lstrip('!')} {'was' if condition.startswith('!') else 'not'} negotiated",
+                )
+        return self.log
+
+    @staticmethod
+    def _applies(requirement: str, features: int) -> bool:
+        condition = CONDITIONS.get(requirement)
+        if condition is None:
+            return True
+        negate = condition.startswith("!")
+        on = bool(features >> getattr(F, condition.lstrip("!")) & 1)
+        return on != negate
