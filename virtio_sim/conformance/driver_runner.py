@@ -8,7 +8,7 @@ lenient run goes on past a broken chain); the guest runs its usual workload whil
 the driver did into one :class:`FindingLog`. Under the strict policy the run stops at the
 first MUST-level failure.
 
-Documented deviations of a profile (specs/conformance/driver-known-deviations.toml) are
+Documented deviations of a profile (specs/conformance/deviations/driver-known-deviations.toml) are
 handed to the log first, so their failures are reported as KNOWN, with the reason.
 
 Seeded broken drivers (tests/conformance_broken_drivers.py) run through
@@ -87,7 +87,7 @@ def parse_driver_spec(spec: str) -> DriverTarget:
 def known_deviations(profile: str, transport: str, root: Path | None = None) -> dict[str, str]:
     """Requirement id -> why, for the documented deviations of ``profile`` on ``transport``."""
     root = root or Path(__file__).resolve().parents[2] / "specs" / "conformance"
-    path = root / KNOWN_DEVIATIONS
+    path = root / "deviations" / KNOWN_DEVIATIONS
     if not path.exists():
         return {}
     data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -114,7 +114,9 @@ def watch_host(
     def attach(setup: HostSetup) -> Callable[[], None]:
         attached: list[DriverWatch] = []
         for vdev in setup.devices:
-            watch = DriverWatch(log, vdev, transport=transport, device_type=vdev.model.type_key, on_stop=on_stop)
+            watch = DriverWatch(
+                log, vdev, transport=transport, device_type=vdev.model.type_key, on_stop=on_stop
+            )
             vdev.observer = watch
             attached.append(watch)
         if watches is not None:

@@ -295,7 +295,6 @@ class DriverWatch:
                 self._step_ok(old, value, STATUS.DRIVER)
                 self._ok("init.legacy.drv-skip-features-ok")
             else:
-                self._step_ok(old, value, STATUS.FEATURES_OK)
                 self._check(
                     "init.drv.set-features-ok",
                     bool(old & STATUS.FEATURES_OK),
@@ -306,6 +305,7 @@ class DriverWatch:
                     not self.fok_unverified,
                     "DRIVER_OK set without reading FEATURES_OK back",
                 )
+                self._step_ok(old, value, STATUS.FEATURES_OK)
             self._ok("init.drv.driver-ok-last")
         self.status = new
 

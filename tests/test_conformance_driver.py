@@ -1,0 +1,127 @@
+"""Driver conformance: our guest profiles against a checking device, and seeded broken drivers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import trio
+
+from guest.platform import GuestPolicy
+from guest.profile import guest_policy
+from tests.conformance_broken_drivers import BROKEN
+from virtio_sim.conformance.catalog import load_catalog
+from virtio_sim.conformance.driver_runner import (
+    DriverTargetError,
+    known_deviations,
+    parse_driver_spec,
+    run_driver_check,
+    run_driver_target,
+)
+from virtio_sim.conformance.driver_watch import DriverWatch
+from virtio_sim.conformance.findings import FindingLog, Policy, Verdict
+from virtio_sim.profiles import load_driver_profile
+
+CATALOG = load_catalog()
+
+
+def _run(spec: str, transport: str, ring: str = "split", policy: Policy = Policy.LENIENT) -> FindingLog:
+    async def go() -> FindingLog:
+        return await run_driver_target(spec, transport=transport, ring=ring, policy=policy, catalog=CATALOG)
+
+    return trio.run(go)
+
+
+@pytest.mark.parametrize(
+    ("profile", "transport", "ring"),
+    [
+        ("linux-6.1", "mmio-v2", "split"),
+        ("linux-6.1", "pci-modern", "packed"),
+        ("linux-6.1", "pci-legacy", "split"),
+        ("linux-4.0", "pci-transitional", "split"),
+        ("linux-3.18", "mmio", "split"),
+    ],
+)
+def test_our_profiles_pass_every_applicable_must(profile: str, transport: str, ring: str) -> None:
+    log = _run(f"driver:{profile}", transport, ring)
+    assert [(f.requirement, f.evidence) for f in log.unexplained_failures()] == []
+    passed = {r for r, f in log.findings.items() if f.verdict is Verdict.PASS}
+    # the watch really saw the driver: status order, features and chains were checked
+    assert {"status.drv.never-clear-bit", "init.drv.reset-first", "features.drv.only-offered"} <= passed
+    assert "split.chain.drv-max-queue-size" in passed or "packed.sg.drv-readable-first" in passed
+    for f in log.findings.values():
+        assert CATALOG.entries[f.requirement].actor == "driver"
+
+
+def test_packed_run_marks_split_rules_not_applicable() -> None:
+    log = _run("driver:linux-6.1,device=rng", "mmio-v2", "packed")
+    assert log.verdict("split.drv.alignment") is Verdict.NOT_APPLICABLE
+    assert log.verdict("packed.drv.alignment") is Verdict.PASS
+    assert log.verdict("notify.data.content") is Verdict.NOT_APPLICABLE
+
+
+def test_documented_deviation_is_reported_as_known() -> None:
+    assert "features.legacy.drv-accept-any-layout" in known_deviations("linux-6.1", "pci-legacy")
+    assert known_deviations("linux-6.1", "pci-modern") == {}
+    log = _run("driver:linux-6.1,device=rng", "pci-legacy", policy=Policy.STRICT)
+    finding = log.findings["features.legacy.drv-accept-any-layout"]
+    assert finding.verdict is Verdict.FAIL and finding.known and "ANY_LAYOUT" in finding.known
+    assert log.unexplained_failures() == []
+
+
+def _broken(name: str, policy: Policy) -> tuple[FindingLog, list[DriverWatch]]:
+    b = BROKEN[name]
+    guest: GuestPolicy = replace(guest_policy(load_driver_profile("linux-6.1")), device_class=b.cls)
+    log = FindingLog(CATALOG.level_of, policy)
+    watches: list[DriverWatch] = []
+
+    async def go() -> None:
+        await run_driver_check(
+            guest, device=b.device, transport=b.transport, ring="split", log=log, watches=watches, timeout=3.0
+        )
+
+    trio.run(go)
+    return log, watches
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_seeded_broken_driver_is_caught_by_id(name: str) -> None:
+    log, _ = _broken(name, Policy.LENIENT)
+    failed = {f.requirement for f in log.failures()}
+    assert set(BROKEN[name].ids) <= failed, (failed, [f.evidence for f in log.failures()])
+
+
+@pytest.mark.parametrize("name", ["driver-ok-before-features-ok", "descriptor-loop", "idx-before-entry"])
+def test_strict_stops_at_the_first_must_failure(name: str) -> None:
+    log, watches = _broken(name, Policy.STRICT)
+    stopped = [w.stopped for w in watches if w.stopped is not None]
+    assert len(stopped) == 1
+    assert stopped[0].requirement in BROKEN[name].ids
+    assert [f.requirement for f in log.failures()] == [stopped[0].requirement]
+
+
+def test_lenient_goes_on_after_a_failure() -> None:
+    log, watches = _broken("driver-ok-before-features-ok", Policy.LENIENT)
+    assert all(w.stopped is None for w in watches)
+    assert log.verdict("init.drv.set-features-ok") is Verdict.FAIL
+    # the run went on: the driver's rng buffers were checked after the failure
+    assert log.verdict("rng.drv.writable-only") is Verdict.PASS
+
+
+def test_driver_spec_errors_are_clear() -> None:
+    assert parse_driver_spec("driver:linux-6.1,device=blk").devices == ("blk",)
+    for bad in (
+        "host:virtio-rng",
+        "driver:",
+        "driver:no-such-kernel",
+        "driver:linux-6.1,device=gpu",
+        "driver:linux-6.1,x",
+    ):
+        with pytest.raises(DriverTargetError):
+            parse_driver_spec(bad)
+
+
+def test_driver_checkers_name_only_driver_side_ids() -> None:
+    checked = [e for e in CATALOG.entries.values() if e.checker is not None and e.actor == "driver"]
+    assert len(checked) >= 80
+    assert all(e.not_checkable is None for e in checked)
