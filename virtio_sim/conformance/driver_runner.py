@@ -29,6 +29,7 @@ from guest.platform import GuestPolicy
 from guest.profile import guest_policy
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
+from host.vhost_user import VhostUserBackend
 from virtio_sim.conformance.catalog import Catalog
 from virtio_sim.conformance.driver_watch import DriverWatch
 from virtio_sim.conformance.findings import Finding, FindingLog, Policy
@@ -179,3 +180,22 @@ async def run_driver_target(
         if result is None:
             break  # strict stop
     return log
+
+
+def watch_vhost_backends(log: FindingLog, watches: list[DriverWatch]) -> Callable[[VhostUserBackend], None]:
+    """An ``on_backend`` hook (host/vhost_user.py serve_socket, linux_vhost) that puts a
+    vhost-user vantage DriverWatch on every back-end: the real driver behind QEMU is
+    checked on its features, ring setup and rings. Call ``finish()`` on the watches after."""
+
+    def attach(backend: VhostUserBackend) -> None:
+        watch = DriverWatch(
+            log,
+            backend.vdev,
+            transport="vhost-user",
+            device_type=backend.model.type_key,
+            vantage="vhost-user",
+        )
+        backend.attach_observer(watch)
+        watches.append(watch)
+
+    return attach

@@ -360,8 +360,9 @@ class DriverWatch:
             not extra,
             f"acked {extra:#x}, which the device did not offer (offered {offered:#x})",
         )
-        if not self._vhost:
-            self._ok("init.drv.no-features-after-features-ok")
+        if self._vhost:
+            return  # what the front-end offered its guest is not visible: no accept-* rules
+        self._ok("init.drv.no-features-after-features-ok")
         if offered & bit(F.VERSION_1):
             self._check(
                 "features.drv.accept-version-1",
@@ -456,6 +457,10 @@ class DriverWatch:
             self._ok("mmio.drv.no-touch-while-ready" if self._mmio else "pci.common.drv-config-before-enable")
         if field_name == "size" and not self._vhost:
             self._check_size(index, value)
+        if field_name == "start":  # vhost-user: a ring (re)starts at avail index ``value``
+            self.queues[index] = _Queue(index, seen=value, kicked=value)
+            self._check_features()  # the front-end set the features before starting rings
+            return
         if field_name == "enable":
             if self._pci and not value:
                 self._fail("pci.common.drv-no-queue-enable-zero", f"queue {index}: 0 written to queue_enable")
