@@ -55,5 +55,8 @@ class DriverObserver(Protocol):
     def on_ring_violation(self, index: int, violation: str, message: str) -> None:
         """The device refused something while serving queue ``index`` (RingError class)."""
 
+    def on_register(self, op: str, name: str, value: int) -> None:
+        """virtio-mmio: a well-formed ``op`` ("read"/"write") of register ``name``."""
+
     def on_misuse(self, kind: str, message: str) -> None:
         """A register access the transport refused; ``kind`` names the class of misuse."""

@@ -175,6 +175,39 @@ class NarrowRegisterRead(VirtioGuestDevice):
         await super().driver_ok()
 
 
+class SkipsQueuePfnCheck(VirtioGuestDevice):
+    """Legacy mmio queue setup without checking that QueuePFN reads 0 first."""
+
+    async def setup_queue(self, index: int, wanted_size: int) -> GuestVirtqueue:
+        t: Any = self.transport
+
+        async def queue_max_size(i: int) -> int:
+            await t._w("QueueSel", i)
+            return int(await t._r("QueueSizeMax"))
+
+        t.queue_max_size = queue_max_size
+        return await super().setup_queue(index, wanted_size)
+
+
+class AcksUndefinedInterruptBits(VirtioGuestDevice):
+    """Acknowledges interrupts with an undefined InterruptACK bit set."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        t: Any = self.transport
+
+        async def ack_interrupt() -> int:
+            status = int(await t._r("InterruptStatus"))
+            if status:
+                await t._w("InterruptACK", status | UNDEFINED_INTERRUPT_BIT)
+            return status
+
+        t.ack_interrupt = ack_interrupt
+        await super().negotiate(driver_features)
+
+
+UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
+
+
 @dataclass(frozen=True)
 class Broken:
     cls: type[VirtioGuestDevice]
@@ -212,6 +245,10 @@ BROKEN: dict[str, Broken] = {
     ),
     "queue-size-after-enable": Broken(
         QueueSizeAfterEnable, "rng", "mmio-v2", ("mmio.drv.no-touch-while-ready",)
+    ),
+    "skips-queue-pfn-check": Broken(SkipsQueuePfnCheck, "rng", "mmio", ("mmio.legacy.drv-queue-setup",)),
+    "acks-undefined-interrupt-bits": Broken(
+        AcksUndefinedInterruptBits, "rng", "mmio-v2", ("mmio.drv.ack-mask",)
     ),
     "narrow-register-read": Broken(NarrowRegisterRead, "rng", "mmio-v2", ("mmio.drv.control-32bit",)),
 }

@@ -127,6 +127,7 @@ class MmioTransport(InterruptSink):
         value = self._read_register(name)
         obs = self.device.observer
         if obs is not None:
+            obs.on_register("read", name, value)
             if name == "DeviceFeatures":
                 obs.on_features_read(self.device_features_sel, value)
             elif name in _QUEUE_READS:
@@ -196,6 +197,7 @@ class MmioTransport(InterruptSink):
         q = d.queue(self.queue_sel)
         obs = d.observer
         if obs is not None:
+            obs.on_register("write", name, value)
             if name in _QUEUE_WRITES:
                 obs.on_queue_write(self.queue_sel, _QUEUE_WRITES[name], value, bool(q and q.ready))
             elif name == "QueueNotify":

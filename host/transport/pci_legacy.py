@@ -101,9 +101,9 @@ class LegacyInterface:
             case "isr":
                 return p.read_isr()
             case "config_msix_vector":
-                return p.config_vector
+                return p.read_config_vector()
             case "queue_msix_vector":
-                return p.queue_vector()
+                return p.read_queue_vector()
         return 0  # queue_notify reads 0
 
     def write(self, offset: int, size: int, value: int) -> None:

@@ -239,7 +239,7 @@ class ModernInterface:
                     return 0
                 return d.driver_features >> (32 * self.gfselect) & DWORD_MASK
             case "config_msix_vector":
-                return p.config_vector
+                return p.read_config_vector()
             case "num_queues":
                 return len(d.queues)
             case "device_status":
@@ -251,7 +251,7 @@ class ModernInterface:
             case "queue_size":
                 return q.size if q else 0
             case "queue_msix_vector":
-                return p.queue_vector()
+                return p.read_queue_vector()
             case "queue_enable":
                 return int(q.ready) if q else 0
             case "queue_notify_off" | "queue_notify_data":

@@ -36,10 +36,12 @@ from virtio_sim.spec import (
     BLK,
     BLK_T,
     DESC_F,
+    MMIO_INT,
     NOTIFY_DATA,
     PACKED_DESC_F,
     PACKED_EVENT,
     PACKED_EVENT_F,
+    PCI,
     SPLIT,
     STATUS,
     USED_F,
@@ -94,6 +96,7 @@ MISUSE: dict[str, str] = {
     "pci-config-width": "pci.access.drv-natural-width",
     "pci-isr-width": "pci.access.drv-natural-width",
     "pci-common-write-ro": "pci.common.drv-no-write-ro",
+    "pci-msix-range": "pci.msix.drv-in-range",
 }
 _MMIO_ACCESS_IDS = ("mmio.drv.no-undefined-offsets", "mmio.drv.control-32bit", "mmio.drv.no-read-wo",
                     "mmio.drv.no-write-ro", "mmio.drv.config-natural-width")  # fmt: skip
@@ -150,6 +153,8 @@ class _Queue:
     recent: dict[int, int] = field(default_factory=dict)  # split: position -> head read
     reset_unverified: bool = False
     was_reset: bool = False
+    steps: set[str] = field(default_factory=set)  # legacy mmio setup steps seen (2.x 4.2.4)
+    stop_unverified: bool = False  # mmio: QueueReady 0 written, not read back yet
 
 
 class DriverWatch:
@@ -181,6 +186,7 @@ class DriverWatch:
         self.reset_seen = False
         self.features = 0  # the features the driver settled on (checked at FEATURES_OK)
         self.ever_features_ok = False
+        self.first_registers: list[tuple[str, str]] = []  # mmio: the first accesses
 
     # -- recording --------------------------------------------------------------------------
 
@@ -196,7 +202,18 @@ class DriverWatch:
     def _vhost(self) -> bool:
         return self.vantage == "vhost-user"
 
+    @property
+    def _mmio_legacy(self) -> bool:
+        return self.transport in ("mmio", "mmio-v1")
+
     def _fail(self, requirement: str, evidence: str) -> None:
+        if self.stopped is not None:
+            return
+        self._fail_one(requirement, evidence)
+        if self._mmio and requirement.startswith(("init.", "status.")):
+            self._fail_one("mmio.drv.generic-init", f"{requirement}: {evidence}")
+
+    def _fail_one(self, requirement: str, evidence: str) -> None:
         if self.stopped is not None:
             return
         try:
@@ -217,6 +234,10 @@ class DriverWatch:
         return ok
 
     def _reset_state(self) -> None:
+        self.dfsel = self.gfsel = False  # mmio feature selectors written since the reset
+        self.page_size = False  # legacy mmio GuestPageSize written since the reset
+        self.int_status: int | None = None  # mmio InterruptStatus read and not yet acked
+        self.vector_unverified: dict[int, int] = {}  # MSI-X vector written, not read back
         self.reset_pending = False
         self.fok_unverified = False
         self.offered: dict[int, int] = {}
@@ -307,6 +328,11 @@ class DriverWatch:
                 )
                 self._step_ok(old, value, STATUS.FEATURES_OK)
             self._ok("init.drv.driver-ok-last")
+            if self._mmio:
+                self._ok("mmio.drv.generic-init", "mmio.drv.no-shm-unless-expected")
+            for vector_of, vector in self.vector_unverified.items():
+                self._fail("pci.msix.drv-verify", f"MSI-X vector {vector} of {vector_of} never read back")
+            self.vector_unverified.clear()
         self.status = new
 
     def _step_ok(self, old: int, value: int, needed: int) -> None:
@@ -412,9 +438,37 @@ class DriverWatch:
     def on_queue_write(self, index: int, field_name: str, value: int, ready: bool) -> None:
         if self.stopped is not None:
             return
+        if field_name == "msix_vector":
+            if value != PCI.msix_no_vector:
+                self.vector_unverified[index] = value
+                self._ok("pci.msix.drv-in-range")  # a refused vector is "pci-msix-range" misuse
+            return
         q = self._queue(index)
         if field_name == "guest_page_size":
             return
+        if q.stop_unverified and field_name != "enable":
+            q.stop_unverified = False
+            self._fail("mmio.drv.stop-queue", f"queue {index}: QueueReady 0 not read back before reuse")
+        if self._mmio_legacy and field_name in ("size", "align"):
+            q.steps.add(field_name)
+        if self._mmio_legacy and field_name == "pfn":
+            if value:
+                self._check(
+                    "mmio.legacy.drv-guest-page-size",
+                    self.page_size,
+                    f"queue {index}: QueuePFN before GuestPageSize",
+                )
+                missing = {"pfn0", "size_max", "size", "align"} - q.steps
+                self._check(
+                    "mmio.legacy.drv-queue-setup",
+                    not missing,
+                    f"queue {index}: QueuePFN written without {', '.join(sorted(missing))}",
+                )
+            else:
+                self._ok("mmio.legacy.pfn-zero-stops")
+            q.steps.clear()
+        if self._mmio and field_name == "enable" and not value:
+            q.stop_unverified = True
         if field_name == "reset":
             if value:
                 self.queues[index] = _Queue(index, reset_unverified=True, was_reset=True)
@@ -501,7 +555,27 @@ class DriverWatch:
     def on_queue_read(self, index: int, field_name: str, value: int) -> None:
         if self.stopped is not None:
             return
+        if field_name == "msix_vector":
+            if self.vector_unverified.pop(index, None) is not None:
+                self._ok("pci.msix.drv-verify")
+            return
+        if self._mmio_legacy and field_name in ("pfn", "size_max"):
+            q0 = self._queue(index)
+            if field_name == "pfn" and value == 0:
+                q0.steps.add("pfn0")
+            if field_name == "size_max":
+                q0.steps.add("size_max")
+                view = self.source.ring_view(index)
+                live = view is not None and view.ready
+                self._check(
+                    "mmio.legacy.qsizemax-when-idle",
+                    not live,
+                    f"queue {index}: QueueSizeMax read while in use",
+                )
         q = self.queues.get(index)
+        if q is not None and field_name == "ready" and q.stop_unverified:
+            q.stop_unverified = False
+            self._ok("mmio.drv.stop-queue")
         if q is not None and field_name == "reset" and value == 0 and q.reset_unverified:
             q.reset_unverified = False
             self._ok(
@@ -896,6 +970,56 @@ class DriverWatch:
             self.unmapped.append(f"queue {index}: {violation}: {message}")
         else:
             self._fail(ids[1] if self.has(F.RING_PACKED) else ids[0], f"queue {index}: {message}")
+
+    def on_register(self, op: str, name: str, value: int) -> None:
+        """virtio-mmio register rules that need the register's name."""
+        if self.stopped is not None or self._vhost:
+            return
+        if len(self.first_registers) < 2:
+            self.first_registers.append((op, name))
+            if len(self.first_registers) == 2:
+                ok = self.first_registers == [("read", "MagicValue"), ("read", "Version")]
+                self._check("mmio.drv.init-magic-version-first", ok, f"first accesses {self.first_registers}")
+        if name.startswith("SHM"):
+            self._fail(
+                "mmio.drv.no-shm-unless-expected", f"{op} of {name} by a driver that uses no shared memory"
+            )
+        if op == "read" and name == "InterruptStatus":
+            self.int_status = value
+        elif op == "write" and name == "InterruptACK":
+            seen = self.int_status
+            self._check(
+                "mmio.drv.read-interrupt-status",
+                seen is not None,
+                f"InterruptACK {value:#x} without reading InterruptStatus",
+            )
+            self._check(
+                "mmio.drv.ack-after-handling",
+                seen is not None,
+                f"InterruptACK {value:#x} for no interrupt read",
+            )
+            defined = MMIO_INT.USED_BUFFER | MMIO_INT.CONFIG_CHANGE
+            ok = not value & ~defined and (seen is None or not value & ~seen)
+            self._check("mmio.drv.ack-mask", ok, f"InterruptACK {value:#x} after InterruptStatus {seen}")
+            self.int_status = None
+        elif op == "write" and name == "DeviceFeaturesSel":
+            self.dfsel = True
+        elif op == "write" and name == "DriverFeaturesSel":
+            self.gfsel = True
+        elif op == "read" and name == "DeviceFeatures":
+            self._check(
+                "mmio.drv.select-before-device-features",
+                self.dfsel,
+                "DeviceFeatures read before DeviceFeaturesSel was written",
+            )
+        elif op == "write" and name == "DriverFeatures":
+            self._check(
+                "mmio.drv.select-before-driver-features",
+                self.gfsel,
+                "DriverFeatures written before DriverFeaturesSel",
+            )
+        elif op == "write" and name == "GuestPageSize":
+            self.page_size = True
 
     def on_misuse(self, kind: str, message: str) -> None:
         if self.stopped is not None:
