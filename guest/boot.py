@@ -21,6 +21,8 @@ from virtio_sim.memory import ByteAccess
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.spec import FEATURES
 
+MAX_REASONS = 3  # probe reasons quoted in a NOT_PROBED detail (all are in result.probes)
+
 
 @dataclass
 class BootInfo:
@@ -80,10 +82,15 @@ async def _main(
         return
     except BootError as e:
         result.outcome, result.detail = Outcome.NOT_PROBED, str(e)
+        result.probes = kernel.probe_report()
         return
+    result.probes = kernel.probe_report()
     record = next((p for p in probes if p.device_key == key), None)
     if record is None or record.device is None:
-        why = "; ".join(f"{p.where}: {p.reason}" for p in probes) or "no transports"
+        reasons = [f"{p.where}: {p.reason}" for p in probes]
+        why = "; ".join(reasons[:MAX_REASONS]) or "no transports"
+        if len(reasons) > MAX_REASONS:
+            why += f"; {len(reasons) - MAX_REASONS} more in the probe report"
         result.outcome = Outcome.NOT_PROBED
         result.detail = f"no {key} device bound ({why})"
         return

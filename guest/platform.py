@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from guest.acpi import ViotInfo
 from guest.allocator import PageAllocator
 from guest.dma import DirectDma, DmaApi
 from guest.drivers.base import DriverProbeError, GuestDriver
@@ -30,6 +31,7 @@ from guest.drivers.console import ConsoleDriver
 from guest.drivers.iommu import IommuDriver, IommuRequestError
 from guest.drivers.net import NetDriver
 from guest.drivers.rng import RngDriver
+from guest.firmware import VIRTIO_MMIO_HIDS, FirmwareView, discover
 from guest.iommu_dma import IommuDma
 from guest.link import HostLink, HostLinkError
 from guest.pci import (
@@ -63,6 +65,7 @@ DRIVERS: dict[str, type[GuestDriver]] = {
     "console": ConsoleDriver,
 }
 
+DEFAULT_ACPI_HIDS = VIRTIO_MMIO_HIDS
 RAM_ALLOC_START = 1 << 20  # the first MiB is the "firmware's"; drivers allocate above it
 IRQ_STORM_LIMIT = 64  # handler passes per raised line before the device counts as broken
 FIRST_DEVICE_VECTOR = 0x30  # guest interrupt vectors handed to MSI-X entries start here
@@ -103,6 +106,15 @@ def parse_viot(cmdline: str) -> Viot | None:
     return Viot(int(m.group(2), 0), endpoints, pci, iommu_is_pci=bool(m.group(1)))
 
 
+def viot_from_tables(info: ViotInfo | None) -> Viot | None:
+    """The VIOT table's topology in the form the probe code uses."""
+    if info is None:
+        return None
+    return Viot(
+        info.iommu_address, dict(info.mmio_endpoints), dict(info.pci_endpoints), info.iommu_kind == "pci"
+    )
+
+
 def requester_id(bdf: tuple[int, int, int]) -> int:
     bus, slot, fn = bdf
     return bus << 8 | slot << 3 | fn
@@ -118,6 +130,7 @@ class MmioResource:
     base: int
     size: int
     irq: int
+    source: str = "cmdline"
 
 
 def parse_cmdline(cmdline: str) -> list[MmioResource]:
@@ -143,6 +156,22 @@ class ProbeRecord:
     #: the probe failed because a device (this one, or the IOMMU in front of it) broke,
     #: not because either side refused the other
     device_broke: bool = False
+    #: how the guest learned of the transport: "cmdline", "acpi:\\_SB.VR07 LNRO0005", "pci"
+    source: str = ""
+    #: no driver was even tried (the firmware's id matched none of this kernel's tables)
+    not_probed: bool = False
+
+    def report(self) -> dict[str, object]:
+        outcome = (
+            "BOUND" if self.bound else "NOT_PROBED" if self.not_probed or self.device is None else "FAILED"
+        )
+        return {
+            "where": self.where,
+            "device": self.device_key,
+            "outcome": outcome,
+            "reason": self.reason,
+            "source": self.source,
+        }
 
 
 @dataclass
@@ -163,6 +192,9 @@ class GuestPolicy:
     dma_api: str = "feature"
     #: the virtio core class (a conformance test seeds a broken driver by subclassing it)
     device_class: type[VirtioGuestDevice] = VirtioGuestDevice
+    #: virtio_mmio's ACPI match table (Linux: LNRO0005 only); the simulator's own current
+    #: driver also knows the id in QEMU's vendor space (the new side of the HID matrix)
+    acpi_hids: tuple[str, ...] = DEFAULT_ACPI_HIDS
 
     def uses_dma_api(self, features: int) -> bool:
         return self.dma_api == "always" or (
@@ -182,6 +214,8 @@ class GuestKernel:
         self.link = link
         self.memory = memory
         self.policy = policy
+        self.ram_base = ram_base
+        self.firmware: FirmwareView | None = None
         restricted = policy.driver.restricted_memory
         ram_end = ram_base + ram_size
         low, high = ram_base + RAM_ALLOC_START, ram_end - (SWIOTLB_SIZE if restricted else 0)
@@ -259,6 +293,9 @@ class GuestKernel:
         if not resources:
             raise BootError("no virtio_mmio.device= parameters on the command line")
         self.viot = parse_viot(cmdline)
+        return await self.probe_mmio_resources(resources)
+
+    async def probe_mmio_resources(self, resources: list[MmioResource]) -> list[ProbeRecord]:
         if self.viot is not None:
             # The IOMMU is probed first: the devices behind it are attached at their probe.
             resources.sort(key=lambda r: r.base != self.viot.iommu_base)  # type: ignore[union-attr]
@@ -271,6 +308,11 @@ class GuestKernel:
         return self.probes
 
     async def _probe_one(self, res: MmioResource) -> ProbeRecord:
+        record = await self._probe_one_inner(res)
+        record.source = res.source
+        return record
+
+    async def _probe_one_inner(self, res: MmioResource) -> ProbeRecord:
         where = f"virtio-mmio@{res.base:#x}"
         t = MmioTransportDriver(self.link, res.base, self.policy.guest_order)
         try:
@@ -319,16 +361,50 @@ class GuestKernel:
         return found
 
     async def probe_platform(self, cmdline: str) -> list[ProbeRecord]:
-        """Probe what the platform describes: virtio-mmio parameters, then PCI."""
+        """Probe what the platform describes: ACPI tables when firmware left them (the
+        DSDT's virtio-mmio Devices, the VIOT), else virtio-mmio parameters; then PCI."""
         fw = parse_pci_param(cmdline)
-        if parse_cmdline(cmdline):
+        view = discover(self.memory, cmdline, self.ram_base)
+        self.firmware = view
+        for err in view.errors:
+            self.probes.append(ProbeRecord("firmware", None, False, f"ACPI: {err}", source="acpi"))
+        acpi_ok = view.source == "acpi" and not view.errors
+        if acpi_ok:
+            self.viot = viot_from_tables(view.viot)
+            matched = self._match_acpi(view)
+            if matched:
+                await self.probe_mmio_resources(matched)
+        elif parse_cmdline(cmdline):
             await self.probe_mmio(cmdline)
         elif fw is None:
+            if view.errors:
+                raise BootError(f"firmware tables unusable: ACPI: {view.errors[0]}")
             raise BootError("no virtio_mmio.device= parameters and no PCI host on the command line")
         if fw is not None:
             self.viot = self.viot or parse_viot(cmdline)
             await self.probe_pci(fw)
+        elif acpi_ok and not view.mmio:
+            raise BootError("the DSDT lists no virtio-mmio transport")
         return self.probes
+
+    def _match_acpi(self, view: FirmwareView) -> list[MmioResource]:
+        """Linux's ACPI bus match: a Device whose _HID is in the driver's table gets a
+        platform device; the others stay unprobed, each with its reason on record."""
+        matched = []
+        for dev in view.mmio:
+            source = f"acpi:{dev.path} {dev.hid}"
+            if dev.hid in self.policy.acpi_hids:
+                matched.append(MmioResource(dev.base, dev.size, dev.irq, source))
+                continue
+            known = ", ".join(self.policy.acpi_hids) or "no ACPI ids"
+            reason = f"no driver matches _HID {dev.hid} (this kernel's virtio_mmio knows: {known})"
+            record = ProbeRecord(f"virtio-mmio@{dev.base:#x}", None, False, reason, source=source)
+            record.not_probed = True
+            self.probes.append(record)
+        return matched
+
+    def probe_report(self) -> list[dict[str, object]]:
+        return [p.report() for p in self.probes]
 
     # -- PCI ------------------------------------------------------------------------------
 
@@ -351,6 +427,7 @@ class GuestKernel:
             found.sort(key=lambda p: requester_id(p.bdf) != viot.iommu_base)
         for pdev in found:
             record = await self._probe_pci_one(bus, pdev)
+            record.source = "pci"
             self.probes.append(record)
             if record.bound and isinstance(record.driver, IommuDriver) and self.iommu is None:
                 self.iommu = record.driver

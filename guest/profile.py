@@ -22,4 +22,5 @@ def guest_policy(profile: DriverProfile) -> GuestPolicy:
         dma_api=profile.dma_api,
         # A pre-1.0 kernel has only the legacy virtio-pci driver: it matches 0x1000-0x103F rev 0.
         pci_modern=profile.pci_match != "transitional-only",
+        acpi_hids=profile.acpi_hids,
     )

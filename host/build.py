@@ -14,8 +14,10 @@ from typing import Any
 
 from host.devices.base import PropertyError, parse_bool
 from host.devices.iommu import IommuDevice
+from host.firmware import install_acpi
 from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
+from host.machine_types import MachineSpec, check_placement, parse_machine
 from host.pci import BusMasterGate, PciFunction
 from host.qdev import (
     BuiltDevice,
@@ -68,6 +70,9 @@ class HostConfig:
     # the shared map by default; the process host supplies DMA over the wire for TCP.
     # An IOMMU translates on top of it.
     address_space: Callable[[GuestMemory], AddressSpace] | None = None
+    #: QEMU's -M value (microvm|q35|virt[,acpi=..][,iommu=virtio][,x-mmio-hid=..]); None:
+    #: the microvm layout announced on the command line (q35's PCI for PCI transports)
+    machine: str | None = None
 
 
 @dataclass
@@ -78,12 +83,17 @@ class HostSetup:
     built: list[BuiltDevice] = field(default_factory=list)
     iommu: Iommu | None = None
     iommu_device: VirtioDevice | None = None
+    machine_spec: MachineSpec | None = None
     #: raw-GPA address spaces of devices behind the IOMMU (evidence for OK_NO_ISOLATION)
     unisolated: list[UnisolatedAddressSpace] = field(default_factory=list)
 
     @property
     def unisolated_accesses(self) -> int:
         return sum(s.unisolated_accesses for s in self.unisolated)
+
+    @property
+    def ram_base(self) -> int:
+        return self.machine_spec.ram_base if self.machine_spec is not None else 0
 
     def evidence(self) -> dict[str, Any]:
         """What the host saw, as plain data (RunResult.add_host_evidence folds it in)."""
@@ -186,6 +196,12 @@ def build_host(cfg: HostConfig) -> HostSetup:
         raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
     force_legacy = mmio_force_legacy(cfg)
     specs = [parse_device_option(d) for d in cfg.devices]
+    mspec = parse_machine(cfg.machine) if cfg.machine is not None else None
+    iommu_kind = cfg.iommu
+    if mspec is not None:
+        check_placement(mspec, cfg.transport, specs[0].driver if specs else "", PCI_TRANSPORTS)
+        if mspec.iommu != "none":
+            iommu_kind = mspec.iommu
     built: list[BuiltDevice] = []
     try:
         iommu_default = cfg.globals.get("virtio-device.iommu_platform")
@@ -201,14 +217,21 @@ def build_host(cfg: HostConfig) -> HostSetup:
             if close:
                 close()
         raise
-    memory = GuestMemory.create(cfg.ram_size)
-    machine = Machine(memory)
+    if mspec is None:
+        memory = GuestMemory.create(cfg.ram_size)
+        machine = Machine(memory)
+    else:
+        memory = GuestMemory.create(cfg.ram_size, mspec.ram_base)
+        facts = mspec.facts
+        machine = Machine(
+            memory, mmio_base=facts["mmio_base"], mmio_slots=facts["mmio_slots"], irq_base=mspec.irq_base
+        )
     if cfg.transport in PCI_TRANSPORTS:
         machine.attach_q35_pci()
-    setup = HostSetup(memory, machine, built=built)
+    setup = HostSetup(memory, machine, built=built, machine_spec=mspec)
     make_ram = cfg.address_space or IdentityAddressSpace
     try:
-        if cfg.iommu == "virtio-iommu":
+        if iommu_kind == "virtio-iommu":
             # The IOMMU itself sits on an mmio slot (also on q35); its endpoints are added
             # below as the devices are plugged.
             setup.iommu = Iommu(set())
@@ -230,6 +253,8 @@ def build_host(cfg: HostConfig) -> HostSetup:
                     machine.iommu_endpoints[machine.slots[-1].base] = endpoint[0]
                 else:
                     machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
+        if mspec is not None and mspec.acpi:
+            install_acpi(machine, memory, mspec)
     except (PropertyError, ValueError) as e:
         setup.close()
         raise PropertyError(str(e)) from None

@@ -71,6 +71,10 @@ class Machine:
         self.msi_out: Callable[[int, int], None] = lambda address, data: None
         self.pci: PciHost | None = None
         self.pci_devices: list[VirtioPciProxy] = []
+        #: set by host/firmware.py: the guest learns the mmio transports and the IOMMU
+        #: topology from tables in RAM, and its command line says only ``boot_params``
+        self.firmware: str | None = None
+        self.boot_params: list[str] = []
 
     def add_mmio_device(self, device: VirtioDevice, *, legacy: bool) -> MmioSlot:
         """Place a device in the highest free slot (QEMU microvm's order)."""
@@ -141,6 +145,10 @@ class Machine:
             f"virtio_mmio.device={MMIO_WINDOW:#x}@{s.base:#x}:{s.irq}"
             for s in sorted(self.slots, key=lambda s: s.base)
         ]
+        if self.firmware is not None:
+            # The DSDT lists the transports and the VIOT the IOMMU topology; the PCI
+            # windows still come from the command line (no host bridge _CRS yet).
+            params = list(self.boot_params)
         if self.pci is not None:
             w = self.pci.windows
             parts = []
@@ -150,7 +158,7 @@ class Machine:
             parts.append(f"io@{w.io[0]:#x}-{w.io[1]:#x}")
             params.append(f"{PCI_CMDLINE_PARAM}={','.join(parts)}")
         iommu = next((s for s in self.slots if s.transport.device.type.key == "iommu"), None)
-        if iommu is not None:
+        if iommu is not None and self.firmware is None:
             items = [f"{base:#x}@{ep}" for base, ep in sorted(self.iommu_endpoints.items())]
             items += [f"pci:{rid:#x}@{ep}" for rid, ep in sorted(self.iommu_pci_endpoints.items())]
             eps = ",".join(items)

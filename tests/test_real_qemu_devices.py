@@ -30,7 +30,14 @@ from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.qemu import compare as cmp
-from virtio_sim.qemu.machines import IOMMU_DEVICE, describe, irq_controller, machine_args, qemu_devices
+from virtio_sim.qemu.machines import (
+    IOMMU_DEVICE,
+    describe,
+    install_acpi,
+    irq_controller,
+    machine_args,
+    qemu_devices,
+)
 from virtio_sim.qemu.qtest import QtestError, spawn_qtest
 from virtio_sim.qemu.run import IOMMU_FAULT, judge_qemu_evidence, run_qemu
 from virtio_sim.qemu.tools import QEMU_X86, require_qemu
@@ -102,6 +109,34 @@ def test_rng_bytes_from_qemu(transport: str) -> None:
     # the workload checked each used.len against its buffer and the canary beyond it
     assert r.workload["requests"] == 5 and r.workload["bytes"] >= 5
     assert r.workload["verified_stream"] is False  # QEMU's entropy is not our seeded stream
+    if transport.startswith("mmio"):
+        # found in QEMU's own DSDT (the first -device in microvm's highest slot), not on a
+        # command line: the probe report names the ACPI Device it came from
+        assert [(p["where"], p["source"]) for p in r.probes] == [
+            ("virtio-mmio@0xfeb00e00", "acpi:\\_SB.VR07 LNRO0005")
+        ]
+
+
+def test_discovery_source_follows_the_drivers_acpi_match() -> None:
+    """QEMU's microvm with ACPI lists the transports only in its DSDT (found here through
+    the RSDP the firmware step left); a driver with no ACPI match (Linux 4.0) boots it
+    with acpi=off, where QEMU writes ``virtio_mmio.device=`` itself (IRQ 5 + slot)."""
+    new = qemu_run(
+        "virtio-rng-device", "rng", "mmio-v2", guest=guest_policy(load_driver_profile("linux-6.1"))
+    )
+    old = qemu_run(
+        "virtio-rng-device", "rng", "mmio-v2", guest=guest_policy(load_driver_profile("linux-4.0"))
+    )
+    assert new.outcome is Outcome.OK and old.outcome is Outcome.OK, (new.detail, old.detail)
+    assert [p["source"] for p in new.probes] == ["acpi:\\_SB.VR07 LNRO0005"]
+    assert [p["source"] for p in old.probes] == ["cmdline"]
+    alt = qemu_run(
+        "virtio-rng-device",
+        "rng",
+        "mmio-v2",
+        guest=replace(guest_policy(load_driver_profile("linux-6.1")), acpi_hids=("QEMU1AF4",)),
+    )
+    assert alt.outcome is Outcome.NOT_PROBED and "no driver matches _HID LNRO0005" in alt.detail
 
 
 def pattern_disk(path: Path, sectors: int) -> bytes:
@@ -209,7 +244,8 @@ async def _iommu_session(dma_api: str, tmp: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     try:
         q.client.intercept_irqs(irq_controller("pci-modern"))
-        cmdline = describe(q.client, "pci-modern")
+        tables = install_acpi(q.client, "q35")  # the VIOT names the IOMMU and its endpoints
+        cmdline = f"{describe(q.client, 'pci-modern')} acpi_rsdp={tables.rsdp_address:#x}"
         link = QtestLink(q.client)
         policy = replace(guest_policy(load_driver_profile("linux-6.1")), pci_msix=False, dma_api=dma_api)
         async with trio.open_nursery() as n:
@@ -218,6 +254,8 @@ async def _iommu_session(dma_api: str, tmp: Path) -> dict[str, object]:
             n.start_soon(kernel.irq_loop)
             probes = await kernel.probe_platform(cmdline)
             out["probed"] = [(p.device_key, p.bound) for p in probes]
+            assert kernel.firmware is not None and "VIOT" in kernel.firmware.tables
+            assert kernel.viot is not None and kernel.viot.iommu_is_pci
             rng = next(p for p in probes if p.device_key == "rng")
             assert rng.driver is not None and rng.device is not None and kernel.iommu is not None
             out["dma"] = type(rng.device.dma).__name__
@@ -325,6 +363,11 @@ def test_arm_virt_rng_and_blk_through_the_gic(transport: str, tmp_path: Path) ->
     assert r.outcome is Outcome.OK, r.detail
     assert r.workload["qemu_machine"] == "virt"
     assert bool(r.driver_features >> F.VERSION_1 & 1) == (transport == "mmio-v2")
+    # QEMU's virt DSDT lists all 32 transports; QEMU's empty ones have device id 0
+    assert len(r.probes) == 32 and all(str(p["source"]).startswith("acpi:\\_SB.VR") for p in r.probes)
+    (bound,) = [p for p in r.probes if p["outcome"] == "BOUND"]
+    assert bound["where"] == "virtio-mmio@0xa003e00" and bound["source"] == "acpi:\\_SB.VR31 LNRO0005"
+    assert {p["reason"] for p in r.probes if p is not bound} == {"empty slot (device id 0)"}
     disk = tmp_path / "disk.img"
     before = pattern_disk(disk, 512)
     r = qemu_run(f"virtio-blk-device,drive={disk}", "blk-rw", transport, machine="virt", seed=3)

@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
     run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
     run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
+    run.add_argument(
+        "-M",
+        "--machine",
+        default=None,
+        help="QEMU machine: microvm|q35|virt[,acpi=on|off][,iommu=virtio][,x-mmio-hid=HID]; devices are"
+        " then found through the machine's ACPI tables (default: microvm, transports on the command line)",
+    )
+    run.add_argument(
+        "-global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
+        help="QEMU -global default (e.g. virtio-mmio.force-legacy=false)",
+    )  # fmt: skip
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
         "--device-backend",
@@ -357,7 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             timeout=args.timeout,
             iommu=args.iommu,
+            machine=args.machine,
         )
+        for g in args.globals_:
+            key, eq, value = g.partition("=")
+            if not eq:
+                _error(f"Invalid -global '{g}': expected driver.property=value")
+                return EXIT_USAGE
+            cfg.globals[key] = value
+        if args.machine and args.processes:
+            _error("-M runs embedded here (the host process takes its own -M)")
+            return EXIT_USAGE
         if args.driver:
             try:
                 cfg.guest = guest_policy(load_driver_profile(args.driver))
@@ -373,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.device_backend == "qemu":
                 from virtio_sim.qemu.run import run_qemu
 
-                result = trio.run(run_qemu, cfg)
+                qemu_machine = args.machine.split(",")[0] if args.machine else None
+                result = trio.run(lambda: run_qemu(cfg, machine=qemu_machine))
             else:
                 result = trio.run(run_embedded, cfg)
         except ConfigError as e:

@@ -51,6 +51,8 @@ class RunConfig:
     #: observers here); what it returns is called once the run ended, before the host's
     #: memory goes away
     on_host: Callable[[HostSetup], Callable[[], None] | None] | None = None
+    #: QEMU's -M value (host/machine_types.py); None: microvm announced on the command line
+    machine: str | None = None
 
 
 def guest_policy_for(cfg: RunConfig) -> GuestPolicy:
@@ -98,6 +100,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             scratch_dir=tmp,
             iommu=cfg.iommu,
             globals=dict(cfg.globals),
+            machine=cfg.machine,
         )
         try:
             setup = build_host(host_cfg)
@@ -106,7 +109,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
         finish = cfg.on_host(setup) if cfg.on_host is not None else None
         try:
             host_end, guest_end = memory_link()
-            boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size)
+            boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size, setup.ram_base)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serve, host_end, setup.machine)
                 result = await run_guest(

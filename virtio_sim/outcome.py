@@ -40,6 +40,9 @@ class RunResult:
     # Ring format and ring features in use: format (split|packed), barriers (weak|platform,
     # from ORDER_PLATFORM), in_order, notification_data, ring_reset, queue sizes.
     ring: dict[str, Any] = field(default_factory=dict)
+    #: every transport the guest looked at: where, device, outcome (BOUND | NOT_PROBED |
+    #: FAILED), reason, and how it was found (cmdline, acpi:PATH HID, pci)
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
     def add_host_evidence(self, evidence: dict[str, Any]) -> RunResult:
         """Fold in what the host saw (``HostSetup.evidence()``, in this process or sent by

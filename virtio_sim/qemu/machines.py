@@ -5,10 +5,16 @@ Here they become a QEMU command line on the matching machine (microvm for virtio
 q35 for virtio-pci) with QEMU's own device names and properties, and after QEMU started,
 the two things firmware would have done before the guest kernel looks around:
 
-* microvm: ACPI lists the populated virtio-mmio transports; we read each slot's magic
-  and device id and describe the populated ones with ``virtio_mmio.device=``.
+* every machine: QEMU's ACPI tables are read from fw_cfg, linked into guest RAM and the
+  RSDP handed over as ``acpi_rsdp=``; the guest finds the virtio-mmio transports (microvm,
+  virt) in QEMU's DSDT and a virtio-iommu-pci's endpoints in QEMU's VIOT.
 * q35: SeaBIOS writes each function's interrupt line; we do it through 0xCF8/0xCFC with
-  QEMU's PIRQ routing, and describe the PCI windows with ``virtio_sim.pci=``.
+  QEMU's PIRQ routing, and describe the PCI windows with ``virtio_sim.pci=`` (QEMU's tables
+  carry no MCFG and no windows while no firmware has programmed the host bridge).
+
+A guest whose virtio_mmio driver matches no ACPI id (Linux before 4.2) runs microvm with
+``acpi=off``: QEMU then has no tables and appends ``virtio_mmio.device=`` itself, which
+:func:`describe_mmio` reproduces (IRQ 5 + slot).
 
 The machine facts are data: specs/qemu_machines.toml.
 """
@@ -26,7 +32,7 @@ from host.qdev import model_name, parse_device_option, pci_name
 from virtio_sim.layouts import MMIO_OFFSETS, PCI_HEADER
 from virtio_sim.qemu.fw_cfg import LinkedTables, WindowPlacer, fw_cfg_for, install_tables, read_acpi
 from virtio_sim.qemu.qtest import QtestClient
-from virtio_sim.spec import CONF1, DEVICE_ID, MMIO, PCI, PCI_CFG, load_toml
+from virtio_sim.spec import CONF1, MMIO, PCI_CFG, load_toml
 
 MMIO_TRANSPORTS = ("mmio-v1", "mmio-v2", "mmio")
 QEMU_TRANSPORTS = (*MMIO_TRANSPORTS, *PCI_TRANSPORTS)
@@ -133,9 +139,17 @@ def qemu_devices(options: list[str], transport: str, scratch: Path) -> QemuDevic
     return out
 
 
-def machine_args(transport: str, ram_size: int, machine: str | None = None) -> list[str]:
+def machine_args(
+    transport: str, ram_size: int, machine: str | None = None, *, acpi: bool = True
+) -> list[str]:
+    """QEMU's -M/-m/-cpu/-global arguments; ``acpi=False`` only on microvm (acpi=off)."""
     machine = machine_of(transport, machine)
-    args = ["-M", _fact(machine, "machine"), "-m", f"{ram_size >> 20}M"]
+    spec = _fact(machine, "machine")
+    if not acpi:
+        if machine != "microvm":
+            raise PropertyError(f"only microvm runs here without ACPI, not {machine!r}")
+        spec += ",acpi=off"
+    args = ["-M", spec, "-m", f"{ram_size >> 20}M"]
     if "cpu" in _FACTS[machine]:
         args += ["-cpu", _fact(machine, "cpu")]
     if transport == "mmio-v1":
@@ -165,10 +179,11 @@ def install_acpi(client: QtestClient, machine: str) -> LinkedTables:
     return linked
 
 
-def describe_mmio(client: QtestClient, machine: str = "microvm") -> str:
-    """``virtio_mmio.device=`` for every populated transport (what the machine's ACPI lists)."""
+def describe_mmio(client: QtestClient, machine: str = "microvm", *, acpi: bool = True) -> str:
+    """``virtio_mmio.device=`` for every populated transport: what QEMU's microvm itself
+    appends to a -kernel command line when ACPI is off (auto-kernel-cmdline)."""
     base, stride = _fact(machine, "mmio_base"), _fact(machine, "mmio_stride")
-    irq_base = _fact(machine, "irq_base")
+    irq_base = _fact(machine, "irq_base" if acpi else "irq_base_acpi_off")
     params = []
     for slot in range(_fact(machine, "mmio_slots")):
         addr = base + slot * stride
@@ -214,12 +229,10 @@ IOMMU_DEVICE = "virtio-iommu-pci"  # QEMU's virtio-iommu; it translates PCI endp
 
 def describe_pci(client: QtestClient) -> str:
     """Program every bus-0 function's interrupt line (as SeaBIOS does) and return the
-    ``virtio_sim.pci=`` description of the windows (no ECAM: MMCONFIG is off), plus, with
-    a virtio-iommu-pci, ``virtio_sim.viot=`` naming it and the virtio functions behind it
-    (QEMU's endpoint id is the PCI requester id, as in the VIOT table it builds)."""
-    iommu_id = PCI.modern_device_id_base + DEVICE_ID.iommu
-    iommu_rid: int | None = None
-    endpoints: list[int] = []
+    ``virtio_sim.pci=`` description of the windows. This stays a command-line stand-in:
+    without firmware QEMU's MMCONFIG is off (no MCFG) and the windows are not in its
+    tables. A virtio-iommu-pci and its endpoints are not described here: the guest reads
+    them from QEMU's own VIOT (through ``acpi_rsdp=``)."""
     for dev in range(PCI_CFG.devices_per_bus):
         functions = 1
         for fn in range(PCI_CFG.functions_per_device):
@@ -233,26 +246,20 @@ def describe_pci(client: QtestClient) -> str:
             header = _cfg_read(client, dev, fn, PCI_HEADER["header_type"], 1)
             if fn == 0 and header & PCI_CFG.header_type_multifunction:
                 functions = PCI_CFG.functions_per_device
-            if vendor == PCI.vendor_id:
-                rid = dev << 3 | fn  # bus 0
-                if _cfg_read(client, dev, fn, PCI_HEADER["device_id"], 2) == iommu_id:
-                    iommu_rid = rid
-                else:
-                    endpoints.append(rid)
             pin = _cfg_read(client, dev, fn, PCI_HEADER["interrupt_pin"], 1)
             gsi = q35_gsi(dev, pin)
             if gsi is not None:
                 _cfg_write(client, dev, fn, PCI_HEADER["interrupt_line"], 1, gsi)
     mem = f"mem@{_fact('q35', 'pci_mem_start'):#x}-{_fact('q35', 'pci_mem_end'):#x}"
     io = f"io@{_fact('q35', 'pci_io_start'):#x}-{_fact('q35', 'pci_io_end'):#x}"
-    params = [f"virtio_sim.pci={mem},{io}"]
-    if iommu_rid is not None:
-        eps = ",".join(f"pci:{rid:#x}@{rid:#x}" for rid in endpoints)
-        params.append(f"virtio_sim.viot=pci:{iommu_rid:#x}:{eps}")
-    return " ".join(params)
+    return f"virtio_sim.pci={mem},{io}"
 
 
-def describe(client: QtestClient, transport: str, machine: str | None = None) -> str:
+def describe(client: QtestClient, transport: str, machine: str | None = None, *, acpi: bool = True) -> str:
+    """What the command line must still say besides ``acpi_rsdp=``: PCI windows on q35;
+    nothing for the mmio machines with ACPI, whose DSDT lists the transports; microvm's
+    own ``virtio_mmio.device=`` list with acpi=off."""
     if transport in PCI_TRANSPORTS:
         return describe_pci(client)
-    return describe_mmio(client, machine_of(transport, machine))
+    name = machine_of(transport, machine)
+    return "" if acpi else describe_mmio(client, name, acpi=False)

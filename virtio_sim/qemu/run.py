@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from guest.boot import BootInfo, run_guest
+from guest.firmware import VIRTIO_MMIO_HIDS
 from guest.qtest_link import QtestLink, QtestMemory
 from guest.workloads import WORKLOADS
 from host.build import PCI_TRANSPORTS
@@ -91,7 +92,10 @@ async def run_qemu(
         except PropertyError as e:
             refused.detail = str(e)
             return refused
-        args = machine_args(cfg.transport, cfg.ram_size, facts.name)
+        # A driver without an ACPI match for virtio-mmio (Linux < 4.2) boots microvm with
+        # acpi=off, where QEMU lists the transports on the command line itself.
+        acpi = facts.name != "microvm" or any(h in VIRTIO_MMIO_HIDS for h in cfg.guest.acpi_hids)
+        args = machine_args(cfg.transport, cfg.ram_size, facts.name, acpi=acpi)
         if cfg.iommu == "virtio-iommu":
             args += ["-device", IOMMU_DEVICE]  # first: the lowest free slot
         args += devs.args
@@ -104,9 +108,14 @@ async def run_qemu(
         try:
             try:
                 q.client.intercept_irqs(facts.irq_controller)
-                tables = install_acpi(q.client, facts.name)
-                rsdp = f"acpi_rsdp={tables.rsdp_address:#x}"  # Linux's parameter for it
-                cmdline = f"{describe(q.client, cfg.transport, facts.name)} {rsdp}"
+                rsdp = ""
+                if acpi:
+                    tables = install_acpi(q.client, facts.name)
+                    rsdp = f"acpi_rsdp={tables.rsdp_address:#x}"  # Linux's parameter for it
+                # The transports (DSDT) and the IOMMU topology (VIOT) come from QEMU's
+                # tables; only q35's PCI windows are still described on the command line.
+                described = describe(q.client, cfg.transport, facts.name, acpi=acpi)
+                cmdline = f"{described} {rsdp}".strip()
             except FwCfgError as e:
                 q.close()
                 refused.detail = f"QEMU's ACPI tables are unusable: {e}"

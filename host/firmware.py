@@ -1,0 +1,64 @@
+"""Firmware for our machines: build the ACPI tables of a populated machine and leave
+them in guest RAM where the guest kernel will look.
+
+x86 (microvm, q35): the RSDP in the BIOS read-only area at 0xE0000 (Linux scans
+0xE0000-0xFFFFF for "RSD PTR "), the other tables below it from 0x80000 -- all in the
+first MiB, which our guest leaves to firmware. arm ``virt``: the tables in the first MiB
+of RAM (at 1 GiB) and the RSDP address handed over as ``acpi_rsdp=`` (what UEFI's
+configuration table does on real arm64).
+"""
+
+from __future__ import annotations
+
+from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, ViotTopology, build_tables
+from host.machine import Machine
+from host.machine_types import MachineSpec
+from host.transport.mmio import MMIO_WINDOW
+from virtio_sim.acpi_layouts import RSDP
+from virtio_sim.memory import GuestMemory
+
+
+def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
+    """What the DSDT lists: populated slots (microvm, q35) or every slot (virt), highest
+    slot first as QEMU writes them; the VIOT when a virtio-iommu is present."""
+    populated = {s.base: s for s in machine.slots}
+    if spec.facts["dsdt_slots"] == "all":
+        slots = range(machine.mmio_slots - 1, -1, -1)
+    else:
+        slots = range(machine.mmio_slots - 1, -1, -1)
+        slots = [i for i in slots if machine.mmio_base + MMIO_WINDOW * i in populated]  # type: ignore[assignment]
+    entries = [
+        MmioDeviceEntry(i, machine.mmio_base + MMIO_WINDOW * i, MMIO_WINDOW, machine.irq_base + i)
+        for i in slots
+    ]
+    viot = None
+    iommu = next((s for s in machine.slots if s.transport.device.type.key == "iommu"), None)
+    if iommu is not None:
+        viot = ViotTopology(iommu.base, dict(machine.iommu_endpoints), dict(machine.iommu_pci_endpoints))
+    ecam = None
+    if machine.pci is not None and machine.pci.ecam_base is not None:
+        ecam = (machine.pci.ecam_base, machine.pci.ecam_buses)
+    return AcpiPlan(entries, spec.mmio_hid, hw_reduced=not spec.facts["pci"], viot=viot, ecam=ecam)
+
+
+def install_acpi(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> AcpiTables:
+    """Build the tables, write them into guest RAM, and tell the machine what the guest's
+    boot parameters say about them."""
+    facts = spec.facts
+    if facts["arch"] == "x86_64":
+        rsdp_at = RSDP["x86_scan_start"]
+        low, high = facts["tables_low"], facts["tables_high"]
+        machine.boot_params = []
+    else:
+        base = spec.ram_base
+        rsdp_at = base + facts["tables_low"]
+        low, high = (
+            rsdp_at + RSDP["length"] + RSDP["align"] - RSDP["length"] % RSDP["align"],
+            base + facts["tables_high"],
+        )
+        machine.boot_params = [f"{RSDP['cmdline_param']}={rsdp_at:#x}"]
+    tables = build_tables(acpi_plan(machine, spec), rsdp_at, low, high)
+    for address, blob in tables.blobs.items():
+        memory.write(address, blob)
+    machine.firmware = "acpi"
+    return tables

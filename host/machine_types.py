@@ -1,0 +1,92 @@
+"""``-M microvm|q35|virt[,acpi=on|off][,iommu=virtio][,x-mmio-hid=HID]``: QEMU-style
+machine selection, checked before anything is built.
+
+The facts of each machine (memory map, slots, interrupt numbering, where firmware tables
+go) are data in specs/machines.toml. Refusals use QEMU's wording where QEMU has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from host.devices.base import PropertyError
+from virtio_sim.acpi_layouts import HID
+from virtio_sim.spec import load_toml
+
+MACHINE_FACTS: dict[str, dict[str, Any]] = load_toml("machines.toml")
+MMIO_HIDS = (HID["virtio_mmio"], HID["qemu_vendor"])
+IOMMU_VALUES = {"none": "none", "virtio": "virtio-iommu", "virtio-iommu": "virtio-iommu"}
+ON_OFF = {"on": True, "off": False, "auto": None}
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    name: str
+    acpi: bool
+    iommu: str = "none"  # "none" | "virtio-iommu"
+    mmio_hid: str = HID["virtio_mmio"]
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return MACHINE_FACTS[self.name]
+
+    @property
+    def irq_base(self) -> int:
+        return int(self.facts["irq_base_acpi" if self.acpi else "irq_base"])
+
+    @property
+    def ram_base(self) -> int:
+        return int(self.facts["ram_base"])
+
+
+def parse_machine(text: str) -> MachineSpec:
+    """Parse a ``-M`` value; PropertyError with a QEMU-like message when it is wrong."""
+    name, *rest = text.split(",")
+    facts = MACHINE_FACTS.get(name)
+    if facts is None:
+        raise PropertyError(
+            f"unsupported machine type '{name}' (this host builds: {', '.join(MACHINE_FACTS)}); "
+            "Use -machine help to list supported machines"
+        )
+    acpi: bool = bool(facts["acpi_default"])
+    iommu = "none"
+    hid = HID["virtio_mmio"]
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if key not in facts["props"]:
+            raise PropertyError(f"Property '{name}-machine.{key}' not found")
+        if not eq:
+            raise PropertyError(f"Property '{name}-machine.{key}' needs a value")
+        if key == "acpi":
+            if value not in ON_OFF:
+                raise PropertyError(f"Parameter 'acpi' does not accept value '{value}'")
+            choice = ON_OFF[value]
+            acpi = bool(facts["acpi_default"]) if choice is None else choice
+        elif key == "iommu":
+            if value not in IOMMU_VALUES:
+                raise PropertyError(
+                    f"Property '{name}-machine.iommu' doesn't take value '{value}' (none|virtio)"
+                )
+            iommu = IOMMU_VALUES[value]
+        elif key == "x-mmio-hid":
+            if value not in MMIO_HIDS:
+                choices = "|".join(MMIO_HIDS)
+                prop = f"{name}-machine.x-mmio-hid"
+                raise PropertyError(f"Property '{prop}' doesn't take value '{value}' ({choices})")
+            hid = value
+    if hid != HID["virtio_mmio"] and not acpi:
+        raise PropertyError(f"Property '{name}-machine.x-mmio-hid' needs acpi=on (the HID lives in the DSDT)")
+    return MachineSpec(name, acpi, iommu, hid)
+
+
+def check_placement(
+    spec: MachineSpec, transport: str, first_device: str, pci_transports: tuple[str, ...]
+) -> None:
+    """A machine without a PCI bus refuses PCI transports; q35 has no virtio-mmio bus for
+    user devices (its mmio slots carry only the virtio-iommu of iommu=virtio here)."""
+    is_pci = transport in pci_transports
+    if is_pci and not spec.facts["pci"]:
+        raise PropertyError(f"No 'PCI' bus found for device '{first_device}' (machine {spec.name})")
+    if not is_pci and spec.facts["pci"]:
+        raise PropertyError(f"No 'virtio-bus' bus found for device '{first_device}' (machine {spec.name})")
