@@ -125,3 +125,45 @@ def test_driver_checkers_name_only_driver_side_ids() -> None:
     checked = [e for e in CATALOG.entries.values() if e.checker is not None and e.actor == "driver"]
     assert len(checked) >= 80
     assert all(e.not_checkable is None for e in checked)
+
+
+def _check(guest: GuestPolicy, device: str, transport: str, ring: str, **kw: object) -> FindingLog:
+    log = FindingLog(CATALOG.level_of, Policy.LENIENT)
+
+    async def go() -> None:
+        await run_driver_check(guest, device=device, transport=transport, ring=ring, log=log, **kw)  # type: ignore[arg-type]
+
+    trio.run(go)
+    return log
+
+
+@pytest.mark.parametrize(("transport", "ring"), [("mmio-v2", "split"), ("pci-modern", "packed")])
+def test_ring_features_of_our_current_driver_are_checked(transport: str, ring: str) -> None:
+    """The simulator's own driver (every ring feature known) with IN_ORDER and notification
+    data on: the checkers for those features run and find nothing."""
+    props = ("in_order=on", "notification_data=on")
+    log = _check(GuestPolicy(), "blk", transport, ring, device_props=props)
+    assert [(f.requirement, f.evidence) for f in log.unexplained_failures()] == []
+    assert log.verdict("notify.data.content") is Verdict.PASS
+    if ring == "split":
+        assert log.verdict("split.desc.drv-in-order-ring-order") is Verdict.PASS
+        assert log.verdict("mmio.notify.value") is Verdict.PASS
+    else:
+        assert log.verdict("packed.notify.drv-next-off-wrap") is Verdict.PASS
+        assert log.verdict("packed.desc.zero-init") is Verdict.PASS
+        assert log.verdict("pci.notify.drv-32bit") is Verdict.PASS
+
+
+def test_read_past_capacity_is_a_driver_violation() -> None:
+    """blk-rw's deliberate read past the end (a device probe) is what a driver must not do;
+    driver runs use blk-rw-no-probe, and the probe itself is caught by id."""
+    log = _check(GuestPolicy(), "blk", "mmio-v2", "split", workload="blk-rw")
+    finding = log.findings["blk.drv.within-capacity"]
+    assert finding.verdict is Verdict.FAIL and "2048-sector disk" in finding.evidence[0]
+
+
+def test_big_endian_legacy_driver_writes_rings_in_its_own_order() -> None:
+    log = _run("driver:linux-3.18-ppc64be,device=blk", "pci-legacy")
+    assert log.unexplained_failures() == []
+    assert log.verdict("split.legacy.drv-native-endian") is Verdict.PASS
+    assert log.verdict("blk.legacy.req-native-endian-drv") is Verdict.PASS

@@ -1,6 +1,6 @@
 """Driver conformance: run a guest driver profile against our devices with a DriverWatch.
 
-``driver:PROFILE[,device=rng|blk|all][,seed=N]``: PROFILE is a driver generation from
+``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]``: PROFILE is a driver generation from
 specs/profiles/drivers. Each selected device (both by default) is put on the requested
 transport and ring format with QEMU 7.2's properties and the ``drop`` error policy (so a
 lenient run goes on past a broken chain); the guest runs its usual workload while a
@@ -38,7 +38,10 @@ from virtio_sim.outcome import RunResult
 from virtio_sim.profiles import load_device_profile, load_driver_profile
 
 DEVICE_PROFILE = "qemu-7.2"
-WORKLOAD_FOR = {"rng": "rng", "blk": "blk-rw"}
+#: blk without the workload's deliberate read past the end (a device probe, not driver behaviour)
+WORKLOAD_FOR = {"rng": "rng", "blk": "blk-rw-no-probe"}
+#: device properties a target may set (QEMU names): the ring features the driver then meets
+DEVICE_PROPS = ("in_order", "notification_data", "event_idx", "indirect_desc", "queue_reset")
 RINGS = ("split", "packed")
 KNOWN_DEVIATIONS = "driver-known-deviations.toml"
 RUN_TIMEOUT = 10.0
@@ -53,16 +56,18 @@ class DriverTarget:
     profile: str
     devices: tuple[str, ...]
     seed: int = 1
+    device_props: tuple[str, ...] = ()  # "prop=on|off" for every device
 
 
 def parse_driver_spec(spec: str) -> DriverTarget:
-    """``driver:PROFILE[,device=rng|blk|all][,seed=N]`` -> DriverTarget."""
+    """``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]`` -> DriverTarget."""
     kind, _, rest = spec.partition(":")
     if kind != "driver" or not rest:
         raise DriverTargetError(f"driver target must look like driver:PROFILE[,props], got {spec!r}")
     name, *props = rest.split(",")
     devices: tuple[str, ...] = tuple(WORKLOAD_FOR)
     seed = 1
+    device_props: list[str] = []
     for prop in props:
         key, eq, value = prop.partition("=")
         if not eq:
@@ -76,13 +81,19 @@ def parse_driver_spec(spec: str) -> DriverTarget:
                 seed = int(value)
             except ValueError:
                 raise DriverTargetError(f"seed={value} is not an integer") from None
+        elif key in DEVICE_PROPS:
+            if value not in ("on", "off"):
+                raise DriverTargetError(f"{key}={value}: on or off")
+            device_props.append(prop)
         else:
-            raise DriverTargetError(f"unknown driver target property {key!r} (device, seed)")
+            raise DriverTargetError(
+                f"unknown driver target property {key!r} (device, seed, {', '.join(DEVICE_PROPS)})"
+            )
     try:
         load_driver_profile(name)
     except (OSError, ValueError) as e:
         raise DriverTargetError(f"unknown driver profile {name!r}: {e}") from None
-    return DriverTarget(name, devices, seed)
+    return DriverTarget(name, devices, seed, tuple(device_props))
 
 
 def known_deviations(profile: str, transport: str, root: Path | None = None) -> dict[str, str]:
@@ -142,6 +153,8 @@ async def run_driver_check(
     seed: int = 1,
     timeout: float = RUN_TIMEOUT,
     watches: list[DriverWatch] | None = None,
+    device_props: tuple[str, ...] = (),
+    workload: str | None = None,
 ) -> RunResult | None:
     """One run of a guest (its policy may carry a seeded broken device class) against one
     device with a watch; None when a strict stop ended it."""
@@ -151,10 +164,11 @@ async def run_driver_check(
         raise DriverTargetError(f"unknown ring {ring!r} ({', '.join(RINGS)})")
     request = DeviceRequest(device_key=device, transport=transport, packed=ring == "packed")
     option = device_option(request, load_device_profile(DEVICE_PROFILE)) + ",x-error-policy=drop"
+    option += "".join(f",{prop}" for prop in device_props)
     with trio.CancelScope() as scope:
         cfg = RunConfig(
             device=option,
-            workload=WORKLOAD_FOR[device],
+            workload=workload or WORKLOAD_FOR[device],
             transport=transport,
             seed=seed,
             timeout=timeout,
@@ -175,7 +189,13 @@ async def run_driver_target(
     guest = guest_policy(load_driver_profile(target.profile))
     for device in target.devices:
         result = await run_driver_check(
-            replace(guest), device=device, transport=transport, ring=ring, log=log, seed=target.seed
+            replace(guest),
+            device=device,
+            transport=transport,
+            ring=ring,
+            log=log,
+            seed=target.seed,
+            device_props=target.device_props,
         )
         if result is None:
             break  # strict stop

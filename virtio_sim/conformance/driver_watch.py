@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from virtio_sim import layouts
 from virtio_sim.conformance.findings import Finding, FindingLog, StrictStop
 from virtio_sim.dma import DmaError
+from virtio_sim.layouts import ByteOrder
 from virtio_sim.ring.notify import decode_notify_data
-from virtio_sim.ring.split import need_event
+from virtio_sim.ring.split import INDIRECT_TABLE_LIMIT, need_event
 from virtio_sim.ring.view import RingSource, RingView
 from virtio_sim.spec import (
     BLK,
@@ -138,6 +140,17 @@ CONDITIONS: dict[str, str] = {
     "split.indirect.drv-not-with-next": "!RING_PACKED",
     "split.indirect.drv-no-nesting": "!RING_PACKED",
     "init.legacy.drv-skip-features-ok": "!VERSION_1",
+    "split.desc.drv-in-order-next": "IN_ORDER",
+    "split.desc.drv-in-order-ring-order": "IN_ORDER",
+    "split.indirect.drv-in-order-sequential": "IN_ORDER",
+    "packed.desc.zero-init": "RING_PACKED",
+    "packed.wrap.init-one": "RING_PACKED",
+    "packed.indirect.drv-device-limit": "RING_PACKED",
+    "packed.sg.drv-device-limit": "RING_PACKED",
+    "blk.legacy.req-native-endian-drv": "!VERSION_1",
+    "split.legacy.drv-native-endian": "!VERSION_1",
+    "blk.legacy.drv-framing": "!VERSION_1",
+    "features.legacy.drv-no-high-bits": "!VERSION_1",
     "features.legacy.drv-accept-any-layout": "!VERSION_1",
 }
 
@@ -153,6 +166,8 @@ class _Queue:
     recent: dict[int, int] = field(default_factory=dict)  # split: position -> head read
     reset_unverified: bool = False
     was_reset: bool = False
+    next_head: int = 0  # split IN_ORDER: where the next chain must start
+    first_scan: bool = True  # packed: the ring's first look (zero-init, initial wrap)
     steps: set[str] = field(default_factory=set)  # legacy mmio setup steps seen (2.x 4.2.4)
     stop_unverified: bool = False  # mmio: QueueReady 0 written, not read back yet
 
@@ -304,6 +319,11 @@ class DriverWatch:
                 "FEATURES_OK set without reading and writing the feature bits",
             )
             self._check(
+                "features.legacy.drv-detect-legacy-device",
+                bool(self.offered.get(1, 0) & bit(F.VERSION_1 - 32)),
+                "FEATURES_OK set for a device that does not offer VERSION_1 (a legacy device)",
+            )
+            self._check(
                 "init.legacy.drv-skip-features-ok",
                 not self.legacy,
                 "a legacy (no VERSION_1) driver set FEATURES_OK",
@@ -314,6 +334,8 @@ class DriverWatch:
             if self.legacy:
                 self._check_features()
                 self._step_ok(old, value, STATUS.DRIVER)
+                if not self.offered.get(1, 0) & bit(F.VERSION_1 - 32):
+                    self._ok("features.legacy.drv-detect-legacy-device")
                 self._ok("init.legacy.drv-skip-features-ok")
             else:
                 self._check(
@@ -394,6 +416,10 @@ class DriverWatch:
                 "features.drv.accept-version-1",
                 bool(acked & bit(F.VERSION_1)),
                 "VERSION_1 offered but not accepted",
+            )
+        if not acked & bit(F.VERSION_1):
+            self._check(
+                "features.legacy.drv-no-high-bits", not acked >> 32, f"legacy driver acked {acked:#x}"
             )
         if offered & bit(F.BAD_FEATURE):
             self._check(
@@ -725,7 +751,7 @@ class DriverWatch:
             head = self._u16(view, slot)
             q.recent[pos] = head
             if head < size:
-                self._walk_split(q, view, head)
+                self._walk_split(q, view, head, in_order_check=delta <= size)
         q.seen = idx
         return idx
 
@@ -747,7 +773,7 @@ class DriverWatch:
             else:
                 self._ok("split.avail.drv-barrier-before-idx")
 
-    def _walk_split(self, q: _Queue, view: RingView, head: int) -> None:
+    def _walk_split(self, q: _Queue, view: RingView, head: int, in_order_check: bool = True) -> None:
         codec = layouts.desc_codec(view.order)
         table, table_size, i = view.desc, view.size, head
         seen: set[int] = set()
@@ -756,6 +782,7 @@ class DriverWatch:
         segments: list[tuple[int, int, bool]] = []
         self.chains += 1
         where = f"queue {q.index} head {head}"
+        last_main = head
         while True:
             if i >= table_size:
                 self._fail(
@@ -804,9 +831,26 @@ class DriverWatch:
                 return
             total += length
             segments.append((addr, length, bool(flags & DESC_F.WRITE)))
+            if not indirect:
+                last_main = i
             if not flags & DESC_F.NEXT:
                 break
+            if self.has(F.IN_ORDER):
+                want = i + 1 if indirect else (i + 1) % view.size
+                rule = (
+                    "split.indirect.drv-in-order-sequential" if indirect else "split.desc.drv-in-order-next"
+                )
+                self._check(
+                    rule, nxt == want, f"{where}: descriptor {i} chains to {nxt}, not {want} (IN_ORDER)"
+                )
             i = nxt
+        if self.has(F.IN_ORDER) and in_order_check:
+            self._check(
+                "split.desc.drv-in-order-ring-order",
+                head == q.next_head,
+                f"{where}: IN_ORDER chain starts at {head}, the next slot in ring order is {q.next_head}",
+            )
+        q.next_head = (last_main + 1) % view.size
         self._ok("split.indirect.drv-feature")
         self._check(
             "split.chain.drv-max-queue-size",
@@ -840,6 +884,31 @@ class DriverWatch:
                 f"queue {q.index}: RING_EVENT_FLAGS_DESC without EVENT_IDX",
             )
         codec = layouts.fast_codec(layouts.PvirtqDesc)
+        size = view.size
+        if q.first_scan:
+            q.first_scan = False
+            flags0 = codec.unpack(view.space.read(view.desc, layouts.PACKED_DESC_SIZE))[3]
+            bits = (bool(flags0 & PACKED_DESC_F.AVAIL), bool(flags0 & PACKED_DESC_F.USED))
+            if bits != (False, False):
+                self._check(
+                    "packed.wrap.init-one",
+                    bits == (True, False),
+                    f"queue {q.index}: first descriptor flags {flags0:#x} (a wrap counter that started at 0)",
+                )
+            self._scan_packed_from(q, view, codec)
+            rest = view.space.read(
+                view.desc + (q.seen % size) * layouts.PACKED_DESC_SIZE,
+                (size - q.seen % size) * layouts.PACKED_DESC_SIZE if q.seen < size else 0,
+            )
+            self._check(
+                "packed.desc.zero-init",
+                not any(rest),
+                f"queue {q.index}: descriptors past the first available ones were not zeroed",
+            )
+            return
+        self._scan_packed_from(q, view, codec)
+
+    def _scan_packed_from(self, q: _Queue, view: RingView, codec: Any) -> None:
         size = view.size
         for _ in range(size):
             pos = q.seen
@@ -886,7 +955,13 @@ class DriverWatch:
                     count == 1 and not flags & PACKED_DESC_F.NEXT,
                     f"{where}: INDIRECT descriptor inside a list",
                 )
-                for k in range(length // layouts.PACKED_DESC_SIZE):
+                entries = length // layouts.PACKED_DESC_SIZE
+                self._check(
+                    "packed.indirect.drv-device-limit",
+                    entries <= INDIRECT_TABLE_LIMIT,
+                    f"{where}: indirect table of {entries} entries (device limit {INDIRECT_TABLE_LIMIT})",
+                )
+                for k in range(entries):
                     a, n, _i, fl = codec.unpack(
                         view.space.read(addr + k * layouts.PACKED_DESC_SIZE, layouts.PACKED_DESC_SIZE)
                     )
@@ -911,6 +986,7 @@ class DriverWatch:
             self._fail("packed.sg.drv-queue-size-limit", f"{where}: a list longer than the queue size {size}")
             return size
         self._ok(
+            "packed.sg.drv-device-limit",
             "packed.sg.drv-queue-size-limit",
             "packed.sg.drv-readable-first",
             "packed.wrap.drv-avail-encoding",
@@ -942,16 +1018,65 @@ class DriverWatch:
             return
         order = view.order if self.legacy else "little"
         rtype, _reserved, sector = layouts.blk_req_header_codec(order).unpack(header)
+        if self.legacy:
+            self._check_blk_legacy(where, view, header, readable, writable)
         data_in = sum(n for _, n in writable) - 1
         data_out = sum(n for _, n in readable) - BLK_HEADER
         if rtype in (BLK_T.IN, BLK_T.OUT):
             data = data_in if rtype == BLK_T.IN else data_out
             self._check("blk.drv.rw-multiple-512", data % BLK.sector_size == 0, f"{where}: {data} data bytes")
+            capacity = self._blk_capacity()
+            if capacity is not None:
+                end = sector + -(-data // BLK.sector_size)
+                self._check(
+                    "blk.drv.within-capacity",
+                    end <= capacity,
+                    f"{where}: request up to sector {end} on a {capacity}-sector disk",
+                )
         elif rtype in (BLK_T.FLUSH, BLK_T.FLUSH_OUT):
             self._check("blk.drv.flush-sector-zero", sector == 0, f"{where}: FLUSH with sector {sector}")
         elif rtype == BLK_T.GET_ID:
             self._check("blk.drv.get-id-20", data_in == BLK.id_bytes, f"{where}: GET_ID with {data_in} bytes")
             self._check("blk.req.sector-zero-non-rw", sector == 0, f"{where}: GET_ID with sector {sector}")
+
+    def _check_blk_legacy(
+        self,
+        where: str,
+        view: RingView,
+        header: bytes,
+        readable: list[tuple[int, int]],
+        writable: list[tuple[int, int]],
+    ) -> None:
+        """Legacy interface: the header in the guest's byte order and, without ANY_LAYOUT,
+        the header and the status byte in descriptors of their own."""
+        known = {BLK_T.IN, BLK_T.OUT, BLK_T.FLUSH, BLK_T.FLUSH_OUT, BLK_T.GET_ID}
+        other: ByteOrder = "big" if view.order == "little" else "little"
+        native = layouts.blk_req_header_codec(view.order).unpack(header)[0]
+        swapped = layouts.blk_req_header_codec(other).unpack(header)[0]
+        ok = native in known or swapped not in known
+        why = f"{where}: request type {native:#x} in the guest's order, {swapped:#x} byte-swapped"
+        self._check("blk.legacy.req-native-endian-drv", ok, why)
+        self._check("split.legacy.drv-native-endian", ok, why)
+        if not self.has(F.ANY_LAYOUT):
+            framed = readable[0][1] == BLK_HEADER and writable[-1][1] == 1
+            self._check(
+                "blk.legacy.drv-framing",
+                framed,
+                f"{where}: without ANY_LAYOUT the header ({readable[0][1]} bytes) and the status"
+                f" ({writable[-1][1]} bytes) need descriptors of their own",
+            )
+
+    def _blk_capacity(self) -> int | None:
+        config_bytes = getattr(self.source, "config_bytes", None)
+        if config_bytes is None:
+            return None
+        order = self.source_order()
+        raw = bytes(config_bytes(order))
+        return int.from_bytes(raw[:8], order) if len(raw) >= 8 else None
+
+    def source_order(self) -> ByteOrder:
+        view = next((v for v in (self.source.ring_view(i) for i in self.queues) if v is not None), None)
+        return view.order if view is not None and self.legacy else "little"
 
     # -- what the device itself refused ---------------------------------------------------------------
 
