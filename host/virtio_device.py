@@ -350,7 +350,7 @@ class VirtioDevice:
     def write_config(self, offset: int, size: int, value: int, order: ByteOrder | None = None) -> None:
         order = order or self.byte_order(self.guest_order)
         if self.observer is not None:
-            self.observer.on_config_write(offset, size)
+            self.observer.on_config_write(offset, size, value)
         self.model.config_write(offset, value.to_bytes(size, order))
         self.config_changed()
 

@@ -167,3 +167,17 @@ def test_big_endian_legacy_driver_writes_rings_in_its_own_order() -> None:
     assert log.unexplained_failures() == []
     assert log.verdict("split.legacy.drv-native-endian") is Verdict.PASS
     assert log.verdict("blk.legacy.req-native-endian-drv") is Verdict.PASS
+
+
+def test_iommu_requests_of_our_driver_are_checked() -> None:
+    """blk behind a virtio-iommu: the IOMMU driver's ATTACH/MAP/UNMAP requests are framed
+    and ranged as the spec asks, and its config writes touch only bypass."""
+    log = _run("driver:linux-6.1,device=iommu", "pci-modern")
+    assert log.unexplained_failures() == []
+    for rid in (
+        "iommu.req.split",
+        "iommu.map.drv-end-gt-start",
+        "iommu.unmap.drv-boundaries",
+        "iommu.cfg.drv-bypass-0-1",
+    ):
+        assert log.verdict(rid) is Verdict.PASS, rid

@@ -38,6 +38,9 @@ from virtio_sim.spec import (
     BLK,
     BLK_T,
     DESC_F,
+    IOMMU_F,
+    IOMMU_MAP_F,
+    IOMMU_T,
     MMIO_INT,
     NOTIFY_DATA,
     PACKED_DESC_F,
@@ -53,6 +56,7 @@ from virtio_sim.spec import (
 )
 
 IDX_MASK = 0xFFFF
+IOMMU_REQUEST_QUEUE = 0  # virtio-iommu: requestq; 1 is the event queue
 IDX_HALF = 0x8000  # an idx that moved "forward" by more than this went backwards
 CHAIN_BYTES_LIMIT = 1 << 32
 BLK_HEADER = layouts.blk_req_header_codec("little").size
@@ -151,6 +155,9 @@ CONDITIONS: dict[str, str] = {
     "split.legacy.drv-native-endian": "!VERSION_1",
     "blk.legacy.drv-framing": "!VERSION_1",
     "features.legacy.drv-no-high-bits": "!VERSION_1",
+    "iommu.probe.drv-size": "IOMMU_PROBE",
+    "iommu.req.drv-domain-range": "IOMMU_DOMAIN_RANGE",
+    "iommu.req.drv-input-range": "IOMMU_INPUT_RANGE",
     "features.legacy.drv-accept-any-layout": "!VERSION_1",
 }
 
@@ -202,6 +209,7 @@ class DriverWatch:
         self.features = 0  # the features the driver settled on (checked at FEATURES_OK)
         self.ever_features_ok = False
         self.first_registers: list[tuple[str, str]] = []  # mmio: the first accesses
+        self.iommu_maps: dict[int, list[tuple[int, int]]] = {}  # domain -> mapped ranges
 
     # -- recording --------------------------------------------------------------------------
 
@@ -443,9 +451,11 @@ class DriverWatch:
 
     # -- config -------------------------------------------------------------------------------
 
-    def on_config_write(self, offset: int, size: int) -> None:
+    def on_config_write(self, offset: int, size: int, value: int) -> None:
         if self.stopped is not None or self._vhost:
             return
+        if self.device_type == "iommu":
+            self._check_iommu_config_write(offset, size, value)
         self._check(
             "init.drv.no-config-write-before-features-ok",
             bool(self.status & STATUS.FEATURES_OK) or (self.legacy and bool(self.status & STATUS.DRIVER)),
@@ -1006,6 +1016,8 @@ class DriverWatch:
             )
         elif self.device_type == "blk":
             self._check_blk(where, view, segments)
+        elif self.device_type == "iommu" and view.index == IOMMU_REQUEST_QUEUE:
+            self._check_iommu(where, view, segments)
 
     def _check_blk(self, where: str, view: RingView, segments: list[tuple[int, int, bool]]) -> None:
         readable = [(a, n) for a, n, w in segments if not w]
@@ -1065,6 +1077,109 @@ class DriverWatch:
                 f"{where}: without ANY_LAYOUT the header ({readable[0][1]} bytes) and the status"
                 f" ({writable[-1][1]} bytes) need descriptors of their own",
             )
+
+    def _config(self) -> bytes:
+        config_bytes = getattr(self.source, "config_bytes", None)
+        return b"" if config_bytes is None else bytes(config_bytes("little"))
+
+    def _check_iommu(self, where: str, view: RingView, segments: list[tuple[int, int, bool]]) -> None:
+        """virtio-iommu requests: one readable part (head + body), one writable part (probe
+        properties + tail); MAP/UNMAP ranges, domains and flags the negotiated features allow."""
+        readable = b"".join(view.space.read(a, n) for a, n, w in segments if not w)
+        writable = sum(n for _, n, w in segments if w)
+        ok = len(readable) >= layouts.IOMMU_HEAD_SIZE and writable >= layouts.IOMMU_TAIL_SIZE
+        if not self._check(
+            "iommu.req.split", ok, f"{where}: {len(readable)} readable, {writable} writable bytes"
+        ):
+            return
+        rtype = readable[0]
+        names = {
+            IOMMU_T.ATTACH: "ATTACH",
+            IOMMU_T.DETACH: "DETACH",
+            IOMMU_T.MAP: "MAP",
+            IOMMU_T.UNMAP: "UNMAP",
+            IOMMU_T.PROBE: "PROBE",
+        }
+        name = names.get(rtype)
+        if name is None:
+            return
+        body_decl = layouts.IOMMU_BODIES[name]
+        raw = readable[layouts.IOMMU_HEAD_SIZE :]
+        if not self._check(
+            "iommu.req.split", len(raw) >= body_decl.sizeof(), f"{where}: {name} body of {len(raw)} bytes"
+        ):
+            return
+        body = body_decl.parse(raw[: body_decl.sizeof()])
+        cfg = (
+            layouts.VirtioIommuConfig.parse(self._config())
+            if len(self._config()) >= layouts.VirtioIommuConfig.sizeof()
+            else None
+        )
+        if "domain" in body and cfg is not None and self.has(IOMMU_F.DOMAIN_RANGE):
+            inside = cfg.domain_start <= body.domain <= cfg.domain_end
+            self._check(
+                "iommu.req.drv-domain-range",
+                inside,
+                f"{where}: domain {body.domain} outside {cfg.domain_start}..{cfg.domain_end}",
+            )
+        if name in ("MAP", "UNMAP") and cfg is not None and self.has(IOMMU_F.INPUT_RANGE):
+            inside = cfg.input_start <= body.virt_start and body.virt_end <= cfg.input_end
+            self._check(
+                "iommu.req.drv-input-range",
+                inside,
+                f"{where}: {body.virt_start:#x}-{body.virt_end:#x} outside the input range",
+            )
+        if name == "MAP":
+            self._check(
+                "iommu.map.drv-end-gt-start",
+                body.virt_end > body.virt_start,
+                f"{where}: MAP {body.virt_start:#x}-{body.virt_end:#x}",
+            )
+            if body.flags & IOMMU_MAP_F.MMIO:
+                self._check(
+                    "iommu.map.drv-mmio-needs-feature",
+                    self.has(IOMMU_F.MMIO),
+                    f"{where}: MAP_F_MMIO without VIRTIO_IOMMU_F_MMIO",
+                )
+            else:
+                self._ok("iommu.map.drv-mmio-needs-feature")
+            self.iommu_maps.setdefault(body.domain, []).append((body.virt_start, body.virt_end))
+        elif name == "UNMAP":
+            maps = self.iommu_maps.get(body.domain, [])
+            split = [
+                (s, e)
+                for s, e in maps
+                if s <= body.virt_end
+                and e >= body.virt_start
+                and not (body.virt_start <= s and e <= body.virt_end)
+            ]
+            self._check(
+                "iommu.unmap.drv-boundaries",
+                not split,
+                f"{where}: UNMAP {body.virt_start:#x}-{body.virt_end:#x} splits {split[:2]}",
+            )
+            self.iommu_maps[body.domain] = [
+                (s, e) for s, e in maps if not (body.virt_start <= s and e <= body.virt_end)
+            ]
+        elif name == "DETACH":
+            pass
+        elif name == "PROBE" and cfg is not None:
+            props = writable - layouts.IOMMU_TAIL_SIZE
+            self._check(
+                "iommu.probe.drv-size",
+                props == cfg.probe_size,
+                f"{where}: PROBE with {props} bytes for properties, probe_size {cfg.probe_size}",
+            )
+
+    def _check_iommu_config_write(self, offset: int, size: int, value: int) -> None:
+        bypass = layouts.field_offsets(layouts.VirtioIommuConfig)["bypass"]
+        self._check(
+            "iommu.cfg.drv-no-other-writes",
+            offset == bypass and size == 1,
+            f"config write of {size} bytes at {offset:#x} (only bypass may be written)",
+        )
+        if offset == bypass:
+            self._check("iommu.cfg.drv-bypass-0-1", value in (0, 1), f"bypass written with {value}")
 
     def _blk_capacity(self) -> int | None:
         config_bytes = getattr(self.source, "config_bytes", None)
@@ -1217,6 +1332,8 @@ class DriverWatch:
             if self._applies(requirement, features):
                 self.log.passed(requirement)
         for requirement, condition in CONDITIONS.items():
+            if condition.lstrip("!").startswith("IOMMU_") and self.device_type != "iommu":
+                continue  # device-type feature bits mean nothing on another device
             if requirement not in self.log.findings and not self._applies(requirement, features):
                 self.log.not_applicable(
                     requirement,
@@ -1230,5 +1347,9 @@ class DriverWatch:
         if condition is None:
             return True
         negate = condition.startswith("!")
-        on = bool(features >> getattr(F, condition.lstrip("!")) & 1)
+        name = condition.lstrip("!")
+        number = (
+            getattr(IOMMU_F, name.removeprefix("IOMMU_")) if name.startswith("IOMMU_") else getattr(F, name)
+        )
+        on = bool(features >> number & 1)
         return on != negate
