@@ -50,6 +50,8 @@ class DriverObserver(Protocol):
         """An available-buffer notification for queue ``index`` with the raw ``value``
         written and the access ``width`` in bytes (0: an eventfd kick, no register)."""
 
+    def on_config_read(self, offset: int, size: int) -> None: ...
+
     def on_config_write(self, offset: int, size: int, value: int) -> None: ...
 
     def on_ring_violation(self, index: int, violation: str, message: str) -> None:

@@ -339,6 +339,8 @@ class VirtioDevice:
         """A config field's value; ``order`` is the interface's (modern PCI: always little),
         by default the negotiated one. None when the access leaves the config space."""
         order = order or self.byte_order(self.guest_order)
+        if self.observer is not None:
+            self.observer.on_config_read(offset, size)
         space = self.config_bytes(order)
         if offset < 0 or offset + size > len(space):
             return None

@@ -14,7 +14,7 @@ from typing import Any
 from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import DESC_F, STATUS, F, bit
+from virtio_sim.spec import BLK_T, DESC_F, STATUS, F, bit
 
 
 class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
@@ -205,6 +205,21 @@ class AcksUndefinedInterruptBits(VirtioGuestDevice):
         await super().negotiate(driver_features)
 
 
+class BadDiscard(VirtioGuestDevice):
+    """Sends one DISCARD whose segment data is not whole segments and asks for unmap."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        vq = self.queues[0]
+        hdr, seg, status = self.dma.alloc(16, 16), self.dma.alloc(64, 16), self.dma.alloc(1)
+        self.memory.write(hdr.gpa, layouts.blk_req_header_codec("little").pack(BLK_T.DISCARD, 0, 0))
+        segment = (0).to_bytes(8, "little") + (8).to_bytes(4, "little") + (1).to_bytes(4, "little")  # unmap
+        self.memory.write(seg.gpa, segment + bytes(10))
+        await vq.submit([(hdr.dev_addr, 16), (seg.dev_addr, 26)], [(status.dev_addr, 1)])
+        for buf in (hdr, seg, status):
+            self.dma.free(buf)
+
+
 UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
 
 
@@ -249,6 +264,9 @@ BROKEN: dict[str, Broken] = {
     "skips-queue-pfn-check": Broken(SkipsQueuePfnCheck, "rng", "mmio", ("mmio.legacy.drv-queue-setup",)),
     "acks-undefined-interrupt-bits": Broken(
         AcksUndefinedInterruptBits, "rng", "mmio-v2", ("mmio.drv.ack-mask",)
+    ),
+    "bad-discard": Broken(
+        BadDiscard, "blk", "pci-modern", ("blk.drv.segments-whole", "blk.drv.discard-unmap-zero")
     ),
     "narrow-register-read": Broken(NarrowRegisterRead, "rng", "mmio-v2", ("mmio.drv.control-32bit",)),
 }

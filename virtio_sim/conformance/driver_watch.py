@@ -36,6 +36,7 @@ from virtio_sim.ring.split import INDIRECT_TABLE_LIMIT, need_event
 from virtio_sim.ring.view import RingSource, RingView
 from virtio_sim.spec import (
     BLK,
+    BLK_F,
     BLK_T,
     DESC_F,
     IOMMU_F,
@@ -56,6 +57,20 @@ from virtio_sim.spec import (
 )
 
 IDX_MASK = 0xFFFF
+#: device config layouts by device type: (offset, width) of every field
+CONFIG_FIELDS: dict[str, list[tuple[int, int]]] = {
+    key: [
+        (off, width)
+        for name, off in layouts.field_offsets(decl).items()
+        for width in [layouts.field_widths(decl)[name]]
+    ]
+    for key, decl in (("blk", layouts.virtio_blk_config("little")), ("iommu", layouts.VirtioIommuConfig))
+}
+DEVICE_BIT_PREFIXES = {"IOMMU": "iommu", "BLK": "blk"}  # CONDITIONS on device-type feature bits
+DISCARD_SEGMENT = 16  # struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags
+DISCARD_UNMAP = 1  # flags bit 0
+BLK_WRITEBACK = layouts.field_offsets(layouts.virtio_blk_config("little"))["writeback"]
+BLK_CONFIG_SIZE = layouts.virtio_blk_config("little").sizeof()
 IOMMU_REQUEST_QUEUE = 0  # virtio-iommu: requestq; 1 is the event queue
 IDX_HALF = 0x8000  # an idx that moved "forward" by more than this went backwards
 CHAIN_BYTES_LIMIT = 1 << 32
@@ -155,6 +170,9 @@ CONDITIONS: dict[str, str] = {
     "split.legacy.drv-native-endian": "!VERSION_1",
     "blk.legacy.drv-framing": "!VERSION_1",
     "features.legacy.drv-no-high-bits": "!VERSION_1",
+    "blk.drv.discard-max-seg": "BLK_DISCARD",
+    "blk.drv.write-zeroes-max-seg": "BLK_WRITE_ZEROES",
+    "blk.drv.secure-erase-max-seg": "BLK_SECURE_ERASE",
     "iommu.probe.drv-size": "IOMMU_PROBE",
     "iommu.req.drv-domain-range": "IOMMU_DOMAIN_RANGE",
     "iommu.req.drv-input-range": "IOMMU_INPUT_RANGE",
@@ -210,6 +228,7 @@ class DriverWatch:
         self.ever_features_ok = False
         self.first_registers: list[tuple[str, str]] = []  # mmio: the first accesses
         self.iommu_maps: dict[int, list[tuple[int, int]]] = {}  # domain -> mapped ranges
+        self.pending_widths: list[tuple[int, int]] = []  # transitional config reads to judge
 
     # -- recording --------------------------------------------------------------------------
 
@@ -313,6 +332,11 @@ class DriverWatch:
                 f"DRIVER set before ACKNOWLEDGE ({status_names(value)})",
             )
             self._step_ok(old, value, STATUS.ACKNOWLEDGE)
+        if added & (STATUS.FEATURES_OK | STATUS.DRIVER_OK) and self.pending_widths:
+            pending, self.pending_widths = self.pending_widths, []
+            if not self.legacy:
+                for offset, size in pending:
+                    self._check_config_width(offset, size)
         if added & STATUS.FEATURES_OK:
             self._step_ok(old, value, STATUS.DRIVER)
             self._check(
@@ -450,6 +474,47 @@ class DriverWatch:
                 )
 
     # -- config -------------------------------------------------------------------------------
+
+    def on_config_read(self, offset: int, size: int) -> None:
+        if self.stopped is not None or self._vhost:
+            return
+        self._check_config_width(offset, size)
+        if (
+            self.device_type == "blk"
+            and offset <= BLK_WRITEBACK < offset + size
+            and not self._legacy_transport
+        ):
+            self._check(
+                "blk.drv.writeback-after-features-ok",
+                bool(self.status & STATUS.FEATURES_OK),
+                f"writeback read before FEATURES_OK ({status_names(self.status)})",
+            )
+
+    @property
+    def _legacy_transport(self) -> bool:
+        return self.transport in ("mmio", "mmio-v1", "pci-legacy")
+
+    def _check_config_width(self, offset: int, size: int) -> None:
+        """Modern interfaces: every device config field at its natural width (64-bit fields
+        may also be read as two aligned 32-bit halves; byte arrays byte by byte)."""
+        fields = CONFIG_FIELDS.get(self.device_type)
+        if fields is None or self._legacy_transport:
+            return
+        if self.transport == "pci-transitional" and not self.has(F.VERSION_1):
+            # a transitional device: which interface this read came through (legacy drivers
+            # may read config at any width) is known once the driver acks VERSION_1 or not
+            self.pending_widths.append((offset, size))
+            return
+        ok = False
+        for start, width in fields:
+            if start <= offset < start + width:
+                natural = size == width and offset == start
+                half = width == 8 and size == 4 and offset in (start, start + 4)
+                array = width not in (1, 2, 4, 8) and size == 1
+                ok = natural or half or array
+                break
+        rule = "mmio.drv.config-natural-width" if self._mmio else "pci.access.drv-natural-width"
+        self._check(rule, ok, f"{self.device_type} config read of {size} bytes at {offset:#x}")
 
     def on_config_write(self, offset: int, size: int, value: int) -> None:
         if self.stopped is not None or self._vhost:
@@ -1047,6 +1112,8 @@ class DriverWatch:
                 )
         elif rtype in (BLK_T.FLUSH, BLK_T.FLUSH_OUT):
             self._check("blk.drv.flush-sector-zero", sector == 0, f"{where}: FLUSH with sector {sector}")
+        elif rtype in (BLK_T.DISCARD, BLK_T.WRITE_ZEROES, BLK_T.SECURE_ERASE):
+            self._check_blk_segments(where, view, rtype, readable)
         elif rtype == BLK_T.GET_ID:
             self._check("blk.drv.get-id-20", data_in == BLK.id_bytes, f"{where}: GET_ID with {data_in} bytes")
             self._check("blk.req.sector-zero-non-rw", sector == 0, f"{where}: GET_ID with sector {sector}")
@@ -1077,6 +1144,37 @@ class DriverWatch:
                 f"{where}: without ANY_LAYOUT the header ({readable[0][1]} bytes) and the status"
                 f" ({writable[-1][1]} bytes) need descriptors of their own",
             )
+
+    def _check_blk_segments(
+        self, where: str, view: RingView, rtype: int, readable: list[tuple[int, int]]
+    ) -> None:
+        data = b"".join(view.space.read(a, n) for a, n in readable)[BLK_HEADER:]
+        self._check(
+            "blk.drv.segments-whole",
+            len(data) % DISCARD_SEGMENT == 0,
+            f"{where}: {len(data)} bytes of segments",
+        )
+        count = len(data) // DISCARD_SEGMENT
+        if rtype == BLK_T.DISCARD:
+            flags = [
+                int.from_bytes(data[i * DISCARD_SEGMENT + 12 : (i + 1) * DISCARD_SEGMENT], "little")
+                for i in range(count)
+            ]
+            self._check(
+                "blk.drv.discard-unmap-zero",
+                not any(f & DISCARD_UNMAP for f in flags),
+                f"{where}: DISCARD segment flags {flags}",
+            )
+        limit_of = {
+            BLK_T.DISCARD: ("max_discard_seg", BLK_F.DISCARD, "blk.drv.discard-max-seg"),
+            BLK_T.WRITE_ZEROES: ("max_write_zeroes_seg", BLK_F.WRITE_ZEROES, "blk.drv.write-zeroes-max-seg"),
+            BLK_T.SECURE_ERASE: ("max_secure_erase_seg", BLK_F.SECURE_ERASE, "blk.drv.secure-erase-max-seg"),
+        }
+        field_name, feature, rule = limit_of[rtype]
+        cfg = self._config()
+        if self.has(feature) and len(cfg) >= BLK_CONFIG_SIZE:
+            limit = layouts.virtio_blk_config("little").parse(cfg)[field_name]
+            self._check(rule, count <= limit, f"{where}: {count} segments, {field_name} {limit}")
 
     def _config(self) -> bytes:
         config_bytes = getattr(self.source, "config_bytes", None)
@@ -1332,7 +1430,8 @@ class DriverWatch:
             if self._applies(requirement, features):
                 self.log.passed(requirement)
         for requirement, condition in CONDITIONS.items():
-            if condition.lstrip("!").startswith("IOMMU_") and self.device_type != "iommu":
+            prefix = condition.lstrip("!").split("_")[0]
+            if prefix in DEVICE_BIT_PREFIXES and DEVICE_BIT_PREFIXES[prefix] != self.device_type:
                 continue  # device-type feature bits mean nothing on another device
             if requirement not in self.log.findings and not self._applies(requirement, features):
                 self.log.not_applicable(
@@ -1348,8 +1447,11 @@ class DriverWatch:
             return True
         negate = condition.startswith("!")
         name = condition.lstrip("!")
-        number = (
-            getattr(IOMMU_F, name.removeprefix("IOMMU_")) if name.startswith("IOMMU_") else getattr(F, name)
-        )
+        if name.startswith("IOMMU_"):
+            number = getattr(IOMMU_F, name.removeprefix("IOMMU_"))
+        elif name.startswith("BLK_"):
+            number = getattr(BLK_F, name.removeprefix("BLK_"))
+        else:
+            number = getattr(F, name)
         on = bool(features >> number & 1)
         return on != negate
