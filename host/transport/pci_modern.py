@@ -99,18 +99,17 @@ class ModernInterface:
                 offset=offset,
                 length=length,
             )
-            fn.add_capability(cap)
-        fn.add_capability(
-            _cap_bytes(
-                VirtioPciNotifyCap,
-                cap_len=VirtioPciNotifyCap.sizeof(),
-                cfg_type=PCI_CAP.NOTIFY,
-                bar=self.bar_index,
-                offset=QEMU_PCI.notify_offset,
-                length=NOTIFY_SIZE,
-                notify_off_multiplier=QEMU_PCI.notify_off_multiplier,
-            )
+            self._guard_capability(fn.add_capability(cap), len(cap))
+        notify_cap = _cap_bytes(
+            VirtioPciNotifyCap,
+            cap_len=VirtioPciNotifyCap.sizeof(),
+            cfg_type=PCI_CAP.NOTIFY,
+            bar=self.bar_index,
+            offset=QEMU_PCI.notify_offset,
+            length=NOTIFY_SIZE,
+            notify_off_multiplier=QEMU_PCI.notify_off_multiplier,
         )
+        self._guard_capability(fn.add_capability(notify_cap), len(notify_cap))
         cfg = _cap_bytes(
             VirtioPciCfgCap,
             cap_len=VirtioPciCfgCap.sizeof(),
@@ -127,9 +126,21 @@ class ModernInterface:
         for name in ("offset", "length", "pci_cfg_data"):
             writable[c[name] : c[name] + DWORD] = b"\xff" * DWORD
         at = fn.add_capability(cfg, bytes(writable))
+        self._guard_capability(at, c["bar"])  # its header is not the driver's to write
         self.cfg_cap_offset = at
         data = at + c["pci_cfg_data"]
         fn.add_config_hook(data, DWORD, on_read=self._cfg_window_read, on_write=self._cfg_window_write)
+
+    def _guard_capability(self, at: int, length: int) -> None:
+        """Writes into a virtio capability structure are driver misuse (the spec reserves
+        them; only the PCI-config access capability's window fields are written)."""
+
+        def written(offset: int, size: int) -> None:
+            self.proxy.device.misuse(
+                "pci-cap-write", f"pci: config write of {size} bytes at {offset:#x} into a virtio capability"
+            )
+
+        self.proxy.fn.add_config_hook(at, length, on_write=written)
 
     # -- BAR dispatch ---------------------------------------------------------------------
 
@@ -376,10 +387,15 @@ class ModernInterface:
         length = int.from_bytes(fn.config[at + c["length"] : at + c["length"] + DWORD], "little")
         target = fn.bars.get(bar)
         if length not in (1, 2, DWORD) or offset % length or target is None:
-            self.proxy.note(f"pci cfg capability: bar {bar} offset {offset:#x} length {length} is unusable")
+            self.proxy.device.misuse(
+                "pci-cfgcap-unaligned" if target is not None else "pci-cfgcap-range",
+                f"pci: pci cfg capability: bar {bar} offset {offset:#x} length {length} is unusable",
+            )
             return None
         if target.index != bar or offset + length > target.size:
-            self.proxy.note(f"pci cfg capability: {offset:#x}+{length} is outside BAR {bar}")
+            self.proxy.device.misuse(
+                "pci-cfgcap-range", f"pci: pci cfg capability: {offset:#x}+{length} is outside BAR {bar}"
+            )
             return None
         return bar, offset, length
 

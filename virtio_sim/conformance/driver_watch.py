@@ -118,10 +118,13 @@ MISUSE: dict[str, str] = {
     "pci-isr-width": "pci.access.drv-natural-width",
     "pci-common-write-ro": "pci.common.drv-no-write-ro",
     "pci-msix-range": "pci.msix.drv-in-range",
+    "pci-cap-write": "pci.cap.drv-no-write",
+    "pci-cfgcap-unaligned": "pci.cfgcap.drv-aligned",
+    "pci-cfgcap-range": "pci.cfgcap.drv-valid-range",
 }
 _MMIO_ACCESS_IDS = ("mmio.drv.no-undefined-offsets", "mmio.drv.control-32bit", "mmio.drv.no-read-wo",
                     "mmio.drv.no-write-ro", "mmio.drv.config-natural-width")  # fmt: skip
-_PCI_ACCESS_IDS = ("pci.access.drv-natural-width", "pci.common.drv-no-write-ro")
+_PCI_ACCESS_IDS = ("pci.access.drv-natural-width", "pci.common.drv-no-write-ro", "pci.cap.drv-no-write")
 
 #: ids that only apply with (or without, "!") a feature: NOT_APPLICABLE otherwise
 CONDITIONS: dict[str, str] = {
@@ -1415,6 +1418,15 @@ class DriverWatch:
                 self._ok("split.availsupp.drv-event-idx-kick")
             else:
                 self._ok("split.availsupp.drv-flags0-kick")
+        if self._pci and self.reset_seen and self.transport != "vhost-user":
+            # the driver bound this function by its id (a modern-only or a transitional one)
+            self._ok(
+                "pci.id.drv-match-modern"
+                if self.transport == "pci-modern"
+                else "pci.id.drv-match-transitional"
+            )
+            if self.transport == "pci-legacy":
+                self._ok("pci.legacy.drv-bar0-io")  # the legacy header lives in I/O BAR 0 only
         if not self._vhost and self.reset_seen:
             family = (
                 _MMIO_ACCESS_IDS
