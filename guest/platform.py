@@ -191,6 +191,8 @@ class GuestPolicy:
     pci_config_access: str = "auto"
     #: Linux's vring_use_dma_api(): "never", "feature" (ACCESS_PLATFORM negotiated), "always"
     dma_api: str = "feature"
+    #: the virtio core class (a conformance test seeds a broken driver by subclassing it)
+    device_class: type[VirtioGuestDevice] = VirtioGuestDevice
     #: virtio_mmio's ACPI match table (Linux: LNRO0005 only); the simulator's own current
     #: driver also knows the id in QEMU's vendor space (the new side of the HID matrix)
     acpi_hids: tuple[str, ...] = DEFAULT_ACPI_HIDS
@@ -336,7 +338,7 @@ class GuestKernel:
         def dma_for(features: int) -> DmaApi:
             return self._dma_for(features, endpoint)
 
-        return VirtioGuestDevice(t, self.memory, self.dma, self.policy.driver, dma_for)
+        return self.policy.device_class(t, self.memory, self.dma, self.policy.driver, dma_for)
 
     def _dma_for(self, features: int, endpoint: int | None) -> DmaApi:
         """Linux's rule: the DMA API when ACCESS_PLATFORM was negotiated (or always, Xen).

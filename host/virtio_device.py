@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from host.devices.base import DeviceModel
+from host.observer import DriverObserver, RingView
 from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.ring.api import DeviceRing
@@ -175,6 +176,8 @@ class VirtioDevice:
         self.policy = policy
         self.strict_rings = strict_rings
         self.sink: InterruptSink | None = None
+        #: a checking device's driver watch (host/observer.py); None costs nothing
+        self.observer: DriverObserver | None = None
         self.queues = [QueueState(i, model.queue_max_size) for i in range(model.num_queues)]
         self.violations: list[Violation] = []
         self.notes: list[str] = []
@@ -218,6 +221,36 @@ class VirtioDevice:
         log.info("%s: %s", self.model.type_key, message)
         self.notes.append(message)
 
+    def misuse(self, kind: str, message: str) -> None:
+        """A driver access the transport refused: noted, and classed for an observer."""
+        self.note(message)
+        if self.observer is not None:
+            self.observer.on_misuse(kind, message)
+
+    def read_status(self) -> int:
+        """The status register as a driver reads it (transports call this, not .status)."""
+        if self.observer is not None:
+            self.observer.on_status_read(self.status)
+        return self.status
+
+    def ring_view(self, index: int) -> RingView | None:
+        """Queue ``index`` as configured, for observers (host/observer.py RingSource)."""
+        q = self.queue(index)
+        if q is None:
+            return None
+        return RingView(
+            index=q.index,
+            size=q.size,
+            max_size=q.max_size,
+            desc=q.desc,
+            driver=q.driver,
+            device=q.device,
+            ready=q.ready,
+            packed=self.packed,
+            order=self.byte_order(self.guest_order),
+            space=self.space_for(self.driver_features),
+        )
+
     # -- status ----------------------------------------------------------------
 
     def reset(self) -> None:
@@ -232,6 +265,12 @@ class VirtioDevice:
     def write_status(self, value: int) -> None:
         value &= 0xFF
         self.status_writes.append(value)
+        old_status = self.status
+        self._write_status(value)
+        if self.observer is not None:
+            self.observer.on_status_write(old_status, value, self.status)
+
+    def _write_status(self, value: int) -> None:
         if value == 0:
             self.reset()
             return
@@ -285,6 +324,8 @@ class VirtioDevice:
         return self.model.validate_features(self.driver_features)
 
     def write_driver_features(self, window: int, value: int) -> None:
+        if self.observer is not None:
+            self.observer.on_features_write(window, value)
         if self.status & STATUS.FEATURES_OK:
             self.note("driver wrote features after FEATURES_OK (ignored)")
             return
@@ -320,6 +361,8 @@ class VirtioDevice:
         """A config field's value; ``order`` is the interface's (modern PCI: always little),
         by default the negotiated one. None when the access leaves the config space."""
         order = order or self.byte_order(self.guest_order)
+        if self.observer is not None:
+            self.observer.on_config_read(offset, size)
         space = self.config_bytes(order)
         if offset < 0 or offset + size > len(space):
             return None
@@ -331,6 +374,8 @@ class VirtioDevice:
     def write_config(self, offset: int, size: int, value: int, order: ByteOrder | None = None) -> None:
         order = order or self.byte_order(self.guest_order)
         value &= (1 << 8 * size) - 1  # a wider value than the access never reaches the model
+        if self.observer is not None:
+            self.observer.on_config_write(offset, size, value)
         self.model.config_write(offset, value.to_bytes(size, order))
         self.config_changed()
 
@@ -436,6 +481,8 @@ class VirtioDevice:
                 msg = f"notification data {value:#010x}: {problem}"
                 self.violations.append(Violation("notify-data-mismatch", msg, q.index, "noted"))
                 self.note(f"queue {q.index}: {msg}")
+                if self.observer is not None:
+                    self.observer.on_ring_violation(q.index, "notify-data-mismatch", msg)
         self.notify(data.queue)
 
     def reset_queue(self, index: int) -> None:
@@ -531,6 +578,8 @@ class VirtioDevice:
         """Apply the error policy; True if serving the queue may continue."""
         violation = e.violation if isinstance(e, RingError) else "dma"
         head = e.head if isinstance(e, RingError) else None
+        if self.observer is not None:
+            self.observer.on_ring_violation(q.index, violation, str(e))
         if self.policy is ErrorPolicy.DROP and head is not None and q.ring is not None:
             self.violations.append(Violation(violation, str(e), q.index, "drop"))
             self.note(f"queue {q.index}: {e}; dropped head {head}")
