@@ -34,7 +34,6 @@ from virtio_sim.layouts import (
     virtio_blk_config,
 )
 from virtio_sim.spec import (
-    BLK_F,
     FEATURES,
     MMIO,
     MMIO_INT,
@@ -111,6 +110,10 @@ async def status_needs_reset(ctx: Ctx) -> None:
     await wait_used(ctx, q, 1, timeout=0.3)
     status = await ctx.t.ops.get_status()
     isr = await ack(ctx)
+    if ctx.legacy:
+        for rid in ("status.dev.set-needs-reset", "status.dev.needs-reset-config-notify"):
+            ctx.log.not_applicable(rid, "legacy interface has no DEVICE_NEEDS_RESET")
+        return
     if not status & STATUS.DEVICE_NEEDS_RESET:
         # Dropping the request (used len 0) is also a valid recovery; a SHOULD then.
         ctx.log.failed("status.dev.set-needs-reset", f"descriptor at {OUT_OF_RAM:#x}: status {status:#x}")
@@ -362,14 +365,8 @@ async def config_space(ctx: Ctx) -> None:
     if not ctx.log.check(rid, g0 == g1, f"generation moved {g0} -> {g1} with no change"):
         return
     await driver_ok(ctx)
-    changed = False
-    if ctx.key == "blk" and ctx.offered >> BLK_F.CONFIG_WCE & 1:  #: writeback is writable
-        wb = BLK_WRITEBACK_OFFSET
-        old = await ops.read_config(wb, 1)
-        await ops.write_config(wb, 1, old ^ 1)
-        changed = await ops.read_config(wb, 1) != old
-    elif ctx.dut.poke_config():
-        changed = True
+    # A device-side change (a driver's own write is no inconsistency it could observe).
+    changed = ctx.dut.poke_config()
     if not changed:
         ctx.log.not_applicable(rid, "no config change could be provoked on this device")
         return
