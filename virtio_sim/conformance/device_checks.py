@@ -389,6 +389,7 @@ def load_all() -> dict[str, Checker]:
         checks_iommu,
         checks_pci,
         checks_rings,
+        checks_vqreset,
     )
 
     return CHECKERS
