@@ -29,6 +29,7 @@ import errno
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ import trio
 from host.devices.base import DeviceModel
 from host.devices.blk import BlkDevice
 from host.devices.rng import RngDevice
+from host.observer import DriverObserver
 from host.qdev import BuiltDevice
 from host.vhost_memory import VhostMemoryError, VhostMemoryTable
 from host.vhost_user_wire import (
@@ -214,6 +216,13 @@ class VhostUserBackend:
             self.model.source = self.entropy  # type: ignore[assignment]
         self.ended = ""
         self._nursery: trio.Nursery | None = None
+        #: a driver watch (host/observer.py): what a vhost-user back-end can see of the
+        #: front-end's driver (features, ring setup, kicks, the rings in shared memory)
+        self.observer: DriverObserver | None = None
+
+    def attach_observer(self, observer: DriverObserver) -> None:
+        self.observer = observer
+        self.vdev.observer = observer  # feature writes and ring violations come from the core
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -312,6 +321,10 @@ class VhostUserBackend:
         """Handle one message; returns the reply payload for requests that have one."""
         r = msg.request
         if r == VU_REQ.GET_FEATURES:
+            if self.observer is not None:
+                offered = self.vdev.device_features
+                self.observer.on_features_read(0, offered & 0xFFFFFFFF)
+                self.observer.on_features_read(1, offered >> 32)
             return u64_payload(self.offered_features)
         if r == VU_REQ.SET_FEATURES:
             self._set_features(payload_u64(msg))
@@ -474,6 +487,8 @@ class VhostUserBackend:
         q.size, q.desc, q.driver, q.device = n, desc, avail, used
         q.ring, q.ready = ring, True
         vr.ring, vr.started = ring, True
+        if self.observer is not None:
+            self.observer.on_queue_write(vr.index, "start", vr.base, False)  # resumes at base
         if not self.vdev.status & STATUS.DRIVER_OK:
             self.vdev.write_status(DRIVER_OK_STATUS)
             if not self.vdev.status & STATUS.FEATURES_OK:
@@ -502,6 +517,8 @@ class VhostUserBackend:
                     self.note(f"vring {vr.index}: kick eventfd read failed: {e.strerror}")
                     return
                 vr.kicks += 1
+                if self.observer is not None and vr.started:
+                    self.observer.on_notify(vr.index, vr.index, 0)  # an eventfd kick: no register
                 self._serve(vr)
 
     def _serve(self, vr: Vring) -> None:
@@ -619,6 +636,7 @@ async def serve_socket(
     built: BuiltDevice,
     *,
     connect_timeout: float | None = None,
+    on_backend: Callable[[VhostUserBackend], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> VhostUserBackend | None:
     """Listen on ``path``, serve the first front-end that connects, return the back-end
@@ -638,6 +656,8 @@ async def serve_socket(
     if conn is None:
         return None
     backend = VhostUserBackend(built)
+    if on_backend is not None:
+        on_backend(backend)  # e.g. attach a driver watch before the first message
     with conn:
         await backend.serve(conn)
     return backend

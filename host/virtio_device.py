@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from host.devices.base import DeviceModel
+from host.observer import DriverObserver, RingView
 from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.ring.api import DeviceRing
@@ -175,6 +176,8 @@ class VirtioDevice:
         self.policy = policy
         self.strict_rings = strict_rings
         self.sink: InterruptSink | None = None
+        #: a checking device's driver watch (host/observer.py); None costs nothing
+        self.observer: DriverObserver | None = None
         self.queues = [QueueState(i, model.queue_max_size) for i in range(model.num_queues)]
         self.violations: list[Violation] = []
         self.notes: list[str] = []
@@ -185,6 +188,9 @@ class VirtioDevice:
         self.deferred_notifies: set[int] = set()
         self.config_generation = 0
         self._config_snapshot = b""
+        #: set by the transport when the function has no legacy interface (mmio v2,
+        #: modern-only PCI): such a device refuses FEATURES_OK without VERSION_1
+        self.modern_only = False
         model.hooks = self
         #: the guest CPU's byte order: what the legacy interface uses (a machine property,
         #: so a device reset does not change it)
@@ -215,6 +221,36 @@ class VirtioDevice:
         log.info("%s: %s", self.model.type_key, message)
         self.notes.append(message)
 
+    def misuse(self, kind: str, message: str) -> None:
+        """A driver access the transport refused: noted, and classed for an observer."""
+        self.note(message)
+        if self.observer is not None:
+            self.observer.on_misuse(kind, message)
+
+    def read_status(self) -> int:
+        """The status register as a driver reads it (transports call this, not .status)."""
+        if self.observer is not None:
+            self.observer.on_status_read(self.status)
+        return self.status
+
+    def ring_view(self, index: int) -> RingView | None:
+        """Queue ``index`` as configured, for observers (host/observer.py RingSource)."""
+        q = self.queue(index)
+        if q is None:
+            return None
+        return RingView(
+            index=q.index,
+            size=q.size,
+            max_size=q.max_size,
+            desc=q.desc,
+            driver=q.driver,
+            device=q.device,
+            ready=q.ready,
+            packed=self.packed,
+            order=self.byte_order(self.guest_order),
+            space=self.space_for(self.driver_features),
+        )
+
     # -- status ----------------------------------------------------------------
 
     def reset(self) -> None:
@@ -229,6 +265,12 @@ class VirtioDevice:
     def write_status(self, value: int) -> None:
         value &= 0xFF
         self.status_writes.append(value)
+        old_status = self.status
+        self._write_status(value)
+        if self.observer is not None:
+            self.observer.on_status_write(old_status, value, self.status)
+
+    def _write_status(self, value: int) -> None:
         if value == 0:
             self.reset()
             return
@@ -245,13 +287,26 @@ class VirtioDevice:
             new |= STATUS.DEVICE_NEEDS_RESET  # only a reset clears it
         self.status = new
         if new & STATUS.DRIVER_OK and not old & STATUS.DRIVER_OK:
-            self.model.activate(self.driver_features, self.byte_order(self.guest_order))
+            if not self.legacy and not new & STATUS.FEATURES_OK:
+                # A modern driver going live without FEATURES_OK never had its features
+                # accepted: refuse to run (strict) rather than guess a feature set.
+                self._violation("driver-ok-without-features-ok", "DRIVER_OK without FEATURES_OK")
+                return
+            try:
+                self.model.activate(self.driver_features, self.byte_order(self.guest_order))
+            except OSError as e:
+                # The backend is gone (file, socket): a device error, not a host crash.
+                self._violation("activation-failed", f"activation failed: {e}")
+                return
             self._config_snapshot = self._config_space()
             deferred, self.deferred_notifies = sorted(self.deferred_notifies), set()
             for index in deferred:
                 self.notify(index)
 
     def _features_ok_refusal(self) -> str | None:
+        if self.modern_only and not self.driver_features >> F.VERSION_1 & 1:
+            # A device without a legacy interface cannot run the legacy rules (row E40).
+            return "driver did not accept VIRTIO_F_VERSION_1 (the device has no legacy interface)"
         extra = self.driver_features & ~self.device_features
         if extra:
             names = FEATURES.names(extra, self.model.type_key)
@@ -269,6 +324,8 @@ class VirtioDevice:
         return self.model.validate_features(self.driver_features)
 
     def write_driver_features(self, window: int, value: int) -> None:
+        if self.observer is not None:
+            self.observer.on_features_write(window, value)
         if self.status & STATUS.FEATURES_OK:
             self.note("driver wrote features after FEATURES_OK (ignored)")
             return
@@ -304,6 +361,8 @@ class VirtioDevice:
         """A config field's value; ``order`` is the interface's (modern PCI: always little),
         by default the negotiated one. None when the access leaves the config space."""
         order = order or self.byte_order(self.guest_order)
+        if self.observer is not None:
+            self.observer.on_config_read(offset, size)
         space = self.config_bytes(order)
         if offset < 0 or offset + size > len(space):
             return None
@@ -314,6 +373,9 @@ class VirtioDevice:
 
     def write_config(self, offset: int, size: int, value: int, order: ByteOrder | None = None) -> None:
         order = order or self.byte_order(self.guest_order)
+        value &= (1 << 8 * size) - 1  # a wider value than the access never reaches the model
+        if self.observer is not None:
+            self.observer.on_config_write(offset, size, value)
         self.model.config_write(offset, value.to_bytes(size, order))
         self.config_changed()
 
@@ -346,6 +408,9 @@ class VirtioDevice:
         return "platform" if self.has_feature(F.ORDER_PLATFORM) else "weak"
 
     def set_queue_size(self, q: QueueState, size: int) -> None:
+        if q.ready:
+            self.note(f"queue {q.index}: size written while the queue is live (ignored)")
+            return
         # Packed rings take any size up to 2^15; split rings need a power of two.
         limit = PACKED.max_queue_size if self.packed else SPLIT.max_queue_size
         pow2 = not size & (size - 1)
@@ -357,6 +422,18 @@ class VirtioDevice:
     def _ring(self, q: QueueState) -> DeviceRing:
         if q.ring is None:
             feats = self.driver_features
+            if not self.packed:
+                misaligned = [
+                    name
+                    for name, addr, align in (
+                        ("descriptor table", q.desc, SPLIT.desc_align),
+                        ("available ring", q.driver, SPLIT.avail_align),
+                        ("used ring", q.device, SPLIT.used_align),
+                    )
+                    if addr % align
+                ]
+                if misaligned:
+                    raise RingError("ring-alignment", f"split ring misaligned: {', '.join(misaligned)}")
             space = self.space_for(feats)
             addrs = SplitRingAddresses(q.desc, q.driver, q.device)
             ring: DeviceRing
@@ -404,6 +481,8 @@ class VirtioDevice:
                 msg = f"notification data {value:#010x}: {problem}"
                 self.violations.append(Violation("notify-data-mismatch", msg, q.index, "noted"))
                 self.note(f"queue {q.index}: {msg}")
+                if self.observer is not None:
+                    self.observer.on_ring_violation(q.index, "notify-data-mismatch", msg)
         self.notify(data.queue)
 
     def reset_queue(self, index: int) -> None:
@@ -461,7 +540,12 @@ class VirtioDevice:
                 if not done or not ring.has_available():
                     return
             except (RingError, DmaError) as e:
-                self._maybe_interrupt(q)
+                try:
+                    self._maybe_interrupt(q)  # completions made before the violation
+                except (RingError, DmaError) as again:
+                    # the ring itself became unreadable (e.g. its IOMMU mapping went away):
+                    # that must not escape from the notify register write
+                    self.note(f"queue {q.index}: {again} (interrupting after a violation)")
                 if not self._fail(q, e):
                     return
 
@@ -494,6 +578,8 @@ class VirtioDevice:
         """Apply the error policy; True if serving the queue may continue."""
         violation = e.violation if isinstance(e, RingError) else "dma"
         head = e.head if isinstance(e, RingError) else None
+        if self.observer is not None:
+            self.observer.on_ring_violation(q.index, violation, str(e))
         if self.policy is ErrorPolicy.DROP and head is not None and q.ring is not None:
             self.violations.append(Violation(violation, str(e), q.index, "drop"))
             self.note(f"queue {q.index}: {e}; dropped head {head}")
@@ -507,6 +593,12 @@ class VirtioDevice:
         self.note(f"queue {q.index}: {e}; device needs reset")
         self.set_needs_reset()
         return False
+
+    def _violation(self, violation: str, message: str) -> None:
+        """A device-level violation outside any queue: always needs-reset."""
+        self.violations.append(Violation(violation, message, None, "needs-reset"))
+        self.note(f"{message}; device needs reset")
+        self.set_needs_reset()
 
     def set_needs_reset(self) -> None:
         self.broken = True

@@ -10,6 +10,7 @@ and ring violations the device recorded turn an apparent OK into DEVICE_ERROR.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -46,6 +47,10 @@ class RunConfig:
     # a different value makes a deliberately mismatched legacy setup.
     host_guest_order: ByteOrder | None = None
     globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
+    #: called with the built host before the guest boots (a checking device attaches its
+    #: observers here); what it returns is called once the run ended, before the host's
+    #: memory goes away
+    on_host: Callable[[HostSetup], Callable[[], None] | None] | None = None
     #: QEMU's -M value (host/machine_types.py); None: microvm announced on the command line
     machine: str | None = None
 
@@ -101,6 +106,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             setup = build_host(host_cfg)
         except PropertyError as e:
             return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
+        finish = cfg.on_host(setup) if cfg.on_host is not None else None
         try:
             host_end, guest_end = memory_link()
             boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size, setup.ram_base)
@@ -121,4 +127,6 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
                 result.transport = cfg.transport
             return add_host_evidence(result, setup)
         finally:
+            if finish is not None:
+                finish()
             setup.close()

@@ -179,6 +179,7 @@ class BlkFeatureBits:
     MQ: int
     DISCARD: int
     WRITE_ZEROES: int
+    SECURE_ERASE: int
 
 
 F = _bind(TransportFeatureBits, _FEATURE_BITS, "features.toml", "VIRTIO_F_")
@@ -394,6 +395,9 @@ class BlkRequestTypes:
     FLUSH: int
     FLUSH_OUT: int
     GET_ID: int
+    DISCARD: int
+    WRITE_ZEROES: int
+    SECURE_ERASE: int
 
 
 class BlkStatusValues:

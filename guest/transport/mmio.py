@@ -98,7 +98,8 @@ class MmioTransportDriver:
 
     async def queue_max_size(self, index: int) -> int:
         await self._w("QueueSel", index)
-        if not self.legacy and await self._r("QueueReady"):
+        # Linux's vm_setup_vq(): a queue in use has QueuePFN (version 1) or QueueReady set.
+        if await self._r("QueuePFN" if self.legacy else "QueueReady"):
             raise TransportError(f"queue {index} is already set up")
         return await self._r("QueueSizeMax")
 
@@ -124,6 +125,8 @@ class MmioTransportDriver:
             await self._w("QueuePFN", 0)
         else:
             await self._w("QueueReady", 0)
+            if await self._r("QueueReady"):  # Linux's vm_del_vq() reads it back to synchronise
+                raise TransportError(f"queue {index} still reads ready after QueueReady 0")
 
     async def notify(self, index: int, data: int | None = None) -> None:
         await self._w("QueueNotify", index if data is None else data)

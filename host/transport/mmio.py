@@ -27,10 +27,19 @@ from virtio_sim.layouts import (
 from virtio_sim.layouts import (
     desc_table_size as _desc_table_size,
 )
-from virtio_sim.spec import MMIO, MMIO_INT
+from virtio_sim.spec import MMIO, MMIO_INT, NOTIFY_DATA
 
 MMIO_WINDOW = 0x200  # bytes of one transport in QEMU's machines
 ALL_ONES_32 = 0xFFFFFFFF
+MMIO_NOTIFY_INDEX_MASK = NOTIFY_DATA.vq_mask  # QueueNotify: the index (low bits with notification data)
+# Queue registers an observer hears about (host/observer.py), by observer field name.
+_QUEUE_WRITES = {
+    "QueueSize": "size", "QueueReady": "enable", "QueuePFN": "pfn", "QueueAlign": "align",
+    "QueueReset": "reset", "GuestPageSize": "guest_page_size",
+    "QueueDescLow": "desc", "QueueDescHigh": "desc", "QueueDriverLow": "driver",
+    "QueueDriverHigh": "driver", "QueueDeviceLow": "device", "QueueDeviceHigh": "device",
+}  # fmt: skip
+_QUEUE_READS = {"QueueReady": "ready", "QueueReset": "reset", "QueueSizeMax": "size_max", "QueuePFN": "pfn"}
 
 _READABLE = frozenset(
     {
@@ -62,6 +71,7 @@ class MmioTransport(InterruptSink):
             # A modern-only transport masks the legacy-only bits, as QEMU's v2 mode does.
             device.transport_features.any_layout = False
             device.transport_features.notify_on_empty = False
+            device.modern_only = True
         self._reset_registers()
 
     @property
@@ -99,10 +109,10 @@ class MmioTransport(InterruptSink):
     def _reg(self, offset: int, size: int, op: str) -> str | None:
         name = MMIO_NAMES.get(offset)
         if name is None or name not in self.registers:
-            self.device.note(f"mmio: {op} of undefined register offset {offset:#x}")
+            self.device.misuse("mmio-undefined", f"mmio: {op} of undefined register offset {offset:#x}")
             return None
         if size != MMIO_REGISTER_WIDTH:
-            self.device.note(f"mmio: wrong size access ({size}) to register {name}")
+            self.device.misuse("mmio-width", f"mmio: wrong size access ({size}) to register {name}")
             return None
         return name
 
@@ -113,8 +123,19 @@ class MmioTransport(InterruptSink):
         if name is None:
             return 0
         if name not in _READABLE or (name == "QueuePFN" and not self.legacy):
-            self.device.note(f"mmio: read of write-only register {name}")
+            self.device.misuse("mmio-read-wo", f"mmio: read of write-only register {name}")
             return 0
+        value = self._read_register(name)
+        obs = self.device.observer
+        if obs is not None:
+            obs.on_register("read", name, value)
+            if name == "DeviceFeatures":
+                obs.on_features_read(self.device_features_sel, value)
+            elif name in _QUEUE_READS:
+                obs.on_queue_read(self.queue_sel, _QUEUE_READS[name], value)
+        return value
+
+    def _read_register(self, name: str) -> int:
         d = self.device
         q = d.queue(self.queue_sel)
         match name:
@@ -141,7 +162,7 @@ class MmioTransport(InterruptSink):
             case "InterruptStatus":
                 return self.interrupt_status
             case "Status":
-                return d.status
+                return d.read_status()
             case "SHMLenLow" | "SHMLenHigh" | "SHMBaseLow" | "SHMBaseHigh":
                 return ALL_ONES_32  # no shared memory regions: "absent" reads as all ones
             case "QueueReset":
@@ -152,18 +173,21 @@ class MmioTransport(InterruptSink):
 
     def _read_config(self, offset: int, size: int) -> int:
         if size not in (1, 2, 4, 8) or (not self.legacy and offset % size):
-            self.device.note(f"mmio: config read of {size} bytes at unaligned offset {offset:#x}")
+            msg = f"mmio: config read of {size} bytes at unaligned offset {offset:#x}"
+            self.device.misuse("mmio-config-width", msg)
             return 0
         value = self.device.read_config(offset, size)
         if value is None:
-            self.device.note(f"mmio: config read beyond config space at {offset:#x}")
+            self.device.misuse("mmio-config-range", f"mmio: config read beyond config space at {offset:#x}")
             return (1 << (8 * size)) - 1  # QEMU's virtio_config_read*: all ones
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset >= MMIO_CONFIG_OFFSET:
             if size not in (1, 2, 4, 8) or (not self.legacy and offset % size):
-                self.device.note(f"mmio: config write of {size} bytes at unaligned offset {offset:#x}")
+                self.device.misuse(
+                    "mmio-config-width", f"mmio: config write of {size} bytes at unaligned offset {offset:#x}"
+                )
                 return
             self.device.write_config(offset - MMIO_CONFIG_OFFSET, size, value)
             return
@@ -172,6 +196,13 @@ class MmioTransport(InterruptSink):
             return
         d = self.device
         q = d.queue(self.queue_sel)
+        obs = d.observer
+        if obs is not None:
+            obs.on_register("write", name, value)
+            if name in _QUEUE_WRITES:
+                obs.on_queue_write(self.queue_sel, _QUEUE_WRITES[name], value, bool(q and q.ready))
+            elif name == "QueueNotify":
+                obs.on_notify(value & MMIO_NOTIFY_INDEX_MASK, value, size)
         match name:
             case "DeviceFeaturesSel":
                 self.device_features_sel = value
@@ -230,7 +261,7 @@ class MmioTransport(InterruptSink):
                 if value == 1 and q is not None:
                     d.reset_queue(q.index)  # completes at once: QueueReset reads 0 again
             case _:
-                d.note(f"mmio: write of read-only register {name} ignored")
+                d.misuse("mmio-write-ro", f"mmio: write of read-only register {name} ignored")
 
     def _write_status(self, value: int) -> None:
         d = self.device

@@ -58,10 +58,14 @@ class LegacyInterface:
     def _field(self, offset: int, size: int, op: str) -> str | None:
         name = _FIELD_AT.get(offset)
         if name is None:
-            self.proxy.note(f"legacy: {op} inside a header register at {offset:#x} ignored")
+            self.proxy.device.misuse(
+                "legacy-undefined", f"pci: legacy: {op} inside a header register at {offset:#x} ignored"
+            )
             return None
         if size != LEGACY_HDR_WIDTH[name]:
-            self.proxy.note(f"legacy: wrong size access ({size}) to register {name}")
+            self.proxy.device.misuse(
+                "legacy-width", f"pci: legacy: wrong size access ({size}) to register {name}"
+            )
             return None
         return name
 
@@ -80,7 +84,10 @@ class LegacyInterface:
         q = d.queue(p.queue_sel)
         match name:
             case "host_features":
-                return d.device_features & 0xFFFFFFFF
+                value = d.device_features & 0xFFFFFFFF
+                if d.observer is not None:
+                    d.observer.on_features_read(0, value)
+                return value
             case "guest_features":
                 return d.driver_features & 0xFFFFFFFF
             case "queue_pfn":
@@ -90,13 +97,13 @@ class LegacyInterface:
             case "queue_sel":
                 return p.queue_sel
             case "status":
-                return d.status
+                return d.read_status()
             case "isr":
                 return p.read_isr()
             case "config_msix_vector":
-                return p.config_vector
+                return p.read_config_vector()
             case "queue_msix_vector":
-                return p.queue_vector()
+                return p.read_queue_vector()
         return 0  # queue_notify reads 0
 
     def write(self, offset: int, size: int, value: int) -> None:
@@ -112,9 +119,15 @@ class LegacyInterface:
         if name is None:
             return
         if name in _READ_ONLY:
-            p.note(f"legacy: write to read-only register {name} ignored")
+            p.device.misuse("legacy-write-ro", f"pci: legacy: write to read-only register {name} ignored")
             return
         d = p.device
+        if d.observer is not None:
+            if name == "queue_pfn":
+                q = d.queue(p.queue_sel)
+                d.observer.on_queue_write(p.queue_sel, "pfn", value, bool(q and q.ready))
+            elif name == "queue_notify":
+                d.observer.on_notify(value, value, size)
         match name:
             case "guest_features":
                 if value & bit(F.BAD_FEATURE):

@@ -53,6 +53,8 @@ _READ_ONLY = frozenset(
     }
 )  # fmt: skip
 _QUEUE_ADDRESS = {"queue_desc": "desc", "queue_driver": "driver", "queue_device": "device"}
+# Queue fields an observer hears about (host/observer.py), by observer field name.
+_QUEUE_FIELDS = {"queue_size": "size", "queue_enable": "enable", "queue_reset": "reset", **_QUEUE_ADDRESS}
 
 
 def _cap_bytes(declaration: object, **values: int | bytes) -> bytes:
@@ -97,18 +99,17 @@ class ModernInterface:
                 offset=offset,
                 length=length,
             )
-            fn.add_capability(cap)
-        fn.add_capability(
-            _cap_bytes(
-                VirtioPciNotifyCap,
-                cap_len=VirtioPciNotifyCap.sizeof(),
-                cfg_type=PCI_CAP.NOTIFY,
-                bar=self.bar_index,
-                offset=QEMU_PCI.notify_offset,
-                length=NOTIFY_SIZE,
-                notify_off_multiplier=QEMU_PCI.notify_off_multiplier,
-            )
+            self._guard_capability(fn.add_capability(cap), len(cap))
+        notify_cap = _cap_bytes(
+            VirtioPciNotifyCap,
+            cap_len=VirtioPciNotifyCap.sizeof(),
+            cfg_type=PCI_CAP.NOTIFY,
+            bar=self.bar_index,
+            offset=QEMU_PCI.notify_offset,
+            length=NOTIFY_SIZE,
+            notify_off_multiplier=QEMU_PCI.notify_off_multiplier,
         )
+        self._guard_capability(fn.add_capability(notify_cap), len(notify_cap))
         cfg = _cap_bytes(
             VirtioPciCfgCap,
             cap_len=VirtioPciCfgCap.sizeof(),
@@ -125,9 +126,21 @@ class ModernInterface:
         for name in ("offset", "length", "pci_cfg_data"):
             writable[c[name] : c[name] + DWORD] = b"\xff" * DWORD
         at = fn.add_capability(cfg, bytes(writable))
+        self._guard_capability(at, c["bar"])  # its header is not the driver's to write
         self.cfg_cap_offset = at
         data = at + c["pci_cfg_data"]
         fn.add_config_hook(data, DWORD, on_read=self._cfg_window_read, on_write=self._cfg_window_write)
+
+    def _guard_capability(self, at: int, length: int) -> None:
+        """Writes into a virtio capability structure are driver misuse (the spec reserves
+        them; only the PCI-config access capability's window fields are written)."""
+
+        def written(offset: int, size: int) -> None:
+            self.proxy.device.misuse(
+                "pci-cap-write", f"pci: config write of {size} bytes at {offset:#x} into a virtio capability"
+            )
+
+        self.proxy.fn.add_config_hook(at, length, on_write=written)
 
     # -- BAR dispatch ---------------------------------------------------------------------
 
@@ -141,7 +154,9 @@ class ModernInterface:
             return self.common_read(rel, size)
         if name == "isr":
             if rel != 0 or size != 1:
-                self.proxy.note(f"modern: ISR read of {size} bytes at +{rel:#x} ignored")
+                self.proxy.device.misuse(
+                    "pci-isr-width", f"pci: modern: ISR read of {size} bytes at +{rel:#x} ignored"
+                )
                 return 0
             return self.proxy.read_isr()
         if name == "device":
@@ -157,7 +172,7 @@ class ModernInterface:
         if name == "common":
             self.common_write(rel, size, value)
         elif name == "isr":
-            self.proxy.note("modern: write to the read-only ISR ignored")
+            self.proxy.device.misuse("pci-isr-write", "pci: modern: write to the read-only ISR ignored")
         elif name == "device":
             self._device_write(rel, size, value)
         else:
@@ -180,7 +195,9 @@ class ModernInterface:
     def _field(self, offset: int, size: int, op: str) -> tuple[str, int] | None:
         """(field, shift) for a correctly sized access, else None (noted)."""
         if offset >= COMMON_CFG_SIZE:
-            self.proxy.note(f"modern: common cfg {op} beyond the structure at {offset:#x}")
+            self.proxy.device.misuse(
+                "pci-common-undefined", f"pci: modern: common cfg {op} beyond the structure at {offset:#x}"
+            )
             return None
         name = _FIELD_AT.get(offset)
         shift = 0
@@ -189,12 +206,16 @@ class ModernInterface:
             if COMMON_CFG_WIDTH[name] != 2 * DWORD:
                 name = None
         if name is None:
-            self.proxy.note(f"modern: common cfg {op} at {offset:#x} is inside a field")
+            self.proxy.device.misuse(
+                "pci-common-undefined", f"pci: modern: common cfg {op} at {offset:#x} is inside a field"
+            )
             return None
         width = COMMON_CFG_WIDTH[name]
         if size == width or (width == 2 * DWORD and size == DWORD):
             return name, shift
-        self.proxy.note(f"modern: wrong size access ({size}) to common cfg field {name}")
+        self.proxy.device.misuse(
+            "pci-common-width", f"pci: modern: wrong size access ({size}) to common cfg field {name}"
+        )
         return None
 
     def common_read(self, offset: int, size: int) -> int:
@@ -202,8 +223,14 @@ class ModernInterface:
         if hit is None:
             return 0
         name, shift = hit
-        value = self._get(name)
-        return value >> shift & ((1 << (8 * size)) - 1)
+        value = self._get(name) >> shift & ((1 << (8 * size)) - 1)
+        obs = self.proxy.device.observer
+        if obs is not None:
+            if name == "device_feature":
+                obs.on_features_read(self.dfselect, value)
+            elif name in ("queue_enable", "queue_reset", "queue_size"):
+                obs.on_queue_read(self.proxy.queue_sel, name.removeprefix("queue_"), value)
+        return value
 
     def _get(self, name: str) -> int:
         p = self.proxy
@@ -223,11 +250,11 @@ class ModernInterface:
                     return 0
                 return d.driver_features >> (32 * self.gfselect) & DWORD_MASK
             case "config_msix_vector":
-                return p.config_vector
+                return p.read_config_vector()
             case "num_queues":
                 return len(d.queues)
             case "device_status":
-                return d.status
+                return d.read_status()
             case "config_generation":
                 return d.config_generation
             case "queue_select":
@@ -235,7 +262,7 @@ class ModernInterface:
             case "queue_size":
                 return q.size if q else 0
             case "queue_msix_vector":
-                return p.queue_vector()
+                return p.read_queue_vector()
             case "queue_enable":
                 return int(q.ready) if q else 0
             case "queue_notify_off" | "queue_notify_data":
@@ -252,9 +279,13 @@ class ModernInterface:
         p = self.proxy
         d = p.device
         if name in _READ_ONLY:
-            p.note(f"modern: write to read-only common cfg field {name} ignored")
+            d.misuse(
+                "pci-common-write-ro", f"pci: modern: write to read-only common cfg field {name} ignored"
+            )
             return
         q = d.queue(p.queue_sel)
+        if d.observer is not None and name in _QUEUE_FIELDS:
+            d.observer.on_queue_write(p.queue_sel, _QUEUE_FIELDS[name], value, bool(q and q.ready))
         match name:
             case "device_feature_select":
                 self.dfselect = value
@@ -316,19 +347,25 @@ class ModernInterface:
 
     def _device_read(self, offset: int, size: int) -> int:
         if size not in (1, 2, DWORD) or offset % size:
-            self.proxy.note(f"modern: device cfg read of {size} bytes at {offset:#x} ignored")
+            self.proxy.device.misuse(
+                "pci-config-width", f"pci: modern: device cfg read of {size} bytes at {offset:#x} ignored"
+            )
             return 0
         return self.proxy.read_device_config(offset, size, "little")
 
     def _device_write(self, offset: int, size: int, value: int) -> None:
         if size not in (1, 2, DWORD) or offset % size:
-            self.proxy.note(f"modern: device cfg write of {size} bytes at {offset:#x} ignored")
+            self.proxy.device.misuse(
+                "pci-config-width", f"pci: modern: device cfg write of {size} bytes at {offset:#x} ignored"
+            )
             return
         self.proxy.write_device_config(offset, size, value, "little")
 
     def _notify_write(self, offset: int, size: int, value: int) -> None:
         p = self.proxy
         mult = QEMU_PCI.notify_off_multiplier
+        if p.device.observer is not None:
+            p.device.observer.on_notify(offset // mult, value, size)
         if size not in (2, DWORD) or offset % mult:
             p.note(f"modern: notification of {size} bytes at +{offset:#x} ignored")
             return
@@ -350,10 +387,15 @@ class ModernInterface:
         length = int.from_bytes(fn.config[at + c["length"] : at + c["length"] + DWORD], "little")
         target = fn.bars.get(bar)
         if length not in (1, 2, DWORD) or offset % length or target is None:
-            self.proxy.note(f"pci cfg capability: bar {bar} offset {offset:#x} length {length} is unusable")
+            self.proxy.device.misuse(
+                "pci-cfgcap-unaligned" if target is not None else "pci-cfgcap-range",
+                f"pci: pci cfg capability: bar {bar} offset {offset:#x} length {length} is unusable",
+            )
             return None
         if target.index != bar or offset + length > target.size:
-            self.proxy.note(f"pci cfg capability: {offset:#x}+{length} is outside BAR {bar}")
+            self.proxy.device.misuse(
+                "pci-cfgcap-range", f"pci: pci cfg capability: {offset:#x}+{length} is outside BAR {bar}"
+            )
             return None
         return bar, offset, length
 

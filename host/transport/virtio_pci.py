@@ -24,6 +24,7 @@ from virtio_sim.layouts import ByteOrder
 from virtio_sim.spec import MSIX, PCI, PCI_CMD, PCI_ISR, PCI_PIN, QEMU_PCI, STATUS
 
 NO_VECTOR = PCI.msix_no_vector
+CONFIG_VECTOR = -1  # the "queue" index an observer hears for config_msix_vector
 NEITHER_MODE = (
     "device cannot work as neither modern nor legacy mode is enabled "
     "(Set either disable-modern or disable-legacy to off)"
@@ -68,6 +69,7 @@ class VirtioPciProxy(InterruptSink):
             revision = PCI.modern_revision_min
             subsystem_id = QEMU_PCI.subsystem_id_modern
         self.device = device
+        device.modern_only = not legacy
         self.fn = PciFunction(
             vendor_id=PCI.vendor_id,
             device_id=device_id,
@@ -115,18 +117,35 @@ class VirtioPciProxy(InterruptSink):
         if vector == NO_VECTOR:
             return NO_VECTOR
         if self.fn.msix is None or not 0 <= vector < self.fn.msix.vectors:
-            self.note(f"MSI-X vector {vector} is not in the table; reads back NO_VECTOR")
+            self.device.misuse(
+                "pci-msix-range", f"pci: MSI-X vector {vector} is not in the table; reads back NO_VECTOR"
+            )
             return NO_VECTOR
         return vector
 
     def set_config_vector(self, vector: int) -> None:
+        if self.device.observer is not None:
+            self.device.observer.on_queue_write(CONFIG_VECTOR, "msix_vector", vector, False)
         self.config_vector = self._vector_ok(vector)
+
+    def read_config_vector(self) -> int:
+        if self.device.observer is not None:
+            self.device.observer.on_queue_read(CONFIG_VECTOR, "msix_vector", self.config_vector)
+        return self.config_vector
+
+    def read_queue_vector(self) -> int:
+        value = self.queue_vector()
+        if self.device.observer is not None:
+            self.device.observer.on_queue_read(self.queue_sel, "msix_vector", value)
+        return value
 
     def set_queue_vector(self, vector: int) -> None:
         q = self.device.queue(self.queue_sel)
         if q is None:
             self.note(f"MSI-X vector for nonexistent queue {self.queue_sel} ignored")
             return
+        if self.device.observer is not None:
+            self.device.observer.on_queue_write(q.index, "msix_vector", vector, q.ready)
         self.queue_vectors[q.index] = self._vector_ok(vector)
 
     def queue_vector(self) -> int:

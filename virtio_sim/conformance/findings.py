@@ -50,6 +50,8 @@ class Finding:
     requirement: str
     verdict: Verdict
     evidence: list[str] = field(default_factory=list)
+    #: a FAIL that is a documented deviation of the target (why, and where it is written down)
+    known: str | None = None
 
 
 @dataclass
@@ -60,6 +62,9 @@ class FindingLog:
     level_of: Callable[[str], str]
     policy: Policy = Policy.LENIENT
     findings: dict[str, Finding] = field(default_factory=dict)
+    #: documented deviations of the target: a failure of one of these ids is reported as
+    #: KNOWN (Finding.known) and does not stop a strict run
+    known: dict[str, str] = field(default_factory=dict)
 
     def _record(self, requirement: str, verdict: Verdict, evidence: str | None) -> Finding:
         level = self.level_of(requirement)  # KeyError for an id not in the catalogue
@@ -70,6 +75,9 @@ class FindingLog:
             finding.verdict = verdict
         if evidence:
             finding.evidence.append(evidence)
+        if verdict is Verdict.FAIL and requirement in self.known:
+            finding.known = self.known[requirement]
+            return finding
         if verdict is Verdict.FAIL and self.policy is Policy.STRICT and level in MANDATORY_LEVELS:
             raise StrictStop(finding)
         return finding
@@ -97,3 +105,7 @@ class FindingLog:
 
     def failures(self) -> list[Finding]:
         return [f for f in self.findings.values() if f.verdict is Verdict.FAIL]
+
+    def unexplained_failures(self) -> list[Finding]:
+        """Failures that are not documented deviations (what a conforming target has none of)."""
+        return [f for f in self.failures() if f.known is None]

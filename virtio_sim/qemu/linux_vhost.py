@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,10 @@ async def boot_with_vhost_user(
     timeout: float = BOOT_TIMEOUT,
     qemu: str | None = None,
     extra_cmdline: str = "",
+    on_backend: Callable[[VhostUserBackend], None] | None = None,
 ) -> LinuxBootResult:
-    """Serve ``devices`` (our -device options) over vhost-user and boot Linux against them."""
+    """Serve ``devices`` (our -device options) over vhost-user and boot Linux against them;
+    ``on_backend`` sees each back-end before its front-end's first message."""
     qemu = qemu or require_qemu(QEMU_X86)
     kind = MACHINES[machine]
     built = [build_device(parse_device_option(d)) for d in devices]
@@ -204,7 +207,11 @@ async def boot_with_vhost_user(
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                 ) -> None:
                     backends[i] = await serve_socket(
-                        path, built[i], connect_timeout=timeout, task_status=task_status
+                        path,
+                        built[i],
+                        connect_timeout=timeout,
+                        on_backend=on_backend,
+                        task_status=task_status,
                     )
 
                 await nursery.start(serve)

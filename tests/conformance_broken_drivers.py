@@ -1,0 +1,272 @@
+"""Deliberately broken guest drivers: each breaks one driver-side rule a device can see.
+
+Every fixture is a VirtioGuestDevice subclass (GuestPolicy.device_class) that behaves
+like our normal driver except for its one seeded defect; BROKEN maps a name to the class,
+the device it runs against and the requirement ids a checking device must report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
+from virtio_sim import layouts
+from virtio_sim.ring.split import SplitDriverQueue
+from virtio_sim.spec import BLK_T, DESC_F, STATUS, F, bit
+
+
+class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
+    """A modern driver that never sets FEATURES_OK and goes straight to DRIVER_OK."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        self.policy.features_ok = False
+        await super().negotiate(driver_features)
+
+
+class ClearsStatusBit(VirtioGuestDevice):
+    """Sets DRIVER_OK but drops DRIVER in the same write."""
+
+    async def driver_ok(self) -> None:
+        status = await self.transport.get_status()
+        await self._set_status((status | STATUS.DRIVER_OK) & ~STATUS.DRIVER)
+
+
+class FeaturesAfterFeaturesOk(VirtioGuestDevice):
+    """Writes its feature bits again once FEATURES_OK is set."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        await super().negotiate(driver_features)
+        await self.transport.set_features(self.features)
+
+
+class AcksUnofferedFeature(VirtioGuestDevice):
+    """Acks VIRTIO_F_RING_PACKED although the device (packed=off) does not offer it."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        inner = self.transport.set_features
+
+        async def set_features(features: int) -> None:
+            await inner(features | bit(F.RING_PACKED))
+
+        self.transport.set_features = set_features  # type: ignore[method-assign]
+        await super().negotiate(driver_features)
+
+
+class NotifiesBeforeDriverOk(VirtioGuestDevice):
+    """Kicks queue 0 before setting DRIVER_OK."""
+
+    async def driver_ok(self) -> None:
+        await self.transport.notify(0)
+        await super().driver_ok()
+
+
+class SkipsReset(VirtioGuestDevice):
+    """Starts initialisation without resetting the device."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        async def no_reset() -> None:
+            return None
+
+        self.transport.reset = no_reset  # type: ignore[method-assign]
+        await super().negotiate(driver_features)
+
+
+class _IdxFirstRing(SplitDriverQueue):
+    """Publishes avail idx before the avail entry (which it writes after the kick); takes
+    descriptors from the top so the stale entry (0) names the wrong head."""
+
+    pending: list[tuple[int, bytes]]
+
+    def _take(self) -> int:
+        return self.free.popleft()
+
+    def add(
+        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
+    ) -> int:
+        slot = self.gpa.avail + layouts.avail_entry_offset(self.avail_idx % self.size)
+        stale = self.memory.read(slot, 2)
+        head = super().add(out, in_, token, **kw)
+        self.pending.append((slot, self.memory.read(slot, 2)))
+        self.memory.write(slot, stale)  # idx is published, the entry is not (yet)
+        return head
+
+
+class IdxBeforeEntry(VirtioGuestDevice):
+    """Avail idx published before the ring entry: the entry lands after the kick."""
+
+    def new_ring(self, size: int) -> _RingMemory:
+        mem = super().new_ring(size)
+        mem.ring.__class__ = _IdxFirstRing
+        mem.ring.pending = []  # type: ignore[attr-defined]
+        inner = self.transport.notify
+
+        async def notify(index: int, data: int | None = None) -> None:
+            await inner(index, data)
+            await self.transport.get_status()  # the device has served the kick by now
+            for vq in self.queues:
+                for slot, entry in getattr(vq.ring, "pending", []):
+                    self.memory.write(slot, entry)
+                getattr(vq.ring, "pending", []).clear()
+
+        self.transport.notify = notify  # type: ignore[method-assign]
+        return mem
+
+
+class _LoopRing(SplitDriverQueue):
+    def add(
+        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
+    ) -> int:
+        head = super().add(out, in_, token, use_indirect=False)
+        last = self.inflight[head].descs[-1]
+        at = self.gpa.desc + last * layouts.DESC_SIZE
+        addr, length, flags, _ = self._desc.unpack(self.memory.read(at, layouts.DESC_SIZE))
+        self.memory.write(at, self._desc.pack(addr, length, flags | DESC_F.NEXT, head))
+        return head
+
+
+class DescriptorLoop(VirtioGuestDevice):
+    """The last descriptor of every chain points back at the head."""
+
+    def new_ring(self, size: int) -> _RingMemory:
+        mem = super().new_ring(size)
+        mem.ring.__class__ = _LoopRing
+        return mem
+
+
+class _WriteFirstRing(SplitDriverQueue):
+    def add(
+        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
+    ) -> int:
+        head = super().add(out, in_, token, use_indirect=False)
+        at = self.gpa.desc + head * layouts.DESC_SIZE
+        addr, length, flags, nxt = self._desc.unpack(self.memory.read(at, layouts.DESC_SIZE))
+        self.memory.write(at, self._desc.pack(addr, length, flags | DESC_F.WRITE, nxt))
+        return head
+
+
+class WriteBeforeRead(VirtioGuestDevice):
+    """Marks the request header device-writable: writable descriptors precede readable ones."""
+
+    def new_ring(self, size: int) -> _RingMemory:
+        mem = super().new_ring(size)
+        mem.ring.__class__ = _WriteFirstRing
+        return mem
+
+
+class QueueSizeAfterEnable(VirtioGuestDevice):
+    """Writes the queue size again after the queue went live (mmio-v2)."""
+
+    async def setup_queue(self, index: int, wanted_size: int) -> GuestVirtqueue:
+        vq = await super().setup_queue(index, wanted_size)
+        t: Any = self.transport
+        await t._w("QueueSel", index)
+        await t._w("QueueSize", vq.size // 2)
+        return vq
+
+
+class NarrowRegisterRead(VirtioGuestDevice):
+    """Reads the mmio Status register with a 16-bit access."""
+
+    async def driver_ok(self) -> None:
+        t: Any = self.transport
+        await t.link.read(t.base + layouts.MMIO_OFFSETS["Status"], 2)
+        await super().driver_ok()
+
+
+class SkipsQueuePfnCheck(VirtioGuestDevice):
+    """Legacy mmio queue setup without checking that QueuePFN reads 0 first."""
+
+    async def setup_queue(self, index: int, wanted_size: int) -> GuestVirtqueue:
+        t: Any = self.transport
+
+        async def queue_max_size(i: int) -> int:
+            await t._w("QueueSel", i)
+            return int(await t._r("QueueSizeMax"))
+
+        t.queue_max_size = queue_max_size
+        return await super().setup_queue(index, wanted_size)
+
+
+class AcksUndefinedInterruptBits(VirtioGuestDevice):
+    """Acknowledges interrupts with an undefined InterruptACK bit set."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        t: Any = self.transport
+
+        async def ack_interrupt() -> int:
+            status = int(await t._r("InterruptStatus"))
+            if status:
+                await t._w("InterruptACK", status | UNDEFINED_INTERRUPT_BIT)
+            return status
+
+        t.ack_interrupt = ack_interrupt
+        await super().negotiate(driver_features)
+
+
+class BadDiscard(VirtioGuestDevice):
+    """Sends one DISCARD whose segment data is not whole segments and asks for unmap."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        vq = self.queues[0]
+        hdr, seg, status = self.dma.alloc(16, 16), self.dma.alloc(64, 16), self.dma.alloc(1)
+        self.memory.write(hdr.gpa, layouts.blk_req_header_codec("little").pack(BLK_T.DISCARD, 0, 0))
+        segment = (0).to_bytes(8, "little") + (8).to_bytes(4, "little") + (1).to_bytes(4, "little")  # unmap
+        self.memory.write(seg.gpa, segment + bytes(10))
+        await vq.submit([(hdr.dev_addr, 16), (seg.dev_addr, 26)], [(status.dev_addr, 1)])
+        for buf in (hdr, seg, status):
+            self.dma.free(buf)
+
+
+UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
+
+
+@dataclass(frozen=True)
+class Broken:
+    cls: type[VirtioGuestDevice]
+    device: str
+    transport: str
+    #: the ids the defect breaks; the first one a device sees may be a consequence (the
+    #: stale avail entry of idx-before-entry names a zeroed, readable descriptor)
+    ids: tuple[str, ...]
+
+
+BROKEN: dict[str, Broken] = {
+    "driver-ok-before-features-ok": Broken(
+        DriverOkBeforeFeaturesOk,
+        "rng",
+        "mmio-v2",
+        ("init.drv.set-features-ok", "init.drv.setup-before-driver-ok"),
+    ),
+    "clears-status-bit": Broken(ClearsStatusBit, "rng", "pci-modern", ("status.drv.never-clear-bit",)),
+    "features-after-features-ok": Broken(
+        FeaturesAfterFeaturesOk, "rng", "mmio-v2", ("init.drv.no-features-after-features-ok",)
+    ),
+    "acks-unoffered-feature": Broken(
+        AcksUnofferedFeature, "rng", "pci-modern", ("features.drv.only-offered",)
+    ),
+    "notifies-before-driver-ok": Broken(
+        NotifiesBeforeDriverOk, "rng", "mmio-v2", ("init.drv.no-kick-before-driver-ok",)
+    ),
+    "skips-reset": Broken(SkipsReset, "rng", "mmio-v2", ("init.drv.reset-first",)),
+    "idx-before-entry": Broken(
+        IdxBeforeEntry, "rng", "mmio-v2", ("split.avail.drv-barrier-before-idx", "rng.drv.writable-only")
+    ),
+    "descriptor-loop": Broken(DescriptorLoop, "blk", "mmio-v2", ("split.desc.drv-chain-len-limit",)),
+    "write-before-read": Broken(
+        WriteBeforeRead, "blk", "pci-modern", ("framing.drv.readable-before-writable",)
+    ),
+    "queue-size-after-enable": Broken(
+        QueueSizeAfterEnable, "rng", "mmio-v2", ("mmio.drv.no-touch-while-ready",)
+    ),
+    "skips-queue-pfn-check": Broken(SkipsQueuePfnCheck, "rng", "mmio", ("mmio.legacy.drv-queue-setup",)),
+    "acks-undefined-interrupt-bits": Broken(
+        AcksUndefinedInterruptBits, "rng", "mmio-v2", ("mmio.drv.ack-mask",)
+    ),
+    "bad-discard": Broken(
+        BadDiscard, "blk", "pci-modern", ("blk.drv.segments-whole", "blk.drv.discard-unmap-zero")
+    ),
+    "narrow-register-read": Broken(NarrowRegisterRead, "rng", "mmio-v2", ("mmio.drv.control-32bit",)),
+}

@@ -1,0 +1,247 @@
+"""Driver conformance: run a guest driver profile against our devices with a DriverWatch.
+
+``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]``: PROFILE is a driver generation from
+specs/profiles/drivers. Each selected device (both by default) is put on the requested
+transport and ring format with QEMU 7.2's properties and the ``drop`` error policy (so a
+lenient run goes on past a broken chain); the guest runs its usual workload while a
+:class:`~virtio_sim.conformance.driver_watch.DriverWatch` on every device records what
+the driver did into one :class:`FindingLog`. Under the strict policy the run stops at the
+first MUST-level failure.
+
+Documented deviations of a profile (specs/conformance/deviations/driver-known-deviations.toml) are
+handed to the log first, so their failures are reported as KNOWN, with the reason.
+
+Seeded broken drivers (tests/conformance_broken_drivers.py) run through
+:func:`run_driver_check` with their own guest device class.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from guest.platform import GuestPolicy
+from guest.profile import guest_policy
+from host.build import HostSetup
+from host.device_profile import DeviceRequest, device_option
+from host.transport.mmio import MmioTransport
+from host.vhost_user import VhostUserBackend
+from host.virtio_device import VirtioDevice
+from virtio_sim.conformance.catalog import Catalog
+from virtio_sim.conformance.driver_watch import DriverWatch
+from virtio_sim.conformance.findings import Finding, FindingLog, Policy
+from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
+from virtio_sim.outcome import RunResult
+from virtio_sim.profiles import load_device_profile, load_driver_profile
+
+DEVICE_PROFILE = "qemu-7.2"
+#: blk without the workload's deliberate read past the end (a device probe, not driver behaviour)
+WORKLOAD_FOR = {"rng": "rng", "blk": "blk-rw-no-probe", "iommu": "blk-rw-no-probe"}
+#: "iommu" is a blk device behind a virtio-iommu (iommu_platform=on): both are watched
+#: device properties a target may set (QEMU names): the ring features the driver then meets
+DEVICE_PROPS = ("in_order", "notification_data", "event_idx", "indirect_desc", "queue_reset")
+RINGS = ("split", "packed")
+KNOWN_DEVIATIONS = "driver-known-deviations.toml"
+RUN_TIMEOUT = 10.0
+
+
+class DriverTargetError(ValueError):
+    """A driver target that cannot be run (bad spec, unknown profile, transport or ring)."""
+
+
+@dataclass
+class DriverTarget:
+    profile: str
+    devices: tuple[str, ...]
+    seed: int = 1
+    device_props: tuple[str, ...] = ()  # "prop=on|off" for every device
+
+
+def parse_driver_spec(spec: str) -> DriverTarget:
+    """``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]`` -> DriverTarget."""
+    kind, _, rest = spec.partition(":")
+    if kind != "driver" or not rest:
+        raise DriverTargetError(f"driver target must look like driver:PROFILE[,props], got {spec!r}")
+    name, *props = rest.split(",")
+    devices: tuple[str, ...] = tuple(WORKLOAD_FOR)
+    seed = 1
+    device_props: list[str] = []
+    for prop in props:
+        key, eq, value = prop.partition("=")
+        if not eq:
+            raise DriverTargetError(f"driver target property {prop!r} is not key=value")
+        if key == "device":
+            devices = tuple(WORKLOAD_FOR) if value == "all" else (value,)
+            if value != "all" and value not in WORKLOAD_FOR:
+                raise DriverTargetError(f"device={value}: choose from {', '.join(WORKLOAD_FOR)} or all")
+        elif key == "seed":
+            try:
+                seed = int(value)
+            except ValueError:
+                raise DriverTargetError(f"seed={value} is not an integer") from None
+        elif key in DEVICE_PROPS:
+            if value not in ("on", "off"):
+                raise DriverTargetError(f"{key}={value}: on or off")
+            device_props.append(prop)
+        else:
+            raise DriverTargetError(
+                f"unknown driver target property {key!r} (device, seed, {', '.join(DEVICE_PROPS)})"
+            )
+    try:
+        load_driver_profile(name)
+    except (OSError, ValueError) as e:
+        raise DriverTargetError(f"unknown driver profile {name!r}: {e}") from None
+    return DriverTarget(name, devices, seed, tuple(device_props))
+
+
+def known_deviations(profile: str, transport: str, root: Path | None = None) -> dict[str, str]:
+    """Requirement id -> why, for the documented deviations of ``profile`` on ``transport``."""
+    root = root or Path(__file__).resolve().parents[2] / "specs" / "conformance"
+    path = root / "deviations" / KNOWN_DEVIATIONS
+    if not path.exists():
+        return {}
+    data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    for entry in data.get("deviation", []):
+        if entry.get("profile") != profile:
+            continue
+        transports = entry.get("transports")
+        if transports is not None and transport not in transports:
+            continue
+        for rid in entry["ids"]:
+            out[rid] = f"{KNOWN_DEVIATIONS}: {entry['why']}"
+    return out
+
+
+def _transport_of(vdev: VirtioDevice, transport: str) -> str:
+    """The transport a device really sits on: the virtio-iommu is an mmio device on every
+    machine, whatever transport its endpoints use."""
+    sink = vdev.sink
+    if isinstance(sink, MmioTransport):
+        return "mmio-v1" if sink.legacy else "mmio-v2"
+    return transport
+
+
+def watch_host(
+    log: FindingLog,
+    transport: str,
+    on_stop: Callable[[Finding], None] | None = None,
+    watches: list[DriverWatch] | None = None,
+) -> Callable[[HostSetup], Callable[[], None] | None]:
+    """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device."""
+
+    def attach(setup: HostSetup) -> Callable[[], None]:
+        attached: list[DriverWatch] = []
+        for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
+            watch = DriverWatch(
+                log,
+                vdev,
+                transport=_transport_of(vdev, transport),
+                device_type=vdev.model.type_key,
+                on_stop=on_stop,
+            )
+            vdev.observer = watch
+            attached.append(watch)
+        if watches is not None:
+            watches.extend(attached)
+
+        def finish() -> None:
+            for watch in attached:
+                watch.finish()
+
+        return finish
+
+    return attach
+
+
+async def run_driver_check(
+    policy_for_guest: GuestPolicy,
+    *,
+    device: str,
+    transport: str,
+    ring: str,
+    log: FindingLog,
+    seed: int = 1,
+    timeout: float = RUN_TIMEOUT,
+    watches: list[DriverWatch] | None = None,
+    device_props: tuple[str, ...] = (),
+    workload: str | None = None,
+) -> RunResult | None:
+    """One run of a guest (its policy may carry a seeded broken device class) against one
+    device with a watch; None when a strict stop ended it."""
+    if transport not in TRANSPORTS:
+        raise DriverTargetError(f"unknown transport {transport!r} ({', '.join(TRANSPORTS)})")
+    if ring not in RINGS:
+        raise DriverTargetError(f"unknown ring {ring!r} ({', '.join(RINGS)})")
+    behind_iommu = device == "iommu"
+    request = DeviceRequest(
+        device_key="blk" if behind_iommu else device,
+        transport=transport,
+        packed=ring == "packed",
+        iommu_platform=behind_iommu,
+    )
+    option = device_option(request, load_device_profile(DEVICE_PROFILE)) + ",x-error-policy=drop"
+    option += "".join(f",{prop}" for prop in device_props)
+    with trio.CancelScope() as scope:
+        cfg = RunConfig(
+            device=option,
+            workload=workload or WORKLOAD_FOR[device],
+            transport=transport,
+            seed=seed,
+            timeout=timeout,
+            guest=policy_for_guest,
+            iommu="virtio-iommu" if behind_iommu else "none",
+            on_host=watch_host(log, transport, lambda _finding: scope.cancel(), watches),
+        )
+        return await run_embedded(cfg)
+    return None
+
+
+async def run_driver_target(
+    spec: str, *, transport: str, ring: str, policy: Policy, catalog: Catalog
+) -> FindingLog:
+    """Run ``spec`` (driver:PROFILE[,props]) on ``transport`` with ``ring`` rings; every
+    driver-side finding lands in the returned log (strict: up to the first MUST failure)."""
+    target = parse_driver_spec(spec)
+    known = known_deviations(target.profile, transport)
+    if "iommu" in target.devices:  # the virtio-iommu itself is an mmio device
+        known = {**known_deviations(target.profile, "mmio-v1"), **known}
+    log = FindingLog(catalog.level_of, policy, known=known)
+    guest = guest_policy(load_driver_profile(target.profile))
+    for device in target.devices:
+        result = await run_driver_check(
+            replace(guest),
+            device=device,
+            transport=transport,
+            ring=ring,
+            log=log,
+            seed=target.seed,
+            device_props=target.device_props,
+        )
+        if result is None:
+            break  # strict stop
+    return log
+
+
+def watch_vhost_backends(log: FindingLog, watches: list[DriverWatch]) -> Callable[[VhostUserBackend], None]:
+    """An ``on_backend`` hook (host/vhost_user.py serve_socket, linux_vhost) that puts a
+    vhost-user vantage DriverWatch on every back-end: the real driver behind QEMU is
+    checked on its features, ring setup and rings. Call ``finish()`` on the watches after."""
+
+    def attach(backend: VhostUserBackend) -> None:
+        watch = DriverWatch(
+            log,
+            backend.vdev,
+            transport="vhost-user",
+            device_type=backend.model.type_key,
+            vantage="vhost-user",
+        )
+        backend.attach_observer(watch)
+        watches.append(watch)
+
+    return attach
