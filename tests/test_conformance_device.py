@@ -36,7 +36,12 @@ KNOWN = {
 #: extra device properties, run on mmio-v2 split: features our defaults do not negotiate
 VARIANTS = (("virtio-blk", "readonly=on"), ("virtio-rng", "in_order=on"), ("virtio-rng", "event_idx=off"))
 #: ids only QEMU's devices can decide (our blk offers no CONFIG_WCE); see test_conformance_qemu
-QEMU_ONLY = {"blk.dev.writeback-zero-without-flush"}
+QEMU_ONLY = {
+    "blk.dev.writeback-zero-without-flush",
+    "blk.dev.unknown-flags-unsupp",
+    "blk.dev.discard-unmap-unsupp",
+    "blk.dev.write-zeroes-reads-zero",
+}
 
 
 def combos() -> list[tuple[str, str, str]]:

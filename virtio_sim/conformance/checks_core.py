@@ -222,6 +222,7 @@ async def reset_behaviour(ctx: Ctx) -> None:
         "mmio.features.no-admin-vq",
         "features.legacy.dev-offer-any-layout",
         "features.legacy.dev-detect-legacy-driver",
+        "init.legacy.dev-early-config-write",
     ),
 )
 async def features(ctx: Ctx) -> None:
@@ -262,12 +263,29 @@ async def features(ctx: Ctx) -> None:
             bool(offered >> F.ANY_LAYOUT & 1),
             f"transitional device offers {offered:#x} without VIRTIO_F_ANY_LAYOUT",
         )
+        # A legacy driver may write device config before the feature step: write a config
+        # byte back with its own value right after ACKNOWLEDGE, then use the device.
+        await reset(ctx)
+        await ops.set_status(STATUS.ACKNOWLEDGE)
+        early = CONFIG_SIZES.get(ctx.key, 0)
+        if early:
+            await ops.write_config(0, 1, await ops.read_config(0, 1))
         # Detecting a legacy driver: serving a legacy-layout ring without VERSION_1 acked.
         q = traffic_queue(ctx)
-        await bring_up(ctx, (q,))
+        await negotiate_keep(ctx)
+        await add_queue(ctx, q)
+        await driver_ok(ctx)
         submit(ctx, traffic_request(ctx))
         await kick(ctx, q)
         used = await wait_used(ctx, q, 1)
+        if early:
+            ctx.log.check(
+                "init.legacy.dev-early-config-write",
+                len(used) == 1,
+                "after a config write before the feature step the device did not serve a buffer",
+            )
+        else:
+            ctx.log.not_applicable("init.legacy.dev-early-config-write", f"{ctx.key} has no device config")
         ctx.log.check(
             "features.legacy.dev-detect-legacy-driver",
             len(used) == 1,
@@ -281,6 +299,7 @@ async def features(ctx: Ctx) -> None:
             ctx.log.not_applicable(rid, "legacy interface has no FEATURES_OK")
         return
     ctx.log.not_applicable("features.legacy.dev-offer-any-layout", "modern interface")
+    ctx.log.not_applicable("init.legacy.dev-early-config-write", "modern interface")
     ctx.log.not_applicable("features.legacy.dev-detect-legacy-driver", "modern interface")
     ctx.log.check(
         "features.dev.offer-version-1",
@@ -322,6 +341,15 @@ async def features(ctx: Ctx) -> None:
         again or not first,
         f"features {base:#x} accepted once, refused after a reset",
     )
+
+
+async def negotiate_keep(ctx: Ctx) -> None:
+    """The feature step without a reset (legacy: the device was already touched)."""
+    ops = ctx.t.ops
+    await ops.set_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER)
+    ctx.offered = await ops.get_features()
+    ctx.features = default_features(ctx, ctx.offered)
+    await ops.set_features(ctx.features)
 
 
 @checker(

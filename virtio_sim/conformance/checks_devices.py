@@ -19,7 +19,7 @@ from virtio_sim.conformance.device_checks import (
 )
 from virtio_sim.conformance.rawring import RawPackedRing
 from virtio_sim.layouts import field_offsets, virtio_blk_config
-from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, bit
+from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, FEATURES, STATUS, bit
 
 BLK_IDS = (
     "blk.req.status-codes",
@@ -31,7 +31,16 @@ BLK_IDS = (
     "blk.dev.ro-write-ioerr",
     "blk.dev.stable-writes-persisted",
     "blk.dev.zone-cmds-without-zoned",
+    "blk.dev.unknown-flags-unsupp",
+    "blk.dev.discard-unmap-unsupp",
+    "blk.dev.write-zeroes-reads-zero",
+    "blk.dev.lifetime-no-offer",
+    "blk.legacy.dev-cache-mode-status",
+    "blk.legacy.dev-cache-mode-features",
 )
+LIFETIME = FEATURES.get("VIRTIO_BLK_F_LIFETIME").bit
+DISCARD_F_UNMAP = 1  # virtio_blk_discard_write_zeroes.flags bit 0
+UNKNOWN_SEGMENT_FLAG = 0x80
 _CFG = field_offsets(virtio_blk_config())
 SECTOR = BLK.sector_size
 ZONE_REQUEST_TYPES = (15, 16, 18, 20, 22, 24, 26)  # ZONE_APPEND/REPORT/OPEN/CLOSE/FINISH/RESET/RESET_ALL
@@ -153,6 +162,13 @@ async def blk_requests(ctx: Ctx) -> None:
         )
     else:
         ctx.log.not_applicable("blk.dev.ro-write-ioerr", "VIRTIO_BLK_F_RO not offered")
+    await _discard_write_zeroes(ctx, capacity, read_only)
+    ctx.log.check(
+        "blk.dev.lifetime-no-offer",
+        not ctx.offered >> LIFETIME & 1,
+        "offers VIRTIO_BLK_F_LIFETIME (a model without lifetime metrics)",
+    )
+    await _legacy_cache_mode(ctx)
     # CONFIG_WCE without FLUSH: writeback must start at 0 (writethrough).
     if wce and not ctx.legacy:
         accept = (ctx.features | bit(BLK_F.CONFIG_WCE)) & ~bit(BLK_F.FLUSH)
@@ -225,3 +241,78 @@ async def net_basics(ctx: Ctx) -> None:
     ctx.log.check("net.vq.layout", ok, f"queue sizes {present} (control queue {ctrl})")
     deps = unmet_dependencies(ctx.offered, NET_FEATURE_DEPS)
     ctx.log.check("net.features.dev-dependencies", not deps, f"unmet: {deps}")
+
+
+def _segment(sector: int, count: int, flags: int) -> bytes:
+    """struct virtio_blk_discard_write_zeroes (le64 sector, le32 num_sectors, le32 flags)."""
+    return sector.to_bytes(8, "little") + count.to_bytes(4, "little") + flags.to_bytes(4, "little")
+
+
+async def _discard_write_zeroes(ctx: Ctx, capacity: int, read_only: bool) -> None:
+    """DISCARD with the unmap flag and either command with an unknown flag: UNSUPP;
+    WRITE_ZEROES leaves zeros behind."""
+    discard = bool(ctx.features >> BLK_F.DISCARD & 1)
+    zeroes = bool(ctx.features >> BLK_F.WRITE_ZEROES & 1)
+    if not (discard or zeroes) or read_only:
+        for rid in (
+            "blk.dev.unknown-flags-unsupp",
+            "blk.dev.discard-unmap-unsupp",
+            "blk.dev.write-zeroes-reads-zero",
+        ):
+            ctx.log.not_applicable(rid, "DISCARD / WRITE_ZEROES not negotiated (or read-only)")
+        return
+    sector = max(0, capacity - 4)
+    unknown = []
+    for rtype, ok in ((BLK_T.DISCARD, discard), (BLK_T.WRITE_ZEROES, zeroes)):
+        if ok:
+            status, _, _ = await blk_request(
+                ctx, rtype, 0, data_out=_segment(sector, 1, UNKNOWN_SEGMENT_FLAG)
+            )
+            if status != BLK_S.UNSUPP:
+                unknown.append((rtype, status))
+    ctx.log.check(
+        "blk.dev.unknown-flags-unsupp", not unknown, f"unknown segment flag: (type, status) {unknown}"
+    )
+    if discard:
+        status, _, _ = await blk_request(ctx, BLK_T.DISCARD, 0, data_out=_segment(sector, 1, DISCARD_F_UNMAP))
+        ctx.log.check(
+            "blk.dev.discard-unmap-unsupp", status == BLK_S.UNSUPP, f"DISCARD with unmap: status {status}"
+        )
+    else:
+        ctx.log.not_applicable("blk.dev.discard-unmap-unsupp", "DISCARD not negotiated")
+    if zeroes:
+        await blk_request(ctx, BLK_T.OUT, sector, data_out=PATTERN)
+        status, _, _ = await blk_request(ctx, BLK_T.WRITE_ZEROES, 0, data_out=_segment(sector, 1, 0))
+        _, _, data = await blk_request(ctx, BLK_T.IN, sector, data_in=SECTOR)
+        ctx.log.check(
+            "blk.dev.write-zeroes-reads-zero",
+            status == BLK_S.OK and data == bytes(SECTOR),
+            f"WRITE_ZEROES status {status}, sector reads back zero: {data == bytes(SECTOR)}",
+        )
+    else:
+        ctx.log.not_applicable("blk.dev.write-zeroes-reads-zero", "WRITE_ZEROES not negotiated")
+
+
+async def _legacy_cache_mode(ctx: Ctx) -> None:
+    """Through the legacy interface, writeback must not move with status bits or with the
+    driver's feature bits (before DRIVER_OK)."""
+    ids = ("blk.legacy.dev-cache-mode-status", "blk.legacy.dev-cache-mode-features")
+    if not ctx.legacy:
+        for rid in ids:
+            ctx.log.not_applicable(rid, "modern interface")
+        return
+    ops = ctx.t.ops
+    await ops.reset()
+    wb = _CFG["writeback"]
+    seen = [await ops.read_config(wb, 1)]
+    await ops.set_status(STATUS.ACKNOWLEDGE)
+    seen.append(await ops.read_config(wb, 1))
+    await ops.set_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER)
+    seen.append(await ops.read_config(wb, 1))
+    ctx.log.check(ids[0], len(set(seen)) == 1, f"writeback across status writes: {seen}")
+    offered = await ops.get_features()
+    values = []
+    for feats in (offered & 0xFFFFFFFF, offered & ~bit(BLK_F.FLUSH) & 0xFFFFFFFF, 0):
+        await ops.set_features(feats)
+        values.append(await ops.read_config(wb, 1))
+    ctx.log.check(ids[1], len(set(values + seen[:1])) == 1, f"writeback across feature writes: {values}")

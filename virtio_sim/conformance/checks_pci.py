@@ -363,6 +363,7 @@ MSIX_IDS = (
     "pci.msix.dev-unmapped-on-reset",
     "pci.msix.dev-report-failure",
     "pci.msix.dev-no-vector-no-irq",
+    "pci.msix.dev-no-config-vector-no-irq",
 )
 
 
@@ -423,6 +424,17 @@ async def pci_msix(ctx: Ctx) -> None:
             bool(used) and irqs == 0,
             f"queue vector NO_VECTOR: {irqs} interrupt(s) for a used buffer",
         )
+        await t._w("config_msix_vector", NO_VECTOR)
+        mark = len(ctx.dut.irqs)
+        if ctx.dut.poke_config():
+            isr = await t.ack_interrupt()
+            irqs = ctx.dut.interrupts_since(mark)
+            why = f"config vector NO_VECTOR: {irqs} interrupt(s) for a config change (ISR {isr:#x})"
+            ctx.log.check("pci.msix.dev-no-config-vector-no-irq", irqs == 0, why)
+        else:
+            ctx.log.not_applicable(
+                "pci.msix.dev-no-config-vector-no-irq", "no config change could be provoked"
+            )
         await t._w("queue_msix_vector", 1)
         await t._w("config_msix_vector", 0)
         await t.set_status(0)
