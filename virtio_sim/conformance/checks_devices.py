@@ -316,3 +316,49 @@ async def _legacy_cache_mode(ctx: Ctx) -> None:
         await ops.set_features(feats)
         values.append(await ops.read_config(wb, 1))
     ctx.log.check(ids[1], len(set(values + seen[:1])) == 1, f"writeback across feature writes: {values}")
+
+
+ENDIAN_IDS = (
+    "split.legacy.dev-native-endian",
+    "blk.legacy.req-native-endian-dev",
+    "blk.legacy.config-native-endian-dev",
+)
+
+
+@checker("legacy_byte_order", ENDIAN_IDS, keys=("blk",))
+async def legacy_byte_order(ctx: Ctx) -> None:
+    """A big-endian guest through the legacy interface: rings, request headers and config
+    in the guest's order. A write addressed by a big-endian sector number must land at that
+    sector of the backing file, and capacity must read as the disk's size."""
+    if not ctx.legacy or ctx.dut.guest_order != "big":
+        for rid in ENDIAN_IDS:
+            ctx.log.not_applicable(rid, "needs a big-endian guest on the legacy interface")
+        return
+    await bring_up(ctx, (0,))
+    capacity = await ctx.t.ops.read_config(_CFG["capacity"], 8)
+    path = _disk_path(ctx)
+    size = os.path.getsize(path) if path else None
+    ctx.log.check(
+        "blk.legacy.config-native-endian-dev",
+        size is not None and capacity == size // SECTOR,
+        f"capacity reads {capacity:#x}, the disk has {size} bytes",
+    )
+    sector = 1  # 1 in big-endian is 1 << 56 little-endian: far outside any disk
+    status, length, _ = await blk_request(ctx, BLK_T.OUT, sector, data_out=PATTERN)
+    ctx.log.check("split.legacy.dev-native-endian", status is not None and length == 1,
+                  f"big-endian ring: write completed {status is not None}, used len {length}")  # fmt: skip
+    on_disk = b""
+    if path:
+        with open(path, "rb") as f:
+            f.seek(sector * SECTOR)
+            on_disk = f.read(len(PATTERN))
+    why = f"write to big-endian sector {sector}: status {status}, on disk {on_disk == PATTERN}"
+    ctx.log.check("blk.legacy.req-native-endian-dev", status == BLK_S.OK and on_disk == PATTERN, why)
+
+
+def _disk_path(ctx: Ctx) -> str | None:
+    setup = ctx.dut.setup
+    if setup is None or not setup.built:
+        return None
+    path = getattr(setup.built[0].model, "path", None)
+    return str(path) if path else None

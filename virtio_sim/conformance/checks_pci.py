@@ -336,7 +336,7 @@ async def pci_legacy_header(ctx: Ctx) -> None:
         by1 = bytes([await ctx.dut.link.pio_read(base + i, 1) for i in range(size)])
         by4 = b""
         for i in range(0, size, 4):
-            by4 += (await ctx.dut.link.pio_read(base + i, 4)).to_bytes(4, "little")
+            by4 += (await ctx.dut.link.pio_read(base + i, 4)).to_bytes(4, ctx.dut.guest_order)
         ctx.log.check(
             "pci.legacy.dev-width-consistent", by1 == by4, f"1-byte {by1.hex()} vs 4-byte {by4.hex()}"
         )

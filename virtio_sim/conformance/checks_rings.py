@@ -58,7 +58,7 @@ def _split_order_problems(
                 elem_written.setdefault(slot, set()).update(range(lo - base, hi - base))
         if a.addr <= idx_addr < a.addr + len(a.data) and a.addr + len(a.data) >= idx_addr + 2:
             off = idx_addr - a.addr
-            new = struct.unpack_from("<H", a.data, off)[0]
+            new = struct.unpack_from("<H" if ring.order == "little" else ">H", a.data, off)[0]
             while published != new:
                 slot = published % ring.size
                 got = elem_written.pop(slot, set())
@@ -67,7 +67,7 @@ def _split_order_problems(
                         f"used idx -> {new} published slot {slot} with only bytes {sorted(got)} written"
                     )
                 raw = ring.memory.read(ring.used_elem_addr(published), layouts.USED_ELEM_SIZE)
-                head = struct.unpack("<I", raw[:4])[0]
+                head = struct.unpack("<I" if ring.order == "little" else ">I", raw[:4])[0]
                 published_at.setdefault(head, i)
                 published = (published + 1) & 0xFFFF
     for head, at in published_at.items():
