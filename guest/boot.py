@@ -15,7 +15,7 @@ from guest.drivers.base import DeviceProtocolError
 from guest.drivers.blk import BlkIoError
 from guest.link import HostLink, HostLinkError
 from guest.platform import BootError, GuestKernel, GuestPolicy
-from guest.virtio import DeviceNeedsReset
+from guest.virtio import DeviceNeedsReset, VirtioGuestDevice
 from guest.workloads import WORKLOADS, CorruptionDetected
 from virtio_sim.memory import ByteAccess
 from virtio_sim.outcome import Outcome, RunResult
@@ -112,7 +112,10 @@ async def _main(
         result.workload = await workload(record.driver, seed)
     except CorruptionDetected as e:
         result.outcome, result.detail = Outcome.CORRUPTION, str(e)
-    except (DeviceNeedsReset, DeviceProtocolError, BlkIoError, HostLinkError) as e:
+    except (DeviceNeedsReset, DeviceProtocolError) as e:
+        result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
+        await reset_broken_device(dev)
+    except (BlkIoError, HostLinkError) as e:
         result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
     else:
         result.outcome = Outcome.OK
@@ -123,3 +126,13 @@ async def _main(
     if damage:
         result.outcome = Outcome.CORRUPTION
         result.detail = f"{damage[0]} ({len(damage)} canary hit(s))"
+
+
+async def reset_broken_device(dev: VirtioGuestDevice) -> None:
+    """Guest hardening: a device that broke a ring rule or asked for a reset is reset
+    (status 0) so that it stops touching guest memory; the status trace says so."""
+    try:
+        await dev.transport.set_status(0)
+    except HostLinkError:
+        return
+    dev.trace.append("RESET (device broken)")

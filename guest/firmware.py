@@ -23,11 +23,14 @@ from guest.acpi import (
     parse_rsdp,
     parse_viot,
 )
-from virtio_sim.acpi_layouts import HID, RSDP, RSDP_SIZE, SDT_HEADER_SIZE, SIG
+from guest.fdt import FdtError, fdt_size, parse_fdt
+from virtio_sim.acpi_layouts import FDT, HID, RSDP, RSDP_SIZE, SDT_HEADER_SIZE, SIG
 from virtio_sim.memory import ByteAccess
 
 #: _HIDs under which a virtio-mmio transport may be described (Linaro's, QEMU's vendor space)
 VIRTIO_MMIO_HIDS = (HID["virtio_mmio"], HID["qemu_vendor"])
+_DTB_PARAM = re.compile(rf"(?:^|\s){re.escape(FDT['cmdline_param'])}=(0x[0-9a-fA-F]+|\d+)")
+FDT_HEADER = 40
 _RSDP_PARAM = re.compile(rf"(?:^|\s){RSDP['cmdline_param']}=(0x[0-9a-fA-F]+|\d+)")
 MAX_TABLES = 64
 
@@ -48,7 +51,7 @@ class FirmwareMmio:
 class FirmwareView:
     """What the firmware told the guest (``source`` is "none" when it told nothing)."""
 
-    source: str = "none"  # "none" | "acpi"
+    source: str = "none"  # "none" | "acpi" | "fdt"
     rsdp_address: int | None = None
     tables: dict[str, int] = field(default_factory=dict)  # signature -> address
     mmio: list[FirmwareMmio] = field(default_factory=list)
@@ -109,6 +112,9 @@ def discover(memory: ByteAccess, cmdline: str, ram_base: int = 0) -> FirmwareVie
     view = FirmwareView()
     rsdp_at = find_rsdp(memory, cmdline, ram_base)
     if rsdp_at is None:
+        dtb = _DTB_PARAM.search(cmdline)
+        if dtb is not None:
+            _discover_fdt(memory, int(str(dtb.group(1)), 0), view)
         return view
     view.rsdp_address = rsdp_at
     view.source = "acpi"
@@ -141,3 +147,26 @@ def discover(memory: ByteAccess, cmdline: str, ram_base: int = 0) -> FirmwareVie
     except AcpiError as e:
         view.errors.append(str(e))
     return view
+
+
+def _discover_fdt(memory: ByteAccess, address: int, view: FirmwareView) -> None:
+    """Nodes compatible with "virtio,mmio": reg and the GIC SPI as its GSIV."""
+    view.source = "fdt"
+    view.tables["FDT"] = address
+    try:
+        try:
+            blob = _read(memory, address, fdt_size(_read(memory, address, FDT_HEADER)))
+            nodes = parse_fdt(blob)
+        except AcpiError as e:
+            raise FdtError(str(e)) from None
+        for node in nodes:
+            if FDT["virtio_mmio_compatible"] not in node.compatible:
+                continue
+            irqs = node.cells("interrupts")
+            if len(node.reg) != 1 or len(irqs) != 3 or irqs[0] != FDT["gic_spi"]:
+                raise FdtError(f"{node.path}: needs one reg entry and one GIC SPI interrupt")
+            base, size = node.reg[0]
+            irq = FDT["gic_spi_gsiv_base"] + irqs[1]
+            view.mmio.append(FirmwareMmio(node.path, FDT["virtio_mmio_compatible"], None, base, size, irq))
+    except FdtError as e:
+        view.errors.append(str(e))

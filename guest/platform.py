@@ -66,6 +66,7 @@ DRIVERS: dict[str, type[GuestDriver]] = {
 }
 
 DEFAULT_ACPI_HIDS = VIRTIO_MMIO_HIDS
+DEFAULT_DT_COMPATIBLES = ("virtio,mmio",)
 RAM_ALLOC_START = 1 << 20  # the first MiB is the "firmware's"; drivers allocate above it
 IRQ_STORM_LIMIT = 64  # handler passes per raised line before the device counts as broken
 FIRST_DEVICE_VECTOR = 0x30  # guest interrupt vectors handed to MSI-X entries start here
@@ -195,6 +196,8 @@ class GuestPolicy:
     #: virtio_mmio's ACPI match table (Linux: LNRO0005 only); the simulator's own current
     #: driver also knows the id in QEMU's vendor space (the new side of the HID matrix)
     acpi_hids: tuple[str, ...] = DEFAULT_ACPI_HIDS
+    #: virtio_mmio's OF match table
+    dt_compatibles: tuple[str, ...] = DEFAULT_DT_COMPATIBLES
 
     def uses_dma_api(self, features: int) -> bool:
         return self.dma_api == "always" or (
@@ -366,9 +369,10 @@ class GuestKernel:
         fw = parse_pci_param(cmdline)
         view = discover(self.memory, cmdline, self.ram_base)
         self.firmware = view
+        what = "ACPI" if view.source == "acpi" else "device tree"
         for err in view.errors:
-            self.probes.append(ProbeRecord("firmware", None, False, f"ACPI: {err}", source="acpi"))
-        acpi_ok = view.source == "acpi" and not view.errors
+            self.probes.append(ProbeRecord("firmware", None, False, f"{what}: {err}", source=view.source))
+        acpi_ok = view.source in ("acpi", "fdt") and not view.errors
         if acpi_ok:
             self.viot = viot_from_tables(view.viot)
             matched = self._match_acpi(view)
@@ -378,26 +382,28 @@ class GuestKernel:
             await self.probe_mmio(cmdline)
         elif fw is None:
             if view.errors:
-                raise BootError(f"firmware tables unusable: ACPI: {view.errors[0]}")
+                raise BootError(f"firmware tables unusable: {what}: {view.errors[0]}")
             raise BootError("no virtio_mmio.device= parameters and no PCI host on the command line")
         if fw is not None:
             self.viot = self.viot or parse_viot(cmdline)
             await self.probe_pci(fw)
         elif acpi_ok and not view.mmio:
-            raise BootError("the DSDT lists no virtio-mmio transport")
+            raise BootError(f"the firmware ({view.source}) lists no virtio-mmio transport")
         return self.probes
 
     def _match_acpi(self, view: FirmwareView) -> list[MmioResource]:
         """Linux's ACPI bus match: a Device whose _HID is in the driver's table gets a
         platform device; the others stay unprobed, each with its reason on record."""
         matched = []
+        table = self.policy.acpi_hids if view.source == "acpi" else self.policy.dt_compatibles
+        key = "_HID" if view.source == "acpi" else "compatible"
         for dev in view.mmio:
-            source = f"acpi:{dev.path} {dev.hid}"
-            if dev.hid in self.policy.acpi_hids:
+            source = f"{view.source}:{dev.path} {dev.hid}"
+            if dev.hid in table:
                 matched.append(MmioResource(dev.base, dev.size, dev.irq, source))
                 continue
-            known = ", ".join(self.policy.acpi_hids) or "no ACPI ids"
-            reason = f"no driver matches _HID {dev.hid} (this kernel's virtio_mmio knows: {known})"
+            known = ", ".join(table) or f"no {key} ids"
+            reason = f"no driver matches {key} {dev.hid} (this kernel's virtio_mmio knows: {known})"
             record = ProbeRecord(f"virtio-mmio@{dev.base:#x}", None, False, reason, source=source)
             record.not_probed = True
             self.probes.append(record)

@@ -42,9 +42,12 @@ from virtio_sim.sockets import (
     UnixAddress,
     connect,
 )
+from virtio_sim.spec import load_toml
 from virtio_sim.wire import ErrorCode, WireError
 
 MIN_GUEST_RAM = 2 << 20
+#: where the machines this guest knows put RAM (specs/machines.toml: x86 at 0, virt at 1 GiB)
+BOOTABLE_RAM_BASES = frozenset(int(m["ram_base"]) for m in load_toml("machines.toml").values())
 
 
 def guest_policy_for(profile: str | None) -> GuestPolicy:
@@ -155,8 +158,14 @@ async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit
     except HandshakeError as e:
         await _send_quietly(channel, wire.error(e.code, str(e)))
         return GuestExit(EXIT_FAIL, message=str(e))
-    if session.ram_size < MIN_GUEST_RAM or not memory.contains(0, session.ram_size):
-        # The guest kernel allocates from 1 MiB up in RAM that starts at address 0.
+    ram_base = min(r.gpa for r in session.regions)
+    if (
+        session.ram_size < MIN_GUEST_RAM
+        or ram_base not in BOOTABLE_RAM_BASES
+        or not memory.contains(ram_base, session.ram_size)
+    ):
+        # The guest kernel allocates from 1 MiB up in one block of RAM where one of the
+        # machines puts it (0 on x86, 1 GiB on arm virt).
         memory.close()
         msg = f"cannot boot in {session.ram_size} bytes of RAM laid out as {session.regions}"
         await _send_quietly(channel, wire.error(ErrorCode.UNSUPPORTED, msg))
@@ -169,7 +178,7 @@ async def _session(channel: SocketFrameChannel, opts: GuestOptions) -> GuestExit
         result = await run_guest(
             link,
             memory,
-            BootInfo(session.cmdline, session.ram_size),
+            BootInfo(session.cmdline, session.ram_size, ram_base),
             opts.workload,
             seed=opts.seed,
             policy=policy,

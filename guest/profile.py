@@ -23,4 +23,5 @@ def guest_policy(profile: DriverProfile) -> GuestPolicy:
         # A pre-1.0 kernel has only the legacy virtio-pci driver: it matches 0x1000-0x103F rev 0.
         pci_modern=profile.pci_match != "transitional-only",
         acpi_hids=profile.acpi_hids,
+        dt_compatibles=profile.dt_compatibles,
     )

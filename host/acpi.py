@@ -130,8 +130,8 @@ def virtio_mmio_device(entry: MmioDeviceEntry, hid: str) -> bytes:
 
 
 def dsdt_aml(entries: list[MmioDeviceEntry], hid: str = HID["virtio_mmio"]) -> bytes:
-    """The DSDT's AML: ``Scope(_SB)`` with one Device per transport, highest slot first
-    (QEMU's order on microvm); the caller decides which slots are listed."""
+    """The DSDT's AML: ``Scope(_SB)`` with one Device per transport, in the order given
+    (the caller follows QEMU's order and choice of slots)."""
     devices = b"".join(virtio_mmio_device(e, hid) for e in entries)
     return scope("_SB", devices) if devices else b""
 

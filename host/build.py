@@ -14,7 +14,7 @@ from typing import Any
 
 from host.devices.base import PropertyError, parse_bool
 from host.devices.iommu import IommuDevice
-from host.firmware import install_acpi
+from host.firmware import install_acpi, install_fdt
 from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
 from host.machine_types import MachineSpec, check_placement, parse_machine
@@ -226,6 +226,8 @@ def build_host(cfg: HostConfig) -> HostSetup:
         machine = Machine(
             memory, mmio_base=facts["mmio_base"], mmio_slots=facts["mmio_slots"], irq_base=mspec.irq_base
         )
+        if not facts["pci"]:
+            machine.empty_transports_legacy = force_legacy  # every slot a transport, as QEMU
     if cfg.transport in PCI_TRANSPORTS:
         machine.attach_q35_pci()
     setup = HostSetup(memory, machine, built=built, machine_spec=mspec)
@@ -255,6 +257,8 @@ def build_host(cfg: HostConfig) -> HostSetup:
                     machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
         if mspec is not None and mspec.acpi:
             install_acpi(machine, memory, mspec)
+        elif mspec is not None and mspec.facts["arch"] == "aarch64":
+            install_fdt(machine, memory, mspec)
     except (PropertyError, ValueError) as e:
         setup.close()
         raise PropertyError(str(e)) from None

@@ -5,28 +5,30 @@ x86 (microvm, q35): the RSDP in the BIOS read-only area at 0xE0000 (Linux scans
 0xE0000-0xFFFFF for "RSD PTR "), the other tables below it from 0x80000 -- all in the
 first MiB, which our guest leaves to firmware. arm ``virt``: the tables in the first MiB
 of RAM (at 1 GiB) and the RSDP address handed over as ``acpi_rsdp=`` (what UEFI's
-configuration table does on real arm64).
+configuration table does on real arm64); with acpi=off a device tree instead
+(:mod:`host.fdt`).
 """
 
 from __future__ import annotations
 
 from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, ViotTopology, build_tables
+from host.fdt import virt_fdt
 from host.machine import Machine
 from host.machine_types import MachineSpec
 from host.transport.mmio import MMIO_WINDOW
-from virtio_sim.acpi_layouts import RSDP
+from virtio_sim.acpi_layouts import FDT, RSDP
 from virtio_sim.memory import GuestMemory
 
 
 def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
-    """What the DSDT lists: populated slots (microvm, q35) or every slot (virt), highest
-    slot first as QEMU writes them; the VIOT when a virtio-iommu is present."""
-    populated = {s.base: s for s in machine.slots}
-    if spec.facts["dsdt_slots"] == "all":
-        slots = range(machine.mmio_slots - 1, -1, -1)
-    else:
-        slots = range(machine.mmio_slots - 1, -1, -1)
-        slots = [i for i in slots if machine.mmio_base + MMIO_WINDOW * i in populated]  # type: ignore[assignment]
+    """What the DSDT lists, in QEMU's order: populated slots highest first (microvm, q35)
+    or every slot lowest first (virt); the VIOT when a virtio-iommu is present."""
+    populated = {s.base for s in machine.slots}
+    every = spec.facts["dsdt_slots"] == "all"
+    order = range(machine.mmio_slots)
+    if spec.facts["dsdt_order"] == "descending":
+        order = range(machine.mmio_slots - 1, -1, -1)
+    slots = [i for i in order if every or machine.mmio_base + MMIO_WINDOW * i in populated]
     entries = [
         MmioDeviceEntry(i, machine.mmio_base + MMIO_WINDOW * i, MMIO_WINDOW, machine.irq_base + i)
         for i in slots
@@ -50,15 +52,27 @@ def install_acpi(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> Ac
         low, high = facts["tables_low"], facts["tables_high"]
         machine.boot_params = []
     else:
-        base = spec.ram_base
-        rsdp_at = base + facts["tables_low"]
-        low, high = (
-            rsdp_at + RSDP["length"] + RSDP["align"] - RSDP["length"] % RSDP["align"],
-            base + facts["tables_high"],
-        )
+        # The RSDP first, the other tables from the next aligned address after it.
+        rsdp_at = spec.ram_base + facts["tables_low"]
+        rsdp_span = -(-RSDP["length"] // RSDP["align"]) * RSDP["align"]
+        low, high = rsdp_at + rsdp_span, spec.ram_base + facts["tables_high"]
         machine.boot_params = [f"{RSDP['cmdline_param']}={rsdp_at:#x}"]
     tables = build_tables(acpi_plan(machine, spec), rsdp_at, low, high)
     for address, blob in tables.blobs.items():
         memory.write(address, blob)
     machine.firmware = "acpi"
     return tables
+
+
+def install_fdt(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> int:
+    """virt with acpi=off: the device tree in the first MiB of RAM, its address handed
+    over on the command line (standing in for register x0 at kernel entry)."""
+    facts = spec.facts
+    blob = virt_fdt(machine.mmio_base, MMIO_WINDOW, machine.mmio_slots, facts["spi_base"])
+    if len(blob) > facts["fdt_max"]:
+        raise ValueError(f"device tree of {len(blob)} bytes exceeds {facts['fdt_max']}")
+    address = spec.ram_base + int(facts["fdt_offset"])
+    memory.write(address, blob)
+    machine.firmware = "fdt"
+    machine.boot_params = [f"{FDT['cmdline_param']}={address:#x}"]
+    return address

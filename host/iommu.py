@@ -19,8 +19,10 @@ ATTACH invalidates, so a stale translation can never outlive its mapping.
 from __future__ import annotations
 
 import bisect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from virtio_sim.dma import AddressSpace, DmaError, IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
@@ -65,6 +67,12 @@ class Domain:
         del self.mappings[m.virt_start]
 
 
+class Revocable(Protocol):
+    """A cached translation handed out to a device (a lease or a mapping window)."""
+
+    def revoke(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Fault:
     reason: int  # IOMMU_FAULT_R.*
@@ -97,7 +105,7 @@ class Iommu:
         self.input_range = input_range
         self.domain_range = domain_range
         self.initial_bypass = bypass
-        self.bypass = bypass
+        self._bypass = bypass
         self.attached: dict[int, int] = {}  # endpoint -> domain id
         self.domains: dict[int, Domain] = {}
         self.faults: list[Fault] = []
@@ -105,6 +113,34 @@ class Iommu:
         self._iotlb: dict[tuple[int, int], tuple[int, int]] = {}  # (ep, page) -> (phys page, flags)
         self.iotlb_hits = 0
         self.iotlb_misses = 0
+        # Direct windows given to devices, per endpoint; revoked with the IOTLB entries.
+        self._leases: dict[int, weakref.WeakSet[Revocable]] = {}
+
+    @property
+    def bypass(self) -> bool:
+        """Global bypass for unattached endpoints (the BYPASS_CONFIG bit)."""
+        return self._bypass
+
+    @bypass.setter
+    def bypass(self, value: bool) -> None:
+        if value != self._bypass:
+            self._iotlb.clear()
+            self.invalidate_all()
+        self._bypass = value
+
+    def register_lease(self, endpoint: int, lease: Revocable) -> None:
+        """Remember a direct window so the next change of this endpoint's view revokes it."""
+        self._leases.setdefault(endpoint, weakref.WeakSet()).add(lease)
+
+    def invalidate_all(self) -> None:
+        """Revoke every lease of every endpoint (reset, global bypass change)."""
+        for ep in list(self._leases):
+            self._revoke(ep)
+
+    def _revoke(self, endpoint: int) -> None:
+        leases = self._leases.pop(endpoint, None)
+        for lease in list(leases or ()):
+            lease.revoke()
 
     # -- programming (device requests) --------------------------------------
 
@@ -113,6 +149,7 @@ class Iommu:
         self.attached.clear()
         self.domains.clear()
         self._iotlb.clear()
+        self.invalidate_all()
 
     def attach(self, domain: int, endpoint: int, bypass: bool) -> int:
         if endpoint not in self.endpoints:
@@ -196,6 +233,7 @@ class Iommu:
     def _invalidate(self, endpoint: int) -> None:
         for key in [k for k in self._iotlb if k[0] == endpoint]:
             del self._iotlb[key]
+        self._revoke(endpoint)
 
     # -- translation (device DMA) --------------------------------------------
 
@@ -236,6 +274,19 @@ class Iommu:
             left -= n
         return pieces
 
+    def probe(self, endpoint: int, iova: int) -> tuple[int, int, int, bool, bool] | None:
+        """The whole window around ``iova``: (lo, hi exclusive, phys of lo, readable,
+        writable), or None when nothing is mapped there. Records no fault: the caller has
+        just translated ``iova`` and only wants to cache the mapping."""
+        if self.in_bypass(endpoint):
+            return None  # identity over all of 2^64: nothing worth caching as a window
+        dom = self.attached.get(endpoint)
+        m = self.domains[dom].find(iova) if dom is not None else None
+        if m is None:
+            return None
+        readable = bool(m.flags & IOMMU_MAP_F.READ)
+        return m.virt_start, m.virt_end + 1, m.phys_start, readable, bool(m.flags & IOMMU_MAP_F.WRITE)
+
     def _walk(self, endpoint: int, iova: int, write: bool) -> tuple[int, int]:
         dom = self.attached.get(endpoint)
         if dom is None:
@@ -267,6 +318,12 @@ class EndpointTranslator:
             return self.iommu.translate(self.endpoint, iova, length, write)
         except TranslationFault as e:
             raise DmaError(iova, length, str(e)) from None
+
+    def probe(self, iova: int) -> tuple[int, int, int, bool, bool] | None:
+        return self.iommu.probe(self.endpoint, iova)
+
+    def register_lease(self, lease: Revocable) -> None:
+        self.iommu.register_lease(self.endpoint, lease)
 
 
 class UnisolatedAddressSpace:

@@ -3,8 +3,10 @@ optionally q35's PCI host bridge with virtio-pci functions.
 
 This is the small machine the core slice needs: QEMU microvm's virtio-mmio layout (slots
 of 0x200 bytes from 0xfeb00000, IRQ 5 + slot, devices placed from the highest slot down as
-QEMU 7.2 does). The guest learns the transports the way Linux's ``virtio_mmio.device=``
-kernel parameter tells it (``size@base:irq``); firmware tables come with the machines issue.
+QEMU 7.2 does). Without firmware (the default machine, QEMU microvm's acpi=off) the guest
+learns the transports from Linux's ``virtio_mmio.device=`` kernel parameter
+(``size@base:irq``); a machine built with ``-M`` gets ACPI tables or a device tree from
+:mod:`host.firmware` and the command line then carries only :attr:`Machine.boot_params`.
 A machine with PCI (``attach_q35_pci``) also describes its ECAM window and BAR windows on
 the command line (``virtio_sim.pci=ecam@BASE/BUSES,mem@START-END,io@START-END``), standing
 in for ACPI's MCFG table and the host bridge's resources.
@@ -22,8 +24,9 @@ from host.pci import PciHost, PciWindows, q35_host_bridge
 from host.transport.mmio import MMIO_WINDOW, MmioTransport
 from host.transport.virtio_pci import VirtioPciProxy
 from host.virtio_device import VirtioDevice
+from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.memory import GuestMemory
-from virtio_sim.spec import MSI
+from virtio_sim.spec import MMIO, MSI
 
 MICROVM_MMIO_BASE = 0xFEB00000
 MICROVM_MMIO_SLOTS = 8
@@ -75,6 +78,10 @@ class Machine:
         #: topology from tables in RAM, and its command line says only ``boot_params``
         self.firmware: str | None = None
         self.boot_params: list[str] = []
+        #: None: unpopulated slots are unassigned memory (the default machine); a bool:
+        #: every slot is a transport, as in QEMU, the empty ones backend-less (device id
+        #: 0) with this force-legacy setting
+        self.empty_transports_legacy: bool | None = None
 
     def add_mmio_device(self, device: VirtioDevice, *, legacy: bool) -> MmioSlot:
         """Place a device in the highest free slot (QEMU microvm's order)."""
@@ -171,6 +178,24 @@ class Machine:
                 return s, addr - s.base
         return None
 
+    def _empty_slot(self, addr: int) -> int | None:
+        """Offset inside a backend-less transport of QEMU's layout, or None."""
+        if self.empty_transports_legacy is None:
+            return None
+        if not self.mmio_base <= addr < self.mmio_base + MMIO_WINDOW * self.mmio_slots:
+            return None
+        return (addr - self.mmio_base) % MMIO_WINDOW
+
+    def _empty_read(self, offset: int) -> int:
+        """QEMU's virtio-mmio without a backend: magic, version, vendor, device id 0."""
+        if offset == MMIO_OFFSETS["MagicValue"]:
+            return MMIO.magic
+        if offset == MMIO_OFFSETS["Version"]:
+            return MMIO.version_legacy if self.empty_transports_legacy else MMIO.version_modern
+        if offset == MMIO_OFFSETS["VendorID"]:
+            return MMIO.qemu_vendor_id
+        return 0
+
     def mmio_read(self, addr: int, size: int) -> int:
         if self.pci is not None:
             value = self.pci.mmio_read(addr, size)
@@ -178,6 +203,9 @@ class Machine:
                 return value
         hit = self._find(addr, size)
         if hit is None:
+            empty = self._empty_slot(addr)
+            if empty is not None:
+                return self._empty_read(empty)
             self.notes.append(f"read of unassigned address {addr:#x}/{size}")
             return 0
         slot, off = hit
@@ -188,6 +216,9 @@ class Machine:
             return
         hit = self._find(addr, size)
         if hit is None:
+            if self._empty_slot(addr) is not None:
+                self.notes.append(f"write to backend-less virtio-mmio transport at {addr:#x}")
+                return
             self.notes.append(f"write of unassigned address {addr:#x}/{size}")
             return
         slot, off = hit

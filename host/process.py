@@ -71,12 +71,21 @@ from virtio_sim.wire import Capability, ErrorCode, WireError
 # arrive with the machines issue and register here.
 MACHINES: dict[str, str] = {
     "microvm": "QEMU microvm layout: virtio-mmio slots at 0xfeb00000, IRQ 5 + slot, "
-    "transports announced on the kernel command line",
+    "transports announced on the kernel command line (acpi=on: in an ACPI DSDT, GSI 16 + slot)",
     "q35": "QEMU q35 PCI: host bridge with ECAM at 0xb0000000 and 0xCF8/0xCFC, "
-    "virtio-*-pci devices (transitional unless disable-legacy=on)",
+    "virtio-*-pci devices (transitional unless disable-legacy=on); acpi=on: ACPI tables",
+    "virt": "QEMU arm virt layout: 32 virtio-mmio slots at 0x0a000000, GSIV 48 + slot, RAM at "
+    "1 GiB; transports in an ACPI DSDT (acpi=off: a device tree)",
 }
 # Machine properties (-M NAME,PROP=VALUE) each machine takes, as QEMU's -M does.
-MACHINE_PROPS: dict[str, tuple[str, ...]] = {"microvm": ("iommu",), "q35": ()}
+MACHINE_PROPS: dict[str, tuple[str, ...]] = {
+    "microvm": ("iommu", "acpi", "x-mmio-hid"),
+    "q35": ("iommu", "acpi", "x-mmio-hid"),
+    "virt": ("iommu", "acpi", "x-mmio-hid"),
+}
+# Properties that put the guest's discovery on firmware tables (host/firmware.py); virt
+# always has them. Plain microvm / q35 keep announcing devices on the command line.
+FIRMWARE_PROPS = ("acpi", "x-mmio-hid")
 MMIO_GLOBAL_DRIVER = "virtio-mmio"
 NET_BACKEND_PROP = "x-backend"
 SWITCH_PREFIX = "switch:"
@@ -116,6 +125,8 @@ class HostPlan:
     transport: str
     machine: str = "microvm"
     iommu: str = "none"
+    #: the -M value for host/machine_types.py when the machine has firmware tables
+    firmware_machine: str | None = None
 
 
 def apply_globals(devices: list[str], globals_: list[str]) -> tuple[list[str], str]:
@@ -170,6 +181,14 @@ def plan_host(opts: HostOptions) -> HostPlan:
             # decide its interfaces (transitional by default, as on QEMU's root bus).
             transport = "pci-transitional"
         iommu = props.get("iommu", "none")
+        firmware = opts.machine if machine == "virt" or set(props) & set(FIRMWARE_PROPS) else None
+        if firmware is not None:
+            iommu = "none"  # the machine spec carries it (iommu=virtio)
+            if isinstance(opts.listen, TcpAddress) or opts.memory == "dma":
+                raise PropertyError(
+                    f"-M {opts.machine}: firmware tables live in guest RAM, which this host "
+                    "must share with the guest (a unix: listener without --memory dma)"
+                )
         if transport not in HOST_TRANSPORTS:
             raise PropertyError(f"unknown transport {transport!r}")
         # A trial build catches bad properties and unreadable drives before any guest
@@ -177,10 +196,11 @@ def plan_host(opts: HostOptions) -> HostPlan:
         with tempfile.TemporaryDirectory(prefix="virtio-sim-check-") as scratch:
             cfg = HostConfig(devices, transport, opts.ram_size, opts.seed, scratch_dir=scratch)
             cfg.iommu = iommu
+            cfg.machine = firmware
             build_host(cfg).close()
     except PropertyError as e:
         raise HostUsageError(str(e)) from None
-    return HostPlan(opts, devices, transport, machine, iommu)
+    return HostPlan(opts, devices, transport, machine, iommu, firmware)
 
 
 def parse_machine_option(text: str) -> tuple[str, dict[str, str]]:
@@ -394,6 +414,7 @@ class HostServer:
                 scratch_dir=scratch,
                 iommu=self.plan.iommu,
                 address_space=conn.address_space,
+                machine=self.plan.firmware_machine,
             )
             try:
                 setup = build_host(cfg)

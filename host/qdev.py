@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from host.devices import hostile
 from host.devices.base import DeviceModel, PropertyError, parse_bool
 from host.devices.blk import BlkDevice
 from host.devices.rng import RngDevice
@@ -27,6 +28,7 @@ COMMON_PROPS = (
     "x-strict-rings",
     "x-validate-access-platform",
     "x-dma",
+    "x-hostile",
 )
 DMA_MODES = ("honor", "bypass", "translate-always")
 PCI_PROPS = ("disable-legacy", "disable-modern", "vectors", "addr")
@@ -255,7 +257,10 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
             f"Property 'x-error-policy' doesn't take value '{pol}' (needs-reset|drop)"
         ) from None
     strict = parse_bool("x-strict-rings", props.pop("x-strict-rings", "on"))
+    lie = props.pop("x-hostile", None)
     model = factory(props)
+    if lie is not None:
+        hostile.install(model, lie)  # hostile device mode: its completions lie
     if pci is not None and pci.legacy and tf.access_platform:
         # QEMU's virtio_pci_device_plugged(): bit 33 needs a modern-only (non-transitional) device.
         raise PropertyError("VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional device")

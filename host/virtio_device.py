@@ -186,6 +186,9 @@ class VirtioDevice:
         self.queue_resets: list[int] = []  # queues reset one by one (RING_RESET)
         self.config_generation = 0
         self._config_snapshot = b""
+        #: set by the transport when the function has no legacy interface (mmio v2,
+        #: modern-only PCI): such a device refuses FEATURES_OK without VERSION_1
+        self.modern_only = False
         model.hooks = self
         #: the guest CPU's byte order: what the legacy interface uses (a machine property,
         #: so a device reset does not change it)
@@ -281,10 +284,23 @@ class VirtioDevice:
             new |= STATUS.DEVICE_NEEDS_RESET  # only a reset clears it
         self.status = new
         if new & STATUS.DRIVER_OK and not old & STATUS.DRIVER_OK:
-            self.model.activate(self.driver_features, self.byte_order(self.guest_order))
+            if not self.legacy and not new & STATUS.FEATURES_OK:
+                # A modern driver going live without FEATURES_OK never had its features
+                # accepted: refuse to run (strict) rather than guess a feature set.
+                self._violation("driver-ok-without-features-ok", "DRIVER_OK without FEATURES_OK")
+                return
+            try:
+                self.model.activate(self.driver_features, self.byte_order(self.guest_order))
+            except OSError as e:
+                # The backend is gone (file, socket): a device error, not a host crash.
+                self._violation("activation-failed", f"activation failed: {e}")
+                return
             self._config_snapshot = self._config_space()
 
     def _features_ok_refusal(self) -> str | None:
+        if self.modern_only and not self.driver_features >> F.VERSION_1 & 1:
+            # A device without a legacy interface cannot run the legacy rules (row E40).
+            return "driver did not accept VIRTIO_F_VERSION_1 (the device has no legacy interface)"
         extra = self.driver_features & ~self.device_features
         if extra:
             names = FEATURES.names(extra, self.model.type_key)
@@ -351,6 +367,7 @@ class VirtioDevice:
 
     def write_config(self, offset: int, size: int, value: int, order: ByteOrder | None = None) -> None:
         order = order or self.byte_order(self.guest_order)
+        value &= (1 << 8 * size) - 1  # a wider value than the access never reaches the model
         if self.observer is not None:
             self.observer.on_config_write(offset, size, value)
         self.model.config_write(offset, value.to_bytes(size, order))
@@ -385,6 +402,9 @@ class VirtioDevice:
         return "platform" if self.has_feature(F.ORDER_PLATFORM) else "weak"
 
     def set_queue_size(self, q: QueueState, size: int) -> None:
+        if q.ready:
+            self.note(f"queue {q.index}: size written while the queue is live (ignored)")
+            return
         # Packed rings take any size up to 2^15; split rings need a power of two.
         limit = PACKED.max_queue_size if self.packed else SPLIT.max_queue_size
         pow2 = not size & (size - 1)
@@ -396,6 +416,18 @@ class VirtioDevice:
     def _ring(self, q: QueueState) -> DeviceRing:
         if q.ring is None:
             feats = self.driver_features
+            if not self.packed:
+                misaligned = [
+                    name
+                    for name, addr, align in (
+                        ("descriptor table", q.desc, SPLIT.desc_align),
+                        ("available ring", q.driver, SPLIT.avail_align),
+                        ("used ring", q.device, SPLIT.used_align),
+                    )
+                    if addr % align
+                ]
+                if misaligned:
+                    raise RingError("ring-alignment", f"split ring misaligned: {', '.join(misaligned)}")
             space = self.space_for(feats)
             addrs = SplitRingAddresses(q.desc, q.driver, q.device)
             ring: DeviceRing
@@ -499,7 +531,12 @@ class VirtioDevice:
                 if not done or not ring.has_available():
                     return
             except (RingError, DmaError) as e:
-                self._maybe_interrupt(q)
+                try:
+                    self._maybe_interrupt(q)  # completions made before the violation
+                except (RingError, DmaError) as again:
+                    # the ring itself became unreadable (e.g. its IOMMU mapping went away):
+                    # that must not escape from the notify register write
+                    self.note(f"queue {q.index}: {again} (interrupting after a violation)")
                 if not self._fail(q, e):
                     return
 
@@ -547,6 +584,12 @@ class VirtioDevice:
         self.note(f"queue {q.index}: {e}; device needs reset")
         self.set_needs_reset()
         return False
+
+    def _violation(self, violation: str, message: str) -> None:
+        """A device-level violation outside any queue: always needs-reset."""
+        self.violations.append(Violation(violation, message, None, "needs-reset"))
+        self.note(f"{message}; device needs reset")
+        self.set_needs_reset()
 
     def set_needs_reset(self) -> None:
         self.broken = True

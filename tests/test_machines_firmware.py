@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,22 @@ from guest.acpi import (
     parse_sdt,
     parse_viot,
 )
+from guest.fdt import FdtError, FdtNode, parse_fdt
+from guest.firmware import discover
 from guest.profile import guest_policy
 from host import acpi as host_acpi
 from host.acpi import AcpiPlan, MmioDeviceEntry, ViotTopology, build_tables, sdt
 from host.build import HostConfig, build_host
 from host.devices.base import PropertyError
-from host.machine_types import parse_machine
+from host.fdt import virt_fdt
+from host.machine_types import MACHINE_FACTS, parse_machine
 from virtio_sim.acpi_layouts import decode_pkg_length, encode_pkg_length
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.matrix import report
+from virtio_sim.matrix.executors import LocalPool
+from virtio_sim.matrix.run import execute, plan
+from virtio_sim.matrix.spec import MatrixError, load_matrix, parse_matrix
+from virtio_sim.memory import GuestMemory
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.spec import load_toml
@@ -74,12 +83,14 @@ def test_virt_lists_all_32_slots_and_binds_only_the_populated_one() -> None:
     assert r.outcome is Outcome.OK, r.detail
     q = QEMU["virt"]
     assert len(r.probes) == q["mmio_slots"]  # every slot, as QEMU's DSDT has them
+    # in QEMU's DSDT order: VR00 first
+    assert [p["where"] for p in r.probes[:2]] == ["virtio-mmio@0xa000000", "virtio-mmio@0xa000200"]
     (bound,) = _bound(r)
     assert bound["where"] == f"virtio-mmio@{q['mmio_base'] + q['mmio_stride'] * (q['mmio_slots'] - 1):#x}"
-    # our host leaves unpopulated slots unassigned (QEMU has empty transports there)
-    assert all(
-        p["outcome"] == "NOT_PROBED" and "magic" in str(p["reason"]) for p in r.probes if p is not bound
-    )
+    # backend-less transports in the other slots, as QEMU has them
+    assert {(p["outcome"], p["reason"]) for p in r.probes if p is not bound} == {
+        ("NOT_PROBED", "empty slot (device id 0)")
+    }
 
 
 def test_q35_iommu_topology_comes_from_the_viot() -> None:
@@ -352,3 +363,260 @@ def test_arbitrary_bytes_only_raise_acpi_error(body: bytes, sig: str) -> None:
                 parse(data)  # type: ignore[operator]
             except AcpiError:
                 pass
+
+
+# --------------------------------------------------------------------------- device tree
+
+
+def test_virt_without_acpi_boots_from_the_device_tree() -> None:
+    r = _run("virt,acpi=off", "virtio-blk-device", "blk-rw")
+    assert r.outcome is Outcome.OK, r.detail
+    (bound,) = _bound(r)
+    assert (
+        bound["where"] == "virtio-mmio@0xa003e00"
+        and bound["source"] == "fdt:/virtio_mmio@a003e00 virtio,mmio"
+    )
+    no_of = guest_policy(load_driver_profile("linux-6.1"))
+    no_of = replace(no_of, dt_compatibles=())
+    assert _run("virt,acpi=off", "virtio-rng-device", guest=no_of).outcome is Outcome.NOT_PROBED
+
+
+@pytest.mark.qemu
+@pytest.mark.qemu_arm
+def test_our_device_tree_matches_qemus_virtio_nodes(tmp_path: Path) -> None:
+    """QEMU's own virt DTB (dumpdtb) read by the guest's parser: its virtio-mmio nodes
+    are exactly the ones our host writes, in the same order."""
+    from virtio_sim.qemu.tools import QEMU_ARM, require_qemu
+
+    dtb = tmp_path / "virt.dtb"
+    subprocess.run(
+        [
+            require_qemu(QEMU_ARM),
+            "-M",
+            f"virt,dumpdtb={dtb}",
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            "64M",
+            "-nographic",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    facts = MACHINE_FACTS["virt"]
+
+    def virtio(nodes: list[FdtNode]) -> list[tuple[str, list[tuple[int, int]], list[int], list[str], bool]]:
+        return [
+            (n.path, n.reg, n.cells("interrupts"), n.compatible, "dma-coherent" in n.props)
+            for n in nodes
+            if "virtio,mmio" in n.compatible
+        ]
+
+    ours = virtio(
+        parse_fdt(virt_fdt(facts["mmio_base"], facts["mmio_stride"], facts["mmio_slots"], facts["spi_base"]))
+    )
+    theirs = virtio(parse_fdt(dtb.read_bytes()))
+    assert len(ours) == 32 and ours == theirs
+
+
+def test_hostile_device_trees_are_refused() -> None:
+    good = virt_fdt(0x0A000000, 0x200, 2, 16)
+    assert len([n for n in parse_fdt(good) if n.reg]) == 2
+    with pytest.raises(FdtError, match="bad magic"):
+        parse_fdt(b"\0" * 64)
+    lying = bytearray(good)
+    lying[4:8] = (len(good) + 100).to_bytes(4, "big")
+    with pytest.raises(FdtError, match=r"only .* present"):
+        parse_fdt(bytes(lying))
+    huge = bytearray(good)
+    huge[4:8] = (1 << 30).to_bytes(4, "big")
+    with pytest.raises(FdtError, match="impossible total size"):
+        parse_fdt(bytes(huge))
+    cut = bytearray(good)
+    cut[36:40] = (8).to_bytes(4, "big")  # size_dt_struct: the structure ends mid-node
+    with pytest.raises(FdtError):
+        parse_fdt(bytes(cut))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=400))
+def test_arbitrary_device_tree_bytes_only_raise_fdt_error(noise: bytes, at: int) -> None:
+    blob = bytearray(virt_fdt(0x0A000000, 0x200, 2, 16))
+    at = min(at, len(blob))
+    blob[at : at + len(noise)] = noise
+    for data in (bytes(blob), noise):
+        try:
+            parse_fdt(data)
+        except FdtError:
+            pass
+
+
+def test_discover_reports_hostile_tables_in_guest_memory() -> None:
+    """The guest's firmware reader on RAM with hostile tables: every failure is a reported
+    error, a bad RSDP checksum in the BIOS area is skipped as Linux's scan skips it."""
+    mem = GuestMemory.create(2 << 20)
+    try:
+        tables = build_tables(
+            AcpiPlan([MmioDeviceEntry(7, 0xFEB00E00, 0x200, 23)]), 0xE0000, 0x80000, 0xE0000
+        )
+        for address, blob in tables.blobs.items():
+            mem.write(address, blob)
+        view = discover(mem, "")
+        assert view.source == "acpi" and not view.errors and [m.base for m in view.mmio] == [0xFEB00E00]
+        xsdt = tables.names["XSDT"]
+        entry = bytearray(mem.read(xsdt, 36 + 8))
+        entry[36:44] = (3 << 20).to_bytes(8, "little")  # the FADT "lives" past the end of RAM
+        entry[9] = 0
+        entry[9] = -sum(entry) & 0xFF
+        mem.write(xsdt, bytes(entry))
+        view = discover(mem, "")
+        assert view.errors and "cannot read" in view.errors[0]
+        mem.write(0xE0008, b"\x00")  # break the RSDP checksum: the scan finds nothing
+        assert discover(mem, "").source == "none"
+        bad_param = discover(mem, "acpi_rsdp=0x7fffffff")
+        assert bad_param.source == "acpi" and "cannot read" in bad_param.errors[0]
+    finally:
+        mem.close()
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+def test_discovery_matrix_matches_its_expectations() -> None:
+    """specs/matrices/discovery.toml: old vs new drivers across command line, ACPI with
+    LNRO0005, ACPI with QEMU's vendor id, and the device tree."""
+    spec = load_matrix(ROOT / "specs" / "matrices" / "discovery.toml")
+    results = execute(spec, plan(spec), LocalPool(2))
+    assert report.mismatches(results) == []
+    by = {(r["driver"], r["machine"]): r["outcome"] for r in results}
+    assert by[("linux-4.0", "virt")] == "NOT_PROBED" and by[("linux-4.0", "virt,acpi=off")] == "OK"
+    assert by[("linux-6.1", "virt")] == "OK" and by[("linux-6.1", "virt,x-mmio-hid=QEMU1AF4")] == "NOT_PROBED"
+    assert by[("linux-4.0", "microvm")] == "OK"  # QEMU microvm acpi=off: the command line
+
+
+def test_matrix_refuses_a_machine_that_cannot_carry_the_transport() -> None:
+    axes = {"driver": ["linux-6.1"], "device": ["qemu-7.2"], "transport": ["pci-modern"], "workload": ["rng"]}
+    spec = parse_matrix({"axes": {**axes, "machine": ["virt"]}}, "test")
+    with pytest.raises(MatrixError, match="No 'PCI' bus found"):
+        plan(spec)
+
+
+# --------------------------------------------------------------------------- vs QEMU's AML
+
+
+def _qemu_dsdt(arch: str, args: list[str]) -> bytes:
+    """QEMU's own DSDT, read through fw_cfg and linked as firmware would, found by the
+    guest's reader from the RSDP."""
+    from virtio_sim.qemu.fw_cfg import ArmVirtFwCfgPort, FwCfg, WindowPlacer, X86FwCfgPort, read_acpi
+    from virtio_sim.qemu.qtest import spawn_qtest
+    from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, require_qemu
+
+    x86 = arch == "x86_64"
+    q = spawn_qtest(require_qemu(QEMU_X86 if x86 else QEMU_ARM), arch, args)
+    try:
+        port = X86FwCfgPort(q.client) if x86 else ArmVirtFwCfgPort(q.client)
+        window = (
+            WindowPlacer((0x80000, 0xE0000), (0xE0000, 0x100000))
+            if x86
+            else WindowPlacer((0x40000000, 0x40100000))
+        )
+        linked = read_acpi(FwCfg(port), window)
+    finally:
+        q.close()
+    mem = {linked.addresses[n]: bytes(b) for n, b in linked.blobs.items()}
+
+    def read(address: int) -> bytes:
+        base = max(a for a in mem if a <= address)
+        return mem[base][address - base :]
+
+    rsdp = parse_rsdp(read(linked.rsdp_address))
+    root = parse_root(read(rsdp.xsdt_address or rsdp.rsdt_address))
+    fadt = next(read(a) for a in root if read(a)[:4] == b"FACP")
+    return read(parse_fadt(fadt))
+
+
+def _device_aml(dsdt: bytes, name: str) -> bytes:
+    at = dsdt.index(b"\x5b\x82")
+    at = dsdt.index(name.encode(), at) - 2
+    while dsdt[at : at + 2] != b"\x5b\x82":
+        at -= 1
+    length, _ = decode_pkg_length(dsdt, at + 2)
+    return dsdt[at : at + 2 + length]
+
+
+@pytest.mark.qemu
+def test_our_virtio_mmio_aml_is_byte_identical_to_qemus_microvm() -> None:
+    dsdt = _qemu_dsdt(
+        "x86_64", ["-M", "microvm,ioapic2=off,pit=off", "-m", "64M", "-device", "virtio-rng-device"]
+    )
+    ours = host_acpi.virtio_mmio_device(MmioDeviceEntry(7, 0xFEB00E00, 0x200, 16 + 7), "LNRO0005")
+    assert _device_aml(dsdt, "VR07") == ours
+    assert [d.path for d in parse_dsdt(dsdt).devices if d.hid == "LNRO0005"] == ["\\_SB.VR07"]
+
+
+@pytest.mark.qemu
+@pytest.mark.qemu_arm
+def test_our_virtio_mmio_aml_is_byte_identical_to_qemus_virt() -> None:
+    dsdt = _qemu_dsdt("aarch64", ["-M", "virt", "-cpu", "cortex-a57", "-m", "64M"])
+    ours = parse_dsdt(_tables("virt", ["virtio-rng-device"])["DSDT"]).devices
+    theirs = [d for d in parse_dsdt(dsdt).devices if d.hid == "LNRO0005"]
+    assert [(d.path, d.memory, d.interrupts) for d in ours] == [
+        (d.path, d.memory, d.interrupts) for d in theirs
+    ]
+    for slot in (0, 1, 30, 31):
+        entry = MmioDeviceEntry(slot, 0x0A000000 + 0x200 * slot, 0x200, 48 + slot)
+        assert _device_aml(dsdt, f"VR{slot:02d}") == host_acpi.virtio_mmio_device(entry, "LNRO0005")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_host_and_guest_processes_on_firmware_machines() -> None:
+    """``run --processes -M``: the host process writes the tables into the shared guest
+    RAM (virt's at 1 GiB), the guest process finds its devices there."""
+    for machine, source in (
+        ("virt", "acpi:\\_SB.VR31 LNRO0005"),
+        ("virt,acpi=off", "fdt:/virtio_mmio@a003e00 virtio,mmio"),
+    ):
+        p = subprocess.run(
+            [
+                *CLI,
+                "--processes",
+                "-M",
+                machine,
+                "--device",
+                "virtio-blk-device",
+                "--workload",
+                "blk-rw",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+            timeout=120,
+        )
+        r = json.loads(p.stdout)
+        assert r["outcome"] == "OK", r["detail"]
+        assert [q["source"] for q in r["probes"] if q["outcome"] == "BOUND"] == [source]
+    tcp = subprocess.run(
+        [
+            *CLI,
+            "--processes",
+            "--link",
+            "tcp",
+            "-M",
+            "virt",
+            "--device",
+            "virtio-rng-device",
+            "--workload",
+            "rng",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert tcp.returncode != 0 and "firmware tables live in guest RAM" in tcp.stdout + tcp.stderr

@@ -155,7 +155,18 @@ async def test_matrix_cells_match_embedded_over_both_links(cell: str) -> None:
     assert embedded["outcome"] == expected, embedded["detail"]
     for link, done in runs.items():
         assert done.result is not None, (link, done.message, done.host_stderr, done.guest_stderr)
-        assert _plain(done.result.to_json()) == embedded, link
+        assert _same_evidence(_plain(done.result.to_json())) == _same_evidence(embedded), link
+
+
+def _same_evidence(d: dict[str, object]) -> dict[str, object]:
+    """The result without the IOTLB hit count, which depends on the data path: a host on
+    shared memory reaches ring memory through leases (no translation per access), a host
+    on DMA messages translates each access. Page walks (misses), faults and everything
+    else must still be equal."""
+    iommu = d.get("iommu")
+    if isinstance(iommu, dict) and "iotlb_hits" in iommu:
+        d = {**d, "iommu": {k: v for k, v in iommu.items() if k != "iotlb_hits"}}
+    return d
 
 
 def _plain(d: dict[str, object]) -> dict[str, object]:

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_host_parser(sub)
     _add_guest_parser(sub)
+    sub.add_parser("bench", help="run the benchmarks (the options of python -m benchmarks follow)")
     m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
     add_matrix_arguments(m)
     c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     from host.vhost_user_cli import add_vhost_user_arguments
 
     add_vhost_user_arguments(vu)
+    from virtio_sim.attacks.cli import add_attack_arguments, add_fuzz_arguments
+
+    add_attack_arguments(sub.add_parser("attack", help="replay the hostile-peer corpus (see --list)"))
+    add_fuzz_arguments(sub.add_parser("fuzz", help="fuzz rings, registers and wire frames for a while"))
     return p
 
 
@@ -338,7 +343,26 @@ def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool)
     return done.status
 
 
+def _bench(argv: list[str]) -> int:
+    """``virtio-sim bench ...`` is ``python -m benchmarks ...`` from the source tree."""
+    import importlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(root, "benchmarks")) and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        bench = importlib.import_module("benchmarks.__main__")
+    except ImportError as e:
+        print(f"virtio-sim bench: the benchmarks package is not available ({e})", file=sys.stderr)
+        return EXIT_USAGE
+    status: int = bench.main(argv)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
+        return _bench(args_list[1:])
     args = build_parser().parse_args(argv)
     if args.command == "host":
         return _host(args)
@@ -350,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from host.vhost_user_cli import cmd_vhost_user
 
         return cmd_vhost_user(args)
+    if args.command in ("attack", "fuzz"):
+        from virtio_sim.attacks.cli import cmd_attack, cmd_fuzz
+
+        return cmd_attack(args) if args.command == "attack" else cmd_fuzz(args)
     if args.command == "compat":
         if args.old == args.new:
             print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)
@@ -376,9 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _error(f"Invalid -global '{g}': expected driver.property=value")
                 return EXIT_USAGE
             cfg.globals[key] = value
-        if args.machine and args.processes:
-            _error("-M runs embedded here (the host process takes its own -M)")
-            return EXIT_USAGE
         if args.driver:
             try:
                 cfg.guest = guest_policy(load_driver_profile(args.driver))

@@ -13,9 +13,10 @@ device's error policy sees one kind of failure.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from virtio_sim.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemory, MemoryAccessError
+from virtio_sim.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemory, Lease, MemoryAccessError
 
 
 class DmaError(Exception):
@@ -40,6 +41,23 @@ class AddressSpace(Protocol):
     def check(self, addr: int, length: int, write: bool) -> None:
         """Raise DmaError unless the whole range is accessible in that direction."""
         ...
+
+
+def lease_for(space: Any, addr: int, length: int, write: bool) -> Lease | None:
+    """A direct window on ``[addr, addr+length)`` of ``space``, or None if it offers none.
+
+    ``space`` is an :class:`AddressSpace` or a driver's byte access (guest RAM). The lease
+    always grants reading, and writing too when ``write``. None means "use the checked
+    accesses": spaces that count or transform every access (unisolated DMA, private
+    memory, a remote peer) simply have no ``lease`` method or refuse.
+    """
+    lease: Callable[[int, int, bool], Lease | None] | None = getattr(space, "lease", None)
+    if lease is None:
+        return None
+    try:
+        return lease(addr, length, write)
+    except (DmaError, MemoryAccessError):
+        return None
 
 
 def _keystream(page: int, length: int) -> bytes:
@@ -75,6 +93,28 @@ def _transform(memory: GuestMemory, addr: int, data: bytes) -> bytes:
     return bytes(out)
 
 
+class Window:
+    """A range a device may reach without asking again: addresses ``[lo, hi)`` are
+    guest-physical ``addr + delta``, already checked against RAM, readable and/or
+    writable as flagged.
+
+    Why: the ring code checks every descriptor's buffer; when it lies inside the
+    space's current window (``fast_window``) the check is two comparisons in the ring's
+    own loop instead of a call chain. For a translated space it is one IOMMU mapping,
+    revoked by the IOMMU (UNMAP, DETACH, ATTACH, bypass changes) like a :class:`Lease`.
+    """
+
+    __slots__ = ("__weakref__", "delta", "hi", "lo", "readable", "valid", "writable")
+
+    def __init__(self, lo: int, hi: int, delta: int, readable: bool, writable: bool) -> None:
+        self.lo, self.hi, self.delta = lo, hi, delta
+        self.readable, self.writable = readable, writable
+        self.valid = True
+
+    def revoke(self) -> None:
+        self.valid = False
+
+
 class IdentityAddressSpace:
     """Addresses are guest-physical; accesses go straight to guest RAM, bounds-checked.
 
@@ -87,6 +127,11 @@ class IdentityAddressSpace:
 
     def __init__(self, memory: GuestMemory) -> None:
         self.memory = memory
+        r = memory.regions[0] if len(memory.regions) == 1 else None
+        # RAM never moves: one window over the single region, never revoked. Private
+        # pages do not change what may be reached, only what the bytes look like.
+        plain = type(self).check is IdentityAddressSpace.check  # a subclass may add rules
+        self.fast_window = Window(r.gpa, r.end, 0, True, True) if r is not None and plain else None
 
     def read(self, addr: int, length: int) -> bytes:
         try:
@@ -106,6 +151,24 @@ class IdentityAddressSpace:
     def check(self, addr: int, length: int, write: bool) -> None:
         try:
             self.memory.check(addr, length)
+        except MemoryAccessError as e:
+            raise DmaError(addr, length, e.reason) from None
+
+    def lease(self, addr: int, length: int, write: bool) -> Lease | None:
+        """A direct window, unless private pages make device accesses differ from RAM.
+
+        A subclass that overrides read or write (to count, log or alter accesses) gets
+        none either: a lease would go around it.
+        """
+        cls = type(self)
+        if (
+            self.memory.private_pages
+            or cls.read is not IdentityAddressSpace.read
+            or cls.write is not IdentityAddressSpace.write
+        ):
+            return None
+        try:
+            return self.memory.lease(addr, length, write)
         except MemoryAccessError as e:
             raise DmaError(addr, length, e.reason) from None
 
@@ -133,19 +196,63 @@ class TranslatedAddressSpace:
         self.ram: AddressSpace = ram if ram is not None else IdentityAddressSpace(memory)
         self.translator = translator
         self.accesses = 0
+        self.window_hits = 0  # accesses served by the cached mapping window
+        # The last mapping used, when the translator can describe and revoke one: most
+        # buffers of a run live in one mapping, so most checks are two comparisons.
+        self._win: Window | None = None
+        self.fast_window: Window | None = None  # the same window, for ring code to test inline
+        self._can_window = hasattr(translator, "probe") and hasattr(translator, "register_lease")
+
+    def _refill(self, addr: int) -> None:
+        """Cache the mapping around ``addr`` (just translated successfully) as the window."""
+        if not self._can_window:
+            return
+        found = self.translator.probe(addr)  # type: ignore[attr-defined]
+        if found is None:
+            return
+        lo, hi, phys, readable, writable = found
+        try:  # the whole window must be RAM, in the directions it grants
+            if readable:
+                self.ram.check(phys, hi - lo, False)
+            if writable:
+                self.ram.check(phys, hi - lo, True)
+        except DmaError:
+            return
+        win = Window(lo, hi, phys - lo, readable, writable)
+        self.translator.register_lease(win)  # type: ignore[attr-defined]
+        self._win = self.fast_window = win
 
     def read(self, addr: int, length: int) -> bytes:
         self.accesses += 1
+        w = self._win
+        if (
+            w is not None
+            and w.valid
+            and w.readable
+            and w.lo <= addr
+            and addr + length <= w.hi
+            and length >= 0
+        ):
+            self.window_hits += 1
+            return self.ram.read(addr + w.delta, length)
         pieces = self.translator.translate(addr, length, False)
+        self._refill(addr)
         if len(pieces) == 1:
             return self.ram.read(*pieces[0])
         return b"".join(self.ram.read(a, n) for a, n in pieces)
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self.accesses += 1
-        pieces = self.translator.translate(addr, len(data), True)
+        length = len(data)
+        w = self._win
+        if w is not None and w.valid and w.writable and w.lo <= addr and addr + length <= w.hi:
+            self.window_hits += 1
+            self.ram.write(addr + w.delta, data)
+            return
+        pieces = self.translator.translate(addr, length, True)
         for a, n in pieces:
             self.ram.check(a, n, True)
+        self._refill(addr)
         view = memoryview(data).cast("B")
         pos = 0
         for a, n in pieces:
@@ -153,5 +260,36 @@ class TranslatedAddressSpace:
             pos += n
 
     def check(self, addr: int, length: int, write: bool) -> None:
+        w = self._win
+        if (
+            w is not None
+            and w.valid
+            and (w.writable if write else w.readable)
+            and w.lo <= addr
+            and addr + length <= w.hi
+            and length >= 0
+        ):
+            self.window_hits += 1
+            return
         for a, n in self.translator.translate(addr, length, write):
             self.ram.check(a, n, write)
+        self._refill(addr)
+
+    def lease(self, addr: int, length: int, write: bool) -> Lease | None:
+        """A direct window on a range that translates to one piece of RAM, revoked by the
+        IOMMU whenever the translation may change. Reading is always checked; writing
+        when ``write``."""
+        if not self._can_window:
+            return None
+        # probe, not translate: asking for a lease must not log IOMMU faults (the
+        # checked path reports them if the access really happens).
+        found = self.translator.probe(addr)  # type: ignore[attr-defined]
+        if found is None:
+            return None
+        lo, hi, phys, readable, writable = found
+        if not (lo <= addr and addr + length <= hi and readable and (writable or not write)):
+            return None
+        lease = lease_for(self.ram, phys + addr - lo, length, write)
+        if lease is not None:
+            self.translator.register_lease(lease)  # type: ignore[attr-defined]
+        return lease

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +55,31 @@ def check_range(addr: int, length: int) -> None:
         raise MemoryAccessError(addr, length, "address is not a 64-bit value")
     if addr + length > ADDRESS_LIMIT:
         raise MemoryAccessError(addr, length, "range wraps past 2^64")
+
+
+class Lease:
+    """A validated window onto guest RAM: ``view`` covers ``[addr, addr+length)`` exactly.
+
+    Why: the ring code touches the same few hundred bytes (descriptor table, avail and
+    used rings) millions of times. Checking and translating them once, when the lease is
+    taken, and then slicing a memoryview is what makes the data path fast. A lease is only
+    good while ``valid`` is true: whoever could change what the range means (the memory
+    marking pages private or closing, the IOMMU unmapping or detaching) calls
+    :meth:`revoke`, and the holder falls back to checked accesses or takes a new lease.
+    Never a stale translation: a revoked lease is never read through again.
+    """
+
+    __slots__ = ("__weakref__", "addr", "length", "valid", "view", "write")
+
+    def __init__(self, addr: int, length: int, view: memoryview, write: bool) -> None:
+        self.addr = addr
+        self.length = length
+        self.view = view
+        self.write = write  # whether the grant included writing
+        self.valid = True
+
+    def revoke(self) -> None:
+        self.valid = False
 
 
 class SharedMemoryObject:
@@ -119,10 +145,34 @@ class GuestMemory:
         #: Page frame numbers the guest made private (SEV/TDX-style encrypted memory).
         #: The guest always sees plaintext; a device (the host) sees ciphertext there.
         self.private_pages: set[int] = set()
+        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
+
+    def lease(self, addr: int, length: int, write: bool = True) -> Lease | None:
+        """A :class:`Lease` on a range inside one region, or None when it spans regions.
+
+        Raises MemoryAccessError when the range is not guest RAM at all.
+        """
+        r = self._single
+        if r is None or not (r.gpa <= addr and addr + length <= r.end and length >= 0):
+            self.check(addr, length)
+            if not any(r.gpa <= addr and addr + length <= r.end for r in self.regions):
+                return None
+        off = self._locate(addr, length)
+        lease = Lease(addr, length, self._buf[off : off + length], write)
+        self._leases.add(lease)
+        return lease
+
+    def revoke_leases(self) -> None:
+        """Invalidate every lease on this memory (its meaning for a device changed)."""
+        for lease in list(self._leases):
+            lease.revoke()
+        self._leases.clear()
 
     def mark_private(self, addr: int, length: int, private: bool = True) -> None:
         """Change the encryption state of every page touching ``[addr, addr+length)``."""
         self.check(addr, length)
+        # A device's view of those pages changes (ciphertext): direct windows must go.
+        self.revoke_leases()
         pages = range(addr >> PAGE_SHIFT, (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT)
         if private:
             self.private_pages.update(pages)
@@ -153,6 +203,9 @@ class GuestMemory:
 
     def check(self, addr: int, length: int) -> None:
         """Raise MemoryAccessError unless the whole range is guest RAM."""
+        r = self._single
+        if r is not None and r.gpa <= addr and addr + length <= r.end and length >= 0:
+            return
         self._pieces(addr, length)
 
     def contains(self, addr: int, length: int) -> bool:
@@ -213,6 +266,13 @@ class GuestMemory:
         self._buf[off : off + length] = bytes([byte]) * length
 
     def close(self) -> None:
+        for lease in list(self._leases):
+            lease.revoke()
+            try:
+                lease.view.release()
+            except BufferError:  # still exported somewhere: it goes with the mapping
+                pass
+        self._leases.clear()
         self._buf.release()
         self.backing.close()
 

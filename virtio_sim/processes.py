@@ -221,6 +221,8 @@ async def _run(
     machine = "q35" if pci else "microvm"
     if cfg.iommu != "none":
         machine += f",iommu={cfg.iommu}"
+    if cfg.machine is not None:  # a firmware-described machine (-M virt, acpi=on, ...)
+        machine = cfg.machine
     host_cmd = [*_cli(), "host", "--once", "-M", machine, "-m", str(cfg.ram_size)]
     for dev in [cfg.device, *cfg.extra_devices]:
         host_cmd += ["-device", _on_transport(dev, cfg.transport)]

@@ -115,7 +115,10 @@ class BlkDevice(DeviceModel):
         if rtype == BLK_T.OUT:
             return self._write(chain, reader, writer, sector)
         if rtype in (BLK_T.FLUSH, BLK_T.FLUSH_OUT):
-            os.fsync(self.fd)
+            try:
+                os.fsync(self.fd)
+            except OSError as e:
+                return self._io_error(chain, writer, e)
             return self._status_only(writer, BLK_S.OK)
         if rtype == BLK_T.GET_ID:
             if data_in < BLK.id_bytes:
@@ -140,7 +143,10 @@ class BlkDevice(DeviceModel):
         if problem:
             self.events.note(f"blk: IN request {chain.head}: {problem}")
             return self._status_only(writer, BLK_S.IOERR)
-        data = os.pread(self.fd, length, sector * BLK.sector_size)
+        try:
+            data = os.pread(self.fd, length, sector * BLK.sector_size)
+        except OSError as e:
+            return self._io_error(chain, writer, e)
         writer.write(data)
         return self._finish(writer, BLK_S.OK)
 
@@ -154,8 +160,16 @@ class BlkDevice(DeviceModel):
             self.events.note(f"blk: OUT request {chain.head}: {problem}")
             return self._status_only(writer, BLK_S.IOERR)
         data = reader.read(length)  # gathered whole before the file is touched
-        os.pwrite(self.fd, data, sector * BLK.sector_size)
+        try:
+            os.pwrite(self.fd, data, sector * BLK.sector_size)
+        except OSError as e:
+            return self._io_error(chain, writer, e)
         return self._status_only(writer, BLK_S.OK)
+
+    def _io_error(self, chain: Chain, writer: ChainWriter, e: OSError) -> int:
+        """The backing file failed (gone, EIO, full): the request fails, the host lives."""
+        self.events.note(f"blk: request {chain.head}: backing file error: {e}")
+        return self._status_only(writer, BLK_S.IOERR)
 
     def _status_only(self, writer: ChainWriter, status: int) -> int:
         writer.write_tail(bytes([status]))

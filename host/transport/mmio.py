@@ -71,6 +71,7 @@ class MmioTransport(InterruptSink):
             # A modern-only transport masks the legacy-only bits, as QEMU's v2 mode does.
             device.transport_features.any_layout = False
             device.transport_features.notify_on_empty = False
+            device.modern_only = True
         self._reset_registers()
 
     @property

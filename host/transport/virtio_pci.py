@@ -69,6 +69,7 @@ class VirtioPciProxy(InterruptSink):
             revision = PCI.modern_revision_min
             subsystem_id = QEMU_PCI.subsystem_id_modern
         self.device = device
+        device.modern_only = not legacy
         self.fn = PciFunction(
             vendor_id=PCI.vendor_id,
             device_id=device_id,

@@ -63,16 +63,32 @@ def validate_cell(cell: Cell) -> None:
     if cell.workload not in WORKLOADS:
         raise MatrixError(f"unknown workload {cell.workload!r} ({', '.join(WORKLOADS)})")
     if cell.machine not in ("auto", machine_for(cell.transport)):
-        raise MatrixError(
-            f"machine {cell.machine!r} cannot carry {cell.transport} "
-            f"(use auto or {machine_for(cell.transport)})"
-        )
+        _validate_machine(cell)
     for axis, allowed in SUPPORTED.items():
         if getattr(cell, axis) not in allowed:
             raise MatrixError(
                 f"{axis}={getattr(cell, axis)!r} is not supported by this build"
                 f" (supported: {', '.join(allowed)})"
             )
+
+
+def _validate_machine(cell: Cell) -> None:
+    """Any -M value (microvm,acpi=on / virt / virt,x-mmio-hid=... / q35,iommu=virtio)
+    whose machine can carry the cell's transport: its devices are then found through
+    firmware tables (host/machine_types.py)."""
+    from host.build import PCI_TRANSPORTS
+    from host.devices.base import PropertyError
+    from host.machine_types import check_placement, parse_machine
+
+    try:
+        check_placement(parse_machine(cell.machine), cell.transport, cell.device, PCI_TRANSPORTS)
+    except PropertyError as e:
+        raise MatrixError(f"machine {cell.machine!r} cannot carry {cell.transport}: {e}") from None
+
+
+def _machine_option(cell: Cell) -> str | None:
+    """None: the transport's default machine (devices announced on the command line)."""
+    return None if cell.machine in ("auto", machine_for(cell.transport)) else cell.machine
 
 
 def run_cell(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str, Any]:
@@ -100,6 +116,8 @@ def validate_cell_for_qemu(cell: Cell) -> None:
         problems.append(f"device={cell.device} (QEMU's devices are {QEMU_BACKEND_DEVICE})")
     if cell.iommu != "none":
         problems.append(f"iommu={cell.iommu}")
+    if _machine_option(cell) is not None:
+        problems.append(f"machine={cell.machine} (QEMU cells run on microvm and q35 here)")
     if cell.ring != "split":
         problems.append(f"ring={cell.ring}")
     if _driver(cell.driver).restricted_memory:
@@ -135,6 +153,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
             timeout=timeout,
             guest=guest_policy(driver),
             iommu=cell.iommu,
+            machine=_machine_option(cell),
         )
         result = trio.run(runner, cfg)
     out = result.to_json()

@@ -68,6 +68,8 @@ def _variant(r: dict[str, Any]) -> str:
         parts.append(str(r.get("ring")))
     if r.get("iommu") not in (None, "none"):
         parts.append(str(r["iommu"]))
+    if r.get("machine") not in (None, "auto", "microvm", "q35"):
+        parts.append(f"-M {r['machine']}")  # a firmware-described machine (matrix axis)
     return "+".join(parts)
 
 

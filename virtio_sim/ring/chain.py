@@ -9,7 +9,7 @@ segment's length. ``ChainWriter.written`` is the honest used length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from virtio_sim.dma import AddressSpace
@@ -39,12 +39,25 @@ class DeviceBrokenError(Exception):
 Segment = tuple[int, int]  # (device address, length)
 
 
-@dataclass
+@dataclass(slots=True, init=False)
 class Chain:
     head: int
-    readable: list[Segment] = field(default_factory=list)
-    writable: list[Segment] = field(default_factory=list)
-    descriptors: int = 0  # how many descriptors the walk consumed (packed rings skip by it)
+    readable: list[Segment]
+    writable: list[Segment]
+    descriptors: int  # how many descriptors the walk consumed (packed rings skip by it)
+
+    def __init__(
+        self,
+        head: int,
+        readable: list[Segment] | None = None,
+        writable: list[Segment] | None = None,
+        descriptors: int = 0,
+    ) -> None:
+        # Written out (not generated with default factories): one is built per request.
+        self.head = head
+        self.readable = [] if readable is None else readable
+        self.writable = [] if writable is None else writable
+        self.descriptors = descriptors
 
     @property
     def readable_len(self) -> int:

@@ -34,15 +34,16 @@ written (their whole writable length).
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from virtio_sim import layouts
-from virtio_sim.dma import AddressSpace, DmaError
+from virtio_sim.dma import AddressSpace, DmaError, lease_for
 from virtio_sim.layouts import ByteOrder
-from virtio_sim.memory import ByteAccess
+from virtio_sim.memory import ByteAccess, Lease
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
 from virtio_sim.ring.split import CHAIN_BYTES_LIMIT, QueueFullError, SplitRingAddresses
 from virtio_sim.spec import PACKED, PACKED_DESC_F, PACKED_EVENT, PACKED_EVENT_F
@@ -60,6 +61,13 @@ _FLAGS_OFF = layouts.PACKED_DESC_OFFSETS["flags"]
 _EV_FLAGS_OFF = layouts.EVENT_SUPPRESS_OFFSETS["flags"]
 _EV_DESC_OFF = layouts.EVENT_SUPPRESS_OFFSETS["desc"]
 _AVAIL_USED = PACKED_DESC_F.AVAIL | PACKED_DESC_F.USED
+_F_AVAIL, _F_USED = PACKED_DESC_F.AVAIL, PACKED_DESC_F.USED
+_F_NEXT, _F_WRITE, _F_INDIRECT = PACKED_DESC_F.NEXT, PACKED_DESC_F.WRITE, PACKED_DESC_F.INDIRECT
+_WRAP_START = PACKED.wrap_counter_start
+# The descriptor's fields before the flags, and (len, id): written ahead of the flags word.
+_BODY = struct.Struct(_DESC.format[:4])  # (addr, len, id)
+_LEN_ID = struct.Struct(_DESC.format[0] + _DESC.format[2:4])  # (len, id)
+assert _BODY.size == _FLAGS_OFF and _LEN_ID.size == _FLAGS_OFF - _LEN_OFF
 
 
 def check_packed_queue_size(size: int) -> None:
@@ -129,7 +137,7 @@ class _Desc(NamedTuple):
 # --------------------------------------------------------------------------- device side
 
 
-@dataclass
+@dataclass(slots=True)
 class _DevBuffer:
     descs: int  # ring descriptors the chain occupied (what the used side skips)
     writable: int = 0  # total writable length (IN_ORDER batches need it)
@@ -172,6 +180,19 @@ class PackedDeviceQueue:
         self._ready: list[tuple[int, _DevBuffer]] = []  # IN_ORDER completions not yet written
         self.reset()
         self._check_ring_memory()
+        self._leasable = hasattr(space, "lease")
+        self._dl: Lease | None = None  # descriptor ring (read and written)
+        self._el: Lease | None = None  # driver event suppression (read)
+        self._take_leases()
+
+    def _take_leases(self) -> None:
+        """Direct windows on the descriptor ring and the driver's event area, where the
+        space offers them; every use checks ``valid`` and falls back to checked accesses
+        (see :class:`~virtio_sim.memory.Lease`)."""
+        if self._leasable:
+            a = self.addrs
+            self._dl = lease_for(self.space, a.desc, layouts.packed_ring_size(self.size), True)
+            self._el = lease_for(self.space, a.avail, layouts.EVENT_SUPPRESS_SIZE, False)
 
     def reset(self) -> None:
         """Back to the state of a freshly enabled queue: slot 0, both wrap counters 1."""
@@ -252,7 +273,53 @@ class PackedDeviceQueue:
     def pop(self) -> Chain | None:
         """The next available chain, validated, or None when nothing new is available."""
         pos, size = self._avail_pos, self.size
-        first = self._read_desc(pos)
+        dl = self._dl
+        if dl is None or not dl.valid:
+            self._take_leases()
+            dl = self._dl
+        if dl is None or not dl.valid:
+            return self._pop_from(pos, self._read_desc(pos))
+        raw: tuple[int, int, int, int] = _DESC.unpack_from(dl.view, pos % size * _DESC_SIZE)
+        addr, length, buf_id, flags = raw
+        wrap = _WRAP_START ^ (pos // size & 1)
+        if flags & _AVAIL_USED != (_F_AVAIL if wrap else _F_USED):
+            return None  # not made available in this lap
+        if flags & (_F_NEXT | _F_INDIRECT) or not length:
+            return self._pop_from(pos, _Desc(*raw))
+        # A one-descriptor buffer (the common request): the same checks, in pop's order.
+        if self._in_flight_descs >= size:
+            raise RingError("ring-overrun", f"slot {pos % size} made available while every slot is in flight")
+        if buf_id >= size:
+            raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
+        buffers = self._buffers
+        if buf_id in buffers:
+            raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
+        self._avail_pos = pos + 1
+        self._in_flight_descs += 1
+        is_write = flags & _F_WRITE
+        buf = buffers[buf_id] = _DevBuffer(1, length if is_write else 0)
+        if self.in_order:
+            self._order.append(buf_id)
+        w = getattr(self.space, "fast_window", None)
+        if not (
+            w is not None
+            and w.valid
+            and w.lo <= addr
+            and addr + length <= w.hi
+            and (w.writable if is_write else w.readable)
+        ):
+            try:
+                self.space.check(addr, length, write=bool(is_write))
+            except DmaError as e:
+                buf.writable = 0
+                raise RingError("bad-address", str(e), buf_id) from None
+        if is_write:
+            return Chain(buf_id, [], [(addr, length)], 1)
+        return Chain(buf_id, [(addr, length)], [], 1)
+
+    def _pop_from(self, pos: int, first: _Desc) -> Chain | None:
+        """pop() for any chain, its head descriptor already read (once)."""
+        size = self.size
         if not is_avail(first.flags, pos, size):
             return None
         room = size - self._in_flight_descs  # slots the driver may legally have filled
@@ -381,6 +448,18 @@ class PackedDeviceQueue:
             raise ValueError(f"device bug: buffer {head} is not in flight")
         if not self.in_order:
             del self._buffers[head]
+            dl = self._dl
+            if dl is not None and dl.valid:  # _write_used() through the lease
+                self.published += 1
+                pos, size = self._used_pos, self.size
+                flags = (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0)
+                off = pos % size * _DESC_SIZE
+                view = dl.view
+                _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
+                _U16.pack_into(view, off + _FLAGS_OFF, flags)  # then the flags
+                self._used_pos = pos + buf.descs
+                self._in_flight_descs -= buf.descs
+                return
             self._write_used(head, written, buf.descs)
             return
         buf.written = written
@@ -424,6 +503,10 @@ class PackedDeviceQueue:
     # -- notifications ----------------------------------------------------------
 
     def _read_event(self, addr: int) -> tuple[int, int]:
+        el = self._el
+        if addr == self.addrs.avail and el is not None and el.valid:
+            word, flags = _EVENT.unpack_from(el.view, 0)
+            return word, flags
         raw = self._read(addr, layouts.EVENT_SUPPRESS_SIZE, "event suppression")
         word, flags = _EVENT.unpack(raw)
         return word, flags
@@ -490,7 +573,7 @@ class PackedDeviceQueue:
 # --------------------------------------------------------------------------- driver side
 
 
-@dataclass
+@dataclass(slots=True)
 class _DrvBuffer:
     token: Any
     descs: int
@@ -532,6 +615,14 @@ class PackedDriverQueue:
         self._used_pos = 0
         self._completed: deque[tuple[Any, int]] = deque()  # rest of an IN_ORDER batch
         self._init_rings()
+        self._leasable = hasattr(memory, "lease")
+        self._dl: Lease | None = None
+        self._take_leases()
+
+    def _take_leases(self) -> None:
+        """A direct window on the descriptor ring in guest RAM (the driver's own memory)."""
+        if self._leasable:
+            self._dl = lease_for(self.memory, self.gpa.desc, layouts.packed_ring_size(self.size), True)
 
     def _init_rings(self) -> None:
         """Zeroed rings: nothing available, and both event structures say ENABLE."""
@@ -573,6 +664,35 @@ class PackedDriverQueue:
         """Make one buffer available; returns its buffer id."""
         if self.broken:
             raise self.broken
+        dl = self._dl
+        if dl is None or not dl.valid:
+            self._take_leases()
+            dl = self._dl
+        if (
+            dl is not None
+            and dl.valid
+            and len(out) + len(in_) == 1
+            and not use_indirect
+            and self._free
+            and self.free_ids
+        ):
+            # One descriptor, through the lease: the same writes in the same order.
+            if out:
+                (a, n), fl, writable_len = out[0], 0, 0
+            else:
+                (a, n), fl = in_[0], _F_WRITE
+                writable_len = n
+            buf_id = self.free_ids.pop()
+            pos, size = self._avail_pos, self.size
+            fl |= _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
+            off = pos % size * _DESC_SIZE
+            view = dl.view
+            _BODY.pack_into(view, off, a, n, buf_id)
+            _U16.pack_into(view, off + _FLAGS_OFF, fl)  # the head's flags last
+            self._avail_pos = pos + 1
+            self._free -= 1
+            self.inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
+            return buf_id
         w = PACKED_DESC_F.WRITE
         segs = [(a, n, 0) for a, n in out] + [(a, n, w) for a, n in in_]
         if not segs:
@@ -653,9 +773,13 @@ class PackedDriverQueue:
         if self._completed:
             return self._completed.popleft()
         pos = self._used_pos
-        _addr, length, buf_id, flags = _DESC.unpack(self.memory.read(self._desc_addr(pos), _DESC_SIZE))
-        if not is_used(flags, pos, self.size):
-            return None
+        dl = self._dl
+        if dl is not None and dl.valid:
+            _addr, length, buf_id, flags = _DESC.unpack_from(dl.view, pos % self.size * _DESC_SIZE)
+        else:
+            _addr, length, buf_id, flags = _DESC.unpack(self.memory.read(self._desc_addr(pos), _DESC_SIZE))
+        if flags & _AVAIL_USED != (_AVAIL_USED if _WRAP_START ^ (pos // self.size & 1) else 0):
+            return None  # not used in this lap
         state = self.inflight.get(buf_id)
         if state is None:
             raise self._mark_broken("used-bad-id", f"used id {buf_id} is not a buffer in flight")
@@ -666,14 +790,19 @@ class PackedDriverQueue:
                 "used-bad-len",
                 f"used len {length} > writable length {state.writable_len} of buffer {buf_id}",
             )
-        if self.in_order:
-            batch: list[int] = []
-            for i in self.inflight:
-                batch.append(i)
-                if i == buf_id:
-                    break
-        else:
-            batch = [buf_id]
+        if not self.in_order:
+            del self.inflight[buf_id]
+            self._used_pos = pos + state.descs
+            self._free += state.descs
+            self.free_ids.append(buf_id)
+            if state.indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(state.indirect)
+            return state.token, length
+        batch: list[int] = []
+        for i in self.inflight:
+            batch.append(i)
+            if i == buf_id:
+                break
         for i in batch:
             st = self.inflight.pop(i)
             self._used_pos += st.descs

@@ -27,19 +27,48 @@ the skipped ones as fully written.
 
 from __future__ import annotations
 
+import struct
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from virtio_sim import layouts
-from virtio_sim.dma import AddressSpace, DmaError
+from virtio_sim.dma import AddressSpace, DmaError, lease_for
 from virtio_sim.layouts import ByteOrder
-from virtio_sim.memory import ByteAccess, MemoryAccessError
+from virtio_sim.memory import ByteAccess, Lease, MemoryAccessError
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
 from virtio_sim.spec import AVAIL_F, DESC_F, NOTIFY_DATA, SPLIT, USED_F
 
 IDX_MASK = 0xFFFF
+_NEXT, _WRITE, _INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
+_DESC_SIZE = layouts.DESC_SIZE
+_HDR = layouts.RING_HEADER_SIZE  # avail entries and used elements start after it
+_AVAIL_STRIDE = layouts.AVAIL_ENTRY_SIZE
+_USED_STRIDE = layouts.USED_ELEM_SIZE
+_IDX_OFF = layouts.RING_IDX_OFFSET
+# Word indices into a ring area cast to native u16/u32 (when the ring's byte order is the
+# machine's): the index word, the first avail entry, and the first used element's id.
+_IDX_W16 = _IDX_OFF // _AVAIL_STRIDE
+_AVAIL_W16 = _HDR // _AVAIL_STRIDE
+_ELEM_W32 = _HDR // 4
+_ELEM_WORDS = _USED_STRIDE // 4
+
+
+def _word_views(
+    order: ByteOrder, avail: Lease | None, used: Lease | None, size: int
+) -> tuple[memoryview, memoryview, memoryview] | None:
+    """(avail as u16, used as u16, used elements as u32) views, for rings whose byte order
+    is the machine's: a subscript instead of a struct call per ring word."""
+    if order != sys.byteorder or struct.calcsize("H") != 2 or struct.calcsize("I") != 4:
+        return None
+    if avail is None or used is None:
+        return None
+    elems = _HDR + _USED_STRIDE * size
+    return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
+
+
 INDIRECT_TABLE_LIMIT = 1024  # QEMU's VIRTQUEUE_MAX_SIZE
 CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
@@ -110,11 +139,35 @@ class SplitDeviceQueue:
         self._signalled_used = 0
         self._signalled_valid = False
         self.in_flight: set[int] = set()
+        self._pending_error: RingError | None = None  # pop_batch(): raised by the next pop
         self._avail_idx_addr = addrs.avail + layouts.RING_IDX_OFFSET
         self._used_idx_addr = addrs.used + layouts.RING_IDX_OFFSET
         self._used_event_addr = addrs.avail + layouts.used_event_offset(size)
         self._avail_event_addr = addrs.used + layouts.avail_event_offset(size)
         self._check_ring_memory()
+        self._mask = size - 1
+        self._leasable = hasattr(space, "lease")
+        self._dl: Lease | None = None
+        self._al: Lease | None = None
+        self._ul: Lease | None = None
+        self._order_name: ByteOrder = order
+        self._words: tuple[memoryview, memoryview, memoryview] | None = None
+        self._take_leases()
+
+    def _take_leases(self) -> None:
+        """Direct windows on the three ring areas, where the address space offers them.
+
+        Every ring access below first asks whether its lease is still valid and falls
+        back to the checked path otherwise, so a revoked lease (IOMMU UNMAP, private
+        pages) is never read through; leases are taken again at the next avail refresh.
+        """
+        if not self._leasable:
+            return
+        a, size, sp = self.addrs, self.size, self.space
+        self._dl = lease_for(sp, a.desc, layouts.desc_table_size(size), False)
+        self._al = lease_for(sp, a.avail, layouts.avail_ring_size(size), False)
+        self._ul = lease_for(sp, a.used, layouts.used_ring_size(size), True)
+        self._words = _word_views(self._order_name, self._al, self._ul, size)
 
     def _check_ring_memory(self) -> None:
         a = self.addrs
@@ -135,18 +188,38 @@ class SplitDeviceQueue:
         return value
 
     def avail_idx(self) -> int:
+        al = self._al
+        if al is not None and al.valid:
+            value: int = self._idx.unpack_from(al.view, _IDX_OFF)[0]
+            return value
         return self._read_u16(self._avail_idx_addr)
 
     def avail_flags(self) -> int:
+        al = self._al
+        if al is not None and al.valid:
+            value: int = self._idx.unpack_from(al.view, 0)[0]
+            return value
         return self._read_u16(self.addrs.avail)
 
+    def used_event(self) -> int:
+        """The driver's used_event word (EVENT_IDX)."""
+        al = self._al
+        if al is not None and al.valid:
+            value: int = self._idx.unpack_from(al.view, self._used_event_addr - self.addrs.avail)[0]
+            return value
+        return self._read_u16(self._used_event_addr)
+
     def has_available(self) -> bool:
-        if self.last_avail != self._shadow_avail:
+        if self.last_avail != self._shadow_avail or self._pending_error is not None:
             return True
         self._refresh_avail()
         return self.last_avail != self._shadow_avail
 
     def _refresh_avail(self) -> None:
+        if self._leasable and not (
+            self._al is not None and self._al.valid and self._dl is not None and self._dl.valid
+        ):
+            self._take_leases()
         idx = self.avail_idx()
         pending = (idx - self.last_avail) & IDX_MASK
         if pending > self.size:
@@ -164,32 +237,167 @@ class SplitDeviceQueue:
         RingError is raised, so a drop policy can complete it and nothing is retried
         forever.
         """
-        if not self.has_available():
-            return None
-        slot = self.last_avail % self.size
-        head = self._read_u16(self.addrs.avail + layouts.avail_entry_offset(slot))
-        self.last_avail = (self.last_avail + 1) & IDX_MASK
-        if len(self.in_flight) >= self.size:
+        if self._pending_error is not None:
+            err, self._pending_error = self._pending_error, None
+            raise err
+        last = self.last_avail
+        if last == self._shadow_avail:
+            self._refresh_avail()
+            if last == self._shadow_avail:
+                return None
+        size = self.size
+        al = self._al
+        if al is not None and al.valid:
+            words = self._words
+            if words is not None:
+                head: int = words[0][_AVAIL_W16 + (last & self._mask)]
+            else:
+                head = self._idx.unpack_from(al.view, _HDR + _AVAIL_STRIDE * (last & self._mask))[0]
+        else:
+            head = self._read_u16(self.addrs.avail + layouts.avail_entry_offset(last % size))
+        self.last_avail = (last + 1) & IDX_MASK
+        in_flight = self.in_flight
+        if len(in_flight) >= size:
             # Consumed like every other bad head: raising before last_avail moved would
             # make a drop policy retry the same slot forever.
-            raise RingError("too-many-in-flight", f"{self.size} requests already in flight")
-        if head >= self.size:
-            raise RingError("head-out-of-range", f"avail ring names head {head} >= {self.size}")
-        if head in self.in_flight:
+            raise RingError("too-many-in-flight", f"{size} requests already in flight")
+        if head >= size:
+            raise RingError("head-out-of-range", f"avail ring names head {head} >= {size}")
+        if head in in_flight:
             # No head attached: completing it would complete the first request too.
             raise RingError("head-in-flight", f"head {head} made available twice")
         # The head counts as in flight even if its chain is malformed, so that a drop
         # policy can give it back with push(head, 0).
-        self.in_flight.add(head)
+        in_flight.add(head)
         if self.in_order:
             self._order.append(head)
             expected, self._next_head = self._next_head, head
             if head != expected and self.strict:
                 raise RingError("in-order-head", f"IN_ORDER chain starts at {head}, not at {expected}", head)
-        chain = self._walk(head)
-        if self.in_order:
+            chain = self._walk(head)
             self._writable[head] = chain.writable_len
-        return chain
+            return chain
+        dl = self._dl
+        if dl is None or not dl.valid:
+            return self._walk(head)
+        first: tuple[int, int, int, int] = self._desc.unpack_from(dl.view, head * _DESC_SIZE)
+        addr, length, flags, _nxt = first
+        if flags & (_NEXT | _INDIRECT) or not length:
+            return self._walk(head, first)
+        # A one-descriptor chain (the common request): of the walk's rules only the
+        # buffer check applies (no next, no table; one u32 length is below 2^32).
+        is_write = flags & _WRITE
+        w = getattr(self.space, "fast_window", None)
+        if not (
+            w is not None
+            and w.valid
+            and w.lo <= addr
+            and addr + length <= w.hi
+            and (w.writable if is_write else w.readable)
+        ):
+            try:
+                self.space.check(addr, length, bool(is_write))
+            except DmaError as e:
+                raise RingError("bad-address", str(e), head) from None
+        if is_write:
+            return Chain(head, [], [(addr, length)], 1)
+        return Chain(head, [(addr, length)], [], 1)
+
+    def pop_batch(self, limit: int) -> list[Chain]:
+        """Up to ``limit`` available chains, each validated exactly as pop() does.
+
+        Why: one call per batch instead of one per chain (the avail index is read once,
+        one-descriptor chains are checked inline). A bad chain after good ones ends the
+        batch: the good ones are returned, the bad head is consumed as pop() consumes it,
+        and its RingError is raised by the next pop() or pop_batch() (has_available() says
+        True until then), so no chain is lost and no error is skipped.
+        """
+        out: list[Chain] = []
+        words = self._words
+        if self.in_order or words is None or self._pending_error is not None:
+            try:
+                self._pop_each(limit, out)
+            except RingError as e:
+                if not out:
+                    raise
+                self._pending_error = e
+            return out
+        try:
+            last = self.last_avail
+            if (self._shadow_avail - last) & IDX_MASK < limit:
+                self._refresh_avail()  # more may have been made available since
+            size, mask = self.size, self._mask
+            in_flight = self.in_flight
+            space = self.space
+            unpack_from = self._desc.unpack_from
+            al, dl = self._al, self._dl
+            if al is None or dl is None:
+                return self._pop_each(limit, out)
+            a16, table = words[0], dl.view
+            win = getattr(space, "fast_window", None)
+            n = min(limit, (self._shadow_avail - last) & IDX_MASK)
+            slot = last & mask
+            if slot + n <= size:  # the window of avail entries, each read once
+                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + slot + n].tolist()
+            else:
+                k = size - slot
+                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + size].tolist()
+                heads += a16[_AVAIL_W16 : _AVAIL_W16 + n - k].tolist()
+            # pop()'s three head rules checked for the whole window at once; a window
+            # that breaks one is checked head by head, so its error comes at the same head.
+            window_ok = not heads or (
+                len(in_flight) + n <= size
+                and max(heads) < size
+                and len(set(heads)) == n
+                and in_flight.isdisjoint(heads)
+            )
+            for head in heads:
+                if not (al.valid and dl.valid):
+                    return self._pop_each(limit, out)  # a lease went away: the checked path
+                last = (last + 1) & IDX_MASK
+                self.last_avail = last
+                if not window_ok:
+                    if len(in_flight) >= size:
+                        raise RingError("too-many-in-flight", f"{size} requests already in flight")
+                    if head >= size:
+                        raise RingError("head-out-of-range", f"avail ring names head {head} >= {size}")
+                    if head in in_flight:
+                        raise RingError("head-in-flight", f"head {head} made available twice")
+                in_flight.add(head)
+                first: tuple[int, int, int, int] = unpack_from(table, head * _DESC_SIZE)
+                addr, length, flags, _nxt = first
+                if flags & (_NEXT | _INDIRECT) or not length:
+                    out.append(self._walk(head, first))
+                    win = getattr(space, "fast_window", None)
+                    continue
+                is_write = flags & _WRITE
+                if not (
+                    win is not None
+                    and win.valid
+                    and win.lo <= addr
+                    and addr + length <= win.hi
+                    and (win.writable if is_write else win.readable)
+                ):
+                    try:
+                        space.check(addr, length, bool(is_write))
+                    except DmaError as e:
+                        raise RingError("bad-address", str(e), head) from None
+                    win = getattr(space, "fast_window", None)  # the check may move the window
+                if is_write:
+                    out.append(Chain(head, [], [(addr, length)], 1))
+                else:
+                    out.append(Chain(head, [(addr, length)], [], 1))
+        except RingError as e:
+            if not out:
+                raise
+            self._pending_error = e
+        return out
+
+    def _pop_each(self, limit: int, out: list[Chain]) -> list[Chain]:
+        """The rest of a pop_batch() through pop() (leases gone or none)."""
+        while len(out) < limit and (c := self.pop()) is not None:
+            out.append(c)
+        return out
 
     def _read_desc(self, table: int, index: int, head: int) -> tuple[int, int, int, int]:
         try:
@@ -199,13 +407,30 @@ class SplitDeviceQueue:
         fields: tuple[int, int, int, int] = self._desc.unpack(raw)
         return fields
 
-    def _walk(self, head: int) -> Chain:
-        chain = Chain(head)
-        table_entries = self.size
-        indirect_table: bytes | None = None
+    def _walk(self, head: int, first: tuple[int, int, int, int] | None = None) -> Chain:
+        """Walk and validate the chain at ``head``; every rule of 2.7.5 is checked here.
+
+        Written with locals and one unpack per descriptor (from the descriptor-table lease
+        when there is one): this loop runs once per descriptor of every request.
+        ``first`` is the head descriptor when pop() already read it (read once only).
+        """
+        readable: list[tuple[int, int]] = []
+        writable: list[tuple[int, int]] = []
+        size = self.size
+        table_entries = size
+        dl = self._dl
+        table: bytes | memoryview | None = dl.view if dl is not None and dl.valid else None
+        indirect = False
+        unpack_from = self._desc.unpack_from
+        check = self.space.check
+        w = getattr(self.space, "fast_window", None)
+        if w is not None and not w.valid:
+            w = None
+        strict = self.strict
         index = head
-        budget = self.size  # descriptors left before the walk is a loop or over-long chain
+        budget = size  # descriptors left before the walk is a loop or over-long chain
         total = 0
+        descriptors = 0
         while True:
             if index >= table_entries:
                 raise RingError(
@@ -217,33 +442,35 @@ class SplitDeviceQueue:
             if budget < 0:
                 raise RingError(
                     "chain-loop",
-                    f"chain from head {head} is longer than {self.size} descriptors",
+                    f"chain from head {head} is longer than {size} descriptors",
                     head,
                 )
-            if indirect_table is None:
+            if first is not None:
+                addr, length, flags, nxt = first
+                first = None
+            elif table is None:
                 addr, length, flags, nxt = self._read_desc(self.addrs.desc, index, head)
             else:
-                off = index * layouts.DESC_SIZE
-                addr, length, flags, nxt = self._desc.unpack_from(indirect_table, off)
-            chain.descriptors += 1
-            if flags & DESC_F.INDIRECT:
-                if indirect_table is not None:
+                addr, length, flags, nxt = unpack_from(table, index * _DESC_SIZE)
+            descriptors += 1
+            if flags & _INDIRECT:
+                if indirect:
                     raise RingError("nested-indirect", "indirect descriptor inside an indirect table", head)
-                if not self.indirect and self.strict:
+                if not self.indirect and strict:
                     raise RingError(
                         "indirect-not-negotiated",
                         "INDIRECT used without VIRTIO_F_INDIRECT_DESC",
                         head,
                     )
-                if flags & DESC_F.NEXT:
+                if flags & _NEXT:
                     raise RingError("indirect-with-next", "INDIRECT and NEXT both set", head)
-                if length == 0 or length % layouts.DESC_SIZE:
+                if length == 0 or length % _DESC_SIZE:
                     raise RingError(
                         "indirect-bad-length",
                         f"indirect table length {length} is not a non-zero multiple of 16",
                         head,
                     )
-                entries = length // layouts.DESC_SIZE
+                entries = length // _DESC_SIZE
                 if entries > self.max_indirect:
                     raise RingError(
                         "indirect-too-large",
@@ -251,38 +478,44 @@ class SplitDeviceQueue:
                         head,
                     )
                 try:
-                    indirect_table = self.space.read(addr, length)
+                    table = self.space.read(addr, length)
                 except DmaError as e:
                     raise RingError("bad-address", f"indirect table: {e}", head) from None
+                indirect = True
                 table_entries = entries
                 budget = entries
                 index = 0
                 continue
-            is_write = bool(flags & DESC_F.WRITE)
-            if not is_write and chain.writable:
+            is_write = flags & _WRITE
+            if not is_write and writable:
                 raise RingError(
                     "readable-after-writable",
                     "device-readable descriptor after a writable one",
                     head,
                 )
-            if length == 0 and self.strict:
+            if length == 0 and strict:
                 raise RingError("zero-length", "zero-length descriptor", head)
             total += length
             if total > CHAIN_BYTES_LIMIT:
                 raise RingError("chain-too-big", "chain is longer than 2^32 bytes", head)
-            try:
-                self.space.check(addr, length, write=is_write)
-            except DmaError as e:
-                raise RingError("bad-address", str(e), head) from None
+            if not (
+                w is not None
+                and w.lo <= addr
+                and addr + length <= w.hi
+                and (w.writable if is_write else w.readable)
+                and w.valid
+            ):
+                try:
+                    check(addr, length, bool(is_write))
+                except DmaError as e:
+                    raise RingError("bad-address", str(e), head) from None
             if length:
-                (chain.writable if is_write else chain.readable).append((addr, length))
-            if not flags & DESC_F.NEXT:
-                if self.in_order and indirect_table is None:
-                    self._next_head = (index + 1) % self.size
-                elif self.in_order:
-                    self._next_head = (head + 1) % self.size
-                return chain
-            if self.in_order and self.strict and nxt != (index + 1) % table_entries:
+                (writable if is_write else readable).append((addr, length))
+            if not flags & _NEXT:
+                if self.in_order:
+                    self._next_head = ((head if indirect else index) + 1) % size
+                return Chain(head, readable, writable, descriptors)
+            if self.in_order and strict and nxt != (index + 1) % table_entries:
                 raise RingError(
                     "in-order-next",
                     f"IN_ORDER descriptor {index} chains to {nxt}, not to the next slot",
@@ -298,10 +531,29 @@ class SplitDeviceQueue:
         With IN_ORDER the element waits until every older buffer is complete (and, with
         ``batch_in_order``, until flush()).
         """
-        if head not in self.in_flight or head in self._done:
+        in_flight = self.in_flight
+        if head not in in_flight or head in self._done:
             raise ValueError(f"device bug: head {head} is not in flight")
         if not self.in_order:
-            self.in_flight.discard(head)
+            in_flight.discard(head)
+            ul = self._ul
+            if ul is not None and ul.valid:  # _write_used() inlined: the element, then idx
+                self.published += 1
+                idx = self.used_idx
+                words = self._words
+                if words is not None and 0 <= written <= 0xFFFFFFFF:
+                    w = _ELEM_W32 + _ELEM_WORDS * (idx & self._mask)
+                    u32 = words[2]
+                    u32[w] = head
+                    u32[w + 1] = written
+                    self.used_idx = idx = (idx + 1) & IDX_MASK
+                    words[1][_IDX_W16] = idx
+                    return
+                view = ul.view
+                self._elem.pack_into(view, _HDR + _USED_STRIDE * (idx & self._mask), head, written)
+                self.used_idx = idx = (idx + 1) & IDX_MASK
+                self._idx.pack_into(view, _IDX_OFF, idx)
+                return
             self._write_used(head, written, 1)
             return
         self._done[head] = written
@@ -310,6 +562,35 @@ class SplitDeviceQueue:
             self._ready.append((first, self._done.pop(first)))
         if not self.batch_in_order:
             self.flush()
+
+    def push_batch(self, completions: Sequence[tuple[int, int]]) -> None:
+        """push() for each (head, written), the used index written once at the end.
+
+        The same checks as push(); a bad head raises ValueError after the completions
+        before it are published (elements, then the index)."""
+        ul, words = self._ul, self._words
+        if self.in_order or words is None or ul is None or not ul.valid:
+            for head, written in completions:
+                self.push(head, written)
+            return
+        in_flight = self.in_flight
+        u32 = words[2]
+        mask = self._mask
+        idx = start = self.used_idx
+        try:
+            for head, written in completions:
+                if head not in in_flight or head in self._done:
+                    raise ValueError(f"device bug: head {head} is not in flight")
+                w = _ELEM_W32 + _ELEM_WORDS * (idx & mask)
+                u32[w + 1] = written  # ValueError (like push's struct error) if not a u32
+                u32[w] = head
+                in_flight.discard(head)
+                idx = (idx + 1) & IDX_MASK
+        finally:
+            if idx != start:
+                self.published += (idx - start) & IDX_MASK
+                self.used_idx = idx
+                words[1][_IDX_W16] = idx  # the index after every element it covers
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
@@ -330,6 +611,13 @@ class SplitDeviceQueue:
 
     def _write_used(self, head: int, written: int, count: int) -> None:
         self.published += 1  # used entries written: progress the core can see
+        ul = self._ul
+        if ul is not None and ul.valid:  # the element first, then the index
+            view = ul.view
+            self._elem.pack_into(view, _HDR + _USED_STRIDE * (self.used_idx & self._mask), head, written)
+            self.used_idx = idx = (self.used_idx + count) & IDX_MASK
+            self._idx.pack_into(view, _IDX_OFF, idx)
+            return
         slot = self.used_idx % self.size
         try:
             self.space.write(self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written))
@@ -348,7 +636,7 @@ class SplitDeviceQueue:
             self._signalled_valid = True
             if not valid:
                 return True
-            return need_event(self._read_u16(self._used_event_addr), self.used_idx, old)
+            return need_event(self.used_event(), self.used_idx, old)
         return not self.avail_flags() & AVAIL_F.NO_INTERRUPT
 
     # -- notification suppression -------------------------------------------
@@ -384,6 +672,7 @@ class SplitDeviceQueue:
 
     def reset(self) -> None:
         self.last_avail = self._shadow_avail = self.used_idx = 0
+        self._pending_error = None
         self._signalled_valid = False
         self.in_flight.clear()
         self._next_head = 0
@@ -409,7 +698,7 @@ class SplitDeviceQueue:
 # --------------------------------------------------------------------------- driver side
 
 
-@dataclass
+@dataclass(slots=True)
 class _Inflight:
     token: Any
     descs: list[int]  # ring descriptor indices owned by this chain
@@ -456,7 +745,31 @@ class SplitDriverQueue:
         self.last_used = 0
         self.broken: DeviceBrokenError | None = None
         self.on_broken = on_broken
+        self._mask = size - 1
         self._init_rings()
+        self._dl: Lease | None = None
+        self._al: Lease | None = None
+        self._ul: Lease | None = None
+        self._order_name: ByteOrder = order
+        self._words: tuple[memoryview, memoryview, memoryview] | None = None
+        self._leasable = hasattr(memory, "lease")
+        self._take_leases()
+
+    def _take_leases(self) -> bool:
+        """Direct windows on the rings in guest RAM (the driver's own memory); False when
+        the memory offers none (a qtest link) and every access goes through read/write."""
+        if not self._leasable:
+            return False
+        g, size = self.gpa, self.size
+        self._dl = lease_for(self.memory, g.desc, layouts.desc_table_size(size), True)
+        self._al = lease_for(self.memory, g.avail, layouts.avail_ring_size(size), True)
+        self._ul = lease_for(self.memory, g.used, layouts.used_ring_size(size), True)
+        self._words = _word_views(self._order_name, self._al, self._ul, size)
+        return self._leases_valid()
+
+    def _leases_valid(self) -> bool:
+        dl, al, ul = self._dl, self._al, self._ul
+        return dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid
 
     def _init_rings(self) -> None:
         """The driver zeroes both rings when it allocates them (spec 2.7)."""
@@ -482,6 +795,44 @@ class SplitDriverQueue:
         """Make one chain available: ``out`` device-readable, then ``in_`` device-writable."""
         if self.broken:
             raise self.broken
+        dl, al, ul = self._dl, self._al, self._ul
+        if not (dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid):
+            if self._leasable and self._take_leases():  # revoked (pages made private): again
+                dl, al, ul = self._dl, self._al, self._ul
+            else:
+                dl = None
+        if (
+            dl is not None
+            and al is not None
+            and not use_indirect
+            and (use_indirect is not None or self.indirect_pool is None)
+        ):
+            # Without indirect tables, written through the ring leases (see _add_direct).
+            nsegs = len(out) + len(in_)
+            free = self.free
+            if nsegs == 1 and free:
+                head = free.popleft() if self.in_order else free.pop()
+                if out:
+                    (a, n), writable_len, fl = out[0], 0, 0
+                else:
+                    (a, n), fl = in_[0], _WRITE
+                    writable_len = n
+                self._desc.pack_into(dl.view, head * _DESC_SIZE, a, n, fl, 0)
+                self.inflight[head] = _Inflight(token, [head], writable_len, None)
+                idx = self.avail_idx
+                words = self._words
+                if words is not None:
+                    a16 = words[0]
+                    a16[_AVAIL_W16 + (idx & self._mask)] = head
+                    self.avail_idx = idx = (idx + 1) & IDX_MASK
+                    a16[_IDX_W16] = idx  # the index last: the chain is complete
+                    return head
+                avail = al.view
+                self._idx.pack_into(avail, _HDR + _AVAIL_STRIDE * (idx & self._mask), head)
+                self.avail_idx = idx = (idx + 1) & IDX_MASK
+                self._idx.pack_into(avail, _IDX_OFF, idx)  # the index last: the chain is complete
+                return head
+            return self._add_direct(out, in_, token)
         segs = [(a, n, 0) for a, n in out] + [(a, n, DESC_F.WRITE) for a, n in in_]
         if not segs:
             raise ValueError("a chain needs at least one buffer")
@@ -526,6 +877,153 @@ class SplitDriverQueue:
         self.memory.write(self.gpa.avail + layouts.RING_IDX_OFFSET, self._idx.pack(self.avail_idx))
         return head
 
+    def add_batch(
+        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]], Any]]
+    ) -> list[int]:
+        """add() for each (out, in_, token), without indirect tables; the avail index is
+        written once, after every entry. Returns the heads. QueueFullError (or any error)
+        part-way leaves the chains before it made available, as single adds would."""
+        heads: list[int] = []
+        dl, al, words = self._dl, self._al, self._words
+        if self.broken:
+            raise self.broken
+        if (
+            words is None
+            or dl is None
+            or al is None
+            or not (dl.valid and al.valid)
+            or self.indirect_pool is not None
+            or self.in_order
+        ):
+            for out, in_, token in chains:
+                heads.append(self.add(out, in_, token))
+            return heads
+        free, inflight = self.free, self.inflight
+        view, pack_into = dl.view, self._desc.pack_into
+        a16 = words[0]
+        mask = self._mask
+        idx = start = self.avail_idx
+        try:
+            for out, in_, token in chains:
+                if len(out) + len(in_) != 1 or not free:
+                    if idx != start:  # publish what came before, then the general path
+                        self.avail_idx = idx
+                        a16[_IDX_W16] = idx
+                    heads.append(self.add(out, in_, token))  # QueueFullError when full
+                    idx = start = self.avail_idx
+                    continue
+                head = free.pop()
+                if out:
+                    (a, n), fl, writable_len = out[0], 0, 0
+                else:
+                    (a, n), fl = in_[0], _WRITE
+                    writable_len = n
+                pack_into(view, head * _DESC_SIZE, a, n, fl, 0)
+                inflight[head] = _Inflight(token, [head], writable_len, None)
+                a16[_AVAIL_W16 + (idx & mask)] = head
+                idx = (idx + 1) & IDX_MASK
+                heads.append(head)
+        finally:
+            if idx != start:
+                self.avail_idx = idx
+                a16[_IDX_W16] = idx  # the index last: every chain before it is complete
+        return heads
+
+    def get_used_batch(self) -> list[tuple[Any, int]]:
+        """Every used element published so far, each checked as get_used() checks it.
+
+        A device error part-way returns the good completions before it; the driver is
+        then broken and the next call raises, as get_used() would."""
+        if self.broken:
+            raise self.broken
+        done: list[tuple[Any, int]] = list(self._completed)
+        self._completed.clear()
+        ul, words = self._ul, self._words
+        if self.in_order or words is None or ul is None or not ul.valid:
+            try:
+                while (r := self.get_used()) is not None:
+                    done.append(r)
+            except DeviceBrokenError:
+                if not done:
+                    raise
+            return done
+        last = self.last_used
+        used_idx: int = words[1][_IDX_W16]
+        ahead = (used_idx - last) & IDX_MASK
+        inflight = self.inflight
+        if ahead > len(inflight):
+            err = self._mark_broken(
+                "used-idx-jump",
+                f"used idx {used_idx} is {ahead} ahead but only {len(inflight)} in flight",
+            )
+            if not done:
+                raise err
+            return done
+        u32, mask, size, free = words[2], self._mask, self.size, self.free
+        for _ in range(ahead):
+            w = _ELEM_W32 + _ELEM_WORDS * (last & mask)
+            head, length = u32[w], u32[w + 1]
+            st = inflight.get(head) if head < size else None
+            if st is None:
+                err = self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
+                break
+            if length > st.writable_len:
+                err = self._mark_broken(
+                    "used-bad-len",
+                    f"used len {length} > writable length {st.writable_len} of head {head}",
+                )
+                break
+            last = (last + 1) & IDX_MASK
+            self.last_used = last
+            del inflight[head]
+            descs = st.descs
+            if len(descs) == 1:
+                free.append(descs[0])
+            else:
+                free.extend(reversed(descs))
+            if st.indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(st.indirect)
+            done.append((st.token, length))
+        else:
+            return done
+        if not done:
+            raise err
+        return done
+
+    def _add_direct(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any) -> int:
+        """add() without indirect tables, writing through the ring leases (held valid)."""
+        assert self._dl is not None and self._al is not None
+        nsegs = len(out) + len(in_)
+        if not nsegs:
+            raise ValueError("a chain needs at least one buffer")
+        free = self.free
+        if nsegs > len(free):
+            raise QueueFullError(f"chain needs {nsegs} descriptors, {len(free)} free")
+        take = free.popleft if self.in_order else free.pop
+        descs = [take() for _ in range(nsegs)]
+        view = self._dl.view
+        pack_into = self._desc.pack_into
+        last = nsegs - 1
+        i = 0
+        for a, n in out:
+            nxt = descs[i + 1] if i < last else 0
+            pack_into(view, descs[i] * _DESC_SIZE, a, n, _NEXT if i < last else 0, nxt)
+            i += 1
+        writable_len = 0
+        for a, n in in_:
+            nxt = descs[i + 1] if i < last else 0
+            pack_into(view, descs[i] * _DESC_SIZE, a, n, (_WRITE | _NEXT) if i < last else _WRITE, nxt)
+            writable_len += n
+            i += 1
+        head = descs[0]
+        self.inflight[head] = _Inflight(token, descs, writable_len, None)
+        avail = self._al.view
+        idx = self.avail_idx
+        self._idx.pack_into(avail, _HDR + _AVAIL_STRIDE * (idx & self._mask), head)
+        self.avail_idx = idx = (idx + 1) & IDX_MASK
+        self._idx.pack_into(avail, _IDX_OFF, idx)  # the index last: the chain is complete
+        return head
+
     def _take(self) -> int:
         return self.free.popleft() if self.in_order else self.free.pop()
 
@@ -541,6 +1039,14 @@ class SplitDriverQueue:
         value: int = self._idx.unpack(self.memory.read(addr, 2))[0]
         return value
 
+    def _used_u16(self, offset: int) -> int:
+        """A 16-bit word of the used ring (through the lease when there is one)."""
+        ul = self._ul
+        if ul is not None and ul.valid:
+            value: int = self._idx.unpack_from(ul.view, offset)[0]
+            return value
+        return self._read_u16(self.gpa.used + offset)
+
     def kick_prepare(self) -> bool:
         """Whether the device wants a notification for what was added since the last kick."""
         old, new = self._kicked_avail, self.avail_idx
@@ -548,9 +1054,9 @@ class SplitDriverQueue:
         if old == new:
             return False
         if self.event_idx:
-            event = self._read_u16(self.gpa.used + layouts.avail_event_offset(self.size))
+            event = self._used_u16(layouts.avail_event_offset(self.size))
             return need_event(event, new, old)
-        return not self._read_u16(self.gpa.used) & USED_F.NO_NOTIFY
+        return not self._used_u16(0) & USED_F.NO_NOTIFY
 
     def _mark_broken(self, violation: str, message: str) -> DeviceBrokenError:
         err = DeviceBrokenError(violation, message)
@@ -565,6 +1071,48 @@ class SplitDriverQueue:
             raise self.broken
         if self._completed:
             return self._completed.popleft()
+        ul = self._ul
+        if ul is not None and ul.valid and not self.in_order:
+            # Through the used-ring lease, without IN_ORDER: the same checks as below.
+            view = ul.view
+            last = self.last_used
+            words = self._words
+            used_idx: int = (
+                words[1][_IDX_W16] if words is not None else self._idx.unpack_from(view, _IDX_OFF)[0]
+            )
+            if used_idx == last:
+                return None
+            inflight = self.inflight
+            ahead = (used_idx - last) & IDX_MASK
+            if ahead > len(inflight):
+                raise self._mark_broken(
+                    "used-idx-jump",
+                    f"used idx {used_idx} is {ahead} ahead but only {len(inflight)} in flight",
+                )
+            if words is not None:
+                w = _ELEM_W32 + _ELEM_WORDS * (last & self._mask)
+                u32 = words[2]
+                head, length = u32[w], u32[w + 1]
+            else:
+                head, length = self._elem.unpack_from(view, _HDR + _USED_STRIDE * (last & self._mask))
+            st = inflight.get(head) if head < self.size else None
+            if st is None:
+                raise self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
+            if length > st.writable_len:
+                raise self._mark_broken(
+                    "used-bad-len",
+                    f"used len {length} > writable length {st.writable_len} of head {head}",
+                )
+            self.last_used = (last + 1) & IDX_MASK
+            del inflight[head]
+            descs = st.descs
+            if len(descs) == 1:
+                self.free.append(descs[0])
+            else:
+                self.free.extend(reversed(descs))
+            if st.indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(st.indirect)
+            return st.token, length
         used_idx = self._read_u16(self.gpa.used + layouts.RING_IDX_OFFSET)
         if used_idx == self.last_used:
             return None
@@ -607,7 +1155,7 @@ class SplitDriverQueue:
     def more_used(self) -> bool:
         if self._completed:
             return True
-        return self._read_u16(self.gpa.used + layouts.RING_IDX_OFFSET) != self.last_used
+        return self._used_u16(_IDX_OFF) != self.last_used
 
     def enable_cb(self) -> bool:
         """Ask for interrupts again; True if used buffers are already pending (race check)."""

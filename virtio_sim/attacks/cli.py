@@ -1,0 +1,130 @@
+"""``virtio-sim attack``: replay the hostile corpus by name.
+
+    virtio-sim attack --list
+    virtio-sim attack --target host:blk --scenario all [--json]
+    virtio-sim attack --target host:blk/pci-modern/packed --scenario loop-self
+    virtio-sim attack --target driver:linux-6.1 --scenario used-id-out-of-range
+    virtio-sim attack --target wire --scenario all
+    virtio-sim fuzz --minutes 5
+
+Exit status: 0 when every case was handled, 1 when any crashed, hung, escaped or failed,
+2 for usage errors (unknown target or scenario).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from typing import Any
+
+import trio
+
+from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows, select
+from virtio_sim.attacks.scenario import CaseResult, Verdict
+from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+
+
+def add_attack_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--list", action="store_true", help="list scenarios, lies, wire cases and targets")
+    p.add_argument(
+        "--target",
+        default="host:rng",
+        help="host:DEVICE[/TRANSPORT/RING[+drop][+iommu]] | driver:PROFILE | wire (default host:rng)",
+    )
+    p.add_argument("--scenario", default="all", help="a scenario id, a row id (A1..G61) or all")
+    p.add_argument("--json", action="store_true", help="one JSON document with every case and the counts")
+
+
+def add_fuzz_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=float, default=1.0, help="how long to fuzz (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
+
+
+def _list() -> int:
+    from host.devices.hostile import LIES
+    from virtio_sim.attacks.corpus_wire import CASES
+    from virtio_sim.attacks.device_side import driver_targets
+    from virtio_sim.attacks.targets import all_targets
+
+    table = rows()
+    print("host scenarios (hostile driver):")
+    for s in host_scenarios():
+        print(f"  {s.id:34} {s.row:4} {s.expect.value:12} {s.title}")
+    print("lies (hostile device, --target driver:PROFILE):")
+    for name, title in LIES.items():
+        print(f"  {name:34} {title}")
+    print("wire cases (--target wire):")
+    for c in CASES:
+        print(f"  {c.id:34} {c.target:11} {c.title}")
+    print(f"host targets: {', '.join(t.name for t in all_targets())}")
+    print(f"driver targets: {', '.join(t.name for t in driver_targets())}")
+    print(f"rows (specs/attacks.toml): {len(table)}")
+    return EXIT_OK
+
+
+def _report(results: list[CaseResult], as_json: bool) -> int:
+    counts: dict[str, Any] = {v.value: sum(r.verdict is v for r in results) for v in Verdict}
+    counts["cases"] = len(results)
+    if as_json:
+        print(json.dumps({"counts": counts, "cases": [r.as_json() for r in results]}, indent=1))
+    else:
+        for r in results:
+            print(f"{r.verdict.value:8} {r.scenario:34} {r.target:42} policy={r.policy}")
+            if r.verdict is not Verdict.HANDLED:
+                print("         " + r.detail.strip().replace("\n", "\n         ")[:2000])
+        print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    return EXIT_OK if counts["cases"] and counts["cases"] == counts["handled"] else EXIT_FAIL
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list()
+    target: str = args.target
+    try:
+        if target.startswith("driver:"):
+            from virtio_sim.attacks.device_side import (
+                driver_cases,
+                parse_driver_target,
+                run_driver_case,
+                scratch,
+            )
+
+            lies = None if args.scenario == "all" else [args.scenario]
+            cases = driver_cases(parse_driver_target(target), lies)
+            if not cases:
+                raise ValueError(f"no lie {args.scenario!r} applies to {target}")
+            tmp = scratch()
+            return _report([run_driver_case(t, lie, tmp) for t, lie in cases], args.json)
+        if target == "wire":
+            from virtio_sim.attacks.corpus_wire import CASES, run_wire_corpus
+
+            chosen = [c for c in CASES if args.scenario in ("all", c.id)]
+            if not chosen:
+                raise ValueError(f"unknown wire case {args.scenario!r}")
+            with tempfile.TemporaryDirectory(prefix="virtio-sim-wire-") as tmp:
+                return _report(trio.run(run_wire_corpus, tmp, chosen), args.json)
+        if not target.startswith("host:"):
+            raise ValueError(f"a target is host:DEVICE, driver:PROFILE or wire, not {target!r}")
+        from virtio_sim.attacks.runner import run_sync
+        from virtio_sim.attacks.targets import parse_target
+
+        chosen_cases = host_cases(select(args.scenario, host_scenarios()), parse_target(target))
+        if not chosen_cases:
+            raise ValueError(f"scenario {args.scenario!r} does not apply to {target}")
+    except ValueError as e:
+        print(f"virtio-sim attack: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="virtio-sim-attack-") as tmp:
+        return _report(run_sync(chosen_cases, tmp).results, args.json)
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from virtio_sim.attacks.fuzz import fuzz_for
+
+    found = fuzz_for(args.minutes * 60, seed=args.seed)
+    for line in found:
+        print(line)
+    print(f"fuzz: {len(found)} failure(s) in {args.minutes:g} minute(s)")
+    return EXIT_OK if not found else EXIT_FAIL

@@ -1,0 +1,400 @@
+"""Broken wire traffic (row X1, and F51 for vhost-user): frames a hostile peer sends to
+the host process (two-process protocol, docs/wire-protocol.md) and to the vhost-user
+back-end. Each case connects, misbehaves, and must see the server end that connection
+(an ERROR frame and/or a close) within its bound, leak no file descriptors, and serve a
+well-behaved peer that connects afterwards.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from host.process import HostOptions, HostServer, plan_host
+from host.qdev import build_device, parse_device_option
+from host.transport.mmio import MMIO_WINDOW
+from host.vhost_user import serve_socket
+from virtio_sim import layouts, wire
+from virtio_sim.attacks.scenario import CaseResult, Verdict
+from virtio_sim.handshake import guest_handshake
+from virtio_sim.layouts import fast_codec
+from virtio_sim.sockets import SocketFrameChannel, UnixAddress
+from virtio_sim.spec import MMIO, VU_FLAGS, VU_LIMITS, VU_REQ
+from virtio_sim.wire import MAX_PAYLOAD, PROTOCOL_MAGIC, PROTOCOL_VERSION, Capability, Hello, MsgType, Role
+
+BOUND = 5.0
+HOST_TIMEOUTS = 1.0  # the in-process host's handshake and frame timeouts
+FLOOD_FDS = 64
+MMIO_MAGIC_AT = MICROVM_MMIO_BASE + MMIO_WINDOW * (MICROVM_MMIO_SLOTS - 1)  # first device: top slot
+
+
+_HDR = fast_codec(wire.FrameHeader)
+
+
+def header(kind: int, length: int, magic: int = PROTOCOL_MAGIC, version: int = PROTOCOL_VERSION) -> bytes:
+    """A frame header with every field under our control (Frame.encode refuses lies)."""
+    return _HDR.pack(magic, version, kind, 0, length)
+
+
+def fds_open() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@dataclass(frozen=True)
+class WireCase:
+    id: str
+    target: str  # "host" (two-process protocol) | "vhost-user"
+    title: str
+    send: Callable[[trio.socket.SocketType], Awaitable[None]]
+
+
+CASES: list[WireCase] = []
+
+
+def case(
+    cid: str, target: str, title: str
+) -> Callable[[Callable[[trio.socket.SocketType], Awaitable[None]]], None]:
+    def deco(fn: Callable[[trio.socket.SocketType], Awaitable[None]]) -> None:
+        CASES.append(WireCase(cid, target, title, fn))
+
+    return deco
+
+
+async def _with_fds(sock: trio.socket.SocketType, data: bytes, n: int) -> None:
+    fds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(n)]
+    try:
+        await sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _guest_hello(role: Role = Role.GUEST) -> bytes:
+    h = Hello(
+        PROTOCOL_VERSION, role, Capability.DMA_MESSAGES | Capability.LINE_IRQ, auth=bytes(32), name="hostile"
+    )
+    return wire.hello(h).encode()
+
+
+# --------------------------------------------------------------------------- host wire
+
+
+def _raw(
+    data: Callable[[], bytes], half_close: bool = False
+) -> Callable[[trio.socket.SocketType], Awaitable[None]]:
+    async def send(sock: trio.socket.SocketType) -> None:
+        await sock.send(data())
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+
+    return send
+
+
+case("wire-truncated-header", "host", "3 bytes of a header, then EOF")(
+    _raw(lambda: header(MsgType.HELLO, 0)[:3], True)
+)
+case("wire-bad-magic", "host", "a header with the wrong magic")(
+    _raw(lambda: header(MsgType.HELLO, 0, magic=0xBEEF))
+)
+case("wire-bad-version", "host", "a header of protocol version 99")(
+    _raw(lambda: header(MsgType.HELLO, 0, version=99))
+)
+case("wire-unknown-type", "host", "frame type 200")(_raw(lambda: header(200, 0)))
+case("wire-oversized", "host", "declared length above the limit")(
+    _raw(lambda: header(MsgType.HELLO, MAX_PAYLOAD + 1))
+)
+case("wire-length-lies", "host", "declares 100 payload bytes, sends 10, stalls")(
+    _raw(lambda: header(MsgType.HELLO, 100) + bytes(10))
+)
+case("wire-truncated-payload-eof", "host", "declares 100 payload bytes, sends 10, EOF")(
+    _raw(lambda: header(MsgType.HELLO, 100) + bytes(10), True)
+)
+case("wire-hello-as-host", "host", "a guest claiming the host role")(_raw(lambda: _guest_hello(Role.HOST)))
+case("wire-access-before-hello", "host", "MMIO_WRITE before any HELLO")(
+    _raw(lambda: wire.access(MsgType.MMIO_WRITE, 1, MMIO_MAGIC_AT, 4, 0).encode())
+)
+case("wire-garbage", "host", "4 KiB of pseudo-random bytes")(
+    _raw(lambda: bytes((i * 73 + 19) & 0xFF for i in range(4096)))
+)
+case("wire-silence", "host", "connect and say nothing (handshake timeout)")(_raw(lambda: b""))
+
+
+@case("wire-fd-flood", "host", f"HELLO carrying {FLOOD_FDS} file descriptors")
+async def _fd_flood(sock: trio.socket.SocketType) -> None:
+    await _with_fds(sock, _guest_hello(), FLOOD_FDS)
+
+
+@case("wire-hello-twice", "host", "two HELLOs")
+async def _hello_twice(sock: trio.socket.SocketType) -> None:
+    await sock.send(_guest_hello() + _guest_hello())
+
+
+@case("wire-bad-access-size", "host", "after the handshake: a 16-byte MMIO read")
+async def _bad_size(sock: trio.socket.SocketType) -> None:
+    await sock.send(header(MsgType.MMIO_READ, 0) + b"")  # an access frame with no payload
+
+
+@case("wire-unsolicited-dma-reply", "host", "a DMA_REPLY nobody asked for")
+async def _dma_reply(sock: trio.socket.SocketType) -> None:
+    await sock.send(header(MsgType.DMA_REPLY, 12) + bytes(12))
+
+
+# --------------------------------------------------------------------------- vhost-user
+
+
+def vu(request: int, payload: bytes = b"", size: int | None = None, flags: int = VU_FLAGS.version) -> bytes:
+    n = len(payload) if size is None else size
+    return layouts.vhost_user_header_codec.pack(request, flags, n) + payload
+
+
+def _vu_raw(
+    data: Callable[[], bytes], half_close: bool = False
+) -> Callable[[trio.socket.SocketType], Awaitable[None]]:
+    return _raw(data, half_close)
+
+
+case("vu-truncated-header", "vhost-user", "half a message header, then EOF")(
+    _vu_raw(lambda: vu(VU_REQ.GET_FEATURES)[:5], True)
+)
+case("vu-bad-version", "vhost-user", "header flags with version 2")(
+    _vu_raw(lambda: vu(VU_REQ.GET_FEATURES, flags=2))
+)
+case("vu-unknown-request", "vhost-user", "request 0x7777")(_vu_raw(lambda: vu(0x7777)))
+case("vu-oversized", "vhost-user", "payload size 1 MiB")(
+    _vu_raw(lambda: vu(VU_REQ.SET_FEATURES, size=1 << 20))
+)
+case("vu-size-lies", "vhost-user", "SET_FEATURES declaring 8 bytes, sending 4, EOF")(
+    _vu_raw(lambda: vu(VU_REQ.SET_FEATURES, bytes(4), size=8), True)
+)
+case("vu-wrong-payload-size", "vhost-user", "SET_FEATURES with a 4-byte payload")(
+    _vu_raw(lambda: vu(VU_REQ.SET_FEATURES, bytes(4)))
+)
+
+
+@case("vu-fd-flood", "vhost-user", f"SET_VRING_KICK carrying {VU_LIMITS.max_fds + 8} fds")
+async def _vu_fd_flood(sock: trio.socket.SocketType) -> None:
+    await _with_fds(sock, vu(VU_REQ.SET_VRING_KICK, (0).to_bytes(8, "little")), VU_LIMITS.max_fds + 8)
+
+
+@case("vu-fds-on-get", "vhost-user", "GET_FEATURES carrying 4 unexpected fds")
+async def _vu_fds_get(sock: trio.socket.SocketType) -> None:
+    await _with_fds(sock, vu(VU_REQ.GET_FEATURES), 4)
+
+
+def _mem_table(regions: list[tuple[int, int, int, int]]) -> bytes:
+    payload = bytes(
+        layouts.vhost_user_memory(len(regions)).build(
+            {
+                "nregions": len(regions),
+                "padding": 0,
+                "regions": [
+                    {"guest_phys_addr": g, "memory_size": s, "userspace_addr": u, "mmap_offset": o}
+                    for g, s, u, o in regions
+                ],
+            }
+        )
+    )
+    return vu(VU_REQ.SET_MEM_TABLE, payload, flags=VU_FLAGS.version | VU_FLAGS.need_reply)
+
+
+@case("vu-mem-table-too-many-regions", "vhost-user", "SET_MEM_TABLE with more regions than fds and the limit")
+async def _vu_regions(sock: trio.socket.SocketType) -> None:
+    n = VU_LIMITS.max_fds + 1
+    await _with_fds(sock, _mem_table([(i << 20, 1 << 20, i << 20, 0) for i in range(n)]), 2)
+
+
+@case("vu-mem-table-overlap", "vhost-user", "two overlapping memory regions")
+async def _vu_overlap(sock: trio.socket.SocketType) -> None:
+    await _with_fds(sock, _mem_table([(0, 1 << 20, 0, 0), (1 << 19, 1 << 20, 1 << 30, 0)]), 2)
+
+
+@case("vu-ring-addr-before-memory", "vhost-user", "SET_VRING_ADDR and ENABLE before any memory table")
+async def _vu_ring_first(sock: trio.socket.SocketType) -> None:
+    addr = layouts.vhost_user_vring_addr_codec.pack(0, 0, 0x7F0000000000, 0x7F0000001000, 0x7F0000002000, 0)
+    state = layouts.vhost_user_vring_state_codec.pack(0, 1)
+    ack = VU_FLAGS.version | VU_FLAGS.need_reply
+    await sock.send(
+        vu(VU_REQ.SET_VRING_ADDR, addr, flags=ack) + vu(VU_REQ.SET_VRING_ENABLE, state, flags=ack)
+    )
+    await sock.send(vu(VU_REQ.SET_VRING_KICK, (0x100).to_bytes(8, "little")))  # NOFD flag: polling kick
+
+
+@case("vu-vring-num-zero-and-huge", "vhost-user", "SET_VRING_NUM 0 and 0xffff")
+async def _vu_num(sock: trio.socket.SocketType) -> None:
+    ack = VU_FLAGS.version | VU_FLAGS.need_reply
+    for n in (0, 0xFFFF, 3):
+        await sock.send(vu(VU_REQ.SET_VRING_NUM, layouts.vhost_user_vring_state_codec.pack(0, n), flags=ack))
+    await sock.send(vu(VU_REQ.SET_VRING_NUM, layouts.vhost_user_vring_state_codec.pack(999, 8), flags=ack))
+    sock.shutdown(socket.SHUT_WR)
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def _drain(sock: trio.socket.SocketType, probe: bytes | None, wait: float = 0.5) -> str | None:
+    """How the server dealt with the connection: "close" (it hung up, maybe after an
+    ERROR frame), "refused" (it answered a probe on the same connection: the bad request
+    was refused and the connection is still usable), "alive" (it closed cleanly when
+    told BYE: the traffic was acceptable), or None (neither: stuck)."""
+
+    async def closed_within(seconds: float) -> bool:
+        with trio.move_on_after(seconds):
+            while True:
+                try:
+                    data = await sock.recv(65536)
+                except OSError:
+                    return True
+                if not data:
+                    return True
+        return False
+
+    if await closed_within(wait if probe is not None else BOUND):
+        return "close"
+    if probe is None:
+        return None
+    try:
+        await sock.send(probe)
+    except OSError:
+        return "close"
+    with trio.move_on_after(BOUND):
+        try:
+            data = await sock.recv(65536)
+        except OSError:
+            return "close"
+        return "refused" if data else "alive"
+    return None
+
+
+async def _good_host_guest(path: str) -> str | None:
+    """A well-behaved guest: handshake, then read the first device's magic register."""
+    stream = await trio.open_unix_socket(path)
+    channel = SocketFrameChannel(stream, frame_timeout=BOUND)
+    try:
+        with trio.fail_after(BOUND):
+            await guest_handshake(channel, secret=None, can_take_fds=False)
+            await channel.send(wire.access(MsgType.MMIO_READ, 1, MMIO_MAGIC_AT, 4))
+            reply = await channel.receive()
+            if reply.type is not MsgType.READ_REPLY or wire.parse_read_reply(reply) != MMIO.magic:
+                return f"the next guest got {reply.type.name} instead of the magic value"
+            await channel.send(wire.bye())
+    except Exception as e:  # the next guest failing in any way is the finding
+        return f"the next guest was not served: {type(e).__name__}: {e}"
+    finally:
+        await stream.aclose()
+    return None
+
+
+async def _good_vu_frontend(tmp: str, n: int) -> str | None:
+    path = os.path.join(tmp, f"ok{n}.sock")
+    built = build_device(parse_device_option("virtio-rng-device"))
+    got: list[object] = []
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        got.append(await serve_socket(path, built, task_status=task_status))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run)
+            sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+            await sock.connect(path)
+            with trio.fail_after(BOUND):
+                await sock.send(vu(VU_REQ.GET_FEATURES))
+                raw = await sock.recv(layouts.VHOST_USER_HEADER_SIZE + 8)
+            sock.close()
+            if len(raw) != layouts.VHOST_USER_HEADER_SIZE + 8:
+                return "the next front-end got no GET_FEATURES reply"
+    except trio.TooSlowError:
+        return "the next front-end was not answered"
+    return None
+
+
+async def _settled(before: int) -> bool:
+    """The server closes its end of a finished connection a moment later: wait for it."""
+    with trio.move_on_after(1.0):
+        while fds_open() > before + 2:
+            await trio.sleep(0.02)
+        return True
+    return False
+
+
+async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) -> CaseResult:
+    start = time.perf_counter()
+    res = CaseResult(c.id, c.target, Verdict.HANDLED)
+    before = fds_open()
+    try:
+        if c.target == "host":
+            assert host_path is not None
+            sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+            await sock.connect(host_path)
+            await c.send(sock)
+            how = await _drain(sock, wire.bye().encode(), wait=HOST_TIMEOUTS + 0.5)
+            sock.close()
+            after = await _good_host_guest(host_path)
+        else:
+            path = os.path.join(tmp, f"vu{n}.sock")
+            built = build_device(parse_device_option("virtio-rng-device"))
+            ended: list[object] = []
+
+            async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                ended.append(await serve_socket(path, built, task_status=task_status))
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run)
+                sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+                await sock.connect(path)
+                await c.send(sock)
+                how = await _drain(sock, vu(VU_REQ.GET_FEATURES))
+                sock.close()
+            res.policy = how
+            after = await _good_vu_frontend(tmp, n)
+        res.detail = str(getattr(ended[0], "ended", "")) if c.target != "host" and ended else ""
+        if how is None:
+            res.verdict, res.detail = Verdict.HANG, f"the server kept the connection open past {BOUND}s"
+        elif after:
+            res.verdict, res.detail = Verdict.FAILURE, after
+        elif not await _settled(before):
+            res.verdict, res.detail = Verdict.FAILURE, f"file descriptors leaked: {before} -> {fds_open()}"
+        res.policy = how
+    except Exception:  # anything escaping the server is the finding
+        res.verdict, res.detail = Verdict.CRASH, traceback.format_exc(limit=-8)
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list[CaseResult]:
+    """Every wire case against one in-process host server (so 'the next guest' is served
+    by the same server the hostile one attacked) and fresh vhost-user back-ends."""
+    chosen = CASES if cases is None else cases
+    path = os.path.join(tmp, "host.sock")
+    opts = HostOptions(
+        listen=UnixAddress(path),
+        devices=["virtio-rng-device"],
+        ram_size=4 << 20,
+        handshake_timeout=HOST_TIMEOUTS,
+        frame_timeout=HOST_TIMEOUTS,
+        max_guests=4,
+    )
+    server = HostServer(plan_host(opts), out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
+    results: list[CaseResult] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        with trio.fail_after(BOUND):
+            while not Path(path).exists():
+                await trio.sleep(0.01)
+        # warm up: the first guest and front-end open what the server keeps for good
+        # (so the fd baseline of each case is steady)
+        if await _good_host_guest(path) or await _good_vu_frontend(tmp, -1):
+            raise RuntimeError("the servers do not serve a good peer before any attack")
+        for n, c in enumerate(chosen):
+            results.append(await run_wire_case(c, tmp, n, path))
+        nursery.cancel_scope.cancel()
+    return results
