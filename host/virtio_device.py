@@ -184,6 +184,8 @@ class VirtioDevice:
         self.status_writes: list[int] = []
         self.notify_data_checked = 0  # NOTIFICATION_DATA values compared with a ring
         self.queue_resets: list[int] = []  # queues reset one by one (RING_RESET)
+        #: queues kicked before DRIVER_OK (modern interface): served once DRIVER_OK is set
+        self.deferred_notifies: set[int] = set()
         self.config_generation = 0
         self._config_snapshot = b""
         #: set by the transport when the function has no legacy interface (mmio v2,
@@ -255,6 +257,7 @@ class VirtioDevice:
         self.status = 0
         self.driver_features = 0
         self.broken = False
+        self.deferred_notifies = set()
         for q in self.queues:
             q.reset()
         self.model.reset()
@@ -296,6 +299,9 @@ class VirtioDevice:
                 self._violation("activation-failed", f"activation failed: {e}")
                 return
             self._config_snapshot = self._config_space()
+            deferred, self.deferred_notifies = sorted(self.deferred_notifies), set()
+            for index in deferred:
+                self.notify(index)
 
     def _features_ok_refusal(self) -> str | None:
         if self.modern_only and not self.driver_features >> F.VERSION_1 & 1:
@@ -509,7 +515,10 @@ class VirtioDevice:
             self.note(f"notify for queue {index} that is not ready ignored")
             return
         if not self.status & STATUS.DRIVER_OK and not self.legacy:
-            self.note(f"queue {index} notified before DRIVER_OK")
+            # 2.1.2: no buffer is consumed before DRIVER_OK; the kick is kept for then.
+            self.note(f"queue {index} notified before DRIVER_OK (served once DRIVER_OK is set)")
+            self.deferred_notifies.add(index)
+            return
         try:
             ring = self._ring(q)
         except RingError as e:

@@ -228,8 +228,7 @@ class Broken:
     cls: type[VirtioGuestDevice]
     device: str
     transport: str
-    #: the ids the defect breaks; the first one a device sees may be a consequence (the
-    #: stale avail entry of idx-before-entry names a zeroed, readable descriptor)
+    #: the ids the defect breaks (the first one a device sees may be a consequence)
     ids: tuple[str, ...]
 
 
@@ -251,9 +250,7 @@ BROKEN: dict[str, Broken] = {
         NotifiesBeforeDriverOk, "rng", "mmio-v2", ("init.drv.no-kick-before-driver-ok",)
     ),
     "skips-reset": Broken(SkipsReset, "rng", "mmio-v2", ("init.drv.reset-first",)),
-    "idx-before-entry": Broken(
-        IdxBeforeEntry, "rng", "mmio-v2", ("split.avail.drv-barrier-before-idx", "rng.drv.writable-only")
-    ),
+    "idx-before-entry": Broken(IdxBeforeEntry, "rng", "mmio-v2", ("split.avail.drv-barrier-before-idx",)),
     "descriptor-loop": Broken(DescriptorLoop, "blk", "mmio-v2", ("split.desc.drv-chain-len-limit",)),
     "write-before-read": Broken(
         WriteBeforeRead, "blk", "pci-modern", ("framing.drv.readable-before-writable",)

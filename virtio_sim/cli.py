@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="run the benchmarks (the options of python -m benchmarks follow)")
     m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
     add_matrix_arguments(m)
+    conf = sub.add_parser("conformance", help="check a device or driver against the spec, per requirement")
+    from virtio_sim.conformance.cli import add_conformance_arguments
+
+    add_conformance_arguments(conf)
     c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
     add_compat_arguments(c)
     vu = sub.add_parser("vhost-user", help="serve one of our devices to a QEMU vhost-user front-end")
@@ -370,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guest(args)
     if args.command == "matrix":
         return cmd_matrix(args)
+    if args.command == "conformance":
+        from virtio_sim.conformance.cli import cmd_conformance
+
+        return cmd_conformance(args)
     if args.command == "vhost-user":
         from host.vhost_user_cli import cmd_vhost_user
 

@@ -877,6 +877,14 @@ class DriverWatch:
             addr, length, flags, nxt = codec.unpack(
                 view.space.read(table + i * layouts.DESC_SIZE, layouts.DESC_SIZE)
             )
+            if count == 1 and not (addr or length or flags or nxt):
+                # the driver zeroed the table at allocation: an entry naming an all-zero
+                # descriptor was read before the driver wrote it (or the chain)
+                self._fail(
+                    "split.avail.drv-barrier-before-idx",
+                    f"{where}: the avail entry names descriptor {i}, which is all zeroes (not written yet)",
+                )
+                return
             if flags & DESC_F.INDIRECT:
                 self._check(
                     "split.indirect.drv-feature",

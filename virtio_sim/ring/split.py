@@ -428,6 +428,7 @@ class SplitDeviceQueue:
             w = None
         strict = self.strict
         index = head
+        indirect_slot = head  # where the INDIRECT descriptor sits in the main table
         budget = size  # descriptors left before the walk is a loop or over-long chain
         total = 0
         descriptors = 0
@@ -464,6 +465,7 @@ class SplitDeviceQueue:
                     )
                 if flags & _NEXT:
                     raise RingError("indirect-with-next", "INDIRECT and NEXT both set", head)
+                indirect_slot = index
                 if length == 0 or length % _DESC_SIZE:
                     raise RingError(
                         "indirect-bad-length",
@@ -513,7 +515,8 @@ class SplitDeviceQueue:
                 (writable if is_write else readable).append((addr, length))
             if not flags & _NEXT:
                 if self.in_order:
-                    self._next_head = ((head if indirect else index) + 1) % size
+                    # a chain may start with plain descriptors before its INDIRECT one
+                    self._next_head = ((indirect_slot if indirect else index) + 1) % size
                 return Chain(head, readable, writable, descriptors)
             if self.in_order and strict and nxt != (index + 1) % table_entries:
                 raise RingError(

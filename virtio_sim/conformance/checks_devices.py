@@ -1,0 +1,227 @@
+"""Device-type checkers: virtio-blk requests and config, virtio-rng, and the queue
+layouts and basics of virtio-console and virtio-net."""
+
+from __future__ import annotations
+
+import os
+
+from virtio_sim.conformance.device_checks import (
+    Ctx,
+    Request,
+    blk_header,
+    bring_up,
+    buffer,
+    checker,
+    kick,
+    negotiate,
+    submit,
+    wait_used,
+)
+from virtio_sim.conformance.rawring import RawPackedRing
+from virtio_sim.layouts import field_offsets, virtio_blk_config
+from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, bit
+
+BLK_IDS = (
+    "blk.req.status-codes",
+    "blk.req.get-id-format",
+    "blk.dev.offer-flush",
+    "blk.dev.flush-with-config-wce",
+    "blk.dev.writeback-zero-without-flush",
+    "blk.dev.padding-zero",
+    "blk.dev.ro-write-ioerr",
+    "blk.dev.stable-writes-persisted",
+    "blk.dev.zone-cmds-without-zoned",
+)
+_CFG = field_offsets(virtio_blk_config())
+SECTOR = BLK.sector_size
+ZONE_REQUEST_TYPES = (15, 16, 18, 20, 22, 24, 26)  # ZONE_APPEND/REPORT/OPEN/CLOSE/FINISH/RESET/RESET_ALL
+UNKNOWN_TYPE = 0x7F
+PATTERN = bytes(range(256)) * 2
+
+
+async def blk_request(
+    ctx: Ctx, rtype: int, sector: int = 0, *, data_out: bytes = b"", data_in: int = 0, status_fill: int = 0xEE
+) -> tuple[int | None, int, bytes]:
+    """One request; returns (status byte or None if not completed, used len, data read)."""
+    segs = [buffer(ctx, blk_header(ctx, rtype, sector), write=False)]
+    if data_out:
+        segs.append(buffer(ctx, data_out, write=False))
+    din = buffer(ctx, data_in, write=True) if data_in else None
+    if din:
+        segs.append(din)
+    st = buffer(ctx, 1, write=True, fill=status_fill)
+    segs.append(st)
+    req = submit(ctx, Request(0, segs, None))
+    await kick(ctx, 0)
+    used = await wait_used(ctx, 0, 1)
+    if not used or used[0].id != req.head:
+        return None, 0, b""
+    status = ctx.dut.memory.read(st.addr, 1)[0]
+    data = ctx.dut.memory.read(din.addr, din.length) if din else b""
+    return status, used[0].length, data
+
+
+@checker("blk_requests", BLK_IDS, keys=("blk",))
+async def blk_requests(ctx: Ctx) -> None:
+    """Read, write (and read back, and in the backing file), flush, GET_ID, requests past
+    the capacity, unknown and zone request types; config padding and cache rules."""
+    await bring_up(ctx, (0,))
+    capacity = await ctx.t.ops.read_config(_CFG["capacity"], 8)
+    problems: list[str] = []
+    sector = max(0, capacity - 2)
+    read_only = bool(ctx.offered >> BLK_F.RO & 1)
+    if not read_only:
+        status, wlen, _ = await blk_request(ctx, BLK_T.OUT, sector, data_out=PATTERN)
+        if status != BLK_S.OK:
+            problems.append(f"write: status {status}")
+        status, rlen, data = await blk_request(ctx, BLK_T.IN, sector, data_in=len(PATTERN))
+        if status != BLK_S.OK or data != PATTERN:
+            problems.append(f"read back: status {status}, data matches {data == PATTERN}")
+        lens = (wlen, rlen)
+        expected = (1, len(PATTERN) + 1)  # status byte; data + status byte
+        rid = (
+            "packed.used.write-flag-and-len"
+            if isinstance(ctx.rings[0], RawPackedRing)
+            else "split.used.len-bytes-written"
+        )
+        ctx.log.check(rid, lens == expected, f"blk write/read used len {lens}, bytes written {expected}")
+    flush_offered = bool(ctx.offered >> BLK_F.FLUSH & 1)
+    status, _, _ = await blk_request(ctx, BLK_T.FLUSH)
+    if flush_offered and status != BLK_S.OK:
+        problems.append(f"flush: status {status}")
+    status, _, _ = await blk_request(ctx, BLK_T.IN, capacity, data_in=SECTOR)
+    if status != BLK_S.IOERR:
+        problems.append(f"read past capacity {capacity}: status {status}")
+    status, _, _ = await blk_request(ctx, UNKNOWN_TYPE)
+    if status != BLK_S.UNSUPP:
+        problems.append(f"unknown type {UNKNOWN_TYPE}: status {status}")
+    ctx.log.check("blk.req.status-codes", not problems, "; ".join(problems))
+    status, _, ident = await blk_request(ctx, BLK_T.GET_ID, data_in=BLK.id_bytes)
+    text = ident.split(b"\0", 1)[0]
+    padded = ident[len(text) :]
+    ok = status == BLK_S.OK and text.isascii() and all(b == 0 for b in padded)
+    ctx.log.check("blk.req.get-id-format", ok, f"GET_ID status {status}, id {ident!r}")
+    zone = []
+    for zt in ZONE_REQUEST_TYPES:
+        status, _, _ = await blk_request(ctx, zt)
+        if status != BLK_S.UNSUPP:
+            zone.append((zt, status))
+    ctx.log.check("blk.dev.zone-cmds-without-zoned", not zone, f"zone requests without ZONED: {zone}")
+    ctx.log.check("blk.dev.offer-flush", flush_offered, "VIRTIO_BLK_F_FLUSH not offered")
+    wce = bool(ctx.offered >> BLK_F.CONFIG_WCE & 1)
+    ctx.log.check(
+        "blk.dev.flush-with-config-wce", not wce or flush_offered, "CONFIG_WCE offered without FLUSH"
+    )
+    pads = [await ctx.t.ops.read_config(_CFG["unused0"], 1)]
+    if ctx.offered >> BLK_F.WRITE_ZEROES & 1:  # the config reaches unused1 only then
+        pads += [await ctx.t.ops.read_config(_CFG["unused1"] + i, 1) for i in range(3)]
+    ctx.log.check("blk.dev.padding-zero", all(p == 0 for p in pads), f"unused0/unused1 read {pads}")
+    setup = ctx.dut.setup
+    if read_only:
+        pass  # nothing was written
+    elif setup is not None and setup.built and hasattr(setup.built[0].model, "path"):
+        path = str(setup.built[0].model.path)
+        with open(path, "rb") as f:
+            f.seek(sector * SECTOR)
+            on_disk = f.read(len(PATTERN))
+        ctx.log.check(
+            "blk.dev.stable-writes-persisted",
+            on_disk == PATTERN,
+            "a completed write is not in the backing file",
+        )
+    elif ctx.dut.backend == "qemu" and ctx.dut.disk is not None:
+        fd = os.open(ctx.dut.disk, os.O_RDONLY)
+        try:
+            on_disk = os.pread(fd, len(PATTERN), sector * SECTOR)
+        finally:
+            os.close(fd)
+        ctx.log.check(
+            "blk.dev.stable-writes-persisted",
+            on_disk == PATTERN,
+            "a completed write is not in the backing file",
+        )
+    else:
+        ctx.log.not_applicable("blk.dev.stable-writes-persisted", "backing store not visible")
+    if ctx.offered >> BLK_F.RO & 1:
+        before = await blk_request(ctx, BLK_T.IN, 0, data_in=SECTOR)
+        status, _, _ = await blk_request(ctx, BLK_T.OUT, 0, data_out=bytes(SECTOR))
+        after = await blk_request(ctx, BLK_T.IN, 0, data_in=SECTOR)
+        ctx.log.check(
+            "blk.dev.ro-write-ioerr",
+            status == BLK_S.IOERR and before[2] == after[2],
+            f"write to a read-only device: status {status}",
+        )
+    else:
+        ctx.log.not_applicable("blk.dev.ro-write-ioerr", "VIRTIO_BLK_F_RO not offered")
+    # CONFIG_WCE without FLUSH: writeback must start at 0 (writethrough).
+    if wce and not ctx.legacy:
+        accept = (ctx.features | bit(BLK_F.CONFIG_WCE)) & ~bit(BLK_F.FLUSH)
+        if await negotiate(ctx, accept, check=False):
+            wb = await ctx.t.ops.read_config(_CFG["writeback"], 1)
+            ctx.log.check("blk.dev.writeback-zero-without-flush", wb == 0, f"writeback reads {wb}")
+        else:
+            ctx.log.not_applicable("blk.dev.writeback-zero-without-flush", "CONFIG_WCE without FLUSH refused")
+    else:
+        ctx.log.not_applicable("blk.dev.writeback-zero-without-flush", "CONFIG_WCE not offered (or legacy)")
+
+
+@checker("rng_entropy", ("rng.dev.at-least-one-byte",), keys=("rng",))
+async def rng_entropy(ctx: Ctx) -> None:
+    """Every buffer comes back with at least one byte written, len counting them."""
+    await bring_up(ctx, (0,))
+    bad = []
+    for size in (1, 7, 64, 4096):
+        seg = buffer(ctx, size, write=True, fill=0)
+        req = submit(ctx, Request(0, [seg], None))
+        await kick(ctx, 0)
+        used = await wait_used(ctx, 0, 1)
+        if not used or used[0].id != req.head or not 1 <= used[0].length <= size:
+            bad.append(f"{size}-byte buffer: {used}")
+    ctx.log.check("rng.dev.at-least-one-byte", not bad, "; ".join(bad))
+
+
+CONSOLE_IDS = ("console.vq.layout", "console.dev.emerg-wr-anytime")
+EMERG_WR_OFFSET = 8
+MULTIPORT = 1
+
+
+@checker("console_basics", CONSOLE_IDS, keys=("console",))
+async def console_basics(ctx: Ctx) -> None:
+    """Queues 0/1 always; control and port queues only with MULTIPORT; emerg_wr accepted
+    before the device is configured."""
+    await negotiate(ctx)
+    multiport = ctx.has(MULTIPORT)
+    sizes = [await ctx.t.ops.queue_max_size(i) for i in range(2)]
+    ok = all(sizes)
+    ctx.log.check("console.vq.layout", ok, f"queue sizes {sizes} (multiport {multiport})")
+    emerg = 2  # VIRTIO_CONSOLE_F_EMERG_WRITE
+    if ctx.offered >> emerg & 1:
+        await negotiate(ctx)
+        await ctx.t.ops.write_config(EMERG_WR_OFFSET, 4, ord("!"))
+        status = await ctx.t.ops.get_status()
+        ctx.log.check("console.dev.emerg-wr-anytime", not status & 0x40, f"status {status:#x} after emerg_wr")
+    else:
+        ctx.log.not_applicable("console.dev.emerg-wr-anytime", "VIRTIO_CONSOLE_F_EMERG_WRITE not offered")
+
+
+NET_IDS = ("net.vq.layout", "net.features.dev-dependencies")
+
+
+@checker("net_basics", NET_IDS, keys=("net",))
+async def net_basics(ctx: Ctx) -> None:
+    """receiveq/transmitq pairs at 0/1 and the control queue after the pairs; offered
+    features with their prerequisites."""
+    from virtio_sim.spec import NET_F, NET_FEATURE_DEPS, unmet_dependencies
+
+    await negotiate(ctx)
+    present = []
+    for i in range(4):
+        try:
+            present.append(await ctx.t.ops.queue_max_size(i))
+        except Exception:
+            present.append(0)
+    ctrl = ctx.has(NET_F.CTRL_VQ)
+    ok = present[0] > 0 and present[1] > 0 and (not ctrl or present[2] > 0)
+    ctx.log.check("net.vq.layout", ok, f"queue sizes {present} (control queue {ctrl})")
+    deps = unmet_dependencies(ctx.offered, NET_FEATURE_DEPS)
+    ctx.log.check("net.features.dev-dependencies", not deps, f"unmet: {deps}")

@@ -1,0 +1,341 @@
+"""Devices under test: one virtio device, reached the way a guest reaches it.
+
+A :class:`Dut` gives the conformance driver what a guest kernel has: register access
+(``link``: MMIO and port I/O), guest RAM (``memory``), the platform description
+(``cmdline``) and the interrupts the device raised (``irqs``). Two back-ends provide it:
+
+* :class:`HostDut`: our host devices in this process (host.build), the link calling the
+  machine directly. It also records every write the device made to guest memory, in
+  order (:attr:`Dut.trace`), which is what lets ordering rules ("len before used idx")
+  be decided instead of guessed from the final state;
+* :class:`QemuDut`: a QEMU device under qtest (virtio_sim.qemu), where only final states
+  can be observed (``trace`` is None) and config changes cannot be provoked.
+
+:func:`open_transport` then finds the device on the platform and returns the guest's
+transport driver for it (mmio v1/v2, PCI modern or legacy), so the conformance driver
+speaks to every back-end through the same code.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from guest.pci import Conf1Access, ConfigAccess, EcamAccess, GuestPciBus, GuestPciDevice, parse_pci_param
+from guest.platform import parse_cmdline
+from guest.transport.base import ConfigOps, TransportError
+from guest.transport.mmio import MmioTransportDriver
+from guest.transport.pci_legacy import PciLegacyTransport
+from guest.transport.pci_modern import PciModernTransport
+from host.build import HostConfig, HostSetup, build_host
+from virtio_sim.dma import AddressSpace, IdentityAddressSpace
+from virtio_sim.memory import ByteAccess
+from virtio_sim.spec import DEVICE_TYPES, PCI
+
+RAM_SIZE = 64 << 20
+#: the window of guest RAM the conformance driver allocates from (above what firmware uses)
+ARENA_OFFSET = 16 << 20
+ARENA_SIZE = 32 << 20
+
+
+class DutError(Exception):
+    """The device under test could not be brought up (bad target, QEMU missing, no device)."""
+
+
+@dataclass
+class Access:
+    """One device access to guest memory."""
+
+    write: bool
+    addr: int
+    data: bytes  # for reads: the bytes read
+
+
+class Link(Protocol):
+    async def read(self, addr: int, size: int) -> int: ...
+
+    async def write(self, addr: int, size: int, value: int) -> None: ...
+
+    async def pio_read(self, port: int, size: int) -> int: ...
+
+    async def pio_write(self, port: int, size: int, value: int) -> None: ...
+
+
+@dataclass
+class Dut:
+    """What the conformance driver holds of a device under test."""
+
+    name: str  # the -device name, e.g. virtio-blk-pci
+    backend: str  # "host" or "qemu"
+    transport: str
+    link: Any  # a Link (HostLink-compatible for the guest transport drivers)
+    memory: ByteAccess
+    cmdline: str
+    ram_base: int = 0
+    ram_size: int = RAM_SIZE
+    #: interrupts seen: ("line", n, level) or ("msi", data)
+    irqs: list[tuple[Any, ...]] = field(default_factory=list)
+    #: every device access to guest memory in order (host back-end), else None
+    trace: list[Access] | None = None
+    #: device type key of the device under test ("blk", "rng", "iommu", ...)
+    key: str = ""
+    #: provoke a device-side config change; returns False when the back-end cannot
+    poke_config: Callable[[], bool] = lambda: False
+    #: for an IOMMU under test: endpoints behind it as (endpoint id, transport ops opener)
+    endpoints: list[int] = field(default_factory=list)
+    setup: HostSetup | None = None
+    #: the disk image behind a QEMU blk device (to check what reached the backing store)
+    disk: str | None = None
+    notes: list[str] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for c in reversed(self.closers):
+            c()
+        self.closers.clear()
+
+    def interrupts_since(self, mark: int) -> int:
+        """Raised lines (level 1) and MSIs since ``mark`` (an index into ``irqs``)."""
+        return sum(1 for e in self.irqs[mark:] if e[0] == "msi" or e[2])
+
+
+class TracingSpace:
+    """An AddressSpace that records every device access before passing it on."""
+
+    def __init__(self, inner: AddressSpace, trace: list[Access]) -> None:
+        self.inner = inner
+        self.trace = trace
+        self.name = f"traced-{inner.name}"
+
+    def read(self, addr: int, length: int) -> bytes:
+        data = self.inner.read(addr, length)
+        self.trace.append(Access(False, addr, bytes(data)))
+        return data
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self.trace.append(Access(True, addr, bytes(data)))
+        self.inner.write(addr, data)
+
+    def check(self, addr: int, length: int, write: bool) -> None:
+        self.inner.check(addr, length, write)
+
+
+class DirectLink:
+    """The guest link to an in-process machine: every access is a direct call."""
+
+    def __init__(self, setup: HostSetup) -> None:
+        self.machine = setup.machine
+        self.failure = None
+        self.dma_memory = None
+
+    async def read(self, addr: int, size: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return self.machine.mmio_read(addr, size)
+
+    async def write(self, addr: int, size: int, value: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.machine.mmio_write(addr, size, value)
+
+    async def pio_read(self, port: int, size: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return self.machine.pio_read(port, size)
+
+    async def pio_write(self, port: int, size: int, value: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.machine.pio_write(port, size, value)
+
+
+def device_key(name: str) -> str:
+    """``virtio-blk-pci`` / ``virtio-blk-device`` / ``virtio-blk`` -> ``blk``."""
+    for key in DEVICE_TYPES:
+        if name == f"virtio-{key}" or name.startswith(f"virtio-{key}-"):
+            return key
+    if name == "virtio-serial" or name.startswith("virtio-serial-"):
+        return "console"
+    raise DutError(f"unknown device {name!r}")
+
+
+IOMMU_ENDPOINT_DEVICE = "virtio-rng"  # what sits behind an IOMMU under test
+
+
+def open_host(device: str, transport: str, *, patch: Callable[[HostSetup], None] | None = None) -> Dut:
+    """Our host device ``device`` (a -device string) on ``transport``, in this process.
+
+    ``virtio-iommu`` is the machine's IOMMU (an mmio slot, as build_host places it) with a
+    virtio-rng endpoint behind it on ``transport`` that honours ACCESS_PLATFORM, so that
+    translations and faults can be observed. ``patch`` lets test fixtures break the built
+    devices before anything runs.
+    """
+    name = device.split(",", 1)[0]
+    trace: list[Access] = []
+    scratch = tempfile.TemporaryDirectory(prefix="virtio-sim-conf-")
+    iommu = name.startswith("virtio-iommu")
+    pci = transport.startswith("pci")
+    if iommu:
+        bus = "pci" if pci else "device"
+        # two endpoints: a domain shared by both can be tried
+        devices = [f"{IOMMU_ENDPOINT_DEVICE}-{bus},iommu_platform=on,x-seed={seed}" for seed in (7, 8)]
+    else:
+        devices = [device]
+    cfg = HostConfig(
+        devices=devices,
+        transport=transport,
+        ram_size=RAM_SIZE,
+        scratch_dir=scratch.name,
+        iommu="virtio-iommu" if iommu else "none",
+        address_space=lambda mem: TracingSpace(IdentityAddressSpace(mem), trace),
+    )
+    try:
+        setup = build_host(cfg)
+    except Exception as e:
+        scratch.cleanup()
+        raise DutError(str(e)) from None
+    if patch is not None:
+        patch(setup)
+    dut = Dut(
+        name=name,
+        backend="host",
+        transport=transport,
+        link=DirectLink(setup),
+        memory=setup.memory,
+        cmdline=setup.machine.kernel_cmdline(),
+        trace=trace,
+        key="iommu" if iommu else device_key(name),
+        setup=setup,
+    )
+    setup.machine.irq_out = lambda irq, level: dut.irqs.append(("line", irq, level))
+    setup.machine.msi_out = lambda address, data: dut.irqs.append(("msi", data))
+    dut.poke_config = lambda: _poke_host_config(setup)
+    if iommu:
+        dut.endpoints = sorted(setup.iommu.endpoints) if setup.iommu else []
+    dut.closers += [scratch.cleanup, setup.close]
+    return dut
+
+
+def _poke_host_config(setup: HostSetup) -> bool:
+    """A device-side config change: net link flap; others have none to offer."""
+    for b in setup.built:
+        set_link = getattr(b.model, "set_link", None)
+        if set_link is not None:
+            set_link(not getattr(b.model, "link_up", True))
+            return True
+    return False
+
+
+# -- finding the transport -----------------------------------------------------------------
+
+
+@dataclass
+class OpenedTransport:
+    ops: ConfigOps
+    kind: str  # mmio-v1, mmio-v2, pci-modern, pci-legacy
+    mmio_base: int | None = None
+    mmio_irq: int | None = None
+    pci: GuestPciDevice | None = None
+    bus: GuestPciBus | None = None
+
+
+async def open_transport(dut: Dut, *, want_key: str | None = None) -> OpenedTransport:
+    """Find the device of type ``want_key`` (default: the DUT's) and bring its transport
+    up the way Linux's probe does, without starting any driver."""
+    key = want_key or dut.key
+    type_id = DEVICE_TYPES[key].id
+    fw = parse_pci_param(dut.cmdline)
+    if dut.transport.startswith("mmio") or (key == "iommu" and dut.backend == "host"):
+        for res in parse_cmdline(dut.cmdline):
+            t = MmioTransportDriver(dut.link, res.base)
+            try:
+                found = await t.identify((1, 2))
+            except TransportError:
+                continue
+            if found == type_id:
+                return OpenedTransport(t, t.name, res.base, res.irq)
+        raise DutError(f"no virtio-mmio {key} device on the platform")
+    if fw is None:
+        raise DutError("no PCI host on the platform")
+    access: ConfigAccess = (
+        EcamAccess(dut.link, fw.ecam_base, fw.ecam_buses)
+        if fw.ecam_base is not None
+        else Conf1Access(dut.link)
+    )
+    bus = GuestPciBus(access, fw)
+    for pdev in await bus.scan():
+        if pdev.vendor_id != PCI.vendor_id:
+            continue
+        await bus.enable(pdev)
+        legacy = dut.transport == "pci-legacy"
+        cls = PciLegacyTransport if legacy else PciModernTransport
+        t2 = cls(dut.link, bus, pdev, "little")
+        try:
+            found = await t2.probe()
+        except TransportError:
+            continue
+        if found != type_id:
+            continue
+        await bus.set_master(pdev)
+        return OpenedTransport(t2, "pci-legacy" if legacy else "pci-modern", pci=pdev, bus=bus)
+    raise DutError(f"no PCI {key} device on the platform")
+
+
+# -- QEMU -------------------------------------------------------------------------------------
+
+
+def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Dut:
+    """A QEMU device under qtest (blocking: spawns QEMU). Raises DutError when QEMU is
+    missing or refuses the device."""
+    from guest.qtest_link import QtestLink, QtestMemory
+    from host.devices.base import PropertyError
+    from virtio_sim.qemu.fw_cfg import FwCfgError
+    from virtio_sim.qemu.machines import (
+        QEMU_TRANSPORTS,
+        MachineFacts,
+        describe,
+        install_acpi,
+        machine_args,
+        machine_of,
+        qemu_devices,
+    )
+    from virtio_sim.qemu.qtest import QtestError, spawn_qtest
+    from virtio_sim.qemu.run import QEMU_BINARY, qemu_refusal
+    from virtio_sim.qemu.tools import MissingTool, require_qemu
+
+    name = device.split(",", 1)[0]
+    if transport not in QEMU_TRANSPORTS:
+        raise DutError(f"transport {transport!r} is not available with QEMU's devices")
+    scratch = tempfile.TemporaryDirectory(prefix="virtio-sim-conf-qemu-")
+    try:
+        facts = MachineFacts.of(machine_of(transport))
+        qemu = require_qemu(QEMU_BINARY[facts.arch])
+        devs = qemu_devices([device], transport, Path(scratch.name))
+        args = machine_args(transport, RAM_SIZE, facts.name) + devs.args
+        q = spawn_qtest(qemu, facts.arch, args, workdir=workdir or Path(scratch.name))
+    except (PropertyError, MissingTool, QtestError) as e:
+        scratch.cleanup()
+        raise DutError(qemu_refusal(str(e)) or str(e)) from None
+    try:
+        q.client.intercept_irqs(facts.irq_controller)
+        install_acpi(q.client, facts.name)
+        cmdline = describe(q.client, transport, facts.name)
+    except (FwCfgError, QtestError) as e:
+        stderr = q.close()
+        scratch.cleanup()
+        raise DutError(qemu_refusal(stderr) or f"QEMU stopped: {e}") from None
+    link = QtestLink(q.client, irq_base=facts.irq_line_offset)
+    dut = Dut(
+        name=name,
+        backend="qemu",
+        transport=transport,
+        link=link,
+        memory=QtestMemory(q.client, link),
+        cmdline=cmdline,
+        ram_base=facts.ram_base,
+        key=device_key(name),
+    )
+    link.irq_handler = lambda kind, line, value: dut.irqs.append(("line", line, value))
+    dut.closers += [scratch.cleanup, lambda: dut.notes.extend(q.close().splitlines())]
+    return dut

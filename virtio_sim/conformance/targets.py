@@ -1,0 +1,72 @@
+"""Conformance targets: what ``--target`` names.
+
+``host:DEVICE[,props]`` is one of our host devices (a QEMU-style -device string, e.g.
+``host:virtio-blk-pci,serial=x``), ``qemu:DEVICE[,props]`` the same device model of a
+real QEMU under qtest, ``driver:PROFILE[,props]`` a guest driver profile watched by the
+checking device. Parsing is strict: a bad target is a :class:`TargetError` (usage error,
+exit 2), never a run that silently checks something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KINDS = ("host", "qemu", "driver")
+TRANSPORTS = ("mmio-v2", "mmio-v1", "pci-modern", "pci-transitional", "pci-legacy")
+RINGS = ("split", "packed")
+
+
+class TargetError(ValueError):
+    """The --target (or --transport/--ring) cannot be used."""
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # host | qemu | driver
+    name: str  # device name or driver profile
+    props: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def device_option(self) -> str:
+        """The -device string (name plus properties) for device targets."""
+        return ",".join([self.name, *(f"{k}={v}" for k, v in self.props.items())])
+
+
+def parse_target(spec: str) -> Target:
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in KINDS:
+        raise TargetError(f"target {spec!r}: expected host:DEVICE, qemu:DEVICE or driver:PROFILE")
+    parts = [p.strip() for p in rest.split(",")]
+    name = parts[0]
+    if not name:
+        raise TargetError(f"target {spec!r}: no {'profile' if kind == 'driver' else 'device'} named")
+    props: dict[str, str] = {}
+    for p in parts[1:]:
+        key, eq, value = p.partition("=")
+        if not eq or not key:
+            raise TargetError(f"target {spec!r}: property {p!r} is not key=value")
+        if key in props:
+            raise TargetError(f"target {spec!r}: property {key!r} given twice")
+        props[key] = value
+    return Target(kind, name, props)
+
+
+def check_transport_ring(transport: str, ring: str) -> None:
+    if transport not in TRANSPORTS:
+        raise TargetError(f"unknown transport {transport!r} ({'|'.join(TRANSPORTS)})")
+    if ring not in RINGS:
+        raise TargetError(f"unknown ring {ring!r} ({'|'.join(RINGS)})")
+    if ring == "packed" and transport in ("mmio-v1", "pci-legacy"):
+        raise TargetError(f"the packed ring needs VERSION_1, which transport {transport} does not have")
+
+
+def device_for_transport(name: str, transport: str) -> str:
+    """``virtio-rng`` / ``virtio-rng-device`` / ``virtio-rng-pci`` -> the name the
+    transport needs (mmio devices are ``-device``, PCI ones ``-pci``)."""
+    base = name.removesuffix("-pci").removesuffix("-device")
+    pci = transport.startswith("pci")
+    if name.endswith("-pci") and not pci:
+        raise TargetError(f"{name} is a PCI device; transport {transport} is virtio-mmio")
+    if name.endswith("-device") and pci:
+        raise TargetError(f"{name} is a virtio-mmio device; transport {transport} is PCI")
+    return f"{base}-pci" if pci else f"{base}-device"
