@@ -30,6 +30,7 @@ from guest.profile import guest_policy
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
 from host.transport.mmio import MmioTransport
+from host.transport.pci_modern import ModernInterface
 from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
 from virtio_sim.conformance.catalog import Catalog
@@ -138,12 +139,17 @@ def watch_host(
     def attach(setup: HostSetup) -> Callable[[], None]:
         attached: list[DriverWatch] = []
         for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
+            odd: list[str] = []
+            modern = getattr(vdev.sink, "modern", None)
+            if isinstance(modern, ModernInterface):
+                odd = modern.present_odd_capabilities()
             watch = DriverWatch(
                 log,
                 vdev,
                 transport=_transport_of(vdev, transport),
                 device_type=vdev.model.type_key,
                 on_stop=on_stop,
+                presented=tuple(odd),
             )
             vdev.observer = watch
             attached.append(watch)

@@ -58,6 +58,12 @@ from virtio_sim.spec import (
 )
 
 IDX_MASK = 0xFFFF
+#: what a device presented to test the driver -> the rule a driver that copes keeps
+PRESENTED = {
+    "reserved-type": "pci.cap.drv-ignore-reserved-type",
+    "reserved-bar": "pci.cap.drv-ignore-reserved-bar",
+    "large-cap-len": "pci.cap.drv-accept-large-cap-len",
+}
 #: device config layouts by device type: (offset, width) of every field
 CONFIG_FIELDS: dict[str, list[tuple[int, int]]] = {
     key: [
@@ -219,6 +225,7 @@ class DriverWatch:
         device_type: str = "",
         vantage: str = "transport",
         on_stop: Callable[[Finding], None] | None = None,
+        presented: tuple[str, ...] = (),
     ) -> None:
         self.log = log
         self.source = source
@@ -226,6 +233,10 @@ class DriverWatch:
         self.device_type = device_type
         self.vantage = vantage
         self.on_stop = on_stop
+        #: odd things the device presents to test the driver (PCI: "reserved-type",
+        #: "reserved-bar", "large-cap-len" capabilities ahead of the real ones)
+        self.presented = presented
+        self.driver_ok_seen = False
         self.stopped: Finding | None = None
         self.exercised: set[str] = set()
         self.unmapped: list[str] = []  # device violations / misuse no requirement covers
@@ -392,6 +403,7 @@ class DriverWatch:
                 )
                 self._step_ok(old, value, STATUS.FEATURES_OK)
             self._ok("init.drv.driver-ok-last")
+            self.driver_ok_seen = True
             if self._mmio:
                 self._ok("mmio.drv.generic-init", "mmio.drv.no-shm-unless-expected")
             for vector_of, vector in self.vector_unverified.items():
@@ -1486,6 +1498,14 @@ class DriverWatch:
                 self._ok("split.availsupp.drv-event-idx-kick")
             else:
                 self._ok("split.availsupp.drv-flags0-kick")
+        if self.presented and self.reset_seen and not self.legacy:  # the modern interface's caps
+            for what in self.presented:
+                rule = PRESENTED[what]
+                self._check(
+                    rule,
+                    self.driver_ok_seen,
+                    f"the driver did not bring up a device presenting a {what} capability",
+                )
         if self._pci and self.reset_seen and self.transport != "vhost-user":
             # the driver bound this function by its id (a modern-only or a transitional one)
             self._ok(
