@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ringpair import BumpPool
 
 from virtio_sim import layouts as L
 from virtio_sim.dma import IdentityAddressSpace
@@ -28,10 +29,12 @@ MEM = 1 << 20
 
 
 class Pair:
-    def __init__(self, event_idx: bool) -> None:
+    def __init__(self, event_idx: bool, indirect: bool = False) -> None:
         self.mem = GuestMemory.create(MEM)
-        self.drv = SplitDriverQueue(self.mem, Q, RING, event_idx=event_idx)
-        self.dev = SplitDeviceQueue(IdentityAddressSpace(self.mem), Q, RING, event_idx=event_idx)
+        pool = BumpPool(0x80000, 0x10000) if indirect else None
+        self.drv = SplitDriverQueue(self.mem, Q, RING, event_idx=event_idx, indirect_pool=pool)
+        space = IdentityAddressSpace(self.mem)
+        self.dev = SplitDeviceQueue(space, Q, RING, event_idx=event_idx, indirect=indirect)
 
     def rings(self) -> bytes:
         return self.mem.read(RING.desc, RING.used + L.used_ring_size(Q) - RING.desc)
@@ -58,9 +61,9 @@ def _chain_view(c: Any) -> tuple[int, list[tuple[int, int]], list[tuple[int, int
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(step, min_size=1, max_size=12), st.booleans())
-def test_batch_calls_match_per_chain_calls(steps: list[Any], event_idx: bool) -> None:
-    one, many = Pair(event_idx), Pair(event_idx)
+@given(st.lists(step, min_size=1, max_size=12), st.booleans(), st.booleans())
+def test_batch_calls_match_per_chain_calls(steps: list[Any], event_idx: bool, indirect: bool) -> None:
+    one, many = Pair(event_idx, indirect), Pair(event_idx, indirect)
     try:
         token = 0
         seen: dict[str, list[Any]] = {"one": [], "many": []}

@@ -804,14 +804,15 @@ class SplitDriverQueue:
                 dl, al, ul = self._dl, self._al, self._ul
             else:
                 dl = None
+        nsegs = len(out) + len(in_)
         if (
             dl is not None
             and al is not None
             and not use_indirect
-            and (use_indirect is not None or self.indirect_pool is None)
+            and (use_indirect is not None or self.indirect_pool is None or nsegs == 1)
         ):
-            # Without indirect tables, written through the ring leases (see _add_direct).
-            nsegs = len(out) + len(in_)
+            # Without indirect tables (a single buffer never takes one unless asked),
+            # written through the ring leases (see _add_direct).
             free = self.free
             if nsegs == 1 and free:
                 head = free.popleft() if self.in_order else free.pop()
@@ -887,21 +888,15 @@ class SplitDriverQueue:
     def add_batch(
         self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]], Any]]
     ) -> list[int]:
-        """add() for each (out, in_, token), without indirect tables; the avail index is
-        written once, after every entry. Returns the heads. QueueFullError (or any error)
-        part-way leaves the chains before it made available, as single adds would."""
+        """add() for each (out, in_, token); one-buffer chains are written inline and the
+        avail index once, after every entry (other chains go through add(), which decides
+        about indirect tables). Returns the heads. QueueFullError (or any error) part-way
+        leaves the chains before it made available, as single adds would."""
         heads: list[int] = []
         dl, al, words = self._dl, self._al, self._words
         if self.broken:
             raise self.broken
-        if (
-            words is None
-            or dl is None
-            or al is None
-            or not (dl.valid and al.valid)
-            or self.indirect_pool is not None
-            or self.in_order
-        ):
+        if words is None or dl is None or al is None or not (dl.valid and al.valid) or self.in_order:
             for out, in_, token in chains:
                 heads.append(self.add(out, in_, token))
             return heads
@@ -912,7 +907,7 @@ class SplitDriverQueue:
         idx = start = self.avail_idx
         try:
             for out, in_, token in chains:
-                if len(out) + len(in_) != 1 or not free:
+                if len(out) + len(in_) != 1 or not free:  # add() decides about indirect
                     if idx != start:  # publish what came before, then the general path
                         self.avail_idx = idx
                         a16[_IDX_W16] = idx
