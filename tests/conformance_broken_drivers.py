@@ -14,7 +14,7 @@ from typing import Any
 from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import BLK_T, DESC_F, STATUS, F, bit
+from virtio_sim.spec import BLK_T, DESC_F, STATUS, USED_F, F, bit
 
 
 class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
@@ -220,6 +220,21 @@ class BadDiscard(VirtioGuestDevice):
             self.dma.free(buf)
 
 
+class _FlagsWithEventIdxRing(SplitDriverQueue):
+    def kick_prepare(self) -> bool:
+        wanted = super().kick_prepare()
+        return wanted and not self._read_u16(self.gpa.used) & USED_F.NO_NOTIFY
+
+
+class ObeysUsedFlagsWithEventIdx(VirtioGuestDevice):
+    """With EVENT_IDX negotiated, still skips kicks while used.flags bit 0 is set."""
+
+    def new_ring(self, size: int) -> _RingMemory:
+        mem = super().new_ring(size)
+        mem.ring.__class__ = _FlagsWithEventIdxRing
+        return mem
+
+
 UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
 
 
@@ -228,8 +243,7 @@ class Broken:
     cls: type[VirtioGuestDevice]
     device: str
     transport: str
-    #: the ids the defect breaks; the first one a device sees may be a consequence (the
-    #: stale avail entry of idx-before-entry names a zeroed, readable descriptor)
+    #: the ids the defect breaks (the first one a device sees may be a consequence)
     ids: tuple[str, ...]
 
 
@@ -251,9 +265,7 @@ BROKEN: dict[str, Broken] = {
         NotifiesBeforeDriverOk, "rng", "mmio-v2", ("init.drv.no-kick-before-driver-ok",)
     ),
     "skips-reset": Broken(SkipsReset, "rng", "mmio-v2", ("init.drv.reset-first",)),
-    "idx-before-entry": Broken(
-        IdxBeforeEntry, "rng", "mmio-v2", ("split.avail.drv-barrier-before-idx", "rng.drv.writable-only")
-    ),
+    "idx-before-entry": Broken(IdxBeforeEntry, "rng", "mmio-v2", ("split.avail.drv-barrier-before-idx",)),
     "descriptor-loop": Broken(DescriptorLoop, "blk", "mmio-v2", ("split.desc.drv-chain-len-limit",)),
     "write-before-read": Broken(
         WriteBeforeRead, "blk", "pci-modern", ("framing.drv.readable-before-writable",)
@@ -267,6 +279,9 @@ BROKEN: dict[str, Broken] = {
     ),
     "bad-discard": Broken(
         BadDiscard, "blk", "pci-modern", ("blk.drv.segments-whole", "blk.drv.discard-unmap-zero")
+    ),
+    "obeys-used-flags-with-event-idx": Broken(
+        ObeysUsedFlagsWithEventIdx, "blk", "mmio-v2", ("split.availsupp.drv-ignore-flags-bit0",)
     ),
     "narrow-register-read": Broken(NarrowRegisterRead, "rng", "mmio-v2", ("mmio.drv.control-32bit",)),
 }

@@ -181,3 +181,28 @@ def test_iommu_requests_of_our_driver_are_checked() -> None:
         "iommu.cfg.drv-bypass-0-1",
     ):
         assert log.verdict(rid) is Verdict.PASS, rid
+
+
+def test_capability_walk_skips_what_a_driver_must_skip() -> None:
+    """On PCI the checking device puts a reserved-type capability, a common-config one on a
+    reserved BAR and an over-long notify capability ahead of the real ones; our modern
+    driver skips the first two, takes the third and brings the device up."""
+    log = _run("driver:linux-6.1,device=rng", "pci-modern")
+    for rid in (
+        "pci.cap.drv-ignore-reserved-type",
+        "pci.cap.drv-ignore-reserved-bar",
+        "pci.cap.drv-accept-large-cap-len",
+    ):
+        assert log.verdict(rid) is Verdict.PASS, rid
+    assert log.unexplained_failures() == []
+
+
+def test_device_traps_show_the_driver_copes() -> None:
+    """The checking device interrupts spuriously and sets used.flags bit 0 under EVENT_IDX
+    (or a misleading avail_event without it); our driver keeps kicking as the rules say."""
+    log = _run("driver:linux-6.1,device=blk", "mmio-v2")
+    assert log.verdict("split.usedsupp.drv-spurious") is Verdict.PASS
+    assert log.verdict("split.availsupp.drv-ignore-flags-bit0") is Verdict.PASS
+    log = _run("driver:linux-6.1,device=blk,event_idx=off", "mmio-v2")
+    assert log.verdict("split.availsupp.drv-ignore-avail-event") is Verdict.PASS
+    assert log.unexplained_failures() == []

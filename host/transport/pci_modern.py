@@ -44,6 +44,8 @@ DWORD_MASK = 0xFFFFFFFF
 NOTIFY_SIZE = QEMU_PCI.notify_off_multiplier * QEMU_PCI.queue_max
 BAR_SIZE = pow2ceil(QEMU_PCI.notify_offset + NOTIFY_SIZE)
 LEGACY_ONLY = legacy_only_transport_features()
+RESERVED_CFG_TYPE = 0x20  # not a virtio_pci_cap cfg_type (1-5, 8 and 9 are defined)
+RESERVED_BAR = 7  # virtio_pci_cap.bar: 0-5 are BARs, 6-7 reserved (a driver must skip it)
 
 _FIELD_AT = {off: name for name, off in COMMON_CFG.items()}
 _READ_ONLY = frozenset(
@@ -130,6 +132,39 @@ class ModernInterface:
         self.cfg_cap_offset = at
         data = at + c["pci_cfg_data"]
         fn.add_config_hook(data, DWORD, on_read=self._cfg_window_read, on_write=self._cfg_window_write)
+
+    def present_odd_capabilities(self) -> list[str]:
+        """A checking device's test of the driver's capability walk (4.1.4): put, ahead of
+        the real ones (new capabilities are linked at the head, as in QEMU), a capability of
+        a reserved cfg_type, a common-config capability naming a reserved BAR, and a copy of
+        the notify capability with a cap_len longer than the structure. A driver must skip
+        the first two and accept the third. Returns what was added (config space is small)."""
+        added = []
+        notify = _cap_bytes(
+            VirtioPciNotifyCap,
+            cap_len=VirtioPciNotifyCap.sizeof() + DWORD,
+            cfg_type=PCI_CAP.NOTIFY,
+            bar=self.bar_index,
+            offset=QEMU_PCI.notify_offset,
+            length=NOTIFY_SIZE,
+            notify_off_multiplier=QEMU_PCI.notify_off_multiplier,
+        )
+        plain = {"cap_len": VirtioPciCap.sizeof(), "offset": 0, "length": QEMU_PCI.common_size}
+        odd = (
+            ("large-cap-len", notify + bytes(DWORD)),
+            ("reserved-bar", _cap_bytes(VirtioPciCap, cfg_type=PCI_CAP.COMMON, bar=RESERVED_BAR, **plain)),
+            (
+                "reserved-type",
+                _cap_bytes(VirtioPciCap, cfg_type=RESERVED_CFG_TYPE, bar=self.bar_index, **plain),
+            ),
+        )
+        for name, cap in odd:
+            try:
+                self._guard_capability(self.proxy.fn.add_capability(cap), len(cap))
+            except ValueError:
+                break  # no room left in the 256-byte config space
+            added.append(name)
+        return added
 
     def _guard_capability(self, at: int, length: int) -> None:
         """Writes into a virtio capability structure are driver misuse (the spec reserves

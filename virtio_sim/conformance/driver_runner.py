@@ -30,14 +30,18 @@ from guest.profile import guest_policy
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
 from host.transport.mmio import MmioTransport
+from host.transport.pci_modern import ModernInterface
 from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
+from virtio_sim import layouts
 from virtio_sim.conformance.catalog import Catalog
-from virtio_sim.conformance.driver_watch import DriverWatch
-from virtio_sim.conformance.findings import Finding, FindingLog, Policy
+from virtio_sim.conformance.driver_watch import PRESENTED, DriverWatch
+from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
+from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
-from virtio_sim.outcome import RunResult
+from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_device_profile, load_driver_profile
+from virtio_sim.spec import STATUS, USED_F, F
 
 DEVICE_PROFILE = "qemu-7.2"
 #: blk without the workload's deliberate read past the end (a device probe, not driver behaviour)
@@ -127,23 +131,113 @@ def _transport_of(vdev: VirtioDevice, transport: str) -> str:
     return transport
 
 
+#: rules a device tests by lying a little on every notification (set_traps); a run that
+#: completes shows the driver coped, one that hangs shows it did not
+TRAP_RULES = {
+    "split.usedsupp.drv-spurious": "a used-buffer interrupt before every notification is served",
+    "split.availsupp.drv-ignore-flags-bit0": "used.flags bit 0 set although EVENT_IDX was negotiated",
+    "split.availsupp.drv-ignore-avail-event": "a misleading avail_event without EVENT_IDX",
+}
+
+
+def set_traps(vdev: VirtioDevice) -> None:
+    """Make ``vdev`` test the driver: a spurious used-buffer interrupt before each
+    notification is served, then (split rings) used.flags bit 0 set with EVENT_IDX, or
+    avail_event set half the index space away without it. A driver keeping the rules
+    (interrupts may be spurious; with EVENT_IDX only avail_event counts, without it only
+    used.flags) carries on; one that does not stops kicking and the run hangs."""
+    serve = vdev.notify
+
+    def notify(index: int) -> None:
+        q = vdev.queue(index)
+        if vdev.sink is not None and q is not None and q.ready and vdev.status & STATUS.DRIVER_OK:
+            vdev.sink.queue_interrupt(index)  # nothing new was used: a spurious interrupt
+        serve(index)
+        view = vdev.ring_view(index)
+        if view is None or not view.ready or view.packed or vdev.broken:
+            return
+        try:
+            if vdev.has_feature(F.EVENT_IDX):
+                flags = int.from_bytes(view.space.read(view.device, 2), view.order)
+                view.space.write(view.device, (flags | USED_F.NO_NOTIFY).to_bytes(2, view.order))
+            else:
+                at = view.driver + layouts.RING_IDX_OFFSET
+                idx = int.from_bytes(view.space.read(at, 2), view.order)
+                event = (idx + TRAP_EVENT_DISTANCE) & 0xFFFF
+                view.space.write(
+                    view.device + layouts.avail_event_offset(view.size), event.to_bytes(2, view.order)
+                )
+        except DmaError:
+            return
+
+    vdev.notify = notify  # type: ignore[method-assign]
+
+
+TRAP_EVENT_DISTANCE = 0x8000  # an avail_event no driver that honoured it would ever reach
+
+
+def judge_traps(log: FindingLog, result: RunResult, features: int) -> None:
+    """A run with traps set: OK shows the driver coped; HANG that it stopped kicking."""
+    event_idx = bool(features >> F.EVENT_IDX & 1)
+    applicable = {
+        "split.usedsupp.drv-spurious": True,
+        "split.availsupp.drv-ignore-flags-bit0": event_idx,
+        "split.availsupp.drv-ignore-avail-event": not event_idx,
+    }
+    for rule, why in TRAP_RULES.items():
+        if not applicable[rule] or result.ring.get("format") == "packed":
+            continue
+        if result.outcome is Outcome.OK:
+            log.passed(rule, f"coped with {why}")
+        elif result.outcome is Outcome.HANG:
+            log.failed(rule, f"hung after {why}: {result.detail}")
+
+
+def with_props(option: str, props: tuple[str, ...]) -> str:
+    """``option`` (a -device string) with ``props`` ("key=value") set, replacing any the
+    device generation's defaults already put there."""
+    name, *parts = option.split(",")
+    settings = dict(p.partition("=")[::2] for p in parts)
+    settings.update(p.partition("=")[::2] for p in props)
+    return ",".join([name, *(f"{k}={v}" for k, v in settings.items())])
+
+
+def judge_presented(log: FindingLog, result: RunResult, watches: list[DriverWatch]) -> None:
+    """A modern PCI driver that never touched a device presenting odd capabilities (and
+    found no device) did not skip them."""
+    if result.outcome is not Outcome.NOT_PROBED:
+        return
+    for watch in watches:
+        if watch.presented and not watch.reset_seen:
+            for what in watch.presented:
+                log.failed(PRESENTED[what], f"no device bound behind a {what} capability: {result.detail}")
+
+
 def watch_host(
     log: FindingLog,
     transport: str,
     on_stop: Callable[[Finding], None] | None = None,
     watches: list[DriverWatch] | None = None,
+    traps: bool = False,
 ) -> Callable[[HostSetup], Callable[[], None] | None]:
     """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device."""
 
     def attach(setup: HostSetup) -> Callable[[], None]:
         attached: list[DriverWatch] = []
         for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
+            odd: list[str] = []
+            modern = getattr(vdev.sink, "modern", None)
+            if isinstance(modern, ModernInterface):
+                odd = modern.present_odd_capabilities()
+            if traps is not None and vdev is not setup.iommu_device:
+                set_traps(vdev)
             watch = DriverWatch(
                 log,
                 vdev,
                 transport=_transport_of(vdev, transport),
                 device_type=vdev.model.type_key,
                 on_stop=on_stop,
+                presented=tuple(odd),
             )
             vdev.observer = watch
             attached.append(watch)
@@ -171,6 +265,7 @@ async def run_driver_check(
     watches: list[DriverWatch] | None = None,
     device_props: tuple[str, ...] = (),
     workload: str | None = None,
+    traps: bool = True,
 ) -> RunResult | None:
     """One run of a guest (its policy may carry a seeded broken device class) against one
     device with a watch; None when a strict stop ended it."""
@@ -186,7 +281,8 @@ async def run_driver_check(
         iommu_platform=behind_iommu,
     )
     option = device_option(request, load_device_profile(DEVICE_PROFILE)) + ",x-error-policy=drop"
-    option += "".join(f",{prop}" for prop in device_props)
+    option = with_props(option, device_props)
+    attached: list[DriverWatch] = [] if watches is None else watches
     with trio.CancelScope() as scope:
         cfg = RunConfig(
             device=option,
@@ -196,9 +292,17 @@ async def run_driver_check(
             timeout=timeout,
             guest=policy_for_guest,
             iommu="virtio-iommu" if behind_iommu else "none",
-            on_host=watch_host(log, transport, lambda _finding: scope.cancel(), watches),
+            on_host=watch_host(log, transport, lambda _finding: scope.cancel(), attached, traps=traps),
         )
-        return await run_embedded(cfg)
+        result = await run_embedded(cfg)
+        if policy_for_guest.pci_modern and transport == "pci-modern":
+            judge_presented(log, result, attached)
+        if traps and result.ring:
+            try:
+                judge_traps(log, result, result.driver_features)
+            except StrictStop:
+                return None
+        return result
     return None
 
 

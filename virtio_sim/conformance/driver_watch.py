@@ -39,6 +39,7 @@ from virtio_sim.spec import (
     BLK_F,
     BLK_T,
     DESC_F,
+    FEATURES,
     IOMMU_F,
     IOMMU_MAP_F,
     IOMMU_T,
@@ -57,6 +58,12 @@ from virtio_sim.spec import (
 )
 
 IDX_MASK = 0xFFFF
+#: what a device presented to test the driver -> the rule a driver that copes keeps
+PRESENTED = {
+    "reserved-type": "pci.cap.drv-ignore-reserved-type",
+    "reserved-bar": "pci.cap.drv-ignore-reserved-bar",
+    "large-cap-len": "pci.cap.drv-accept-large-cap-len",
+}
 #: device config layouts by device type: (offset, width) of every field
 CONFIG_FIELDS: dict[str, list[tuple[int, int]]] = {
     key: [
@@ -169,8 +176,13 @@ CONDITIONS: dict[str, str] = {
     "packed.wrap.init-one": "RING_PACKED",
     "packed.indirect.drv-device-limit": "RING_PACKED",
     "packed.sg.drv-device-limit": "RING_PACKED",
+    "packed.desc.drv-no-change-after-avail": "RING_PACKED",
     "blk.legacy.req-native-endian-drv": "!VERSION_1",
     "split.legacy.drv-native-endian": "!VERSION_1",
+    "split.legacy.drv-fixed-layout": "!VERSION_1",
+    "split.legacy.drv-size-and-alloc": "!VERSION_1",
+    "mmio.legacy.queue-layout": "!VERSION_1",
+    "pci.legacy.queue-pfn": "!VERSION_1",
     "blk.legacy.drv-framing": "!VERSION_1",
     "features.legacy.drv-no-high-bits": "!VERSION_1",
     "blk.drv.discard-max-seg": "BLK_DISCARD",
@@ -195,7 +207,8 @@ class _Queue:
     reset_unverified: bool = False
     was_reset: bool = False
     next_head: int = 0  # split IN_ORDER: where the next chain must start
-    first_scan: bool = True  # packed: the ring's first look (zero-init, initial wrap)
+    first_scan: bool = True  # the ring's first look (packed zero-init and wrap, legacy layout)
+    exposed: list[tuple[int, int, bytes]] = field(default_factory=list)  # packed: unused lists
     steps: set[str] = field(default_factory=set)  # legacy mmio setup steps seen (2.x 4.2.4)
     stop_unverified: bool = False  # mmio: QueueReady 0 written, not read back yet
 
@@ -212,6 +225,7 @@ class DriverWatch:
         device_type: str = "",
         vantage: str = "transport",
         on_stop: Callable[[Finding], None] | None = None,
+        presented: tuple[str, ...] = (),
     ) -> None:
         self.log = log
         self.source = source
@@ -219,6 +233,10 @@ class DriverWatch:
         self.device_type = device_type
         self.vantage = vantage
         self.on_stop = on_stop
+        #: odd things the device presents to test the driver (PCI: "reserved-type",
+        #: "reserved-bar", "large-cap-len" capabilities ahead of the real ones)
+        self.presented = presented
+        self.driver_ok_seen = False
         self.stopped: Finding | None = None
         self.exercised: set[str] = set()
         self.unmapped: list[str] = []  # device violations / misuse no requirement covers
@@ -385,6 +403,7 @@ class DriverWatch:
                 )
                 self._step_ok(old, value, STATUS.FEATURES_OK)
             self._ok("init.drv.driver-ok-last")
+            self.driver_ok_seen = True
             if self._mmio:
                 self._ok("mmio.drv.generic-init", "mmio.drv.no-shm-unless-expected")
             for vector_of, vector in self.vector_unverified.items():
@@ -452,6 +471,13 @@ class DriverWatch:
                 bool(acked & bit(F.VERSION_1)),
                 "VERSION_1 offered but not accepted",
             )
+        undefined = [b for b in range(64) if acked >> b & 1 and FEATURES.lookup(b, self.device_type) is None]
+        self._check("features.drv.ignore-invalid", not undefined, f"acked undefined feature bits {undefined}")
+        self._check(
+            "features.drv.sriov-requires-cap",
+            not acked & bit(F.SR_IOV),
+            "VIRTIO_F_SR_IOV negotiated for a function without an SR-IOV capability",
+        )
         if not acked & bit(F.VERSION_1):
             self._check(
                 "features.legacy.drv-no-high-bits", not acked >> 32, f"legacy driver acked {acked:#x}"
@@ -810,6 +836,9 @@ class DriverWatch:
                 "split.usedsupp.drv-flags-0-1", flags in (0, 1), f"queue {q.index}: avail.flags {flags:#x}"
             )
         self._recheck_split(q, view, idx)
+        if q.first_scan and self.legacy and self.transport != "vhost-user":
+            q.first_scan = False
+            self._check_legacy_layout(q, view, idx, flags)
         delta = (idx - q.seen) & IDX_MASK
         if delta >= IDX_HALF:
             self._fail(
@@ -833,6 +862,18 @@ class DriverWatch:
         q.seen = idx
         return idx
 
+    def _check_legacy_layout(self, q: _Queue, view: RingView, idx: int, flags: int) -> None:
+        """Legacy interfaces: the device finds the avail and used rings from the page frame
+        number and the fixed layout (size from the device, used ring aligned). A driver with
+        another layout or size leaves the device reading something else: at the first kick
+        the avail idx must be a plausible count and the flags a defined value."""
+        ok = idx <= view.size and flags in (0, 1)
+        why = f"queue {q.index}: at the legacy layout avail idx reads {idx}, flags {flags:#x}"
+        rules = ["split.legacy.drv-fixed-layout", "split.legacy.drv-size-and-alloc"]
+        rules.append("mmio.legacy.queue-layout" if self._mmio else "pci.legacy.queue-pfn")
+        for rule in rules:
+            self._check(rule, ok, why)
+
     def _recheck_split(self, q: _Queue, view: RingView, idx: int) -> None:
         """Entries published earlier (within half the ring of idx) must not have changed:
         a changed one was not in place when idx covered it (or was rewritten while live)."""
@@ -843,13 +884,13 @@ class DriverWatch:
                 continue
             now = self._u16(view, view.driver + layouts.avail_entry_offset(pos % view.size))
             if now != head:
-                self._fail(
-                    "split.avail.drv-barrier-before-idx",
-                    f"queue {q.index}: avail entry {pos} read {head} after idx covered it, later {now}",
-                )
+                why = f"queue {q.index}: avail entry {pos} read {head} after idx covered it, later {now}"
+                self._fail("split.avail.drv-barrier-before-idx", why)
+                # from the device's side the same event: a published entry changed while live
+                self._fail("cleanup.drv.no-touch-exposed", why)
                 q.recent[pos] = now
             else:
-                self._ok("split.avail.drv-barrier-before-idx")
+                self._ok("split.avail.drv-barrier-before-idx", "cleanup.drv.no-touch-exposed")
 
     def _walk_split(self, q: _Queue, view: RingView, head: int, in_order_check: bool = True) -> None:
         codec = layouts.desc_codec(view.order)
@@ -877,6 +918,14 @@ class DriverWatch:
             addr, length, flags, nxt = codec.unpack(
                 view.space.read(table + i * layouts.DESC_SIZE, layouts.DESC_SIZE)
             )
+            if count == 1 and not (addr or length or flags or nxt):
+                # the driver zeroed the table at allocation: an entry naming an all-zero
+                # descriptor was read before the driver wrote it (or the chain)
+                self._fail(
+                    "split.avail.drv-barrier-before-idx",
+                    f"{where}: the avail entry names descriptor {i}, which is all zeroes (not written yet)",
+                )
+                return
             if flags & DESC_F.INDIRECT:
                 self._check(
                     "split.indirect.drv-feature",
@@ -988,6 +1037,7 @@ class DriverWatch:
 
     def _scan_packed_from(self, q: _Queue, view: RingView, codec: Any) -> None:
         size = view.size
+        self._recheck_packed(q, view, codec)
         for _ in range(size):
             pos = q.seen
             wrap = self._wrap(pos, size)
@@ -1000,7 +1050,37 @@ class DriverWatch:
             if used == bool(wrap):
                 q.seen += 1  # the device has used it already (served without a kick)
                 continue
-            q.seen += self._walk_packed(q, view, pos)
+            n = self._walk_packed(q, view, pos)
+            if n:
+                q.exposed.append((pos, n, self._packed_bytes(view, pos, n)))
+            q.seen += n
+
+    @staticmethod
+    def _packed_bytes(view: RingView, pos: int, n: int) -> bytes:
+        size = view.size
+        d = layouts.PACKED_DESC_SIZE
+        return b"".join(view.space.read(view.desc + ((pos + k) % size) * d, d) for k in range(n))
+
+    def _recheck_packed(self, q: _Queue, view: RingView, codec: Any) -> None:
+        """Lists made available and not used yet must read as they did when exposed."""
+        keep: list[tuple[int, int, bytes]] = []
+        for pos, n, raw in q.exposed:
+            wrap = bool(self._wrap(pos, view.size))
+            flags = codec.unpack(
+                view.space.read(
+                    view.desc + (pos % view.size) * layouts.PACKED_DESC_SIZE, layouts.PACKED_DESC_SIZE
+                )
+            )[3]
+            if bool(flags & PACKED_DESC_F.USED) == wrap or bool(flags & PACKED_DESC_F.AVAIL) != wrap:
+                continue  # used by the device (or the slot moved on): the driver may reuse it
+            now = self._packed_bytes(view, pos, n)
+            if self._check(
+                "packed.desc.drv-no-change-after-avail",
+                now == raw,
+                f"queue {q.index}: available list at slot {pos % view.size} changed before it was used",
+            ):
+                keep.append((pos, n, raw))
+        q.exposed = keep
 
     def _walk_packed(self, q: _Queue, view: RingView, pos: int) -> int:
         codec = layouts.fast_codec(layouts.PvirtqDesc)
@@ -1418,6 +1498,12 @@ class DriverWatch:
                 self._ok("split.availsupp.drv-event-idx-kick")
             else:
                 self._ok("split.availsupp.drv-flags0-kick")
+        if self.presented and self.reset_seen and not self.legacy:
+            # the driver found the real common config and notify structures through the
+            # walk and drove the device with them (a driver that did not skip the odd ones
+            # never gets here: driver_runner.judge_presented fails it from the run)
+            for what in self.presented:
+                self._ok(PRESENTED[what])
         if self._pci and self.reset_seen and self.transport != "vhost-user":
             # the driver bound this function by its id (a modern-only or a transitional one)
             self._ok(

@@ -35,6 +35,9 @@ class Row:
     evidence: list[str]
     checker: str | None
     not_checkable: str | None
+    #: a FAIL that is a documented deviation of the target (Finding.known): reported as
+    #: KNOWN with the reason, not counted among the MUST failures
+    known: str | None = None
 
 
 @dataclass
@@ -52,7 +55,11 @@ class Report:
 
     @property
     def must_failures(self) -> list[Row]:
-        return [r for r in self.rows if r.verdict is Verdict.FAIL and r.level in MANDATORY_LEVELS]
+        return [
+            r
+            for r in self.rows
+            if r.verdict is Verdict.FAIL and r.level in MANDATORY_LEVELS and r.known is None
+        ]
 
     def summary(self, key: str) -> dict[str, dict[str, int]]:
         """Verdict counts per ``key`` ("area" or "level")."""
@@ -82,6 +89,7 @@ class Report:
                     "evidence": r.evidence,
                     "checker": r.checker,
                     "not_checkable": r.not_checkable,
+                    "known": r.known,
                 }
                 for r in self.rows
             ],
@@ -134,6 +142,7 @@ def build_report(
                 list(f.evidence) if f else [],
                 e.checker,
                 e.not_checkable,
+                f.known if f else None,
             )
         )
     notes = list(getattr(log, "notes", []))
