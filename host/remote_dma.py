@@ -31,7 +31,7 @@ import threading
 import trio
 
 from virtio_sim import wire
-from virtio_sim.dma import DmaError
+from virtio_sim.dma import DmaError, PeerGoneError
 from virtio_sim.memory import GuestMemory, MemoryAccessError
 from virtio_sim.wire import DMA_OK, MAX_DMA_CHUNK, FrameChannel, WireError
 
@@ -100,7 +100,7 @@ class DmaPort:
 
     async def _read_chunk(self, addr: int, length: int) -> bytes:
         if self.failure:
-            raise DmaError(addr, length, self.failure)
+            raise PeerGoneError(addr, length, self.failure)
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
         reply = _Reply()
@@ -114,8 +114,10 @@ class DmaPort:
         if not reply.event.is_set():
             self.timed_out = True
             self.fail(f"guest did not answer a DMA read within {self.reply_timeout:g}s")
-        if reply.error or self.failure:
-            raise DmaError(addr, length, reply.error or self.failure or "guest link closed")
+        if self.failure:
+            raise PeerGoneError(addr, length, self.failure)
+        if reply.error:
+            raise DmaError(addr, length, reply.error)
         if reply.status != DMA_OK:
             reason = reply.data.decode(errors="replace")
             raise DmaError(addr, length, f"guest refused the read: {reason}")
@@ -198,12 +200,12 @@ class WireAddressSpace:
         try:
             return trio.from_thread.run(self.port.read, addr, length)
         except (trio.Cancelled, trio.RunFinishedError):
-            raise DmaError(addr, length, "the connection is shutting down") from None
+            raise PeerGoneError(addr, length, "the connection is shutting down") from None
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self.check(addr, len(data), True)
         if self.port.failure is not None:
-            raise DmaError(addr, len(data), self.port.failure)
+            raise PeerGoneError(addr, len(data), self.port.failure)
         if len(data) and threading.get_ident() == self.port.trio_thread:
             self.port.post_write(addr, bytes(data))
         elif len(data):
@@ -211,4 +213,4 @@ class WireAddressSpace:
                 # Posted: queued in order behind earlier frames, no waiting for the guest.
                 self.port.token.run_sync_soon(self.port.post_write, addr, bytes(data))
             except trio.RunFinishedError:
-                raise DmaError(addr, len(data), "the connection is shutting down") from None
+                raise PeerGoneError(addr, len(data), "the connection is shutting down") from None

@@ -33,7 +33,7 @@ from typing import Protocol
 
 from host.devices.base import DeviceModel
 from host.observer import DriverObserver, RingView
-from virtio_sim.dma import AddressSpace, DmaError
+from virtio_sim.dma import AddressSpace, DmaError, PeerGoneError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.ring.api import DeviceRing
 from virtio_sim.ring.chain import Chain, RingError
@@ -540,6 +540,8 @@ class VirtioDevice:
                 if not done or not ring.has_available():
                     return
             except (RingError, DmaError) as e:
+                if _peer_gone(e):
+                    return  # the guest left mid-service: nothing more to serve or signal
                 try:
                     self._maybe_interrupt(q)  # completions made before the violation
                 except (RingError, DmaError) as again:
@@ -576,6 +578,8 @@ class VirtioDevice:
 
     def _fail(self, q: QueueState, e: RingError | DmaError) -> bool:
         """Apply the error policy; True if serving the queue may continue."""
+        if _peer_gone(e):
+            return False  # the guest left: nobody broke a rule, nobody to tell
         violation = e.violation if isinstance(e, RingError) else "dma"
         head = e.head if isinstance(e, RingError) else None
         if self.observer is not None:
@@ -605,6 +609,12 @@ class VirtioDevice:
         self.status |= STATUS.DEVICE_NEEDS_RESET
         if self.status & STATUS.DRIVER_OK and self.sink:
             self.sink.config_interrupt()
+
+
+def _peer_gone(e: BaseException) -> bool:
+    """A DMA failure because the guest's side is gone (ring code wraps it in a RingError;
+    the DmaError stays its __context__)."""
+    return isinstance(e, PeerGoneError) or isinstance(e.__context__, PeerGoneError)
 
 
 @dataclass

@@ -29,6 +29,11 @@ class DmaError(Exception):
         self.reason = reason
 
 
+class PeerGoneError(DmaError):
+    """The memory's owner is gone (the guest said BYE or its link broke): an access failed
+    but nobody broke a rule, so no error policy applies and nothing is recorded."""
+
+
 class AddressSpace(Protocol):
     """What a device model and a device-side ring need to reach memory."""
 

@@ -34,7 +34,6 @@ from virtio_sim.layouts import (
     virtio_blk_config,
 )
 from virtio_sim.spec import (
-    BLK_F,
     FEATURES,
     MMIO,
     MMIO_INT,
@@ -111,6 +110,10 @@ async def status_needs_reset(ctx: Ctx) -> None:
     await wait_used(ctx, q, 1, timeout=0.3)
     status = await ctx.t.ops.get_status()
     isr = await ack(ctx)
+    if ctx.legacy:
+        for rid in ("status.dev.set-needs-reset", "status.dev.needs-reset-config-notify"):
+            ctx.log.not_applicable(rid, "legacy interface has no DEVICE_NEEDS_RESET")
+        return
     if not status & STATUS.DEVICE_NEEDS_RESET:
         # Dropping the request (used len 0) is also a valid recovery; a SHOULD then.
         ctx.log.failed("status.dev.set-needs-reset", f"descriptor at {OUT_OF_RAM:#x}: status {status:#x}")
@@ -219,6 +222,7 @@ async def reset_behaviour(ctx: Ctx) -> None:
         "mmio.features.no-admin-vq",
         "features.legacy.dev-offer-any-layout",
         "features.legacy.dev-detect-legacy-driver",
+        "init.legacy.dev-early-config-write",
     ),
 )
 async def features(ctx: Ctx) -> None:
@@ -259,12 +263,29 @@ async def features(ctx: Ctx) -> None:
             bool(offered >> F.ANY_LAYOUT & 1),
             f"transitional device offers {offered:#x} without VIRTIO_F_ANY_LAYOUT",
         )
+        # A legacy driver may write device config before the feature step: write a config
+        # byte back with its own value right after ACKNOWLEDGE, then use the device.
+        await reset(ctx)
+        await ops.set_status(STATUS.ACKNOWLEDGE)
+        early = CONFIG_SIZES.get(ctx.key, 0)
+        if early:
+            await ops.write_config(0, 1, await ops.read_config(0, 1))
         # Detecting a legacy driver: serving a legacy-layout ring without VERSION_1 acked.
         q = traffic_queue(ctx)
-        await bring_up(ctx, (q,))
+        await negotiate_keep(ctx)
+        await add_queue(ctx, q)
+        await driver_ok(ctx)
         submit(ctx, traffic_request(ctx))
         await kick(ctx, q)
         used = await wait_used(ctx, q, 1)
+        if early:
+            ctx.log.check(
+                "init.legacy.dev-early-config-write",
+                len(used) == 1,
+                "after a config write before the feature step the device did not serve a buffer",
+            )
+        else:
+            ctx.log.not_applicable("init.legacy.dev-early-config-write", f"{ctx.key} has no device config")
         ctx.log.check(
             "features.legacy.dev-detect-legacy-driver",
             len(used) == 1,
@@ -278,6 +299,7 @@ async def features(ctx: Ctx) -> None:
             ctx.log.not_applicable(rid, "legacy interface has no FEATURES_OK")
         return
     ctx.log.not_applicable("features.legacy.dev-offer-any-layout", "modern interface")
+    ctx.log.not_applicable("init.legacy.dev-early-config-write", "modern interface")
     ctx.log.not_applicable("features.legacy.dev-detect-legacy-driver", "modern interface")
     ctx.log.check(
         "features.dev.offer-version-1",
@@ -321,6 +343,15 @@ async def features(ctx: Ctx) -> None:
     )
 
 
+async def negotiate_keep(ctx: Ctx) -> None:
+    """The feature step without a reset (legacy: the device was already touched)."""
+    ops = ctx.t.ops
+    await ops.set_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER)
+    ctx.offered = await ops.get_features()
+    ctx.features = default_features(ctx, ctx.offered)
+    await ops.set_features(ctx.features)
+
+
 @checker(
     "config_space",
     (
@@ -362,14 +393,8 @@ async def config_space(ctx: Ctx) -> None:
     if not ctx.log.check(rid, g0 == g1, f"generation moved {g0} -> {g1} with no change"):
         return
     await driver_ok(ctx)
-    changed = False
-    if ctx.key == "blk" and ctx.offered >> BLK_F.CONFIG_WCE & 1:  #: writeback is writable
-        wb = BLK_WRITEBACK_OFFSET
-        old = await ops.read_config(wb, 1)
-        await ops.write_config(wb, 1, old ^ 1)
-        changed = await ops.read_config(wb, 1) != old
-    elif ctx.dut.poke_config():
-        changed = True
+    # A device-side change (a driver's own write is no inconsistency it could observe).
+    changed = ctx.dut.poke_config()
     if not changed:
         ctx.log.not_applicable(rid, "no config change could be provoked on this device")
         return

@@ -336,7 +336,7 @@ async def pci_legacy_header(ctx: Ctx) -> None:
         by1 = bytes([await ctx.dut.link.pio_read(base + i, 1) for i in range(size)])
         by4 = b""
         for i in range(0, size, 4):
-            by4 += (await ctx.dut.link.pio_read(base + i, 4)).to_bytes(4, "little")
+            by4 += (await ctx.dut.link.pio_read(base + i, 4)).to_bytes(4, ctx.dut.guest_order)
         ctx.log.check(
             "pci.legacy.dev-width-consistent", by1 == by4, f"1-byte {by1.hex()} vs 4-byte {by4.hex()}"
         )
@@ -363,6 +363,7 @@ MSIX_IDS = (
     "pci.msix.dev-unmapped-on-reset",
     "pci.msix.dev-report-failure",
     "pci.msix.dev-no-vector-no-irq",
+    "pci.msix.dev-no-config-vector-no-irq",
 )
 
 
@@ -423,6 +424,17 @@ async def pci_msix(ctx: Ctx) -> None:
             bool(used) and irqs == 0,
             f"queue vector NO_VECTOR: {irqs} interrupt(s) for a used buffer",
         )
+        await t._w("config_msix_vector", NO_VECTOR)
+        mark = len(ctx.dut.irqs)
+        if ctx.dut.poke_config():
+            isr = await t.ack_interrupt()
+            irqs = ctx.dut.interrupts_since(mark)
+            why = f"config vector NO_VECTOR: {irqs} interrupt(s) for a config change (ISR {isr:#x})"
+            ctx.log.check("pci.msix.dev-no-config-vector-no-irq", irqs == 0, why)
+        else:
+            ctx.log.not_applicable(
+                "pci.msix.dev-no-config-vector-no-irq", "no config change could be provoked"
+            )
         await t._w("queue_msix_vector", 1)
         await t._w("config_msix_vector", 0)
         await t.set_status(0)

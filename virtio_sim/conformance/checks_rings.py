@@ -58,7 +58,7 @@ def _split_order_problems(
                 elem_written.setdefault(slot, set()).update(range(lo - base, hi - base))
         if a.addr <= idx_addr < a.addr + len(a.data) and a.addr + len(a.data) >= idx_addr + 2:
             off = idx_addr - a.addr
-            new = struct.unpack_from("<H", a.data, off)[0]
+            new = struct.unpack_from("<H" if ring.order == "little" else ">H", a.data, off)[0]
             while published != new:
                 slot = published % ring.size
                 got = elem_written.pop(slot, set())
@@ -67,7 +67,7 @@ def _split_order_problems(
                         f"used idx -> {new} published slot {slot} with only bytes {sorted(got)} written"
                     )
                 raw = ring.memory.read(ring.used_elem_addr(published), layouts.USED_ELEM_SIZE)
-                head = struct.unpack("<I", raw[:4])[0]
+                head = struct.unpack("<I" if ring.order == "little" else ">I", raw[:4])[0]
                 published_at.setdefault(head, i)
                 published = (published + 1) & 0xFFFF
     for head, at in published_at.items():
@@ -150,27 +150,13 @@ async def split_used_ring(ctx: Ctx) -> None:
     indirect = ctx.has(F.INDIRECT_DESC)
     for v in range(BATCH):
         r = traffic_request(ctx, variant=v % 2)
-        if indirect and v == 2:
-            submit(ctx, r, indirect=True, indirect_write_flag=True)  # WRITE on the INDIRECT desc
-        elif indirect and v == 3:
-            submit(ctx, r, indirect_from=1)  # plain descriptors then an indirect one
-        else:
-            submit(ctx, r)
-        reqs.append(r)
+        if not ring.fits(r.segments):
+            break  # a small queue (QEMU's rng has 8 entries): a shorter batch
+        reqs.append(submit(ctx, r))
     await kick(ctx, q)
     used = await wait_used(ctx, q, len(reqs))
     by_head = {r.head: r for r in reqs}
-    problems = []
-    for u in used:
-        found = by_head.get(u.id)
-        if found is None:
-            problems.append(f"used id {u.id} names no outstanding head")
-            continue
-        p = written_len_problem(ctx, found, u)
-        if p:
-            problems.append(f"head {u.id}: {p}")
-    if len(used) != len(reqs):
-        problems.append(f"{len(used)} of {len(reqs)} requests completed")
+    problems = _len_problems(ctx, reqs, used)
     ctx.log.check("split.used.len-bytes-written", not problems, "; ".join(problems[:4]))
     served = {u.id for u in used}
     ctx.log.check(
@@ -179,21 +165,20 @@ async def split_used_ring(ctx: Ctx) -> None:
         "a request with its header split over two descriptors was not served",
     )
     if indirect:
+        r = submit(ctx, traffic_request(ctx), indirect=True, indirect_write_flag=True)
+        await kick(ctx, q)
+        got = await wait_used(ctx, q, 1)
+        reqs.append(r)
+        by_head[r.head] = r
         ctx.log.check(
             "split.indirect.dev-ignore-write-flag",
-            reqs[2].head in served,
-            "an INDIRECT descriptor with WRITE set was not served",
-        )
-        ctx.log.check(
-            "split.indirect.dev-mixed-chain",
-            reqs[3].head in served,
-            "a chain of plain descriptors ending in an INDIRECT one was not served",
+            [u.id for u in got] == [r.head],
+            f"an INDIRECT descriptor with WRITE set: used {got}",
         )
     else:
         ctx.log.not_applicable(
             "split.indirect.dev-ignore-write-flag", "VIRTIO_F_INDIRECT_DESC not negotiated"
         )
-        ctx.log.not_applicable("split.indirect.dev-mixed-chain", "VIRTIO_F_INDIRECT_DESC not negotiated")
     if ctx.has(F.IN_ORDER):
         ids = [u.id for u in used]
         ctx.log.check(
@@ -206,13 +191,13 @@ async def split_used_ring(ctx: Ctx) -> None:
     if not ctx.has(F.ACCESS_PLATFORM):
         ctx.log.check(
             "features.access-platform.clear-means-physical",
-            len(used) == len(reqs) and not problems,
+            not problems,
             "without ACCESS_PLATFORM the device did not serve buffers at their guest-physical addresses",
         )
     if ctx.legacy:
         ctx.log.check(
             "split.legacy.dev-fixed-layout",
-            len(used) == len(reqs),
+            not problems,
             "legacy contiguous ring (avail after table, used at the alignment) not served",
         )
     else:
@@ -253,6 +238,54 @@ async def split_used_ring(ctx: Ctx) -> None:
         after == before and [u.id for u in more] == [r.head],
         f"spurious kicks moved used idx {before}->{after}; next request served: {bool(more)}",
     )
+    if indirect:
+        # Plain and indirect chains interleaved in one batch (QEMU 7.2 breaks on this).
+        await bring_up(ctx, (q,))
+        batch = []
+        fresh = ctx.rings[q]
+        assert isinstance(fresh, RawSplitRing)
+        for i, v in enumerate((0, 1, 0, 1, 0, 1)):
+            r = traffic_request(ctx, variant=v)
+            if not fresh.fits(r.segments if i != 2 else r.segments[:1]):
+                break
+            batch.append(submit(ctx, r, indirect=i == 2))
+        await kick(ctx, q)
+        got = await wait_used(ctx, q, len(batch))
+        status = await ctx.t.ops.get_status()
+        mixed_problems = _len_problems(ctx, batch, got)
+        if mixed_problems:
+            ctx.log.failed(
+                "split.used.len-bytes-written",
+                f"plain and indirect chains in one batch: {'; '.join(mixed_problems[:2])}, "
+                f"status {status:#x}",
+            )
+        # Last, on its own and on a fresh device: a plain descriptor then an INDIRECT one.
+        await bring_up(ctx, (q,))
+        mixed = submit(ctx, traffic_request(ctx, variant=1), indirect_from=1)
+        await kick(ctx, q)
+        got = await wait_used(ctx, q, 1)
+        status = await ctx.t.ops.get_status()
+        ctx.log.check(
+            "split.indirect.dev-mixed-chain",
+            [u.id for u in got] == [mixed.head],
+            f"a plain descriptor followed by an INDIRECT one: used {got}, status {status:#x}",
+        )
+
+
+def _len_problems(ctx: Ctx, reqs: list[Request], used: list[UsedEntry]) -> list[str]:
+    by_head = {r.head: r for r in reqs}
+    problems = []
+    for u in used:
+        found = by_head.get(u.id)
+        if found is None:
+            problems.append(f"used id {u.id} names no outstanding head")
+            continue
+        p = written_len_problem(ctx, found, u)
+        if p:
+            problems.append(f"head {u.id}: {p}")
+    if len(used) != len(reqs):
+        problems.append(f"{len(used)} of {len(reqs)} requests completed")
+    return problems
 
 
 async def _one(ctx: Ctx, q: int) -> tuple[list[UsedEntry], int]:
@@ -441,7 +474,7 @@ async def packed_ring(ctx: Ctx) -> None:
             ctx.log.not_applicable(rid, "VIRTIO_F_RING_PACKED not offered")
         return
     mark = trace_mark(ctx)
-    enc, lens, order, after_used = [], [], [], []
+    enc, lens, order, after_used, served_wrong = [], [], [], [], []
     reqs: list[Request] = []
     for rnd in range(5):
         batch = []
@@ -462,6 +495,8 @@ async def packed_ring(ctx: Ctx) -> None:
                 enc.append(f"id {u.id}: flags {u.flags:#x} with used wrap counter {u.wrap}")
             wrote = bool(u.flags & PACKED_DESC_F.WRITE)
             p = written_len_problem(ctx, r, u)
+            if p:
+                served_wrong.append(f"id {u.id}: {p}")
             if p or (u.length > 0) != wrote:
                 lens.append(f"id {u.id}: len {u.length}, WRITE {wrote}: {p or 'WRITE does not match len'}")
     ctx.log.check("packed.wrap.dev-used-encoding", not enc, "; ".join(enc[:3]))
@@ -470,14 +505,14 @@ async def packed_ring(ctx: Ctx) -> None:
     ctx.log.check("packed.dev.used-in-completion-order", not order, "; ".join(order[:3]))
     ctx.log.check(
         "packed.sg.dev-list-order",
-        len(reqs) == 9 and not order and not lens,
-        "multi-descriptor lists not consumed in order",
+        not order and not served_wrong,
+        f"multi-descriptor lists not consumed in order: {(order + served_wrong)[:3]}",
     )
     if ctx.has(F.INDIRECT_DESC):
         ctx.log.check(
             "packed.indirect.dev-ignore-reserved",
-            not lens and not order,
-            "an indirect table whose entries carry buffer ids was not served",
+            not served_wrong and not order,
+            f"an indirect table whose entries carry buffer ids was not served: {served_wrong[:2]}",
         )
     else:
         ctx.log.not_applicable("packed.indirect.dev-ignore-reserved", "VIRTIO_F_INDIRECT_DESC not negotiated")

@@ -22,6 +22,7 @@ from guest.transport.base import TransportError
 from virtio_sim.conformance.dut import Dut, OpenedTransport
 from virtio_sim.conformance.findings import FindingLog
 from virtio_sim.conformance.rawring import Arena, RawPackedRing, RawSplitRing, Segment, UsedEntry
+from virtio_sim.layouts import ByteOrder
 from virtio_sim.spec import BLK_T, FEATURES, STATUS, F, bit
 
 Ring = RawSplitRing | RawPackedRing
@@ -53,6 +54,11 @@ class Ctx:
     @property
     def legacy(self) -> bool:
         return self.t.kind in ("mmio-v1", "pci-legacy")
+
+    @property
+    def order(self) -> ByteOrder:
+        """Byte order of rings and requests: the guest's on the legacy interface."""
+        return self.dut.guest_order if self.legacy else "little"
 
     @property
     def key(self) -> str:
@@ -168,7 +174,7 @@ async def add_queue(ctx: Ctx, index: int, size: int = DEFAULT_QUEUE_SIZE) -> Rin
         ring = RawPackedRing(ctx.dut.memory, ctx.arena, size)
     else:
         align = ops.legacy_ring_align()
-        ring = RawSplitRing(ctx.dut.memory, ctx.arena, size, legacy_align=align)
+        ring = RawSplitRing(ctx.dut.memory, ctx.arena, size, legacy_align=align, order=ctx.order)
     from virtio_sim.ring.split import SplitRingAddresses
 
     await ops.setup_queue(
@@ -222,8 +228,8 @@ class Request:
 
 
 def blk_header(ctx: Ctx, rtype: int, sector: int = 0) -> bytes:
-    """virtio_blk_req's head; little-endian (also the guest order of every legacy run here)."""
-    return struct.pack("<IIQ", rtype, 0, sector)
+    """virtio_blk_req's head: little-endian, or the guest's order on the legacy interface."""
+    return struct.pack(">IIQ" if ctx.order == "big" else "<IIQ", rtype, 0, sector)
 
 
 def buffer(ctx: Ctx, data: bytes | int, *, write: bool, fill: int = 0xA5) -> Segment:
@@ -389,6 +395,7 @@ def load_all() -> dict[str, Checker]:
         checks_iommu,
         checks_pci,
         checks_rings,
+        checks_vqreset,
     )
 
     return CHECKERS

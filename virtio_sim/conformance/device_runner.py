@@ -39,6 +39,7 @@ from virtio_sim.conformance.targets import (
 from virtio_sim.dma import DmaError
 
 CHECKER_TIMEOUT = 120.0  # a checker that hangs is a device bug, not a reason to hang the run
+GUEST_ORDER_PROP = "x-guest-order"  # host:DEVICE,x-guest-order=big: a big-endian guest
 
 
 @dataclass
@@ -67,10 +68,14 @@ async def run_device_target(
         raise TargetError(f"{spec!r} is not a device target")
     check_transport_ring(transport, ring)
     name = device_for_transport(target.name, transport)
-    option = _with_ring(",".join([name, *(f"{k}={v}" for k, v in target.props.items())]), ring)
+    props = dict(target.props)
+    order = props.pop(GUEST_ORDER_PROP, "little")  # a machine property, not the device's
+    if order not in ("little", "big"):
+        raise TargetError(f"{GUEST_ORDER_PROP}={order!r}: little or big")
+    option = _with_ring(",".join([name, *(f"{k}={v}" for k, v in props.items())]), ring)
     try:
         if target.kind == "host":
-            dut = open_host(option, transport)
+            dut = open_host(option, transport, guest_order="big" if order == "big" else "little")
         else:
             dut = await trio.to_thread.run_sync(lambda: open_qemu(option, transport))
     except DutError as e:

@@ -34,6 +34,7 @@ from guest.transport.pci_legacy import PciLegacyTransport
 from guest.transport.pci_modern import PciModernTransport
 from host.build import HostConfig, HostSetup, build_host
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace
+from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, PCI
 
@@ -92,6 +93,8 @@ class Dut:
     #: the disk image behind a QEMU blk device (to check what reached the backing store)
     disk: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: the guest CPU's byte order: what the legacy interface uses for rings and config
+    guest_order: ByteOrder = "little"
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -163,7 +166,13 @@ def device_key(name: str) -> str:
 IOMMU_ENDPOINT_DEVICE = "virtio-rng"  # what sits behind an IOMMU under test
 
 
-def open_host(device: str, transport: str, *, patch: Callable[[HostSetup], None] | None = None) -> Dut:
+def open_host(
+    device: str,
+    transport: str,
+    *,
+    patch: Callable[[HostSetup], None] | None = None,
+    guest_order: ByteOrder = "little",
+) -> Dut:
     """Our host device ``device`` (a -device string) on ``transport``, in this process.
 
     ``virtio-iommu`` is the machine's IOMMU (an mmio slot, as build_host places it) with a
@@ -188,6 +197,7 @@ def open_host(device: str, transport: str, *, patch: Callable[[HostSetup], None]
         ram_size=RAM_SIZE,
         scratch_dir=scratch.name,
         iommu="virtio-iommu" if iommu else "none",
+        guest_order=guest_order,
         address_space=lambda mem: TracingSpace(IdentityAddressSpace(mem), trace),
     )
     try:
@@ -207,6 +217,7 @@ def open_host(device: str, transport: str, *, patch: Callable[[HostSetup], None]
         trace=trace,
         key="iommu" if iommu else device_key(name),
         setup=setup,
+        guest_order=guest_order,
     )
     setup.machine.irq_out = lambda irq, level: dut.irqs.append(("line", irq, level))
     setup.machine.msi_out = lambda address, data: dut.irqs.append(("msi", data))
@@ -248,7 +259,7 @@ async def open_transport(dut: Dut, *, want_key: str | None = None) -> OpenedTran
     fw = parse_pci_param(dut.cmdline)
     if dut.transport.startswith("mmio") or (key == "iommu" and dut.backend == "host"):
         for res in parse_cmdline(dut.cmdline):
-            t = MmioTransportDriver(dut.link, res.base)
+            t = MmioTransportDriver(dut.link, res.base, dut.guest_order)
             try:
                 found = await t.identify((1, 2))
             except TransportError:
@@ -270,7 +281,7 @@ async def open_transport(dut: Dut, *, want_key: str | None = None) -> OpenedTran
         await bus.enable(pdev)
         legacy = dut.transport == "pci-legacy"
         cls = PciLegacyTransport if legacy else PciModernTransport
-        t2 = cls(dut.link, bus, pdev, "little")
+        t2 = cls(dut.link, bus, pdev, dut.guest_order)
         try:
             found = await t2.probe()
         except TransportError:
@@ -295,7 +306,6 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         QEMU_TRANSPORTS,
         MachineFacts,
         describe,
-        install_acpi,
         machine_args,
         machine_of,
         qemu_devices,
@@ -312,15 +322,17 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         facts = MachineFacts.of(machine_of(transport))
         qemu = require_qemu(QEMU_BINARY[facts.arch])
         devs = qemu_devices([device], transport, Path(scratch.name))
-        args = machine_args(transport, RAM_SIZE, facts.name) + devs.args
+        # microvm without ACPI lists its transports on the command line (no tables to read);
+        # q35's PCI is enumerated by the conformance driver itself
+        acpi = facts.name != "microvm"
+        args = machine_args(transport, RAM_SIZE, facts.name, acpi=acpi) + devs.args
         q = spawn_qtest(qemu, facts.arch, args, workdir=workdir or Path(scratch.name))
     except (PropertyError, MissingTool, QtestError) as e:
         scratch.cleanup()
         raise DutError(qemu_refusal(str(e)) or str(e)) from None
     try:
         q.client.intercept_irqs(facts.irq_controller)
-        install_acpi(q.client, facts.name)
-        cmdline = describe(q.client, transport, facts.name)
+        cmdline = describe(q.client, transport, facts.name, acpi=acpi)
     except (FwCfgError, QtestError) as e:
         stderr = q.close()
         scratch.cleanup()
@@ -335,6 +347,7 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         cmdline=cmdline,
         ram_base=facts.ram_base,
         key=device_key(name),
+        disk=devs.disks[0] if devs.disks else None,
     )
     link.irq_handler = lambda kind, line, value: dut.irqs.append(("line", line, value))
     dut.closers += [scratch.cleanup, lambda: dut.notes.extend(q.close().splitlines())]

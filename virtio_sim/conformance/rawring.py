@@ -10,6 +10,7 @@ the raw used entries, flags and event words the device produced.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 
 from virtio_sim import layouts
@@ -34,6 +35,10 @@ class UsedEntry:
     length: int
     flags: int = 0  # packed only: the descriptor flags the device wrote
     wrap: int = 0  # packed only: the driver's used wrap counter at this descriptor
+
+
+class RingFull(Exception):
+    """Not enough free descriptors for the chain (the driver must wait for used ones)."""
 
 
 class Arena:
@@ -96,7 +101,9 @@ class RawSplitRing:
             avail = desc + d
             used = desc + layouts.legacy_used_ring_offset(size, legacy_align)
         self.areas = RingAreas(desc, avail, used)
-        self.next_desc = 0
+        # free descriptors in ring order (an IN_ORDER device expects chains in that order)
+        self.free: deque[int] = deque(range(size))
+        self.chains: dict[int, list[int]] = {}  # head -> descriptors of its chain
         self.avail_idx = 0
         self.last_used = 0
 
@@ -113,14 +120,17 @@ class RawSplitRing:
         descriptors then one INDIRECT descriptor, 2.7.5.3.1)."""
         direct = segments if indirect_from is None else segments[:indirect_from]
         count = len(direct) + (0 if indirect_from is None else 1)
-        if self.next_desc + count > self.size:
-            self.next_desc = 0
-        head = self.next_desc
+        if count > len(self.free):
+            raise RingFull(f"{count} descriptors wanted, {len(self.free)} free")
+        slots = [self.free.popleft() for _ in range(count)]
+        head = slots[0]
+        self.chains[head] = slots
         for i, seg in enumerate(direct):
-            idx = head + i
             last = i == count - 1
             flags = (0 if last else DESC_F.NEXT) | (DESC_F.WRITE if seg.write else 0)
-            self.write_desc(self.areas.desc, idx, seg.addr, seg.length, flags, 0 if last else idx + 1)
+            self.write_desc(
+                self.areas.desc, slots[i], seg.addr, seg.length, flags, 0 if last else slots[i + 1]
+            )
         if indirect_from is not None:
             rest = segments[indirect_from:]
             table = self.arena.alloc(layouts.DESC_SIZE * len(rest), SPLIT.desc_align)
@@ -129,11 +139,11 @@ class RawSplitRing:
                 flags = (0 if last else DESC_F.NEXT) | (DESC_F.WRITE if seg.write else 0)
                 self.write_desc(table, i, seg.addr, seg.length, flags, 0 if last else i + 1)
             flags = DESC_F.INDIRECT | (DESC_F.WRITE if indirect_write_flag else 0)
-            self.write_desc(
-                self.areas.desc, head + len(direct), table, layouts.DESC_SIZE * len(rest), flags, 0
-            )
-        self.next_desc = head + count
+            self.write_desc(self.areas.desc, slots[-1], table, layouts.DESC_SIZE * len(rest), flags, 0)
         return head
+
+    def fits(self, segments: list[Segment]) -> bool:
+        return len(segments) <= len(self.free)
 
     def make_available(self, head: int, *, publish: bool = True) -> None:
         slot = self.avail_idx % self.size
@@ -184,6 +194,7 @@ class RawSplitRing:
         while self.last_used != now:
             eid, length = self._elem.unpack(self.memory.read(self.used_elem_addr(self.last_used), 8))
             out.append(UsedEntry(eid, length))
+            self.free.extend(self.chains.pop(eid, []))
             self.last_used = (self.last_used + 1) & 0xFFFF
         return out
 
@@ -229,6 +240,8 @@ class RawPackedRing:
             parts = [(table, layouts.PACKED_DESC_SIZE * len(segments), False, True)]
         else:
             parts = [(s.addr, s.length, s.write, False) for s in segments]
+        if sum(self.chain_len.values()) + len(parts) > self.size:
+            raise RingFull(f"{len(parts)} descriptors wanted, ring of {self.size} has too few free")
         self.chain_len[buf_id] = len(parts)
         head_pos, head_bytes = self.next_avail, b""
         for i, (addr, length, write, ind) in enumerate(parts):

@@ -849,9 +849,13 @@ class SplitDriverQueue:
             if not self.free:
                 raise QueueFullError("no free descriptor for the indirect chain")
             table = self.indirect_pool.alloc(layouts.DESC_SIZE * len(segs), layouts.DESC_SIZE)
-            for i, (a, n, fl) in enumerate(segs):
-                more = i + 1 < len(segs)
-                self._write_desc(table.gpa, i, a, n, fl | (DESC_F.NEXT if more else 0), i + 1 if more else 0)
+            last = len(segs) - 1
+            pack = self._desc.pack
+            entries = b"".join(  # the whole table in one write
+                pack(a, n, fl | (DESC_F.NEXT if i < last else 0), i + 1 if i < last else 0)
+                for i, (a, n, fl) in enumerate(segs)
+            )
+            self.memory.write(table.gpa, entries)
             head = self._take()
             # The table is as long as the chain, not as the (possibly larger) pool buffer.
             table_len = layouts.DESC_SIZE * len(segs)
