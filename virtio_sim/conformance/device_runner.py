@@ -11,7 +11,10 @@ ids it did not decide stay NOT_COVERED, never PASS.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -51,6 +54,27 @@ class DeviceLog(FindingLog):
     checkers_run: list[str] = field(default_factory=list)
 
 
+KNOWN_DEVIATIONS = "device-known-deviations.toml"
+
+
+def known_deviations(key: str, transport: str, root: Path | None = None) -> dict[str, str]:
+    """Requirement id -> why, for the documented deviations of our ``key`` device on
+    ``transport`` (specs/conformance/deviations/device-known-deviations.toml)."""
+    root = root or Path(__file__).resolve().parents[2] / "specs" / "conformance"
+    path = root / "deviations" / KNOWN_DEVIATIONS
+    if not path.exists():
+        return {}
+    data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    for entry in data.get("deviation", []):
+        transports = entry.get("transports")
+        if entry.get("device") != key or (transports is not None and transport not in transports):
+            continue
+        for rid in entry["ids"]:
+            out[rid] = f"{KNOWN_DEVIATIONS}: {entry['why']}"
+    return out
+
+
 def _with_ring(option: str, ring: str) -> str:
     if ring != "packed" or ",packed=" in f",{option}":
         return option
@@ -81,7 +105,10 @@ async def run_device_target(
     except DutError as e:
         raise TargetError(f"{spec}: {e}") from None
     try:
-        return await run_device(dut, ring=ring, policy=policy, catalog=catalog, thorough=thorough)
+        known = known_deviations(dut.key, transport) if target.kind == "host" else {}
+        return await run_device(
+            dut, ring=ring, policy=policy, catalog=catalog, thorough=thorough, known=known
+        )
     finally:
         dut.close()
 
@@ -94,8 +121,10 @@ async def run_device(
     catalog: Catalog,
     only: tuple[str, ...] | None = None,
     thorough: bool = True,
+    known: dict[str, str] | None = None,
 ) -> DeviceLog:
-    log = DeviceLog(catalog.level_of, policy)
+    """``known``: documented deviations of this target (their FAILs are KNOWN)."""
+    log = DeviceLog(catalog.level_of, policy, known=dict(known or {}))
     try:
         opened = await open_transport(dut)
     except (DutError, TransportError, HostLinkError) as e:
