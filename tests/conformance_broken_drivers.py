@@ -85,6 +85,9 @@ class _IdxFirstRing(SplitDriverQueue):
     def add(
         self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
     ) -> int:
+        # the checked path (memory.write, _take): the lease fast path would bypass both
+        self._leasable = False
+        self._dl = None
         slot = self.gpa.avail + layouts.avail_entry_offset(self.avail_idx % self.size)
         stale = self.memory.read(slot, 2)
         head = super().add(out, in_, token, **kw)
