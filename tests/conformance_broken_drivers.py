@@ -8,13 +8,16 @@ the device it runs against and the requirement ids a checking device must report
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from guest.transport.pci_common import NoDevice
+from guest.transport.pci_legacy import PciLegacyTransport
+from guest.transport.pci_modern import PciModernTransport
 from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import BLK_T, DESC_F, STATUS, USED_F, F, bit
+from virtio_sim.spec import BLK_T, DESC_F, PCI, STATUS, USED_F, F, bit
 
 
 class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
@@ -238,6 +241,48 @@ class ObeysUsedFlagsWithEventIdx(VirtioGuestDevice):
         return mem
 
 
+class _TransitionalIdsOnlyModern(PciModernTransport):
+    """virtio_pci's modern probe matching only the transitional range 0x1000-0x103F."""
+
+    async def probe(self) -> int:
+        if self.pci.device_id >= PCI.modern_device_id_base:
+            raise NoDevice(f"device id {self.pci.device_id:#06x} not in this driver's table")
+        return await super().probe()
+
+
+class _ModernIdsOnlyLegacy(PciLegacyTransport):
+    """virtio_pci's legacy probe that never matches a transitional id."""
+
+    async def probe(self) -> int:
+        raise NoDevice(f"device id {self.pci.device_id:#06x} not in this driver's table")
+
+
+class IgnoresModernIds(VirtioGuestDevice):
+    """The PCI driver's id table lacks the modern range 0x1040-0x107F (policy override)."""
+
+
+class IgnoresTransitionalIds(VirtioGuestDevice):
+    """The PCI driver's id table lacks the transitional range 0x1000-0x103F (policy override)."""
+
+
+class FeaturesOkOnLegacyDevice(VirtioGuestDevice):
+    """Does not tell a legacy device (no VERSION_1 offered) from a modern one: sets
+    FEATURES_OK on it as it would on a 1.0 device."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        await super().negotiate(driver_features)
+        if self.legacy:
+            await self.add_status(STATUS.FEATURES_OK)
+
+
+class LegacyRingForHalfSize(VirtioGuestDevice):
+    """Legacy interface: lays its ring out for half the queue size the device reports (the
+    device, which cannot be told a size, finds the avail ring where the driver has none)."""
+
+    def new_ring(self, size: int) -> _RingMemory:
+        return super().new_ring(size // 2 if self.legacy else size)
+
+
 UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
 
 
@@ -248,6 +293,8 @@ class Broken:
     transport: str
     #: the ids the defect breaks (the first one a device sees may be a consequence)
     ids: tuple[str, ...]
+    #: GuestPolicy fields the defect needs (a broken id table is a PCI transport override)
+    policy: dict[str, Any] = field(default_factory=dict)
 
 
 BROKEN: dict[str, Broken] = {
@@ -287,4 +334,30 @@ BROKEN: dict[str, Broken] = {
         ObeysUsedFlagsWithEventIdx, "blk", "mmio-v2", ("split.availsupp.drv-ignore-flags-bit0",)
     ),
     "narrow-register-read": Broken(NarrowRegisterRead, "rng", "mmio-v2", ("mmio.drv.control-32bit",)),
+    "ignores-modern-ids": Broken(
+        IgnoresModernIds,
+        "rng",
+        "pci-modern",
+        ("pci.id.drv-match-modern",),
+        {"pci_transports": (_TransitionalIdsOnlyModern, PciLegacyTransport)},
+    ),
+    "ignores-transitional-ids": Broken(
+        IgnoresTransitionalIds,
+        "rng",
+        "pci-legacy",
+        ("pci.id.drv-match-transitional",),
+        {"pci_transports": (PciModernTransport, _ModernIdsOnlyLegacy)},
+    ),
+    "features-ok-on-legacy-device": Broken(
+        FeaturesOkOnLegacyDevice,
+        "rng",
+        "pci-legacy",
+        ("features.legacy.drv-detect-legacy-device", "init.legacy.drv-skip-features-ok"),
+    ),
+    "legacy-ring-for-half-size": Broken(
+        LegacyRingForHalfSize,
+        "rng",
+        "pci-legacy",
+        ("split.legacy.drv-size-and-alloc", "split.legacy.drv-fixed-layout", "pci.legacy.queue-pfn"),
+    ),
 }

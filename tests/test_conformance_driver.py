@@ -71,7 +71,9 @@ def test_documented_deviation_is_reported_as_known() -> None:
 
 def _broken(name: str, policy: Policy) -> tuple[FindingLog, list[DriverWatch]]:
     b = BROKEN[name]
-    guest: GuestPolicy = replace(guest_policy(load_driver_profile("linux-6.1")), device_class=b.cls)
+    guest: GuestPolicy = replace(
+        guest_policy(load_driver_profile("linux-6.1")), device_class=b.cls, **b.policy
+    )
     log = FindingLog(CATALOG.level_of, policy)
     watches: list[DriverWatch] = []
 

@@ -35,7 +35,7 @@ from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.conformance.catalog import Catalog
-from virtio_sim.conformance.driver_watch import PRESENTED, DriverWatch
+from virtio_sim.conformance.driver_watch import MATCH_RULE, PRESENTED, DriverWatch
 from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
 from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
@@ -213,6 +213,28 @@ def judge_presented(log: FindingLog, result: RunResult, watches: list[DriverWatc
                 log.failed(PRESENTED[what], f"no device bound behind a {what} capability: {result.detail}")
 
 
+def should_bind(policy: GuestPolicy, transport: str) -> bool:
+    """Whether a driver generation with ``policy``'s PCI interfaces must take a function on
+    ``transport``: a modern id needs the modern interface, a transitional function with
+    capabilities either, a legacy-only one the legacy interface (a non-transitional driver
+    leaves it alone, as pci.nontrans.drv-probe-caps asks)."""
+    return {
+        "pci-modern": policy.pci_modern,
+        "pci-transitional": policy.pci_modern or policy.pci_legacy,
+        "pci-legacy": policy.pci_legacy,
+    }.get(transport, False)
+
+
+def judge_bound(log: FindingLog, result: RunResult, watches: list[DriverWatch], policy: GuestPolicy) -> None:
+    """A PCI function the driver should have taken (its id is in the range the spec gives
+    for its interfaces) but never touched: the driver did not match the id."""
+    for watch in watches:
+        rule = MATCH_RULE.get(watch.transport)
+        if rule is None or watch.reset_seen or not should_bind(policy, watch.transport):
+            continue
+        log.failed(rule, f"the {watch.transport} function was never initialised: {result.detail}")
+
+
 def watch_host(
     log: FindingLog,
     transport: str,
@@ -295,13 +317,14 @@ async def run_driver_check(
             on_host=watch_host(log, transport, lambda _finding: scope.cancel(), attached, traps=traps),
         )
         result = await run_embedded(cfg)
-        if policy_for_guest.pci_modern and transport == "pci-modern":
-            judge_presented(log, result, attached)
-        if traps and result.ring:
-            try:
+        try:
+            if policy_for_guest.pci_modern and transport == "pci-modern":
+                judge_presented(log, result, attached)
+            judge_bound(log, result, attached, policy_for_guest)
+            if traps and result.ring:
                 judge_traps(log, result, result.driver_features)
-            except StrictStop:
-                return None
+        except StrictStop:
+            return None
         return result
     return None
 

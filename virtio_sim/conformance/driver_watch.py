@@ -64,6 +64,12 @@ PRESENTED = {
     "reserved-bar": "pci.cap.drv-ignore-reserved-bar",
     "large-cap-len": "pci.cap.drv-accept-large-cap-len",
 }
+#: PCI transport -> the id rule a driver that brings the function up keeps
+MATCH_RULE = {
+    "pci-modern": "pci.id.drv-match-modern",
+    "pci-transitional": "pci.id.drv-match-transitional",
+    "pci-legacy": "pci.id.drv-match-transitional",
+}
 #: device config layouts by device type: (offset, width) of every field
 CONFIG_FIELDS: dict[str, list[tuple[int, int]]] = {
     key: [
@@ -867,8 +873,12 @@ class DriverWatch:
         number and the fixed layout (size from the device, used ring aligned). A driver with
         another layout or size leaves the device reading something else: at the first kick
         the avail idx must be a plausible count and the flags a defined value."""
-        ok = idx <= view.size and flags in (0, 1)
-        why = f"queue {q.index}: at the legacy layout avail idx reads {idx}, flags {flags:#x}"
+        ok = 0 < idx <= view.size and flags in (0, 1)
+        why = (
+            f"queue {q.index}: kicked, but the avail ring where the legacy layout of a"
+            f" {view.size}-entry queue puts it reads idx {idx}, flags {flags:#x}"
+            " (nothing published there: the driver laid its ring out otherwise)"
+        )
         rules = ["split.legacy.drv-fixed-layout", "split.legacy.drv-size-and-alloc"]
         rules.append("mmio.legacy.queue-layout" if self._mmio else "pci.legacy.queue-pfn")
         for rule in rules:
@@ -1504,15 +1514,11 @@ class DriverWatch:
             # never gets here: driver_runner.judge_presented fails it from the run)
             for what in self.presented:
                 self._ok(PRESENTED[what])
-        if self._pci and self.reset_seen and self.transport != "vhost-user":
-            # the driver bound this function by its id (a modern-only or a transitional one)
-            self._ok(
-                "pci.id.drv-match-modern"
-                if self.transport == "pci-modern"
-                else "pci.id.drv-match-transitional"
-            )
-            if self.transport == "pci-legacy":
-                self._ok("pci.legacy.drv-bar0-io")  # the legacy header lives in I/O BAR 0 only
+        if self.transport in MATCH_RULE and self.driver_ok_seen and not self._vhost:
+            # a driver brought this function up: it matched the function's id (a modern
+            # 0x1040+ id, or a transitional one); driver_runner.judge_bound fails a driver
+            # that left a function it should have taken untouched
+            self._ok(MATCH_RULE[self.transport])
         if not self._vhost and self.reset_seen:
             family = (
                 _MMIO_ACCESS_IDS
