@@ -196,6 +196,8 @@ class GuestPolicy:
     #: virtio_pci's transports in probe order, replacing the modern/legacy choice above
     #: (a conformance test seeds a driver with a broken id match or BAR lookup this way)
     pci_transports: tuple[type[PciModernTransport] | type[PciLegacyTransport], ...] = ()
+    #: virtio_mmio's transport driver (a conformance test seeds a broken identification)
+    mmio_transport: type[MmioTransportDriver] = MmioTransportDriver
     #: virtio_mmio's ACPI match table (Linux: LNRO0005 only); the simulator's own current
     #: driver also knows the id in QEMU's vendor space (the new side of the HID matrix)
     acpi_hids: tuple[str, ...] = DEFAULT_ACPI_HIDS
@@ -320,7 +322,7 @@ class GuestKernel:
 
     async def _probe_one_inner(self, res: MmioResource) -> ProbeRecord:
         where = f"virtio-mmio@{res.base:#x}"
-        t = MmioTransportDriver(self.link, res.base, self.policy.guest_order)
+        t = self.policy.mmio_transport(self.link, res.base, self.policy.guest_order)
         try:
             device_id = await t.identify(self.policy.mmio_versions)
         except TransportError as e:

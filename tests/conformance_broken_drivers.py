@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from guest.transport.base import TransportError
+from guest.transport.mmio import MmioTransportDriver
 from guest.transport.pci_common import NoDevice
 from guest.transport.pci_legacy import PciLegacyTransport
 from guest.transport.pci_modern import PciModernTransport
 from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import BLK_T, DESC_F, PCI, STATUS, USED_F, F, bit
+from virtio_sim.spec import BLK_T, DESC_F, MMIO, PCI, STATUS, USED_F, F, bit
 
 
 class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
@@ -283,6 +285,42 @@ class LegacyRingForHalfSize(VirtioGuestDevice):
         return super().new_ring(size // 2 if self.legacy else size)
 
 
+class _BelievesAnyMagic(MmioTransportDriver):
+    """virtio_mmio taking whatever MagicValue reads for the right one."""
+
+    async def _r(self, reg: str) -> int:
+        value = await super()._r(reg)
+        return MMIO.magic if reg == "MagicValue" else value
+
+
+class _VendorBeforeDeviceIdCheck(MmioTransportDriver):
+    """virtio_mmio reading VendorID before it looks at the DeviceID it read (0: an empty slot)."""
+
+    async def identify(self, supported_versions: tuple[int, ...]) -> int:
+        magic = await self._r("MagicValue")
+        if magic != MMIO.magic:
+            raise TransportError(f"wrong magic value {magic:#010x}")
+        self.version = await self._r("Version")
+        if self.version not in supported_versions:
+            raise TransportError(f"Version {self.version} not supported!")
+        self.legacy = self.version == MMIO.version_legacy
+        self.device_id = await self._r("DeviceID")
+        self.vendor_id = await self._r("VendorID")
+        return self.device_id
+
+
+class AcceptsBadMagic(VirtioGuestDevice):
+    """Drives an mmio device whatever its MagicValue (policy override)."""
+
+
+class AcceptsUnknownVersion(VirtioGuestDevice):
+    """Drives an mmio device of a Version it does not know as if it were version 2."""
+
+
+class ReadsPastEmptySlot(VirtioGuestDevice):
+    """Reads another register of an mmio slot whose DeviceID is 0 (policy override)."""
+
+
 UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
 
 
@@ -295,6 +333,8 @@ class Broken:
     ids: tuple[str, ...]
     #: GuestPolicy fields the defect needs (a broken id table is a PCI transport override)
     policy: dict[str, Any] = field(default_factory=dict)
+    #: the odd identification value the checking device presents (mmio ODD_VALUES)
+    odd: str | None = None
 
 
 BROKEN: dict[str, Broken] = {
@@ -359,5 +399,29 @@ BROKEN: dict[str, Broken] = {
         "rng",
         "pci-legacy",
         ("split.legacy.drv-size-and-alloc", "split.legacy.drv-fixed-layout", "pci.legacy.queue-pfn"),
+    ),
+    "accepts-bad-magic": Broken(
+        AcceptsBadMagic,
+        "rng",
+        "mmio-v2",
+        ("mmio.drv.ignore-bad-magic",),
+        {"mmio_transport": _BelievesAnyMagic},
+        odd="bad-magic",
+    ),
+    "accepts-unknown-version": Broken(
+        AcceptsUnknownVersion,
+        "rng",
+        "mmio-v2",
+        ("mmio.drv.ignore-bad-version",),
+        {"mmio_versions": (MMIO.version_legacy, MMIO.version_modern, MMIO.version_modern + 1)},
+        odd="bad-version",
+    ),
+    "reads-past-empty-slot": Broken(
+        ReadsPastEmptySlot,
+        "rng",
+        "mmio-v2",
+        ("mmio.drv.init-devid-zero-abort", "mmio.drv.ignore-devid-zero"),
+        {"mmio_transport": _VendorBeforeDeviceIdCheck},
+        odd="device-id-zero",
     ),
 }

@@ -79,7 +79,14 @@ def _broken(name: str, policy: Policy) -> tuple[FindingLog, list[DriverWatch]]:
 
     async def go() -> None:
         await run_driver_check(
-            guest, device=b.device, transport=b.transport, ring="split", log=log, watches=watches, timeout=3.0
+            guest,
+            device=b.device,
+            transport=b.transport,
+            ring="split",
+            log=log,
+            watches=watches,
+            timeout=3.0,
+            odd=b.odd,
         )
 
     trio.run(go)

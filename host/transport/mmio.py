@@ -50,6 +50,15 @@ _READABLE = frozenset(
 )  # fmt: skip
 
 
+#: odd identification values a checking device can present (present_odd), by kind: a
+#: magic value read in the wrong byte order, a version no spec defines, an empty slot
+ODD_VALUES: dict[str, tuple[str, int]] = {
+    "bad-magic": ("MagicValue", int.from_bytes(MMIO.magic.to_bytes(4, "little"), "big")),
+    "bad-version": ("Version", MMIO.version_modern + 1),
+    "device-id-zero": ("DeviceID", 0),
+}
+
+
 class MmioTransport(InterruptSink):
     def __init__(
         self,
@@ -63,6 +72,7 @@ class MmioTransport(InterruptSink):
         self.registers = MMIO_V1_REGISTERS if legacy else MMIO_V2_REGISTERS
         self.set_irq_level = set_irq_level or (lambda level: None)
         self._queue_align: dict[int, int] = {}
+        self.odd: dict[str, int] = {}  # register -> the value presented instead (present_odd)
         device.sink = self
         if legacy:
             # The legacy interface offers no VERSION_1 (its features are 32 bits wide).
@@ -77,6 +87,12 @@ class MmioTransport(InterruptSink):
     @property
     def legacy(self) -> bool:
         return self.version == MMIO.version_legacy
+
+    def present_odd(self, kind: str) -> None:
+        """A checking device's test of the driver: present the odd identification value
+        ``kind`` (a key of ODD_VALUES) instead of the real one, for the whole run."""
+        register, value = ODD_VALUES[kind]
+        self.odd[register] = value
 
     def _reset_registers(self) -> None:
         self.device_features_sel = 0
@@ -125,7 +141,7 @@ class MmioTransport(InterruptSink):
         if name not in _READABLE or (name == "QueuePFN" and not self.legacy):
             self.device.misuse("mmio-read-wo", f"mmio: read of write-only register {name}")
             return 0
-        value = self._read_register(name)
+        value = self._read_register(name) if not self.odd else self.odd.get(name, self._read_register(name))
         obs = self.device.observer
         if obs is not None:
             obs.on_register("read", name, value)

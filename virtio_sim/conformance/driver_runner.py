@@ -29,7 +29,7 @@ from guest.platform import GuestPolicy
 from guest.profile import guest_policy
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
-from host.transport.mmio import MmioTransport
+from host.transport.mmio import ODD_VALUES, MmioTransport
 from host.transport.pci_modern import ModernInterface
 from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
@@ -241,16 +241,21 @@ def watch_host(
     on_stop: Callable[[Finding], None] | None = None,
     watches: list[DriverWatch] | None = None,
     traps: bool = False,
+    odd: str | None = None,
 ) -> Callable[[HostSetup], Callable[[], None] | None]:
-    """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device."""
+    """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device (``odd``:
+    every mmio device presents that odd identification value, see run_driver_check)."""
 
     def attach(setup: HostSetup) -> Callable[[], None]:
         attached: list[DriverWatch] = []
         for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
-            odd: list[str] = []
+            presented: list[str] = []
             modern = getattr(vdev.sink, "modern", None)
             if isinstance(modern, ModernInterface):
-                odd = modern.present_odd_capabilities()
+                presented = modern.present_odd_capabilities()
+            if odd is not None and isinstance(vdev.sink, MmioTransport):
+                vdev.sink.present_odd(odd)
+                presented = [odd]
             if traps is not None and vdev is not setup.iommu_device:
                 set_traps(vdev)
             watch = DriverWatch(
@@ -259,7 +264,7 @@ def watch_host(
                 transport=_transport_of(vdev, transport),
                 device_type=vdev.model.type_key,
                 on_stop=on_stop,
-                presented=tuple(odd),
+                presented=tuple(presented),
             )
             vdev.observer = watch
             attached.append(watch)
@@ -288,9 +293,12 @@ async def run_driver_check(
     device_props: tuple[str, ...] = (),
     workload: str | None = None,
     traps: bool = True,
+    odd: str | None = None,
 ) -> RunResult | None:
     """One run of a guest (its policy may carry a seeded broken device class) against one
-    device with a watch; None when a strict stop ended it."""
+    device with a watch; None when a strict stop ended it. ``odd`` (mmio transports, a key
+    of host.transport.mmio.ODD_VALUES): the device presents that odd identification value
+    and the watch judges whether the driver left it alone."""
     if transport not in TRANSPORTS:
         raise DriverTargetError(f"unknown transport {transport!r} ({', '.join(TRANSPORTS)})")
     if ring not in RINGS:
@@ -314,11 +322,13 @@ async def run_driver_check(
             timeout=timeout,
             guest=policy_for_guest,
             iommu="virtio-iommu" if behind_iommu else "none",
-            on_host=watch_host(log, transport, lambda _finding: scope.cancel(), attached, traps=traps),
+            on_host=watch_host(
+                log, transport, lambda _finding: scope.cancel(), attached, traps=traps, odd=odd
+            ),
         )
         result = await run_embedded(cfg)
         try:
-            if policy_for_guest.pci_modern and transport == "pci-modern":
+            if policy_for_guest.pci_modern and transport == "pci-modern" and odd is None:
                 judge_presented(log, result, attached)
             judge_bound(log, result, attached, policy_for_guest)
             if traps and result.ring:
@@ -352,6 +362,14 @@ async def run_driver_target(
         )
         if result is None:
             break  # strict stop
+    else:
+        if transport.startswith("mmio"):
+            for odd in ODD_VALUES:  # the driver meets odd identification values
+                result = await run_driver_check(
+                    replace(guest), device="rng", transport=transport, ring=ring, log=log, odd=odd
+                )
+                if result is None:
+                    break
     return log
 
 

@@ -64,6 +64,13 @@ PRESENTED = {
     "reserved-bar": "pci.cap.drv-ignore-reserved-bar",
     "large-cap-len": "pci.cap.drv-accept-large-cap-len",
 }
+#: odd mmio identification value presented (host MmioTransport.present_odd) -> the
+#: register that reveals it and the rules of a driver that then leaves the device alone
+ODD_MMIO: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bad-magic": ("MagicValue", ("mmio.drv.ignore-bad-magic",)),
+    "bad-version": ("Version", ("mmio.drv.ignore-bad-version",)),
+    "device-id-zero": ("DeviceID", ("mmio.drv.ignore-devid-zero", "mmio.drv.init-devid-zero-abort")),
+}
 #: PCI transport -> the id rule a driver that brings the function up keeps
 MATCH_RULE = {
     "pci-modern": "pci.id.drv-match-modern",
@@ -256,6 +263,10 @@ class DriverWatch:
         self.first_registers: list[tuple[str, str]] = []  # mmio: the first accesses
         self.iommu_maps: dict[int, list[tuple[int, int]]] = {}  # domain -> mapped ranges
         self.pending_widths: list[tuple[int, int]] = []  # transitional config reads to judge
+        #: an odd mmio value presented: (register revealing it, rules), read yet, touched after
+        self.odd = next((ODD_MMIO[p] for p in presented if p in ODD_MMIO), None)
+        self.odd_seen = False
+        self.odd_touched = False
 
     # -- recording --------------------------------------------------------------------------
 
@@ -513,6 +524,7 @@ class DriverWatch:
     def on_config_read(self, offset: int, size: int) -> None:
         if self.stopped is not None or self._vhost:
             return
+        self._after_odd(f"config read at {offset:#x}")
         self._check_config_width(offset, size)
         if (
             self.device_type == "blk"
@@ -554,6 +566,7 @@ class DriverWatch:
     def on_config_write(self, offset: int, size: int, value: int) -> None:
         if self.stopped is not None or self._vhost:
             return
+        self._after_odd(f"config write at {offset:#x}")
         if self.device_type == "iommu":
             self._check_iommu_config_write(offset, size, value)
         self._check(
@@ -1406,6 +1419,10 @@ class DriverWatch:
         """virtio-mmio register rules that need the register's name."""
         if self.stopped is not None or self._vhost:
             return
+        if self.odd is not None:
+            self._after_odd(f"{op} of {name}")
+            if op == "read" and name == self.odd[0]:
+                self.odd_seen = True
         if len(self.first_registers) < 2:
             self.first_registers.append((op, name))
             if len(self.first_registers) == 2:
@@ -1452,9 +1469,19 @@ class DriverWatch:
         elif op == "write" and name == "GuestPageSize":
             self.page_size = True
 
+    def _after_odd(self, what: str) -> None:
+        """Any access once the odd value was read: the driver did not leave the device alone."""
+        if self.odd is None or not self.odd_seen or self.odd_touched:
+            return
+        self.odd_touched = True
+        register, rules = self.odd
+        for rule in rules:
+            self._fail(rule, f"{what} after {register} read an odd value")
+
     def on_misuse(self, kind: str, message: str) -> None:
         if self.stopped is not None:
             return
+        self._after_odd(f"refused access ({message})")
         requirement = MISUSE.get(kind)
         if requirement is None:
             self.unmapped.append(f"{kind}: {message}")
@@ -1513,7 +1540,10 @@ class DriverWatch:
             # walk and drove the device with them (a driver that did not skip the odd ones
             # never gets here: driver_runner.judge_presented fails it from the run)
             for what in self.presented:
-                self._ok(PRESENTED[what])
+                if what in PRESENTED:
+                    self._ok(PRESENTED[what])
+        if self.odd is not None and self.odd_seen and not self.odd_touched:
+            self._ok(*self.odd[1])  # read the odd value, then touched nothing more
         if self.transport in MATCH_RULE and self.driver_ok_seen and not self._vhost:
             # a driver brought this function up: it matched the function's id (a modern
             # 0x1040+ id, or a transitional one); driver_runner.judge_bound fails a driver
