@@ -252,6 +252,19 @@ class _TransitionalIdsOnlyModern(PciModernTransport):
         return await super().probe()
 
 
+class _RevisionOneOnlyModern(PciModernTransport):
+    """virtio_pci's modern probe insisting on the revision id QEMU gives (1)."""
+
+    async def probe(self) -> int:
+        if self.pci.revision != PCI.modern_revision_min:
+            raise NoDevice(f"revision {self.pci.revision} not supported")
+        return await super().probe()
+
+
+class RejectsUnknownRevision(VirtioGuestDevice):
+    """The PCI driver refuses a modern function whose revision id it does not know."""
+
+
 class _ModernIdsOnlyLegacy(PciLegacyTransport):
     """virtio_pci's legacy probe that never matches a transitional id."""
 
@@ -380,6 +393,13 @@ BROKEN: dict[str, Broken] = {
         "pci-modern",
         ("pci.id.drv-match-modern",),
         {"pci_transports": (_TransitionalIdsOnlyModern, PciLegacyTransport)},
+    ),
+    "rejects-unknown-revision": Broken(
+        RejectsUnknownRevision,
+        "rng",
+        "pci-modern",
+        ("pci.id.drv-any-revision",),
+        {"pci_transports": (_RevisionOneOnlyModern, PciLegacyTransport)},
     ),
     "ignores-transitional-ids": Broken(
         IgnoresTransitionalIds,

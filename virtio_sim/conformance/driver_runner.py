@@ -210,7 +210,7 @@ def judge_presented(log: FindingLog, result: RunResult, watches: list[DriverWatc
     for watch in watches:
         if watch.presented and not watch.reset_seen:
             for what in watch.presented:
-                log.failed(PRESENTED[what], f"no device bound behind a {what} capability: {result.detail}")
+                log.failed(PRESENTED[what], f"no driver took a device presenting {what}: {result.detail}")
 
 
 def should_bind(policy: GuestPolicy, transport: str) -> bool:
@@ -253,6 +253,8 @@ def watch_host(
             modern = getattr(vdev.sink, "modern", None)
             if isinstance(modern, ModernInterface):
                 presented = modern.present_odd_capabilities()
+                if vdev.modern_only:
+                    presented.append(modern.present_odd_revision())
             if odd is not None and isinstance(vdev.sink, MmioTransport):
                 vdev.sink.present_odd(odd)
                 presented = [odd]

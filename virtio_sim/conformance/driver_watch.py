@@ -63,6 +63,7 @@ PRESENTED = {
     "reserved-type": "pci.cap.drv-ignore-reserved-type",
     "reserved-bar": "pci.cap.drv-ignore-reserved-bar",
     "large-cap-len": "pci.cap.drv-accept-large-cap-len",
+    "odd-revision": "pci.id.drv-any-revision",
 }
 #: odd mmio identification value presented (host MmioTransport.present_odd) -> the
 #: register that reveals it and the rules of a driver that then leaves the device alone
