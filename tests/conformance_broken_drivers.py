@@ -18,8 +18,9 @@ from guest.transport.pci_legacy import PciLegacyTransport
 from guest.transport.pci_modern import PciModernTransport
 from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
+from virtio_sim.layouts import VIRTIO_CFG_CAP
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import BLK_T, DESC_F, MMIO, PCI, STATUS, USED_F, F, bit
+from virtio_sim.spec import BLK_T, DESC_F, MMIO, PCI, PCI_CAP, STATUS, USED_F, F, bit
 
 
 class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
@@ -334,7 +335,78 @@ class ReadsPastEmptySlot(VirtioGuestDevice):
     """Reads another register of an mmio slot whose DeviceID is 0 (policy override)."""
 
 
+class ReadsWritebackEarly(VirtioGuestDevice):
+    """Reads the blk writeback field during feature negotiation (before FEATURES_OK)."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        inner = self.transport.set_features
+
+        async def set_features(features: int) -> None:
+            await inner(features)
+            await self.transport.read_config(BLK_WRITEBACK_OFFSET, 1)
+
+        self.transport.set_features = set_features  # type: ignore[method-assign]
+        await super().negotiate(driver_features)
+
+
+class GoesOnAfterFailed(VirtioGuestDevice):
+    """Sets FAILED, then DRIVER_OK without resetting the device first."""
+
+    async def driver_ok(self) -> None:
+        await self.add_status(STATUS.FAILED)
+        await super().driver_ok()
+
+
+class ReusesStoppedQueue(VirtioGuestDevice):
+    """mmio: writes QueueReady 0 and then the queue size again without reading QueueReady back."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        t: Any = self.transport
+        await t._w("QueueSel", 0)
+        await t._w("QueueReady", 0)
+        await t._w("QueueSize", self.queues[0].size)
+
+
+class KicksStoppedLegacyQueue(VirtioGuestDevice):
+    """Legacy mmio: stops queue 0 with QueuePFN 0, then notifies it."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        t: Any = self.transport
+        await t._w("QueueSel", 0)
+        await t._w("QueuePFN", 0)
+        await t.notify(0)
+
+
+class UnusableConfigWindow(VirtioGuestDevice):
+    """Uses the PCI configuration access capability with an unaligned offset, then with a
+    BAR the function does not have."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        t: Any = self.transport
+        caps = await t._virtio_caps()
+        cap = next(c for c in caps if c.cfg_type == PCI_CAP.PCI_CFG)
+        real = next(c.bar for c in caps if c.cfg_type == PCI_CAP.COMMON and t.pci.bar(c.bar) is not None)
+        bdf = t.pci.bdf
+        for bar, offset in ((real, 1), (UNUSED_BAR, 0)):
+            await t.bus.write(bdf, cap.position + VIRTIO_CFG_CAP["bar"], 1, bar)
+            await t.bus.write(bdf, cap.position + VIRTIO_CFG_CAP["offset"], 4, offset)
+            await t.bus.write(bdf, cap.position + VIRTIO_CFG_CAP["length"], 4, 4)
+            await t.bus.read(bdf, cap.position + VIRTIO_CFG_CAP["pci_cfg_data"], 4)
+
+
+class IgnoresIommu(VirtioGuestDevice):
+    """Negotiates ACCESS_PLATFORM but hands the device guest-physical addresses (a driver
+    that never uses the DMA API: policy dma_api=never)."""
+
+
 UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
+#: timeout of a run whose defect stops the workload (the violation is seen at the first kick)
+HANGS_AFTER = 1.5
+UNUSED_BAR = 5  # QEMU's virtio-pci functions use BARs 1 (MSI-X) and 4 (the structures)
+BLK_WRITEBACK_OFFSET = layouts.field_offsets(layouts.virtio_blk_config("little"))["writeback"]
 
 
 @dataclass(frozen=True)
@@ -348,6 +420,8 @@ class Broken:
     policy: dict[str, Any] = field(default_factory=dict)
     #: the odd identification value the checking device presents (mmio ODD_VALUES)
     odd: str | None = None
+    #: seconds before a run counts as hung (a defect that stops the workload ends in a hang)
+    timeout: float = 3.0
 
 
 BROKEN: dict[str, Broken] = {
@@ -419,6 +493,25 @@ BROKEN: dict[str, Broken] = {
         "rng",
         "pci-legacy",
         ("split.legacy.drv-size-and-alloc", "split.legacy.drv-fixed-layout", "pci.legacy.queue-pfn"),
+        timeout=HANGS_AFTER,
+    ),
+    "reads-writeback-early": Broken(
+        ReadsWritebackEarly, "blk", "mmio-v2", ("blk.drv.writeback-after-features-ok",)
+    ),
+    "goes-on-after-failed": Broken(
+        GoesOnAfterFailed, "rng", "mmio-v2", ("status.drv.reset-after-failed", "init.drv.stop-on-error")
+    ),
+    "reuses-stopped-queue": Broken(
+        ReusesStoppedQueue, "rng", "mmio-v2", ("mmio.drv.stop-queue",), timeout=HANGS_AFTER
+    ),
+    "kicks-stopped-legacy-queue": Broken(
+        KicksStoppedLegacyQueue, "rng", "mmio", ("mmio.legacy.pfn-zero-stops",), timeout=HANGS_AFTER
+    ),
+    "unusable-config-window": Broken(
+        UnusableConfigWindow, "rng", "pci-modern", ("pci.cfgcap.drv-aligned", "pci.cfgcap.drv-valid-range")
+    ),
+    "ignores-iommu": Broken(
+        IgnoresIommu, "iommu", "pci-modern", ("features.drv.access-platform-iommu",), {"dma_api": "never"}
     ),
     "accepts-bad-magic": Broken(
         AcceptsBadMagic,

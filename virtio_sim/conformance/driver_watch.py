@@ -112,7 +112,6 @@ RING_VIOLATIONS: dict[str, tuple[str, str]] = {
     "avail-idx-jump": ("split.avail.idx-free-running", "packed.sg.drv-space-for-list"),
     "head-in-flight": ("split.avail.drv-barrier-before-idx", "packed.desc.drv-wait-used"),
     "too-many-in-flight": ("split.avail.idx-free-running", "packed.sg.drv-space-for-list"),
-    "ring-address": ("split.drv.alignment", "packed.drv.alignment"),
     "chain-too-big": ("split.desc.drv-chain-len-limit", "packed.sg.drv-device-limit"),
     "desc-wrap-bits": ("packed.wrap.drv-avail-encoding", "packed.wrap.drv-avail-encoding"),
     "chain-too-long": ("split.chain.drv-max-queue-size", "packed.sg.drv-queue-size-limit"),
@@ -225,6 +224,7 @@ class _Queue:
     exposed: list[tuple[int, int, bytes]] = field(default_factory=list)  # packed: unused lists
     steps: set[str] = field(default_factory=set)  # legacy mmio setup steps seen (2.x 4.2.4)
     stop_unverified: bool = False  # mmio: QueueReady 0 written, not read back yet
+    pfn_zeroed: bool = False  # legacy mmio: QueuePFN 0 written (the queue is stopped)
 
 
 class DriverWatch:
@@ -268,6 +268,7 @@ class DriverWatch:
         self.odd = next((ODD_MMIO[p] for p in presented if p in ODD_MMIO), None)
         self.odd_seen = False
         self.odd_touched = False
+        self.failed_set = False  # the driver set FAILED at some point
 
     # -- recording --------------------------------------------------------------------------
 
@@ -359,6 +360,8 @@ class DriverWatch:
             not cleared,
             f"status write {status_names(value)} clears {status_names(cleared)} of {status_names(old)}",
         )
+        if value & STATUS.FAILED:
+            self.failed_set = True
         if old & STATUS.FAILED and value & ~old & ~STATUS.FAILED:
             why = f"after FAILED the driver wrote {status_names(value)} without a reset"
             self._fail("status.drv.reset-after-failed", why)
@@ -519,6 +522,8 @@ class DriverWatch:
                 self._check(
                     requirement, bool(acked & bit(feature)), f"feature bit {feature} offered but not accepted"
                 )
+            elif requirement not in self.log.findings:
+                self.log.not_applicable(requirement, f"feature bit {feature} was not offered")
 
     # -- config -------------------------------------------------------------------------------
 
@@ -615,7 +620,7 @@ class DriverWatch:
                     f"queue {index}: QueuePFN written without {', '.join(sorted(missing))}",
                 )
             else:
-                self._ok("mmio.legacy.pfn-zero-stops")
+                q.pfn_zeroed = True
             q.steps.clear()
         if self._mmio and field_name == "enable" and not value:
             q.stop_unverified = True
@@ -675,6 +680,7 @@ class DriverWatch:
                 q.seen = q.kicked = 0
                 q.recent.clear()
         if field_name == "pfn" and value:
+            q.pfn_zeroed = False
             q.started = False
             q.seen = q.kicked = 0
 
@@ -807,6 +813,9 @@ class DriverWatch:
         view = self.source.ring_view(index)
         if view is None or not view.ready or not view.size:
             self._fail("notify.identifier", f"notification for queue {index}, which is not set up")
+            stopped = self.queues.get(index)
+            if stopped is not None and stopped.pfn_zeroed:
+                self._fail("mmio.legacy.pfn-zero-stops", f"queue {index} kicked after QueuePFN 0 stopped it")
             return
         self._ok("notify.identifier")
         q = self._queue(index)
@@ -1167,7 +1176,9 @@ class DriverWatch:
         else:
             self._fail("packed.sg.drv-queue-size-limit", f"{where}: a list longer than the queue size {size}")
             return size
-        self._ok(
+        self._ok(  # the device refused none of it (its refusals are mapped in RING_VIOLATIONS)
+            "packed.desc.drv-wait-used",
+            "packed.sg.drv-space-for-list",
             "packed.sg.drv-device-limit",
             "packed.sg.drv-queue-size-limit",
             "packed.sg.drv-readable-first",
@@ -1404,7 +1415,9 @@ class DriverWatch:
         if self.stopped is not None:
             return
         ids = RING_VIOLATIONS.get(violation)
-        if violation in ("bad-address", "dma"):
+        if violation in ("bad-address", "dma", "ring-address"):
+            # ring memory or a buffer the device cannot reach at the address given (the
+            # alignment of the rings is checked by the watch itself, in _start)
             feature = (
                 "features.drv.access-platform-iommu"
                 if self.has(F.ACCESS_PLATFORM)
@@ -1543,6 +1556,19 @@ class DriverWatch:
             for what in self.presented:
                 if what in PRESENTED:
                     self._ok(PRESENTED[what])
+        if any(q.pfn_zeroed for q in self.queues.values()):
+            self._ok("mmio.legacy.pfn-zero-stops")  # stopped queues were not kicked again
+        if self.failed_set and not self._vhost:
+            # FAILED was set and nothing but a reset followed (the status checks fail otherwise)
+            self._ok("status.drv.reset-after-failed", "init.drv.stop-on-error")
+        if self.chains:
+            # the device reached every buffer at the address the driver gave (a ring
+            # violation "bad-address"/"dma" fails the rule instead)
+            self._ok(
+                "features.drv.access-platform-iommu"
+                if self.has(F.ACCESS_PLATFORM)
+                else "features.drv.physical-addresses"
+            )
         if self.odd is not None and self.odd_seen and not self.odd_touched:
             self._ok(*self.odd[1])  # read the odd value, then touched nothing more
         if self.transport in MATCH_RULE and self.driver_ok_seen and not self._vhost:
