@@ -397,6 +397,25 @@ class UnusableConfigWindow(VirtioGuestDevice):
             await t.bus.read(bdf, cap.position + VIRTIO_CFG_CAP["pci_cfg_data"], 4)
 
 
+class TrustsFirstGeneration(VirtioGuestDevice):
+    """Believes the config generation never moves: every ConfigGeneration read after the
+    first answers the first value, so config read across a change is used as it is."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        t: Any = self.transport
+        inner = t.config_generation
+        first: list[int] = []
+
+        async def config_generation() -> int:
+            value = int(await inner())
+            if not first:
+                first.append(value)
+            return first[0]
+
+        t.config_generation = config_generation
+        await super().negotiate(driver_features)
+
+
 class IgnoresIommu(VirtioGuestDevice):
     """Negotiates ACCESS_PLATFORM but hands the device guest-physical addresses (a driver
     that never uses the DMA API: policy dma_api=never)."""
@@ -512,6 +531,9 @@ BROKEN: dict[str, Broken] = {
     ),
     "ignores-iommu": Broken(
         IgnoresIommu, "iommu", "pci-modern", ("features.drv.access-platform-iommu",), {"dma_api": "never"}
+    ),
+    "trusts-first-generation": Broken(
+        TrustsFirstGeneration, "blk", "mmio-v2", ("config.drv.generation-loop",), odd="generation-moves"
     ),
     "accepts-bad-magic": Broken(
         AcceptsBadMagic,

@@ -29,7 +29,7 @@ from guest.platform import GuestPolicy
 from guest.profile import guest_policy
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
-from host.transport.mmio import ODD_VALUES, MmioTransport
+from host.transport.mmio import GENERATION_MOVES, ODD_KINDS, MmioTransport
 from host.transport.pci_modern import ModernInterface
 from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
@@ -299,8 +299,8 @@ async def run_driver_check(
 ) -> RunResult | None:
     """One run of a guest (its policy may carry a seeded broken device class) against one
     device with a watch; None when a strict stop ended it. ``odd`` (mmio transports, a key
-    of host.transport.mmio.ODD_VALUES): the device presents that odd identification value
-    and the watch judges whether the driver left it alone."""
+    of host.transport.mmio.ODD_KINDS): the device presents that odd identification value
+    (the watch judges whether the driver left it alone) or moves the config generation."""
     if transport not in TRANSPORTS:
         raise DriverTargetError(f"unknown transport {transport!r} ({', '.join(TRANSPORTS)})")
     if ring not in RINGS:
@@ -366,9 +366,14 @@ async def run_driver_target(
             break  # strict stop
     else:
         if transport.startswith("mmio"):
-            for odd in ODD_VALUES:  # the driver meets odd identification values
+            for odd in ODD_KINDS:  # the driver meets odd identification values, a moving generation
                 result = await run_driver_check(
-                    replace(guest), device="rng", transport=transport, ring=ring, log=log, odd=odd
+                    replace(guest),
+                    device="blk" if odd == GENERATION_MOVES else "rng",
+                    transport=transport,
+                    ring=ring,
+                    log=log,
+                    odd=odd,
                 )
                 if result is None:
                     break

@@ -269,6 +269,11 @@ class DriverWatch:
         self.odd_seen = False
         self.odd_touched = False
         self.failed_set = False  # the driver set FAILED at some point
+        #: mmio generation loop: the generation read before the current config reads, whether
+        #: config was read since, and why a re-read is owed (the generation moved meanwhile)
+        self.gen_open: int | None = None
+        self.gen_config_read = False
+        self.gen_retry: str | None = None
 
     # -- recording --------------------------------------------------------------------------
 
@@ -339,6 +344,7 @@ class DriverWatch:
     def on_status_write(self, old: int, value: int, new: int) -> None:
         if self.stopped is not None or self._vhost:
             return
+        self._went_on(f"status {status_names(value)} written")
         if value == 0:
             self._finish_queues()
             self._reset_state()
@@ -531,6 +537,8 @@ class DriverWatch:
         if self.stopped is not None or self._vhost:
             return
         self._after_odd(f"config read at {offset:#x}")
+        if self.gen_open is not None:
+            self.gen_config_read = True
         self._check_config_width(offset, size)
         if (
             self.device_type == "blk"
@@ -593,6 +601,7 @@ class DriverWatch:
     def on_queue_write(self, index: int, field_name: str, value: int, ready: bool) -> None:
         if self.stopped is not None:
             return
+        self._went_on(f"queue {index} {field_name} written")
         if field_name == "msix_vector":
             if value != PCI.msix_no_vector:
                 self.vector_unverified[index] = value
@@ -1437,6 +1446,8 @@ class DriverWatch:
             self._after_odd(f"{op} of {name}")
             if op == "read" and name == self.odd[0]:
                 self.odd_seen = True
+        if op == "read" and name == "ConfigGeneration":
+            self._on_generation(value)
         if len(self.first_registers) < 2:
             self.first_registers.append((op, name))
             if len(self.first_registers) == 2:
@@ -1491,6 +1502,23 @@ class DriverWatch:
         register, rules = self.odd
         for rule in rules:
             self._fail(rule, f"{what} after {register} read an odd value")
+
+    def _on_generation(self, value: int) -> None:
+        """A ConfigGeneration read: it closes the config reads since the previous one."""
+        if self.gen_open is not None and self.gen_config_read:
+            if value != self.gen_open:
+                self.gen_retry = f"ConfigGeneration {self.gen_open} -> {value} across config reads"
+            elif self.gen_retry is not None:
+                self.gen_retry = None
+                self._ok("config.drv.generation-loop")  # read again until it held still
+        self.gen_open = value
+        self.gen_config_read = False
+
+    def _went_on(self, what: str) -> None:
+        """The driver acted on config values read while the generation moved."""
+        if self.gen_retry is not None:
+            why, self.gen_retry = self.gen_retry, None
+            self._fail("config.drv.generation-loop", f"{why}, then {what} without reading them again")
 
     def on_misuse(self, kind: str, message: str) -> None:
         if self.stopped is not None:
