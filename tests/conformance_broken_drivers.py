@@ -16,11 +16,11 @@ from guest.transport.mmio import MmioTransportDriver
 from guest.transport.pci_common import NoDevice
 from guest.transport.pci_legacy import PciLegacyTransport
 from guest.transport.pci_modern import PciModernTransport
-from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
+from guest.virtio import GuestVirtqueue, ProbeRefused, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
 from virtio_sim.layouts import VIRTIO_CFG_CAP
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import BLK_T, DESC_F, MMIO, PCI, PCI_CAP, STATUS, USED_F, F, bit
+from virtio_sim.spec import BLK_T, DESC_F, FEATURES, MMIO, PCI, PCI_CAP, STATUS, USED_F, F, bit
 
 
 class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
@@ -416,6 +416,24 @@ class TrustsFirstGeneration(VirtioGuestDevice):
         await super().negotiate(driver_features)
 
 
+class FailsOnUnknownFeature(VirtioGuestDevice):
+    """Gives up (FAILED) when the device offers a feature bit it has never heard of."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        inner = self.transport.get_features
+
+        async def get_features() -> int:
+            offered = await inner()
+            unknown = [b for b in range(64) if offered >> b & 1 and FEATURES.lookup(b, "rng") is None]
+            if unknown:
+                await self.fail(f"unknown feature bits {unknown}")
+                raise ProbeRefused("features", f"unknown feature bits {unknown}")
+            return offered
+
+        self.transport.get_features = get_features  # type: ignore[method-assign]
+        await super().negotiate(driver_features)
+
+
 class IgnoresIommu(VirtioGuestDevice):
     """Negotiates ACCESS_PLATFORM but hands the device guest-physical addresses (a driver
     that never uses the DMA API: policy dma_api=never)."""
@@ -528,6 +546,9 @@ BROKEN: dict[str, Broken] = {
     ),
     "unusable-config-window": Broken(
         UnusableConfigWindow, "rng", "pci-modern", ("pci.cfgcap.drv-aligned", "pci.cfgcap.drv-valid-range")
+    ),
+    "fails-on-unknown-feature": Broken(
+        FailsOnUnknownFeature, "rng", "mmio-v2", ("features.drv.no-fail-on-unknown",)
     ),
     "ignores-iommu": Broken(
         IgnoresIommu, "iommu", "pci-modern", ("features.drv.access-platform-iommu",), {"dma_api": "never"}

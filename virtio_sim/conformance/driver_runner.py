@@ -35,13 +35,13 @@ from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.conformance.catalog import Catalog
-from virtio_sim.conformance.driver_watch import MATCH_RULE, PRESENTED, DriverWatch
+from virtio_sim.conformance.driver_watch import MATCH_RULE, PRESENTED, UNKNOWN_FEATURE, DriverWatch
 from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
 from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_device_profile, load_driver_profile
-from virtio_sim.spec import STATUS, USED_F, F
+from virtio_sim.spec import FEATURES, STATUS, USED_F, F, bit
 
 DEVICE_PROFILE = "qemu-7.2"
 #: blk without the workload's deliberate read past the end (a device probe, not driver behaviour)
@@ -210,7 +210,20 @@ def judge_presented(log: FindingLog, result: RunResult, watches: list[DriverWatc
     for watch in watches:
         if watch.presented and not watch.reset_seen:
             for what in watch.presented:
-                log.failed(PRESENTED[what], f"no driver took a device presenting {what}: {result.detail}")
+                if what in PRESENTED:  # (an unknown feature bit is judged by the watch)
+                    why = f"no driver took a device presenting {what}: {result.detail}"
+                    log.failed(PRESENTED[what], why)
+
+
+def unknown_feature(vdev: VirtioDevice) -> int | None:
+    """A feature bit no spec defines for ``vdev``'s type, in the high window (so only a
+    device with VERSION_1 can offer it); None for a legacy-only device."""
+    if not vdev.transport_features.version_1:
+        return None
+    return next(b for b in range(UNKNOWN_FEATURE_FROM, 64) if FEATURES.lookup(b, vdev.model.type_key) is None)
+
+
+UNKNOWN_FEATURE_FROM = 48  # search undefined bits from here (transport bits end well before)
 
 
 def should_bind(policy: GuestPolicy, transport: str) -> bool:
@@ -255,6 +268,10 @@ def watch_host(
                 presented = modern.present_odd_capabilities()
                 if vdev.modern_only:
                     presented.append(modern.present_odd_revision())
+            unknown = unknown_feature(vdev)
+            if unknown is not None and odd is None:
+                vdev.transport_features.unknown = bit(unknown)
+                presented.append(UNKNOWN_FEATURE)
             if odd is not None and isinstance(vdev.sink, MmioTransport):
                 vdev.sink.present_odd(odd)
                 presented = [odd]

@@ -65,6 +65,8 @@ PRESENTED = {
     "large-cap-len": "pci.cap.drv-accept-large-cap-len",
     "odd-revision": "pci.id.drv-any-revision",
 }
+#: a feature bit no spec defines, offered on every driver run (driver_runner.unknown_feature)
+UNKNOWN_FEATURE = "unknown-feature"
 #: odd mmio identification value presented (host MmioTransport.present_odd) -> the
 #: register that reveals it and the rules of a driver that then leaves the device alone
 ODD_MMIO: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -206,6 +208,11 @@ CONDITIONS: dict[str, str] = {
     "iommu.req.drv-input-range": "IOMMU_INPUT_RANGE",
     "features.legacy.drv-accept-any-layout": "!VERSION_1",
 }
+
+
+def known_feature_mask(device_type: str) -> int:
+    """The feature bits the spec defines for ``device_type`` (and the transport)."""
+    return sum(1 << b for b in range(64) if FEATURES.lookup(b, device_type) is not None)
 
 
 @dataclass
@@ -1596,6 +1603,14 @@ class DriverWatch:
                 "features.drv.access-platform-iommu"
                 if self.has(F.ACCESS_PLATFORM)
                 else "features.drv.physical-addresses"
+            )
+        if UNKNOWN_FEATURE in self.presented and self.offered and not self._vhost:
+            unknown = self.source.device_features & ~known_feature_mask(self.device_type)
+            self._check(
+                "features.drv.no-fail-on-unknown",
+                self.driver_ok_seen,
+                f"offered feature bits {unknown:#x} no spec defines; the driver never set DRIVER_OK"
+                f" (status {status_names(self.status)})",
             )
         if self.odd is not None and self.odd_seen and not self.odd_touched:
             self._ok(*self.odd[1])  # read the odd value, then touched nothing more
