@@ -434,6 +434,19 @@ class FailsOnUnknownFeature(VirtioGuestDevice):
         await super().negotiate(driver_features)
 
 
+class AssumesVersion1(VirtioGuestDevice):
+    """Takes VERSION_1 as offered on a modern interface whatever the device says, and goes on."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        inner = self.transport.get_features
+
+        async def get_features() -> int:
+            return int(await inner()) | bit(F.VERSION_1)
+
+        self.transport.get_features = get_features  # type: ignore[method-assign]
+        await super().negotiate(driver_features)
+
+
 class IgnoresIommu(VirtioGuestDevice):
     """Negotiates ACCESS_PLATFORM but hands the device guest-physical addresses (a driver
     that never uses the DMA API: policy dma_api=never)."""
@@ -549,6 +562,9 @@ BROKEN: dict[str, Broken] = {
     ),
     "fails-on-unknown-feature": Broken(
         FailsOnUnknownFeature, "rng", "mmio-v2", ("features.drv.no-fail-on-unknown",)
+    ),
+    "assumes-version-1": Broken(
+        AssumesVersion1, "rng", "mmio-v2", ("features.drv.fail-if-no-fallback",), odd="no-version-1"
     ),
     "ignores-iommu": Broken(
         IgnoresIommu, "iommu", "pci-modern", ("features.drv.access-platform-iommu",), {"dma_api": "never"}

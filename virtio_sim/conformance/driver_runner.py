@@ -35,7 +35,13 @@ from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.conformance.catalog import Catalog
-from virtio_sim.conformance.driver_watch import MATCH_RULE, PRESENTED, UNKNOWN_FEATURE, DriverWatch
+from virtio_sim.conformance.driver_watch import (
+    MATCH_RULE,
+    NO_VERSION_1,
+    PRESENTED,
+    UNKNOWN_FEATURE,
+    DriverWatch,
+)
 from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
 from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
@@ -272,7 +278,10 @@ def watch_host(
             if unknown is not None and odd is None:
                 vdev.transport_features.unknown = bit(unknown)
                 presented.append(UNKNOWN_FEATURE)
-            if odd is not None and isinstance(vdev.sink, MmioTransport):
+            if odd == NO_VERSION_1 and vdev is not setup.iommu_device:
+                vdev.transport_features.version_1 = False  # on a modern-only interface
+                presented = [odd]
+            if odd in ODD_KINDS and isinstance(vdev.sink, MmioTransport):
                 vdev.sink.present_odd(odd)
                 presented = [odd]
             if traps is not None and vdev is not setup.iommu_device:
@@ -317,7 +326,8 @@ async def run_driver_check(
     """One run of a guest (its policy may carry a seeded broken device class) against one
     device with a watch; None when a strict stop ended it. ``odd`` (mmio transports, a key
     of host.transport.mmio.ODD_KINDS): the device presents that odd identification value
-    (the watch judges whether the driver left it alone) or moves the config generation."""
+    (the watch judges whether the driver left it alone) or moves the config generation;
+    NO_VERSION_1 (modern interfaces): the device does not offer VERSION_1."""
     if transport not in TRANSPORTS:
         raise DriverTargetError(f"unknown transport {transport!r} ({', '.join(TRANSPORTS)})")
     if ring not in RINGS:
@@ -382,6 +392,10 @@ async def run_driver_target(
         if result is None:
             break  # strict stop
     else:
+        if transport in ("mmio-v2", "pci-modern"):  # a modern interface without VERSION_1
+            result = await run_driver_check(
+                replace(guest), device="rng", transport=transport, ring=ring, log=log, odd=NO_VERSION_1
+            )
         if transport.startswith("mmio"):
             for odd in ODD_KINDS:  # the driver meets odd identification values, a moving generation
                 result = await run_driver_check(

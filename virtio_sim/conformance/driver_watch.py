@@ -67,6 +67,8 @@ PRESENTED = {
 }
 #: a feature bit no spec defines, offered on every driver run (driver_runner.unknown_feature)
 UNKNOWN_FEATURE = "unknown-feature"
+#: a modern interface whose device does not offer VERSION_1 (driver_runner, odd=...)
+NO_VERSION_1 = "no-version-1"
 #: odd mmio identification value presented (host MmioTransport.present_odd) -> the
 #: register that reveals it and the rules of a driver that then leaves the device alone
 ODD_MMIO: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -373,6 +375,15 @@ class DriverWatch:
             not cleared,
             f"status write {status_names(value)} clears {status_names(cleared)} of {status_names(old)}",
         )
+        if NO_VERSION_1 in self.presented and value & ~old:
+            # a driver needs VERSION_1 on a modern interface: FAILED, not FEATURES_OK/DRIVER_OK
+            if value & ~old & (STATUS.FEATURES_OK | STATUS.DRIVER_OK):
+                self._fail(
+                    "features.drv.fail-if-no-fallback",
+                    f"{status_names(value)} written although the device offers no VERSION_1",
+                )
+            elif value & STATUS.FAILED:
+                self._ok("features.drv.fail-if-no-fallback")
         if value & STATUS.FAILED:
             self.failed_set = True
         if old & STATUS.FAILED and value & ~old & ~STATUS.FAILED:
