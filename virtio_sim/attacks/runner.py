@@ -43,10 +43,20 @@ def applies(s: Scenario, t: Target) -> bool:
     )
 
 
+def tolerated(s: Scenario, t: Target) -> bool:
+    """Whether ``t`` runs lenient rings that accept what ``s`` does (see Scenario.lenient)."""
+    return not t.strict and t.ring in s.lenient
+
+
 def judge(s: Scenario, b: Bench) -> tuple[Verdict, str, str | None]:
     vdev = b.vdevs[0]
     fired = [v for v in vdev.violations if v.policy in ACTIVE]
     policy = fired[0].policy if fired else None
+    if tolerated(s, b.target):
+        flagged = [v.violation for v in vdev.violations if v.violation in s.classes]
+        if flagged:
+            return Verdict.FAILURE, f"lenient rings still flagged {flagged[0]}", policy
+        return Verdict.HANDLED, "tolerated", policy or "tolerated"
     if s.expect is Expect.VIOLATION:
         hits = [v for v in fired if not s.classes or v.violation in s.classes]
         if not hits:
