@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
 from virtio_sim.attacks.corpus_wire import run_wire_corpus, vu
 from virtio_sim.attacks.device_side import TOLERABLE, driver_cases, profiles, run_driver_case
 from virtio_sim.attacks.forge import INDIRECT, WRITE, SplitForge
-from virtio_sim.attacks.runner import CASE_SECONDS, run_case, run_cases, run_sync
+from virtio_sim.attacks.runner import CASE_SECONDS, STOP_GRACE, run_case, run_cases, run_sync
 from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
 from virtio_sim.dma import IdentityAddressSpace
@@ -152,14 +153,42 @@ def test_the_oracle_sees_a_crash_a_failure_and_a_hang(tmp_path: Path) -> None:
     r = run_case(_planted(nothing, Expect.VIOLATION), t, str(tmp_path))
     assert r.verdict is Verdict.FAILURE and "expected a violation" in r.detail
 
-    def slow(s: Scenario, t: Target, scratch: str) -> CaseResult:
-        time.sleep(1.5)
+
+def test_a_hung_case_is_stopped_not_abandoned(tmp_path: Path) -> None:
+    """A case spinning past its bound gets CaseTimeout raised in its thread: the bench is
+    closed by the case's own cleanup and no thread outlives the run."""
+    unwound: list[str] = []
+
+    def spin(b: Bench) -> None:
+        b.bring_up()
+        try:
+            while True:
+                pass
+        finally:
+            unwound.append("finally")
+
+    t = Target("rng", "mmio-v2", "split")
+    start = time.monotonic()
+    summary = trio.run(lambda: run_cases([(_planted(spin), t)], str(tmp_path), bound=0.3))
+    r = summary.results[0]
+    assert r.verdict is Verdict.HANG and "stopped" in r.detail, r.detail
+    assert unwound == ["finally"] and summary.leaked == [] and summary.counts()["leaked"] == 0
+    assert not [th for th in threading.enumerate() if th.name.startswith("attack ")]
+    assert time.monotonic() - start < 0.3 + STOP_GRACE + 1.0
+
+    # a thread blocked in one system call cannot be interrupted: it is reported as leaked,
+    # the runner does not wait for it, and it unwinds as soon as the call returns
+    def sleeper(s: Scenario, t: Target, scratch: str) -> CaseResult:
+        time.sleep(2.0)
         return CaseResult(s.id, t.name, Verdict.HANDLED)
 
     start = time.monotonic()
-    summary = trio.run(lambda: run_cases([(_planted(nothing), t)], str(tmp_path), bound=0.2, case=slow))
-    assert summary.results[0].verdict is Verdict.HANG
-    assert time.monotonic() - start < 1.0  # the runner did not wait for the stuck case
+    summary = trio.run(lambda: run_cases([(_planted(spin), t)], str(tmp_path), bound=0.2, case=sleeper))
+    assert time.monotonic() - start < 1.8  # the runner did not wait for the stuck case
+    assert summary.results[0].verdict is Verdict.HANG and len(summary.leaked) == 1
+    (stuck,) = [th for th in threading.enumerate() if th.name == summary.leaked[0]]
+    stuck.join(5)
+    assert not stuck.is_alive()
     assert CASE_SECONDS <= 10
 
 
