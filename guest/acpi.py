@@ -39,9 +39,10 @@ from virtio_sim.acpi_layouts import (
     decode_pkg_length,
     sums_to_zero,
 )
+from virtio_sim.spec import LIMITS
 
 MAX_DEPTH = 32  # nesting of Scope/Device/Buffer the reader follows
-MAX_TABLE = 1 << 20  # a table longer than this is a lie (QEMU's largest are a few KiB)
+MAX_TABLE = LIMITS.guest.max_acpi_table  # a table longer than this is a lie (specs/limits.toml)
 MAX_VIOT_NODES = 4096
 MAX_PCI_RANGE = 1 << 16
 # Opcodes whose body is a PkgLength-sized blob this reader skips (ACPI 6.x 20.2.5).

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from guest.acpi import AcpiError, table_length
 from host.devices.hostile import LIES
 from host.devices.rng import RngDevice
 from host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
@@ -29,6 +30,7 @@ from host.remote_dma import DmaPort
 from host.vhost_user_wire import VhostUserProtocolError, receive_message
 from host.virtio_device import VirtioDevice
 from virtio_sim import cli, wire
+from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
 from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
 from virtio_sim.attacks.corpus_wire import run_wire_corpus, vu
@@ -565,6 +567,18 @@ async def test_bound_vhost_user_memory_regions(tmp_path: Path) -> None:
     (case,) = [c for c in WIRE_CASES if c.id == "vu-mem-table-too-many-regions"]
     (r,) = await run_wire_corpus(str(tmp_path), [case])
     assert r.verdict is Verdict.HANDLED and r.policy == "refused", (r.policy, r.detail)
+
+
+def test_bound_acpi_table_length() -> None:
+    """A hostile firmware table claiming more than the bound is refused by the guest."""
+    limit = LIMITS.guest.max_acpi_table
+
+    def header(n: int) -> bytes:
+        return b"DSDT" + n.to_bytes(4, "little") + bytes(SDT_HEADER_SIZE - 8)
+
+    assert table_length(header(limit)) == limit
+    with pytest.raises(AcpiError, match="impossible length"):
+        table_length(header(limit + 1))
 
 
 async def test_bound_connections(tmp_path: Path) -> None:

@@ -418,12 +418,24 @@ class HostLimits:
     max_guests: int
 
 
+class ConsoleLimits:
+    control_message_bytes: int
+    rx_backlog_bytes: int
+    tx_chain_bytes: int
+
+
+class GuestLimits:
+    max_acpi_table: int
+
+
 @dataclass(frozen=True)
 class Limits:
     indirect: IndirectLimits
     wire: WireLimits
     vhost_user: VhostUserMessageLimits
     host: HostLimits
+    console: ConsoleLimits
+    guest: GuestLimits
 
 
 def _limit_table(cls: type[_T], name: str) -> _T:
@@ -444,6 +456,8 @@ LIMITS = Limits(
     wire=_limit_table(WireLimits, "wire"),
     vhost_user=_limit_table(VhostUserMessageLimits, "vhost_user"),
     host=_limit_table(HostLimits, "host"),
+    console=_limit_table(ConsoleLimits, "console"),
+    guest=_limit_table(GuestLimits, "guest"),
 )
 
 # --------------------------------------------------------------------------- blk
