@@ -78,6 +78,8 @@ class PciFirmware:
     ecam_buses: int
     mem: tuple[int, int]
     io: tuple[int, int]
+    #: where the guest learned it: "cmdline" (``virtio_sim.pci=``) or "acpi" (MCFG + _CRS)
+    source: str = "cmdline"
 
 
 def parse_pci_param(cmdline: str) -> PciFirmware | None:

@@ -11,13 +11,14 @@ configuration table does on real arm64); with acpi=off a device tree instead
 
 from __future__ import annotations
 
-from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, ViotTopology, build_tables
+from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, PciBridgeEntry, ViotTopology, build_tables
 from host.fdt import virt_fdt
 from host.machine import Machine
 from host.machine_types import MachineSpec
 from host.transport.mmio import MMIO_WINDOW
 from virtio_sim.acpi_layouts import FDT, RSDP
 from virtio_sim.memory import GuestMemory
+from virtio_sim.spec import PCI_CFG
 
 
 def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
@@ -37,10 +38,14 @@ def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
     iommu = next((s for s in machine.slots if s.transport.device.type.key == "iommu"), None)
     if iommu is not None:
         viot = ViotTopology(iommu.base, dict(machine.iommu_endpoints), dict(machine.iommu_pci_endpoints))
-    ecam = None
-    if machine.pci is not None and machine.pci.ecam_base is not None:
-        ecam = (machine.pci.ecam_base, machine.pci.ecam_buses)
-    return AcpiPlan(entries, spec.mmio_hid, hw_reduced=not spec.facts["pci"], viot=viot, ecam=ecam)
+    ecam, bridge = None, None
+    if machine.pci is not None:
+        w = machine.pci.windows
+        bridge = PciBridgeEntry(machine.pci.ecam_buses or PCI_CFG.buses, w.io, w.mem)
+        if machine.pci.ecam_base is not None:
+            ecam = (machine.pci.ecam_base, machine.pci.ecam_buses)
+    hw_reduced = not spec.facts["pci"]
+    return AcpiPlan(entries, spec.mmio_hid, hw_reduced=hw_reduced, viot=viot, ecam=ecam, pci=bridge)
 
 
 def install_acpi(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> AcpiTables:

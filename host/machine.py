@@ -7,9 +7,10 @@ QEMU 7.2 does). Without firmware (the default machine, QEMU microvm's acpi=off) 
 learns the transports from Linux's ``virtio_mmio.device=`` kernel parameter
 (``size@base:irq``); a machine built with ``-M`` gets ACPI tables or a device tree from
 :mod:`host.firmware` and the command line then carries only :attr:`Machine.boot_params`.
-A machine with PCI (``attach_q35_pci``) also describes its ECAM window and BAR windows on
-the command line (``virtio_sim.pci=ecam@BASE/BUSES,mem@START-END,io@START-END``), standing
-in for ACPI's MCFG table and the host bridge's resources.
+A machine with PCI (``attach_q35_pci``) but no ACPI tables describes its ECAM window and
+BAR windows on the command line (``virtio_sim.pci=ecam@BASE/BUSES,mem@START-END,io@START-END``),
+standing in for ACPI's MCFG table and the host bridge's _CRS; with ACPI (``-M q35``) the
+tables carry them.
 
 Accesses to addresses where no device sits read as 0 and are ignored on write (QEMU's
 unassigned memory), recorded in :attr:`Machine.notes`.
@@ -153,10 +154,11 @@ class Machine:
             for s in sorted(self.slots, key=lambda s: s.base)
         ]
         if self.firmware is not None:
-            # The DSDT lists the transports and the VIOT the IOMMU topology; the PCI
-            # windows still come from the command line (no host bridge _CRS yet).
+            # The DSDT lists the transports and the VIOT the IOMMU topology.
             params = list(self.boot_params)
-        if self.pci is not None:
+        if self.pci is not None and self.firmware != "acpi":
+            # Without ACPI (the default machine, -M q35,acpi=off) the command line stands
+            # in for the MCFG and the host bridge's _CRS.
             w = self.pci.windows
             parts = []
             if self.pci.ecam_base is not None:

@@ -139,7 +139,7 @@ def test_driver_without_acpi_matching_finds_nothing_on_acpi_machines() -> None:
 
 def test_hostile_dsdt_is_a_probe_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # A package that claims far more than its parent holds; the checksum is right.
-    monkeypatch.setattr(host_acpi, "dsdt_aml", lambda entries, hid: b"\x10\xff\xff\xff\x0f_SB_")
+    monkeypatch.setattr(host_acpi, "dsdt_aml", lambda entries, hid, pci=None: b"\x10\xff\xff\xff\x0f_SB_")
     r = _run("virt", "virtio-rng-device")
     assert r.outcome is Outcome.NOT_PROBED
     assert "ACPI" in r.detail and "claims" in r.detail
@@ -247,6 +247,16 @@ def test_iasl_accepts_every_table(tmp_path: Path) -> None:
     assert "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive" in dsdt
     fadt = _iasl(tmp_path, "facp", t["FACP"])
     assert "DSDT Address : 0000000000080000" in fadt and "Hardware Reduced (V5) : 0" in fadt
+    # q35's host bridge in QEMU's shape, its _CRS decoded by iasl as the ASL QEMU's has
+    assert "Device (PCI0)" in dsdt and 'EisaId ("PNP0A08")' in dsdt and 'EisaId ("PNP0A03")' in dsdt
+    assert "Name (_SEG, Zero)" in dsdt and "Name (_BBN, Zero)" in dsdt
+    assert "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode," in dsdt
+    assert dsdt.count("WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,") == 2
+    assert "IO (Decode16,\n                    0x0CF8," in dsdt
+    assert "0xC0000000,         // Range Minimum\n                    0xFEBFFFFF" in dsdt
+    assert (
+        "0x0000C000,         // Range Minimum" not in dsdt and "0xC000,             // Range Minimum" in dsdt
+    )
     mcfg = _iasl(tmp_path, "mcfg", t["MCFG"])
     assert "Base Address : 00000000B0000000" in mcfg and "End Bus Number : FF" in mcfg
     xsdt = _iasl(tmp_path, "xsdt", t["XSDT"])
@@ -328,6 +338,74 @@ def test_hostile_tables_are_refused_with_reasons() -> None:
     viot[36:38] = (500).to_bytes(2, "little")  # node_count past the end
     with pytest.raises(AcpiError, match=r"past the end|bad length"):
         parse_viot(_fixed(viot))
+
+
+def test_q35_pci_comes_from_mcfg_and_the_host_bridge_crs() -> None:
+    from guest.pci import PciFirmware, parse_pci_param
+    from host.machine import Q35_ECAM_BASE, Q35_ECAM_BUSES, Q35_PCI_IO_WINDOW, Q35_PCI_MEM_WINDOW
+
+    setup = build_host(
+        HostConfig(["virtio-rng-pci"], "pci-modern", 8 << 20, machine="q35", scratch_dir="/tmp")
+    )
+    try:
+        cmdline = setup.machine.kernel_cmdline()
+        assert parse_pci_param(cmdline) is None and "virtio_sim.pci" not in cmdline  # no stand-in
+        view = discover(setup.memory, cmdline)
+        assert view.errors == [] and view.pci_bridge == "\\_SB.PCI0"
+        want = PciFirmware(Q35_ECAM_BASE, Q35_ECAM_BUSES, Q35_PCI_MEM_WINDOW, Q35_PCI_IO_WINDOW, "acpi")
+        assert view.pci == want
+    finally:
+        setup.close()
+    # the whole run enumerates through the ECAM the MCFG gave
+    r = _run("q35", "virtio-rng-pci")
+    assert r.outcome is Outcome.OK and [p["source"] for p in _bound(r)] == ["pci"]
+    # without ACPI the command line still stands in for the tables
+    setup = build_host(HostConfig(["virtio-rng-pci"], "pci-modern", 8 << 20, machine="q35,acpi=off"))
+    try:
+        fw = parse_pci_param(setup.machine.kernel_cmdline())
+        assert fw is not None and fw.source == "cmdline" and fw.ecam_base == Q35_ECAM_BASE
+    finally:
+        setup.close()
+
+
+def test_host_bridge_reader_follows_qemus_scope_form_and_refuses_bad_windows() -> None:
+    from guest.acpi import AcpiDevice
+    from guest.pci_firmware import pci_from_acpi
+
+    # QEMU q35: Device (PCI0) in Scope (_SB), its _CRS later in Scope (\_SB.PCI0)
+    head = host_acpi.name("_HID", host_acpi.eisa_id("PNP0A08"))
+    crs = (
+        host_acpi.address_space(2, 2, 0, 0, 0xFF)
+        + host_acpi.address_space(2, 1, 3, 0x0D00, 0xFFFF)
+        + host_acpi.address_space(4, 0, 1, 0x04000000, 0xAFFFFFFF)
+        + host_acpi.address_space(4, 0, 1, 0xC0000000, 0xFEBFFFFF)
+        + host_acpi.address_space(8, 0, 3, 1 << 32, (9 << 32) - 1)
+        + b"\x79\x00"
+    )
+    inner = b"\\\x2e_SB_PCI0" + host_acpi.name("_CRS", host_acpi.buffer(crs))
+    later = bytes([0x10]) + encode_pkg_length(len(inner)) + inner
+    aml = host_acpi.scope("_SB", host_acpi.device("PCI0", head)) + later
+    (dev,) = parse_dsdt(sdt("DSDT", 2, aml)).devices
+    assert dev.hid == "PNP0A08" and dev.bus_ranges == [(0, 0xFF)] and dev.io_windows == [(0x0D00, 0xFFFF)]
+    assert dev.mem_windows[-1] == (1 << 32, (9 << 32) - 1)
+    fw = pci_from_acpi(dev, [(0xB0000000, 0, 0, 255)])
+    # the largest 32-bit window and the largest I/O window; ECAM from the MCFG
+    assert (fw.ecam_base, fw.ecam_buses, fw.mem, fw.io) == (
+        0xB0000000,
+        256,
+        (0x04000000, 0xB0000000),
+        (0xD00, 0x10000),
+    )
+    assert pci_from_acpi(dev, None).ecam_base is None  # no MCFG: 0xCF8/0xCFC
+    with pytest.raises(AcpiError, match="no allocation covers segment 0"):
+        pci_from_acpi(dev, [(0xB0000000, 1, 0, 255)])
+    with pytest.raises(AcpiError, match="no I/O window"):
+        pci_from_acpi(AcpiDevice("\\_SB.PCI0", mem_windows=[(0xC0000000, 0xFEBFFFFF)]), None)
+    bad = AcpiDevice("B")
+    with pytest.raises(AcpiError, match="inconsistent"):  # maximum below minimum
+        parse_resources(host_acpi.address_space(4, 0, 1, 0xC0000000, 0xBFFFFFFF) + b"\x79\x00", bad)
+    with pytest.raises(AcpiError, match="need 23"):  # a DWord descriptor cut to a Word's size
+        parse_resources(b"\x87\x0d\x00" + bytes(13) + b"\x79\x00", bad)
 
 
 def test_crs_descriptors_checked() -> None:
