@@ -172,3 +172,27 @@ def test_lease_path_reads_each_descriptor_once() -> None:
     mem.write(RING.desc + 16 * head, desc_codec().pack(0xDEAD0000, 0xFFFF, DESC_F.WRITE, 0))
     assert chain.readable == [(DATA, 16)] and chain.writable == [(DATA + 64, 32)]
     mem.close()
+
+
+def test_fast_paths_honour_hooks_a_subclass_overrides() -> None:
+    """Checkers swap in rings that misbehave on purpose (tests/conformance_broken*.py);
+    the lease paths must not go around their hooks."""
+
+    class TakesFromTheTop(SplitDriverQueue):
+        def _take(self) -> int:
+            return self.free.popleft()
+
+    class ReportsOneMore(SplitDeviceQueue):
+        def _write_used(self, head: int, written: int, count: int) -> None:
+            super()._write_used(head, written + 1, count)
+
+    mem = GuestMemory.create(1 << 20)
+    drv = TakesFromTheTop(mem, Q, RING)
+    dev = ReportsOneMore(IdentityAddressSpace(mem), Q, RING)
+    assert drv.add([], [(DATA, 64)], "a") == Q - 1
+    assert drv.add_batch([((), ((DATA, 64),), "b")]) == [Q - 2]
+    a, b = dev.pop_batch(Q)
+    dev.push(a.head, 10)
+    dev.push_batch([(b.head, 20)])
+    assert drv.get_used_batch() == [("a", 11), ("b", 21)]
+    mem.close()

@@ -253,7 +253,7 @@ def fuzz_for(seconds: float, seed: int | None = None, examples: int = 50) -> lis
         rounds += 1
         for machine in MACHINES:
             try:
-                run_state_machine_as_test(machine, settings=budget)  # type: ignore[no-untyped-call]
+                run_state_machine_as_test(machine, settings=budget)  # type: ignore[no-untyped-call, unused-ignore]
             except Exception:  # a failure hypothesis already shrank
                 found.append(f"{machine.__name__}: {traceback.format_exc(limit=-6)}")
         frames_test = budget(given(frames_strategy)(fuzz_frames))

@@ -449,7 +449,8 @@ class PackedDeviceQueue:
         if not self.in_order:
             del self._buffers[head]
             dl = self._dl
-            if dl is not None and dl.valid:  # _write_used() through the lease
+            # _write_used() through the lease, unless a subclass changed it
+            if dl is not None and dl.valid and type(self)._write_used is PackedDeviceQueue._write_used:
                 self.published += 1
                 pos, size = self._used_pos, self.size
                 flags = (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0)

@@ -540,7 +540,8 @@ class SplitDeviceQueue:
         if not self.in_order:
             in_flight.discard(head)
             ul = self._ul
-            if ul is not None and ul.valid:  # _write_used() inlined: the element, then idx
+            # _write_used() inlined (the element, then idx) unless a subclass changed it
+            if ul is not None and ul.valid and type(self)._write_used is SplitDeviceQueue._write_used:
                 self.published += 1
                 idx = self.used_idx
                 words = self._words
@@ -572,7 +573,13 @@ class SplitDeviceQueue:
         The same checks as push(); a bad head raises ValueError after the completions
         before it are published (elements, then the index)."""
         ul, words = self._ul, self._words
-        if self.in_order or words is None or ul is None or not ul.valid:
+        if (
+            self.in_order
+            or words is None
+            or ul is None
+            or not ul.valid
+            or type(self)._write_used is not SplitDeviceQueue._write_used
+        ):
             for head, written in completions:
                 self.push(head, written)
             return
@@ -815,7 +822,7 @@ class SplitDriverQueue:
             # written through the ring leases (see _add_direct).
             free = self.free
             if nsegs == 1 and free:
-                head = free.popleft() if self.in_order else free.pop()
+                head = self._take()  # a subclass may choose descriptors differently
                 if out:
                     (a, n), writable_len, fl = out[0], 0, 0
                 else:
@@ -896,7 +903,14 @@ class SplitDriverQueue:
         dl, al, words = self._dl, self._al, self._words
         if self.broken:
             raise self.broken
-        if words is None or dl is None or al is None or not (dl.valid and al.valid) or self.in_order:
+        if (
+            words is None
+            or dl is None
+            or al is None
+            or not (dl.valid and al.valid)
+            or self.in_order
+            or type(self)._take is not SplitDriverQueue._take
+        ):
             for out, in_, token in chains:
                 heads.append(self.add(out, in_, token))
             return heads
@@ -962,6 +976,7 @@ class SplitDriverQueue:
                 raise err
             return done
         u32, mask, size, free = words[2], self._mask, self.size, self.free
+        plain_release = type(self)._release is SplitDriverQueue._release
         for _ in range(ahead):
             w = _ELEM_W32 + _ELEM_WORDS * (last & mask)
             head, length = u32[w], u32[w + 1]
@@ -979,10 +994,10 @@ class SplitDriverQueue:
             self.last_used = last
             del inflight[head]
             descs = st.descs
-            if len(descs) == 1:
+            if len(descs) == 1 and plain_release:
                 free.append(descs[0])
             else:
-                free.extend(reversed(descs))
+                self._release(descs)
             if st.indirect is not None and self.indirect_pool is not None:
                 self.indirect_pool.free(st.indirect)
             done.append((st.token, length))
@@ -1001,7 +1016,7 @@ class SplitDriverQueue:
         free = self.free
         if nsegs > len(free):
             raise QueueFullError(f"chain needs {nsegs} descriptors, {len(free)} free")
-        take = free.popleft if self.in_order else free.pop
+        take = self._take
         descs = [take() for _ in range(nsegs)]
         view = self._dl.view
         pack_into = self._desc.pack_into
@@ -1108,10 +1123,10 @@ class SplitDriverQueue:
             self.last_used = (last + 1) & IDX_MASK
             del inflight[head]
             descs = st.descs
-            if len(descs) == 1:
+            if len(descs) == 1 and type(self)._release is SplitDriverQueue._release:
                 self.free.append(descs[0])
             else:
-                self.free.extend(reversed(descs))
+                self._release(descs)
             if st.indirect is not None and self.indirect_pool is not None:
                 self.indirect_pool.free(st.indirect)
             return st.token, length
