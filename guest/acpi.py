@@ -81,6 +81,7 @@ class AcpiDevice:
     io_windows: list[tuple[int, int]] = field(default_factory=list)
     mem_windows: list[tuple[int, int]] = field(default_factory=list)
     io_ports: list[tuple[int, int]] = field(default_factory=list)  # IO(): (base, length)
+    io_translation: int = 0  # CPU address of port 0 (arm: the PIO window), from the _CRS
 
 
 @dataclass
@@ -508,13 +509,14 @@ def _address_space(dev: AcpiDevice, tag: int, body: bytes) -> None:
             f"{dev.path}._CRS: address range {low:#x}-{high:#x} with length {length:#x} is inconsistent"
         )
     kind = body[0]
-    span = (low + offset, high + offset)
+    # bus-side ranges (what BARs hold); the CPU sees them at range + translation offset
     if kind == RES["space_memory"]:
-        dev.mem_windows.append(span)
+        dev.mem_windows.append((low + offset, high + offset))
     elif kind == RES["space_io"]:
-        dev.io_windows.append(span)
+        dev.io_windows.append((low, high))
+        dev.io_translation = offset or dev.io_translation
     elif kind == RES["space_bus"]:
-        dev.bus_ranges.append(span)
+        dev.bus_ranges.append((low, high))
 
 
 def parse_dsdt(data: bytes) -> DsdtInfo:

@@ -153,7 +153,9 @@ def discover(memory: ByteAccess, cmdline: str, ram_base: int = 0) -> FirmwareVie
         if bridge is not None:
             mcfg_at = view.tables.get(SIG["mcfg"])
             mcfg = parse_mcfg(read_table(memory, mcfg_at)) if mcfg_at is not None else None
-            view.pci = pci_from_acpi(bridge, mcfg)
+            # MSIs need a target: x86's LAPIC window is architectural; on arm (RAM not at 0)
+            # an MSI controller would have to be in the tables, and ours carry none.
+            view.pci = pci_from_acpi(bridge, mcfg, msi=ram_base == 0)
             view.pci_bridge = bridge.path
         viot_at = view.tables.get(SIG["viot"])
         if viot_at is not None:

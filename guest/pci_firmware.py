@@ -32,7 +32,9 @@ def _largest(windows: list[tuple[int, int]]) -> tuple[int, int] | None:
     return low, high + 1
 
 
-def pci_from_acpi(bridge: AcpiDevice, mcfg: list[tuple[int, int, int, int]] | None) -> PciFirmware:
+def pci_from_acpi(
+    bridge: AcpiDevice, mcfg: list[tuple[int, int, int, int]] | None, *, msi: bool = True
+) -> PciFirmware:
     """The bridge's windows and the ECAM of its segment; AcpiError when its _CRS lacks a
     window the enumeration needs or the MCFG does not cover its buses."""
     mem = _largest([w for w in bridge.mem_windows if w[1] < FOUR_GIB])
@@ -51,4 +53,4 @@ def pci_from_acpi(bridge: AcpiDevice, mcfg: list[tuple[int, int, int, int]] | No
     else:
         if mcfg:
             raise AcpiError(f"MCFG: no allocation covers segment {segment} bus {first_bus}")
-    return PciFirmware(ecam_base, buses, mem, io, source="acpi")
+    return PciFirmware(ecam_base, buses, mem, io, source="acpi", msi=msi)

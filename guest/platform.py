@@ -497,7 +497,7 @@ class GuestKernel:
         dev: VirtioGuestDevice,
     ) -> None:
         cap = msix_cap(pdev)
-        if not self.policy.pci_msix or cap is None:
+        if not self.policy.pci_msix or cap is None or not bus.firmware.msi:
             return
         msix = GuestMsix(bus, self.link, pdev, cap)
         try:

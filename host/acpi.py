@@ -144,10 +144,10 @@ def _large(tag: int, body: bytes) -> bytes:
     return bytes([tag]) + len(body).to_bytes(2, "little") + body
 
 
-def address_space(width: int, kind: int, type_flags: int, low: int, high: int) -> bytes:
+def address_space(width: int, kind: int, type_flags: int, low: int, high: int, translation: int = 0) -> bytes:
     """Word/DWord/QWord address space descriptor (producer, MinFixed, MaxFixed, PosDecode)."""
     tag = {2: RES["word_address"], 4: RES["dword_address"], 8: RES["qword_address"]}[width]
-    fields = (0, low, high, 0, high - low + 1)
+    fields = (0, low, high, translation, high - low + 1)
     head = bytes([kind, RES["address_flags_fixed"], type_flags])
     return _large(tag, head + b"".join(v.to_bytes(width, "little") for v in fields))
 
@@ -165,6 +165,8 @@ class PciBridgeEntry:
     buses: int
     io: tuple[int, int]  # [start, end)
     mem: tuple[int, int]  # [start, end), below 4 GiB
+    style: str = "q35"  # "q35" | "virt" (QEMU's two _CRS shapes)
+    io_translation: int = 0  # virt: port p is CPU address io_translation + p
 
 
 def pci_host_bridge(bridge: PciBridgeEntry) -> bytes:
@@ -172,6 +174,8 @@ def pci_host_bridge(bridge: PciBridgeEntry) -> bytes:
     _BBN and a _CRS with the bus range, the 0xCF8 config ports, the I/O ranges either side
     of them (the upper one ending at the bridge's window), the VGA hole and the 32-bit
     memory window."""
+    if bridge.style == "virt":
+        return _virt_pci_host_bridge(bridge)
     io_flags, rw_cache, rw_nocache = (
         RES["io_flags_entire_range"],
         RES["memory_flags_rw_cacheable"],
@@ -193,6 +197,38 @@ def pci_host_bridge(bridge: PciBridgeEntry) -> bytes:
         + name("_UID", integer(0))
         + name("_SEG", integer(0))
         + name("_BBN", integer(0))
+        + name("_CRS", buffer(crs))
+    )
+    return device("PCI0", body)
+
+
+def _virt_pci_host_bridge(bridge: PciBridgeEntry) -> bytes:
+    """arm virt's ``Device(PCI0)`` (QEMU's acpi_dsdt_add_gpex): _HID/_CID, _SEG, _BBN, _UID,
+    _CCA and a _CRS with the bus range, the 32-bit MMIO window and the I/O window as a
+    DWordIO whose translation offset is the PIO window's CPU address. (QEMU also writes
+    _PRT for INTx and a _STR; our guest takes the INTx line from config space.)"""
+    crs = (
+        address_space(2, RES["space_bus"], 0, 0, bridge.buses - 1)
+        + address_space(
+            4, RES["space_memory"], RES["memory_flags_rw_noncacheable"], bridge.mem[0], bridge.mem[1] - 1
+        )
+        + address_space(
+            4,
+            RES["space_io"],
+            RES["io_flags_entire_range"],
+            bridge.io[0],
+            bridge.io[1] - 1,
+            bridge.io_translation,
+        )
+        + bytes([RES["end_tag"], 0])
+    )
+    body = (
+        name("_HID", eisa_id(HID["pci_express_root"]))
+        + name("_CID", eisa_id(HID["pci_root"]))
+        + name("_SEG", integer(0))
+        + name("_BBN", integer(0))
+        + name("_UID", integer(0))
+        + name("_CCA", integer(1))
         + name("_CRS", buffer(crs))
     )
     return device("PCI0", body)

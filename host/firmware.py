@@ -41,10 +41,12 @@ def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
     ecam, bridge = None, None
     if machine.pci is not None:
         w = machine.pci.windows
-        bridge = PciBridgeEntry(machine.pci.ecam_buses or PCI_CFG.buses, w.io, w.mem)
+        virt = spec.facts["arch"] == "aarch64"
+        style, pio = ("virt", spec.facts["pio_base"]) if virt else ("q35", 0)
+        bridge = PciBridgeEntry(machine.pci.ecam_buses or PCI_CFG.buses, w.io, w.mem, style, pio)
         if machine.pci.ecam_base is not None:
             ecam = (machine.pci.ecam_base, machine.pci.ecam_buses)
-    hw_reduced = not spec.facts["pci"]
+    hw_reduced = bool(spec.facts["hw_reduced"])
     return AcpiPlan(entries, spec.mmio_hid, hw_reduced=hw_reduced, viot=viot, ecam=ecam, pci=bridge)
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from host.pci import PciHost, PciWindows, q35_host_bridge
+from host.pci import PciHost, PciWindows, gpex_host_bridge, q35_host_bridge
 from host.transport.mmio import MMIO_WINDOW, MmioTransport
 from host.transport.virtio_pci import VirtioPciProxy
 from host.virtio_device import VirtioDevice
@@ -114,6 +115,23 @@ class Machine:
         host.irq_out = lambda irq, level: self.irq_out(irq, level)
         host.msi_out = self._msi
         host.plug(q35_host_bridge(), slot=0)
+        self.pci = host
+        return host
+
+    def attach_virt_pci(self, facts: dict[str, Any]) -> PciHost:
+        """Give the machine arm virt's PCIe host bridge: ECAM only (no 0xCF8 ports), INTx
+        A-D on GSIV 35-38 swizzled by slot, no MSI controller (specs/machines.toml)."""
+        host = PciHost(
+            PciWindows(tuple(facts["pci_mem"]), tuple(facts["pci_io"])),
+            ecam_base=facts["ecam_base"],
+            ecam_buses=facts["ecam_buses"],
+            conf1=False,
+            irq_base=facts["intx_gsi_base"],
+            irq_count=facts["intx_lines"],
+        )
+        host.irq_out = lambda irq, level: self.irq_out(irq, level)
+        host.msi_out = self._msi
+        host.plug(gpex_host_bridge(), slot=0)
         self.pci = host
         return host
 

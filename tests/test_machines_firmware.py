@@ -167,8 +167,10 @@ def test_bad_machine_options_are_refused(machine: str, message: str) -> None:
 
 
 def test_bad_combinations_are_host_refused_before_the_guest_runs() -> None:
-    r = _run("virt", "virtio-rng-pci")
+    r = _run("microvm,acpi=on", "virtio-rng-pci")
     assert r.outcome is Outcome.HOST_REFUSED and "No 'PCI' bus found for device 'virtio-rng-pci'" in r.detail
+    r = _run("virt,acpi=off", "virtio-rng-pci")  # virt's PCIe host is described by ACPI only
+    assert r.outcome is Outcome.HOST_REFUSED and "no pci-host-ecam-generic node" in r.detail
     r = trio.run(run_embedded, RunConfig("virtio-rng-device", "rng", machine="q35"))
     assert r.outcome is Outcome.HOST_REFUSED and "No 'virtio-bus' bus found" in r.detail
     r = _run("virt", "virtio-blk-device,packed=maybe", "blk-rw")
@@ -366,6 +368,45 @@ def test_q35_pci_comes_from_mcfg_and_the_host_bridge_crs() -> None:
         assert fw is not None and fw.source == "cmdline" and fw.ecam_base == Q35_ECAM_BASE
     finally:
         setup.close()
+
+
+@pytest.mark.parametrize("transport", ["pci-modern", "pci-legacy"])
+def test_virt_pcie_host_found_through_acpi(transport: str, tmp_path: Path) -> None:
+    from guest.pci import PciFirmware
+
+    virt = MACHINE_FACTS["virt"]
+    cfg = HostConfig(["virtio-blk-pci"], transport, 8 << 20, machine="virt", scratch_dir=str(tmp_path))
+    setup = build_host(cfg)
+    try:
+        cmdline = setup.machine.kernel_cmdline()
+        assert "virtio_sim.pci" not in cmdline
+        view = discover(setup.memory, cmdline, virt["ram_base"])
+        assert view.errors == [] and view.pci_bridge == "\\_SB.PCI0"
+        # QEMU 7.2 virt: ECAM 0x3f000000 for 16 buses, MMIO 0x10000000-0x3efeffff, 64 KiB
+        # of I/O ports; no MSI controller in our tables, so INTx only
+        mem, io = tuple(virt["pci_mem"]), tuple(virt["pci_io"])
+        assert view.pci == PciFirmware(0x3F000000, 16, mem, io, source="acpi", msi=False)
+        assert setup.machine.pci is not None
+        fn = setup.machine.pci.functions[(0, 1, 0)]  # the device, after the host bridge
+        assert fn.gsi == 36  # slot 1, INTA: (1 + 1 - 1) mod 4 = SPI 3 + 1, GSIV 32 + 4
+    finally:
+        setup.close()
+    cfg_run = RunConfig("virtio-blk-pci", "blk-rw", transport=transport, machine="virt")
+    r = trio.run(run_embedded, cfg_run)
+    assert r.outcome is Outcome.OK, r.detail
+    assert [(p["device"], p["source"]) for p in _bound(r)] == [("blk", "pci")]
+
+
+def test_iasl_accepts_virt_pci_tables(tmp_path: Path) -> None:
+    t = _tables("virt", ["virtio-rng-pci"], "pci-modern")
+    dsdt = _iasl(tmp_path, "dsdt", t["DSDT"])
+    assert "Device (PCI0)" in dsdt and 'EisaId ("PNP0A08")' in dsdt and "Name (_CCA, One)" in dsdt
+    assert "0x10000000,         // Range Minimum\n                    0x3EFEFFFF" in dsdt
+    assert "DWordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange," in dsdt
+    assert "0x3EFF0000,         // Translation Offset" in dsdt
+    mcfg = _iasl(tmp_path, "mcfg", t["MCFG"])
+    assert "Base Address : 000000003F000000" in mcfg and "End Bus Number : 0F" in mcfg
+    assert "Hardware Reduced (V5) : 1" in _iasl(tmp_path, "facp", t["FACP"])
 
 
 def test_host_bridge_reader_follows_qemus_scope_form_and_refuses_bad_windows() -> None:
@@ -575,7 +616,7 @@ def test_discovery_matrix_matches_its_expectations() -> None:
 
 def test_matrix_refuses_a_machine_that_cannot_carry_the_transport() -> None:
     axes = {"driver": ["linux-6.1"], "device": ["qemu-7.2"], "transport": ["pci-modern"], "workload": ["rng"]}
-    spec = parse_matrix({"axes": {**axes, "machine": ["virt"]}}, "test")
+    spec = parse_matrix({"axes": {**axes, "machine": ["microvm"]}}, "test")
     with pytest.raises(MatrixError, match="No 'PCI' bus found"):
         plan(spec)
 

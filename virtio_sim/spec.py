@@ -729,6 +729,7 @@ class PciConfigNumbers:
     ecam_function_shift: int
     devices_per_bus: int
     functions_per_device: int
+    min_io: int
     buses: int
     absent_vendor: int
     header_type_mask: int
@@ -810,6 +811,8 @@ class PciClasses:
 class PciIds:
     intel_vendor: int
     q35_host_bridge: int
+    redhat_vendor: int
+    gpex_host_bridge: int
 
 
 PCI_CFG = _bind(PciConfigNumbers, _PCI["config"], "pci.toml [config]")
