@@ -29,7 +29,7 @@ from guest.acpi import (
 )
 from guest.fdt import FdtError, fdt_size, parse_fdt
 from guest.pci import PciFirmware
-from guest.pci_firmware import is_host_bridge, pci_from_acpi
+from guest.pci_firmware import is_host_bridge, pci_from_acpi, pci_from_fdt
 from virtio_sim.acpi_layouts import FDT, HID, RSDP, RSDP_SIZE, SDT_HEADER_SIZE, SIG
 from virtio_sim.memory import ByteAccess
 
@@ -176,7 +176,11 @@ def _discover_fdt(memory: ByteAccess, address: int, view: FirmwareView) -> None:
             nodes = parse_fdt(blob)
         except AcpiError as e:
             raise FdtError(str(e)) from None
+        root_cells = nodes[0].cells("#address-cells") if nodes else []
         for node in nodes:
+            if FDT["pci_host_compatible"] in node.compatible and view.pci is None:
+                view.pci = pci_from_fdt(node, root_cells[0] if root_cells else 2)
+                view.pci_bridge = node.path
             if FDT["virtio_mmio_compatible"] not in node.compatible:
                 continue
             irqs = node.cells("interrupts")

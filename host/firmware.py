@@ -12,7 +12,7 @@ configuration table does on real arm64); with acpi=off a device tree instead
 from __future__ import annotations
 
 from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, PciBridgeEntry, ViotTopology, build_tables
-from host.fdt import virt_fdt
+from host.fdt import FdtPciHost, virt_fdt
 from host.machine import Machine
 from host.machine_types import MachineSpec
 from host.transport.mmio import MMIO_WINDOW
@@ -75,7 +75,17 @@ def install_fdt(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> int
     """virt with acpi=off: the device tree in the first MiB of RAM, its address handed
     over on the command line (standing in for register x0 at kernel entry)."""
     facts = spec.facts
-    blob = virt_fdt(machine.mmio_base, MMIO_WINDOW, machine.mmio_slots, facts["spi_base"])
+    pci = None
+    if machine.pci is not None:
+        io = machine.pci.windows.io
+        pci = FdtPciHost(
+            machine.pci.ecam_base or 0,
+            machine.pci.ecam_buses,
+            facts["pio_base"],
+            io[1] - io[0],
+            machine.pci.windows.mem,
+        )
+    blob = virt_fdt(machine.mmio_base, MMIO_WINDOW, machine.mmio_slots, facts["spi_base"], pci)
     if len(blob) > facts["fdt_max"]:
         raise ValueError(f"device tree of {len(blob)} bytes exceeds {facts['fdt_max']}")
     address = spec.ram_base + int(facts["fdt_offset"])

@@ -169,8 +169,6 @@ def test_bad_machine_options_are_refused(machine: str, message: str) -> None:
 def test_bad_combinations_are_host_refused_before_the_guest_runs() -> None:
     r = _run("microvm,acpi=on", "virtio-rng-pci")
     assert r.outcome is Outcome.HOST_REFUSED and "No 'PCI' bus found for device 'virtio-rng-pci'" in r.detail
-    r = _run("virt,acpi=off", "virtio-rng-pci")  # virt's PCIe host is described by ACPI only
-    assert r.outcome is Outcome.HOST_REFUSED and "no pci-host-ecam-generic node" in r.detail
     r = trio.run(run_embedded, RunConfig("virtio-rng-device", "rng", machine="q35"))
     assert r.outcome is Outcome.HOST_REFUSED and "No 'virtio-bus' bus found" in r.detail
     r = _run("virt", "virtio-blk-device,packed=maybe", "blk-rw")
@@ -397,6 +395,40 @@ def test_virt_pcie_host_found_through_acpi(transport: str, tmp_path: Path) -> No
     assert [(p["device"], p["source"]) for p in _bound(r)] == [("blk", "pci")]
 
 
+def test_virt_pcie_host_found_through_the_device_tree(tmp_path: Path) -> None:
+    from guest.fdt import FdtError
+    from guest.pci import PciFirmware
+    from guest.pci_firmware import pci_from_fdt
+
+    virt = MACHINE_FACTS["virt"]
+    cfg = HostConfig(
+        ["virtio-blk-pci"], "pci-legacy", 8 << 20, machine="virt,acpi=off", scratch_dir=str(tmp_path)
+    )
+    setup = build_host(cfg)
+    try:
+        view = discover(setup.memory, setup.machine.kernel_cmdline(), virt["ram_base"])
+        assert view.source == "fdt" and view.errors == [] and view.pci_bridge == "/pcie@10000000"
+        mem, io = tuple(virt["pci_mem"]), tuple(virt["pci_io"])
+        assert view.pci == PciFirmware(0x3F000000, 16, mem, io, source="fdt", msi=False)
+        dtb = setup.memory.read(view.tables["FDT"], 0x10000)
+        (node,) = [
+            n
+            for n in parse_fdt(bytes(dtb)[: int.from_bytes(bytes(dtb)[4:8], "big")])
+            if n.path.startswith("/pcie")
+        ]
+        assert node.cells("bus-range") == [0, 15] and node.reg == [(0x3F000000, 16 << 20)]
+        node.props["ranges"] = node.props["ranges"][:-4]  # a ranges list cut short
+        with pytest.raises(FdtError, match="7-cell entries"):
+            pci_from_fdt(node, 2)
+    finally:
+        setup.close()
+    r = trio.run(
+        run_embedded, RunConfig("virtio-blk-pci", "blk-rw", transport="pci-legacy", machine="virt,acpi=off")
+    )
+    assert r.outcome is Outcome.OK, r.detail
+    assert [(p["device"], p["source"]) for p in _bound(r)] == [("blk", "pci")]
+
+
 def test_iasl_accepts_virt_pci_tables(tmp_path: Path) -> None:
     t = _tables("virt", ["virtio-rng-pci"], "pci-modern")
     dsdt = _iasl(tmp_path, "dsdt", t["DSDT"])
@@ -537,6 +569,22 @@ def test_our_device_tree_matches_qemus_virtio_nodes(tmp_path: Path) -> None:
     )
     theirs = virtio(parse_fdt(dtb.read_bytes()))
     assert len(ours) == 32 and ours == theirs
+    # the PCIe host node: QEMU's I/O and 32-bit MMIO ranges, cells and domain; its ECAM is
+    # the high one (0x40_1000_0000, 256 buses) where ours is QEMU's low ECAM (highmem-ecam
+    # off: 0x3f000000, 16 buses), and its 64-bit window and msi-map we do not have
+    from host.fdt import FdtPciHost
+
+    pci = FdtPciHost(
+        facts["ecam_base"], facts["ecam_buses"], facts["pio_base"], 0x10000, tuple(facts["pci_mem"])
+    )
+    mine = virt_fdt(facts["mmio_base"], facts["mmio_stride"], facts["mmio_slots"], facts["spi_base"], pci)
+    (our_pci,) = [n for n in parse_fdt(mine) if "pci-host-ecam-generic" in n.compatible]
+    (their_pci,) = [n for n in parse_fdt(dtb.read_bytes()) if "pci-host-ecam-generic" in n.compatible]
+    assert our_pci.path == their_pci.path == "/pcie@10000000"
+    for prop in ("#address-cells", "#size-cells", "linux,pci-domain"):
+        assert our_pci.cells(prop) == their_pci.cells(prop)
+    assert our_pci.cells("ranges") == their_pci.cells("ranges")[:14]  # I/O, then 32-bit MMIO
+    assert their_pci.reg == [(0x4010000000, 256 << 20)] and our_pci.reg == [(0x3F000000, 16 << 20)]
 
 
 def test_hostile_device_trees_are_refused() -> None:
