@@ -35,3 +35,15 @@ def test_random_frames_into_serve(frames: list[tuple[int, int, bytes]]) -> None:
 
 def test_fuzz_for_runs_and_reports_nothing_in_a_short_run() -> None:
     assert fuzz_for(0.01, seed=7, examples=4) == []
+
+
+def test_fuzz_minutes_must_be_a_positive_number(capsys) -> None:  # type: ignore[no-untyped-def]
+    from virtio_sim import cli
+
+    for bad in ("-1", "0", "nan", "abc"):
+        try:
+            rc = cli.main(["fuzz", "--minutes", bad])
+        except SystemExit as e:  # argparse's usage error
+            rc = e.code
+        assert rc == 2, bad
+        assert "--minutes" in capsys.readouterr().err

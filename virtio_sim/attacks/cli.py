@@ -37,8 +37,19 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document with every case and the counts")
 
 
+def _positive_minutes(text: str) -> float:
+    """argparse type for --minutes: a finite number above zero (a usage error otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of minutes") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--minutes must be above 0, not {text}")
+    return value
+
+
 def add_fuzz_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--minutes", type=float, default=1.0, help="how long to fuzz (default 1)")
+    p.add_argument("--minutes", type=_positive_minutes, default=1.0, help="how long to fuzz (default 1)")
     p.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
 
 
