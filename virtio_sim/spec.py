@@ -805,6 +805,7 @@ class PciConfigNumbers:
     ecam_function_shift: int
     devices_per_bus: int
     functions_per_device: int
+    min_io: int
     buses: int
     absent_vendor: int
     header_type_mask: int
@@ -886,6 +887,8 @@ class PciClasses:
 class PciIds:
     intel_vendor: int
     q35_host_bridge: int
+    redhat_vendor: int
+    gpex_host_bridge: int
 
 
 PCI_CFG = _bind(PciConfigNumbers, _PCI["config"], "pci.toml [config]")
