@@ -194,6 +194,11 @@ class GuestPolicy:
     dma_api: str = "feature"
     #: the virtio core class (a conformance test seeds a broken driver by subclassing it)
     device_class: type[VirtioGuestDevice] = VirtioGuestDevice
+    #: virtio_pci's transports in probe order, replacing the modern/legacy choice above
+    #: (a conformance test seeds a driver with a broken id match or BAR lookup this way)
+    pci_transports: tuple[type[PciModernTransport] | type[PciLegacyTransport], ...] = ()
+    #: virtio_mmio's transport driver (a conformance test seeds a broken identification)
+    mmio_transport: type[MmioTransportDriver] = MmioTransportDriver
     #: virtio_mmio's ACPI match table (Linux: LNRO0005 only); the simulator's own current
     #: driver also knows the id in QEMU's vendor space (the new side of the HID matrix)
     acpi_hids: tuple[str, ...] = DEFAULT_ACPI_HIDS
@@ -318,7 +323,7 @@ class GuestKernel:
 
     async def _probe_one_inner(self, res: MmioResource) -> ProbeRecord:
         where = f"virtio-mmio@{res.base:#x}"
-        t = MmioTransportDriver(self.link, res.base, self.policy.guest_order)
+        t = self.policy.mmio_transport(self.link, res.base, self.policy.guest_order)
         try:
             device_id = await t.identify(self.policy.mmio_versions)
         except TransportError as e:
@@ -445,6 +450,8 @@ class GuestKernel:
 
     def _pci_transports(self) -> list[type[PciModernTransport] | type[PciLegacyTransport]]:
         pol = self.policy
+        if pol.pci_transports:
+            return list(pol.pci_transports)
         order: list[type[PciModernTransport] | type[PciLegacyTransport]] = []
         if pol.pci_modern:
             order.append(PciModernTransport)

@@ -113,6 +113,8 @@ class TransportFeatures:
     order_platform: bool = False  # no QEMU property: "x-order-platform"
     # Not a feature bit: with IN_ORDER, write one used entry per batch ("x-in-order-batch").
     in_order_batch: bool = False
+    #: bits no spec defines, offered by a checking device to see the driver ignore them
+    unknown: int = 0
 
     def mask(self) -> int:
         m = 0
@@ -139,7 +141,7 @@ class TransportFeatures:
             m |= bit(F.NOTIFY_ON_EMPTY)
         if self.access_platform:
             m |= bit(F.ACCESS_PLATFORM)
-        return m
+        return m | self.unknown
 
 
 class _BoundQueue:

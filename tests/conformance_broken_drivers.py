@@ -8,13 +8,19 @@ the device it runs against and the requirement ids a checking device must report
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from guest.virtio import GuestVirtqueue, VirtioGuestDevice, _RingMemory
+from guest.transport.base import TransportError
+from guest.transport.mmio import MmioTransportDriver
+from guest.transport.pci_common import NoDevice
+from guest.transport.pci_legacy import PciLegacyTransport
+from guest.transport.pci_modern import PciModernTransport
+from guest.virtio import GuestVirtqueue, ProbeRefused, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
+from virtio_sim.layouts import VIRTIO_CFG_CAP
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import BLK_T, DESC_F, STATUS, USED_F, F, bit
+from virtio_sim.spec import BLK_T, DESC_F, FEATURES, MMIO, PCI, PCI_CAP, STATUS, USED_F, F, bit
 
 
 class DriverOkBeforeFeaturesOk(VirtioGuestDevice):
@@ -85,6 +91,9 @@ class _IdxFirstRing(SplitDriverQueue):
     def add(
         self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
     ) -> int:
+        # the checked path (memory.write, _take): the lease fast path would bypass both
+        self._leasable = False
+        self._dl = None
         slot = self.gpa.avail + layouts.avail_entry_offset(self.avail_idx % self.size)
         stale = self.memory.read(slot, 2)
         head = super().add(out, in_, token, **kw)
@@ -235,7 +244,206 @@ class ObeysUsedFlagsWithEventIdx(VirtioGuestDevice):
         return mem
 
 
+class _TransitionalIdsOnlyModern(PciModernTransport):
+    """virtio_pci's modern probe matching only the transitional range 0x1000-0x103F."""
+
+    async def probe(self) -> int:
+        if self.pci.device_id >= PCI.modern_device_id_base:
+            raise NoDevice(f"device id {self.pci.device_id:#06x} not in this driver's table")
+        return await super().probe()
+
+
+class _RevisionOneOnlyModern(PciModernTransport):
+    """virtio_pci's modern probe insisting on the revision id QEMU gives (1)."""
+
+    async def probe(self) -> int:
+        if self.pci.revision != PCI.modern_revision_min:
+            raise NoDevice(f"revision {self.pci.revision} not supported")
+        return await super().probe()
+
+
+class RejectsUnknownRevision(VirtioGuestDevice):
+    """The PCI driver refuses a modern function whose revision id it does not know."""
+
+
+class _ModernIdsOnlyLegacy(PciLegacyTransport):
+    """virtio_pci's legacy probe that never matches a transitional id."""
+
+    async def probe(self) -> int:
+        raise NoDevice(f"device id {self.pci.device_id:#06x} not in this driver's table")
+
+
+class IgnoresModernIds(VirtioGuestDevice):
+    """The PCI driver's id table lacks the modern range 0x1040-0x107F (policy override)."""
+
+
+class IgnoresTransitionalIds(VirtioGuestDevice):
+    """The PCI driver's id table lacks the transitional range 0x1000-0x103F (policy override)."""
+
+
+class FeaturesOkOnLegacyDevice(VirtioGuestDevice):
+    """Does not tell a legacy device (no VERSION_1 offered) from a modern one: sets
+    FEATURES_OK on it as it would on a 1.0 device."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        await super().negotiate(driver_features)
+        if self.legacy:
+            await self.add_status(STATUS.FEATURES_OK)
+
+
+class LegacyRingForHalfSize(VirtioGuestDevice):
+    """Legacy interface: lays its ring out for half the queue size the device reports (the
+    device, which cannot be told a size, finds the avail ring where the driver has none)."""
+
+    def new_ring(self, size: int) -> _RingMemory:
+        return super().new_ring(size // 2 if self.legacy else size)
+
+
+class _BelievesAnyMagic(MmioTransportDriver):
+    """virtio_mmio taking whatever MagicValue reads for the right one."""
+
+    async def _r(self, reg: str) -> int:
+        value = await super()._r(reg)
+        return MMIO.magic if reg == "MagicValue" else value
+
+
+class _VendorBeforeDeviceIdCheck(MmioTransportDriver):
+    """virtio_mmio reading VendorID before it looks at the DeviceID it read (0: an empty slot)."""
+
+    async def identify(self, supported_versions: tuple[int, ...]) -> int:
+        magic = await self._r("MagicValue")
+        if magic != MMIO.magic:
+            raise TransportError(f"wrong magic value {magic:#010x}")
+        self.version = await self._r("Version")
+        if self.version not in supported_versions:
+            raise TransportError(f"Version {self.version} not supported!")
+        self.legacy = self.version == MMIO.version_legacy
+        self.device_id = await self._r("DeviceID")
+        self.vendor_id = await self._r("VendorID")
+        return self.device_id
+
+
+class AcceptsBadMagic(VirtioGuestDevice):
+    """Drives an mmio device whatever its MagicValue (policy override)."""
+
+
+class AcceptsUnknownVersion(VirtioGuestDevice):
+    """Drives an mmio device of a Version it does not know as if it were version 2."""
+
+
+class ReadsPastEmptySlot(VirtioGuestDevice):
+    """Reads another register of an mmio slot whose DeviceID is 0 (policy override)."""
+
+
+class ReadsWritebackEarly(VirtioGuestDevice):
+    """Reads the blk writeback field during feature negotiation (before FEATURES_OK)."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        inner = self.transport.set_features
+
+        async def set_features(features: int) -> None:
+            await inner(features)
+            await self.transport.read_config(BLK_WRITEBACK_OFFSET, 1)
+
+        self.transport.set_features = set_features  # type: ignore[method-assign]
+        await super().negotiate(driver_features)
+
+
+class GoesOnAfterFailed(VirtioGuestDevice):
+    """Sets FAILED, then DRIVER_OK without resetting the device first."""
+
+    async def driver_ok(self) -> None:
+        await self.add_status(STATUS.FAILED)
+        await super().driver_ok()
+
+
+class ReusesStoppedQueue(VirtioGuestDevice):
+    """mmio: writes QueueReady 0 and then the queue size again without reading QueueReady back."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        t: Any = self.transport
+        await t._w("QueueSel", 0)
+        await t._w("QueueReady", 0)
+        await t._w("QueueSize", self.queues[0].size)
+
+
+class KicksStoppedLegacyQueue(VirtioGuestDevice):
+    """Legacy mmio: stops queue 0 with QueuePFN 0, then notifies it."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        t: Any = self.transport
+        await t._w("QueueSel", 0)
+        await t._w("QueuePFN", 0)
+        await t.notify(0)
+
+
+class UnusableConfigWindow(VirtioGuestDevice):
+    """Uses the PCI configuration access capability with an unaligned offset, then with a
+    BAR the function does not have."""
+
+    async def driver_ok(self) -> None:
+        await super().driver_ok()
+        t: Any = self.transport
+        caps = await t._virtio_caps()
+        cap = next(c for c in caps if c.cfg_type == PCI_CAP.PCI_CFG)
+        real = next(c.bar for c in caps if c.cfg_type == PCI_CAP.COMMON and t.pci.bar(c.bar) is not None)
+        bdf = t.pci.bdf
+        for bar, offset in ((real, 1), (UNUSED_BAR, 0)):
+            await t.bus.write(bdf, cap.position + VIRTIO_CFG_CAP["bar"], 1, bar)
+            await t.bus.write(bdf, cap.position + VIRTIO_CFG_CAP["offset"], 4, offset)
+            await t.bus.write(bdf, cap.position + VIRTIO_CFG_CAP["length"], 4, 4)
+            await t.bus.read(bdf, cap.position + VIRTIO_CFG_CAP["pci_cfg_data"], 4)
+
+
+class TrustsFirstGeneration(VirtioGuestDevice):
+    """Believes the config generation never moves: every ConfigGeneration read after the
+    first answers the first value, so config read across a change is used as it is."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        t: Any = self.transport
+        inner = t.config_generation
+        first: list[int] = []
+
+        async def config_generation() -> int:
+            value = int(await inner())
+            if not first:
+                first.append(value)
+            return first[0]
+
+        t.config_generation = config_generation
+        await super().negotiate(driver_features)
+
+
+class FailsOnUnknownFeature(VirtioGuestDevice):
+    """Gives up (FAILED) when the device offers a feature bit it has never heard of."""
+
+    async def negotiate(self, driver_features: int) -> None:
+        inner = self.transport.get_features
+
+        async def get_features() -> int:
+            offered = await inner()
+            unknown = [b for b in range(64) if offered >> b & 1 and FEATURES.lookup(b, "rng") is None]
+            if unknown:
+                await self.fail(f"unknown feature bits {unknown}")
+                raise ProbeRefused("features", f"unknown feature bits {unknown}")
+            return offered
+
+        self.transport.get_features = get_features  # type: ignore[method-assign]
+        await super().negotiate(driver_features)
+
+
+class IgnoresIommu(VirtioGuestDevice):
+    """Negotiates ACCESS_PLATFORM but hands the device guest-physical addresses (a driver
+    that never uses the DMA API: policy dma_api=never)."""
+
+
 UNDEFINED_INTERRUPT_BIT = 0x4  # InterruptStatus defines bits 0 (used buffer) and 1 (config)
+#: timeout of a run whose defect stops the workload (the violation is seen at the first kick)
+HANGS_AFTER = 1.5
+UNUSED_BAR = 5  # QEMU's virtio-pci functions use BARs 1 (MSI-X) and 4 (the structures)
+BLK_WRITEBACK_OFFSET = layouts.field_offsets(layouts.virtio_blk_config("little"))["writeback"]
 
 
 @dataclass(frozen=True)
@@ -245,6 +453,12 @@ class Broken:
     transport: str
     #: the ids the defect breaks (the first one a device sees may be a consequence)
     ids: tuple[str, ...]
+    #: GuestPolicy fields the defect needs (a broken id table is a PCI transport override)
+    policy: dict[str, Any] = field(default_factory=dict)
+    #: the odd identification value the checking device presents (mmio ODD_VALUES)
+    odd: str | None = None
+    #: seconds before a run counts as hung (a defect that stops the workload ends in a hang)
+    timeout: float = 3.0
 
 
 BROKEN: dict[str, Broken] = {
@@ -284,4 +498,86 @@ BROKEN: dict[str, Broken] = {
         ObeysUsedFlagsWithEventIdx, "blk", "mmio-v2", ("split.availsupp.drv-ignore-flags-bit0",)
     ),
     "narrow-register-read": Broken(NarrowRegisterRead, "rng", "mmio-v2", ("mmio.drv.control-32bit",)),
+    "ignores-modern-ids": Broken(
+        IgnoresModernIds,
+        "rng",
+        "pci-modern",
+        ("pci.id.drv-match-modern",),
+        {"pci_transports": (_TransitionalIdsOnlyModern, PciLegacyTransport)},
+    ),
+    "rejects-unknown-revision": Broken(
+        RejectsUnknownRevision,
+        "rng",
+        "pci-modern",
+        ("pci.id.drv-any-revision",),
+        {"pci_transports": (_RevisionOneOnlyModern, PciLegacyTransport)},
+    ),
+    "ignores-transitional-ids": Broken(
+        IgnoresTransitionalIds,
+        "rng",
+        "pci-legacy",
+        ("pci.id.drv-match-transitional",),
+        {"pci_transports": (PciModernTransport, _ModernIdsOnlyLegacy)},
+    ),
+    "features-ok-on-legacy-device": Broken(
+        FeaturesOkOnLegacyDevice,
+        "rng",
+        "pci-legacy",
+        ("features.legacy.drv-detect-legacy-device", "init.legacy.drv-skip-features-ok"),
+    ),
+    "legacy-ring-for-half-size": Broken(
+        LegacyRingForHalfSize,
+        "rng",
+        "pci-legacy",
+        ("split.legacy.drv-size-and-alloc", "split.legacy.drv-fixed-layout", "pci.legacy.queue-pfn"),
+        timeout=HANGS_AFTER,
+    ),
+    "reads-writeback-early": Broken(
+        ReadsWritebackEarly, "blk", "mmio-v2", ("blk.drv.writeback-after-features-ok",)
+    ),
+    "goes-on-after-failed": Broken(
+        GoesOnAfterFailed, "rng", "mmio-v2", ("status.drv.reset-after-failed", "init.drv.stop-on-error")
+    ),
+    "reuses-stopped-queue": Broken(
+        ReusesStoppedQueue, "rng", "mmio-v2", ("mmio.drv.stop-queue",), timeout=HANGS_AFTER
+    ),
+    "kicks-stopped-legacy-queue": Broken(
+        KicksStoppedLegacyQueue, "rng", "mmio", ("mmio.legacy.pfn-zero-stops",), timeout=HANGS_AFTER
+    ),
+    "unusable-config-window": Broken(
+        UnusableConfigWindow, "rng", "pci-modern", ("pci.cfgcap.drv-aligned", "pci.cfgcap.drv-valid-range")
+    ),
+    "fails-on-unknown-feature": Broken(
+        FailsOnUnknownFeature, "rng", "mmio-v2", ("features.drv.no-fail-on-unknown",)
+    ),
+    "ignores-iommu": Broken(
+        IgnoresIommu, "iommu", "pci-modern", ("features.drv.access-platform-iommu",), {"dma_api": "never"}
+    ),
+    "trusts-first-generation": Broken(
+        TrustsFirstGeneration, "blk", "mmio-v2", ("config.drv.generation-loop",), odd="generation-moves"
+    ),
+    "accepts-bad-magic": Broken(
+        AcceptsBadMagic,
+        "rng",
+        "mmio-v2",
+        ("mmio.drv.ignore-bad-magic",),
+        {"mmio_transport": _BelievesAnyMagic},
+        odd="bad-magic",
+    ),
+    "accepts-unknown-version": Broken(
+        AcceptsUnknownVersion,
+        "rng",
+        "mmio-v2",
+        ("mmio.drv.ignore-bad-version",),
+        {"mmio_versions": (MMIO.version_legacy, MMIO.version_modern, MMIO.version_modern + 1)},
+        odd="bad-version",
+    ),
+    "reads-past-empty-slot": Broken(
+        ReadsPastEmptySlot,
+        "rng",
+        "mmio-v2",
+        ("mmio.drv.init-devid-zero-abort", "mmio.drv.ignore-devid-zero"),
+        {"mmio_transport": _VendorBeforeDeviceIdCheck},
+        odd="device-id-zero",
+    ),
 }

@@ -21,6 +21,7 @@ RUNS = (
     ("qemu:virtio-blk", "pci-modern", "split", 55),
     ("qemu:virtio-rng", "pci-modern", "packed", 45),
     ("qemu:virtio-rng", "pci-legacy", "split", 30),
+    ("qemu:virtio-iommu", "pci-modern", "split", 80),
 )
 
 
@@ -62,4 +63,10 @@ def test_qemu_device_conformance_matches_documentation(
             "blk.dev.discard-unmap-unsupp",
             "blk.dev.write-zeroes-reads-zero",
         ):
+            assert log.verdict(rid) is Verdict.PASS, rid
+    if target == "qemu:virtio-iommu":
+        # QEMU 7.2 aborts on a PROBE with a short buffer (documented): if that is ever fixed
+        # the run goes further and the documentation has to change with it
+        assert "iommu: the device died on a type 5 request with 16 writable bytes" in log.notes
+        for rid in ("iommu.vq.layout", "iommu.req.dev-ok", "iommu.attach.dev-must-attach"):
             assert log.verdict(rid) is Verdict.PASS, rid

@@ -45,6 +45,8 @@ class MmioTransportDriver:
         self.legacy = self.version == MMIO.version_legacy
         self.name = f"mmio-v{self.version}"
         self.device_id = await self._r("DeviceID")
+        if self.device_id == 0:
+            return 0  # an empty slot: Linux touches no other register (4.2.3.1.1)
         self.vendor_id = await self._r("VendorID")
         if self.legacy:
             await self._w("GuestPageSize", LEGACY_PAGE_SIZE)

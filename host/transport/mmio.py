@@ -29,6 +29,7 @@ from virtio_sim.layouts import (
 )
 from virtio_sim.spec import MMIO, MMIO_INT, NOTIFY_DATA
 
+MMIO_GENERATION_MASK = 0xFF  # the device core keeps an 8-bit generation, as QEMU does
 MMIO_WINDOW = 0x200  # bytes of one transport in QEMU's machines
 ALL_ONES_32 = 0xFFFFFFFF
 MMIO_NOTIFY_INDEX_MASK = NOTIFY_DATA.vq_mask  # QueueNotify: the index (low bits with notification data)
@@ -50,6 +51,18 @@ _READABLE = frozenset(
 )  # fmt: skip
 
 
+#: odd identification values a checking device can present (present_odd), by kind: a
+#: magic value read in the wrong byte order, a version no spec defines, an empty slot
+ODD_VALUES: dict[str, tuple[str, int]] = {
+    "bad-magic": ("MagicValue", int.from_bytes(MMIO.magic.to_bytes(4, "little"), "big")),
+    "bad-version": ("Version", MMIO.version_modern + 1),
+    "device-id-zero": ("DeviceID", 0),
+}
+#: a config change in the middle of the driver's first config read (the generation moves)
+GENERATION_MOVES = "generation-moves"
+ODD_KINDS = (*ODD_VALUES, GENERATION_MOVES)
+
+
 class MmioTransport(InterruptSink):
     def __init__(
         self,
@@ -63,6 +76,8 @@ class MmioTransport(InterruptSink):
         self.registers = MMIO_V1_REGISTERS if legacy else MMIO_V2_REGISTERS
         self.set_irq_level = set_irq_level or (lambda level: None)
         self._queue_align: dict[int, int] = {}
+        self.odd: dict[str, int] = {}  # register -> the value presented instead (present_odd)
+        self.generation_moves = False  # present_odd(GENERATION_MOVES), until it happened
         device.sink = self
         if legacy:
             # The legacy interface offers no VERSION_1 (its features are 32 bits wide).
@@ -77,6 +92,16 @@ class MmioTransport(InterruptSink):
     @property
     def legacy(self) -> bool:
         return self.version == MMIO.version_legacy
+
+    def present_odd(self, kind: str) -> None:
+        """A checking device's test of the driver: present the odd identification value
+        ``kind`` (a key of ODD_VALUES) instead of the real one, for the whole run; or
+        (GENERATION_MOVES) change the config generation during the first config read."""
+        if kind == GENERATION_MOVES:
+            self.generation_moves = True
+            return
+        register, value = ODD_VALUES[kind]
+        self.odd[register] = value
 
     def _reset_registers(self) -> None:
         self.device_features_sel = 0
@@ -125,7 +150,7 @@ class MmioTransport(InterruptSink):
         if name not in _READABLE or (name == "QueuePFN" and not self.legacy):
             self.device.misuse("mmio-read-wo", f"mmio: read of write-only register {name}")
             return 0
-        value = self._read_register(name)
+        value = self._read_register(name) if not self.odd else self.odd.get(name, self._read_register(name))
         obs = self.device.observer
         if obs is not None:
             obs.on_register("read", name, value)
@@ -177,6 +202,10 @@ class MmioTransport(InterruptSink):
             self.device.misuse("mmio-config-width", msg)
             return 0
         value = self.device.read_config(offset, size)
+        if self.generation_moves:
+            self.generation_moves = False
+            d = self.device
+            d.config_generation = (d.config_generation + 1) & MMIO_GENERATION_MASK
         if value is None:
             self.device.misuse("mmio-config-range", f"mmio: config read beyond config space at {offset:#x}")
             return (1 << (8 * size)) - 1  # QEMU's virtio_config_read*: all ones

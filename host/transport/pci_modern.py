@@ -22,6 +22,7 @@ from virtio_sim.layouts import (
     COMMON_CFG,
     COMMON_CFG_SIZE,
     COMMON_CFG_WIDTH,
+    PCI_HEADER,
     VIRTIO_CFG_CAP,
     VirtioPciCap,
     VirtioPciCfgCap,
@@ -46,6 +47,7 @@ BAR_SIZE = pow2ceil(QEMU_PCI.notify_offset + NOTIFY_SIZE)
 LEGACY_ONLY = legacy_only_transport_features()
 RESERVED_CFG_TYPE = 0x20  # not a virtio_pci_cap cfg_type (1-5, 8 and 9 are defined)
 RESERVED_BAR = 7  # virtio_pci_cap.bar: 0-5 are BARs, 6-7 reserved (a driver must skip it)
+ODD_REVISION = 0x5A  # a revision id no virtio release used (drivers must accept any, 4.1.2.2)
 
 _FIELD_AT = {off: name for name, off in COMMON_CFG.items()}
 _READ_ONLY = frozenset(
@@ -132,6 +134,12 @@ class ModernInterface:
         self.cfg_cap_offset = at
         data = at + c["pci_cfg_data"]
         fn.add_config_hook(data, DWORD, on_read=self._cfg_window_read, on_write=self._cfg_window_write)
+
+    def present_odd_revision(self) -> str:
+        """A checking device's test of the driver's id match: a modern-only function with a
+        revision id nobody used; a driver must bind it all the same (4.1.2.2)."""
+        self.proxy.fn.config[PCI_HEADER["revision_id"]] = ODD_REVISION
+        return "odd-revision"
 
     def present_odd_capabilities(self) -> list[str]:
         """A checking device's test of the driver's capability walk (4.1.4): put, ahead of

@@ -29,19 +29,19 @@ from guest.platform import GuestPolicy
 from guest.profile import guest_policy
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
-from host.transport.mmio import MmioTransport
+from host.transport.mmio import GENERATION_MOVES, ODD_KINDS, MmioTransport
 from host.transport.pci_modern import ModernInterface
 from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.conformance.catalog import Catalog
-from virtio_sim.conformance.driver_watch import PRESENTED, DriverWatch
+from virtio_sim.conformance.driver_watch import MATCH_RULE, PRESENTED, UNKNOWN_FEATURE, DriverWatch
 from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
 from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_device_profile, load_driver_profile
-from virtio_sim.spec import STATUS, USED_F, F
+from virtio_sim.spec import FEATURES, STATUS, USED_F, F, bit
 
 DEVICE_PROFILE = "qemu-7.2"
 #: blk without the workload's deliberate read past the end (a device probe, not driver behaviour)
@@ -210,7 +210,42 @@ def judge_presented(log: FindingLog, result: RunResult, watches: list[DriverWatc
     for watch in watches:
         if watch.presented and not watch.reset_seen:
             for what in watch.presented:
-                log.failed(PRESENTED[what], f"no device bound behind a {what} capability: {result.detail}")
+                if what in PRESENTED:  # (an unknown feature bit is judged by the watch)
+                    why = f"no driver took a device presenting {what}: {result.detail}"
+                    log.failed(PRESENTED[what], why)
+
+
+def unknown_feature(vdev: VirtioDevice) -> int | None:
+    """A feature bit no spec defines for ``vdev``'s type, in the high window (so only a
+    device with VERSION_1 can offer it); None for a legacy-only device."""
+    if not vdev.transport_features.version_1:
+        return None
+    return next(b for b in range(UNKNOWN_FEATURE_FROM, 64) if FEATURES.lookup(b, vdev.model.type_key) is None)
+
+
+UNKNOWN_FEATURE_FROM = 48  # search undefined bits from here (transport bits end well before)
+
+
+def should_bind(policy: GuestPolicy, transport: str) -> bool:
+    """Whether a driver generation with ``policy``'s PCI interfaces must take a function on
+    ``transport``: a modern id needs the modern interface, a transitional function with
+    capabilities either, a legacy-only one the legacy interface (a non-transitional driver
+    leaves it alone, as pci.nontrans.drv-probe-caps asks)."""
+    return {
+        "pci-modern": policy.pci_modern,
+        "pci-transitional": policy.pci_modern or policy.pci_legacy,
+        "pci-legacy": policy.pci_legacy,
+    }.get(transport, False)
+
+
+def judge_bound(log: FindingLog, result: RunResult, watches: list[DriverWatch], policy: GuestPolicy) -> None:
+    """A PCI function the driver should have taken (its id is in the range the spec gives
+    for its interfaces) but never touched: the driver did not match the id."""
+    for watch in watches:
+        rule = MATCH_RULE.get(watch.transport)
+        if rule is None or watch.reset_seen or not should_bind(policy, watch.transport):
+            continue
+        log.failed(rule, f"the {watch.transport} function was never initialised: {result.detail}")
 
 
 def watch_host(
@@ -219,16 +254,27 @@ def watch_host(
     on_stop: Callable[[Finding], None] | None = None,
     watches: list[DriverWatch] | None = None,
     traps: bool = False,
+    odd: str | None = None,
 ) -> Callable[[HostSetup], Callable[[], None] | None]:
-    """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device."""
+    """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device (``odd``:
+    every mmio device presents that odd identification value, see run_driver_check)."""
 
     def attach(setup: HostSetup) -> Callable[[], None]:
         attached: list[DriverWatch] = []
         for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
-            odd: list[str] = []
+            presented: list[str] = []
             modern = getattr(vdev.sink, "modern", None)
             if isinstance(modern, ModernInterface):
-                odd = modern.present_odd_capabilities()
+                presented = modern.present_odd_capabilities()
+                if vdev.modern_only:
+                    presented.append(modern.present_odd_revision())
+            unknown = unknown_feature(vdev)
+            if unknown is not None and odd is None:
+                vdev.transport_features.unknown = bit(unknown)
+                presented.append(UNKNOWN_FEATURE)
+            if odd is not None and isinstance(vdev.sink, MmioTransport):
+                vdev.sink.present_odd(odd)
+                presented = [odd]
             if traps is not None and vdev is not setup.iommu_device:
                 set_traps(vdev)
             watch = DriverWatch(
@@ -237,7 +283,7 @@ def watch_host(
                 transport=_transport_of(vdev, transport),
                 device_type=vdev.model.type_key,
                 on_stop=on_stop,
-                presented=tuple(odd),
+                presented=tuple(presented),
             )
             vdev.observer = watch
             attached.append(watch)
@@ -266,9 +312,12 @@ async def run_driver_check(
     device_props: tuple[str, ...] = (),
     workload: str | None = None,
     traps: bool = True,
+    odd: str | None = None,
 ) -> RunResult | None:
     """One run of a guest (its policy may carry a seeded broken device class) against one
-    device with a watch; None when a strict stop ended it."""
+    device with a watch; None when a strict stop ended it. ``odd`` (mmio transports, a key
+    of host.transport.mmio.ODD_KINDS): the device presents that odd identification value
+    (the watch judges whether the driver left it alone) or moves the config generation."""
     if transport not in TRANSPORTS:
         raise DriverTargetError(f"unknown transport {transport!r} ({', '.join(TRANSPORTS)})")
     if ring not in RINGS:
@@ -292,16 +341,19 @@ async def run_driver_check(
             timeout=timeout,
             guest=policy_for_guest,
             iommu="virtio-iommu" if behind_iommu else "none",
-            on_host=watch_host(log, transport, lambda _finding: scope.cancel(), attached, traps=traps),
+            on_host=watch_host(
+                log, transport, lambda _finding: scope.cancel(), attached, traps=traps, odd=odd
+            ),
         )
         result = await run_embedded(cfg)
-        if policy_for_guest.pci_modern and transport == "pci-modern":
-            judge_presented(log, result, attached)
-        if traps and result.ring:
-            try:
+        try:
+            if policy_for_guest.pci_modern and transport == "pci-modern" and odd is None:
+                judge_presented(log, result, attached)
+            judge_bound(log, result, attached, policy_for_guest)
+            if traps and result.ring:
                 judge_traps(log, result, result.driver_features)
-            except StrictStop:
-                return None
+        except StrictStop:
+            return None
         return result
     return None
 
@@ -329,6 +381,19 @@ async def run_driver_target(
         )
         if result is None:
             break  # strict stop
+    else:
+        if transport.startswith("mmio"):
+            for odd in ODD_KINDS:  # the driver meets odd identification values, a moving generation
+                result = await run_driver_check(
+                    replace(guest),
+                    device="blk" if odd == GENERATION_MOVES else "rng",
+                    transport=transport,
+                    ring=ring,
+                    log=log,
+                    odd=odd,
+                )
+                if result is None:
+                    break
     return log
 
 

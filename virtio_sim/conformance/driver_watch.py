@@ -63,6 +63,22 @@ PRESENTED = {
     "reserved-type": "pci.cap.drv-ignore-reserved-type",
     "reserved-bar": "pci.cap.drv-ignore-reserved-bar",
     "large-cap-len": "pci.cap.drv-accept-large-cap-len",
+    "odd-revision": "pci.id.drv-any-revision",
+}
+#: a feature bit no spec defines, offered on every driver run (driver_runner.unknown_feature)
+UNKNOWN_FEATURE = "unknown-feature"
+#: odd mmio identification value presented (host MmioTransport.present_odd) -> the
+#: register that reveals it and the rules of a driver that then leaves the device alone
+ODD_MMIO: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bad-magic": ("MagicValue", ("mmio.drv.ignore-bad-magic",)),
+    "bad-version": ("Version", ("mmio.drv.ignore-bad-version",)),
+    "device-id-zero": ("DeviceID", ("mmio.drv.ignore-devid-zero", "mmio.drv.init-devid-zero-abort")),
+}
+#: PCI transport -> the id rule a driver that brings the function up keeps
+MATCH_RULE = {
+    "pci-modern": "pci.id.drv-match-modern",
+    "pci-transitional": "pci.id.drv-match-transitional",
+    "pci-legacy": "pci.id.drv-match-transitional",
 }
 #: device config layouts by device type: (offset, width) of every field
 CONFIG_FIELDS: dict[str, list[tuple[int, int]]] = {
@@ -97,7 +113,6 @@ RING_VIOLATIONS: dict[str, tuple[str, str]] = {
     "avail-idx-jump": ("split.avail.idx-free-running", "packed.sg.drv-space-for-list"),
     "head-in-flight": ("split.avail.drv-barrier-before-idx", "packed.desc.drv-wait-used"),
     "too-many-in-flight": ("split.avail.idx-free-running", "packed.sg.drv-space-for-list"),
-    "ring-address": ("split.drv.alignment", "packed.drv.alignment"),
     "chain-too-big": ("split.desc.drv-chain-len-limit", "packed.sg.drv-device-limit"),
     "desc-wrap-bits": ("packed.wrap.drv-avail-encoding", "packed.wrap.drv-avail-encoding"),
     "chain-too-long": ("split.chain.drv-max-queue-size", "packed.sg.drv-queue-size-limit"),
@@ -194,6 +209,11 @@ CONDITIONS: dict[str, str] = {
 }
 
 
+def known_feature_mask(device_type: str) -> int:
+    """The feature bits the spec defines for ``device_type`` (and the transport)."""
+    return sum(1 << b for b in range(64) if FEATURES.lookup(b, device_type) is not None)
+
+
 @dataclass
 class _Queue:
     """What the watch remembers about one queue since it was enabled."""
@@ -210,6 +230,7 @@ class _Queue:
     exposed: list[tuple[int, int, bytes]] = field(default_factory=list)  # packed: unused lists
     steps: set[str] = field(default_factory=set)  # legacy mmio setup steps seen (2.x 4.2.4)
     stop_unverified: bool = False  # mmio: QueueReady 0 written, not read back yet
+    pfn_zeroed: bool = False  # legacy mmio: QueuePFN 0 written (the queue is stopped)
 
 
 class DriverWatch:
@@ -249,6 +270,16 @@ class DriverWatch:
         self.first_registers: list[tuple[str, str]] = []  # mmio: the first accesses
         self.iommu_maps: dict[int, list[tuple[int, int]]] = {}  # domain -> mapped ranges
         self.pending_widths: list[tuple[int, int]] = []  # transitional config reads to judge
+        #: an odd mmio value presented: (register revealing it, rules), read yet, touched after
+        self.odd = next((ODD_MMIO[p] for p in presented if p in ODD_MMIO), None)
+        self.odd_seen = False
+        self.odd_touched = False
+        self.failed_set = False  # the driver set FAILED at some point
+        #: mmio generation loop: the generation read before the current config reads, whether
+        #: config was read since, and why a re-read is owed (the generation moved meanwhile)
+        self.gen_open: int | None = None
+        self.gen_config_read = False
+        self.gen_retry: str | None = None
 
     # -- recording --------------------------------------------------------------------------
 
@@ -319,6 +350,7 @@ class DriverWatch:
     def on_status_write(self, old: int, value: int, new: int) -> None:
         if self.stopped is not None or self._vhost:
             return
+        self._went_on(f"status {status_names(value)} written")
         if value == 0:
             self._finish_queues()
             self._reset_state()
@@ -340,6 +372,8 @@ class DriverWatch:
             not cleared,
             f"status write {status_names(value)} clears {status_names(cleared)} of {status_names(old)}",
         )
+        if value & STATUS.FAILED:
+            self.failed_set = True
         if old & STATUS.FAILED and value & ~old & ~STATUS.FAILED:
             why = f"after FAILED the driver wrote {status_names(value)} without a reset"
             self._fail("status.drv.reset-after-failed", why)
@@ -500,12 +534,17 @@ class DriverWatch:
                 self._check(
                     requirement, bool(acked & bit(feature)), f"feature bit {feature} offered but not accepted"
                 )
+            elif requirement not in self.log.findings:
+                self.log.not_applicable(requirement, f"feature bit {feature} was not offered")
 
     # -- config -------------------------------------------------------------------------------
 
     def on_config_read(self, offset: int, size: int) -> None:
         if self.stopped is not None or self._vhost:
             return
+        self._after_odd(f"config read at {offset:#x}")
+        if self.gen_open is not None:
+            self.gen_config_read = True
         self._check_config_width(offset, size)
         if (
             self.device_type == "blk"
@@ -547,6 +586,7 @@ class DriverWatch:
     def on_config_write(self, offset: int, size: int, value: int) -> None:
         if self.stopped is not None or self._vhost:
             return
+        self._after_odd(f"config write at {offset:#x}")
         if self.device_type == "iommu":
             self._check_iommu_config_write(offset, size, value)
         self._check(
@@ -567,6 +607,7 @@ class DriverWatch:
     def on_queue_write(self, index: int, field_name: str, value: int, ready: bool) -> None:
         if self.stopped is not None:
             return
+        self._went_on(f"queue {index} {field_name} written")
         if field_name == "msix_vector":
             if value != PCI.msix_no_vector:
                 self.vector_unverified[index] = value
@@ -594,7 +635,7 @@ class DriverWatch:
                     f"queue {index}: QueuePFN written without {', '.join(sorted(missing))}",
                 )
             else:
-                self._ok("mmio.legacy.pfn-zero-stops")
+                q.pfn_zeroed = True
             q.steps.clear()
         if self._mmio and field_name == "enable" and not value:
             q.stop_unverified = True
@@ -654,6 +695,7 @@ class DriverWatch:
                 q.seen = q.kicked = 0
                 q.recent.clear()
         if field_name == "pfn" and value:
+            q.pfn_zeroed = False
             q.started = False
             q.seen = q.kicked = 0
 
@@ -786,6 +828,9 @@ class DriverWatch:
         view = self.source.ring_view(index)
         if view is None or not view.ready or not view.size:
             self._fail("notify.identifier", f"notification for queue {index}, which is not set up")
+            stopped = self.queues.get(index)
+            if stopped is not None and stopped.pfn_zeroed:
+                self._fail("mmio.legacy.pfn-zero-stops", f"queue {index} kicked after QueuePFN 0 stopped it")
             return
         self._ok("notify.identifier")
         q = self._queue(index)
@@ -866,8 +911,12 @@ class DriverWatch:
         number and the fixed layout (size from the device, used ring aligned). A driver with
         another layout or size leaves the device reading something else: at the first kick
         the avail idx must be a plausible count and the flags a defined value."""
-        ok = idx <= view.size and flags in (0, 1)
-        why = f"queue {q.index}: at the legacy layout avail idx reads {idx}, flags {flags:#x}"
+        ok = 0 < idx <= view.size and flags in (0, 1)
+        why = (
+            f"queue {q.index}: kicked, but the avail ring where the legacy layout of a"
+            f" {view.size}-entry queue puts it reads idx {idx}, flags {flags:#x}"
+            " (nothing published there: the driver laid its ring out otherwise)"
+        )
         rules = ["split.legacy.drv-fixed-layout", "split.legacy.drv-size-and-alloc"]
         rules.append("mmio.legacy.queue-layout" if self._mmio else "pci.legacy.queue-pfn")
         for rule in rules:
@@ -1142,7 +1191,9 @@ class DriverWatch:
         else:
             self._fail("packed.sg.drv-queue-size-limit", f"{where}: a list longer than the queue size {size}")
             return size
-        self._ok(
+        self._ok(  # the device refused none of it (its refusals are mapped in RING_VIOLATIONS)
+            "packed.desc.drv-wait-used",
+            "packed.sg.drv-space-for-list",
             "packed.sg.drv-device-limit",
             "packed.sg.drv-queue-size-limit",
             "packed.sg.drv-readable-first",
@@ -1379,7 +1430,9 @@ class DriverWatch:
         if self.stopped is not None:
             return
         ids = RING_VIOLATIONS.get(violation)
-        if violation in ("bad-address", "dma"):
+        if violation in ("bad-address", "dma", "ring-address"):
+            # ring memory or a buffer the device cannot reach at the address given (the
+            # alignment of the rings is checked by the watch itself, in _start)
             feature = (
                 "features.drv.access-platform-iommu"
                 if self.has(F.ACCESS_PLATFORM)
@@ -1395,6 +1448,12 @@ class DriverWatch:
         """virtio-mmio register rules that need the register's name."""
         if self.stopped is not None or self._vhost:
             return
+        if self.odd is not None:
+            self._after_odd(f"{op} of {name}")
+            if op == "read" and name == self.odd[0]:
+                self.odd_seen = True
+        if op == "read" and name == "ConfigGeneration":
+            self._on_generation(value)
         if len(self.first_registers) < 2:
             self.first_registers.append((op, name))
             if len(self.first_registers) == 2:
@@ -1441,9 +1500,36 @@ class DriverWatch:
         elif op == "write" and name == "GuestPageSize":
             self.page_size = True
 
+    def _after_odd(self, what: str) -> None:
+        """Any access once the odd value was read: the driver did not leave the device alone."""
+        if self.odd is None or not self.odd_seen or self.odd_touched:
+            return
+        self.odd_touched = True
+        register, rules = self.odd
+        for rule in rules:
+            self._fail(rule, f"{what} after {register} read an odd value")
+
+    def _on_generation(self, value: int) -> None:
+        """A ConfigGeneration read: it closes the config reads since the previous one."""
+        if self.gen_open is not None and self.gen_config_read:
+            if value != self.gen_open:
+                self.gen_retry = f"ConfigGeneration {self.gen_open} -> {value} across config reads"
+            elif self.gen_retry is not None:
+                self.gen_retry = None
+                self._ok("config.drv.generation-loop")  # read again until it held still
+        self.gen_open = value
+        self.gen_config_read = False
+
+    def _went_on(self, what: str) -> None:
+        """The driver acted on config values read while the generation moved."""
+        if self.gen_retry is not None:
+            why, self.gen_retry = self.gen_retry, None
+            self._fail("config.drv.generation-loop", f"{why}, then {what} without reading them again")
+
     def on_misuse(self, kind: str, message: str) -> None:
         if self.stopped is not None:
             return
+        self._after_odd(f"refused access ({message})")
         requirement = MISUSE.get(kind)
         if requirement is None:
             self.unmapped.append(f"{kind}: {message}")
@@ -1502,16 +1588,36 @@ class DriverWatch:
             # walk and drove the device with them (a driver that did not skip the odd ones
             # never gets here: driver_runner.judge_presented fails it from the run)
             for what in self.presented:
-                self._ok(PRESENTED[what])
-        if self._pci and self.reset_seen and self.transport != "vhost-user":
-            # the driver bound this function by its id (a modern-only or a transitional one)
+                if what in PRESENTED:
+                    self._ok(PRESENTED[what])
+        if any(q.pfn_zeroed for q in self.queues.values()):
+            self._ok("mmio.legacy.pfn-zero-stops")  # stopped queues were not kicked again
+        if self.failed_set and not self._vhost:
+            # FAILED was set and nothing but a reset followed (the status checks fail otherwise)
+            self._ok("status.drv.reset-after-failed", "init.drv.stop-on-error")
+        if self.chains:
+            # the device reached every buffer at the address the driver gave (a ring
+            # violation "bad-address"/"dma" fails the rule instead)
             self._ok(
-                "pci.id.drv-match-modern"
-                if self.transport == "pci-modern"
-                else "pci.id.drv-match-transitional"
+                "features.drv.access-platform-iommu"
+                if self.has(F.ACCESS_PLATFORM)
+                else "features.drv.physical-addresses"
             )
-            if self.transport == "pci-legacy":
-                self._ok("pci.legacy.drv-bar0-io")  # the legacy header lives in I/O BAR 0 only
+        if UNKNOWN_FEATURE in self.presented and self.offered and not self._vhost:
+            unknown = self.source.device_features & ~known_feature_mask(self.device_type)
+            self._check(
+                "features.drv.no-fail-on-unknown",
+                self.driver_ok_seen,
+                f"offered feature bits {unknown:#x} no spec defines; the driver never set DRIVER_OK"
+                f" (status {status_names(self.status)})",
+            )
+        if self.odd is not None and self.odd_seen and not self.odd_touched:
+            self._ok(*self.odd[1])  # read the odd value, then touched nothing more
+        if self.transport in MATCH_RULE and self.driver_ok_seen and not self._vhost:
+            # a driver brought this function up: it matched the function's id (a modern
+            # 0x1040+ id, or a transitional one); driver_runner.judge_bound fails a driver
+            # that left a function it should have taken untouched
+            self._ok(MATCH_RULE[self.transport])
         if not self._vhost and self.reset_seen:
             family = (
                 _MMIO_ACCESS_IDS

@@ -301,6 +301,26 @@ async def open_transport(dut: Dut, *, want_key: str | None = None) -> OpenedTran
 # -- QEMU -------------------------------------------------------------------------------------
 
 
+#: QEMU slots of a virtio-iommu-pci under test and of the rng endpoint behind it (q35)
+QEMU_IOMMU_SLOT = 3
+QEMU_ENDPOINT_SLOT = 4
+
+
+def _qemu_iommu(device: str, transport: str) -> tuple[list[str], list[int]]:
+    """QEMU's virtio-iommu-pci (a q35 PCI function; QEMU 7.2 has no mmio flavour a machine
+    of ours takes) with its properties, and the endpoint ids behind it: one virtio-rng-pci
+    with iommu_platform=on, whose requester id is its bus/device/function."""
+    if transport != "pci-modern":
+        raise DutError("qemu:virtio-iommu runs on pci-modern (virtio-iommu-pci on q35) only")
+    _, _, props = device.partition(",")
+    option = ",".join(filter(None, [f"virtio-iommu-pci,addr={QEMU_IOMMU_SLOT:x}.0", props]))
+    requester = QEMU_ENDPOINT_SLOT << PCI_SLOT_SHIFT  # bus 0, function 0
+    return ["-device", option], [requester]
+
+
+PCI_SLOT_SHIFT = 3  # requester id: bus << 8 | slot << 3 | function
+
+
 def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Dut:
     """A QEMU device under qtest (blocking: spawns QEMU). Raises DutError when QEMU is
     missing or refuses the device."""
@@ -327,7 +347,13 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
     try:
         facts = MachineFacts.of(machine_of(transport))
         qemu = require_qemu(QEMU_BINARY[facts.arch])
+        iommu = name.startswith("virtio-iommu")
+        if iommu:
+            iommu_args, endpoints = _qemu_iommu(device, transport)
+            device = f"{IOMMU_ENDPOINT_DEVICE}-device,iommu_platform=on,addr={QEMU_ENDPOINT_SLOT:x}.0"
         devs = qemu_devices([device], transport, Path(scratch.name))
+        if iommu:
+            devs.args = iommu_args + devs.args
         # microvm without ACPI lists its transports on the command line (no tables to read);
         # q35's PCI is enumerated by the conformance driver itself, through the ECAM and
         # windows of QEMU's tables
@@ -359,6 +385,8 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         key=device_key(name),
         disk=devs.disks[0] if devs.disks else None,
     )
+    if iommu:
+        dut.endpoints = endpoints
     link.irq_handler = lambda kind, line, value: dut.irqs.append(("line", line, value))
     dut.closers += [scratch.cleanup, lambda: dut.notes.extend(q.close().splitlines())]
     return dut
