@@ -2,10 +2,11 @@
 MCFG, and a small AML reader.
 
 The AML reader understands what our host writes and what QEMU 7.2 writes around its
-virtio-mmio transports (Scope, Device, Name with integers, strings, EISA ids and resource
-template buffers) and steps over what it does not need by package length (Method,
-Field, If, Package, ...). An opcode it cannot size ends the reading of that one term
-list (noted), as a driver that only looks for its devices would do.
+virtio-mmio transports and its q35 PCI host bridge (Scope, Device, Name with integers,
+strings, EISA ids and resource template buffers with address space descriptors) and
+steps over what it does not need by package length (Method, Field, If, Package, ...).
+An opcode it cannot size ends the reading of that one term list (noted), as a driver
+that only looks for its devices would do.
 
 Every input is untrusted: a bad checksum, a short table, a length that points past the
 data, an AML package that claims more bytes than its parent holds, nesting beyond
@@ -39,9 +40,10 @@ from virtio_sim.acpi_layouts import (
     decode_pkg_length,
     sums_to_zero,
 )
+from virtio_sim.spec import LIMITS
 
 MAX_DEPTH = 32  # nesting of Scope/Device/Buffer the reader follows
-MAX_TABLE = 1 << 20  # a table longer than this is a lie (QEMU's largest are a few KiB)
+MAX_TABLE = LIMITS.guest.max_acpi_table  # a table longer than this is a lie (specs/limits.toml)
 MAX_VIOT_NODES = 4096
 MAX_PCI_RANGE = 1 << 16
 # Opcodes whose body is a PkgLength-sized blob this reader skips (ACPI 6.x 20.2.5).
@@ -72,6 +74,15 @@ class AcpiDevice:
     cca: int | None = None
     memory: list[tuple[int, int]] = field(default_factory=list)  # (base, length)
     interrupts: list[int] = field(default_factory=list)
+    cids: list[str] = field(default_factory=list)
+    seg: int | None = None
+    bbn: int | None = None
+    # what a host bridge's _CRS produces, each range (first, last) inclusive
+    bus_ranges: list[tuple[int, int]] = field(default_factory=list)
+    io_windows: list[tuple[int, int]] = field(default_factory=list)
+    mem_windows: list[tuple[int, int]] = field(default_factory=list)
+    io_ports: list[tuple[int, int]] = field(default_factory=list)  # IO(): (base, length)
+    io_translation: int = 0  # CPU address of port 0 (arm: the PIO window), from the _CRS
 
 
 @dataclass
@@ -349,7 +360,11 @@ class _Aml:
         if op == AML["scope_op"]:
             start, stop = self.pkg(at + 1, end)
             nm, body = self.name_string(start, stop)
-            self.terms(body, stop, _join(scope, nm), depth + 1, out, None)
+            path = _join(scope, nm)
+            # Scope(\\_SB.PCI0) { Name(_CRS, ...) } adds objects to a Device declared
+            # earlier (QEMU's q35 writes its host bridge's _CRS that way).
+            known = next((d for d in out if d.path == path), None)
+            self.terms(body, stop, path, depth + 1, out, known)
             return stop
         if op == AML["name_op"]:
             nm, at = self.name_string(at + 1, end)
@@ -408,8 +423,16 @@ def _set_object(dev: AcpiDevice, nm: str, value: Any, aml: _Aml) -> None:
             dev.hid = value
         else:
             raise AcpiError(f"DSDT: {dev.path}._HID is neither a string nor an EISA id")
+    elif seg == "_CID":
+        if isinstance(value, int) and value < 1 << 32:
+            dev.cids.append(eisa_id(value))
+        elif isinstance(value, str):
+            dev.cids.append(value)
+        # a Package of ids is stepped over (none of the bridges read here use one)
     elif seg == "_UID" and isinstance(value, int | str):
         dev.uid = value
+    elif seg in ("_SEG", "_BBN") and isinstance(value, int):
+        setattr(dev, seg[1:].lower(), value)
     elif seg == "_CCA" and isinstance(value, int):
         dev.cca = value
     elif seg == "_CRS":
@@ -419,7 +442,8 @@ def _set_object(dev: AcpiDevice, nm: str, value: Any, aml: _Aml) -> None:
 
 
 def parse_resources(data: bytes, dev: AcpiDevice) -> None:
-    """Memory32Fixed, Extended Interrupt and IRQ descriptors of a _CRS buffer (others skipped)."""
+    """Memory32Fixed, Extended Interrupt, IRQ, IO and address space (Word/DWord/QWord)
+    descriptors of a _CRS buffer (others skipped)."""
     at = 0
     while at < len(data):
         tag = data[at]
@@ -436,6 +460,8 @@ def parse_resources(data: bytes, dev: AcpiDevice) -> None:
                 if length < RES["memory32_fixed_length"]:
                     raise AcpiError(f"{dev.path}._CRS: Memory32Fixed of {length} bytes")
                 dev.memory.append((int.from_bytes(body[1:5], "little"), int.from_bytes(body[5:9], "little")))
+            elif tag in _ADDRESS_WIDTH:
+                _address_space(dev, tag, body)
             elif tag == RES["extended_interrupt"]:
                 count = body[1] if length >= 2 else 0
                 if length < 2 + 4 * count or count == 0:
@@ -452,11 +478,46 @@ def parse_resources(data: bytes, dev: AcpiDevice) -> None:
             raise AcpiError(f"{dev.path}._CRS: small descriptor {tag:#04x} cut short at {at}")
         if kind == RES["end_tag"] >> 3:
             return
+        if tag == RES["io_port"]:
+            # IO(Decode16, min, max, align, length): a fixed range of ports the device decodes
+            dev.io_ports.append((int.from_bytes(data[at + 2 : at + 4], "little"), data[at + 7]))
         if kind == RES["irq_small"] and length >= 2:
             mask = int.from_bytes(data[at + 1 : at + 3], "little")
             dev.interrupts += [i for i in range(16) if mask >> i & 1]
         at += 1 + length
     raise AcpiError(f"{dev.path}._CRS: no end tag")
+
+
+_ADDRESS_WIDTH = {RES["word_address"]: 2, RES["dword_address"]: 4, RES["qword_address"]: 8}
+_ADDRESS_FIELDS = 5  # granularity, minimum, maximum, translation offset, length
+_ADDRESS_HEAD = 3  # resource type, general flags, type-specific flags
+
+
+def _address_space(dev: AcpiDevice, tag: int, body: bytes) -> None:
+    """WordBusNumber / WordIO / DWordMemory / QWordMemory (ACPI 6.x 6.4.3.5): the range
+    [minimum, maximum] (plus the translation offset) goes to the list its type names."""
+    width = _ADDRESS_WIDTH[tag]
+    need = _ADDRESS_HEAD + _ADDRESS_FIELDS * width
+    if len(body) < need:
+        raise AcpiError(f"{dev.path}._CRS: address descriptor {tag:#04x} of {len(body)} bytes, need {need}")
+    values = [
+        int.from_bytes(body[_ADDRESS_HEAD + i * width : _ADDRESS_HEAD + (i + 1) * width], "little")
+        for i in range(_ADDRESS_FIELDS)
+    ]
+    _, low, high, offset, length = values
+    if high < low or (length and length != high - low + 1):
+        raise AcpiError(
+            f"{dev.path}._CRS: address range {low:#x}-{high:#x} with length {length:#x} is inconsistent"
+        )
+    kind = body[0]
+    # bus-side ranges (what BARs hold); the CPU sees them at range + translation offset
+    if kind == RES["space_memory"]:
+        dev.mem_windows.append((low + offset, high + offset))
+    elif kind == RES["space_io"]:
+        dev.io_windows.append((low, high))
+        dev.io_translation = offset or dev.io_translation
+    elif kind == RES["space_bus"]:
+        dev.bus_ranges.append((low, high))
 
 
 def parse_dsdt(data: bytes) -> DsdtInfo:

@@ -1,5 +1,8 @@
 """The guest's firmware reader: RSDP -> XSDT (or RSDT) -> FADT -> DSDT, plus VIOT and MCFG.
 
+The PCI host bridge (the DSDT's PNP0A08/PNP0A03 Device) gives the PCI windows and the
+MCFG its ECAM (:mod:`guest.pci_firmware`).
+
 Linux finds the RSDP through ``acpi_rsdp=`` (kexec, EFI, and our arm ``virt``) or by
 scanning the x86 BIOS area 0xE0000-0xFFFFF on 16-byte boundaries; so does
 :func:`discover`. What it returns is what a driver match needs: every virtio-mmio
@@ -19,11 +22,14 @@ from guest.acpi import (
     ViotInfo,
     parse_dsdt,
     parse_fadt,
+    parse_mcfg,
     parse_root,
     parse_rsdp,
     parse_viot,
 )
 from guest.fdt import FdtError, fdt_size, parse_fdt
+from guest.pci import PciFirmware
+from guest.pci_firmware import is_host_bridge, pci_from_acpi, pci_from_fdt
 from virtio_sim.acpi_layouts import FDT, HID, RSDP, RSDP_SIZE, SDT_HEADER_SIZE, SIG
 from virtio_sim.memory import ByteAccess
 
@@ -56,6 +62,9 @@ class FirmwareView:
     tables: dict[str, int] = field(default_factory=dict)  # signature -> address
     mmio: list[FirmwareMmio] = field(default_factory=list)
     viot: ViotInfo | None = None
+    #: the PCI host bridge's windows and ECAM (DSDT PNP0A08/PNP0A03 Device + MCFG)
+    pci: PciFirmware | None = None
+    pci_bridge: str | None = None
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -140,6 +149,14 @@ def discover(memory: ByteAccess, cmdline: str, ram_base: int = 0) -> FirmwareVie
         for dev in dsdt.devices:
             if dev.hid in VIRTIO_MMIO_HIDS:
                 view.mmio.append(_mmio_of(dev))
+        bridge = next((d for d in dsdt.devices if is_host_bridge(d)), None)
+        if bridge is not None:
+            mcfg_at = view.tables.get(SIG["mcfg"])
+            mcfg = parse_mcfg(read_table(memory, mcfg_at)) if mcfg_at is not None else None
+            # MSIs need a target: x86's LAPIC window is architectural; on arm (RAM not at 0)
+            # an MSI controller would have to be in the tables, and ours carry none.
+            view.pci = pci_from_acpi(bridge, mcfg, msi=ram_base == 0)
+            view.pci_bridge = bridge.path
         viot_at = view.tables.get(SIG["viot"])
         if viot_at is not None:
             view.viot = parse_viot(read_table(memory, viot_at))
@@ -159,7 +176,11 @@ def _discover_fdt(memory: ByteAccess, address: int, view: FirmwareView) -> None:
             nodes = parse_fdt(blob)
         except AcpiError as e:
             raise FdtError(str(e)) from None
+        root_cells = nodes[0].cells("#address-cells") if nodes else []
         for node in nodes:
+            if FDT["pci_host_compatible"] in node.compatible and view.pci is None:
+                view.pci = pci_from_fdt(node, root_cells[0] if root_cells else 2)
+                view.pci_bridge = node.path
             if FDT["virtio_mmio_compatible"] not in node.compatible:
                 continue
             irqs = node.cells("interrupts")

@@ -78,6 +78,11 @@ class PciFirmware:
     ecam_buses: int
     mem: tuple[int, int]
     io: tuple[int, int]
+    #: where the guest learned it: "cmdline" (``virtio_sim.pci=``) or "acpi" (MCFG + _CRS)
+    source: str = "cmdline"
+    #: the platform has somewhere to send MSIs (x86's LAPIC window; an arm machine only
+    #: with a GICv2m/ITS, which our virt does not have): else INTx only, as Linux does
+    msi: bool = True
 
 
 def parse_pci_param(cmdline: str) -> PciFirmware | None:
@@ -226,7 +231,8 @@ class GuestPciBus:
         self.firmware = firmware
         self.devices: list[GuestPciDevice] = []
         self._mem_next = firmware.mem[0]
-        self._io_next = firmware.io[0]
+        # as Linux: I/O BARs stay above the legacy ports whatever the window says
+        self._io_next = max(firmware.io[0], PCI_CFG.min_io)
 
     async def read(self, bdf: Bdf, offset: int, size: int) -> int:
         return await self.access.read(bdf, offset, size)

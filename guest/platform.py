@@ -7,7 +7,8 @@ device id, negotiate, let the driver set up queues, DRIVER_OK. Interrupt lines a
 to the devices behind them; a raised line is handled by reading and acknowledging the
 interrupt status until no cause is left.
 
-PCI (``virtio_sim.pci=`` on the command line, standing in for ACPI's MCFG) is enumerated
+PCI -- described by ACPI (the host bridge's _CRS windows, ECAM from the MCFG) or, on a
+machine without firmware, by ``virtio_sim.pci=`` on the command line -- is enumerated
 by :mod:`guest.pci`; every function with the virtio vendor id goes through Linux's
 virtio_pci_probe: enable, modern transport first and legacy as fallback (the other way
 round with ``force_legacy``), bus mastering, MSI-X vectors (config change on entry 0, one
@@ -374,6 +375,8 @@ class GuestKernel:
         fw = parse_pci_param(cmdline)
         view = discover(self.memory, cmdline, self.ram_base)
         self.firmware = view
+        if view.pci is not None:
+            fw = view.pci  # the tables, not a command-line stand-in
         what = "ACPI" if view.source == "acpi" else "device tree"
         for err in view.errors:
             self.probes.append(ProbeRecord("firmware", None, False, f"{what}: {err}", source=view.source))
@@ -501,7 +504,7 @@ class GuestKernel:
         dev: VirtioGuestDevice,
     ) -> None:
         cap = msix_cap(pdev)
-        if not self.policy.pci_msix or cap is None:
+        if not self.policy.pci_msix or cap is None or not bus.firmware.msi:
             return
         msix = GuestMsix(bus, self.link, pdev, cap)
         try:

@@ -21,6 +21,7 @@ from virtio_sim.acpi_layouts import (
     HID,
     MCFG_RESERVED,
     OEM,
+    PCI0,
     RES,
     REV,
     RSDP,
@@ -42,6 +43,7 @@ from virtio_sim.acpi_layouts import (
 )
 
 FADT_LENGTH = 276  # ACPI 6.x FADT
+EISA_ID_LENGTH = 7
 NAME_SEG = 4
 TABLE_ALIGN = 16
 VIOT_NODE_ALIGN = 8
@@ -129,10 +131,116 @@ def virtio_mmio_device(entry: MmioDeviceEntry, hid: str) -> bytes:
     return device(f"VR{entry.slot:02d}", body)
 
 
-def dsdt_aml(entries: list[MmioDeviceEntry], hid: str = HID["virtio_mmio"]) -> bytes:
-    """The DSDT's AML: ``Scope(_SB)`` with one Device per transport, in the order given
-    (the caller follows QEMU's order and choice of slots)."""
-    devices = b"".join(virtio_mmio_device(e, hid) for e in entries)
+def eisa_id(text: str) -> bytes:
+    """``EisaId("PNP0A08")``: three letters of 5 bits and four hex digits in a DWordConst."""
+    if len(text) != EISA_ID_LENGTH or not text[:3].isalpha() or not text[:3].isupper():
+        raise ValueError(f"bad EISA id {text!r}")
+    a, b, c = (ord(ch) - ord("@") for ch in text[:3])
+    raw = bytes([a << 2 | b >> 3, (b & 0x7) << 5 | c, int(text[3:5], 16), int(text[5:7], 16)])
+    return bytes([AML["dword_prefix"]]) + raw
+
+
+def _large(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + len(body).to_bytes(2, "little") + body
+
+
+def address_space(width: int, kind: int, type_flags: int, low: int, high: int, translation: int = 0) -> bytes:
+    """Word/DWord/QWord address space descriptor (producer, MinFixed, MaxFixed, PosDecode)."""
+    tag = {2: RES["word_address"], 4: RES["dword_address"], 8: RES["qword_address"]}[width]
+    fields = (0, low, high, translation, high - low + 1)
+    head = bytes([kind, RES["address_flags_fixed"], type_flags])
+    return _large(tag, head + b"".join(v.to_bytes(width, "little") for v in fields))
+
+
+def io_port(base: int, length: int) -> bytes:
+    """IO(Decode16, base, base, 1, length)."""
+    span = base.to_bytes(2, "little") * 2
+    return bytes([RES["io_port"], RES["io_decode16"]]) + span + bytes([1, length])
+
+
+@dataclass(frozen=True)
+class PciBridgeEntry:
+    """q35's host bridge as its DSDT Device says: buses and the windows it forwards."""
+
+    buses: int
+    io: tuple[int, int]  # [start, end)
+    mem: tuple[int, int]  # [start, end), below 4 GiB
+    style: str = "q35"  # "q35" | "virt" (QEMU's two _CRS shapes)
+    io_translation: int = 0  # virt: port p is CPU address io_translation + p
+
+
+def pci_host_bridge(bridge: PciBridgeEntry) -> bytes:
+    """``Device(PCI0)`` in QEMU q35's shape: _HID PNP0A08, _CID PNP0A03, _ADR, _UID, _SEG,
+    _BBN and a _CRS with the bus range, the 0xCF8 config ports, the I/O ranges either side
+    of them (the upper one ending at the bridge's window), the VGA hole and the 32-bit
+    memory window."""
+    if bridge.style == "virt":
+        return _virt_pci_host_bridge(bridge)
+    io_flags, rw_cache, rw_nocache = (
+        RES["io_flags_entire_range"],
+        RES["memory_flags_rw_cacheable"],
+        RES["memory_flags_rw_noncacheable"],
+    )
+    crs = (
+        address_space(2, RES["space_bus"], 0, 0, bridge.buses - 1)
+        + io_port(PCI0["conf1_port"], PCI0["conf1_ports"])
+        + address_space(2, RES["space_io"], io_flags, 0, PCI0["conf1_port"] - 1)
+        + address_space(2, RES["space_io"], io_flags, bridge.io[0], bridge.io[1] - 1)
+        + address_space(4, RES["space_memory"], rw_cache, PCI0["vga_start"], PCI0["vga_end"])
+        + address_space(4, RES["space_memory"], rw_nocache, bridge.mem[0], bridge.mem[1] - 1)
+        + bytes([RES["end_tag"], 0])
+    )
+    body = (
+        name("_HID", eisa_id(HID["pci_express_root"]))
+        + name("_CID", eisa_id(HID["pci_root"]))
+        + name("_ADR", integer(0))
+        + name("_UID", integer(0))
+        + name("_SEG", integer(0))
+        + name("_BBN", integer(0))
+        + name("_CRS", buffer(crs))
+    )
+    return device("PCI0", body)
+
+
+def _virt_pci_host_bridge(bridge: PciBridgeEntry) -> bytes:
+    """arm virt's ``Device(PCI0)`` (QEMU's acpi_dsdt_add_gpex): _HID/_CID, _SEG, _BBN, _UID,
+    _CCA and a _CRS with the bus range, the 32-bit MMIO window and the I/O window as a
+    DWordIO whose translation offset is the PIO window's CPU address. (QEMU also writes
+    _PRT for INTx and a _STR; our guest takes the INTx line from config space.)"""
+    crs = (
+        address_space(2, RES["space_bus"], 0, 0, bridge.buses - 1)
+        + address_space(
+            4, RES["space_memory"], RES["memory_flags_rw_noncacheable"], bridge.mem[0], bridge.mem[1] - 1
+        )
+        + address_space(
+            4,
+            RES["space_io"],
+            RES["io_flags_entire_range"],
+            bridge.io[0],
+            bridge.io[1] - 1,
+            bridge.io_translation,
+        )
+        + bytes([RES["end_tag"], 0])
+    )
+    body = (
+        name("_HID", eisa_id(HID["pci_express_root"]))
+        + name("_CID", eisa_id(HID["pci_root"]))
+        + name("_SEG", integer(0))
+        + name("_BBN", integer(0))
+        + name("_UID", integer(0))
+        + name("_CCA", integer(1))
+        + name("_CRS", buffer(crs))
+    )
+    return device("PCI0", body)
+
+
+def dsdt_aml(
+    entries: list[MmioDeviceEntry], hid: str = HID["virtio_mmio"], pci: PciBridgeEntry | None = None
+) -> bytes:
+    """The DSDT's AML: ``Scope(_SB)`` with the PCI host bridge (q35) and one Device per
+    transport, in the order given (the caller follows QEMU's order and choice of slots)."""
+    devices = pci_host_bridge(pci) if pci is not None else b""
+    devices += b"".join(virtio_mmio_device(e, hid) for e in entries)
     return scope("_SB", devices) if devices else b""
 
 
@@ -284,6 +392,7 @@ class AcpiPlan:
     hw_reduced: bool = True
     viot: ViotTopology | None = None
     ecam: tuple[int, int] | None = None  # (base, buses) for an MCFG
+    pci: PciBridgeEntry | None = None  # the host bridge Device of the DSDT
 
 
 def _align(value: int) -> int:
@@ -306,7 +415,7 @@ def build_tables(plan: AcpiPlan, rsdp_address: int, tables_start: int, tables_en
         at = _align(at + len(table))
         return address
 
-    dsdt_address = place(SIG["dsdt"], sdt(SIG["dsdt"], REV["dsdt"], dsdt_aml(plan.mmio, plan.hid)))
+    dsdt_address = place(SIG["dsdt"], sdt(SIG["dsdt"], REV["dsdt"], dsdt_aml(plan.mmio, plan.hid, plan.pci)))
     listed = [place(SIG["fadt"], fadt(dsdt_address, hw_reduced=plan.hw_reduced))]
     if plan.viot is not None:
         listed.append(place(SIG["viot"], viot(plan.viot)))

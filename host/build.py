@@ -226,10 +226,13 @@ def build_host(cfg: HostConfig) -> HostSetup:
         machine = Machine(
             memory, mmio_base=facts["mmio_base"], mmio_slots=facts["mmio_slots"], irq_base=mspec.irq_base
         )
-        if not facts["pci"]:
+        if facts["user_mmio"]:
             machine.empty_transports_legacy = force_legacy  # every slot a transport, as QEMU
     if cfg.transport in PCI_TRANSPORTS:
-        machine.attach_q35_pci()
+        if mspec is not None and mspec.name == "virt":
+            machine.attach_virt_pci(mspec.facts)
+        else:
+            machine.attach_q35_pci()
     setup = HostSetup(memory, machine, built=built, machine_spec=mspec)
     make_ram = cfg.address_space or IdentityAddressSpace
     try:

@@ -9,8 +9,10 @@ output in the tests): under a root with #address-cells = #size-cells = 2, one no
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from virtio_sim.acpi_layouts import FDT, FdtHeader
+from virtio_sim.spec import PCI_CFG
 
 CELLS = 2
 RSVMAP_END = bytes(16)  # the memory reservation map: just its terminating entry
@@ -75,8 +77,48 @@ class _Builder:
         return bytes(header) + RSVMAP_END + bytes(self.struct) + bytes(self.strings)
 
 
-def virt_fdt(mmio_base: int, stride: int, slots: int, spi_base: int) -> bytes:
-    """The device tree of a virt machine's virtio-mmio transports (all slots, as QEMU)."""
+@dataclass(frozen=True)
+class FdtPciHost:
+    """virt's PCIe host as its device-tree node says: ECAM, buses, I/O and MMIO windows."""
+
+    ecam_base: int
+    buses: int
+    pio_base: int
+    io_size: int
+    mem: tuple[int, int]  # [start, end), bus address == CPU address
+
+
+def _pair(value: int) -> tuple[int, int]:
+    return value >> 32, value & 0xFFFFFFFF
+
+
+def pci_host_node(b: _Builder, pci: FdtPciHost) -> None:
+    """``pcie@<mmio>`` as QEMU's create_pcie() writes it (without interrupt-map: our guest
+    reads each function's INTx line from config space)."""
+    mem_base, mem_size = pci.mem[0], pci.mem[1] - pci.mem[0]
+    ecam_size = pci.buses << PCI_CFG.ecam_bus_shift
+    b.begin(f"pcie@{mem_base:x}")
+    b.string("compatible", FDT["pci_host_compatible"])
+    b.string("device_type", "pci")
+    b.cells("#address-cells", FDT["pci_address_cells"])
+    b.cells("#size-cells", FDT["pci_size_cells"])
+    b.cells("linux,pci-domain", 0)
+    b.cells("bus-range", 0, pci.buses - 1)
+    b.prop("dma-coherent", b"")
+    b.cells("reg", *_pair(pci.ecam_base), *_pair(ecam_size))
+    io_space = FDT["pci_space_io"] << FDT["pci_space_shift"]
+    mem_space = FDT["pci_space_mem32"] << FDT["pci_space_shift"]
+    b.cells(
+        "ranges",
+        *(io_space, 0, 0, *_pair(pci.pio_base), *_pair(pci.io_size)),
+        *(mem_space, *_pair(mem_base), *_pair(mem_base), *_pair(mem_size)),
+    )
+    b.end()
+
+
+def virt_fdt(mmio_base: int, stride: int, slots: int, spi_base: int, pci: FdtPciHost | None = None) -> bytes:
+    """The device tree of a virt machine's virtio-mmio transports (all slots, as QEMU) and,
+    when it has one, its PCIe host."""
     b = _Builder()
     b.begin("")
     b.cells("#address-cells", CELLS)
@@ -90,5 +132,7 @@ def virt_fdt(mmio_base: int, stride: int, slots: int, spi_base: int) -> bytes:
         b.cells("reg", base >> 32, base & 0xFFFFFFFF, 0, stride)
         b.string("compatible", FDT["virtio_mmio_compatible"])
         b.end()
+    if pci is not None:
+        pci_host_node(b, pci)
     b.end()
     return b.finish()

@@ -11,13 +11,14 @@ configuration table does on real arm64); with acpi=off a device tree instead
 
 from __future__ import annotations
 
-from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, ViotTopology, build_tables
-from host.fdt import virt_fdt
+from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, PciBridgeEntry, ViotTopology, build_tables
+from host.fdt import FdtPciHost, virt_fdt
 from host.machine import Machine
 from host.machine_types import MachineSpec
 from host.transport.mmio import MMIO_WINDOW
 from virtio_sim.acpi_layouts import FDT, RSDP
 from virtio_sim.memory import GuestMemory
+from virtio_sim.spec import PCI_CFG
 
 
 def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
@@ -37,10 +38,16 @@ def acpi_plan(machine: Machine, spec: MachineSpec) -> AcpiPlan:
     iommu = next((s for s in machine.slots if s.transport.device.type.key == "iommu"), None)
     if iommu is not None:
         viot = ViotTopology(iommu.base, dict(machine.iommu_endpoints), dict(machine.iommu_pci_endpoints))
-    ecam = None
-    if machine.pci is not None and machine.pci.ecam_base is not None:
-        ecam = (machine.pci.ecam_base, machine.pci.ecam_buses)
-    return AcpiPlan(entries, spec.mmio_hid, hw_reduced=not spec.facts["pci"], viot=viot, ecam=ecam)
+    ecam, bridge = None, None
+    if machine.pci is not None:
+        w = machine.pci.windows
+        virt = spec.facts["arch"] == "aarch64"
+        style, pio = ("virt", spec.facts["pio_base"]) if virt else ("q35", 0)
+        bridge = PciBridgeEntry(machine.pci.ecam_buses or PCI_CFG.buses, w.io, w.mem, style, pio)
+        if machine.pci.ecam_base is not None:
+            ecam = (machine.pci.ecam_base, machine.pci.ecam_buses)
+    hw_reduced = bool(spec.facts["hw_reduced"])
+    return AcpiPlan(entries, spec.mmio_hid, hw_reduced=hw_reduced, viot=viot, ecam=ecam, pci=bridge)
 
 
 def install_acpi(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> AcpiTables:
@@ -68,7 +75,17 @@ def install_fdt(machine: Machine, memory: GuestMemory, spec: MachineSpec) -> int
     """virt with acpi=off: the device tree in the first MiB of RAM, its address handed
     over on the command line (standing in for register x0 at kernel entry)."""
     facts = spec.facts
-    blob = virt_fdt(machine.mmio_base, MMIO_WINDOW, machine.mmio_slots, facts["spi_base"])
+    pci = None
+    if machine.pci is not None:
+        io = machine.pci.windows.io
+        pci = FdtPciHost(
+            machine.pci.ecam_base or 0,
+            machine.pci.ecam_buses,
+            facts["pio_base"],
+            io[1] - io[0],
+            machine.pci.windows.mem,
+        )
+    blob = virt_fdt(machine.mmio_base, MMIO_WINDOW, machine.mmio_slots, facts["spi_base"], pci)
     if len(blob) > facts["fdt_max"]:
         raise ValueError(f"device tree of {len(blob)} bytes exceeds {facts['fdt_max']}")
     address = spec.ram_base + int(facts["fdt_offset"])

@@ -7,9 +7,10 @@ QEMU 7.2 does). Without firmware (the default machine, QEMU microvm's acpi=off) 
 learns the transports from Linux's ``virtio_mmio.device=`` kernel parameter
 (``size@base:irq``); a machine built with ``-M`` gets ACPI tables or a device tree from
 :mod:`host.firmware` and the command line then carries only :attr:`Machine.boot_params`.
-A machine with PCI (``attach_q35_pci``) also describes its ECAM window and BAR windows on
-the command line (``virtio_sim.pci=ecam@BASE/BUSES,mem@START-END,io@START-END``), standing
-in for ACPI's MCFG table and the host bridge's resources.
+A machine with PCI (``attach_q35_pci``) but no ACPI tables describes its ECAM window and
+BAR windows on the command line (``virtio_sim.pci=ecam@BASE/BUSES,mem@START-END,io@START-END``),
+standing in for ACPI's MCFG table and the host bridge's _CRS; with ACPI (``-M q35``) the
+tables carry them.
 
 Accesses to addresses where no device sits read as 0 and are ignored on write (QEMU's
 unassigned memory), recorded in :attr:`Machine.notes`.
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from host.pci import PciHost, PciWindows, q35_host_bridge
+from host.pci import PciHost, PciWindows, gpex_host_bridge, q35_host_bridge
 from host.transport.mmio import MMIO_WINDOW, MmioTransport
 from host.transport.virtio_pci import VirtioPciProxy
 from host.virtio_device import VirtioDevice
@@ -116,6 +118,23 @@ class Machine:
         self.pci = host
         return host
 
+    def attach_virt_pci(self, facts: dict[str, Any]) -> PciHost:
+        """Give the machine arm virt's PCIe host bridge: ECAM only (no 0xCF8 ports), INTx
+        A-D on GSIV 35-38 swizzled by slot, no MSI controller (specs/machines.toml)."""
+        host = PciHost(
+            PciWindows(tuple(facts["pci_mem"]), tuple(facts["pci_io"])),
+            ecam_base=facts["ecam_base"],
+            ecam_buses=facts["ecam_buses"],
+            conf1=False,
+            irq_base=facts["intx_gsi_base"],
+            irq_count=facts["intx_lines"],
+        )
+        host.irq_out = lambda irq, level: self.irq_out(irq, level)
+        host.msi_out = self._msi
+        host.plug(gpex_host_bridge(), slot=0)
+        self.pci = host
+        return host
+
     def add_pci_device(self, proxy: VirtioPciProxy, slot: int | None = None, function: int = 0) -> None:
         if self.pci is None:
             raise ValueError("this machine has no PCI bus")
@@ -153,10 +172,11 @@ class Machine:
             for s in sorted(self.slots, key=lambda s: s.base)
         ]
         if self.firmware is not None:
-            # The DSDT lists the transports and the VIOT the IOMMU topology; the PCI
-            # windows still come from the command line (no host bridge _CRS yet).
+            # The DSDT lists the transports and the VIOT the IOMMU topology.
             params = list(self.boot_params)
-        if self.pci is not None:
+        if self.pci is not None and self.firmware != "acpi":
+            # Without ACPI (the default machine, -M q35,acpi=off) the command line stands
+            # in for the MCFG and the host bridge's _CRS.
             w = self.pci.windows
             parts = []
             if self.pci.ecam_base is not None:

@@ -84,9 +84,10 @@ def check_placement(
     spec: MachineSpec, transport: str, first_device: str, pci_transports: tuple[str, ...]
 ) -> None:
     """A machine without a PCI bus refuses PCI transports; q35 has no virtio-mmio bus for
-    user devices (its mmio slots carry only the virtio-iommu of iommu=virtio here)."""
+    user devices (its mmio slots carry only the virtio-iommu of iommu=virtio here); virt's
+    PCIe host is described by ACPI or by the device tree."""
     is_pci = transport in pci_transports
     if is_pci and not spec.facts["pci"]:
         raise PropertyError(f"No 'PCI' bus found for device '{first_device}' (machine {spec.name})")
-    if not is_pci and spec.facts["pci"]:
+    if not is_pci and not spec.facts["user_mmio"]:
         raise PropertyError(f"No 'virtio-bus' bus found for device '{first_device}' (machine {spec.name})")

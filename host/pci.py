@@ -748,6 +748,16 @@ class PciHost:
         self.msi_out(address, data)
 
 
+def gpex_host_bridge() -> PciFunction:
+    """00:00.0 on arm virt (QEMU's generic PCIe host, gpex-root): no BARs, no interrupts."""
+    return PciFunction(
+        vendor_id=PCI_IDS.redhat_vendor,
+        device_id=PCI_IDS.gpex_host_bridge,
+        class_code=PCI_CLASS.bridge_host,
+        name="gpex host bridge",
+    )
+
+
 def q35_host_bridge() -> PciFunction:
     """00:00.0 on a q35 machine (the MCH): no BARs, no interrupts."""
     return PciFunction(

@@ -65,6 +65,7 @@ from virtio_sim.sockets import (
     open_listener,
     peer_credentials,
 )
+from virtio_sim.spec import LIMITS
 from virtio_sim.wire import Capability, ErrorCode, WireError
 
 # Machines this host can build; QEMU's -M names. Firmware-described machines (q35, virt)
@@ -90,7 +91,7 @@ MMIO_GLOBAL_DRIVER = "virtio-mmio"
 NET_BACKEND_PROP = "x-backend"
 SWITCH_PREFIX = "switch:"
 MMIO_GLOBAL_PROPS = ("force-legacy",)
-DEFAULT_MAX_GUESTS = 4
+DEFAULT_MAX_GUESTS = LIMITS.host.max_guests
 MIN_RAM = 2 << 20
 SHUTDOWN_GRACE = 1.0  # seconds to say BYE to every guest on Ctrl-C
 

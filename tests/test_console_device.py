@@ -19,7 +19,7 @@ from host.qdev import DeviceSpec, build_device
 from host.virtio_device import ErrorPolicy
 from virtio_sim.layouts import CONSOLE_CONFIG_OFFSETS, MMIO_CONFIG_OFFSET, console_control_codec
 from virtio_sim.ring.split import SplitDriverQueue
-from virtio_sim.spec import CONSOLE, CONSOLE_E, CONSOLE_F, STATUS, F, bit
+from virtio_sim.spec import CONSOLE, CONSOLE_E, CONSOLE_F, LIMITS, STATUS, F, bit
 
 CTRL = console_control_codec("little")
 MULTI = bit(F.VERSION_1) | bit(F.INDIRECT_DESC) | bit(CONSOLE_F.MULTIPORT)
@@ -240,8 +240,6 @@ def test_qdev_features_follow_properties() -> None:
 
 def test_huge_transmit_chain_is_capped() -> None:
     """Descriptors may all point at the same memory: the device takes a bounded amount."""
-    from host.devices.console import TX_CHAIN_LIMIT
-
     captured: list[int] = []
 
     class Count(CharBackend):
@@ -253,6 +251,45 @@ def test_huge_transmit_chain_is_capped() -> None:
     buf = b.dma.alloc(1 << 20)
     con.queues[1].add([(buf.gpa, 1 << 20)] * 8, [], "huge")  # 8 MiB through one MiB of memory
     b.w("QueueNotify", 1)
-    assert captured == [TX_CHAIN_LIMIT]
+    assert captured == [LIMITS.console.tx_chain_bytes]
     assert [n for _, n in con.used(1)] == [0]
     assert any("only the first" in m for m in con.model.events.messages)
+
+
+def test_host_input_backlog_is_bounded() -> None:
+    """A backend flooding a port the guest never reads: the backlog stops at the bound and
+    the rest is counted as dropped, never kept."""
+    limit = LIMITS.console.rx_backlog_bytes
+    con = make_con(bit(F.VERSION_1), max_ports=1)
+    port = con.model.ports[0]
+    con.model.host_input(0, bytes(limit - 10))
+    con.model.host_input(0, bytes(30))
+    con.model.host_input(0, bytes(5))
+    assert len(port.backlog) == limit and port.dropped == 25
+    con.post(0, 64)
+    assert [n for _, n in con.used(0)] == [64]  # still served from the backlog
+
+
+def test_control_message_read_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An 8 MiB control message (one MiB of memory, eight times): the device reads at most
+    the bound, uses the header and completes it."""
+    from host.devices import console as console_module
+
+    sizes: list[int] = []
+
+    class Reader(console_module.ChainReader):
+        def read(self, n: int) -> bytes:
+            sizes.append(n)
+            return super().read(n)
+
+    monkeypatch.setattr(console_module, "ChainReader", Reader)
+    con = make_con(MULTI, max_ports=4)
+    for _ in range(4):
+        con.post(2, 64)
+    buf = con.bench.dma.alloc(1 << 20)
+    con.bench.memory.write(buf.gpa, CTRL.pack(CONSOLE.bad_id, CONSOLE_E.DEVICE_READY, 1))
+    con.queues[3].add([(buf.gpa, 1 << 20)] * 8, [], "huge")
+    con.bench.w("QueueNotify", 3)
+    assert sizes == [LIMITS.console.control_message_bytes]
+    assert [n for _, n in con.used(3)] == [0]
+    assert [e for _, e, _, _ in con.control_messages()] == [CONSOLE_E.PORT_ADD]

@@ -139,7 +139,7 @@ def test_driver_without_acpi_matching_finds_nothing_on_acpi_machines() -> None:
 
 def test_hostile_dsdt_is_a_probe_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # A package that claims far more than its parent holds; the checksum is right.
-    monkeypatch.setattr(host_acpi, "dsdt_aml", lambda entries, hid: b"\x10\xff\xff\xff\x0f_SB_")
+    monkeypatch.setattr(host_acpi, "dsdt_aml", lambda entries, hid, pci=None: b"\x10\xff\xff\xff\x0f_SB_")
     r = _run("virt", "virtio-rng-device")
     assert r.outcome is Outcome.NOT_PROBED
     assert "ACPI" in r.detail and "claims" in r.detail
@@ -167,7 +167,7 @@ def test_bad_machine_options_are_refused(machine: str, message: str) -> None:
 
 
 def test_bad_combinations_are_host_refused_before_the_guest_runs() -> None:
-    r = _run("virt", "virtio-rng-pci")
+    r = _run("microvm,acpi=on", "virtio-rng-pci")
     assert r.outcome is Outcome.HOST_REFUSED and "No 'PCI' bus found for device 'virtio-rng-pci'" in r.detail
     r = trio.run(run_embedded, RunConfig("virtio-rng-device", "rng", machine="q35"))
     assert r.outcome is Outcome.HOST_REFUSED and "No 'virtio-bus' bus found" in r.detail
@@ -247,6 +247,16 @@ def test_iasl_accepts_every_table(tmp_path: Path) -> None:
     assert "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive" in dsdt
     fadt = _iasl(tmp_path, "facp", t["FACP"])
     assert "DSDT Address : 0000000000080000" in fadt and "Hardware Reduced (V5) : 0" in fadt
+    # q35's host bridge in QEMU's shape, its _CRS decoded by iasl as the ASL QEMU's has
+    assert "Device (PCI0)" in dsdt and 'EisaId ("PNP0A08")' in dsdt and 'EisaId ("PNP0A03")' in dsdt
+    assert "Name (_SEG, Zero)" in dsdt and "Name (_BBN, Zero)" in dsdt
+    assert "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode," in dsdt
+    assert dsdt.count("WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,") == 2
+    assert "IO (Decode16,\n                    0x0CF8," in dsdt
+    assert "0xC0000000,         // Range Minimum\n                    0xFEBFFFFF" in dsdt
+    assert (
+        "0x0000C000,         // Range Minimum" not in dsdt and "0xC000,             // Range Minimum" in dsdt
+    )
     mcfg = _iasl(tmp_path, "mcfg", t["MCFG"])
     assert "Base Address : 00000000B0000000" in mcfg and "End Bus Number : FF" in mcfg
     xsdt = _iasl(tmp_path, "xsdt", t["XSDT"])
@@ -328,6 +338,147 @@ def test_hostile_tables_are_refused_with_reasons() -> None:
     viot[36:38] = (500).to_bytes(2, "little")  # node_count past the end
     with pytest.raises(AcpiError, match=r"past the end|bad length"):
         parse_viot(_fixed(viot))
+
+
+def test_q35_pci_comes_from_mcfg_and_the_host_bridge_crs() -> None:
+    from guest.pci import PciFirmware, parse_pci_param
+    from host.machine import Q35_ECAM_BASE, Q35_ECAM_BUSES, Q35_PCI_IO_WINDOW, Q35_PCI_MEM_WINDOW
+
+    setup = build_host(
+        HostConfig(["virtio-rng-pci"], "pci-modern", 8 << 20, machine="q35", scratch_dir="/tmp")
+    )
+    try:
+        cmdline = setup.machine.kernel_cmdline()
+        assert parse_pci_param(cmdline) is None and "virtio_sim.pci" not in cmdline  # no stand-in
+        view = discover(setup.memory, cmdline)
+        assert view.errors == [] and view.pci_bridge == "\\_SB.PCI0"
+        want = PciFirmware(Q35_ECAM_BASE, Q35_ECAM_BUSES, Q35_PCI_MEM_WINDOW, Q35_PCI_IO_WINDOW, "acpi")
+        assert view.pci == want
+    finally:
+        setup.close()
+    # the whole run enumerates through the ECAM the MCFG gave
+    r = _run("q35", "virtio-rng-pci")
+    assert r.outcome is Outcome.OK and [p["source"] for p in _bound(r)] == ["pci"]
+    # without ACPI the command line still stands in for the tables
+    setup = build_host(HostConfig(["virtio-rng-pci"], "pci-modern", 8 << 20, machine="q35,acpi=off"))
+    try:
+        fw = parse_pci_param(setup.machine.kernel_cmdline())
+        assert fw is not None and fw.source == "cmdline" and fw.ecam_base == Q35_ECAM_BASE
+    finally:
+        setup.close()
+
+
+@pytest.mark.parametrize("transport", ["pci-modern", "pci-legacy"])
+def test_virt_pcie_host_found_through_acpi(transport: str, tmp_path: Path) -> None:
+    from guest.pci import PciFirmware
+
+    virt = MACHINE_FACTS["virt"]
+    cfg = HostConfig(["virtio-blk-pci"], transport, 8 << 20, machine="virt", scratch_dir=str(tmp_path))
+    setup = build_host(cfg)
+    try:
+        cmdline = setup.machine.kernel_cmdline()
+        assert "virtio_sim.pci" not in cmdline
+        view = discover(setup.memory, cmdline, virt["ram_base"])
+        assert view.errors == [] and view.pci_bridge == "\\_SB.PCI0"
+        # QEMU 7.2 virt: ECAM 0x3f000000 for 16 buses, MMIO 0x10000000-0x3efeffff, 64 KiB
+        # of I/O ports; no MSI controller in our tables, so INTx only
+        mem, io = tuple(virt["pci_mem"]), tuple(virt["pci_io"])
+        assert view.pci == PciFirmware(0x3F000000, 16, mem, io, source="acpi", msi=False)
+        assert setup.machine.pci is not None
+        fn = setup.machine.pci.functions[(0, 1, 0)]  # the device, after the host bridge
+        assert fn.gsi == 36  # slot 1, INTA: (1 + 1 - 1) mod 4 = SPI 3 + 1, GSIV 32 + 4
+    finally:
+        setup.close()
+    cfg_run = RunConfig("virtio-blk-pci", "blk-rw", transport=transport, machine="virt")
+    r = trio.run(run_embedded, cfg_run)
+    assert r.outcome is Outcome.OK, r.detail
+    assert [(p["device"], p["source"]) for p in _bound(r)] == [("blk", "pci")]
+
+
+def test_virt_pcie_host_found_through_the_device_tree(tmp_path: Path) -> None:
+    from guest.fdt import FdtError
+    from guest.pci import PciFirmware
+    from guest.pci_firmware import pci_from_fdt
+
+    virt = MACHINE_FACTS["virt"]
+    cfg = HostConfig(
+        ["virtio-blk-pci"], "pci-legacy", 8 << 20, machine="virt,acpi=off", scratch_dir=str(tmp_path)
+    )
+    setup = build_host(cfg)
+    try:
+        view = discover(setup.memory, setup.machine.kernel_cmdline(), virt["ram_base"])
+        assert view.source == "fdt" and view.errors == [] and view.pci_bridge == "/pcie@10000000"
+        mem, io = tuple(virt["pci_mem"]), tuple(virt["pci_io"])
+        assert view.pci == PciFirmware(0x3F000000, 16, mem, io, source="fdt", msi=False)
+        dtb = setup.memory.read(view.tables["FDT"], 0x10000)
+        (node,) = [
+            n
+            for n in parse_fdt(bytes(dtb)[: int.from_bytes(bytes(dtb)[4:8], "big")])
+            if n.path.startswith("/pcie")
+        ]
+        assert node.cells("bus-range") == [0, 15] and node.reg == [(0x3F000000, 16 << 20)]
+        node.props["ranges"] = node.props["ranges"][:-4]  # a ranges list cut short
+        with pytest.raises(FdtError, match="7-cell entries"):
+            pci_from_fdt(node, 2)
+    finally:
+        setup.close()
+    r = trio.run(
+        run_embedded, RunConfig("virtio-blk-pci", "blk-rw", transport="pci-legacy", machine="virt,acpi=off")
+    )
+    assert r.outcome is Outcome.OK, r.detail
+    assert [(p["device"], p["source"]) for p in _bound(r)] == [("blk", "pci")]
+
+
+def test_iasl_accepts_virt_pci_tables(tmp_path: Path) -> None:
+    t = _tables("virt", ["virtio-rng-pci"], "pci-modern")
+    dsdt = _iasl(tmp_path, "dsdt", t["DSDT"])
+    assert "Device (PCI0)" in dsdt and 'EisaId ("PNP0A08")' in dsdt and "Name (_CCA, One)" in dsdt
+    assert "0x10000000,         // Range Minimum\n                    0x3EFEFFFF" in dsdt
+    assert "DWordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange," in dsdt
+    assert "0x3EFF0000,         // Translation Offset" in dsdt
+    mcfg = _iasl(tmp_path, "mcfg", t["MCFG"])
+    assert "Base Address : 000000003F000000" in mcfg and "End Bus Number : 0F" in mcfg
+    assert "Hardware Reduced (V5) : 1" in _iasl(tmp_path, "facp", t["FACP"])
+
+
+def test_host_bridge_reader_follows_qemus_scope_form_and_refuses_bad_windows() -> None:
+    from guest.acpi import AcpiDevice
+    from guest.pci_firmware import pci_from_acpi
+
+    # QEMU q35: Device (PCI0) in Scope (_SB), its _CRS later in Scope (\_SB.PCI0)
+    head = host_acpi.name("_HID", host_acpi.eisa_id("PNP0A08"))
+    crs = (
+        host_acpi.address_space(2, 2, 0, 0, 0xFF)
+        + host_acpi.address_space(2, 1, 3, 0x0D00, 0xFFFF)
+        + host_acpi.address_space(4, 0, 1, 0x04000000, 0xAFFFFFFF)
+        + host_acpi.address_space(4, 0, 1, 0xC0000000, 0xFEBFFFFF)
+        + host_acpi.address_space(8, 0, 3, 1 << 32, (9 << 32) - 1)
+        + b"\x79\x00"
+    )
+    inner = b"\\\x2e_SB_PCI0" + host_acpi.name("_CRS", host_acpi.buffer(crs))
+    later = bytes([0x10]) + encode_pkg_length(len(inner)) + inner
+    aml = host_acpi.scope("_SB", host_acpi.device("PCI0", head)) + later
+    (dev,) = parse_dsdt(sdt("DSDT", 2, aml)).devices
+    assert dev.hid == "PNP0A08" and dev.bus_ranges == [(0, 0xFF)] and dev.io_windows == [(0x0D00, 0xFFFF)]
+    assert dev.mem_windows[-1] == (1 << 32, (9 << 32) - 1)
+    fw = pci_from_acpi(dev, [(0xB0000000, 0, 0, 255)])
+    # the largest 32-bit window and the largest I/O window; ECAM from the MCFG
+    assert (fw.ecam_base, fw.ecam_buses, fw.mem, fw.io) == (
+        0xB0000000,
+        256,
+        (0x04000000, 0xB0000000),
+        (0xD00, 0x10000),
+    )
+    assert pci_from_acpi(dev, None).ecam_base is None  # no MCFG: 0xCF8/0xCFC
+    with pytest.raises(AcpiError, match="no allocation covers segment 0"):
+        pci_from_acpi(dev, [(0xB0000000, 1, 0, 255)])
+    with pytest.raises(AcpiError, match="no I/O window"):
+        pci_from_acpi(AcpiDevice("\\_SB.PCI0", mem_windows=[(0xC0000000, 0xFEBFFFFF)]), None)
+    bad = AcpiDevice("B")
+    with pytest.raises(AcpiError, match="inconsistent"):  # maximum below minimum
+        parse_resources(host_acpi.address_space(4, 0, 1, 0xC0000000, 0xBFFFFFFF) + b"\x79\x00", bad)
+    with pytest.raises(AcpiError, match="need 23"):  # a DWord descriptor cut to a Word's size
+        parse_resources(b"\x87\x0d\x00" + bytes(13) + b"\x79\x00", bad)
 
 
 def test_crs_descriptors_checked() -> None:
@@ -418,6 +569,22 @@ def test_our_device_tree_matches_qemus_virtio_nodes(tmp_path: Path) -> None:
     )
     theirs = virtio(parse_fdt(dtb.read_bytes()))
     assert len(ours) == 32 and ours == theirs
+    # the PCIe host node: QEMU's I/O and 32-bit MMIO ranges, cells and domain; its ECAM is
+    # the high one (0x40_1000_0000, 256 buses) where ours is QEMU's low ECAM (highmem-ecam
+    # off: 0x3f000000, 16 buses), and its 64-bit window and msi-map we do not have
+    from host.fdt import FdtPciHost
+
+    pci = FdtPciHost(
+        facts["ecam_base"], facts["ecam_buses"], facts["pio_base"], 0x10000, tuple(facts["pci_mem"])
+    )
+    mine = virt_fdt(facts["mmio_base"], facts["mmio_stride"], facts["mmio_slots"], facts["spi_base"], pci)
+    (our_pci,) = [n for n in parse_fdt(mine) if "pci-host-ecam-generic" in n.compatible]
+    (their_pci,) = [n for n in parse_fdt(dtb.read_bytes()) if "pci-host-ecam-generic" in n.compatible]
+    assert our_pci.path == their_pci.path == "/pcie@10000000"
+    for prop in ("#address-cells", "#size-cells", "linux,pci-domain"):
+        assert our_pci.cells(prop) == their_pci.cells(prop)
+    assert our_pci.cells("ranges") == their_pci.cells("ranges")[:14]  # I/O, then 32-bit MMIO
+    assert their_pci.reg == [(0x4010000000, 256 << 20)] and our_pci.reg == [(0x3F000000, 16 << 20)]
 
 
 def test_hostile_device_trees_are_refused() -> None:
@@ -497,7 +664,7 @@ def test_discovery_matrix_matches_its_expectations() -> None:
 
 def test_matrix_refuses_a_machine_that_cannot_carry_the_transport() -> None:
     axes = {"driver": ["linux-6.1"], "device": ["qemu-7.2"], "transport": ["pci-modern"], "workload": ["rng"]}
-    spec = parse_matrix({"axes": {**axes, "machine": ["virt"]}}, "test")
+    spec = parse_matrix({"axes": {**axes, "machine": ["microvm"]}}, "test")
     with pytest.raises(MatrixError, match="No 'PCI' bus found"):
         plan(spec)
 

@@ -255,6 +255,19 @@ async def _iommu_session(dma_api: str, tmp: Path) -> dict[str, object]:
             probes = await kernel.probe_platform(cmdline)
             out["probed"] = [(p.device_key, p.bound) for p in probes]
             assert kernel.firmware is not None and "VIOT" in kernel.firmware.tables
+            # q35's PCI came from QEMU's tables: ECAM from its MCFG (there because we
+            # enabled PCIEXBAR as SeaBIOS does), windows from its PCI0 _CRS; nothing on
+            # the command line
+            assert "virtio_sim.pci" not in cmdline and "MCFG" in kernel.firmware.tables
+            assert kernel.firmware.pci_bridge == "\\_SB.PCI0"
+            assert kernel.pci_bus is not None and kernel.pci_bus.access.name == "ecam"
+            fw = kernel.pci_bus.firmware
+            # QEMU 7.2 q35 with 64 MiB: the hole below the ECAM window is the largest
+            # 32-bit window, I/O from 0x0D00 (measured in its DSDT)
+            assert (fw.source, fw.ecam_base, fw.ecam_buses) == ("acpi", 0xB0000000, 256)
+            assert fw.mem == (64 << 20, 0xB0000000) and fw.io == (0x0D00, 0x10000)
+            placed = [b.address for d in kernel.pci_bus.devices for b in d.bars.values() if b.address]
+            assert placed and all(fw.mem[0] <= a < fw.mem[1] or fw.io[0] <= a < fw.io[1] for a in placed)
             assert kernel.viot is not None and kernel.viot.iommu_is_pci
             rng = next(p for p in probes if p.device_key == "rng")
             assert rng.driver is not None and rng.device is not None and kernel.iommu is not None

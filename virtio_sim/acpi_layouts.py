@@ -25,6 +25,7 @@ FADT = ACPI["fadt"]
 RSDP = ACPI["rsdp"]
 HID = ACPI["hid"]
 FDT = ACPI["fdt"]
+PCI0 = ACPI["pci0"]
 
 #: Every ACPI description table starts with this header (ACPI 6.x 5.2.6).
 SdtHeader = cs.Struct(

@@ -24,6 +24,7 @@ from virtio_sim.matrix.cli import (
 )
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import ProfileError, load_driver_profile
+from virtio_sim.spec import LIMITS
 
 SECRET_ENV = "VIRTIO_SIM_SECRET"
 
@@ -161,7 +162,12 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     host.add_argument(
         "--seed", type=lambda s: int(s, 0), default=None, help="seed the entropy of rng devices"
     )
-    host.add_argument("--max-guests", type=int, default=4, help="concurrent guests (4)")
+    host.add_argument(
+        "--max-guests",
+        type=int,
+        default=LIMITS.host.max_guests,
+        help=f"concurrent guests ({LIMITS.host.max_guests})",
+    )
     host.add_argument("--once", action="store_true", help="serve one guest, then exit")
     host.add_argument(
         "--memory",

@@ -43,6 +43,7 @@ from typing import Protocol
 
 from virtio_sim import wire
 from virtio_sim.memory import GuestMemory, MemoryAccessError, MemoryRegion, SharedMemoryObject
+from virtio_sim.spec import LIMITS
 from virtio_sim.wire import (
     AUTH_TAG_SIZE,
     NONCE_SIZE,
@@ -58,8 +59,8 @@ from virtio_sim.wire import (
 
 HANDSHAKE_TIMEOUT = 5.0
 AUTH_CONTEXT = b"virtio-sim guest auth v1\0"
-MAX_REGIONS = 16
-MAX_GUEST_RAM = 1 << 40  # a larger RAM size in a HELLO is a broken or hostile host
+MAX_REGIONS = LIMITS.wire.max_memory_regions
+MAX_GUEST_RAM = LIMITS.wire.max_guest_ram  # a larger RAM size in a HELLO is a broken or hostile host
 
 
 class MemoryMode(enum.StrEnum):

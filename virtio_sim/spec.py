@@ -384,6 +384,82 @@ PACKED_EVENT_F = _bind(PackedEventFlags, _RINGS["packed"]["event_flags"], "rings
 PACKED_EVENT = _bind(PackedEventBits, _RINGS["packed"]["event"], "rings.toml [packed.event]")
 NOTIFY_DATA = _bind(NotifyDataBits, _RINGS["notify_data"], "rings.toml [notify_data]")
 
+
+class ChainNumbers:
+    max_bytes: int
+
+
+CHAIN = _bind(ChainNumbers, _RINGS["chain"], "rings.toml [chain]")
+
+# --------------------------------------------------------------------------- resource bounds
+# What a hostile peer can make us spend (specs/limits.toml). The code reads these and never
+# keeps its own copy; a bound that is a spec fact lives with the spec numbers instead.
+
+_LIMITS = load_toml("limits.toml")
+
+
+class IndirectLimits:
+    max_entries: int
+
+
+class WireLimits:
+    max_payload: int
+    max_dma_chunk: int
+    max_guest_ram: int
+    max_memory_regions: int
+
+
+class VhostUserMessageLimits:
+    max_payload: int
+    max_fds: int
+
+
+class HostLimits:
+    max_guests: int
+
+
+class ConsoleLimits:
+    control_message_bytes: int
+    rx_backlog_bytes: int
+    tx_chain_bytes: int
+
+
+class GuestLimits:
+    max_acpi_table: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    indirect: IndirectLimits
+    wire: WireLimits
+    vhost_user: VhostUserMessageLimits
+    host: HostLimits
+    console: ConsoleLimits
+    guest: GuestLimits
+
+
+def _limit_table(cls: type[_T], name: str) -> _T:
+    """One table of limits.toml; every bound must be a positive integer."""
+    source = f"limits.toml [{name}]"
+    if not isinstance(_LIMITS.get(name), dict):
+        raise SpecDataError(f"{source}: missing table")
+    obj = _bind(cls, _LIMITS[name], source)
+    for key in cls.__annotations__:
+        value = getattr(obj, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SpecDataError(f"{source}: {key!r} must be a positive integer, not {value!r}")
+    return obj
+
+
+LIMITS = Limits(
+    indirect=_limit_table(IndirectLimits, "indirect"),
+    wire=_limit_table(WireLimits, "wire"),
+    vhost_user=_limit_table(VhostUserMessageLimits, "vhost_user"),
+    host=_limit_table(HostLimits, "host"),
+    console=_limit_table(ConsoleLimits, "console"),
+    guest=_limit_table(GuestLimits, "guest"),
+)
+
 # --------------------------------------------------------------------------- blk
 
 _BLK = load_toml("blk.toml")
@@ -729,6 +805,7 @@ class PciConfigNumbers:
     ecam_function_shift: int
     devices_per_bus: int
     functions_per_device: int
+    min_io: int
     buses: int
     absent_vendor: int
     header_type_mask: int
@@ -810,6 +887,8 @@ class PciClasses:
 class PciIds:
     intel_vendor: int
     q35_host_bridge: int
+    redhat_vendor: int
+    gpex_host_bridge: int
 
 
 PCI_CFG = _bind(PciConfigNumbers, _PCI["config"], "pci.toml [config]")
@@ -850,6 +929,8 @@ class VhostUserHeaderFlags:
 
 
 class VhostUserLimits:
+    """Protocol numbers (vhost_user.toml) and our per-message bounds (limits.toml)."""
+
     max_mem_regions: int
     max_config_size: int
     max_payload: int
@@ -920,7 +1001,13 @@ class VhostUserRequests:
 
 
 VU_FLAGS = _bind(VhostUserHeaderFlags, _VHOST_USER["header"], "vhost_user.toml [header]")
-VU_LIMITS = _bind(VhostUserLimits, _VHOST_USER["limits"], "vhost_user.toml [limits]")
+if set(_VHOST_USER["limits"]) & set(_LIMITS["vhost_user"]):
+    raise SpecDataError("vhost_user.toml [limits] and limits.toml [vhost_user] both set a key: keep one")
+VU_LIMITS = _bind(
+    VhostUserLimits,
+    {**_VHOST_USER["limits"], **_LIMITS["vhost_user"]},
+    "vhost_user.toml [limits] + limits.toml [vhost_user]",
+)
 VU_VRING = _bind(VhostUserVringBits, _VHOST_USER["vring"], "vhost_user.toml [vring]")
 VU_F = _bind(VhostUserVirtioFeatures, _VHOST_USER["virtio_features"], "vhost_user.toml [virtio_features]")
 VU_PROTOCOL_F = _bind(

@@ -27,10 +27,11 @@ import construct as cs
 import trio
 
 from virtio_sim.layouts import fast_codec
+from virtio_sim.spec import LIMITS
 
 PROTOCOL_MAGIC = 0x5654  # "VT"
 PROTOCOL_VERSION = 1
-MAX_PAYLOAD = 1 << 20  # bytes; a larger declared length is a hostile or broken peer
+MAX_PAYLOAD = LIMITS.wire.max_payload  # bytes; a larger declared length is a hostile or broken peer
 
 
 class MsgType(enum.IntEnum):
@@ -153,7 +154,7 @@ _FIXED_SIZES = {
 _MIN_SIZES = {MsgType.DMA_WRITE: _DMA_WRITE.size, MsgType.DMA_REPLY: _DMA_REPLY.size}
 
 # The largest DMA transfer one frame carries; longer transfers are split by the sender.
-MAX_DMA_CHUNK = 256 << 10
+MAX_DMA_CHUNK = LIMITS.wire.max_dma_chunk
 DMA_OK = 0
 
 ACCESS_SIZES = (1, 2, 4, 8)

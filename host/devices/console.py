@@ -40,11 +40,12 @@ from virtio_sim.layouts import (
     virtio_console_config,
 )
 from virtio_sim.ring.chain import ChainReader, ChainWriter, RingError
-from virtio_sim.spec import CONSOLE, CONSOLE_E, CONSOLE_F, bit
+from virtio_sim.spec import CONSOLE, CONSOLE_E, CONSOLE_F, LIMITS, bit
 
-CONTROL_DATA_LIMIT = 4096  # bytes of one control message the device reads
-RX_BACKLOG_LIMIT = 1 << 20  # bytes waiting for a port's receive buffers
-TX_CHAIN_LIMIT = 1 << 20  # bytes taken from one transmit chain (descriptors may repeat memory)
+# bounds from specs/limits.toml [console]
+CONTROL_DATA_LIMIT = LIMITS.console.control_message_bytes  # bytes of one control message the device reads
+RX_BACKLOG_LIMIT = LIMITS.console.rx_backlog_bytes  # bytes waiting for a port's receive buffers
+TX_CHAIN_LIMIT = LIMITS.console.tx_chain_bytes  # bytes taken from one transmit chain (may repeat memory)
 
 
 @dataclass

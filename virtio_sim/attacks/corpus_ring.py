@@ -69,9 +69,10 @@ def one_bad(
 one_bad(
     "zero-length-desc",
     "A5",
-    "a zero-length descriptor (strict rings)",
+    "a zero-length descriptor (strict rings; lenient rings accept it)",
     lambda b: Seg(b.buf(16), 0, True),
     frozenset({"zero-length"}),
+    lenient=("split", "packed"),
 )
 one_bad("huge-len", "A6", "len 0xFFFFFFFF", lambda b: Seg(b.buf(16), 0xFFFFFFFF, True))
 one_bad("len-past-ram", "A6", "a buffer running past the end of RAM", lambda b: Seg(RAM - 32, 4096, True))
@@ -312,6 +313,7 @@ scenario(
     Expect.VIOLATION,
     "INDIRECT without VIRTIO_F_INDIRECT_DESC",
     {"indirect-not-negotiated"},
+    lenient=("split", "packed"),
 )(_indirect(_rng_entries, features=lambda b: b.features() & ~bit(F.INDIRECT_DESC)))
 scenario("indirect-len-not-16x", "B17", Expect.VIOLATION, "table length 24", {"indirect-bad-length"})(
     _indirect(_rng_entries, length=lambda b: 24)
@@ -349,7 +351,12 @@ scenario(
 
 
 @scenario(
-    "indirect-in-indirect", "B15", Expect.VIOLATION, "an INDIRECT entry inside a table", {"nested-indirect"}
+    "indirect-in-indirect",
+    "B15",
+    Expect.VIOLATION,
+    "an INDIRECT entry inside a table",
+    {"nested-indirect"},
+    lenient=("packed",),  # split refuses it in both modes
 )
 def _nested(b: Bench) -> None:
     f = b.bring_up()
@@ -363,6 +370,28 @@ def _nested(b: Bench) -> None:
         assert isinstance(f, PackedForge)
         f.raw_desc(0, outer, 16, 0, INDIRECT | f.avail_bits())
     b.kick()
+
+
+@scenario(
+    "in-order-head-skips",
+    "X3",
+    Expect.VIOLATION,
+    "IN_ORDER negotiated, the first chain made available starts at slot 2, not 0",
+    {"in-order-head"},
+    rings=("split",),
+    transports=("mmio-v2", "pci-modern", "pci-transitional"),
+    lenient=("split",),
+)
+def _in_order_head(b: Bench) -> None:
+    b.negotiate(features=b.features() | bit(F.IN_ORDER))
+    b.map_iommu(0)
+    f = b.queue()
+    b.driver_ok()
+    assert isinstance(f, SplitForge)
+    f.post(b.good_request(), first=2)
+    b.kick()
+    if not b.target.strict:
+        require(b.published() == 1, "lenient rings did not serve the out-of-order chain")
 
 
 @scenario(

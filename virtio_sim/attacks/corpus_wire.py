@@ -28,7 +28,7 @@ from virtio_sim.attacks.scenario import CaseResult, Verdict
 from virtio_sim.handshake import guest_handshake
 from virtio_sim.layouts import fast_codec
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress
-from virtio_sim.spec import MMIO, VU_FLAGS, VU_LIMITS, VU_REQ
+from virtio_sim.spec import LIMITS, MMIO, VU_FLAGS, VU_LIMITS, VU_REQ
 from virtio_sim.wire import MAX_PAYLOAD, PROTOCOL_MAGIC, PROTOCOL_VERSION, Capability, Hello, MsgType, Role
 
 BOUND = 5.0
@@ -169,8 +169,8 @@ case("vu-bad-version", "vhost-user", "header flags with version 2")(
     _vu_raw(lambda: vu(VU_REQ.GET_FEATURES, flags=2))
 )
 case("vu-unknown-request", "vhost-user", "request 0x7777")(_vu_raw(lambda: vu(0x7777)))
-case("vu-oversized", "vhost-user", "payload size 1 MiB")(
-    _vu_raw(lambda: vu(VU_REQ.SET_FEATURES, size=1 << 20))
+case("vu-oversized", "vhost-user", f"payload size {VU_LIMITS.max_payload + 1} (one above the limit)")(
+    _vu_raw(lambda: vu(VU_REQ.SET_FEATURES, size=VU_LIMITS.max_payload + 1))
 )
 case("vu-size-lies", "vhost-user", "SET_FEATURES declaring 8 bytes, sending 4, EOF")(
     _vu_raw(lambda: vu(VU_REQ.SET_FEATURES, bytes(4), size=8), True)
@@ -208,7 +208,7 @@ def _mem_table(regions: list[tuple[int, int, int, int]]) -> bytes:
 
 @case("vu-mem-table-too-many-regions", "vhost-user", "SET_MEM_TABLE with more regions than fds and the limit")
 async def _vu_regions(sock: trio.socket.SocketType) -> None:
-    n = VU_LIMITS.max_fds + 1
+    n = max(VU_LIMITS.max_mem_regions, VU_LIMITS.max_fds) + 1
     await _with_fds(sock, _mem_table([(i << 20, 1 << 20, i << 20, 0) for i in range(n)]), 2)
 
 
@@ -381,7 +381,7 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
         ram_size=4 << 20,
         handshake_timeout=HOST_TIMEOUTS,
         frame_timeout=HOST_TIMEOUTS,
-        max_guests=4,
+        max_guests=LIMITS.host.max_guests,
     )
     server = HostServer(plan_host(opts), out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
     results: list[CaseResult] = []

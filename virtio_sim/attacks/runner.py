@@ -5,11 +5,13 @@ behaviour (policy fired for the right class, abuse ignored, legal input served, 
 status), (2) no device write outside allowed memory (live watch and canaries), (3) the
 bystander device on the same machine still serves a good request, and (4) the victim
 serves again after a driver reset. An exception escaping the host is a CRASH; a case
-that does not finish within its bound is a HANG (the worker thread is abandoned).
+that does not finish within its bound is a HANG, and its thread is stopped (see run_cases).
 """
 
 from __future__ import annotations
 
+import ctypes
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -22,6 +24,7 @@ from virtio_sim.attacks.targets import Bench, Target
 from virtio_sim.spec import STATUS
 
 CASE_SECONDS = 5.0
+STOP_GRACE = 0.5  # seconds a hung case gets to unwind after CaseTimeout is raised in it
 ACTIVE = ("needs-reset", "drop")
 
 
@@ -43,10 +46,20 @@ def applies(s: Scenario, t: Target) -> bool:
     )
 
 
+def tolerated(s: Scenario, t: Target) -> bool:
+    """Whether ``t`` runs lenient rings that accept what ``s`` does (see Scenario.lenient)."""
+    return not t.strict and t.ring in s.lenient
+
+
 def judge(s: Scenario, b: Bench) -> tuple[Verdict, str, str | None]:
     vdev = b.vdevs[0]
     fired = [v for v in vdev.violations if v.policy in ACTIVE]
     policy = fired[0].policy if fired else None
+    if tolerated(s, b.target):
+        flagged = [v.violation for v in vdev.violations if v.violation in s.classes]
+        if flagged:
+            return Verdict.FAILURE, f"lenient rings still flagged {flagged[0]}", policy
+        return Verdict.HANDLED, "tolerated", policy or "tolerated"
     if s.expect is Expect.VIOLATION:
         hits = [v for v in fired if not s.classes or v.violation in s.classes]
         if not hits:
@@ -109,6 +122,8 @@ def run_case(s: Scenario, t: Target, scratch: str) -> CaseResult:
 @dataclass
 class Summary:
     results: list[CaseResult] = field(default_factory=list)
+    #: threads of hung cases that could not be stopped (blocked in a system call)
+    leaked: list[str] = field(default_factory=list)
 
     def count(self, verdict: Verdict) -> int:
         return sum(r.verdict is verdict for r in self.results)
@@ -122,6 +137,7 @@ class Summary:
         out["cases"] = len(self.results)
         out["scenarios"] = len({r.scenario for r in self.results})
         out["targets"] = len({r.target for r in self.results})
+        out["leaked"] = len(self.leaked)
         return out
 
     def listing(self, limit: int = 30) -> str:
@@ -131,6 +147,18 @@ class Summary:
         )
 
 
+class CaseTimeout(BaseException):
+    """Raised inside a case's thread once the case overran its bound. A BaseException, so
+    the case's own ``except Exception`` (which turns errors into CRASH) cannot swallow it,
+    while its ``finally`` blocks still run and close the bench."""
+
+
+def _interrupt(ident: int) -> None:
+    """Raise :class:`CaseTimeout` in thread ``ident`` at its next bytecode (CPython's
+    PyThreadState_SetAsyncExc). A thread blocked inside one C call gets it on return."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(CaseTimeout))
+
+
 async def run_cases(
     cases: Iterable[tuple[Scenario, Target]],
     scratch: str,
@@ -138,21 +166,59 @@ async def run_cases(
     bound: float = CASE_SECONDS,
     case: Callable[[Scenario, Target, str], CaseResult] = run_case,
 ) -> Summary:
-    """Every case in a worker thread under trio.move_on_after; a case past its bound is a
-    HANG and its thread is abandoned (the runner goes on with the next case)."""
+    """Every case in its own thread, bounded; a case past its bound is a HANG and is stopped.
+
+    Cases are synchronous (register writes run the device models to completion), so trio
+    cannot cancel them at a checkpoint: instead the overrunning thread gets
+    :class:`CaseTimeout` raised inside it, which unwinds the case (closing its bench) so
+    no runaway loop outlives the run. Only a thread stuck inside a single blocking system
+    call cannot be stopped that way; it is reported in ``Summary.leaked`` (a daemon thread,
+    so it never holds up the interpreter's exit)."""
     out = Summary()
     for s, t in cases:
-        got: list[CaseResult] = []
-
-        def one(s: Scenario = s, t: Target = t, got: list[CaseResult] = got) -> None:
-            got.append(case(s, t, scratch))
-
-        with trio.move_on_after(bound):
-            await trio.to_thread.run_sync(one, abandon_on_cancel=True)
-        out.results.append(
-            got[0] if got else CaseResult(s.id, t.name, Verdict.HANG, f"no result within {bound}s")
-        )
+        out.results.append(await _bounded(s, t, scratch, bound, case, out.leaked))
     return out
+
+
+async def _bounded(
+    s: Scenario,
+    t: Target,
+    scratch: str,
+    bound: float,
+    case: Callable[[Scenario, Target, str], CaseResult],
+    leaked: list[str],
+) -> CaseResult:
+    got: list[CaseResult] = []
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            res = case(s, t, scratch)
+            with lock:  # the runner interrupts only while holding it and seeing no result
+                got.append(res)
+        except CaseTimeout:
+            pass
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=one, name=f"attack {s.id} @ {t.name}", daemon=True)
+    worker.start()
+    await trio.to_thread.run_sync(done.wait, bound)
+    if not done.is_set():
+        with lock:
+            if not got and worker.ident is not None:
+                _interrupt(worker.ident)
+        await trio.to_thread.run_sync(done.wait, STOP_GRACE)
+    if got:
+        return got[0]
+    detail = f"no result within {bound}s"
+    if done.is_set():
+        detail += "; the case was stopped"
+    else:
+        detail += f"; its thread is blocked in a system call and could not be stopped ({worker.name})"
+        leaked.append(worker.name)
+    return CaseResult(s.id, t.name, Verdict.HANG, detail)
 
 
 def run_sync(

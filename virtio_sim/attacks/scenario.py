@@ -51,6 +51,10 @@ class Scenario:
     devices: tuple[str, ...] = ()
     #: False when the scenario breaks the backend for good (no recovery check)
     recovers: bool = True
+    #: ring formats on which lenient rings (x-strict-rings=off) accept this input: there
+    #: none of ``classes`` may fire (the input is tolerated, as QEMU does) and the case must
+    #: still be clean; on strict targets, and on the other formats, ``expect`` holds
+    lenient: tuple[str, ...] = ()
 
 
 @dataclass

@@ -46,6 +46,9 @@ TRANSPORTS = {
     "pci-legacy": ("split",),
 }
 
+#: where the lenient setting (x-strict-rings=off) is attacked: one mmio, one pci transport
+LENIENT_TRANSPORTS = ("mmio-v2", "pci-modern")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -54,11 +57,14 @@ class Target:
     ring: str
     policy: str = "needs-reset"
     iommu: bool = False
+    #: False: the device runs with x-strict-rings=off (lenient, as QEMU)
+    strict: bool = True
 
     @property
     def name(self) -> str:
         extra = "" if self.policy == "needs-reset" else f"+{self.policy}"
         extra += "+iommu" if self.iommu else ""
+        extra += "" if self.strict else "+lenient"
         return f"{self.device}/{self.transport}/{self.ring}{extra}"
 
     @property
@@ -80,11 +86,17 @@ def all_targets() -> list[Target]:
         for t in ("mmio-v2", "pci-modern")
         for r in ("split", "packed")
     ]
+    out += [
+        Target(d, t, r, strict=False)
+        for d in DEVICES
+        for t in LENIENT_TRANSPORTS
+        for r in ("split", "packed")
+    ]
     return out
 
 
 def parse_target(text: str) -> list[Target]:
-    """``host:DEVICE`` (all its targets) or ``host:DEVICE/TRANSPORT/RING[+drop][+iommu]``."""
+    """``host:DEVICE`` (all its targets) or ``host:DEVICE/TRANSPORT/RING[+drop][+iommu][+lenient]``."""
     spec = text.removeprefix("host:")
     matches = [t for t in all_targets() if t.name == spec or t.device == spec]
     if not matches:
@@ -99,7 +111,11 @@ class Bench:
         self.target = target
         kind, self.qi = DEVICES[target.device]
         props = [f"packed={'on' if target.ring == 'packed' else 'off'}"] if not target.legacy else []
+        if not target.legacy:
+            props.append("in_order=on")  # offered; only the IN_ORDER scenarios accept it
         props.append(f"x-error-policy={target.policy}")
+        if not target.strict:
+            props.append("x-strict-rings=off")
         if target.iommu:
             props.append("iommu_platform=on")
         spec = ",".join([kind, *props])

@@ -32,7 +32,7 @@ from virtio_sim.conformance.findings import Finding, FindingLog, StrictStop
 from virtio_sim.dma import DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.ring.notify import decode_notify_data
-from virtio_sim.ring.split import INDIRECT_TABLE_LIMIT, need_event
+from virtio_sim.ring.split import CHAIN_BYTES_LIMIT, INDIRECT_TABLE_LIMIT, need_event
 from virtio_sim.ring.view import RingSource, RingView
 from virtio_sim.spec import (
     BLK,
@@ -98,7 +98,6 @@ BLK_WRITEBACK = layouts.field_offsets(layouts.virtio_blk_config("little"))["writ
 BLK_CONFIG_SIZE = layouts.virtio_blk_config("little").sizeof()
 IOMMU_REQUEST_QUEUE = 0  # virtio-iommu: requestq; 1 is the event queue
 IDX_HALF = 0x8000  # an idx that moved "forward" by more than this went backwards
-CHAIN_BYTES_LIMIT = 1 << 32
 BLK_HEADER = layouts.blk_req_header_codec("little").size
 #: how far back published avail entries are re-read for late changes: half the ring, so a
 #: driver preparing its next entries (Linux prepares one at a time) is never mistaken

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import trio
 
+from guest.firmware import discover
 from guest.pci import Conf1Access, ConfigAccess, EcamAccess, GuestPciBus, GuestPciDevice, parse_pci_param
 from guest.platform import parse_cmdline
 from guest.transport.base import ConfigOps, TransportError
@@ -256,7 +257,11 @@ async def open_transport(dut: Dut, *, want_key: str | None = None) -> OpenedTran
     up the way Linux's probe does, without starting any driver."""
     key = want_key or dut.key
     type_id = DEVICE_TYPES[key].id
+    # PCI as the platform describes it: ACPI (MCFG + the host bridge's _CRS) when firmware
+    # left tables, else the command-line stand-in of a machine without firmware
     fw = parse_pci_param(dut.cmdline)
+    if fw is None and not dut.transport.startswith("mmio"):
+        fw = discover(dut.memory, dut.cmdline, dut.ram_base).pci
     if dut.transport.startswith("mmio") or (key == "iommu" and dut.backend == "host"):
         for res in parse_cmdline(dut.cmdline):
             t = MmioTransportDriver(dut.link, res.base, dut.guest_order)
@@ -326,6 +331,7 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         QEMU_TRANSPORTS,
         MachineFacts,
         describe,
+        install_acpi,
         machine_args,
         machine_of,
         qemu_devices,
@@ -349,7 +355,8 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         if iommu:
             devs.args = iommu_args + devs.args
         # microvm without ACPI lists its transports on the command line (no tables to read);
-        # q35's PCI is enumerated by the conformance driver itself
+        # q35's PCI is enumerated by the conformance driver itself, through the ECAM and
+        # windows of QEMU's tables
         acpi = facts.name != "microvm"
         args = machine_args(transport, RAM_SIZE, facts.name, acpi=acpi) + devs.args
         q = spawn_qtest(qemu, facts.arch, args, workdir=workdir or Path(scratch.name))
@@ -358,7 +365,10 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         raise DutError(qemu_refusal(str(e)) or str(e)) from None
     try:
         q.client.intercept_irqs(facts.irq_controller)
-        cmdline = describe(q.client, transport, facts.name, acpi=acpi)
+        rsdp = ""
+        if acpi:
+            rsdp = f"acpi_rsdp={install_acpi(q.client, facts.name).rsdp_address:#x}"
+        cmdline = f"{describe(q.client, transport, facts.name, acpi=acpi)} {rsdp}".strip()
     except (FwCfgError, QtestError) as e:
         stderr = q.close()
         scratch.cleanup()

@@ -5,12 +5,14 @@ Here they become a QEMU command line on the matching machine (microvm for virtio
 q35 for virtio-pci) with QEMU's own device names and properties, and after QEMU started,
 the two things firmware would have done before the guest kernel looks around:
 
+* q35: enable MMCONFIG (the MCH's PCIEXBAR, as SeaBIOS does) before QEMU builds its
+  tables, so that they carry an MCFG;
 * every machine: QEMU's ACPI tables are read from fw_cfg, linked into guest RAM and the
   RSDP handed over as ``acpi_rsdp=``; the guest finds the virtio-mmio transports (microvm,
-  virt) in QEMU's DSDT and a virtio-iommu-pci's endpoints in QEMU's VIOT.
+  virt) in QEMU's DSDT, a virtio-iommu-pci's endpoints in QEMU's VIOT, and on q35 the
+  ECAM in QEMU's MCFG and the PCI windows in its PCI0 host bridge's _CRS.
 * q35: SeaBIOS writes each function's interrupt line; we do it through 0xCF8/0xCFC with
-  QEMU's PIRQ routing, and describe the PCI windows with ``virtio_sim.pci=`` (QEMU's tables
-  carry no MCFG and no windows while no firmware has programmed the host bridge).
+  QEMU's PIRQ routing.
 
 A guest whose virtio_mmio driver matches no ACPI id (Linux before 4.2) runs microvm with
 ``acpi=off``: QEMU then has no tables and appends ``virtio_mmio.device=`` itself, which
@@ -170,6 +172,8 @@ def install_acpi(client: QtestClient, machine: str) -> LinkedTables:
     """Do what SeaBIOS/EDK2 do with QEMU's ACPI tables: read them from fw_cfg, run the
     table loader into the machine's firmware window and leave them in guest RAM."""
     facts = _FACTS[machine]
+    if "pciexbar_offset" in facts:
+        enable_mmconfig(client, machine)
     high = tuple(_fact(machine, "acpi_high"))
     fseg = tuple(facts["acpi_fseg"]) if "acpi_fseg" in facts else None
     # The blobs are read by DMA into the window they are then linked into.
@@ -193,6 +197,16 @@ def describe_mmio(client: QtestClient, machine: str = "microvm", *, acpi: bool =
             continue  # an empty transport
         params.append(f"virtio_mmio.device={stride:#x}@{addr:#x}:{irq_base + slot}")
     return " ".join(params)
+
+
+def enable_mmconfig(client: QtestClient, machine: str = "q35") -> None:
+    """SeaBIOS's mch_mmconfig_setup: the upper half of PCIEXBAR first, then base | enable.
+    From then on QEMU decodes ECAM there, and the ACPI tables it builds next carry an MCFG."""
+    offset = _fact(machine, "pciexbar_offset")
+    _cfg_write(client, 0, 0, offset + DWORD, DWORD, 0)
+    _cfg_write(
+        client, 0, 0, offset, DWORD, _fact(machine, "pciexbar_base") | _fact(machine, "pciexbar_enable")
+    )
 
 
 def _conf1(bus: int, dev: int, fn: int, offset: int) -> int:
@@ -227,12 +241,11 @@ def q35_gsi(slot: int, pin: int) -> int | None:
 IOMMU_DEVICE = "virtio-iommu-pci"  # QEMU's virtio-iommu; it translates PCI endpoints only
 
 
-def describe_pci(client: QtestClient) -> str:
-    """Program every bus-0 function's interrupt line (as SeaBIOS does) and return the
-    ``virtio_sim.pci=`` description of the windows. This stays a command-line stand-in:
-    without firmware QEMU's MMCONFIG is off (no MCFG) and the windows are not in its
-    tables. A virtio-iommu-pci and its endpoints are not described here: the guest reads
-    them from QEMU's own VIOT (through ``acpi_rsdp=``)."""
+def route_pci_interrupts(client: QtestClient) -> None:
+    """Program every bus-0 function's interrupt line, as SeaBIOS does (QEMU's q35 PIRQ
+    routing). Nothing is described on the command line any more: the ECAM comes from
+    QEMU's MCFG (after :func:`enable_mmconfig`) and the windows from its PCI0 _CRS; a
+    virtio-iommu-pci and its endpoints from its VIOT (all through ``acpi_rsdp=``)."""
     for dev in range(PCI_CFG.devices_per_bus):
         functions = 1
         for fn in range(PCI_CFG.functions_per_device):
@@ -250,16 +263,15 @@ def describe_pci(client: QtestClient) -> str:
             gsi = q35_gsi(dev, pin)
             if gsi is not None:
                 _cfg_write(client, dev, fn, PCI_HEADER["interrupt_line"], 1, gsi)
-    mem = f"mem@{_fact('q35', 'pci_mem_start'):#x}-{_fact('q35', 'pci_mem_end'):#x}"
-    io = f"io@{_fact('q35', 'pci_io_start'):#x}-{_fact('q35', 'pci_io_end'):#x}"
-    return f"virtio_sim.pci={mem},{io}"
 
 
 def describe(client: QtestClient, transport: str, machine: str | None = None, *, acpi: bool = True) -> str:
-    """What the command line must still say besides ``acpi_rsdp=``: PCI windows on q35;
-    nothing for the mmio machines with ACPI, whose DSDT lists the transports; microvm's
-    own ``virtio_mmio.device=`` list with acpi=off."""
+    """What the command line must still say besides ``acpi_rsdp=``: nothing on q35 (its
+    interrupt lines are programmed here; ECAM and windows are in QEMU's tables) or on the
+    mmio machines with ACPI, whose DSDT lists the transports; microvm's own
+    ``virtio_mmio.device=`` list with acpi=off."""
     if transport in PCI_TRANSPORTS:
-        return describe_pci(client)
+        route_pci_interrupts(client)
+        return ""
     name = machine_of(transport, machine)
     return "" if acpi else describe_mmio(client, name, acpi=False)

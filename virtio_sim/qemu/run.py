@@ -112,8 +112,8 @@ async def run_qemu(
                 if acpi:
                     tables = install_acpi(q.client, facts.name)
                     rsdp = f"acpi_rsdp={tables.rsdp_address:#x}"  # Linux's parameter for it
-                # The transports (DSDT) and the IOMMU topology (VIOT) come from QEMU's
-                # tables; only q35's PCI windows are still described on the command line.
+                # The transports (DSDT), the IOMMU topology (VIOT), q35's ECAM (MCFG) and
+                # PCI windows (PCI0 _CRS) come from QEMU's tables.
                 described = describe(q.client, cfg.transport, facts.name, acpi=acpi)
                 cmdline = f"{described} {rsdp}".strip()
             except FwCfgError as e:

@@ -39,7 +39,7 @@ from virtio_sim.dma import AddressSpace, DmaError, lease_for
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease, MemoryAccessError
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
-from virtio_sim.spec import AVAIL_F, DESC_F, NOTIFY_DATA, SPLIT, USED_F
+from virtio_sim.spec import AVAIL_F, CHAIN, DESC_F, LIMITS, NOTIFY_DATA, SPLIT, USED_F
 
 IDX_MASK = 0xFFFF
 _NEXT, _WRITE, _INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
@@ -69,8 +69,8 @@ def _word_views(
     return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
 
 
-INDIRECT_TABLE_LIMIT = 1024  # QEMU's VIRTQUEUE_MAX_SIZE
-CHAIN_BYTES_LIMIT = 1 << 32  # spec 2.7.5: a chain must not exceed 2^32 bytes
+INDIRECT_TABLE_LIMIT = LIMITS.indirect.max_entries  # specs/limits.toml (QEMU's VIRTQUEUE_MAX_SIZE)
+CHAIN_BYTES_LIMIT = CHAIN.max_bytes  # spec 2.7.5: a chain must not exceed 2^32 bytes
 
 
 def need_event(event: int, new: int, old: int) -> bool:
