@@ -59,7 +59,11 @@ class Bench:
         q = SplitDriverQueue(self.memory, size, addrs, event_idx=event_idx, indirect_pool=self.dma)
         self.w("QueueSel", index)
         self.w("QueueSize", size)
-        for reg, addr in (("QueueDesc", addrs.desc), ("QueueDriver", addrs.avail), ("QueueDevice", addrs.used)):
+        for reg, addr in (
+            ("QueueDesc", addrs.desc),
+            ("QueueDriver", addrs.avail),
+            ("QueueDevice", addrs.used),
+        ):
             self.w(reg + "Low", addr & 0xFFFFFFFF)
             self.w(reg + "High", addr >> 32)
         self.w("QueueReady", 1)
@@ -69,7 +73,9 @@ class Bench:
         self.w("Status", self.r("Status") | STATUS.DRIVER_OK)
 
 
-def make_bench(model: DeviceModel, *, policy: ErrorPolicy = ErrorPolicy.NEEDS_RESET, legacy: bool = False) -> Bench:
+def make_bench(
+    model: DeviceModel, *, policy: ErrorPolicy = ErrorPolicy.NEEDS_RESET, legacy: bool = False
+) -> Bench:
     memory = GuestMemory.create(8 << 20)
     device = VirtioDevice(model, lambda f: IdentityAddressSpace(memory), policy=policy)
     levels: list[bool] = []

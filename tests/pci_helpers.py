@@ -24,9 +24,7 @@ RAM = 32 << 20
 
 def make_host(tmp: Path, device: str, transport: str = "pci-transitional", **kw: Any) -> HostSetup:
     return build_host(
-        HostConfig(
-            devices=[device], transport=transport, ram_size=RAM, seed=1, scratch_dir=str(tmp), **kw
-        )
+        HostConfig(devices=[device], transport=transport, ram_size=RAM, seed=1, scratch_dir=str(tmp), **kw)
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import Bench, make_bench
 
 from host.devices.blk import BlkDevice
 from host.virtio_device import ErrorPolicy
-from helpers import Bench, make_bench
 from virtio_sim.layouts import blk_req_header_codec, desc_codec
 from virtio_sim.spec import BLK_S, BLK_T, DESC_F, STATUS
 
@@ -49,12 +49,12 @@ def bench(disk: Path):  # type: ignore[no-untyped-def]
 def test_write_then_read_lands_on_disk(bench, disk: Path) -> None:  # type: ignore[no-untyped-def]
     b, q = bench
     payload = bytes(range(256)) * 4  # two sectors
-    (tok, used), status, _ = _request(b, q, BLK_T.OUT, 10, out=payload)
+    (_tok, used), status, _ = _request(b, q, BLK_T.OUT, 10, out=payload)
     assert status == BLK_S.OK and used == 1
     with disk.open("rb") as f:
         f.seek(10 * SECTOR)
         assert f.read(2 * SECTOR) == payload
-    (tok, used), status, data = _request(b, q, BLK_T.IN, 10, in_len=2 * SECTOR)
+    (_tok, used), status, data = _request(b, q, BLK_T.IN, 10, in_len=2 * SECTOR)
     assert status == BLK_S.OK and used == 2 * SECTOR + 1
     assert b.memory.read(data.gpa, 2 * SECTOR) == payload
 
@@ -92,7 +92,7 @@ def test_get_id_and_flush(bench) -> None:  # type: ignore[no-untyped-def]
 
 def test_request_without_status_byte_is_dropped_with_len_0(bench) -> None:  # type: ignore[no-untyped-def]
     b, q = bench
-    (_, used), status, _ = _request(b, q, BLK_T.IN, 0, status_len=0, in_len=0)
+    (_, used), _status, _ = _request(b, q, BLK_T.IN, 0, status_len=0, in_len=0)
     assert used == 0
     assert any("no writable status" in n for n in b.device.model.events.messages)
 
@@ -147,5 +147,5 @@ def test_drop_policy_completes_bad_head_with_len_0(disk: Path) -> None:
     assert q.get_used() == ("loop", 0)
     assert b.device.violations[0].policy == "drop"
     # the queue keeps working
-    (_, used), status, _ = _request(b, q, BLK_T.FLUSH, 0)
+    (_, _used), status, _ = _request(b, q, BLK_T.FLUSH, 0)
     assert status == BLK_S.OK

@@ -91,7 +91,9 @@ def test_unknown_property_is_host_refused() -> None:
 
 
 def test_missing_drive_file_is_host_refused(tmp_path: Path) -> None:
-    p = _run("--device", f"virtio-blk-device,drive={tmp_path / 'absent.img'}", "--workload", "blk-rw", "--json")
+    p = _run(
+        "--device", f"virtio-blk-device,drive={tmp_path / 'absent.img'}", "--workload", "blk-rw", "--json"
+    )
     r = json.loads(p.stdout)
     assert r["outcome"] == "HOST_REFUSED"
     assert "Could not open" in r["detail"]

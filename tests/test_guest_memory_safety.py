@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 
 from guest.profile import guest_policy
+from host import qdev
 from host.devices.base import DeviceQueue
 from host.devices.rng import RngDevice
-from host import qdev
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.memory import GuestMemory
@@ -34,7 +34,9 @@ def test_device_sees_ciphertext_in_private_pages() -> None:
 
 
 def _sev(driver: str, device: str, transport: str = "mmio-v2") -> Outcome:
-    cfg = RunConfig(device=device, workload="blk-rw", transport=transport, guest=guest_policy(load_driver_profile(driver)))
+    cfg = RunConfig(
+        device=device, workload="blk-rw", transport=transport, guest=guest_policy(load_driver_profile(driver))
+    )
     return trio.run(run_embedded, cfg).outcome
 
 
@@ -63,7 +65,7 @@ class _ScribblingRng(RngDevice):
 
 
 def test_device_write_outside_buffer_is_corruption(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    factory, props = qdev.DEVICE_TYPES["virtio-rng-device"]
+    _factory, props = qdev.DEVICE_TYPES["virtio-rng-device"]
     monkeypatch.setitem(qdev.DEVICE_TYPES, "virtio-rng-device", (lambda p: _ScribblingRng(), props))
     r = trio.run(run_embedded, RunConfig(device="virtio-rng-device", workload="rng", seed=None))
     assert r.outcome is Outcome.CORRUPTION

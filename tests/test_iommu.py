@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import make_bench
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,6 @@ from guest.platform import GuestPolicy
 from guest.profile import guest_policy
 from host.devices.iommu import IommuDevice
 from host.iommu import EndpointTranslator, Iommu
-from helpers import make_bench
 from virtio_sim.dma import DmaError, TranslatedAddressSpace
 from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.layouts import IOMMU_BODIES, IommuFault, IommuReqHead

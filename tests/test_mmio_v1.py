@@ -100,9 +100,7 @@ def test_force_legacy_property_defaults_to_true(
 def test_unknown_global_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PropertyError):
         build_host(
-            HostConfig(
-                devices=["virtio-rng-device"], transport="mmio", globals={"virtio-mmio.nope": "1"}
-            )
+            HostConfig(devices=["virtio-rng-device"], transport="mmio", globals={"virtio-mmio.nope": "1"})
         )
 
 

@@ -43,9 +43,7 @@ def test_firmware_parameter_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("access", ["ecam", "conf1"])
-async def test_enumeration_places_bars_and_enables_the_function(
-    tmp_path: Path, access: str
-) -> None:
+async def test_enumeration_places_bars_and_enables_the_function(tmp_path: Path, access: str) -> None:
     setup = make_host(tmp_path, "virtio-blk-pci", "pci-transitional")
 
     async def body(kernel: GuestKernel) -> None:
@@ -91,9 +89,7 @@ async def test_enumeration_places_bars_and_enables_the_function(
         ("pci-transitional", {"pci_modern": False}, PciLegacyTransport),
     ],
 )
-async def test_transport_choice(
-    tmp_path: Path, transport: str, policy: dict[str, Any], expect: type
-) -> None:
+async def test_transport_choice(tmp_path: Path, transport: str, policy: dict[str, Any], expect: type) -> None:
     setup = make_host(tmp_path, "virtio-rng-pci", transport)
 
     async def body(kernel: GuestKernel) -> None:
@@ -120,9 +116,7 @@ async def test_legacy_only_device_falls_back_from_modern(tmp_path: Path) -> None
 
 async def test_legacy_only_driver_does_not_match_a_modern_only_device() -> None:
     r = await run_embedded(
-        RunConfig(
-            "virtio-rng-device", "rng", transport="pci-modern", guest=GuestPolicy(pci_modern=False)
-        )
+        RunConfig("virtio-rng-device", "rng", transport="pci-modern", guest=GuestPolicy(pci_modern=False))
     )
     assert r.outcome is Outcome.NOT_PROBED
     assert "not a legacy virtio id" in r.detail
@@ -234,9 +228,7 @@ async def test_masked_msix_vector_holds_the_completion_until_unmasked(tmp_path: 
 
 
 @pytest.mark.parametrize("transport", ["pci-modern", "pci-transitional"])
-async def test_config_generation_retry_gives_a_consistent_capacity(
-    tmp_path: Path, transport: str
-) -> None:
+async def test_config_generation_retry_gives_a_consistent_capacity(tmp_path: Path, transport: str) -> None:
     """The capacity (a 64-bit field read as two halves) changes between the two reads;
     the driver must notice the generation move and read again."""
     old, new = 0x1_FFFF_FFFF, 0x2_0000_0000

@@ -48,13 +48,9 @@ NOTIFY = MODERN_BASE + QEMU_PCI.notify_offset
 NO_VECTOR = PCI.msix_no_vector
 
 
-def bench(
-    tmp_path: Path, device: str = "virtio-blk-pci", transport: str = "pci-transitional"
-) -> HostBench:
+def bench(tmp_path: Path, device: str = "virtio-blk-pci", transport: str = "pci-transitional") -> HostBench:
     b = HostBench(make_host(tmp_path, device, transport))
-    bars = {
-        i: a for i, a in ((0, IO_BASE), (1, MSIX_BASE), (4, MODERN_BASE)) if i in b.proxy.fn.bars
-    }
+    bars = {i: a for i, a in ((0, IO_BASE), (1, MSIX_BASE), (4, MODERN_BASE)) if i in b.proxy.fn.bars}
     b.place(bars)
     return b
 
@@ -145,10 +141,7 @@ def test_bar_sizing_reports_size_and_type(tmp_path: Path) -> None:
     assert sizes[0] == (~(legacy_size - 1) & 0xFFFFFFFF) | PCI_BAR.SPACE_IO
     assert sizes[1] & PCI_BAR.MEM_TYPE_MASK == PCI_BAR.MEM_TYPE_32
     assert sizes[1] & ~0xF == ~(b.proxy.fn.bars[1].size - 1) & 0xFFFFFFFF
-    assert (
-        sizes[4]
-        == (~(MODERN_BAR_SIZE - 1) & 0xFFFFFFFF) | PCI_BAR.MEM_TYPE_64 | PCI_BAR.MEM_PREFETCH
-    )
+    assert sizes[4] == (~(MODERN_BAR_SIZE - 1) & 0xFFFFFFFF) | PCI_BAR.MEM_TYPE_64 | PCI_BAR.MEM_PREFETCH
     assert sizes[5] == 0xFFFFFFFF  # upper half of the 64-bit BAR: all address bits
     assert sizes[2] == sizes[3] == 0  # no BAR there
     # legacy BAR: header with MSI-X fields + 36 bytes of blk config (it ends before the
@@ -219,9 +212,7 @@ def test_capability_list_has_virtio_structures_and_msix(tmp_path: Path) -> None:
         assert b.cfg_r(off + VIRTIO_CAP["bar"], 1) == QEMU_PCI.modern_mem_bar
         assert b.cfg_r(off + VIRTIO_CAP["offset"], 4) == want
     notify = by_type[PCI_CAP.NOTIFY]
-    assert (
-        b.cfg_r(notify + VIRTIO_CAP["notify_off_multiplier"], 4) == QEMU_PCI.notify_off_multiplier
-    )
+    assert b.cfg_r(notify + VIRTIO_CAP["notify_off_multiplier"], 4) == QEMU_PCI.notify_off_multiplier
     # read-only: a write to a capability field does not stick
     b.cfg_w(notify + VIRTIO_CAP["offset"], 4, 0)
     assert b.cfg_r(notify + VIRTIO_CAP["offset"], 4) == QEMU_PCI.notify_offset
@@ -387,16 +378,12 @@ def test_device_config_access_rules(tmp_path: Path) -> None:
         ("config_msix_vector", 1),
     ],
 )
-def test_wrong_width_common_writes_are_ignored_and_logged(
-    tmp_path: Path, name: str, size: int
-) -> None:
+def test_wrong_width_common_writes_are_ignored_and_logged(tmp_path: Path, name: str, size: int) -> None:
     b = bench(tmp_path)
     before = common_r(b, name)
     common_w(b, name, 0x3, size)
     assert common_r(b, name) == before
-    assert any(
-        f"wrong size access ({size}) to common cfg field {name}" in n for n in b.proxy.device.notes
-    )
+    assert any(f"wrong size access ({size}) to common cfg field {name}" in n for n in b.proxy.device.notes)
 
 
 def test_wrong_width_common_read_returns_0(tmp_path: Path) -> None:

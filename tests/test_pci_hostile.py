@@ -30,9 +30,7 @@ access = st.tuples(
 )
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(access, max_size=60))
 def test_random_register_traffic_never_crashes(ops: list[tuple[str, int, int, int, bool]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,10 +119,7 @@ def test_overlapping_bars_of_two_functions(tmp_path: Path) -> None:
         size = m.mmio_read(MODERN_BASE + COMMON_CFG["queue_size"], 2)
         assert size == setup.devices[0].queues[0].max_size
         second.place({4: MODERN_BASE + 2 * QEMU_PCI.notify_offset * 4})
-        assert (
-            m.mmio_read(MODERN_BASE + 2 * QEMU_PCI.notify_offset * 4 + COMMON_CFG["queue_size"], 2)
-            == 16
-        )
+        assert m.mmio_read(MODERN_BASE + 2 * QEMU_PCI.notify_offset * 4 + COMMON_CFG["queue_size"], 2) == 16
     finally:
         setup.close()
 
@@ -162,9 +157,7 @@ async def test_pci_run_with_hostile_transport_choice_is_refused() -> None:
     r = await run_embedded(RunConfig("virtio-blk-pci", "blk-rw", transport="mmio-v2"))
     assert r.outcome is Outcome.HOST_REFUSED and "No 'PCI' bus" in r.detail
     r = await run_embedded(
-        RunConfig(
-            "virtio-rng-pci,disable-legacy=on,disable-modern=on", "rng", transport="pci-modern"
-        )
+        RunConfig("virtio-rng-pci,disable-legacy=on,disable-modern=on", "rng", transport="pci-modern")
     )
     assert r.outcome is Outcome.HOST_REFUSED
     assert "device cannot work as neither modern nor legacy mode is enabled" in r.detail

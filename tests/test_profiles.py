@@ -25,8 +25,8 @@ REQUIRED_DEVICES = {
 
 
 def test_every_required_profile_exists_and_loads() -> None:
-    assert REQUIRED_DRIVERS <= set(list_profiles("drivers"))
-    assert REQUIRED_DEVICES <= set(list_profiles("devices"))
+    assert set(list_profiles("drivers")) >= REQUIRED_DRIVERS
+    assert set(list_profiles("devices")) >= REQUIRED_DEVICES
     for name in list_profiles("drivers"):
         load_driver_profile(name)
     for name in list_profiles("devices"):

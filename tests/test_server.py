@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from guest.link import HostLink, HostLinkError
@@ -11,8 +12,6 @@ from virtio_sim import wire
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.spec import MMIO
 from virtio_sim.wire import MsgType
-
-import pytest
 
 
 @pytest.fixture

@@ -14,9 +14,23 @@ def test_mypy_strict() -> None:
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+LINTED = ["virtio_sim", "host", "guest", "benchmarks", "tests"]
+
+
 def test_ruff() -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "virtio_sim", "host", "guest", "benchmarks"],
+        [sys.executable, "-m", "ruff", "check", *LINTED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ruff_format() -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", *LINTED],
         cwd=ROOT,
         capture_output=True,
         text=True,

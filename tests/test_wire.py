@@ -26,7 +26,12 @@ def test_irq_and_error_round_trip() -> None:
     assert wire.parse_error(f) == (7, "bad thing")
 
 
-def _header(magic: int = wire.PROTOCOL_MAGIC, version: int = wire.PROTOCOL_VERSION, mtype: int = MsgType.BYE, length: int = 0) -> bytes:
+def _header(
+    magic: int = wire.PROTOCOL_MAGIC,
+    version: int = wire.PROTOCOL_VERSION,
+    mtype: int = MsgType.BYE,
+    length: int = 0,
+) -> bytes:
     return wire._HEADER.pack(magic, version, mtype, 0, length)
 
 
