@@ -1,5 +1,5 @@
-"""Split-ring batch calls (add_batch, pop_batch, push_batch, get_used_batch) are the
-per-chain calls, one call per batch: the same chains, completions, memory and errors.
+"""Ring batch calls (add_batch, pop_batch, push_batch, get_used_batch), split and packed,
+are the per-chain calls, one call per batch: the same chains, completions, memory and errors.
 
 A hypothesis workload drives two identical ring pairs, one per chain and one in batches,
 and compares everything observable; hostile input part-way through a batch must neither
@@ -19,8 +19,9 @@ from virtio_sim import layouts as L
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.chain import DeviceBrokenError, RingError
+from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
-from virtio_sim.spec import DESC_F
+from virtio_sim.spec import DESC_F, PACKED_DESC_F
 
 Q = 16
 RING = SplitRingAddresses(0x1000, 0x1000 + 16 * Q, 0x2000)
@@ -28,16 +29,27 @@ DATA = 0x10000
 MEM = 1 << 20
 
 
+PACKED_RING = SplitRingAddresses(0x1000, 0x1000 + L.packed_ring_size(Q), 0x2000)
+
+
 class Pair:
-    def __init__(self, event_idx: bool, indirect: bool = False) -> None:
+    def __init__(self, event_idx: bool, indirect: bool = False, packed: bool = False) -> None:
         self.mem = GuestMemory.create(MEM)
         pool = BumpPool(0x80000, 0x10000) if indirect else None
-        self.drv = SplitDriverQueue(self.mem, Q, RING, event_idx=event_idx, indirect_pool=pool)
         space = IdentityAddressSpace(self.mem)
-        self.dev = SplitDeviceQueue(space, Q, RING, event_idx=event_idx, indirect=indirect)
+        self.drv: Any
+        self.dev: Any
+        if packed:
+            self.drv = PackedDriverQueue(self.mem, Q, PACKED_RING, event_idx=event_idx, indirect_pool=pool)
+            self.dev = PackedDeviceQueue(space, Q, PACKED_RING, event_idx=event_idx, indirect=indirect)
+            self.ring_end = PACKED_RING.used + L.EVENT_SUPPRESS_SIZE
+        else:
+            self.drv = SplitDriverQueue(self.mem, Q, RING, event_idx=event_idx, indirect_pool=pool)
+            self.dev = SplitDeviceQueue(space, Q, RING, event_idx=event_idx, indirect=indirect)
+            self.ring_end = RING.used + L.used_ring_size(Q)
 
     def rings(self) -> bytes:
-        return self.mem.read(RING.desc, RING.used + L.used_ring_size(Q) - RING.desc)
+        return self.mem.read(RING.desc, self.ring_end - RING.desc)
 
 
 segment = st.tuples(st.integers(0, 63), st.integers(1, 256))  # (buffer slot, length)
@@ -60,10 +72,12 @@ def _chain_view(c: Any) -> tuple[int, list[tuple[int, int]], list[tuple[int, int
     return c.head, c.readable, c.writable, c.descriptors
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(step, min_size=1, max_size=12), st.booleans(), st.booleans())
-def test_batch_calls_match_per_chain_calls(steps: list[Any], event_idx: bool, indirect: bool) -> None:
-    one, many = Pair(event_idx, indirect), Pair(event_idx, indirect)
+@settings(max_examples=80, deadline=None)
+@given(st.lists(step, min_size=1, max_size=12), st.booleans(), st.booleans(), st.booleans())
+def test_batch_calls_match_per_chain_calls(
+    steps: list[Any], event_idx: bool, indirect: bool, packed: bool
+) -> None:
+    one, many = Pair(event_idx, indirect, packed), Pair(event_idx, indirect, packed)
     try:
         token = 0
         seen: dict[str, list[Any]] = {"one": [], "many": []}
@@ -80,7 +94,7 @@ def test_batch_calls_match_per_chain_calls(steps: list[Any], event_idx: bool, in
             heads_many = many.drv.add_batch(todo)
             assert heads_one == heads_many
             assert one.drv.kick_prepare() == many.drv.kick_prepare()
-            popped_one = []
+            popped_one: list[Any] = []
             while len(popped_one) < limit and (c := one.dev.pop()) is not None:
                 popped_one.append(c)
             popped_many = many.dev.pop_batch(limit)
@@ -89,6 +103,9 @@ def test_batch_calls_match_per_chain_calls(steps: list[Any], event_idx: bool, in
             for head, written in done:
                 one.dev.push(head, written)
             many.dev.push_batch(done)
+            if event_idx:  # the device asks for the next kick from where it stopped
+                one.dev.set_notification(True)
+                many.dev.set_notification(True)
             assert one.dev.needs_interrupt() == many.dev.needs_interrupt()
             assert one.dev.published == many.dev.published
             if reap:
@@ -96,6 +113,8 @@ def test_batch_calls_match_per_chain_calls(steps: list[Any], event_idx: bool, in
                     seen["one"].append(r)
                 seen["many"].extend(many.drv.get_used_batch())
             assert seen["one"] == seen["many"]
+            if event_idx:
+                assert one.drv.enable_cb() == many.drv.enable_cb()
             assert one.rings() == many.rings()
         assert one.dev.in_flight == many.dev.in_flight
         assert set(one.drv.inflight) == set(many.drv.inflight)
@@ -169,3 +188,124 @@ def test_push_batch_with_a_bad_head_publishes_the_ones_before() -> None:
         assert p.drv.get_used_batch() == [("a", 5)]
     finally:
         p.mem.close()
+
+
+def _packed_desc(addr: int, length: int, buf_id: int, flags: int) -> bytes:
+    return L.PACKED_DESC_CODEC.pack(addr, length, buf_id, flags)
+
+
+def test_packed_bad_chain_mid_batch_keeps_the_good_ones_and_raises_next() -> None:
+    p = Pair(False, packed=True)
+    try:
+        p.drv.add([], [(DATA, 64)], "a")
+        bad = p.drv.add([], [(DATA + 4096, 64)], "b")
+        p.drv.add([(DATA + 8192, 16)], [], "c")
+        # the guest rewrites b's descriptor (slot 1, first lap) to point outside RAM
+        flags = PACKED_DESC_F.WRITE | PACKED_DESC_F.AVAIL
+        p.mem.write(PACKED_RING.desc + 16, _packed_desc(MEM + 0x1000, 64, bad, flags))
+        first = p.dev.pop_batch(8)
+        assert [c.writable for c in first] == [[(DATA, 64)]]
+        assert p.dev.has_available()  # the error is still owed
+        with pytest.raises(RingError, match="bad-address") as e:
+            p.dev.pop_batch(8)
+        assert e.value.head == bad and bad in p.dev.in_flight  # consumed, for a drop policy
+        (c,) = p.dev.pop_batch(8)
+        assert c.readable == [(DATA + 8192, 16)]
+        p.dev.push_batch([(first[0].head, 64), (bad, 0), (c.head, 0)])
+        assert p.drv.get_used_batch() == [("a", 64), ("b", 0), ("c", 0)]
+    finally:
+        p.mem.close()
+
+
+def test_packed_duplicate_id_mid_batch_is_not_consumed() -> None:
+    p = Pair(False, packed=True)
+    try:
+        a = p.drv.add([], [(DATA, 64)], "a")
+        p.drv.add([], [(DATA + 4096, 64)], "b")
+        # the guest gives the second descriptor the first one's buffer id
+        flags = PACKED_DESC_F.WRITE | PACKED_DESC_F.AVAIL
+        p.mem.write(PACKED_RING.desc + 16, _packed_desc(DATA + 4096, 64, a, flags))
+        assert [c.head for c in p.dev.pop_batch(8)] == [a]
+        for _ in range(2):  # not consumed: raised again, never skipped
+            with pytest.raises(RingError, match="buffer-id-in-flight"):
+                p.dev.pop_batch(8)
+        assert set(p.dev.in_flight) == {a}
+    finally:
+        p.mem.close()
+
+
+def test_packed_add_batch_full_part_way_leaves_the_ones_before_available() -> None:
+    p = Pair(False, packed=True)
+    try:
+        # a two-buffer chain in the middle goes through add(); the Q+1th does not fit
+        chains: list[Any] = [((), ((DATA, 64),), 0), (((DATA, 8),), ((DATA, 64),), 1)]
+        chains += [((), ((DATA, 64),), t) for t in range(2, Q + 1)]
+        with pytest.raises(Exception, match="descriptors"):
+            p.drv.add_batch(chains)
+        popped = p.dev.pop_batch(Q + 1)
+        assert [c.descriptors for c in popped] == [1, 2] + [1] * (Q - 3)
+        assert not p.dev.has_available()
+    finally:
+        p.mem.close()
+
+
+def test_packed_hostile_used_descriptor_mid_batch() -> None:
+    p = Pair(False, packed=True)
+    try:
+        for t in ("a", "b"):
+            p.drv.add([], [(DATA, 64)], t)
+        (a, _b) = p.dev.pop_batch(8)
+        p.dev.push_batch([(a.head, 10)])
+        # a bogus second used descriptor: an id that is not in flight
+        used = PACKED_DESC_F.AVAIL | PACKED_DESC_F.USED | PACKED_DESC_F.WRITE
+        p.mem.write(PACKED_RING.desc + 16, _packed_desc(0, 0, Q - 1, used))
+        assert p.drv.get_used_batch() == [("a", 10)]
+        assert p.drv.broken is not None and p.drv.broken.violation == "used-bad-id"
+        with pytest.raises(DeviceBrokenError, match="used-bad-id"):
+            p.drv.get_used_batch()
+    finally:
+        p.mem.close()
+
+
+def test_packed_push_batch_with_a_bad_head_publishes_the_ones_before() -> None:
+    p = Pair(False, packed=True)
+    try:
+        p.drv.add([], [(DATA, 64)], "a")
+        (a,) = p.dev.pop_batch(8)
+        with pytest.raises(ValueError, match="not in flight"):
+            p.dev.push_batch([(a.head, 5), (a.head, 5)])  # the second is a device bug
+        assert p.drv.get_used_batch() == [("a", 5)]
+    finally:
+        p.mem.close()
+
+
+class _CountingDevice(PackedDeviceQueue):
+    """A subclass overriding the hooks: the fast paths must step aside for it."""
+
+    reads = 0
+    writes = 0
+
+    def _read_desc(self, pos: int) -> Any:
+        type(self).reads += 1
+        return super()._read_desc(pos)
+
+    def _write_used(self, buf_id: int, written: int, skip: int) -> None:
+        type(self).writes += 1
+        super()._write_used(buf_id, written, skip)
+
+
+def test_packed_fast_paths_step_aside_for_overridden_hooks() -> None:
+    mem = GuestMemory.create(MEM)
+    try:
+        drv = PackedDriverQueue(mem, Q, PACKED_RING)
+        dev = _CountingDevice(IdentityAddressSpace(mem), Q, PACKED_RING)
+        drv.add_batch([((), ((DATA + 4096 * i, 64),), i) for i in range(3)])
+        assert dev.pop() is not None
+        assert len(dev.pop_batch(8)) == 2
+        assert _CountingDevice.reads >= 3  # every pop went through _read_desc
+        dev.push(0, 1)
+        dev.push_batch([(1, 2), (2, 3)])
+        assert _CountingDevice.writes == 3
+        assert drv.get_used_batch() == [(0, 1), (1, 2), (2, 3)]
+    finally:
+        mem.close()

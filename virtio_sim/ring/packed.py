@@ -178,6 +178,14 @@ class PackedDeviceQueue:
         self._buffers: dict[int, _DevBuffer] = {}
         self._order: deque[int] = deque()  # ids in the order they were made available
         self._ready: list[tuple[int, _DevBuffer]] = []  # IN_ORDER completions not yet written
+        self._pending_error: RingError | None = None  # pop_batch(): raised by the next pop
+        cls = type(self)
+        # pop()'s inline path stands in for these hooks only when nobody overrode them.
+        self._plain_pop = (
+            cls._pop_from is PackedDeviceQueue._pop_from
+            and cls._read_desc is PackedDeviceQueue._read_desc
+            and cls._segments is PackedDeviceQueue._segments
+        )
         self.reset()
         self._check_ring_memory()
         self._leasable = hasattr(space, "lease")
@@ -202,6 +210,7 @@ class PackedDeviceQueue:
         self._signalled = 0
         self._signalled_valid = False
         self._last_claim = 0  # NOTIFICATION_DATA claims never go back
+        self._pending_error = None
         self._buffers.clear()
         self._order.clear()
         self._ready.clear()
@@ -268,16 +277,21 @@ class PackedDeviceQueue:
         return value
 
     def has_available(self) -> bool:
+        if self._pending_error is not None:
+            return True
         return is_avail(self._flags_at(self._avail_pos), self._avail_pos, self.size)
 
     def pop(self) -> Chain | None:
         """The next available chain, validated, or None when nothing new is available."""
+        if self._pending_error is not None:
+            err, self._pending_error = self._pending_error, None
+            raise err
         pos, size = self._avail_pos, self.size
         dl = self._dl
         if dl is None or not dl.valid:
             self._take_leases()
             dl = self._dl
-        if dl is None or not dl.valid:
+        if dl is None or not dl.valid or not self._plain_pop:
             return self._pop_from(pos, self._read_desc(pos))
         raw: tuple[int, int, int, int] = _DESC.unpack_from(dl.view, pos % size * _DESC_SIZE)
         addr, length, buf_id, flags = raw
@@ -316,6 +330,84 @@ class PackedDeviceQueue:
         if is_write:
             return Chain(buf_id, [], [(addr, length)], 1)
         return Chain(buf_id, [(addr, length)], [], 1)
+
+    def pop_batch(self, limit: int) -> list[Chain]:
+        """Up to ``limit`` available chains, each validated exactly as pop() does.
+
+        Why: one call per batch instead of one per chain (the lease and the address
+        window are looked up once, one-descriptor chains are checked inline). A bad chain
+        after good ones ends the batch: the good ones are returned and the error is raised
+        by the next pop() or pop_batch() (has_available() says True until then). A chain
+        pop() consumes before raising is consumed here too, so nothing is lost or skipped.
+        """
+        out: list[Chain] = []
+        dl = self._dl
+        if dl is None or not dl.valid:
+            self._take_leases()
+            dl = self._dl
+        try:
+            if self.in_order or not self._plain_pop or self._pending_error is not None or dl is None:
+                return self._pop_each(limit, out)
+            size, buffers, space = self.size, self._buffers, self.space
+            view, unpack_from = dl.view, _DESC.unpack_from
+            win = getattr(space, "fast_window", None)
+            pos = self._avail_pos
+            while len(out) < limit:
+                if not dl.valid:
+                    return self._pop_each(limit, out)  # a lease went away: the checked path
+                raw: tuple[int, int, int, int] = unpack_from(view, pos % size * _DESC_SIZE)
+                addr, length, buf_id, flags = raw
+                if flags & _AVAIL_USED != (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED):
+                    break  # not made available in this lap
+                if flags & (_F_NEXT | _F_INDIRECT) or not length:
+                    chain = self._pop_from(pos, _Desc(*raw))
+                    assert chain is not None  # its head is available
+                    out.append(chain)
+                    pos = self._avail_pos
+                    win = getattr(space, "fast_window", None)
+                    continue
+                # pop()'s one-descriptor checks, in pop()'s order
+                if self._in_flight_descs >= size:
+                    raise RingError(
+                        "ring-overrun", f"slot {pos % size} made available while every slot is in flight"
+                    )
+                if buf_id >= size:
+                    raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
+                if buf_id in buffers:
+                    raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
+                pos += 1
+                self._avail_pos = pos
+                self._in_flight_descs += 1
+                is_write = flags & _F_WRITE
+                buf = buffers[buf_id] = _DevBuffer(1, length if is_write else 0)
+                if not (
+                    win is not None
+                    and win.valid
+                    and win.lo <= addr
+                    and addr + length <= win.hi
+                    and (win.writable if is_write else win.readable)
+                ):
+                    try:
+                        space.check(addr, length, write=bool(is_write))
+                    except DmaError as e:
+                        buf.writable = 0
+                        raise RingError("bad-address", str(e), buf_id) from None
+                    win = getattr(space, "fast_window", None)  # the check may move the window
+                if is_write:
+                    out.append(Chain(buf_id, [], [(addr, length)], 1))
+                else:
+                    out.append(Chain(buf_id, [(addr, length)], [], 1))
+        except RingError as e:
+            if not out:
+                raise
+            self._pending_error = e
+        return out
+
+    def _pop_each(self, limit: int, out: list[Chain]) -> list[Chain]:
+        """The rest of a pop_batch() through pop() (IN_ORDER, hooks, or no lease)."""
+        while len(out) < limit and (c := self.pop()) is not None:
+            out.append(c)
+        return out
 
     def _pop_from(self, pos: int, first: _Desc) -> Chain | None:
         """pop() for any chain, its head descriptor already read (once)."""
@@ -469,6 +561,42 @@ class PackedDeviceQueue:
             self._ready.append((first, self._buffers[first]))  # in flight until written
         if not self.batch_in_order:
             self.flush()
+
+    def push_batch(self, completions: Sequence[tuple[int, int]]) -> None:
+        """push() for each (head, written), in one call.
+
+        The same checks and writes as push(): for each used descriptor len and id first,
+        then its flags. A bad head raises ValueError after the completions before it are
+        written. IN_ORDER, a subclass's _write_used() or no lease: push() one by one."""
+        dl = self._dl
+        if (
+            self.in_order
+            or dl is None
+            or not dl.valid
+            or type(self)._write_used is not PackedDeviceQueue._write_used
+        ):
+            for head, written in completions:
+                self.push(head, written)
+            return
+        buffers, size, view = self._buffers, self.size, dl.view
+        pos = self._used_pos
+        for head, written in completions:
+            buf = buffers.get(head)
+            if buf is None or buf.written is not None:
+                raise ValueError(f"device bug: buffer {head} is not in flight")
+            if not dl.valid:
+                self.push(head, written)  # the lease went away: the checked path
+                pos = self._used_pos
+                continue
+            del buffers[head]
+            self.published += 1
+            flags = (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0)
+            off = pos % size * _DESC_SIZE
+            _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
+            _U16.pack_into(view, off + _FLAGS_OFF, flags)  # then the flags
+            pos += buf.descs
+            self._used_pos = pos
+            self._in_flight_descs -= buf.descs
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
@@ -734,6 +862,62 @@ class PackedDriverQueue:
         self.inflight[buf_id] = _DrvBuffer(token, len(descs), sum(n for _, n in in_), table)
         return buf_id
 
+    def add_batch(
+        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]], Any]]
+    ) -> list[int]:
+        """add() for each (out, in_, token); returns the buffer ids.
+
+        One-buffer chains are written through the lease, and the batch is made available
+        the way the spec allows for a batch: every descriptor is complete, the first
+        one's flags are written last. Other chains go through add() (which decides about
+        indirect tables), after what came before is made available. An error part-way
+        (QueueFullError) leaves the chains before it available, as single adds would."""
+        if self.broken:
+            raise self.broken
+        dl = self._dl
+        if dl is None or not dl.valid:
+            self._take_leases()
+            dl = self._dl
+        if dl is None or not dl.valid:
+            return [self.add(out, in_, token) for out, in_, token in chains]
+        heads: list[int] = []
+        size, view, free_ids, inflight = self.size, dl.view, self.free_ids, self.inflight
+        pos = self._avail_pos
+        first_off = -1  # the batch's first descriptor, whose flags are written last
+        first_flags = 0
+        try:
+            for out, in_, token in chains:
+                if len(out) + len(in_) != 1 or not self._free or not free_ids:
+                    if first_off >= 0:  # make what came before available, then add()
+                        self._avail_pos = pos
+                        _U16.pack_into(view, first_off + _FLAGS_OFF, first_flags)
+                        first_off = -1
+                    heads.append(self.add(out, in_, token))  # QueueFullError when full
+                    pos = self._avail_pos
+                    continue
+                if out:
+                    (a, n), fl, writable_len = out[0], 0, 0
+                else:
+                    (a, n), fl = in_[0], _F_WRITE
+                    writable_len = n
+                buf_id = free_ids.pop()
+                fl |= _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
+                off = pos % size * _DESC_SIZE
+                if first_off < 0:
+                    _BODY.pack_into(view, off, a, n, buf_id)
+                    first_off, first_flags = off, fl
+                else:  # not reachable by the device before the first one's flags
+                    _DESC.pack_into(view, off, a, n, buf_id, fl)
+                pos += 1
+                self._free -= 1
+                inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
+                heads.append(buf_id)
+        finally:
+            self._avail_pos = pos
+            if first_off >= 0:
+                _U16.pack_into(view, first_off + _FLAGS_OFF, first_flags)  # the batch's head last
+        return heads
+
     def _read_event(self, addr: int) -> tuple[int, int]:
         word, flags = _EVENT.unpack(self.memory.read(addr, layouts.EVENT_SUPPRESS_SIZE))
         return word, flags
@@ -813,6 +997,57 @@ class PackedDriverQueue:
                 self.indirect_pool.free(st.indirect)
             self._completed.append((st.token, length if i == buf_id else st.writable_len))
         return self._completed.popleft()
+
+    def get_used_batch(self) -> list[tuple[Any, int]]:
+        """Every used buffer written so far, each checked as get_used() checks it.
+
+        A device error part-way returns the good completions before it; the driver is
+        then broken and the next call raises, as get_used() would."""
+        if self.broken:
+            raise self.broken
+        done: list[tuple[Any, int]] = list(self._completed)
+        self._completed.clear()
+        dl = self._dl
+        if self.in_order or dl is None or not dl.valid:
+            try:
+                while (r := self.get_used()) is not None:
+                    done.append(r)
+            except DeviceBrokenError:
+                if not done:
+                    raise
+            return done
+        size, view, unpack_from = self.size, dl.view, _DESC.unpack_from
+        inflight, free_ids, pool = self.inflight, self.free_ids, self.indirect_pool
+        pos = self._used_pos
+        try:
+            while dl.valid:
+                _addr, length, buf_id, flags = unpack_from(view, pos % size * _DESC_SIZE)
+                if flags & _AVAIL_USED != (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0):
+                    return done  # not used in this lap
+                state = inflight.get(buf_id)
+                if state is None:
+                    raise self._mark_broken("used-bad-id", f"used id {buf_id} is not a buffer in flight")
+                if not flags & _F_WRITE:
+                    length = 0  # len is reserved without WRITE (2.8.4)
+                if length > state.writable_len:
+                    raise self._mark_broken(
+                        "used-bad-len",
+                        f"used len {length} > writable length {state.writable_len} of buffer {buf_id}",
+                    )
+                del inflight[buf_id]
+                pos += state.descs
+                self._used_pos = pos
+                self._free += state.descs
+                free_ids.append(buf_id)
+                if state.indirect is not None and pool is not None:
+                    pool.free(state.indirect)
+                done.append((state.token, length))
+            while (r := self.get_used()) is not None:  # the lease went away: the checked path
+                done.append(r)
+        except DeviceBrokenError:
+            if not done:
+                raise
+        return done
 
     def enable_cb(self) -> bool:
         """Ask for interrupts again; True if used buffers are already pending (race check)."""
