@@ -99,7 +99,7 @@ def throughput(
     """Chains/s through one queue, driver and device in this process (CPU time).
 
     ``api="chain"``: add/pop/push/get_used per chain (what the device models call);
-    ``api="batch"``: add_batch/pop_batch/push_batch/get_used_batch (split rings)."""
+    ``api="batch"``: add_batch/pop_batch/push_batch/get_used_batch (both formats)."""
     mem, drv, dev, base = ring_pair(fmt, event_idx, translated)
     fill, serve, reap = (_fill_batch, _serve_batch, _reap_batch) if api == "batch" else (_fill, _serve, _reap)
     try:
