@@ -351,52 +351,68 @@ class PackedDeviceQueue:
             size, buffers, space = self.size, self._buffers, self.space
             view, unpack_from = dl.view, _DESC.unpack_from
             win = getattr(space, "fast_window", None)
-            pos = self._avail_pos
-            while len(out) < limit:
-                if not dl.valid:
-                    return self._pop_each(limit, out)  # a lease went away: the checked path
-                raw: tuple[int, int, int, int] = unpack_from(view, pos % size * _DESC_SIZE)
-                addr, length, buf_id, flags = raw
-                if flags & _AVAIL_USED != (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED):
-                    break  # not made available in this lap
-                if flags & (_F_NEXT | _F_INDIRECT) or not length:
-                    chain = self._pop_from(pos, _Desc(*raw))
-                    assert chain is not None  # its head is available
-                    out.append(chain)
-                    pos = self._avail_pos
-                    win = getattr(space, "fast_window", None)
-                    continue
-                # pop()'s one-descriptor checks, in pop()'s order
-                if self._in_flight_descs >= size:
-                    raise RingError(
-                        "ring-overrun", f"slot {pos % size} made available while every slot is in flight"
-                    )
-                if buf_id >= size:
-                    raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
-                if buf_id in buffers:
-                    raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
-                pos += 1
-                self._avail_pos = pos
-                self._in_flight_descs += 1
-                is_write = flags & _F_WRITE
-                buf = buffers[buf_id] = _DevBuffer(1, length if is_write else 0)
-                if not (
-                    win is not None
-                    and win.valid
-                    and win.lo <= addr
-                    and addr + length <= win.hi
-                    and (win.writable if is_write else win.readable)
-                ):
-                    try:
-                        space.check(addr, length, write=bool(is_write))
-                    except DmaError as e:
-                        buf.writable = 0
-                        raise RingError("bad-address", str(e), buf_id) from None
-                    win = getattr(space, "fast_window", None)  # the check may move the window
-                if is_write:
-                    out.append(Chain(buf_id, [], [(addr, length)], 1))
-                else:
-                    out.append(Chain(buf_id, [(addr, length)], [], 1))
+            # positions kept locally (slot and the lap's AVAIL/USED bits step with them)
+            # and written back however the loop ends
+            pos, busy = self._avail_pos, self._in_flight_descs
+            slot, want = pos % size, (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
+            lease_lost = False
+            try:
+                while len(out) < limit:
+                    if not dl.valid:
+                        lease_lost = True
+                        break
+                    raw: tuple[int, int, int, int] = unpack_from(view, slot * _DESC_SIZE)
+                    addr, length, buf_id, flags = raw
+                    if flags & _AVAIL_USED != want:
+                        break  # not made available in this lap
+                    if flags & (_F_NEXT | _F_INDIRECT) or not length:
+                        self._avail_pos, self._in_flight_descs = pos, busy
+                        try:
+                            chain = self._pop_from(pos, _Desc(*raw))
+                        finally:  # it may consume the chain and then raise
+                            pos, busy = self._avail_pos, self._in_flight_descs
+                        assert chain is not None  # its head is available
+                        out.append(chain)
+                        slot, want = pos % size, (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
+                        win = getattr(space, "fast_window", None)
+                        continue
+                    # pop()'s one-descriptor checks, in pop()'s order
+                    if busy >= size:
+                        raise RingError(
+                            "ring-overrun", f"slot {slot} made available while every slot is in flight"
+                        )
+                    if buf_id >= size:
+                        raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
+                    if buf_id in buffers:
+                        raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
+                    pos += 1
+                    busy += 1
+                    slot += 1
+                    if slot == size:
+                        slot, want = 0, want ^ _AVAIL_USED  # the next lap
+                    is_write = flags & _F_WRITE
+                    buf = buffers[buf_id] = _DevBuffer(1, length if is_write else 0)
+                    if not (
+                        win is not None
+                        and win.valid
+                        and win.lo <= addr
+                        and addr + length <= win.hi
+                        and (win.writable if is_write else win.readable)
+                    ):
+                        try:
+                            space.check(addr, length, write=bool(is_write))
+                        except DmaError as e:
+                            buf.writable = 0
+                            raise RingError("bad-address", str(e), buf_id) from None
+                        win = getattr(space, "fast_window", None)  # the check may move the window
+                    if is_write:
+                        out.append(Chain(buf_id, [], [(addr, length)], 1))
+                    else:
+                        out.append(Chain(buf_id, [(addr, length)], [], 1))
+            finally:
+                self._avail_pos, self._in_flight_descs = pos, busy
+            if lease_lost:
+                return self._pop_each(limit, out)  # a lease went away: the checked path
         except RingError as e:
             if not out:
                 raise
@@ -579,24 +595,35 @@ class PackedDeviceQueue:
                 self.push(head, written)
             return
         buffers, size, view = self._buffers, self.size, dl.view
-        pos = self._used_pos
-        for head, written in completions:
-            buf = buffers.get(head)
-            if buf is None or buf.written is not None:
-                raise ValueError(f"device bug: buffer {head} is not in flight")
-            if not dl.valid:
-                self.push(head, written)  # the lease went away: the checked path
-                pos = self._used_pos
-                continue
-            del buffers[head]
-            self.published += 1
-            flags = (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0)
-            off = pos % size * _DESC_SIZE
-            _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
-            _U16.pack_into(view, off + _FLAGS_OFF, flags)  # then the flags
-            pos += buf.descs
-            self._used_pos = pos
-            self._in_flight_descs -= buf.descs
+        pos, busy, published = self._used_pos, self._in_flight_descs, self.published
+        slot, lap = pos % size, (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0)
+        try:
+            for head, written in completions:
+                buf = buffers.get(head)
+                if buf is None or buf.written is not None:
+                    raise ValueError(f"device bug: buffer {head} is not in flight")
+                if not dl.valid:  # the lease went away: the checked path
+                    self._used_pos, self._in_flight_descs, self.published = pos, busy, published
+                    try:
+                        self.push(head, written)
+                    finally:
+                        pos, busy, published = self._used_pos, self._in_flight_descs, self.published
+                        slot, lap = pos % size, (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0)
+                    continue
+                del buffers[head]
+                published += 1
+                off = slot * _DESC_SIZE
+                _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
+                _U16.pack_into(view, off + _FLAGS_OFF, lap | _F_WRITE if written else lap)  # then the flags
+                descs = buf.descs
+                pos += descs
+                busy -= descs
+                slot += descs
+                if slot >= size:
+                    slot -= size
+                    lap ^= _AVAIL_USED  # the next lap
+        finally:
+            self._used_pos, self._in_flight_descs, self.published = pos, busy, published
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
