@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from benchmarks import floors, rings
+from benchmarks import devcore, floors, rings
 
 
 @dataclass
@@ -186,7 +186,17 @@ def _size(text: str) -> int:
     return int(text[:-1]) * units[text[-1]]
 
 
-GROUPS = ("split", "packed", "two-process", "access-platform", "blk", "latency", "matrix", "memory")
+GROUPS = (
+    "split",
+    "packed",
+    "two-process",
+    "access-platform",
+    "blk",
+    "latency",
+    "matrix",
+    "memory",
+    "device",
+)
 
 
 def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3) -> list[Row]:
@@ -249,6 +259,13 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
                 elif (batch, eidx) in split_batch_best:
                     base = split_batch_best[(batch, eidx)]
                     rows.append(Row("packed vs split, batch calls", name, v, "chains/s", base, target=1.0))
+    if "device" in only:  # the same split ring served by virtio-rng through VirtioDevice.notify
+        for batch in (1, 16, 256):
+            for eidx in (False, True):
+                v = against_floor(lambda: devcore.rng_core_throughput(n, batch, eidx), batch)  # noqa: B023
+                name = f"batch {batch}, event_idx {'on' if eidx else 'off'}"
+                rows.append(Row(devcore.GROUP, name, v, "chains/s", floor(batch)))
+                on_floor.append((rows[-1], batch))
     if "two-process" in only:
         for fmt in ("split", "packed"):
             for batch in (1, 16, 256):

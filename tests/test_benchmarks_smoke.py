@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_command_writes_ratios_for_every_group_it_ran(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    groups = "split,packed,two-process,access-platform,latency,blk"
+    groups = "split,packed,two-process,access-platform,latency,blk,device"
     tiny = ["--scale", "0.01", "--repeat", "1", "--only", groups, "--json", str(out)]
     p = subprocess.run(
         [sys.executable, "-m", "virtio_sim.cli", "bench", *tiny],
@@ -33,6 +33,7 @@ def test_bench_command_writes_ratios_for_every_group_it_ran(tmp_path: Path) -> N
     assert ("split ring, null device, 1 process", "batch 256, event_idx on") in names
     assert any(g.startswith("packed ring, two processes") for g, _ in names)
     assert any(g == "blk bandwidth (embedded)" for g, _ in names)
+    assert ("split ring, rng through VirtioDevice, 1 process", "batch 16, event_idx on") in names
     for r in rows:
         assert r["value"] > 0, r
         if r["floor"] is not None:
