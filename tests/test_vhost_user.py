@@ -87,18 +87,7 @@ class Frontend:
         return await self.ack(request) if ack else None
 
     async def mem_table(self, regions: list[tuple[int, int, int, int]], fds: list[int]) -> int:
-        payload = bytes(
-            layouts.vhost_user_memory(len(regions)).build(
-                {
-                    "nregions": len(regions),
-                    "padding": 0,
-                    "regions": [
-                        {"guest_phys_addr": g, "memory_size": s, "userspace_addr": u, "mmap_offset": o}
-                        for g, s, u, o in regions
-                    ],
-                }
-            )
-        )
+        payload = layouts.build_vhost_user_memory(regions)
         await self.send(VU_REQ.SET_MEM_TABLE, payload, fds, VU_FLAGS.need_reply)
         return await self.ack(VU_REQ.SET_MEM_TABLE)
 

@@ -731,6 +731,23 @@ def vhost_user_memory(nregions: int) -> Any:
     )
 
 
+def build_vhost_user_memory(regions: list[tuple[int, int, int, int]]) -> bytes:
+    """SET_MEM_TABLE's payload for ``(guest_phys_addr, memory_size, userspace_addr,
+    mmap_offset)`` regions, as a front-end sends it."""
+    return bytes(
+        vhost_user_memory(len(regions)).build(
+            {
+                "nregions": len(regions),
+                "padding": 0,
+                "regions": [
+                    {"guest_phys_addr": g, "memory_size": s, "userspace_addr": u, "mmap_offset": o}
+                    for g, s, u, o in regions
+                ],
+            }
+        )
+    )
+
+
 def vhost_user_config(size: int) -> Any:
     """GET_CONFIG/SET_CONFIG payload: offset, size, flags, then ``size`` config bytes."""
     return cs.Struct(

@@ -191,18 +191,7 @@ async def _vu_fds_get(sock: trio.socket.SocketType) -> None:
 
 
 def _mem_table(regions: list[tuple[int, int, int, int]]) -> bytes:
-    payload = bytes(
-        layouts.vhost_user_memory(len(regions)).build(
-            {
-                "nregions": len(regions),
-                "padding": 0,
-                "regions": [
-                    {"guest_phys_addr": g, "memory_size": s, "userspace_addr": u, "mmap_offset": o}
-                    for g, s, u, o in regions
-                ],
-            }
-        )
-    )
+    payload = layouts.build_vhost_user_memory(regions)
     return vu(VU_REQ.SET_MEM_TABLE, payload, flags=VU_FLAGS.version | VU_FLAGS.need_reply)
 
 
