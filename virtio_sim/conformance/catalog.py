@@ -75,6 +75,27 @@ def default_root() -> Path:
     return Path(__file__).resolve().parents[2] / "specs" / "conformance"
 
 
+def load_known_deviations(
+    filename: str, field: str, key: str, transport: str, root: Path | None = None
+) -> dict[str, str]:
+    """Requirement id -> why, from ``deviations/<filename>``: every ``[[deviation]]`` whose
+    ``field`` (``device`` or ``profile``) is ``key`` and whose ``transports`` (all when
+    absent) include ``transport``. Shared by the device and driver runners, which report
+    these ids as KNOWN instead of FAIL."""
+    path = (default_root() if root is None else root) / "deviations" / filename
+    if not path.exists():
+        return {}
+    data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    for entry in data.get("deviation", []):
+        transports = entry.get("transports")
+        if entry.get(field) != key or (transports is not None and transport not in transports):
+            continue
+        for rid in entry["ids"]:
+            out[rid] = f"{filename}: {entry['why']}"
+    return out
+
+
 def _str(raw: dict[str, Any], key: str, where: str, *, optional: bool = False) -> str | None:
     value = raw.get(key)
     if value is None and optional:

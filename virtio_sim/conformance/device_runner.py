@@ -11,16 +11,14 @@ ids it did not decide stay NOT_COVERED, never PASS.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from guest.link import HostLinkError
 from guest.transport.base import TransportError
-from virtio_sim.conformance.catalog import Catalog
+from virtio_sim.conformance.catalog import Catalog, load_known_deviations
 from virtio_sim.conformance.device_checks import Ctx, Refused, load_all
 from virtio_sim.conformance.dut import (
     ARENA_OFFSET,
@@ -60,19 +58,7 @@ KNOWN_DEVIATIONS = "device-known-deviations.toml"
 def known_deviations(key: str, transport: str, root: Path | None = None) -> dict[str, str]:
     """Requirement id -> why, for the documented deviations of our ``key`` device on
     ``transport`` (specs/conformance/deviations/device-known-deviations.toml)."""
-    root = root or Path(__file__).resolve().parents[2] / "specs" / "conformance"
-    path = root / "deviations" / KNOWN_DEVIATIONS
-    if not path.exists():
-        return {}
-    data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    out: dict[str, str] = {}
-    for entry in data.get("deviation", []):
-        transports = entry.get("transports")
-        if entry.get("device") != key or (transports is not None and transport not in transports):
-            continue
-        for rid in entry["ids"]:
-            out[rid] = f"{KNOWN_DEVIATIONS}: {entry['why']}"
-    return out
+    return load_known_deviations(KNOWN_DEVIATIONS, "device", key, transport, root)
 
 
 def _with_ring(option: str, ring: str) -> str:

@@ -17,11 +17,9 @@ Seeded broken drivers (tests/conformance_broken_drivers.py) run through
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -34,7 +32,7 @@ from host.transport.pci_modern import ModernInterface
 from host.vhost_user import VhostUserBackend
 from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
-from virtio_sim.conformance.catalog import Catalog
+from virtio_sim.conformance.catalog import Catalog, load_known_deviations
 from virtio_sim.conformance.driver_watch import (
     MATCH_RULE,
     NO_VERSION_1,
@@ -111,21 +109,7 @@ def parse_driver_spec(spec: str) -> DriverTarget:
 
 def known_deviations(profile: str, transport: str, root: Path | None = None) -> dict[str, str]:
     """Requirement id -> why, for the documented deviations of ``profile`` on ``transport``."""
-    root = root or Path(__file__).resolve().parents[2] / "specs" / "conformance"
-    path = root / "deviations" / KNOWN_DEVIATIONS
-    if not path.exists():
-        return {}
-    data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    out: dict[str, str] = {}
-    for entry in data.get("deviation", []):
-        if entry.get("profile") != profile:
-            continue
-        transports = entry.get("transports")
-        if transports is not None and transport not in transports:
-            continue
-        for rid in entry["ids"]:
-            out[rid] = f"{KNOWN_DEVIATIONS}: {entry['why']}"
-    return out
+    return load_known_deviations(KNOWN_DEVIATIONS, "profile", profile, transport, root)
 
 
 def _transport_of(vdev: VirtioDevice, transport: str) -> str:
