@@ -11,6 +11,7 @@ for longer with fresh seeds. A failure found that way becomes a regression test.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import traceback
@@ -50,13 +51,25 @@ lengths = st.one_of(st.integers(0, 600), st.sampled_from([0xFFFFFFFF, 1 << 31, 4
 flag_bits = st.integers(0, 7)
 
 
-class RingMachine(RuleBasedStateMachine):
-    """Random descriptors, heads, indices and kicks on one device's main queue."""
+class _BenchMachine(RuleBasedStateMachine):
+    """One bench per example, built by the ``start`` rule in a scratch directory that
+    teardown removes (hypothesis runs hundreds of examples per test)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="virtio-sim-fuzz-")
         self.bench: Bench | None = None
+
+    def close_bench(self) -> None:
+        try:
+            if self.bench is not None:
+                self.bench.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class RingMachine(_BenchMachine):
+    """Random descriptors, heads, indices and kicks on one device's main queue."""
 
     @rule(which=st.sampled_from(FUZZ_TARGETS))
     @precondition(lambda self: self.bench is None)
@@ -115,19 +128,16 @@ class RingMachine(RuleBasedStateMachine):
             assert vdev.violations, "NEEDS_RESET without a recorded violation"
 
     def teardown(self) -> None:
-        if self.bench is not None:
-            assert not self.bench.watch.verify()
-            self.bench.close()
+        try:
+            if self.bench is not None:
+                assert not self.bench.watch.verify()
+        finally:
+            self.close_bench()
 
 
-class RegisterMachine(RuleBasedStateMachine):
+class RegisterMachine(_BenchMachine):
     """Random register traffic (any offset, width, value) on every transport, mixed with
     correct handshakes: no access may raise, and a correct bring-up always works after."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tmp = tempfile.mkdtemp(prefix="virtio-sim-fuzz-")
-        self.bench: Bench | None = None
 
     @rule(which=st.sampled_from(FUZZ_TARGETS))
     @precondition(lambda self: self.bench is None)
@@ -164,8 +174,7 @@ class RegisterMachine(RuleBasedStateMachine):
         assert self.bench.serves(), "a correct bring-up after random register traffic does not serve"
 
     def teardown(self) -> None:
-        if self.bench is not None:
-            self.bench.close()
+        self.close_bench()
 
 
 frame_types = st.one_of(st.sampled_from(list(wire.MsgType)), st.integers(0, 255))
