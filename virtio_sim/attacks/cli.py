@@ -99,15 +99,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
                 driver_cases,
                 parse_driver_target,
                 run_driver_case,
-                scratch,
             )
 
             lies = None if args.scenario == "all" else [args.scenario]
             cases = driver_cases(parse_driver_target(target), lies)
             if not cases:
                 raise ValueError(f"no lie {args.scenario!r} applies to {target}")
-            tmp = scratch()
-            return _report([run_driver_case(t, lie, tmp) for t, lie in cases], args.json)
+            with tempfile.TemporaryDirectory(prefix="virtio-sim-reverse-") as tmp:
+                return _report([run_driver_case(t, lie, tmp) for t, lie in cases], args.json)
         if target == "wire":
             from virtio_sim.attacks.corpus_wire import CASES, run_wire_corpus
 

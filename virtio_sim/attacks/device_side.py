@@ -10,7 +10,6 @@ fired, and, for lies that break the protocol, the driver marked the device broke
 
 from __future__ import annotations
 
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -161,8 +160,4 @@ def driver_cases(
     return [(t, lie) for t in ts for lie in lies_for(t) if lies is None or lie in lies]
 
 
-def scratch() -> str:
-    return tempfile.mkdtemp(prefix="virtio-sim-reverse-")
-
-
-__all__ = ["LIES", "DriverTarget", "driver_cases", "driver_targets", "run_driver_case", "scratch"]
+__all__ = ["LIES", "DriverTarget", "driver_cases", "driver_targets", "run_driver_case"]

@@ -7,7 +7,6 @@ victim (device 0) and the bystander (device 1), canary-watched memory, and ring 
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,7 +305,3 @@ class Bench:
         if self.target.device == "blk":
             return self.memory.read(self.last_status, 1) == b"\x00"
         return True
-
-
-def scratch_dir() -> str:
-    return tempfile.mkdtemp(prefix="virtio-sim-attack-")
