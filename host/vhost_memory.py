@@ -134,6 +134,33 @@ class VhostMemoryTable:
             left -= n
         return out
 
+    def _uva_pieces(self, uva: int, length: int) -> list[tuple[MappedRegion, int, int]]:
+        """Like _pieces, by front-end virtual address (what IOTLB entries point at)."""
+        out: list[tuple[MappedRegion, int, int]] = []
+        pos, left = uva, length
+        while left > 0:
+            r = next((r for r in self.regions if r.uva <= pos < r.uva + r.size), None)
+            if r is None:
+                raise DmaError(uva, length, f"front-end address {pos:#x} is in no memory region")
+            n = min(left, r.uva + r.size - pos)
+            out.append((r, pos - r.uva, n))
+            pos += n
+            left -= n
+        return out
+
+    def read_uva(self, uva: int, length: int) -> bytes:
+        return b"".join(bytes(r.view[o : o + n]) for r, o, n in self._uva_pieces(uva, length))
+
+    def write_uva(self, uva: int, data: bytes | bytearray | memoryview) -> None:
+        src = memoryview(data).cast("B")
+        pos = 0
+        for r, o, n in self._uva_pieces(uva, len(src)):
+            r.view[o : o + n] = src[pos : pos + n]
+            pos += n
+
+    def check_uva(self, uva: int, length: int) -> None:
+        self._uva_pieces(uva, length)
+
     # -- AddressSpace --------------------------------------------------------------------
 
     def read(self, addr: int, length: int) -> bytes:

@@ -41,6 +41,7 @@ from host.devices.rng import RngDevice
 from host.observer import DriverObserver
 from host.qdev import BuiltDevice
 from host.vhost_memory import VhostMemoryError, VhostMemoryTable
+from host.vhost_user_iotlb import BackendChannel, Iotlb, IotlbMiss, parse_iotlb_msg
 from host.vhost_user_wire import (
     Message,
     VhostUserProtocolError,
@@ -62,20 +63,25 @@ from virtio_sim.spec import (
     DESC_F,
     FEATURES,
     STATUS,
+    VU_BACKEND_REQ,
     VU_F,
+    VU_IOTLB,
     VU_LIMITS,
     VU_PROTOCOL_F,
     VU_REQ,
     VU_VRING,
     F,
     bit,
+    expects_reply,
     status_names,
 )
 
 EVENTFD_WORD = 8  # an eventfd is read and written 8 bytes at a time
 SEQUENCE_LIMIT = 200  # messages kept in order for the report
 RECORD_LIMIT = 1 << 20  # entropy bytes kept for the report (end-to-end checks)
-BASE_PROTOCOL_FEATURES = bit(VU_PROTOCOL_F.MQ) | bit(VU_PROTOCOL_F.REPLY_ACK)
+# BACKEND_REQ: the back-end channel (IOTLB misses, config changes); with REPLY_ACK it is
+# what QEMU requires before it lets a vhost-user device use an IOMMU
+BASE_PROTOCOL_FEATURES = bit(VU_PROTOCOL_F.MQ) | bit(VU_PROTOCOL_F.REPLY_ACK) | bit(VU_PROTOCOL_F.BACKEND_REQ)
 VHOST_ONLY_FEATURES = bit(VU_F.PROTOCOL_FEATURES) | bit(VU_F.LOG_ALL)
 DRIVER_OK_STATUS = STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK
 
@@ -88,13 +94,16 @@ class _CurrentMemory:
     """The AddressSpace the rings hold: whatever the latest SET_MEM_TABLE mapped.
 
     QEMU may replace the table while rings run (memory hotplug); guest-physical
-    addresses stay valid across that, so the rings never need rebuilding.
+    addresses stay valid across that, so the rings never need rebuilding. With
+    ACCESS_PLATFORM negotiated, addresses are IOVAs and go through the IOTLB first
+    (host/vhost_user_iotlb.py); a missing entry raises IotlbMiss.
     """
 
     name = "vhost-user"
 
     def __init__(self) -> None:
         self.table: VhostMemoryTable | None = None
+        self.iotlb: Iotlb | None = None  # set while ACCESS_PLATFORM is negotiated
 
     def _t(self, addr: int, length: int) -> VhostMemoryTable:
         if self.table is None:
@@ -102,13 +111,29 @@ class _CurrentMemory:
         return self.table
 
     def read(self, addr: int, length: int) -> bytes:
-        return self._t(addr, length).read(addr, length)
+        t = self._t(addr, length)
+        if self.iotlb is None:
+            return t.read(addr, length)
+        return b"".join(t.read_uva(u, n) for u, n in self.iotlb.translate(addr, length, False))
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
-        self._t(addr, len(data)).write(addr, data)
+        t = self._t(addr, len(data))
+        if self.iotlb is None:
+            t.write(addr, data)
+            return
+        src = memoryview(data).cast("B")
+        pos = 0
+        for u, n in self.iotlb.translate(addr, len(src), True):
+            t.write_uva(u, src[pos : pos + n])
+            pos += n
 
     def check(self, addr: int, length: int, write: bool) -> None:
-        self._t(addr, length).check(addr, length, write)
+        t = self._t(addr, length)
+        if self.iotlb is None:
+            t.check(addr, length, write)
+            return
+        for u, n in self.iotlb.translate(addr, length, write):
+            t.check_uva(u, n)
 
 
 @dataclass
@@ -126,7 +151,17 @@ class ObservedSplitQueue(SplitDeviceQueue):
     stats: RingStats
 
     def pop(self) -> Chain | None:
-        chain = super().pop()
+        before, taken = self.last_avail, len(self.in_flight)
+        try:
+            chain = super().pop()
+        except IotlbMiss:
+            # Not consumed after all (Linux's vhost_discard_vq_desc): the same head is
+            # taken again once the front-end sent the translation.
+            if len(self.in_flight) > taken:
+                head = self._read_u16(self.addrs.avail + layouts.avail_entry_offset(before % self.size))
+                self.in_flight.discard(head)
+            self.last_avail = before
+            raise
         if chain is not None:
             self.stats.chains += 1
             _, _, flags, _ = self._read_desc(self.addrs.desc, chain.head, chain.head)
@@ -160,6 +195,7 @@ class Vring:
     watcher: trio.CancelScope | None = None
     kicks: int = 0
     errors_signalled: int = 0
+    waiting_iotlb: bool = False  # stopped at an IOTLB miss: served again after an UPDATE
     stats: RingStats = field(default_factory=RingStats)
 
 
@@ -215,6 +251,10 @@ class VhostUserBackend:
             self.entropy = RecordingEntropy(self.model.source)
             self.model.source = self.entropy  # type: ignore[assignment]
         self.ended = ""
+        self.config_served = False  # a GET_CONFIG was answered (the guest may hold its values)
+        self.channel: BackendChannel | None = None  # SET_BACKEND_REQ_FD
+        self._misses_sent: set[int] = set()  # IOVAs asked for and not yet updated
+        self._retry = False  # an IOTLB update arrived: serve waiting rings after the reply
         self._nursery: trio.Nursery | None = None
         #: a driver watch (host/observer.py): what a vhost-user back-end can see of the
         #: front-end's driver (features, ring setup, kicks, the rings in shared memory)
@@ -278,6 +318,8 @@ class VhostUserBackend:
         if self.memory.table is not None:
             self.memory.table.close()
             self.memory.table = None
+        if self.channel is not None:
+            self.channel.close()
         for vr in self.vrings:
             for fd in (vr.call_fd, vr.err_fd):
                 _close_fd(fd)
@@ -302,6 +344,11 @@ class VhostUserBackend:
                 reply, ok = self._dispatch(msg), True
             except (_Refused, VhostMemoryError, RingError) as e:
                 self.note(f"{msg.name}: {e}")
+                if expects_reply(msg.request):
+                    # The protocol has no failure reply for a request that returns data
+                    # (QEMU waits for exactly that payload): hang up, with the reason.
+                    msg.close_fds()
+                    return f"refused {msg.name}: {e}"
                 reply, ok = None, False
             except VhostUserProtocolError as e:
                 self.note(f"protocol error: {e}")
@@ -316,6 +363,9 @@ class VhostUserBackend:
                     await send_all(sock, encode_reply(msg.request, u64_payload(0 if ok else 1)))
             except OSError as e:
                 return f"connection lost: {e.strerror}"
+            if self._retry:
+                self._retry = False
+                self._serve_waiting()  # after the ack: QEMU waits for it before anything else
 
     def _dispatch(self, msg: Message) -> bytes | None:
         """Handle one message; returns the reply payload for requests that have one."""
@@ -352,6 +402,7 @@ class VhostUserBackend:
             except ValueError as e:
                 raise _Refused(f"vring {index}: {e}") from None
             vr.num = num
+            self._follow_ring_size(num)
         elif r == VU_REQ.SET_VRING_ADDR:
             self._set_vring_addr(msg)
         elif r == VU_REQ.SET_VRING_BASE:
@@ -376,8 +427,16 @@ class VhostUserBackend:
             self._set_config(msg)
         elif r == VU_REQ.GET_MAX_MEM_SLOTS:
             return u64_payload(VU_LIMITS.max_mem_regions)
+        elif r == VU_REQ.SET_BACKEND_REQ_FD:
+            if len(msg.fds) != 1:
+                raise VhostUserProtocolError(f"{msg.name}: expected one fd, got {len(msg.fds)}")
+            if self.channel is not None:
+                self.channel.close()
+            self.channel = BackendChannel(msg.fds.pop())
+        elif r == VU_REQ.IOTLB_MSG:
+            self._iotlb_msg(msg)
         else:
-            if msg.name.startswith("GET_"):
+            if expects_reply(r):
                 # We never offered the feature that makes QEMU ask this; no reply we
                 # could give would be right.
                 raise VhostUserProtocolError(f"{msg.name} is not supported by this back-end")
@@ -400,6 +459,9 @@ class VhostUserBackend:
         self.vdev.write_driver_features(0, virtio & 0xFFFFFFFF)
         self.vdev.write_driver_features(1, virtio >> 32)
         self.vdev.write_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK)
+        # ACCESS_PLATFORM: QEMU hands over IOVAs from now on (vhost_dev_has_iommu)
+        self.memory.iotlb = Iotlb() if virtio >> F.ACCESS_PLATFORM & 1 else None
+        self._misses_sent.clear()
         if virtio >> F.RING_PACKED & 1:
             self.note("packed rings were acked, but this back-end serves split rings only")
 
@@ -462,9 +524,22 @@ class VhostUserBackend:
         if table is None or self.acked_features is None:
             return
         n = vr.num
-        desc = table.uva_to_gpa(vr.addr[0], layouts.desc_table_size(n))
-        avail = table.uva_to_gpa(vr.addr[1], layouts.avail_ring_size(n))
-        used = table.uva_to_gpa(vr.addr[2], layouts.used_ring_size(n))
+        if self.memory.iotlb is None:
+            desc = table.uva_to_gpa(vr.addr[0], layouts.desc_table_size(n))
+            avail = table.uva_to_gpa(vr.addr[1], layouts.avail_ring_size(n))
+            used = table.uva_to_gpa(vr.addr[2], layouts.used_ring_size(n))
+        else:
+            desc, avail, used = vr.addr  # IOVAs: the rings must be translatable first
+            try:
+                self.memory.check(desc, layouts.desc_table_size(n), False)
+                self.memory.check(avail, layouts.avail_ring_size(n), False)
+                self.memory.check(used, layouts.used_ring_size(n), True)
+            except IotlbMiss as miss:
+                self._ask(vr, miss)
+                return
+            except DmaError as e:
+                self._signal_error(vr)
+                raise _Refused(f"vring {vr.index}: {e}") from None
         q = self.vdev.queue(vr.index)
         if q is None:
             raise _Refused(f"vring {vr.index} does not exist for the acked features")
@@ -518,16 +593,66 @@ class VhostUserBackend:
                     return
                 vr.kicks += 1
                 if self.observer is not None and vr.started:
-                    self.observer.on_notify(vr.index, vr.index, 0)  # an eventfd kick: no register
+                    try:
+                        self.observer.on_notify(vr.index, vr.index, 0)  # an eventfd kick: no register
+                    except IotlbMiss:
+                        pass  # the watch reads rings by IOVA too; the device asks for the entry
                 self._serve(vr)
 
     def _serve(self, vr: Vring) -> None:
         if not vr.started or not vr.enabled:
             return
         before = len(self.vdev.violations)
-        self.vdev.notify(vr.index)
+        try:
+            self.vdev.notify(vr.index)
+        except IotlbMiss as miss:
+            self._ask(vr, miss)
         if len(self.vdev.violations) > before:
             self._signal_error(vr)
+
+    # -- IOTLB -----------------------------------------------------------------------------
+
+    def _ask(self, vr: Vring, miss: IotlbMiss) -> None:
+        """Park ``vr`` until the front-end sends the translation ``miss`` wants."""
+        vr.waiting_iotlb = True
+        if miss.iova in self._misses_sent:
+            return
+        if self.channel is None:
+            self.note(f"vring {vr.index}: {miss}, but the front-end gave no back-end channel")
+            return
+        self._misses_sent.add(miss.iova)
+        if not self.channel.iotlb_miss(miss.iova, miss.write):
+            self.note(f"vring {vr.index}: IOTLB miss not sent: {self.channel.failed}")
+
+    def _iotlb_msg(self, msg: Message) -> None:
+        expect_size(msg, layouts.VhostIotlbMsg.sizeof())
+        iova, size, uaddr, perm, kind = parse_iotlb_msg(msg.payload)
+        iotlb = self.memory.iotlb
+        if iotlb is None:
+            raise _Refused("IOTLB message without ACCESS_PLATFORM negotiated")
+        if kind == VU_IOTLB.UPDATE:
+            try:
+                iotlb.update(iova, size, uaddr, perm)
+            except ValueError as e:
+                raise _Refused(str(e)) from None
+            self._misses_sent = {a for a in self._misses_sent if not iova <= a < iova + size}
+            self._retry = True
+        elif kind == VU_IOTLB.INVALIDATE:
+            iotlb.invalidate(iova, size)
+        else:
+            raise _Refused(f"IOTLB message type {kind} from the front-end")
+
+    def _serve_waiting(self) -> None:
+        for vr in self.vrings:
+            if vr.waiting_iotlb:
+                vr.waiting_iotlb = False
+                try:
+                    if vr.started:
+                        self._serve(vr)
+                    else:
+                        self._maybe_start(vr)
+                except (_Refused, VhostMemoryError, RingError) as e:
+                    self.note(f"vring {vr.index}: {e}")
 
     def _signal_error(self, vr: Vring) -> None:
         vr.errors_signalled += 1
@@ -562,6 +687,28 @@ class VhostUserBackend:
             if vr.started or vr.kick_fd is not None:
                 self._stop(vr)
 
+    def _backend_request(self, request: int, payload: bytes) -> None:
+        if self.channel is None:
+            return
+        if not self.channel.send(request, payload):
+            self.note(f"back-end channel: {self.channel.failed}")
+
+    def _follow_ring_size(self, num: int) -> None:
+        """Config values that depend on the queue size (blk seg_max = size - 2, as QEMU's
+        virtio-blk computes it) follow the ring the front-end really set up. QEMU reads
+        the config at connect time, before any SET_VRING_NUM, so a value the guest may
+        already hold is reported (and announced on the back-end channel, if there is one)."""
+        if num == self.model.queue_max_size or (num > self.model.queue_max_size and self.config_served):
+            return  # a larger ring never makes an announced bound unsafe
+        before = self.vdev.config_bytes("little")
+        self.model.queue_max_size = num
+        if self.vdev.config_bytes("little") != before and self.config_served:
+            self.note(
+                f"SET_VRING_NUM {num}: the config the front-end read assumed another queue size;"
+                " queue-size-dependent values (seg_max) changed after the guest may have read them"
+            )
+            self._backend_request(VU_BACKEND_REQ.CONFIG_CHANGE_MSG, b"")
+
     # -- config --------------------------------------------------------------------------
 
     def _config_request(self, msg: Message) -> tuple[int, int, bytes]:
@@ -576,6 +723,7 @@ class VhostUserBackend:
 
     def _get_config(self, msg: Message) -> bytes:
         offset, size, _ = self._config_request(msg)
+        self.config_served = True
         space = self.vdev.config_bytes("little")
         data = space[offset : offset + size]
         if len(data) < size:

@@ -598,16 +598,29 @@ def test_driver_refuses_used_ids_not_in_flight_and_long_lengths() -> None:
         assert e.value.violation == "used-bad-len"
 
 
-def test_driver_ignores_len_without_write_and_next_in_used_descriptors() -> None:
+def test_driver_takes_len_without_write_as_linux_does_and_ignores_next() -> None:
+    """QEMU 7.2 never sets WRITE in a used descriptor (virtqueue_packed_fill_desc) and
+    Linux 6.1 reads len regardless (virtqueue_get_buf_ctx_packed): a read completed by
+    QEMU must report the bytes it wrote. The spec's "ignore len" is counted, not applied."""
     with RingPair("packed", 4) as p:
         d = p.driver
         d.add([(p.data, 8)], [], "tx")
         d.add([], [(p.data, 8)], "rx")
-        _used(p, 0, 0xFFFFFFFF, 0, AVAIL | USED | NEXT)  # garbage len, WRITE clear
+        d.add([], [(p.data, 8)], "rx-qemu")
+        _used(p, 0, 0, 0, AVAIL | USED | NEXT)
         _used(p, 1, 5, 1, AVAIL | USED | WRITE | NEXT)
+        _used(p, 2, 7, 2, AVAIL | USED)  # QEMU's way: len without WRITE
         assert d.get_used() == ("tx", 0)
         assert d.get_used() == ("rx", 5)
+        assert d.get_used() == ("rx-qemu", 7)
         assert d.get_used() is None
+        assert d.len_without_write == 1
+    with RingPair("packed", 4) as p:
+        p.driver.add([(p.data, 8)], [], "tx")
+        _used(p, 0, 0xFFFFFFFF, 0, AVAIL | USED)  # more than the chain could take: still refused
+        with pytest.raises(DeviceBrokenError) as e:
+            p.driver.get_used()
+        assert e.value.violation == "used-bad-len"
 
 
 # --------------------------------------------------------------------------- IN_ORDER

@@ -428,3 +428,33 @@ def test_cli_refuses_devices_it_cannot_serve(tmp_path: Path) -> None:
         timeout=30,
     )
     assert done.returncode == 2 and "cannot be served over vhost-user" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("request_", "payload", "why"),
+    [
+        # a vring that does not exist: refused, and the protocol has no failed reply for it
+        (VU_REQ.GET_VRING_BASE, layouts.vhost_user_vring_state_codec.pack(5, 0), "refused GET_VRING_BASE"),
+        # a config range the back-end will not serve
+        (
+            VU_REQ.GET_CONFIG,
+            bytes(
+                layouts.vhost_user_config(0).build({"offset": 0, "size": 4096, "flags": 0, "payload": b""})
+            ),
+            "GET_CONFIG",
+        ),
+    ],
+)
+async def test_a_refused_get_request_is_answered_by_hanging_up_with_a_reason(
+    tmp_path: Path, request_: int, payload: bytes, why: str
+) -> None:
+    """A GET_* that cannot be carried out must not leave the front-end waiting for a reply
+    that never comes (issue 23 item 6: QEMU blocked in vhost_user_read): the back-end
+    closes the connection and says why, even when the front-end asked for a REPLY_ACK."""
+    async with backend(tmp_path, "virtio-rng-device") as (fe, out):
+        await handshake(fe)
+        await fe.send(request_, payload, flags=VU_FLAGS.need_reply)
+        with trio.fail_after(5):
+            assert await fe.sock.recv(16) == b""  # the back-end hung up instead of going silent
+    ended = out[0].ended  # type: ignore[union-attr]
+    assert why in ended, ended

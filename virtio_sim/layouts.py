@@ -720,6 +720,16 @@ VhostUserMemoryRegion = cs.Struct(
 )
 VhostUserMemoryHeader = cs.Struct("nregions" / cs.Int32ul, "padding" / cs.Int32ul)
 VhostUserConfigHeader = cs.Struct("offset" / cs.Int32ul, "size" / cs.Int32ul, "flags" / cs.Int32ul)
+# struct vhost_iotlb_msg (linux/vhost_types.h): IOTLB_MSG in both directions; the C
+# struct's natural alignment pads it to 32 bytes, which is the payload size QEMU sends
+VhostIotlbMsg = cs.Struct(
+    "iova" / cs.Int64ul,
+    "size" / cs.Int64ul,
+    "uaddr" / cs.Int64ul,  # front-end virtual address (UPDATE)
+    "perm" / cs.Int8ul,
+    "type" / cs.Int8ul,
+    "padding" / cs.Bytes(6),
+)
 
 
 def vhost_user_memory(nregions: int) -> Any:
@@ -769,6 +779,7 @@ vhost_user_vring_addr_codec = fast_codec(VhostUserVringAddr)
 vhost_user_region_codec = fast_codec(VhostUserMemoryRegion)
 vhost_user_memory_header_codec = fast_codec(VhostUserMemoryHeader)
 vhost_user_config_header_codec = fast_codec(VhostUserConfigHeader)
+vhost_iotlb_msg_codec = fast_codec(VhostIotlbMsg)
 
 
 # --------------------------------------------------------------------------- QEMU fw_cfg

@@ -991,6 +991,7 @@ class VhostUserRequests:
     GET_QUEUE_NUM: int
     SET_VRING_ENABLE: int
     SET_BACKEND_REQ_FD: int
+    IOTLB_MSG: int
     GET_CONFIG: int
     SET_CONFIG: int
     GET_INFLIGHT_FD: int
@@ -998,6 +999,26 @@ class VhostUserRequests:
     GET_MAX_MEM_SLOTS: int
     SET_STATUS: int
     GET_STATUS: int
+
+
+class VhostUserBackendRequests:
+    """Back-end -> front-end requests on the back-end (slave) channel."""
+
+    IOTLB_MSG: int
+    CONFIG_CHANGE_MSG: int
+    VRING_HOST_NOTIFIER_MSG: int
+
+
+class VhostIotlb:
+    """struct vhost_iotlb_msg's type and perm values (linux/vhost_types.h)."""
+
+    MISS: int
+    UPDATE: int
+    INVALIDATE: int
+    ACCESS_FAIL: int
+    PERM_RO: int
+    PERM_WO: int
+    PERM_RW: int
 
 
 VU_FLAGS = _bind(VhostUserHeaderFlags, _VHOST_USER["header"], "vhost_user.toml [header]")
@@ -1016,3 +1037,16 @@ VU_PROTOCOL_F = _bind(
 VU_REQ = _bind(VhostUserRequests, _VHOST_USER["request"], "vhost_user.toml [request]")
 #: every request number -> its name, for logs and reports
 VU_REQUEST_NAMES: dict[int, str] = {int(v): str(k) for k, v in _VHOST_USER["request"].items()}
+VU_BACKEND_REQ = _bind(
+    VhostUserBackendRequests, _VHOST_USER["backend_request"], "vhost_user.toml [backend_request]"
+)
+VU_IOTLB = _bind(VhostIotlb, _VHOST_USER["iotlb"], "vhost_user.toml [iotlb]")
+#: requests answered with a payload (vhost_user.toml [replies])
+VU_REPLY_REQUESTS: frozenset[int] = frozenset(
+    int(_VHOST_USER["request"][name]) for name in _VHOST_USER["replies"]["requests"]
+)
+
+
+def expects_reply(request: int) -> bool:
+    """Whether the front-end waits for an answer payload to ``request``."""
+    return request in VU_REPLY_REQUESTS

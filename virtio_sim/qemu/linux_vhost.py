@@ -58,7 +58,53 @@ MACHINES: dict[str, MachineKind] = {
         "tsc_early_khz=2400000",
     ),
 }
-FRONTENDS = {"virtio-rng-device": "vhost-user-rng", "virtio-blk-device": "vhost-user-blk"}
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """QEMU's side of one of our devices: its vhost-user front-end device (or, for net,
+    QEMU's own virtio-net on a ``-netdev vhost-user``) and the ring size it will set up.
+
+    ``ring_size`` is the front-end's default queue size where our model derives config
+    from it (``-device vhost-user-blk-pci,help`` of QEMU 7.2: queue-size 128, from
+    hw/block/vhost-user-blk.c vhost_user_blk_properties): the model is built with the same
+    size, so blk seg_max (size - 2, as QEMU's own virtio-blk computes it) is true of the
+    ring the guest gets. The back-end also follows SET_VRING_NUM (host/vhost_user.py).
+    """
+
+    device: str  # without the -pci suffix
+    netdev: bool = False
+    size_property: str = ""  # our model's queue-size property, when it has one
+    ring_size: int = 0
+    transitional: bool = False  # a -pci that is transitional on q35's root bus by default
+
+
+FRONTENDS: dict[str, Frontend] = {
+    "virtio-rng-device": Frontend("vhost-user-rng"),
+    "virtio-blk-device": Frontend(
+        "vhost-user-blk", size_property="queue-size", ring_size=128, transitional=True
+    ),
+    "virtio-net-device": Frontend("virtio-net", netdev=True, transitional=True),
+}
+#: intel-iommu on q35 for ACCESS_PLATFORM runs: device-iotlb lets vhost get invalidations
+#: per device (ATS); intremap needs a split irqchip, which TCG q35 here does not use
+INTEL_IOMMU = ("-device", "intel-iommu,intremap=off,device-iotlb=on")
+IOMMU_CMDLINE = "intel_iommu=on"
+
+
+def backend_option(option: str, iommu: bool = False) -> str:
+    """Our -device option as the back-end must build it to match its front-end: the
+    front-end's ring size where the model derives config from it, iommu_platform=on
+    behind an IOMMU (QEMU only forwards ACCESS_PLATFORM the back-end offers)."""
+    driver = option.split(",", 1)[0]
+    fe = FRONTENDS.get(driver)
+    props = option.split(",")[1:]
+    names = {p.split("=", 1)[0] for p in props}
+    if fe is not None and fe.size_property and fe.size_property not in names:
+        option += f",{fe.size_property}={fe.ring_size}"
+    if iommu and "iommu_platform" not in names:
+        option += ",iommu_platform=on"
+    return option
 
 
 # --------------------------------------------------------------------------- guest checks
@@ -143,18 +189,33 @@ class LinuxBootResult:
         )
 
 
+def frontend_args(index: int, frontend: Frontend, suffix: str, path: str, extra: str = "") -> list[str]:
+    """QEMU arguments connecting one front-end to the back-end socket ``path``."""
+    chardev = ["-chardev", f"socket,id=vu{index},path={path}"]
+    props = f",{extra}" if extra else ""
+    if frontend.netdev:
+        dev = f"{frontend.device}{suffix or '-device'},netdev=n{index}{props}"
+        return [*chardev, "-netdev", f"vhost-user,id=n{index},chardev=vu{index}", "-device", dev]
+    return [*chardev, "-device", f"{frontend.device}{suffix},chardev=vu{index}{props}"]
+
+
 def qemu_command(
     kernel: KernelImage,
     initrd: Path,
     machine: str,
-    sockets: list[tuple[str, str]],
+    sockets: list[tuple[Frontend, str]],
     serial_log: Path,
     *,
     qemu: str,
     extra_cmdline: str = "",
+    iommu: bool = False,
 ) -> list[str]:
-    """The QEMU command line: ``sockets`` pairs a front-end device type with its socket."""
+    """The QEMU command line: ``sockets`` pairs a front-end with its back-end's socket;
+    ``iommu`` puts intel-iommu in front of them (q35 only)."""
     kind = MACHINES[machine]
+    if iommu and machine != "q35":
+        raise ValueError("intel-iommu exists on q35 only")
+    cmdline = (KERNEL_CMDLINE, kind.cmdline, IOMMU_CMDLINE if iommu else "", extra_cmdline)
     cmd = [
         qemu,
         "-accel", "tcg", "-m", RAM, "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
@@ -163,10 +224,21 @@ def qemu_command(
         "-serial", f"file:{serial_log}",
         "-kernel", str(kernel.vmlinuz),
         "-initrd", str(initrd),
-        "-append", " ".join(filter(None, (KERNEL_CMDLINE, kind.cmdline, extra_cmdline))),
+        "-append", " ".join(filter(None, cmdline)),
     ]  # fmt: skip
+    if iommu:
+        cmd += INTEL_IOMMU
     for i, (frontend, path) in enumerate(sockets):
-        cmd += ["-chardev", f"socket,id=vu{i},path={path}", "-device", f"{frontend},chardev=vu{i}"]
+        extra = ""
+        if iommu:
+            # Behind a PCIe root port: a modern-only device (ACCESS_PLATFORM needs it:
+            # "VIRTIO_F_IOMMU_PLATFORM was supported by neither legacy nor transitional
+            # device") with an ATS capability (virtio-pci adds PCIe capabilities only off
+            # the root bus), so Linux enables ATS and its unmaps reach the back-end as
+            # device-IOTLB invalidations (QEMU: IOMMU_NOTIFIER_DEVIOTLB_UNMAP).
+            cmd += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i + 1}"]
+            extra = f"bus=rp{i},iommu_platform=on,ats=on"
+        cmd += frontend_args(i, frontend, kind.frontend_suffix, path, extra)
     return cmd
 
 
@@ -181,14 +253,15 @@ async def boot_with_vhost_user(
     qemu: str | None = None,
     extra_cmdline: str = "",
     on_backend: Callable[[VhostUserBackend], None] | None = None,
+    iommu: bool = False,
 ) -> LinuxBootResult:
     """Serve ``devices`` (our -device options) over vhost-user and boot Linux against them;
-    ``on_backend`` sees each back-end before its front-end's first message."""
+    ``on_backend`` sees each back-end before its front-end's first message; ``iommu``
+    boots q35 with intel-iommu and every device behind it (ACCESS_PLATFORM, IOTLB)."""
     qemu = qemu or require_qemu(QEMU_X86)
-    kind = MACHINES[machine]
-    built = [build_device(parse_device_option(d)) for d in devices]
+    built = [build_device(parse_device_option(backend_option(d, iommu))) for d in devices]
     backends: list[VhostUserBackend | None] = [None] * len(built)
-    sockets: list[tuple[str, str]] = []
+    sockets: list[tuple[Frontend, str]] = []
     serial_log = workdir / f"{machine}-serial.log"
     stderr_log = workdir / f"{machine}-qemu.err"
     start = time.monotonic()
@@ -199,7 +272,7 @@ async def boot_with_vhost_user(
         async with trio.open_nursery() as nursery:
             for i, b in enumerate(built):
                 path = str(workdir / f"{machine}-vu{i}.sock")
-                sockets.append((FRONTENDS[b.spec.driver] + kind.frontend_suffix, path))
+                sockets.append((FRONTENDS[b.spec.driver], path))
 
                 async def serve(
                     i: int = i,
@@ -216,7 +289,14 @@ async def boot_with_vhost_user(
 
                 await nursery.start(serve)
             cmd = qemu_command(
-                kernel, initrd, machine, sockets, serial_log, qemu=qemu, extra_cmdline=extra_cmdline
+                kernel,
+                initrd,
+                machine,
+                sockets,
+                serial_log,
+                qemu=qemu,
+                extra_cmdline=extra_cmdline,
+                iommu=iommu,
             )
             with stderr_log.open("wb") as err:
                 with trio.move_on_after(timeout) as scope:
