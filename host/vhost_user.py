@@ -37,6 +37,7 @@ import trio
 
 from host.devices.base import DeviceModel
 from host.devices.blk import BlkDevice
+from host.devices.net import NetDevice
 from host.devices.rng import RngDevice
 from host.observer import DriverObserver
 from host.qdev import BuiltDevice
@@ -142,6 +143,7 @@ class RingStats:
     indirect_chains: int = 0
     interrupts_sent: int = 0
     interrupts_suppressed: int = 0
+    longest_chain: int = 0  # descriptors in the longest chain (an indirect table's entries)
 
 
 class ObservedSplitQueue(SplitDeviceQueue):
@@ -164,6 +166,9 @@ class ObservedSplitQueue(SplitDeviceQueue):
             raise
         if chain is not None:
             self.stats.chains += 1
+            self.stats.longest_chain = max(
+                self.stats.longest_chain, len(chain.readable) + len(chain.writable)
+            )
             _, _, flags, _ = self._read_desc(self.addrs.desc, chain.head, chain.head)
             if flags & DESC_F.INDIRECT:
                 self.stats.indirect_chains += 1
@@ -217,6 +222,14 @@ class RecordingEntropy:
         return data
 
 
+def _bounded(notes: list[str], limit: int = SEQUENCE_LIMIT) -> list[str]:
+    """The first ``limit`` notes and how many more there were (a driver repeating one
+    quirk per frame, e.g. DPDK's num_buffers 1 on transmit, makes thousands)."""
+    if len(notes) <= limit:
+        return notes
+    return [*notes[:limit], f"... and {len(notes) - limit} more notes"]
+
+
 def _close_fd(fd: int | None) -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
@@ -254,6 +267,7 @@ class VhostUserBackend:
         self.config_served = False  # a GET_CONFIG was answered (the guest may hold its values)
         self.channel: BackendChannel | None = None  # SET_BACKEND_REQ_FD
         self._misses_sent: set[int] = set()  # IOVAs asked for and not yet updated
+        self._misses_asked = 0
         self._retry = False  # an IOTLB update arrived: serve waiting rings after the reply
         self._nursery: trio.Nursery | None = None
         #: a driver watch (host/observer.py): what a vhost-user back-end can see of the
@@ -300,9 +314,13 @@ class VhostUserBackend:
                 self.note(f"vring {index}: call eventfd write failed: {e.strerror}")
 
     def config_interrupt(self) -> None:
-        # A config change or DEVICE_NEEDS_RESET would need the back-end request channel
-        # (PROTOCOL_F_BACKEND_REQ), which this back-end does not offer.
-        self.note("config interrupt wanted, but vhost-user has no channel for it here")
+        # A config change (or DEVICE_NEEDS_RESET) goes to the front-end as
+        # CONFIG_CHANGE_MSG on the back-end channel; QEMU re-reads the config and
+        # interrupts the guest (vhost_user_blk_handle_config_change).
+        if self.channel is None:
+            self.note("config interrupt wanted, but the front-end gave no back-end channel")
+            return
+        self._backend_request(VU_BACKEND_REQ.CONFIG_CHANGE_MSG, b"")
 
     # -- serving ------------------------------------------------------------------------
 
@@ -621,6 +639,7 @@ class VhostUserBackend:
             self.note(f"vring {vr.index}: {miss}, but the front-end gave no back-end channel")
             return
         self._misses_sent.add(miss.iova)
+        self._misses_asked += 1
         if not self.channel.iotlb_miss(miss.iova, miss.write):
             self.note(f"vring {vr.index}: IOTLB miss not sent: {self.channel.failed}")
 
@@ -765,15 +784,26 @@ class VhostUserBackend:
                     "indirect_chains": vr.stats.indirect_chains,
                     "interrupts_sent": vr.stats.interrupts_sent,
                     "interrupts_suppressed": vr.stats.interrupts_suppressed,
+                    "longest_chain": vr.stats.longest_chain,
                     "errors_signalled": vr.errors_signalled,
                 }
                 for vr in self.vrings
             ],
             "violations": [v.__dict__ for v in self.vdev.violations],
-            "notes": self.notes + self.vdev.notes + self.model.events.messages,
+            "notes": _bounded(self.notes + self.vdev.notes + self.model.events.messages),
         }
+        if self.memory.iotlb is not None:
+            t = self.memory.iotlb
+            out["iotlb"] = {
+                "misses_sent": self._misses_asked,
+                "updates": t.updates,
+                "invalidates": t.invalidates,
+                "entries": len(t),
+            }
         if self.entropy is not None:
             out["rng"] = {"bytes_served": self.entropy.total, "served_hex": self.entropy.served.hex()}
+        if isinstance(self.model, NetDevice):
+            out["net"] = dict(self.model.stats.__dict__)
         if isinstance(self.model, BlkDevice):
             out["blk"] = {"requests": self.model.requests, "capacity_sectors": self.model.capacity}
         return out

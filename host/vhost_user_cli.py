@@ -25,7 +25,7 @@ from host.qdev import build_device, parse_device_option
 from host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
-SUPPORTED = ("virtio-rng-device", "virtio-blk-device")
+SUPPORTED = ("virtio-rng-device", "virtio-blk-device", "virtio-net-device")
 
 
 def add_vhost_user_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,16 +9,20 @@ from pathlib import Path
 import pytest
 
 from virtio_sim.memory import GuestMemory
-from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86
+from virtio_sim.qemu.tools import DPDK_INSTALL_HINT, DPDK_TESTPMD, QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``qemu`` run whenever QEMU is installed; otherwise they are skipped
     with the command that installs it (CI installs it, so there they always run)."""
-    for marker, binary in (("qemu", QEMU_X86), ("qemu_arm", QEMU_ARM)):
+    for marker, binary, hint in (
+        ("qemu", QEMU_X86, QEMU_INSTALL_HINT),
+        ("qemu_arm", QEMU_ARM, QEMU_INSTALL_HINT),
+        ("dpdk", DPDK_TESTPMD, DPDK_INSTALL_HINT),
+    ):
         if shutil.which(binary):
             continue
-        skip = pytest.mark.skip(reason=f"{binary} not found: {QEMU_INSTALL_HINT}")
+        skip = pytest.mark.skip(reason=f"{binary} not found: {hint}")
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)

@@ -154,6 +154,48 @@ mark blk-read-back "$(sha /tmp/r)"
 if cmp -s /tmp/w /tmp/r; then mark blk-compare same; else mark blk-compare differ; fi"""
 
 
+@dataclass(frozen=True)
+class BlkLongChains:
+    """I/O big enough for the longest chains Linux builds: a >= 1 MiB O_DIRECT write and
+    read (the block layer fills requests up to max_segments = seg_max, i.e. chains of
+    seg_max + 2 descriptors), then a buffered write with fsync, drop_caches and a buffered
+    read (writeback and readahead requests). Data comes from /dev/urandom (rng requests
+    are 64 bytes each: megabytes of them would only measure TCG)."""
+
+    direct_mib: int = 2
+    direct_at_mib: int = 2
+    buffered_kib: int = 1024
+    buffered_at_kib: int = 5120
+
+    def script(self) -> str:
+        d, da = self.direct_mib, self.direct_at_mib
+        bk, ba = self.buffered_kib // 64, self.buffered_at_kib // 64
+        return f"""\
+wait_for /dev/vda
+sha() {{ sha256sum "$@" | cut -d' ' -f1; }}
+dd if=/dev/urandom of=/tmp/big bs=1M count={d} 2>/dev/null
+mark long-written "$(sha /tmp/big)"
+if dd if=/tmp/big of=/dev/vda bs=1M seek={da} oflag=direct conv=fsync 2>/dev/null
+then mark long-direct-write ok; else mark long-direct-write failed; fi
+mark long-direct-read "$(dd if=/dev/vda bs=1M skip={da} count={d} iflag=direct 2>/dev/null | sha)"
+head -c {self.buffered_kib * 1024} /tmp/big > /tmp/buf
+mark long-buffered-written "$(sha /tmp/buf)"
+if dd if=/tmp/buf of=/dev/vda bs=64k seek={ba} conv=fsync 2>/dev/null
+then mark long-buffered-write ok; else mark long-buffered-write failed; fi
+sync
+echo 3 > /proc/sys/vm/drop_caches
+mark long-buffered-read "$(dd if=/dev/vda bs=64k skip={ba} count={bk} 2>/dev/null | sha)"
+"""
+
+    def regions(self) -> list[tuple[int, int]]:
+        """(offset, length) on the disk this check writes."""
+        mib = 1 << 20
+        return [
+            (self.direct_at_mib * mib, self.direct_mib * mib),
+            (self.buffered_at_kib * 1024, self.buffered_kib * 1024),
+        ]
+
+
 # --------------------------------------------------------------------------- the boot
 
 
@@ -346,6 +388,7 @@ __all__ = [
     "CHECK_VIRTIO_DEVICES",
     "MACHINES",
     "BlkCheck",
+    "BlkLongChains",
     "LinuxBootResult",
     "boot_with_vhost_user",
     "check_rng",

@@ -9,6 +9,8 @@ import struct
 QEMU_INSTALL_HINT = "apt-get install qemu-system-x86 qemu-system-arm"
 BUSYBOX_INSTALL_HINT = "apt-get install busybox-static"
 QEMU_X86 = "qemu-system-x86_64"
+DPDK_TESTPMD = "dpdk-testpmd"  # Debian's dpdk package (22.11): virtio-user, a vhost-user front-end
+DPDK_INSTALL_HINT = "apt-get install dpdk"
 QEMU_ARM = "qemu-system-aarch64"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
