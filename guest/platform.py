@@ -539,6 +539,10 @@ class GuestKernel:
                 await self.iommu.attach(endpoint_domain(endpoint), endpoint)
             device_mask = self.policy.driver.device_features.get(key or "", driver.device_feature_mask)
             wanted = (driver.device_feature_mask & device_mask) | self.policy.driver.known_features
+            transport = getattr(t, "name", "")
+            for mask, kept_on in self.policy.driver.transport_only.items():
+                if transport not in kept_on:
+                    wanted &= ~mask  # e.g. Linux keeps RING_RESET only in vp_transport_features
             await dev.negotiate(wanted)
             await driver.probe()
             await dev.driver_ok()

@@ -76,6 +76,8 @@ class DriverPolicy:
     #: device types this kernel has drivers for (None: every driver the guest stack has)
     drivers: frozenset[str] | None = None
     max_queue_size: int | None = None  # cap on the sizes drivers ask for (None: theirs)
+    #: transport features kept on some transports only (mask -> transport names)
+    transport_only: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass

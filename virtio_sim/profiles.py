@@ -38,6 +38,17 @@ class DriverProfile:
     endianness: str  # "little" | "big"
     restricted_memory: bool = False
     refuse_unrestricted: bool = False
+    #: transport features a driver accepts on some transports only (feature mask ->
+    #: transport names), as Linux's per-transport finalize_features hooks decide
+    transport_only: dict[int, tuple[str, ...]] = field(default_factory=dict)
+
+    def features_on(self, transport: str) -> int:
+        """The transport features this driver keeps on ``transport``."""
+        kept = self.transport_features
+        for mask, where in self.transport_only.items():
+            if transport not in where:
+                kept &= ~mask
+        return kept
 
 
 @dataclass(frozen=True)
@@ -57,9 +68,9 @@ _DRIVER_KEYS = {
     "description": str, "transport_features": list, "device_features": dict, "transports": list,
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
-    "refuse_unrestricted": bool,
+    "refuse_unrestricted": bool, "transport_only": dict,
 }  # fmt: skip
-_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted"}
+_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted", "transport_only"}
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
@@ -141,7 +152,20 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         endianness=data["endianness"],
         restricted_memory=data.get("restricted_memory", False),
         refuse_unrestricted=data.get("refuse_unrestricted", False),
+        transport_only=_transport_only(path, data.get("transport_only", {})),
     )
+
+
+def _transport_only(path: Path, table: dict[str, Any]) -> dict[int, tuple[str, ...]]:
+    out: dict[int, tuple[str, ...]] = {}
+    for name, where in table.items():
+        mask = _features(path, "transport_only", [name], "transport")
+        if not isinstance(where, list) or not all(t in TRANSPORT_NAMES for t in where):
+            raise ProfileError(
+                f"{path}: key 'transport_only.{name}' must list transports of {TRANSPORT_NAMES}"
+            )
+        out[mask] = tuple(where)
+    return out
 
 
 def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfile:
