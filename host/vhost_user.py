@@ -285,9 +285,19 @@ class VhostUserBackend:
 
     @property
     def offered_protocol_features(self) -> int:
-        """CONFIG only for a device that has a config space (QEMU warns otherwise)."""
-        has_config = bool(self.vdev.config_bytes("little"))
+        """CONFIG only for a device that has a config space the front-end takes from the
+        back-end: QEMU's virtio-net keeps its own ("vhost-user backend supports
+        VHOST_USER_PROTOCOL_F_CONFIG but QEMU does not", QEMU 7.2 net/vhost-user)."""
+        has_config = bool(self.vdev.config_bytes("little")) and not isinstance(self.model, NetDevice)
         return BASE_PROTOCOL_FEATURES | (bit(VU_PROTOCOL_F.CONFIG) if has_config else 0)
+
+    @property
+    def queue_num(self) -> int:
+        """GET_QUEUE_NUM: queues, or for net the queue pairs (the control queue stays with
+        the front-end: QEMU's virtio-net and DPDK's virtio-user both serve it themselves)."""
+        if isinstance(self.model, NetDevice):
+            return self.model.max_pairs
+        return self.model.num_queues
 
     @property
     def offered_features(self) -> int:
@@ -404,7 +414,7 @@ class VhostUserBackend:
                 self.note(f"front-end acked protocol features we did not offer: {value:#x}")
             self.protocol_features = value & self.offered_protocol_features
         elif r == VU_REQ.GET_QUEUE_NUM:
-            return u64_payload(self.model.num_queues)
+            return u64_payload(self.queue_num)
         elif r in (VU_REQ.SET_OWNER, VU_REQ.RESET_OWNER, VU_REQ.RESET_DEVICE):
             if r != VU_REQ.SET_OWNER:
                 self._stop_all()

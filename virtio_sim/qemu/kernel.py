@@ -14,6 +14,7 @@ The default cache is ``$VIRTIO_SIM_LINUX_CACHE`` or ``build/linux`` in the repos
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from virtio_sim.qemu.tools import MissingTool
 
 METAPACKAGE = "linux-image-amd64"
 #: the drivers a boot loads (module names); their dependencies come along
-WANTED_MODULES = ("virtio_pci", "virtio_mmio", "virtio_blk", "virtio_rng")
+WANTED_MODULES = ("virtio_pci", "virtio_mmio", "virtio_blk", "virtio_rng", "virtio_net", "virtio_console")
 MANIFEST = "manifest.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APT_HINT = "apt-get update, then apt-get download linux-image-amd64 must work"
@@ -64,8 +65,15 @@ def default_cache_dir() -> Path:
     return Path(env) if env else REPO_ROOT / "build" / "linux"
 
 
+def cache_name(package: str) -> str:
+    """A cache directory per module set: a cache with fewer drivers is never replaced
+    under a run that uses it, and never taken for one that needs more."""
+    digest = hashlib.sha256(" ".join(WANTED_MODULES).encode()).hexdigest()[:8]
+    return f"{package}-{digest}"
+
+
 def cached_kernel(cache: Path) -> KernelImage | None:
-    """The most recently fetched complete kernel in ``cache``, if any."""
+    """The most recently fetched kernel in ``cache`` that has every wanted driver."""
     found: list[tuple[float, KernelImage]] = []
     if not cache.is_dir():
         return None
@@ -73,6 +81,8 @@ def cached_kernel(cache: Path) -> KernelImage | None:
         m = d / MANIFEST
         if m.is_file():
             info = json.loads(m.read_text())
+            if not set(WANTED_MODULES) <= set(info.get("wanted", ())):
+                continue  # fetched for fewer drivers
             found.append((m.stat().st_mtime, KernelImage(d, info["package"], info["release"])))
     return max(found, key=lambda f: f[0])[1] if found else None
 
@@ -137,7 +147,7 @@ def fetch_kernel(cache: Path | None = None) -> KernelImage:
     """Download, unpack and trim the current Debian kernel into ``cache``."""
     cache = cache or default_cache_dir()
     package = kernel_package()
-    final = cache / package
+    final = cache / cache_name(package)
     if (final / MANIFEST).is_file():
         return KernelImage(final, package, json.loads((final / MANIFEST).read_text())["release"])
     cache.mkdir(parents=True, exist_ok=True)
@@ -164,7 +174,8 @@ def fetch_kernel(cache: Path | None = None) -> KernelImage:
         for name, path in modules:
             shutil.copy(path, staged / "modules" / f"{name}.ko")
         (staged / "load-order").write_text("\n".join(name for name, _ in modules) + "\n")
-        (staged / MANIFEST).write_text(json.dumps({"package": package, "release": release}))
+        manifest = {"package": package, "release": release, "wanted": list(WANTED_MODULES)}
+        (staged / MANIFEST).write_text(json.dumps(manifest))
         if final.exists():
             shutil.rmtree(final)
         staged.rename(final)

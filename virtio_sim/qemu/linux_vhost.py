@@ -126,6 +126,20 @@ mark rng-current "$(cat /sys/class/misc/hw_random/rng_current)"
 mark rng "$(dd if=/dev/hwrng bs={nbytes} count=1 iflag=fullblock 2>/dev/null | hexdump -v -e '/1 "%02x"')\""""
 
 
+def check_net(frames: int = 4) -> str:
+    """Bring eth0 up and send ARP requests: our loopback net model hands every frame back,
+    so the driver's receive counter moves as well as its transmit counter."""
+    return f"""\
+wait_for /sys/class/net/eth0
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+mark net-mac "$(cat /sys/class/net/eth0/address)"
+arping -c {frames} -w 3 -I eth0 10.0.2.2 >/dev/null 2>&1
+mark net-tx "$(cat /sys/class/net/eth0/statistics/tx_packets)"
+mark net-rx "$(cat /sys/class/net/eth0/statistics/rx_packets)"
+"""
+
+
 @dataclass(frozen=True)
 class BlkCheck:
     """Read what the host wrote, write a block of entropy, read it back (O_DIRECT)."""
@@ -251,6 +265,7 @@ def qemu_command(
     qemu: str,
     extra_cmdline: str = "",
     iommu: bool = False,
+    frontend_props: str = "",
 ) -> list[str]:
     """The QEMU command line: ``sockets`` pairs a front-end with its back-end's socket;
     ``iommu`` puts intel-iommu in front of them (q35 only)."""
@@ -267,6 +282,8 @@ def qemu_command(
         "-kernel", str(kernel.vmlinuz),
         "-initrd", str(initrd),
         "-append", " ".join(filter(None, cmdline)),
+        # every status byte the guest writes, on stderr ("virtio_set_status vdev P val N")
+        "-trace", "virtio_set_status",
     ]  # fmt: skip
     if iommu:
         cmd += INTEL_IOMMU
@@ -280,6 +297,7 @@ def qemu_command(
             # device-IOTLB invalidations (QEMU: IOMMU_NOTIFIER_DEVIOTLB_UNMAP).
             cmd += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i + 1}"]
             extra = f"bus=rp{i},iommu_platform=on,ats=on"
+        extra = ",".join(filter(None, (extra, frontend_props)))
         cmd += frontend_args(i, frontend, kind.frontend_suffix, path, extra)
     return cmd
 
@@ -296,10 +314,12 @@ async def boot_with_vhost_user(
     extra_cmdline: str = "",
     on_backend: Callable[[VhostUserBackend], None] | None = None,
     iommu: bool = False,
+    frontend_props: str = "",
 ) -> LinuxBootResult:
     """Serve ``devices`` (our -device options) over vhost-user and boot Linux against them;
     ``on_backend`` sees each back-end before its front-end's first message; ``iommu``
-    boots q35 with intel-iommu and every device behind it (ACCESS_PLATFORM, IOTLB)."""
+    boots q35 with intel-iommu and every device behind it (ACCESS_PLATFORM, IOTLB);
+    ``frontend_props`` go to every front-end device (QEMU properties)."""
     qemu = qemu or require_qemu(QEMU_X86)
     built = [build_device(parse_device_option(backend_option(d, iommu))) for d in devices]
     backends: list[VhostUserBackend | None] = [None] * len(built)
@@ -339,6 +359,7 @@ async def boot_with_vhost_user(
                 qemu=qemu,
                 extra_cmdline=extra_cmdline,
                 iommu=iommu,
+                frontend_props=frontend_props,
             )
             with stderr_log.open("wb") as err:
                 with trio.move_on_after(timeout) as scope:
