@@ -59,10 +59,12 @@ from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.dma import DmaError
 from virtio_sim.ring.chain import Chain, RingError
+from virtio_sim.ring.packed import PackedDeviceQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses, check_queue_size
 from virtio_sim.spec import (
     DESC_F,
     FEATURES,
+    PACKED,
     STATUS,
     VU_BACKEND_REQ,
     VU_F,
@@ -183,6 +185,59 @@ class ObservedSplitQueue(SplitDeviceQueue):
         return wanted
 
 
+class ObservedPackedQueue(PackedDeviceQueue):
+    """The packed ring with the same evidence and the same miss rollback as the split one."""
+
+    stats: RingStats
+
+    def pop(self) -> Chain | None:
+        pos, descs, ids = self._avail_pos, self._in_flight_descs, set(self._buffers)
+        try:
+            chain = super().pop()
+        except IotlbMiss:
+            self._avail_pos, self._in_flight_descs = pos, descs  # not consumed after all
+            for buf_id in set(self._buffers) - ids:
+                del self._buffers[buf_id]
+                if buf_id in self._order:
+                    self._order.remove(buf_id)
+            raise
+        if chain is not None:
+            self.stats.chains += 1
+            length = len(chain.readable) + len(chain.writable)
+            self.stats.longest_chain = max(self.stats.longest_chain, length)
+            if chain.descriptors == 1 and length > 1:
+                self.stats.indirect_chains += 1  # one ring slot, several buffers: a table
+        return chain
+
+    def needs_interrupt(self) -> bool:
+        wanted = super().needs_interrupt()
+        if wanted:
+            self.stats.interrupts_sent += 1
+        else:
+            self.stats.interrupts_suppressed += 1
+        return wanted
+
+    def resume_at(self, base: int) -> None:
+        """SET_VRING_BASE of a packed ring: bits 0-14 the next avail slot, bit 15 its wrap
+        counter; QEMU 7.2 puts the used slot and wrap the same way in bits 16-31
+        (virtio_queue_get_last_avail_idx). Without them, used follows avail."""
+        avail, used = base & 0xFFFF, base >> 16 & 0xFFFF
+        used = used or avail
+
+        def position(word: int) -> int:
+            idx, wrap = word & 0x7FFF, word >> 15 & 1
+            return idx % self.size + (0 if wrap == PACKED.wrap_counter_start else self.size)
+
+        self._avail_pos, self._used_pos = position(avail), position(used)
+
+    @property
+    def base(self) -> int:
+        """GET_VRING_BASE of a packed ring, in the encoding resume_at() reads."""
+        avail = self.last_avail | self.avail_wrap << 15
+        used = self.used_idx | self.used_wrap << 15
+        return avail | used << 16
+
+
 @dataclass
 class Vring:
     """What the front-end told us about one ring."""
@@ -196,7 +251,7 @@ class Vring:
     err_fd: int | None = None
     enabled: bool = False
     started: bool = False
-    ring: ObservedSplitQueue | None = None
+    ring: ObservedSplitQueue | ObservedPackedQueue | None = None
     watcher: trio.CancelScope | None = None
     kicks: int = 0
     errors_signalled: int = 0
@@ -490,8 +545,6 @@ class VhostUserBackend:
         # ACCESS_PLATFORM: QEMU hands over IOVAs from now on (vhost_dev_has_iommu)
         self.memory.iotlb = Iotlb() if virtio >> F.ACCESS_PLATFORM & 1 else None
         self._misses_sent.clear()
-        if virtio >> F.RING_PACKED & 1:
-            self.note("packed rings were acked, but this back-end serves split rings only")
 
     def _set_mem_table(self, msg: Message) -> None:
         hdr = layouts.VHOST_USER_MEMORY_HEADER_SIZE
@@ -552,16 +605,23 @@ class VhostUserBackend:
         if table is None or self.acked_features is None:
             return
         n = vr.num
+        packed = bool(self.acked_features >> F.RING_PACKED & 1)
+        # packed: the descriptor ring, the driver and the device event suppression areas
+        sizes = (
+            (layouts.packed_ring_size(n), layouts.EVENT_SUPPRESS_SIZE, layouts.EVENT_SUPPRESS_SIZE)
+            if packed
+            else (layouts.desc_table_size(n), layouts.avail_ring_size(n), layouts.used_ring_size(n))
+        )
         if self.memory.iotlb is None:
-            desc = table.uva_to_gpa(vr.addr[0], layouts.desc_table_size(n))
-            avail = table.uva_to_gpa(vr.addr[1], layouts.avail_ring_size(n))
-            used = table.uva_to_gpa(vr.addr[2], layouts.used_ring_size(n))
+            desc = table.uva_to_gpa(vr.addr[0], sizes[0])
+            avail = table.uva_to_gpa(vr.addr[1], sizes[1])
+            used = table.uva_to_gpa(vr.addr[2], sizes[2])
         else:
             desc, avail, used = vr.addr  # IOVAs: the rings must be translatable first
             try:
-                self.memory.check(desc, layouts.desc_table_size(n), False)
-                self.memory.check(avail, layouts.avail_ring_size(n), False)
-                self.memory.check(used, layouts.used_ring_size(n), True)
+                self.memory.check(desc, sizes[0], False)
+                self.memory.check(avail, sizes[1], False)
+                self.memory.check(used, sizes[2], True)
             except IotlbMiss as miss:
                 self._ask(vr, miss)
                 return
@@ -572,21 +632,33 @@ class VhostUserBackend:
         if q is None:
             raise _Refused(f"vring {vr.index} does not exist for the acked features")
         feats = self.acked_features
+        ring: ObservedSplitQueue | ObservedPackedQueue
         try:
-            ring = ObservedSplitQueue(
-                self.memory,
-                n,
-                SplitRingAddresses(desc, avail, used),
-                event_idx=bool(feats >> F.EVENT_IDX & 1),
-                indirect=bool(feats >> F.INDIRECT_DESC & 1),
-                order=self.vdev.byte_order(self.vdev.guest_order),
-                strict=self.vdev.strict_rings,
-            )
-        except RingError as e:
+            if packed:
+                ring = ObservedPackedQueue(
+                    self.memory,
+                    n,
+                    SplitRingAddresses(desc, avail, used),
+                    event_idx=bool(feats >> F.EVENT_IDX & 1),
+                    indirect=bool(feats >> F.INDIRECT_DESC & 1),
+                    strict=self.vdev.strict_rings,
+                )
+                ring.resume_at(vr.base)
+            else:
+                ring = ObservedSplitQueue(
+                    self.memory,
+                    n,
+                    SplitRingAddresses(desc, avail, used),
+                    event_idx=bool(feats >> F.EVENT_IDX & 1),
+                    indirect=bool(feats >> F.INDIRECT_DESC & 1),
+                    order=self.vdev.byte_order(self.vdev.guest_order),
+                    strict=self.vdev.strict_rings,
+                )
+                ring.resume(vr.base)
+        except (RingError, ValueError) as e:
             self._signal_error(vr)
             raise _Refused(f"vring {vr.index}: {e}") from None
         ring.stats = vr.stats
-        ring.resume(vr.base)
         q.size, q.desc, q.driver, q.device = n, desc, avail, used
         q.ring, q.ready = ring, True
         vr.ring, vr.started = ring, True
@@ -700,7 +772,13 @@ class VhostUserBackend:
 
     def _stop(self, vr: Vring) -> int:
         """GET_VRING_BASE: stop the ring; returns the next avail index it would serve."""
-        base = vr.ring.last_avail if vr.ring is not None else vr.base
+        ring = vr.ring
+        if ring is None:
+            base = vr.base
+        elif isinstance(ring, ObservedPackedQueue):
+            base = ring.base
+        else:
+            base = ring.last_avail
         self._stop_watching(vr)
         vr.started = False
         vr.ring = None

@@ -29,6 +29,7 @@ from host.qdev import build_device, parse_device_option
 from host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim import layouts
 from virtio_sim.memory import GuestMemory
+from virtio_sim.ring.packed import PackedDriverQueue
 from virtio_sim.ring.split import SplitDriverQueue, SplitRingAddresses
 from virtio_sim.spec import BLK_F, DESC_F, VU_F, VU_FLAGS, VU_PROTOCOL_F, VU_REQ, VU_VRING, F, bit
 
@@ -458,3 +459,32 @@ async def test_a_refused_get_request_is_answered_by_hanging_up_with_a_reason(
             assert await fe.sock.recv(16) == b""  # the back-end hung up instead of going silent
     ended = out[0].ended  # type: ignore[union-attr]
     assert why in ended, ended
+
+
+async def test_packed_ring_served_and_resumed_from_its_base(tmp_path: Path) -> None:
+    """RING_PACKED over vhost-user: SET_VRING_ADDR names the descriptor ring and the two
+    event areas; GET_VRING_BASE gives avail idx | wrap << 15 and the used half in bits
+    16-31 (QEMU 7.2's encoding), and a ring started from it continues where it stopped."""
+    g = Guest()
+    expected = random.Random(3)
+    size = QSIZE
+    area = g.dma.alloc(4096, 4096)
+    addrs = SplitRingAddresses(area.gpa, area.gpa + layouts.packed_ring_size(size), area.gpa + 2048)
+    g.ring = PackedDriverQueue(g.memory, size, addrs)  # type: ignore[assignment]
+    feats = bit(F.VERSION_1) | bit(F.RING_PACKED)
+    async with backend(tmp_path, "virtio-rng-device,x-seed=3,packed=on") as (fe, out):
+        features, _ = await handshake(fe)
+        assert features >> F.RING_PACKED & 1
+        fresh = 0x8000 | 0x8000 << 16  # slot 0, both wrap counters 1: what QEMU sends first
+        await start_ring(fe, g, feats, base=fresh)
+        for n in (16, 32, 64) * 3:  # more requests than the ring has slots: the wrap flips
+            assert await rng_request(g, n) == expected.randbytes(n)
+        await fe.state(VU_REQ.GET_VRING_BASE, 0, 0)
+        _, base = layouts.vhost_user_vring_state_codec.unpack(await fe.reply(VU_REQ.GET_VRING_BASE))
+        assert base & 0x7FFF == 9 % size and base >> 15 & 1 == 0  # 9 slots used: second lap
+        assert base >> 16 == base & 0xFFFF  # everything completed: used == avail
+        await start_ring(fe, g, feats, base=base)
+        assert await rng_request(g, 8) == expected.randbytes(8)
+    report = out[0].report()  # type: ignore[union-attr]
+    assert report["violations"] == [] and report["queues"][0]["chains"] == 10
+    g.close()

@@ -189,9 +189,20 @@ def device_option(matrix: Matrix, cell: Cell, disk: Path | None) -> str:
         assert disk is not None
         name, _, rest = option.partition(",")
         option = f"{name},drive={disk}" + (f",{rest}" if rest else "")
+    if cell.ring == "packed":
+        option += ",packed=on"
     if cell.iommu_platform == "on":
         option += ",iommu_platform=on"
     return option
+
+
+def frontend_props(matrix: Matrix, cell: Cell) -> str:
+    """QEMU properties of the front-end: the matrix's, and packed=on for packed cells
+    (QEMU only offers what both it and the back-end have)."""
+    props = [matrix.devices[cell.device].get("frontend_props", "")]
+    if cell.ring == "packed":
+        props.append("packed=on")
+    return ",".join(filter(None, props))
 
 
 def run_ours(matrix: Matrix, cell: Cell, work: Path) -> Side:
@@ -279,7 +290,7 @@ def run_linux(matrix: Matrix, cell: Cell, kernel: KernelImage, work: Path) -> Si
     option = device_option(matrix, cell, disk)
     if cell.iommu_platform == "on":
         option = option.replace(",iommu_platform=on", "")  # the launcher adds it with the IOMMU
-    props = matrix.devices[cell.device].get("frontend_props", "")
+    props = frontend_props(matrix, cell)
 
     async def go() -> LinuxBootResult:
         return await boot_with_vhost_user(

@@ -24,6 +24,8 @@ The machine facts are data: specs/qemu_machines.toml.
 from __future__ import annotations
 
 import os
+import socket
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,9 @@ def qemu_devices(options: list[str], transport: str, scratch: Path) -> QemuDevic
         if pci:
             for k, v in PCI_TRANSPORT_PROPS[transport].items():
                 props.setdefault(k, v)
+        if base == "virtio-net-device":
+            out.args += net_peer(i, props.pop("x-backend", "loopback"))
+            props["netdev"] = f"net{i}"
         if base == "virtio-blk-device":
             disk = props.pop("drive", None)
             if disk is None:
@@ -137,8 +142,40 @@ def qemu_devices(options: list[str], transport: str, scratch: Path) -> QemuDevic
             else:
                 kept.append(f"{k}={v.replace(',', ',,')}")  # QEMU judges the rest itself
         out.args += ["-device", ",".join([name, *kept])]
+        if base == "virtio-serial-device":
+            # the virtconsole at port 0 our model always has, on a chardev that echoes
+            out.args += [*echo_chardev(f"con{i}"), "-device", f"virtconsole,chardev=con{i}"]
         out.names.append(name)
     return out
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 nobody uses right now (QEMU binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def net_peer(index: int, backend: str) -> list[str]:
+    """QEMU's netdev for our ``x-backend``: ``loopback`` is a UDP socket netdev that sends to
+    itself (every frame comes back, as our loopback backend does); ``switch:NAME`` is a
+    hubport on a hub per name (QEMU's hub floods like our switch does for unknown MACs)."""
+    if backend == "loopback":
+        port = free_udp_port()
+        addr = f"127.0.0.1:{port}"
+        return ["-netdev", f"socket,id=net{index},udp={addr},localaddr={addr}"]
+    if backend.startswith("switch:") and len(backend) > len("switch:"):
+        hub = zlib.crc32(backend[len("switch:") :].encode()) & 0x7FFF
+        return ["-netdev", f"hubport,id=net{index},hubid={hub}"]
+    raise PropertyError(f"Property 'x-backend' doesn't take value '{backend}' (loopback|switch:NAME)")
+
+
+def echo_chardev(name: str) -> list[str]:
+    """A chardev that hands back what the guest writes (our console's loopback): UDP to
+    itself."""
+    port = free_udp_port()
+    return ["-chardev", f"udp,id={name},host=127.0.0.1,port={port},localaddr=127.0.0.1,localport={port}"]
 
 
 def machine_args(
