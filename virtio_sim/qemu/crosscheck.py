@@ -57,6 +57,9 @@ PROFILE = "linux-6.1"
 TRANSPORT_OF = {"q35": "pci-modern", "microvm": "mmio-v2", "microvm-legacy": "mmio-v1"}
 _TRACE = re.compile(r"virtio_set_status vdev (0x[0-9a-f]+) val (\d+)")
 VERDICTS = ("SAME", "DOCUMENTED", "DIFFERENT", "NOT_RUN")
+#: seconds one real-Linux boot may take: ~30 s alone under TCG here, several times that on
+#: a machine whose cores are shared (the IOMMU cells translate every page through QEMU)
+BOOT_TIMEOUT = 400.0
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,9 @@ def linux_outcome(device: str, boot: LinuxBootResult, disk: Path) -> tuple[str, 
     return (Outcome.OK.value if ok else Outcome.CORRUPTION.value), detail
 
 
-def run_linux(matrix: Matrix, cell: Cell, kernel: KernelImage, work: Path) -> Side:
+def run_linux(
+    matrix: Matrix, cell: Cell, kernel: KernelImage, work: Path, timeout: float = BOOT_TIMEOUT
+) -> Side:
     disk = work / "linux.img"
     disk.write_bytes(bytes(8 << 20))
     initrd = work / "initrd.cpio"
@@ -301,6 +306,7 @@ def run_linux(matrix: Matrix, cell: Cell, kernel: KernelImage, work: Path) -> Si
             work,
             iommu=cell.iommu_platform == "on",
             frontend_props=props,
+            timeout=timeout,
         )
 
     boot = trio.run(go)
@@ -334,7 +340,7 @@ def compare(matrix: Matrix, cell: Cell, ours: Side, linux: Side) -> CellResult:
     return result
 
 
-def run_cell(matrix: Matrix, cell: Cell, kernel: KernelImage) -> CellResult:
+def run_cell(matrix: Matrix, cell: Cell, kernel: KernelImage, timeout: float = BOOT_TIMEOUT) -> CellResult:
     import time
 
     start = time.monotonic()
@@ -344,7 +350,7 @@ def run_cell(matrix: Matrix, cell: Cell, kernel: KernelImage) -> CellResult:
     with tempfile.TemporaryDirectory(prefix="vsim-crosscheck-") as tmp:
         work = Path(tmp)
         ours = run_ours(matrix, cell, work)
-        linux = run_linux(matrix, cell, kernel, work)
+        linux = run_linux(matrix, cell, kernel, work, timeout)
     result = compare(matrix, cell, ours, linux)
     result.seconds = round(time.monotonic() - start, 1)
     return result
@@ -357,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--matrix", type=Path, default=MATRIX)
     p.add_argument("--only", action="append", default=[], help="glob over cell names (repeatable)")
     p.add_argument("--json", type=Path, help="write every cell's result here")
+    p.add_argument("--boot-timeout", type=float, default=BOOT_TIMEOUT, help="seconds per real-Linux boot")
     args = p.parse_args(argv)
     try:
         matrix = Matrix.load(args.matrix)
@@ -369,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     results = []
     for cell in cells:
-        r = run_cell(matrix, cell, kernel)
+        r = run_cell(matrix, cell, kernel, args.boot_timeout)
         results.append(r)
         print(f"{r.verdict:10} {cell.name:42} {r.seconds:6.1f}s", flush=True)
         for line in r.differences:
