@@ -17,6 +17,7 @@ def guest_policy(profile: DriverProfile) -> GuestPolicy:
             refuse_unrestricted=profile.refuse_unrestricted,
             drivers=frozenset(profile.device_features),
             transport_only=dict(profile.transport_only),
+            needs_reset=profile.needs_reset,
         ),
         mmio_versions=profile.mmio_versions,
         guest_order="big" if profile.endianness == "big" else "little",
