@@ -277,6 +277,24 @@ class RecordingEntropy:
         return data
 
 
+class _ParkingHooks:
+    """The model's DeviceHooks: the device core's, with IOTLB misses parked per queue."""
+
+    def __init__(self, backend: VhostUserBackend) -> None:
+        self.backend = backend
+
+    def kick_from_device(self, index: int) -> None:
+        b = self.backend
+        try:
+            b.vdev.kick_from_device(index)
+        except IotlbMiss as miss:
+            if 0 <= index < len(b.vrings):
+                b._ask(b.vrings[index], miss)
+
+    def config_changed(self) -> None:
+        self.backend.vdev.config_changed()
+
+
 def _bounded(notes: list[str], limit: int = SEQUENCE_LIMIT) -> list[str]:
     """The first ``limit`` notes and how many more there were (a driver repeating one
     quirk per frame, e.g. DPDK's num_buffers 1 on transmit, makes thousands)."""
@@ -307,6 +325,10 @@ class VhostUserBackend:
             validate_access_platform=built.validate_access_platform,
         )
         self.vdev.sink = self
+        # A device that serves a queue on its own (net: a frame arrives from the backend
+        # while the transmit queue is served) may hit an IOTLB miss there: that queue is
+        # parked like a kicked one, instead of the miss unwinding through the other queue.
+        built.model.hooks = _ParkingHooks(self)
         self.vrings = [Vring(i) for i in range(self.model.num_queues)]
         self.protocol_features = 0
         self.acked_features: int | None = None

@@ -28,6 +28,7 @@ from virtio_sim.qemu.linux_vhost import (
     BlkLongChains,
     LinuxBootResult,
     boot_with_vhost_user,
+    check_net,
     check_rng,
     served_contains,
 )
@@ -56,7 +57,7 @@ def debian_kernel() -> KernelImage:
 @pytest.fixture(scope="session")
 def initrd(debian_kernel: KernelImage, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("initrd") / "initrd.cpio"
-    checks = [CHECK_VIRTIO_DEVICES, check_rng(), BLK.script(), LONG.script()]
+    checks = [CHECK_VIRTIO_DEVICES, check_rng(), BLK.script(), LONG.script(), check_net()]
     path.write_bytes(build_initramfs(static_busybox(), debian_kernel.modules(), checks))
     return path
 
@@ -84,7 +85,7 @@ def boot(
     work = tmp_path_factory.mktemp(request.param)
     disk = work / "disk.img"
     disk.write_bytes(b"".join(sector_pattern(n) for n in range(DISK_SECTORS)))
-    devices = ["virtio-rng-device", f"virtio-blk-device,drive={disk}"]
+    devices = ["virtio-rng-device", f"virtio-blk-device,drive={disk}", "virtio-net-device"]
     log = FindingLog(load_catalog().level_of, Policy.LENIENT)
     watches: list[DriverWatch] = []
 
@@ -115,8 +116,9 @@ def guest_devices(boot: Boot) -> dict[str, dict[str, str]]:
 
 def test_linux_binds_its_drivers_to_our_devices(boot: Boot) -> None:
     devs = guest_devices(boot)
-    assert set(devs) == {"virtio_rng", "virtio_blk"}, boot.result.explain()
+    assert set(devs) == {"virtio_rng", "virtio_blk", "virtio_net"}, boot.result.explain()
     assert int(devs["virtio_rng"]["id"], 0) == 4 and int(devs["virtio_blk"]["id"], 0) == 2
+    assert int(devs["virtio_net"]["id"], 0) == 1
     bus = "pci0000:00" if boot.result.machine == "q35" else "LNRO0005"
     assert all(bus in d["path"] for d in devs.values())
     assert not boot.result.values("insmod-failed")
@@ -192,6 +194,17 @@ def test_seg_max_follows_the_front_ends_ring_and_chains_fit_it(boot: Boot) -> No
     assert "split.chain.drv-max-queue-size" not in {f.requirement for f in boot.log.unexplained_failures()}
 
 
+def test_linux_virtio_net_sends_and_receives_through_our_model(boot: Boot) -> None:
+    """Linux's ARP requests leave through our net model's transmit queue and come back
+    (loopback backend) on its receive queue: both counters move, on both sides."""
+    r = boot.result
+    tx, rx = int(r.value("net-tx") or 0), int(r.value("net-rx") or 0)
+    assert tx > 0 and rx > 0, r.explain()
+    net = boot.report("virtio-net-device")["net"]
+    assert net["tx_frames"] >= tx and net["rx_frames"] >= rx
+    assert net["rx_backlog_dropped"] == 0 and net["tx_errors"] == 0
+
+
 def test_device_side_sees_no_ring_violations(boot: Boot) -> None:
     for report in boot.result.reports:
         assert report["ended"] == "front-end closed the connection", report
@@ -208,7 +221,7 @@ def test_device_side_sees_no_ring_violations(boot: Boot) -> None:
 def test_driver_watch_checks_the_real_linux_driver(boot: Boot) -> None:
     """The checking device watched Linux 6.1's own virtio drivers through vhost-user: its
     features, ring setup and every chain it made available. Linux breaks no MUST we see."""
-    assert {w.device_type for w in boot.watches} == {"rng", "blk"}
+    assert {w.device_type for w in boot.watches} == {"rng", "blk", "net"}
     assert all(w.chains > 0 and w.kicks > 0 for w in boot.watches)
     assert [(f.requirement, f.evidence[:2]) for f in boot.log.unexplained_failures()] == []
     passed = {r for r, f in boot.log.findings.items() if f.verdict is Verdict.PASS}
