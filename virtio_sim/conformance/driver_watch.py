@@ -1004,6 +1004,10 @@ class DriverWatch:
                 )
                 self._ok("split.indirect.drv-no-nesting")
                 indirect = True
+                # The INDIRECT descriptor only points at the table: the chain's length is
+                # its buffers (QEMU's seg_max = queue size - 2 counts header + segments +
+                # status, and Linux 6.1's virtio_blk builds seg_max + 2 table entries)
+                count -= 1
                 table, table_size, i = addr, length // layouts.DESC_SIZE, 0
                 seen = set()
                 continue

@@ -259,7 +259,12 @@ def sysfs_features(boot: LinuxBootResult) -> int:
 def linux_outcome(device: str, boot: LinuxBootResult, disk: Path) -> tuple[str, str]:
     """OK when what the guest printed agrees with what only the host can see."""
     if not boot.finished:
-        return Outcome.HANG.value, "the guest did not finish its checks"
+        said = [ln for ln in boot.qemu_stderr.splitlines() if ln.strip() and not _TRACE.search(ln)]
+        why = "timed out" if boot.timed_out else f"QEMU exited with {boot.returncode}"
+        return (
+            Outcome.HANG.value,
+            f"the guest did not finish its checks ({why}) {' '.join(said[-2:])}".strip(),
+        )
     if not boot.values("virtio-device"):
         return Outcome.NOT_PROBED.value, "no virtio device bound"
     report = boot.reports[0]
