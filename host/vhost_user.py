@@ -256,6 +256,7 @@ class Vring:
     kicks: int = 0
     errors_signalled: int = 0
     waiting_iotlb: bool = False  # stopped at an IOTLB miss: served again after an UPDATE
+    areas: tuple[tuple[int, int, bool], ...] = ()  # the ring's (address, size, written) areas
     stats: RingStats = field(default_factory=RingStats)
 
 
@@ -285,6 +286,13 @@ class _ParkingHooks:
 
     def kick_from_device(self, index: int) -> None:
         b = self.backend
+        vr = b.vrings[index] if 0 <= index < len(b.vrings) else None
+        if vr is not None and vr.started and b.memory.iotlb is not None:
+            try:
+                if not b._rings_mapped(vr):
+                    return
+            except DmaError:
+                return  # the next kick reports it
         try:
             b.vdev.kick_from_device(index)
         except IotlbMiss as miss:
@@ -640,13 +648,10 @@ class VhostUserBackend:
             used = table.uva_to_gpa(vr.addr[2], sizes[2])
         else:
             desc, avail, used = vr.addr  # IOVAs: the rings must be translatable first
+            vr.areas = ((desc, sizes[0], packed), (avail, sizes[1], False), (used, sizes[2], True))
             try:
-                self.memory.check(desc, sizes[0], False)
-                self.memory.check(avail, sizes[1], False)
-                self.memory.check(used, sizes[2], True)
-            except IotlbMiss as miss:
-                self._ask(vr, miss)
-                return
+                if not self._rings_mapped(vr):
+                    return
             except DmaError as e:
                 self._signal_error(vr)
                 raise _Refused(f"vring {vr.index}: {e}") from None
@@ -721,9 +726,30 @@ class VhostUserBackend:
                         pass  # the watch reads rings by IOVA too; the device asks for the entry
                 self._serve(vr)
 
+    def _rings_mapped(self, vr: Vring) -> bool:
+        """With an IOTLB: are the ring's own areas translatable (Linux's vhost does the same
+        prefetch, vq_meta_prefetch)? A guest's IOTLB flush drops them with everything else,
+        and a used-ring write must never miss half-way through a request. Asks for the
+        first missing one and parks the ring otherwise."""
+        try:
+            for addr, size, written in vr.areas:
+                self.memory.check(addr, size, written)
+        except IotlbMiss as miss:
+            self._ask(vr, miss)
+            return False
+        return True
+
     def _serve(self, vr: Vring) -> None:
         if not vr.started or not vr.enabled:
             return
+        if self.memory.iotlb is not None:
+            try:
+                if not self._rings_mapped(vr):
+                    return
+            except DmaError as e:
+                self.note(f"vring {vr.index}: {e}")
+                self._signal_error(vr)
+                return
         before = len(self.vdev.violations)
         try:
             self.vdev.notify(vr.index)
