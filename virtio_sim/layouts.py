@@ -549,6 +549,13 @@ def blk_req_header_codec(order: ByteOrder = "little") -> struct.Struct:
     return fast_codec(virtio_blk_req_header(order))
 
 
+@cache
+def blk_discard_codec(order: ByteOrder = "little") -> struct.Struct:
+    """struct virtio_blk_discard_write_zeroes: sector (u64), num_sectors (u32), flags (u32).
+    Little-endian on the modern interface; QEMU reads it guest-native on a legacy one."""
+    return struct.Struct(("<" if order == "little" else ">") + "QII")
+
+
 # --------------------------------------------------------------------------- virtio-net (5.1)
 
 

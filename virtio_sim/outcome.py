@@ -27,6 +27,8 @@ class Outcome(enum.StrEnum):
 class RunResult:
     outcome: Outcome
     transport: str = ""
+    #: the device's feature bits as the guest read them on this transport (0: the guest
+    #: never read them: refused, not probed): the same meaning with our devices and QEMU's
     device_features: int = 0
     driver_features: int = 0
     negotiated: list[str] = field(default_factory=list)
@@ -43,6 +45,8 @@ class RunResult:
     #: every transport the guest looked at: where, device, outcome (BOUND | NOT_PROBED |
     #: FAILED), reason, and how it was found (cmdline, acpi:PATH HID, pci)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    #: our host's internal offer, before a transport's view (0: QEMU's devices / unknown)
+    host_features: int = 0
 
     def add_host_evidence(self, evidence: dict[str, Any]) -> RunResult:
         """Fold in what the host saw (``HostSetup.evidence()``, in this process or sent by
@@ -56,7 +60,9 @@ class RunResult:
         devices = evidence.get("devices") or []
         if devices:
             dev = devices[0]
-            self.device_features = int(dev["device_features"])
+            # the host model's whole internal offer (transport bits a legacy or modern
+            # interface hides included) is kept apart; device_features stays the guest's view
+            self.host_features = int(dev["device_features"])
             self.device_notes = list(dev["notes"])
             self.violations = [dict(v) for v in dev["violations"]]
             if self.ring and dev.get("ring"):
@@ -91,8 +97,9 @@ class RunResult:
         """The inverse of :meth:`to_json` (a result printed by a guest process)."""
         fields = dict(d)
         fields["outcome"] = Outcome(fields["outcome"])
-        for key in ("device_features", "driver_features"):
-            fields[key] = int(fields[key], 16) if isinstance(fields[key], str) else fields[key]
+        for key in ("device_features", "driver_features", "host_features"):
+            if key in fields:
+                fields[key] = int(fields[key], 16) if isinstance(fields[key], str) else fields[key]
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in fields.items() if k in known})
 
@@ -101,4 +108,5 @@ class RunResult:
         d["outcome"] = str(self.outcome)
         d["device_features"] = f"{self.device_features:#x}"
         d["driver_features"] = f"{self.driver_features:#x}"
+        d["host_features"] = f"{self.host_features:#x}"
         return d
