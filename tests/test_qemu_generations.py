@@ -112,3 +112,84 @@ def test_matrix_with_a_bad_device_profile_exits_2_naming_file_and_key(tmp_path: 
     assert done.returncode == 2, done.stdout + done.stderr
     assert "qemu-9.9.toml: key 'rng.speed': unknown property 'speed'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- the qemu backend
+
+PCI = ["--transport", "pci-legacy", "--transport", "pci-transitional", "--transport", "pci-modern"]
+
+
+def _matrix(
+    tmp_path: Path, backend: str, *sel: str, env: dict[str, str] | None = None
+) -> tuple[int, str, dict]:  # type: ignore[type-arg]
+    out = tmp_path / f"{backend}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "virtio_sim.cli",
+        "matrix",
+        *sel,
+        "--device-backend",
+        backend,
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    data = __import__("json").loads(out.read_text()) if out.exists() else {}
+    return done.returncode, done.stderr, data
+
+
+@pytest.mark.qemu
+def test_qemu_2_6_runs_on_pc_i440fx_2_6_and_agrees_with_our_profile(tmp_path: Path) -> None:
+    sel = ["--device", "qemu-2.6", "--driver", "linux-3.18", "--driver", "linux-4.0", "--driver", "linux-6.1",
+           *PCI, "--workload", "rng", "--workload", "blk-rw",
+           "--iommu-platform", "off", "--iommu", "none"]  # fmt: skip
+    runs = {b: _matrix(tmp_path, b, *sel) for b in ("qemu", "ours")}
+    for backend, (rc, err, _) in runs.items():
+        assert rc == 0, f"{backend}: {err[-2000:]}"  # every cell as the default matrix expects
+    qemu = {c["id"]: c for c in runs["qemu"][2]["cells"]}
+    ours = {c["id"]: c for c in runs["ours"][2]["cells"]}
+    assert qemu.keys() == ours.keys() and len(qemu) == 18
+    assert {c["machine"] for c in qemu.values()} == {"pc-i440fx-2.6"}
+    assert {c["evidence"].get("qemu_machine") for c in qemu.values() if c["outcome"] == "OK"} == {
+        "pc-i440fx-2.6"
+    }
+    for key in ("outcome", "device_features", "driver_features"):
+        assert {i: c[key] for i, c in qemu.items()} == {i: c[key] for i, c in ours.items()}, key
+    # what the guest read on 2.6 is 2.6's ABI: a legacy-only blk (disable-modern=on) with
+    # SCSI and without ANY_LAYOUT, no DISCARD/WRITE_ZEROES, a 128-entry queue
+    legacy_blk = qemu["linux-3.18/qemu-2.6/pci-legacy/auto/none/off/split/blk-rw"]
+    assert legacy_blk["outcome"] == "OK" and legacy_blk["device_features"] == "0x71000ed4"
+    assert ours["linux-3.18/qemu-2.6/pci-legacy/auto/none/off/split/blk-rw"]["ring_info"]["queue_sizes"] == [
+        128
+    ]
+
+
+@pytest.mark.qemu
+def test_qemu_backend_refuses_a_generation_without_a_machine_in_one_line(tmp_path: Path) -> None:
+    rc, err, _ = _matrix(
+        tmp_path, "qemu", "--device", "qemu-6.0-cgs", "--driver", "linux-6.1", "--transport", "pci-modern"
+    )
+    assert rc == 2
+    assert err.strip().count("\n") == 0 and "has no QEMU machine type for virtio-pci" in err
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS_DIR, specs)
+    prof = specs / "profiles" / "devices" / "qemu-2.6.toml"
+    prof.write_text(
+        prof.read_text().replace('pci_machine = "pc-i440fx-2.6"', 'pci_machine = "pc-i440fx-0.9"')
+    )
+    env = {**os.environ, "VIRTIO_SIM_SPECS": str(specs)}
+    rc, err, _ = _matrix(
+        tmp_path,
+        "qemu",
+        "--device",
+        "qemu-2.6",
+        "--driver",
+        "linux-6.1",
+        "--transport",
+        "pci-modern",
+        env=env,
+    )
+    assert rc == 2
+    assert err.strip().count("\n") == 0
+    assert "needs machine type pc-i440fx-0.9, which the installed QEMU lacks" in err

@@ -551,8 +551,8 @@ def blk_req_header_codec(order: ByteOrder = "little") -> struct.Struct:
 
 @cache
 def blk_discard_codec(order: ByteOrder = "little") -> struct.Struct:
-    """struct virtio_blk_discard_write_zeroes: sector (u64), num_sectors (u32), flags (u32).
-    Little-endian on the modern interface; QEMU reads it guest-native on a legacy one."""
+    """struct virtio_blk_discard_write_zeroes: sector (u64), num_sectors (u32), flags (u32),
+    little-endian (virtio 1.4 5.2.6; Linux writes it with cpu_to_le* on every interface)."""
     return struct.Struct(("<" if order == "little" else ">") + "QII")
 
 

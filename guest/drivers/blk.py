@@ -45,19 +45,18 @@ class BlkDriver(GuestDriver):
 
     async def probe(self) -> None:
         d = self.dev
-        capacity, seg_max, blk_size = await self.read_config_stable(
-            [(_CFG["capacity"], 8), (_CFG["seg_max"], 4), (_CFG["blk_size"], 4)]
-        )
+        fields = [(_CFG["capacity"], 8), (_CFG["seg_max"], 4), (_CFG["blk_size"], 4)]
+        if d.has(BLK_F.DISCARD):
+            fields.append((_CFG["max_discard_seg"], 4))
+        capacity, seg_max, blk_size, *discard = await self.read_config_stable(fields)
         self.geometry = BlkGeometry(
             capacity=capacity,
             blk_size=blk_size if d.has(BLK_F.BLK_SIZE) and blk_size else BLK.sector_size,
             seg_max=seg_max if d.has(BLK_F.SEG_MAX) and seg_max else 1,
             read_only=d.has(BLK_F.RO),
+            # Linux: blk_queue_max_discard_segments(q, min(v, MAX_DISCARD_SEGMENTS)); 0 as 1
+            max_discard_seg=max(1, discard[0]) if discard else 0,
         )
-        if d.has(BLK_F.DISCARD):
-            (self.geometry.max_discard_seg,) = await self.read_config_stable([(_CFG["max_discard_seg"], 4)])
-            # Linux: blk_queue_max_discard_segments(q, min(v, MAX_DISCARD_SEGMENTS)); 0 reads as 1
-            self.geometry.max_discard_seg = max(1, self.geometry.max_discard_seg)
         self.vq: GuestVirtqueue = await self.dev.setup_queue(0, self.queue_size)
 
     def _order(self) -> layouts.ByteOrder:
@@ -147,7 +146,7 @@ class BlkDriver(GuestDriver):
                 f"{(len(ranges) - segments) * QEMU_BLK.discard_segment_size} bytes past its range array "
                 "(guest heap corruption; Linux before 5.9, fixed by af822aa68fbd)"
             )
-        codec = blk_discard_codec(self._order())
+        codec = blk_discard_codec("little")  # Linux: cpu_to_le32/64 on every interface
         payload = b"".join(codec.pack(sector, count, 0) for sector, count in ranges)
         status, _, _ = await self._request(BLK_T.DISCARD, 0, payload, 0, whole=True)
         if status != BLK_S.OK:
