@@ -17,6 +17,7 @@ def guest_policy(profile: DriverProfile) -> GuestPolicy:
             refuse_unrestricted=profile.refuse_unrestricted,
             blk_discard=profile.blk_discard,
             drivers=frozenset(profile.device_features),
+            needs_reset=profile.needs_reset,
         ),
         mmio_versions=profile.mmio_versions,
         guest_order="big" if profile.endianness == "big" else "little",

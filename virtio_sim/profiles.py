@@ -41,6 +41,7 @@ class DriverProfile:
     refuse_unrestricted: bool = False
     #: virtio_blk's DISCARD ranges: "per-bio" (Linux 5.0-5.8) or "single-range" (5.9+)
     blk_discard: str = "single-range"
+    needs_reset: str = "detect"  # "detect" | "ignore" (what the drivers do with NEEDS_RESET)
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,28 @@ class DeviceProfile:
     mmio_machine: str = ""
     #: where a compat machine does not reproduce the real old version, and what we do
     compat_notes: tuple[str, ...] = ()
+    #: the vIOMMU device models this generation has (QEMU's -device names); a cell that
+    #: asks for an IOMMU the generation lacks is refused with QEMU's words
+    iommu_models: tuple[str, ...] = ()
 
 
 _DRIVER_KEYS = {
     "description": str, "transport_features": list, "device_features": dict, "transports": list,
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
-    "refuse_unrestricted": bool, "blk_discard": str,
+    "refuse_unrestricted": bool, "blk_discard": str, "needs_reset": str,
 }  # fmt: skip
-_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted", "blk_discard"}
+_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {
+    "restricted_memory",
+    "refuse_unrestricted",
+    "blk_discard",
+    "needs_reset",
+}
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
     "blk": dict, "rng": dict, "net": dict, "console": dict, "iommu": dict, "machine_globals": dict,
-    "qemu": dict,
+    "qemu": dict, "iommu_models": list,
 }  # fmt: skip
 _CHOICES = {
     "pci_match": ("any", "transitional-only"),
@@ -88,6 +97,7 @@ _CHOICES = {
     "dma": ("honor", "bypass", "translate-always"),
     "access_platform_offer": ("property", "never"),
     "blk_discard": ("per-bio", "single-range"),
+    "needs_reset": ("detect", "ignore"),
 }
 KNOWN_DEVICE_PROPERTIES = frozenset(
     {
@@ -174,6 +184,7 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         restricted_memory=data.get("restricted_memory", False),
         refuse_unrestricted=data.get("refuse_unrestricted", False),
         blk_discard=data.get("blk_discard", "single-range"),
+        needs_reset=data.get("needs_reset", "detect"),
     )
 
 
@@ -210,6 +221,7 @@ def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfi
         pci_machine=qemu.get("pci_machine", ""),
         mmio_machine=qemu.get("mmio_machine", ""),
         compat_notes=tuple(qemu.get("notes", [])),
+        iommu_models=_iommu_models(path, data.get("iommu_models", [])),
     )
 
 
@@ -222,6 +234,16 @@ def _typed(path: Path, table: str, values: dict[str, Any], known: Mapping[str, t
         if not isinstance(v, known[k]) or (known[k] is int and isinstance(v, bool)):
             raise ProfileError(f"{path}: key '{table}.{k}' must be a {known[k].__name__}")
     return dict(values)
+
+
+IOMMU_MODELS = ("virtio-iommu-pci", "virtio-iommu-device", "intel-iommu")
+
+
+def _iommu_models(path: Path, names: list[Any]) -> tuple[str, ...]:
+    for n in names:
+        if n not in IOMMU_MODELS:
+            raise ProfileError(f"{path}: key 'iommu_models': unknown IOMMU model {n!r}")
+    return tuple(names)
 
 
 def list_profiles(kind: str) -> list[str]:
