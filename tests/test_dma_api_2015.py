@@ -7,6 +7,7 @@ proposals are profiles, and every outcome comes from running the cell.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -16,23 +17,23 @@ from host.devices.base import PropertyError
 from host.machine_types import parse_machine
 from host.platform import P2mAddressSpace, cmdline_param, p2m_shift
 from virtio_sim.matrix.cell import run_cell
-from virtio_sim.matrix.spec import SPECS_DIR, expand, expected_outcome, load_matrix
+from virtio_sim.matrix.spec import expand, expected_outcome, load_matrix
 from virtio_sim.memory import GuestMemory
 from virtio_sim.profiles import list_profiles, load_driver_profile
-from virtio_sim.spec import F
+from virtio_sim.spec import SPECS_DIR, F
 
 MATRIX = SPECS_DIR / "matrices" / "dma-api-2015.toml"
 XEN = "q35,x-platform=xen-pv"
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict[str, object]]:
+def results() -> dict[str, dict[str, Any]]:
     spec = load_matrix(MATRIX)
     return {cell.id: {**run_cell(cell, timeout=spec.timeout), "expected": str(expected_outcome(spec, cell))}
             for cell in expand(spec)}  # fmt: skip
 
 
-def test_the_2015_matrix_passes_with_corruption_and_hang(results: dict[str, dict[str, object]]) -> None:
+def test_the_2015_matrix_passes_with_corruption_and_hang(results: dict[str, dict[str, Any]]) -> None:
     wrong = {
         k: (r["expected"], r["outcome"], r["detail"])
         for k, r in results.items()
@@ -48,7 +49,7 @@ def test_the_2015_matrix_passes_with_corruption_and_hang(results: dict[str, dict
             assert "DEVICE_NEEDS_RESET" in str(r["detail"]) and "device:" in str(r["detail"])
 
 
-def test_pre_45_and_45_xen_guests_differ_only_under_xen(results: dict[str, dict[str, object]]) -> None:
+def test_pre_45_and_45_xen_guests_differ_only_under_xen(results: dict[str, dict[str, Any]]) -> None:
     def outcome(driver: str, machine: str, device: str = "qemu-2.7", bit: str = "off") -> object:
         return results[f"{driver}/{device}/pci-modern/{machine}/none/{bit}/split/blk-rw"]["outcome"]
 
