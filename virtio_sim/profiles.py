@@ -34,7 +34,7 @@ class DriverProfile:
     pci_match: str  # "any" | "transitional-only"
     acpi_hids: tuple[str, ...]
     dt_compatibles: tuple[str, ...]
-    dma_api: str  # "never" | "feature" | "always"
+    dma_api: str  # "never" | "xen" | "feature" | "always" | "quirk-list" (guest/platform_dma.py)
     features_ok: bool
     endianness: str  # "little" | "big"
     restricted_memory: bool = False
@@ -42,6 +42,8 @@ class DriverProfile:
     #: virtio_blk's DISCARD ranges: "per-bio" (Linux 5.0-5.8) or "single-range" (5.9+)
     blk_discard: str = "single-range"
     needs_reset: str = "detect"  # "detect" | "ignore" (what the drivers do with NEEDS_RESET)
+    #: a proposal argued on the lists, not a release: where and when (thread, date)
+    proposal: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,14 @@ _DRIVER_KEYS = {
     "description": str, "transport_features": list, "device_features": dict, "transports": list,
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
-    "refuse_unrestricted": bool, "blk_discard": str, "needs_reset": str,
+    "refuse_unrestricted": bool, "blk_discard": str, "needs_reset": str, "proposal": str,
 }  # fmt: skip
 _DRIVER_REQUIRED = set(_DRIVER_KEYS) - {
     "restricted_memory",
     "refuse_unrestricted",
     "blk_discard",
     "needs_reset",
+    "proposal",
 }
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
@@ -92,7 +95,7 @@ _DEVICE_KEYS = {
 }  # fmt: skip
 _CHOICES = {
     "pci_match": ("any", "transitional-only"),
-    "dma_api": ("never", "feature", "always"),
+    "dma_api": ("never", "xen", "feature", "always", "quirk-list"),
     "endianness": ("little", "big"),
     "dma": ("honor", "bypass", "translate-always"),
     "access_platform_offer": ("property", "never"),
@@ -185,6 +188,7 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         refuse_unrestricted=data.get("refuse_unrestricted", False),
         blk_discard=data.get("blk_discard", "single-range"),
         needs_reset=data.get("needs_reset", "detect"),
+        proposal=data.get("proposal", ""),
     )
 
 
