@@ -62,6 +62,16 @@ class BlkDevice(DeviceModel):
     def close(self) -> None:
         os.close(self.fd)
 
+    def resize(self, size_bytes: int) -> None:
+        """The backing image changed size (QEMU's ``block_resize``: virtio_blk_resize ->
+        virtio_notify_config, hw/block/virtio-blk.c): capacity follows and the driver is
+        told of the config change. A public hook for tests and conformance runs, which
+        need a device-side config change to decide the config-generation rules."""
+        os.ftruncate(self.fd, size_bytes)
+        self.size_bytes = size_bytes
+        if self.hooks is not None:
+            self.hooks.config_changed()
+
     def device_features(self) -> int:
         f = bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH)
         if self.read_only:

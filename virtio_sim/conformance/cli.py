@@ -1,8 +1,10 @@
 """``virtio-sim conformance``: run a conformance target and report per requirement.
 
-Exit codes: 0 when no MUST/MUST NOT failed, 1 when one did, 2 for usage errors (a bad
-target or an unknown device, a transport/ring that cannot be combined, a broken
-catalogue). The driver side lives in :mod:`virtio_sim.conformance.driver_runner`
+Exit codes: 0 when no MUST/MUST NOT failed and no checker hit an ERROR, 1 when one did,
+2 for usage errors (a bad target or an unknown device, a transport/ring that cannot be
+combined, a broken catalogue). Whatever a broken device or driver does, the run ends in
+a report: an exception that escapes the runners is a run-level ERROR, never a traceback.
+The driver side lives in :mod:`virtio_sim.conformance.driver_runner`
 (imported only for ``driver:`` targets).
 """
 
@@ -41,10 +43,10 @@ def add_conformance_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_conformance(args: argparse.Namespace) -> int:
     from virtio_sim.conformance.catalog import CatalogError, load_catalog
     from virtio_sim.conformance.dut import DutError, device_key
-    from virtio_sim.conformance.findings import Policy
+    from virtio_sim.conformance.findings import FindingLog, Policy
     from virtio_sim.conformance.report import (
         build_report,
-        catalog_coverage,
+        coverage,
         print_report,
         to_html,
         to_json,
@@ -68,6 +70,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     except TargetError as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:  # a broken target gives a report, not a traceback
+        log = FindingLog(catalog.level_of, policy)
+        log.run_errors.append(f"the run stopped: {type(e).__name__}: {e}")
     actor = "driver" if target.kind == "driver" else "device"
     key = None if target.kind == "driver" else device_key(target.name)
     report = build_report(
@@ -79,17 +84,17 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         ring=args.ring,
         device_key=key,
     )
-    coverage = catalog_coverage(catalog)
-    print_report(report, console, coverage)
+    cov = coverage(catalog, [log])
+    print_report(report, console, cov)
     outputs: list[tuple[str | None, Callable[[], str]]] = [
-        (args.json, lambda: to_json(report, coverage)),
+        (args.json, lambda: to_json(report, cov)),
         (args.junit_xml, lambda: to_junit(report)),
-        (args.html, lambda: to_html(report, coverage)),
+        (args.html, lambda: to_html(report, cov)),
     ]
     for path, text in outputs:
         if path:
             Path(path).write_text(text(), encoding="utf-8")
-    return EXIT_FAIL if report.must_failures else EXIT_OK
+    return EXIT_FAIL if report.failed else EXIT_OK
 
 
 async def _run(kind: str, args: argparse.Namespace, policy: Any, catalog: Any) -> Any:

@@ -5,8 +5,10 @@ calls; :func:`run_device` takes an already opened :class:`~virtio_sim.conformanc
 so that tests can hand it deliberately broken devices. Under the strict policy the first
 MUST-level failure ends the run (the failing finding is in the log and in
 :attr:`DeviceLog.stopped`); lenient runs every checker. A checker that cannot proceed
-(the device refused a feature set it needed, a queue is missing) leaves a note and the
-ids it did not decide stay NOT_COVERED, never PASS.
+(the device refused a feature set it needed, a queue is missing, the device stopped
+answering, any exception at all) records ERROR with the reason for every id it had not
+decided yet: the run fails (exit 1) and the report says why, never a traceback and never
+a silent NOT_COVERED.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from virtio_sim.conformance.dut import (
     open_qemu,
     open_transport,
 )
-from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
+from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop, Verdict
 from virtio_sim.conformance.rawring import Arena
 from virtio_sim.conformance.targets import (
     TargetError,
@@ -115,6 +117,7 @@ async def run_device(
         opened = await open_transport(dut)
     except (DutError, TransportError, HostLinkError) as e:
         log.notes.append(f"device not found: {e}")
+        log.run_errors.append(f"the device could not be found or identified: {e}")
         return log
     arena = Arena(dut.memory, dut.ram_base + ARENA_OFFSET, dut.ram_base + ARENA_OFFSET + ARENA_SIZE)
     ctx = Ctx(dut, opened, log, ring, arena, thorough=thorough)
@@ -133,12 +136,23 @@ async def run_device(
             log.stopped = stop.finding
             break
         except Refused as e:
-            log.notes.append(f"{c.name}: {e}")
+            _checker_error(log, c.ids, f"{c.name}: {e}")
         except (TransportError, HostLinkError, DmaError, MemoryError, trio.TooSlowError) as e:
-            log.notes.append(f"{c.name}: stopped: {type(e).__name__}: {e}")
+            _checker_error(log, c.ids, f"{c.name}: stopped: {type(e).__name__}: {e}")
+        except Exception as e:  # a broken device must give a finding, not a traceback
+            _checker_error(log, c.ids, f"{c.name}: crashed: {type(e).__name__}: {e}")
     log.notes += ctx.notes
     try:
         await opened.ops.reset()
-    except (TransportError, HostLinkError):
+    except Exception:  # the findings are recorded; a dead device stays dead
         pass
     return log
+
+
+def _checker_error(log: DeviceLog, ids: tuple[str, ...], why: str) -> None:
+    """A checker that could not proceed: ERROR (with the reason) for each of its ids that
+    it had not decided yet, and a note."""
+    log.notes.append(why)
+    for rid in ids:
+        if rid not in log.findings or log.findings[rid].verdict is Verdict.NOT_COVERED:
+            log.error(rid, why)

@@ -37,7 +37,7 @@ from host.build import HostConfig, HostSetup, build_host
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
-from virtio_sim.spec import DEVICE_TYPES, PCI
+from virtio_sim.spec import DEVICE_TYPES, NET_F, PCI
 
 RAM_SIZE = 64 << 20
 #: the window of guest RAM the conformance driver allocates from (above what firmware uses)
@@ -230,11 +230,16 @@ def open_host(
 
 
 def _poke_host_config(setup: HostSetup) -> bool:
-    """A device-side config change: net link flap; others have none to offer."""
+    """A device-side config change: net link flap (with VIRTIO_NET_F_STATUS offered), blk
+    image resize; rng, console without a size and the IOMMU have none to offer."""
     for b in setup.built:
         set_link = getattr(b.model, "set_link", None)
-        if set_link is not None:
+        if set_link is not None and getattr(b.model, "offered", 0) >> NET_F.STATUS & 1:
             set_link(not getattr(b.model, "link_up", True))
+            return True
+        resize = getattr(b.model, "resize", None)
+        if resize is not None:
+            resize(int(getattr(b.model, "size_bytes", 0)) + (1 << 20))
             return True
     return False
 
