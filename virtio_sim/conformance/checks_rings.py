@@ -489,6 +489,11 @@ async def packed_ring(ctx: Ctx) -> None:
         used = await wait_used(ctx, q, len(batch))
         reqs += batch
         after_used += _writes_after_used(ctx, ring, round_mark, rnd)
+        if len(used) < len(batch):
+            mis = _misencoded_used(ctx, ring)
+            if mis:
+                enc.append(f"round {rnd}: {mis}")
+                break  # the driver cannot see past a descriptor it does not recognise as used
         ids = [u.id for u in used]
         if ctx.dut.trace is not None:
             traced += [f"{p} (round {rnd})" for p in _round_order(ctx, ring, round_mark, batch, ids)]
@@ -589,6 +594,21 @@ async def packed_ring(ctx: Ctx) -> None:
     ctx.log.check(
         "packed.evsupp.dev-honour-driver-area", not bad, f"(mode, served, interrupt, expected): {bad}"
     )
+
+
+def _misencoded_used(ctx: Ctx, ring: RawPackedRing) -> str | None:
+    """The descriptor where the driver expects the next used one: AVAIL == USED (the
+    device's mark) but not equal to the used wrap counter is a wrongly encoded used
+    descriptor (what the driver wrote has AVAIL != USED)."""
+    raw = ctx.dut.memory.read(ring.desc_addr(ring.next_used), layouts.PACKED_DESC_SIZE)
+    _addr, length, buf_id, flags = struct.unpack("<QIHH", raw)
+    avail, usedb = bool(flags & PACKED_DESC_F.AVAIL), bool(flags & PACKED_DESC_F.USED)
+    if avail == usedb and avail != bool(ring.used_wrap):
+        return (
+            f"slot {ring.next_used}: id {buf_id} len {length} flags {flags:#x} marked used with "
+            f"AVAIL=USED={int(avail)}, but the used wrap counter is {ring.used_wrap}"
+        )
+    return None
 
 
 def _writes_after_used(ctx: Ctx, ring: RawPackedRing, mark: int, rnd: int) -> list[str]:

@@ -43,6 +43,8 @@ from virtio_sim.dma import DmaError
 
 CHECKER_TIMEOUT = 120.0  # a checker that hangs is a device bug, not a reason to hang the run
 GUEST_ORDER_PROP = "x-guest-order"  # host:DEVICE,x-guest-order=big: a big-endian guest
+#: host:DEVICE,x-memory-path=lease: the device's rings on their lease fast path (dut.open_host)
+MEMORY_PATH_PROP = "x-memory-path"
 
 
 @dataclass
@@ -84,10 +86,15 @@ async def run_device_target(
     order = props.pop(GUEST_ORDER_PROP, "little")  # a machine property, not the device's
     if order not in ("little", "big"):
         raise TargetError(f"{GUEST_ORDER_PROP}={order!r}: little or big")
+    path = props.pop(MEMORY_PATH_PROP, "checked")
+    if path != "checked" and target.kind != "host":
+        raise TargetError(f"{MEMORY_PATH_PROP} is a property of our host devices only")
     option = _with_ring(",".join([name, *(f"{k}={v}" for k, v in props.items())]), ring)
     try:
         if target.kind == "host":
-            dut = open_host(option, transport, guest_order="big" if order == "big" else "little")
+            dut = open_host(
+                option, transport, guest_order="big" if order == "big" else "little", memory_path=path
+            )
         else:
             dut = await trio.to_thread.run_sync(lambda: open_qemu(option, transport))
     except DutError as e:

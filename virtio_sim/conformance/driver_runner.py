@@ -41,6 +41,7 @@ from virtio_sim.conformance.driver_watch import (
     DriverWatch,
 )
 from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
+from virtio_sim.conformance.write_order import AvailWriteOrder, observe_guest_writes
 from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
@@ -56,6 +57,8 @@ DEVICE_PROPS = ("in_order", "notification_data", "event_idx", "indirect_desc", "
 RINGS = ("split", "packed")
 KNOWN_DEVIATIONS = "driver-known-deviations.toml"
 RUN_TIMEOUT = 10.0
+MEMORY_PATH_PROP = "x-memory-path"
+MEMORY_PATHS = ("checked", "lease")
 
 
 class DriverTargetError(ValueError):
@@ -68,6 +71,9 @@ class DriverTarget:
     devices: tuple[str, ...]
     seed: int = 1
     device_props: tuple[str, ...] = ()  # "prop=on|off" for every device
+    #: "checked": guest RAM offers no leases and the guest's avail writes are watched one
+    #: by one (write_order.py); "lease": the rings' direct-window fast path, not watched
+    memory_path: str = "checked"
 
 
 def parse_driver_spec(spec: str) -> DriverTarget:
@@ -79,6 +85,7 @@ def parse_driver_spec(spec: str) -> DriverTarget:
     devices: tuple[str, ...] = tuple(WORKLOAD_FOR)
     seed = 1
     device_props: list[str] = []
+    memory_path = "checked"
     for prop in props:
         key, eq, value = prop.partition("=")
         if not eq:
@@ -92,19 +99,24 @@ def parse_driver_spec(spec: str) -> DriverTarget:
                 seed = int(value)
             except ValueError:
                 raise DriverTargetError(f"seed={value} is not an integer") from None
+        elif key == MEMORY_PATH_PROP:
+            if value not in MEMORY_PATHS:
+                raise DriverTargetError(f"{key}={value}: {' or '.join(MEMORY_PATHS)}")
+            memory_path = value
         elif key in DEVICE_PROPS:
             if value not in ("on", "off"):
                 raise DriverTargetError(f"{key}={value}: on or off")
             device_props.append(prop)
         else:
             raise DriverTargetError(
-                f"unknown driver target property {key!r} (device, seed, {', '.join(DEVICE_PROPS)})"
+                f"unknown driver target property {key!r} "
+                f"(device, seed, {MEMORY_PATH_PROP}, {', '.join(DEVICE_PROPS)})"
             )
     try:
         load_driver_profile(name)
     except (OSError, ValueError) as e:
         raise DriverTargetError(f"unknown driver profile {name!r}: {e}") from None
-    return DriverTarget(name, devices, seed, tuple(device_props))
+    return DriverTarget(name, devices, seed, tuple(device_props), memory_path)
 
 
 def known_deviations(profile: str, transport: str, root: Path | None = None) -> dict[str, str]:
@@ -245,9 +257,12 @@ def watch_host(
     watches: list[DriverWatch] | None = None,
     traps: bool = False,
     odd: str | None = None,
+    write_order: bool = False,
 ) -> Callable[[HostSetup], Callable[[], None] | None]:
     """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device (``odd``:
-    every mmio device presents that odd identification value, see run_driver_check)."""
+    every mmio device presents that odd identification value, see run_driver_check;
+    ``write_order``: the guest's avail ring writes are watched one by one, on the checked
+    memory path, see write_order.py)."""
 
     def attach(setup: HostSetup) -> Callable[[], None]:
         attached: list[DriverWatch] = []
@@ -282,8 +297,14 @@ def watch_host(
             attached.append(watch)
         if watches is not None:
             watches.extend(attached)
+        undo: Callable[[], None] | None = None
+        if write_order:
+            order = AvailWriteOrder(log, [w.source for w in attached])
+            undo = observe_guest_writes(setup.memory, order)
 
         def finish() -> None:
+            if undo is not None:
+                undo()
             for watch in attached:
                 watch.finish()
 
@@ -306,6 +327,7 @@ async def run_driver_check(
     workload: str | None = None,
     traps: bool = True,
     odd: str | None = None,
+    memory_path: str = "checked",
 ) -> RunResult | None:
     """One run of a guest (its policy may carry a seeded broken device class) against one
     device with a watch; None when a strict stop ended it. ``odd`` (mmio transports, a key
@@ -336,7 +358,14 @@ async def run_driver_check(
             guest=policy_for_guest,
             iommu="virtio-iommu" if behind_iommu else "none",
             on_host=watch_host(
-                log, transport, lambda _finding: scope.cancel(), attached, traps=traps, odd=odd
+                log,
+                transport,
+                lambda _finding: scope.cancel(),
+                attached,
+                traps=traps,
+                odd=odd,
+                # behind an IOMMU ring addresses are IOVAs, not the guest addresses written
+                write_order=memory_path == "checked" and not behind_iommu,
             ),
         )
         result = await run_embedded(cfg)
@@ -372,6 +401,7 @@ async def run_driver_target(
             log=log,
             seed=target.seed,
             device_props=target.device_props,
+            memory_path=target.memory_path,
         )
         if result is None:
             break  # strict stop

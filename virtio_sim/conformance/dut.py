@@ -40,6 +40,8 @@ from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, NET_F, PCI
 
 RAM_SIZE = 64 << 20
+#: how a host device under test reaches guest RAM (open_host)
+MEMORY_PATHS = ("checked", "lease")
 #: the window of guest RAM the conformance driver allocates from (above what firmware uses)
 ARENA_OFFSET = 16 << 20
 ARENA_SIZE = 32 << 20
@@ -173,6 +175,7 @@ def open_host(
     *,
     patch: Callable[[HostSetup], None] | None = None,
     guest_order: ByteOrder = "little",
+    memory_path: str = "checked",
 ) -> Dut:
     """Our host device ``device`` (a -device string) on ``transport``, in this process.
 
@@ -180,7 +183,14 @@ def open_host(
     virtio-rng endpoint behind it on ``transport`` that honours ACCESS_PLATFORM, so that
     translations and faults can be observed. ``patch`` lets test fixtures break the built
     devices before anything runs.
+
+    ``memory_path``: "checked" (default) gives the device an address space that records
+    every access (:attr:`Dut.trace`) and offers no direct windows, so the rings take their
+    checked path; "lease" gives it guest RAM's own address space, whose leases put the
+    rings on their fast path (no trace then: ordering rules are not decided from it).
     """
+    if memory_path not in MEMORY_PATHS:
+        raise DutError(f"memory path {memory_path!r}: {' or '.join(MEMORY_PATHS)}")
     name = device.split(",", 1)[0]
     trace: list[Access] = []
     scratch = tempfile.TemporaryDirectory(prefix="virtio-sim-conf-")
@@ -199,7 +209,11 @@ def open_host(
         scratch_dir=scratch.name,
         iommu="virtio-iommu" if iommu else "none",
         guest_order=guest_order,
-        address_space=lambda mem: TracingSpace(IdentityAddressSpace(mem), trace),
+        address_space=(
+            (lambda mem: TracingSpace(IdentityAddressSpace(mem), trace))
+            if memory_path == "checked"
+            else IdentityAddressSpace
+        ),
     )
     try:
         setup = build_host(cfg)
@@ -215,7 +229,7 @@ def open_host(
         link=DirectLink(setup),
         memory=setup.memory,
         cmdline=setup.machine.kernel_cmdline(),
-        trace=trace,
+        trace=trace if memory_path == "checked" else None,
         key="iommu" if iommu else device_key(name),
         setup=setup,
         guest_order=guest_order,

@@ -1,0 +1,117 @@
+"""The order in which a guest driver writes its split avail rings, seen write by write.
+
+A driver MUST make a ring entry visible before the avail idx that covers it (2.7.13.3.1,
+``split.avail.drv-barrier-before-idx``). Looking at the ring when the driver kicks cannot
+tell a driver that wrote idx first: by the kick the entry is there too. This watch sees
+every write the guest makes to guest RAM, in order, and decides the rule at the moment an
+idx write lands: every entry the new idx covers must have been written since the entry
+was last published.
+
+It needs the guest's writes to go through ``GuestMemory.write``: :func:`observe_guest_writes`
+turns the memory's direct windows (leases) off for the run, so the driver and the device
+both take the checked path. Runs that exercise the lease fast path instead do not attach
+it (the rule is then decided, or not, from what the ring shows at each kick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from host.observer import RingSource
+from virtio_sim import layouts
+from virtio_sim.conformance.findings import FindingLog
+from virtio_sim.memory import GuestMemory
+
+RULE = "split.avail.drv-barrier-before-idx"
+IDX_MASK = 0xFFFF
+
+
+@dataclass
+class _Ring:
+    driver: int  # the avail ring's guest address
+    size: int
+    idx: int = 0  # the avail idx last published
+    written: set[int] = field(default_factory=set)  # entry slots written since published
+
+
+class AvailWriteOrder:
+    """Decides RULE for every queue of ``sources`` from the guest's writes."""
+
+    def __init__(self, log: FindingLog, sources: list[RingSource], queues: int = 8) -> None:
+        self.log = log
+        self.sources = sources
+        self.queues = queues
+        self.rings: dict[tuple[int, int], _Ring] = {}
+        self.decided = 0
+
+    def _views(self) -> list[tuple[tuple[int, int], int, int, str]]:
+        out: list[tuple[tuple[int, int], int, int, str]] = []
+        for n, src in enumerate(self.sources):
+            for i in range(self.queues):
+                view = src.ring_view(i)
+                if view is None or view.packed or not view.driver:
+                    continue
+                out.append(((n, i), view.driver, view.size, view.order))
+        return out
+
+    def on_write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        end = addr + len(data)
+        for key, driver, size, order in self._views():
+            ring_lo = driver + layouts.avail_entry_offset(0)
+            ring_hi = driver + layouts.avail_entry_offset(size)
+            idx_at = driver + layouts.RING_IDX_OFFSET
+            if end <= driver or addr >= ring_hi:
+                continue
+            ring = self.rings.get(key)
+            if ring is None or ring.driver != driver or ring.size != size:
+                ring = self.rings[key] = _Ring(driver, size)
+            if end > ring_lo and addr < ring_hi:
+                first = max(0, (addr - ring_lo) // 2)
+                last = min(size - 1, (end - 1 - ring_lo) // 2)
+                ring.written.update(range(first, last + 1))
+            if addr <= idx_at and end >= idx_at + 2:
+                raw = bytes(data[idx_at - addr : idx_at - addr + 2])
+                new = int.from_bytes(raw, "big" if order == "big" else "little")
+                if addr < idx_at:  # a write of the whole header (ring initialisation)
+                    ring.idx, ring.written = new, set()
+                    continue
+                self._publish(key, ring, new)
+
+    def _publish(self, key: tuple[int, int], ring: _Ring, new: int) -> None:
+        count = (new - ring.idx) & IDX_MASK
+        if count > ring.size:  # not a publication (a reset ring, a wild write): start over
+            ring.idx, ring.written = new, set()
+            return
+        missing = [pos for pos in range(ring.idx, ring.idx + count) if pos % ring.size not in ring.written]
+        for pos in range(ring.idx, ring.idx + count):
+            ring.written.discard(pos % ring.size)
+        ring.idx = new
+        if missing:
+            self.log.failed(
+                RULE,
+                f"queue {key[1]}: avail idx {new} written before the ring entries at positions "
+                f"{[p & IDX_MASK for p in missing][:4]} (seen write by write)",
+            )
+        elif count:
+            self.decided += 1
+            self.log.passed(RULE)
+
+
+def observe_guest_writes(memory: GuestMemory, watch: AvailWriteOrder) -> Callable[[], None]:
+    """Route every write to ``memory`` through ``watch`` (after it lands) and turn its
+    leases off, for one run; returns the undo."""
+    inner = memory.write
+
+    def write(addr: int, data: bytes | bytearray | memoryview) -> None:
+        inner(addr, data)
+        watch.on_write(addr, data)
+
+    memory.write = write  # type: ignore[method-assign]
+    memory.lease = lambda addr, length, write=True: None  # type: ignore[method-assign]
+
+    def undo() -> None:
+        del memory.write
+        del memory.lease
+
+    return undo
