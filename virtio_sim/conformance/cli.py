@@ -28,8 +28,12 @@ TRANSPORT_CHOICES = ("mmio-v2", "mmio-v1", "pci-modern", "pci-transitional", "pc
 def add_conformance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
-        required=True,
         help="host:DEVICE[,props] | qemu:DEVICE[,props] | driver:PROFILE[,props]",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("default",),
+        help="run the default runs (virtio_sim/conformance/suite.py) and report their coverage",
     )
     p.add_argument("--transport", default="mmio-v2", help=f"{'|'.join(TRANSPORT_CHOICES)} (default mmio-v2)")
     p.add_argument("--ring", default="split", help="split|packed (default split)")
@@ -55,6 +59,11 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from virtio_sim.conformance.targets import TargetError, check_transport_ring, parse_target
 
     console = Console()
+    if (args.suite is None) == (args.target is None):
+        print("virtio-sim conformance: error: give --target or --suite (one of them)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.suite is not None:
+        return _suite(args, console)
     try:
         catalog = load_catalog()
         target = parse_target(args.target)
@@ -95,6 +104,62 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         if path:
             Path(path).write_text(text(), encoding="utf-8")
     return EXIT_FAIL if report.failed else EXIT_OK
+
+
+def _suite(args: argparse.Namespace, console: Console) -> int:
+    """The default runs: one line per run, then the coverage they decide together."""
+    import json
+
+    from rich.text import Text
+
+    from virtio_sim.conformance.catalog import CatalogError, load_catalog
+    from virtio_sim.conformance.findings import MANDATORY_LEVELS
+    from virtio_sim.conformance.report import coverage
+    from virtio_sim.conformance.suite import default_runs, run_suite
+
+    try:
+        catalog = load_catalog()
+    except CatalogError as e:
+        print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    failed_runs = []
+
+    def progress(run: Any, log: Any) -> None:
+        fails = [
+            f.requirement
+            for f in log.unexplained_failures()
+            if catalog.level_of(f.requirement) in MANDATORY_LEVELS
+        ]
+        errors = [f.requirement for f in log.errors()] + list(log.run_errors)
+        if fails or errors:
+            failed_runs.append(str(run))
+        console.print(
+            Text(f"{run}: {len(fails)} MUST failures, {len(errors)} errors {fails[:3]} {errors[:2]}")
+        )
+
+    results = run_suite(default_runs(), catalog, progress)
+    cov = coverage(catalog, [log for _, log in results])
+    console.print(Text(cov.line()))
+    for area, why in cov.out_of_scope.items():
+        console.print(Text(f"out of scope: {area}: {why}"))
+    if args.json:
+        data = {
+            "suite": args.suite,
+            "runs": [
+                {
+                    "target": r.target,
+                    "transport": r.transport,
+                    "ring": r.ring,
+                    "failures": sorted(f.requirement for f in log.unexplained_failures()),
+                    "known": sorted(f.requirement for f in log.failures() if f.known),
+                    "errors": sorted(f.requirement for f in log.errors()) + list(log.run_errors),
+                }
+                for r, log in results
+            ],
+            "coverage": cov.to_dict(),
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return EXIT_FAIL if failed_runs else EXIT_OK
 
 
 async def _run(kind: str, args: argparse.Namespace, policy: Any, catalog: Any) -> Any:
