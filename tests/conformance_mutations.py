@@ -234,6 +234,51 @@ def _packed_lease_wrap_bug(self: PackedDeviceQueue, head: int, written: int) -> 
 _orig_mmio_read = MmioTransport.read
 
 
+_orig_ctrl_mac = NetDevice._ctrl_mac
+
+
+def _mac_table_late(self: NetDevice, cmd: int, data: bytes) -> int:
+    # the table is parsed and acked, but only put in force at the next command
+    pending = getattr(self, "_pending_table", None)
+    saved = (self.filter.uni, self.filter.multi)
+    ack = int(_orig_ctrl_mac(self, cmd, data))
+    if cmd == 0:  # TABLE_SET
+        self._pending_table = (self.filter.uni, self.filter.multi)  # type: ignore[attr-defined]
+        self.filter.uni, self.filter.multi = pending if pending else saved
+    return ack
+
+
+_orig_net_reset = NetDevice.reset
+
+
+def _net_reset_keeps_table(self: NetDevice) -> None:
+    uni = list(self.filter.uni)
+    _orig_net_reset(self)
+    self.filter.uni = uni  # the MAC filter survives a device reset
+
+
+_orig_rx_header = NetDevice._rx_header
+
+
+def _data_valid_always(self: NetDevice, frame: Any, buffers: int) -> bytes:
+    raw = bytearray(_orig_rx_header(self, frame, buffers))
+    raw[0] |= 2  # DATA_VALID without validating anything
+    return bytes(raw)
+
+
+_orig_parse_tx = NetDevice._parse_tx
+
+
+def _tx_csum_without_needs_csum(self: NetDevice, queue: Any, chain: Any, pair: int) -> Any:
+    frame = _orig_parse_tx(self, queue, chain, pair)
+    if frame is not None and frame.partial_csum is None:
+        # csum_start/csum_offset honoured without NEEDS_CSUM: the "checksum" is written
+        data = bytearray(frame.data)
+        data[40:42] = b"\xab\xcd"
+        frame = type(frame)(bytes(data), None, frame.queue_hint)
+    return frame
+
+
 def _no_version_1(self: VirtioDevice) -> int:
     return int(self.model.device_features() | (self.transport_features.mask() & ~bit(F.VERSION_1)))
 
@@ -513,6 +558,36 @@ MUTATIONS: tuple[Mutation, ...] = (
         "packed",
         "packed.wrap.dev-used-encoding",
         _attr(PackedDeviceQueue, "push", _packed_lease_wrap_bug),
+    ),
+    Mutation(
+        "net-num-buffers-extra",
+        "virtio-net claims one receive buffer more than it used",
+        "host:virtio-net,x-fault=num-buffers-extra", "mmio-v2", "split", "net.rx.dev-num-buffers",
+        lambda stack: None,
+    ),
+    Mutation(
+        "net-mac-table-late",
+        "virtio-net acks MAC_TABLE_SET before the table is in force",
+        "host:virtio-net", "pci-modern", "split", "net.mac.dev-table-before-complete",
+        _attr(NetDevice, "_ctrl_mac", _mac_table_late),
+    ),
+    Mutation(
+        "net-mac-table-survives-reset",
+        "virtio-net keeps its MAC filter table across a device reset",
+        "host:virtio-net", "mmio-v2", "split", "net.mac.dev-empty-on-reset",
+        _attr(NetDevice, "reset", _net_reset_keeps_table),
+    ),
+    Mutation(
+        "net-data-valid-unchecked",
+        "virtio-net marks every received frame DATA_VALID",
+        "host:virtio-net", "pci-modern", "split", "net.rx.dev-data-valid",
+        _attr(NetDevice, "_rx_header", _data_valid_always),
+    ),
+    Mutation(
+        "net-tx-csum-fields-honoured",
+        "virtio-net writes a checksum although NEEDS_CSUM is clear",
+        "host:virtio-net", "mmio-v2", "split", "net.tx.dev-csum-fields-only-with-needs-csum",
+        _attr(NetDevice, "_parse_tx", _tx_csum_without_needs_csum),
     ),
     # driver side
     Mutation(

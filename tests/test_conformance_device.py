@@ -34,9 +34,19 @@ KNOWN = {
 
 
 #: extra device properties, run on mmio-v2 split: features our defaults do not negotiate
-VARIANTS = (("virtio-blk", "readonly=on"), ("virtio-rng", "in_order=on"), ("virtio-rng", "event_idx=off"))
+VARIANTS = (
+    ("virtio-blk", "readonly=on"),
+    ("virtio-rng", "in_order=on"),
+    ("virtio-rng", "event_idx=off"),
+    ("virtio-net", "mrg_rxbuf=off,guest_csum=off"),  # one buffer per frame, rx flags 0
+    ("virtio-net", "mq=on"),
+)
 #: ids only QEMU's devices can decide (our blk offers no CONFIG_WCE); see test_conformance_qemu
 QEMU_ONLY = {
+    "net.cfg.dev-mtu-range",  # MTU / SPEED_DUPLEX: QEMU's virtio-net with host_mtu=, speed=
+    "net.cfg.dev-mtu-stable",
+    "net.cfg.dev-speed",
+    "net.cfg.dev-duplex",
     "blk.dev.writeback-zero-without-flush",
     "blk.dev.unknown-flags-unsupp",
     "blk.dev.discard-unmap-unsupp",
@@ -48,6 +58,8 @@ QEMU_ONLY = {
 BIG_ENDIAN = (
     ("virtio-blk,x-guest-order=big", "mmio-v1", "split"),
     ("virtio-blk,x-guest-order=big", "pci-legacy", "split"),
+    ("virtio-net,x-guest-order=big", "mmio-v1", "split"),
+    ("virtio-net,x-guest-order=big", "pci-legacy", "split"),
 )
 
 

@@ -414,6 +414,7 @@ def load_all() -> dict[str, Checker]:
         checks_devices,
         checks_iommu,
         checks_negotiation,
+        checks_net,
         checks_pci,
         checks_rings,
         checks_vqreset,

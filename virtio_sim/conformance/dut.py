@@ -244,12 +244,15 @@ def open_host(
 
 
 def _poke_host_config(setup: HostSetup) -> bool:
-    """A device-side config change: net link flap (with VIRTIO_NET_F_STATUS offered), blk
-    image resize; rng, console without a size and the IOMMU have none to offer."""
+    """A device-side config change: net link flap (down and up again, with
+    VIRTIO_NET_F_STATUS offered), blk image resize; rng, console without a size and the
+    IOMMU have none to offer."""
     for b in setup.built:
         set_link = getattr(b.model, "set_link", None)
         if set_link is not None and getattr(b.model, "offered", 0) >> NET_F.STATUS & 1:
-            set_link(not getattr(b.model, "link_up", True))
+            up = getattr(b.model, "link_up", True)
+            set_link(not up)  # a flap: two config changes, and the link as it was after
+            set_link(up)
             return True
         resize = getattr(b.model, "resize", None)
         if resize is not None:

@@ -60,6 +60,10 @@ def host_runs() -> list[Run]:
         Run("host:virtio-blk,readonly=on", "mmio-v2"),
         Run("host:virtio-blk,x-guest-order=big", "mmio-v1"),
         Run("host:virtio-blk,x-guest-order=big", "pci-legacy"),
+        Run("host:virtio-net,mrg_rxbuf=off,guest_csum=off", "mmio-v2"),
+        Run("host:virtio-net,mq=on", "pci-modern"),
+        Run("host:virtio-net,x-guest-order=big", "mmio-v1"),
+        Run("host:virtio-net,x-guest-order=big", "pci-legacy"),
     ]
     for d in ("virtio-rng", "virtio-blk", "virtio-net"):
         for r in ("split", "packed"):
@@ -84,6 +88,8 @@ QEMU_RUNS = (
     Run("qemu:virtio-rng", "pci-modern", "packed"),
     Run("qemu:virtio-rng", "pci-legacy"),
     Run("qemu:virtio-iommu", "pci-modern"),
+    # MTU and SPEED_DUPLEX: offered by QEMU's virtio-net with these properties, not by ours
+    Run("qemu:virtio-net,host_mtu=1500,speed=1000,duplex=full", "pci-modern"),
 )
 
 
