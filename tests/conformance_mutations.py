@@ -25,6 +25,7 @@ import trio
 
 from guest.virtio import VirtioGuestDevice
 from host.devices.blk import BlkDevice
+from host.devices.console import ConsoleDevice
 from host.devices.net import NetDevice
 from host.devices.rng import RngDevice
 from host.transport.mmio import MmioTransport
@@ -358,6 +359,35 @@ async def _guest_clears_bits(self: VirtioGuestDevice) -> None:
     await self._set_status(STATUS.DRIVER_OK | STATUS.FEATURES_OK)  # ACKNOWLEDGE|DRIVER dropped
 
 
+_orig_send_control = ConsoleDevice._send_control
+
+
+def _port_added_twice(self: ConsoleDevice, port_id: int, event: int, value: int, extra: bytes = b"") -> None:
+    _orig_send_control(self, port_id, event, value, extra)
+    if event == 1:  # PORT_ADD: announced again, as if the port were new
+        _orig_send_control(self, port_id, event, value, extra)
+
+
+def _control_little_endian(
+    self: ConsoleDevice, port_id: int, event: int, value: int, extra: bytes = b""
+) -> None:
+    msg = (
+        layouts.console_control_codec("little").pack(port_id, event, value) + extra
+    )  # the guest's order forgotten
+    self.control_out.append(msg)
+    if self.hooks is not None:
+        self.hooks.kick_from_device(2)
+
+
+_orig_mark_broken = VirtioGuestDevice.mark_broken
+
+
+def _guest_ignores_needs_reset(self: VirtioGuestDevice, reason: str) -> None:
+    if "DEVICE_NEEDS_RESET" in reason:
+        return  # the status bit seen and ignored: outstanding requests are still waited for
+    _orig_mark_broken(self, reason)
+
+
 _orig_split_kick_prepare = SplitDriverQueue.kick_prepare
 
 
@@ -589,6 +619,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         "host:virtio-net", "mmio-v2", "split", "net.tx.dev-csum-fields-only-with-needs-csum",
         _attr(NetDevice, "_parse_tx", _tx_csum_without_needs_csum),
     ),
+    Mutation(
+        "console-port-added-twice",
+        "virtio-console announces a port twice",
+        "host:virtio-serial", "pci-modern", "split", "console.dev.port-add-valid",
+        _attr(ConsoleDevice, "_send_control", _port_added_twice),
+    ),
+    Mutation(
+        "console-control-wrong-endian",
+        "virtio-console writes control messages little-endian to a big-endian legacy guest",
+        "host:virtio-serial,x-guest-order=big", "mmio-v1", "split",
+        "console.legacy.control-native-endian-dev",
+        _attr(ConsoleDevice, "_send_control", _control_little_endian),
+    ),
     # driver side
     Mutation(
         "guest-features-after-features-ok",
@@ -625,6 +668,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "split",
         "init.drv.reset-first",
         _attr(VirtioGuestDevice, "negotiate", _guest_no_reset),
+    ),
+    Mutation(
+        "guest-ignores-needs-reset",
+        "the guest keeps waiting for requests after DEVICE_NEEDS_RESET",
+        "driver:linux-6.1,device=rng", "pci-modern", "split", "status.drv.needs-reset-no-rely",
+        _attr(VirtioGuestDevice, "mark_broken", _guest_ignores_needs_reset),
     ),
     Mutation(
         "guest-clears-status-bits",

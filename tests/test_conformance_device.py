@@ -60,6 +60,8 @@ BIG_ENDIAN = (
     ("virtio-blk,x-guest-order=big", "pci-legacy", "split"),
     ("virtio-net,x-guest-order=big", "mmio-v1", "split"),
     ("virtio-net,x-guest-order=big", "pci-legacy", "split"),
+    ("virtio-serial,x-guest-order=big", "mmio-v1", "split"),
+    ("virtio-serial,x-guest-order=big", "pci-legacy", "split"),
 )
 
 

@@ -23,6 +23,7 @@ RUNS = (
     ("qemu:virtio-rng", "pci-legacy", "split", 30),
     ("qemu:virtio-iommu", "pci-modern", "split", 80),
     ("qemu:virtio-net,host_mtu=1500,speed=1000,duplex=full", "pci-modern", "split", 60),
+    ("qemu:virtio-serial", "pci-modern", "split", 40),
 )
 
 

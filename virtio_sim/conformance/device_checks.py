@@ -410,6 +410,7 @@ def overlaps(addr: int, length: int, seg_addr: int, seg_len: int) -> bool:
 # checkers live in their own modules; importing them registers them
 def load_all() -> dict[str, Checker]:
     from virtio_sim.conformance import (  # noqa: F401
+        checks_console,
         checks_core,
         checks_devices,
         checks_iommu,

@@ -57,6 +57,11 @@ DEVICE_PROPS = ("in_order", "notification_data", "event_idx", "indirect_desc", "
 RINGS = ("split", "packed")
 KNOWN_DEVIATIONS = "driver-known-deviations.toml"
 RUN_TIMEOUT = 10.0
+#: an odd run (run_driver_check): the device sets DEVICE_NEEDS_RESET at the driver's second
+#: kick, leaving that request outstanding; the driver must not wait for it (a HANG)
+NEEDS_RESET_RUN = "needs-reset"
+NEEDS_RESET_RULE = "status.drv.needs-reset-no-rely"
+NEEDS_RESET_AT_KICK = 2
 MEMORY_PATH_PROP = "x-memory-path"
 MEMORY_PATHS = ("checked", "lease")
 
@@ -175,6 +180,37 @@ def set_traps(vdev: VirtioDevice) -> None:
     vdev.notify = notify  # type: ignore[method-assign]
 
 
+def break_at_kick(vdev: VirtioDevice, kick: int) -> None:
+    """At the ``kick``-th notification after DRIVER_OK the device enters the error state
+    (DEVICE_NEEDS_RESET and a configuration change notification, host/virtio_device.py
+    set_needs_reset) instead of serving it: the request stays outstanding."""
+    inner = vdev.notify
+    seen = [0]
+
+    def notify(index: int) -> None:
+        if vdev.status & STATUS.DRIVER_OK and not vdev.broken:
+            seen[0] += 1
+            if seen[0] == kick:
+                vdev.set_needs_reset()
+                return
+        inner(index)
+
+    vdev.notify = notify  # type: ignore[method-assign]
+
+
+def judge_needs_reset(log: FindingLog, result: RunResult) -> None:
+    """The NEEDS_RESET run: a driver that still waits for the outstanding request hangs."""
+    if result.outcome is Outcome.HANG:
+        log.failed(
+            NEEDS_RESET_RULE,
+            f"DEVICE_NEEDS_RESET with a request outstanding: the driver hung ({result.detail})",
+        )
+    elif result.outcome is Outcome.NOT_PROBED:
+        return
+    else:
+        log.passed(NEEDS_RESET_RULE, f"DEVICE_NEEDS_RESET with a request outstanding: {result.outcome.value}")
+
+
 TRAP_EVENT_DISTANCE = 0x8000  # an avail_event no driver that honoured it would ever reach
 
 
@@ -285,6 +321,8 @@ def watch_host(
                 presented = [odd]
             if traps is not None and vdev is not setup.iommu_device:
                 set_traps(vdev)
+            if odd == NEEDS_RESET_RUN and vdev is not setup.iommu_device:
+                break_at_kick(vdev, NEEDS_RESET_AT_KICK)
             watch = DriverWatch(
                 log,
                 vdev,
@@ -369,6 +407,12 @@ async def run_driver_check(
             ),
         )
         result = await run_embedded(cfg)
+        if odd == NEEDS_RESET_RUN:
+            try:
+                judge_needs_reset(log, result)
+            except StrictStop:
+                return None
+            return result
         try:
             if policy_for_guest.pci_modern and transport == "pci-modern" and odd is None:
                 judge_presented(log, result, attached)
@@ -406,6 +450,12 @@ async def run_driver_target(
         if result is None:
             break  # strict stop
     else:
+        # the device breaks with a request outstanding (DEVICE_NEEDS_RESET, modern interfaces:
+        # the legacy interface has no such status bit)
+        if transport not in ("mmio-v1", "mmio", "pci-legacy"):
+            result = await run_driver_check(
+                replace(guest), device="rng", transport=transport, ring=ring, log=log, odd=NEEDS_RESET_RUN
+            )
         if transport in ("mmio-v2", "pci-modern"):  # a modern interface without VERSION_1
             result = await run_driver_check(
                 replace(guest), device="rng", transport=transport, ring=ring, log=log, odd=NO_VERSION_1
