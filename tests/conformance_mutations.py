@@ -23,6 +23,8 @@ from unittest import mock
 
 import trio
 
+from guest.drivers.console import ConsoleDriver
+from guest.drivers.net import NetDriver
 from guest.virtio import VirtioGuestDevice
 from host.devices.blk import BlkDevice
 from host.devices.console import ConsoleDevice
@@ -379,6 +381,24 @@ def _control_little_endian(
         self.hooks.kick_from_device(2)
 
 
+_orig_tx_header = NetDriver.tx_header
+
+
+def _guest_tx_data_valid(self: NetDriver, csum: tuple[int, int] | None = None) -> bytes:
+    raw = bytearray(_orig_tx_header(self, csum))
+    raw[0] |= 2  # DATA_VALID on transmit: an rx-only flag
+    return bytes(raw)
+
+
+_orig_send_control_guest = ConsoleDriver.send_control
+
+
+async def _guest_no_device_ready(self: ConsoleDriver, port: int, event: int, value: int, *a: Any) -> Any:
+    if event == 0:  # DEVICE_READY forgotten
+        return None
+    return await _orig_send_control_guest(self, port, event, value, *a)
+
+
 _orig_mark_broken = VirtioGuestDevice.mark_broken
 
 
@@ -674,6 +694,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the guest keeps waiting for requests after DEVICE_NEEDS_RESET",
         "driver:linux-6.1,device=rng", "pci-modern", "split", "status.drv.needs-reset-no-rely",
         _attr(VirtioGuestDevice, "mark_broken", _guest_ignores_needs_reset),
+    ),
+    Mutation(
+        "guest-net-tx-data-valid",
+        "the guest net driver sets DATA_VALID on transmit",
+        "driver:linux-6.1,device=net", "mmio-v2", "split", "net.tx.drv-no-rx-only-flags",
+        _attr(NetDriver, "tx_header", _guest_tx_data_valid),
+    ),
+    Mutation(
+        "guest-console-no-device-ready",
+        "the guest console driver never sends DEVICE_READY",
+        "driver:linux-6.1,device=console", "pci-modern", "split", "console.drv.device-ready",
+        _attr(ConsoleDriver, "send_control", _guest_no_device_ready),
     ),
     Mutation(
         "guest-clears-status-bits",

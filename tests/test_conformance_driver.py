@@ -43,6 +43,8 @@ PROFILE_RUNS = [
     ("linux-4.0", "pci-transitional", "split"),
     ("linux-3.18", "mmio", "split"),
     ("linux-6.1,device=blk,event_idx=off", "mmio-v2", "split"),  # the rules without EVENT_IDX
+    # virtio-net without CSUM, MRG_RXBUF and CTRL_RX, through the legacy interface
+    ("linux-6.1,device=net,csum=off,mrg_rxbuf=off,ctrl_rx=off", "pci-legacy", "split"),
 ]
 
 

@@ -50,10 +50,25 @@ from virtio_sim.spec import FEATURES, STATUS, USED_F, F, bit
 
 DEVICE_PROFILE = "qemu-7.2"
 #: blk without the workload's deliberate read past the end (a device probe, not driver behaviour)
-WORKLOAD_FOR = {"rng": "rng", "blk": "blk-rw-no-probe", "iommu": "blk-rw-no-probe"}
+WORKLOAD_FOR = {
+    "rng": "rng",
+    "blk": "blk-rw-no-probe",
+    "iommu": "blk-rw-no-probe",
+    "net": "net-loopback",
+    "console": "console-echo",
+}
 #: "iommu" is a blk device behind a virtio-iommu (iommu_platform=on): both are watched
 #: device properties a target may set (QEMU names): the ring features the driver then meets
-DEVICE_PROPS = ("in_order", "notification_data", "event_idx", "indirect_desc", "queue_reset")
+DEVICE_PROPS = (
+    "in_order",
+    "notification_data",
+    "event_idx",
+    "indirect_desc",
+    "queue_reset",
+    "ctrl_rx",  # virtio-net: the rules for a driver without CTRL_RX, CSUM or MRG_RXBUF
+    "csum",
+    "mrg_rxbuf",
+)
 RINGS = ("split", "packed")
 KNOWN_DEVIATIONS = "driver-known-deviations.toml"
 RUN_TIMEOUT = 10.0

@@ -84,6 +84,8 @@ DRIVER_RUNS = (
     Run("driver:linux-6.1,device=blk,event_idx=off", "mmio-v2"),
     Run("driver:linux-6.1,device=rng,in_order=on,notification_data=on", "pci-modern", "packed"),
     Run("driver:linux-6.1,device=rng,x-memory-path=lease", "pci-modern"),
+    Run("driver:linux-6.1,device=net,csum=off,mrg_rxbuf=off,ctrl_rx=off", "pci-legacy"),
+    Run("driver:linux-6.1,device=net,csum=off", "mmio-v2"),
 )
 
 QEMU_RUNS = (
