@@ -254,3 +254,18 @@ def test_every_driver_checker_id_is_decided(
     assert sorted(listed - decided) == []
     # and each failing verdict among them came from a seeded defect, not from our profiles
     assert {f.requirement for log in profile_logs.values() for f in log.unexplained_failures()} == set()
+
+
+@pytest.mark.parametrize(
+    "spec,transport",
+    [("driver:linux-4.0,device=iommu", "mmio-v2"), ("driver:linux-6.1-sev,device=rng", "pci-modern")],
+)
+def test_unknown_feature_is_not_blamed_without_a_control_run(spec: str, transport: str) -> None:
+    """linux-4.0 does not know ACCESS_PLATFORM (the device behind the IOMMU needs it) and
+    6.1 in an SEV guest refuses a device without it, by design: both stop short of
+    DRIVER_OK whether or not an unknown bit is offered. The control run without the bit
+    shows that, so the rule is NOT_COVERED with that reason, not a FAIL."""
+    log = _run(spec, transport)
+    finding = log.findings["features.drv.no-fail-on-unknown"]
+    assert finding.verdict is Verdict.NOT_COVERED, finding
+    assert "control run" in finding.evidence[-1]

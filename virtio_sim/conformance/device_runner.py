@@ -45,6 +45,25 @@ CHECKER_TIMEOUT = 120.0  # a checker that hangs is a device bug, not a reason to
 GUEST_ORDER_PROP = "x-guest-order"  # host:DEVICE,x-guest-order=big: a big-endian guest
 #: host:DEVICE,x-memory-path=lease: the device's rings on their lease fast path (dut.open_host)
 MEMORY_PATH_PROP = "x-memory-path"
+#: DEVICE,x-interface=legacy on pci-transitional: drive the function's legacy interface
+INTERFACE_PROP = "x-interface"
+#: rules the catalogue words for a *transitional* device: NOT_APPLICABLE on a device that is
+#: not one (legacy-only mmio v1 and PCI functions, modern-only ones)
+TRANSITIONAL_ONLY = frozenset(
+    {
+        "features.legacy.dev-detect-legacy-driver",
+        "features.legacy.dev-offer-any-layout",
+        "init.legacy.dev-early-config-write",
+        "init.legacy.dev-use-before-driver-ok",
+        "net.legacy.mac-writable",
+        "pci.legacy.dev-revision-zero",
+        "pci.legacy.dev-subsys-is-virtio-id",
+        "pci.legacy.dev-transitional-id",
+        "pci.legacy.dev-bar0-io",
+        "pci.legacy.dev-expose-io-bar0",
+        "pci.legacy.dev-config-offset",
+    }
+)
 
 
 @dataclass
@@ -54,6 +73,13 @@ class DeviceLog(FindingLog):
     notes: list[str] = field(default_factory=list)
     stopped: Finding | None = None
     checkers_run: list[str] = field(default_factory=list)
+    #: the device under test is not a transitional one (TRANSITIONAL_ONLY rules do not apply)
+    not_transitional: str | None = None
+
+    def _record(self, requirement: str, verdict: Verdict, evidence: str | None) -> Finding:
+        if self.not_transitional and requirement in TRANSITIONAL_ONLY:
+            verdict, evidence = Verdict.NOT_APPLICABLE, self.not_transitional
+        return super()._record(requirement, verdict, evidence)
 
 
 KNOWN_DEVIATIONS = "device-known-deviations.toml"
@@ -94,6 +120,9 @@ async def run_device_target(
     order = props.pop(GUEST_ORDER_PROP, "little")  # a machine property, not the device's
     if order not in ("little", "big"):
         raise TargetError(f"{GUEST_ORDER_PROP}={order!r}: little or big")
+    interface = props.pop(INTERFACE_PROP, "modern")
+    if interface not in ("modern", "legacy") or (interface == "legacy" and transport != "pci-transitional"):
+        raise TargetError(f"{INTERFACE_PROP}={interface}: modern, or legacy on pci-transitional")
     path = props.pop(MEMORY_PATH_PROP, "checked")
     if path != "checked" and target.kind != "host":
         raise TargetError(f"{MEMORY_PATH_PROP} is a property of our host devices only")
@@ -107,6 +136,7 @@ async def run_device_target(
             dut = await trio.to_thread.run_sync(lambda: open_qemu(option, transport))
     except DutError as e:
         raise TargetError(f"{spec}: {e}") from None
+    dut.interface = interface
     try:
         known = known_deviations(dut.key, transport) if target.kind == "host" else {}
         return await run_device(
@@ -128,6 +158,9 @@ async def run_device(
 ) -> DeviceLog:
     """``known``: documented deviations of this target (their FAILs are KNOWN)."""
     log = DeviceLog(catalog.level_of, policy, known=dict(known or {}))
+    if dut.transport != "pci-transitional":
+        kind = "a modern-only" if dut.transport in ("mmio-v2", "pci-modern") else "a legacy-only"
+        log.not_transitional = f"{kind} device ({dut.transport}): the rule is about transitional devices"
     try:
         opened = await open_transport(dut)
     except (DutError, TransportError, HostLinkError) as e:

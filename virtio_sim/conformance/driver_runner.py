@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -77,6 +78,9 @@ RUN_TIMEOUT = 10.0
 NEEDS_RESET_RUN = "needs-reset"
 NEEDS_RESET_RULE = "status.drv.needs-reset-no-rely"
 NEEDS_RESET_AT_KICK = 2
+#: the same run without the odd presentations (no unknown feature bit): a control
+CONTROL_RUN = "control"
+UNKNOWN_RULE = "features.drv.no-fail-on-unknown"
 MEMORY_PATH_PROP = "x-memory-path"
 MEMORY_PATHS = ("checked", "lease")
 
@@ -428,6 +432,16 @@ async def run_driver_check(
             except StrictStop:
                 return None
             return result
+        refused = [w.unknown_refused for w in attached if w.unknown_refused]
+        if refused and odd is None:
+            try:
+                await judge_unknown(
+                    log, refused[0], policy_for_guest, device, transport, ring,
+                    seed=seed, timeout=timeout, device_props=device_props, workload=workload,
+                    traps=traps, memory_path=memory_path,
+                )  # fmt: skip
+            except StrictStop:
+                return None
         try:
             if policy_for_guest.pci_modern and transport == "pci-modern" and odd is None:
                 judge_presented(log, result, attached)
@@ -444,7 +458,9 @@ async def run_driver_target(
     spec: str, *, transport: str, ring: str, policy: Policy, catalog: Catalog
 ) -> FindingLog:
     """Run ``spec`` (driver:PROFILE[,props]) on ``transport`` with ``ring`` rings; every
-    driver-side finding lands in the returned log (strict: up to the first MUST failure)."""
+    driver-side finding lands in the returned log (strict: up to the first MUST failure).
+    Where the driver stops short of DRIVER_OK on a device offering an unknown feature bit,
+    a control run without the bit decides whether the bit was the cause (judge_unknown)."""
     target = parse_driver_spec(spec)
     known = known_deviations(target.profile, transport)
     if "iommu" in target.devices:  # the virtio-iommu itself is an mmio device
@@ -488,6 +504,42 @@ async def run_driver_target(
                 if result is None:
                     break
     return log
+
+
+async def judge_unknown(
+    log: FindingLog,
+    why: str,
+    guest: GuestPolicy,
+    device: str,
+    transport: str,
+    ring: str,
+    **run: Any,
+) -> None:
+    """The driver stopped short of DRIVER_OK on a device offering an unknown feature bit.
+    A control run of the same device without that bit says whether the bit was the
+    cause (FAIL) or the driver stops anyway, e.g. refusing the device by design (then the
+    rule is not decided, and the report says why)."""
+    control_log = FindingLog(log.level_of, Policy.LENIENT)
+    watches: list[DriverWatch] = []
+    await run_driver_check(
+        replace(guest),
+        device=device,
+        transport=transport,
+        ring=ring,
+        log=control_log,
+        watches=watches,
+        odd=CONTROL_RUN,
+        **run,
+    )
+    reached = any(w.driver_ok_seen for w in watches if w.device_type == WATCHED_TYPE.get(device, device))
+    if reached:
+        log.failed(UNKNOWN_RULE, f"{why}; without the unknown bit (control run) it does")
+    else:
+        log.untested(UNKNOWN_RULE, f"{why}; it does not reach DRIVER_OK without the bit either (control run)")
+
+
+#: the device type a driver target's device name is watched as
+WATCHED_TYPE = {"iommu": "blk"}
 
 
 def watch_vhost_backends(log: FindingLog, watches: list[DriverWatch]) -> Callable[[VhostUserBackend], None]:

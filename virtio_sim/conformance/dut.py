@@ -98,6 +98,9 @@ class Dut:
     notes: list[str] = field(default_factory=list)
     #: the guest CPU's byte order: what the legacy interface uses for rings and config
     guest_order: ByteOrder = "little"
+    #: which interface of a transitional PCI function the conformance driver uses:
+    #: "modern" (default) or "legacy" (its I/O BAR 0, as a legacy driver would)
+    interface: str = "modern"
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -306,7 +309,9 @@ async def open_transport(dut: Dut, *, want_key: str | None = None) -> OpenedTran
         if pdev.vendor_id != PCI.vendor_id:
             continue
         await bus.enable(pdev)
-        legacy = dut.transport == "pci-legacy"
+        legacy = dut.transport == "pci-legacy" or (
+            dut.transport == "pci-transitional" and dut.interface == "legacy"
+        )
         cls = PciLegacyTransport if legacy else PciModernTransport
         t2 = cls(dut.link, bus, pdev, dut.guest_order)
         try:

@@ -69,6 +69,8 @@ def host_runs() -> list[Run]:
         Run("host:virtio-serial,x-guest-order=big", "mmio-v1"),
         Run("host:virtio-serial,x-guest-order=big", "pci-legacy"),
     ]
+    # the legacy interface of a transitional function ("transitional device" rules)
+    out += [Run(f"host:{d},x-interface=legacy", "pci-transitional") for d in DEVICES if d != "virtio-iommu"]
     for d in ("virtio-rng", "virtio-blk", "virtio-net"):
         for r in ("split", "packed"):
             out.append(Run(f"host:{d},x-memory-path=lease", "pci-modern", r))
@@ -93,6 +95,7 @@ QEMU_RUNS = (
     Run("qemu:virtio-blk", "pci-modern"),
     Run("qemu:virtio-rng", "pci-modern", "packed"),
     Run("qemu:virtio-rng", "pci-legacy"),
+    Run("qemu:virtio-rng,x-interface=legacy", "pci-transitional"),
     Run("qemu:virtio-iommu", "pci-modern"),
     # MTU and SPEED_DUPLEX: offered by QEMU's virtio-net with these properties, not by ours
     Run("qemu:virtio-net,host_mtu=1500,speed=1000,duplex=full", "pci-modern"),
