@@ -37,7 +37,7 @@ from virtio_sim.conformance.catalog import load_catalog
 from virtio_sim.conformance.device_runner import run_device_target
 from virtio_sim.conformance.driver_runner import run_driver_target
 from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Policy, Verdict
-from virtio_sim.ring.packed import PackedDeviceQueue
+from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue
 from virtio_sim.spec import NET_F, PACKED_DESC_F, STATUS, F, bit
 
@@ -321,6 +321,38 @@ def _guest_idx_before_entry(
 
 
 _orig_add = SplitDriverQueue.add
+_orig_packed_add = PackedDriverQueue.add
+
+
+def _guest_packed_head_first(
+    self: PackedDriverQueue, out: Any, in_: Any, token: Any, *, use_indirect: bool | None = None
+) -> int:
+    """add() exposing a list's head before the descriptors that follow it."""
+    real_write = self.memory.write
+    head = self._desc_addr(self._avail_pos)
+    lo = self._desc_addr(0)
+    hi = lo + 16 * self.size
+    held: list[tuple[int, bytes]] = []
+
+    def write(addr: int, data: Any) -> None:
+        if lo <= addr < hi and not head <= addr < head + 16:
+            held.append((addr, bytes(data)))  # the rest of the list waits ...
+            return
+        real_write(addr, data)
+        if addr == head + 14:
+            for a, d in held:  # ... until the head is exposed
+                real_write(a, d)
+            held.clear()
+
+    self.memory = mock.Mock(wraps=self.memory, write=write)
+    try:
+        return int(_orig_packed_add(self, out, in_, token, use_indirect=use_indirect))
+    finally:
+        for a, d in held:
+            real_write(a, d)
+        self.memory = self.memory._mock_wraps
+
+
 _orig_negotiate = VirtioGuestDevice.negotiate
 
 
@@ -653,6 +685,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         _attr(ConsoleDevice, "_send_control", _control_little_endian),
     ),
     # driver side
+    Mutation(
+        "guest-packed-head-first",
+        "the guest exposes a packed list's head before the rest of the list",
+        "driver:linux-6.1,device=blk,indirect_desc=off", "pci-modern", "packed", "packed.sg.drv-first-last",
+        _attr(PackedDriverQueue, "add", _guest_packed_head_first),
+    ),
     Mutation(
         "guest-features-after-features-ok",
         "the guest writes its features again after FEATURES_OK",

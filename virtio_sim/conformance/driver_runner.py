@@ -26,6 +26,7 @@ import trio
 
 from guest.platform import GuestPolicy
 from guest.profile import guest_policy
+from guest.workloads import WORKLOADS
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
 from host.transport.mmio import GENERATION_MOVES, ODD_KINDS, MmioTransport
@@ -95,6 +96,8 @@ class DriverTarget:
     devices: tuple[str, ...]
     seed: int = 1
     device_props: tuple[str, ...] = ()  # "prop=on|off" for every device
+    #: the workload instead of the device's usual one (WORKLOAD_FOR); one device only
+    workload: str | None = None
     #: "checked": guest RAM offers no leases and the guest's avail writes are watched one
     #: by one (write_order.py); "lease": the rings' direct-window fast path, not watched
     memory_path: str = "checked"
@@ -110,6 +113,7 @@ def parse_driver_spec(spec: str) -> DriverTarget:
     seed = 1
     device_props: list[str] = []
     memory_path = "checked"
+    workload: str | None = None
     for prop in props:
         key, eq, value = prop.partition("=")
         if not eq:
@@ -123,6 +127,10 @@ def parse_driver_spec(spec: str) -> DriverTarget:
                 seed = int(value)
             except ValueError:
                 raise DriverTargetError(f"seed={value} is not an integer") from None
+        elif key == "workload":
+            if value not in WORKLOADS:
+                raise DriverTargetError(f"workload={value}: one of {', '.join(sorted(WORKLOADS))}")
+            workload = value
         elif key == MEMORY_PATH_PROP:
             if value not in MEMORY_PATHS:
                 raise DriverTargetError(f"{key}={value}: {' or '.join(MEMORY_PATHS)}")
@@ -134,13 +142,17 @@ def parse_driver_spec(spec: str) -> DriverTarget:
         else:
             raise DriverTargetError(
                 f"unknown driver target property {key!r} "
-                f"(device, seed, {MEMORY_PATH_PROP}, {', '.join(DEVICE_PROPS)})"
+                f"(device, seed, workload, {MEMORY_PATH_PROP}, {', '.join(DEVICE_PROPS)})"
             )
     try:
         load_driver_profile(name)
     except (OSError, ValueError) as e:
         raise DriverTargetError(f"unknown driver profile {name!r}: {e}") from None
-    return DriverTarget(name, devices, seed, tuple(device_props), memory_path)
+    if workload is not None:
+        kind = WORKLOADS[workload][0]
+        if devices != (kind,):
+            raise DriverTargetError(f"workload={workload} runs on device={kind} only")
+    return DriverTarget(name, devices, seed, tuple(device_props), workload=workload, memory_path=memory_path)
 
 
 def known_deviations(profile: str, transport: str, root: Path | None = None) -> dict[str, str]:
@@ -477,6 +489,7 @@ async def run_driver_target(
             seed=target.seed,
             device_props=target.device_props,
             memory_path=target.memory_path,
+            workload=target.workload,
         )
         if result is None:
             break  # strict stop

@@ -88,6 +88,11 @@ DRIVER_RUNS = (
     Run("driver:linux-6.1,device=rng,x-memory-path=lease", "pci-modern"),
     Run("driver:linux-6.1,device=net,csum=off,mrg_rxbuf=off,ctrl_rx=off", "pci-legacy"),
     Run("driver:linux-6.1,device=net,csum=off", "mmio-v2"),
+    # packed lists in the ring (no indirect tables): the list-exposure order is judged
+    Run("driver:linux-6.1,device=blk,indirect_desc=off", "pci-modern", "packed"),
+    # a real queue reset (VIRTIO_F_RING_RESET) by the driver, on both register layouts
+    Run("driver:linux-6.1,device=rng,workload=rng-queue-reset", "mmio-v2"),
+    Run("driver:linux-6.1,device=rng,workload=rng-queue-reset", "pci-modern"),
 )
 
 QEMU_RUNS = (
