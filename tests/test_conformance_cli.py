@@ -76,3 +76,76 @@ def test_catalog_coverage_counts_every_area() -> None:
     )
     assert cov.decided == 0 and cov.has_checker < cov.testable
     assert cov.per_area["iommu"].has_checker >= 25  # every device-side iommu MUST has a checker
+
+
+def test_known_deviation_reads_known_everywhere(tmp_path: Path) -> None:
+    """A documented deviation is KNOWN in the console table, the HTML report and the JSON,
+    and a skipped xfail with the reason in JUnit; it does not fail the run."""
+    from rich.console import Console
+
+    from virtio_sim.conformance.report import print_report, to_html, to_json
+
+    catalog = load_catalog()
+    rid = "init.legacy.dev-use-before-driver-ok"
+    log = FindingLog(catalog.level_of, Policy.LENIENT, known={rid: "documented: serves only after DRIVER_OK"})
+    log.failed(rid, "buffer kicked before DRIVER_OK not served")
+    report = build_report(
+        catalog, log, target="t", actor="device", transport="pci-transitional", ring="split"
+    )
+    assert report.must_failures == [] and not report.failed
+    case = next(c for c in ET.fromstring(to_junit(report)).findall("testcase") if c.get("name") == rid)
+    skipped = case.find("skipped")
+    assert skipped is not None and skipped.get("type") == "xfail"
+    assert "documented: serves only after DRIVER_OK" in skipped.get("message", "")
+    assert case.find("failure") is None
+    html = to_html(report)
+    assert f"<td>{rid}</td><td>MUST</td><td>KNOWN</td>" in html and "documented: serves" in html
+    assert {r["id"]: r["verdict"] for r in json.loads(to_json(report))["requirements"]}[rid] == "KNOWN"
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    out = console.export_text()
+    assert "KNOWN (1)" in out and "FAIL (" not in out
+
+
+def test_a_checker_that_crashes_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any exception out of a checker (here: what a packed wrap bug used to raise, RingFull)
+    becomes an ERROR finding with the reason; the CLI still writes its reports and exits 1."""
+    from virtio_sim.conformance import device_checks
+    from virtio_sim.conformance.rawring import RingFull
+
+    checker = device_checks.load_all()["rng_entropy"]
+
+    async def broken(ctx: device_checks.Ctx) -> None:
+        raise RingFull("8 descriptors wanted, ring of 8 has too few free")
+
+    monkeypatch.setitem(device_checks.CHECKERS, "rng_entropy", checker.__class__(
+        checker.name, checker.ids, broken, checker.keys, checker.transports))  # fmt: skip
+    j, x = tmp_path / "r.json", tmp_path / "r.xml"
+    rc = main(
+        ["conformance", "--target", "host:virtio-rng", "--quick", "--json", str(j), "--junit-xml", str(x)]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    rows = {r["id"]: r for r in json.loads(j.read_text())["requirements"]}
+    for rid in checker.ids:
+        assert rows[rid]["verdict"] == "ERROR", rid
+        assert "RingFull" in rows[rid]["evidence"][0]
+    errors = [c for c in ET.fromstring(x.read_text()).findall("testcase") if c.find("error") is not None]
+    assert {c.get("name") for c in errors} == set(checker.ids)
+
+
+def test_a_rule_with_an_untested_part_is_never_pass() -> None:
+    """A PASS recorded for a rule whose other part could not be exercised reads NOT_COVERED
+    (with why); a FAIL stays a FAIL."""
+    catalog = load_catalog()
+    log = FindingLog(catalog.level_of, Policy.LENIENT)
+    log.passed("mmio.dev.config-generation")
+    log.untested("mmio.dev.config-generation", "no config change could be provoked")
+    report = build_report(catalog, log, target="t", actor="device", transport="mmio-v2", ring="split")
+    row = next(r for r in report.rows if r.id == "mmio.dev.config-generation")
+    assert row.shown == "NOT_COVERED" and "no config change could be provoked" in row.evidence[-1]
+    log.failed("mmio.dev.config-generation", "moved with no change")
+    assert log.findings["mmio.dev.config-generation"].verdict.value == "FAIL"
