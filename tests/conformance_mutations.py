@@ -25,6 +25,7 @@ import trio
 
 from guest.drivers.console import ConsoleDriver
 from guest.drivers.net import NetDriver
+from guest.drivers.rng import RngDriver
 from guest.virtio import VirtioGuestDevice
 from host.devices.blk import BlkDevice
 from host.devices.console import ConsoleDevice
@@ -431,6 +432,19 @@ async def _guest_no_device_ready(self: ConsoleDriver, port: int, event: int, val
     return await _orig_send_control_guest(self, port, event, value, *a)
 
 
+async def _guest_rng_ignores_len(self: RngDriver, n: int, canary: int = 0xA5) -> bytes:
+    """The whole buffer is taken as random bytes, whatever used.len says."""
+    dma = self.dev.dma
+    buf = dma.alloc(n)
+    try:
+        dma.write(buf, bytes([canary]) * n)
+        await self.vq.submit([], [(buf.dev_addr, n)])
+        self.last_buffer = dma.read(buf, n)
+        return self.last_buffer
+    finally:
+        dma.free(buf)
+
+
 _orig_mark_broken = VirtioGuestDevice.mark_broken
 
 
@@ -744,6 +758,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the guest console driver never sends DEVICE_READY",
         "driver:linux-6.1,device=console", "pci-modern", "split", "console.drv.device-ready",
         _attr(ConsoleDriver, "send_control", _guest_no_device_ready),
+    ),
+    Mutation(
+        "guest-rng-ignores-len",
+        "the guest rng driver takes the whole buffer, not used.len bytes",
+        "driver:linux-6.1,device=rng", "mmio-v2", "split", "rng.drv.use-len",
+        _attr(RngDriver, "read", _guest_rng_ignores_len),
     ),
     Mutation(
         "guest-clears-status-bits",

@@ -81,6 +81,16 @@ NEEDS_RESET_RULE = "status.drv.needs-reset-no-rely"
 NEEDS_RESET_AT_KICK = 2
 #: the same run without the odd presentations (no unknown feature bit): a control
 CONTROL_RUN = "control"
+#: odd runs where the device presents values a driver must cope with, judged from the run's
+#: outcome against a control run without them (judge_trap): the rules each decides
+NET_RX_TRAPS = "net-rx-traps"  # rx headers with an undefined flag bit and stray csum fields
+SHORT_RNG = "short-rng"  # virtio-rng fills only the first bytes of every buffer
+TRAP_RUNS = {
+    NET_RX_TRAPS: ("net", ("net.rx.drv-ignore-unknown-flags", "net.rx.drv-csum-fields")),
+    SHORT_RNG: ("rng", ("rng.drv.use-len",)),
+}
+SHORT_RNG_BYTES = 7
+UNKNOWN_RX_FLAG = 0x80
 UNKNOWN_RULE = "features.drv.no-fail-on-unknown"
 MEMORY_PATH_PROP = "x-memory-path"
 MEMORY_PATHS = ("checked", "lease")
@@ -229,6 +239,44 @@ def break_at_kick(vdev: VirtioDevice, kick: int) -> None:
     vdev.notify = notify  # type: ignore[method-assign]
 
 
+def set_value_traps(vdev: VirtioDevice, odd: str) -> None:
+    """The device model of ``vdev`` presents the odd values of trap run ``odd``."""
+    model: Any = vdev.model
+    if odd == SHORT_RNG and model.type_key == "rng":
+        model.max_bytes = SHORT_RNG_BYTES
+    if odd == NET_RX_TRAPS and model.type_key == "net":
+        inner = model._rx_header
+
+        def rx_header(frame: Any, buffers: int) -> bytes:
+            raw = bytearray(inner(frame, buffers))
+            raw[0] |= UNKNOWN_RX_FLAG  # no spec defines it: the driver must ignore it
+            if not raw[0] & 1:  # NEEDS_CSUM clear: csum_start/csum_offset mean nothing
+                raw[6:10] = b"\xff\x7f\xff\x7f"
+            return bytes(raw)
+
+        model._rx_header = rx_header
+
+
+async def judge_trap(log: FindingLog, odd: str, result: RunResult, control: Callable[[], Any]) -> None:
+    """A trap run that completed passes its rules; one that did not fails them only when
+    the same run without the traps (the control) completes."""
+    rules = TRAP_RUNS[odd][1]
+    if result.outcome is Outcome.OK:
+        for rule in rules:
+            log.passed(rule, f"{odd}: the workload completed")
+        return
+    if result.outcome is Outcome.NOT_PROBED:
+        return
+    ctl = await control()
+    for rule in rules:
+        if ctl is not None and ctl.outcome is Outcome.OK:
+            log.failed(
+                rule, f"{odd}: {result.outcome.value} ({result.detail}); without the odd values it completes"
+            )
+        else:
+            log.untested(rule, f"{odd}: the run fails without the odd values too (control run)")
+
+
 def judge_needs_reset(log: FindingLog, result: RunResult) -> None:
     """The NEEDS_RESET run: a driver that still waits for the outstanding request hangs."""
     if result.outcome is Outcome.HANG:
@@ -352,6 +400,8 @@ def watch_host(
                 presented = [odd]
             if traps is not None and vdev is not setup.iommu_device:
                 set_traps(vdev)
+            if odd in TRAP_RUNS and vdev is not setup.iommu_device:
+                set_value_traps(vdev, odd)
             if odd == NEEDS_RESET_RUN and vdev is not setup.iommu_device:
                 break_at_kick(vdev, NEEDS_RESET_AT_KICK)
             watch = DriverWatch(
@@ -444,6 +494,21 @@ async def run_driver_check(
             except StrictStop:
                 return None
             return result
+        if odd in TRAP_RUNS:
+
+            async def control() -> RunResult | None:
+                return await run_driver_check(
+                    replace(policy_for_guest), device=device, transport=transport, ring=ring,
+                    log=FindingLog(log.level_of, Policy.LENIENT), seed=seed, timeout=timeout,
+                    device_props=device_props, workload=workload, traps=traps, odd=CONTROL_RUN,
+                    memory_path=memory_path,
+                )  # fmt: skip
+
+            try:
+                await judge_trap(log, odd, result, control)
+            except StrictStop:
+                return None
+            return result
         refused = [w.unknown_refused for w in attached if w.unknown_refused]
         if refused and odd is None:
             try:
@@ -494,6 +559,12 @@ async def run_driver_target(
         if result is None:
             break  # strict stop
     else:
+        for odd, (kind, _rules) in TRAP_RUNS.items():  # values the driver must cope with
+            if kind in target.devices and target.workload is None:
+                await run_driver_check(
+                    replace(guest), device=kind, transport=transport, ring=ring, log=log,
+                    seed=target.seed, device_props=target.device_props, odd=odd,
+                )  # fmt: skip
         # the device breaks with a request outstanding (DEVICE_NEEDS_RESET, modern interfaces:
         # the legacy interface has no such status bit)
         if transport not in ("mmio-v1", "mmio", "pci-legacy"):
