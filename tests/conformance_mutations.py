@@ -445,15 +445,6 @@ async def _guest_rng_ignores_len(self: RngDriver, n: int, canary: int = 0xA5) ->
         dma.free(buf)
 
 
-_orig_mark_broken = VirtioGuestDevice.mark_broken
-
-
-def _guest_ignores_needs_reset(self: VirtioGuestDevice, reason: str) -> None:
-    if "DEVICE_NEEDS_RESET" in reason:
-        return  # the status bit seen and ignored: outstanding requests are still waited for
-    _orig_mark_broken(self, reason)
-
-
 _orig_split_kick_prepare = SplitDriverQueue.kick_prepare
 
 
@@ -740,12 +731,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         "split",
         "init.drv.reset-first",
         _attr(VirtioGuestDevice, "negotiate", _guest_no_reset),
-    ),
-    Mutation(
-        "guest-ignores-needs-reset",
-        "the guest keeps waiting for requests after DEVICE_NEEDS_RESET",
-        "driver:linux-6.1,device=rng", "pci-modern", "split", "status.drv.needs-reset-no-rely",
-        _attr(VirtioGuestDevice, "mark_broken", _guest_ignores_needs_reset),
     ),
     Mutation(
         "guest-net-tx-data-valid",
