@@ -57,6 +57,7 @@ NET_RULES: dict[str, str | None] = {
     "net.legacy.drv-framing": "!ANY_LAYOUT",
     "net.legacy.hdr-10-bytes": "!MRG_RXBUF",
     "net.legacy.mac-entries-native-endian": "CTRL_RX",
+    "net.tx.drv-hdr-size-same": None,
 }
 CONSOLE_RULES: dict[str, str | None] = {
     "console.drv.rx-writable": None,
@@ -210,6 +211,13 @@ class NetconRules:
                 first == layouts.NET_HDR_LEGACY_SIZE,
                 f"{where}: a {first}-byte header descriptor without MRG_RXBUF",
             )
+            # the header alone in its descriptor: its size is visible, and must be the
+            # receive header's for the negotiated features
+            self._check(
+                "net.tx.drv-hdr-size-same",
+                first == hdr_len,
+                f"{where}: a {first}-byte transmit header, receive headers are {hdr_len}",
+            )
 
     def _check_ok(self, rule: str, ok: bool, why: str) -> bool:
         self._check(rule, ok, why)
@@ -320,6 +328,10 @@ class NetconRules:
             deps = unmet_dependencies(self.features(), NET_FEATURE_DEPS)
             self._check(
                 "net.features.dependencies", not deps, f"acked net features without prerequisites: {deps}"
+            )
+            # the generic rule, decided where the catalogue has a dependency table (net)
+            self.check(
+                "features.drv.deps-accepted", not deps, f"acked features without prerequisites: {deps}"
             )
             if not self.has("CTRL_RX"):
                 self.ok("net.ctrl.drv-rx-mode-gated", "net.mac.drv-needs-ctrl-rx")  # none sent (else FAIL)
