@@ -92,6 +92,11 @@ class NetconRules:
     device_ready: bool = False
     port_open: bool = False
     driver_ok: bool = False
+    #: the driver went on far enough for the console rules to be judged (a run cut short
+    #: by its deadline before them decides nothing): control receive buffers posted, data
+    #: sent on port 0
+    control_rx_seen: bool = False
+    port0_tx_seen: bool = False
 
     def has(self, name: str) -> bool:
         feats = self.features()
@@ -269,7 +274,11 @@ class NetconRules:
     def _console_chain(
         self, where: str, index: int, order: str, read: Callable[[int, int], bytes], segs: Segments
     ) -> None:
-        role = self.model.role(index)[0] if self.model is not None else ("tx" if index & 1 else "rx")
+        role, port = self.model.role(index) if self.model is not None else ("tx" if index & 1 else "rx", 0)
+        if role == "c_rx":
+            self.control_rx_seen = True
+        if role == "tx" and port == 0:
+            self.port0_tx_seen = True
         if role in ("rx", "c_rx"):
             self._check(
                 "console.drv.rx-writable",
@@ -339,11 +348,15 @@ class NetconRules:
             self._check(
                 "console.drv.device-ready", self.device_ready, "MULTIPORT negotiated, no DEVICE_READY sent"
             )
-            if self.model is not None and getattr(self.model, "ports", None):
+            if (
+                self.model is not None
+                and getattr(self.model, "ports", None)
+                and (self.port_open or self.port0_tx_seen)
+            ):
                 self._check(
                     "console.drv.console-port-open",
                     self.port_open,
-                    "the device nominated port 0 as console; no PORT_OPEN 1 came back",
+                    "the device nominated port 0 as console; data sent there without PORT_OPEN 1",
                 )
         for rule in table:
             if not self.applies(rule):
