@@ -124,3 +124,13 @@ def test_unreachable_dask_scheduler_fails_fast_with_one_line() -> None:
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("virtio-sim matrix: error: cannot reach the dask scheduler tcp://127.0.0.1:1")
     assert p.stdout == ""
+
+
+def test_conformance_report_path_is_checked_before_the_run(tmp_path: Path) -> None:
+    p = _cli("conformance", "--target", "host:virtio-rng", "--html", str(tmp_path / "nope" / "r.html"))
+    assert p.returncode == EXIT_USAGE
+    bad = tmp_path / "nope" / "r.html"
+    assert p.stderr.strip().splitlines() == [
+        f"virtio-sim conformance: error: --html {bad}: cannot write: No such file or directory"
+    ]
+    assert p.stdout == ""  # nothing ran

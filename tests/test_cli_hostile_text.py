@@ -124,3 +124,17 @@ async def test_attack_corpus_hostile_text_to_the_guest(tmp_path: Path) -> None:
     bad = [(r.scenario, r.verdict, r.detail[:500]) for r in results if r.verdict is not Verdict.HANDLED]
     assert not bad
     assert {r.policy for r in results} == {"close"}
+
+
+def test_conformance_report_shows_target_and_evidence_literally(
+    disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = tmp_path / "x[" / "[/x]d.img"
+    odd.parent.mkdir(parents=True)
+    odd.write_bytes(disk.read_bytes())
+    status = cli.main(["conformance", "--target", f"host:virtio-blk,drive={odd}", "--quick"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    flat = out.out.replace("\n", "")
+    assert "[/x]d.img" in flat
+    assert "[mmio-v2, split]" in flat  # was eaten as a markup tag before

@@ -44,6 +44,6 @@ def check_writable(paths: Iterable[tuple[str, str | os.PathLike[str] | None]]) -
 def write_text(option: str, path: str | os.PathLike[str], text: str) -> None:
     """Write a report; an OSError becomes one OutputPathError line (the disk filled up...)."""
     try:
-        Path(path).write_text(text)
+        Path(path).write_text(text, encoding="utf-8")
     except OSError as e:
         raise OutputPathError(f"{option} {path}: cannot write: {e.strerror or e}") from None

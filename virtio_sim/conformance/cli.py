@@ -12,7 +12,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -51,6 +50,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         to_junit,
     )
     from virtio_sim.conformance.targets import TargetError, check_transport_ring, parse_target
+    from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 
     console = Console()
     try:
@@ -59,7 +59,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         check_transport_ring(args.transport, args.ring)
         if target.kind != "driver":
             device_key(target.name)
-    except (CatalogError, TargetError, DutError) as e:
+        # before the run: an unwritable report path must not cost the results
+        check_writable((("--json", args.json), ("--junit-xml", args.junit_xml), ("--html", args.html)))
+    except (CatalogError, TargetError, DutError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     policy = Policy(args.policy)
@@ -81,14 +83,18 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     )
     coverage = catalog_coverage(catalog)
     print_report(report, console, coverage)
-    outputs: list[tuple[str | None, Callable[[], str]]] = [
-        (args.json, lambda: to_json(report, coverage)),
-        (args.junit_xml, lambda: to_junit(report)),
-        (args.html, lambda: to_html(report, coverage)),
+    outputs: list[tuple[str, str | None, Callable[[], str]]] = [
+        ("--json", args.json, lambda: to_json(report, coverage)),
+        ("--junit-xml", args.junit_xml, lambda: to_junit(report)),
+        ("--html", args.html, lambda: to_html(report, coverage)),
     ]
-    for path, text in outputs:
-        if path:
-            Path(path).write_text(text(), encoding="utf-8")
+    try:
+        for option, path, text in outputs:
+            if path:
+                write_text(option, path, text())
+    except OutputPathError as e:
+        print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_FAIL if report.must_failures else EXIT_OK
 
 

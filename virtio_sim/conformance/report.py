@@ -22,6 +22,7 @@ from rich.table import Table
 
 from virtio_sim.conformance.catalog import COVERED_AREAS, Catalog
 from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Verdict
+from virtio_sim.peertext import plain
 
 
 @dataclass
@@ -279,27 +280,30 @@ def to_html(report: Report, coverage: Coverage | None = None) -> str:
 
 
 def print_report(report: Report, console: Console, coverage: Coverage | None = None) -> None:
-    """Failures in full, then verdict counts per area and level."""
+    """Failures in full, then verdict counts per area and level. The target (a drive path
+    may be in it) and the evidence (a device's own bytes) are data: rich Text, never markup."""
     fails = report.by_verdict(Verdict.FAIL)
     if fails:
-        t = Table(title=f"FAIL ({len(fails)})")
+        t = Table(title=plain(f"FAIL ({len(fails)})"))
         for col in ("requirement", "level", "evidence"):
             t.add_column(col)
         for r in fails:
-            t.add_row(r.id, r.level, "; ".join(r.evidence)[:200])
+            t.add_row(plain(r.id), plain(r.level), plain("; ".join(r.evidence), 200))
         console.print(t)
     for key in ("area", "level"):
-        t = Table(title=f"{report.target} [{report.transport}, {report.ring}] by {key}")
+        t = Table(title=plain(f"{report.target} [{report.transport}, {report.ring}] by {key}"))
         t.add_column(key)
         for v in Verdict:
             t.add_column(v.value, justify="right")
         for name, counts in report.summary(key).items():
-            t.add_row(name, *(str(counts.get(v.value, 0)) for v in Verdict))
+            t.add_row(plain(name), *(str(counts.get(v.value, 0)) for v in Verdict))
         console.print(t)
     if report.stopped:
-        console.print(f"[bold red]strict policy: stopped at {report.stopped}[/]")
+        console.print(plain(f"strict policy: stopped at {report.stopped}", style="bold red"))
     if coverage is not None:
         console.print(
-            f"catalogue coverage (testable MUST/MUST NOT, covered areas): "
-            f"{coverage.covered}/{coverage.total} = {coverage.share:.1%}"
+            plain(
+                f"catalogue coverage (testable MUST/MUST NOT, covered areas): "
+                f"{coverage.covered}/{coverage.total} = {coverage.share:.1%}"
+            )
         )
