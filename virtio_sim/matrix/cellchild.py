@@ -109,7 +109,11 @@ def main(fd: int) -> None:
         except (EOFError, OSError):
             return
         fn, cell, timeout, seed = job
-        conn.send(run_one(fn, cell, timeout, seed))
+        res = run_one(fn, cell, timeout, seed)
+        try:
+            conn.send(res)
+        except OSError:  # the dask worker went away while the cell ran
+            return
 
 
 if __name__ == "__main__":
