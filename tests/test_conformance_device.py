@@ -41,16 +41,13 @@ VARIANTS = (
     ("virtio-net", "mrg_rxbuf=off,guest_csum=off"),  # one buffer per frame, rx flags 0
     ("virtio-net", "mq=on"),
 )
-#: ids only QEMU's devices can decide (our blk offers no CONFIG_WCE); see test_conformance_qemu
+#: ids only QEMU's devices decide (MTU/SPEED_DUPLEX: QEMU's virtio-net with host_mtu=, speed=);
+#: see test_conformance_qemu
 QEMU_ONLY = {
-    "net.cfg.dev-mtu-range",  # MTU / SPEED_DUPLEX: QEMU's virtio-net with host_mtu=, speed=
+    "net.cfg.dev-mtu-range",
     "net.cfg.dev-mtu-stable",
     "net.cfg.dev-speed",
     "net.cfg.dev-duplex",
-    "blk.dev.writeback-zero-without-flush",
-    "blk.dev.unknown-flags-unsupp",
-    "blk.dev.discard-unmap-unsupp",
-    "blk.dev.write-zeroes-reads-zero",
 }
 
 

@@ -12,7 +12,7 @@ decided (PASS, FAIL or KNOWN). The runs are chosen so that rules become decidabl
 * a device-side config change is provoked in every run that can (net link, blk resize),
   DEVICE_NEEDS_RESET and queue reset are part of every device run;
 * guest driver profiles (driver:...) on every transport family;
-* QEMU 7.2 devices (config-wce, discard/write-zeroes only QEMU's blk offers), when
+* QEMU 7.2 devices (the same rules against QEMU's models; MTU/SPEED_DUPLEX only there), when
   qemu-system-x86_64 is installed.
 """
 
