@@ -325,7 +325,8 @@ def test_dma_without_mappings_faults_in_qemus_iommu(tmp_path: Path) -> None:
 def test_matrix_cells_on_qemu_match_ours_and_expectations(tmp_path: Path) -> None:
     sel = ["--device", "qemu-7.2", "--driver", "linux-6.1", "--driver", "linux-4.0", "--driver", "linux-3.18",
            "--transport", "mmio-v2", "--transport", "pci-modern", "--transport", "pci-transitional",
-           "--workload", "rng", "--iommu-platform", "on", "--iommu-platform", "off"]  # fmt: skip
+           "--workload", "rng", "--iommu-platform", "on", "--iommu-platform", "off",
+           "--iommu", "none"]  # fmt: skip
     outcomes = {}
     for backend in ("qemu", "ours"):
         path = tmp_path / f"{backend}.json"

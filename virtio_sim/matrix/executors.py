@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from collections import deque
@@ -25,6 +26,7 @@ CellFn = Callable[[Cell, float, int], dict[str, Any]]
 Progress = Callable[[int, dict[str, Any]], None]
 
 TOOL_ERROR = "TOOL_ERROR"  # our own bug while running a cell; never a verdict on the peers
+NOT_RUN = "NOT_RUN"  # the run was interrupted before this cell finished; no verdict
 
 
 def hard_deadline(timeout: float) -> float:
@@ -40,6 +42,9 @@ WORKER_START_LIMIT = 120.0  # seconds a fresh worker may take to import everythi
 
 
 def _worker(conn: Connection, fn: CellFn) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop (and
+    # kills them), so a worker must not die mid-cell printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send("ready")  # imports are done: cell deadlines start counting from here
     while True:
         try:
@@ -127,6 +132,12 @@ class LocalPool:
                         detail = f"cell did not finish within {limit:g}s; its worker was killed"
                         finish(s.job, failed_cell(cell, Outcome.HANG.value, detail))
                         self._replace(slots, s, fn)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, a closed pipe): busy workers are mid-cell and
+            # would finish it first; nobody wants that cell any more, so kill them now.
+            for s in slots:
+                s.proc.kill()
+            raise
         finally:
             for s in slots:
                 try:

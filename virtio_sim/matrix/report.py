@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from virtio_sim.matrix.executors import NOT_RUN
+
 OUTCOME_STYLE = {
     "OK": "green",
     "OK_NO_ISOLATION": "yellow",
@@ -23,6 +25,7 @@ OUTCOME_STYLE = {
     "CORRUPTION": "bold red",
     "HANG": "bold magenta",
     "TOOL_ERROR": "bold white on red",
+    "NOT_RUN": "dim",
 }
 OUTCOME_COLOUR = {
     "OK": "#3c9a4a",
@@ -35,11 +38,12 @@ OUTCOME_COLOUR = {
     "CORRUPTION": "#a01010",
     "HANG": "#7a1a7a",
     "TOOL_ERROR": "#000000",
+    "NOT_RUN": "#dddddd",
 }
 ABBREV = {
     "OK": "OK", "OK_NO_ISOLATION": "NOISO", "FAILED_CLEAN": "FAIL", "NOT_PROBED": "NOPROBE",
     "HOST_REFUSED": "REFUSED", "DMA_FAULT": "DMAF", "DEVICE_ERROR": "DEVERR",
-    "CORRUPTION": "CORRUPT", "HANG": "HANG", "TOOL_ERROR": "BUG",
+    "CORRUPTION": "CORRUPT", "HANG": "HANG", "TOOL_ERROR": "BUG", "NOT_RUN": "-",
 }  # fmt: skip
 
 
@@ -55,7 +59,7 @@ def mismatches(results: list[dict[str, Any]]) -> list[Mismatch]:
     return [
         Mismatch(r["id"], r["expected"], r["outcome"], r.get("detail", ""))
         for r in results
-        if r.get("expected") and r["expected"] != r["outcome"]
+        if r.get("expected") and r["expected"] != r["outcome"] and r["outcome"] != NOT_RUN
     ]
 
 
@@ -117,6 +121,7 @@ def to_junit(results: list[dict[str, Any]], name: str) -> str:
         tests=str(len(results)),
         failures=str(len(failures)),
         errors=str(sum(1 for r in results if r["outcome"] == "TOOL_ERROR")),
+        skipped=str(sum(1 for r in results if r["outcome"] == NOT_RUN)),
         time=f"{sum(float(r.get('seconds', 0)) for r in results):.3f}",
     )
     for r in results:
@@ -129,6 +134,8 @@ def to_junit(results: list[dict[str, Any]], name: str) -> str:
         if r["id"] in failed_ids:
             f = ET.SubElement(case, "failure", message=f"expected {r['expected']}, got {r['outcome']}")
             f.text = r.get("detail", "")
+        elif r["outcome"] == NOT_RUN:
+            ET.SubElement(case, "skipped", message=r.get("detail", "not run"))
         elif r["outcome"] == "TOOL_ERROR":
             e = ET.SubElement(case, "error", message="tool error")
             e.text = r.get("detail", "")
