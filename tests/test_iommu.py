@@ -295,7 +295,7 @@ def test_run_cli_with_iommu() -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     r = json.loads(p.stdout)
-    assert r["outcome"] == "OK" and r["iommu"]["iotlb_misses"] > 0
+    assert r["outcome"] == "OK" and r["iommu_info"]["iotlb_misses"] > 0
 
 
 def test_default_policy_still_works_without_iommu() -> None:

@@ -198,7 +198,7 @@ def test_cli_machine_and_global() -> None:
     )
     r = json.loads(p.stdout)
     assert p.returncode == 0 and r["outcome"] == "OK"
-    assert r["transport"] == "mmio-v2" and r["ring"]["format"] == "packed"
+    assert r["transport"] == "mmio-v2" and r["ring_info"]["format"] == "packed"
     assert r["probes"][0]["source"].startswith("acpi:")
     bad = subprocess.run(
         [*CLI, "-M", "virt,bogus=1", "--device", "virtio-rng-device", "--workload", "rng"],

@@ -164,7 +164,7 @@ def test_net_pair_from_the_command_line() -> None:
     )
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
-    assert r["outcome"] == "OK" and r["workload"]["a_to_b"] == 24
+    assert r["outcome"] == "OK" and r["evidence"]["a_to_b"] == 24
 
 
 # --------------------------------------------------------------------------- console

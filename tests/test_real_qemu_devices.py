@@ -230,7 +230,7 @@ def test_cli_run_device_backend_qemu(tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["outcome"] == "OK" and out["workload"]["device_backend"] == "qemu"
+    assert out["outcome"] == "OK" and out["evidence"]["device_backend"] == "qemu"
 
 
 # --------------------------------------------------------------------------- virtio-iommu

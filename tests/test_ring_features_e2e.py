@@ -452,6 +452,6 @@ def test_cli_json_reports_the_ring(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--workload", "blk-rw", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["outcome"] == "OK"
-    assert r["ring"]["format"] == "packed" and r["ring"]["barriers"] == "platform"
+    assert r["ring_info"]["format"] == "packed" and r["ring_info"]["barriers"] == "platform"
     assert main([*argv, "--workload", "blk-rw"]) == 0
     assert "ring       packed, barriers platform" in capsys.readouterr().out

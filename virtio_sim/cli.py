@@ -7,7 +7,9 @@ import json
 import os
 import stat
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 from rich.console import Console
@@ -24,6 +26,7 @@ from virtio_sim.matrix.cli import (
 )
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import ProfileError, load_driver_profile
+from virtio_sim.result_record import result_record
 from virtio_sim.spec import LIMITS
 
 SECRET_ENV = "VIRTIO_SIM_SECRET"
@@ -333,16 +336,29 @@ def _guest(args: argparse.Namespace) -> int:
     return done.status
 
 
+def _run_record(
+    result: RunResult, cfg: RunConfig, driver: str | None, backend: str, seconds: float
+) -> dict[str, Any]:
+    """``run --json``: the record every matrix cell has too (docs/json-schema.md)."""
+    machine = cfg.machine or ("q35" if cfg.transport.startswith("pci") else "microvm")
+    return result_record(
+        result, transport=cfg.transport, machine=machine, workload=cfg.workload, iommu=cfg.iommu,
+        device_option=cfg.device, driver=driver, device_backend=backend, seconds=seconds,
+    )  # fmt: skip
+
+
 def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool) -> int:
     from virtio_sim.processes import run_processes
 
+    start = time.perf_counter()
     try:
         done = trio.run(run_processes, cfg, link, driver)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     if done.result is not None:
         if as_json:
-            print(json.dumps(done.result.to_json(), indent=2), flush=True)
+            record = _run_record(done.result, cfg, driver, "ours", time.perf_counter() - start)
+            print(json.dumps(record, indent=2), flush=True)
         else:
             _print_human(done.result)
     if done.message:
@@ -427,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.device_backend == "qemu" and args.processes:
             _error("--device-backend qemu runs the guest in this process (no --processes)")
             return EXIT_USAGE
+        start = time.perf_counter()
         try:
             if args.processes:
                 return _run_processes(cfg, args.link or "unix", args.driver, args.json)
@@ -441,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"virtio-sim: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         if args.json:
-            print(json.dumps(result.to_json(), indent=2))
+            record = _run_record(result, cfg, args.driver, args.device_backend, time.perf_counter() - start)
+            print(json.dumps(record, indent=2))
         else:
             _print_human(result)
         return 0 if result.outcome is Outcome.OK else 1

@@ -17,7 +17,7 @@ from guest.workloads import WORKLOADS
 from host.device_profile import DeviceRequest, device_option
 from host.devices.base import PropertyError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
-from virtio_sim.matrix.spec import Cell, MatrixError
+from virtio_sim.matrix.spec import Cell, MatrixError, machine_for
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import (
     DeviceProfile,
@@ -26,8 +26,8 @@ from virtio_sim.profiles import (
     load_device_profile,
     load_driver_profile,
 )
+from virtio_sim.result_record import result_record
 
-MACHINE_FOR_TRANSPORT = {"mmio": "microvm", "pci": "q35"}
 SUPPORTED = {
     "iommu": ("none", "virtio-iommu"),
     "iommu_platform": ("off", "on"),
@@ -43,10 +43,6 @@ def _driver(name: str) -> DriverProfile:
 @cache
 def _device(name: str) -> DeviceProfile:
     return load_device_profile(name)
-
-
-def machine_for(transport: str) -> str:
-    return MACHINE_FOR_TRANSPORT[transport.split("-")[0]]
 
 
 def validate_cell(cell: Cell) -> None:
@@ -101,7 +97,7 @@ def run_cell_qemu(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str,
     from virtio_sim.qemu.run import run_qemu
 
     out = _run_cell(cell, timeout, seed, run_qemu)
-    out["device_backend"] = "qemu"
+    out["device_backend"] = "qemu"  # the record's key, as `run --device-backend qemu` prints it
     return out
 
 
@@ -140,6 +136,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
         iommu_platform=cell.iommu_platform == "on",
         packed=cell.ring == "packed",
     )
+    option: str | None = None
     try:
         option = device_option(request, device)
     except PropertyError as e:
@@ -156,11 +153,8 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
             machine=_machine_option(cell),
         )
         result = trio.run(runner, cfg)
-    out = result.to_json()
-    out["evidence"] = out.pop("workload")  # the axis "workload" names the workload itself
-    out["ring_info"] = out.pop("ring")  # likewise the axis "ring" names the format asked for
-    out.update(cell.axes())
-    out["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
-    out["id"] = cell.id
-    out["seconds"] = round(time.perf_counter() - start, 4)
-    return out
+    axes = cell.axes()
+    axes["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
+    return result_record(
+        result, **axes, id=cell.id, device_option=option, seconds=time.perf_counter() - start
+    )

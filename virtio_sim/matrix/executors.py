@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from virtio_sim.matrix.spec import Cell
+from virtio_sim.matrix.spec import Cell, machine_for
 from virtio_sim.outcome import Outcome
+from virtio_sim.result_record import bare_record
 
 CellFn = Callable[[Cell, float, int], dict[str, Any]]
 Progress = Callable[[int, dict[str, Any]], None]
@@ -35,7 +36,10 @@ def hard_deadline(timeout: float) -> float:
 
 
 def failed_cell(cell: Cell, outcome: str, detail: str) -> dict[str, Any]:
-    return {**cell.axes(), "id": cell.id, "outcome": outcome, "detail": detail}
+    """The record of a cell that has no run to show (same keys as a finished one)."""
+    axes = cell.axes()
+    axes["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
+    return bare_record(outcome, detail, id=cell.id, **axes)
 
 
 WORKER_START_LIMIT = 120.0  # seconds a fresh worker may take to import everything
