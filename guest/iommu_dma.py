@@ -10,8 +10,8 @@ once when the device is set up, because the ring code needs them synchronously.
 
 from __future__ import annotations
 
-from guest.allocator import PageAllocator
-from guest.drivers.iommu import IommuDriver
+from virtio_sim.guest.allocator import PageAllocator
+from virtio_sim.guest.drivers.iommu import IommuDriver
 from virtio_sim.memory import ByteAccess
 from virtio_sim.ring.chain import DmaBuffer, DmaPool
 from virtio_sim.spec import IOMMU_MAP_F

@@ -22,13 +22,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.acpi import AcpiError, table_length
-from host.devices.hostile import LIES
-from host.devices.rng import RngDevice
-from host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
-from host.remote_dma import DmaPort
-from host.vhost_user_wire import VhostUserProtocolError, receive_message
-from host.virtio_device import VirtioDevice
 from virtio_sim import cli, wire
 from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
@@ -41,7 +34,14 @@ from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.acpi import AcpiError, table_length
 from virtio_sim.handshake import HandshakeError, guest_handshake
+from virtio_sim.host.devices.hostile import LIES
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
+from virtio_sim.host.remote_dma import DmaPort
+from virtio_sim.host.vhost_user_wire import VhostUserProtocolError, receive_message
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import fast_codec
 from virtio_sim.memory import GuestMemory
 from virtio_sim.outcome import Outcome
@@ -346,7 +346,7 @@ def test_cli_attack_list_json_and_usage(capsys: pytest.CaptureFixture[str]) -> N
 
 _PROBE = """
 import json
-from host import process
+from virtio_sim.host import process
 from virtio_sim import cli, handshake, wire
 from virtio_sim.ring import split
 from virtio_sim.spec import VU_LIMITS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.workloads import blk_pattern_seed
+from virtio_sim.guest.workloads import blk_pattern_seed
 
 SECTOR = 512
 

@@ -133,6 +133,7 @@ def test_cli_expectation_mismatch_fails_with_diff(tmp_path: Path) -> None:
     assert "expected OK, got HOST_REFUSED" in p.stdout
 
 
+@pytest.mark.tool("chromium")
 def test_cli_filters_json_junit_html(tmp_path: Path) -> None:
     js, xml, page = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.html"
     p = _cli(

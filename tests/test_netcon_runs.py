@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.profile import guest_policy
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
+from virtio_sim.guest.profile import guest_policy
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 

@@ -18,9 +18,9 @@ import pytest
 import trio
 from process_helpers import host, run_guest, spawn
 
-from guest.profile import guest_policy
-from guest.workloads import blk_pattern_seed
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.processes import ProcessRun, run_processes
 from virtio_sim.profiles import load_driver_profile
 

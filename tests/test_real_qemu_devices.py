@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.iommu_dma import IOVA_BASE
-from guest.platform import GuestKernel
-from guest.profile import guest_policy
-from guest.qtest_link import QtestLink, QtestMemory
-from guest.workloads import blk_pattern_seed
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.iommu_dma import IOVA_BASE
+from virtio_sim.guest.platform import GuestKernel
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
+from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile

@@ -14,10 +14,10 @@ from typing import Any
 import trio
 from rich.console import Console
 
-from guest.profile import guest_policy
-from guest.workloads import WORKLOADS
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.matrix.cli import (
     add_compat_arguments,
     add_matrix_arguments,
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
     add_compat_arguments(c)
     vu = sub.add_parser("vhost-user", help="serve one of our devices to a QEMU vhost-user front-end")
-    from host.vhost_user_cli import add_vhost_user_arguments
+    from virtio_sim.host.vhost_user_cli import add_vhost_user_arguments
 
     add_vhost_user_arguments(vu)
     from virtio_sim.attacks.cli import add_attack_arguments, add_fuzz_arguments
@@ -265,7 +265,7 @@ def _error(message: str) -> None:
 
 
 def _host(args: argparse.Namespace) -> int:
-    from host.process import MACHINES, HostOptions, host_main
+    from virtio_sim.host.process import MACHINES, HostOptions, host_main
     from virtio_sim.sockets import AddressError, parse_address
 
     if args.machine == "help":  # QEMU's -M help
@@ -298,8 +298,8 @@ def _host(args: argparse.Namespace) -> int:
 
 
 def _guest(args: argparse.Namespace) -> int:
-    from guest.process import GuestOptions, guest_main, guest_policy_for
-    from guest.workloads import WORKLOADS
+    from virtio_sim.guest.process import GuestOptions, guest_main, guest_policy_for
+    from virtio_sim.guest.workloads import WORKLOADS
     from virtio_sim.sockets import AddressError, parse_address
 
     try:
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return cmd_conformance(args)
     if args.command == "vhost-user":
-        from host.vhost_user_cli import cmd_vhost_user
+        from virtio_sim.host.vhost_user_cli import cmd_vhost_user
 
         return cmd_vhost_user(args)
     if args.command in ("attack", "fuzz"):

@@ -12,11 +12,11 @@ from typing import Any
 
 import trio
 
-from guest.profile import guest_policy
-from guest.workloads import WORKLOADS
-from host.device_profile import DeviceRequest, device_option
-from host.devices.base import PropertyError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.workloads import WORKLOADS
+from virtio_sim.host.device_profile import DeviceRequest, device_option
+from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.matrix.spec import Cell, MatrixError, machine_for
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import (
@@ -72,9 +72,9 @@ def _validate_machine(cell: Cell) -> None:
     """Any -M value (microvm,acpi=on / virt / virt,x-mmio-hid=... / q35,iommu=virtio)
     whose machine can carry the cell's transport: its devices are then found through
     firmware tables (host/machine_types.py)."""
-    from host.build import PCI_TRANSPORTS
-    from host.devices.base import PropertyError
-    from host.machine_types import check_placement, parse_machine
+    from virtio_sim.host.build import PCI_TRANSPORTS
+    from virtio_sim.host.devices.base import PropertyError
+    from virtio_sim.host.machine_types import check_placement, parse_machine
 
     try:
         check_placement(parse_machine(cell.machine), cell.transport, cell.device, PCI_TRANSPORTS)
