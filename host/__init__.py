@@ -7,4 +7,7 @@ each class, isinstance failing between them), so that is refused here, loudly.
 """
 
 if __name__ != "virtio_sim.host":
-    raise ImportError(f"import virtio_sim.host, not {__name__}: host/ is installed as virtio_sim.host")
+    raise ImportError(
+        f"import virtio_sim.host, not {__name__}: host/ is installed as virtio_sim.host"
+        " (to convert: sed -i -E 's/^( *from )(host|guest)([. ])/\\1virtio_sim.\\2\\3/' FILE.py)"
+    )
