@@ -145,3 +145,18 @@ def test_a_closed_pipe_ends_quietly() -> None:
     proc.wait(timeout=60)
     assert first.startswith("linux-")
     assert proc.returncode == 1 and err == "", err
+
+
+def test_the_table_prints_names_as_data_not_markup() -> None:
+    import io
+
+    from rich.console import Console
+
+    from virtio_sim.matrix import report
+
+    cell = {"driver": "[red]drv", "device": "[bold]dev", "transport": "mmio-v2", "workload": "[i]w",
+            "ring": "split", "iommu": "none", "iommu_platform": "off", "machine": "microvm",
+            "outcome": "OK", "expected": "OK"}  # fmt: skip
+    out = io.StringIO()
+    report.print_table([cell], Console(file=out, width=200))
+    assert all(name in out.getvalue() for name in ("[red]drv", "[bold]dev", "[i]w"))

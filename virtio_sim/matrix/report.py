@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from virtio_sim.matrix.executors import NOT_RUN
@@ -82,10 +83,11 @@ def print_table(results: list[dict[str, Any]], console: Console) -> None:
         rows = [r for r in results if r["transport"] == transport]
         devices = sorted({r["device"] for r in rows})
         drivers = sorted({r["driver"] for r in rows})
-        table = Table(title=f"transport {transport}", show_lines=False)
+        # names come from matrix files and profiles: data, never rich markup
+        table = Table(title=f"transport {escape(transport)}", show_lines=False)
         table.add_column("driver \\ device")
         for d in devices:
-            table.add_column(d)
+            table.add_column(escape(d))
         for drv in drivers:
             cells = []
             for dev in devices:
@@ -97,10 +99,10 @@ def print_table(results: list[dict[str, Any]], console: Console) -> None:
                         for r in sorted(here, key=_variant)
                     )
                 )
-            table.add_row(drv, *cells)
+            table.add_row(escape(drv), *cells)
         console.print(table)
     variants = sorted({_variant(r) for r in results})
-    console.print(f"cell order within a box: {', '.join(variants)}")
+    console.print(f"cell order within a box: {escape(', '.join(variants))}")
     counts = Counter(r["outcome"] for r in results)
     console.print(
         "outcomes: " + ", ".join(f"[{OUTCOME_STYLE.get(k, '')}]{k}[/] {v}" for k, v in sorted(counts.items()))
