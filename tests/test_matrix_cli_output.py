@@ -160,3 +160,14 @@ def test_the_table_prints_names_as_data_not_markup() -> None:
     out = io.StringIO()
     report.print_table([cell], Console(file=out, width=200))
     assert all(name in out.getvalue() for name in ("[red]drv", "[bold]dev", "[i]w"))
+
+
+def test_piped_conformance_report_keeps_requirement_names_and_evidence_whole() -> None:
+    p = _cli("conformance", "--target", "driver:linux-4.0", "--transport", "mmio-v2")
+    assert p.returncode == 1, p.stderr  # linux-4.0 refuses to run with an unknown offered bit
+    rows = [line for line in p.stdout.splitlines() if "features.drv.accept-access-platform" in line]
+    assert (
+        len(rows) == 1
+        and "feature bit 33 was not offered; feature bit 33 offered but not accepted" in rows[0]
+    )
+    assert "driver:linux-4.0 [mmio-v2, split] by area" in p.stdout  # the title is text, not markup

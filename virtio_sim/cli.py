@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
-from rich.console import Console
 
+from virtio_sim.console import output_console
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from virtio_sim.guest.profile import guest_policy
@@ -248,7 +248,7 @@ def _load_secret(args: argparse.Namespace) -> bytes | None:
 
 
 def _print_human(result: RunResult) -> None:
-    console = Console()
+    console = output_console()
     colour = "green" if result.outcome is Outcome.OK else "red"
     console.print(f"[bold {colour}]{result.outcome}[/] {result.device} over {result.transport}")
     console.print(f"  offered    {result.device_features:#x}")

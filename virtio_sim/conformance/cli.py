@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
 
+from virtio_sim.console import output_console
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 TRANSPORT_CHOICES = ("mmio-v2", "mmio-v1", "pci-modern", "pci-transitional", "pci-legacy")
@@ -52,7 +52,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     )
     from virtio_sim.conformance.targets import TargetError, check_transport_ring, parse_target
 
-    console = Console()
+    console = output_console()  # whole requirement names in a pipe or a CI log
     try:
         catalog = load_catalog()
         target = parse_target(args.target)

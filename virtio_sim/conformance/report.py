@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from virtio_sim.conformance.catalog import COVERED_AREAS, Catalog
@@ -286,10 +287,10 @@ def print_report(report: Report, console: Console, coverage: Coverage | None = N
         for col in ("requirement", "level", "evidence"):
             t.add_column(col)
         for r in fails:
-            t.add_row(r.id, r.level, "; ".join(r.evidence)[:200])
+            t.add_row(escape(r.id), r.level, escape("; ".join(r.evidence)[:200]))  # data, not markup
         console.print(t)
     for key in ("area", "level"):
-        t = Table(title=f"{report.target} [{report.transport}, {report.ring}] by {key}")
+        t = Table(title=escape(f"{report.target} [{report.transport}, {report.ring}] by {key}"))
         t.add_column(key)
         for v in Verdict:
             t.add_column(v.value, justify="right")

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from virtio_sim.console import output_console
 from virtio_sim.exit_codes import EXIT_INTERRUPTED
 from virtio_sim.matrix import report
 from virtio_sim.matrix.cell import run_cell, run_cell_qemu, validate_cell_for_qemu
@@ -110,15 +109,6 @@ def run_with_progress(
         return execute(spec, cells, executor, seed=seed, progress=on_result, fn=fn)
     with bar:
         return execute(spec, cells, executor, seed=seed, progress=on_result, fn=fn)
-
-
-def report_console(stderr: bool = False) -> Console:
-    """Rich output at a terminal; off one (a pipe, a CI log) no 80-column wrapping or
-    truncation of driver/device names: the table is as wide as its content."""
-    stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty():
-        return Console(stderr=stderr)
-    return Console(stderr=stderr, width=100_000, no_color=True, highlight=False)
 
 
 def verdict_line(results: list[dict[str, Any]]) -> str:
@@ -223,7 +213,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     out = sys.stderr if json_only else sys.stdout
     if not json_only:
-        report.print_table(results, report_console())
+        report.print_table(results, output_console())
     bad = report.mismatches(results)
     errors = [r for r in results if r["outcome"] == TOOL_ERROR]
     for m in bad:
@@ -265,7 +255,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
         print(json.dumps({"compat": meta, "changed": changes, "cells": results}, indent=2))
         return 0
     write_outputs(args, results, meta)
-    console = report_console()
+    console = output_console()
     console.print(f"{len(pairs)} configurations, {len(changes)} changed from {args.old} to {args.new}")
     from rich.table import Table
 
