@@ -376,7 +376,7 @@ def _with_specs(tmp_path: Path, edit: dict[str, tuple[str, str]]) -> subprocess.
         assert old in text, (name, old)
         (specs / name).write_text(text.replace(old, new))
     env = {**os.environ, "VIRTIO_SIM_SPECS": str(specs)}
-    root = str(SPECS.parent)
+    root = str(Path(__file__).resolve().parent.parent)  # the checkout (SPECS is virtio_sim/specs)
     return subprocess.run(
         [sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=root, timeout=60
     )
