@@ -5,7 +5,7 @@ docs/json-schema.md), so a script written against one reads the other. The confi
 keys are the matrix axes (strings); a run fills the ones it has and leaves the others null
 (a run names a ``-device`` option, not a device generation). What the run found is under
 keys that do not collide with those axes: ``evidence`` (the workload's checks; "workload"
-is the workload's name), ``ring_info`` ("ring" is the format asked for), ``iommu_info``
+is the workload's name), ``ring_info`` ("ring" is the format asked for), ``iommu_evidence``
 ("iommu" is the machine's IOMMU) and ``device_model`` ("device" is the device generation).
 
 :meth:`RunResult.to_json` stays the internal form a guest process sends its parent.
@@ -20,13 +20,13 @@ from virtio_sim.outcome import RunResult
 #: the configuration of a record: the matrix axes, plus what the host was given
 CONFIG_KEYS = (
     "driver", "device", "transport", "machine", "iommu", "iommu_platform", "ring", "workload",
-    "device_option", "device_backend",
+    "ram", "device_option", "device_backend",
 )  # fmt: skip
 #: every key of a record, in print order
 RECORD_KEYS = (
     "id", "outcome", "expected", "detail", *CONFIG_KEYS, "device_model", "device_features",
     "driver_features", "negotiated", "status_trace", "probes", "evidence", "ring_info",
-    "iommu_info", "device_notes", "violations", "seconds",
+    "iommu_evidence", "device_notes", "violations", "seconds",
 )  # fmt: skip
 
 
@@ -37,6 +37,7 @@ def result_record(
     machine: str,
     workload: str,
     iommu: str,
+    ram: str,
     device_option: str | None,
     driver: str | None = None,
     device: str | None = None,
@@ -60,6 +61,7 @@ def result_record(
         "iommu_platform": iommu_platform,
         "ring": ring,
         "workload": workload,
+        "ram": ram,
         "device_option": device_option,
         "device_backend": device_backend,
         "device_model": d["device"],
@@ -70,7 +72,7 @@ def result_record(
         "probes": d["probes"],
         "evidence": d["workload"],
         "ring_info": d["ring"],
-        "iommu_info": d["iommu"],
+        "iommu_evidence": d["iommu"],
         "device_notes": d["device_notes"],
         "violations": d["violations"],
         "seconds": None if seconds is None else round(seconds, 4),
@@ -85,7 +87,7 @@ def bare_record(outcome: str, detail: str, **config: str | None) -> dict[str, An
     rec.update(
         outcome=outcome, detail=detail, device_backend="ours", device_model="",
         device_features="0x0", driver_features="0x0", negotiated=[], status_trace=[], probes=[],
-        evidence={}, ring_info={}, iommu_info={}, device_notes=[], violations=[],
+        evidence={}, ring_info={}, iommu_evidence={}, device_notes=[], violations=[],
     )  # fmt: skip
     rec.update(config)
     return rec

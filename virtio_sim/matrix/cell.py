@@ -15,8 +15,9 @@ import trio
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.guest.workloads import WORKLOADS
-from virtio_sim.host.device_profile import DeviceRequest, device_option
+from virtio_sim.host.device_profile import DeviceRequest, check_iommu_model, device_option
 from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.machine_types import parse_ram_size
 from virtio_sim.matrix.spec import Cell, MatrixError, machine_for
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import (
@@ -60,6 +61,10 @@ def validate_cell(cell: Cell) -> None:
         raise MatrixError(f"unknown workload {cell.workload!r} ({', '.join(WORKLOADS)})")
     if cell.machine not in ("auto", machine_for(cell.transport)):
         _validate_machine(cell)
+    try:
+        parse_ram_size(cell.ram)
+    except PropertyError as e:
+        raise MatrixError(f"ram={cell.ram!r}: {e}") from None
     for axis, allowed in SUPPORTED.items():
         if getattr(cell, axis) not in allowed:
             raise MatrixError(
@@ -82,6 +87,14 @@ def _validate_machine(cell: Cell) -> None:
         raise MatrixError(f"machine {cell.machine!r} cannot carry {cell.transport}: {e}") from None
 
 
+def _machine_has_pci(cell: Cell) -> bool:
+    """Whether the cell's machine has a PCI bus (q35, virt: yes; microvm: no)."""
+    from virtio_sim.host.machine_types import MACHINE_FACTS
+
+    name = machine_for(cell.transport) if cell.machine == "auto" else cell.machine.split(",")[0]
+    return bool(MACHINE_FACTS.get(name, {}).get("pci", False))
+
+
 def _machine_option(cell: Cell) -> str | None:
     """None: the transport's default machine (devices announced on the command line)."""
     return None if cell.machine in ("auto", machine_for(cell.transport)) else cell.machine
@@ -101,7 +114,7 @@ def run_cell_qemu(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str,
     return out
 
 
-#: what QEMU's devices can be asked for: QEMU 7.2 itself, no IOMMU, split rings, and a
+#: what QEMU's devices can be asked for: QEMU 7.2 itself, split rings, and a
 #: guest whose RAM QEMU holds in plain (no restricted-memory drivers)
 QEMU_BACKEND_DEVICE = "qemu-7.2"
 
@@ -110,8 +123,8 @@ def validate_cell_for_qemu(cell: Cell) -> None:
     problems = []
     if cell.device != QEMU_BACKEND_DEVICE:
         problems.append(f"device={cell.device} (QEMU's devices are {QEMU_BACKEND_DEVICE})")
-    if cell.iommu != "none":
-        problems.append(f"iommu={cell.iommu}")
+    # --iommu virtio-iommu runs against QEMU's own virtio-iommu-pci (run_qemu adds it); on
+    # a machine without PCI QEMU refuses it, and the cell says so (HOST_REFUSED)
     if _machine_option(cell) is not None:
         problems.append(f"machine={cell.machine} (QEMU cells run on microvm and q35 here)")
     if cell.ring != "split":
@@ -121,7 +134,7 @@ def validate_cell_for_qemu(cell: Cell) -> None:
     if problems:
         raise MatrixError(
             f"cell {cell.id} cannot run on QEMU's devices: {'; '.join(problems)}"
-            f" (select --device {QEMU_BACKEND_DEVICE} --iommu none and a plain-memory driver)"
+            f" (select --device {QEMU_BACKEND_DEVICE} and a plain-memory driver)"
         )
 
 
@@ -138,6 +151,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
     )
     option: str | None = None
     try:
+        check_iommu_model(cell.iommu, _machine_has_pci(cell), device)
         option = device_option(request, device)
     except PropertyError as e:
         result = RunResult(Outcome.HOST_REFUSED, transport=cell.transport, detail=str(e))
@@ -151,6 +165,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
             guest=guest_policy(driver),
             iommu=cell.iommu,
             machine=_machine_option(cell),
+            ram_size=parse_ram_size(cell.ram),
         )
         result = trio.run(runner, cfg)
     axes = cell.axes()
