@@ -354,8 +354,10 @@ def _run_record(
 ) -> dict[str, Any]:
     """``run --json``: the record every matrix cell has too (docs/json-schema.md)."""
     machine = cfg.machine or ("q35" if cfg.transport.startswith("pci") else "microvm")
+    # the transport the run ended up on (--transport mmio resolves to mmio-v1 or mmio-v2)
+    transport = result.transport or cfg.transport
     return result_record(
-        result, transport=cfg.transport, machine=machine, workload=cfg.workload, iommu=cfg.iommu,
+        result, transport=transport, machine=machine, workload=cfg.workload, iommu=cfg.iommu,
         ram=_ram_text(cfg.ram_size), device_option=cfg.device, driver=driver, device_backend=backend,
         seconds=seconds,
     )  # fmt: skip
