@@ -124,12 +124,12 @@ def to_junit(results: list[dict[str, Any]], name: str) -> str:
         failures=str(len(failures)),
         errors=str(sum(1 for r in results if r["outcome"] == "TOOL_ERROR")),
         skipped=str(sum(1 for r in results if r["outcome"] == NOT_RUN)),
-        time=f"{sum(float(r.get('seconds', 0)) for r in results):.3f}",
+        time=f"{sum(float(r.get('seconds') or 0) for r in results):.3f}",
     )
     for r in results:
         case = ET.SubElement(
             suite, "testcase", classname=f"matrix.{r['transport']}", name=r["id"],
-            time=f"{float(r.get('seconds', 0)):.4f}",
+            time=f"{float(r.get('seconds') or 0):.4f}",
         )  # fmt: skip
         props = ET.SubElement(case, "properties")
         ET.SubElement(props, "property", name="outcome", value=r["outcome"])
