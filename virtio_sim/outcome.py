@@ -113,8 +113,9 @@ class RunResult:
         self.outcome = Outcome.CORRUPTION
         self.detail = (
             f"device wrote {total} byte(s) of guest RAM the driver never lent it, first "
-            f"[{start:#x}, {end:#x}) (raw DMA to an address the guest meant for "
-            f"translation){before}"
+            f"[{start:#x}, {end:#x}) (the device did not read the bus address the way the "
+            f"driver meant it: an IOVA used untranslated, a pseudo-physical address used as "
+            f"a machine one){before}"
         )
 
     @classmethod

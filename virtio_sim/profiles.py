@@ -33,12 +33,14 @@ class DriverProfile:
     pci_match: str  # "any" | "transitional-only"
     acpi_hids: tuple[str, ...]
     dt_compatibles: tuple[str, ...]
-    dma_api: str  # "never" | "feature" | "always"
+    dma_api: str  # "never" | "xen" | "feature" | "always" | "quirk-list" (guest/platform_dma.py)
     features_ok: bool
     endianness: str  # "little" | "big"
     restricted_memory: bool = False
     refuse_unrestricted: bool = False
     needs_reset: str = "detect"  # "detect" | "ignore" (what the drivers do with NEEDS_RESET)
+    #: a proposal argued on the lists, not a release: where and when (thread, date)
+    proposal: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,9 @@ _DRIVER_KEYS = {
     "description": str, "transport_features": list, "device_features": dict, "transports": list,
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
-    "refuse_unrestricted": bool, "needs_reset": str,
+    "refuse_unrestricted": bool, "needs_reset": str, "proposal": str,
 }  # fmt: skip
-_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted", "needs_reset"}
+_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted", "needs_reset", "proposal"}
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
@@ -71,7 +73,7 @@ _DEVICE_KEYS = {
 }  # fmt: skip
 _CHOICES = {
     "pci_match": ("any", "transitional-only"),
-    "dma_api": ("never", "feature", "always"),
+    "dma_api": ("never", "xen", "feature", "always", "quirk-list"),
     "endianness": ("little", "big"),
     "dma": ("honor", "bypass", "translate-always"),
     "access_platform_offer": ("property", "never"),
@@ -148,6 +150,7 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         restricted_memory=data.get("restricted_memory", False),
         refuse_unrestricted=data.get("refuse_unrestricted", False),
         needs_reset=data.get("needs_reset", "detect"),
+        proposal=data.get("proposal", ""),
     )
 
 
