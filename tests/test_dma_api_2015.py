@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from virtio_sim.guest.allocator import PageAllocator
 from virtio_sim.guest.platform_dma import PlatformInfo, XenDma, parse_platform, vring_use_dma_api
 from virtio_sim.host.build import HostConfig, build_host
 from virtio_sim.host.devices.base import PropertyError
@@ -99,9 +100,7 @@ def test_xen_p2m_views_agree(tmp_path: object) -> None:
     try:
         shift = p2m_shift(16 << 20)
         device = P2mAddressSpace(mem, 0, 16 << 20, shift)
-        guest = XenDma(
-            mem, __import__("guest.allocator").allocator.PageAllocator(1 << 20, 8 << 20), (0, 16 << 20, shift)
-        )
+        guest = XenDma(mem, PageAllocator(1 << 20, 8 << 20), (0, 16 << 20, shift))
         buf = guest.alloc(100)
         assert buf.dev_addr != buf.gpa  # the bus address is the machine address
         guest.write(buf, b"through the p2m")

@@ -87,3 +87,10 @@ def test_the_schema_is_strict_and_documented() -> None:
         pass
     else:
         raise AssertionError("a record with an unknown key validated")
+
+
+def test_every_run_result_field_is_in_the_record() -> None:
+    from virtio_sim.outcome import RunResult
+    from virtio_sim.result_record import RENAMED
+
+    assert {RENAMED.get(f, f) for f in RunResult.__dataclass_fields__} <= set(RECORD_KEYS)

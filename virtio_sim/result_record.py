@@ -23,10 +23,14 @@ CONFIG_KEYS = (
     "ram", "device_option", "device_backend",
 )  # fmt: skip
 #: every key of a record, in print order
+#: RunResult fields whose names are taken by the configuration (matrix axes)
+RENAMED = {"device": "device_model", "workload": "evidence", "ring": "ring_info", "iommu": "iommu_evidence"}
+#: every key of a record, in print order; a RunResult field missing here still appears
+#: (after these), and the schema test then asks for it to be documented
 RECORD_KEYS = (
     "id", "outcome", "expected", "detail", *CONFIG_KEYS, "device_model", "device_features",
     "driver_features", "negotiated", "status_trace", "probes", "evidence", "ring_info",
-    "iommu_evidence", "device_notes", "violations", "seconds",
+    "iommu_evidence", "dma_ranges", "stray_writes", "device_notes", "violations", "seconds",
 )  # fmt: skip
 
 
@@ -47,37 +51,15 @@ def result_record(
     seconds: float | None = None,
     id: str | None = None,
 ) -> dict[str, Any]:
-    d = result.to_json()
-    rec = {
-        "id": id,
-        "outcome": d["outcome"],
-        "expected": None,
-        "detail": d["detail"],
-        "driver": driver,
-        "device": device,
-        "transport": transport,
-        "machine": machine,
-        "iommu": iommu,
-        "iommu_platform": iommu_platform,
-        "ring": ring,
-        "workload": workload,
-        "ram": ram,
-        "device_option": device_option,
-        "device_backend": device_backend,
-        "device_model": d["device"],
-        "device_features": d["device_features"],
-        "driver_features": d["driver_features"],
-        "negotiated": d["negotiated"],
-        "status_trace": d["status_trace"],
-        "probes": d["probes"],
-        "evidence": d["workload"],
-        "ring_info": d["ring"],
-        "iommu_evidence": d["iommu"],
-        "device_notes": d["device_notes"],
-        "violations": d["violations"],
-        "seconds": None if seconds is None else round(seconds, 4),
-    }
-    return {k: rec[k] for k in RECORD_KEYS}
+    found = {RENAMED.get(k, k): v for k, v in result.to_json().items() if k != "transport"}
+    config = {
+        "id": id, "expected": None, "driver": driver, "device": device, "transport": transport,
+        "machine": machine, "iommu": iommu, "iommu_platform": iommu_platform, "ring": ring,
+        "workload": workload, "ram": ram, "device_option": device_option,
+        "device_backend": device_backend, "seconds": None if seconds is None else round(seconds, 4),
+    }  # fmt: skip
+    rec = {**found, **config}
+    return {**{k: rec[k] for k in RECORD_KEYS}, **{k: v for k, v in rec.items() if k not in RECORD_KEYS}}
 
 
 def bare_record(outcome: str, detail: str, **config: str | None) -> dict[str, Any]:
@@ -87,7 +69,8 @@ def bare_record(outcome: str, detail: str, **config: str | None) -> dict[str, An
     rec.update(
         outcome=outcome, detail=detail, device_backend="ours", device_model="",
         device_features="0x0", driver_features="0x0", negotiated=[], status_trace=[], probes=[],
-        evidence={}, ring_info={}, iommu_evidence={}, device_notes=[], violations=[],
+        evidence={}, ring_info={}, iommu_evidence={}, dma_ranges=[], stray_writes=[], device_notes=[],
+        violations=[],
     )  # fmt: skip
     rec.update(config)
     return rec
