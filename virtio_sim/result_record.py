@@ -29,7 +29,7 @@ RENAMED = {"device": "device_model", "workload": "evidence", "ring": "ring_info"
 #: (after these), and the schema test then asks for it to be documented
 RECORD_KEYS = (
     "id", "outcome", "expected", "detail", *CONFIG_KEYS, "device_model", "device_features",
-    "driver_features", "negotiated", "status_trace", "probes", "evidence", "ring_info",
+    "host_features", "driver_features", "negotiated", "status_trace", "probes", "evidence", "ring_info",
     "iommu_evidence", "dma_ranges", "stray_writes", "device_notes", "violations", "seconds",
 )  # fmt: skip
 
@@ -68,7 +68,8 @@ def bare_record(outcome: str, detail: str, **config: str | None) -> dict[str, An
     rec: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
     rec.update(
         outcome=outcome, detail=detail, device_backend="ours", device_model="",
-        device_features="0x0", driver_features="0x0", negotiated=[], status_trace=[], probes=[],
+        device_features="0x0", host_features="0x0", driver_features="0x0", negotiated=[],
+        status_trace=[], probes=[],
         evidence={}, ring_info={}, iommu_evidence={}, dma_ranges=[], stray_writes=[], device_notes=[],
         violations=[],
     )  # fmt: skip
