@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from virtio_sim.argtypes import positive_seconds
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.qdev import build_device, parse_device_option
@@ -41,7 +42,7 @@ def add_vhost_user_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument(
         "--connect-timeout",
-        type=float,
+        type=positive_seconds,
         default=None,
         help="give up when no front-end connects within this many seconds",
     )

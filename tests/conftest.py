@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ci_policy import pytest_runtest_makereport  # noqa: F401  (CI=true: a skipped qemu test fails)
 
 from virtio_sim.memory import GuestMemory
 from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86, MissingTool, static_busybox
@@ -33,8 +34,9 @@ SYSTEM_TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``qemu`` run whenever QEMU is installed; otherwise they are skipped
-    with the command that installs it (CI installs it, so there they always run). The
-    same for ``tool(NAME)``: skipped with ``apt-get install PACKAGE`` when NAME is missing."""
+    with the command that installs it (CI installs it, so there they always run; under
+    CI=true such a skip is a failure: ci_policy.py). The same for ``tool(NAME)``: skipped
+    with ``apt-get install PACKAGE`` when NAME is missing."""
     for marker, binary in (("qemu", QEMU_X86), ("qemu_arm", QEMU_ARM)):
         if shutil.which(binary):
             continue

@@ -1,4 +1,4 @@
-"""Broken wire traffic (row X1, and F51 for vhost-user): frames a hostile peer sends to
+"""Broken wire traffic (row X1, X4 for hostile text, and F51 for vhost-user): frames a hostile peer sends to
 the host process (two-process protocol, docs/wire-protocol.md) and to the vhost-user
 back-end. Each case connects, misbehaves, and must see the server end that connection
 (an ERROR frame and/or a close) within its bound, leak no file descriptors, and serve a
@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from virtio_sim import layouts, wire
+from virtio_sim.attacks.corpus_text import hostile_guest_error
 from virtio_sim.attacks.scenario import CaseResult, Verdict
 from virtio_sim.handshake import guest_handshake
 from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
@@ -126,6 +127,12 @@ case("wire-garbage", "host", "4 KiB of pseudo-random bytes")(
     _raw(lambda: bytes((i * 73 + 19) & 0xFF for i in range(4096)))
 )
 case("wire-silence", "host", "connect and say nothing (handshake timeout)")(_raw(lambda: b""))
+case("wire-error-markup", "host", "an ERROR of rich markup and terminal escapes instead of a HELLO")(
+    _raw(lambda: hostile_guest_error("[/x] [bold]x[/bold] \x1b]0;owned\x07\x1b[2J"))
+)
+case("wire-error-huge", "host", "an ERROR of 60,000 characters (the protocol allows 4000)")(
+    _raw(lambda: hostile_guest_error("x" * 60_000))
+)
 
 
 @case("wire-fd-flood", "host", f"HELLO carrying {FLOOD_FDS} file descriptors")
