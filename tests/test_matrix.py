@@ -143,7 +143,7 @@ def test_cli_filters_json_junit_html(tmp_path: Path) -> None:
     p = _cli(
         "matrix", "--driver", "linux-4.0", "--driver", "linux-6.1", "--device", "qemu-7.2",
         "--transport", "mmio-v2", "--iommu-platform", "on", "--iommu-platform", "off",
-        "--workload", "blk-rw", "--iommu", "none",
+        "--workload", "blk-rw", "--iommu", "none", "--ring", "split",
         "--json", str(js), "--junit-xml", str(xml), "--html", str(page),
     )  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
@@ -192,7 +192,7 @@ def test_compat_reports_changed_outcomes() -> None:
     p = _cli(
         "compat", "--old", "linux-4.0", "--new", "linux-6.1", "--device", "qemu-7.2",
         "--transport", "mmio-v2", "--iommu-platform", "on", "--iommu-platform", "off",
-        "--workload", "blk-rw", "--iommu", "none", "--json",
+        "--workload", "blk-rw", "--iommu", "none", "--ring", "split", "--json",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
