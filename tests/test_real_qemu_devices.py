@@ -328,7 +328,7 @@ def test_matrix_cells_on_qemu_match_ours_and_expectations(tmp_path: Path) -> Non
     sel = ["--device", "qemu-7.2", "--driver", "linux-6.1", "--driver", "linux-4.0", "--driver", "linux-3.18",
            "--transport", "mmio-v2", "--transport", "pci-modern", "--transport", "pci-transitional",
            "--workload", "rng", "--iommu-platform", "on", "--iommu-platform", "off",
-           "--iommu", "none"]  # fmt: skip
+           "--iommu", "none", "--ring", "split"]  # fmt: skip
     outcomes = {}
     for backend in ("qemu", "ours"):
         path = tmp_path / f"{backend}.json"
