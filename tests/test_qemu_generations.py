@@ -129,6 +129,8 @@ def _matrix(
         "virtio_sim.cli",
         "matrix",
         *sel,
+        "--ring",
+        "split",  # QEMU-backend cells are split-ring only
         "--device-backend",
         backend,
         "--json",
