@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from host.qdev import build_device, parse_device_option
-from host.vhost_user import VhostUserBackend, serve_socket
+from virtio_sim.host.qdev import build_device, parse_device_option
+from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.qemu.tools import DPDK_TESTPMD
 
-pytestmark = pytest.mark.dpdk
+pytestmark = pytest.mark.tool("dpdk-testpmd")
 
 ENOUGH_FRAMES = 2000  # frames our device must have carried before testpmd is stopped
 RUN_LIMIT = 90.0  # seconds for the whole exchange (EAL start-up under load included)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.profile import guest_policy
 from virtio_sim.embedded import RunConfig
+from virtio_sim.guest.profile import guest_policy
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.qemu.machines import qemu_devices

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 import trio
 
-from guest.allocator import PageAllocator
-from guest.dma import DirectDma
-from host.qdev import build_device, parse_device_option
-from host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim import layouts
+from virtio_sim.guest.allocator import PageAllocator
+from virtio_sim.guest.dma import DirectDma
+from virtio_sim.host.qdev import build_device, parse_device_option
+from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.packed import PackedDriverQueue
 from virtio_sim.ring.split import SplitDriverQueue, SplitRingAddresses

@@ -34,8 +34,8 @@ from typing import Any
 
 import trio
 
-from guest.profile import guest_policy
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.profile import guest_policy
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.qemu.initramfs import build_initramfs
