@@ -14,14 +14,10 @@ from rich.console import Console
 
 from guest.profile import guest_policy
 from guest.workloads import WORKLOADS
+from virtio_sim.compat_cli import add_compat_arguments, cmd_compat
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
-from virtio_sim.matrix.cli import (
-    add_compat_arguments,
-    add_matrix_arguments,
-    cmd_compat,
-    cmd_matrix,
-)
+from virtio_sim.matrix.cli import add_matrix_arguments, cmd_matrix
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import ProfileError, load_driver_profile
 from virtio_sim.spec import LIMITS
@@ -393,9 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return cmd_attack(args) if args.command == "attack" else cmd_fuzz(args)
     if args.command == "compat":
-        if args.old == args.new:
-            print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)
-            return EXIT_USAGE
         return cmd_compat(args)
     if args.command == "run":
         if args.link and not args.processes:

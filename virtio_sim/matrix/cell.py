@@ -159,6 +159,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
     out = result.to_json()
     out["evidence"] = out.pop("workload")  # the axis "workload" names the workload itself
     out["ring_info"] = out.pop("ring")  # likewise the axis "ring" names the format asked for
+    out["iommu_evidence"] = out.pop("iommu")  # and "iommu" the IOMMU asked for (faults, IOTLB, bypass)
     out.update(cell.axes())
     out["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
     out["id"] = cell.id

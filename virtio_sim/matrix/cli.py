@@ -1,4 +1,5 @@
-"""``virtio-sim matrix`` and ``virtio-sim compat``."""
+"""``virtio-sim matrix`` (``virtio-sim compat`` is virtio_sim/compat_cli.py; it shares the
+executor options and the progress display defined here)."""
 
 from __future__ import annotations
 
@@ -139,59 +140,3 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     for r in errors:
         print(f"TOOL ERROR {r['id']}: {r['detail']}", file=sys.stderr)
     return EXIT_MISMATCH if bad or errors else 0
-
-
-def cmd_compat(args: argparse.Namespace) -> int:
-    """Run two driver generations over the same device configurations; show what changed."""
-    try:
-        spec, filters = matrix_spec(args)
-        filters["driver"] = [args.old, args.new]
-        cells = plan(spec, filters)
-        executor = make_executor(args)
-    except MatrixError as e:
-        print(f"virtio-sim compat: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    json_only = args.json == "-"
-    results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only)
-    pairs: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in results:
-        key = "/".join(str(r[a]) for a in AXES if a != "driver")
-        pairs.setdefault(key, {})[r["driver"]] = r
-    changes = []
-    for key, by in sorted(pairs.items()):
-        old, new = by.get(args.old), by.get(args.new)
-        if old and new and old["outcome"] != new["outcome"]:
-            changes.append(
-                {"config": key, "old": old["outcome"], "new": new["outcome"],
-                 "old_detail": old.get("detail", ""), "new_detail": new.get("detail", "")}
-            )  # fmt: skip
-    meta = {"source": spec.source, "old": args.old, "new": args.new, "configs": len(pairs)}
-    if json_only:
-        import json
-
-        print(json.dumps({"compat": meta, "changed": changes, "cells": results}, indent=2))
-        return 0
-    write_outputs(args, results, meta)
-    console = Console()
-    console.print(f"{len(pairs)} configurations, {len(changes)} changed from {args.old} to {args.new}")
-    from rich.table import Table
-
-    t = Table("configuration", args.old, args.new, "why (new)")
-    for c in changes:
-        t.add_row(c["config"], c["old"], c["new"], c["new_detail"][:80])
-    console.print(t)
-    return 0
-
-
-def add_compat_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--old", required=True, help="older driver profile")
-    p.add_argument("--new", required=True, help="newer driver profile")
-    p.add_argument("file", nargs="?", type=Path, help="matrix TOML for the device axes")
-    for axis in AXES:
-        if axis == "driver":
-            continue
-        p.add_argument("--" + axis.replace("_", "-"), dest=axis, action="append", metavar=axis.upper())
-    add_executor_arguments(p)
-    p.add_argument("--json", nargs="?", const="-", metavar="PATH")
-    p.add_argument("--junit-xml", metavar="PATH")
-    p.add_argument("--html", metavar="PATH")

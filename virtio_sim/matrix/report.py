@@ -108,6 +108,15 @@ def to_json(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return json.dumps({"matrix": meta, "summary": dict(sorted(counts.items())), "cells": results}, indent=2)
 
 
+def junit_stamp() -> tuple[str, str]:
+    """JUnit's testsuite timestamp (ISO 8601, local time without zone, as the schema has
+    it) and hostname."""
+    import datetime
+    import socket
+
+    return datetime.datetime.now().replace(microsecond=0).isoformat(), socket.gethostname()
+
+
 def to_junit(results: list[dict[str, Any]], name: str) -> str:
     failures = mismatches(results)
     failed_ids = {m.id for m in failures}
@@ -135,7 +144,7 @@ def to_junit(results: list[dict[str, Any]], name: str) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
-def to_html(results: list[dict[str, Any]], title: str) -> str:
+def to_html(results: list[dict[str, Any]], title: str, meta: dict[str, Any] | None = None) -> str:
     """A self-contained page: one grid per transport, details per cell on click."""
     esc = html.escape
     parts = [
