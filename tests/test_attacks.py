@@ -586,11 +586,22 @@ async def test_bound_connections(tmp_path: Path) -> None:
     opts = HostOptions(
         listen=UnixAddress(path), devices=["virtio-rng-device"], ram_size=2 << 20, max_guests=2
     )
-    server = HostServer(plan_host(opts), out=io.StringIO(), err=io.StringIO())
+    listening = trio.Event()
+
+    class Events(io.StringIO):
+        """The host's event stream; its "listening" event comes after listen() (the
+        socket file exists from bind() on, so waiting for the path raced: ECONNREFUSED)."""
+
+        def write(self, text: str) -> int:
+            if '"listening"' in text:
+                listening.set()
+            return super().write(text)
+
+    server = HostServer(plan_host(opts), out=Events(), err=io.StringIO())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
-        while not Path(path).exists():
-            await trio.sleep(0.01)
+        with trio.fail_after(5):
+            await listening.wait()
         held = [await trio.open_unix_socket(path) for _ in range(2)]
         with trio.fail_after(5):
             while len(server.live) < 2:

@@ -22,8 +22,6 @@ from typing import Any
 from guest.workloads import WORKLOADS
 from virtio_sim.matrix.spec import AXES
 
-#: the axes that make a configuration (every axis but the driver generation)
-CONFIG_AXES = tuple(a for a in AXES if a != "driver")
 #: feature names that belong to the transport / ring rather than to one device type
 TRANSPORT_FEATURE_PREFIXES = ("VIRTIO_F_", "VIRTIO_RING_F_")
 
@@ -108,23 +106,33 @@ class CompatReport:
         }
 
 
-def config_key(cell: dict[str, Any]) -> str:
-    return "/".join(str(cell[a]) for a in CONFIG_AXES)
+def config_key(cell: dict[str, Any], axis: str = "driver") -> str:
+    return "/".join(str(cell[a]) for a in AXES if a != axis)
 
 
-def compare(results: list[dict[str, Any]], old: str, new: str) -> CompatReport:
-    """Pair the cells of ``old`` and ``new`` by configuration and explain every change."""
+def compare(
+    results: list[dict[str, Any]],
+    old: str,
+    new: str,
+    *,
+    axis: str = "driver",
+    names: tuple[str, str] | None = None,
+) -> CompatReport:
+    """Pair the cells of ``old`` and ``new`` (values of ``axis``: driver generations, or
+    device generations) by configuration and explain every change. ``names`` are the
+    subjects of the explanations (default: the two values)."""
     pairs: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
-        if r["driver"] in (old, new):
-            pairs.setdefault(config_key(r), {})[r["driver"]] = r
+        if r[axis] in (old, new):
+            pairs.setdefault(config_key(r, axis), {})[r[axis]] = r
+    old_name, new_name = names or (old, new)
     report = CompatReport(old, new, len(pairs), [])
     for key, by in sorted(pairs.items()):
         a, b = by.get(old), by.get(new)
         if a is None or b is None:
             report.unpaired.append(key)
         elif a["outcome"] != b["outcome"]:
-            report.changes.append(Change(key, a, b, explain(a, b, old, new)))
+            report.changes.append(Change(key, a, b, explain(a, b, old_name, new_name)))
         else:
             report.unchanged[key] = _seconds(a) + _seconds(b)
     return report

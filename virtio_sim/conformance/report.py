@@ -215,9 +215,15 @@ def to_json(report: Report, coverage: Coverage | None = None) -> str:
 def to_junit(report: Report) -> str:
     """One testcase per requirement: FAIL is a failure, NOT_APPLICABLE / NOT_COVERED are
     skipped (with why), so CI dashboards show the same picture as the terminal."""
+    from virtio_sim.matrix.report import junit_stamp
+
+    stamp, host = junit_stamp()
     suite = ET.Element(
         "testsuite",
-        name=f"conformance {report.target} {report.transport} {report.ring}",
+        # stable and dotted like the matrix's suites: virtio-sim.conformance.TARGET.TRANSPORT.RING
+        name=f"virtio-sim.conformance.{report.target}.{report.transport}.{report.ring}",
+        timestamp=stamp,
+        hostname=host,
         tests=str(len(report.rows)),
         failures=str(len(report.by_verdict(Verdict.FAIL))),
         skipped=str(
@@ -225,7 +231,10 @@ def to_junit(report: Report) -> str:
         ),
     )
     for r in report.rows:
-        case = ET.SubElement(suite, "testcase", classname=f"{r.area}.{r.level.replace(' ', '_')}", name=r.id)
+        # per-case time: checkers decide many requirements in one run, so none has its own
+        case = ET.SubElement(
+            suite, "testcase", classname=f"{r.area}.{r.level.replace(' ', '_')}", name=r.id, time="0"
+        )
         if r.verdict is Verdict.FAIL:
             fail = ET.SubElement(case, "failure", message=f"{r.level} violated")
             fail.text = "\n".join(r.evidence)
@@ -238,17 +247,45 @@ def to_junit(report: Report) -> str:
     return str(ET.tostring(suite, encoding="unicode"))
 
 
-_COLOURS = {"PASS": "#d4f7d4", "FAIL": "#f7c6c6", "NOT_APPLICABLE": "#eeeeee", "NOT_COVERED": "#fff4c2"}
+_COLOURS = {
+    "FAIL": "#f7c6c6",
+    "KNOWN": "#f9e0c0",
+    "PASS": "#d4f7d4",
+    "NOT_APPLICABLE": "#eeeeee",
+    "NOT_COVERED": "#fff4c2",
+}
+
+
+def _html_order(r: Row) -> int:
+    """Unexplained MUST failures first, then other failures, known deviations, and the
+    rest (PASS, not applicable, not covered) in catalogue order."""
+    if r.verdict is Verdict.FAIL:
+        rank = (0 if r.level in MANDATORY_LEVELS else 1) if r.known is None else 2
+    else:
+        rank = 3
+    return rank
+
+
+def _shown_verdict(r: Row) -> str:
+    return "KNOWN" if r.verdict is Verdict.FAIL and r.known is not None else r.verdict.value
 
 
 def to_html(report: Report, coverage: Coverage | None = None) -> str:
+    """One page: the verdict, then every requirement with FAILs first, each with its spec
+    section and, for a documented deviation, the reason it is known."""
     esc = html.escape
+    must = report.must_failures
+    known = [r for r in report.rows if r.verdict is Verdict.FAIL and r.known is not None]
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>virtio conformance: {esc(report.target)}</title>",
-        "<style>body{font-family:sans-serif}td,th{padding:2px 6px;border:1px solid #ccc}"
-        "table{border-collapse:collapse}</style></head><body>",
+        "<style>body{font-family:sans-serif}td,th{padding:2px 6px;border:1px solid #ccc;vertical-align:top}"
+        "table{border-collapse:collapse}#verdict{font-size:1.3em}</style></head><body>",
         f"<h1>Conformance of {esc(report.target)}</h1>",
+        f"<p id='verdict'><b>{'FAIL' if must else 'PASS'}</b>: {len(must)} MUST failures, "
+        f"{len(report.by_verdict(Verdict.FAIL)) - len(must) - len(known)} other failures, "
+        f"{len(known)} known deviations, {len(report.by_verdict(Verdict.PASS))} passed "
+        f"of {len(report.rows)} requirements</p>",
         f"<p>transport {esc(report.transport)}, ring {esc(report.ring)}, policy {esc(report.policy)}</p>",
     ]
     if report.stopped:
@@ -258,21 +295,24 @@ def to_html(report: Report, coverage: Coverage | None = None) -> str:
             f"<p>Catalogue coverage of testable MUST/MUST NOT in the covered areas: "
             f"{coverage.covered}/{coverage.total} ({coverage.share:.0%})</p>"
         )
-    parts.append("<h2>By area</h2><table><tr><th>area</th>")
+    parts.append(
+        "<h2>Requirements</h2><table id='requirements'><tr><th>id</th><th>section</th><th>level</th>"
+        "<th>verdict</th><th>evidence</th><th>known deviation</th></tr>"
+    )
+    for r in sorted(report.rows, key=_html_order):
+        detail = "; ".join(r.evidence) or (r.not_checkable or "")
+        shown = _shown_verdict(r)
+        parts.append(
+            f"<tr data-verdict='{shown}' style='background:{_COLOURS[shown]}'><td>{esc(r.id)}</td>"
+            f"<td>{esc(r.section)}</td><td>{esc(r.level)}</td><td>{shown}</td><td>{esc(detail)}</td>"
+            f"<td>{esc(r.known or '')}</td></tr>"
+        )
+    parts.append("</table><h2>By area</h2><table><tr><th>area</th>")
     verdicts = [v.value for v in Verdict]
     parts += [f"<th>{v}</th>" for v in verdicts] + ["</tr>"]
     for area, counts in report.summary("area").items():
         parts.append(
             f"<tr><td>{esc(area)}</td>" + "".join(f"<td>{counts.get(v, 0)}</td>" for v in verdicts) + "</tr>"
-        )
-    parts.append(
-        "</table><h2>Requirements</h2><table><tr><th>id</th><th>level</th><th>verdict</th><th>detail</th></tr>"
-    )
-    for r in report.rows:
-        detail = "; ".join(r.evidence) or (r.not_checkable or "")
-        parts.append(
-            f"<tr style='background:{_COLOURS[r.verdict.value]}'><td>{esc(r.id)}</td><td>{esc(r.level)}</td>"
-            f"<td>{r.verdict.value}</td><td>{esc(detail)}</td></tr>"
         )
     parts.append("</table></body></html>")
     return "\n".join(parts)

@@ -98,7 +98,7 @@ def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]], meta:
     if args.junit_xml:
         Path(args.junit_xml).write_text(report.to_junit(results, meta["source"]))
     if args.html:
-        Path(args.html).write_text(report.to_html(results, f"virtio-sim matrix: {meta['source']}"))
+        Path(args.html).write_text(report.to_html(results, f"virtio-sim matrix: {meta['source']}", meta))
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
