@@ -33,7 +33,7 @@ from virtio_sim import cli, wire
 from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
 from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
-from virtio_sim.attacks.corpus_wire import run_wire_corpus, vu
+from virtio_sim.attacks.corpus_wire import ListeningSignal, run_wire_corpus, vu
 from virtio_sim.attacks.device_side import TOLERABLE, driver_cases, profiles, run_driver_case
 from virtio_sim.attacks.forge import INDIRECT, WRITE, SplitForge
 from virtio_sim.attacks.runner import CASE_SECONDS, STOP_GRACE, run_case, run_cases, run_sync
@@ -586,22 +586,12 @@ async def test_bound_connections(tmp_path: Path) -> None:
     opts = HostOptions(
         listen=UnixAddress(path), devices=["virtio-rng-device"], ram_size=2 << 20, max_guests=2
     )
-    listening = trio.Event()
-
-    class Events(io.StringIO):
-        """The host's event stream; its "listening" event comes after listen() (the
-        socket file exists from bind() on, so waiting for the path raced: ECONNREFUSED)."""
-
-        def write(self, text: str) -> int:
-            if '"listening"' in text:
-                listening.set()
-            return super().write(text)
-
-    server = HostServer(plan_host(opts), out=Events(), err=io.StringIO())
+    events = ListeningSignal()  # not the socket path: it exists before listen()
+    server = HostServer(plan_host(opts), out=events, err=io.StringIO())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
         with trio.fail_after(5):
-            await listening.wait()
+            await events.listening.wait()
         held = [await trio.open_unix_socket(path) for _ in range(2)]
         with trio.fail_after(5):
             while len(server.live) < 2:

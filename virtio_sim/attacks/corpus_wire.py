@@ -8,13 +8,13 @@ well-behaved peer that connects afterwards.
 from __future__ import annotations
 
 import array
+import io
 import os
 import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -359,6 +359,21 @@ async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) ->
     return res
 
 
+class ListeningSignal(io.StringIO):
+    """The host server's event stream, as far as readiness goes: its "listening" event
+    is emitted after listen(). (The socket file exists from bind() on, so waiting for the
+    path raced with listen(): a connect in between was refused.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = trio.Event()
+
+    def write(self, text: str) -> int:
+        if '"event": "listening"' in text:
+            self.listening.set()
+        return len(text)
+
+
 async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list[CaseResult]:
     """Every wire case against one in-process host server (so 'the next guest' is served
     by the same server the hostile one attacked) and fresh vhost-user back-ends."""
@@ -372,13 +387,13 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
         frame_timeout=HOST_TIMEOUTS,
         max_guests=LIMITS.host.max_guests,
     )
-    server = HostServer(plan_host(opts), out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
+    events = ListeningSignal()
+    server = HostServer(plan_host(opts), out=events, err=open(os.devnull, "w"))  # noqa: SIM115
     results: list[CaseResult] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
         with trio.fail_after(BOUND):
-            while not Path(path).exists():
-                await trio.sleep(0.01)
+            await events.listening.wait()
         # warm up: the first guest and front-end open what the server keeps for good
         # (so the fd baseline of each case is steady)
         if await _good_host_guest(path) or await _good_vu_frontend(tmp, -1):
