@@ -54,35 +54,29 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from virtio_sim import __version__
+
     p = _Parser(prog="virtio-sim", description="virtio feature-negotiation and vring emulator")
+    p.add_argument("--version", action="version", version=f"virtio-sim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one device with one workload, host and guest embedded")
+    add_qemu_options(run, ram_dest="ram")
+    run.add_argument("--workload", help=", ".join(WORKLOADS))
     run.add_argument(
-        "--device",
-        required=True,
-        action="append",
-        help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img; repeat for more devices"
-        " on the same machine (the workload uses the first, net-pair the first two)",
+        "--transport",
+        default=None,
+        choices=TRANSPORTS,
+        help="default: the device name's bus (virtio-*-pci: q35 PCI, transitional unless"
+        " disable-legacy=on; virtio-*-device: virtio-mmio, v2 unless -global"
+        " virtio-mmio.force-legacy=on)",
     )
-    run.add_argument("--workload", required=True, help=", ".join(WORKLOADS))
-    run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
     run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
-    run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
     run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
     run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument(
-        "-M",
-        "--machine",
-        default=None,
-        help="QEMU machine: microvm|q35|virt[,acpi=on|off][,iommu=virtio][,x-mmio-hid=HID]; devices are"
-        " then found through the machine's ACPI tables (default: microvm, transports on the command line)",
+        "--json", nargs="?", const="-", metavar="PATH", help="write JSON (to stdout alone if no PATH)"
     )
-    run.add_argument(
-        "-global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
-        help="QEMU -global default (e.g. virtio-mmio.force-legacy=false)",
-    )  # fmt: skip
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
         "--device-backend",
         choices=("ours", "qemu"),
@@ -123,6 +117,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_qemu_options(
+    p: argparse.ArgumentParser, *, ram_dest: str, machine_default: str | None = None, backends: bool = True
+) -> None:
+    """The QEMU-style options, spelled as QEMU does and as GNU does (-device / --device),
+    the same on ``run`` and ``host``."""
+    p.add_argument(
+        "-device", "--device", dest="devices", action="append", default=[], metavar="DEV",
+        help="QEMU -device, e.g. virtio-blk-pci,drive=d0 (repeatable; -device help, -device NAME,help)",
+    )  # fmt: skip
+    p.add_argument(
+        "-M", "-machine", "--machine", dest="machine", default=machine_default, metavar="MACHINE",
+        help="microvm|q35|virt[,acpi=on|off][,iommu=virtio][,x-mmio-hid=HID] (-M help, -M NAME,help)",
+    )  # fmt: skip
+    p.add_argument(
+        "-global", "--global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
+        help="QEMU -global: a default for every device of DRIVER (virtio-mmio.force-legacy=on)",
+    )  # fmt: skip
+    p.add_argument("-m", "--ram", dest=ram_dest, type=_size, default="64M", help="guest RAM (64M)")
+    p.add_argument(
+        "--device-profile", metavar="GEN",
+        help="with -device NAME,help: that device generation's defaults (specs/profiles/devices)",
+    )  # fmt: skip
+    if backends:
+        for opt, what in (("drive", "file=IMG,if=none,id=ID"), ("netdev", "hubport,id=ID,hubid=N"),
+                          ("chardev", "file,id=ID,path=PATH | stdio,id=ID")):  # fmt: skip
+            p.add_argument(
+                f"-{opt}", f"--{opt}", dest=f"{opt}s", action="append", default=[], metavar="OPTS",
+                help=f"QEMU -{opt} {what}",
+            )  # fmt: skip
+
+
+def qemu_help(args: argparse.Namespace) -> str | None:
+    """The text of ``-device help`` / ``-device NAME,help`` / ``-M help`` / ``-M NAME,help``
+    if one was asked for (PropertyError for an unknown name)."""
+    from host.qdev_help import device_help, is_help, machine_help
+
+    if args.machine and is_help(args.machine):
+        return machine_help(args.machine)
+    for dev in args.devices:
+        if is_help(dev):
+            return device_help(dev, getattr(args, "device_profile", None))
+    return None
+
+
 def _add_secret_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--secret-file",
@@ -145,16 +183,7 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="unix:PATH (unix: for a fresh private directory) or tcp:HOST:PORT "
         "(tcp::PORT listens on 127.0.0.1)",
     )
-    host.add_argument("-M", "--machine", default="microvm", help="machine type (microvm; -M help lists them)")
-    host.add_argument(
-        "-device", dest="devices", action="append", default=[], metavar="DEV",
-        help="a device, e.g. virtio-blk-device,drive=disk.img (repeatable)",
-    )  # fmt: skip
-    host.add_argument(
-        "-global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
-        help="default property for every device of DRIVER (virtio-mmio.force-legacy=on)",
-    )  # fmt: skip
-    host.add_argument("-m", dest="ram", type=_size, default="64M", help="guest RAM (64M)")
+    add_qemu_options(host, ram_dest="ram", machine_default="microvm", backends=False)
     host.add_argument(
         "--seed", type=lambda s: int(s, 0), default=None, help="seed the entropy of rng devices"
     )
@@ -258,13 +287,9 @@ def _error(message: str) -> None:
 
 
 def _host(args: argparse.Namespace) -> int:
-    from host.process import MACHINES, HostOptions, host_main
+    from host.process import HostOptions, host_main
     from virtio_sim.sockets import AddressError, parse_address
 
-    if args.machine == "help":  # QEMU's -M help
-        for name, what in MACHINES.items():
-            print(f"{name:<12} {what}")
-        return 0
     try:
         opts = HostOptions(
             listen=parse_address(args.listen, listen=True),
@@ -329,7 +354,7 @@ def _guest(args: argparse.Namespace) -> int:
     return done.status
 
 
-def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool) -> int:
+def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: str | None) -> int:
     from virtio_sim.processes import run_processes
 
     try:
@@ -338,8 +363,8 @@ def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool)
         return EXIT_INTERRUPTED
     if done.result is not None:
         if as_json:
-            print(json.dumps(done.result.to_json(), indent=2), flush=True)
-        else:
+            _write_json(done.result.to_json(), as_json)
+        if as_json != "-":
             _print_human(done.result)
     if done.message:
         print(f"virtio-sim: {done.message}", file=sys.stderr, flush=True)
@@ -365,11 +390,113 @@ def _bench(argv: list[str]) -> int:
     return status
 
 
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """``run``'s options as a RunConfig; ConfigError for what QEMU would refuse to parse."""
+    from host.build import check_global, default_transport
+    from host.devices.base import PropertyError
+    from host.qemu_backends import Backends, add_chardev, add_drive, add_netdev
+
+    globals_: dict[str, str] = {}
+    backends = Backends()
+    try:
+        for g in args.globals_:
+            key, eq, value = g.partition("=")
+            if not eq:
+                raise PropertyError(f"Invalid -global '{g}': expected driver.property=value")
+            check_global(key, value)
+            globals_[key] = value
+        for add, values in (
+            (add_drive, args.drives),
+            (add_netdev, args.netdevs),
+            (add_chardev, args.chardevs),
+        ):
+            for text in values:
+                add(backends, text)
+        transport = args.transport or default_transport(args.devices, globals_)
+    except PropertyError as e:
+        raise ConfigError(str(e)) from None
+    cfg = RunConfig(
+        device=args.devices[0],
+        extra_devices=args.devices[1:],
+        workload=args.workload,
+        transport=transport,
+        ram_size=args.ram,
+        seed=args.seed,
+        timeout=args.timeout,
+        iommu=args.iommu,
+        machine=args.machine,
+        globals=globals_,
+        backends=backends,
+        scratch_disks=False,  # as QEMU: a virtio-blk device needs drive=
+    )
+    if args.driver:
+        try:
+            cfg.guest = guest_policy(load_driver_profile(args.driver))
+        except ProfileError as e:
+            raise ConfigError(str(e)) from None
+    return cfg
+
+
+def _write_json(data: object, dest: str) -> None:
+    """``--json`` alone: to stdout; ``--json PATH``: to that file."""
+    text = json.dumps(data, indent=2)
+    if dest == "-":
+        print(text, flush=True)
+    else:
+        with open(dest, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.devices:
+        _error("the following arguments are required: -device/--device")
+        return EXIT_USAGE
+    if not args.workload:
+        _error("the following arguments are required: --workload")
+        return EXIT_USAGE
+    if args.link and not args.processes:
+        _error("--link needs --processes")
+        return EXIT_USAGE
+    if args.device_backend == "qemu" and args.processes:
+        _error("--device-backend qemu runs the guest in this process (no --processes)")
+        return EXIT_USAGE
+    try:
+        cfg = _run_config(args)
+        if args.processes:
+            return _run_processes(cfg, args.link or "unix", args.driver, args.json)
+        if args.device_backend == "qemu":
+            from virtio_sim.qemu.run import run_qemu
+
+            qemu_machine = args.machine.split(",")[0] if args.machine else None
+            result = trio.run(lambda: run_qemu(cfg, machine=qemu_machine))
+        else:
+            result = trio.run(run_embedded, cfg)
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    if args.json:
+        _write_json(result.to_json(), args.json)
+    if args.json != "-":
+        _print_human(result)
+    return 0 if result.outcome is Outcome.OK else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
         return _bench(args_list[1:])
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "host"):
+        from host.devices.base import PropertyError
+
+        try:
+            text = qemu_help(args)
+        except PropertyError as e:
+            _error(str(e))
+            return EXIT_USAGE
+        if text is not None:
+            print(text)
+            return 0
     if args.command == "host":
         return _host(args)
     if args.command == "guest":
@@ -391,53 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compat":
         return cmd_compat(args)
     if args.command == "run":
-        if args.link and not args.processes:
-            _error("--link needs --processes")
-            return EXIT_USAGE
-        cfg = RunConfig(
-            device=args.device[0],
-            extra_devices=args.device[1:],
-            workload=args.workload,
-            transport=args.transport,
-            ram_size=args.ram,
-            seed=args.seed,
-            timeout=args.timeout,
-            iommu=args.iommu,
-            machine=args.machine,
-        )
-        for g in args.globals_:
-            key, eq, value = g.partition("=")
-            if not eq:
-                _error(f"Invalid -global '{g}': expected driver.property=value")
-                return EXIT_USAGE
-            cfg.globals[key] = value
-        if args.driver:
-            try:
-                cfg.guest = guest_policy(load_driver_profile(args.driver))
-            except ProfileError as e:
-                print(f"virtio-sim: error: {e}", file=sys.stderr)
-                return EXIT_USAGE
-        if args.device_backend == "qemu" and args.processes:
-            _error("--device-backend qemu runs the guest in this process (no --processes)")
-            return EXIT_USAGE
-        try:
-            if args.processes:
-                return _run_processes(cfg, args.link or "unix", args.driver, args.json)
-            if args.device_backend == "qemu":
-                from virtio_sim.qemu.run import run_qemu
-
-                qemu_machine = args.machine.split(",")[0] if args.machine else None
-                result = trio.run(lambda: run_qemu(cfg, machine=qemu_machine))
-            else:
-                result = trio.run(run_embedded, cfg)
-        except ConfigError as e:
-            print(f"virtio-sim: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        if args.json:
-            print(json.dumps(result.to_json(), indent=2))
-        else:
-            _print_human(result)
-        return 0 if result.outcome is Outcome.OK else 1
+        return _run(args)
     return EXIT_USAGE
 
 
