@@ -126,6 +126,11 @@ def test_backends_and_placement(tmp_path: Path) -> None:
              "--workload", "console-write", "--json")  # fmt: skip
     assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "OK", p.stdout + p.stderr
     assert log.stat().st_size > 0  # the guest's console output reached the chardev's file
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))
+    drive = ("-drive", f"file={disk},if=none,id=d0")  # also through a host process
+    p = _cli("run", *drive, "-device", "virtio-blk-device,drive=d0", "--workload", "blk-rw", "--processes", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "OK", p.stdout + p.stderr
     p = _cli("run", "-device", "virtio-rng-device,bus=virtio-mmio-bus.3", "--workload", "rng", "--json")
     r = json.loads(p.stdout)
     assert r["outcome"] == "OK" and r["probes"][0]["where"] == "virtio-mmio@0xfeb00600"  # slot 3

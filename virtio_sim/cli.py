@@ -437,6 +437,24 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def _inline_backends(cfg: RunConfig) -> None:
+    """The host process gets device lines only: put what drive=/netdev=/chardev= name
+    into them."""
+    from host.devices.base import PropertyError
+    from host.qdev import format_device_option, model_name, parse_device_option
+    from host.qemu_backends import resolve
+
+    lines = []
+    try:
+        for text in [cfg.device, *cfg.extra_devices]:
+            spec = parse_device_option(text)
+            resolve(spec.driver, model_name(spec.driver), spec.props, cfg.backends)
+            lines.append(format_device_option(spec))
+    except PropertyError as e:
+        raise ConfigError(str(e)) from None
+    cfg.device, cfg.extra_devices = lines[0], lines[1:]
+
+
 def _write_json(data: object, dest: str) -> None:
     """``--json`` alone: to stdout; ``--json PATH``: to that file."""
     text = json.dumps(data, indent=2)
@@ -463,6 +481,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = _run_config(args)
         if args.processes:
+            _inline_backends(cfg)
             return _run_processes(cfg, args.link or "unix", args.driver, args.json)
         if args.device_backend == "qemu":
             from virtio_sim.qemu.run import run_qemu
