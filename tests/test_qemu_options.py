@@ -129,7 +129,8 @@ def test_backends_and_placement(tmp_path: Path) -> None:
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))
     drive = ("-drive", f"file={disk},if=none,id=d0")  # also through a host process
-    p = _cli("run", *drive, "-device", "virtio-blk-device,drive=d0", "--workload", "blk-rw", "--processes", "--json")
+    blk = ("-device", "virtio-blk-device,drive=d0", "--workload", "blk-rw")
+    p = _cli("run", *drive, *blk, "--processes", "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "OK", p.stdout + p.stderr
     p = _cli("run", "-device", "virtio-rng-device,bus=virtio-mmio-bus.3", "--workload", "rng", "--json")
     r = json.loads(p.stdout)
