@@ -33,6 +33,7 @@ import trio
 from host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
 from host.devices.base import PropertyError, parse_bool
 from host.devices.blk import BlkDevice
+from host.machine_types import MACHINE_DESCRIPTIONS
 from host.qdev import COMMON_PROPS, DEVICE_TYPES, format_device_option, parse_device_option
 from host.remote_dma import DmaPort, WireAddressSpace
 from host.server import BYE_REASON, CLOSED_REASON, serve
@@ -68,16 +69,8 @@ from virtio_sim.sockets import (
 from virtio_sim.spec import LIMITS
 from virtio_sim.wire import Capability, ErrorCode, WireError
 
-# Machines this host can build; QEMU's -M names. Firmware-described machines (q35, virt)
-# arrive with the machines issue and register here.
-MACHINES: dict[str, str] = {
-    "microvm": "QEMU microvm layout: virtio-mmio slots at 0xfeb00000, IRQ 5 + slot, "
-    "transports announced on the kernel command line (acpi=on: in an ACPI DSDT, GSI 16 + slot)",
-    "q35": "QEMU q35 PCI: host bridge with ECAM at 0xb0000000 and 0xCF8/0xCFC, "
-    "virtio-*-pci devices (transitional unless disable-legacy=on); acpi=on: ACPI tables",
-    "virt": "QEMU arm virt layout: 32 virtio-mmio slots at 0x0a000000, GSIV 48 + slot, RAM at "
-    "1 GiB; transports in an ACPI DSDT (acpi=off: a device tree)",
-}
+# Machines this host can build (QEMU's -M names; -M help prints them, host/qdev_help.py).
+MACHINES: dict[str, str] = MACHINE_DESCRIPTIONS
 # Machine properties (-M NAME,PROP=VALUE) each machine takes, as QEMU's -M does.
 MACHINE_PROPS: dict[str, tuple[str, ...]] = {
     "microvm": ("iommu", "acpi", "x-mmio-hid"),
