@@ -291,6 +291,10 @@ def build_host(cfg: HostConfig) -> HostSetup:
             if iommu_default is not None:
                 spec.props.setdefault("iommu_platform", iommu_default)
             _place_on_bus(spec, cfg.transport)
+            table = device_props(spec.driver)
+            for k in spec.props:  # QEMU sets properties before it realizes the device
+                if k not in table:
+                    raise PropertyError(f"Property '{spec.driver}.{k}' not found")
             resolve(spec.driver, model_name(spec.driver), spec.props, cfg.backends)
             _apply_defaults(spec, cfg, i)
             built.append(build_device(spec))
