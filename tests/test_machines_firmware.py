@@ -175,9 +175,11 @@ def test_bad_combinations_are_host_refused_before_the_guest_runs() -> None:
     assert r.outcome is Outcome.HOST_REFUSED and r.probes == []
 
 
-def test_cli_machine_and_global() -> None:
+def test_cli_machine_and_global(tmp_path: Path) -> None:
     args = ["-M", "microvm,acpi=on", "--transport", "mmio", "-global", "virtio-mmio.force-legacy=false"]
-    dev = "virtio-blk-device,packed=on,event_idx=off,indirect_desc=off"
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does
+    dev = f"virtio-blk-device,drive={disk},packed=on,event_idx=off,indirect_desc=off"
     p = subprocess.run(
         [
             sys.executable,
