@@ -43,6 +43,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)") from None
 
 
+def _qemu_ram(text: str) -> int:
+    from host.devices.base import PropertyError
+    from host.machine_types import parse_ram_size
+
+    try:
+        return parse_ram_size(text)
+    except PropertyError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -134,7 +144,10 @@ def add_qemu_options(
         "-global", "--global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
         help="QEMU -global: a default for every device of DRIVER (virtio-mmio.force-legacy=on)",
     )  # fmt: skip
-    p.add_argument("-m", "--ram", dest=ram_dest, type=_size, default="64M", help="guest RAM (64M)")
+    p.add_argument(
+        "-m", "--ram", dest=ram_dest, type=_qemu_ram, default="64M",
+        help="guest RAM in QEMU's -m syntax: [size=]N[K|M|G|T], a bare N is MiB (default 64M)",
+    )  # fmt: skip
     p.add_argument(
         "--device-profile", metavar="GEN",
         help="with -device NAME,help: that device generation's defaults (specs/profiles/devices)",

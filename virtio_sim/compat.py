@@ -107,7 +107,7 @@ class CompatReport:
 
 
 def config_key(cell: dict[str, Any], axis: str = "driver") -> str:
-    return "/".join(str(cell[a]) for a in AXES if a != axis)
+    return "/".join(str(cell.get(a, "")) for a in AXES if a != axis)
 
 
 def compare(
