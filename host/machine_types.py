@@ -33,6 +33,9 @@ MACHINE_PROPS: dict[str, Prop] = {
     "acpi": Prop("OnOffAuto", "auto", "Enable ACPI (auto: the machine's default)"),
     "iommu": Prop("str", "none", "none|virtio: a virtio-iommu on an mmio slot, described by a VIOT"),
     "x-mmio-hid": Prop("str", HID["virtio_mmio"], f"{'|'.join(MMIO_HIDS)}: the DSDT _HID of virtio-mmio"),
+    "x-platform": Prop(
+        "str", "none", "none|viommu|viommu-pt|tce|xen-pv: the guest's DMA platform (docs/dma-api-2015.md)"
+    ),
 }
 
 
@@ -46,12 +49,20 @@ def machine_props(name: str) -> dict[str, Prop]:
     return {k: MACHINE_PROPS[k] for k in facts["props"]}
 
 
+#: x-platform values (docs/dma-api-2015.md): an emulated x86 IOMMU the guest turns on
+#: (viommu) or leaves in passthrough (viommu-pt), a pseries-like always-on TCE IOMMU (tce),
+#: a Xen-PV-like pseudo-physical/machine split (xen-pv)
+PLATFORMS = ("none", "viommu", "viommu-pt", "tce", "xen-pv")
+
+
 @dataclass(frozen=True)
 class MachineSpec:
     name: str
     acpi: bool
     iommu: str = "none"  # "none" | "virtio-iommu"
     mmio_hid: str = HID["virtio_mmio"]
+    #: the platform's DMA model (host/platform.py): none, viommu, viommu-pt, tce, xen-pv
+    platform: str = "none"
 
     @property
     def facts(self) -> dict[str, Any]:
@@ -73,6 +84,7 @@ def parse_machine(text: str) -> MachineSpec:
     facts = MACHINE_FACTS[name]
     acpi: bool = bool(facts["acpi_default"])
     iommu = "none"
+    platform = "none"
     hid = HID["virtio_mmio"]
     for item in rest:
         key, eq, value = item.partition("=")
@@ -91,6 +103,12 @@ def parse_machine(text: str) -> MachineSpec:
                     f"Property '{name}-machine.iommu' doesn't take value '{value}' (none|virtio)"
                 )
             iommu = IOMMU_VALUES[value]
+        elif key == "x-platform":
+            if value not in PLATFORMS:
+                choices = "|".join(PLATFORMS)
+                prop = f"{name}-machine.x-platform"
+                raise PropertyError(f"Property '{prop}' doesn't take value '{value}' ({choices})")
+            platform = value
         elif key == "x-mmio-hid":
             if value not in MMIO_HIDS:
                 choices = "|".join(MMIO_HIDS)
@@ -99,7 +117,9 @@ def parse_machine(text: str) -> MachineSpec:
             hid = value
     if hid != HID["virtio_mmio"] and not acpi:
         raise PropertyError(f"Property '{name}-machine.x-mmio-hid' needs acpi=on (the HID lives in the DSDT)")
-    return MachineSpec(name, acpi, iommu, hid)
+    if platform != "none" and not facts["pci"]:
+        raise PropertyError(f"Property '{name}-machine.x-platform' needs a machine with PCI")
+    return MachineSpec(name, acpi, iommu, hid, platform)
 
 
 def check_placement(

@@ -20,7 +20,7 @@ from host.qdev_netcon import net_device, serial_device
 from host.qdev_props import DEVICE_PROPS, Prop, props_for
 from host.transport.virtio_pci import resolve_modes
 from host.virtio_device import ErrorPolicy, TransportFeatures
-from virtio_sim.spec import PCI_CFG, PCI_CLASS
+from virtio_sim.spec import MMIO, PCI_CFG, PCI_CLASS
 
 COMMON_PROPS = tuple(qdev_props.COMMON_PROPS)
 DMA_MODES = ("honor", "bypass", "translate-always")
@@ -114,10 +114,10 @@ def _rng(props: dict[str, str]) -> DeviceModel:
             size = int(qs, 0)
         except ValueError:
             raise PropertyError(f"Property 'x-queue-size' doesn't take value '{qs}'") from None
-        if size < 2 or size > RngDevice.queue_max_size or size & (size - 1):
+        if size < 2 or size > MMIO.qemu_queue_num_max or size & (size - 1):
             raise PropertyError(
                 f"invalid x-queue-size property ({size}), must be a power of 2 "
-                f"in 2..{RngDevice.queue_max_size}"
+                f"in 2..{MMIO.qemu_queue_num_max}"
             )
         dev.queue_max_size = size
     return dev
@@ -147,26 +147,43 @@ def _blk(props: dict[str, str]) -> DeviceModel:
     readonly = parse_bool("readonly", str(qdev_props.take(props, table, "readonly")))
     serial = str(qdev_props.take(props, table, "serial"))
     qs = str(qdev_props.take(props, table, "queue-size"))
+    nq = str(qdev_props.take(props, table, "num-queues"))
     block_size = _block_size("logical_block_size", str(qdev_props.take(props, table, "logical_block_size")))
     physical = _block_size("physical_block_size", str(qdev_props.take(props, table, "physical_block_size")))
     if block_size > physical:  # QEMU blkconf_blocksizes()
         raise PropertyError("logical_block_size > physical_block_size not supported")
     try:
-        queue_size = int(qs, 0)
+        queue_size, num_queues = int(qs, 0), int(nq, 0)
     except ValueError:
-        raise PropertyError(f"Property 'queue-size' doesn't take value '{qs}'") from None
+        raise PropertyError("queue-size and num-queues take integers") from None
     if queue_size < 2 or queue_size > 1024 or queue_size & (queue_size - 1):
         raise PropertyError(f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024")
+    # QEMU's virtio-blk switches (their 7.2 defaults; machine types before change them)
+    switches = {
+        name: parse_bool(name, props.pop(name, "on" if default else "off"))
+        for name, default in BLK_SWITCHES.items()
+    }
     return BlkDevice(
         drive,
         read_only=readonly,
         serial=serial,
         queue_size=queue_size,
         logical_block_size=block_size,
+        scsi=switches["scsi"],
+        config_wce=switches["config-wce"],
+        discard=switches["discard"],
+        write_zeroes=switches["write-zeroes"],
+        seg_max_adjust=switches["seg-max-adjust"],
+        num_queues=num_queues,
     )
 
 
 BLOCK_SIZE_MIN, BLOCK_SIZE_MAX = 512, 2 << 20
+#: virtio-blk's on/off properties with QEMU 7.2's defaults (host/qdev_props.py)
+BLK_SWITCHES = {
+    name: DEVICE_PROPS["virtio-blk-device"][name].default == "on"
+    for name in ("scsi", "config-wce", "discard", "write-zeroes", "seg-max-adjust")
+}
 
 # name -> (factory, properties it accepts besides the common ones: host/qdev_props.py)
 DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str, ...]]] = {

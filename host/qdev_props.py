@@ -48,6 +48,8 @@ RING_PROPS: dict[str, Prop] = {
     "in_order": _b(False, "VIRTIO_F_IN_ORDER"),
     "notification_data": _b(False, "VIRTIO_F_NOTIFICATION_DATA"),
     "queue_reset": _b(True, "VIRTIO_F_RING_RESET"),
+    # legacy-only bit 27; hw_compat_2_3 turns it off for machine types up to 2.3
+    "any_layout": _b(True, "VIRTIO_F_ANY_LAYOUT"),
     "x-order-platform": _b(False, "VIRTIO_F_ORDER_PLATFORM"),
     "x-in-order-batch": _b(False, "complete IN_ORDER buffers in batches"),
 }
@@ -71,6 +73,13 @@ DEVICE_PROPS: dict[str, dict[str, Prop]] = {
         "queue-size": Prop("uint16", "256", "request queue size (power of 2, 2..1024)"),
         "logical_block_size": Prop("size", "512", "A power of two between 512 B and 2 MiB"),
         "physical_block_size": Prop("size", "512", "A power of two between 512 B and 2 MiB"),
+        "num-queues": Prop("uint16", "1", "request queues"),
+        # QEMU's virtio-blk switches (their 7.2 defaults; machine types before change them)
+        "scsi": _b(False, "VIRTIO_BLK_F_SCSI (legacy)"),
+        "config-wce": _b(True, "VIRTIO_BLK_F_CONFIG_WCE"),
+        "discard": _b(True, "VIRTIO_BLK_F_DISCARD"),
+        "write-zeroes": _b(True, "VIRTIO_BLK_F_WRITE_ZEROES"),
+        "seg-max-adjust": _b(True, "seg_max follows the queue size"),
     },
     "virtio-net-device": {
         "mac": Prop("str", NET.qemu_default_mac, "Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56"),
