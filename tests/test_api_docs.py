@@ -73,7 +73,8 @@ def test_run_returns_what_the_command_prints() -> None:
 def test_matrix_cells_are_the_commands_cells() -> None:
     import virtio_sim
 
-    axes = {"driver": "linux-6.1", "device": "qemu-7.2", "transport": "pci-modern", "workload": "rng"}
+    axes = {"driver": "linux-6.1", "device": "qemu-7.2", "transport": "pci-modern", "workload": "rng",
+            "ring": "split"}  # fmt: skip
     cells = virtio_sim.Matrix(ROOT / "specs/matrices/default.toml", **axes).run(workers=1).cells
     flags = [x for k, v in axes.items() for x in (f"--{k}", v)]
     p = subprocess.run(
