@@ -87,7 +87,8 @@ def test_changes_sharing_a_cause_form_one_group() -> None:
 
 def test_compat_cli_groups_fails_the_build_and_writes_junit(tmp_path: Path) -> None:
     junit, out_json = tmp_path / "compat.xml", tmp_path / "compat.json"
-    axes = ("--device", "qemu-7.2", "--transport", "mmio-v2", "--transport", "pci-modern", "--iommu", "none")
+    axes = ("--device", "qemu-7.2", "--transport", "mmio-v2", "--transport", "pci-modern", "--iommu", "none",
+            "--ring", "split")  # fmt: skip
     p = _cli(
         "compat", DEFAULT, "--old", "linux-4.0", "--new", "linux-4.8", *axes, "--fail-on-change",
         "--junit-xml", str(junit), "--json", str(out_json),
@@ -112,6 +113,16 @@ def test_compat_cli_groups_fails_the_build_and_writes_junit(tmp_path: Path) -> N
     assert p.returncode == 0, p.stderr
     assert len(json.loads(p.stdout)["changed"]) == 4
     # and no change at all passes even with --fail-on-change
-    same = ("--old", "linux-4.8", "--new", "linux-5.0", "--iommu-platform", "off", "--fail-on-change")
+    same = (
+        "--old",
+        "linux-4.8",
+        "--new",
+        "linux-5.0",
+        "--iommu-platform",
+        "off",
+        "--workload",
+        "rng",
+        "--fail-on-change",
+    )
     p = _cli("compat", DEFAULT, *same, *axes)
     assert p.returncode == 0 and "0 changed" in p.stdout, p.stdout + p.stderr
