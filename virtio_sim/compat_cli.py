@@ -16,7 +16,13 @@ from pathlib import Path
 
 from virtio_sim.compat import CompatReport, compare, to_junit
 from virtio_sim.matrix import report
-from virtio_sim.matrix.cli import add_executor_arguments, make_executor, matrix_spec, run_with_progress
+from virtio_sim.matrix.cli import (
+    add_executor_arguments,
+    check_outputs,
+    make_executor,
+    matrix_spec,
+    run_with_progress,
+)
 from virtio_sim.matrix.executors import TOOL_ERROR
 from virtio_sim.matrix.run import plan
 from virtio_sim.matrix.spec import AXES, MatrixError
@@ -70,6 +76,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
         spec, filters = matrix_spec(args)
         filters["driver"] = [args.old, args.new]
         cells = plan(spec, filters)
+        check_outputs(args)  # an unwritable report path fails before the runs
         executor = make_executor(args)
     except MatrixError as e:
         print(f"virtio-sim compat: error: {e}", file=sys.stderr)

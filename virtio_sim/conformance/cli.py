@@ -14,7 +14,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -99,6 +98,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from virtio_sim.conformance.dut import DutError
     from virtio_sim.conformance.report import print_report, to_html, to_json, to_junit
     from virtio_sim.conformance.targets import TargetError
+    from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 
     console = Console()
     if (args.suite is None) == (args.target is None):
@@ -107,24 +107,31 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     if args.suite is not None:
         return _suite(args, console)
     try:
+        # before the run: an unwritable report path must not cost the results
+        json_path = args.json if args.json != "-" else None
+        check_writable((("--json", json_path), ("--junit-xml", args.junit_xml), ("--html", args.html)))
         report, cov = check_target_with_coverage(
             args.target, transport=args.transport, ring=args.ring, policy=args.policy, thorough=not args.quick
         )
-    except (CatalogError, TargetError, DutError) as e:
+    except (CatalogError, TargetError, DutError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.json == "-":
         print(to_json(report, cov))
     else:
         print_report(report, console, cov)
-    outputs: list[tuple[str | None, Callable[[], str]]] = [
-        (args.json if args.json != "-" else None, lambda: to_json(report, cov)),
-        (args.junit_xml, lambda: to_junit(report)),
-        (args.html, lambda: to_html(report, cov)),
+    outputs: list[tuple[str, str | None, Callable[[], str]]] = [
+        ("--json", json_path, lambda: to_json(report, cov)),
+        ("--junit-xml", args.junit_xml, lambda: to_junit(report)),
+        ("--html", args.html, lambda: to_html(report, cov)),
     ]
-    for path, text in outputs:
-        if path:
-            Path(path).write_text(text(), encoding="utf-8")
+    try:
+        for option, path, text in outputs:
+            if path:
+                write_text(option, path, text())
+    except OutputPathError as e:
+        print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_FAIL if report.failed else EXIT_OK
 
 
@@ -137,10 +144,14 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
     from virtio_sim.conformance.catalog import CatalogError, load_catalog
     from virtio_sim.conformance.report import coverage
     from virtio_sim.conformance.suite import default_runs, qemu_documented, run_suite, unexplained
+    from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 
     try:
         catalog = load_catalog()
-    except CatalogError as e:
+        check_writable(
+            (("--json", args.json if args.json != "-" else None),)
+        )  # before the runs: a bad path must not cost them
+    except (CatalogError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     failed_runs = []
@@ -181,7 +192,11 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
         if args.json == "-":
             print(json.dumps(data, indent=2))
         else:
-            Path(args.json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+            try:
+                write_text("--json", args.json, json.dumps(data, indent=2))
+            except OutputPathError as e:
+                print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
     return EXIT_FAIL if failed_runs else EXIT_OK
 
 
