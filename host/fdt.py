@@ -13,8 +13,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from host.machine_types import MACHINE_FACTS
 from virtio_sim.acpi_layouts import FDT, FdtHeader
+from virtio_sim.host.machine_types import MACHINE_FACTS
 from virtio_sim.spec import PCI_CFG
 
 CELLS = 2

@@ -9,10 +9,10 @@ and marks the properties it does not have yet.
 
 from __future__ import annotations
 
-from host.devices.base import PropertyError
-from host.machine_types import MACHINE_DESCRIPTIONS, MACHINE_FACTS, machine_props
-from host.qdev import DEVICE_TYPES, PCI_DEVICE_TYPES, device_props
-from host.qdev_props import format_help
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.machine_types import MACHINE_DESCRIPTIONS, MACHINE_FACTS, machine_props
+from virtio_sim.host.qdev import DEVICE_TYPES, PCI_DEVICE_TYPES, device_props
+from virtio_sim.host.qdev_props import format_help
 
 
 def is_help(value: str) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from host.devices.base import PropertyError
+from virtio_sim.host.devices.base import PropertyError
 
 
 @dataclass

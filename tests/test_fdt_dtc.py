@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from guest.fdt import parse_fdt
-from host.build import HostConfig, build_host
 from virtio_sim.acpi_layouts import FDT
+from virtio_sim.guest.fdt import parse_fdt
+from virtio_sim.host.build import HostConfig, build_host
 
 DTC_INSTALL_HINT = "apt-get install device-tree-compiler"
 

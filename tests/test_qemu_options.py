@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from host.build import HostConfig, build_host, check_global, default_transport
-from host.devices.base import PropertyError
-from host.qdev import DEVICE_TYPES, PCI_DEVICE_TYPES, device_props
-from host.qdev_help import device_help, device_list, machine_help
-from host.qemu_backends import Backends, add_drive
 from virtio_sim.cli import main
+from virtio_sim.host.build import HostConfig, build_host, check_global, default_transport
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import DEVICE_TYPES, PCI_DEVICE_TYPES, device_props
+from virtio_sim.host.qdev_help import device_help, device_list, machine_help
+from virtio_sim.host.qemu_backends import Backends, add_drive
 
 ROOT = Path(__file__).resolve().parent.parent
 

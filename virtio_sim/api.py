@@ -54,7 +54,7 @@ def _config(
     timeout: float,
     globals: dict[str, str] | None,
 ) -> RunConfig:
-    from guest.profile import guest_policy
+    from virtio_sim.guest.profile import guest_policy
     from virtio_sim.profiles import ProfileError, load_driver_profile
 
     devices = [device] if isinstance(device, str) else list(device)

@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-from guest.workloads import WORKLOADS
+from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.matrix.spec import AXES
 
 #: feature names that belong to the transport / ring rather than to one device type

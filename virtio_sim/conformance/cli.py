@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from rich.console import Console
 
+from virtio_sim.console import output_console
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from virtio_sim.conformance.targets import TargetError
     from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 
-    console = Console()
+    console = output_console()  # whole requirement names in a pipe or a CI log
     if (args.suite is None) == (args.target is None):
         print("virtio-sim conformance: error: give --target or --suite (one of them)", file=sys.stderr)
         return EXIT_USAGE
