@@ -7,9 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from virtio_sim.memory import GuestMemory
 from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86
+
+# Hypothesis under CI (CI=true, as GitHub Actions and most CI systems set it): the same
+# examples on every run, so a red CI job is reproducible and a green one is not luck;
+# no example database (nothing persists between CI runs anyway) and no per-example
+# deadline (a loaded runner is slow, not wrong). Registered here, before any test module
+# builds its own settings objects, which inherit from the loaded profile.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+if os.environ.get("CI", "").lower() == "true":
+    settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

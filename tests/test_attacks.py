@@ -588,9 +588,7 @@ async def test_bound_connections(tmp_path: Path) -> None:
     )
     server = HostServer(plan_host(opts), out=io.StringIO(), err=io.StringIO())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run)
-        while not Path(path).exists():
-            await trio.sleep(0.01)
+        await nursery.start(server.run)  # returns once the host listens
         held = [await trio.open_unix_socket(path) for _ in range(2)]
         with trio.fail_after(5):
             while len(server.live) < 2:

@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -375,10 +374,8 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
     server = HostServer(plan_host(opts), out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
     results: list[CaseResult] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run)
         with trio.fail_after(BOUND):
-            while not Path(path).exists():
-                await trio.sleep(0.01)
+            await nursery.start(server.run)  # returns once the host listens
         # warm up: the first guest and front-end open what the server keeps for good
         # (so the fd baseline of each case is steady)
         if await _good_host_guest(path) or await _good_vu_frontend(tmp, -1):
