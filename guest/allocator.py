@@ -26,6 +26,9 @@ class PageAllocator:
         self.end = end
         self._free: list[tuple[int, int]] = [(start, end - start)]  # (addr, size), sorted
         self._used: dict[int, int] = {}
+        #: every range ever handed out, merged: what a device may legitimately have been
+        #: given (a write elsewhere is a write to memory the driver never lent it)
+        self.ever: list[list[int]] = []
 
     def alloc(self, size: int, align: int = PAGE_SIZE) -> int:
         if size <= 0:
@@ -43,8 +46,20 @@ class PageAllocator:
                     pieces.append((start + size, run - waste - size))
                 self._free[i : i + 1] = pieces
                 self._used[start] = size
+                self._remember(start, start + size)
                 return start
         raise OutOfGuestMemory(f"no {size}-byte run (align {align:#x}) left in guest memory")
+
+    def _remember(self, start: int, end: int) -> None:
+        last = self.ever[-1] if self.ever else None
+        if last is not None and last[0] <= end and start <= last[1]:
+            last[0], last[1] = min(last[0], start), max(last[1], end)
+            return
+        for r in self.ever:
+            if r[0] <= end and start <= r[1]:
+                r[0], r[1] = min(r[0], start), max(r[1], end)
+                return
+        self.ever.append([start, end])
 
     def free(self, addr: int) -> None:
         size = self._used.pop(addr, None)

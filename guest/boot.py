@@ -7,7 +7,7 @@ side adds what only it can see. The same function runs embedded and in a guest p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -15,7 +15,7 @@ from guest.drivers.base import DeviceProtocolError
 from guest.drivers.blk import BlkIoError
 from guest.link import HostLink, HostLinkError
 from guest.platform import BootError, GuestKernel, GuestPolicy
-from guest.virtio import DeviceNeedsReset, VirtioGuestDevice
+from guest.virtio import DeviceNeedsReset, DriverHang, VirtioGuestDevice
 from guest.workloads import WORKLOADS, CorruptionDetected
 from virtio_sim.memory import ByteAccess
 from virtio_sim.outcome import Outcome, RunResult
@@ -31,6 +31,10 @@ class BootInfo:
     cmdline: str
     ram_size: int
     ram_base: int = 0  # guest-physical start of RAM (QEMU's arm virt: 1 GiB)
+    #: the memory map (e820 / DT memory node): (gpa, size) per RAM block; empty: one block
+    #: of ``ram_size`` at ``ram_base``
+    ram_regions: tuple[tuple[int, int], ...] = ()
+    arch: str = "x86_64"
 
 
 async def run_guest(
@@ -45,6 +49,7 @@ async def run_guest(
 ) -> RunResult:
     """Run the guest until the workload ends or ``timeout`` passes (then HANG)."""
     result = RunResult(Outcome.HANG)
+    holder: list[GuestKernel | None] = [None]
     async with trio.open_nursery() as nursery:
         with trio.move_on_after(timeout) as scope:
 
@@ -56,7 +61,14 @@ async def run_guest(
                     scope.cancel()
 
             nursery.start_soon(watch_link)
-            kernel = GuestKernel(link, memory, boot.ram_size, policy, ram_base=boot.ram_base)
+            kernel = holder[0] = GuestKernel(
+                link,
+                memory,
+                boot.ram_size,
+                replace(policy, arch=boot.arch),
+                ram_base=boot.ram_base,
+                ram_regions=boot.ram_regions,
+            )
             nursery.start_soon(kernel.irq_loop)
             await _main(kernel, boot, workload, seed, result)
         if link.peer_failure is not None and result.outcome is not Outcome.OK:
@@ -66,6 +78,8 @@ async def run_guest(
             result.outcome = Outcome.HANG
             extra = f" ({result.detail})" if result.detail else ""
             result.detail = f"no completion within {timeout:g}s{extra}"
+        if holder[0] is not None and not result.dma_ranges:
+            result.dma_ranges = holder[0].dma_ranges()  # also after a hang: judged with the host's writes
         await link.bye()
         nursery.cancel_scope.cancel()
     return result
@@ -101,6 +115,9 @@ async def _main(
     result.negotiated = FEATURES.names(dev.features, key)
     result.status_trace = dev.trace
     result.ring = dev.ring_info()
+    if not record.bound and record.hung:
+        result.outcome, result.detail = Outcome.HANG, f"probe never ends: {record.hung}"
+        return
     if not record.bound:
         broke = record.device_broke
         result.outcome = Outcome.DEVICE_ERROR if broke else Outcome.FAILED_CLEAN
@@ -112,6 +129,8 @@ async def _main(
         result.workload = await workload(record.driver, seed)
     except CorruptionDetected as e:
         result.outcome, result.detail = Outcome.CORRUPTION, str(e)
+    except DriverHang as e:
+        result.outcome, result.detail = Outcome.HANG, str(e)
     except (DeviceNeedsReset, DeviceProtocolError) as e:
         result.outcome, result.detail = Outcome.DEVICE_ERROR, str(e)
         await reset_broken_device(dev)

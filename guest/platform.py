@@ -52,7 +52,7 @@ from guest.transport.mmio import MmioTransportDriver
 from guest.transport.pci_common import NoDevice, PciTransportBase
 from guest.transport.pci_legacy import PciLegacyTransport
 from guest.transport.pci_modern import PciModernTransport
-from guest.virtio import DeviceNeedsReset, DriverPolicy, ProbeRefused, VirtioGuestDevice
+from guest.virtio import DeviceNeedsReset, DriverHang, DriverPolicy, ProbeRefused, VirtioGuestDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI, F
@@ -162,6 +162,9 @@ class ProbeRecord:
     source: str = ""
     #: no driver was even tried (the firmware's id matched none of this kernel's tables)
     not_probed: bool = False
+    #: the probe never ends: a device it waits on (this one or its IOMMU) asked for a
+    #: reset this driver generation ignores
+    hung: str | None = None
 
     def report(self) -> dict[str, object]:
         outcome = (
@@ -192,6 +195,8 @@ class GuestPolicy:
     pci_config_access: str = "auto"
     #: Linux's vring_use_dma_api(): "never", "feature" (ACCESS_PLATFORM negotiated), "always"
     dma_api: str = "feature"
+    #: the guest's architecture ("x86_64" | "aarch64"): where MSIs go, which IOVAs are reserved
+    arch: str = "x86_64"
     #: the virtio core class (a conformance test seeds a broken driver by subclassing it)
     device_class: type[VirtioGuestDevice] = VirtioGuestDevice
     #: virtio_pci's transports in probe order, replacing the modern/legacy choice above
@@ -211,32 +216,62 @@ class GuestPolicy:
         )
 
 
+def dma_mask(t: ConfigOps) -> int:
+    """The DMA mask Linux's transport driver sets: 64 bits, except where the legacy
+    interface takes a 32-bit page frame number (virtio_pci_legacy, virtio_mmio version 1:
+    DMA_BIT_MASK(32 + PAGE_SHIFT))."""
+    legacy = isinstance(t, PciLegacyTransport) or (isinstance(t, MmioTransportDriver) and t.version == 1)
+    return (1 << 44) - 1 if legacy else (1 << 64) - 1
+
+
+X86_MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)  # the LAPIC MSI doorbells (reserved IOVAs)
 SWIOTLB_SIZE = 4 << 20  # the shared bounce window of a restricted-memory guest
 
 
 class GuestKernel:
     def __init__(
-        self, link: HostLink, memory: ByteAccess, ram_size: int, policy: GuestPolicy, *, ram_base: int = 0
+        self,
+        link: HostLink,
+        memory: ByteAccess,
+        ram_size: int,
+        policy: GuestPolicy,
+        *,
+        ram_base: int = 0,
+        ram_regions: tuple[tuple[int, int], ...] = (),
     ) -> None:
         """``ram_base`` is where RAM starts in the guest-physical map (0 on x86; 1 GiB on
-        QEMU's arm ``virt``); drivers allocate only inside [ram_base, ram_base + ram_size)."""
+        QEMU's arm ``virt``); ``ram_regions`` the memory map when RAM is split (q35 puts
+        what does not fit below its PCI hole above 4 GiB). Drivers allocate from the first
+        block; a restricted guest's swiotlb sits at the top of the highest block below
+        4 GiB, as Linux's ``swiotlb_init`` gets it from ``memblock_alloc_low`` (top-down
+        under the 32-bit limit)."""
         self.link = link
         self.memory = memory
         self.policy = policy
         self.ram_base = ram_base
         self.firmware: FirmwareView | None = None
         restricted = policy.driver.restricted_memory
-        ram_end = ram_base + ram_size
-        low, high = ram_base + RAM_ALLOC_START, ram_end - (SWIOTLB_SIZE if restricted else 0)
+        regions = sorted(ram_regions or ((ram_base, ram_size),))
+        self.ram_regions = tuple(regions)
+        first_base, first_size = regions[0]
+        low, high = first_base + RAM_ALLOC_START, first_base + first_size
+        low_blocks = [(b, n) for b, n in regions if b < 1 << 32]
+        tlb_base, tlb_size = low_blocks[-1]
+        tlb_end = min(tlb_base + tlb_size, 1 << 32)
+        tlb_start = tlb_end - SWIOTLB_SIZE
+        if restricted and tlb_start < high:
+            high = tlb_start  # the bounce window is carved off the top of the allocator's block
         self.dma = DirectDma(memory, PageAllocator(low, high))
         self.shared_dma = self.dma
+        self.swiotlb: tuple[int, int] | None = None
         if restricted:
             mark_private = getattr(memory, "mark_private", None)
             if mark_private is None:
                 raise BootError("this guest memory cannot emulate private (encrypted) pages")
             mark_private(low, high - low)
             # swiotlb: DMA through the DMA API is bounced via this shared window.
-            self.shared_dma = DirectDma(memory, PageAllocator(high, ram_end))
+            self.swiotlb = (tlb_start, tlb_end)
+            self.shared_dma = DirectDma(memory, PageAllocator(tlb_start, tlb_end))
         self.probes: list[ProbeRecord] = []
         self.viot: Viot | None = None
         self.iommu: IommuDriver | None = None
@@ -340,13 +375,28 @@ class GuestKernel:
         self._irq_routes.setdefault(res.irq, []).append(dev)
         return await self._bind(where, key, t, dev, driver_cls, endpoint)
 
-    def _new_device(self, t: ConfigOps, endpoint: int | None) -> VirtioGuestDevice:
+    def _new_device(self, t: ConfigOps, endpoint: int | None, *, pci: bool = False) -> VirtioGuestDevice:
         def dma_for(features: int) -> DmaApi:
-            return self._dma_for(features, endpoint)
+            return self._dma_for(features, endpoint, pci=pci, dma_mask=dma_mask(t))
 
         return self.policy.device_class(t, self.memory, self.dma, self.policy.driver, dma_for)
 
-    def _dma_for(self, features: int, endpoint: int | None) -> DmaApi:
+    def iova_reserved(self, pci: bool) -> list[tuple[int, int]]:
+        """The IOVA ranges Linux's iommu-dma never hands out for this endpoint: the MSI
+        doorbell window (x86's 0xFEE00000-0xFEEFFFFF, which QEMU's virtio-iommu reports
+        with PROBE as RESV_MEM MSI; our arm virt has no MSI controller) and, for a PCI
+        device, the host bridge's memory windows (``iova_reserve_pci_windows``)."""
+        ranges: list[tuple[int, int]] = []
+        if self.policy.arch == "x86_64":
+            ranges.append(X86_MSI_WINDOW)
+        if pci and self.pci_bus is not None:
+            lo, hi = self.pci_bus.firmware.mem
+            ranges.append((lo, hi))
+        return ranges
+
+    def _dma_for(
+        self, features: int, endpoint: int | None, *, pci: bool = False, dma_mask: int = (1 << 64) - 1
+    ) -> DmaApi:
         """Linux's rule: the DMA API when ACCESS_PLATFORM was negotiated (or always, Xen).
 
         Through the DMA API a device behind the IOMMU gets IOVAs; a restricted guest's
@@ -356,11 +406,28 @@ class GuestKernel:
             return self.dma
         if endpoint is not None and self.iommu is not None:
             dma = IommuDma(
-                self.memory, self.shared_dma.allocator, self.iommu, endpoint_domain(endpoint), endpoint
+                self.memory,
+                self.shared_dma.allocator,
+                self.iommu,
+                endpoint_domain(endpoint),
+                endpoint,
+                reserved=self.iova_reserved(pci),
+                pci=pci,
+                dma_mask=dma_mask,
             )
             self.iommu_dmas.append(dma)
             return dma
         return self.shared_dma
+
+    def dma_ranges(self) -> list[list[int]]:
+        """Every guest-physical range the DMA API ever lent a device (rings, buffers,
+        IOMMU-mapped pages, the swiotlb window), merged."""
+        ranges = [list(r) for r in self.dma.allocator.ever]
+        if self.shared_dma is not self.dma:
+            ranges += [list(r) for r in self.shared_dma.allocator.ever]
+        if self.swiotlb is not None:
+            ranges.append(list(self.swiotlb))
+        return ranges
 
     def check_canaries(self) -> list[str]:
         """Every device write outside a DMA buffer seen so far (canary hits)."""
@@ -490,7 +557,7 @@ class GuestKernel:
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {t.device_id}")
         endpoint = self.viot.pci_endpoints.get(requester_id(pdev.bdf)) if self.viot else None
-        dev = self._new_device(t, endpoint)
+        dev = self._new_device(t, endpoint, pci=True)
         if pdev.irq_pin:
             self._irq_routes.setdefault(pdev.irq_line, []).append(dev)
         await self._setup_msix(bus, pdev, t, dev)
@@ -549,6 +616,10 @@ class GuestKernel:
             return ProbeRecord(where, key, False, f"transport: {e}", dev, driver)
         except IommuRequestError as e:
             return ProbeRecord(where, key, False, f"IOMMU: {e}", dev, driver)
+        except DriverHang as e:
+            record = ProbeRecord(where, key, False, f"probe waits forever: {e}", dev, driver)
+            record.hung = str(e)
+            return record
         except DeviceNeedsReset as e:
             record = ProbeRecord(where, key, False, f"a device broke during probe: {e}", dev, driver)
             record.device_broke = True

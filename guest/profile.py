@@ -16,6 +16,7 @@ def guest_policy(profile: DriverProfile) -> GuestPolicy:
             restricted_memory=profile.restricted_memory,
             refuse_unrestricted=profile.refuse_unrestricted,
             drivers=frozenset(profile.device_features),
+            needs_reset=profile.needs_reset,
         ),
         mmio_versions=profile.mmio_versions,
         guest_order="big" if profile.endianness == "big" else "little",

@@ -51,6 +51,13 @@ class DeviceNeedsReset(Exception):
     """The device reported DEVICE_NEEDS_RESET or broke a ring rule."""
 
 
+class DriverHang(Exception):
+    """The driver waits for completions that can never come: the device set
+    DEVICE_NEEDS_RESET (it serves nothing until it is reset) and this driver generation
+    ignores that bit, so nothing will ever reset it. What the user sees is a hang; the
+    simulator only says so at once instead of waiting for the cell's deadline."""
+
+
 @dataclass
 class DriverPolicy:
     """The parts of a driver generation the core needs (profiles fill these in)."""
@@ -76,6 +83,11 @@ class DriverPolicy:
     #: device types this kernel has drivers for (None: every driver the guest stack has)
     drivers: frozenset[str] | None = None
     max_queue_size: int | None = None  # cap on the sizes drivers ask for (None: theirs)
+    #: what the driver does when the device sets DEVICE_NEEDS_RESET: "detect" (the
+    #: simulator's own hardened guest: stop and reset) or "ignore" (Linux's virtio-blk,
+    #: virtio-rng, virtio-net, virtio-console, virtio-iommu: no driver reads the bit, so
+    #: waiters wait forever -> HANG)
+    needs_reset: str = "detect"
 
 
 @dataclass
@@ -257,6 +269,8 @@ class VirtioGuestDevice:
         self.features = 0
         self.queues: list[GuestVirtqueue] = []
         self.broken: str | None = None
+        #: set when the device asked for a reset that this driver generation never does
+        self.hung: str | None = None
         self._progress_event = trio.Event()
 
     # -- status ----------------------------------------------------------------
@@ -419,7 +433,7 @@ class VirtioGuestDevice:
         if isr & ISR_CONFIG:
             status = await self.transport.get_status()
             if status & STATUS.DEVICE_NEEDS_RESET:
-                self.mark_broken(f"device set DEVICE_NEEDS_RESET ({status_names(status)})")
+                self._needs_reset(status)
         for vq in self.queues:
             vq.reap()
         self._progress()
@@ -436,7 +450,7 @@ class VirtioGuestDevice:
         """MSI-X: the configuration-change vector fired (NEEDS_RESET arrives this way)."""
         status = await self.transport.get_status()
         if status & STATUS.DEVICE_NEEDS_RESET:
-            self.mark_broken(f"device set DEVICE_NEEDS_RESET ({status_names(status)})")
+            self._needs_reset(status)
         self._progress()
 
     def _progress(self) -> None:
@@ -451,11 +465,29 @@ class VirtioGuestDevice:
         """Sleep until the next interrupt was handled or the device broke."""
         await self._progress_event.wait()
 
+    def _needs_reset(self, status: int) -> None:
+        """The config interrupt came with DEVICE_NEEDS_RESET in the status. A driver that
+        ignores the bit goes on waiting: the status read here is the simulator's own
+        observation (the evidence of the hang), not something the driver acts on."""
+        what = f"device set DEVICE_NEEDS_RESET ({status_names(status)})"
+        if self.policy.needs_reset == "ignore":
+            if self.hung is None:
+                waiting = sum(vq.ring.size - vq.ring.num_free for vq in self.queues)
+                self.hung = (
+                    f"{what}; this driver generation ignores it and waits forever: "
+                    f"{waiting} descriptor(s) in flight that the device will never complete"
+                )
+            self._progress()
+            return
+        self.mark_broken(what)
+
     def mark_broken(self, reason: str) -> None:
         if self.broken is None:
             self.broken = reason
         self._progress()
 
     def raise_if_broken(self) -> None:
+        if self.hung:
+            raise DriverHang(self.hung)
         if self.broken:
             raise DeviceNeedsReset(self.broken)

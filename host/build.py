@@ -17,7 +17,7 @@ from host.devices.iommu import IommuDevice
 from host.firmware import install_acpi, install_fdt
 from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
-from host.machine_types import MachineSpec, check_placement, parse_machine
+from host.machine_types import MachineSpec, check_placement, parse_machine, ram_layout
 from host.pci import BusMasterGate, PciFunction
 from host.qdev import (
     BuiltDevice,
@@ -29,11 +29,11 @@ from host.qdev import (
 )
 from host.transport.virtio_pci import VirtioPciProxy
 from host.virtio_device import VirtioDevice
-from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace
+from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace, WriteLog
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
 from virtio_sim.netproto import nth_mac
-from virtio_sim.spec import NET, F
+from virtio_sim.spec import NET
 
 PCI_TRANSPORTS = ("pci-modern", "pci-transitional", "pci-legacy")
 HOST_TRANSPORTS = ("mmio-v2", "mmio-v1", "mmio", *PCI_TRANSPORTS)
@@ -70,6 +70,10 @@ class HostConfig:
     # the shared map by default; the process host supplies DMA over the wire for TCP.
     # An IOMMU translates on top of it.
     address_space: Callable[[GuestMemory], AddressSpace] | None = None
+    #: "qemu": the IOMMU translates PCI functions only and needs a PCI bus, as QEMU's
+    #: virtio-iommu; "spec": virtio-mmio transports are endpoints too (the virtio-iommu
+    #: spec and the VIOT allow it; conformance runs check the device model that way)
+    iommu_topology: str = "qemu"
     #: QEMU's -M value (microvm|q35|virt[,acpi=..][,iommu=virtio][,x-mmio-hid=..]); None:
     #: the microvm layout announced on the command line (q35's PCI for PCI transports)
     machine: str | None = None
@@ -95,6 +99,15 @@ class HostSetup:
     def ram_base(self) -> int:
         return self.machine_spec.ram_base if self.machine_spec is not None else 0
 
+    @property
+    def arch(self) -> str:
+        return str(self.machine_spec.facts["arch"]) if self.machine_spec is not None else "x86_64"
+
+    @property
+    def ram_regions(self) -> tuple[tuple[int, int], ...]:
+        """The memory map the firmware hands the guest (e820 / the DT memory node)."""
+        return tuple((r.gpa, r.size) for r in self.memory.regions)
+
     def evidence(self) -> dict[str, Any]:
         """What the host saw, as plain data (RunResult.add_host_evidence folds it in)."""
         return {
@@ -109,7 +122,16 @@ class HostSetup:
             ],
             "machine_notes": list(self.machine.notes),
             "iommu": self._iommu_evidence(),
+            "raw_writes": self._raw_writes(),
         }
+
+    def _raw_writes(self) -> list[list[int]]:
+        """Guest RAM written by devices whose addresses were used untranslated."""
+        log = WriteLog()
+        for space in self.unisolated:
+            for a, b in space.writes.ranges:
+                log.add(a, b - a)
+        return log.ranges
 
     def _iommu_evidence(self) -> dict[str, Any] | None:
         if self.iommu is None:
@@ -202,6 +224,11 @@ def build_host(cfg: HostConfig) -> HostSetup:
         check_placement(mspec, cfg.transport, specs[0].driver if specs else "", PCI_TRANSPORTS)
         if mspec.iommu != "none":
             iommu_kind = mspec.iommu
+    mmio_endpoints = cfg.iommu_topology == "spec"
+    if iommu_kind == "virtio-iommu" and not mmio_endpoints and not _has_pci_bus(mspec, cfg.transport):
+        # QEMU 7.2 hw/virtio/virtio-iommu.c realize: the IOMMU translates PCI buses only
+        # (measured: `-M microvm -device virtio-iommu-device`; docs/dma.md).
+        raise PropertyError("VIRTIO-IOMMU is not attached to any PCI bus!")
     built: list[BuiltDevice] = []
     try:
         iommu_default = cfg.globals.get("virtio-device.iommu_platform")
@@ -217,11 +244,12 @@ def build_host(cfg: HostConfig) -> HostSetup:
             if close:
                 close()
         raise
+    default_machine = "q35" if cfg.transport in PCI_TRANSPORTS else "microvm"
+    machine_name = mspec.name if mspec is not None else default_machine
+    memory = GuestMemory.create_layout(ram_layout(machine_name, cfg.ram_size))
     if mspec is None:
-        memory = GuestMemory.create(cfg.ram_size)
         machine = Machine(memory)
     else:
-        memory = GuestMemory.create(cfg.ram_size, mspec.ram_base)
         facts = mspec.facts
         machine = Machine(
             memory, mmio_base=facts["mmio_base"], mmio_slots=facts["mmio_slots"], irq_base=mspec.irq_base
@@ -248,16 +276,19 @@ def build_host(cfg: HostConfig) -> HostSetup:
             # mmio endpoints: the devices in command-line order from 1; PCI endpoints: the
             # requester id (bus << 8 | devfn), known once the function is plugged.
             endpoint: list[int] = [index]
-            space = _space_for(memory, setup, endpoint, b.dma_mode, make_ram)
+            translated = dma_translated(b, setup.iommu is not None, mmio_endpoints=mmio_endpoints)
+            space = _space_for(memory, setup, endpoint, translated, make_ram)
             vdev = _plug(machine, memory, b, force_legacy, space, make_ram, endpoint)
             vdev.guest_order = cfg.guest_order
             setup.devices.append(vdev)
-            if setup.iommu is not None:
+            if setup.iommu is not None and b.pci is not None:
+                # Only PCI functions are endpoints: QEMU's VIOT lists PCI ranges only, and
+                # a virtio-mmio device is never behind the virtio-iommu (no get_dma_as).
                 setup.iommu.endpoints.add(endpoint[0])
-                if b.pci is None:
-                    machine.iommu_endpoints[machine.slots[-1].base] = endpoint[0]
-                else:
-                    machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
+                machine.iommu_pci_endpoints[endpoint[0]] = endpoint[0]
+            elif setup.iommu is not None and mmio_endpoints:
+                setup.iommu.endpoints.add(endpoint[0])
+                machine.iommu_endpoints[machine.slots[-1].base] = endpoint[0]
         if mspec is not None and mspec.acpi:
             install_acpi(machine, memory, mspec)
         elif mspec is not None and mspec.facts["arch"] == "aarch64":
@@ -268,27 +299,50 @@ def build_host(cfg: HostConfig) -> HostSetup:
     return setup
 
 
+def dma_translated(b: BuiltDevice, iommu_present: bool, *, mmio_endpoints: bool = False) -> bool:
+    """QEMU's plug-time choice of a device's DMA address space (virtio_bus_device_plugged).
+
+    The address space is picked once, when the device is plugged, from the device's
+    ``iommu_platform`` property and from whether its bus has a DMA address space of its
+    own (the transport's ``get_dma_as``): virtio-pci has one (the PCI bus's IOMMU address
+    space when a vIOMMU covers the bus), virtio-mmio on sysbus has none, so QEMU never
+    translates a virtio-mmio device. What the driver later negotiates does not change the
+    choice: a translating device that the driver hands guest-physical addresses (it did
+    not accept bit 33) translates them anyway. ``x-dma`` says how a generation's device
+    meets that rule: ``honor`` (QEMU 2.9+: translated when the property is on),
+    ``bypass`` (before 2.9, and a lying device: never), ``translate-always`` (a lying
+    device: translated whatever the property says).
+    """
+    if (b.pci is None and not mmio_endpoints) or not iommu_present:
+        return False
+    if b.dma_mode == "translate-always":
+        return True
+    return b.dma_mode == "honor" and b.transport_features.access_platform
+
+
+def _has_pci_bus(mspec: MachineSpec | None, transport: str) -> bool:
+    """Whether the machine has a PCI bus: q35 and virt do, microvm does not (the default
+    machine of the mmio transports)."""
+    if mspec is None:
+        return transport in PCI_TRANSPORTS
+    return bool(mspec.facts["pci"])
+
+
 def _space_for(
     memory: GuestMemory,
     setup: HostSetup,
     endpoint_ref: list[int],
-    dma_mode: str,
+    translated: bool,
     make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
 ) -> Callable[[int], AddressSpace]:
-    """How this device's DMA meets the IOMMU, decided when the driver's features are known.
-
-    ``honor`` (QEMU with iommu_platform): translated when ACCESS_PLATFORM was negotiated,
-    raw GPAs otherwise; ``bypass`` (QEMU before 2.9, or a lying device): always raw GPAs;
-    ``translate-always`` (a lying device): always translated.
-    """
+    """The device's address space, as chosen at plug time (:func:`dma_translated`)."""
 
     def space(features: int) -> AddressSpace:
         iommu = setup.iommu
         endpoint = endpoint_ref[0]
-        if iommu is None:
-            return make_ram(memory)
-        negotiated = bool(features >> F.ACCESS_PLATFORM & 1)
-        if dma_mode == "translate-always" or (dma_mode == "honor" and negotiated):
+        if iommu is None or endpoint not in iommu.endpoints:
+            return make_ram(memory)  # not behind the IOMMU at all (a virtio-mmio device)
+        if translated:
             translator = EndpointTranslator(iommu, endpoint)
             return TranslatedAddressSpace(memory, translator, make_ram(memory))
         raw = UnisolatedAddressSpace(memory, iommu, endpoint, make_ram(memory))

@@ -82,3 +82,21 @@ def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
     props["x-validate-access-platform"] = _onoff(profile.validate_access_platform)
     props["x-dma"] = profile.dma
     return ",".join([name, *(f"{k}={v}" for k, v in props.items())])
+
+
+#: the -device model QEMU would need for ``--iommu KIND`` on a bus (PCI or not)
+IOMMU_DEVICE_MODELS = {
+    ("virtio-iommu", True): "virtio-iommu-pci",
+    ("virtio-iommu", False): "virtio-iommu-device",
+}
+
+
+def check_iommu_model(kind: str, pci_bus: bool, profile: DeviceProfile) -> None:
+    """Refuse an IOMMU the device generation does not have, as that QEMU would: an
+    unknown -device name (virtio-iommu-pci arrived in QEMU 5.0)."""
+    if kind == "none":
+        return
+    model = IOMMU_DEVICE_MODELS.get((kind, pci_bus))
+    if model is None or model not in profile.iommu_models:
+        name = model or kind
+        raise PropertyError(f"'{name}' is not a valid device model name")

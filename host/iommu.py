@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from virtio_sim.dma import AddressSpace, DmaError, IdentityAddressSpace
+from virtio_sim.dma import AddressSpace, DmaError, IdentityAddressSpace, WriteLog
 from virtio_sim.memory import GuestMemory
 from virtio_sim.spec import IOMMU_FAULT_F, IOMMU_FAULT_R, IOMMU_MAP_F, IOMMU_S
 
@@ -342,6 +342,8 @@ class UnisolatedAddressSpace:
         self.iommu = iommu
         self.endpoint = endpoint
         self.unisolated_accesses = 0
+        #: where its raw writes landed: the guest may have meant them as IOVAs
+        self.writes = WriteLog()
 
     def _note(self) -> None:
         if not self.iommu.in_bypass(self.endpoint):
@@ -353,7 +355,8 @@ class UnisolatedAddressSpace:
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self._note()
-        self.ram.write(addr, data)
+        self.ram.write(addr, data)  # raises before logging when nothing is there
+        self.writes.add(addr, len(data))
 
     def check(self, addr: int, length: int, write: bool) -> None:
         self.ram.check(addr, length, write)

@@ -91,3 +91,53 @@ def check_placement(
         raise PropertyError(f"No 'PCI' bus found for device '{first_device}' (machine {spec.name})")
     if not is_pci and not spec.facts["user_mmio"]:
         raise PropertyError(f"No 'virtio-bus' bus found for device '{first_device}' (machine {spec.name})")
+
+
+FOUR_GIB = 1 << 32
+
+
+def ram_layout(name: str, ram_size: int) -> list[tuple[int, int]]:
+    """Where ``-m`` RAM lands in the guest-physical map, per machine (``(gpa, size)``).
+
+    q35 (QEMU 7.2 hw/i386/pc_q35.c ``pc_q35_init``): below 4 GiB up to ``lowmem``, which
+    is 2 GiB when the guest has 0xB0000000 bytes or more and 0xB0000000 otherwise; the rest
+    from 4 GiB. microvm (hw/i386/microvm.c): below 4 GiB up to 3 GiB [M], the rest from
+    4 GiB. arm virt (hw/arm/virt.c): one block from 1 GiB.
+    """
+    facts = MACHINE_FACTS[name]
+    base = int(facts["ram_base"])
+    lowmem = facts.get("lowmem_small")
+    if lowmem is None:
+        return [(base, ram_size)]
+    if ram_size >= int(facts["lowmem_threshold"]):
+        lowmem = int(facts["lowmem_big"])
+    lowmem = int(lowmem)
+    if ram_size <= lowmem:
+        return [(base, ram_size)]
+    return [(base, lowmem), (FOUR_GIB, ram_size - lowmem)]
+
+
+#: the largest -m this host accepts (sparse memfd: only touched pages cost anything)
+MAX_RAM = 1 << 40
+_SUFFIXES = {"": 20, "B": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def parse_ram_size(text: str) -> int:
+    """QEMU's ``-m`` syntax: ``[size=]N[K|M|G|T]``, a bare number meaning MiB (QEMU's
+    default suffix for -m); ``PropertyError`` in QEMU's words when it is not a size."""
+    value = text.strip()
+    if value.startswith("size="):
+        value = value[len("size=") :]
+    num, suffix = value, ""
+    if value and value[-1].upper() in "BKMGT" and not value[-1].isdigit():
+        num, suffix = value[:-1], value[-1].upper()
+    try:
+        amount = float(num) if "." in num else int(num, 10)
+    except ValueError:
+        raise PropertyError(f"invalid ram size: {text}") from None
+    size = int(amount * (1 << _SUFFIXES[suffix]))
+    if size <= 0:
+        raise PropertyError(f"invalid ram size: {text}")
+    if size > MAX_RAM:
+        raise PropertyError(f"ram size too large: {text} (this host allows up to 1T)")
+    return size

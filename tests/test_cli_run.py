@@ -69,7 +69,7 @@ def test_human_summary() -> None:
     [
         (["--device", "virtio-rng-device", "--workload", "nope"], "unknown workload"),
         (["--device", "virtio-rng-device", "--workload", "rng", "--transport", "isa"], "invalid choice"),
-        (["--device", "virtio-rng-device", "--workload", "rng", "--ram", "lots"], "not a size"),
+        (["--device", "virtio-rng-device", "--workload", "rng", "--ram", "lots"], "invalid ram size"),
         (["--device", "virtio-rng-device", "--workload", "rng", "--timeout", "-1"], "must be positive"),
         (["--workload", "rng"], "required"),
         (["--device", ",x=1", "--workload", "rng"], "driver"),

@@ -38,5 +38,6 @@ def test_net_and_console_outcomes_match_blk_across_generations() -> None:
     differ = {k: v for k, v in by_rest.items() if len(set(v.values())) > 1}
     assert differ == {}
     seen = {r["outcome"] for r in results}
-    assert {"OK", "OK_NO_ISOLATION", "DEVICE_ERROR", "HOST_REFUSED"} <= seen
+    # a device that gives up sets NEEDS_RESET, which Linux's drivers ignore: HANG (docs/dma.md)
+    assert {"OK", "OK_NO_ISOLATION", "HANG", "HOST_REFUSED"} <= seen
     assert all(len(v) == len(WORKLOADS) for v in by_rest.values())

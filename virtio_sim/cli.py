@@ -47,6 +47,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)") from None
 
 
+def _qemu_ram(text: str) -> int:
+    from host.devices.base import PropertyError
+    from host.machine_types import parse_ram_size
+
+    try:
+        return parse_ram_size(text)
+    except PropertyError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -71,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workload", required=True, help=", ".join(WORKLOADS))
     run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
     run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
-    run.add_argument("--ram", type=_size, default="64M", help="guest RAM size (default 64M)")
+    run.add_argument(
+        "-m", "--ram", dest="ram", type=_qemu_ram, default="64M",
+        help="guest RAM in QEMU's -m syntax: [size=]N[K|M|G|T], a bare N is MiB (default 64M)",
+    )  # fmt: skip
     run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
     run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
     run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")

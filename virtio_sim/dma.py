@@ -298,3 +298,54 @@ class TranslatedAddressSpace:
         if lease is not None:
             self.translator.register_lease(lease)  # type: ignore[attr-defined]
         return lease
+
+
+class WriteLog:
+    """Where a device's DMA writes landed in guest RAM, as merged ``[start, end)`` ranges.
+
+    Kept for address spaces whose addresses the guest may not have meant as guest-physical
+    (raw DMA behind an IOMMU, a hypervisor's p2m view): the run then compares them with
+    every range the guest's DMA API ever handed out, and a write outside them is a write to
+    memory the driver never gave the device -- silent corruption, named by its address.
+    Bounded: past ``limit`` ranges the newest merge into the last one.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self.ranges: list[list[int]] = []
+
+    def add(self, addr: int, length: int) -> None:
+        if length <= 0:
+            return
+        end = addr + length
+        for r in self.ranges:
+            if r[0] <= end and addr <= r[1]:
+                r[0], r[1] = min(r[0], addr), max(r[1], end)
+                return
+        if len(self.ranges) >= self.limit:
+            last = self.ranges[-1]
+            last[0], last[1] = min(last[0], addr), max(last[1], end)
+            return
+        self.ranges.append([addr, end])
+
+
+def outside(written: list[list[int]], allowed: list[list[int]]) -> list[tuple[int, int]]:
+    """The parts of ``written`` ranges that no ``allowed`` range covers."""
+    merged: list[list[int]] = []
+    for a, b in sorted(allowed):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out: list[tuple[int, int]] = []
+    for start, end in written:
+        pos = start
+        for a, b in merged:
+            if b <= pos or a >= end:
+                continue
+            if a > pos:
+                out.append((pos, a))
+            pos = max(pos, b)
+        if pos < end:
+            out.append((pos, end))
+    return out

@@ -41,6 +41,8 @@ class RunConfig:
     timeout: float = 10.0
     guest: GuestPolicy = field(default_factory=GuestPolicy)
     iommu: str = "none"
+    #: "qemu" (PCI endpoints only, an IOMMU needs a PCI bus) or "spec" (mmio endpoints too)
+    iommu_topology: str = "qemu"
     #: more devices on the same machine, after ``device`` (net-pair needs two NICs)
     extra_devices: list[str] = field(default_factory=list)
     # What the host is told about the guest's byte order (None: the truth, guest.guest_order);
@@ -99,6 +101,7 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             guest_order=cfg.host_guest_order or cfg.guest.guest_order,
             scratch_dir=tmp,
             iommu=cfg.iommu,
+            iommu_topology=cfg.iommu_topology,
             globals=dict(cfg.globals),
             machine=cfg.machine,
         )
@@ -109,7 +112,13 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
         finish = cfg.on_host(setup) if cfg.on_host is not None else None
         try:
             host_end, guest_end = memory_link()
-            boot = BootInfo(setup.machine.kernel_cmdline(), cfg.ram_size, setup.ram_base)
+            boot = BootInfo(
+                setup.machine.kernel_cmdline(),
+                cfg.ram_size,
+                setup.ram_base,
+                ram_regions=setup.ram_regions,
+                arch=setup.arch,
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serve, host_end, setup.machine)
                 result = await run_guest(

@@ -184,6 +184,16 @@ class GuestMemory:
         """One RAM region of ``size`` bytes at guest-physical ``base``, on a fresh memfd."""
         return cls(SharedMemoryObject.create_memfd(size), [MemoryRegion(base, size, 0)])
 
+    @classmethod
+    def create_layout(cls, layout: list[tuple[int, int]]) -> GuestMemory:
+        """RAM split into ``(gpa, size)`` regions (a machine's memory map: q35 puts what
+        does not fit below its PCI hole above 4 GiB), one memfd behind all of them."""
+        regions, offset = [], 0
+        for gpa, size in layout:
+            regions.append(MemoryRegion(gpa, size, offset))
+            offset += size
+        return cls(SharedMemoryObject.create_memfd(offset), regions)
+
     @property
     def size(self) -> int:
         return sum(r.size for r in self.regions)

@@ -43,6 +43,10 @@ class RunResult:
     #: every transport the guest looked at: where, device, outcome (BOUND | NOT_PROBED |
     #: FAILED), reason, and how it was found (cmdline, acpi:PATH HID, pci)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    #: guest-physical [start, end) ranges the guest's DMA API ever lent a device
+    dma_ranges: list[list[int]] = field(default_factory=list)
+    #: device writes to guest RAM that the guest never lent (address, length), if any
+    stray_writes: list[list[int]] = field(default_factory=list)
 
     def add_host_evidence(self, evidence: dict[str, Any]) -> RunResult:
         """Fold in what the host saw (``HostSetup.evidence()``, in this process or sent by
@@ -61,6 +65,9 @@ class RunResult:
             self.violations = [dict(v) for v in dev["violations"]]
             if self.ring and dev.get("ring"):
                 self.ring.update(dev["ring"])
+            if self.outcome is Outcome.HANG and self.violations and "device:" not in self.detail:
+                # what made the device stop serving: the evidence of the hang
+                self.detail += f" (device: {self.violations[0]['message']})"
             if self.outcome is Outcome.OK and self.violations:
                 self.outcome = Outcome.DEVICE_ERROR
                 first = self.violations[0]["message"]
@@ -69,6 +76,7 @@ class RunResult:
             if self.outcome is Outcome.OK and others:
                 self.outcome = Outcome.DEVICE_ERROR
                 self.detail = f"another device recorded ring violations: {others[0]['message']}"
+        self._judge_raw_writes(evidence.get("raw_writes") or [])
         iommu = evidence.get("iommu")
         if iommu is not None:
             self.iommu = {k: v for k, v in iommu.items() if k != "first_fault_address"}
@@ -85,6 +93,29 @@ class RunResult:
                     "for an endpoint the guest had attached"
                 )
         return self
+
+    def _judge_raw_writes(self, written: list[list[int]]) -> None:
+        """Untranslated device writes that landed in guest RAM the guest never lent the
+        device (an IOVA used as a guest-physical address that aliases RAM, a p2m view the
+        driver did not know about): the guest's memory changed under it, silently.
+        Only a guest that reported its DMA ranges can be judged."""
+        if not written or not self.dma_ranges:
+            return
+        from virtio_sim.dma import outside
+
+        stray = outside(written, self.dma_ranges)
+        if not stray:
+            return
+        self.stray_writes = [[a, b - a] for a, b in stray[:8]]
+        start, end = stray[0]
+        total = sum(b - a for a, b in stray)
+        before = f" ({self.outcome}: {self.detail})" if self.detail else f" ({self.outcome})"
+        self.outcome = Outcome.CORRUPTION
+        self.detail = (
+            f"device wrote {total} byte(s) of guest RAM the driver never lent it, first "
+            f"[{start:#x}, {end:#x}) (raw DMA to an address the guest meant for "
+            f"translation){before}"
+        )
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunResult:

@@ -38,6 +38,7 @@ class DriverProfile:
     endianness: str  # "little" | "big"
     restricted_memory: bool = False
     refuse_unrestricted: bool = False
+    needs_reset: str = "detect"  # "detect" | "ignore" (what the drivers do with NEEDS_RESET)
 
 
 @dataclass(frozen=True)
@@ -51,18 +52,22 @@ class DeviceProfile:
     validate_access_platform: bool = True
     dma: str = "honor"  # "honor" | "bypass" | "translate-always"
     access_platform_offer: str = "property"  # "property" | "never"
+    #: the vIOMMU device models this generation has (QEMU's -device names); a cell that
+    #: asks for an IOMMU the generation lacks is refused with QEMU's words
+    iommu_models: tuple[str, ...] = ()
 
 
 _DRIVER_KEYS = {
     "description": str, "transport_features": list, "device_features": dict, "transports": list,
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
-    "refuse_unrestricted": bool,
+    "refuse_unrestricted": bool, "needs_reset": str,
 }  # fmt: skip
-_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted"}
+_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted", "needs_reset"}
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
+    "iommu_models": list,
 }  # fmt: skip
 _CHOICES = {
     "pci_match": ("any", "transitional-only"),
@@ -70,6 +75,7 @@ _CHOICES = {
     "endianness": ("little", "big"),
     "dma": ("honor", "bypass", "translate-always"),
     "access_platform_offer": ("property", "never"),
+    "needs_reset": ("detect", "ignore"),
 }
 KNOWN_DEVICE_PROPERTIES = frozenset(
     {
@@ -141,6 +147,7 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         endianness=data["endianness"],
         restricted_memory=data.get("restricted_memory", False),
         refuse_unrestricted=data.get("refuse_unrestricted", False),
+        needs_reset=data.get("needs_reset", "detect"),
     )
 
 
@@ -165,7 +172,18 @@ def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfi
         validate_access_platform=data.get("validate_access_platform", True),
         dma=data.get("dma", "honor"),
         access_platform_offer=data.get("access_platform_offer", "property"),
+        iommu_models=_iommu_models(path, data.get("iommu_models", [])),
     )
+
+
+IOMMU_MODELS = ("virtio-iommu-pci", "virtio-iommu-device", "intel-iommu")
+
+
+def _iommu_models(path: Path, names: list[Any]) -> tuple[str, ...]:
+    for n in names:
+        if n not in IOMMU_MODELS:
+            raise ProfileError(f"{path}: key 'iommu_models': unknown IOMMU model {n!r}")
+    return tuple(names)
 
 
 def list_profiles(kind: str) -> list[str]:

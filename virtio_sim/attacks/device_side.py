@@ -108,11 +108,20 @@ async def _run(t: DriverTarget, lie: str) -> RunResult:
     return await run_embedded(cfg)
 
 
+#: how the guest reports a driver that ignores DEVICE_NEEDS_RESET (guest/virtio.py)
+NEEDS_RESET_HANG = "this driver generation ignores it"
+IGNORED_NEEDS_RESET = "hang (NEEDS_RESET ignored, as that Linux)"
+
+
 def judge(t: DriverTarget, lie: str, result: RunResult) -> tuple[Verdict, str]:
     notes = result.device_notes
     fired = any(n.startswith("hostile: lie fired") for n in notes)
     reset_after = any(n.startswith("hostile: driver reset") for n in notes)
     if result.outcome is Outcome.HANG:
+        if NEEDS_RESET_HANG in result.detail and load_driver_profile(t.profile).needs_reset == "ignore":
+            # What that Linux does: no blk/rng/net/console driver reads DEVICE_NEEDS_RESET,
+            # so its requests wait forever; the guest reports the hang with its evidence.
+            return Verdict.HANDLED, IGNORED_NEEDS_RESET
         return Verdict.HANG, result.detail
     if result.outcome is Outcome.CORRUPTION and "canary" in result.detail:
         return Verdict.ESCAPE, result.detail  # the device wrote outside the guest's buffers
@@ -146,7 +155,8 @@ def run_driver_case(t: DriverTarget, lie: str, tmp: str) -> CaseResult:
     try:
         result = trio.run(_run, t, lie)
         res.verdict, res.detail = judge(t, lie, result)
-        res.policy = "broken+reset" if res.detail == "broken+reset" else result.outcome.value
+        named = res.detail in ("broken+reset", IGNORED_NEEDS_RESET)
+        res.policy = res.detail if named else result.outcome.value
     except Exception:
         res.verdict, res.detail = Verdict.CRASH, traceback.format_exc(limit=-8)
     res.seconds = time.perf_counter() - start

@@ -131,6 +131,7 @@ class Bench:
                 seed=1,
                 scratch_dir=scratch,
                 iommu="virtio-iommu" if target.iommu else "none",
+                iommu_topology="spec",  # mmio victims behind the IOMMU too (not QEMU's topology)
                 address_space=space,
             )
         )

@@ -335,6 +335,7 @@ async def run_driver_check(
             timeout=timeout,
             guest=policy_for_guest,
             iommu="virtio-iommu" if behind_iommu else "none",
+            iommu_topology="spec",  # the driver's IOMMU use is judged on every transport
             on_host=watch_host(
                 log, transport, lambda _finding: scope.cancel(), attached, traps=traps, odd=odd
             ),

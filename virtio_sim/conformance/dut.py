@@ -198,6 +198,7 @@ def open_host(
         ram_size=RAM_SIZE,
         scratch_dir=scratch.name,
         iommu="virtio-iommu" if iommu else "none",
+        iommu_topology="spec",  # the device model on its own: mmio transports are endpoints too
         guest_order=guest_order,
         address_space=lambda mem: TracingSpace(IdentityAddressSpace(mem), trace),
     )

@@ -14,8 +14,9 @@ import trio
 
 from guest.profile import guest_policy
 from guest.workloads import WORKLOADS
-from host.device_profile import DeviceRequest, device_option
+from host.device_profile import DeviceRequest, check_iommu_model, device_option
 from host.devices.base import PropertyError
+from host.machine_types import parse_ram_size
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.matrix.spec import Cell, MatrixError
 from virtio_sim.outcome import Outcome, RunResult
@@ -64,6 +65,10 @@ def validate_cell(cell: Cell) -> None:
         raise MatrixError(f"unknown workload {cell.workload!r} ({', '.join(WORKLOADS)})")
     if cell.machine not in ("auto", machine_for(cell.transport)):
         _validate_machine(cell)
+    try:
+        parse_ram_size(cell.ram)
+    except PropertyError as e:
+        raise MatrixError(f"ram={cell.ram!r}: {e}") from None
     for axis, allowed in SUPPORTED.items():
         if getattr(cell, axis) not in allowed:
             raise MatrixError(
@@ -86,6 +91,14 @@ def _validate_machine(cell: Cell) -> None:
         raise MatrixError(f"machine {cell.machine!r} cannot carry {cell.transport}: {e}") from None
 
 
+def _machine_has_pci(cell: Cell) -> bool:
+    """Whether the cell's machine has a PCI bus (q35, virt: yes; microvm: no)."""
+    from host.machine_types import MACHINE_FACTS
+
+    name = machine_for(cell.transport) if cell.machine == "auto" else cell.machine.split(",")[0]
+    return bool(MACHINE_FACTS.get(name, {}).get("pci", False))
+
+
 def _machine_option(cell: Cell) -> str | None:
     """None: the transport's default machine (devices announced on the command line)."""
     return None if cell.machine in ("auto", machine_for(cell.transport)) else cell.machine
@@ -105,7 +118,7 @@ def run_cell_qemu(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str,
     return out
 
 
-#: what QEMU's devices can be asked for: QEMU 7.2 itself, no IOMMU, split rings, and a
+#: what QEMU's devices can be asked for: QEMU 7.2 itself, split rings, and a
 #: guest whose RAM QEMU holds in plain (no restricted-memory drivers)
 QEMU_BACKEND_DEVICE = "qemu-7.2"
 
@@ -114,8 +127,8 @@ def validate_cell_for_qemu(cell: Cell) -> None:
     problems = []
     if cell.device != QEMU_BACKEND_DEVICE:
         problems.append(f"device={cell.device} (QEMU's devices are {QEMU_BACKEND_DEVICE})")
-    if cell.iommu != "none":
-        problems.append(f"iommu={cell.iommu}")
+    # --iommu virtio-iommu runs against QEMU's own virtio-iommu-pci (run_qemu adds it); on
+    # a machine without PCI QEMU refuses it, and the cell says so (HOST_REFUSED)
     if _machine_option(cell) is not None:
         problems.append(f"machine={cell.machine} (QEMU cells run on microvm and q35 here)")
     if cell.ring != "split":
@@ -125,7 +138,7 @@ def validate_cell_for_qemu(cell: Cell) -> None:
     if problems:
         raise MatrixError(
             f"cell {cell.id} cannot run on QEMU's devices: {'; '.join(problems)}"
-            f" (select --device {QEMU_BACKEND_DEVICE} --iommu none and a plain-memory driver)"
+            f" (select --device {QEMU_BACKEND_DEVICE} and a plain-memory driver)"
         )
 
 
@@ -141,6 +154,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
         packed=cell.ring == "packed",
     )
     try:
+        check_iommu_model(cell.iommu, _machine_has_pci(cell), device)
         option = device_option(request, device)
     except PropertyError as e:
         result = RunResult(Outcome.HOST_REFUSED, transport=cell.transport, detail=str(e))
@@ -154,9 +168,13 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
             guest=guest_policy(driver),
             iommu=cell.iommu,
             machine=_machine_option(cell),
+            ram_size=parse_ram_size(cell.ram),
         )
         result = trio.run(runner, cfg)
     out = result.to_json()
+    # The axes overwrite same-named result keys below: keep what the run showed under
+    # its own name (the IOMMU's faults and counters, the workload's evidence, the ring).
+    out["iommu_evidence"] = out.pop("iommu", None)
     out["evidence"] = out.pop("workload")  # the axis "workload" names the workload itself
     out["ring_info"] = out.pop("ring")  # likewise the axis "ring" names the format asked for
     out.update(cell.axes())

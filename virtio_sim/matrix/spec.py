@@ -8,6 +8,7 @@ device = ["qemu-2.9", "qemu-7.2"]
 transport = ["mmio-v1", "mmio-v2"]
 device_type = ["blk"]            # optional; derived from workload otherwise
 workload = ["blk-rw"]
+ram = ["64M", "4G"]              # guest RAM, QEMU -m syntax (default 64M)
 iommu_platform = ["off", "on"]
 ring = ["split"]
 iommu = ["none"]
@@ -36,7 +37,9 @@ from virtio_sim.outcome import Outcome
 from virtio_sim.spec import SPECS_DIR
 
 DEFAULT_MATRIX = SPECS_DIR / "matrices" / "default.toml"
-AXES = ("driver", "device", "transport", "machine", "iommu", "iommu_platform", "ring", "workload")
+AXES = ("driver", "device", "transport", "machine", "iommu", "iommu_platform", "ring", "workload", "ram")
+#: guest RAM of a cell unless the matrix varies it (QEMU -m syntax)
+DEFAULT_RAM = "64M"
 AXIS_DEFAULTS: dict[str, list[str]] = {
     "machine": ["auto"],
     "iommu": ["none"],
@@ -44,6 +47,7 @@ AXIS_DEFAULTS: dict[str, list[str]] = {
     "ring": ["split"],
     "workload": ["blk-rw"],
     "transport": ["mmio-v2"],
+    "ram": [DEFAULT_RAM],
 }
 
 
@@ -61,10 +65,16 @@ class Cell:
     iommu_platform: str
     ring: str
     workload: str
+    ram: str = DEFAULT_RAM
 
     @property
     def id(self) -> str:
-        return "/".join(getattr(self, a) for a in AXES)
+        """The axes joined by "/"; the RAM size only when a matrix sets one (so the ids of
+        matrices without a ram axis stay what they were)."""
+        parts = [getattr(self, a) for a in AXES if a != "ram"]
+        if self.ram != DEFAULT_RAM:
+            parts.append(f"ram={self.ram}")
+        return "/".join(parts)
 
     def axes(self) -> dict[str, str]:
         return {a: getattr(self, a) for a in AXES}
