@@ -667,6 +667,8 @@ class HostServer:
                 "writes": p.writes,
                 "bytes_read": p.bytes_read,
                 "bytes_written": p.bytes_written,
+                "peak_unsent_frames": p.peak_unsent_frames,
+                "peak_unsent_bytes": p.peak_unsent_bytes,
             }
         if reason == BYE_REASON:
             return "clean", reason

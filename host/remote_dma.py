@@ -108,7 +108,8 @@ class DmaPort:
                 over = (
                     self.unsent_frames > self.max_unsent_frames or self.unsent_bytes > self.max_unsent_bytes
                 )
-                self._note_peak()
+                if not over:
+                    self._note_peak()
             if over:
                 self._sent(size)  # not queued after all
                 self._overflow()
