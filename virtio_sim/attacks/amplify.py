@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+import tracemalloc
 from dataclasses import dataclass
 
 import trio
@@ -139,6 +140,26 @@ async def hello_latency(connect: trio.SocketStream) -> float:
         return time.perf_counter() - start
     finally:
         await ch.aclose()
+
+
+class PythonPeak:
+    """Peak bytes Python allocated inside the ``with`` block (tracemalloc). In-process,
+    RSS cannot show a repeated large allocation: glibc raises its mmap threshold after
+    the first free and keeps the heap. Only the last request's own buffers count."""
+
+    def __enter__(self) -> PythonPeak:
+        self.started = not tracemalloc.is_tracing()
+        if self.started:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        self.base = tracemalloc.get_traced_memory()[0]
+        self.peak = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak = tracemalloc.get_traced_memory()[1] - self.base
+        if self.started:
+            tracemalloc.stop()
 
 
 def reset_peak_rss(pid: int | str = "self") -> None:
