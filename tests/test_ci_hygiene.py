@@ -38,3 +38,39 @@ def _derandomized(ci: str | None) -> str:
 def test_hypothesis_is_derandomized_under_ci() -> None:
     assert _derandomized("true") == "True"
     assert _derandomized(None) == "False"  # locally: new examples every run
+
+
+async def test_the_host_reports_ready_only_once_it_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket file exists from bind() on, before listen(): a client that waits for
+    the file can be refused (about 5% of CI runs under load). HostServer.run reports
+    readiness through nursery.start, after listen(): at that moment the socket accepts."""
+    import io
+    import socket
+
+    import trio
+
+    import host.process as host_process
+    from host.process import HostOptions, HostServer, plan_host
+    from virtio_sim.sockets import UnixAddress
+
+    opened = []
+    real_open = host_process.open_listener
+
+    async def spy(addr):  # type: ignore[no-untyped-def]
+        listener = await real_open(addr)
+        opened.append(listener)
+        return listener
+
+    monkeypatch.setattr(host_process, "open_listener", spy)
+    opts = HostOptions(
+        listen=UnixAddress(str(tmp_path / "h.sock")), devices=["virtio-rng-device"], ram_size=2 << 20
+    )
+    server = HostServer(plan_host(opts), out=io.StringIO(), err=io.StringIO())
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        sock = opened[0].listener.socket
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert str(address) == str(opened[0].address)
+        nursery.cancel_scope.cancel()
