@@ -635,6 +635,8 @@ class HostServer:
             # What the guest was told at HELLO must be the machine it gets.
             msg = "this guest's machine differs from the one announced at HELLO"
             return await _refuse(channel, ErrorCode.INTERNAL, msg)
+        if mode is MemoryMode.DMA:  # ready before the guest can send its first access
+            conn.port = DmaPort(channel, reply_timeout=self.opts.frame_timeout)
         try:
             with trio.fail_after(self.opts.handshake_timeout):
                 await host_send_regions(
@@ -654,8 +656,6 @@ class HostServer:
         order: ByteOrder = "big" if hello.capabilities & Capability.BIG_ENDIAN else "little"
         for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
             vdev.guest_order = order
-        if mode is MemoryMode.DMA:
-            conn.port = DmaPort(channel, reply_timeout=self.opts.frame_timeout)
         record["memory"] = str(mode)
         self.log(f"guest {conn.ident}: handshake done ({hello.name!r}, guest RAM {mode})")
         reason = await serve(channel, setup.machine, dma=conn.port, idle_timeout=self.opts.idle_timeout)
