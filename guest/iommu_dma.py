@@ -21,8 +21,9 @@ once when the device is set up, because the ring code needs them synchronously.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from guest.allocator import PageAllocator
-from guest.drivers.iommu import IommuDriver
 from virtio_sim.memory import ByteAccess
 from virtio_sim.ring.chain import DmaBuffer, DmaPool
 from virtio_sim.spec import IOMMU_MAP_F
@@ -47,8 +48,10 @@ class IovaAllocator:
         *,
         dma_mask: int = (1 << 64) - 1,
         pci: bool = False,
+        top_down: bool = True,
     ) -> None:
         self.granule = granule
+        self.top_down = top_down
         self.start = max(aperture[0], granule)  # IOVA 0 (pfn 0) is never allocated
         self.limit = min(aperture[1], dma_mask)
         self.pci = pci
@@ -72,8 +75,27 @@ class IovaAllocator:
             cand = (a - size) // size * size  # collides: go below this range
         return cand if cand >= self.start else None
 
+    def _bottom_up(self, size: int) -> int | None:
+        """The lowest run of ``size`` bytes (pseries' TCE pools: from the window start)."""
+        cand = -(-self.start // size) * size
+        for a, b in sorted(self._used):
+            if b < cand:
+                continue
+            if a > cand + size - 1:
+                break
+            cand = -(-(b + 1) // size) * size
+        return cand if cand + size - 1 <= self.limit else None
+
     def alloc(self, size: int) -> int:
         n = max(1, -(-size // self.granule))
+        if not self.top_down:
+            length = n * self.granule
+            iova = self._bottom_up(length)
+            if iova is None:
+                raise IovaExhausted(f"no {length:#x}-byte range in the DMA window up to {self.limit:#x}")
+            self._used.append((iova, iova + length - 1))
+            self._sizes[iova] = length
+            return iova
         n = 1 << (n - 1).bit_length()  # roundup_pow_of_two (iova_len < IOVA_RANGE_CACHE_MAX)
         length = n * self.granule
         iova = None
@@ -108,6 +130,17 @@ class _CoherentPool:
         self._alloc.free(buf.gpa - self.gpa + self._alloc.page_size)
 
 
+class Mapper(Protocol):
+    """What programs the translation: the virtio-iommu driver or a platform IOMMU."""
+
+    granule: int
+    input_range: tuple[int, int]
+
+    async def map_many(self, domain: int, maps: list[tuple[int, int, int, int]]) -> None: ...
+
+    async def unmap_many(self, domain: int, ranges: list[tuple[int, int]]) -> None: ...
+
+
 class IommuDma:
     name = "iommu"
 
@@ -115,13 +148,14 @@ class IommuDma:
         self,
         memory: ByteAccess,
         pages: PageAllocator,
-        iommu: IommuDriver,
+        iommu: Mapper,
         domain: int,
         endpoint: int,
         *,
         reserved: list[tuple[int, int]] = [],  # noqa: B006 - read only
         pci: bool = False,
         dma_mask: int = (1 << 64) - 1,
+        iovas: IovaAllocator | None = None,
     ) -> None:
         self.memory = memory
         self.pages = pages
@@ -130,7 +164,9 @@ class IommuDma:
         self.endpoint = endpoint
         granule = iommu.granule
         self.granule = granule
-        self.iovas = IovaAllocator(granule, iommu.input_range, list(reserved), dma_mask=dma_mask, pci=pci)
+        self.iovas = iovas or IovaAllocator(
+            granule, iommu.input_range, list(reserved), dma_mask=dma_mask, pci=pci
+        )
         self._pending_maps: list[tuple[int, int, int, int]] = []
         self._pending_unmaps: list[DmaBuffer] = []
         self._sizes: dict[int, int] = {}

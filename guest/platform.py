@@ -33,7 +33,7 @@ from guest.drivers.iommu import IommuDriver, IommuRequestError
 from guest.drivers.net import NetDriver
 from guest.drivers.rng import RngDriver
 from guest.firmware import VIRTIO_MMIO_HIDS, FirmwareView, discover
-from guest.iommu_dma import IommuDma
+from guest.iommu_dma import IommuDma, IovaAllocator
 from guest.link import HostLink, HostLinkError
 from guest.pci import (
     Conf1Access,
@@ -47,6 +47,14 @@ from guest.pci import (
     msix_cap,
     parse_pci_param,
 )
+from guest.platform_dma import (
+    TCE_WINDOW,
+    PlatformInfo,
+    PlatformIommu,
+    XenDma,
+    parse_platform,
+    vring_use_dma_api,
+)
 from guest.transport.base import ConfigOps, TransportError
 from guest.transport.mmio import MmioTransportDriver
 from guest.transport.pci_common import NoDevice, PciTransportBase
@@ -55,7 +63,7 @@ from guest.transport.pci_modern import PciModernTransport
 from guest.virtio import DeviceNeedsReset, DriverHang, DriverPolicy, ProbeRefused, VirtioGuestDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
-from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI, F
+from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI
 from virtio_sim.wire import IrqKind
 
 DRIVERS: dict[str, type[GuestDriver]] = {
@@ -193,7 +201,8 @@ class GuestPolicy:
     pci_force_legacy: bool = False
     pci_msix: bool = True
     pci_config_access: str = "auto"
-    #: Linux's vring_use_dma_api(): "never", "feature" (ACCESS_PLATFORM negotiated), "always"
+    #: Linux's vring_use_dma_api() (guest/platform_dma.py): "never", "xen", "feature"
+    #: (ACCESS_PLATFORM negotiated, or a Xen domain), "always", "quirk-list"
     dma_api: str = "feature"
     #: the guest's architecture ("x86_64" | "aarch64"): where MSIs go, which IOVAs are reserved
     arch: str = "x86_64"
@@ -209,11 +218,6 @@ class GuestPolicy:
     acpi_hids: tuple[str, ...] = DEFAULT_ACPI_HIDS
     #: virtio_mmio's OF match table
     dt_compatibles: tuple[str, ...] = DEFAULT_DT_COMPATIBLES
-
-    def uses_dma_api(self, features: int) -> bool:
-        return self.dma_api == "always" or (
-            self.dma_api == "feature" and bool(features >> F.ACCESS_PLATFORM & 1)
-        )
 
 
 def dma_mask(t: ConfigOps) -> int:
@@ -273,6 +277,10 @@ class GuestKernel:
             self.swiotlb = (tlb_start, tlb_end)
             self.shared_dma = DirectDma(memory, PageAllocator(tlb_start, tlb_end))
         self.probes: list[ProbeRecord] = []
+        #: what the boot loader said about the platform's DMA (virtio_sim.platform=)
+        self.platform = PlatformInfo()
+        self.platform_iommu: PlatformIommu | None = None
+        self.xen_dma: XenDma | None = None
         self.viot: Viot | None = None
         self.iommu: IommuDriver | None = None
         self.iommu_dmas: list[IommuDma] = []
@@ -375,9 +383,11 @@ class GuestKernel:
         self._irq_routes.setdefault(res.irq, []).append(dev)
         return await self._bind(where, key, t, dev, driver_cls, endpoint)
 
-    def _new_device(self, t: ConfigOps, endpoint: int | None, *, pci: bool = False) -> VirtioGuestDevice:
+    def _new_device(
+        self, t: ConfigOps, endpoint: int | None, *, pci: bool = False, rid: int | None = None
+    ) -> VirtioGuestDevice:
         def dma_for(features: int) -> DmaApi:
-            return self._dma_for(features, endpoint, pci=pci, dma_mask=dma_mask(t))
+            return self._dma_for(features, endpoint, pci=pci, dma_mask=dma_mask(t), rid=rid)
 
         return self.policy.device_class(t, self.memory, self.dma, self.policy.driver, dma_for)
 
@@ -395,14 +405,20 @@ class GuestKernel:
         return ranges
 
     def _dma_for(
-        self, features: int, endpoint: int | None, *, pci: bool = False, dma_mask: int = (1 << 64) - 1
+        self,
+        features: int,
+        endpoint: int | None,
+        *,
+        pci: bool = False,
+        dma_mask: int = (1 << 64) - 1,
+        rid: int | None = None,
     ) -> DmaApi:
         """Linux's rule: the DMA API when ACCESS_PLATFORM was negotiated (or always, Xen).
 
         Through the DMA API a device behind the IOMMU gets IOVAs; a restricted guest's
         buffers come from the shared swiotlb window; otherwise raw guest-physical memory.
         """
-        if not self.policy.uses_dma_api(features):
+        if not vring_use_dma_api(self.policy.dma_api, features, self.platform):
             return self.dma
         if endpoint is not None and self.iommu is not None:
             dma = IommuDma(
@@ -417,6 +433,28 @@ class GuestKernel:
             )
             self.iommu_dmas.append(dma)
             return dma
+        kind = self.platform.kind
+        if pci and rid is not None and self.platform_iommu is not None and kind in ("viommu", "tce"):
+            # The platform's DMA ops: IOVAs in the function's domain (intel-iommu's
+            # top-down placement; pseries' TCE window from bus address 0, bottom-up).
+            iovas = None
+            if kind == "tce":
+                iovas = IovaAllocator(4096, TCE_WINDOW, top_down=False)
+            dma = IommuDma(
+                self.memory,
+                self.shared_dma.allocator,
+                self.platform_iommu,
+                rid,
+                rid,
+                reserved=self.iova_reserved(pci),
+                pci=True,
+                dma_mask=dma_mask,
+                iovas=iovas,
+            )
+            self.iommu_dmas.append(dma)
+            return dma
+        if self.xen_dma is not None:
+            return self.xen_dma  # swiotlb-xen: machine addresses through the p2m
         return self.shared_dma
 
     def dma_ranges(self) -> list[list[int]]:
@@ -434,11 +472,14 @@ class GuestKernel:
         found = self.dma.check()
         if self.shared_dma is not self.dma:
             found = found + self.shared_dma.check()
+        if self.xen_dma is not None:
+            found = found + self.xen_dma.check()
         return found
 
     async def probe_platform(self, cmdline: str) -> list[ProbeRecord]:
         """Probe what the platform describes: ACPI tables when firmware left them (the
         DSDT's virtio-mmio Devices, the VIOT), else virtio-mmio parameters; then PCI."""
+        self._init_platform(cmdline)
         fw = parse_pci_param(cmdline)
         view = discover(self.memory, cmdline, self.ram_base)
         self.firmware = view
@@ -465,6 +506,14 @@ class GuestKernel:
         elif acpi_ok and not view.mmio:
             raise BootError(f"the firmware ({view.source}) lists no virtio-mmio transport")
         return self.probes
+
+    def _init_platform(self, cmdline: str) -> None:
+        """The platform's DMA setup at boot: its IOMMU driver, or swiotlb-xen's p2m."""
+        self.platform = parse_platform(cmdline)
+        if self.platform.kind in ("viommu", "viommu-pt", "tce"):
+            self.platform_iommu = PlatformIommu(self.link, self.platform)
+        if self.platform.p2m is not None:
+            self.xen_dma = XenDma(self.memory, self.shared_dma.allocator, self.platform.p2m)
 
     def _match_acpi(self, view: FirmwareView) -> list[MmioResource]:
         """Linux's ACPI bus match: a Device whose _HID is in the driver's table gets a
@@ -506,6 +555,12 @@ class GuestKernel:
         if viot is not None and viot.iommu_is_pci:
             # A virtio-iommu-pci is probed first: the functions behind it attach at probe.
             found.sort(key=lambda p: requester_id(p.bdf) != viot.iommu_base)
+        if self.platform_iommu is not None and self.platform.kind != "tce":
+            # intel-iommu at boot: every PCI function gets a default domain, translating
+            # (intel_iommu=on) or identity (iommu=pt). pseries' windows exist from reset.
+            for pdev in found:
+                rid = requester_id(pdev.bdf)
+                await self.platform_iommu.attach(rid, rid, bypass=self.platform.kind == "viommu-pt")
         for pdev in found:
             record = await self._probe_pci_one(bus, pdev)
             record.source = "pci"
@@ -557,7 +612,7 @@ class GuestKernel:
         if driver_cls is None:
             return ProbeRecord(where, key, False, f"no driver for device id {t.device_id}")
         endpoint = self.viot.pci_endpoints.get(requester_id(pdev.bdf)) if self.viot else None
-        dev = self._new_device(t, endpoint, pci=True)
+        dev = self._new_device(t, endpoint, pci=True, rid=requester_id(pdev.bdf))
         if pdev.irq_pin:
             self._irq_routes.setdefault(pdev.irq_line, []).append(dev)
         await self._setup_msix(bus, pdev, t, dev)

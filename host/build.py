@@ -19,6 +19,8 @@ from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from host.machine import Machine
 from host.machine_types import MachineSpec, check_placement, parse_machine, ram_layout
 from host.pci import BusMasterGate, PciFunction
+from host.platform import TRANSLATING, P2mAddressSpace, PlatformIommuWindow, p2m_shift
+from host.platform import cmdline_param as platform_cmdline
 from host.qdev import (
     BuiltDevice,
     DeviceSpec,
@@ -90,6 +92,8 @@ class HostSetup:
     machine_spec: MachineSpec | None = None
     #: raw-GPA address spaces of devices behind the IOMMU (evidence for OK_NO_ISOLATION)
     unisolated: list[UnisolatedAddressSpace] = field(default_factory=list)
+    #: devices' views of a Xen-PV-like machine (machine addresses through the p2m)
+    p2m_spaces: list[P2mAddressSpace] = field(default_factory=list)
 
     @property
     def unisolated_accesses(self) -> int:
@@ -114,6 +118,7 @@ class HostSetup:
             "devices": [
                 {
                     "device_features": vdev.device_features,
+                    "visible_features": vdev.visible_features,
                     "notes": list(vdev.notes),
                     "violations": [dict(v.__dict__) for v in vdev.violations],
                     "ring": _ring_evidence(vdev),
@@ -128,8 +133,9 @@ class HostSetup:
     def _raw_writes(self) -> list[list[int]]:
         """Guest RAM written by devices whose addresses were used untranslated."""
         log = WriteLog()
-        for space in self.unisolated:
-            for a, b in space.writes.ranges:
+        logs = [s.writes for s in self.unisolated] + [s.writes for s in self.p2m_spaces]
+        for written in logs:
+            for a, b in written.ranges:
                 log.add(a, b - a)
         return log.ranges
 
@@ -263,7 +269,27 @@ def build_host(cfg: HostConfig) -> HostSetup:
             machine.attach_q35_pci()
     setup = HostSetup(memory, machine, built=built, machine_spec=mspec)
     make_ram = cfg.address_space or IdentityAddressSpace
+    platform = mspec.platform if mspec is not None else "none"
+    device_ram = make_ram
     try:
+        if platform != "none" and iommu_kind != "none":
+            raise PropertyError("x-platform and a virtio-iommu cannot be combined on one machine")
+        if platform in TRANSLATING:
+            # The platform IOMMU: off until the guest turns it on (x86), or always
+            # translating (pseries' TCE); its registers sit where QEMU's intel-iommu's do.
+            setup.iommu = Iommu(set(), bypass=platform != "tce")
+            machine.sysdevs.append(PlatformIommuWindow(setup.iommu))
+            machine.platform_params.append(platform_cmdline(platform))
+        elif platform == "xen-pv":
+            base, size = memory.regions[0].gpa, memory.regions[0].size
+            shift = p2m_shift(size)
+            machine.platform_params.append(platform_cmdline(platform, p2m=(base, size, shift)))
+
+            def device_ram(mem: GuestMemory) -> AddressSpace:
+                space = P2mAddressSpace(mem, base, size, shift, make_ram(mem))
+                setup.p2m_spaces.append(space)
+                return space
+
         if iommu_kind == "virtio-iommu":
             # The IOMMU itself sits on an mmio slot (also on q35); its endpoints are added
             # below as the devices are plugged.
@@ -277,7 +303,7 @@ def build_host(cfg: HostConfig) -> HostSetup:
             # requester id (bus << 8 | devfn), known once the function is plugged.
             endpoint: list[int] = [index]
             translated = dma_translated(b, setup.iommu is not None, mmio_endpoints=mmio_endpoints)
-            space = _space_for(memory, setup, endpoint, translated, make_ram)
+            space = _space_for(memory, setup, endpoint, translated, device_ram)
             vdev = _plug(machine, memory, b, force_legacy, space, make_ram, endpoint)
             vdev.guest_order = cfg.guest_order
             setup.devices.append(vdev)
@@ -289,6 +315,10 @@ def build_host(cfg: HostConfig) -> HostSetup:
             elif setup.iommu is not None and mmio_endpoints:
                 setup.iommu.endpoints.add(endpoint[0])
                 machine.iommu_endpoints[machine.slots[-1].base] = endpoint[0]
+        if platform == "tce" and setup.iommu is not None:
+            # Every PCI host bridge's DMA window exists from boot, with no entries yet.
+            for rid in sorted(setup.iommu.endpoints):
+                setup.iommu.attach(rid, rid, bypass=False)
         if mspec is not None and mspec.acpi:
             install_acpi(machine, memory, mspec)
         elif mspec is not None and mspec.facts["arch"] == "aarch64":

@@ -84,6 +84,10 @@ class Machine:
         #: every slot is a transport, as in QEMU, the empty ones backend-less (device id
         #: 0) with this force-legacy setting
         self.empty_transports_legacy: bool | None = None
+        #: system devices at fixed addresses (the platform IOMMU's register window)
+        self.sysdevs: list[Any] = []
+        #: extra kernel parameters the boot loader passes (the platform's description)
+        self.platform_params: list[str] = []
 
     def add_mmio_device(self, device: VirtioDevice, *, legacy: bool) -> MmioSlot:
         """Place a device in the highest free slot (QEMU microvm's order)."""
@@ -184,6 +188,7 @@ class Machine:
             parts.append(f"mem@{w.mem[0]:#x}-{w.mem[1]:#x}")
             parts.append(f"io@{w.io[0]:#x}-{w.io[1]:#x}")
             params.append(f"{PCI_CMDLINE_PARAM}={','.join(parts)}")
+        params += self.platform_params
         iommu = next((s for s in self.slots if s.transport.device.type.key == "iommu"), None)
         if iommu is not None and self.firmware is None:
             items = [f"{base:#x}@{ep}" for base, ep in sorted(self.iommu_endpoints.items())]
@@ -217,6 +222,9 @@ class Machine:
         return 0
 
     def mmio_read(self, addr: int, size: int) -> int:
+        for dev in self.sysdevs:
+            if dev.contains(addr):
+                return int(dev.read(addr, size))
         if self.pci is not None:
             value = self.pci.mmio_read(addr, size)
             if value is not None:
@@ -232,6 +240,10 @@ class Machine:
         return slot.transport.read(off, size)
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
+        for dev in self.sysdevs:
+            if dev.contains(addr):
+                dev.write(addr, size, value)
+                return
         if self.pci is not None and self.pci.mmio_write(addr, size, value):
             return
         hit = self._find(addr, size)

@@ -18,6 +18,10 @@ MACHINE_FACTS: dict[str, dict[str, Any]] = load_toml("machines.toml")
 MMIO_HIDS = (HID["virtio_mmio"], HID["qemu_vendor"])
 IOMMU_VALUES = {"none": "none", "virtio": "virtio-iommu", "virtio-iommu": "virtio-iommu"}
 ON_OFF = {"on": True, "off": False, "auto": None}
+#: x-platform values (docs/dma-api-2015.md): an emulated x86 IOMMU the guest turns on
+#: (viommu) or leaves in passthrough (viommu-pt), a pseries-like always-on TCE IOMMU (tce),
+#: a Xen-PV-like pseudo-physical/machine split (xen-pv)
+PLATFORMS = ("none", "viommu", "viommu-pt", "tce", "xen-pv")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class MachineSpec:
     acpi: bool
     iommu: str = "none"  # "none" | "virtio-iommu"
     mmio_hid: str = HID["virtio_mmio"]
+    #: the platform's DMA model (host/platform.py): none, viommu, viommu-pt, tce, xen-pv
+    platform: str = "none"
 
     @property
     def facts(self) -> dict[str, Any]:
@@ -51,6 +57,7 @@ def parse_machine(text: str) -> MachineSpec:
         )
     acpi: bool = bool(facts["acpi_default"])
     iommu = "none"
+    platform = "none"
     hid = HID["virtio_mmio"]
     for item in rest:
         key, eq, value = item.partition("=")
@@ -69,6 +76,12 @@ def parse_machine(text: str) -> MachineSpec:
                     f"Property '{name}-machine.iommu' doesn't take value '{value}' (none|virtio)"
                 )
             iommu = IOMMU_VALUES[value]
+        elif key == "x-platform":
+            if value not in PLATFORMS:
+                choices = "|".join(PLATFORMS)
+                prop = f"{name}-machine.x-platform"
+                raise PropertyError(f"Property '{prop}' doesn't take value '{value}' ({choices})")
+            platform = value
         elif key == "x-mmio-hid":
             if value not in MMIO_HIDS:
                 choices = "|".join(MMIO_HIDS)
@@ -77,7 +90,9 @@ def parse_machine(text: str) -> MachineSpec:
             hid = value
     if hid != HID["virtio_mmio"] and not acpi:
         raise PropertyError(f"Property '{name}-machine.x-mmio-hid' needs acpi=on (the HID lives in the DSDT)")
-    return MachineSpec(name, acpi, iommu, hid)
+    if platform != "none" and not facts["pci"]:
+        raise PropertyError(f"Property '{name}-machine.x-platform' needs a machine with PCI")
+    return MachineSpec(name, acpi, iommu, hid, platform)
 
 
 def check_placement(
