@@ -344,10 +344,10 @@ class BlkDevice(DeviceModel):
         try:
             # up to 2 GiB of zeroes (BDRV_REQUEST_MAX_SECTORS): one bounded buffer, reused
             offset, left = sector * BLK.sector_size, count * BLK.sector_size
-            zeroes = bytes(min(IO_CHUNK, left))
+            zero_chunk = bytes(min(IO_CHUNK, left))
             while left:
-                step = min(len(zeroes), left)
-                os.pwrite(self.fd, zeroes[:step], offset)
+                step = min(len(zero_chunk), left)
+                os.pwrite(self.fd, zero_chunk[:step], offset)
                 offset, left = offset + step, left - step
         except OSError as e:
             return self._io_error(chain, writer, e)
