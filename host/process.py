@@ -61,6 +61,7 @@ from virtio_sim.handshake import (
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.lifeline import wait_for_stdin_eof
 from virtio_sim.memory import GuestMemory, MemoryRegion
+from virtio_sim.peertext import peer_text
 from virtio_sim.sockets import (
     FRAME_TIMEOUT,
     Address,
@@ -314,8 +315,8 @@ class HostServer:
     # -- output -----------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        with self._output:
-            self.err.write(f"virtio-sim host: {message}\n")
+        with self._output:  # guests' words are data
+            self.err.write(f"virtio-sim host: {peer_text(message)}\n")
             self.err.flush()
 
     def emit(self, event: dict[str, Any]) -> None:

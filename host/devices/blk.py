@@ -121,6 +121,16 @@ class BlkDevice(DeviceModel):
     def close(self) -> None:
         os.close(self.fd)
 
+    def resize(self, size_bytes: int) -> None:
+        """The backing image changed size (QEMU's ``block_resize``: virtio_blk_resize ->
+        virtio_notify_config, hw/block/virtio-blk.c): capacity follows and the driver is
+        told of the config change. A public hook for tests and conformance runs, which
+        need a device-side config change to decide the config-generation rules."""
+        os.ftruncate(self.fd, size_bytes)
+        self.size_bytes = size_bytes
+        if self.hooks is not None:
+            self.hooks.config_changed()
+
     def plugged(self, version_1: bool) -> None:
         """QEMU's virtio_blk_get_features at plug time: SCSI and virtio 1.0 exclude each other."""
         if version_1 and self.scsi:

@@ -1,4 +1,4 @@
-"""Request amplification over the wire (issue 23 item 2; row X4 of specs/attacks.toml).
+"""Request amplification over the wire (issue 23 item 2; row X5 of specs/attacks.toml).
 
 A guest needs very little RAM to ask for a huge request: an indirect table whose entries
 all point at one buffer. 500 entries on one 2 MiB buffer are a 1000 MiB virtio-blk read

@@ -304,7 +304,7 @@ def _indirect(
     return body
 
 
-# Row X4: request amplification, host direction. 1000 indirect entries on one buffer: a
+# Row X5: request amplification, host direction. 1000 indirect entries on one buffer: a
 # 31 MiB blk read from a bench of 1 MiB RAM (the
 # wire corpus and tests/test_amplification.py play the full 1000 MiB against a host
 # process). The model must serve it (it is legal, and within QEMU's per-request bound)
@@ -318,7 +318,7 @@ AMPLIFIED_MEMORY_BOUND = 4 << 20
 
 @scenario(
     "blk-amplified-read",
-    "X4",
+    "X5",
     Expect.LEGAL,
     f"blk read of {AMPLIFIED_BYTES >> 20} MiB through indirect entries that all point at one buffer",
     devices=("blk",),

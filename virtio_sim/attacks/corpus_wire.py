@@ -1,4 +1,4 @@
-"""Broken wire traffic (row X1, and F51 for vhost-user): frames a hostile peer sends to
+"""Broken wire traffic (row X1, X4 for hostile text, and F51 for vhost-user): frames a hostile peer sends to
 the host process (two-process protocol, docs/wire-protocol.md) and to the vhost-user
 back-end. Each case connects, misbehaves, and must see the server end that connection
 (an ERROR frame and/or a close) within its bound, leak no file descriptors, and serve a
@@ -34,6 +34,7 @@ from virtio_sim.attacks.amplify import (
     rss,
     sparse_disk,
 )
+from virtio_sim.attacks.corpus_text import hostile_guest_error
 from virtio_sim.attacks.scenario import CaseResult, Verdict
 from virtio_sim.handshake import guest_handshake, session_memory
 from virtio_sim.layouts import fast_codec
@@ -148,6 +149,12 @@ case("wire-garbage", "host", "4 KiB of pseudo-random bytes")(
     _raw(lambda: bytes((i * 73 + 19) & 0xFF for i in range(4096)))
 )
 case("wire-silence", "host", "connect and say nothing (handshake timeout)")(_raw(lambda: b""))
+case("wire-error-markup", "host", "an ERROR of rich markup and terminal escapes instead of a HELLO")(
+    _raw(lambda: hostile_guest_error("[/x] [bold]x[/bold] \x1b]0;owned\x07\x1b[2J"))
+)
+case("wire-error-huge", "host", "an ERROR of 60,000 characters (the protocol allows 4000)")(
+    _raw(lambda: hostile_guest_error("x" * 60_000))
+)
 
 
 case("wire-hello-host-only-capability", "host", "a guest HELLO claiming AUTH_REQUIRED (host only)")(
@@ -165,7 +172,7 @@ case("wire-hello-unknown-capability", "host", "a guest HELLO with capability bit
 )
 async def _crowd(sock: trio.socket.SocketType) -> str:
     """This connection and max_unauthenticated - 1 more say nothing; the next one must be
-    told BUSY at once. (Row X5: nothing is built or locked before authentication.)"""
+    told BUSY at once. (Row X6: nothing is built or locked before authentication.)"""
     path = sock.getpeername()
     silent = [SocketFrameChannel(trio.SocketStream(sock))]
     try:
@@ -235,7 +242,7 @@ async def _dma_reply(sock: trio.socket.SocketType) -> None:
     await sock.send(header(MsgType.DMA_REPLY, 12) + bytes(12))
 
 
-# Row X4: request amplification (virtio_sim/attacks/amplify.py). The host process of the
+# Row X5: request amplification (virtio_sim/attacks/amplify.py). The host process of the
 # corpus serves a read-only blk drive of AMPLIFY.total + 1 MiB (sparse) in slot 2.
 AMPLIFY = Amplified()
 AMPLIFY_RSS_BOUND = 64 * MIB  # host peak RSS growth for the whole request

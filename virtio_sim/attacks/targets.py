@@ -26,7 +26,7 @@ RAM = 1 << 20
 # Per-device windows (victim at AREA[0], bystander at AREA[1]): rings, tables, data.
 AREA = (0x10000, 0x80000)
 RING_OFF, TABLE_OFF, DATA_OFF, DATA_END = 0x0, 0x8000, 0xC000, 0x60000
-# The victim blk's disk (sparse): large enough for the amplified request of row X4
+# The victim blk's disk (sparse): large enough for the amplified request of row X5
 # (corpus_ring.AMPLIFIED_BYTES), so the capacity check is not what stops it.
 VICTIM_DISK = 64 << 20
 READ_ONLY = 0x72000  # RAM mapped read-only for the device behind the IOMMU
