@@ -33,11 +33,14 @@ from virtio_sim import cli, wire
 from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
 from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
-from virtio_sim.attacks.corpus_wire import run_wire_corpus, vu
+from virtio_sim.attacks.corpus_wire import ListeningWatch, run_wire_corpus, vu
 from virtio_sim.attacks.device_side import (
     IGNORED_NEEDS_RESET,
+    RUN_SECONDS,
     TOLERABLE,
+    DriverTarget,
     driver_cases,
+    judge,
     profiles,
     run_driver_case,
 )
@@ -50,7 +53,7 @@ from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.handshake import HandshakeError, guest_handshake
 from virtio_sim.layouts import fast_codec
 from virtio_sim.memory import GuestMemory
-from virtio_sim.outcome import Outcome
+from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.ring.chain import RingError
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress
 from virtio_sim.spec import CHAIN, LIMITS, SPECS_DIR, STATUS, VU_LIMITS, VU_REQ
@@ -305,6 +308,17 @@ def test_hostile_device_against_every_driver_profile(device: str, tmp_path: Path
     # needs-reset lies, reported as such with the status as evidence
     assert breaking and all(r.policy in ("broken+reset", IGNORED_NEEDS_RESET) for r in breaking)
     assert all(r.policy == "broken+reset" for r in breaking if not r.scenario.startswith("needs-reset"))
+
+
+def test_a_reverse_case_that_runs_out_of_time_is_a_hang() -> None:
+    """The generous RUN_SECONDS does not hide hangs: a run the guest ended at the bound is a
+    HANG verdict, on a profile that ignores DEVICE_NEEDS_RESET too (only the guest's own
+    report of that wait is excused)."""
+    t = DriverTarget("linux-6.1", "rng", "mmio-v2", "split")
+    timed_out = RunResult(Outcome.HANG, detail=f"no completion within {RUN_SECONDS:g}s")
+    assert judge(t, "used-id-ffff", timed_out)[0] is Verdict.HANG
+    assert judge(t, "needs-reset", timed_out)[0] is Verdict.HANG
+    assert 10 <= RUN_SECONDS <= 60
 
 
 def test_hostile_property_is_validated() -> None:
@@ -608,7 +622,8 @@ async def test_bound_connections(tmp_path: Path) -> None:
     opts = HostOptions(
         listen=UnixAddress(path), devices=["virtio-rng-device"], ram_size=2 << 20, max_guests=2
     )
-    server = HostServer(plan_host(opts), out=io.StringIO(), err=io.StringIO())
+    events = ListeningWatch()
+    server = HostServer(plan_host(opts), out=events, err=io.StringIO())
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)  # returns once the host listens
         held = [SocketFrameChannel(await trio.open_unix_socket(path), frame_timeout=5) for _ in range(2)]

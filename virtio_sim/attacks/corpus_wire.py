@@ -8,6 +8,7 @@ well-behaved peer that connects afterwards.
 from __future__ import annotations
 
 import array
+import io
 import os
 import socket
 import time
@@ -504,6 +505,21 @@ async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) ->
     return res
 
 
+class ListeningWatch(io.StringIO):
+    """A host server's event output (HostServer ``out``) that notices its ``listening``
+    event: the moment connections are accepted, unlike the socket file, which bind()
+    creates before listen()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = trio.Event()
+
+    def write(self, text: str) -> int:
+        if '"event": "listening"' in text:
+            self.listening.set()
+        return super().write(text)
+
+
 async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list[CaseResult]:
     """Every wire case against one in-process host server (so 'the next guest' is served
     by the same server the hostile one attacked) and fresh vhost-user back-ends."""
@@ -519,7 +535,8 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
         frame_timeout=HOST_TIMEOUTS,
         max_guests=LIMITS.host.max_guests,
     )
-    server = HostServer(plan_host(opts), out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
+    events = ListeningWatch()
+    server = HostServer(plan_host(opts), out=events, err=open(os.devnull, "w"))  # noqa: SIM115
     results: list[CaseResult] = []
     async with trio.open_nursery() as nursery:
         with trio.fail_after(BOUND):
