@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from host.machine import Machine
-from host.remote_dma import DmaPort, PostingChannel
 from virtio_sim import wire
 from virtio_sim.dma import DmaError
+from virtio_sim.host.machine import Machine
+from virtio_sim.host.remote_dma import DmaPort, PostingChannel
 from virtio_sim.ring.chain import RingError
 from virtio_sim.sockets import SendStalledError
 from virtio_sim.spec import LIMITS

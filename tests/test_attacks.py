@@ -22,13 +22,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.acpi import AcpiError, table_length
-from host.devices.hostile import LIES
-from host.devices.rng import RngDevice
-from host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
-from host.remote_dma import DmaPort
-from host.vhost_user_wire import VhostUserProtocolError, receive_message
-from host.virtio_device import VirtioDevice
 from virtio_sim import cli, wire
 from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
@@ -50,7 +43,14 @@ from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.acpi import AcpiError, table_length
 from virtio_sim.handshake import HandshakeError, guest_handshake
+from virtio_sim.host.devices.hostile import LIES
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
+from virtio_sim.host.remote_dma import DmaPort
+from virtio_sim.host.vhost_user_wire import VhostUserProtocolError, receive_message
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import fast_codec
 from virtio_sim.memory import GuestMemory
 from virtio_sim.outcome import Outcome, RunResult
@@ -379,7 +379,7 @@ def test_cli_attack_list_json_and_usage(capsys: pytest.CaptureFixture[str]) -> N
 
 _PROBE = """
 import json
-from host import process
+from virtio_sim.host import process
 from virtio_sim import cli, handshake, wire
 from virtio_sim.ring import split
 from virtio_sim.spec import VU_LIMITS
@@ -409,7 +409,7 @@ def _with_specs(tmp_path: Path, edit: dict[str, tuple[str, str]]) -> subprocess.
         assert old in text, (name, old)
         (specs / name).write_text(text.replace(old, new))
     env = {**os.environ, "VIRTIO_SIM_SPECS": str(specs)}
-    root = str(SPECS.parent)
+    root = str(Path(__file__).resolve().parent.parent)  # the checkout (SPECS is virtio_sim/specs)
     return subprocess.run(
         [sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=root, timeout=60
     )

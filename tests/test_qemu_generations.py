@@ -135,6 +135,8 @@ def _matrix(
         "virtio_sim.cli",
         "matrix",
         *sel,
+        "--ring",
+        "split",  # QEMU-backend cells are split-ring only
         "--device-backend",
         backend,
         "--json",

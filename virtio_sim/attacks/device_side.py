@@ -13,19 +13,18 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
-from guest.profile import guest_policy
-from host.devices.hostile import LIES
 from virtio_sim.attacks.scenario import CaseResult, Verdict
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.host.devices.hostile import LIES
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
-from virtio_sim.spec import F, bit
+from virtio_sim.spec import SPECS_DIR, F, bit
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "specs" / "profiles" / "drivers"
+PROFILES_DIR = SPECS_DIR / "profiles" / "drivers"
 RAM = 8 << 20  # room for a restricted guest's 4 MiB swiotlb window
 #: Wall clock a reverse case gets before the guest calls it a HANG. No case is meant to
 #: reach it: every run ends by completing, by the driver declaring the device broken, or by

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host.build import HostConfig, build_host
-from host.device_profile import DeviceRequest, device_option
-from host.devices.base import PropertyError
-from host.qdev import parse_device_option
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.device_profile import DeviceRequest, device_option
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import parse_device_option
 from virtio_sim.profiles import DeviceProfile, list_profiles, load_device_profile
 from virtio_sim.qemu.abi import MmioAbi, PciAbi, probe_mmio, probe_pci
 from virtio_sim.qemu.machines import machine_args
