@@ -15,8 +15,6 @@ from pathlib import Path
 import trio
 from process_helpers import host, raw_channel
 
-from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
-from host.transport.mmio import MMIO_WINDOW
 from virtio_sim.attacks.amplify import (
     MIB,
     Amplified,
@@ -28,6 +26,8 @@ from virtio_sim.attacks.amplify import (
     sparse_disk,
 )
 from virtio_sim.handshake import guest_handshake, session_memory
+from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
 from virtio_sim.sockets import UnixAddress, connect
 
 BLK_BASE = MICROVM_MMIO_BASE + (MICROVM_MMIO_SLOTS - 1) * MMIO_WINDOW  # the only device

@@ -51,8 +51,8 @@ async def test_the_host_reports_ready_only_once_it_listens(
 
     import trio
 
-    import host.process as host_process
-    from host.process import HostOptions, HostServer, plan_host
+    import virtio_sim.host.process as host_process
+    from virtio_sim.host.process import HostOptions, HostServer, plan_host
     from virtio_sim.sockets import UnixAddress
 
     opened = []

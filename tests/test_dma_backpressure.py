@@ -19,12 +19,12 @@ from typing import Any
 
 import trio
 
-from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
-from host.process import HostOptions, HostServer, plan_host
-from host.remote_dma import DmaPort
-from host.transport.mmio import MMIO_WINDOW
 from virtio_sim import wire
 from virtio_sim.handshake import guest_handshake
+from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from virtio_sim.host.process import HostOptions, HostServer, plan_host
+from virtio_sim.host.remote_dma import DmaPort
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.sockets import Address, SocketFrameChannel, UnixAddress, connect
 from virtio_sim.spec import LIMITS, STATUS

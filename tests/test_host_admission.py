@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import trio
 
-import host.process as host_process
-from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
-from host.process import HostOptions, HostServer, plan_host
-from host.transport.mmio import MMIO_WINDOW
+import virtio_sim.host.process as host_process
 from virtio_sim import wire
 from virtio_sim.handshake import HandshakeError, auth_tag, guest_handshake
+from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from virtio_sim.host.process import HostOptions, HostServer, plan_host
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.sockets import Address, SocketFrameChannel, TcpAddress, connect
 from virtio_sim.spec import LIMITS, MMIO
