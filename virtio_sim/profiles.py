@@ -41,6 +41,8 @@ class DriverProfile:
     needs_reset: str = "detect"  # "detect" | "ignore" (what the drivers do with NEEDS_RESET)
     #: a proposal argued on the lists, not a release: where and when (thread, date)
     proposal: str = ""
+    #: firmware descriptions of the IOMMU topology this kernel reads ("viot": ACPI VIOT)
+    iommu_firmware: tuple[str, ...] = ("viot",)
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,11 @@ _DRIVER_KEYS = {
     "description": str, "transport_features": list, "device_features": dict, "transports": list,
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
-    "refuse_unrestricted": bool, "needs_reset": str, "proposal": str,
+    "refuse_unrestricted": bool, "needs_reset": str, "proposal": str, "iommu_firmware": list,
 }  # fmt: skip
-_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {"restricted_memory", "refuse_unrestricted", "needs_reset", "proposal"}
+_DRIVER_REQUIRED = set(_DRIVER_KEYS) - {
+    "restricted_memory", "refuse_unrestricted", "needs_reset", "proposal", "iommu_firmware",
+}  # fmt: skip
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
@@ -151,7 +155,15 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         refuse_unrestricted=data.get("refuse_unrestricted", False),
         needs_reset=data.get("needs_reset", "detect"),
         proposal=data.get("proposal", ""),
+        iommu_firmware=_iommu_firmware(path, data.get("iommu_firmware", ["viot"])),
     )
+
+
+def _iommu_firmware(path: Path, names: list[Any]) -> tuple[str, ...]:
+    for n in names:
+        if n not in ("viot",):
+            raise ProfileError(f"{path}: key 'iommu_firmware': unknown firmware table {n!r} (viot)")
+    return tuple(names)
 
 
 def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfile:
