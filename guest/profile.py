@@ -15,6 +15,7 @@ def guest_policy(profile: DriverProfile) -> GuestPolicy:
             device_features=dict(profile.device_features),
             restricted_memory=profile.restricted_memory,
             refuse_unrestricted=profile.refuse_unrestricted,
+            blk_discard=profile.blk_discard,
             drivers=frozenset(profile.device_features),
             needs_reset=profile.needs_reset,
         ),

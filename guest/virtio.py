@@ -83,6 +83,10 @@ class DriverPolicy:
     #: device types this kernel has drivers for (None: every driver the guest stack has)
     drivers: frozenset[str] | None = None
     max_queue_size: int | None = None  # cap on the sizes drivers ask for (None: theirs)
+    #: how virtio_blk builds a DISCARD request's ranges: "per-bio" (Linux 5.0-5.8, one range
+    #: per bio of the request, 1f23816b8eb8) or "single-range" (5.9+, af822aa68fbd: with a
+    #: max_discard_seg of 1 the merged request is one range)
+    blk_discard: str = "single-range"
     #: what the driver does when the device sets DEVICE_NEEDS_RESET: "detect" (the
     #: simulator's own hardened guest: stop and reset) or "ignore" (Linux's virtio-blk,
     #: virtio-rng, virtio-net, virtio-console, virtio-iommu: no driver reads the bit, so

@@ -12,13 +12,13 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from guest.drivers.base import GuestDriver
+from guest.drivers.base import DeviceProtocolError, GuestDriver
 from guest.drivers.blk import BlkDriver, BlkIoError
 from guest.drivers.rng import RngDriver
 from guest.evidence import CorruptionDetected
 from guest.workloads_console import console_echo_workload, console_write_workload
 from guest.workloads_net import net_loopback_workload, net_pair_workload
-from virtio_sim.spec import BLK
+from virtio_sim.spec import BLK, F
 
 CANARY = 0xA5
 
@@ -82,6 +82,11 @@ def blk_pattern_seed(seed: int | None) -> int:
     return seed if seed is not None else 0x5EED
 
 
+#: the discard step of blk-rw: two 4-sector bios at sector 16 (clear of the verified plan)
+DISCARD_AT = 16
+DISCARD_BIO = 4
+
+
 async def blk_rw_workload(
     driver: GuestDriver, seed: int | None = None, *, probe: bool = True
 ) -> dict[str, Any]:
@@ -115,6 +120,13 @@ async def blk_rw_workload(
         if driver.last_used_len != count * sector + 1:
             raise CorruptionDetected(f"read of {count} sectors reported used.len {driver.last_used_len}")
     await driver.flush()
+    discard = "not negotiated"
+    if driver.geometry.max_discard_seg and cap > DISCARD_AT + 2 * DISCARD_BIO:
+        # what mkfs or fstrim does: back-to-back discards the block layer merges into one
+        # request (sectors away from the verified plan; discarded data is not checked:
+        # a device may keep or drop it)
+        sent = await driver.discard([(DISCARD_AT, DISCARD_BIO), (DISCARD_AT + DISCARD_BIO, DISCARD_BIO)])
+        discard = f"{sent['bios']} bios as {sent['ranges_sent']} range(s), {sent['sectors_sent']} sectors"
     ident = await driver.get_id()
     beyond = "not probed"
     if probe:
@@ -130,6 +142,7 @@ async def blk_rw_workload(
         "serial": ident.decode(errors="replace"),
         "beyond_capacity": beyond,
         "plan": plan,
+        "discard": discard,
     }
 
 
@@ -142,9 +155,23 @@ async def blk_rw_driver_only_workload(driver: GuestDriver, seed: int | None = No
     return await blk_rw_workload(driver, seed, probe=False)
 
 
+async def rng_queue_reset_workload(driver: GuestDriver, seed: int | None = None) -> dict[str, Any]:
+    """rng, then its queue reset and re-enabled with another size (VIRTIO_F_RING_RESET,
+    Linux's virtqueue_reset()), then rng again: what driver conformance needs to watch a
+    real driver's queue reset (conformance driver runs, ``workload=rng-queue-reset``)."""
+    assert isinstance(driver, RngDriver)
+    first = await rng_workload(driver, seed)
+    if not driver.dev.has(F.RING_RESET):
+        raise DeviceProtocolError("rng-queue-reset needs VIRTIO_F_RING_RESET")
+    await driver.vq.reset(driver.vq.size // 2)
+    second = await rng_workload(driver, None)
+    return {"bytes": first["bytes"] + second["bytes"], "queue_resets": 1}
+
+
 WORKLOADS: dict[str, tuple[str, WorkloadFn]] = {
     "rng": ("rng", rng_workload),
     "rng-soak": ("rng", rng_soak_workload),
+    "rng-queue-reset": ("rng", rng_queue_reset_workload),
     "blk-rw": ("blk", blk_rw_workload),
     "blk-rw-no-probe": ("blk", blk_rw_driver_only_workload),
     "net-loopback": ("net", net_loopback_workload),

@@ -118,6 +118,7 @@ class HostSetup:
             "devices": [
                 {
                     "device_features": vdev.device_features,
+                    "visible_features": vdev.visible_features,
                     "notes": list(vdev.notes),
                     "violations": [dict(v.__dict__) for v in vdev.violations],
                     "ring": _ring_evidence(vdev),

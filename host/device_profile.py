@@ -32,8 +32,14 @@ def _onoff(value: bool) -> str:
     return "on" if value else "off"
 
 
-def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
-    """The ``-device`` string for ``req`` on a ``profile`` device, or PropertyError."""
+def device_option(req: DeviceRequest, profile: DeviceProfile, *, abi: bool = True) -> str:
+    """The ``-device`` string for ``req`` on a ``profile`` device, or PropertyError.
+
+    With ``abi`` (our models), the profile's per-device property values (what that QEMU
+    version's machine type sets: queue-size, scsi, discard, any_layout, ...) are spelled
+    out; without (QEMU's own devices on the matching compat machine) they are left to
+    the machine type, so that its hw_compat tables decide them.
+    """
     pci = req.transport.startswith("pci-")
     base = QEMU_DEVICE_NAMES.get(req.device_key, f"virtio-{req.device_key}")
     name = f"{base}-{'pci' if pci else 'device'}"
@@ -66,12 +72,22 @@ def device_option(req: DeviceRequest, profile: DeviceProfile) -> str:
         need("iommu_platform")
         if profile.access_platform_offer == "property":
             props["iommu_platform"] = "on"
+    if abi:
+        # The machine's global defaults (a confidential-guest machine's iommu_platform=on,
+        # disable-legacy=on) apply where the cell left the property unset.
+        for prop, value in profile.machine_globals.items():
+            if prop == "disable-legacy" and not pci:
+                continue
+            props.setdefault(prop, _onoff(bool(value)))
     if req.packed:
         need("packed")
         props["packed"] = "on"
     for prop in ("event_idx", "indirect_desc"):
         if prop in profile.defaults:
             props[prop] = _onoff(bool(profile.defaults[prop]))
+    if abi:
+        for prop, value in profile.device_properties.get(req.device_key, {}).items():
+            props[prop] = _onoff(value) if isinstance(value, bool) else str(value)
     # Ring features this generation did not have are off, whatever today's defaults are;
     # a property the generation lacks is only spelled out when our model's default differs
     # (QEMU 7.2 itself refuses in_order= and notification_data=, which came later).

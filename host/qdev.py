@@ -18,7 +18,7 @@ from host.devices.rng import RngDevice
 from host.qdev_netcon import NET_PROPS, SERIAL_PROPS, net_device, serial_device
 from host.transport.virtio_pci import resolve_modes
 from host.virtio_device import ErrorPolicy, TransportFeatures
-from virtio_sim.spec import PCI_CFG, PCI_CLASS, QEMU_PCI
+from virtio_sim.spec import MMIO, PCI_CFG, PCI_CLASS, QEMU_PCI
 
 COMMON_PROPS = (
     "event_idx",
@@ -39,6 +39,8 @@ RING_PROPS: dict[str, tuple[str, bool]] = {
     "in_order": ("in_order", False),
     "notification_data": ("notification_data", False),
     "queue_reset": ("queue_reset", True),
+    # legacy-only bit 27; hw_compat_2_3 turns it off for machine types up to 2.3
+    "any_layout": ("any_layout", True),
     "x-order-platform": ("order_platform", False),
     "x-in-order-batch": ("in_order_batch", False),
 }
@@ -125,10 +127,10 @@ def _rng(props: dict[str, str]) -> DeviceModel:
             size = int(qs, 0)
         except ValueError:
             raise PropertyError(f"Property 'x-queue-size' doesn't take value '{qs}'") from None
-        if size < 2 or size > RngDevice.queue_max_size or size & (size - 1):
+        if size < 2 or size > MMIO.qemu_queue_num_max or size & (size - 1):
             raise PropertyError(
                 f"invalid x-queue-size property ({size}), must be a power of 2 "
-                f"in 2..{RngDevice.queue_max_size}"
+                f"in 2..{MMIO.qemu_queue_num_max}"
             )
         dev.queue_max_size = size
     return dev
@@ -142,19 +144,41 @@ def _blk(props: dict[str, str]) -> DeviceModel:
     serial = props.pop("serial", "virtio-sim-blk")
     qs = props.pop("queue-size", "256")
     lbs = props.pop("logical_block_size", "512")
+    nq = props.pop("num-queues", "1")
     try:
-        queue_size, block_size = int(qs, 0), int(lbs, 0)
+        queue_size, block_size, num_queues = int(qs, 0), int(lbs, 0), int(nq, 0)
     except ValueError:
-        raise PropertyError("queue-size and logical_block_size take integers") from None
+        raise PropertyError("queue-size, logical_block_size and num-queues take integers") from None
     if queue_size < 2 or queue_size > 1024 or queue_size & (queue_size - 1):
         raise PropertyError(f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024")
+    # QEMU's virtio-blk switches (their 7.2 defaults; machine types before change them)
+    switches = {
+        name: parse_bool(name, props.pop(name, "on" if default else "off"))
+        for name, default in BLK_SWITCHES.items()
+    }
     return BlkDevice(
         drive,
         read_only=readonly,
         serial=serial,
         queue_size=queue_size,
         logical_block_size=block_size,
+        scsi=switches["scsi"],
+        config_wce=switches["config-wce"],
+        discard=switches["discard"],
+        write_zeroes=switches["write-zeroes"],
+        seg_max_adjust=switches["seg-max-adjust"],
+        num_queues=num_queues,
     )
+
+
+#: virtio-blk's on/off properties with QEMU 7.2's defaults
+BLK_SWITCHES = {
+    "scsi": False,
+    "config-wce": True,
+    "discard": True,
+    "write-zeroes": True,
+    "seg-max-adjust": True,
+}
 
 
 # name -> (factory, properties it accepts besides the common ones)
@@ -162,7 +186,7 @@ DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str
     "virtio-rng-device": (_rng, ("x-seed", "x-queue-size")),
     "virtio-blk-device": (
         _blk,
-        ("drive", "readonly", "serial", "queue-size", "logical_block_size"),
+        ("drive", "readonly", "serial", "queue-size", "logical_block_size", "num-queues", *BLK_SWITCHES),
     ),
     "virtio-net-device": (net_device, NET_PROPS),
     "virtio-serial-device": (serial_device, SERIAL_PROPS),

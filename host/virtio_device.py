@@ -48,10 +48,12 @@ from virtio_sim.spec import (
     STATUS,
     F,
     bit,
+    legacy_only_transport_features,
     status_names,
 )
 
 log = logging.getLogger("virtio_sim.host")
+LEGACY_FEATURE_WORD = 0xFFFFFFFF  # a legacy interface has one 32-bit feature word
 
 
 class ErrorPolicy(enum.Enum):
@@ -74,6 +76,9 @@ class QueueState:
     index: int
     max_size: int
     size: int = 0
+    #: the size the queue starts with after a reset: the model's, even where the
+    #: transport allows more (virtio-mmio's QueueNumMax is QEMU's VIRTQUEUE_MAX_SIZE)
+    initial_size: int = 0
     ready: bool = False
     desc: int = 0
     driver: int = 0
@@ -81,7 +86,7 @@ class QueueState:
     ring: DeviceRing | None = None
 
     def reset(self) -> None:
-        self.size = self.max_size
+        self.size = self.initial_size or self.max_size
         self.ready = False
         self.desc = self.driver = self.device = 0
         self.ring = None
@@ -180,7 +185,10 @@ class VirtioDevice:
         self.sink: InterruptSink | None = None
         #: a checking device's driver watch (host/observer.py); None costs nothing
         self.observer: DriverObserver | None = None
-        self.queues = [QueueState(i, model.queue_max_size) for i in range(model.num_queues)]
+        self.queues = [
+            QueueState(i, model.queue_size_for(i), initial_size=model.queue_size_for(i))
+            for i in range(model.num_queues)
+        ]
         self.violations: list[Violation] = []
         self.notes: list[str] = []
         self.status_writes: list[int] = []
@@ -208,7 +216,17 @@ class VirtioDevice:
 
     @property
     def device_features(self) -> int:
-        return self.model.device_features() | self.transport_features.mask()
+        offer = self.model.device_features() | self.transport_features.mask()
+        return offer & ~self.model.withdrawn_transport_features()
+
+    @property
+    def visible_features(self) -> int:
+        """The offer as a driver can read it through this device's interface: one 32-bit
+        word without VERSION_1 (a legacy-only device), else the modern view, which hides
+        the legacy-only bits (QEMU's VIRTIO_LEGACY_FEATURES)."""
+        if not self.transport_features.version_1:
+            return self.device_features & LEGACY_FEATURE_WORD
+        return self.device_features & ~legacy_only_transport_features()
 
     @property
     def legacy(self) -> bool:
@@ -391,6 +409,13 @@ class VirtioDevice:
                 self.sink.config_interrupt()
 
     # -- queues -----------------------------------------------------------------
+
+    def created_queue(self, index: int) -> QueueState | None:
+        """Queue ``index`` as the device created it, whatever the driver negotiated:
+        what its size registers report (QEMU creates every queue at realize, so a probe
+        before feature negotiation sees the virtio-net control queue and every
+        virtio-serial port queue)."""
+        return self.queues[index] if 0 <= index < len(self.queues) else None
 
     def queue(self, index: int) -> QueueState | None:
         if not 0 <= index < min(len(self.queues), self.model.queue_count(self.driver_features)):

@@ -36,7 +36,11 @@ def test_net_and_console_outcomes_match_blk_across_generations() -> None:
             rest = rest.replace(f"/{w}", "/*")
         by_rest.setdefault(rest, {})[r["workload"]] = r["outcome"]
     differ = {k: v for k, v in by_rest.items() if len(set(v.values())) > 1}
-    assert differ == {}
+    # blk alone has a DISCARD step: the Linux 5.4 driver's range-array overflow on a
+    # DISCARD device (tests/test_blk_discard.py) is the one blk-only outcome
+    discard = {k for k, v in differ.items() if k.startswith("linux-5.4-sev/") and v["blk-rw"] == "CORRUPTION"}
+    assert {k: v for k, v in differ.items() if k not in discard} == {}
+    assert all(set(differ[k].values()) == {"CORRUPTION", "OK"} for k in discard)
     seen = {r["outcome"] for r in results}
     # a device that gives up sets NEEDS_RESET, which Linux's drivers ignore: HANG (docs/dma.md)
     assert {"OK", "OK_NO_ISOLATION", "HANG", "HOST_REFUSED"} <= seen

@@ -549,6 +549,13 @@ def blk_req_header_codec(order: ByteOrder = "little") -> struct.Struct:
     return fast_codec(virtio_blk_req_header(order))
 
 
+@cache
+def blk_discard_codec(order: ByteOrder = "little") -> struct.Struct:
+    """struct virtio_blk_discard_write_zeroes: sector (u64), num_sectors (u32), flags (u32),
+    little-endian (virtio 1.4 5.2.6; Linux writes it with cpu_to_le* on every interface)."""
+    return struct.Struct(("<" if order == "little" else ">") + "QII")
+
+
 # --------------------------------------------------------------------------- virtio-net (5.1)
 
 

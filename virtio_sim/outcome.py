@@ -27,6 +27,8 @@ class Outcome(enum.StrEnum):
 class RunResult:
     outcome: Outcome
     transport: str = ""
+    #: the device's feature bits as the guest read them on this transport (0: the guest
+    #: never read them: refused, not probed): the same meaning with our devices and QEMU's
     device_features: int = 0
     driver_features: int = 0
     negotiated: list[str] = field(default_factory=list)
@@ -43,6 +45,8 @@ class RunResult:
     #: every transport the guest looked at: where, device, outcome (BOUND | NOT_PROBED |
     #: FAILED), reason, and how it was found (cmdline, acpi:PATH HID, pci)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    #: our host's internal offer, before a transport's view (0: QEMU's devices / unknown)
+    host_features: int = 0
     #: guest-physical [start, end) ranges the guest's DMA API ever lent a device
     dma_ranges: list[list[int]] = field(default_factory=list)
     #: device writes to guest RAM that the guest never lent (address, length), if any
@@ -60,7 +64,9 @@ class RunResult:
         devices = evidence.get("devices") or []
         if devices:
             dev = devices[0]
-            self.device_features = int(dev["device_features"])
+            # the host model's whole internal offer (transport bits a legacy or modern
+            # interface hides included) is kept apart; device_features stays the guest's view
+            self.host_features = int(dev["device_features"])
             self.device_notes = list(dev["notes"])
             self.violations = [dict(v) for v in dev["violations"]]
             if self.ring and dev.get("ring"):
@@ -123,8 +129,9 @@ class RunResult:
         """The inverse of :meth:`to_json` (a result printed by a guest process)."""
         fields = dict(d)
         fields["outcome"] = Outcome(fields["outcome"])
-        for key in ("device_features", "driver_features"):
-            fields[key] = int(fields[key], 16) if isinstance(fields[key], str) else fields[key]
+        for key in ("device_features", "driver_features", "host_features"):
+            if key in fields:
+                fields[key] = int(fields[key], 16) if isinstance(fields[key], str) else fields[key]
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in fields.items() if k in known})
 
@@ -133,4 +140,5 @@ class RunResult:
         d["outcome"] = str(self.outcome)
         d["device_features"] = f"{self.device_features:#x}"
         d["driver_features"] = f"{self.driver_features:#x}"
+        d["host_features"] = f"{self.host_features:#x}"
         return d

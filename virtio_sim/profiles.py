@@ -8,6 +8,7 @@ in a profile would otherwise silently change what a matrix cell tests.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class DriverProfile:
     endianness: str  # "little" | "big"
     restricted_memory: bool = False
     refuse_unrestricted: bool = False
+    #: virtio_blk's DISCARD ranges: "per-bio" (Linux 5.0-5.8) or "single-range" (5.9+)
+    blk_discard: str = "single-range"
     needs_reset: str = "detect"  # "detect" | "ignore" (what the drivers do with NEEDS_RESET)
     #: a proposal argued on the lists, not a release: where and when (thread, date)
     proposal: str = ""
@@ -56,6 +59,18 @@ class DeviceProfile:
     validate_access_platform: bool = True
     dma: str = "honor"  # "honor" | "bypass" | "translate-always"
     access_platform_offer: str = "property"  # "property" | "never"
+    #: per device model (blk, rng, net, console): QEMU property -> value as this QEMU
+    #: version's machine type sets it (its hw_compat tables and device defaults)
+    device_properties: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: property defaults the machine registers for every virtio device (QEMU 6.0+ with
+    #: confidential-guest-support: iommu_platform=on, disable-legacy=on as "sugar"
+    #: globals); a property the cell sets explicitly still wins, as on QEMU's command line
+    machine_globals: dict[str, Any] = field(default_factory=dict)
+    #: QEMU's machine types that carry this generation's ABI ("" : none installed here)
+    pci_machine: str = ""
+    mmio_machine: str = ""
+    #: where a compat machine does not reproduce the real old version, and what we do
+    compat_notes: tuple[str, ...] = ()
     #: the vIOMMU device models this generation has (QEMU's -device names); a cell that
     #: asks for an IOMMU the generation lacks is refused with QEMU's words
     iommu_models: tuple[str, ...] = ()
@@ -65,15 +80,17 @@ _DRIVER_KEYS = {
     "description": str, "transport_features": list, "device_features": dict, "transports": list,
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
-    "refuse_unrestricted": bool, "needs_reset": str, "proposal": str, "iommu_firmware": list,
+    "refuse_unrestricted": bool, "blk_discard": str, "needs_reset": str, "proposal": str,
+    "iommu_firmware": list,
 }  # fmt: skip
 _DRIVER_REQUIRED = set(_DRIVER_KEYS) - {
-    "restricted_memory", "refuse_unrestricted", "needs_reset", "proposal", "iommu_firmware",
+    "restricted_memory", "refuse_unrestricted", "blk_discard", "needs_reset", "proposal", "iommu_firmware",
 }  # fmt: skip
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
-    "iommu_models": list,
+    "blk": dict, "rng": dict, "net": dict, "console": dict, "iommu": dict, "machine_globals": dict,
+    "qemu": dict, "iommu_models": list,
 }  # fmt: skip
 _CHOICES = {
     "pci_match": ("any", "transitional-only"),
@@ -81,6 +98,7 @@ _CHOICES = {
     "endianness": ("little", "big"),
     "dma": ("honor", "bypass", "translate-always"),
     "access_platform_offer": ("property", "never"),
+    "blk_discard": ("per-bio", "single-range"),
     "needs_reset": ("detect", "ignore"),
 }
 KNOWN_DEVICE_PROPERTIES = frozenset(
@@ -89,6 +107,20 @@ KNOWN_DEVICE_PROPERTIES = frozenset(
         "packed", "force-legacy", "queue_reset", "in_order", "notification_data",
     }
 )  # fmt: skip
+#: QEMU's per-device properties a profile may set (name -> type), by device model; the
+#: values become -device properties of our models (host/qdev.py takes the same names)
+DEVICE_MODEL_PROPERTIES: dict[str, dict[str, type]] = {
+    "blk": {
+        "scsi": bool, "config-wce": bool, "discard": bool, "write-zeroes": bool,
+        "queue-size": int, "seg-max-adjust": bool, "num-queues": int, "any_layout": bool,
+    },
+    "rng": {"any_layout": bool},
+    "net": {"any_layout": bool},
+    "console": {"emergency-write": bool, "max_ports": int, "any_layout": bool},
+    "iommu": {},
+}  # fmt: skip
+FORCEABLE = {"iommu_platform": bool, "disable-legacy": bool}
+_QEMU_KEYS = {"pci_machine": str, "mmio_machine": str, "notes": list}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -153,6 +185,7 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         endianness=data["endianness"],
         restricted_memory=data.get("restricted_memory", False),
         refuse_unrestricted=data.get("refuse_unrestricted", False),
+        blk_discard=data.get("blk_discard", "single-range"),
         needs_reset=data.get("needs_reset", "detect"),
         proposal=data.get("proposal", ""),
         iommu_firmware=_iommu_firmware(path, data.get("iommu_firmware", ["viot"])),
@@ -177,6 +210,13 @@ def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfi
     for p in data.get("defaults", {}):
         if p not in props:
             raise ProfileError(f"{path}: key 'defaults.{p}': property is not in 'properties'")
+    dev_props = {
+        key: _typed(path, key, data.get(key, {}), known) for key, known in DEVICE_MODEL_PROPERTIES.items()
+    }
+    machine_globals = _typed(path, "machine_globals", data.get("machine_globals", {}), FORCEABLE)
+    qemu = _typed(path, "qemu", data.get("qemu", {}), _QEMU_KEYS)
+    if not all(isinstance(n, str) for n in qemu.get("notes", [])):
+        raise ProfileError(f"{path}: key 'qemu.notes' must be a list of strings")
     return DeviceProfile(
         name=name,
         description=data["description"],
@@ -187,8 +227,24 @@ def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfi
         validate_access_platform=data.get("validate_access_platform", True),
         dma=data.get("dma", "honor"),
         access_platform_offer=data.get("access_platform_offer", "property"),
+        device_properties=dev_props,
+        machine_globals=machine_globals,
+        pci_machine=qemu.get("pci_machine", ""),
+        mmio_machine=qemu.get("mmio_machine", ""),
+        compat_notes=tuple(qemu.get("notes", [])),
         iommu_models=_iommu_models(path, data.get("iommu_models", [])),
     )
+
+
+def _typed(path: Path, table: str, values: dict[str, Any], known: Mapping[str, type]) -> dict[str, Any]:
+    """A property table whose every key is known and of the right type, or ProfileError."""
+    for k, v in values.items():
+        if k not in known:
+            raise ProfileError(f"{path}: key '{table}.{k}': unknown property {k!r}")
+        # bool is an int in Python: an int property must not take true/false
+        if not isinstance(v, known[k]) or (known[k] is int and isinstance(v, bool)):
+            raise ProfileError(f"{path}: key '{table}.{k}' must be a {known[k].__name__}")
+    return dict(values)
 
 
 IOMMU_MODELS = ("virtio-iommu-pci", "virtio-iommu-device", "intel-iommu")

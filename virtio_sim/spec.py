@@ -173,6 +173,7 @@ class BlkFeatureBits:
     GEOMETRY: int
     RO: int
     BLK_SIZE: int
+    SCSI: int
     FLUSH: int
     TOPOLOGY: int
     CONFIG_WCE: int
@@ -279,6 +280,7 @@ class MmioIdentity:
     qemu_vendor_id: int
     acpi_hid: str
     dt_compatible: str
+    qemu_queue_num_max: int
 
 
 class MmioInterruptBits:
@@ -470,6 +472,7 @@ class BlkRequestTypes:
     OUT: int
     FLUSH: int
     FLUSH_OUT: int
+    SCSI_CMD: int
     GET_ID: int
     DISCARD: int
     WRITE_ZEROES: int
@@ -488,9 +491,27 @@ class BlkConstants:
     legacy_barrier_flag: int
 
 
+class QemuBlkNumbers:
+    """QEMU's virtio-blk config values that no property sets (blk.toml [qemu])."""
+
+    max_discard_sectors: int
+    max_discard_seg: int
+    max_write_zeroes_sectors: int
+    max_write_zeroes_seg: int
+    write_zeroes_may_unmap: int
+    fixed_seg_max: int
+    geometry_heads: int
+    geometry_sectors: int
+    geometry_min_cylinders: int
+    geometry_max_cylinders: int
+    write_zeroes_flag_unmap: int
+    discard_segment_size: int
+
+
 BLK_T = _bind(BlkRequestTypes, _BLK["request_type"], "blk.toml [request_type]")
 BLK_S = _bind(BlkStatusValues, _BLK["status"], "blk.toml [status]")
 BLK = _bind(BlkConstants, _BLK["constants"], "blk.toml [constants]")
+QEMU_BLK = _bind(QemuBlkNumbers, _BLK["qemu"], "blk.toml [qemu]")
 
 # --------------------------------------------------------------------------- net
 
@@ -586,6 +607,7 @@ class NetConstants:
     max_packet: int
     qemu_mac_table_entries: int
     qemu_default_mac: str
+    ctrl_queue_size: int
 
 
 _NET = load_toml("net.toml")
@@ -667,6 +689,7 @@ class ConsoleConstants:
     bad_id: int
     qemu_max_ports: int
     max_ports_limit: int
+    control_queue_size: int
 
 
 _CONSOLE = load_toml("console.toml")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guest.drivers.base import GuestDriver
+from guest.evidence import CorruptionDetected
 from guest.virtio import GuestVirtqueue
 from virtio_sim import layouts
-from virtio_sim.layouts import BLK_REQ_HEADER_SIZE, blk_req_header_codec, field_offsets
-from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, bit
+from virtio_sim.layouts import BLK_REQ_HEADER_SIZE, blk_discard_codec, blk_req_header_codec, field_offsets
+from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, QEMU_BLK, bit
 
 _CFG = field_offsets(layouts.VirtioBlkConfig)
 
@@ -25,23 +26,36 @@ class BlkGeometry:
     blk_size: int
     seg_max: int
     read_only: bool
+    #: DISCARD negotiated: the device's max_discard_seg (the block layer's
+    #: max_discard_segments); 0 without DISCARD
+    max_discard_seg: int = 0
 
 
 class BlkDriver(GuestDriver):
     type_key = "blk"
-    device_feature_mask = bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH) | bit(BLK_F.RO)
+    device_feature_mask = (
+        bit(BLK_F.SEG_MAX)
+        | bit(BLK_F.BLK_SIZE)
+        | bit(BLK_F.FLUSH)
+        | bit(BLK_F.RO)
+        | bit(BLK_F.DISCARD)
+        | bit(BLK_F.WRITE_ZEROES)
+    )
     queue_size = 128
 
     async def probe(self) -> None:
         d = self.dev
-        capacity, seg_max, blk_size = await self.read_config_stable(
-            [(_CFG["capacity"], 8), (_CFG["seg_max"], 4), (_CFG["blk_size"], 4)]
-        )
+        fields = [(_CFG["capacity"], 8), (_CFG["seg_max"], 4), (_CFG["blk_size"], 4)]
+        if d.has(BLK_F.DISCARD):
+            fields.append((_CFG["max_discard_seg"], 4))
+        capacity, seg_max, blk_size, *discard = await self.read_config_stable(fields)
         self.geometry = BlkGeometry(
             capacity=capacity,
             blk_size=blk_size if d.has(BLK_F.BLK_SIZE) and blk_size else BLK.sector_size,
             seg_max=seg_max if d.has(BLK_F.SEG_MAX) and seg_max else 1,
             read_only=d.has(BLK_F.RO),
+            # Linux: blk_queue_max_discard_segments(q, min(v, MAX_DISCARD_SEGMENTS)); 0 as 1
+            max_discard_seg=max(1, discard[0]) if discard else 0,
         )
         self.vq: GuestVirtqueue = await self.dev.setup_queue(0, self.queue_size)
 
@@ -49,7 +63,7 @@ class BlkDriver(GuestDriver):
         return self.dev.transport.guest_order if self.dev.legacy else "little"
 
     async def _request(
-        self, rtype: int, sector: int, out_data: bytes | None, in_len: int
+        self, rtype: int, sector: int, out_data: bytes | None, in_len: int, *, whole: bool = False
     ) -> tuple[int, bytes, int]:
         """One request; returns (status, data read, used.len)."""
         dma = self.dev.dma
@@ -61,7 +75,9 @@ class BlkDriver(GuestDriver):
             dma.write(status, b"\xff")  # not a valid status: proves the device wrote it
             out = [(hdr.dev_addr, BLK_REQ_HEADER_SIZE)]
             in_: list[tuple[int, int]] = []
-            segs = self._segments(data.dev_addr, len(out_data) if out_data else in_len)
+            length = len(out_data) if out_data else in_len
+            # a discard's ranges are one buffer (Linux's special_vec), not page segments
+            segs = [(data.dev_addr, length)] if whole else self._segments(data.dev_addr, length)
             if out_data:
                 dma.write(data, out_data)
                 out += segs
@@ -102,6 +118,40 @@ class BlkDriver(GuestDriver):
         status, _, _ = await self._request(BLK_T.FLUSH, 0, None, 0)
         if status != BLK_S.OK:
             raise BlkIoError("flush", status)
+
+    async def discard(self, bios: list[tuple[int, int]]) -> dict[str, int]:
+        """One DISCARD request made of ``bios`` (sector, count), contiguous, as the block
+        layer merges back-to-back discards (mkfs, fstrim): with max_discard_segments 1 it
+        merges them like reads and writes, so the request counts one discard segment
+        whatever its number of bios (blk_rq_nr_discard_segments).
+
+        virtio_blk then allocates one range per segment (kmalloc_array) and, before Linux
+        5.9 (policy ``per-bio``), writes one range per bio into it: two bios, room for one,
+        a write past the array (what af822aa68fbd fixed; "may cause memory corruption in
+        virtblk_setup_discard_write_zeroes()"). That write is reported here as the guest
+        memory corruption it is (KASAN's slab-out-of-bounds), and the device is sent the
+        one range the request's length covers, as Linux sent it.
+        """
+        merged = self.geometry.max_discard_seg == 1
+        segments = 1 if merged else len(bios)
+        if self.dev.policy.blk_discard == "single-range" and merged:
+            start, total = bios[0][0], sum(n for _, n in bios)
+            ranges = [(start, total)]
+        else:
+            ranges = list(bios)
+        if len(ranges) > segments:
+            raise CorruptionDetected(
+                f"virtio_blk: a DISCARD merged from {len(bios)} bios has room for {segments} range(s) "
+                f"(max_discard_seg={self.geometry.max_discard_seg}) but the driver writes {len(ranges)}: "
+                f"{(len(ranges) - segments) * QEMU_BLK.discard_segment_size} bytes past its range array "
+                "(guest heap corruption; Linux before 5.9, fixed by af822aa68fbd)"
+            )
+        codec = blk_discard_codec("little")  # Linux: cpu_to_le32/64 on every interface
+        payload = b"".join(codec.pack(sector, count, 0) for sector, count in ranges)
+        status, _, _ = await self._request(BLK_T.DISCARD, 0, payload, 0, whole=True)
+        if status != BLK_S.OK:
+            raise BlkIoError("discard", status)
+        return {"bios": len(bios), "ranges_sent": len(ranges), "sectors_sent": sum(n for _, n in ranges)}
 
     async def get_id(self) -> bytes:
         status, data, _ = await self._request(BLK_T.GET_ID, 0, None, BLK.id_bytes)

@@ -78,6 +78,21 @@ class DeviceModel(abc.ABC):
     def device_features(self) -> int:
         """Device-type feature bits offered (the core adds the transport bits)."""
 
+    def plugged(self, version_1: bool) -> None:
+        """The transport decided whether the device offers VERSION_1 (QEMU's plug time);
+        a model may refuse the combination with PropertyError, as QEMU's realize does."""
+        return None
+
+    def withdrawn_transport_features(self) -> int:
+        """Transport bits this model withdraws from its offer (QEMU's get_features may
+        clear them); none by default."""
+        return 0
+
+    def queue_size_for(self, index: int) -> int:
+        """The size queue ``index`` is created with (QEMU's virtio_add_queue size); all
+        the model's queues have ``queue_max_size`` unless a model says otherwise."""
+        return self.queue_max_size
+
     def queue_count(self, features: int) -> int:
         """How many queues exist for the driver's acked ``features`` (net: the control
         queue index moves with MQ); by default all ``num_queues`` always exist."""

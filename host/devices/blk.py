@@ -1,5 +1,16 @@
 """virtio-blk over a raw backing file (virtio 1.4 section 5.2).
 
+What it offers and shows in its config space is QEMU's virtio-blk (hw/block/virtio-blk.c
+virtio_blk_get_features / virtio_blk_update_config), property by property, so that a
+device generation is the set of property values that QEMU version's machine type had:
+``scsi`` (legacy SCSI passthrough; hw_compat_2_4 turned it on), ``config-wce``,
+``discard`` and ``write-zeroes`` (QEMU 4.0; hw_compat_3_1 off), ``queue-size`` and
+``seg-max-adjust`` (QEMU 5.0; hw_compat_4_2: 128 and off). GEOMETRY, TOPOLOGY, SEG_MAX
+and BLK_SIZE are always offered; FLUSH while the write cache is on (QEMU's default
+cache=writeback). A device without VERSION_1 (legacy-only) offers SCSI and withdraws
+ANY_LAYOUT, whatever the ``scsi`` property says, as QEMU does; with ``scsi=on`` a device
+with a modern interface cannot be created at all.
+
 Requests are validated completely before the backing file is touched: header present,
 type known, data a whole number of sectors, range inside the capacity, writable status
 byte present. A request that fails any check completes with VIRTIO_BLK_S_IOERR (or
@@ -11,17 +22,33 @@ chain: the data read from disk plus the status byte.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from host.devices.base import DeviceModel, DeviceQueue, PropertyError
 from virtio_sim.layouts import (
     BLK_REQ_HEADER_SIZE,
     BLK_STATUS_SIZE,
+    ByteOrder,
+    blk_discard_codec,
     blk_req_header_codec,
     field_offsets,
     virtio_blk_config,
 )
 from virtio_sim.ring.chain import Chain, ChainReader, ChainWriter
-from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, F, bit
+from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, QEMU_BLK, F, bit
+
+#: QEMU's config size by the last feature that extends it (virtio_blk_cfg_size_params)
+_CONFIG_END = (
+    (BLK_F.DISCARD, "discard_sector_alignment"),
+    (BLK_F.WRITE_ZEROES, "write_zeroes_may_unmap"),
+)
+
+
+def guess_cylinders(sectors: int) -> int:
+    """QEMU's geometry guess for a disk without a partition table."""
+    per_cylinder = QEMU_BLK.geometry_heads * QEMU_BLK.geometry_sectors
+    return max(QEMU_BLK.geometry_min_cylinders, min(QEMU_BLK.geometry_max_cylinders, sectors // per_cylinder))
+
 
 DEFAULT_SERIAL = "virtio-sim-blk"
 
@@ -39,8 +66,16 @@ class BlkDevice(DeviceModel):
         serial: str = DEFAULT_SERIAL,
         queue_size: int = 256,
         logical_block_size: int = BLK.sector_size,
+        scsi: bool = False,
+        config_wce: bool = True,
+        discard: bool = True,
+        write_zeroes: bool = True,
+        seg_max_adjust: bool = True,
+        num_queues: int = 1,
     ) -> None:
         super().__init__()
+        if num_queues != 1:
+            raise PropertyError(f"num-queues {num_queues}: this model has one request queue")
         if logical_block_size < BLK.sector_size or logical_block_size & (logical_block_size - 1):
             raise PropertyError(f"logical_block_size {logical_block_size} must be a power of two >= 512")
         try:
@@ -54,6 +89,18 @@ class BlkDevice(DeviceModel):
         self.logical_block_size = logical_block_size
         self.size_bytes = os.fstat(self.fd).st_size
         self.requests = 0
+        self.scsi = scsi
+        self.config_wce = config_wce
+        self.discard = discard
+        self.write_zeroes = write_zeroes
+        self.seg_max_adjust = seg_max_adjust
+        self.config_num_queues = num_queues
+        #: the write cache (QEMU: blk_enable_write_cache): on, as with cache=writeback;
+        #: a driver may switch it through the config space's writeback byte (CONFIG_WCE)
+        self.write_cache = True
+        #: set by the transport at plug time: does the device offer VERSION_1?
+        self.version_1 = True
+        self.cylinders = guess_cylinders(self.capacity)
 
     @property
     def capacity(self) -> int:
@@ -62,28 +109,108 @@ class BlkDevice(DeviceModel):
     def close(self) -> None:
         os.close(self.fd)
 
+    def resize(self, size_bytes: int) -> None:
+        """The backing image changed size (QEMU's ``block_resize``: virtio_blk_resize ->
+        virtio_notify_config, hw/block/virtio-blk.c): capacity follows and the driver is
+        told of the config change. A public hook for tests and conformance runs, which
+        need a device-side config change to decide the config-generation rules."""
+        os.ftruncate(self.fd, size_bytes)
+        self.size_bytes = size_bytes
+        if self.hooks is not None:
+            self.hooks.config_changed()
+
+    def plugged(self, version_1: bool) -> None:
+        """QEMU's virtio_blk_get_features at plug time: SCSI and virtio 1.0 exclude each other."""
+        if version_1 and self.scsi:
+            raise PropertyError("Please set scsi=off for virtio-blk devices in order to use virtio 1.0")
+        self.version_1 = version_1
+
     def device_features(self) -> int:
-        f = bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH)
-        if self.read_only:
-            f |= bit(BLK_F.RO)
+        f = bit(BLK_F.SEG_MAX) | bit(BLK_F.GEOMETRY) | bit(BLK_F.TOPOLOGY) | bit(BLK_F.BLK_SIZE)
+        for on, feature in (
+            (self.scsi or not self.version_1, BLK_F.SCSI),
+            (self.write_cache, BLK_F.FLUSH),
+            (self.config_wce, BLK_F.CONFIG_WCE),
+            (self.discard, BLK_F.DISCARD),
+            (self.write_zeroes, BLK_F.WRITE_ZEROES),
+            (self.read_only, BLK_F.RO),
+        ):
+            if on:
+                f |= bit(feature)
         return f
 
+    def withdrawn_transport_features(self) -> int:
+        """A legacy-only virtio-blk withdraws ANY_LAYOUT (QEMU: its SCSI requests assume
+        the header layout)."""
+        return 0 if self.version_1 else bit(F.ANY_LAYOUT)
+
     def config_space(self) -> bytes:
-        fields = dict.fromkeys(name for name in (sc.name for sc in virtio_blk_config(self.order).subcons))
-        values: dict[str, object] = {k: 0 for k in fields}
+        decl = virtio_blk_config(self.order)
+        values: dict[str, object] = {sc.name: 0 for sc in decl.subcons}
+        # seg_max: the queue size minus the header and status descriptors; before QEMU
+        # 5.0 (seg-max-adjust=off) a constant 126 whatever the queue size.
+        seg_max = self.queue_max_size - 2 if self.seg_max_adjust else QEMU_BLK.fixed_seg_max
         values.update(
             capacity=self.capacity,
-            # QEMU's seg_max: the queue size minus the header and status descriptors.
-            seg_max=self.queue_max_size - 2,
+            seg_max=seg_max,
+            cylinders=self.cylinders,
+            heads=QEMU_BLK.geometry_heads,
+            sectors=QEMU_BLK.geometry_sectors,
             blk_size=self.logical_block_size,
+            # topology: physical block = logical block, no alignment offset or I/O hints
+            writeback=int(self.write_cache),
+            num_queues=self.config_num_queues,
+            max_discard_sectors=QEMU_BLK.max_discard_sectors,
+            max_discard_seg=QEMU_BLK.max_discard_seg,
+            discard_sector_alignment=self.logical_block_size // BLK.sector_size,
+            max_write_zeroes_sectors=QEMU_BLK.max_write_zeroes_sectors,
+            max_write_zeroes_seg=QEMU_BLK.max_write_zeroes_seg,
+            write_zeroes_may_unmap=QEMU_BLK.write_zeroes_may_unmap,
             unused1=bytes(3),
             unused2=bytes(3),
         )
         # Like QEMU (virtio_blk_cfg_size_params), the config space ends before the fields
-        # of features the device does not offer: discard's come first, and we offer none
-        # of discard, write zeroes, secure erase or zoned. Reads past it give all ones.
-        full = bytes(virtio_blk_config(self.order).build(values))
-        return full[: field_offsets(virtio_blk_config(self.order))["max_discard_sectors"]]
+        # of features the device does not offer. Reads past it give all ones.
+        full = bytes(decl.build(values))
+        offsets = field_offsets(decl)
+        end = offsets["max_discard_sectors"]
+        offered = self.device_features()
+        for feature, last in _CONFIG_END:
+            if offered >> feature & 1:
+                end = max(end, offsets[last] + _field_size(decl, last))
+        return full[:end]
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        """The writeback byte switches the write cache once CONFIG_WCE is negotiated
+        (QEMU's virtio_blk_set_config); every other field is read-only."""
+        offsets = field_offsets(virtio_blk_config(self.order))
+        if offset == offsets["writeback"] and len(data) == 1 and self.has_feature(BLK_F.CONFIG_WCE):
+            self.write_cache = bool(data[0])
+            self.events.note(f"blk: write cache {'on' if self.write_cache else 'off'} (config writeback)")
+            return
+        super().config_write(offset, data)
+
+    def validate_features(self, acked: int) -> str | None:
+        """FEATURES_OK: the cache mode follows the negotiated features from here on."""
+        self._set_cache_mode(acked)
+        return None
+
+    def activate(self, features: int, order: ByteOrder) -> None:
+        super().activate(features, order)
+        self._set_cache_mode(features)  # legacy drivers have no FEATURES_OK
+
+    def _set_cache_mode(self, features: int) -> None:
+        """Without FLUSH the device writes through and writeback reads 0 (virtio 1.4
+        5.2.5.2, "MUST initialize writeback to 0 if VIRTIO_BLK_F_FLUSH was not
+        negotiated"). QEMU's virtio_blk_set_features does this only when CONFIG_WCE is not
+        acked either (with it acked the cache stays on: a known failure of QEMU 7.2 in
+        docs/qemu-deviations.md); ours follows the spec."""
+        if not features >> BLK_F.FLUSH & 1:
+            self.write_cache = False
+
+    def reset(self) -> None:
+        super().reset()
+        self.write_cache = True  # QEMU: the -drive's cache mode (writeback) again
 
     # -- request handling ---------------------------------------------------
 
@@ -114,6 +241,8 @@ class BlkDevice(DeviceModel):
             return self._read(chain, writer, sector, data_in)
         if rtype == BLK_T.OUT:
             return self._write(chain, reader, writer, sector)
+        if rtype in (BLK_T.DISCARD, BLK_T.WRITE_ZEROES):
+            return self._discard_write_zeroes(chain, reader, writer, rtype == BLK_T.WRITE_ZEROES)
         if rtype in (BLK_T.FLUSH, BLK_T.FLUSH_OUT):
             try:
                 os.fsync(self.fd)
@@ -162,6 +291,47 @@ class BlkDevice(DeviceModel):
         data = reader.read(length)  # gathered whole before the file is touched
         try:
             os.pwrite(self.fd, data, sector * BLK.sector_size)
+            if not self.write_cache:
+                os.fsync(self.fd)  # writethrough: each write reaches the disk
+        except OSError as e:
+            return self._io_error(chain, writer, e)
+        return self._status_only(writer, BLK_S.OK)
+
+    def _discard_write_zeroes(
+        self, chain: Chain, reader: ChainReader, writer: ChainWriter, zeroes: bool
+    ) -> int:
+        """QEMU's virtio_blk_handle_discard_write_zeroes: one segment is read; a range past
+        the limit or the capacity is IOERR, unknown flags UNSUPP; a device that does not
+        offer the feature answers UNSUPP. Discarded sectors read as zeroes here (QEMU's
+        raw files punch holes, which read as zeroes too)."""
+        what = "WRITE_ZEROES" if zeroes else "DISCARD"
+        if not (self.write_zeroes if zeroes else self.discard):
+            self.events.note(f"blk: {what} request {chain.head} but the feature is not offered")
+            return self._status_only(writer, BLK_S.UNSUPP)
+        if self.read_only:
+            self.events.note(f"blk: {what} request {chain.head} on a read-only device")
+            return self._status_only(writer, BLK_S.IOERR)
+        raw = reader.read(QEMU_BLK.discard_segment_size)
+        if len(raw) != QEMU_BLK.discard_segment_size:
+            self.events.note(f"blk: {what} request {chain.head}: segment too short ({len(raw)} bytes)")
+            return self._status_only(writer, BLK_S.IOERR)
+        # little-endian on every interface (virtio 1.4 5.2.6: le64/le32 fields; QEMU's
+        # le64_to_cpu, Linux's cpu_to_le64), also for a legacy big-endian guest
+        sector, count, flags = blk_discard_codec("little").unpack(raw)
+        limit = QEMU_BLK.max_write_zeroes_sectors if zeroes else QEMU_BLK.max_discard_sectors
+        allowed_flags = QEMU_BLK.write_zeroes_flag_unmap if zeroes else 0
+        if count > limit:
+            self.events.note(f"blk: {what} request {chain.head}: {count} sectors beyond the limit {limit}")
+            return self._status_only(writer, BLK_S.IOERR)
+        problem = self._range_ok(sector, count * BLK.sector_size)
+        if problem:
+            self.events.note(f"blk: {what} request {chain.head}: {problem}")
+            return self._status_only(writer, BLK_S.IOERR)
+        if flags & ~allowed_flags:
+            self.events.note(f"blk: {what} request {chain.head}: flags {flags:#x} not supported")
+            return self._status_only(writer, BLK_S.UNSUPP)
+        try:
+            os.pwrite(self.fd, bytes(count * BLK.sector_size), sector * BLK.sector_size)
         except OSError as e:
             return self._io_error(chain, writer, e)
         return self._status_only(writer, BLK_S.OK)
@@ -178,3 +348,7 @@ class BlkDevice(DeviceModel):
     def _finish(self, writer: ChainWriter, status: int) -> int:
         writer.write_tail(bytes([status]))
         return writer.written + BLK_STATUS_SIZE
+
+
+def _field_size(decl: Any, name: str) -> int:
+    return int(next(sc.sizeof() for sc in decl.subcons if sc.name == name))

@@ -109,6 +109,11 @@ class ConsoleDevice(DeviceModel):
         self.stats = ConsoleStats()
         self._reset_state()
 
+    def queue_size_for(self, index: int) -> int:
+        """QEMU's virtio-serial: the control queues (2 and 3) have 32 entries, the data
+        queues 128 (virtio_serial_device_realize; measured under QEMU 7.2)."""
+        return CONSOLE.control_queue_size if index in (2, 3) else self.queue_max_size
+
     def _input_for(self, port_id: int) -> Callable[[bytes], None]:
         def deliver(data: bytes) -> None:
             self.host_input(port_id, data)
@@ -156,11 +161,16 @@ class ConsoleDevice(DeviceModel):
 
     def config_space(self) -> bytes:
         cols, rows = self.size or (0, 0)
-        return bytes(
+        full = bytes(
             virtio_console_config(self.order).build(
                 {"cols": cols, "rows": rows, "max_nr_ports": self.max_ports, "emerg_wr": 0}
             )
         )
+        # QEMU's virtio-serial ends its config space before emerg_wr when it does not
+        # offer EMERG_WRITE (emergency-write=off, machine types up to 2.7)
+        if not self.offered >> CONSOLE_F.EMERG_WRITE & 1:
+            return full[: CONSOLE_CONFIG_OFFSETS["emerg_wr"]]
+        return full
 
     def config_write(self, offset: int, data: bytes) -> None:
         """Only emerg_wr is writable: its low byte goes to port 0's backend, at any time."""

@@ -87,6 +87,11 @@ class MmioTransport(InterruptSink):
             device.transport_features.any_layout = False
             device.transport_features.notify_on_empty = False
             device.modern_only = True
+        device.model.plugged(not legacy)  # may refuse (virtio-blk scsi=on with virtio 1.0)
+        # QueueNumMax is the transport's maximum (QEMU's VIRTQUEUE_MAX_SIZE) for every
+        # queue that exists; the size a queue starts with stays the model's.
+        for q in device.queues:
+            q.max_size = MMIO.qemu_queue_num_max
         self._reset_registers()
 
     @property
@@ -177,9 +182,11 @@ class MmioTransport(InterruptSink):
                     return 0
                 return d.read_device_features(self.device_features_sel)
             case "QueueSizeMax":
-                if q is None or (self.legacy and q.ready):
+                # before the driver negotiated, every queue the device created answers
+                created = q if d.driver_features else (q or d.created_queue(self.queue_sel))
+                if created is None or (self.legacy and created.ready):
                     return 0
-                return q.max_size
+                return created.max_size
             case "QueueReady":
                 return int(q.ready) if q else 0
             case "QueuePFN":

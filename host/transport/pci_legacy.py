@@ -93,7 +93,9 @@ class LegacyInterface:
             case "queue_pfn":
                 return q.desc >> PCI.legacy_pfn_shift if q and q.ready else 0
             case "queue_num":
-                return q.size if q else 0
+                # before the driver negotiated, every queue the device created answers
+                shown = q or (None if d.driver_features else d.created_queue(p.queue_sel))
+                return shown.size if shown is not None else 0
             case "queue_sel":
                 return p.queue_sel
             case "status":

@@ -303,7 +303,9 @@ class ModernInterface:
             case "queue_select":
                 return p.queue_sel
             case "queue_size":
-                return q.size if q else 0
+                # before the driver negotiated, every queue the device created answers
+                shown = q or (None if d.driver_features else d.created_queue(p.queue_sel))
+                return shown.size if shown is not None else 0
             case "queue_msix_vector":
                 return p.read_queue_vector()
             case "queue_enable":

@@ -84,6 +84,7 @@ class VirtioPciProxy(InterruptSink):
         # the "bad feature" bit that only a driver acking everything would take.
         device.transport_features.version_1 = modern
         device.transport_features.bad_feature = True
+        device.model.plugged(modern)  # may refuse (virtio-blk scsi=on with virtio 1.0)
         device.sink = self
         self.isr = 0
         self.queue_sel = 0

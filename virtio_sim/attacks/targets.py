@@ -204,6 +204,11 @@ class Bench:
         q = p.max_size()
         if not p.legacy:
             q = p.set_size(size or min(MODERN_QUEUE, q))
+        elif isinstance(p, MmioPort):
+            # legacy virtio-mmio: the driver picks the ring size and writes QueueNum, up
+            # to QueueNumMax (Linux's vm_setup_vq); QEMU's maximum is 1024, so a driver
+            # that skipped the write would run a ring of another size than the device's
+            q = p.set_size(size or q)
         base = AREA[who] + RING_OFF + 0x4000 * qi
         order = self.vdevs[who].byte_order(self.vdevs[who].guest_order)
         forge: RingForge

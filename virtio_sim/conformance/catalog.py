@@ -19,12 +19,25 @@ from typing import Any
 LEVELS = ("MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY")
 ACTORS = ("device", "driver")
 DRIVER_CHECKERS_FILE = "driver-checkers.toml"
-#: The areas whose testable MUST/MUST NOT entries count towards catalog coverage.
+#: Areas left out of coverage, with the reason every report states. Everything else counts.
+OUT_OF_SCOPE = {
+    "blk-zoned": (
+        "no zoned block model: our virtio-blk offers no VIRTIO_BLK_F_ZONED (nor does QEMU 7.2's "
+        "virtio-blk without a zoned host device), so no run can reach these rules; they are "
+        "excluded from the coverage denominator"
+    ),
+}
+#: The areas whose testable MUST/MUST NOT entries count towards coverage: every area of
+#: the catalogue but the out-of-scope ones (the 11-area headline of earlier reports hid
+#: net, console, config, virtqueue and notifications).
 COVERED_AREAS = (
     "status",
     "features",
     "init",
     "reset",
+    "config",
+    "virtqueue",
+    "notifications",
     "split",
     "packed",
     "pci",
@@ -32,6 +45,8 @@ COVERED_AREAS = (
     "blk",
     "rng",
     "iommu",
+    "net",
+    "console",
 )
 
 

@@ -119,6 +119,17 @@ async def queue_reset(ctx: Ctx) -> None:
     evidence = f"after the queue reset: {len(late)} used on the old ring, accesses {touched[:3]}"
     ctx.log.check("vqreset.dev.stop", not late and not touched, evidence)
     # Re-enable with another size at other addresses.
+    if ready:
+        # the queue never stopped: re-enabling it is not what the driver can do next
+        why = "the queue reset did not take effect (see " + prefix + "action), so it cannot be re-enabled"
+        for rid in ("vqreset.dev.reenable-honour-config", "vqreset.dev.default-state"):
+            ctx.log.untested(rid, why)
+        await ctx.t.ops.set_status(0)
+        after = await regs.read("reset")
+        ctx.log.check(
+            prefix + "zero-on-reset", after == 0, f"queue reset register reads {after} after device reset"
+        )
+        return
     fresh = await add_queue(ctx, q, NEW_SIZE)
     r = submit(ctx, traffic_request(ctx))
     await kick(ctx, q)

@@ -1,8 +1,10 @@
 """``virtio-sim conformance``: run a conformance target and report per requirement.
 
-Exit codes: 0 when no MUST/MUST NOT failed, 1 when one did, 2 for usage errors (a bad
-target or an unknown device, a transport/ring that cannot be combined, a broken
-catalogue). The driver side lives in :mod:`virtio_sim.conformance.driver_runner`
+Exit codes: 0 when no MUST/MUST NOT failed and no checker hit an ERROR, 1 when one did,
+2 for usage errors (a bad target or an unknown device, a transport/ring that cannot be
+combined, a broken catalogue). Whatever a broken device or driver does, the run ends in
+a report: an exception that escapes the runners is a run-level ERROR, never a traceback.
+The driver side lives in :mod:`virtio_sim.conformance.driver_runner`
 (imported only for ``driver:`` targets).
 """
 
@@ -26,8 +28,12 @@ TRANSPORT_CHOICES = ("mmio-v2", "mmio-v1", "pci-modern", "pci-transitional", "pc
 def add_conformance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
-        required=True,
         help="host:DEVICE[,props] | qemu:DEVICE[,props] | driver:PROFILE[,props]",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("default",),
+        help="run the default runs (virtio_sim/conformance/suite.py) and report their coverage",
     )
     p.add_argument("--transport", default="mmio-v2", help=f"{'|'.join(TRANSPORT_CHOICES)} (default mmio-v2)")
     p.add_argument("--ring", default="split", help="split|packed (default split)")
@@ -41,10 +47,10 @@ def add_conformance_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_conformance(args: argparse.Namespace) -> int:
     from virtio_sim.conformance.catalog import CatalogError, load_catalog
     from virtio_sim.conformance.dut import DutError, device_key
-    from virtio_sim.conformance.findings import Policy
+    from virtio_sim.conformance.findings import FindingLog, Policy
     from virtio_sim.conformance.report import (
         build_report,
-        catalog_coverage,
+        coverage,
         print_report,
         to_html,
         to_json,
@@ -53,6 +59,11 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from virtio_sim.conformance.targets import TargetError, check_transport_ring, parse_target
 
     console = Console()
+    if (args.suite is None) == (args.target is None):
+        print("virtio-sim conformance: error: give --target or --suite (one of them)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.suite is not None:
+        return _suite(args, console)
     try:
         catalog = load_catalog()
         target = parse_target(args.target)
@@ -68,6 +79,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     except TargetError as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:  # a broken target gives a report, not a traceback
+        log = FindingLog(catalog.level_of, policy)
+        log.run_errors.append(f"the run stopped: {type(e).__name__}: {e}")
     actor = "driver" if target.kind == "driver" else "device"
     key = None if target.kind == "driver" else device_key(target.name)
     report = build_report(
@@ -79,17 +93,71 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         ring=args.ring,
         device_key=key,
     )
-    coverage = catalog_coverage(catalog)
-    print_report(report, console, coverage)
+    cov = coverage(catalog, [log])
+    print_report(report, console, cov)
     outputs: list[tuple[str | None, Callable[[], str]]] = [
-        (args.json, lambda: to_json(report, coverage)),
+        (args.json, lambda: to_json(report, cov)),
         (args.junit_xml, lambda: to_junit(report)),
-        (args.html, lambda: to_html(report, coverage)),
+        (args.html, lambda: to_html(report, cov)),
     ]
     for path, text in outputs:
         if path:
             Path(path).write_text(text(), encoding="utf-8")
-    return EXIT_FAIL if report.must_failures else EXIT_OK
+    return EXIT_FAIL if report.failed else EXIT_OK
+
+
+def _suite(args: argparse.Namespace, console: Console) -> int:
+    """The default runs: one line per run, then the coverage they decide together."""
+    import json
+
+    from rich.text import Text
+
+    from virtio_sim.conformance.catalog import CatalogError, load_catalog
+    from virtio_sim.conformance.report import coverage
+    from virtio_sim.conformance.suite import default_runs, qemu_documented, run_suite, unexplained
+
+    try:
+        catalog = load_catalog()
+    except CatalogError as e:
+        print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    failed_runs = []
+    documented = qemu_documented()
+
+    def progress(run: Any, log: Any) -> None:
+        bad = unexplained(run, log, catalog, documented)
+        if bad:
+            failed_runs.append(str(run))
+        known = len([f for f in log.failures() if f.known]) + len(
+            [f for f in log.failures() if (run.target, run.transport, run.ring, f.requirement) in documented]
+        )
+        line = f"{run}: {len(bad)} unexplained, {known} KNOWN/documented" + (f": {bad[:3]}" if bad else "")
+        console.print(Text(line))
+
+    results = run_suite(default_runs(), catalog, progress)
+    cov = coverage(catalog, [log for _, log in results])
+    console.print(Text(cov.line()))
+    for area, why in cov.out_of_scope.items():
+        console.print(Text(f"out of scope: {area}: {why}"))
+    if args.json:
+        data = {
+            "suite": args.suite,
+            "runs": [
+                {
+                    "target": r.target,
+                    "transport": r.transport,
+                    "ring": r.ring,
+                    "unexplained": unexplained(r, log, catalog, documented),
+                    "failures": sorted(f.requirement for f in log.unexplained_failures()),
+                    "known": sorted(f.requirement for f in log.failures() if f.known),
+                    "errors": sorted(f.requirement for f in log.errors()) + list(log.run_errors),
+                }
+                for r, log in results
+            ],
+            "coverage": cov.to_dict(),
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return EXIT_FAIL if failed_runs else EXIT_OK
 
 
 async def _run(kind: str, args: argparse.Namespace, policy: Any, catalog: Any) -> Any:

@@ -20,11 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from guest.platform import GuestPolicy
 from guest.profile import guest_policy
+from guest.workloads import WORKLOADS
 from host.build import HostSetup
 from host.device_profile import DeviceRequest, device_option
 from host.transport.mmio import GENERATION_MOVES, ODD_KINDS, MmioTransport
@@ -41,6 +43,7 @@ from virtio_sim.conformance.driver_watch import (
     DriverWatch,
 )
 from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictStop
+from virtio_sim.conformance.write_order import AvailWriteOrder, observe_guest_writes
 from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
@@ -49,13 +52,48 @@ from virtio_sim.spec import FEATURES, STATUS, USED_F, F, bit
 
 DEVICE_PROFILE = "qemu-7.2"
 #: blk without the workload's deliberate read past the end (a device probe, not driver behaviour)
-WORKLOAD_FOR = {"rng": "rng", "blk": "blk-rw-no-probe", "iommu": "blk-rw-no-probe"}
+WORKLOAD_FOR = {
+    "rng": "rng",
+    "blk": "blk-rw-no-probe",
+    "iommu": "blk-rw-no-probe",
+    "net": "net-loopback",
+    "console": "console-echo",
+}
 #: "iommu" is a blk device behind a virtio-iommu (iommu_platform=on): both are watched
 #: device properties a target may set (QEMU names): the ring features the driver then meets
-DEVICE_PROPS = ("in_order", "notification_data", "event_idx", "indirect_desc", "queue_reset")
+DEVICE_PROPS = (
+    "in_order",
+    "notification_data",
+    "event_idx",
+    "indirect_desc",
+    "queue_reset",
+    "ctrl_rx",  # virtio-net: the rules for a driver without CTRL_RX, CSUM or MRG_RXBUF
+    "csum",
+    "mrg_rxbuf",
+)
 RINGS = ("split", "packed")
 KNOWN_DEVIATIONS = "driver-known-deviations.toml"
-RUN_TIMEOUT = 10.0
+RUN_TIMEOUT = 30.0  # wall clock on 2 shared cores: a driver that waits this long has hung
+#: an odd run (run_driver_check): the device sets DEVICE_NEEDS_RESET at the driver's second
+#: kick, leaving that request outstanding; the driver must not wait for it (a HANG)
+NEEDS_RESET_RUN = "needs-reset"
+NEEDS_RESET_RULE = "status.drv.needs-reset-no-rely"
+NEEDS_RESET_AT_KICK = 2
+#: the same run without the odd presentations (no unknown feature bit): a control
+CONTROL_RUN = "control"
+#: odd runs where the device presents values a driver must cope with, judged from the run's
+#: outcome against a control run without them (judge_trap): the rules each decides
+NET_RX_TRAPS = "net-rx-traps"  # rx headers with an undefined flag bit and stray csum fields
+SHORT_RNG = "short-rng"  # virtio-rng fills only the first bytes of every buffer
+TRAP_RUNS = {
+    NET_RX_TRAPS: ("net", ("net.rx.drv-ignore-unknown-flags", "net.rx.drv-csum-fields")),
+    SHORT_RNG: ("rng", ("rng.drv.use-len",)),
+}
+SHORT_RNG_BYTES = 7
+UNKNOWN_RX_FLAG = 0x80
+UNKNOWN_RULE = "features.drv.no-fail-on-unknown"
+MEMORY_PATH_PROP = "x-memory-path"
+MEMORY_PATHS = ("checked", "lease")
 
 
 class DriverTargetError(ValueError):
@@ -68,6 +106,11 @@ class DriverTarget:
     devices: tuple[str, ...]
     seed: int = 1
     device_props: tuple[str, ...] = ()  # "prop=on|off" for every device
+    #: the workload instead of the device's usual one (WORKLOAD_FOR); one device only
+    workload: str | None = None
+    #: "checked": guest RAM offers no leases and the guest's avail writes are watched one
+    #: by one (write_order.py); "lease": the rings' direct-window fast path, not watched
+    memory_path: str = "checked"
 
 
 def parse_driver_spec(spec: str) -> DriverTarget:
@@ -79,6 +122,8 @@ def parse_driver_spec(spec: str) -> DriverTarget:
     devices: tuple[str, ...] = tuple(WORKLOAD_FOR)
     seed = 1
     device_props: list[str] = []
+    memory_path = "checked"
+    workload: str | None = None
     for prop in props:
         key, eq, value = prop.partition("=")
         if not eq:
@@ -92,19 +137,32 @@ def parse_driver_spec(spec: str) -> DriverTarget:
                 seed = int(value)
             except ValueError:
                 raise DriverTargetError(f"seed={value} is not an integer") from None
+        elif key == "workload":
+            if value not in WORKLOADS:
+                raise DriverTargetError(f"workload={value}: one of {', '.join(sorted(WORKLOADS))}")
+            workload = value
+        elif key == MEMORY_PATH_PROP:
+            if value not in MEMORY_PATHS:
+                raise DriverTargetError(f"{key}={value}: {' or '.join(MEMORY_PATHS)}")
+            memory_path = value
         elif key in DEVICE_PROPS:
             if value not in ("on", "off"):
                 raise DriverTargetError(f"{key}={value}: on or off")
             device_props.append(prop)
         else:
             raise DriverTargetError(
-                f"unknown driver target property {key!r} (device, seed, {', '.join(DEVICE_PROPS)})"
+                f"unknown driver target property {key!r} "
+                f"(device, seed, workload, {MEMORY_PATH_PROP}, {', '.join(DEVICE_PROPS)})"
             )
     try:
         load_driver_profile(name)
     except (OSError, ValueError) as e:
         raise DriverTargetError(f"unknown driver profile {name!r}: {e}") from None
-    return DriverTarget(name, devices, seed, tuple(device_props))
+    if workload is not None:
+        kind = WORKLOADS[workload][0]
+        if devices != (kind,):
+            raise DriverTargetError(f"workload={workload} runs on device={kind} only")
+    return DriverTarget(name, devices, seed, tuple(device_props), workload=workload, memory_path=memory_path)
 
 
 def known_deviations(profile: str, transport: str, root: Path | None = None) -> dict[str, str]:
@@ -161,6 +219,75 @@ def set_traps(vdev: VirtioDevice) -> None:
             return
 
     vdev.notify = notify  # type: ignore[method-assign]
+
+
+def break_at_kick(vdev: VirtioDevice, kick: int) -> None:
+    """At the ``kick``-th notification after DRIVER_OK the device enters the error state
+    (DEVICE_NEEDS_RESET and a configuration change notification, host/virtio_device.py
+    set_needs_reset) instead of serving it: the request stays outstanding."""
+    inner = vdev.notify
+    seen = [0]
+
+    def notify(index: int) -> None:
+        if vdev.status & STATUS.DRIVER_OK and not vdev.broken:
+            seen[0] += 1
+            if seen[0] == kick:
+                vdev.set_needs_reset()
+                return
+        inner(index)
+
+    vdev.notify = notify  # type: ignore[method-assign]
+
+
+def set_value_traps(vdev: VirtioDevice, odd: str) -> None:
+    """The device model of ``vdev`` presents the odd values of trap run ``odd``."""
+    model: Any = vdev.model
+    if odd == SHORT_RNG and model.type_key == "rng":
+        model.max_bytes = SHORT_RNG_BYTES
+    if odd == NET_RX_TRAPS and model.type_key == "net":
+        inner = model._rx_header
+
+        def rx_header(frame: Any, buffers: int) -> bytes:
+            raw = bytearray(inner(frame, buffers))
+            raw[0] |= UNKNOWN_RX_FLAG  # no spec defines it: the driver must ignore it
+            if not raw[0] & 1:  # NEEDS_CSUM clear: csum_start/csum_offset mean nothing
+                raw[6:10] = b"\xff\x7f\xff\x7f"
+            return bytes(raw)
+
+        model._rx_header = rx_header
+
+
+async def judge_trap(log: FindingLog, odd: str, result: RunResult, control: Callable[[], Any]) -> None:
+    """A trap run that completed passes its rules; one that did not fails them only when
+    the same run without the traps (the control) completes."""
+    rules = TRAP_RUNS[odd][1]
+    if result.outcome is Outcome.OK:
+        for rule in rules:
+            log.passed(rule, f"{odd}: the workload completed")
+        return
+    if result.outcome is Outcome.NOT_PROBED:
+        return
+    ctl = await control()
+    for rule in rules:
+        if ctl is not None and ctl.outcome is Outcome.OK:
+            log.failed(
+                rule, f"{odd}: {result.outcome.value} ({result.detail}); without the odd values it completes"
+            )
+        else:
+            log.untested(rule, f"{odd}: the run fails without the odd values too (control run)")
+
+
+def judge_needs_reset(log: FindingLog, result: RunResult) -> None:
+    """The NEEDS_RESET run: a driver that still waits for the outstanding request hangs."""
+    if result.outcome is Outcome.HANG:
+        log.failed(
+            NEEDS_RESET_RULE,
+            f"DEVICE_NEEDS_RESET with a request outstanding: the driver hung ({result.detail})",
+        )
+    elif result.outcome is Outcome.NOT_PROBED:
+        return
+    else:
+        log.passed(NEEDS_RESET_RULE, f"DEVICE_NEEDS_RESET with a request outstanding: {result.outcome.value}")
 
 
 TRAP_EVENT_DISTANCE = 0x8000  # an avail_event no driver that honoured it would ever reach
@@ -245,9 +372,12 @@ def watch_host(
     watches: list[DriverWatch] | None = None,
     traps: bool = False,
     odd: str | None = None,
+    write_order: bool = False,
 ) -> Callable[[HostSetup], Callable[[], None] | None]:
     """An ``on_host`` hook (RunConfig) that puts a DriverWatch on every device (``odd``:
-    every mmio device presents that odd identification value, see run_driver_check)."""
+    every mmio device presents that odd identification value, see run_driver_check;
+    ``write_order``: the guest's avail ring writes are watched one by one, on the checked
+    memory path, see write_order.py)."""
 
     def attach(setup: HostSetup) -> Callable[[], None]:
         attached: list[DriverWatch] = []
@@ -270,6 +400,10 @@ def watch_host(
                 presented = [odd]
             if traps is not None and vdev is not setup.iommu_device:
                 set_traps(vdev)
+            if odd in TRAP_RUNS and vdev is not setup.iommu_device:
+                set_value_traps(vdev, odd)
+            if odd == NEEDS_RESET_RUN and vdev is not setup.iommu_device:
+                break_at_kick(vdev, NEEDS_RESET_AT_KICK)
             watch = DriverWatch(
                 log,
                 vdev,
@@ -282,8 +416,14 @@ def watch_host(
             attached.append(watch)
         if watches is not None:
             watches.extend(attached)
+        undo: Callable[[], None] | None = None
+        if write_order:
+            order = AvailWriteOrder(log, [w.source for w in attached])
+            undo = observe_guest_writes(setup.memory, order)
 
         def finish() -> None:
+            if undo is not None:
+                undo()
             for watch in attached:
                 watch.finish()
 
@@ -306,6 +446,7 @@ async def run_driver_check(
     workload: str | None = None,
     traps: bool = True,
     odd: str | None = None,
+    memory_path: str = "checked",
 ) -> RunResult | None:
     """One run of a guest (its policy may carry a seeded broken device class) against one
     device with a watch; None when a strict stop ended it. ``odd`` (mmio transports, a key
@@ -337,10 +478,48 @@ async def run_driver_check(
             iommu="virtio-iommu" if behind_iommu else "none",
             iommu_topology="spec",  # the driver's IOMMU use is judged on every transport
             on_host=watch_host(
-                log, transport, lambda _finding: scope.cancel(), attached, traps=traps, odd=odd
+                log,
+                transport,
+                lambda _finding: scope.cancel(),
+                attached,
+                traps=traps,
+                odd=odd,
+                # behind an IOMMU ring addresses are IOVAs, not the guest addresses written
+                write_order=memory_path == "checked" and not behind_iommu,
             ),
         )
         result = await run_embedded(cfg)
+        if odd == NEEDS_RESET_RUN:
+            try:
+                judge_needs_reset(log, result)
+            except StrictStop:
+                return None
+            return result
+        if odd in TRAP_RUNS:
+
+            async def control() -> RunResult | None:
+                return await run_driver_check(
+                    replace(policy_for_guest), device=device, transport=transport, ring=ring,
+                    log=FindingLog(log.level_of, Policy.LENIENT), seed=seed, timeout=timeout,
+                    device_props=device_props, workload=workload, traps=traps, odd=CONTROL_RUN,
+                    memory_path=memory_path,
+                )  # fmt: skip
+
+            try:
+                await judge_trap(log, odd, result, control)
+            except StrictStop:
+                return None
+            return result
+        refused = [w.unknown_refused for w in attached if w.unknown_refused]
+        if refused and odd is None:
+            try:
+                await judge_unknown(
+                    log, refused[0], policy_for_guest, device, transport, ring,
+                    seed=seed, timeout=timeout, device_props=device_props, workload=workload,
+                    traps=traps, memory_path=memory_path,
+                )  # fmt: skip
+            except StrictStop:
+                return None
         try:
             if policy_for_guest.pci_modern and transport == "pci-modern" and odd is None:
                 judge_presented(log, result, attached)
@@ -357,7 +536,9 @@ async def run_driver_target(
     spec: str, *, transport: str, ring: str, policy: Policy, catalog: Catalog
 ) -> FindingLog:
     """Run ``spec`` (driver:PROFILE[,props]) on ``transport`` with ``ring`` rings; every
-    driver-side finding lands in the returned log (strict: up to the first MUST failure)."""
+    driver-side finding lands in the returned log (strict: up to the first MUST failure).
+    Where the driver stops short of DRIVER_OK on a device offering an unknown feature bit,
+    a control run without the bit decides whether the bit was the cause (judge_unknown)."""
     target = parse_driver_spec(spec)
     known = known_deviations(target.profile, transport)
     if "iommu" in target.devices:  # the virtio-iommu itself is an mmio device
@@ -373,10 +554,24 @@ async def run_driver_target(
             log=log,
             seed=target.seed,
             device_props=target.device_props,
+            memory_path=target.memory_path,
+            workload=target.workload,
         )
         if result is None:
             break  # strict stop
     else:
+        for odd, (kind, _rules) in TRAP_RUNS.items():  # values the driver must cope with
+            if kind in target.devices and target.workload is None:
+                await run_driver_check(
+                    replace(guest), device=kind, transport=transport, ring=ring, log=log,
+                    seed=target.seed, device_props=target.device_props, odd=odd,
+                )  # fmt: skip
+        # the device breaks with a request outstanding (DEVICE_NEEDS_RESET, modern interfaces:
+        # the legacy interface has no such status bit)
+        if transport not in ("mmio-v1", "mmio", "pci-legacy"):
+            result = await run_driver_check(
+                replace(guest), device="rng", transport=transport, ring=ring, log=log, odd=NEEDS_RESET_RUN
+            )
         if transport in ("mmio-v2", "pci-modern"):  # a modern interface without VERSION_1
             result = await run_driver_check(
                 replace(guest), device="rng", transport=transport, ring=ring, log=log, odd=NO_VERSION_1
@@ -394,6 +589,42 @@ async def run_driver_target(
                 if result is None:
                     break
     return log
+
+
+async def judge_unknown(
+    log: FindingLog,
+    why: str,
+    guest: GuestPolicy,
+    device: str,
+    transport: str,
+    ring: str,
+    **run: Any,
+) -> None:
+    """The driver stopped short of DRIVER_OK on a device offering an unknown feature bit.
+    A control run of the same device without that bit says whether the bit was the
+    cause (FAIL) or the driver stops anyway, e.g. refusing the device by design (then the
+    rule is not decided, and the report says why)."""
+    control_log = FindingLog(log.level_of, Policy.LENIENT)
+    watches: list[DriverWatch] = []
+    await run_driver_check(
+        replace(guest),
+        device=device,
+        transport=transport,
+        ring=ring,
+        log=control_log,
+        watches=watches,
+        odd=CONTROL_RUN,
+        **run,
+    )
+    reached = any(w.driver_ok_seen for w in watches if w.device_type == WATCHED_TYPE.get(device, device))
+    if reached:
+        log.failed(UNKNOWN_RULE, f"{why}; without the unknown bit (control run) it does")
+    else:
+        log.untested(UNKNOWN_RULE, f"{why}; it does not reach DRIVER_OK without the bit either (control run)")
+
+
+#: the device type a driver target's device name is watched as
+WATCHED_TYPE = {"iommu": "blk"}
 
 
 def watch_vhost_backends(log: FindingLog, watches: list[DriverWatch]) -> Callable[[VhostUserBackend], None]:

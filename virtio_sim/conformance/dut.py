@@ -37,9 +37,11 @@ from host.build import HostConfig, HostSetup, build_host
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
-from virtio_sim.spec import DEVICE_TYPES, PCI
+from virtio_sim.spec import DEVICE_TYPES, NET_F, PCI
 
 RAM_SIZE = 64 << 20
+#: how a host device under test reaches guest RAM (open_host)
+MEMORY_PATHS = ("checked", "lease")
 #: the window of guest RAM the conformance driver allocates from (above what firmware uses)
 ARENA_OFFSET = 16 << 20
 ARENA_SIZE = 32 << 20
@@ -96,6 +98,9 @@ class Dut:
     notes: list[str] = field(default_factory=list)
     #: the guest CPU's byte order: what the legacy interface uses for rings and config
     guest_order: ByteOrder = "little"
+    #: which interface of a transitional PCI function the conformance driver uses:
+    #: "modern" (default) or "legacy" (its I/O BAR 0, as a legacy driver would)
+    interface: str = "modern"
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -173,6 +178,7 @@ def open_host(
     *,
     patch: Callable[[HostSetup], None] | None = None,
     guest_order: ByteOrder = "little",
+    memory_path: str = "checked",
 ) -> Dut:
     """Our host device ``device`` (a -device string) on ``transport``, in this process.
 
@@ -180,7 +186,14 @@ def open_host(
     virtio-rng endpoint behind it on ``transport`` that honours ACCESS_PLATFORM, so that
     translations and faults can be observed. ``patch`` lets test fixtures break the built
     devices before anything runs.
+
+    ``memory_path``: "checked" (default) gives the device an address space that records
+    every access (:attr:`Dut.trace`) and offers no direct windows, so the rings take their
+    checked path; "lease" gives it guest RAM's own address space, whose leases put the
+    rings on their fast path (no trace then: ordering rules are not decided from it).
     """
+    if memory_path not in MEMORY_PATHS:
+        raise DutError(f"memory path {memory_path!r}: {' or '.join(MEMORY_PATHS)}")
     name = device.split(",", 1)[0]
     trace: list[Access] = []
     scratch = tempfile.TemporaryDirectory(prefix="virtio-sim-conf-")
@@ -200,7 +213,11 @@ def open_host(
         iommu="virtio-iommu" if iommu else "none",
         iommu_topology="spec",  # the device model on its own: mmio transports are endpoints too
         guest_order=guest_order,
-        address_space=lambda mem: TracingSpace(IdentityAddressSpace(mem), trace),
+        address_space=(
+            (lambda mem: TracingSpace(IdentityAddressSpace(mem), trace))
+            if memory_path == "checked"
+            else IdentityAddressSpace
+        ),
     )
     try:
         setup = build_host(cfg)
@@ -216,7 +233,7 @@ def open_host(
         link=DirectLink(setup),
         memory=setup.memory,
         cmdline=setup.machine.kernel_cmdline(),
-        trace=trace,
+        trace=trace if memory_path == "checked" else None,
         key="iommu" if iommu else device_key(name),
         setup=setup,
         guest_order=guest_order,
@@ -231,11 +248,19 @@ def open_host(
 
 
 def _poke_host_config(setup: HostSetup) -> bool:
-    """A device-side config change: net link flap; others have none to offer."""
+    """A device-side config change: net link flap (down and up again, with
+    VIRTIO_NET_F_STATUS offered), blk image resize; rng, console without a size and the
+    IOMMU have none to offer."""
     for b in setup.built:
         set_link = getattr(b.model, "set_link", None)
-        if set_link is not None:
-            set_link(not getattr(b.model, "link_up", True))
+        if set_link is not None and getattr(b.model, "offered", 0) >> NET_F.STATUS & 1:
+            up = getattr(b.model, "link_up", True)
+            set_link(not up)  # a flap: two config changes, and the link as it was after
+            set_link(up)
+            return True
+        resize = getattr(b.model, "resize", None)
+        if resize is not None:
+            resize(int(getattr(b.model, "size_bytes", 0)) + (1 << 20))
             return True
     return False
 
@@ -285,7 +310,9 @@ async def open_transport(dut: Dut, *, want_key: str | None = None) -> OpenedTran
         if pdev.vendor_id != PCI.vendor_id:
             continue
         await bus.enable(pdev)
-        legacy = dut.transport == "pci-legacy"
+        legacy = dut.transport == "pci-legacy" or (
+            dut.transport == "pci-transitional" and dut.interface == "legacy"
+        )
         cls = PciLegacyTransport if legacy else PciModernTransport
         t2 = cls(dut.link, bus, pdev, dut.guest_order)
         try:

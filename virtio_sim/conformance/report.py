@@ -2,10 +2,16 @@
 
 A report lists every catalogue entry on the target's side (device targets: device-side
 entries, driver targets: driver-side ones) with its verdict: PASS, FAIL with the
-evidence, NOT_APPLICABLE (with why: a feature not negotiated, another transport) or
-NOT_COVERED (no checker decided it in this run). The summary counts verdicts by area and
-by level. :func:`catalog_coverage` is a property of the catalogue alone: the share of
-testable MUST/MUST NOT entries in the covered areas that some checker decides.
+evidence, KNOWN (a FAIL that is a documented deviation, with the reason), ERROR (the
+checker could not proceed, with the reason), NOT_APPLICABLE (with why: a feature not
+negotiated, another transport) or NOT_COVERED (no checker decided it in this run, or part
+of it was not exercised). The summary counts these by area and by level.
+
+Coverage (:func:`coverage`) is counted over every area of the catalogue except the
+out-of-scope ones (catalog.OUT_OF_SCOPE, stated in every report): for the testable
+MUST/MUST NOT entries, how many have a checker and how many the runs the report covers
+actually decided (PASS, FAIL or KNOWN). A checker that exists but decided nothing in these
+runs does not count as coverage.
 """
 
 from __future__ import annotations
@@ -19,9 +25,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from virtio_sim.conformance.catalog import COVERED_AREAS, Catalog
-from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Verdict
+from virtio_sim.conformance.catalog import COVERED_AREAS, OUT_OF_SCOPE, Catalog
+from virtio_sim.conformance.findings import DECIDED, MANDATORY_LEVELS, FindingLog, Verdict
+
+#: the columns of a report: the verdicts, with KNOWN (a documented FAIL) split out of FAIL
+SHOWN = ("PASS", "FAIL", "KNOWN", "ERROR", "NOT_APPLICABLE", "NOT_COVERED")
 
 
 @dataclass
@@ -39,6 +49,11 @@ class Row:
     #: KNOWN with the reason, not counted among the MUST failures
     known: str | None = None
 
+    @property
+    def shown(self) -> str:
+        """What the report prints: KNOWN for a documented FAIL, else the verdict."""
+        return "KNOWN" if self.verdict is Verdict.FAIL and self.known else self.verdict.value
+
 
 @dataclass
 class Report:
@@ -49,9 +64,23 @@ class Report:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     stopped: str | None = None  # the strict-policy stop, if any
+    #: ERRORs of the run as a whole (FindingLog.run_errors)
+    run_errors: list[str] = field(default_factory=list)
 
     def by_verdict(self, verdict: Verdict) -> list[Row]:
         return [r for r in self.rows if r.verdict is verdict]
+
+    def by_shown(self, shown: str) -> list[Row]:
+        return [r for r in self.rows if r.shown == shown]
+
+    @property
+    def errors(self) -> list[Row]:
+        return self.by_verdict(Verdict.ERROR)
+
+    @property
+    def failed(self) -> bool:
+        """Exit 1: a MUST/MUST NOT failure that is not KNOWN, or any ERROR."""
+        return bool(self.must_failures or self.errors or self.run_errors)
 
     @property
     def must_failures(self) -> list[Row]:
@@ -65,7 +94,7 @@ class Report:
         """Verdict counts per ``key`` ("area" or "level")."""
         out: dict[str, Counter[str]] = {}
         for r in self.rows:
-            out.setdefault(getattr(r, key), Counter())[r.verdict.value] += 1
+            out.setdefault(getattr(r, key), Counter())[r.shown] += 1
         return {k: dict(v) for k, v in sorted(out.items())}
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,7 +104,8 @@ class Report:
             "ring": self.ring,
             "policy": self.policy,
             "stopped": self.stopped,
-            "totals": dict(Counter(r.verdict.value for r in self.rows)),
+            "run_errors": self.run_errors,
+            "totals": dict(Counter(r.shown for r in self.rows)),
             "by_area": self.summary("area"),
             "by_level": self.summary("level"),
             "notes": self.notes,
@@ -85,7 +115,7 @@ class Report:
                     "area": r.area,
                     "level": r.level,
                     "section": r.section,
-                    "verdict": r.verdict.value,
+                    "verdict": r.shown,
                     "evidence": r.evidence,
                     "checker": r.checker,
                     "not_checkable": r.not_checkable,
@@ -155,93 +185,161 @@ def build_report(
         rows,
         notes,
         f"{stopped.requirement}: {'; '.join(stopped.evidence)}" if stopped is not None else None,
+        list(log.run_errors),
     )
 
 
-# -- catalogue coverage ------------------------------------------------------------------
+# -- coverage -----------------------------------------------------------------------------
+
+
+@dataclass
+class AreaCoverage:
+    testable: int = 0  # testable MUST/MUST NOT entries
+    has_checker: int = 0  # of those, with a checker named in the catalogue
+    decided: int = 0  # of those, PASS/FAIL/KNOWN in one of the runs counted
 
 
 @dataclass
 class Coverage:
-    covered: int
-    total: int
-    per_area: dict[str, tuple[int, int]]
-    per_actor: dict[str, tuple[int, int]]
+    per_area: dict[str, AreaCoverage]
+    per_actor: dict[str, AreaCoverage]
+    runs: int  # how many runs' decisions count
+    out_of_scope: dict[str, str] = field(default_factory=lambda: dict(OUT_OF_SCOPE))
+
+    def _sum(self, attr: str) -> int:
+        return sum(getattr(a, attr) for a in self.per_area.values())
 
     @property
-    def share(self) -> float:
-        return self.covered / self.total if self.total else 0.0
+    def testable(self) -> int:
+        return self._sum("testable")
+
+    @property
+    def has_checker(self) -> int:
+        return self._sum("has_checker")
+
+    @property
+    def decided(self) -> int:
+        return self._sum("decided")
+
+    @property
+    def share_decided(self) -> float:
+        return self.decided / self.testable if self.testable else 0.0
+
+    @property
+    def share_checker(self) -> float:
+        return self.has_checker / self.testable if self.testable else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        def one(a: AreaCoverage) -> dict[str, int]:
+            return {"testable": a.testable, "has_checker": a.has_checker, "decided": a.decided}
+
+        return {
+            "counts": "testable MUST/MUST NOT entries of every in-scope area",
+            "runs": self.runs,
+            "testable": self.testable,
+            "has_checker": self.has_checker,
+            "decided": self.decided,
+            "share_has_checker": round(self.share_checker, 4),
+            "share_decided": round(self.share_decided, 4),
+            "per_area": {k: one(v) for k, v in self.per_area.items()},
+            "per_actor": {k: one(v) for k, v in self.per_actor.items()},
+            "out_of_scope": self.out_of_scope,
+        }
+
+    def line(self) -> str:
+        return (
+            f"coverage of testable MUST/MUST NOT (all areas but {', '.join(self.out_of_scope)}): "
+            f"decided in {'this run' if self.runs == 1 else f'these {self.runs} runs'} "
+            f"{self.decided}/{self.testable} = {self.share_decided:.1%}; with a checker "
+            f"{self.has_checker}/{self.testable} = {self.share_checker:.1%}"
+        )
 
 
-def catalog_coverage(catalog: Catalog, areas: tuple[str, ...] = COVERED_AREAS) -> Coverage:
-    """Share of testable MUST/MUST NOT entries in ``areas`` that have a checker (a device
-    checker of this package or a driver checker from driver-checkers.toml)."""
-    per_area: dict[str, list[int]] = {a: [0, 0] for a in areas}
-    per_actor: dict[str, list[int]] = {}
+def decided_ids(logs: list[FindingLog]) -> set[str]:
+    """Ids PASS or FAIL (KNOWN included) in any of ``logs``."""
+    return {rid for log in logs for rid, f in log.findings.items() if f.verdict in DECIDED}
+
+
+def coverage(
+    catalog: Catalog, logs: list[FindingLog] | None = None, areas: tuple[str, ...] = COVERED_AREAS
+) -> Coverage:
+    """Per area and actor: testable MUST/MUST NOT entries, how many have a checker and how
+    many ``logs`` decided (``logs`` None: the catalogue alone, decided 0)."""
+    done = decided_ids(logs or [])
+    per_area = {a: AreaCoverage() for a in areas}
+    per_actor: dict[str, AreaCoverage] = {}
     for e in catalog.entries.values():
         if e.area not in per_area or not e.testable or e.level not in MANDATORY_LEVELS:
             continue
-        hit = int(e.checker is not None)
-        per_area[e.area][0] += hit
-        per_area[e.area][1] += 1
-        slot = per_actor.setdefault(e.actor, [0, 0])
-        slot[0] += hit
-        slot[1] += 1
-    covered = sum(v[0] for v in per_area.values())
-    total = sum(v[1] for v in per_area.values())
-    return Coverage(
-        covered,
-        total,
-        {a: (v[0], v[1]) for a, v in per_area.items()},
-        {a: (v[0], v[1]) for a, v in sorted(per_actor.items())},
-    )
+        for slot in (per_area[e.area], per_actor.setdefault(e.actor, AreaCoverage())):
+            slot.testable += 1
+            slot.has_checker += e.checker is not None
+            slot.decided += e.id in done
+    return Coverage(per_area, dict(sorted(per_actor.items())), len(logs or []))
+
+
+def catalog_coverage(catalog: Catalog, areas: tuple[str, ...] = COVERED_AREAS) -> Coverage:
+    """The catalogue alone: which testable MUST/MUST NOT entries have a checker."""
+    return coverage(catalog, None, areas)
 
 
 # -- output formats -----------------------------------------------------------------------
 
 
-def to_json(report: Report, coverage: Coverage | None = None) -> str:
+def to_json(report: Report, cov: Coverage | None = None) -> str:
     data = report.to_dict()
-    if coverage is not None:
-        data["catalog_coverage"] = {
-            "covered": coverage.covered,
-            "total": coverage.total,
-            "share": round(coverage.share, 4),
-            "per_area": {a: {"covered": c, "total": t} for a, (c, t) in coverage.per_area.items()},
-        }
+    if cov is not None:
+        data["coverage"] = cov.to_dict()
     return json.dumps(data, indent=2)
 
 
 def to_junit(report: Report) -> str:
-    """One testcase per requirement: FAIL is a failure, NOT_APPLICABLE / NOT_COVERED are
-    skipped (with why), so CI dashboards show the same picture as the terminal."""
+    """One testcase per requirement: FAIL is a failure, ERROR an error (with the reason),
+    KNOWN a skip marked xfail with the documented reason, NOT_APPLICABLE / NOT_COVERED
+    skipped (with why), so CI dashboards show the same picture as the terminal. Run-level
+    errors are one more errored testcase."""
+    skipped = [r for r in report.rows if r.shown in ("KNOWN", "NOT_APPLICABLE", "NOT_COVERED")]
     suite = ET.Element(
         "testsuite",
         name=f"conformance {report.target} {report.transport} {report.ring}",
-        tests=str(len(report.rows)),
-        failures=str(len(report.by_verdict(Verdict.FAIL))),
-        skipped=str(
-            len(report.by_verdict(Verdict.NOT_APPLICABLE)) + len(report.by_verdict(Verdict.NOT_COVERED))
-        ),
+        tests=str(len(report.rows) + bool(report.run_errors)),
+        failures=str(len(report.by_shown("FAIL"))),
+        errors=str(len(report.errors) + bool(report.run_errors)),
+        skipped=str(len(skipped)),
     )
     for r in report.rows:
         case = ET.SubElement(suite, "testcase", classname=f"{r.area}.{r.level.replace(' ', '_')}", name=r.id)
-        if r.verdict is Verdict.FAIL:
+        if r.shown == "KNOWN":
+            ET.SubElement(case, "skipped", type="xfail", message=f"KNOWN deviation (xfail): {r.known}")
+        elif r.verdict is Verdict.FAIL:
             fail = ET.SubElement(case, "failure", message=f"{r.level} violated")
             fail.text = "\n".join(r.evidence)
+        elif r.verdict is Verdict.ERROR:
+            err = ET.SubElement(case, "error", message="the checker could not proceed")
+            err.text = "\n".join(r.evidence)
         elif r.verdict is Verdict.NOT_APPLICABLE:
             ET.SubElement(case, "skipped", message="not applicable: " + "; ".join(r.evidence))
         elif r.verdict is Verdict.NOT_COVERED:
-            ET.SubElement(
-                case, "skipped", message="not covered: " + (r.not_checkable or "no verdict this run")
-            )
+            why = "; ".join(r.evidence) or r.not_checkable or "no verdict this run"
+            ET.SubElement(case, "skipped", message="not covered: " + why)
+    if report.run_errors:
+        case = ET.SubElement(suite, "testcase", classname="run", name="run")
+        err = ET.SubElement(case, "error", message="the run could not proceed")
+        err.text = "\n".join(report.run_errors)
     return str(ET.tostring(suite, encoding="unicode"))
 
 
-_COLOURS = {"PASS": "#d4f7d4", "FAIL": "#f7c6c6", "NOT_APPLICABLE": "#eeeeee", "NOT_COVERED": "#fff4c2"}
+_COLOURS = {
+    "PASS": "#d4f7d4",
+    "FAIL": "#f7c6c6",
+    "KNOWN": "#e6d9f7",
+    "ERROR": "#f7a8a8",
+    "NOT_APPLICABLE": "#eeeeee",
+    "NOT_COVERED": "#fff4c2",
+}
 
 
-def to_html(report: Report, coverage: Coverage | None = None) -> str:
+def to_html(report: Report, cov: Coverage | None = None) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -253,13 +351,14 @@ def to_html(report: Report, coverage: Coverage | None = None) -> str:
     ]
     if report.stopped:
         parts.append(f"<p><b>Stopped (strict) at:</b> {esc(report.stopped)}</p>")
-    if coverage is not None:
-        parts.append(
-            f"<p>Catalogue coverage of testable MUST/MUST NOT in the covered areas: "
-            f"{coverage.covered}/{coverage.total} ({coverage.share:.0%})</p>"
-        )
+    for e in report.run_errors:
+        parts.append(f"<p><b>ERROR:</b> {esc(e)}</p>")
+    if cov is not None:
+        parts.append(f"<p>{esc(cov.line())}</p>")
+        for area, why in cov.out_of_scope.items():
+            parts.append(f"<p>Out of scope: {esc(area)}: {esc(why)}</p>")
     parts.append("<h2>By area</h2><table><tr><th>area</th>")
-    verdicts = [v.value for v in Verdict]
+    verdicts = list(SHOWN)
     parts += [f"<th>{v}</th>" for v in verdicts] + ["</tr>"]
     for area, counts in report.summary("area").items():
         parts.append(
@@ -270,36 +369,45 @@ def to_html(report: Report, coverage: Coverage | None = None) -> str:
     )
     for r in report.rows:
         detail = "; ".join(r.evidence) or (r.not_checkable or "")
+        if r.known:
+            detail = f"KNOWN deviation: {r.known}. Evidence: {detail}"
         parts.append(
-            f"<tr style='background:{_COLOURS[r.verdict.value]}'><td>{esc(r.id)}</td><td>{esc(r.level)}</td>"
-            f"<td>{r.verdict.value}</td><td>{esc(detail)}</td></tr>"
+            f"<tr style='background:{_COLOURS[r.shown]}'><td>{esc(r.id)}</td><td>{esc(r.level)}</td>"
+            f"<td>{r.shown}</td><td>{esc(detail)}</td></tr>"
         )
     parts.append("</table></body></html>")
     return "\n".join(parts)
 
 
-def print_report(report: Report, console: Console, coverage: Coverage | None = None) -> None:
-    """Failures in full, then verdict counts per area and level."""
-    fails = report.by_verdict(Verdict.FAIL)
-    if fails:
-        t = Table(title=f"FAIL ({len(fails)})")
-        for col in ("requirement", "level", "evidence"):
+def print_report(report: Report, console: Console, cov: Coverage | None = None) -> None:
+    """Failures, errors and known deviations in full, then counts per area and level.
+    Evidence and reasons are data (they quote the device): printed without markup."""
+    for shown in ("FAIL", "ERROR", "KNOWN"):
+        rows = report.by_shown(shown)
+        if not rows:
+            continue
+        t = Table(title=f"{shown} ({len(rows)})")
+        for col in ("requirement", "level", "evidence" if shown != "KNOWN" else "documented deviation"):
             t.add_column(col)
-        for r in fails:
-            t.add_row(r.id, r.level, "; ".join(r.evidence)[:200])
+        for r in rows:
+            detail = "; ".join(r.evidence)
+            if shown == "KNOWN":
+                detail = f"{r.known} (evidence: {detail})"
+            t.add_row(r.id, r.level, Text(detail[:300]))
         console.print(t)
     for key in ("area", "level"):
         t = Table(title=f"{report.target} [{report.transport}, {report.ring}] by {key}")
         t.add_column(key)
-        for v in Verdict:
-            t.add_column(v.value, justify="right")
+        for v in SHOWN:
+            t.add_column(v, justify="right")
         for name, counts in report.summary(key).items():
-            t.add_row(name, *(str(counts.get(v.value, 0)) for v in Verdict))
+            t.add_row(name, *(str(counts.get(v, 0)) for v in SHOWN))
         console.print(t)
     if report.stopped:
-        console.print(f"[bold red]strict policy: stopped at {report.stopped}[/]")
-    if coverage is not None:
-        console.print(
-            f"catalogue coverage (testable MUST/MUST NOT, covered areas): "
-            f"{coverage.covered}/{coverage.total} = {coverage.share:.1%}"
-        )
+        console.print(Text(f"strict policy: stopped at {report.stopped}", style="bold red"))
+    for e in report.run_errors:
+        console.print(Text(f"ERROR: {e}", style="bold red"))
+    if cov is not None:
+        console.print(Text(cov.line()))
+        for area, why in cov.out_of_scope.items():
+            console.print(Text(f"out of scope: {area}: {why}"))

@@ -110,23 +110,48 @@ def run_cell(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str, Any]
 
 
 def run_cell_qemu(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str, Any]:
-    """``run_cell`` with QEMU's device models (``--device-backend qemu``)."""
+    """``run_cell`` with QEMU's device models (``--device-backend qemu``), on the QEMU
+    machine type that keeps the cell's device generation (pc-i440fx-X.Y for PCI, microvm
+    for virtio-mmio where the generation has it); the generation's property values are
+    left to that machine type's compat tables."""
     from virtio_sim.qemu.run import run_qemu
 
-    out = _run_cell(cell, timeout, seed, run_qemu)
+    machine = compat_machine(_device(cell.device), cell.transport)
+
+    async def runner(cfg: RunConfig) -> RunResult:
+        return await run_qemu(cfg, machine=machine)
+
+    out = _run_cell(cell, timeout, seed, runner, abi=False)
     out["device_backend"] = "qemu"
+    out["machine"] = machine  # the compat machine type the cell ran on
     return out
 
 
-#: what QEMU's devices can be asked for: QEMU 7.2 itself, split rings, and a
-#: guest whose RAM QEMU holds in plain (no restricted-memory drivers)
-QEMU_BACKEND_DEVICE = "qemu-7.2"
+def compat_machine(device: DeviceProfile, transport: str) -> str:
+    """The QEMU machine type a device generation runs on for ``transport`` ("" : none)."""
+    return device.mmio_machine if transport.startswith("mmio") else device.pci_machine
 
 
 def validate_cell_for_qemu(cell: Cell) -> None:
+    """Cells QEMU's devices cannot run are refused before any starts, one line each:
+    no compat machine for the generation (or not in the installed QEMU), an IOMMU,
+    another -M, packed rings, restricted-memory guests."""
+    from virtio_sim.qemu.tools import installed_machines
+
     problems = []
-    if cell.device != QEMU_BACKEND_DEVICE:
-        problems.append(f"device={cell.device} (QEMU's devices are {QEMU_BACKEND_DEVICE})")
+    device = _device(cell.device)
+    machine = compat_machine(device, cell.transport)
+    kind = "virtio-mmio" if cell.transport.startswith("mmio") else "virtio-pci"
+    if not machine:
+        problems.append(
+            f"device={cell.device} has no QEMU machine type for {kind} (its profile's [qemu] notes say why)"
+        )
+    else:
+        known = installed_machines()
+        if known is not None and machine not in known:
+            problems.append(
+                f"device={cell.device} needs machine type {machine}, which the installed QEMU lacks"
+            )
     # --iommu virtio-iommu runs against QEMU's own virtio-iommu-pci (run_qemu adds it); on
     # a machine without PCI QEMU refuses it, and the cell says so (HOST_REFUSED)
     if _machine_option(cell) is not None:
@@ -136,13 +161,10 @@ def validate_cell_for_qemu(cell: Cell) -> None:
     if _driver(cell.driver).restricted_memory:
         problems.append(f"driver={cell.driver} (private guest pages need our host)")
     if problems:
-        raise MatrixError(
-            f"cell {cell.id} cannot run on QEMU's devices: {'; '.join(problems)}"
-            f" (select --device {QEMU_BACKEND_DEVICE} and a plain-memory driver)"
-        )
+        raise MatrixError(f"cell {cell.id} cannot run on QEMU's devices: {'; '.join(problems)}")
 
 
-def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, Any]:
+def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any, *, abi: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     driver = _driver(cell.driver)
     device = _device(cell.device)
@@ -155,7 +177,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any) -> dict[str, A
     )
     try:
         check_iommu_model(cell.iommu, _machine_has_pci(cell), device)
-        option = device_option(request, device)
+        option = device_option(request, device, abi=abi)
     except PropertyError as e:
         result = RunResult(Outcome.HOST_REFUSED, transport=cell.transport, detail=str(e))
     else:

@@ -33,7 +33,7 @@ from virtio_sim.qemu.machines import machine_args, qemu_devices
 from virtio_sim.qemu.qtest import spawn_qtest
 from virtio_sim.qemu.run import run_qemu
 from virtio_sim.qemu.tools import QEMU_X86, require_qemu
-from virtio_sim.spec import DEVICE_TYPES, FEATURES, legacy_only_transport_features
+from virtio_sim.spec import DEVICE_TYPES, FEATURES
 
 LEGACY_TRANSPORTS = ("mmio-v1", "pci-legacy")
 LEGACY_FEATURE_MASK = 0xFFFFFFFF  # a legacy interface has one 32-bit feature word
@@ -62,12 +62,12 @@ class Comparison:
 
 
 def visible_offer(result: RunResult, transport: str, ours: bool) -> int:
-    """The offered bits the guest can read: one 32-bit word through a legacy interface;
-    without the legacy-only bits through a modern one (our host reports its whole offer,
-    QEMU's result is already the guest's view)."""
+    """The offered bits the guest can read: one 32-bit word through a legacy interface.
+    Both backends report ``device_features`` as the guest read them (RunResult), so
+    ``ours`` no longer changes anything; it is kept for callers."""
     if transport in LEGACY_TRANSPORTS:
         return result.device_features & LEGACY_FEATURE_MASK
-    return result.device_features & ~(legacy_only_transport_features() if ours else 0)
+    return result.device_features
 
 
 def _bits(mask: int, key: str) -> list[str]:

@@ -45,11 +45,24 @@ OUR_EXTENSIONS = "x-"  # properties QEMU does not have (QEMU's own x- ones are n
 _FACTS: dict[str, Any] = load_toml("qemu_machines.toml")
 
 
+#: versioned machine types (QEMU's compat machines) -> the family whose facts they share
+VERSIONED_FAMILIES = {"pc-i440fx-": "pc", "pc-q35-": "q35"}
+
+
+def machine_family(machine: str) -> str:
+    """``pc-i440fx-2.6`` -> ``pc``, ``pc-q35-5.0`` -> ``q35``; other names are their own."""
+    for prefix, family in VERSIONED_FAMILIES.items():
+        if machine.startswith(prefix):
+            return family
+    return machine
+
+
 def _fact(machine: str, key: str) -> Any:
+    family = machine_family(machine)
     try:
-        return _FACTS[machine][key]
+        return _FACTS[family][key]
     except KeyError:
-        raise KeyError(f"specs/qemu_machines.toml: [{machine}] has no {key!r}") from None
+        raise KeyError(f"specs/qemu_machines.toml: [{family}] has no {key!r}") from None
 
 
 @dataclass
@@ -63,6 +76,7 @@ class QemuDevices:
 
 
 MMIO_MACHINES = ("microvm", "virt")
+PCI_MACHINES = ("q35", "pc")
 
 
 def machine_of(transport: str, machine: str | None = None) -> str:
@@ -75,9 +89,13 @@ def machine_of(transport: str, machine: str | None = None) -> str:
         choices = ", ".join(MMIO_MACHINES)
         raise PropertyError(f"machine {machine!r} has no virtio-mmio transports here ({choices})")
     if transport in PCI_TRANSPORTS:
-        if machine not in (None, "q35"):
-            raise PropertyError(f"PCI transports run on q35 here, not on {machine!r}")
-        return "q35"
+        if machine is None:
+            return "q35"
+        if machine_family(machine) in PCI_MACHINES:
+            return machine
+        raise PropertyError(
+            f"PCI transports run on q35, pc-q35-X.Y or pc-i440fx-X.Y here, not on {machine!r}"
+        )
     raise PropertyError(f"transport {transport!r} has no QEMU machine here ({', '.join(QEMU_TRANSPORTS)})")
 
 
@@ -147,12 +165,15 @@ def machine_args(
     """QEMU's -M/-m/-cpu/-global arguments; ``acpi=False`` only on microvm (acpi=off)."""
     machine = machine_of(transport, machine)
     spec = _fact(machine, "machine")
+    family = machine_family(machine)
+    if family != machine:  # a versioned compat machine: its type, the family's options
+        spec = machine + spec.removeprefix(family)
     if not acpi:
         if machine != "microvm":
             raise PropertyError(f"only microvm runs here without ACPI, not {machine!r}")
         spec += ",acpi=off"
     args = ["-M", spec, "-m", f"{ram_size >> 20}M"]
-    if "cpu" in _FACTS[machine]:
+    if "cpu" in _FACTS[family]:
         args += ["-cpu", _fact(machine, "cpu")]
     if transport == "mmio-v1":
         args += ["-global", "virtio-mmio.force-legacy=on"]
@@ -171,7 +192,7 @@ def irq_controller(transport: str, machine: str | None = None) -> str:
 def install_acpi(client: QtestClient, machine: str) -> LinkedTables:
     """Do what SeaBIOS/EDK2 do with QEMU's ACPI tables: read them from fw_cfg, run the
     table loader into the machine's firmware window and leave them in guest RAM."""
-    facts = _FACTS[machine]
+    facts = _FACTS[machine_family(machine)]
     if "pciexbar_offset" in facts:
         enable_mmconfig(client, machine)
     high = tuple(_fact(machine, "acpi_high"))
@@ -229,6 +250,22 @@ def _cfg_write(client: QtestClient, dev: int, fn: int, offset: int, size: int, v
     client.pio_write(CONF1.data_port + offset % DWORD, size, value)
 
 
+def piix_irq(slot: int, pin: int) -> int | None:
+    """The ISA IRQ INTx ``pin`` (1 = INTA) of a bus-0 ``slot`` reaches on QEMU's i440fx
+    once firmware routed PIRQ A-D (SeaBIOS: pci_slot_get_irq for the PIIX)."""
+    if not 1 <= pin <= 4:
+        return None
+    irqs = _fact("pc", "pirq_irqs")
+    return int(irqs[(pin - 1 + slot - 1) % len(irqs)])
+
+
+def route_piix_pirqs(client: QtestClient) -> None:
+    """SeaBIOS's piix_isa_bridge_setup: PIRQ A-D of the PIIX3 (00:01.0) to their IRQs."""
+    bridge, register = _fact("pc", "isa_bridge_slot"), _fact("pc", "pirq_route_register")
+    for i, irq in enumerate(_fact("pc", "pirq_irqs")):
+        _cfg_write(client, bridge, 0, register + i, 1, irq)
+
+
 def q35_gsi(slot: int, pin: int) -> int | None:
     """The IOAPIC pin INTx ``pin`` (1 = INTA) of a bus-0 ``slot`` reaches on QEMU's q35."""
     if not 1 <= pin <= 4 or slot >= _fact("q35", "routed_slots"):
@@ -241,11 +278,15 @@ def q35_gsi(slot: int, pin: int) -> int | None:
 IOMMU_DEVICE = "virtio-iommu-pci"  # QEMU's virtio-iommu; it translates PCI endpoints only
 
 
-def route_pci_interrupts(client: QtestClient) -> None:
+def route_pci_interrupts(client: QtestClient, machine: str = "q35") -> None:
     """Program every bus-0 function's interrupt line, as SeaBIOS does (QEMU's q35 PIRQ
     routing). Nothing is described on the command line any more: the ECAM comes from
     QEMU's MCFG (after :func:`enable_mmconfig`) and the windows from its PCI0 _CRS; a
-    virtio-iommu-pci and its endpoints from its VIOT (all through ``acpi_rsdp=``)."""
+    virtio-iommu-pci and its endpoints from its VIOT (all through ``acpi_rsdp=``).
+    On i440fx (``pc``, ``pc-i440fx-X.Y``) the PIIX3's PIRQ routing is set up first."""
+    pc = machine_family(machine) == "pc"
+    if pc:
+        route_piix_pirqs(client)
     for dev in range(PCI_CFG.devices_per_bus):
         functions = 1
         for fn in range(PCI_CFG.functions_per_device):
@@ -260,7 +301,7 @@ def route_pci_interrupts(client: QtestClient) -> None:
             if fn == 0 and header & PCI_CFG.header_type_multifunction:
                 functions = PCI_CFG.functions_per_device
             pin = _cfg_read(client, dev, fn, PCI_HEADER["interrupt_pin"], 1)
-            gsi = q35_gsi(dev, pin)
+            gsi = piix_irq(dev, pin) if pc else q35_gsi(dev, pin)
             if gsi is not None:
                 _cfg_write(client, dev, fn, PCI_HEADER["interrupt_line"], 1, gsi)
 
@@ -271,7 +312,7 @@ def describe(client: QtestClient, transport: str, machine: str | None = None, *,
     mmio machines with ACPI, whose DSDT lists the transports; microvm's own
     ``virtio_mmio.device=`` list with acpi=off."""
     if transport in PCI_TRANSPORTS:
-        route_pci_interrupts(client)
+        route_pci_interrupts(client, machine_of(transport, machine))
         return ""
     name = machine_of(transport, machine)
     return "" if acpi else describe_mmio(client, name, acpi=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
+from functools import cache
 
 QEMU_INSTALL_HINT = "apt-get install qemu-system-x86 qemu-system-arm"
 BUSYBOX_INSTALL_HINT = "apt-get install busybox-static"
@@ -55,3 +57,20 @@ def static_busybox() -> str:
         if path and os.path.exists(path) and is_static_elf(path):
             return path
     raise MissingTool(f"no statically linked busybox found ({BUSYBOX_INSTALL_HINT})")
+
+
+@cache
+def installed_machines(name: str = QEMU_X86) -> frozenset[str] | None:
+    """The machine types ``name -M help`` lists (None: QEMU missing or unreadable), so a
+    generation whose compat machine this QEMU lacks is refused up front, not at start."""
+    path = qemu_binary(name)
+    if path is None:
+        return None
+    try:
+        done = subprocess.run([path, "-M", "help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    lines = done.stdout.splitlines()[1:]  # "Supported machines are:"
+    return frozenset(line.split()[0] for line in lines if line.strip())
