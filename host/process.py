@@ -55,6 +55,7 @@ from virtio_sim.handshake import (
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.lifeline import wait_for_stdin_eof
 from virtio_sim.memory import GuestMemory
+from virtio_sim.peertext import peer_text
 from virtio_sim.sockets import (
     FRAME_TIMEOUT,
     Address,
@@ -275,7 +276,7 @@ class HostServer:
     # -- output -----------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        print(f"virtio-sim host: {message}", file=self.err, flush=True)
+        print(f"virtio-sim host: {peer_text(message)}", file=self.err, flush=True)  # guests' words are data
 
     def emit(self, event: dict[str, Any]) -> None:
         print(json.dumps(event), file=self.out, flush=True)

@@ -23,6 +23,7 @@ import trio
 from host.devices.base import PropertyError
 from host.qdev import build_device, parse_device_option
 from host.vhost_user import VhostUserBackend, serve_socket
+from virtio_sim.argtypes import positive_seconds
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 SUPPORTED = ("virtio-rng-device", "virtio-blk-device")
@@ -41,7 +42,7 @@ def add_vhost_user_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument(
         "--connect-timeout",
-        type=float,
+        type=positive_seconds,
         default=None,
         help="give up when no front-end connects within this many seconds",
     )

@@ -33,7 +33,7 @@ from virtio_sim import cli, wire
 from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
 from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
-from virtio_sim.attacks.corpus_wire import run_wire_corpus, vu
+from virtio_sim.attacks.corpus_wire import ListeningWatch, run_wire_corpus, vu
 from virtio_sim.attacks.device_side import (
     IGNORED_NEEDS_RESET,
     TOLERABLE,
@@ -598,11 +598,12 @@ async def test_bound_connections(tmp_path: Path) -> None:
     opts = HostOptions(
         listen=UnixAddress(path), devices=["virtio-rng-device"], ram_size=2 << 20, max_guests=2
     )
-    server = HostServer(plan_host(opts), out=io.StringIO(), err=io.StringIO())
+    events = ListeningWatch()
+    server = HostServer(plan_host(opts), out=events, err=io.StringIO())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
-        while not Path(path).exists():
-            await trio.sleep(0.01)
+        with trio.fail_after(5):
+            await events.listening.wait()  # listen() done, not just bind()
         held = [await trio.open_unix_socket(path) for _ in range(2)]
         with trio.fail_after(5):
             while len(server.live) < 2:

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 
 import trio
 from rich.console import Console
+from rich.text import Text
 
 from guest.profile import guest_policy
 from guest.workloads import WORKLOADS
+from virtio_sim.argtypes import positive_seconds
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
-from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
+from virtio_sim.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from virtio_sim.matrix.cli import (
     add_compat_arguments,
     add_matrix_arguments,
@@ -23,6 +25,7 @@ from virtio_sim.matrix.cli import (
     cmd_matrix,
 )
 from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.peertext import peer_text, plain
 from virtio_sim.profiles import ProfileError, load_driver_profile
 from virtio_sim.spec import LIMITS
 
@@ -57,16 +60,6 @@ def _qemu_ram(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="virtio-sim", description="virtio feature-negotiation and vring emulator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -85,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-m", "--ram", dest="ram", type=_qemu_ram, default="64M",
         help="guest RAM in QEMU's -m syntax: [size=]N[K|M|G|T], a bare N is MiB (default 64M)",
     )  # fmt: skip
-    run.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    run.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds before HANG")
     run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
     run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument(
@@ -189,11 +182,11 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="guest RAM: shared memfd (Unix only) or DMA messages; auto picks shared if possible",
     )
     host.add_argument(
-        "--handshake-timeout", type=_positive_float, default=5.0,
+        "--handshake-timeout", type=positive_seconds, default=5.0,
         help="seconds a new guest has to complete the handshake (5)",
     )  # fmt: skip
     host.add_argument(
-        "--frame-timeout", type=_positive_float, default=5.0,
+        "--frame-timeout", type=positive_seconds, default=5.0,
         help="seconds a started frame has to arrive completely (5)",
     )  # fmt: skip
     host.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
@@ -217,7 +210,7 @@ def _add_guest_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         default=None,
         help="the host's rng seed / blk pattern seed, to verify data end to end",
     )
-    guest.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds before HANG")
+    guest.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds before HANG")
     guest.add_argument(
         "--pci-force-legacy",
         action="store_true",
@@ -257,17 +250,26 @@ def _load_secret(args: argparse.Namespace) -> bytes | None:
     return secret
 
 
-def _print_human(result: RunResult) -> None:
-    console = Console()
+def print_human(result: RunResult, console: Console | None = None) -> None:
+    """The result for people. Device names, drive paths and details are data (a drive path
+    or a host's ERROR message may hold ``[/x]``): rich Text throughout, never markup."""
+    console = console or Console()
     colour = "green" if result.outcome is Outcome.OK else "red"
-    console.print(f"[bold {colour}]{result.outcome}[/] {result.device} over {result.transport}")
-    console.print(f"  offered    {result.device_features:#x}")
-    console.print(f"  acked      {result.driver_features:#x}  ({', '.join(result.negotiated) or '-'})")
-    console.print(f"  status     {' -> '.join(result.status_trace) or '-'}")
+    head = Text.assemble(
+        (str(result.outcome), f"bold {colour}"), " ", plain(result.device), " over ", plain(result.transport)
+    )
+    console.print(head)
+    negotiated = ", ".join(result.negotiated) or "-"
+    rows = [
+        ("offered", f"{result.device_features:#x}"),
+        ("acked", f"{result.driver_features:#x}  ({negotiated})"),
+        ("status", " -> ".join(result.status_trace) or "-"),
+    ]
     if result.ring:
-        r = result.ring
-        console.print(f"  ring       {r.get('format')}, barriers {r.get('barriers')}")
-    console.print(f"  detail     {result.detail}")
+        rows.append(("ring", f"{result.ring.get('format')}, barriers {result.ring.get('barriers')}"))
+    rows.append(("detail", result.detail))
+    for name, value in rows:
+        console.print(Text.assemble(f"  {name:<10} ", plain(value)))
 
 
 def _error(message: str) -> None:
@@ -340,9 +342,9 @@ def _guest(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(done.result.to_json(), indent=2), flush=True)
         else:
-            _print_human(done.result)
+            print_human(done.result)
     if done.message:
-        print(f"virtio-sim guest: {done.message}", file=sys.stderr, flush=True)
+        print(f"virtio-sim guest: {peer_text(done.message)}", file=sys.stderr, flush=True)
     return done.status
 
 
@@ -357,12 +359,12 @@ def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool)
         if as_json:
             print(json.dumps(done.result.to_json(), indent=2), flush=True)
         else:
-            _print_human(done.result)
+            print_human(done.result)
     if done.message:
-        print(f"virtio-sim: {done.message}", file=sys.stderr, flush=True)
+        print(f"virtio-sim: {peer_text(done.message)}", file=sys.stderr, flush=True)
         for name, text in (("host", done.host_stderr), ("guest", done.guest_stderr)):
             for line in text.strip().splitlines()[-5:]:
-                print(f"  [{name}] {line}", file=sys.stderr)
+                print(f"  [{name}] {peer_text(line)}", file=sys.stderr)
     return done.status
 
 
@@ -383,6 +385,25 @@ def _bench(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command; a reader that closed our stdout (``| head -c1``) ends it quietly.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError wherever it
+    happens. That is not an error of the run: stdout is pointed at /dev/null (so the flush
+    at interpreter exit cannot raise again) and the status is 141, what a shell reports for
+    a C tool killed by SIGPIPE (``yes | head``), so ``set -o pipefail`` scripts see it.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
         return _bench(args_list[1:])
@@ -456,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps(result.to_json(), indent=2))
         else:
-            _print_human(result)
+            print_human(result)
         return 0 if result.outcome is Outcome.OK else 1
     return EXIT_USAGE
 

@@ -409,6 +409,7 @@ class WireLimits:
     max_dma_chunk: int
     max_guest_ram: int
     max_memory_regions: int
+    max_error_chars: int
 
 
 class VhostUserMessageLimits:

@@ -27,6 +27,7 @@ import construct as cs
 import trio
 
 from virtio_sim.layouts import fast_codec
+from virtio_sim.peertext import cap
 from virtio_sim.spec import LIMITS
 
 PROTOCOL_MAGIC = 0x5654  # "VT"
@@ -264,12 +265,16 @@ def _parse_var(declaration: Any, frame: Frame) -> Any:
 
 
 def error(code: int, message: str) -> Frame:
-    return Frame(MsgType.ERROR, 0, ErrorPayload.build({"code": code, "message": message[:4000]}))
+    """An ERROR frame; the message is cut to the protocol's bound (max_error_chars)."""
+    return Frame(MsgType.ERROR, 0, ErrorPayload.build({"code": code, "message": cap(message)}))
 
 
 def parse_error(frame: Frame) -> tuple[int, str]:
+    """(code, message) of an ERROR frame. A peer's message longer than the protocol allows
+    (its u16 length admits 65535 bytes) is cut to max_error_chars here, on receive, so no
+    caller keeps or shows more (the guest CLI took 70 s to render 60,000 characters)."""
     p = _parse_var(ErrorPayload, frame)
-    return int(p.code), str(p.message)
+    return int(p.code), cap(str(p.message))
 
 
 def bye() -> Frame:

@@ -55,6 +55,7 @@ def add_fuzz_arguments(p: argparse.ArgumentParser) -> None:
 
 def _list() -> int:
     from host.devices.hostile import LIES
+    from virtio_sim.attacks.corpus_text import TEXT_CASES
     from virtio_sim.attacks.corpus_wire import CASES
     from virtio_sim.attacks.device_side import driver_targets
     from virtio_sim.attacks.targets import all_targets
@@ -69,6 +70,8 @@ def _list() -> int:
     print("wire cases (--target wire):")
     for c in CASES:
         print(f"  {c.id:34} {c.target:11} {c.title}")
+    for t in TEXT_CASES:
+        print(f"  {t.id:34} {'guest':11} {t.title}")
     print(f"host targets: {', '.join(t.name for t in all_targets())}")
     print(f"driver targets: {', '.join(t.name for t in driver_targets())}")
     print(f"rows (specs/attacks.toml): {len(table)}")
@@ -108,13 +111,17 @@ def cmd_attack(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory(prefix="virtio-sim-reverse-") as tmp:
                 return _report([run_driver_case(t, lie, tmp) for t, lie in cases], args.json)
         if target == "wire":
+            from virtio_sim.attacks.corpus_text import TEXT_CASES, run_text_corpus
             from virtio_sim.attacks.corpus_wire import CASES, run_wire_corpus
 
             chosen = [c for c in CASES if args.scenario in ("all", c.id)]
-            if not chosen:
+            texts = [t for t in TEXT_CASES if args.scenario in ("all", t.id)]
+            if not chosen and not texts:
                 raise ValueError(f"unknown wire case {args.scenario!r}")
             with tempfile.TemporaryDirectory(prefix="virtio-sim-wire-") as tmp:
-                return _report(trio.run(run_wire_corpus, tmp, chosen), args.json)
+                results = trio.run(run_wire_corpus, tmp, chosen) if chosen else []
+                results += trio.run(run_text_corpus, tmp, texts) if texts else []
+                return _report(results, args.json)
         if not target.startswith("host:"):
             raise ValueError(f"a target is host:DEVICE, driver:PROFILE or wire, not {target!r}")
         from virtio_sim.attacks.runner import run_sync

@@ -1,4 +1,4 @@
-"""Broken wire traffic (row X1, and F51 for vhost-user): frames a hostile peer sends to
+"""Broken wire traffic (row X1, X4 for hostile text, and F51 for vhost-user): frames a hostile peer sends to
 the host process (two-process protocol, docs/wire-protocol.md) and to the vhost-user
 back-end. Each case connects, misbehaves, and must see the server end that connection
 (an ERROR frame and/or a close) within its bound, leak no file descriptors, and serve a
@@ -8,13 +8,13 @@ well-behaved peer that connects afterwards.
 from __future__ import annotations
 
 import array
+import io
 import os
 import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -24,6 +24,7 @@ from host.qdev import build_device, parse_device_option
 from host.transport.mmio import MMIO_WINDOW
 from host.vhost_user import serve_socket
 from virtio_sim import layouts, wire
+from virtio_sim.attacks.corpus_text import hostile_guest_error
 from virtio_sim.attacks.scenario import CaseResult, Verdict
 from virtio_sim.handshake import guest_handshake
 from virtio_sim.layouts import fast_codec
@@ -126,6 +127,12 @@ case("wire-garbage", "host", "4 KiB of pseudo-random bytes")(
     _raw(lambda: bytes((i * 73 + 19) & 0xFF for i in range(4096)))
 )
 case("wire-silence", "host", "connect and say nothing (handshake timeout)")(_raw(lambda: b""))
+case("wire-error-markup", "host", "an ERROR of rich markup and terminal escapes instead of a HELLO")(
+    _raw(lambda: hostile_guest_error("[/x] [bold]x[/bold] \x1b]0;owned\x07\x1b[2J"))
+)
+case("wire-error-huge", "host", "an ERROR of 60,000 characters (the protocol allows 4000)")(
+    _raw(lambda: hostile_guest_error("x" * 60_000))
+)
 
 
 @case("wire-fd-flood", "host", f"HELLO carrying {FLOOD_FDS} file descriptors")
@@ -359,6 +366,21 @@ async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) ->
     return res
 
 
+class ListeningWatch(io.StringIO):
+    """A host server's event output (HostServer ``out``) that notices its ``listening``
+    event: the moment connections are accepted, unlike the socket file, which bind()
+    creates before listen()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = trio.Event()
+
+    def write(self, text: str) -> int:
+        if '"event": "listening"' in text:
+            self.listening.set()
+        return super().write(text)
+
+
 async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list[CaseResult]:
     """Every wire case against one in-process host server (so 'the next guest' is served
     by the same server the hostile one attacked) and fresh vhost-user back-ends."""
@@ -372,13 +394,15 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
         frame_timeout=HOST_TIMEOUTS,
         max_guests=LIMITS.host.max_guests,
     )
-    server = HostServer(plan_host(opts), out=open(os.devnull, "w"), err=open(os.devnull, "w"))  # noqa: SIM115
+    events = ListeningWatch()
+    server = HostServer(plan_host(opts), out=events, err=open(os.devnull, "w"))  # noqa: SIM115
     results: list[CaseResult] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
         with trio.fail_after(BOUND):
-            while not Path(path).exists():
-                await trio.sleep(0.01)
+            # the socket file exists from bind(), before listen(): wait for the server's
+            # own "listening" event, or the first connect can be refused
+            await events.listening.wait()
         # warm up: the first guest and front-end open what the server keeps for good
         # (so the fd baseline of each case is steady)
         if await _good_host_guest(path) or await _good_vu_frontend(tmp, -1):

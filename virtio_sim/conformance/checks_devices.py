@@ -3,6 +3,7 @@ layouts and basics of virtio-console and virtio-net."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from virtio_sim.conformance.device_checks import (
@@ -17,6 +18,7 @@ from virtio_sim.conformance.device_checks import (
     submit,
     wait_used,
 )
+from virtio_sim.conformance.durability import StraceSyncWatch, SyncWatch, completion_probe
 from virtio_sim.conformance.rawring import RawPackedRing
 from virtio_sim.layouts import field_offsets, virtio_blk_config
 from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, FEATURES, STATUS, bit
@@ -70,6 +72,56 @@ async def blk_request(
     return status, used[0].length, data
 
 
+def _backing_file(ctx: Ctx) -> str | None:
+    """The drive file of our device model under test (in this process), if it has one."""
+    setup = ctx.dut.setup
+    if ctx.dut.backend == "host" and setup is not None and setup.built:
+        path = getattr(setup.built[0].model, "path", None)
+        return None if path is None else str(path)
+    return None
+
+
+def _sync_watch(
+    ctx: Ctx, backing: str | None
+) -> contextlib.AbstractContextManager[SyncWatch | StraceSyncWatch | None]:
+    """Watch the device's sync calls on its backing file during one request."""
+    if ctx.dut.backend == "qemu" and ctx.dut.disk is not None and ctx.dut.pid is not None:
+        return StraceSyncWatch(ctx.dut.pid, ctx.dut.disk)
+    if backing is None:
+        return contextlib.nullcontext()
+    return SyncWatch(backing, completion_probe(ctx.rings[0]))
+
+
+def _check_stable_writes(
+    ctx: Ctx,
+    backing: str,
+    sector: int,
+    write_sync: SyncWatch | StraceSyncWatch,
+    flush_sync: SyncWatch | StraceSyncWatch,
+    flush_status: int | None,
+) -> None:
+    """Decided from the sync evidence (durability.py), not from reading the page cache:
+    with FLUSH negotiated (write-back) the FLUSH must commit before it completes; without
+    it (write-through) every write must commit before it completes."""
+    with open(backing, "rb") as f:
+        f.seek(sector * SECTOR)
+        on_disk = f.read(len(PATTERN))
+    if on_disk != PATTERN:
+        ctx.log.failed("blk.dev.stable-writes-persisted", "a completed write is not in the backing file")
+    elif ctx.features >> BLK_F.FLUSH & 1:
+        ctx.log.check(
+            "blk.dev.stable-writes-persisted",
+            flush_status == BLK_S.OK and flush_sync.committed_before_completion(),
+            f"FLUSH completed with status {flush_status}: {flush_sync.describe()}",
+        )
+    else:
+        ctx.log.check(
+            "blk.dev.stable-writes-persisted",
+            write_sync.committed_before_completion(),
+            f"write completed without FLUSH negotiated (write-through): {write_sync.describe()}",
+        )
+
+
 @checker("blk_requests", BLK_IDS, keys=("blk",))
 async def blk_requests(ctx: Ctx) -> None:
     """Read, write (and read back, and in the backing file), flush, GET_ID, requests past
@@ -79,8 +131,11 @@ async def blk_requests(ctx: Ctx) -> None:
     problems: list[str] = []
     sector = max(0, capacity - 2)
     read_only = bool(ctx.offered >> BLK_F.RO & 1)
+    backing = _backing_file(ctx)
+    write_sync = None
     if not read_only:
-        status, wlen, _ = await blk_request(ctx, BLK_T.OUT, sector, data_out=PATTERN)
+        with _sync_watch(ctx, backing) as write_sync:
+            status, wlen, _ = await blk_request(ctx, BLK_T.OUT, sector, data_out=PATTERN)
         if status != BLK_S.OK:
             problems.append(f"write: status {status}")
         status, rlen, data = await blk_request(ctx, BLK_T.IN, sector, data_in=len(PATTERN))
@@ -95,7 +150,9 @@ async def blk_requests(ctx: Ctx) -> None:
         )
         ctx.log.check(rid, lens == expected, f"blk write/read used len {lens}, bytes written {expected}")
     flush_offered = bool(ctx.offered >> BLK_F.FLUSH & 1)
-    status, _, _ = await blk_request(ctx, BLK_T.FLUSH)
+    with _sync_watch(ctx, backing) as flush_sync:
+        status, _, _ = await blk_request(ctx, BLK_T.FLUSH)
+    flush_status = status
     if flush_offered and status != BLK_S.OK:
         problems.append(f"flush: status {status}")
     status, _, _ = await blk_request(ctx, BLK_T.IN, capacity, data_in=SECTOR)
@@ -125,30 +182,15 @@ async def blk_requests(ctx: Ctx) -> None:
     # which no device here offers, and reading past the config size reads all ones
     pads = [await ctx.t.ops.read_config(_CFG["unused0"], 1)]
     ctx.log.check("blk.dev.padding-zero", all(p == 0 for p in pads), f"unused0/unused1 read {pads}")
-    setup = ctx.dut.setup
     if read_only:
         pass  # nothing was written
-    elif setup is not None and setup.built and hasattr(setup.built[0].model, "path"):
-        path = str(setup.built[0].model.path)
-        with open(path, "rb") as f:
-            f.seek(sector * SECTOR)
-            on_disk = f.read(len(PATTERN))
-        ctx.log.check(
+    elif isinstance(flush_sync, StraceSyncWatch) and not flush_sync.available:
+        ctx.log.not_applicable(
             "blk.dev.stable-writes-persisted",
-            on_disk == PATTERN,
-            "a completed write is not in the backing file",
+            "QEMU's sync calls cannot be watched (strace missing or no ptrace)",
         )
-    elif ctx.dut.backend == "qemu" and ctx.dut.disk is not None:
-        fd = os.open(ctx.dut.disk, os.O_RDONLY)
-        try:
-            on_disk = os.pread(fd, len(PATTERN), sector * SECTOR)
-        finally:
-            os.close(fd)
-        ctx.log.check(
-            "blk.dev.stable-writes-persisted",
-            on_disk == PATTERN,
-            "a completed write is not in the backing file",
-        )
+    elif write_sync is not None and flush_sync is not None:
+        _check_stable_writes(ctx, backing or ctx.dut.disk or "", sector, write_sync, flush_sync, flush_status)
     else:
         ctx.log.not_applicable("blk.dev.stable-writes-persisted", "backing store not visible")
     if ctx.offered >> BLK_F.RO & 1:

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -57,6 +56,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         to_junit,
     )
     from virtio_sim.conformance.targets import TargetError, check_transport_ring, parse_target
+    from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 
     console = Console()
     if (args.suite is None) == (args.target is None):
@@ -70,7 +70,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         check_transport_ring(args.transport, args.ring)
         if target.kind != "driver":
             device_key(target.name)
-    except (CatalogError, TargetError, DutError) as e:
+        # before the run: an unwritable report path must not cost the results
+        check_writable((("--json", args.json), ("--junit-xml", args.junit_xml), ("--html", args.html)))
+    except (CatalogError, TargetError, DutError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     policy = Policy(args.policy)
@@ -95,14 +97,18 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     )
     cov = coverage(catalog, [log])
     print_report(report, console, cov)
-    outputs: list[tuple[str | None, Callable[[], str]]] = [
-        (args.json, lambda: to_json(report, cov)),
-        (args.junit_xml, lambda: to_junit(report)),
-        (args.html, lambda: to_html(report, cov)),
+    outputs: list[tuple[str, str | None, Callable[[], str]]] = [
+        ("--json", args.json, lambda: to_json(report, cov)),
+        ("--junit-xml", args.junit_xml, lambda: to_junit(report)),
+        ("--html", args.html, lambda: to_html(report, cov)),
     ]
-    for path, text in outputs:
-        if path:
-            Path(path).write_text(text(), encoding="utf-8")
+    try:
+        for option, path, text in outputs:
+            if path:
+                write_text(option, path, text())
+    except OutputPathError as e:
+        print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_FAIL if report.failed else EXIT_OK
 
 
@@ -115,10 +121,12 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
     from virtio_sim.conformance.catalog import CatalogError, load_catalog
     from virtio_sim.conformance.report import coverage
     from virtio_sim.conformance.suite import default_runs, qemu_documented, run_suite, unexplained
+    from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 
     try:
         catalog = load_catalog()
-    except CatalogError as e:
+        check_writable((("--json", args.json),))  # before the runs: a bad path must not cost them
+    except (CatalogError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     failed_runs = []
@@ -156,7 +164,11 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
             ],
             "coverage": cov.to_dict(),
         }
-        Path(args.json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        try:
+            write_text("--json", args.json, json.dumps(data, indent=2))
+        except OutputPathError as e:
+            print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_FAIL if failed_runs else EXIT_OK
 
 

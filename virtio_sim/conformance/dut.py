@@ -95,6 +95,8 @@ class Dut:
     setup: HostSetup | None = None
     #: the disk image behind a QEMU blk device (to check what reached the backing store)
     disk: str | None = None
+    #: the QEMU process (to watch its sync calls on ``disk``), None for our in-process devices
+    pid: int | None = None
     notes: list[str] = field(default_factory=list)
     #: the guest CPU's byte order: what the legacy interface uses for rings and config
     guest_order: ByteOrder = "little"
@@ -412,6 +414,7 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         ram_base=facts.ram_base,
         key=device_key(name),
         disk=devs.disks[0] if devs.disks else None,
+        pid=q.process.pid,
     )
     if iommu:
         dut.endpoints = endpoints

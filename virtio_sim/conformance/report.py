@@ -29,6 +29,7 @@ from rich.text import Text
 
 from virtio_sim.conformance.catalog import COVERED_AREAS, OUT_OF_SCOPE, Catalog
 from virtio_sim.conformance.findings import DECIDED, MANDATORY_LEVELS, FindingLog, Verdict
+from virtio_sim.peertext import plain
 
 #: the columns of a report: the verdicts, with KNOWN (a documented FAIL) split out of FAIL
 SHOWN = ("PASS", "FAIL", "KNOWN", "ERROR", "NOT_APPLICABLE", "NOT_COVERED")
@@ -381,27 +382,28 @@ def to_html(report: Report, cov: Coverage | None = None) -> str:
 
 def print_report(report: Report, console: Console, cov: Coverage | None = None) -> None:
     """Failures, errors and known deviations in full, then counts per area and level.
-    Evidence and reasons are data (they quote the device): printed without markup."""
+    Evidence and reasons are data (they quote the device), and so is the target (a drive
+    path may be in it): printed without markup."""
     for shown in ("FAIL", "ERROR", "KNOWN"):
         rows = report.by_shown(shown)
         if not rows:
             continue
-        t = Table(title=f"{shown} ({len(rows)})")
+        t = Table(title=plain(f"{shown} ({len(rows)})"))
         for col in ("requirement", "level", "evidence" if shown != "KNOWN" else "documented deviation"):
             t.add_column(col)
         for r in rows:
             detail = "; ".join(r.evidence)
             if shown == "KNOWN":
                 detail = f"{r.known} (evidence: {detail})"
-            t.add_row(r.id, r.level, Text(detail[:300]))
+            t.add_row(plain(r.id), plain(r.level), plain(detail, 300))
         console.print(t)
     for key in ("area", "level"):
-        t = Table(title=f"{report.target} [{report.transport}, {report.ring}] by {key}")
+        t = Table(title=plain(f"{report.target} [{report.transport}, {report.ring}] by {key}"))
         t.add_column(key)
         for v in SHOWN:
             t.add_column(v, justify="right")
         for name, counts in report.summary(key).items():
-            t.add_row(name, *(str(counts.get(v, 0)) for v in SHOWN))
+            t.add_row(plain(name), *(str(counts.get(v, 0)) for v in SHOWN))
         console.print(t)
     if report.stopped:
         console.print(Text(f"strict policy: stopped at {report.stopped}", style="bold red"))

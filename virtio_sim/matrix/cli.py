@@ -10,11 +10,21 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from virtio_sim.argtypes import positive_seconds
 from virtio_sim.matrix import report
 from virtio_sim.matrix.cell import run_cell, run_cell_qemu, validate_cell_for_qemu
-from virtio_sim.matrix.executors import TOOL_ERROR, CellFn, DaskExecutor, LocalPool
+from virtio_sim.matrix.executors import (
+    SCHEDULER_CONNECT_TIMEOUT,
+    TOOL_ERROR,
+    CellFn,
+    DaskExecutor,
+    ExecutorError,
+    LocalPool,
+)
 from virtio_sim.matrix.run import Executor, execute, plan
 from virtio_sim.matrix.spec import AXES, AXIS_DEFAULTS, MatrixError, MatrixSpec, load_matrix
+from virtio_sim.outpaths import OutputPathError, check_writable, write_text
+from virtio_sim.peertext import peer_text, plain
 
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
@@ -49,7 +59,17 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler")
     p.add_argument("--dask-local", type=int, metavar="N", help="run on a dask LocalCluster of N workers")
-    p.add_argument("--timeout", type=float, help="per-cell timeout in seconds (overrides the file)")
+    p.add_argument(
+        "--connect-timeout",
+        type=positive_seconds,
+        default=SCHEDULER_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on an unreachable --scheduler after this long"
+        f" (exit 2; default {SCHEDULER_CONNECT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--timeout", type=positive_seconds, help="per-cell timeout in seconds (overrides the file)"
+    )
     p.add_argument("--seed", type=int, default=1, help="seed for reproducible data")
 
 
@@ -57,7 +77,14 @@ def make_executor(args: argparse.Namespace) -> Executor:
     if args.scheduler or args.dask_local:
         if args.dask_local is not None and args.dask_local < 1:
             raise MatrixError("--dask-local needs at least 1 worker")
-        return DaskExecutor(address=args.scheduler, local_workers=args.dask_local)
+        dask = DaskExecutor(
+            address=args.scheduler, local_workers=args.dask_local, connect_timeout=args.connect_timeout
+        )
+        try:
+            dask.connect()  # an unreachable scheduler is a usage error before anything runs
+        except ExecutorError as e:
+            raise MatrixError(str(e)) from None
+        return dask
     if args.workers is not None and args.workers < 1:
         raise MatrixError("--workers needs at least 1")
     return LocalPool(args.workers)
@@ -70,9 +97,7 @@ def matrix_spec(args: argparse.Namespace) -> tuple[MatrixSpec, dict[str, list[st
         # Ad-hoc selection: axes not named take plain defaults, not the whole default matrix.
         for axis, values in AXIS_DEFAULTS.items():
             spec.axes[axis] = list(values)
-    if args.timeout is not None:
-        if args.timeout <= 0:
-            raise MatrixError("--timeout must be positive")
+    if args.timeout is not None:  # positive_seconds refused nan, inf and <= 0 at parsing
         spec.timeout = args.timeout
     return spec, filters
 
@@ -91,13 +116,22 @@ def run_with_progress(
         return execute(spec, cells, executor, seed=seed, progress=lambda i, r: bar.advance(task), fn=fn)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail on an unwritable --json/--junit-xml/--html path before any cell runs."""
+    try:
+        check_writable((("--json", args.json), ("--junit-xml", args.junit_xml), ("--html", args.html)))
+    except OutputPathError as e:
+        raise MatrixError(str(e)) from None
+
+
 def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Raises OutputPathError if a report cannot be written after all (disk full...)."""
     if args.json and args.json != "-":
-        Path(args.json).write_text(report.to_json(results, meta))
+        write_text("--json", args.json, report.to_json(results, meta))
     if args.junit_xml:
-        Path(args.junit_xml).write_text(report.to_junit(results, meta["source"]))
+        write_text("--junit-xml", args.junit_xml, report.to_junit(results, meta["source"]))
     if args.html:
-        Path(args.html).write_text(report.to_html(results, f"virtio-sim matrix: {meta['source']}"))
+        write_text("--html", args.html, report.to_html(results, f"virtio-sim matrix: {meta['source']}"))
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -109,12 +143,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             for c in cells:
                 validate_cell_for_qemu(c)
             fn = run_cell_qemu
+        if not cells:
+            raise MatrixError("the filters select no cell")
+        check_outputs(args)  # before the run: a bad path must not cost the results
         executor = make_executor(args)
     except MatrixError as e:
         print(f"virtio-sim matrix: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if not cells:
-        print("virtio-sim matrix: error: the filters select no cell", file=sys.stderr)
         return EXIT_USAGE
     json_only = args.json == "-"
     results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only, fn=fn)
@@ -125,7 +159,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device_backend": getattr(args, "device_backend", "ours"),
     }
-    write_outputs(args, results, meta)
+    try:
+        write_outputs(args, results, meta)
+    except OutputPathError as e:  # the table and JSON on stdout still carry the results
+        print(f"virtio-sim matrix: error: {e}", file=sys.stderr)
+        written = False
+    else:
+        written = True
     if json_only:
         print(report.to_json(results, meta))
     else:
@@ -135,9 +175,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     errors = [r for r in results if r["outcome"] == TOOL_ERROR]
     out = sys.stderr if json_only else sys.stdout
     for m in bad:
-        print(f"MISMATCH {m.id}: expected {m.expected}, got {m.got} ({m.detail})", file=out)
+        print(f"MISMATCH {m.id}: expected {m.expected}, got {m.got} ({peer_text(m.detail)})", file=out)
     for r in errors:
-        print(f"TOOL ERROR {r['id']}: {r['detail']}", file=sys.stderr)
+        print(f"TOOL ERROR {r['id']}: {peer_text(r['detail'])}", file=sys.stderr)
+    if not written:
+        return EXIT_USAGE
     return EXIT_MISMATCH if bad or errors else 0
 
 
@@ -147,6 +189,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
         spec, filters = matrix_spec(args)
         filters["driver"] = [args.old, args.new]
         cells = plan(spec, filters)
+        check_outputs(args)
         executor = make_executor(args)
     except MatrixError as e:
         print(f"virtio-sim compat: error: {e}", file=sys.stderr)
@@ -171,14 +214,20 @@ def cmd_compat(args: argparse.Namespace) -> int:
 
         print(json.dumps({"compat": meta, "changed": changes, "cells": results}, indent=2))
         return 0
-    write_outputs(args, results, meta)
+    try:
+        write_outputs(args, results, meta)
+    except OutputPathError as e:
+        print(f"virtio-sim compat: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     console = Console()
-    console.print(f"{len(pairs)} configurations, {len(changes)} changed from {args.old} to {args.new}")
+    console.print(plain(f"{len(pairs)} configurations, {len(changes)} changed from {args.old} to {args.new}"))
     from rich.table import Table
 
-    t = Table("configuration", args.old, args.new, "why (new)")
-    for c in changes:
-        t.add_row(c["config"], c["old"], c["new"], c["new_detail"][:80])
+    t = Table()
+    for header in ("configuration", args.old, args.new, "why (new)"):
+        t.add_column(plain(header))
+    for c in changes:  # profile names and details are data: Text, never markup
+        t.add_row(*(plain(x) for x in (c["config"], c["old"], c["new"])), plain(c["new_detail"], 80))
     console.print(t)
     return 0
 

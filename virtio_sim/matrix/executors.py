@@ -36,6 +36,21 @@ def failed_cell(cell: Cell, outcome: str, detail: str) -> dict[str, Any]:
     return {**cell.axes(), "id": cell.id, "outcome": outcome, "detail": detail}
 
 
+def hung_cell(cell: Cell, limit: float) -> dict[str, Any]:
+    """The verdict for a cell whose worker missed the hard deadline and was killed."""
+    return failed_cell(
+        cell, Outcome.HANG.value, f"cell did not finish within {limit:g}s; its worker was killed"
+    )
+
+
+def run_one(fn: CellFn, cell: Cell, timeout: float, seed: int) -> dict[str, Any]:
+    """Run one cell in a worker; an exception is a bug in the tool, reported as TOOL_ERROR."""
+    try:
+        return fn(cell, timeout, seed)
+    except Exception as e:
+        return failed_cell(cell, TOOL_ERROR, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+
+
 WORKER_START_LIMIT = 120.0  # seconds a fresh worker may take to import everything
 
 
@@ -49,11 +64,7 @@ def _worker(conn: Connection, fn: CellFn) -> None:
         if job is None:
             return
         idx, cell, timeout, seed = job
-        try:
-            res = fn(cell, timeout, seed)
-        except Exception as e:  # a bug in the tool: report it, keep the worker
-            res = failed_cell(cell, TOOL_ERROR, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-        conn.send((idx, res))
+        conn.send((idx, run_one(fn, cell, timeout, seed)))
 
 
 @dataclass
@@ -123,9 +134,7 @@ class LocalPool:
                         finish(idx, res)
                     elif time.monotonic() >= s.deadline:
                         assert s.job is not None
-                        cell = cells[s.job]
-                        detail = f"cell did not finish within {limit:g}s; its worker was killed"
-                        finish(s.job, failed_cell(cell, Outcome.HANG.value, detail))
+                        finish(s.job, hung_cell(cells[s.job], limit))
                         self._replace(slots, s, fn)
         finally:
             for s in slots:
@@ -147,14 +156,69 @@ class LocalPool:
         slots[slots.index(old)] = self._spawn(fn)
 
 
-class DaskExecutor:
-    """Cells as dask futures: on a scheduler at ``address``, or a LocalCluster of N workers."""
+#: seconds to reach a dask scheduler before giving up (``--connect-timeout``); dask's own
+#: default is 30 s of silent retrying, then a long traceback
+SCHEDULER_CONNECT_TIMEOUT = 5.0
 
-    def __init__(self, address: str | None = None, local_workers: int | None = None) -> None:
+
+class ExecutorError(Exception):
+    """The executor cannot start (an unreachable scheduler...); one line for the user."""
+
+
+class DaskExecutor:
+    """Cells as dask futures: on a scheduler at ``address``, or a LocalCluster of N workers.
+
+    Each cell runs under the same hard deadline as on the local pool: the task hands it to
+    a child process of the dask worker and kills that child at the deadline
+    (virtio_sim/matrix/cellchild.py), so a stuck cell is reported HANG, not waited for.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        local_workers: int | None = None,
+        connect_timeout: float = SCHEDULER_CONNECT_TIMEOUT,
+    ) -> None:
         if address is None and local_workers is None:
             raise ValueError("give a scheduler address or a number of local workers")
         self.address = address
         self.local_workers = local_workers
+        self.connect_timeout = connect_timeout
+        self._client: Any = None
+        self._cluster: Any = None
+
+    def connect(self) -> None:
+        """Reach the scheduler (or start the LocalCluster) now, before any cell is run.
+
+        Raises ExecutorError with one line when the scheduler cannot be reached in
+        ``connect_timeout`` seconds or the address is not one dask understands.
+        """
+        if self._client is not None:
+            return
+        from dask.distributed import Client, LocalCluster
+
+        if self.address is None:
+            self._cluster = LocalCluster(
+                n_workers=self.local_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+            self._client = Client(self._cluster)
+            return
+        try:
+            self._client = Client(self.address, timeout=self.connect_timeout)
+        except (OSError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExecutorError(f"cannot reach the dask scheduler {self.address}: {first}") from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
 
     def run(
         self,
@@ -165,21 +229,16 @@ class DaskExecutor:
         seed: int = 1,
         progress: Progress | None = None,
     ) -> list[dict[str, Any]]:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import as_completed
 
-        cluster = None
-        if self.address is None:
-            cluster = LocalCluster(
-                n_workers=self.local_workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
-            client = Client(cluster)
-        else:
-            client = Client(self.address, timeout=30)
+        from virtio_sim.matrix.cellchild import run_with_deadline
+
+        self.connect()
+        client = self._client
         try:
-            futures = client.map(fn, list(cells), timeout=timeout, seed=seed, pure=False)
+            futures = client.map(
+                run_with_deadline, [fn] * len(cells), list(cells), timeout=timeout, seed=seed, pure=False
+            )
             index = {f.key: i for i, f in enumerate(futures)}
             results: list[dict[str, Any] | None] = [None] * len(cells)
             for fut in as_completed(futures):
@@ -193,6 +252,4 @@ class DaskExecutor:
                     progress(i, res)
             return [r for r in results if r is not None]
         finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            self.close()

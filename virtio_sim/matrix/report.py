@@ -11,6 +11,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from virtio_sim.peertext import plain
 
 OUTCOME_STYLE = {
     "OK": "green",
@@ -74,33 +77,44 @@ def _variant(r: dict[str, Any]) -> str:
 
 
 def print_table(results: list[dict[str, Any]], console: Console) -> None:
+    """One grid per transport. Axis values come from matrix files and details from peers:
+    every string goes in as rich Text (styled by outcome), never as markup."""
     for transport in sorted({r["transport"] for r in results}):
         rows = [r for r in results if r["transport"] == transport]
         devices = sorted({r["device"] for r in rows})
         drivers = sorted({r["driver"] for r in rows})
-        table = Table(title=f"transport {transport}", show_lines=False)
-        table.add_column("driver \\ device")
+        table = Table(title=plain(f"transport {transport}"), show_lines=False)
+        table.add_column(Text("driver \\ device"))
         for d in devices:
-            table.add_column(d)
+            table.add_column(plain(d))
         for drv in drivers:
             cells = []
             for dev in devices:
                 here = [r for r in rows if r["driver"] == drv and r["device"] == dev]
-                cells.append(
-                    " ".join(
-                        f"[{OUTCOME_STYLE.get(r['outcome'], '')}]{ABBREV.get(r['outcome'], r['outcome'])}[/]"
-                        + ("!" if r.get("expected") and r["expected"] != r["outcome"] else "")
-                        for r in sorted(here, key=_variant)
+                box = Text()
+                for n, r in enumerate(sorted(here, key=_variant)):
+                    if n:
+                        box.append(" ")
+                    box.append(
+                        plain(
+                            ABBREV.get(r["outcome"], r["outcome"]), style=OUTCOME_STYLE.get(r["outcome"], "")
+                        )
                     )
-                )
-            table.add_row(drv, *cells)
+                    if r.get("expected") and r["expected"] != r["outcome"]:
+                        box.append("!")
+                cells.append(box)
+            table.add_row(plain(drv), *cells)
         console.print(table)
     variants = sorted({_variant(r) for r in results})
-    console.print(f"cell order within a box: {', '.join(variants)}")
+    console.print(plain(f"cell order within a box: {', '.join(variants)}"))
     counts = Counter(r["outcome"] for r in results)
-    console.print(
-        "outcomes: " + ", ".join(f"[{OUTCOME_STYLE.get(k, '')}]{k}[/] {v}" for k, v in sorted(counts.items()))
-    )
+    line = Text("outcomes: ")
+    for n, (k, v) in enumerate(sorted(counts.items())):
+        if n:
+            line.append(", ")
+        line.append(plain(k, style=OUTCOME_STYLE.get(k, "")))
+        line.append(f" {v}")
+    console.print(line)
 
 
 def to_json(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:

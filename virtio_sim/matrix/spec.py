@@ -27,6 +27,7 @@ Patterns are shell globs matched against a cell's axis values; the last matching
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -126,8 +127,8 @@ def parse_matrix(data: dict[str, Any], source: str) -> MatrixSpec:
         axes.setdefault(k, list(v))
     spec = MatrixSpec(source, axes)
     timeout = data.get("timeout", 10.0)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise MatrixError(f"{source}: timeout must be a positive number")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise MatrixError(f"{source}: timeout must be a finite positive number, not {timeout!r}")
     spec.timeout = float(timeout)
     for i, raw in enumerate(data.get("include", [])):
         spec.include.append(_pattern(source, f"include[{i}]", raw))
@@ -153,7 +154,11 @@ def load_matrix(path: Path | None = None) -> MatrixSpec:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise MatrixError(f"{p}: no such matrix file") from None
-    except tomllib.TOMLDecodeError as e:
+    except IsADirectoryError:
+        raise MatrixError(f"{p}: is a directory, not a matrix file (give a .toml file)") from None
+    except OSError as e:
+        raise MatrixError(f"{p}: cannot read the matrix file: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise MatrixError(f"{p}: invalid TOML: {e}") from None
     return parse_matrix(data, str(p))
 
