@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 
 from benchmarks.rings import BUFFERS, QSIZE, RAM, RING_GPA
-from host.devices.rng import RngDevice
-from host.virtio_device import VirtioDevice
 from virtio_sim.dma import IdentityAddressSpace
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.split import SplitDriverQueue
 from virtio_sim.spec import STATUS, F, bit

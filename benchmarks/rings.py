@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from host.iommu import EndpointTranslator, Iommu
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace
+from virtio_sim.host.iommu import EndpointTranslator, Iommu
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses

@@ -56,12 +56,12 @@ def embedded_blk(size: int, total: int, write: bool) -> float:
     """Bytes/s of blk requests through the whole embedded stack (transport, wire, rings)."""
     import tempfile
 
-    from guest.boot import BootInfo
-    from guest.drivers.blk import BlkDriver
-    from guest.link import HostLink
-    from guest.platform import GuestKernel, GuestPolicy
-    from host.build import HostConfig, build_host
-    from host.server import serve
+    from virtio_sim.guest.boot import BootInfo
+    from virtio_sim.guest.drivers.blk import BlkDriver
+    from virtio_sim.guest.link import HostLink
+    from virtio_sim.guest.platform import GuestKernel, GuestPolicy
+    from virtio_sim.host.build import HostConfig, build_host
+    from virtio_sim.host.server import serve
     from virtio_sim.wire import memory_link
 
     async def main() -> float:
@@ -101,12 +101,12 @@ def embedded_blk(size: int, total: int, write: bool) -> float:
 
 def embedded_latency(rounds: int) -> float:
     """Seconds per single rng request round trip through the embedded stack."""
-    from guest.drivers.rng import RngDriver
-    from guest.link import HostLink
-    from guest.platform import GuestKernel, GuestPolicy
-    from host.build import HostConfig, build_host
-    from host.server import serve
     from virtio_sim.embedded import RunConfig  # noqa: F401  (keeps imports warm)
+    from virtio_sim.guest.drivers.rng import RngDriver
+    from virtio_sim.guest.link import HostLink
+    from virtio_sim.guest.platform import GuestKernel, GuestPolicy
+    from virtio_sim.host.build import HostConfig, build_host
+    from virtio_sim.host.server import serve
     from virtio_sim.wire import memory_link
 
     async def main() -> float:

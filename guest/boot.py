@@ -11,12 +11,12 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from guest.drivers.base import DeviceProtocolError
-from guest.drivers.blk import BlkIoError
-from guest.link import HostLink, HostLinkError
-from guest.platform import BootError, GuestKernel, GuestPolicy
-from guest.virtio import DeviceNeedsReset, DriverHang, VirtioGuestDevice
-from guest.workloads import WORKLOADS, CorruptionDetected
+from virtio_sim.guest.drivers.base import DeviceProtocolError
+from virtio_sim.guest.drivers.blk import BlkIoError
+from virtio_sim.guest.link import HostLink, HostLinkError
+from virtio_sim.guest.platform import BootError, GuestKernel, GuestPolicy
+from virtio_sim.guest.virtio import DeviceNeedsReset, DriverHang, VirtioGuestDevice
+from virtio_sim.guest.workloads import WORKLOADS, CorruptionDetected
 from virtio_sim.memory import ByteAccess
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.spec import FEATURES

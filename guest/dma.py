@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from guest.allocator import PageAllocator
 from virtio_sim import layouts
+from virtio_sim.guest.allocator import PageAllocator
 from virtio_sim.memory import ByteAccess
 from virtio_sim.ring.chain import DmaBuffer, DmaPool
 

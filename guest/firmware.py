@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from guest.acpi import (
+from virtio_sim.acpi_layouts import FDT, HID, RSDP, RSDP_SIZE, SDT_HEADER_SIZE, SIG
+from virtio_sim.guest.acpi import (
     AcpiDevice,
     AcpiError,
     ViotInfo,
@@ -27,10 +28,9 @@ from guest.acpi import (
     parse_rsdp,
     parse_viot,
 )
-from guest.fdt import FdtError, fdt_size, parse_fdt
-from guest.pci import PciFirmware
-from guest.pci_firmware import is_host_bridge, pci_from_acpi, pci_from_fdt
-from virtio_sim.acpi_layouts import FDT, HID, RSDP, RSDP_SIZE, SDT_HEADER_SIZE, SIG
+from virtio_sim.guest.fdt import FdtError, fdt_size, parse_fdt
+from virtio_sim.guest.pci import PciFirmware
+from virtio_sim.guest.pci_firmware import is_host_bridge, pci_from_acpi, pci_from_fdt
 from virtio_sim.memory import ByteAccess
 
 #: _HIDs under which a virtio-mmio transport may be described (Linaro's, QEMU's vendor space)
@@ -78,7 +78,7 @@ def _read(memory: ByteAccess, address: int, length: int) -> bytes:
 
 def read_table(memory: ByteAccess, address: int) -> bytes:
     """A whole table at ``address``, its header's length checked before it is believed."""
-    from guest.acpi import table_length
+    from virtio_sim.guest.acpi import table_length
 
     header = _read(memory, address, SDT_HEADER_SIZE)
     return _read(memory, address, table_length(header, f" at {address:#x}"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from guest.allocator import PageAllocator
+from virtio_sim.guest.allocator import PageAllocator
 from virtio_sim.memory import ByteAccess
 from virtio_sim.ring.chain import DmaBuffer, DmaPool
 from virtio_sim.spec import IOMMU_MAP_F

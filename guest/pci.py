@@ -25,7 +25,7 @@ from typing import Protocol
 
 import trio
 
-from guest.link import HostLink
+from virtio_sim.guest.link import HostLink
 from virtio_sim.layouts import (
     MSIX_CAP,
     MSIX_ENTRY,

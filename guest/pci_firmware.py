@@ -12,10 +12,10 @@ The guest places BARs itself (it is its own firmware), one window per kind: the 
 
 from __future__ import annotations
 
-from guest.acpi import AcpiDevice, AcpiError
-from guest.fdt import FdtError, FdtNode
-from guest.pci import PciFirmware
 from virtio_sim.acpi_layouts import FDT, HID
+from virtio_sim.guest.acpi import AcpiDevice, AcpiError
+from virtio_sim.guest.fdt import FdtError, FdtNode
+from virtio_sim.guest.pci import PciFirmware
 from virtio_sim.spec import PCI_CFG
 
 HOST_BRIDGE_IDS = (HID["pci_express_root"], HID["pci_root"])

@@ -23,19 +23,19 @@ from dataclasses import dataclass, field
 
 import trio
 
-from guest.acpi import ViotInfo
-from guest.allocator import PageAllocator
-from guest.dma import DirectDma, DmaApi
-from guest.drivers.base import DriverProbeError, GuestDriver
-from guest.drivers.blk import BlkDriver
-from guest.drivers.console import ConsoleDriver
-from guest.drivers.iommu import IommuDriver, IommuRequestError
-from guest.drivers.net import NetDriver
-from guest.drivers.rng import RngDriver
-from guest.firmware import VIRTIO_MMIO_HIDS, FirmwareView, discover
-from guest.iommu_dma import IommuDma, IovaAllocator
-from guest.link import HostLink, HostLinkError
-from guest.pci import (
+from virtio_sim.guest.acpi import ViotInfo
+from virtio_sim.guest.allocator import PageAllocator
+from virtio_sim.guest.dma import DirectDma, DmaApi
+from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
+from virtio_sim.guest.drivers.blk import BlkDriver
+from virtio_sim.guest.drivers.console import ConsoleDriver
+from virtio_sim.guest.drivers.iommu import IommuDriver, IommuRequestError
+from virtio_sim.guest.drivers.net import NetDriver
+from virtio_sim.guest.drivers.rng import RngDriver
+from virtio_sim.guest.firmware import VIRTIO_MMIO_HIDS, FirmwareView, discover
+from virtio_sim.guest.iommu_dma import IommuDma, IovaAllocator
+from virtio_sim.guest.link import HostLink, HostLinkError
+from virtio_sim.guest.pci import (
     Conf1Access,
     ConfigAccess,
     EcamAccess,
@@ -47,7 +47,7 @@ from guest.pci import (
     msix_cap,
     parse_pci_param,
 )
-from guest.platform_dma import (
+from virtio_sim.guest.platform_dma import (
     TCE_WINDOW,
     PlatformInfo,
     PlatformIommu,
@@ -55,12 +55,18 @@ from guest.platform_dma import (
     parse_platform,
     vring_use_dma_api,
 )
-from guest.transport.base import ConfigOps, TransportError
-from guest.transport.mmio import MmioTransportDriver
-from guest.transport.pci_common import NoDevice, PciTransportBase
-from guest.transport.pci_legacy import PciLegacyTransport
-from guest.transport.pci_modern import PciModernTransport
-from guest.virtio import DeviceNeedsReset, DriverHang, DriverPolicy, ProbeRefused, VirtioGuestDevice
+from virtio_sim.guest.transport.base import ConfigOps, TransportError
+from virtio_sim.guest.transport.mmio import MmioTransportDriver
+from virtio_sim.guest.transport.pci_common import NoDevice, PciTransportBase
+from virtio_sim.guest.transport.pci_legacy import PciLegacyTransport
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
+from virtio_sim.guest.virtio import (
+    DeviceNeedsReset,
+    DriverHang,
+    DriverPolicy,
+    ProbeRefused,
+    VirtioGuestDevice,
+)
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI

@@ -24,9 +24,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from guest.allocator import PageAllocator
-from guest.dma import DirectDma
-from guest.link import HostLink
+from virtio_sim.guest.allocator import PageAllocator
+from virtio_sim.guest.dma import DirectDma
+from virtio_sim.guest.link import HostLink
 from virtio_sim.memory import ByteAccess
 from virtio_sim.ring.chain import DmaBuffer
 from virtio_sim.spec import F

@@ -18,13 +18,13 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from guest.boot import BootInfo, run_guest
-from guest.link import HostLink
-from guest.platform import GuestPolicy
-from guest.profile import guest_policy
 from virtio_sim import wire
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PEER_LOST
+from virtio_sim.guest.boot import BootInfo, run_guest
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.guest.profile import guest_policy
 from virtio_sim.handshake import (
     HANDSHAKE_TIMEOUT,
     HandshakeError,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from guest.platform import GuestPolicy
-from guest.virtio import DriverPolicy
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.guest.virtio import DriverPolicy
 from virtio_sim.profiles import DriverProfile
 
 

@@ -18,7 +18,7 @@ from typing import ParamSpec, TypeVar
 
 import trio
 
-from guest.link import HostLink, HostLinkError
+from virtio_sim.guest.link import HostLink, HostLinkError
 from virtio_sim.qemu.qtest import QtestClient, QtestError
 from virtio_sim.wire import IrqKind
 

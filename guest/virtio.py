@@ -24,9 +24,9 @@ from typing import Any
 
 import trio
 
-from guest.dma import DmaApi
-from guest.transport.base import ConfigOps
 from virtio_sim import layouts
+from virtio_sim.guest.dma import DmaApi
+from virtio_sim.guest.transport.base import ConfigOps
 from virtio_sim.ring.api import DriverRing
 from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer
 from virtio_sim.ring.notify import encode_notify_data

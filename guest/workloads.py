@@ -12,12 +12,12 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from guest.drivers.base import DeviceProtocolError, GuestDriver
-from guest.drivers.blk import BlkDriver, BlkIoError
-from guest.drivers.rng import RngDriver
-from guest.evidence import CorruptionDetected
-from guest.workloads_console import console_echo_workload, console_write_workload
-from guest.workloads_net import net_loopback_workload, net_pair_workload
+from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
+from virtio_sim.guest.drivers.blk import BlkDriver, BlkIoError
+from virtio_sim.guest.drivers.rng import RngDriver
+from virtio_sim.guest.evidence import CorruptionDetected
+from virtio_sim.guest.workloads_console import console_echo_workload, console_write_workload
+from virtio_sim.guest.workloads_net import net_loopback_workload, net_pair_workload
 from virtio_sim.spec import BLK, F
 
 CANARY = 0xA5

@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from guest.drivers.base import DeviceProtocolError, GuestDriver
-from guest.drivers.console import ConsoleDriver
-from guest.evidence import CorruptionDetected
+from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
+from virtio_sim.guest.drivers.console import ConsoleDriver
+from virtio_sim.guest.evidence import CorruptionDetected
 from virtio_sim.spec import CONSOLE_F
 
 DEFAULT_SEED = 0xC0DE

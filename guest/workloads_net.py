@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from guest.drivers.base import DeviceProtocolError, GuestDriver
-from guest.drivers.net import NetDriver, RxFrame
-from guest.evidence import CorruptionDetected
+from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
+from virtio_sim.guest.drivers.net import NetDriver, RxFrame
+from virtio_sim.guest.evidence import CorruptionDetected
 from virtio_sim.netproto import BROADCAST, checksum_ok, format_mac
 from virtio_sim.spec import NET, NET_F, NET_HDR_F
 

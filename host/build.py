@@ -12,16 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from host.devices.base import PropertyError, parse_bool
-from host.devices.iommu import IommuDevice
-from host.firmware import install_acpi, install_fdt
-from host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
-from host.machine import Machine
-from host.machine_types import MachineSpec, check_placement, parse_machine, ram_layout
-from host.pci import BusMasterGate, PciFunction
-from host.platform import TRANSLATING, P2mAddressSpace, PlatformIommuWindow, p2m_shift
-from host.platform import cmdline_param as platform_cmdline
-from host.qdev import (
+from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace, WriteLog
+from virtio_sim.host.devices.base import PropertyError, parse_bool
+from virtio_sim.host.devices.iommu import IommuDevice
+from virtio_sim.host.firmware import install_acpi, install_fdt
+from virtio_sim.host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
+from virtio_sim.host.machine import Machine
+from virtio_sim.host.machine_types import MachineSpec, check_placement, parse_machine, ram_layout
+from virtio_sim.host.pci import BusMasterGate, PciFunction
+from virtio_sim.host.platform import TRANSLATING, P2mAddressSpace, PlatformIommuWindow, p2m_shift
+from virtio_sim.host.platform import cmdline_param as platform_cmdline
+from virtio_sim.host.qdev import (
     BuiltDevice,
     DeviceSpec,
     build_device,
@@ -29,9 +30,8 @@ from host.qdev import (
     parse_device_option,
     pci_name,
 )
-from host.transport.virtio_pci import VirtioPciProxy
-from host.virtio_device import VirtioDevice
-from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace, WriteLog
+from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
 from virtio_sim.netproto import nth_mac

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from host.devices.base import PropertyError
-from host.qdev import RING_PROPS
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import RING_PROPS
 from virtio_sim.profiles import DeviceProfile
 
 

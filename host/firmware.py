@@ -11,12 +11,19 @@ configuration table does on real arm64); with acpi=off a device tree instead
 
 from __future__ import annotations
 
-from host.acpi import AcpiPlan, AcpiTables, MmioDeviceEntry, PciBridgeEntry, ViotTopology, build_tables
-from host.fdt import FdtPciHost, virt_fdt
-from host.machine import Machine
-from host.machine_types import MachineSpec
-from host.transport.mmio import MMIO_WINDOW
 from virtio_sim.acpi_layouts import FDT, RSDP
+from virtio_sim.host.acpi import (
+    AcpiPlan,
+    AcpiTables,
+    MmioDeviceEntry,
+    PciBridgeEntry,
+    ViotTopology,
+    build_tables,
+)
+from virtio_sim.host.fdt import FdtPciHost, virt_fdt
+from virtio_sim.host.machine import Machine
+from virtio_sim.host.machine_types import MachineSpec
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
 from virtio_sim.memory import GuestMemory
 from virtio_sim.spec import PCI_CFG
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from host.pci import PciHost, PciWindows, gpex_host_bridge, q35_host_bridge
-from host.transport.mmio import MMIO_WINDOW, MmioTransport
-from host.transport.virtio_pci import VirtioPciProxy
-from host.virtio_device import VirtioDevice
+from virtio_sim.host.pci import PciHost, PciWindows, gpex_host_bridge, q35_host_bridge
+from virtio_sim.host.transport.mmio import MMIO_WINDOW, MmioTransport
+from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.memory import GuestMemory
 from virtio_sim.spec import MMIO, MSI

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from host.devices.base import PropertyError
 from virtio_sim.acpi_layouts import HID
+from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.spec import load_toml
 
 MACHINE_FACTS: dict[str, dict[str, Any]] = load_toml("machines.toml")

@@ -23,8 +23,8 @@ guest page decides an outcome.
 
 from __future__ import annotations
 
-from host.iommu import Iommu
 from virtio_sim.dma import AddressSpace, DmaError, IdentityAddressSpace, WriteLog
+from virtio_sim.host.iommu import Iommu
 from virtio_sim.memory import PAGE_SIZE, GuestMemory, Lease, MemoryAccessError
 from virtio_sim.spec import IOMMU_MAP_F, IOMMU_S
 

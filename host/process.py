@@ -30,12 +30,6 @@ from typing import Any, TextIO
 
 import trio
 
-from host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
-from host.devices.base import PropertyError, parse_bool
-from host.devices.blk import BlkDevice
-from host.qdev import COMMON_PROPS, DEVICE_TYPES, format_device_option, parse_device_option
-from host.remote_dma import DmaPort, WireAddressSpace
-from host.server import BYE_REASON, CLOSED_REASON, serve
 from virtio_sim import wire
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace
 from virtio_sim.exit_codes import (
@@ -52,6 +46,12 @@ from virtio_sim.handshake import (
     MemoryMode,
     host_handshake,
 )
+from virtio_sim.host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
+from virtio_sim.host.devices.base import PropertyError, parse_bool
+from virtio_sim.host.devices.blk import BlkDevice
+from virtio_sim.host.qdev import COMMON_PROPS, DEVICE_TYPES, format_device_option, parse_device_option
+from virtio_sim.host.remote_dma import DmaPort, WireAddressSpace
+from virtio_sim.host.server import BYE_REASON, CLOSED_REASON, serve
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.lifeline import wait_for_stdin_eof
 from virtio_sim.memory import GuestMemory

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from host.devices import hostile
-from host.devices.base import DeviceModel, PropertyError, parse_bool
-from host.devices.blk import BlkDevice
-from host.devices.rng import RngDevice
-from host.qdev_netcon import NET_PROPS, SERIAL_PROPS, net_device, serial_device
-from host.transport.virtio_pci import resolve_modes
-from host.virtio_device import ErrorPolicy, TransportFeatures
+from virtio_sim.host.devices import hostile
+from virtio_sim.host.devices.base import DeviceModel, PropertyError, parse_bool
+from virtio_sim.host.devices.blk import BlkDevice
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.qdev_netcon import NET_PROPS, SERIAL_PROPS, net_device, serial_device
+from virtio_sim.host.transport.virtio_pci import resolve_modes
+from virtio_sim.host.virtio_device import ErrorPolicy, TransportFeatures
 from virtio_sim.spec import MMIO, PCI_CFG, PCI_CLASS, QEMU_PCI
 
 COMMON_PROPS = (

@@ -25,11 +25,11 @@ model behind PCI):
 
 from __future__ import annotations
 
-from host.devices.base import DeviceModel, PropertyError, parse_bool
-from host.devices.chardev import LoopbackChar, chardev_from_spec
-from host.devices.console import ConsoleDevice
-from host.devices.net import FAULTS, NetDevice
-from host.devices.netbackend import SWITCHES, LoopbackBackend, NetBackend
+from virtio_sim.host.devices.base import DeviceModel, PropertyError, parse_bool
+from virtio_sim.host.devices.chardev import LoopbackChar, chardev_from_spec
+from virtio_sim.host.devices.console import ConsoleDevice
+from virtio_sim.host.devices.net import FAULTS, NetDevice
+from virtio_sim.host.devices.netbackend import SWITCHES, LoopbackBackend, NetBackend
 from virtio_sim.netproto import parse_mac
 from virtio_sim.spec import CONSOLE, NET
 

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from host.machine import Machine
-from host.remote_dma import DmaPort, PostingChannel
 from virtio_sim import wire
 from virtio_sim.dma import DmaError
+from virtio_sim.host.machine import Machine
+from virtio_sim.host.remote_dma import DmaPort, PostingChannel
 from virtio_sim.ring.chain import RingError
 from virtio_sim.wire import ErrorCode, FrameChannel, IrqKind, MsgType, WireError
 

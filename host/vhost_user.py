@@ -35,13 +35,15 @@ from typing import Any
 
 import trio
 
-from host.devices.base import DeviceModel
-from host.devices.blk import BlkDevice
-from host.devices.rng import RngDevice
-from host.observer import DriverObserver
-from host.qdev import BuiltDevice
-from host.vhost_memory import VhostMemoryError, VhostMemoryTable
-from host.vhost_user_wire import (
+from virtio_sim import layouts
+from virtio_sim.dma import DmaError
+from virtio_sim.host.devices.base import DeviceModel
+from virtio_sim.host.devices.blk import BlkDevice
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.observer import DriverObserver
+from virtio_sim.host.qdev import BuiltDevice
+from virtio_sim.host.vhost_memory import VhostMemoryError, VhostMemoryTable
+from virtio_sim.host.vhost_user_wire import (
     Message,
     VhostUserProtocolError,
     encode_reply,
@@ -53,9 +55,7 @@ from host.vhost_user_wire import (
     u64_payload,
     vring_state_payload,
 )
-from host.virtio_device import VirtioDevice
-from virtio_sim import layouts
-from virtio_sim.dma import DmaError
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.ring.chain import Chain, RingError
 from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses, check_queue_size
 from virtio_sim.spec import (

@@ -20,11 +20,11 @@ from typing import Any
 
 import trio
 
-from host.devices.base import PropertyError
-from host.qdev import build_device, parse_device_option
-from host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.argtypes import positive_seconds
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import build_device, parse_device_option
+from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
 
 SUPPORTED = ("virtio-rng-device", "virtio-blk-device")
 

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from host.devices.base import DeviceModel
-from host.observer import DriverObserver, RingView
 from virtio_sim.dma import AddressSpace, DmaError, PeerGoneError
+from virtio_sim.host.devices.base import DeviceModel
+from virtio_sim.host.observer import DriverObserver, RingView
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.ring.api import DeviceRing
 from virtio_sim.ring.chain import Chain, RingError

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from host.build import HostSetup
-from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.dma import DmaError
+from virtio_sim.host.build import HostSetup
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.ring.chain import RingError
 from virtio_sim.ring.split import IDX_MASK, SplitDeviceQueue
 from virtio_sim.spec import STATUS

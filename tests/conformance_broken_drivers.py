@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from guest.transport.base import TransportError
-from guest.transport.mmio import MmioTransportDriver
-from guest.transport.pci_common import NoDevice
-from guest.transport.pci_legacy import PciLegacyTransport
-from guest.transport.pci_modern import PciModernTransport
-from guest.virtio import GuestVirtqueue, ProbeRefused, VirtioGuestDevice, _RingMemory
 from virtio_sim import layouts
+from virtio_sim.guest.transport.base import TransportError
+from virtio_sim.guest.transport.mmio import MmioTransportDriver
+from virtio_sim.guest.transport.pci_common import NoDevice
+from virtio_sim.guest.transport.pci_legacy import PciLegacyTransport
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
+from virtio_sim.guest.virtio import GuestVirtqueue, ProbeRefused, VirtioGuestDevice, _RingMemory
 from virtio_sim.layouts import VIRTIO_CFG_CAP
 from virtio_sim.ring.split import SplitDriverQueue
 from virtio_sim.spec import BLK_T, DESC_F, FEATURES, MMIO, PCI, PCI_CAP, STATUS, USED_F, F, bit

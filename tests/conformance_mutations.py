@@ -23,21 +23,21 @@ from unittest import mock
 
 import trio
 
-from guest.drivers.console import ConsoleDriver
-from guest.drivers.net import NetDriver
-from guest.drivers.rng import RngDriver
-from guest.virtio import VirtioGuestDevice
-from host.devices.blk import BlkDevice
-from host.devices.console import ConsoleDevice
-from host.devices.net import NetDevice
-from host.devices.rng import RngDevice
-from host.transport.mmio import MmioTransport
-from host.virtio_device import QueueState, VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.conformance.catalog import load_catalog
 from virtio_sim.conformance.device_runner import run_device_target
 from virtio_sim.conformance.driver_runner import run_driver_target
 from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Policy, Verdict
+from virtio_sim.guest.drivers.console import ConsoleDriver
+from virtio_sim.guest.drivers.net import NetDriver
+from virtio_sim.guest.drivers.rng import RngDriver
+from virtio_sim.guest.virtio import VirtioGuestDevice
+from virtio_sim.host.devices.blk import BlkDevice
+from virtio_sim.host.devices.console import ConsoleDevice
+from virtio_sim.host.devices.net import NetDevice
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.transport.mmio import MmioTransport
+from virtio_sim.host.virtio_device import QueueState, VirtioDevice
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue
 from virtio_sim.spec import NET_F, PACKED_DESC_F, STATUS, F, bit

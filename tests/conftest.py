@@ -4,19 +4,39 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from ci_policy import pytest_runtest_makereport  # noqa: F401  (CI=true: a skipped qemu test fails)
 
 from virtio_sim.memory import GuestMemory
-from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86
+from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86, MissingTool, static_busybox
+
+
+def _static_busybox() -> bool:
+    try:
+        static_busybox()
+    except MissingTool:
+        return False
+    return True
+
+
+#: programs tests run, for ``@pytest.mark.tool(NAME)``: how to find one, and the Debian
+#: package that has it (README.md names every one; tests/test_readme_ci.py checks that)
+SYSTEM_TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
+    "iasl": (lambda: shutil.which("iasl") is not None, "acpica-tools"),
+    "chromium": (lambda: shutil.which("chromium") is not None, "chromium"),
+    "busybox": (_static_busybox, "busybox-static"),
+    "dpdk-testpmd": (lambda: shutil.which("dpdk-testpmd") is not None, "dpdk"),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``qemu`` run whenever QEMU is installed; otherwise they are skipped
     with the command that installs it (CI installs it, so there they always run; under
-    CI=true such a skip is a failure: ci_policy.py)."""
+    CI=true such a skip is a failure: ci_policy.py). The same for ``tool(NAME)``: skipped
+    with ``apt-get install PACKAGE`` when NAME is missing."""
     for marker, binary in (("qemu", QEMU_X86), ("qemu_arm", QEMU_ARM)):
         if shutil.which(binary):
             continue
@@ -24,6 +44,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+    present: dict[str, bool] = {}
+    for item in items:
+        for mark in item.iter_markers("tool"):
+            (name,) = mark.args
+            found, package = SYSTEM_TOOLS[name]
+            if name not in present:
+                present[name] = found()
+            if not present[name]:
+                item.add_marker(pytest.mark.skip(reason=f"{name} not found: apt-get install {package}"))
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from guest.drivers.base import GuestDriver
-from guest.link import HostLink
-from guest.platform import GuestKernel, GuestPolicy
+from virtio_sim.guest.drivers.base import GuestDriver
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.platform import GuestKernel, GuestPolicy
 from virtio_sim.handshake import HostSession, MemoryMode, guest_handshake, session_memory
 from virtio_sim.memory import GuestMemory
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress, connect, parse_address

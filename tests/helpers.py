@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guest.allocator import PageAllocator
-from guest.dma import DirectDma
-from host.devices.base import DeviceModel
-from host.transport.mmio import MmioTransport
-from host.virtio_device import ErrorPolicy, VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.dma import IdentityAddressSpace
+from virtio_sim.guest.allocator import PageAllocator
+from virtio_sim.guest.dma import DirectDma
+from virtio_sim.host.devices.base import DeviceModel
+from virtio_sim.host.transport.mmio import MmioTransport
+from virtio_sim.host.virtio_device import ErrorPolicy, VirtioDevice
 from virtio_sim.layouts import MMIO_OFFSETS as R
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.split import SplitDriverQueue, SplitRingAddresses

@@ -9,12 +9,12 @@ from typing import Any
 
 import trio
 
-from guest.link import HostLink
-from guest.platform import GuestKernel, GuestPolicy
-from host.build import HostConfig, HostSetup, build_host
-from host.machine import Q35_ECAM_BASE
-from host.server import serve
-from host.transport.virtio_pci import VirtioPciProxy
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.platform import GuestKernel, GuestPolicy
+from virtio_sim.host.build import HostConfig, HostSetup, build_host
+from virtio_sim.host.machine import Q35_ECAM_BASE
+from virtio_sim.host.server import serve
+from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.layouts import PCI_BAR_SIZE, PCI_HEADER
 from virtio_sim.spec import PCI_CFG, PCI_CMD
 from virtio_sim.wire import memory_link

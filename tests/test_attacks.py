@@ -22,13 +22,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.acpi import AcpiError, table_length
-from host.devices.hostile import LIES
-from host.devices.rng import RngDevice
-from host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
-from host.remote_dma import DmaPort
-from host.vhost_user_wire import VhostUserProtocolError, receive_message
-from host.virtio_device import VirtioDevice
 from virtio_sim import cli, wire
 from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
@@ -36,8 +29,11 @@ from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
 from virtio_sim.attacks.corpus_wire import ListeningWatch, run_wire_corpus, vu
 from virtio_sim.attacks.device_side import (
     IGNORED_NEEDS_RESET,
+    RUN_SECONDS,
     TOLERABLE,
+    DriverTarget,
     driver_cases,
+    judge,
     profiles,
     run_driver_case,
 )
@@ -47,10 +43,17 @@ from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.acpi import AcpiError, table_length
 from virtio_sim.handshake import HandshakeError, guest_handshake
+from virtio_sim.host.devices.hostile import LIES
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.process import DEFAULT_MAX_GUESTS, HostOptions, HostServer, plan_host
+from virtio_sim.host.remote_dma import DmaPort
+from virtio_sim.host.vhost_user_wire import VhostUserProtocolError, receive_message
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import fast_codec
 from virtio_sim.memory import GuestMemory
-from virtio_sim.outcome import Outcome
+from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.ring.chain import RingError
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress
 from virtio_sim.spec import CHAIN, LIMITS, SPECS_DIR, STATUS, VU_LIMITS, VU_REQ
@@ -307,6 +310,17 @@ def test_hostile_device_against_every_driver_profile(device: str, tmp_path: Path
     assert all(r.policy == "broken+reset" for r in breaking if not r.scenario.startswith("needs-reset"))
 
 
+def test_a_reverse_case_that_runs_out_of_time_is_a_hang() -> None:
+    """The generous RUN_SECONDS does not hide hangs: a run the guest ended at the bound is a
+    HANG verdict, on a profile that ignores DEVICE_NEEDS_RESET too (only the guest's own
+    report of that wait is excused)."""
+    t = DriverTarget("linux-6.1", "rng", "mmio-v2", "split")
+    timed_out = RunResult(Outcome.HANG, detail=f"no completion within {RUN_SECONDS:g}s")
+    assert judge(t, "used-id-ffff", timed_out)[0] is Verdict.HANG
+    assert judge(t, "needs-reset", timed_out)[0] is Verdict.HANG
+    assert 10 <= RUN_SECONDS <= 60
+
+
 def test_hostile_property_is_validated() -> None:
     r = trio.run(run_embedded, RunConfig("virtio-rng-device,x-hostile=nonsense", "rng"))
     assert r.outcome is Outcome.HOST_REFUSED and "x-hostile" in r.detail
@@ -358,7 +372,7 @@ def test_cli_attack_list_json_and_usage(capsys: pytest.CaptureFixture[str]) -> N
 
 _PROBE = """
 import json
-from host import process
+from virtio_sim.host import process
 from virtio_sim import cli, handshake, wire
 from virtio_sim.ring import split
 from virtio_sim.spec import VU_LIMITS
@@ -388,7 +402,7 @@ def _with_specs(tmp_path: Path, edit: dict[str, tuple[str, str]]) -> subprocess.
         assert old in text, (name, old)
         (specs / name).write_text(text.replace(old, new))
     env = {**os.environ, "VIRTIO_SIM_SPECS": str(specs)}
-    root = str(SPECS.parent)
+    root = str(Path(__file__).resolve().parent.parent)  # the checkout (SPECS is virtio_sim/specs)
     return subprocess.run(
         [sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=root, timeout=60
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import Bench, make_bench
 
-from host.devices.blk import BlkDevice
-from host.virtio_device import ErrorPolicy
+from virtio_sim.host.devices.blk import BlkDevice
+from virtio_sim.host.virtio_device import ErrorPolicy
 from virtio_sim.layouts import blk_req_header_codec, desc_codec
 from virtio_sim.spec import BLK_S, BLK_T, DESC_F, STATUS
 

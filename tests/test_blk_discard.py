@@ -9,7 +9,7 @@ import pytest
 from helpers import Bench, make_bench
 from test_blk_device import _request
 
-from host.devices.blk import BlkDevice
+from virtio_sim.host.devices.blk import BlkDevice
 from virtio_sim.layouts import blk_discard_codec
 from virtio_sim.matrix.cell import run_cell
 from virtio_sim.matrix.spec import Cell

@@ -15,11 +15,11 @@ import pytest
 import trio
 from helpers import make_bench
 
-import host.devices.blk as blk_module
-from host.devices.blk import BlkDevice
+import virtio_sim.host.devices.blk as blk_module
 from virtio_sim.conformance.catalog import load_catalog
 from virtio_sim.conformance.device_runner import run_device_target
 from virtio_sim.conformance.findings import FindingLog, Policy, Verdict
+from virtio_sim.host.devices.blk import BlkDevice
 from virtio_sim.layouts import RING_IDX_OFFSET, blk_req_header_codec
 from virtio_sim.spec import BLK_F, BLK_S, BLK_T, bit
 

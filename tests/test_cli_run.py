@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.workloads import blk_pattern_seed
+from virtio_sim.guest.workloads import blk_pattern_seed
 
 SECTOR = 512
 
@@ -31,8 +31,8 @@ def test_rng_json(transport: str) -> None:
     r = json.loads(p.stdout)
     assert r["outcome"] == "OK"
     assert r["transport"] == transport
-    assert r["workload"]["verified_stream"] is True
-    assert r["workload"]["bytes"] > 0
+    assert r["evidence"]["verified_stream"] is True
+    assert r["evidence"]["bytes"] > 0
     assert int(r["device_features"], 16) & int(r["driver_features"], 16) == int(r["driver_features"], 16)
     if transport == "mmio-v2":
         assert "VIRTIO_F_VERSION_1" in r["negotiated"]
@@ -49,11 +49,11 @@ def test_blk_rw_lands_on_the_given_disk(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["outcome"] == "OK", r["detail"]
-    assert r["workload"]["beyond_capacity"] == "IOERR"
+    assert r["evidence"]["beyond_capacity"] == "IOERR"
     # Recompute the workload's data and find it in the file.
     rnd = random.Random(blk_pattern_seed(7))
     content = disk.read_bytes()
-    for start, count in r["workload"]["plan"]:
+    for start, count in r["evidence"]["plan"]:
         want = rnd.randbytes(count * SECTOR)
         assert content[start * SECTOR : (start + count) * SECTOR] == want
 

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.platform import GuestPolicy
-from guest.profile import guest_policy
 from tests.conformance_broken_drivers import BROKEN
 from virtio_sim.conformance.catalog import load_catalog
 from virtio_sim.conformance.driver_runner import (
@@ -22,6 +20,8 @@ from virtio_sim.conformance.driver_runner import (
 )
 from virtio_sim.conformance.driver_watch import DriverWatch
 from virtio_sim.conformance.findings import FindingLog, Policy, Verdict
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.guest.profile import guest_policy
 from virtio_sim.profiles import load_driver_profile
 
 CATALOG = load_catalog()

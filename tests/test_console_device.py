@@ -12,11 +12,11 @@ import pytest
 import trio
 from helpers import Bench, make_bench
 
-from host.devices.base import PropertyError
-from host.devices.chardev import CharBackend, FileChar, LoopbackChar, StdioChar, chardev_from_spec
-from host.devices.console import ConsoleDevice
-from host.qdev import DeviceSpec, build_device
-from host.virtio_device import ErrorPolicy
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.devices.chardev import CharBackend, FileChar, LoopbackChar, StdioChar, chardev_from_spec
+from virtio_sim.host.devices.console import ConsoleDevice
+from virtio_sim.host.qdev import DeviceSpec, build_device
+from virtio_sim.host.virtio_device import ErrorPolicy
 from virtio_sim.layouts import CONSOLE_CONFIG_OFFSETS, MMIO_CONFIG_OFFSET, console_control_codec
 from virtio_sim.ring.split import SplitDriverQueue
 from virtio_sim.spec import CONSOLE, CONSOLE_E, CONSOLE_F, LIMITS, STATUS, F, bit
@@ -273,7 +273,7 @@ def test_host_input_backlog_is_bounded() -> None:
 def test_control_message_read_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """An 8 MiB control message (one MiB of memory, eight times): the device reads at most
     the bound, uses the header and completes it."""
-    from host.devices import console as console_module
+    from virtio_sim.host.devices import console as console_module
 
     sizes: list[int] = []
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from guest.platform_dma import PlatformInfo, XenDma, parse_platform, vring_use_dma_api
-from host.build import HostConfig, build_host
-from host.devices.base import PropertyError
-from host.machine_types import parse_machine
-from host.platform import P2mAddressSpace, cmdline_param, p2m_shift
+from virtio_sim.guest.allocator import PageAllocator
+from virtio_sim.guest.platform_dma import PlatformInfo, XenDma, parse_platform, vring_use_dma_api
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.machine_types import parse_machine
+from virtio_sim.host.platform import P2mAddressSpace, cmdline_param, p2m_shift
 from virtio_sim.matrix.cell import run_cell
 from virtio_sim.matrix.spec import expand, expected_outcome, load_matrix
 from virtio_sim.memory import GuestMemory
@@ -99,9 +100,7 @@ def test_xen_p2m_views_agree(tmp_path: object) -> None:
     try:
         shift = p2m_shift(16 << 20)
         device = P2mAddressSpace(mem, 0, 16 << 20, shift)
-        guest = XenDma(
-            mem, __import__("guest.allocator").allocator.PageAllocator(1 << 20, 8 << 20), (0, 16 << 20, shift)
-        )
+        guest = XenDma(mem, PageAllocator(1 << 20, 8 << 20), (0, 16 << 20, shift))
         buf = guest.alloc(100)
         assert buf.dev_addr != buf.gpa  # the bus address is the machine address
         guest.write(buf, b"through the p2m")

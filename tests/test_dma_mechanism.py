@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.iommu_dma import SAC_LIMIT, IovaAllocator, IovaExhausted
-from guest.profile import guest_policy
-from host.build import HostConfig, build_host
-from host.devices.base import PropertyError
-from host.machine_types import parse_ram_size, ram_layout
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.iommu_dma import SAC_LIMIT, IovaAllocator, IovaExhausted
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.machine_types import parse_ram_size, ram_layout
 from virtio_sim.matrix.cell import run_cell
 from virtio_sim.matrix.spec import expand, expected_outcome, load_matrix
 from virtio_sim.outcome import Outcome, RunResult

@@ -13,12 +13,12 @@ from helpers import make_bench
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guest.platform import GuestPolicy
-from guest.profile import guest_policy
-from host.devices.iommu import IommuDevice
-from host.iommu import EndpointTranslator, Iommu
 from virtio_sim.dma import DmaError, TranslatedAddressSpace
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.host.devices.iommu import IommuDevice
+from virtio_sim.host.iommu import EndpointTranslator, Iommu
 from virtio_sim.layouts import IOMMU_BODIES, IommuFault, IommuReqHead
 from virtio_sim.memory import GuestMemory
 from virtio_sim.outcome import Outcome
@@ -301,7 +301,7 @@ def test_run_cli_with_iommu() -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     r = json.loads(p.stdout)
-    assert r["outcome"] == "OK" and r["iommu"]["iotlb_misses"] > 0
+    assert r["outcome"] == "OK" and r["iommu_evidence"]["iotlb_misses"] > 0
 
 
 def test_default_policy_still_works_without_iommu() -> None:
@@ -310,7 +310,7 @@ def test_default_policy_still_works_without_iommu() -> None:
 
 
 def test_pci_endpoints_are_requester_ids(tmp_path: Path) -> None:
-    from host.build import HostConfig, build_host
+    from virtio_sim.host.build import HostConfig, build_host
 
     setup = build_host(HostConfig(devices=["virtio-blk-device", "virtio-rng-device"], transport="pci-modern",
                                   iommu="virtio-iommu", scratch_dir=str(tmp_path)))  # fmt: skip
@@ -325,7 +325,7 @@ def test_pci_endpoints_are_requester_ids(tmp_path: Path) -> None:
 
 
 def test_machine_wide_iommu_platform_default_with_per_device_override(tmp_path: Path) -> None:
-    from host.build import HostConfig, build_host
+    from virtio_sim.host.build import HostConfig, build_host
     from virtio_sim.spec import F
 
     cfg = HostConfig(

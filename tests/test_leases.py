@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from host.iommu import EndpointTranslator, Iommu
 from virtio_sim.dma import DmaError, IdentityAddressSpace, TranslatedAddressSpace, lease_for
+from virtio_sim.host.iommu import EndpointTranslator, Iommu
 from virtio_sim.layouts import desc_codec
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.chain import RingError

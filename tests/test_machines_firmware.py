@@ -16,7 +16,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guest.acpi import (
+from virtio_sim.acpi_layouts import decode_pkg_length, encode_pkg_length
+from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.acpi import (
     AcpiError,
     parse_dsdt,
     parse_fadt,
@@ -27,17 +29,15 @@ from guest.acpi import (
     parse_sdt,
     parse_viot,
 )
-from guest.fdt import FdtError, FdtNode, parse_fdt
-from guest.firmware import discover
-from guest.profile import guest_policy
-from host import acpi as host_acpi
-from host.acpi import AcpiPlan, MmioDeviceEntry, ViotTopology, build_tables, sdt
-from host.build import HostConfig, build_host
-from host.devices.base import PropertyError
-from host.fdt import virt_fdt
-from host.machine_types import MACHINE_FACTS, parse_machine
-from virtio_sim.acpi_layouts import decode_pkg_length, encode_pkg_length
-from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.fdt import FdtError, FdtNode, parse_fdt
+from virtio_sim.guest.firmware import discover
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.host import acpi as host_acpi
+from virtio_sim.host.acpi import AcpiPlan, MmioDeviceEntry, ViotTopology, build_tables, sdt
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.fdt import virt_fdt
+from virtio_sim.host.machine_types import MACHINE_FACTS, parse_machine
 from virtio_sim.matrix import report
 from virtio_sim.matrix.executors import LocalPool
 from virtio_sim.matrix.run import execute, plan
@@ -201,7 +201,7 @@ def test_cli_machine_and_global() -> None:
     )
     r = json.loads(p.stdout)
     assert p.returncode == 0 and r["outcome"] == "OK"
-    assert r["transport"] == "mmio-v2" and r["ring"]["format"] == "packed"
+    assert r["transport"] == "mmio-v2" and r["ring_info"]["format"] == "packed"
     assert r["probes"][0]["source"].startswith("acpi:")
     bad = subprocess.run(
         [*CLI, "-M", "virt,bogus=1", "--device", "virtio-rng-device", "--workload", "rng"],
@@ -220,7 +220,7 @@ def _tables(machine: str, devices: list[str], transport: str = "mmio-v2") -> dic
     setup = build_host(HostConfig(devices, transport, 8 << 20, machine=machine, scratch_dir="/tmp"))
     try:
         assert setup.machine_spec is not None
-        from host.firmware import acpi_plan
+        from virtio_sim.host.firmware import acpi_plan
 
         plan = acpi_plan(setup.machine, setup.machine_spec)
         tables = build_tables(plan, 0xE0000, 0x80000, 0xE0000)
@@ -241,6 +241,7 @@ def _iasl(tmp_path: Path, name: str, data: bytes) -> str:
     return (tmp_path / f"{name}.dsl").read_text()
 
 
+@pytest.mark.tool("iasl")
 def test_iasl_accepts_every_table(tmp_path: Path) -> None:
     t = _tables("q35,iommu=virtio", ["virtio-rng-pci"], "pci-modern")
     assert set(t) == {"RSD ", "DSDT", "FACP", "VIOT", "MCFG", "XSDT"}
@@ -273,6 +274,7 @@ def test_iasl_accepts_every_table(tmp_path: Path) -> None:
     assert (info.iommu_kind, info.iommu_address, info.pci_endpoints) == ("mmio", 0xFEB00E00, {8: 8})
 
 
+@pytest.mark.tool("iasl")
 def test_iasl_virt_dsdt_has_every_slot(tmp_path: Path) -> None:
     t = _tables("virt,x-mmio-hid=QEMU1AF4", ["virtio-rng-device"])
     dsl = _iasl(tmp_path, "dsdt", t["DSDT"])
@@ -344,8 +346,8 @@ def test_hostile_tables_are_refused_with_reasons() -> None:
 
 
 def test_q35_pci_comes_from_mcfg_and_the_host_bridge_crs() -> None:
-    from guest.pci import PciFirmware, parse_pci_param
-    from host.machine import Q35_ECAM_BASE, Q35_ECAM_BUSES, Q35_PCI_IO_WINDOW, Q35_PCI_MEM_WINDOW
+    from virtio_sim.guest.pci import PciFirmware, parse_pci_param
+    from virtio_sim.host.machine import Q35_ECAM_BASE, Q35_ECAM_BUSES, Q35_PCI_IO_WINDOW, Q35_PCI_MEM_WINDOW
 
     setup = build_host(
         HostConfig(["virtio-rng-pci"], "pci-modern", 8 << 20, machine="q35", scratch_dir="/tmp")
@@ -373,7 +375,7 @@ def test_q35_pci_comes_from_mcfg_and_the_host_bridge_crs() -> None:
 
 @pytest.mark.parametrize("transport", ["pci-modern", "pci-legacy"])
 def test_virt_pcie_host_found_through_acpi(transport: str, tmp_path: Path) -> None:
-    from guest.pci import PciFirmware
+    from virtio_sim.guest.pci import PciFirmware
 
     virt = MACHINE_FACTS["virt"]
     cfg = HostConfig(["virtio-blk-pci"], transport, 8 << 20, machine="virt", scratch_dir=str(tmp_path))
@@ -399,9 +401,9 @@ def test_virt_pcie_host_found_through_acpi(transport: str, tmp_path: Path) -> No
 
 
 def test_virt_pcie_host_found_through_the_device_tree(tmp_path: Path) -> None:
-    from guest.fdt import FdtError
-    from guest.pci import PciFirmware
-    from guest.pci_firmware import pci_from_fdt
+    from virtio_sim.guest.fdt import FdtError
+    from virtio_sim.guest.pci import PciFirmware
+    from virtio_sim.guest.pci_firmware import pci_from_fdt
 
     virt = MACHINE_FACTS["virt"]
     cfg = HostConfig(
@@ -432,6 +434,7 @@ def test_virt_pcie_host_found_through_the_device_tree(tmp_path: Path) -> None:
     assert [(p["device"], p["source"]) for p in _bound(r)] == [("blk", "pci")]
 
 
+@pytest.mark.tool("iasl")
 def test_iasl_accepts_virt_pci_tables(tmp_path: Path) -> None:
     t = _tables("virt", ["virtio-rng-pci"], "pci-modern")
     dsdt = _iasl(tmp_path, "dsdt", t["DSDT"])
@@ -445,8 +448,8 @@ def test_iasl_accepts_virt_pci_tables(tmp_path: Path) -> None:
 
 
 def test_host_bridge_reader_follows_qemus_scope_form_and_refuses_bad_windows() -> None:
-    from guest.acpi import AcpiDevice
-    from guest.pci_firmware import pci_from_acpi
+    from virtio_sim.guest.acpi import AcpiDevice
+    from virtio_sim.guest.pci_firmware import pci_from_acpi
 
     # QEMU q35: Device (PCI0) in Scope (_SB), its _CRS later in Scope (\_SB.PCI0)
     head = host_acpi.name("_HID", host_acpi.eisa_id("PNP0A08"))
@@ -485,7 +488,7 @@ def test_host_bridge_reader_follows_qemus_scope_form_and_refuses_bad_windows() -
 
 
 def test_crs_descriptors_checked() -> None:
-    from guest.acpi import AcpiDevice
+    from virtio_sim.guest.acpi import AcpiDevice
 
     dev = AcpiDevice("X")
     with pytest.raises(AcpiError, match="claims"):
@@ -575,7 +578,7 @@ def test_our_device_tree_matches_qemus_virtio_nodes(tmp_path: Path) -> None:
     # the PCIe host node: QEMU's I/O and 32-bit MMIO ranges, cells and domain; its ECAM is
     # the high one (0x40_1000_0000, 256 buses) where ours is QEMU's low ECAM (highmem-ecam
     # off: 0x3f000000, 16 buses), and its 64-bit window and msi-map we do not have
-    from host.fdt import FdtPciHost
+    from virtio_sim.host.fdt import FdtPciHost
 
     pci = FdtPciHost(
         facts["ecam_base"], facts["ecam_buses"], facts["pio_base"], 0x10000, tuple(facts["pci_mem"])

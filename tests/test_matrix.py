@@ -137,11 +137,13 @@ def test_cli_expectation_mismatch_fails_with_diff(tmp_path: Path) -> None:
     assert "expected OK, got HOST_REFUSED" in p.stdout
 
 
+@pytest.mark.tool("chromium")
 def test_cli_filters_json_junit_html(tmp_path: Path) -> None:
     js, xml, page = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.html"
     p = _cli(
         "matrix", "--driver", "linux-4.0", "--driver", "linux-6.1", "--device", "qemu-7.2",
         "--transport", "mmio-v2", "--iommu-platform", "on", "--iommu-platform", "off",
+        "--workload", "blk-rw", "--iommu", "none", "--ring", "split",
         "--json", str(js), "--junit-xml", str(xml), "--html", str(page),
     )  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
@@ -171,7 +173,7 @@ def test_cli_filters_json_junit_html(tmp_path: Path) -> None:
 
 
 def test_cli_json_alone_goes_to_stdout() -> None:
-    p = _cli("matrix", "--driver", "linux-3.18", "--device", "qemu-4.2", "--json")
+    p = _cli("matrix", "--driver", "linux-3.18", "--device", "qemu-4.2", "--transport", "mmio-v2", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["cells"][0]["outcome"] == "NOT_PROBED"
@@ -189,7 +191,8 @@ def test_cli_bad_arguments() -> None:
 def test_compat_reports_changed_outcomes() -> None:
     p = _cli(
         "compat", "--old", "linux-4.0", "--new", "linux-6.1", "--device", "qemu-7.2",
-        "--transport", "mmio-v2", "--iommu-platform", "on", "--iommu-platform", "off", "--json",
+        "--transport", "mmio-v2", "--iommu-platform", "on", "--iommu-platform", "off",
+        "--workload", "blk-rw", "--iommu", "none", "--ring", "split", "--json",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
@@ -203,6 +206,7 @@ def test_packed_ring_axis() -> None:
     p = _cli(
         "matrix", "--driver", "linux-5.0", "--driver", "linux-4.8", "--device", "qemu-4.2",
         "--device", "qemu-2.9", "--transport", "pci-modern", "--ring", "packed", "--json",
+        "--workload", "blk-rw", "--iommu", "none", "--iommu-platform", "off",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     cells = {(c["driver"], c["device"]): c for c in json.loads(p.stdout)["cells"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import make_bench
 
-from host.devices.rng import RngDevice
+from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.layouts import MMIO_CONFIG_OFFSET
 from virtio_sim.layouts import MMIO_OFFSETS as R
 from virtio_sim.spec import DEVICE_ID, MMIO, STATUS, F

@@ -10,11 +10,11 @@ from helpers import Bench, make_bench
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host.devices.base import PropertyError
-from host.devices.net import NetDevice
-from host.devices.netbackend import Frame, LoopbackBackend, NetEndpoint
-from host.qdev import DeviceSpec, build_device
-from host.virtio_device import ErrorPolicy
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.devices.net import NetDevice
+from virtio_sim.host.devices.netbackend import Frame, LoopbackBackend, NetEndpoint
+from virtio_sim.host.qdev import DeviceSpec, build_device
+from virtio_sim.host.virtio_device import ErrorPolicy
 from virtio_sim.layouts import MMIO_CONFIG_OFFSET, NET_CONFIG_OFFSETS, net_hdr_codec
 from virtio_sim.netproto import checksum_ok, complete_checksum, net_hdr_len
 from virtio_sim.ring.split import SplitDriverQueue

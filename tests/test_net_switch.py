@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from helpers import Bench, make_bench
 
-from host.devices.net import NetDevice
-from host.devices.netbackend import SWITCHES, Frame, Switch, SwitchRegistry
+from virtio_sim.host.devices.net import NetDevice
+from virtio_sim.host.devices.netbackend import SWITCHES, Frame, Switch, SwitchRegistry
 from virtio_sim.netproto import BROADCAST
 from virtio_sim.ring.split import SplitDriverQueue
 from virtio_sim.spec import NET_F, F, bit

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.profile import guest_policy
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
+from virtio_sim.guest.profile import guest_policy
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 
@@ -164,7 +164,7 @@ def test_net_pair_from_the_command_line() -> None:
     )
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
-    assert r["outcome"] == "OK" and r["workload"]["a_to_b"] == 24
+    assert r["outcome"] == "OK" and r["evidence"]["a_to_b"] == 24
 
 
 # --------------------------------------------------------------------------- console

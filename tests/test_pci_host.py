@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pci_helpers import HostBench, make_host
 
-from host.transport.pci_modern import BAR_SIZE as MODERN_BAR_SIZE
+from virtio_sim.host.transport.pci_modern import BAR_SIZE as MODERN_BAR_SIZE
 from virtio_sim.layouts import (
     COMMON_CFG,
     LEGACY_CONFIG_OFFSET,
@@ -576,8 +576,8 @@ def test_clearing_bus_master_stops_dma_and_drops_driver_ok(tmp_path: Path) -> No
 
 
 def test_neither_interface_is_refused() -> None:
-    from host.devices.base import PropertyError
-    from host.qdev import build_device, parse_device_option
+    from virtio_sim.host.devices.base import PropertyError
+    from virtio_sim.host.qdev import build_device, parse_device_option
 
     with pytest.raises(PropertyError, match="neither modern nor legacy"):
         build_device(parse_device_option("virtio-rng-pci,disable-legacy=on,disable-modern=on"))

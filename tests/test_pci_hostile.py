@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pci_helpers import HostBench, make_host, with_guest
 
-from guest.platform import GuestPolicy
-from host.machine import Q35_ECAM_BASE
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.host.machine import Q35_ECAM_BASE
 from virtio_sim.layouts import COMMON_CFG, PCI_HEADER
 from virtio_sim.outcome import Outcome
 from virtio_sim.spec import CONF1, PCI, PCI_CMD, QEMU_PCI, STATUS
@@ -97,7 +97,7 @@ def test_bogus_bar_programming_is_unmapped_not_fatal(tmp_path: Path) -> None:
 
 
 def test_overlapping_bars_of_two_functions(tmp_path: Path) -> None:
-    from host.build import HostConfig, build_host
+    from virtio_sim.host.build import HostConfig, build_host
 
     setup = build_host(
         HostConfig(

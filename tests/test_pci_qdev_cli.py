@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from host.build import HostConfig, build_host
-from host.devices.base import PropertyError
-from host.qdev import build_device, parse_device_option
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import build_device, parse_device_option
 from virtio_sim.layouts import (
     COMMON_CFG,
     COMMON_CFG_SIZE,

@@ -18,10 +18,10 @@ import pytest
 import trio
 from process_helpers import Proc, expect_error, host, raw_channel, run_guest
 
-from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
-from host.transport.mmio import MMIO_WINDOW
 from virtio_sim import wire
 from virtio_sim.handshake import HandshakeError, HostSession, MemoryMode, auth_tag, guest_handshake
+from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress, open_listener
 from virtio_sim.spec import MMIO, F

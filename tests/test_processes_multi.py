@@ -7,10 +7,10 @@ from pathlib import Path
 import trio
 from process_helpers import host, raw_channel, run_guest
 
-from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
-from host.transport.mmio import MMIO_WINDOW
 from virtio_sim import wire
 from virtio_sim.handshake import MemoryMode, guest_handshake, session_memory
+from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.spec import MMIO, STATUS
 from virtio_sim.wire import MsgType

@@ -15,10 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from process_helpers import CLI, ROOT
 
-from guest.link import HostLink
-from host.build import HostConfig, build_host
-from host.server import serve
 from virtio_sim import cli, wire
+from virtio_sim.guest.link import HostLink
 from virtio_sim.handshake import (
     HandshakeError,
     HostOffer,
@@ -27,6 +25,8 @@ from virtio_sim.handshake import (
     host_handshake,
     session_memory,
 )
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.server import serve
 from virtio_sim.memory import GuestMemory
 from virtio_sim.sockets import (
     AddressError,

@@ -129,6 +129,7 @@ def _disassemble(aml: bytes, tmp_path: Path) -> str:
 
 
 @pytest.mark.qemu
+@pytest.mark.tool("iasl")
 def test_microvm_tables_list_the_populated_transports(tmp_path: Path) -> None:
     q = spawn_qtest(
         require_qemu(QEMU_X86),
@@ -152,6 +153,7 @@ def test_microvm_tables_list_the_populated_transports(tmp_path: Path) -> None:
 
 @pytest.mark.qemu
 @pytest.mark.qemu_arm
+@pytest.mark.tool("iasl")
 def test_arm_virt_tables_list_all_32_transports(tmp_path: Path) -> None:
     q = spawn_qtest(
         require_qemu(QEMU_ARM),

@@ -4,7 +4,8 @@ A profile (specs/profiles/devices/qemu-X.Y.toml) claims what QEMU X.Y's devices 
 guest; QEMU 7.2's pc-i440fx-X.Y keeps exactly that for migration. For every profile,
 device model (blk, rng, net, console) and PCI transport, our device and QEMU's are read
 with the same probe (ids, revision, subsystem, class, feature words per interface, queue
-sizes, config bytes, notify multiplier); any difference not listed, with its reason, in
+sizes, config bytes, notify multiplier), and on virtio-mmio (arm virt-X.Y: version, ids,
+feature words, QueueNumMax, config bytes); any difference not listed, with its reason, in
 docs/qemu-deviations.md (``generation-keys``) fails.
 """
 
@@ -40,6 +41,7 @@ def _all() -> dict[str, list[gen.GenerationDiff]]:
 
 
 @pytest.mark.qemu
+@pytest.mark.qemu_arm  # the virtio-mmio generations run on arm virt-X.Y
 def test_every_generation_presents_what_its_compat_machine_presents() -> None:
     keys = _doc_keys()
     found = [d for results in _all().values() for r in results for d in r.differences]
@@ -50,6 +52,7 @@ def test_every_generation_presents_what_its_compat_machine_presents() -> None:
 
 
 @pytest.mark.qemu
+@pytest.mark.qemu_arm  # the virtio-mmio generations run on arm virt-X.Y
 def test_every_profile_with_a_machine_was_compared_on_every_transport_it_has() -> None:
     compared = {(r.profile, r.transport) for results in _all().values() for r in results if not r.refused}
     for name in gen.qemu_profiles():
@@ -60,6 +63,7 @@ def test_every_profile_with_a_machine_was_compared_on_every_transport_it_has() -
 
 
 @pytest.mark.qemu
+@pytest.mark.qemu_arm  # the virtio-mmio generations run on arm virt-X.Y
 def test_the_measured_words_change_where_qemu_changed_a_default() -> None:
     """What the compat machines present, read back: the changes the profiles model."""
 
@@ -75,6 +79,8 @@ def test_the_measured_words_change_where_qemu_changed_a_default() -> None:
     assert word("qemu-7.2", "pci-modern", "blk", "modern") == 0x10130006E54  # RING_RESET
     assert word("qemu-2.7", "pci-modern", "console", "modern") == 0x130000002  # no EMERG_WRITE
     assert word("qemu-2.9", "pci-modern", "console", "modern") == 0x130000006
+    assert word("qemu-2.6", "mmio-v1", "blk", "mmio") == 0x31000ED4  # arm virt-2.6, force-legacy
+    assert word("qemu-4.2", "mmio-v2", "blk", "mmio") == 0x130006E54  # force-legacy=off (4.2+)
 
 
 def test_unknown_device_property_names_the_file_and_key(tmp_path: Path) -> None:
@@ -129,6 +135,8 @@ def _matrix(
         "virtio_sim.cli",
         "matrix",
         *sel,
+        "--ring",
+        "split",  # QEMU-backend cells are split-ring only
         "--device-backend",
         backend,
         "--json",

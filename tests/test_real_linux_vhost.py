@@ -33,7 +33,7 @@ from virtio_sim.qemu.linux_vhost import (
 from virtio_sim.qemu.tools import static_busybox
 from virtio_sim.spec import BLK_F, F
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.tool("busybox")]
 
 SECTOR = 512
 DISK_SECTORS = 8192  # 4 MiB

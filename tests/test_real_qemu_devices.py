@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.iommu_dma import SAC_LIMIT
-from guest.platform import GuestKernel
-from guest.profile import guest_policy
-from guest.qtest_link import QtestLink, QtestMemory
-from guest.workloads import blk_pattern_seed
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.iommu_dma import SAC_LIMIT
+from virtio_sim.guest.platform import GuestKernel
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
+from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
@@ -230,7 +230,7 @@ def test_cli_run_device_backend_qemu(tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["outcome"] == "OK" and out["workload"]["device_backend"] == "qemu"
+    assert out["outcome"] == "OK" and out["evidence"]["device_backend"] == "qemu"
 
 
 # --------------------------------------------------------------------------- virtio-iommu
@@ -327,7 +327,8 @@ def test_dma_without_mappings_faults_in_qemus_iommu(tmp_path: Path) -> None:
 def test_matrix_cells_on_qemu_match_ours_and_expectations(tmp_path: Path) -> None:
     sel = ["--device", "qemu-7.2", "--driver", "linux-6.1", "--driver", "linux-4.0", "--driver", "linux-3.18",
            "--transport", "mmio-v2", "--transport", "pci-modern", "--transport", "pci-transitional",
-           "--workload", "rng", "--iommu-platform", "on", "--iommu-platform", "off"]  # fmt: skip
+           "--workload", "rng", "--iommu-platform", "on", "--iommu-platform", "off",
+           "--iommu", "none", "--ring", "split"]  # fmt: skip
     outcomes = {}
     for backend in ("qemu", "ours"):
         path = tmp_path / f"{backend}.json"

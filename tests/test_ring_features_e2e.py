@@ -18,18 +18,18 @@ import pytest
 import trio
 from helpers import Bench, make_bench
 
-from guest.drivers.blk import BlkDriver
-from guest.link import HostLink
-from guest.platform import GuestKernel, GuestPolicy
-from guest.virtio import DriverPolicy, GuestVirtqueue, RequestState
-from host.build import HostConfig, HostSetup, build_host
-from host.devices.base import DeviceModel, DeviceQueue
-from host.devices.rng import RngDevice
-from host.qdev import build_device, parse_device_option
-from host.server import serve
-from host.virtio_device import ErrorPolicy
 from virtio_sim import layouts as L
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.drivers.blk import BlkDriver
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.platform import GuestKernel, GuestPolicy
+from virtio_sim.guest.virtio import DriverPolicy, GuestVirtqueue, RequestState
+from virtio_sim.host.build import HostConfig, HostSetup, build_host
+from virtio_sim.host.devices.base import DeviceModel, DeviceQueue
+from virtio_sim.host.devices.rng import RngDevice
+from virtio_sim.host.qdev import build_device, parse_device_option
+from virtio_sim.host.server import serve
+from virtio_sim.host.virtio_device import ErrorPolicy
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.ring.chain import ChainReader, ChainWriter
 from virtio_sim.ring.notify import encode_notify_data
@@ -452,6 +452,6 @@ def test_cli_json_reports_the_ring(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--workload", "blk-rw", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["outcome"] == "OK"
-    assert r["ring"]["format"] == "packed" and r["ring"]["barriers"] == "platform"
+    assert r["ring_info"]["format"] == "packed" and r["ring_info"]["barriers"] == "platform"
     assert main([*argv, "--workload", "blk-rw"]) == 0
     assert "ring       packed, barriers platform" in capsys.readouterr().out

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.drivers.blk import BlkDriver
-from guest.link import HostLink
-from guest.platform import GuestKernel, GuestPolicy
-from host.build import HostConfig, build_host
-from host.server import serve
+from virtio_sim.guest.drivers.blk import BlkDriver
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.platform import GuestKernel, GuestPolicy
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.server import serve
 from virtio_sim.wire import memory_link
 
 SECTOR = 512

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-from guest.link import HostLink, HostLinkError
-from host.build import HostConfig, build_host
-from host.server import serve
 from virtio_sim import wire
+from virtio_sim.guest.link import HostLink, HostLinkError
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.server import serve
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.spec import MMIO
 from virtio_sim.wire import MsgType

@@ -149,10 +149,10 @@ def test_the_named_feature_bits_the_code_uses() -> None:
 def test_accessing_platform_is_bit_33_on_the_wire_of_a_device() -> None:
     """End to end: a device built with iommu_platform=on shows bit 33 in the DeviceFeatures
     register at the MMIO offsets of virtio_mmio.h, whatever the tables say."""
-    from host.qdev import build_device, parse_device_option
-    from host.transport.mmio import MmioTransport
-    from host.virtio_device import VirtioDevice
     from virtio_sim.dma import IdentityAddressSpace
+    from virtio_sim.host.qdev import build_device, parse_device_option
+    from virtio_sim.host.transport.mmio import MmioTransport
+    from virtio_sim.host.virtio_device import VirtioDevice
     from virtio_sim.memory import GuestMemory
 
     built = build_device(parse_device_option("virtio-rng-device,iommu_platform=on"))

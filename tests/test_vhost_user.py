@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from guest.allocator import PageAllocator
-from guest.dma import DirectDma
-from host.qdev import build_device, parse_device_option
-from host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim import layouts
+from virtio_sim.guest.allocator import PageAllocator
+from virtio_sim.guest.dma import DirectDma
+from virtio_sim.host.qdev import build_device, parse_device_option
+from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.split import SplitDriverQueue, SplitRingAddresses
 from virtio_sim.spec import BLK_F, DESC_F, VU_F, VU_FLAGS, VU_PROTOCOL_F, VU_REQ, VU_VRING, F, bit

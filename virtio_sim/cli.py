@@ -7,17 +7,20 @@ import json
 import os
 import stat
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 from rich.console import Console
 from rich.text import Text
 
-from guest.profile import guest_policy
-from guest.workloads import WORKLOADS
 from virtio_sim.argtypes import positive_seconds
+from virtio_sim.console import output_console
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.matrix.cli import (
     add_compat_arguments,
     add_matrix_arguments,
@@ -27,6 +30,7 @@ from virtio_sim.matrix.cli import (
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.peertext import peer_text, plain
 from virtio_sim.profiles import ProfileError, load_driver_profile
+from virtio_sim.result_record import result_record
 from virtio_sim.spec import LIMITS
 
 SECRET_ENV = "VIRTIO_SIM_SECRET"
@@ -51,8 +55,8 @@ def _size(text: str) -> int:
 
 
 def _qemu_ram(text: str) -> int:
-    from host.devices.base import PropertyError
-    from host.machine_types import parse_ram_size
+    from virtio_sim.host.devices.base import PropertyError
+    from virtio_sim.host.machine_types import parse_ram_size
 
     try:
         return parse_ram_size(text)
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
     add_compat_arguments(c)
     vu = sub.add_parser("vhost-user", help="serve one of our devices to a QEMU vhost-user front-end")
-    from host.vhost_user_cli import add_vhost_user_arguments
+    from virtio_sim.host.vhost_user_cli import add_vhost_user_arguments
 
     add_vhost_user_arguments(vu)
     from virtio_sim.attacks.cli import add_attack_arguments, add_fuzz_arguments
@@ -253,7 +257,7 @@ def _load_secret(args: argparse.Namespace) -> bytes | None:
 def print_human(result: RunResult, console: Console | None = None) -> None:
     """The result for people. Device names, drive paths and details are data (a drive path
     or a host's ERROR message may hold ``[/x]``): rich Text throughout, never markup."""
-    console = console or Console()
+    console = console or output_console()
     colour = "green" if result.outcome is Outcome.OK else "red"
     head = Text.assemble(
         (str(result.outcome), f"bold {colour}"), " ", plain(result.device), " over ", plain(result.transport)
@@ -277,7 +281,7 @@ def _error(message: str) -> None:
 
 
 def _host(args: argparse.Namespace) -> int:
-    from host.process import MACHINES, HostOptions, host_main
+    from virtio_sim.host.process import MACHINES, HostOptions, host_main
     from virtio_sim.sockets import AddressError, parse_address
 
     if args.machine == "help":  # QEMU's -M help
@@ -310,8 +314,8 @@ def _host(args: argparse.Namespace) -> int:
 
 
 def _guest(args: argparse.Namespace) -> int:
-    from guest.process import GuestOptions, guest_main, guest_policy_for
-    from guest.workloads import WORKLOADS
+    from virtio_sim.guest.process import GuestOptions, guest_main, guest_policy_for
+    from virtio_sim.guest.workloads import WORKLOADS
     from virtio_sim.sockets import AddressError, parse_address
 
     try:
@@ -348,16 +352,40 @@ def _guest(args: argparse.Namespace) -> int:
     return done.status
 
 
+def _run_record(
+    result: RunResult, cfg: RunConfig, driver: str | None, backend: str, seconds: float
+) -> dict[str, Any]:
+    """``run --json``: the record every matrix cell has too (docs/json-schema.md)."""
+    machine = cfg.machine or ("q35" if cfg.transport.startswith("pci") else "microvm")
+    # the transport the run ended up on (--transport mmio resolves to mmio-v1 or mmio-v2)
+    transport = result.transport or cfg.transport
+    return result_record(
+        result, transport=transport, machine=machine, workload=cfg.workload, iommu=cfg.iommu,
+        ram=_ram_text(cfg.ram_size), device_option=cfg.device, driver=driver, device_backend=backend,
+        seconds=seconds,
+    )  # fmt: skip
+
+
+def _ram_text(size: int) -> str:
+    """Bytes in QEMU's -m syntax, as the matrix's ram axis writes them (64M, 4G)."""
+    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
 def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool) -> int:
     from virtio_sim.processes import run_processes
 
+    start = time.perf_counter()
     try:
         done = trio.run(run_processes, cfg, link, driver)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     if done.result is not None:
         if as_json:
-            print(json.dumps(done.result.to_json(), indent=2), flush=True)
+            record = _run_record(done.result, cfg, driver, "ours", time.perf_counter() - start)
+            print(json.dumps(record, indent=2), flush=True)
         else:
             print_human(done.result)
     if done.message:
@@ -419,7 +447,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
         return cmd_conformance(args)
     if args.command == "vhost-user":
-        from host.vhost_user_cli import cmd_vhost_user
+        from virtio_sim.host.vhost_user_cli import cmd_vhost_user
 
         return cmd_vhost_user(args)
     if args.command in ("attack", "fuzz"):
@@ -461,6 +489,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if args.device_backend == "qemu" and args.processes:
             _error("--device-backend qemu runs the guest in this process (no --processes)")
             return EXIT_USAGE
+        start = time.perf_counter()
         try:
             if args.processes:
                 return _run_processes(cfg, args.link or "unix", args.driver, args.json)
@@ -475,7 +504,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"virtio-sim: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         if args.json:
-            print(json.dumps(result.to_json(), indent=2))
+            record = _run_record(result, cfg, args.driver, args.device_backend, time.perf_counter() - start)
+            print(json.dumps(record, indent=2))
         else:
             print_human(result)
         return 0 if result.outcome is Outcome.OK else 1

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from guest.boot import BootInfo, run_guest
-from guest.link import HostLink
-from guest.platform import GuestPolicy
-from guest.workloads import WORKLOADS
-from host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
-from host.devices.base import PropertyError
-from host.qdev import parse_device_option
-from host.server import serve
+from virtio_sim.guest.boot import BootInfo, run_guest
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.guest.workloads import WORKLOADS
+from virtio_sim.host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import parse_device_option
+from virtio_sim.host.server import serve
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.wire import memory_link

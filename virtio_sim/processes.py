@@ -28,8 +28,6 @@ from typing import Any
 
 import trio
 
-from host.build import PCI_TRANSPORT_PROPS
-from host.qdev import format_device_option, model_name, parse_device_option, pci_name
 from virtio_sim.embedded import RunConfig, check_config
 from virtio_sim.exit_codes import (
     EXIT_FAIL,
@@ -38,6 +36,8 @@ from virtio_sim.exit_codes import (
     EXIT_PEER_LOST,
     EXIT_USAGE,
 )
+from virtio_sim.host.build import PCI_TRANSPORT_PROPS
+from virtio_sim.host.qdev import format_device_option, model_name, parse_device_option, pci_name
 from virtio_sim.outcome import Outcome, RunResult
 
 LINKS = ("unix", "tcp")

@@ -69,6 +69,9 @@ class DeviceProfile:
     #: QEMU's machine types that carry this generation's ABI ("" : none installed here)
     pci_machine: str = ""
     mmio_machine: str = ""
+    #: qemu-system-aarch64's virt-X.Y: the compat machine that presents this generation's
+    #: virtio-mmio devices (microvm has no versioned types)
+    arm_machine: str = ""
     #: where a compat machine does not reproduce the real old version, and what we do
     compat_notes: tuple[str, ...] = ()
     #: the vIOMMU device models this generation has (QEMU's -device names); a cell that
@@ -120,7 +123,7 @@ DEVICE_MODEL_PROPERTIES: dict[str, dict[str, type]] = {
     "iommu": {},
 }  # fmt: skip
 FORCEABLE = {"iommu_platform": bool, "disable-legacy": bool}
-_QEMU_KEYS = {"pci_machine": str, "mmio_machine": str, "notes": list}
+_QEMU_KEYS = {"pci_machine": str, "mmio_machine": str, "arm_machine": str, "notes": list}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -231,6 +234,7 @@ def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfi
         machine_globals=machine_globals,
         pci_machine=qemu.get("pci_machine", ""),
         mmio_machine=qemu.get("mmio_machine", ""),
+        arm_machine=qemu.get("arm_machine", ""),
         compat_notes=tuple(qemu.get("notes", [])),
         iommu_models=_iommu_models(path, data.get("iommu_models", [])),
     )

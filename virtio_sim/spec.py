@@ -15,10 +15,23 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-SPECS_DIR = Path(os.environ.get("VIRTIO_SIM_SPECS", Path(__file__).resolve().parent.parent / "specs"))
+
+def _specs_dir() -> Path:
+    """The spec data: ``$VIRTIO_SIM_SPECS`` if set, else the ``specs`` folder inside the
+    package (in a checkout the ``virtio_sim/specs`` symlink to the top-level specs/; in an
+    installed wheel the copy shipped as package data), so every command works from any
+    directory whichever way the package was installed."""
+    override = os.environ.get("VIRTIO_SIM_SPECS")
+    if override:
+        return Path(override)
+    return Path(str(resources.files("virtio_sim").joinpath("specs")))
+
+
+SPECS_DIR = _specs_dir()
 
 
 class SpecDataError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from guest.virtio import VirtioGuestDevice
+from virtio_sim.guest.virtio import VirtioGuestDevice
 
 
 class DeviceProtocolError(Exception):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guest.drivers.base import GuestDriver
-from guest.evidence import CorruptionDetected
-from guest.virtio import GuestVirtqueue
 from virtio_sim import layouts
+from virtio_sim.guest.drivers.base import GuestDriver
+from virtio_sim.guest.evidence import CorruptionDetected
+from virtio_sim.guest.virtio import GuestVirtqueue
 from virtio_sim.layouts import BLK_REQ_HEADER_SIZE, blk_discard_codec, blk_req_header_codec, field_offsets
 from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, QEMU_BLK, bit
 

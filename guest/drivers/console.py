@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from guest.drivers.base import DeviceProtocolError, GuestDriver
-from guest.drivers.rxpool import RxPool
-from guest.virtio import GuestVirtqueue, ProbeRefused
 from virtio_sim import layouts
+from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
+from virtio_sim.guest.drivers.rxpool import RxPool
+from virtio_sim.guest.virtio import GuestVirtqueue, ProbeRefused
 from virtio_sim.layouts import (
     CONSOLE_CONFIG_OFFSETS,
     CONSOLE_CONTROL_SIZE,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from guest.drivers.base import DriverProbeError, GuestDriver
-from guest.virtio import GuestVirtqueue
+from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
+from virtio_sim.guest.virtio import GuestVirtqueue
 from virtio_sim.layouts import (
     IOMMU_BODIES,
     IOMMU_TAIL_SIZE,

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from guest.drivers.base import DeviceProtocolError, GuestDriver
-from guest.drivers.rxpool import RxBuf, RxPool
-from guest.virtio import GuestVirtqueue, ProbeRefused
 from virtio_sim import layouts
+from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
+from virtio_sim.guest.drivers.rxpool import RxBuf, RxPool
+from virtio_sim.guest.virtio import GuestVirtqueue, ProbeRefused
 from virtio_sim.layouts import (
     NET_CONFIG_OFFSETS,
     NET_CTRL_ACK_SIZE,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from guest.drivers.base import GuestDriver
-from guest.virtio import GuestVirtqueue
+from virtio_sim.guest.drivers.base import GuestDriver
+from virtio_sim.guest.virtio import GuestVirtqueue
 
 
 class RngDriver(GuestDriver):

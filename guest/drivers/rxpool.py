@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from guest.dma import DmaApi
-from guest.virtio import GuestVirtqueue
+from virtio_sim.guest.dma import DmaApi
+from virtio_sim.guest.virtio import GuestVirtqueue
 from virtio_sim.ring.chain import DmaBuffer
 
 MAX_SEGMENTS_PER_BUFFER = 2

@@ -6,8 +6,8 @@ exactly as Linux before 4.0 did ("Version 2 not supported!").
 
 from __future__ import annotations
 
-from guest.link import HostLink
-from guest.transport.base import TransportError
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.transport.base import TransportError
 from virtio_sim.layouts import MMIO_CONFIG_OFFSET, MMIO_OFFSETS, ByteOrder
 from virtio_sim.ring.split import SplitRingAddresses
 from virtio_sim.spec import MMIO

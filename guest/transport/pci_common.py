@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from guest.link import HostLink
-from guest.pci import GuestMsix, GuestPciBus, GuestPciDevice
-from guest.transport.base import TransportError
+from virtio_sim.guest.link import HostLink
+from virtio_sim.guest.pci import GuestMsix, GuestPciBus, GuestPciDevice
+from virtio_sim.guest.transport.base import TransportError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.spec import PCI
 

@@ -10,8 +10,8 @@ the guest's own byte order, exactly as Linux's vp_get does.
 
 from __future__ import annotations
 
-from guest.transport.base import TransportError
-from guest.transport.pci_common import (
+from virtio_sim.guest.transport.base import TransportError
+from virtio_sim.guest.transport.pci_common import (
     CONFIG_ENTRY,
     NO_VECTOR,
     NoDevice,

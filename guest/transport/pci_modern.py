@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guest.pci import DWORD
-from guest.transport.base import TransportError
-from guest.transport.pci_common import (
+from virtio_sim.guest.pci import DWORD
+from virtio_sim.guest.transport.base import TransportError
+from virtio_sim.guest.transport.pci_common import (
     CONFIG_ENTRY,
     NO_VECTOR,
     NoDevice,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from host.devices.base import DeviceModel, DeviceQueue, PropertyError
+from virtio_sim.host.devices.base import DeviceModel, DeviceQueue, PropertyError
 from virtio_sim.layouts import (
     BLK_REQ_HEADER_SIZE,
     BLK_STATUS_SIZE,

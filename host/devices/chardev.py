@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import trio
 
-from host.devices.base import PropertyError
+from virtio_sim.host.devices.base import PropertyError
 
 Deliver = Callable[[bytes], None]
 

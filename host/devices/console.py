@@ -29,8 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from host.devices.base import DeviceModel, DeviceQueue, PropertyError
-from host.devices.chardev import CharBackend
+from virtio_sim.host.devices.base import DeviceModel, DeviceQueue, PropertyError
+from virtio_sim.host.devices.chardev import CharBackend
 from virtio_sim.layouts import (
     CONSOLE_CONFIG_OFFSETS,
     CONSOLE_CONTROL_SIZE,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from host.devices.base import DeviceModel, DeviceQueue, PropertyError
+from virtio_sim.host.devices.base import DeviceModel, DeviceQueue, PropertyError
 from virtio_sim.ring.chain import Chain
 from virtio_sim.ring.split import SplitDeviceQueue
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from host.devices.base import DeviceModel, DeviceQueue
-from host.iommu import Fault, Iommu
+from virtio_sim.host.devices.base import DeviceModel, DeviceQueue
+from virtio_sim.host.iommu import Fault, Iommu
 from virtio_sim.layouts import (
     IOMMU_BODIES,
     IOMMU_HEAD_SIZE,

@@ -34,8 +34,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from host.devices.base import DeviceModel, DeviceQueue, PropertyError
-from host.devices.netbackend import Frame, NetBackend
+from virtio_sim.host.devices.base import DeviceModel, DeviceQueue, PropertyError
+from virtio_sim.host.devices.netbackend import Frame, NetBackend
 from virtio_sim.layouts import (
     NET_CONFIG_OFFSETS,
     NET_CTRL_ACK_SIZE,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 
-from host.devices.base import DeviceModel, DeviceQueue
+from virtio_sim.host.devices.base import DeviceModel, DeviceQueue
 from virtio_sim.layouts import VirtioRngConfig
 from virtio_sim.ring.chain import ChainWriter
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from host.virtio_device import InterruptSink, QueueState, VirtioDevice
+from virtio_sim.host.virtio_device import InterruptSink, QueueState, VirtioDevice
 from virtio_sim.layouts import (
     MMIO_CONFIG_OFFSET,
     MMIO_NAMES,

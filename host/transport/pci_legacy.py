@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from host.pci import BarKind, pow2ceil
+from virtio_sim.host.pci import BarKind, pow2ceil
 from virtio_sim.layouts import (
     LEGACY_CONFIG_OFFSET,
     LEGACY_CONFIG_OFFSET_MSIX,
@@ -29,7 +29,7 @@ from virtio_sim.layouts import desc_table_size as _desc_table_size
 from virtio_sim.spec import PCI, PCI_CMD, QEMU_PCI, STATUS, F, bit
 
 if TYPE_CHECKING:
-    from host.transport.virtio_pci import VirtioPciProxy
+    from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 
 _FIELD_AT = {off: name for name, off in LEGACY_HDR.items()}
 _READ_ONLY = frozenset({"host_features", "queue_num", "isr"})

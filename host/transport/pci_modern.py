@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from host.pci import BarKind, pow2ceil
-from host.virtio_device import QueueState
+from virtio_sim.host.pci import BarKind, pow2ceil
+from virtio_sim.host.virtio_device import QueueState
 from virtio_sim.layouts import (
     COMMON_CFG,
     COMMON_CFG_SIZE,
@@ -38,7 +38,7 @@ from virtio_sim.spec import (
 )
 
 if TYPE_CHECKING:
-    from host.transport.virtio_pci import VirtioPciProxy
+    from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 
 DWORD = 4
 DWORD_MASK = 0xFFFFFFFF

@@ -15,11 +15,11 @@ is created.
 
 from __future__ import annotations
 
-from host.devices.base import PropertyError
-from host.pci import Msix, PciFunction
-from host.transport.pci_legacy import LegacyInterface
-from host.transport.pci_modern import ModernInterface
-from host.virtio_device import InterruptSink, VirtioDevice
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.pci import Msix, PciFunction
+from virtio_sim.host.transport.pci_legacy import LegacyInterface
+from virtio_sim.host.transport.pci_modern import ModernInterface
+from virtio_sim.host.virtio_device import InterruptSink, VirtioDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.spec import MSIX, PCI, PCI_CMD, PCI_ISR, PCI_PIN, QEMU_PCI, STATUS
 

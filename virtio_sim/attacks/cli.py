@@ -54,11 +54,11 @@ def add_fuzz_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _list() -> int:
-    from host.devices.hostile import LIES
     from virtio_sim.attacks.corpus_text import TEXT_CASES
     from virtio_sim.attacks.corpus_wire import CASES
     from virtio_sim.attacks.device_side import driver_targets
     from virtio_sim.attacks.targets import all_targets
+    from virtio_sim.host.devices.hostile import LIES
 
     table = rows()
     print("host scenarios (hostile driver):")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 from typing import Any
 
 from virtio_sim.attacks import corpus_regs, corpus_ring
 from virtio_sim.attacks.runner import applies
 from virtio_sim.attacks.scenario import Scenario
 from virtio_sim.attacks.targets import Target, all_targets
+from virtio_sim.spec import SPECS_DIR
 
-SPEC = Path(__file__).resolve().parents[2] / "specs" / "attacks.toml"
+SPEC = SPECS_DIR / "attacks.toml"
 
 
 def host_scenarios() -> list[Scenario]:

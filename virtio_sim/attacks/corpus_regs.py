@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.attacks.runner import require
 from virtio_sim.attacks.scenario import Expect, Scenario
 from virtio_sim.attacks.targets import RAM, Bench
+from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.layouts import COMMON_CFG, EVENT_SUPPRESS_SIZE, MMIO_OFFSETS
 from virtio_sim.spec import PCI, STATUS, F, bit
 

@@ -72,9 +72,9 @@ async def lying_host(listener: trio.socket.SocketType, message: str) -> None:
 
 
 async def run_text_case(c: TextCase, tmp: str, n: int) -> CaseResult:
-    from guest.process import GuestOptions, guest_main
     from virtio_sim.cli import print_human
     from virtio_sim.exit_codes import EXIT_FAIL
+    from virtio_sim.guest.process import GuestOptions, guest_main
     from virtio_sim.outcome import Outcome
     from virtio_sim.sockets import UnixAddress
 

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import trio
 
-from host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
-from host.process import HostOptions, HostServer, plan_host
-from host.qdev import build_device, parse_device_option
-from host.transport.mmio import MMIO_WINDOW
-from host.vhost_user import serve_socket
 from virtio_sim import layouts, wire
 from virtio_sim.attacks.corpus_text import hostile_guest_error
 from virtio_sim.attacks.scenario import CaseResult, Verdict
 from virtio_sim.handshake import guest_handshake
+from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from virtio_sim.host.process import HostOptions, HostServer, plan_host
+from virtio_sim.host.qdev import build_device, parse_device_option
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
+from virtio_sim.host.vhost_user import serve_socket
 from virtio_sim.layouts import fast_codec
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress
 from virtio_sim.spec import LIMITS, MMIO, VU_FLAGS, VU_LIMITS, VU_REQ

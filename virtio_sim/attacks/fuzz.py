@@ -28,11 +28,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from host.build import HostConfig, build_host
-from host.server import serve
 from virtio_sim import wire
 from virtio_sim.attacks.forge import INDIRECT, NEXT, WRITE, PackedForge, SplitForge
 from virtio_sim.attacks.targets import AREA, DATA_END, RAM, Bench, Target
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.server import serve
 from virtio_sim.spec import STATUS
 
 FUZZ_TARGETS = [

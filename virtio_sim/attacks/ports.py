@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from host.machine import Q35_ECAM_BASE, Machine, MmioSlot
-from host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim import layouts as L
+from virtio_sim.host.machine import Q35_ECAM_BASE, Machine, MmioSlot
+from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.layouts import COMMON_CFG, LEGACY_HDR, MMIO_OFFSETS
 from virtio_sim.spec import PCI, PCI_CFG, PCI_CMD, QEMU_PCI
 

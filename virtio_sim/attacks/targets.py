@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from host.build import HostConfig, HostSetup, build_host
-from host.virtio_device import VirtioDevice
 from virtio_sim import layouts as L
 from virtio_sim.attacks.forge import PackedForge, RingForge, Seg, SplitForge
 from virtio_sim.attacks.memwatch import MemWatch, WatchedSpace
 from virtio_sim.attacks.ports import MmioPort, PciLegacyPort, PciModernPort, Port
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace
+from virtio_sim.host.build import HostConfig, HostSetup, build_host
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.memory import GuestMemory
 from virtio_sim.netproto import net_hdr_len
 from virtio_sim.spec import BLK_T, IOMMU_MAP_F, PCI, STATUS, F, bit

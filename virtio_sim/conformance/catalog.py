@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from virtio_sim.spec import SPECS_DIR
+
 LEVELS = ("MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY")
 ACTORS = ("device", "driver")
 DRIVER_CHECKERS_FILE = "driver-checkers.toml"
@@ -86,8 +88,8 @@ class Catalog:
 
 
 def default_root() -> Path:
-    """specs/conformance of the checkout this package lives in."""
-    return Path(__file__).resolve().parents[2] / "specs" / "conformance"
+    """specs/conformance: in the checkout, or inside the installed package."""
+    return SPECS_DIR / "conformance"
 
 
 def load_known_deviations(

@@ -3,7 +3,6 @@ interrupt status: the rules every device on every transport follows."""
 
 from __future__ import annotations
 
-from guest.transport.pci_modern import PciModernTransport
 from virtio_sim.conformance.device_checks import (
     Ctx,
     ack,
@@ -24,6 +23,7 @@ from virtio_sim.conformance.device_checks import (
     wait_used,
 )
 from virtio_sim.conformance.rawring import Segment
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.layouts import (
     CONSOLE_CONFIG_OFFSETS,
     MMIO_OFFSETS,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 
-from guest.link import HostLinkError
 from virtio_sim.conformance.device_checks import (
     Ctx,
     Request,
@@ -25,6 +24,7 @@ from virtio_sim.conformance.device_checks import (
 )
 from virtio_sim.conformance.dut import OpenedTransport, open_transport
 from virtio_sim.conformance.rawring import Arena, Segment
+from virtio_sim.guest.link import HostLinkError
 from virtio_sim.layouts import VirtioIommuConfig, field_offsets
 from virtio_sim.spec import (
     IOMMU_ATTACH_F_BYPASS,

@@ -4,8 +4,6 @@ configuration access capability, the legacy I/O header and MSI-X vector rules.""
 
 from __future__ import annotations
 
-from guest.transport.pci_legacy import PciLegacyTransport
-from guest.transport.pci_modern import PciModernTransport
 from virtio_sim.conformance.device_checks import (
     Ctx,
     ack,
@@ -19,6 +17,8 @@ from virtio_sim.conformance.device_checks import (
     traffic_request,
     wait_used,
 )
+from virtio_sim.guest.transport.pci_legacy import PciLegacyTransport
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.layouts import (
     COMMON_CFG,
     LEGACY_CONFIG_OFFSET,

@@ -3,7 +3,6 @@ QueueReset / queue_reset registers of virtio-mmio and virtio-pci)."""
 
 from __future__ import annotations
 
-from guest.transport.pci_modern import PciModernTransport
 from virtio_sim.conformance.device_checks import (
     Ctx,
     add_queue,
@@ -19,6 +18,7 @@ from virtio_sim.conformance.device_checks import (
     wait_used,
 )
 from virtio_sim.conformance.rawring import RawSplitRing
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.spec import F
 

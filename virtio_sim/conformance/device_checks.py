@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from guest.transport.base import TransportError
 from virtio_sim.conformance.dut import Dut, OpenedTransport
 from virtio_sim.conformance.findings import FindingLog
 from virtio_sim.conformance.rawring import Arena, RawPackedRing, RawSplitRing, Segment, UsedEntry
+from virtio_sim.guest.transport.base import TransportError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.spec import BLK_T, FEATURES, STATUS, F, bit
 

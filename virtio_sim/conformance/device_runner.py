@@ -18,8 +18,6 @@ from pathlib import Path
 
 import trio
 
-from guest.link import HostLinkError
-from guest.transport.base import TransportError
 from virtio_sim.conformance.catalog import Catalog, load_known_deviations
 from virtio_sim.conformance.device_checks import Ctx, Refused, load_all
 from virtio_sim.conformance.dut import (
@@ -40,6 +38,8 @@ from virtio_sim.conformance.targets import (
     parse_target,
 )
 from virtio_sim.dma import DmaError
+from virtio_sim.guest.link import HostLinkError
+from virtio_sim.guest.transport.base import TransportError
 
 CHECKER_TIMEOUT = 120.0  # a checker that hangs is a device bug, not a reason to hang the run
 GUEST_ORDER_PROP = "x-guest-order"  # host:DEVICE,x-guest-order=big: a big-endian guest

@@ -24,15 +24,6 @@ from typing import Any
 
 import trio
 
-from guest.platform import GuestPolicy
-from guest.profile import guest_policy
-from guest.workloads import WORKLOADS
-from host.build import HostSetup
-from host.device_profile import DeviceRequest, device_option
-from host.transport.mmio import GENERATION_MOVES, ODD_KINDS, MmioTransport
-from host.transport.pci_modern import ModernInterface
-from host.vhost_user import VhostUserBackend
-from host.virtio_device import VirtioDevice
 from virtio_sim import layouts
 from virtio_sim.conformance.catalog import Catalog, load_known_deviations
 from virtio_sim.conformance.driver_watch import (
@@ -46,6 +37,15 @@ from virtio_sim.conformance.findings import Finding, FindingLog, Policy, StrictS
 from virtio_sim.conformance.write_order import AvailWriteOrder, observe_guest_writes
 from virtio_sim.dma import DmaError
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.workloads import WORKLOADS
+from virtio_sim.host.build import HostSetup
+from virtio_sim.host.device_profile import DeviceRequest, device_option
+from virtio_sim.host.transport.mmio import GENERATION_MOVES, ODD_KINDS, MmioTransport
+from virtio_sim.host.transport.pci_modern import ModernInterface
+from virtio_sim.host.vhost_user import VhostUserBackend
+from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_device_profile, load_driver_profile
 from virtio_sim.spec import FEATURES, STATUS, USED_F, F, bit

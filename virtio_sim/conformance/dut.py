@@ -26,15 +26,22 @@ from typing import Any, Protocol
 
 import trio
 
-from guest.firmware import discover
-from guest.pci import Conf1Access, ConfigAccess, EcamAccess, GuestPciBus, GuestPciDevice, parse_pci_param
-from guest.platform import parse_cmdline
-from guest.transport.base import ConfigOps, TransportError
-from guest.transport.mmio import MmioTransportDriver
-from guest.transport.pci_legacy import PciLegacyTransport
-from guest.transport.pci_modern import PciModernTransport
-from host.build import HostConfig, HostSetup, build_host
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace
+from virtio_sim.guest.firmware import discover
+from virtio_sim.guest.pci import (
+    Conf1Access,
+    ConfigAccess,
+    EcamAccess,
+    GuestPciBus,
+    GuestPciDevice,
+    parse_pci_param,
+)
+from virtio_sim.guest.platform import parse_cmdline
+from virtio_sim.guest.transport.base import ConfigOps, TransportError
+from virtio_sim.guest.transport.mmio import MmioTransportDriver
+from virtio_sim.guest.transport.pci_legacy import PciLegacyTransport
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
+from virtio_sim.host.build import HostConfig, HostSetup, build_host
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, NET_F, PCI
@@ -354,8 +361,8 @@ PCI_SLOT_SHIFT = 3  # requester id: bus << 8 | slot << 3 | function
 def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Dut:
     """A QEMU device under qtest (blocking: spawns QEMU). Raises DutError when QEMU is
     missing or refuses the device."""
-    from guest.qtest_link import QtestLink, QtestMemory
-    from host.devices.base import PropertyError
+    from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
+    from virtio_sim.host.devices.base import PropertyError
     from virtio_sim.qemu.fw_cfg import FwCfgError
     from virtio_sim.qemu.machines import (
         QEMU_TRANSPORTS,

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from host.observer import RingSource
 from virtio_sim import layouts
 from virtio_sim.conformance.findings import FindingLog
+from virtio_sim.host.observer import RingSource
 from virtio_sim.memory import GuestMemory
 
 RULE = "split.avail.drv-barrier-before-idx"

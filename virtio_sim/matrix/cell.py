@@ -12,13 +12,13 @@ from typing import Any
 
 import trio
 
-from guest.profile import guest_policy
-from guest.workloads import WORKLOADS
-from host.device_profile import DeviceRequest, check_iommu_model, device_option
-from host.devices.base import PropertyError
-from host.machine_types import parse_ram_size
 from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
-from virtio_sim.matrix.spec import Cell, MatrixError
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.guest.workloads import WORKLOADS
+from virtio_sim.host.device_profile import DeviceRequest, check_iommu_model, device_option
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.machine_types import parse_ram_size
+from virtio_sim.matrix.spec import Cell, MatrixError, machine_for
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import (
     DeviceProfile,
@@ -27,8 +27,8 @@ from virtio_sim.profiles import (
     load_device_profile,
     load_driver_profile,
 )
+from virtio_sim.result_record import result_record
 
-MACHINE_FOR_TRANSPORT = {"mmio": "microvm", "pci": "q35"}
 SUPPORTED = {
     "iommu": ("none", "virtio-iommu"),
     "iommu_platform": ("off", "on"),
@@ -44,10 +44,6 @@ def _driver(name: str) -> DriverProfile:
 @cache
 def _device(name: str) -> DeviceProfile:
     return load_device_profile(name)
-
-
-def machine_for(transport: str) -> str:
-    return MACHINE_FOR_TRANSPORT[transport.split("-")[0]]
 
 
 def validate_cell(cell: Cell) -> None:
@@ -81,9 +77,9 @@ def _validate_machine(cell: Cell) -> None:
     """Any -M value (microvm,acpi=on / virt / virt,x-mmio-hid=... / q35,iommu=virtio)
     whose machine can carry the cell's transport: its devices are then found through
     firmware tables (host/machine_types.py)."""
-    from host.build import PCI_TRANSPORTS
-    from host.devices.base import PropertyError
-    from host.machine_types import check_placement, parse_machine
+    from virtio_sim.host.build import PCI_TRANSPORTS
+    from virtio_sim.host.devices.base import PropertyError
+    from virtio_sim.host.machine_types import check_placement, parse_machine
 
     try:
         check_placement(parse_machine(cell.machine), cell.transport, cell.device, PCI_TRANSPORTS)
@@ -93,7 +89,7 @@ def _validate_machine(cell: Cell) -> None:
 
 def _machine_has_pci(cell: Cell) -> bool:
     """Whether the cell's machine has a PCI bus (q35, virt: yes; microvm: no)."""
-    from host.machine_types import MACHINE_FACTS
+    from virtio_sim.host.machine_types import MACHINE_FACTS
 
     name = machine_for(cell.transport) if cell.machine == "auto" else cell.machine.split(",")[0]
     return bool(MACHINE_FACTS.get(name, {}).get("pci", False))
@@ -175,6 +171,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any, *, abi: bool =
         iommu_platform=cell.iommu_platform == "on",
         packed=cell.ring == "packed",
     )
+    option: str | None = None
     try:
         check_iommu_model(cell.iommu, _machine_has_pci(cell), device)
         option = device_option(request, device, abi=abi)
@@ -193,14 +190,8 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any, *, abi: bool =
             ram_size=parse_ram_size(cell.ram),
         )
         result = trio.run(runner, cfg)
-    out = result.to_json()
-    # The axes overwrite same-named result keys below: keep what the run showed under
-    # its own name (the IOMMU's faults and counters, the workload's evidence, the ring).
-    out["iommu_evidence"] = out.pop("iommu", None)
-    out["evidence"] = out.pop("workload")  # the axis "workload" names the workload itself
-    out["ring_info"] = out.pop("ring")  # likewise the axis "ring" names the format asked for
-    out.update(cell.axes())
-    out["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
-    out["id"] = cell.id
-    out["seconds"] = round(time.perf_counter() - start, 4)
-    return out
+    axes = cell.axes()
+    axes["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
+    return result_record(
+        result, **axes, id=cell.id, device_option=option, seconds=time.perf_counter() - start
+    )

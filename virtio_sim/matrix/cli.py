@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from virtio_sim.argtypes import positive_seconds
+from virtio_sim.console import output_console
+from virtio_sim.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 from virtio_sim.matrix import report
 from virtio_sim.matrix.cell import run_cell, run_cell_qemu, validate_cell_for_qemu
 from virtio_sim.matrix.executors import (
+    NOT_RUN,
     SCHEDULER_CONNECT_TIMEOUT,
     TOOL_ERROR,
     CellFn,
@@ -21,8 +21,11 @@ from virtio_sim.matrix.executors import (
     ExecutorError,
     LocalPool,
 )
-from virtio_sim.matrix.run import Executor, execute, plan
-from virtio_sim.matrix.spec import AXES, AXIS_DEFAULTS, MatrixError, MatrixSpec, load_matrix
+from virtio_sim.matrix.interrupt import Interrupted, stop_on_signals
+from virtio_sim.matrix.progress import ProgressReporter
+from virtio_sim.matrix.run import Executor, execute, partial_results, plan
+from virtio_sim.matrix.select import added_values, select_axes
+from virtio_sim.matrix.spec import AXES, Cell, MatrixError, MatrixSpec, expand, expected_outcome, load_matrix
 from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 from virtio_sim.peertext import peer_text, plain
 
@@ -53,6 +56,9 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
         help="run the cells on our device models (default) or on QEMU's (qemu-system-x86_64, qtest)",
     )
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML grid")
+    p.add_argument(
+        "--list", action="store_true", help="print the selected cells and their expected outcomes, run none"
+    )
 
 
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,29 +97,70 @@ def make_executor(args: argparse.Namespace) -> Executor:
 
 
 def matrix_spec(args: argparse.Namespace) -> tuple[MatrixSpec, dict[str, list[str]]]:
-    filters = {a: getattr(args, a) for a in AXES if getattr(args, a, None)}
+    """The matrix file and the filters, resolved against its axes (virtio_sim/matrix/select.py):
+    a filter narrows the file's matrix, it never swaps the other axes for defaults."""
     spec = load_matrix(args.file)
-    if args.file is None and filters:
-        # Ad-hoc selection: axes not named take plain defaults, not the whole default matrix.
-        for axis, values in AXIS_DEFAULTS.items():
-            spec.axes[axis] = list(values)
+    raw = {a: getattr(args, a) for a in AXES if getattr(args, a, None)}
+    filters = select_axes(spec, raw)
     if args.timeout is not None:  # positive_seconds refused nan, inf and <= 0 at parsing
         spec.timeout = args.timeout
     return spec, filters
 
 
+def selection_line(spec: MatrixSpec, cells: list[Cell]) -> str:
+    """``72 of 2880 cells selected (specs/matrices/default.toml)``."""
+    return f"{len(cells)} of {len(expand(spec))} cells selected ({spec.source})"
+
+
 def run_with_progress(
-    spec: MatrixSpec, cells: list[Any], executor: Executor, seed: int, quiet: bool, fn: CellFn = run_cell
+    spec: MatrixSpec,
+    cells: list[Any],
+    executor: Executor,
+    seed: int,
+    quiet: bool,
+    fn: CellFn = run_cell,
+    finished: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    if quiet:
-        return execute(spec, cells, executor, seed=seed, fn=fn)
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("cells", total=len(cells))
-        return execute(spec, cells, executor, seed=seed, progress=lambda i, r: bar.advance(task), fn=fn)
+    """Run the cells with a progress display (a bar at a terminal, lines in a log).
+    ``finished`` collects each result as it arrives, so an interrupted run still has them."""
+    got = finished if finished is not None else {}
+    bar = None if quiet else ProgressReporter(len(cells))
+
+    def on_result(i: int, r: dict[str, Any]) -> None:
+        got[i] = r
+        if bar is not None:
+            bar.advance()
+
+    if bar is None:
+        return execute(spec, cells, executor, seed=seed, progress=on_result, fn=fn)
+    with bar:
+        return execute(spec, cells, executor, seed=seed, progress=on_result, fn=fn)
+
+
+def verdict_line(results: list[dict[str, Any]]) -> str:
+    """``2880 cells, 0 unexpected`` (plus tool errors and unfinished cells if any)."""
+    ran = [r for r in results if r["outcome"] != NOT_RUN]
+    line = f"{len(ran)} cells, {len(report.mismatches(results))} unexpected"
+    errors = sum(1 for r in results if r["outcome"] == TOOL_ERROR)
+    if errors:
+        line += f", {errors} tool errors"
+    if len(ran) < len(results):
+        line += f", {len(results) - len(ran)} not run"
+    return line
+
+
+def _quiet_closed_pipe() -> int:
+    """The reader went away (``| head``, or a log collector on stderr): stop without a traceback
+    or a flush error at exit, with virtio_sim.cli's status for it (141, 128 + SIGPIPE)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+    return EXIT_BROKEN_PIPE
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -136,6 +183,13 @@ def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]], meta:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     try:
+        return _cmd_matrix(args)
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
+
+
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    try:
         spec, filters = matrix_spec(args)
         cells = plan(spec, filters)
         fn: CellFn = run_cell
@@ -150,34 +204,65 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     except MatrixError as e:
         print(f"virtio-sim matrix: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    selected = selection_line(spec, cells)
+    added = added_values(spec, filters)
+    if added:
+        selected += f"; not in the file, added: {', '.join(added)}"
+    if getattr(args, "list", False):
+        for c in cells:
+            exp = expected_outcome(spec, c)
+            print(f"{c.id}  expect {exp.value if exp else '-'}")
+        print(selected, file=sys.stderr)
+        return 0
+    print(selected, file=sys.stderr, flush=True)
     json_only = args.json == "-"
-    results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only, fn=fn)
-    meta = {
-        "source": spec.source,
-        "cells": len(results),
-        "timeout": spec.timeout,
-        "seed": args.seed,
-        "device_backend": getattr(args, "device_backend", "ours"),
-    }
-    try:
-        write_outputs(args, results, meta)
-    except OutputPathError as e:  # the table and JSON on stdout still carry the results
-        print(f"virtio-sim matrix: error: {e}", file=sys.stderr)
-        written = False
-    else:
-        written = True
-    if json_only:
-        print(report.to_json(results, meta))
-    else:
-        console = Console()
-        report.print_table(results, console)
+    finished: dict[int, dict[str, Any]] = {}
+    interrupted: str | None = None
+    with stop_on_signals() as stop:
+        try:
+            results = run_with_progress(spec, cells, executor, args.seed, False, fn, finished)
+        except Interrupted as e:
+            interrupted = e.signame
+        except KeyboardInterrupt:
+            interrupted = "SIGINT"
+        stop.hold()  # from here a signal is only noted: the reports get written either way
+        if interrupted:
+            results = partial_results(spec, cells, finished, f"interrupted by {interrupted}")
+        meta = {
+            "source": spec.source,
+            "cells": len(results),
+            "timeout": spec.timeout,
+            "seed": args.seed,
+            "device_backend": getattr(args, "device_backend", "ours"),
+            "interrupted": interrupted,
+        }
+        try:
+            write_outputs(args, results, meta)
+        except OutputPathError as e:  # the table and JSON on stdout still carry the results
+            print(f"virtio-sim matrix: error: {e}", file=sys.stderr)
+            written = False
+        else:
+            written = True
+        if json_only:
+            print(report.to_json(results, meta), flush=True)
+    interrupted = interrupted or stop.signame
+    if interrupted:
+        print(
+            f"virtio-sim matrix: interrupted by {interrupted} after {len(finished)} of {len(cells)} cells;"
+            " unfinished cells are marked NOT_RUN in the reports",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    out = sys.stderr if json_only else sys.stdout
+    if not json_only:
+        report.print_table(results, output_console())
     bad = report.mismatches(results)
     errors = [r for r in results if r["outcome"] == TOOL_ERROR]
-    out = sys.stderr if json_only else sys.stdout
     for m in bad:
         print(f"MISMATCH {m.id}: expected {m.expected}, got {m.got} ({peer_text(m.detail)})", file=out)
     for r in errors:
         print(f"TOOL ERROR {r['id']}: {peer_text(r['detail'])}", file=sys.stderr)
+    print(verdict_line(results), file=out, flush=True)
     if not written:
         return EXIT_USAGE
     return EXIT_MISMATCH if bad or errors else 0
@@ -219,7 +304,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
     except OutputPathError as e:
         print(f"virtio-sim compat: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    console = Console()
+    console = output_console()
     console.print(plain(f"{len(pairs)} configurations, {len(changes)} changed from {args.old} to {args.new}"))
     from rich.table import Table
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from collections import deque
@@ -18,13 +19,15 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from virtio_sim.matrix.spec import Cell
+from virtio_sim.matrix.spec import Cell, machine_for
 from virtio_sim.outcome import Outcome
+from virtio_sim.result_record import bare_record
 
 CellFn = Callable[[Cell, float, int], dict[str, Any]]
 Progress = Callable[[int, dict[str, Any]], None]
 
 TOOL_ERROR = "TOOL_ERROR"  # our own bug while running a cell; never a verdict on the peers
+NOT_RUN = "NOT_RUN"  # the run was interrupted before this cell finished; no verdict
 
 
 def hard_deadline(timeout: float) -> float:
@@ -33,7 +36,10 @@ def hard_deadline(timeout: float) -> float:
 
 
 def failed_cell(cell: Cell, outcome: str, detail: str) -> dict[str, Any]:
-    return {**cell.axes(), "id": cell.id, "outcome": outcome, "detail": detail}
+    """The record of a cell that has no run to show (same keys as a finished one)."""
+    axes = cell.axes()
+    axes["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
+    return bare_record(outcome, detail, id=cell.id, **axes)
 
 
 def hung_cell(cell: Cell, limit: float) -> dict[str, Any]:
@@ -55,6 +61,9 @@ WORKER_START_LIMIT = 120.0  # seconds a fresh worker may take to import everythi
 
 
 def _worker(conn: Connection, fn: CellFn) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop (and
+    # kills them), so a worker must not die mid-cell printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send("ready")  # imports are done: cell deadlines start counting from here
     while True:
         try:
@@ -136,6 +145,12 @@ class LocalPool:
                         assert s.job is not None
                         finish(s.job, hung_cell(cells[s.job], limit))
                         self._replace(slots, s, fn)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, a closed pipe): busy workers are mid-cell and
+            # would finish it first; nobody wants that cell any more, so kill them now.
+            for s in slots:
+                s.proc.kill()
+            raise
         finally:
             for s in slots:
                 try:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from virtio_sim.matrix.executors import NOT_RUN
 from virtio_sim.peertext import plain
 
 OUTCOME_STYLE = {
@@ -26,6 +27,7 @@ OUTCOME_STYLE = {
     "CORRUPTION": "bold red",
     "HANG": "bold magenta",
     "TOOL_ERROR": "bold white on red",
+    "NOT_RUN": "dim",
 }
 OUTCOME_COLOUR = {
     "OK": "#3c9a4a",
@@ -38,11 +40,12 @@ OUTCOME_COLOUR = {
     "CORRUPTION": "#a01010",
     "HANG": "#7a1a7a",
     "TOOL_ERROR": "#000000",
+    "NOT_RUN": "#dddddd",
 }
 ABBREV = {
     "OK": "OK", "OK_NO_ISOLATION": "NOISO", "FAILED_CLEAN": "FAIL", "NOT_PROBED": "NOPROBE",
     "HOST_REFUSED": "REFUSED", "DMA_FAULT": "DMAF", "DEVICE_ERROR": "DEVERR",
-    "CORRUPTION": "CORRUPT", "HANG": "HANG", "TOOL_ERROR": "BUG",
+    "CORRUPTION": "CORRUPT", "HANG": "HANG", "TOOL_ERROR": "BUG", "NOT_RUN": "-",
 }  # fmt: skip
 
 
@@ -58,7 +61,7 @@ def mismatches(results: list[dict[str, Any]]) -> list[Mismatch]:
     return [
         Mismatch(r["id"], r["expected"], r["outcome"], r.get("detail", ""))
         for r in results
-        if r.get("expected") and r["expected"] != r["outcome"]
+        if r.get("expected") and r["expected"] != r["outcome"] and r["outcome"] != NOT_RUN
     ]
 
 
@@ -131,18 +134,21 @@ def to_junit(results: list[dict[str, Any]], name: str) -> str:
         tests=str(len(results)),
         failures=str(len(failures)),
         errors=str(sum(1 for r in results if r["outcome"] == "TOOL_ERROR")),
-        time=f"{sum(float(r.get('seconds', 0)) for r in results):.3f}",
+        skipped=str(sum(1 for r in results if r["outcome"] == NOT_RUN)),
+        time=f"{sum(float(r.get('seconds') or 0) for r in results):.3f}",
     )
     for r in results:
         case = ET.SubElement(
             suite, "testcase", classname=f"matrix.{r['transport']}", name=r["id"],
-            time=f"{float(r.get('seconds', 0)):.4f}",
+            time=f"{float(r.get('seconds') or 0):.4f}",
         )  # fmt: skip
         props = ET.SubElement(case, "properties")
         ET.SubElement(props, "property", name="outcome", value=r["outcome"])
         if r["id"] in failed_ids:
             f = ET.SubElement(case, "failure", message=f"expected {r['expected']}, got {r['outcome']}")
             f.text = r.get("detail", "")
+        elif r["outcome"] == NOT_RUN:
+            ET.SubElement(case, "skipped", message=r.get("detail", "not run"))
         elif r["outcome"] == "TOOL_ERROR":
             e = ET.SubElement(case, "error", message="tool error")
             e.text = r.get("detail", "")

@@ -52,6 +52,15 @@ AXIS_DEFAULTS: dict[str, list[str]] = {
 }
 
 
+#: the machine a transport gets when the machine axis says "auto" (QEMU: virtio-mmio
+#: devices on microvm, virtio-pci on q35)
+MACHINE_FOR_TRANSPORT = {"mmio": "microvm", "pci": "q35"}
+
+
+def machine_for(transport: str) -> str:
+    return MACHINE_FOR_TRANSPORT[transport.split("-")[0]]
+
+
 class MatrixError(ValueError):
     """A matrix file or filter is wrong; the message names the file and key."""
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from virtio_sim.layouts import PCI_HEADER
-from virtio_sim.spec import CONF1
+from virtio_sim.layouts import MMIO_CONFIG_OFFSET, MMIO_OFFSETS, PCI_HEADER
+from virtio_sim.spec import CONF1, MMIO
 
 DWORD = 4
 #: where the probe places BARs (below the IOAPIC, above any RAM a probe machine has)
@@ -227,3 +227,55 @@ def _io_bar_size(cfg: _Cfg) -> int:
 
 def probe_all(bus: Bus, slots: list[int]) -> dict[int, PciAbi | None]:
     return {s: probe_pci(bus, s) for s in slots}
+
+
+# --------------------------------------------------------------------------- virtio-mmio
+
+
+@dataclass
+class MmioAbi:
+    """One virtio-mmio transport's guest-visible ABI right after reset."""
+
+    version: int
+    device_id: int
+    vendor_id: int
+    features: int
+    queue_sizes: list[int] = field(default_factory=list)
+    config: bytes = b""
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "device_id": self.device_id,
+            "vendor_id": hex(self.vendor_id),
+            "mmio.features": hex(self.features),
+            "mmio.queue_sizes": self.queue_sizes,
+            "mmio.config": self.config.hex(),
+        }
+
+
+def probe_mmio(bus: Bus, base: int) -> MmioAbi | None:
+    """The ABI of the virtio-mmio transport at ``base`` (None: no device behind it)."""
+
+    def reg(name: str) -> int:
+        return bus.read(base + MMIO_OFFSETS[name], DWORD)
+
+    def setreg(name: str, value: int) -> None:
+        bus.write(base + MMIO_OFFSETS[name], DWORD, value)
+
+    if reg("MagicValue") != MMIO.magic or reg("DeviceID") == 0:
+        return None
+    setreg("Status", 0)
+    words = []
+    for sel in (0, 1):
+        setreg("DeviceFeaturesSel", sel)
+        words.append(reg("DeviceFeatures"))
+    abi = MmioAbi(reg("Version"), reg("DeviceID"), reg("VendorID"), words[0] | words[1] << 32)
+    for q in range(MAX_QUEUES):
+        setreg("QueueSel", q)
+        size = reg("QueueSizeMax")
+        if not size:
+            break
+        abi.queue_sizes.append(size)
+    abi.config = bytes(bus.read(base + MMIO_CONFIG_OFFSET + i, 1) for i in range(CONFIG_BYTES))
+    return abi

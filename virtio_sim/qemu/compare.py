@@ -23,11 +23,11 @@ from typing import Any
 
 import trio
 
-from guest.workloads import WORKLOADS
-from host.build import HostConfig, build_host
-from host.qdev import model_name, parse_device_option
 from virtio_sim import layouts
 from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.guest.workloads import WORKLOADS
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.qdev import model_name, parse_device_option
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.qemu.machines import machine_args, qemu_devices
 from virtio_sim.qemu.qtest import spawn_qtest

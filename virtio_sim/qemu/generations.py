@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host.build import HostConfig, build_host
-from host.device_profile import DeviceRequest, device_option
-from host.devices.base import PropertyError
-from host.qdev import parse_device_option
+from virtio_sim.host.build import HostConfig, build_host
+from virtio_sim.host.device_profile import DeviceRequest, device_option
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import parse_device_option
 from virtio_sim.profiles import DeviceProfile, list_profiles, load_device_profile
-from virtio_sim.qemu.abi import PciAbi, probe_pci
+from virtio_sim.qemu.abi import MmioAbi, PciAbi, probe_mmio, probe_pci
+from virtio_sim.qemu.machines import machine_args
 from virtio_sim.qemu.qtest import QtestError, spawn_qtest
-from virtio_sim.qemu.tools import QEMU_X86, require_qemu
-from virtio_sim.spec import FEATURES
+from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, MissingTool, qemu_binary, require_qemu
+from virtio_sim.spec import FEATURES, load_toml
 
 #: device model -> PCI slot (00:slot.0) on both machines
 SLOTS = {"blk": 3, "rng": 4, "net": 5, "console": 6}
@@ -39,7 +40,14 @@ PCI_TRANSPORTS = ("pci-legacy", "pci-transitional", "pci-modern")
 #: QEMU's first NIC address; given to both sides so that the config spaces can agree
 MAC = "52:54:00:12:34:56"
 DISK_BYTES = 4 << 20
-FEATURE_FIELDS = ("legacy.features", "modern.features")
+FEATURE_FIELDS = ("legacy.features", "modern.features", "mmio.features")
+MMIO_TRANSPORTS = ("mmio-v1", "mmio-v2")
+_VIRT = load_toml("qemu_machines.toml")["virt"]
+
+
+def mmio_base(index: int) -> int:
+    """Where the ``index``-th -device lands on arm virt (ours and QEMU's): the highest slot first."""
+    return int(_VIRT["mmio_base"] + (_VIRT["mmio_slots"] - 1 - index) * _VIRT["mmio_stride"])
 
 
 @dataclass
@@ -59,7 +67,11 @@ def qemu_profiles() -> list[str]:
 
 
 def transports_of(profile: DeviceProfile) -> tuple[str, ...]:
-    return PCI_TRANSPORTS if profile.pci_modern else ("pci-legacy",)
+    """Every transport a compat machine presents for ``profile``: its PCI ones on
+    pc-i440fx-X.Y, and virtio-mmio (v1; v2 where the generation has it) on arm virt-X.Y."""
+    pci = PCI_TRANSPORTS if profile.pci_modern else ("pci-legacy",)
+    mmio = () if not profile.arm_machine else MMIO_TRANSPORTS if profile.mmio_v2 else ("mmio-v1",)
+    return pci + mmio
 
 
 def _options(profile: DeviceProfile, transport: str, disk: Path, *, abi: bool) -> list[str]:
@@ -67,7 +79,8 @@ def _options(profile: DeviceProfile, transport: str, disk: Path, *, abi: bool) -
     for key, slot in SLOTS.items():
         option = device_option(DeviceRequest(key, transport), profile, abi=abi)
         spec = parse_device_option(option)
-        spec.props["addr"] = f"{slot:#x}"
+        if transport.startswith("pci-"):
+            spec.props["addr"] = f"{slot:#x}"
         if key == "blk":
             spec.props["drive"] = str(disk)
         if key == "net":
@@ -95,19 +108,34 @@ class _HostBus:
         self.m.mmio_write(addr, size, value)
 
 
-def ours(profile: DeviceProfile, transport: str, disk: Path) -> dict[str, PciAbi | None]:
-    setup = build_host(HostConfig(devices=_options(profile, transport, disk, abi=True), transport=transport))
-    try:
-        bus = _HostBus(setup.machine)
+Abi = PciAbi | MmioAbi | None
+
+
+def _probe(bus: Any, transport: str) -> dict[str, Abi]:
+    if transport.startswith("pci-"):
         return {key: probe_pci(bus, slot) for key, slot in SLOTS.items()}
+    return {key: probe_mmio(bus, mmio_base(i)) for i, key in enumerate(SLOTS)}
+
+
+def ours(profile: DeviceProfile, transport: str, disk: Path) -> dict[str, Abi]:
+    machine = None if transport.startswith("pci-") else "virt"
+    options = _options(profile, transport, disk, abi=True)
+    setup = build_host(HostConfig(devices=options, transport=transport, machine=machine))
+    try:
+        return _probe(_HostBus(setup.machine), transport)
     finally:
         setup.close()
 
 
-def qemu(profile: DeviceProfile, transport: str, disk: Path, binary: str) -> dict[str, PciAbi | None]:
+def qemu(profile: DeviceProfile, transport: str, disk: Path, binary: str) -> dict[str, Abi]:
     """QEMU's devices on the profile's machine: only the transport's properties are
     given (our x- ones dropped); everything else is the machine type's."""
-    args = ["-M", profile.pci_machine, "-m", "64M"]
+    if transport.startswith("pci-"):
+        arch, args = "x86_64", ["-M", profile.pci_machine, "-m", "64M"]
+    else:  # arm virt-X.Y: its -cpu, and force-legacy for the mmio version
+        arch = "aarch64"
+        args = machine_args(transport, 64 << 20, "virt")
+        args[1] = profile.arm_machine
     args += ["-drive", f"file={disk},format=raw,if=none,id=disk0"]
     for text in _options(profile, transport, disk, abi=False):
         spec = parse_device_option(text)
@@ -115,9 +143,9 @@ def qemu(profile: DeviceProfile, transport: str, disk: Path, binary: str) -> dic
         if "drive" in props:
             props["drive"] = "disk0"
         args += ["-device", ",".join([spec.driver, *(f"{k}={v}" for k, v in props.items())])]
-    q = spawn_qtest(binary, "x86_64", args)
+    q = spawn_qtest(binary, arch, args)
     try:
-        return {key: probe_pci(q.client, slot) for key, slot in SLOTS.items()}
+        return _probe(q.client, transport)
     finally:
         q.close()
 
@@ -128,7 +156,7 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-def diff_abi(where: str, key: str, ours_abi: PciAbi | None, qemu_abi: PciAbi | None) -> list[str]:
+def diff_abi(where: str, key: str, ours_abi: Abi, qemu_abi: Abi) -> list[str]:
     """Stable keys: ``<where> <field> ours=... qemu=...``; feature words bit by bit."""
     prefix = f"{where} {key}"
     if ours_abi is None or qemu_abi is None:
@@ -156,16 +184,20 @@ def compare_profile(name: str, binary: str | None = None) -> list[GenerationDiff
     """Every PCI transport of profile ``name``, ours against QEMU on its machine."""
     profile = load_device_profile(name)
     binary = binary or require_qemu(QEMU_X86)
+    arm = qemu_binary(QEMU_ARM)
     results = []
     with tempfile.TemporaryDirectory(prefix="virtio-sim-gen-") as tmp:
         for transport in transports_of(profile):
             disk = Path(tmp) / f"{transport}.img"
             disk.write_bytes(bytes(DISK_BYTES))
-            res = GenerationDiff(name, transport, profile.pci_machine)
+            mmio = transport.startswith("mmio")
+            res = GenerationDiff(name, transport, profile.arm_machine if mmio else profile.pci_machine)
             try:
+                if mmio and arm is None:
+                    raise MissingTool(f"{QEMU_ARM} is not installed")
                 mine = ours(profile, transport, disk)
-                theirs = qemu(profile, transport, disk, binary)
-            except (PropertyError, QtestError) as e:
+                theirs = qemu(profile, transport, disk, arm if mmio and arm else binary)
+            except (PropertyError, QtestError, MissingTool) as e:
                 res.refused = str(e)
                 res.differences.append(f"{name} * {transport} refused {e}")
                 results.append(res)
@@ -183,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     names = (sys.argv[1:] if argv is None else argv) or qemu_profiles()
     for name in names:
         for r in compare_profile(name):
-            words = {k: v.get("modern.features", v.get("legacy.features")) for k, v in r.qemu.items()}
+            words = {
+                k: v.get("modern.features", v.get("legacy.features", v.get("mmio.features")))
+                for k, v in r.qemu.items()
+            }
             print(f"{name:<10} {r.transport:<17} {r.machine:<15} qemu features {words}")
             for d in r.differences:
                 print(f"    {d}")

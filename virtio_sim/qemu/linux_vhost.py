@@ -23,8 +23,8 @@ from typing import Any
 
 import trio
 
-from host.qdev import build_device, parse_device_option
-from host.vhost_user import VhostUserBackend, serve_socket
+from virtio_sim.host.qdev import build_device, parse_device_option
+from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.qemu.initramfs import END_KEY, parse_markers
 from virtio_sim.qemu.kernel import KernelImage
 from virtio_sim.qemu.tools import QEMU_X86, require_qemu

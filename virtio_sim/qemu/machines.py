@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host.build import PCI_TRANSPORT_PROPS, PCI_TRANSPORTS
-from host.devices.base import PropertyError
-from host.qdev import model_name, parse_device_option, pci_name
+from virtio_sim.host.build import PCI_TRANSPORT_PROPS, PCI_TRANSPORTS
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import model_name, parse_device_option, pci_name
 from virtio_sim.layouts import MMIO_OFFSETS, PCI_HEADER
 from virtio_sim.qemu.fw_cfg import LinkedTables, WindowPlacer, fw_cfg_for, install_tables, read_acpi
 from virtio_sim.qemu.qtest import QtestClient

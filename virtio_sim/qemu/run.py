@@ -27,14 +27,14 @@ from typing import Any
 
 import trio
 
-from guest.boot import BootInfo, run_guest
-from guest.firmware import VIRTIO_MMIO_HIDS
-from guest.qtest_link import QtestLink, QtestMemory
-from guest.workloads import WORKLOADS
-from host.build import PCI_TRANSPORTS
-from host.devices.base import PropertyError
-from host.qdev import parse_device_option
 from virtio_sim.embedded import RunConfig, check_config, guest_policy_for
+from virtio_sim.guest.boot import BootInfo, run_guest
+from virtio_sim.guest.firmware import VIRTIO_MMIO_HIDS
+from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
+from virtio_sim.guest.workloads import WORKLOADS
+from virtio_sim.host.build import PCI_TRANSPORTS
+from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev import parse_device_option
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.qemu.fw_cfg import FwCfgError
 from virtio_sim.qemu.machines import (
