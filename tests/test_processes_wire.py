@@ -258,6 +258,18 @@ async def test_listener_is_private_and_cleans_up(tmp_path: Path) -> None:
     await tcp.aclose()
 
 
+async def test_a_socket_directory_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """Whoever owns a symlink on the way decides where the socket lands (and can repoint
+    it between our checks and bind()): the host refuses and names the real directory."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    for path in (tmp_path / "link" / "h.sock", tmp_path / "link" / "new" / "h.sock"):
+        with pytest.raises(ListenError, match=f"goes through a symbolic link .*{real}"):
+            await open_listener(UnixAddress(str(path)))
+    assert list(real.iterdir()) == []  # nothing created behind the link
+
+
 # --------------------------------------------------------------------------- CLI refusals
 
 

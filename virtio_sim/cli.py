@@ -203,6 +203,13 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         default=LIMITS.host.max_guests,
         help=f"concurrent guests ({LIMITS.host.max_guests})",
     )
+    host.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        default=LIMITS.host.max_unauthenticated,
+        help=f"concurrent connections still in the handshake; more get ERROR(BUSY) "
+        f"({LIMITS.host.max_unauthenticated})",
+    )
     host.add_argument("--once", action="store_true", help="serve one guest, then exit")
     host.add_argument(
         "--memory",
@@ -211,8 +218,12 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="guest RAM: shared memfd (Unix only) or DMA messages; auto picks shared if possible",
     )
     host.add_argument(
-        "--handshake-timeout", type=positive_seconds, default=5.0,
-        help="seconds a new guest has to complete the handshake (5)",
+        "--handshake-timeout", type=positive_seconds, default=LIMITS.host.handshake_deadline_ms / 1000,
+        help="seconds from connect to an authenticated guest (5)",
+    )  # fmt: skip
+    host.add_argument(
+        "--idle-timeout", type=positive_seconds, default=LIMITS.host.idle_timeout_ms / 1000,
+        help="seconds an authenticated guest may send nothing before it is dropped (300)",
     )  # fmt: skip
     host.add_argument(
         "--frame-timeout", type=positive_seconds, default=5.0,
@@ -323,6 +334,8 @@ def _host(args: argparse.Namespace) -> int:
             memory=args.memory,
             handshake_timeout=args.handshake_timeout,
             frame_timeout=args.frame_timeout,
+            idle_timeout=args.idle_timeout,
+            max_unauthenticated=args.max_unauthenticated,
             lifeline=args.lifeline,
         )
     except (AddressError, UsageError) as e:
