@@ -210,6 +210,9 @@ class GuestPolicy:
     #: Linux's vring_use_dma_api() (guest/platform_dma.py): "never", "xen", "feature"
     #: (ACCESS_PLATFORM negotiated, or a Xen domain), "always", "quirk-list"
     dma_api: str = "feature"
+    #: the firmware tables this kernel reads the IOMMU topology from ("viot": Linux 5.14+);
+    #: without one the virtio-iommu driver binds but attaches no endpoint
+    iommu_firmware: tuple[str, ...] = ("viot",)
     #: the guest's architecture ("x86_64" | "aarch64"): where MSIs go, which IOVAs are reserved
     arch: str = "x86_64"
     #: the virtio core class (a conformance test seeds a broken driver by subclassing it)
@@ -350,7 +353,7 @@ class GuestKernel:
         resources = parse_cmdline(cmdline)
         if not resources:
             raise BootError("no virtio_mmio.device= parameters on the command line")
-        self.viot = parse_viot(cmdline)
+        self.viot = self._topology(parse_viot(cmdline))
         return await self.probe_mmio_resources(resources)
 
     async def probe_mmio_resources(self, resources: list[MmioResource]) -> list[ProbeRecord]:
@@ -496,7 +499,7 @@ class GuestKernel:
             self.probes.append(ProbeRecord("firmware", None, False, f"{what}: {err}", source=view.source))
         acpi_ok = view.source in ("acpi", "fdt") and not view.errors
         if acpi_ok:
-            self.viot = viot_from_tables(view.viot)
+            self.viot = self._topology(viot_from_tables(view.viot))
             matched = self._match_acpi(view)
             if matched:
                 await self.probe_mmio_resources(matched)
@@ -507,11 +510,16 @@ class GuestKernel:
                 raise BootError(f"firmware tables unusable: {what}: {view.errors[0]}")
             raise BootError("no virtio_mmio.device= parameters and no PCI host on the command line")
         if fw is not None:
-            self.viot = self.viot or parse_viot(cmdline)
+            self.viot = self.viot or self._topology(parse_viot(cmdline))
             await self.probe_pci(fw)
         elif acpi_ok and not view.mmio:
             raise BootError(f"the firmware ({view.source}) lists no virtio-mmio transport")
         return self.probes
+
+    def _topology(self, viot: Viot | None) -> Viot | None:
+        """The VIOT (or its command-line stand-in) as this kernel sees it: only a kernel
+        with the VIOT parser (Linux 5.14+) learns which endpoints sit behind the IOMMU."""
+        return viot if "viot" in self.policy.iommu_firmware else None
 
     def _init_platform(self, cmdline: str) -> None:
         """The platform's DMA setup at boot: its IOMMU driver, or swiotlb-xen's p2m."""

@@ -23,6 +23,7 @@ def guest_policy(profile: DriverProfile) -> GuestPolicy:
         mmio_versions=profile.mmio_versions,
         guest_order="big" if profile.endianness == "big" else "little",
         dma_api=profile.dma_api,
+        iommu_firmware=profile.iommu_firmware,
         # A pre-1.0 kernel has only the legacy virtio-pci driver: it matches 0x1000-0x103F rev 0.
         pci_modern=profile.pci_match != "transitional-only",
         acpi_hids=profile.acpi_hids,

@@ -26,10 +26,12 @@ from virtio_sim.host.qdev import (
     BuiltDevice,
     DeviceSpec,
     build_device,
+    device_props,
     model_name,
     parse_device_option,
     pci_name,
 )
+from virtio_sim.host.qemu_backends import Backends, resolve
 from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import ByteOrder
@@ -79,6 +81,8 @@ class HostConfig:
     #: QEMU's -M value (microvm|q35|virt[,acpi=..][,iommu=virtio][,x-mmio-hid=..]); None:
     #: the microvm layout announced on the command line (q35's PCI for PCI transports)
     machine: str | None = None
+    #: -drive / -netdev / -chardev definitions the devices' drive=/netdev=/chardev= name
+    backends: Backends = field(default_factory=Backends)
 
 
 @dataclass
@@ -214,22 +218,100 @@ def mmio_force_legacy(cfg: HostConfig) -> bool:
     return parse_bool(key, cfg.globals.get(key, GLOBAL_DEFAULTS[key]))
 
 
+def default_transport(devices: list[str], globals_: dict[str, str]) -> str:
+    """The transport a device name implies, as QEMU puts a device on the bus its name
+    says: virtio-*-pci on q35's PCI (transitional on the root bus, as QEMU's
+    disable-legacy=auto; modern with disable-legacy=on; driven through the legacy
+    interface with disable-modern=on), virtio-*-device on virtio-mmio (version 2, or
+    whatever -global virtio-mmio.force-legacy says)."""
+    if not devices:
+        return "mmio-v2"
+    spec = parse_device_option(devices[0])
+    if model_name(spec.driver) != spec.driver:
+        if spec.props.get("disable-modern", "off") in ("on", "true", "yes"):
+            return "pci-legacy"
+        if spec.props.get("disable-legacy", "auto") in ("on", "true", "yes"):
+            return "pci-modern"
+        return "pci-transitional"
+    return "mmio" if "virtio-mmio.force-legacy" in globals_ else "mmio-v2"
+
+
+def check_global(key: str, value: str) -> None:
+    """One ``-global DRIVER.PROP=VALUE``, checked as QEMU checks it (the property must
+    exist on that driver and take the value), with QEMU's wording."""
+    driver, dot, prop = key.rpartition(".")
+    try:
+        if not dot or not driver or not prop:
+            raise PropertyError(f"Invalid -global '{key}={value}': expected driver.property=value")
+        if key in GLOBAL_DEFAULTS:
+            parse_bool(prop, value)
+            return
+        if driver in ("virtio-mmio", "virtio-device"):
+            raise PropertyError(f"Property '{key}' not found")
+        table = device_props(driver)
+        if prop not in table or prop in ("id", "bus", "addr"):
+            raise PropertyError(f"Property '{key}' not found")
+        if table[prop].type == "bool":
+            parse_bool(prop, value)
+    except PropertyError as e:
+        raise PropertyError(f"can't apply global {key}={value}: {e}") from None
+
+
+def _apply_globals(specs: list[DeviceSpec], globals_: dict[str, str]) -> None:
+    """Device-type globals are defaults for every device of that exact name."""
+    for key, value in globals_.items():
+        driver, _, prop = key.rpartition(".")
+        for spec in specs:
+            if spec.driver == driver:
+                spec.props.setdefault(prop, value)
+
+
+def _placement(specs: list[DeviceSpec], cfg: HostConfig, mspec: MachineSpec | None) -> list[int | None]:
+    """QEMU's id= (unique) and bus= (an existing bus of the device's kind) per device;
+    the mmio bus index each device asked for."""
+    seen: set[str] = set()
+    buses: list[int | None] = []
+    pci_machine = cfg.transport in PCI_TRANSPORTS
+    for spec in specs:
+        ident = spec.props.get("id")
+        if ident is not None:
+            if ident in seen or ident in cfg.backends.ids():
+                raise PropertyError(f"Duplicate ID '{ident}' for device")
+            seen.add(ident)
+        bus = spec.props.get("bus")
+        index: int | None = None
+        if bus is not None:
+            is_pci = model_name(spec.driver) != spec.driver or pci_machine
+            prefix = "virtio-mmio-bus."
+            if is_pci and bus == "pcie.0" and pci_machine:
+                pass
+            elif not is_pci and bus.startswith(prefix) and bus[len(prefix) :].isdigit():
+                index = int(bus[len(prefix) :])
+            else:
+                raise PropertyError(f"Bus '{bus}' not found")
+        buses.append(index)
+    return buses
+
+
 def build_host(cfg: HostConfig) -> HostSetup:
     if cfg.transport not in HOST_TRANSPORTS:
         raise PropertyError(f"unknown transport {cfg.transport!r}")
-    for key in cfg.globals:
-        if key not in GLOBAL_DEFAULTS:
-            raise PropertyError(f"global {key} is not a property this host knows")
+    for key, value in cfg.globals.items():
+        check_global(key, value)
     if cfg.iommu not in IOMMU_KINDS:
         raise PropertyError(f"Property 'iommu' doesn't take value '{cfg.iommu}' ({'|'.join(IOMMU_KINDS)})")
     force_legacy = mmio_force_legacy(cfg)
     specs = [parse_device_option(d) for d in cfg.devices]
+    for spec in specs:
+        device_props(spec.driver)  # an unknown name first, as QEMU
     mspec = parse_machine(cfg.machine) if cfg.machine is not None else None
     iommu_kind = cfg.iommu
     if mspec is not None:
         check_placement(mspec, cfg.transport, specs[0].driver if specs else "", PCI_TRANSPORTS)
         if mspec.iommu != "none":
             iommu_kind = mspec.iommu
+    _apply_globals(specs, cfg.globals)
+    buses = _placement(specs, cfg, mspec)
     mmio_endpoints = cfg.iommu_topology == "spec"
     if iommu_kind == "virtio-iommu" and not mmio_endpoints and not _has_pci_bus(mspec, cfg.transport):
         # QEMU 7.2 hw/virtio/virtio-iommu.c realize: the IOMMU translates PCI buses only
@@ -242,6 +324,11 @@ def build_host(cfg: HostConfig) -> HostSetup:
             if iommu_default is not None:
                 spec.props.setdefault("iommu_platform", iommu_default)
             _place_on_bus(spec, cfg.transport)
+            table = device_props(spec.driver)
+            for k in spec.props:  # QEMU sets properties before it realizes the device
+                if k not in table:
+                    raise PropertyError(f"Property '{spec.driver}.{k}' not found")
+            resolve(spec.driver, model_name(spec.driver), spec.props, cfg.backends)
             _apply_defaults(spec, cfg, i)
             built.append(build_device(spec))
     except PropertyError:
@@ -304,7 +391,7 @@ def build_host(cfg: HostConfig) -> HostSetup:
             endpoint: list[int] = [index]
             translated = dma_translated(b, setup.iommu is not None, mmio_endpoints=mmio_endpoints)
             space = _space_for(memory, setup, endpoint, translated, device_ram)
-            vdev = _plug(machine, memory, b, force_legacy, space, make_ram, endpoint)
+            vdev = _plug(machine, memory, b, force_legacy, space, make_ram, endpoint, buses[index - 1])
             vdev.guest_order = cfg.guest_order
             setup.devices.append(vdev)
             if setup.iommu is not None and b.pci is not None:
@@ -390,6 +477,7 @@ def _plug(
     mmio_space: Callable[[int], AddressSpace],
     make_ram: Callable[[GuestMemory], AddressSpace] = IdentityAddressSpace,
     endpoint_ref: list[int] | None = None,
+    bus: int | None = None,
 ) -> VirtioDevice:
     if b.pci is None:
         vdev = VirtioDevice(
@@ -400,7 +488,7 @@ def _plug(
             strict_rings=b.strict_rings,
             validate_access_platform=b.validate_access_platform,
         )
-        machine.add_mmio_device(vdev, legacy=force_legacy)
+        machine.add_mmio_device(vdev, legacy=force_legacy, bus=bus)
         return vdev
     # A PCI device's DMA goes through its function: no bus mastering, no access.
     holder: list[PciFunction] = []

@@ -3,7 +3,9 @@
 What QEMU's virt writes for its virtio-mmio transports (checked against its ``dumpdtb``
 output in the tests): under a root with #address-cells = #size-cells = 2, one node
 ``virtio_mmio@<base>`` per transport, lowest address first, with compatible
-"virtio,mmio", reg <0 base 0 0x200>, interrupts <SPI spi edge-rising> and dma-coherent.
+"virtio,mmio", reg <0 base 0 0x200>, interrupts <SPI spi edge-rising> and dma-coherent,
+and the GICv2 node those interrupts refer to (the root's interrupt-parent), so that
+``dtc -I dtb -O dts`` reads the blob without a warning, as it reads QEMU's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from virtio_sim.acpi_layouts import FDT, FdtHeader
+from virtio_sim.host.machine_types import MACHINE_FACTS
 from virtio_sim.spec import PCI_CFG
 
 CELLS = 2
@@ -116,11 +119,29 @@ def pci_host_node(b: _Builder, pci: FdtPciHost) -> None:
     b.end()
 
 
+def gic_node(b: _Builder) -> None:
+    """``intc@<dist>`` as QEMU's fdt_add_gic_node() writes it for GICv2 (without the
+    v2m MSI frame, which we do not model)."""
+    facts = MACHINE_FACTS["virt"]
+    dist, cpu = facts["gic_dist"], facts["gic_cpu"]
+    b.begin(f"intc@{dist[0]:x}")
+    b.cells("phandle", facts["gic_phandle"])
+    b.cells("reg", *_pair(dist[0]), *_pair(dist[1]), *_pair(cpu[0]), *_pair(cpu[1]))
+    b.string("compatible", FDT["gic_compatible"])
+    b.prop("ranges", b"")
+    b.cells("#size-cells", CELLS)
+    b.cells("#address-cells", CELLS)
+    b.prop("interrupt-controller", b"")
+    b.cells("#interrupt-cells", FDT["gic_interrupt_cells"])
+    b.end()
+
+
 def virt_fdt(mmio_base: int, stride: int, slots: int, spi_base: int, pci: FdtPciHost | None = None) -> bytes:
     """The device tree of a virt machine's virtio-mmio transports (all slots, as QEMU) and,
     when it has one, its PCIe host."""
     b = _Builder()
     b.begin("")
+    b.cells("interrupt-parent", MACHINE_FACTS["virt"]["gic_phandle"])
     b.cells("#address-cells", CELLS)
     b.cells("#size-cells", CELLS)
     b.string("compatible", ROOT_COMPATIBLE)
@@ -134,5 +155,6 @@ def virt_fdt(mmio_base: int, stride: int, slots: int, spi_base: int, pci: FdtPci
         b.end()
     if pci is not None:
         pci_host_node(b, pci)
+    gic_node(b)
     b.end()
     return b.finish()

@@ -89,11 +89,21 @@ class Machine:
         #: extra kernel parameters the boot loader passes (the platform's description)
         self.platform_params: list[str] = []
 
-    def add_mmio_device(self, device: VirtioDevice, *, legacy: bool) -> MmioSlot:
-        """Place a device in the highest free slot (QEMU microvm's order)."""
-        slot_index = self.mmio_slots - 1 - len(self.slots)
-        if slot_index < 0:
-            raise ValueError(f"no free virtio-mmio slot (machine has {self.mmio_slots})")
+    def add_mmio_device(self, device: VirtioDevice, *, legacy: bool, bus: int | None = None) -> MmioSlot:
+        """Place a device in the highest free slot (QEMU microvm's order), or on
+        ``virtio-mmio-bus.<bus>`` when the device named its bus."""
+        used = {(slot.base - self.mmio_base) // MMIO_WINDOW for slot in self.slots}
+        if bus is not None:
+            if not 0 <= bus < self.mmio_slots:
+                raise ValueError(f"Bus 'virtio-mmio-bus.{bus}' not found")
+            if bus in used:
+                raise ValueError(f"Bus 'virtio-mmio-bus.{bus}' is full")
+            slot_index = bus
+        else:
+            free = [i for i in range(self.mmio_slots) if i not in used]
+            if not free:
+                raise ValueError(f"no free virtio-mmio slot (machine has {self.mmio_slots})")
+            slot_index = free[-1]
         irq = self.irq_base + slot_index
 
         def set_level(level: bool) -> None:

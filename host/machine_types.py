@@ -12,12 +12,43 @@ from typing import Any
 
 from virtio_sim.acpi_layouts import HID
 from virtio_sim.host.devices.base import PropertyError
+from virtio_sim.host.qdev_props import Prop
 from virtio_sim.spec import load_toml
 
 MACHINE_FACTS: dict[str, dict[str, Any]] = load_toml("machines.toml")
 MMIO_HIDS = (HID["virtio_mmio"], HID["qemu_vendor"])
 IOMMU_VALUES = {"none": "none", "virtio": "virtio-iommu", "virtio-iommu": "virtio-iommu"}
 ON_OFF = {"on": True, "off": False, "auto": None}
+#: what each machine is (``-M help``)
+MACHINE_DESCRIPTIONS = {
+    "microvm": "QEMU microvm: virtio-mmio slots at 0xfeb00000, transports on the kernel command line"
+    " (acpi=on: an ACPI DSDT)",
+    "q35": "QEMU q35: PCIe host bridge with ECAM at 0xb0000000, virtio-*-pci devices, ACPI tables",
+    "virt": "QEMU arm virt: 32 virtio-mmio slots at 0x0a000000, a PCIe host, ACPI tables"
+    " (acpi=off: a device tree)",
+}
+#: the machine properties this builder parses (``-M NAME,help``); which machine takes
+#: which is the "props" list of specs/machines.toml
+MACHINE_PROPS: dict[str, Prop] = {
+    "acpi": Prop("OnOffAuto", "auto", "Enable ACPI (auto: the machine's default)"),
+    "iommu": Prop("str", "none", "none|virtio: a virtio-iommu on an mmio slot, described by a VIOT"),
+    "x-mmio-hid": Prop("str", HID["virtio_mmio"], f"{'|'.join(MMIO_HIDS)}: the DSDT _HID of virtio-mmio"),
+    "x-platform": Prop(
+        "str", "none", "none|viommu|viommu-pt|tce|xen-pv: the guest's DMA platform (docs/dma-api-2015.md)"
+    ),
+}
+
+
+def machine_props(name: str) -> dict[str, Prop]:
+    facts = MACHINE_FACTS.get(name)
+    if facts is None:
+        raise PropertyError(
+            f"unsupported machine type '{name}' (this host builds: {', '.join(MACHINE_FACTS)}); "
+            "Use -machine help to list supported machines"
+        )
+    return {k: MACHINE_PROPS[k] for k in facts["props"]}
+
+
 #: x-platform values (docs/dma-api-2015.md): an emulated x86 IOMMU the guest turns on
 #: (viommu) or leaves in passthrough (viommu-pt), a pseries-like always-on TCE IOMMU (tce),
 #: a Xen-PV-like pseudo-physical/machine split (xen-pv)
@@ -49,19 +80,15 @@ class MachineSpec:
 def parse_machine(text: str) -> MachineSpec:
     """Parse a ``-M`` value; PropertyError with a QEMU-like message when it is wrong."""
     name, *rest = text.split(",")
-    facts = MACHINE_FACTS.get(name)
-    if facts is None:
-        raise PropertyError(
-            f"unsupported machine type '{name}' (this host builds: {', '.join(MACHINE_FACTS)}); "
-            "Use -machine help to list supported machines"
-        )
+    table = machine_props(name)
+    facts = MACHINE_FACTS[name]
     acpi: bool = bool(facts["acpi_default"])
     iommu = "none"
     platform = "none"
     hid = HID["virtio_mmio"]
     for item in rest:
         key, eq, value = item.partition("=")
-        if key not in facts["props"]:
+        if key not in table:
             raise PropertyError(f"Property '{name}-machine.{key}' not found")
         if not eq:
             raise PropertyError(f"Property '{name}-machine.{key}' needs a value")

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import outcome
 import trio
 
 from virtio_sim import wire
@@ -42,19 +46,22 @@ from virtio_sim.exit_codes import (
 from virtio_sim.handshake import (
     HANDSHAKE_TIMEOUT,
     HandshakeError,
-    HostOffer,
+    HostHello,
     MemoryMode,
-    host_handshake,
+    host_authenticate,
+    host_send_regions,
+    pick_mode,
 )
 from virtio_sim.host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
 from virtio_sim.host.devices.base import PropertyError, parse_bool
 from virtio_sim.host.devices.blk import BlkDevice
+from virtio_sim.host.machine_types import MACHINE_DESCRIPTIONS
 from virtio_sim.host.qdev import COMMON_PROPS, DEVICE_TYPES, format_device_option, parse_device_option
 from virtio_sim.host.remote_dma import DmaPort, WireAddressSpace
 from virtio_sim.host.server import BYE_REASON, CLOSED_REASON, serve
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.lifeline import wait_for_stdin_eof
-from virtio_sim.memory import GuestMemory
+from virtio_sim.memory import GuestMemory, MemoryRegion
 from virtio_sim.peertext import peer_text
 from virtio_sim.sockets import (
     FRAME_TIMEOUT,
@@ -67,18 +74,10 @@ from virtio_sim.sockets import (
     peer_credentials,
 )
 from virtio_sim.spec import LIMITS
-from virtio_sim.wire import Capability, ErrorCode, WireError
+from virtio_sim.wire import Capability, ErrorCode, Hello, WireError
 
-# Machines this host can build; QEMU's -M names. Firmware-described machines (q35, virt)
-# arrive with the machines issue and register here.
-MACHINES: dict[str, str] = {
-    "microvm": "QEMU microvm layout: virtio-mmio slots at 0xfeb00000, IRQ 5 + slot, "
-    "transports announced on the kernel command line (acpi=on: in an ACPI DSDT, GSI 16 + slot)",
-    "q35": "QEMU q35 PCI: host bridge with ECAM at 0xb0000000 and 0xCF8/0xCFC, "
-    "virtio-*-pci devices (transitional unless disable-legacy=on); acpi=on: ACPI tables",
-    "virt": "QEMU arm virt layout: 32 virtio-mmio slots at 0x0a000000, GSIV 48 + slot, RAM at "
-    "1 GiB; transports in an ACPI DSDT (acpi=off: a device tree)",
-}
+# Machines this host can build (QEMU's -M names; -M help prints them, host/qdev_help.py).
+MACHINES: dict[str, str] = MACHINE_DESCRIPTIONS
 # Machine properties (-M NAME,PROP=VALUE) each machine takes, as QEMU's -M does.
 MACHINE_PROPS: dict[str, tuple[str, ...]] = {
     "microvm": ("iommu", "acpi", "x-mmio-hid"),
@@ -93,8 +92,11 @@ NET_BACKEND_PROP = "x-backend"
 SWITCH_PREFIX = "switch:"
 MMIO_GLOBAL_PROPS = ("force-legacy",)
 DEFAULT_MAX_GUESTS = LIMITS.host.max_guests
+DEFAULT_MAX_UNAUTHENTICATED = LIMITS.host.max_unauthenticated
+IDLE_TIMEOUT = LIMITS.host.idle_timeout_ms / 1000
 MIN_RAM = 2 << 20
 SHUTDOWN_GRACE = 1.0  # seconds to say BYE to every guest on Ctrl-C
+SWITCH_INTERVAL = 0.0005  # seconds; see HostServer.run
 
 
 class HostUsageError(ValueError):
@@ -113,8 +115,10 @@ class HostOptions:
     max_guests: int = DEFAULT_MAX_GUESTS
     once: bool = False
     memory: str = "auto"  # auto | shared | dma
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT  # accept -> authenticated
     frame_timeout: float = FRAME_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT  # an authenticated guest that sends nothing this long
+    max_unauthenticated: int = DEFAULT_MAX_UNAUTHENTICATED
     lifeline: bool = False  # shut down when stdin closes (the parent died)
 
 
@@ -129,6 +133,9 @@ class HostPlan:
     iommu: str = "none"
     #: the -M value for host/machine_types.py when the machine has firmware tables
     firmware_machine: str | None = None
+    #: what the trial build showed, announced to guests before anything is built for them
+    cmdline: str = ""
+    regions: list[MemoryRegion] = field(default_factory=list)
 
 
 def apply_globals(devices: list[str], globals_: list[str]) -> tuple[list[str], str]:
@@ -169,6 +176,8 @@ def plan_host(opts: HostOptions) -> HostPlan:
         raise HostUsageError("guest RAM (-m) must be at least 2M")
     if opts.max_guests < 1:
         raise HostUsageError("--max-guests must be at least 1")
+    if opts.max_unauthenticated < 1:
+        raise HostUsageError("the limit of unauthenticated connections must be at least 1")
     if opts.memory not in ("auto", "shared", "dma"):
         raise HostUsageError(f"--memory must be auto, shared or dma, not {opts.memory!r}")
     if isinstance(opts.listen, TcpAddress):
@@ -199,10 +208,14 @@ def plan_host(opts: HostOptions) -> HostPlan:
             cfg = HostConfig(devices, transport, opts.ram_size, opts.seed, scratch_dir=scratch)
             cfg.iommu = iommu
             cfg.machine = firmware
-            build_host(cfg).close()
+            trial = build_host(cfg)
+            try:
+                cmdline, regions = trial.machine.kernel_cmdline(), list(trial.memory.regions)
+            finally:
+                trial.close()
     except PropertyError as e:
         raise HostUsageError(str(e)) from None
-    return HostPlan(opts, devices, transport, machine, iommu, firmware)
+    return HostPlan(opts, devices, transport, machine, iommu, firmware, cmdline, regions)
 
 
 def parse_machine_option(text: str) -> tuple[str, dict[str, str]]:
@@ -255,11 +268,29 @@ class _Connection:
         self.ident = ident
         self.channel = channel
         self.port: DmaPort | None = None
+        self.authenticated = False
+        # Once authenticated, the guest is served on an event loop in a thread of its own
+        # (HostServer._guest_thread); the main loop reaches it through these.
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.stop: trio.Event | None = None  # set on the guest's loop: say BYE and stop
+        self.stop_requested = False
 
     def address_space(self, memory: GuestMemory) -> AddressSpace:
         if self.port is not None:
             return WireAddressSpace(self.port, memory)
         return IdentityAddressSpace(memory)
+
+
+@dataclass
+class _Authenticated:
+    """What a guest's own thread takes over from the main loop."""
+
+    conn: _Connection
+    fd: int  # the connection's socket (a duplicate: the main loop closed its own)
+    buffered: bytes  # received after the guest's HELLO, not yet framed
+    hello: Hello
+    mode: MemoryMode
+    record: dict[str, Any]
 
 
 class HostServer:
@@ -268,27 +299,47 @@ class HostServer:
         self.opts = plan.opts
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.live: dict[int, _Connection] = {}
+        self.live: dict[int, _Connection] = {}  # every open connection (BYE on shutdown)
         self.next_id = 0
         self.interrupted: int | None = None
         self.last_end: str | None = None
+        self._output = threading.Lock()  # guest threads log too: whole lines only
 
     # -- output -----------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        print(f"virtio-sim host: {peer_text(message)}", file=self.err, flush=True)  # guests' words are data
+        with self._output:  # guests' words are data
+            self.err.write(f"virtio-sim host: {peer_text(message)}\n")
+            self.err.flush()
 
     def emit(self, event: dict[str, Any]) -> None:
-        print(json.dumps(event), file=self.out, flush=True)
+        with self._output:
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
 
     # -- main -------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> int:
+        """Serve until done; returns the exit status. Under ``nursery.start`` it reports
+        the listening address once ``listen()`` has returned, so a connect cannot be
+        refused (the socket file exists from ``bind()`` on, which is too early)."""
+        # Each authenticated guest runs on a thread of its own; the main loop (accept,
+        # handshakes) must get the GIL back quickly while a guest's device works. With
+        # CPython's default 5 ms switch interval every wake-up of the loop can wait 5 ms.
+        old_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(old_interval, SWITCH_INTERVAL))
+        try:
+            return await self._run(task_status)
+        finally:
+            sys.setswitchinterval(old_interval)
+
+    async def _run(self, task_status: trio.TaskStatus[Address]) -> int:
         try:
             listener = await open_listener(self.opts.listen)
         except ListenError as e:
             self.log(f"error: {e}")
             self.emit({"event": "refused", "detail": str(e)})
+            task_status.started(self.opts.listen)
             return EXIT_USAGE
         try:
             self.log(
@@ -296,6 +347,7 @@ class HostServer:
                 f"{len(self.plan.devices)} device(s), up to {self.opts.max_guests} guests)"
             )
             self.emit({"event": "listening", "address": str(listener.address)})
+            task_status.started(listener.address)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch_signals, signals, nursery.cancel_scope)
@@ -331,11 +383,31 @@ class HostServer:
         return self.next_id
 
     def _register(self, stream: trio.SocketStream) -> _Connection:
-        """A live connection counts against --max-guests from the moment it is accepted."""
+        """A connection costs a socket and a task until its peer authenticates."""
         channel = SocketFrameChannel(stream, frame_timeout=self.opts.frame_timeout)
         conn = _Connection(self._new_id(), channel)
         self.live[conn.ident] = conn
         return conn
+
+    @property
+    def guests(self) -> int:
+        """Authenticated connections: what --max-guests counts."""
+        return sum(1 for c in self.live.values() if c.authenticated)
+
+    @property
+    def unauthenticated(self) -> int:
+        return sum(1 for c in self.live.values() if not c.authenticated)
+
+    def _busy(self) -> str | None:
+        """Why a new connection must be turned away now, or None."""
+        if self.guests >= self.opts.max_guests:
+            return f"the host already serves {self.opts.max_guests} guests"
+        if self.unauthenticated >= self.opts.max_unauthenticated:
+            return (
+                f"{self.opts.max_unauthenticated} connections are already waiting to authenticate; "
+                "try again later"
+            )
+        return None
 
     async def _accept_loop(self, listener: Listener, nursery: trio.Nursery) -> None:
         while True:
@@ -345,8 +417,9 @@ class HostServer:
                 self.log(f"accept failed: {e}")
                 await trio.sleep(0.1)
                 continue
-            if len(self.live) >= self.opts.max_guests:
-                nursery.start_soon(self._refuse_busy, stream, self._new_id())
+            busy = self._busy()
+            if busy is not None:
+                nursery.start_soon(self._refuse_busy, stream, self._new_id(), busy)
             else:
                 nursery.start_soon(self._connection, self._register(stream))
 
@@ -365,13 +438,15 @@ class HostServer:
         self.log(f"{why}: saying BYE to {len(self.live)} guest(s)")
         with trio.move_on_after(SHUTDOWN_GRACE):
             for conn in list(self.live.values()):
+                if conn.authenticated:  # served on its own loop
+                    self._stop_guest(conn)
+                    continue
                 with contextlib.suppress(Exception):
                     await conn.channel.send(wire.bye())
         scope.cancel()
 
-    async def _refuse_busy(self, stream: trio.SocketStream, ident: int) -> None:
+    async def _refuse_busy(self, stream: trio.SocketStream, ident: int, msg: str) -> None:
         channel = SocketFrameChannel(stream)
-        msg = f"the host already serves {self.opts.max_guests} guests"
         self.log(f"guest {ident}: refused: {msg}")
         with trio.move_on_after(SHUTDOWN_GRACE):
             await _send_quietly(channel, wire.error(ErrorCode.BUSY, msg))
@@ -381,7 +456,7 @@ class HostServer:
     # -- one guest --------------------------------------------------------------
 
     async def _connection(self, conn: _Connection) -> None:
-        channel, ident = conn.channel, conn.ident
+        channel, ident = conn.channel, conn.ident  # the main loop's channel, until handed off
         peer = channel.peer()
         record: dict[str, Any] = {"event": "guest-ended", "guest": ident, "peer": peer}
         self.log(f"guest {ident}: connected ({peer})")
@@ -401,12 +476,127 @@ class HostServer:
         self.emit(record)
 
     async def _session(self, conn: _Connection, record: dict[str, Any]) -> tuple[str, str]:
-        """Build, handshake, serve; returns (end kind, reason)."""
+        """Authenticate, then build, lock, finish the handshake and serve.
+
+        Until the peer has answered the challenge nothing is built, allocated or locked
+        for it, and the whole handshake has one deadline from accept: a silent or slow
+        peer costs a socket and a task for at most that long, and never holds a drive.
+        """
         channel = conn.channel
         if channel.is_unix:
             creds = peer_credentials(channel.socket)
             if creds is not None and creds[1] != os.getuid():
                 return await _refuse(channel, ErrorCode.AUTH, f"peer uid {creds[1]} is not ours")
+        share = channel.is_unix and self.opts.memory != "dma"
+        offer = HostHello(
+            ram_size=self.opts.ram_size,
+            cmdline=self.plan.cmdline,
+            can_share=share,
+            secret=self.opts.secret,
+            name=f"virtio-sim host ({self.plan.machine})",
+            force_mode=MemoryMode.DMA if self.opts.memory == "dma" else None,
+        )
+        try:
+            with trio.fail_after(self.opts.handshake_timeout):
+                hello = await host_authenticate(channel, offer)
+            mode = pick_mode(offer, hello.capabilities)
+        except trio.TooSlowError:
+            msg = f"no handshake within {self.opts.handshake_timeout:g}s"
+            return await _refuse(channel, ErrorCode.TIMEOUT, msg)
+        except HandshakeError as e:
+            return await _refuse(channel, e.code, str(e))
+        except WireError as e:
+            return await _refuse(channel, e.code, str(e))
+        except trio.EndOfChannel as e:
+            return "lost", f"{CLOSED_REASON} during the handshake ({e})"
+        if self.guests >= self.opts.max_guests:
+            busy = f"the host already serves {self.opts.max_guests} guests"
+            return await _refuse(channel, ErrorCode.BUSY, busy)
+        conn.authenticated = True
+        return await self._hand_off(conn, hello, mode, record)
+
+    async def _hand_off(
+        self, conn: _Connection, hello: Hello, mode: MemoryMode, record: dict[str, Any]
+    ) -> tuple[str, str]:
+        """Serve the authenticated guest on an event loop and a thread of its own.
+
+        Device work is synchronous (a 1000 MiB blk request copies for seconds); on its
+        own thread it cannot delay another guest's frames or a new connection's
+        handshake, and nothing of one guest's work passes through another's loop.
+        """
+        old = conn.channel
+        fd = os.dup(old.socket.fileno())
+        buffered = old.take_buffered()
+        with trio.CancelScope(shield=True):
+            await old.aclose()  # closes our descriptor only: the connection lives on in fd
+        guest = _Authenticated(conn, fd, buffered, hello, mode, record)
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        ended: list[outcome.Outcome[tuple[str, str]]] = []
+
+        def deliver(result: outcome.Outcome[tuple[str, str]]) -> None:  # in the guest thread
+            ended.append(result)
+            token.run_sync_soon(done.set)
+
+        trio.lowlevel.start_thread_soon(functools.partial(self._guest_thread, guest), deliver)
+        try:
+            await done.wait()
+        except trio.Cancelled:  # the host stops (or its caller cancelled it): so does the guest
+            self._stop_guest(conn)
+            with trio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        return ended[0].unwrap()
+
+    @staticmethod
+    def _stop_guest(conn: _Connection) -> None:
+        """Tell a guest's own loop to say BYE and stop (from the main loop)."""
+        conn.stop_requested = True
+        if conn.token is not None and conn.stop is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                conn.token.run_sync_soon(conn.stop.set)
+
+    def _guest_thread(self, guest: _Authenticated) -> tuple[str, str]:
+        return trio.run(self._guest_loop, guest)
+
+    async def _guest_loop(self, guest: _Authenticated) -> tuple[str, str]:
+        conn, hello, mode, record = guest.conn, guest.hello, guest.mode, guest.record
+        sock = trio.socket.from_stdlib_socket(socket.socket(fileno=guest.fd))
+        channel = SocketFrameChannel(trio.SocketStream(sock), frame_timeout=self.opts.frame_timeout)
+        channel.preload(guest.buffered)
+        conn.channel = channel
+        stop = trio.Event()
+        conn.stop = stop
+        conn.token = trio.lowlevel.current_trio_token()
+        result: list[tuple[str, str]] = []
+
+        async def watch_stop(scope: trio.CancelScope) -> None:
+            await stop.wait()
+            with trio.move_on_after(SHUTDOWN_GRACE):
+                await _send_quietly(channel, wire.bye())
+            scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_stop, nursery.cancel_scope)
+                if conn.stop_requested:  # the host began to shut down before we listened
+                    stop.set()
+                try:
+                    result.append(await self._build_and_serve(conn, hello, mode, record))
+                except Exception as e:  # a bug here must not take the other guests down
+                    reason = f"internal error: {e!r}"
+                    await _send_quietly(channel, wire.error(ErrorCode.INTERNAL, reason))
+                    result.append(("error", reason))
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+        return result[0] if result else ("error", "the host shut down")
+
+    async def _build_and_serve(
+        self, conn: _Connection, hello: Hello, mode: MemoryMode, record: dict[str, Any]
+    ) -> tuple[str, str]:
+        channel = conn.channel
         with tempfile.TemporaryDirectory(prefix="virtio-sim-guest-") as scratch:
             cfg = HostConfig(
                 private_switches(self.plan.devices, conn.ident),
@@ -423,37 +613,35 @@ class HostServer:
             except PropertyError as e:
                 return await _refuse(channel, ErrorCode.CONFIG, str(e))
             try:
-                return await self._serve_setup(conn, setup, record)
+                return await self._serve_setup(conn, setup, hello, mode, record)
             finally:
                 setup.close()
 
     async def _serve_setup(
-        self, conn: _Connection, setup: HostSetup, record: dict[str, Any]
+        self, conn: _Connection, setup: HostSetup, hello: Hello, mode: MemoryMode, record: dict[str, Any]
     ) -> tuple[str, str]:
         channel = conn.channel
         try:
             lock_drives(setup)
         except PropertyError as e:
             return await _refuse(channel, ErrorCode.CONFIG, str(e))
-        share = channel.is_unix and self.opts.memory != "dma"
-        offer = HostOffer(
-            ram_size=self.opts.ram_size,
-            cmdline=setup.machine.kernel_cmdline(),
-            regions=setup.memory.regions,
-            shared_fd=setup.memory.backing.fd if share else None,
-            secret=self.opts.secret,
-            name=f"virtio-sim host ({self.plan.machine})",
-            force_mode=MemoryMode.DMA if self.opts.memory == "dma" else None,
-        )
+        if setup.machine.kernel_cmdline() != self.plan.cmdline or setup.memory.regions != self.plan.regions:
+            # What the guest was told at HELLO must be the machine it gets.
+            msg = "this guest's machine differs from the one announced at HELLO"
+            return await _refuse(channel, ErrorCode.INTERNAL, msg)
+        if mode is MemoryMode.DMA:  # ready before the guest can send its first access
+            conn.port = DmaPort(channel, reply_timeout=self.opts.frame_timeout)
         try:
             with trio.fail_after(self.opts.handshake_timeout):
-                hello, mode = await host_handshake(channel, offer)
+                await host_send_regions(
+                    channel,
+                    setup.memory.regions,
+                    mode,
+                    setup.memory.backing.fd if mode is MemoryMode.SHARED else None,
+                )
         except trio.TooSlowError:
-            msg = f"no handshake within {self.opts.handshake_timeout:g}s"
-            return await _refuse(channel, ErrorCode.TIMEOUT, msg)
+            return await _refuse(channel, ErrorCode.TIMEOUT, "the guest did not take its memory regions")
         except HandshakeError as e:
-            return await _refuse(channel, e.code, str(e))
-        except WireError as e:
             return await _refuse(channel, e.code, str(e))
         except trio.EndOfChannel as e:
             return "lost", f"{CLOSED_REASON} during the handshake ({e})"
@@ -462,11 +650,9 @@ class HostServer:
         order: ByteOrder = "big" if hello.capabilities & Capability.BIG_ENDIAN else "little"
         for vdev in [*setup.devices, *([setup.iommu_device] if setup.iommu_device else [])]:
             vdev.guest_order = order
-        if mode is MemoryMode.DMA:
-            conn.port = DmaPort(channel, reply_timeout=self.opts.frame_timeout)
         record["memory"] = str(mode)
         self.log(f"guest {conn.ident}: handshake done ({hello.name!r}, guest RAM {mode})")
-        reason = await serve(channel, setup.machine, dma=conn.port)
+        reason = await serve(channel, setup.machine, dma=conn.port, idle_timeout=self.opts.idle_timeout)
         record["evidence"] = setup.evidence()
         if conn.port is not None:
             p = conn.port
@@ -475,6 +661,8 @@ class HostServer:
                 "writes": p.writes,
                 "bytes_read": p.bytes_read,
                 "bytes_written": p.bytes_written,
+                "peak_unsent_frames": p.peak_unsent_frames,
+                "peak_unsent_bytes": p.peak_unsent_bytes,
             }
         if reason == BYE_REASON:
             return "clean", reason

@@ -11,38 +11,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from virtio_sim.host import qdev_props
 from virtio_sim.host.devices import hostile
 from virtio_sim.host.devices.base import DeviceModel, PropertyError, parse_bool
 from virtio_sim.host.devices.blk import BlkDevice
 from virtio_sim.host.devices.rng import RngDevice
-from virtio_sim.host.qdev_netcon import NET_PROPS, SERIAL_PROPS, net_device, serial_device
+from virtio_sim.host.qdev_netcon import net_device, serial_device
+from virtio_sim.host.qdev_props import DEVICE_PROPS, Prop, props_for
 from virtio_sim.host.transport.virtio_pci import resolve_modes
 from virtio_sim.host.virtio_device import ErrorPolicy, TransportFeatures
-from virtio_sim.spec import MMIO, PCI_CFG, PCI_CLASS, QEMU_PCI
+from virtio_sim.spec import MMIO, PCI_CFG, PCI_CLASS
 
-COMMON_PROPS = (
-    "event_idx",
-    "indirect_desc",
-    "iommu_platform",
-    "x-error-policy",
-    "x-strict-rings",
-    "x-validate-access-platform",
-    "x-dma",
-    "x-hostile",
-)
+COMMON_PROPS = tuple(qdev_props.COMMON_PROPS)
 DMA_MODES = ("honor", "bypass", "translate-always")
-PCI_PROPS = ("disable-legacy", "disable-modern", "vectors", "addr")
-# Ring-layout and ring-feature properties every virtio device has, with QEMU 7.2's
-# defaults (queue_reset is on since 7.2); x- ones have no QEMU equivalent.
+PCI_PROPS = tuple(qdev_props.PCI_PROPS)
+_RING_ATTRS = {"x-order-platform": "order_platform", "x-in-order-batch": "in_order_batch"}
+# Ring-layout and ring-feature properties every virtio device has: the TransportFeatures
+# attribute each sets and its default (host/qdev_props.py: QEMU 7.2's).
 RING_PROPS: dict[str, tuple[str, bool]] = {
-    "packed": ("packed", False),
-    "in_order": ("in_order", False),
-    "notification_data": ("notification_data", False),
-    "queue_reset": ("queue_reset", True),
-    # legacy-only bit 27; hw_compat_2_3 turns it off for machine types up to 2.3
-    "any_layout": ("any_layout", True),
-    "x-order-platform": ("order_platform", False),
-    "x-in-order-batch": ("in_order_batch", False),
+    name: (_RING_ATTRS.get(name, name), p.default == "on") for name, p in qdev_props.RING_PROPS.items()
 }
 
 
@@ -136,19 +123,39 @@ def _rng(props: dict[str, str]) -> DeviceModel:
     return dev
 
 
+def _block_size(name: str, raw: str) -> int:
+    """QEMU's block-size properties (hw/core/qdev-properties-system.c set_blocksize):
+    a power of two between 512 B and 2 MiB."""
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise PropertyError(f"Property .{name} doesn't take value '{raw}'") from None
+    if value & (value - 1):
+        raise PropertyError(f"Property .{name} doesn't take value '{raw}', it's not a power of 2")
+    if not BLOCK_SIZE_MIN <= value <= BLOCK_SIZE_MAX:
+        raise PropertyError(
+            f"Property .{name} doesn't take value '{raw}' (min: {BLOCK_SIZE_MIN}, max: {BLOCK_SIZE_MAX})"
+        )
+    return value
+
+
 def _blk(props: dict[str, str]) -> DeviceModel:
+    table = DEVICE_PROPS["virtio-blk-device"]
     drive = props.pop("drive", None)
     if not drive:
         raise PropertyError("drive property not set")
-    readonly = parse_bool("readonly", props.pop("readonly", "off"))
-    serial = props.pop("serial", "virtio-sim-blk")
-    qs = props.pop("queue-size", "256")
-    lbs = props.pop("logical_block_size", "512")
-    nq = props.pop("num-queues", "1")
+    readonly = parse_bool("readonly", str(qdev_props.take(props, table, "readonly")))
+    serial = str(qdev_props.take(props, table, "serial"))
+    qs = str(qdev_props.take(props, table, "queue-size"))
+    nq = str(qdev_props.take(props, table, "num-queues"))
+    block_size = _block_size("logical_block_size", str(qdev_props.take(props, table, "logical_block_size")))
+    physical = _block_size("physical_block_size", str(qdev_props.take(props, table, "physical_block_size")))
+    if block_size > physical:  # QEMU blkconf_blocksizes()
+        raise PropertyError("logical_block_size > physical_block_size not supported")
     try:
-        queue_size, block_size, num_queues = int(qs, 0), int(lbs, 0), int(nq, 0)
+        queue_size, num_queues = int(qs, 0), int(nq, 0)
     except ValueError:
-        raise PropertyError("queue-size, logical_block_size and num-queues take integers") from None
+        raise PropertyError("queue-size and num-queues take integers") from None
     if queue_size < 2 or queue_size > 1024 or queue_size & (queue_size - 1):
         raise PropertyError(f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024")
     # QEMU's virtio-blk switches (their 7.2 defaults; machine types before change them)
@@ -171,25 +178,19 @@ def _blk(props: dict[str, str]) -> DeviceModel:
     )
 
 
-#: virtio-blk's on/off properties with QEMU 7.2's defaults
+BLOCK_SIZE_MIN, BLOCK_SIZE_MAX = 512, 2 << 20
+#: virtio-blk's on/off properties with QEMU 7.2's defaults (host/qdev_props.py)
 BLK_SWITCHES = {
-    "scsi": False,
-    "config-wce": True,
-    "discard": True,
-    "write-zeroes": True,
-    "seg-max-adjust": True,
+    name: DEVICE_PROPS["virtio-blk-device"][name].default == "on"
+    for name in ("scsi", "config-wce", "discard", "write-zeroes", "seg-max-adjust")
 }
 
-
-# name -> (factory, properties it accepts besides the common ones)
+# name -> (factory, properties it accepts besides the common ones: host/qdev_props.py)
 DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str, ...]]] = {
-    "virtio-rng-device": (_rng, ("x-seed", "x-queue-size")),
-    "virtio-blk-device": (
-        _blk,
-        ("drive", "readonly", "serial", "queue-size", "logical_block_size", "num-queues", *BLK_SWITCHES),
-    ),
-    "virtio-net-device": (net_device, NET_PROPS),
-    "virtio-serial-device": (serial_device, SERIAL_PROPS),
+    "virtio-rng-device": (_rng, tuple(DEVICE_PROPS["virtio-rng-device"])),
+    "virtio-blk-device": (_blk, tuple(DEVICE_PROPS["virtio-blk-device"])),
+    "virtio-net-device": (net_device, tuple(DEVICE_PROPS["virtio-net-device"])),
+    "virtio-serial-device": (serial_device, tuple(DEVICE_PROPS["virtio-serial-device"])),
 }
 
 
@@ -213,26 +214,30 @@ def pci_name(driver: str) -> str | None:
     return next((k for k, (m, _) in PCI_DEVICE_TYPES.items() if m == driver), None)
 
 
-def _pci_addr(text: str) -> tuple[int, int]:
+def _pci_addr(text: str, driver: str = "") -> tuple[int, int]:
     """QEMU's ``addr=SLOT[.FN]`` (hex)."""
     slot_s, _, fn_s = text.partition(".")
+    bad = PropertyError(f"Property '{driver + '.' if driver else ''}addr' doesn't take value '{text}'")
     try:
         slot, fn = int(slot_s, 16), int(fn_s or "0", 16)
     except ValueError:
-        raise PropertyError(f"Property 'addr' doesn't take value '{text}'") from None
+        raise bad from None
     if not 0 <= slot < PCI_CFG.devices_per_bus or not 0 <= fn < PCI_CFG.functions_per_device:
-        raise PropertyError(f"Property 'addr' doesn't take value '{text}'")
+        raise bad
     return slot, fn
 
 
-def _pci_options(props: dict[str, str], class_code: int) -> PciOptions:
-    disable_legacy = props.pop("disable-legacy", "auto").lower()
+def _pci_options(props: dict[str, str], class_code: int, driver: str = "") -> PciOptions:
+    table = qdev_props.PCI_PROPS
+    disable_legacy = str(qdev_props.take(props, table, "disable-legacy")).lower()
     if disable_legacy in ("true", "yes"):
         disable_legacy = "on"
     if disable_legacy in ("false", "no"):
         disable_legacy = "off"
-    disable_modern = parse_bool("disable-modern", props.pop("disable-modern", "off"))
-    vec = props.pop("vectors", str(QEMU_PCI.default_vectors))
+    if disable_legacy not in ("on", "off", "auto"):
+        raise PropertyError(f"Parameter 'disable-legacy' does not accept value '{disable_legacy}'")
+    disable_modern = parse_bool("disable-modern", str(qdev_props.take(props, table, "disable-modern")))
+    vec = str(qdev_props.take(props, table, "vectors"))
     try:
         vectors = int(vec, 0)
     except ValueError:
@@ -240,47 +245,54 @@ def _pci_options(props: dict[str, str], class_code: int) -> PciOptions:
     if vectors < 0:
         raise PropertyError(f"Property 'vectors' doesn't take value '{vec}'")
     addr = props.pop("addr", None)
-    slot, fn = _pci_addr(addr) if addr is not None else (None, 0)
+    slot, fn = _pci_addr(addr, driver) if addr is not None else (None, 0)
     # The machine's virtio-pci devices sit on the root bus, where auto keeps legacy on.
     modern, legacy = resolve_modes(disable_legacy, disable_modern, pcie_port=False)
     return PciOptions(modern, legacy, vectors, class_code, slot, fn)
 
 
+def device_props(driver: str) -> dict[str, Prop]:
+    """The property table of a device name (``-device NAME,help``); PropertyError for a
+    name that is not a device type here."""
+    if model_name(driver) not in DEVICE_TYPES:
+        raise PropertyError(f"'{driver}' is not a valid device model name")
+    return props_for(model_name(driver), driver in PCI_DEVICE_TYPES)
+
+
 def build_device(spec: DeviceSpec) -> BuiltDevice:
     pci_entry = PCI_DEVICE_TYPES.get(spec.driver)
-    entry = DEVICE_TYPES.get(model_name(spec.driver))
-    if entry is None:
-        raise PropertyError(f"'{spec.driver}' is not a valid device model name")
-    factory, own = entry
+    table = device_props(spec.driver)
+    factory, _own = DEVICE_TYPES[model_name(spec.driver)]
     for k in spec.props:
-        if (
-            k not in own
-            and k not in COMMON_PROPS
-            and k not in RING_PROPS
-            and not (pci_entry and k in PCI_PROPS)
-        ):
+        if k not in table:
             raise PropertyError(f"Property '{spec.driver}.{k}' not found")
     props = dict(spec.props)
-    pci = _pci_options(props, pci_entry[1]) if pci_entry else None
+    for k in qdev_props.QDEV_PROPS:  # placement, handled by the machine builder
+        props.pop(k, None)
+    pci = _pci_options(props, pci_entry[1], spec.driver) if pci_entry else None
+
+    def flag(name: str) -> bool:
+        return parse_bool(name, str(qdev_props.take(props, table, name)))
+
     tf = TransportFeatures(
-        event_idx=parse_bool("event_idx", props.pop("event_idx", "on")),
-        indirect_desc=parse_bool("indirect_desc", props.pop("indirect_desc", "on")),
-        access_platform=parse_bool("iommu_platform", props.pop("iommu_platform", "off")),
+        event_idx=flag("event_idx"),
+        indirect_desc=flag("indirect_desc"),
+        access_platform=flag("iommu_platform"),
     )
-    validate_ap = parse_bool("x-validate-access-platform", props.pop("x-validate-access-platform", "on"))
-    dma_mode = props.pop("x-dma", "honor")
+    validate_ap = flag("x-validate-access-platform")
+    dma_mode = str(qdev_props.take(props, table, "x-dma"))
     if dma_mode not in DMA_MODES:
         raise PropertyError(f"Property 'x-dma' doesn't take value '{dma_mode}' ({'|'.join(DMA_MODES)})")
-    for prop, (attr, default) in RING_PROPS.items():
-        setattr(tf, attr, parse_bool(prop, props.pop(prop, "on" if default else "off")))
-    pol = props.pop("x-error-policy", ErrorPolicy.NEEDS_RESET.value)
+    for prop, (attr, _default) in RING_PROPS.items():
+        setattr(tf, attr, flag(prop))
+    pol = str(qdev_props.take(props, table, "x-error-policy"))
     try:
         policy = ErrorPolicy(pol)
     except ValueError:
         raise PropertyError(
             f"Property 'x-error-policy' doesn't take value '{pol}' (needs-reset|drop)"
         ) from None
-    strict = parse_bool("x-strict-rings", props.pop("x-strict-rings", "on"))
+    strict = flag("x-strict-rings")
     lie = props.pop("x-hostile", None)
     model = factory(props)
     if lie is not None:

@@ -10,12 +10,17 @@ task then routes the guest's DMA_REPLY frames to the port and queues everything 
 order, for the dispatcher, which applies each register access in a worker thread so that
 devices can wait for DMA replies (see :mod:`host.remote_dma`). Either way the frames are
 handled by the same code.
+
+A guest that sends no frame for ``idle_timeout`` seconds is told ERROR(TIMEOUT) and
+dropped. (The host process runs each guest's serve() on an event loop and thread of its
+own, so one guest's device work never delays another's frames: see host/process.py.)
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -25,6 +30,8 @@ from virtio_sim.dma import DmaError
 from virtio_sim.host.machine import Machine
 from virtio_sim.host.remote_dma import DmaPort, PostingChannel
 from virtio_sim.ring.chain import RingError
+from virtio_sim.sockets import SendStalledError
+from virtio_sim.spec import LIMITS
 from virtio_sim.wire import ErrorCode, FrameChannel, IrqKind, MsgType, WireError
 
 log = logging.getLogger("virtio_sim.host.server")
@@ -33,20 +40,28 @@ ERR_PROTOCOL = ErrorCode.PROTOCOL
 ERR_UNSUPPORTED = ErrorCode.UNSUPPORTED
 BYE_REASON = "guest said bye"
 CLOSED_REASON = "guest closed the connection"
-# Posted frames a DMA-mode connection may queue while a device waits for the guest; a
-# guest that floods beyond this is dropped instead of growing the host without bound.
-MAX_QUEUED_FRAMES = 4096
+# Guest frames a DMA-mode connection reads ahead of the dispatcher (while a device waits
+# for DMA, or the host waits for room to send); a guest that floods beyond this is dropped
+# instead of growing the host without bound.
+MAX_QUEUED_FRAMES = LIMITS.wire.max_queued_frames
 
 Call = Callable[..., Awaitable[int]]
 
 
-async def serve(channel: FrameChannel, machine: Machine, *, dma: DmaPort | None = None) -> str:
+async def serve(
+    channel: FrameChannel,
+    machine: Machine,
+    *,
+    dma: DmaPort | None = None,
+    idle_timeout: float = math.inf,
+) -> str:
     """Run until the guest says BYE or goes away; returns how the connection ended."""
     pending_irqs: list[wire.Frame] = []
     machine.irq_out = lambda irq, level: pending_irqs.append(_line_frame(irq, level))
     machine.msi_out = lambda address, data: pending_irqs.append(_msi_frame(address, data))
+    receive = _idle_bounded(channel.receive, idle_timeout)
     if dma is not None:
-        return await _serve_dma(channel, machine, dma, pending_irqs)
+        return await _serve_dma(channel, machine, dma, pending_irqs, receive)
 
     in_access = False
     wake = [trio.Event()]
@@ -75,13 +90,13 @@ async def serve(channel: FrameChannel, machine: Machine, *, dma: DmaPort | None 
             while pending_irqs and not in_access:
                 try:
                     await channel.send(pending_irqs.pop(0))
-                except trio.EndOfChannel:
+                except trio.EndOfChannel:  # the frames loop sees the end too
                     return
 
     async def frames() -> str:
         while True:
             try:
-                frame = await channel.receive()
+                frame = await receive()
             except trio.EndOfChannel as e:
                 return _closed(e)
             except WireError as e:
@@ -97,6 +112,21 @@ async def serve(channel: FrameChannel, machine: Machine, *, dma: DmaPort | None 
         reason = await frames()
         nursery.cancel_scope.cancel()
     return reason
+
+
+def _idle_bounded(
+    receive: Callable[[], Awaitable[wire.Frame]], idle_timeout: float
+) -> Callable[[], Awaitable[wire.Frame]]:
+    """``receive`` that raises WireError(TIMEOUT) when no frame starts within the bound."""
+    if math.isinf(idle_timeout):
+        return receive
+
+    async def bounded() -> wire.Frame:
+        with trio.move_on_after(idle_timeout):
+            return await receive()
+        raise WireError(f"the guest sent nothing for {idle_timeout:g}s (idle timeout)", ErrorCode.TIMEOUT)
+
+    return bounded
 
 
 # A reply or IRQ could not be sent because the guest closed its end. That is normal right
@@ -151,13 +181,19 @@ async def _handle(
             await channel.send(pending_irqs.pop(0))
     except WireError as e:
         return await _protocol_error(channel, e)
+    except SendStalledError as e:
+        return f"protocol error: {e}"
     except trio.EndOfChannel:
         return _SEND_FAILED
     return None
 
 
 async def _serve_dma(
-    channel: FrameChannel, machine: Machine, port: DmaPort, pending_irqs: list[wire.Frame]
+    channel: FrameChannel,
+    machine: Machine,
+    port: DmaPort,
+    pending_irqs: list[wire.Frame],
+    receive: Callable[[], Awaitable[wire.Frame]],
 ) -> str:
     out = PostingChannel(channel, port)  # every send stays behind earlier DMA traffic
     inbox_tx, inbox_rx = trio.open_memory_channel[wire.Frame](MAX_QUEUED_FRAMES)
@@ -168,16 +204,14 @@ async def _serve_dma(
         reason = CLOSED_REASON
         try:
             while True:
-                frame = await channel.receive()
+                frame = await receive()
                 if frame.type is MsgType.DMA_REPLY:
                     port.deliver(frame)
                     continue
                 try:
                     inbox_tx.send_nowait(frame)
                 except trio.WouldBlock:
-                    raise WireError(
-                        f"guest queued more than {MAX_QUEUED_FRAMES} frames while a device waited for DMA"
-                    ) from None
+                    raise WireError(_flood_reason(port)) from None
                 if frame.type is MsgType.BYE:
                     reason = BYE_REASON
                     return
@@ -202,9 +236,17 @@ async def _serve_dma(
         finally:
             sent_all.set()
 
+    overflow: list[str] = []
+
+    async def watch_overflow(scope: trio.CancelScope) -> None:
+        """A guest that does not read its frames: the queue stops growing here."""
+        overflow.append(await port.wait_overflow())
+        scope.cancel()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender)
         nursery.start_soon(reader)
+        nursery.start_soon(watch_overflow, nursery.cancel_scope)
         ended: str | None = None
         async for frame in inbox_rx:
             ended = await _handle(out, machine, frame, call, pending_irqs)
@@ -219,9 +261,20 @@ async def _serve_dma(
         with trio.move_on_after(BYE_LOOKAHEAD):
             await sent_all.wait()  # a final ERROR frame must get out before we hang up
         nursery.cancel_scope.cancel()
+    if overflow:
+        return f"protocol error: {overflow[0]}"
     if ended is not None:
         return ended
     return reader_end[0] if reader_end else CLOSED_REASON
+
+
+def _flood_reason(port: DmaPort) -> str:
+    """Why the guest's read-ahead overflowed, as it really was: the dispatcher waits
+    either for a device that waits for DMA, or for anything else (a slow device, room to
+    send replies the guest does not read)."""
+    if port.waiting_for_dma:
+        return f"guest queued more than {MAX_QUEUED_FRAMES} frames while a device waited for DMA"
+    return f"guest sent more than {MAX_QUEUED_FRAMES} frames ahead of the host's replies"
 
 
 def _line_frame(irq: int, level: bool) -> wire.Frame:

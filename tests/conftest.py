@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from ci_policy import pytest_runtest_makereport  # noqa: F401  (CI=true: a skipped qemu test fails)
+from hypothesis import settings
 
 from virtio_sim.memory import GuestMemory
 from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86, MissingTool, static_busybox
@@ -30,6 +31,15 @@ SYSTEM_TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
     "busybox": (_static_busybox, "busybox-static"),
     "dpdk-testpmd": (lambda: shutil.which("dpdk-testpmd") is not None, "dpdk"),
 }
+
+# Hypothesis under CI (CI=true, as GitHub Actions and most CI systems set it): the same
+# examples on every run, so a red CI job is reproducible and a green one is not luck;
+# no example database (nothing persists between CI runs anyway) and no per-example
+# deadline (a loaded runner is slow, not wrong). Registered here, before any test module
+# builds its own settings objects, which inherit from the loaded profile.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+if os.environ.get("CI", "").lower() == "true":
+    settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

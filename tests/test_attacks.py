@@ -339,11 +339,18 @@ async def test_wire_corpus_against_the_host_server_and_vhost_user(tmp_path: Path
     bad = [r for r in results if r.verdict is not Verdict.HANDLED]
     listing = "\n".join(f"{r.verdict.value}: {r.scenario}: {r.detail[-300:]}" for r in bad)
     assert not bad, listing
-    assert len(results) == len(WIRE_CASES) >= 25
+    assert len(results) == len(WIRE_CASES) >= 31
     assert {r.target for r in results} == {"host", "vhost-user"}
     by_id = {r.scenario: r for r in results}
     assert by_id["wire-oversized"].policy == "close"
     assert by_id["vu-fd-flood"].policy == "close" and "file descriptors" in by_id["vu-fd-flood"].detail
+    # issue 23: capability bits by role, the unauthenticated cap, a guest that never
+    # reads, request amplification (each case raises CaseFailed when the host misbehaves)
+    assert by_id["wire-hello-host-only-capability"].policy == "close"
+    assert by_id["wire-hello-unknown-capability"].policy == "close"
+    assert "BUSY" in by_id["wire-unauthenticated-crowd"].detail
+    assert by_id["wire-never-reads"].policy == "close"
+    assert "host peak RSS" in by_id["wire-blk-amplification"].detail
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -608,6 +615,9 @@ def test_bound_acpi_table_length() -> None:
 
 
 async def test_bound_connections(tmp_path: Path) -> None:
+    """--max-guests counts authenticated guests: with two of them served, the next
+    connection is told BUSY at once. (The cap on connections still in the handshake,
+    [host] max_unauthenticated: tests/test_host_admission.py.)"""
     path = str(tmp_path / "h.sock")
     opts = HostOptions(
         listen=UnixAddress(path), devices=["virtio-rng-device"], ram_size=2 << 20, max_guests=2
@@ -615,17 +625,16 @@ async def test_bound_connections(tmp_path: Path) -> None:
     events = ListeningWatch()
     server = HostServer(plan_host(opts), out=events, err=io.StringIO())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run)
+        await nursery.start(server.run)  # returns once the host listens
+        held = [SocketFrameChannel(await trio.open_unix_socket(path), frame_timeout=5) for _ in range(2)]
         with trio.fail_after(5):
-            await events.listening.wait()  # listen() done, not just bind()
-        held = [await trio.open_unix_socket(path) for _ in range(2)]
-        with trio.fail_after(5):
-            while len(server.live) < 2:
-                await trio.sleep(0.01)
+            for ch in held:
+                await guest_handshake(ch, secret=None, can_take_fds=False)
+        assert server.guests == 2
         extra = SocketFrameChannel(await trio.open_unix_socket(path), frame_timeout=5)
         with trio.fail_after(5):
             frame = await extra.receive()
         assert frame.type is wire.MsgType.ERROR and wire.parse_error(frame)[0] == wire.ErrorCode.BUSY
-        for s in held:
-            await s.aclose()
+        for ch in held:
+            await ch.aclose()
         nursery.cancel_scope.cancel()

@@ -221,7 +221,7 @@ async def test_stdio_chardev_writes_stdout_and_reads_stdin_in_the_trio_loop() ->
         ({"x-size": "80"}, "COLSxROWS"),
         ({"x-size": "0x25"}, "COLSxROWS"),
         ({"x-console": "tty"}, "loopback, file:PATH or stdio"),
-        ({"emergency-write": "sometimes"}, "doesn't take value"),
+        ({"emergency-write": "sometimes"}, "Parameter 'emergency-write' expects 'on' or 'off'"),
     ],
 )
 def test_qdev_refuses_bad_serial_properties(props: dict[str, str], message: str) -> None:

@@ -247,3 +247,18 @@ def test_virtio_iommu_cells_run_against_qemus_virtio_iommu_pci() -> None:
         assert theirs["outcome"] == ours["outcome"] == expected, (theirs["detail"], ours["detail"])
     mmio = Cell("linux-6.1", "qemu-7.2", "mmio-v2", "auto", "virtio-iommu", "on", "split", "blk-rw")
     assert run_cell_qemu(mmio, timeout=15.0)["outcome"] == run_cell(mmio)["outcome"] == "HOST_REFUSED"
+
+
+def test_only_a_kernel_that_reads_the_viot_attaches_endpoints() -> None:
+    """The firmware says which endpoints sit behind the IOMMU, and only a kernel with the
+    VIOT parser (Linux 5.14+) hears it: the same device is attached (and its raw DMA
+    unisolated) for one generation and simply not behind the IOMMU for the other."""
+    from dataclasses import replace
+
+    policy = guest_policy(load_driver_profile("linux-6.1"))
+    for firmware, outcome in ((("viot",), Outcome.OK_NO_ISOLATION), ((), Outcome.OK)):
+        cfg = RunConfig("virtio-blk-pci", "blk-rw", transport="pci-modern", timeout=5.0,
+                        guest=replace(policy, iommu_firmware=firmware), iommu="virtio-iommu")  # fmt: skip
+        r = trio.run(run_embedded, cfg)
+        assert r.outcome is outcome, (firmware, r.detail)
+    assert load_driver_profile("linux-5.4-sev").iommu_firmware == ()

@@ -293,9 +293,12 @@ def test_lying_devices_and_old_drivers_land_in_the_right_class(
         assert r.iommu["unisolated_accesses"] > 0
 
 
-def test_run_cli_with_iommu() -> None:
+def test_run_cli_with_iommu(tmp_path: Path) -> None:
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does
+    device = f"virtio-blk-pci,drive={disk},iommu_platform=on"
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "run", "--device", "virtio-blk-pci,iommu_platform=on",
+        [sys.executable, "-m", "virtio_sim.cli", "run", "--device", device,
          "--transport", "pci-modern", "--workload", "blk-rw", "--iommu", "virtio-iommu", "--driver",
          "linux-6.1", "--json"],
         capture_output=True, text=True, timeout=120,

@@ -178,9 +178,11 @@ def test_bad_combinations_are_host_refused_before_the_guest_runs() -> None:
     assert r.outcome is Outcome.HOST_REFUSED and r.probes == []
 
 
-def test_cli_machine_and_global() -> None:
+def test_cli_machine_and_global(tmp_path: Path) -> None:
     args = ["-M", "microvm,acpi=on", "--transport", "mmio", "-global", "virtio-mmio.force-legacy=false"]
-    dev = "virtio-blk-device,packed=on,event_idx=off,indirect_desc=off"
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does
+    dev = f"virtio-blk-device,drive={disk},packed=on,event_idx=off,indirect_desc=off"
     p = subprocess.run(
         [
             sys.executable,
@@ -595,7 +597,7 @@ def test_our_device_tree_matches_qemus_virtio_nodes(tmp_path: Path) -> None:
 
 def test_hostile_device_trees_are_refused() -> None:
     good = virt_fdt(0x0A000000, 0x200, 2, 16)
-    assert len([n for n in parse_fdt(good) if n.reg]) == 2
+    assert len([n for n in parse_fdt(good) if "virtio,mmio" in n.compatible]) == 2
     with pytest.raises(FdtError, match="bad magic"):
         parse_fdt(b"\0" * 64)
     lying = bytearray(good)

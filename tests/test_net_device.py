@@ -486,7 +486,7 @@ def test_driver_acking_a_feature_without_its_prerequisite_is_refused() -> None:
         ({"mac": "52:54:00"}, "not a MAC address"),
         ({"x-backend": "tap0"}, "loopback|switch:NAME"),
         ({"x-fault": "everything"}, "x-fault"),
-        ({"mrg_rxbuf": "maybe"}, "doesn't take value"),
+        ({"mrg_rxbuf": "maybe"}, "Parameter 'mrg_rxbuf' expects 'on' or 'off'"),
     ],
 )
 def test_qdev_refuses_bad_properties(props: dict[str, str], message: str) -> None:

@@ -125,9 +125,11 @@ def test_addr_places_the_function_and_too_many_vectors_drop_msix(tmp_path: Path)
 
 
 @pytest.mark.parametrize("transport", ["pci-modern", "pci-transitional", "pci-legacy"])
-def test_cli_runs_pci_transports(transport: str) -> None:
+def test_cli_runs_pci_transports(transport: str, tmp_path: Path) -> None:
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "run", "--device", "virtio-blk-device",
+        [sys.executable, "-m", "virtio_sim.cli", "run", "--device", f"virtio-blk-device,drive={disk}",
          "--workload", "blk-rw", "--json", "--transport", transport],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -77,7 +77,7 @@ async def target(tmp_path: Path, link: str, *extra: str) -> AsyncIterator[Target
     listen = "unix:" if link == "unix" else "tcp:127.0.0.1:0"
     async with host(
         "--listen", listen, "-device", "virtio-rng-device", "--seed", "5",
-        "--secret-file", str(secret_file), "--max-guests", "16",
+        "--secret-file", str(secret_file), "--max-guests", "16", "--max-unauthenticated", "16",
         "--handshake-timeout", "1", "--frame-timeout", "1", *extra,
     ) as h:  # fmt: skip
         yield Target(h, link, secret_file)

@@ -258,6 +258,18 @@ async def test_listener_is_private_and_cleans_up(tmp_path: Path) -> None:
     await tcp.aclose()
 
 
+async def test_a_socket_directory_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """Whoever owns a symlink on the way decides where the socket lands (and can repoint
+    it between our checks and bind()): the host refuses and names the real directory."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    for path in (tmp_path / "link" / "h.sock", tmp_path / "link" / "new" / "h.sock"):
+        with pytest.raises(ListenError, match=f"goes through a symbolic link .*{real}"):
+            await open_listener(UnixAddress(str(path)))
+    assert list(real.iterdir()) == []  # nothing created behind the link
+
+
 # --------------------------------------------------------------------------- CLI refusals
 
 
@@ -268,7 +280,10 @@ REFUSALS = [
     (f"host --listen unix: -M microvm,iommu=intel {RNG}", "doesn't take value 'intel'"),
     (f"host --listen unix: {RNG} -global virtio-rng-device.nope=1", "'virtio-rng-device.nope' not"),
     ("host --listen unix: -device virtio-gpu-device", "not a valid device model name"),
-    (f"host --listen unix: {RNG} -global virtio-mmio.force-legacy=maybe", "take value 'maybe'"),
+    (
+        f"host --listen unix: {RNG} -global virtio-mmio.force-legacy=maybe",
+        "'force-legacy' expects 'on' or 'off'",
+    ),
     (f"host --listen tcp::0 {RNG}", "needs a shared secret"),
     (f"host --listen tcp::0 --secret x --memory shared {RNG}", "cannot be shared over TCP"),
     (f"host --listen unix:/tmp/x.sock {RNG}", "accessible by other users"),
@@ -310,7 +325,8 @@ def test_secret_file_must_be_private(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_machine_help_lists_microvm(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["host", "--listen", "unix:", "-M", "help"]) == 0
-    assert capsys.readouterr().out.startswith("microvm")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Supported machines are:" and lines[1].startswith("microvm")
 
 
 async def test_an_interrupt_raised_between_guest_accesses_is_sent_at_once() -> None:

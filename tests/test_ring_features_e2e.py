@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -443,12 +444,14 @@ def test_split_driver_queue_type_is_unchanged_for_split() -> None:
     assert isinstance(queue(b, 0, 4, packed=False), SplitDriverQueue)
 
 
-def test_cli_json_reports_the_ring(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_json_reports_the_ring(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import json
 
     from virtio_sim.cli import main
 
-    argv = ["run", "--device", "virtio-blk-device,packed=on,x-order-platform=on"]
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does
+    argv = ["run", "--device", f"virtio-blk-device,drive={disk},packed=on,x-order-platform=on"]
     assert main([*argv, "--workload", "blk-rw", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["outcome"] == "OK"

@@ -1,0 +1,55 @@
+"""virtio-sim: a virtio feature-negotiation and vring emulator.
+
+The Python API (docs/api.md): ``virtio_sim.run(...)`` runs one device with one guest
+driver generation and returns the RunResult ``virtio-sim run --json`` prints;
+``virtio_sim.Matrix(...)`` plans and runs a matrix (cells as ``virtio-sim matrix --json``);
+``virtio_sim.compare_drivers(...)`` and ``virtio_sim.check_conformance(...)`` return the
+reports of ``virtio-sim compat`` and ``virtio-sim conformance`` (virtio_sim.compat and
+virtio_sim.conformance are the modules behind them). The names are loaded on first use
+(virtio_sim/api.py), so importing a submodule does not pull in the host and guest stack.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("virtio-sim")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+if TYPE_CHECKING:
+    from virtio_sim.api import (
+        ConfigError,
+        Matrix,
+        MatrixError,
+        MatrixResult,
+        Outcome,
+        RunResult,
+        check_conformance,
+        compare_drivers,
+        run,
+        run_async,
+    )
+
+__all__ = [
+    "ConfigError",
+    "Matrix",
+    "MatrixError",
+    "MatrixResult",
+    "Outcome",
+    "RunResult",
+    "__version__",
+    "check_conformance",
+    "compare_drivers",
+    "run",
+    "run_async",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(import_module("virtio_sim.api"), name)
+    raise AttributeError(f"module 'virtio_sim' has no attribute {name!r}")

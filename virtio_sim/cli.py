@@ -16,17 +16,13 @@ from rich.console import Console
 from rich.text import Text
 
 from virtio_sim.argtypes import positive_seconds
+from virtio_sim.compat_cli import add_compat_arguments, cmd_compat
 from virtio_sim.console import output_console
 from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.guest.workloads import WORKLOADS
-from virtio_sim.matrix.cli import (
-    add_compat_arguments,
-    add_matrix_arguments,
-    cmd_compat,
-    cmd_matrix,
-)
+from virtio_sim.matrix.cli import add_matrix_arguments, cmd_matrix
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.peertext import peer_text, plain
 from virtio_sim.profiles import ProfileError, load_driver_profile
@@ -65,38 +61,29 @@ def _qemu_ram(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from virtio_sim import __version__
+
     p = _Parser(prog="virtio-sim", description="virtio feature-negotiation and vring emulator")
+    p.add_argument("--version", action="version", version=f"virtio-sim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one device with one workload, host and guest embedded")
+    add_qemu_options(run, ram_dest="ram")
+    run.add_argument("--workload", help=", ".join(WORKLOADS))
     run.add_argument(
-        "--device",
-        required=True,
-        action="append",
-        help="QEMU-style device, e.g. virtio-blk-device,drive=disk.img; repeat for more devices"
-        " on the same machine (the workload uses the first, net-pair the first two)",
+        "--transport",
+        default=None,
+        choices=TRANSPORTS,
+        help="default: the device name's bus (virtio-*-pci: q35 PCI, transitional unless"
+        " disable-legacy=on; virtio-*-device: virtio-mmio, v2 unless -global"
+        " virtio-mmio.force-legacy=on)",
     )
-    run.add_argument("--workload", required=True, help=", ".join(WORKLOADS))
-    run.add_argument("--transport", default="mmio-v2", choices=TRANSPORTS)
     run.add_argument("--seed", type=lambda s: int(s, 0), default=1, help="seed for reproducible entropy/data")
-    run.add_argument(
-        "-m", "--ram", dest="ram", type=_qemu_ram, default="64M",
-        help="guest RAM in QEMU's -m syntax: [size=]N[K|M|G|T], a bare N is MiB (default 64M)",
-    )  # fmt: skip
     run.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds before HANG")
     run.add_argument("--iommu", default="none", choices=("none", "virtio-iommu"), help="machine IOMMU")
     run.add_argument("--driver", help="driver generation (specs/profiles/drivers), default: current")
     run.add_argument(
-        "-M",
-        "--machine",
-        default=None,
-        help="QEMU machine: microvm|q35|virt[,acpi=on|off][,iommu=virtio][,x-mmio-hid=HID]; devices are"
-        " then found through the machine's ACPI tables (default: microvm, transports on the command line)",
+        "--json", nargs="?", const="-", metavar="PATH", help="write JSON (to stdout alone if no PATH)"
     )
-    run.add_argument(
-        "-global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
-        help="QEMU -global default (e.g. virtio-mmio.force-legacy=false)",
-    )  # fmt: skip
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
         "--device-backend",
         choices=("ours", "qemu"),
@@ -137,6 +124,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_qemu_options(
+    p: argparse.ArgumentParser, *, ram_dest: str, machine_default: str | None = None, backends: bool = True
+) -> None:
+    """The QEMU-style options, spelled as QEMU does and as GNU does (-device / --device),
+    the same on ``run`` and ``host``."""
+    p.add_argument(
+        "-device", "--device", dest="devices", action="append", default=[], metavar="DEV",
+        help="QEMU -device, e.g. virtio-blk-pci,drive=d0 (repeatable; -device help, -device NAME,help)",
+    )  # fmt: skip
+    p.add_argument(
+        "-M", "-machine", "--machine", dest="machine", default=machine_default, metavar="MACHINE",
+        help="microvm|q35|virt[,acpi=on|off][,iommu=virtio][,x-mmio-hid=HID] (-M help, -M NAME,help)",
+    )  # fmt: skip
+    p.add_argument(
+        "-global", "--global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
+        help="QEMU -global: a default for every device of DRIVER (virtio-mmio.force-legacy=on)",
+    )  # fmt: skip
+    p.add_argument(
+        "-m", "--ram", dest=ram_dest, type=_qemu_ram, default="64M",
+        help="guest RAM in QEMU's -m syntax: [size=]N[K|M|G|T], a bare N is MiB (default 64M)",
+    )  # fmt: skip
+    p.add_argument(
+        "--device-profile", metavar="GEN",
+        help="with -device NAME,help: that device generation's defaults (specs/profiles/devices)",
+    )  # fmt: skip
+    if backends:
+        for opt, what in (("drive", "file=IMG,if=none,id=ID"), ("netdev", "hubport,id=ID,hubid=N"),
+                          ("chardev", "file,id=ID,path=PATH | stdio,id=ID")):  # fmt: skip
+            p.add_argument(
+                f"-{opt}", f"--{opt}", dest=f"{opt}s", action="append", default=[], metavar="OPTS",
+                help=f"QEMU -{opt} {what}",
+            )  # fmt: skip
+
+
+def qemu_help(args: argparse.Namespace) -> str | None:
+    """The text of ``-device help`` / ``-device NAME,help`` / ``-M help`` / ``-M NAME,help``
+    if one was asked for (PropertyError for an unknown name)."""
+    from virtio_sim.host.qdev_help import device_help, is_help, machine_help
+
+    if args.machine and is_help(args.machine):
+        return machine_help(args.machine)
+    for dev in args.devices:
+        if is_help(dev):
+            return device_help(dev, getattr(args, "device_profile", None))
+    return None
+
+
 def _add_secret_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--secret-file",
@@ -159,16 +193,7 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="unix:PATH (unix: for a fresh private directory) or tcp:HOST:PORT "
         "(tcp::PORT listens on 127.0.0.1)",
     )
-    host.add_argument("-M", "--machine", default="microvm", help="machine type (microvm; -M help lists them)")
-    host.add_argument(
-        "-device", dest="devices", action="append", default=[], metavar="DEV",
-        help="a device, e.g. virtio-blk-device,drive=disk.img (repeatable)",
-    )  # fmt: skip
-    host.add_argument(
-        "-global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
-        help="default property for every device of DRIVER (virtio-mmio.force-legacy=on)",
-    )  # fmt: skip
-    host.add_argument("-m", dest="ram", type=_size, default="64M", help="guest RAM (64M)")
+    add_qemu_options(host, ram_dest="ram", machine_default="microvm", backends=False)
     host.add_argument(
         "--seed", type=lambda s: int(s, 0), default=None, help="seed the entropy of rng devices"
     )
@@ -178,6 +203,13 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         default=LIMITS.host.max_guests,
         help=f"concurrent guests ({LIMITS.host.max_guests})",
     )
+    host.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        default=LIMITS.host.max_unauthenticated,
+        help=f"concurrent connections still in the handshake; more get ERROR(BUSY) "
+        f"({LIMITS.host.max_unauthenticated})",
+    )
     host.add_argument("--once", action="store_true", help="serve one guest, then exit")
     host.add_argument(
         "--memory",
@@ -186,8 +218,12 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="guest RAM: shared memfd (Unix only) or DMA messages; auto picks shared if possible",
     )
     host.add_argument(
-        "--handshake-timeout", type=positive_seconds, default=5.0,
-        help="seconds a new guest has to complete the handshake (5)",
+        "--handshake-timeout", type=positive_seconds, default=LIMITS.host.handshake_deadline_ms / 1000,
+        help="seconds from connect to an authenticated guest (5)",
+    )  # fmt: skip
+    host.add_argument(
+        "--idle-timeout", type=positive_seconds, default=LIMITS.host.idle_timeout_ms / 1000,
+        help="seconds an authenticated guest may send nothing before it is dropped (300)",
     )  # fmt: skip
     host.add_argument(
         "--frame-timeout", type=positive_seconds, default=5.0,
@@ -281,13 +317,9 @@ def _error(message: str) -> None:
 
 
 def _host(args: argparse.Namespace) -> int:
-    from virtio_sim.host.process import MACHINES, HostOptions, host_main
+    from virtio_sim.host.process import HostOptions, host_main
     from virtio_sim.sockets import AddressError, parse_address
 
-    if args.machine == "help":  # QEMU's -M help
-        for name, what in MACHINES.items():
-            print(f"{name:<12} {what}")
-        return 0
     try:
         opts = HostOptions(
             listen=parse_address(args.listen, listen=True),
@@ -302,6 +334,8 @@ def _host(args: argparse.Namespace) -> int:
             memory=args.memory,
             handshake_timeout=args.handshake_timeout,
             frame_timeout=args.frame_timeout,
+            idle_timeout=args.idle_timeout,
+            max_unauthenticated=args.max_unauthenticated,
             lifeline=args.lifeline,
         )
     except (AddressError, UsageError) as e:
@@ -374,7 +408,7 @@ def _ram_text(size: int) -> str:
     return str(size)
 
 
-def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool) -> int:
+def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: str | None) -> int:
     from virtio_sim.processes import run_processes
 
     start = time.perf_counter()
@@ -385,8 +419,8 @@ def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: bool)
     if done.result is not None:
         if as_json:
             record = _run_record(done.result, cfg, driver, "ours", time.perf_counter() - start)
-            print(json.dumps(record, indent=2), flush=True)
-        else:
+            _write_json(record, as_json)
+        if as_json != "-":
             print_human(done.result)
     if done.message:
         print(f"virtio-sim: {peer_text(done.message)}", file=sys.stderr, flush=True)
@@ -410,6 +444,118 @@ def _bench(argv: list[str]) -> int:
         return EXIT_USAGE
     status: int = bench.main(argv)
     return status
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """``run``'s options as a RunConfig; ConfigError for what QEMU would refuse to parse."""
+    from virtio_sim.host.build import check_global, default_transport
+    from virtio_sim.host.devices.base import PropertyError
+    from virtio_sim.host.qemu_backends import Backends, add_chardev, add_drive, add_netdev
+
+    globals_: dict[str, str] = {}
+    backends = Backends()
+    try:
+        for g in args.globals_:
+            key, eq, value = g.partition("=")
+            if not eq:
+                raise PropertyError(f"Invalid -global '{g}': expected driver.property=value")
+            check_global(key, value)
+            globals_[key] = value
+        for add, values in (
+            (add_drive, args.drives),
+            (add_netdev, args.netdevs),
+            (add_chardev, args.chardevs),
+        ):
+            for text in values:
+                add(backends, text)
+        transport = args.transport or default_transport(args.devices, globals_)
+    except PropertyError as e:
+        raise ConfigError(str(e)) from None
+    cfg = RunConfig(
+        device=args.devices[0],
+        extra_devices=args.devices[1:],
+        workload=args.workload,
+        transport=transport,
+        ram_size=args.ram,
+        seed=args.seed,
+        timeout=args.timeout,
+        iommu=args.iommu,
+        machine=args.machine,
+        globals=globals_,
+        backends=backends,
+        scratch_disks=False,  # as QEMU: a virtio-blk device needs drive=
+    )
+    if args.driver:
+        try:
+            cfg.guest = guest_policy(load_driver_profile(args.driver))
+        except ProfileError as e:
+            raise ConfigError(str(e)) from None
+    return cfg
+
+
+def _inline_backends(cfg: RunConfig) -> None:
+    """The host process gets device lines only: put what drive=/netdev=/chardev= name
+    into them."""
+    from virtio_sim.host.devices.base import PropertyError
+    from virtio_sim.host.qdev import format_device_option, model_name, parse_device_option
+    from virtio_sim.host.qemu_backends import resolve
+
+    lines = []
+    try:
+        for text in [cfg.device, *cfg.extra_devices]:
+            spec = parse_device_option(text)
+            resolve(spec.driver, model_name(spec.driver), spec.props, cfg.backends)
+            lines.append(format_device_option(spec))
+    except PropertyError as e:
+        raise ConfigError(str(e)) from None
+    cfg.device, cfg.extra_devices = lines[0], lines[1:]
+
+
+def _write_json(data: object, dest: str) -> None:
+    """``--json`` alone: to stdout; ``--json PATH``: to that file."""
+    text = json.dumps(data, indent=2)
+    if dest == "-":
+        print(text, flush=True)
+    else:
+        with open(dest, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.devices:
+        _error("the following arguments are required: -device/--device")
+        return EXIT_USAGE
+    if not args.workload:
+        _error("the following arguments are required: --workload")
+        return EXIT_USAGE
+    if args.link and not args.processes:
+        _error("--link needs --processes")
+        return EXIT_USAGE
+    if args.device_backend == "qemu" and args.processes:
+        _error("--device-backend qemu runs the guest in this process (no --processes)")
+        return EXIT_USAGE
+    start = time.perf_counter()
+    try:
+        cfg = _run_config(args)
+        if args.processes:
+            _inline_backends(cfg)
+            return _run_processes(cfg, args.link or "unix", args.driver, args.json)
+        if args.device_backend == "qemu":
+            from virtio_sim.qemu.run import run_qemu
+
+            qemu_machine = args.machine.split(",")[0] if args.machine else None
+            result = trio.run(lambda: run_qemu(cfg, machine=qemu_machine))
+        else:
+            result = trio.run(run_embedded, cfg)
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    if args.json:
+        seconds = time.perf_counter() - start
+        _write_json(_run_record(result, cfg, args.driver, args.device_backend, seconds), args.json)
+    if args.json != "-":
+        print_human(result)
+    return 0 if result.outcome is Outcome.OK else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -436,6 +582,17 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
         return _bench(args_list[1:])
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "host"):
+        from virtio_sim.host.devices.base import PropertyError
+
+        try:
+            text = qemu_help(args)
+        except PropertyError as e:
+            _error(str(e))
+            return EXIT_USAGE
+        if text is not None:
+            print(text)
+            return 0
     if args.command == "host":
         return _host(args)
     if args.command == "guest":
@@ -455,60 +612,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
         return cmd_attack(args) if args.command == "attack" else cmd_fuzz(args)
     if args.command == "compat":
-        if args.old == args.new:
-            print("virtio-sim compat: error: --old and --new name the same profile", file=sys.stderr)
-            return EXIT_USAGE
         return cmd_compat(args)
     if args.command == "run":
-        if args.link and not args.processes:
-            _error("--link needs --processes")
-            return EXIT_USAGE
-        cfg = RunConfig(
-            device=args.device[0],
-            extra_devices=args.device[1:],
-            workload=args.workload,
-            transport=args.transport,
-            ram_size=args.ram,
-            seed=args.seed,
-            timeout=args.timeout,
-            iommu=args.iommu,
-            machine=args.machine,
-        )
-        for g in args.globals_:
-            key, eq, value = g.partition("=")
-            if not eq:
-                _error(f"Invalid -global '{g}': expected driver.property=value")
-                return EXIT_USAGE
-            cfg.globals[key] = value
-        if args.driver:
-            try:
-                cfg.guest = guest_policy(load_driver_profile(args.driver))
-            except ProfileError as e:
-                print(f"virtio-sim: error: {e}", file=sys.stderr)
-                return EXIT_USAGE
-        if args.device_backend == "qemu" and args.processes:
-            _error("--device-backend qemu runs the guest in this process (no --processes)")
-            return EXIT_USAGE
-        start = time.perf_counter()
-        try:
-            if args.processes:
-                return _run_processes(cfg, args.link or "unix", args.driver, args.json)
-            if args.device_backend == "qemu":
-                from virtio_sim.qemu.run import run_qemu
-
-                qemu_machine = args.machine.split(",")[0] if args.machine else None
-                result = trio.run(lambda: run_qemu(cfg, machine=qemu_machine))
-            else:
-                result = trio.run(run_embedded, cfg)
-        except ConfigError as e:
-            print(f"virtio-sim: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        if args.json:
-            record = _run_record(result, cfg, args.driver, args.device_backend, time.perf_counter() - start)
-            print(json.dumps(record, indent=2))
-        else:
-            print_human(result)
-        return 0 if result.outcome is Outcome.OK else 1
+        return _run(args)
     return EXIT_USAGE
 
 

@@ -22,6 +22,7 @@ from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.host.build import HOST_TRANSPORTS, HostConfig, HostSetup, build_host
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.qdev import parse_device_option
+from virtio_sim.host.qemu_backends import Backends
 from virtio_sim.host.server import serve
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.outcome import Outcome, RunResult
@@ -55,6 +56,11 @@ class RunConfig:
     on_host: Callable[[HostSetup], Callable[[], None] | None] | None = None
     #: QEMU's -M value (host/machine_types.py); None: microvm announced on the command line
     machine: str | None = None
+    #: -drive / -netdev / -chardev definitions (host/qemu_backends.py)
+    backends: Backends = field(default_factory=Backends)
+    #: a virtio-blk device without drive= gets a scratch disk (the matrix, the API); the
+    #: command line refuses it as QEMU does ("drive property not set")
+    scratch_disks: bool = True
 
 
 def guest_policy_for(cfg: RunConfig) -> GuestPolicy:
@@ -99,11 +105,12 @@ async def run_embedded(cfg: RunConfig) -> RunResult:
             ram_size=cfg.ram_size,
             seed=cfg.seed,
             guest_order=cfg.host_guest_order or cfg.guest.guest_order,
-            scratch_dir=tmp,
+            scratch_dir=tmp if cfg.scratch_disks else None,
             iommu=cfg.iommu,
             iommu_topology=cfg.iommu_topology,
             globals=dict(cfg.globals),
             machine=cfg.machine,
+            backends=cfg.backends,
         )
         try:
             setup = build_host(host_cfg)

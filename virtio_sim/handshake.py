@@ -57,7 +57,7 @@ from virtio_sim.wire import (
     Role,
 )
 
-HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = LIMITS.host.handshake_deadline_ms / 1000  # accept -> authenticated
 AUTH_CONTEXT = b"virtio-sim guest auth v1\0"
 MAX_REGIONS = LIMITS.wire.max_memory_regions
 MAX_GUEST_RAM = LIMITS.wire.max_guest_ram  # a larger RAM size in a HELLO is a broken or hostile host
@@ -117,8 +117,24 @@ def _check_version(h: Hello, who: str) -> None:
 
 
 @dataclass
+class HostHello:
+    """What the host says before the guest authenticated: nothing that costs a machine.
+
+    ``cmdline`` and ``ram_size`` come from the host's plan (its trial build), so a
+    connection is authenticated before anything is built, allocated or locked for it.
+    """
+
+    ram_size: int
+    cmdline: str
+    can_share: bool  # the guest-RAM memfd can be passed (Unix socket, shared memory allowed)
+    secret: bytes | None = None
+    name: str = "virtio-sim host"
+    force_mode: MemoryMode | None = None
+
+
+@dataclass
 class HostOffer:
-    """What the host tells a guest at the handshake."""
+    """What the host tells a guest at the handshake (all of it, machine already built)."""
 
     ram_size: int
     cmdline: str
@@ -128,15 +144,35 @@ class HostOffer:
     name: str = "virtio-sim host"
     force_mode: MemoryMode | None = None
 
+    def hello(self) -> HostHello:
+        return HostHello(
+            self.ram_size, self.cmdline, self.shared_fd is not None, self.secret, self.name, self.force_mode
+        )
+
 
 async def host_handshake(channel: FrameChannel, offer: HostOffer) -> tuple[Hello, MemoryMode]:
-    """Run the host side; returns the guest's HELLO and the memory mode in force.
+    """Run the host side in one go; returns the guest's HELLO and the memory mode in force.
 
-    Raises HandshakeError or WireError (the caller answers with an ERROR frame).
+    Raises HandshakeError or WireError (the caller answers with an ERROR frame). The host
+    process runs the steps apart (:func:`host_authenticate`, then it builds the machine,
+    then :func:`host_send_regions`) so that nothing is built for an unauthenticated peer.
+    """
+    hello = offer.hello()
+    guest = await host_authenticate(channel, hello)
+    mode = pick_mode(hello, guest.capabilities)
+    await host_send_regions(channel, offer.regions, mode, offer.shared_fd)
+    return guest, mode
+
+
+async def host_authenticate(channel: FrameChannel, offer: HostHello) -> Hello:
+    """Send the host's HELLO with a fresh challenge; return the guest's checked HELLO.
+
+    Checks version, role, capability bits and (with a secret) the HMAC answer. Raises
+    HandshakeError or WireError.
     """
     nonce = secrets.token_bytes(NONCE_SIZE)
     caps = Capability.DMA_MESSAGES | Capability.LINE_IRQ
-    if offer.shared_fd is not None:
+    if offer.can_share:
         caps |= Capability.SHARED_MEMORY_FD
     if offer.secret is not None:
         caps |= Capability.AUTH_REQUIRED
@@ -159,24 +195,52 @@ async def host_handshake(channel: FrameChannel, offer: HostOffer) -> tuple[Hello
         raise HandshakeError("the peer says it is not a guest", ErrorCode.PROTOCOL)
     if offer.secret is not None and not hmac.compare_digest(guest.auth, auth_tag(offer.secret, nonce)):
         raise HandshakeError("authentication failed: wrong shared secret", ErrorCode.AUTH)
-    mode = _pick_mode(offer, guest.capabilities)
-    for i, r in enumerate(offer.regions):
+    check_capabilities(guest.capabilities, Role.GUEST)
+    return guest
+
+
+def check_capabilities(caps: int, role: Role) -> None:
+    """Refuse capability bits the sender's role may not claim, or that no version-1 peer
+    defines (docs/wire-protocol.md, HELLO). A guest claiming AUTH_REQUIRED, or a host
+    claiming BIG_ENDIAN, is broken or hostile: its other bits cannot be trusted either."""
+    unknown = caps & ~int(Capability.all_known())
+    if unknown:
+        raise HandshakeError(
+            f"the {role.name.lower()}'s HELLO sets capability bits 0x{unknown:x} that protocol "
+            f"version {PROTOCOL_VERSION} does not define",
+            ErrorCode.PROTOCOL,
+        )
+    other = Capability.host_only() if role is Role.GUEST else Capability.guest_only()
+    wrong = Capability(caps) & other
+    if wrong:
+        names = ", ".join(flag.name or str(flag.value) for flag in Capability if flag & wrong)
+        owner = "host" if role is Role.GUEST else "guest"
+        raise HandshakeError(
+            f"the {role.name.lower()} claims {owner}-only capability {names}", ErrorCode.PROTOCOL
+        )
+
+
+async def host_send_regions(
+    channel: FrameChannel, regions: list[MemoryRegion], mode: MemoryMode, shared_fd: int | None
+) -> None:
+    """The MEM_REGION frames that end the handshake; the first carries the memfd (shared)."""
+    for i, r in enumerate(regions):
         flags = MemRegionFlag(0)
-        if i == len(offer.regions) - 1:
+        if i == len(regions) - 1:
             flags |= MemRegionFlag.LAST
         if mode is MemoryMode.SHARED:
             flags |= MemRegionFlag.SHARED_FD
         frame = wire.mem_region(r.gpa, r.size, r.offset, flags)
         if mode is MemoryMode.SHARED and i == 0:
-            assert offer.shared_fd is not None
-            await _fd_channel(channel).send_with_fds(frame, [offer.shared_fd])
+            assert shared_fd is not None
+            await _fd_channel(channel).send_with_fds(frame, [shared_fd])
         else:
             await channel.send(frame)
-    return guest, mode
 
 
-def _pick_mode(offer: HostOffer, guest_caps: Capability) -> MemoryMode:
-    can_share = offer.shared_fd is not None and guest_caps & Capability.SHARED_MEMORY_FD
+def pick_mode(offer: HostHello, guest_caps: Capability) -> MemoryMode:
+    """The memory mode from the host's offer and the guest's capabilities."""
+    can_share = offer.can_share and guest_caps & Capability.SHARED_MEMORY_FD
     can_dma = bool(guest_caps & Capability.DMA_MESSAGES)
     if offer.force_mode is MemoryMode.SHARED and not can_share:
         raise HandshakeError(
@@ -233,6 +297,7 @@ async def guest_handshake(
     _check_version(host, "the host")
     if host.role is not Role.HOST:
         raise HandshakeError("the peer says it is not a host", ErrorCode.PROTOCOL)
+    check_capabilities(host.capabilities, Role.HOST)
     if not 0 < host.ram_size <= MAX_GUEST_RAM:
         raise HandshakeError(f"host announced {host.ram_size} bytes of RAM", ErrorCode.PROTOCOL)
     if host.capabilities & Capability.AUTH_REQUIRED and secret is None:

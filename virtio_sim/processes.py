@@ -223,7 +223,15 @@ async def _run(
         machine += f",iommu={cfg.iommu}"
     if cfg.machine is not None:  # a firmware-described machine (-M virt, acpi=on, ...)
         machine = cfg.machine
-    host_cmd = [*_cli(), "host", "--once", "-M", machine, "-m", str(cfg.ram_size)]
+    host_cmd = [
+        *_cli(),
+        "host",
+        "--once",
+        "-M",
+        machine,
+        "-m",
+        f"{cfg.ram_size >> 10}K",
+    ]  # QEMU -m syntax: a bare N is MiB
     for dev in [cfg.device, *cfg.extra_devices]:
         host_cmd += ["-device", _on_transport(dev, cfg.transport)]
     guest_cmd = [*_cli(), "guest", "--workload", cfg.workload, "--json"]

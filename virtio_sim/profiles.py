@@ -44,6 +44,8 @@ class DriverProfile:
     needs_reset: str = "detect"  # "detect" | "ignore" (what the drivers do with NEEDS_RESET)
     #: a proposal argued on the lists, not a release: where and when (thread, date)
     proposal: str = ""
+    #: firmware descriptions of the IOMMU topology this kernel reads ("viot": ACPI VIOT)
+    iommu_firmware: tuple[str, ...] = ("viot",)
     #: transport features a driver accepts on some transports only (feature mask ->
     #: transport names), as Linux's per-transport finalize_features hooks decide
     transport_only: dict[int, tuple[str, ...]] = field(default_factory=dict)
@@ -93,16 +95,12 @@ _DRIVER_KEYS = {
     "mmio_versions": list, "pci_match": str, "acpi_hids": list, "dt_compatibles": list,
     "dma_api": str, "features_ok": bool, "endianness": str, "restricted_memory": bool,
     "refuse_unrestricted": bool, "transport_only": dict, "blk_discard": str, "needs_reset": str,
-    "proposal": str,
+    "proposal": str, "iommu_firmware": list,
 }  # fmt: skip
 _DRIVER_REQUIRED = set(_DRIVER_KEYS) - {
-    "restricted_memory",
-    "refuse_unrestricted",
-    "transport_only",
-    "blk_discard",
-    "needs_reset",
-    "proposal",
-}
+    "restricted_memory", "refuse_unrestricted", "transport_only", "blk_discard", "needs_reset",
+    "proposal", "iommu_firmware",
+}  # fmt: skip
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
@@ -206,6 +204,7 @@ def load_driver_profile(name: str, directory: Path | None = None) -> DriverProfi
         blk_discard=data.get("blk_discard", "single-range"),
         needs_reset=data.get("needs_reset", "detect"),
         proposal=data.get("proposal", ""),
+        iommu_firmware=_iommu_firmware(path, data.get("iommu_firmware", ["viot"])),
     )
 
 
@@ -219,6 +218,13 @@ def _transport_only(path: Path, table: dict[str, Any]) -> dict[int, tuple[str, .
             )
         out[mask] = tuple(where)
     return out
+
+
+def _iommu_firmware(path: Path, names: list[Any]) -> tuple[str, ...]:
+    for n in names:
+        if n not in ("viot",):
+            raise ProfileError(f"{path}: key 'iommu_firmware': unknown firmware table {n!r} (viot)")
+    return tuple(names)
 
 
 def load_device_profile(name: str, directory: Path | None = None) -> DeviceProfile:

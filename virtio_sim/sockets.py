@@ -40,6 +40,11 @@ UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 SOCKET_NAME = "host.sock"
 
 
+class SendStalledError(trio.EndOfChannel):
+    """The peer took none of a frame for ``frame_timeout`` seconds: it does not read.
+    The stream is unusable afterwards (a frame may be half sent)."""
+
+
 class AddressError(ValueError):
     """An address that cannot be parsed or used."""
 
@@ -140,17 +145,22 @@ class SocketFrameChannel:
         await self._send(frame.encode(), fds)
 
     async def _send(self, raw: bytes, fds: list[int] | tuple[()]) -> None:
+        """Send one frame; a peer that does not read bounds the wait, not our memory."""
         async with self._send_lock:
-            try:
-                if fds:
-                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                    sent = await self.socket.sendmsg([raw], anc)
-                    if sent < len(raw):
-                        await self.stream.send_all(raw[sent:])
-                else:
-                    await self.stream.send_all(raw)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                raise trio.EndOfChannel(f"connection lost: {_why(e)}") from None
+            with trio.move_on_after(self.frame_timeout) as scope:
+                try:
+                    if fds:
+                        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                        sent = await self.socket.sendmsg([raw], anc)
+                        if sent < len(raw):
+                            await self.stream.send_all(raw[sent:])
+                    else:
+                        await self.stream.send_all(raw)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                    raise trio.EndOfChannel(f"connection lost: {_why(e)}") from None
+            if scope.cancelled_caught:
+                why = f"the peer took no frame for {self.frame_timeout:g}s (it does not read)"
+                raise SendStalledError(why)
             self.frames_out += 1
 
     # -- receiving --------------------------------------------------------------
@@ -214,6 +224,17 @@ class SocketFrameChannel:
             self._close_fds()
             raise WireError("peer sent more file descriptors than the protocol allows")
         return bytes(data)
+
+    def take_buffered(self) -> bytes:
+        """Bytes received and not yet framed (the caller takes them over with the
+        connection, e.g. to another event loop: see :meth:`preload`)."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+    def preload(self, data: bytes) -> None:
+        """Bytes that arrived on this connection before this channel owned it."""
+        self._buf[:0] = data
 
     def take_fd(self) -> int | None:
         """The oldest file descriptor received and not yet taken (the caller owns it)."""
@@ -313,8 +334,11 @@ class Listener:
 
 
 def check_private_dir(path: str) -> None:
-    """Refuse a directory that another user could enter or that is not ours."""
-    st = os.stat(path)
+    """Refuse a directory that another user could enter, that is not ours, or that is
+    reached through a symbolic link (whoever owns the link decides where the socket lands,
+    and can repoint it between this check and the bind)."""
+    _refuse_symlinked(path)
+    st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ListenError(f"{path} is not a directory")
     if st.st_uid != os.getuid():
@@ -324,6 +348,15 @@ def check_private_dir(path: str) -> None:
             f"refusing to put the socket in {path}: the directory is accessible by other users "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); use a private (0700) directory, "
             "or 'unix:' for a fresh one"
+        )
+
+
+def _refuse_symlinked(path: str) -> None:
+    real = os.path.realpath(path)
+    if real != os.path.abspath(path):
+        raise ListenError(
+            f"refusing to put the socket in {path}: the path goes through a symbolic link "
+            f"(it leads to {real}); name the real directory"
         )
 
 
@@ -360,6 +393,7 @@ async def _open_unix(addr: UnixAddress) -> Listener:
     else:
         path = os.path.abspath(addr.path)
         parent = os.path.dirname(path)
+        _refuse_symlinked(parent)  # before creating anything on the way
         if not os.path.isdir(parent):
             try:
                 os.makedirs(parent, mode=0o700)

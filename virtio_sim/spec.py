@@ -423,6 +423,9 @@ class WireLimits:
     max_guest_ram: int
     max_memory_regions: int
     max_error_chars: int
+    max_queued_frames: int
+    max_unsent_frames: int
+    max_unsent_bytes: int
 
 
 class VhostUserMessageLimits:
@@ -432,6 +435,14 @@ class VhostUserMessageLimits:
 
 class HostLimits:
     max_guests: int
+    max_unauthenticated: int
+    handshake_deadline_ms: int
+    idle_timeout_ms: int
+
+
+class BlkLimits:
+    max_request_bytes: int
+    io_chunk_bytes: int
 
 
 class ConsoleLimits:
@@ -452,6 +463,7 @@ class Limits:
     host: HostLimits
     console: ConsoleLimits
     guest: GuestLimits
+    blk: BlkLimits
 
 
 def _limit_table(cls: type[_T], name: str) -> _T:
@@ -474,6 +486,7 @@ LIMITS = Limits(
     host=_limit_table(HostLimits, "host"),
     console=_limit_table(ConsoleLimits, "console"),
     guest=_limit_table(GuestLimits, "guest"),
+    blk=_limit_table(BlkLimits, "blk"),
 )
 
 # --------------------------------------------------------------------------- blk

@@ -81,6 +81,23 @@ class Capability(enum.IntFlag):
     AUTH_REQUIRED = 1 << 4  # host only: the guest must answer the challenge
     BIG_ENDIAN = 1 << 5  # guest only: a big-endian CPU (the legacy interface uses its order)
 
+    @classmethod
+    def all_known(cls) -> Capability:
+        out = cls(0)
+        for flag in cls:
+            out |= flag
+        return out
+
+    @classmethod
+    def host_only(cls) -> Capability:
+        """Bits only a host's HELLO may set."""
+        return cls.AUTH_REQUIRED
+
+    @classmethod
+    def guest_only(cls) -> Capability:
+        """Bits only a guest's HELLO may set."""
+        return cls.BIG_ENDIAN
+
 
 class MemRegionFlag(enum.IntFlag):
     SHARED_FD = 1 << 0  # backed by the fd that came with the first MEM_REGION (SCM_RIGHTS)
@@ -348,6 +365,9 @@ def parse_dma_read(frame: Frame) -> tuple[int, int]:
     if length > MAX_DMA_CHUNK:
         raise WireError(f"DMA_READ of {length} bytes exceeds the chunk limit {MAX_DMA_CHUNK}")
     return addr, length
+
+
+DMA_WRITE_HEADER_SIZE = _DMA_WRITE.size  # the address in front of a DMA_WRITE's bytes
 
 
 def dma_write(addr: int, data: bytes | bytearray | memoryview) -> Frame:

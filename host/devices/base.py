@@ -144,4 +144,4 @@ def parse_bool(name: str, value: str) -> bool:
         return True
     if v in ("off", "false", "no", "0"):
         return False
-    raise PropertyError(f"Property '{name}' doesn't take value '{value}'")
+    raise PropertyError(f"Parameter '{name}' expects 'on' or 'off'")  # QEMU 7.2's wording

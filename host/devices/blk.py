@@ -13,10 +13,20 @@ with a modern interface cannot be created at all.
 
 Requests are validated completely before the backing file is touched: header present,
 type known, data a whole number of sectors, range inside the capacity, writable status
-byte present. A request that fails any check completes with VIRTIO_BLK_S_IOERR (or
-UNSUPP for unknown types) and leaves the file as it was, so a malformed write never
-leaves a half-written disk. used.len is the number of bytes the device wrote into the
-chain: the data read from disk plus the status byte.
+byte present, at most ``max_request_bytes`` of data (QEMU's BDRV_REQUEST_MAX_SECTORS,
+specs/limits.toml [blk]). A request that fails any check completes with
+VIRTIO_BLK_S_IOERR (or UNSUPP for unknown types) and leaves the file as it was, so a
+malformed write never leaves a half-written disk. used.len is the number of bytes the
+device wrote into the chain: the data read from disk plus the status byte.
+
+Data moves segment by segment, at most ``io_chunk_bytes`` at a time, between guest
+memory and the file (os.pread/os.pwrite per step): a request never costs host memory in
+proportion to its size. (A guest can make every descriptor of an indirect table point at
+one 2 MiB buffer: 1000 MiB of request from 2 MiB of RAM. Gathered whole, that was 1000
+MiB of host memory.) Every segment was checked against guest memory when the chain was
+popped; a guest-memory error in the middle of a request (possible only when the memory
+itself goes away: DMA messages to a guest that stopped answering) leaves the disk partly
+written, like a real disk interrupted mid-request, and goes to the error policy.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from virtio_sim.layouts import (
     virtio_blk_config,
 )
 from virtio_sim.ring.chain import Chain, ChainReader, ChainWriter
-from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, QEMU_BLK, F, bit
+from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, LIMITS, QEMU_BLK, F, bit
 
 #: QEMU's config size by the last feature that extends it (virtio_blk_cfg_size_params)
 _CONFIG_END = (
@@ -51,6 +61,8 @@ def guess_cylinders(sectors: int) -> int:
 
 
 DEFAULT_SERIAL = "virtio-sim-blk"
+MAX_REQUEST_BYTES = LIMITS.blk.max_request_bytes
+IO_CHUNK = LIMITS.blk.io_chunk_bytes
 
 
 class BlkDevice(DeviceModel):
@@ -259,6 +271,9 @@ class BlkDevice(DeviceModel):
         return self._status_only(writer, BLK_S.UNSUPP)
 
     def _range_ok(self, sector: int, length: int) -> str | None:
+        if length > MAX_REQUEST_BYTES:
+            # QEMU 7.2 virtio_blk_sect_range_ok: nb_sectors > BDRV_REQUEST_MAX_SECTORS
+            return f"data length {length} exceeds the per-request limit {MAX_REQUEST_BYTES}"
         if length % BLK.sector_size:
             return f"data length {length} is not a multiple of {BLK.sector_size}"
         if (sector * BLK.sector_size) % self.logical_block_size or length % self.logical_block_size:
@@ -272,11 +287,15 @@ class BlkDevice(DeviceModel):
         if problem:
             self.events.note(f"blk: IN request {chain.head}: {problem}")
             return self._status_only(writer, BLK_S.IOERR)
+        offset = sector * BLK.sector_size
         try:
-            data = os.pread(self.fd, length, sector * BLK.sector_size)
+            for done in range(0, length, IO_CHUNK):  # one bounded step at a time
+                data = os.pread(self.fd, min(IO_CHUNK, length - done), offset + done)
+                if not data:
+                    break  # the file shrank under us: the rest reads as nothing
+                writer.write(data)
         except OSError as e:
             return self._io_error(chain, writer, e)
-        writer.write(data)
         return self._finish(writer, BLK_S.OK)
 
     def _write(self, chain: Chain, reader: ChainReader, writer: ChainWriter, sector: int) -> int:
@@ -288,9 +307,11 @@ class BlkDevice(DeviceModel):
         if problem:
             self.events.note(f"blk: OUT request {chain.head}: {problem}")
             return self._status_only(writer, BLK_S.IOERR)
-        data = reader.read(length)  # gathered whole before the file is touched
+        offset = sector * BLK.sector_size
         try:
-            os.pwrite(self.fd, data, sector * BLK.sector_size)
+            while data := reader.read(IO_CHUNK):  # segment by segment, bounded steps
+                os.pwrite(self.fd, data, offset)
+                offset += len(data)
             if not self.write_cache:
                 os.fsync(self.fd)  # writethrough: each write reaches the disk
         except OSError as e:
@@ -331,7 +352,13 @@ class BlkDevice(DeviceModel):
             self.events.note(f"blk: {what} request {chain.head}: flags {flags:#x} not supported")
             return self._status_only(writer, BLK_S.UNSUPP)
         try:
-            os.pwrite(self.fd, bytes(count * BLK.sector_size), sector * BLK.sector_size)
+            # up to 2 GiB of zeroes (BDRV_REQUEST_MAX_SECTORS): one bounded buffer, reused
+            offset, left = sector * BLK.sector_size, count * BLK.sector_size
+            zero_chunk = bytes(min(IO_CHUNK, left))
+            while left:
+                step = min(len(zero_chunk), left)
+                os.pwrite(self.fd, zero_chunk[:step], offset)
+                offset, left = offset + step, left - step
         except OSError as e:
             return self._io_error(chain, writer, e)
         return self._status_only(writer, BLK_S.OK)

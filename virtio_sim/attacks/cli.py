@@ -34,7 +34,10 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
         help="host:DEVICE[/TRANSPORT/RING[+drop][+iommu]] | driver:PROFILE | wire (default host:rng)",
     )
     p.add_argument("--scenario", default="all", help="a scenario id, a row id (A1..G61) or all")
-    p.add_argument("--json", action="store_true", help="one JSON document with every case and the counts")
+    p.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH",
+        help="one JSON document with every case and the counts (to stdout alone if no PATH)",
+    )  # fmt: skip
 
 
 def _positive_minutes(text: str) -> float:
@@ -78,11 +81,17 @@ def _list() -> int:
     return EXIT_OK
 
 
-def _report(results: list[CaseResult], as_json: bool) -> int:
+def _report(results: list[CaseResult], as_json: str | None) -> int:
+    """``--json`` alone: the JSON document on stdout; ``--json PATH``: written there, and
+    the cases listed as without --json."""
     counts: dict[str, Any] = {v.value: sum(r.verdict is v for r in results) for v in Verdict}
     counts["cases"] = len(results)
-    if as_json:
-        print(json.dumps({"counts": counts, "cases": [r.as_json() for r in results]}, indent=1))
+    doc = json.dumps({"counts": counts, "cases": [r.as_json() for r in results]}, indent=1)
+    if as_json and as_json != "-":
+        with open(as_json, "w", encoding="utf-8") as f:
+            f.write(doc + "\n")
+    if as_json == "-":
+        print(doc)
     else:
         for r in results:
             print(f"{r.verdict.value:8} {r.scenario:34} {r.target:42} policy={r.policy}")

@@ -19,9 +19,20 @@ from dataclasses import dataclass
 import trio
 
 from virtio_sim import layouts, wire
+from virtio_sim.attacks.amplify import (
+    MIB,
+    AmplificationError,
+    Amplified,
+    finish,
+    hello_latency,
+    post_amplified_read,
+    reset_peak_rss,
+    rss,
+    sparse_disk,
+)
 from virtio_sim.attacks.corpus_text import hostile_guest_error
 from virtio_sim.attacks.scenario import CaseResult, Verdict
-from virtio_sim.handshake import guest_handshake
+from virtio_sim.handshake import guest_handshake, session_memory
 from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
 from virtio_sim.host.process import HostOptions, HostServer, plan_host
 from virtio_sim.host.qdev import build_device, parse_device_option
@@ -30,7 +41,16 @@ from virtio_sim.host.vhost_user import serve_socket
 from virtio_sim.layouts import fast_codec
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress
 from virtio_sim.spec import LIMITS, MMIO, VU_FLAGS, VU_LIMITS, VU_REQ
-from virtio_sim.wire import MAX_PAYLOAD, PROTOCOL_MAGIC, PROTOCOL_VERSION, Capability, Hello, MsgType, Role
+from virtio_sim.wire import (
+    MAX_PAYLOAD,
+    PROTOCOL_MAGIC,
+    PROTOCOL_VERSION,
+    Capability,
+    ErrorCode,
+    Hello,
+    MsgType,
+    Role,
+)
 
 BOUND = 5.0
 HOST_TIMEOUTS = 1.0  # the in-process host's handshake and frame timeouts
@@ -50,21 +70,27 @@ def fds_open() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+# A case's misbehaviour; it may return a measurement for the report (its detail).
+Send = Callable[[trio.socket.SocketType], Awaitable[str | None]]
+
+
+class CaseFailed(Exception):
+    """Raised by a case that watched the server do wrong (verdict FAILURE)."""
+
+
 @dataclass(frozen=True)
 class WireCase:
     id: str
     target: str  # "host" (two-process protocol) | "vhost-user"
     title: str
-    send: Callable[[trio.socket.SocketType], Awaitable[None]]
+    send: Send
 
 
 CASES: list[WireCase] = []
 
 
-def case(
-    cid: str, target: str, title: str
-) -> Callable[[Callable[[trio.socket.SocketType], Awaitable[None]]], None]:
-    def deco(fn: Callable[[trio.socket.SocketType], Awaitable[None]]) -> None:
+def case(cid: str, target: str, title: str) -> Callable[[Send], None]:
+    def deco(fn: Send) -> None:
         CASES.append(WireCase(cid, target, title, fn))
 
     return deco
@@ -79,19 +105,16 @@ async def _with_fds(sock: trio.socket.SocketType, data: bytes, n: int) -> None:
             os.close(fd)
 
 
-def _guest_hello(role: Role = Role.GUEST) -> bytes:
-    h = Hello(
-        PROTOCOL_VERSION, role, Capability.DMA_MESSAGES | Capability.LINE_IRQ, auth=bytes(32), name="hostile"
-    )
+def _guest_hello(role: Role = Role.GUEST, extra: int = 0) -> bytes:
+    caps = Capability.DMA_MESSAGES | Capability.LINE_IRQ | Capability(extra)
+    h = Hello(PROTOCOL_VERSION, role, caps, auth=bytes(32), name="hostile")
     return wire.hello(h).encode()
 
 
 # --------------------------------------------------------------------------- host wire
 
 
-def _raw(
-    data: Callable[[], bytes], half_close: bool = False
-) -> Callable[[trio.socket.SocketType], Awaitable[None]]:
+def _raw(data: Callable[[], bytes], half_close: bool = False) -> Send:
     async def send(sock: trio.socket.SocketType) -> None:
         await sock.send(data())
         if half_close:
@@ -135,6 +158,71 @@ case("wire-error-huge", "host", "an ERROR of 60,000 characters (the protocol all
 )
 
 
+case("wire-hello-host-only-capability", "host", "a guest HELLO claiming AUTH_REQUIRED (host only)")(
+    _raw(lambda: _guest_hello(extra=Capability.AUTH_REQUIRED))
+)
+case("wire-hello-unknown-capability", "host", "a guest HELLO with capability bit 20 (undefined)")(
+    _raw(lambda: _guest_hello(extra=1 << 20))
+)
+
+
+@case(
+    "wire-unauthenticated-crowd",
+    "host",
+    f"{LIMITS.host.max_unauthenticated} silent connections, then one more (BUSY, nothing built)",
+)
+async def _crowd(sock: trio.socket.SocketType) -> str:
+    """This connection and max_unauthenticated - 1 more say nothing; the next one must be
+    told BUSY at once. (Row X6: nothing is built or locked before authentication.)"""
+    path = sock.getpeername()
+    silent = [SocketFrameChannel(trio.SocketStream(sock))]
+    try:
+        for _ in range(LIMITS.host.max_unauthenticated - 1):
+            silent.append(SocketFrameChannel(await trio.open_unix_socket(path)))
+        with trio.fail_after(BOUND):
+            for ch in silent:
+                if (await ch.receive()).type is not MsgType.HELLO:
+                    raise CaseFailed("a silent connection within the cap was not greeted")
+            extra = SocketFrameChannel(await trio.open_unix_socket(path))
+            frame = await extra.receive()
+            await extra.aclose()
+        if frame.type is not MsgType.ERROR or wire.parse_error(frame)[0] != ErrorCode.BUSY:
+            raise CaseFailed(f"the connection past the cap got {frame.type.name}, not ERROR(BUSY)")
+        return "ERROR(BUSY) past the cap"
+    finally:
+        for ch in silent[1:]:
+            await ch.aclose()
+
+
+@case("wire-never-reads", "host", "after the handshake: thousands of MMIO_READs, no reply ever read")
+async def _never_reads(sock: trio.socket.SocketType) -> str:
+    """The host's replies pile up in the socket; its send stalls. It must drop the guest
+    after its frame timeout rather than wait (or buffer) for ever."""
+    ch = SocketFrameChannel(trio.SocketStream(sock), accept_fds=True, frame_timeout=BOUND)
+    with trio.fail_after(BOUND):
+        session = await guest_handshake(ch, secret=None, can_take_fds=True)
+    if session.fd is not None:
+        os.close(session.fd)
+    # 2000 whole frames (72 KB) fit our socket's send buffer, so they all leave; the
+    # host's replies (one small skb each) fill its send buffer after a few hundred.
+    flood = wire.access(MsgType.MMIO_READ, 1, MMIO_MAGIC_AT, 4).encode() * 2000
+    with trio.fail_after(BOUND):
+        try:
+            await ch.send_raw(flood)
+        except trio.EndOfChannel:
+            pass  # it hung up on us already: the reading below sees the end
+    with trio.move_on_after(2 * HOST_TIMEOUTS):
+        await trio.sleep_forever()  # still reading nothing: the host's send must time out
+    with trio.move_on_after(BOUND):
+        while True:  # now read: what was sent, then the end of the connection
+            try:
+                if not await sock.recv(1 << 16):
+                    return "dropped after its frame timeout"
+            except OSError:
+                return "dropped after its frame timeout"
+    raise CaseFailed("the host kept the connection of a guest that read nothing")
+
+
 @case("wire-fd-flood", "host", f"HELLO carrying {FLOOD_FDS} file descriptors")
 async def _fd_flood(sock: trio.socket.SocketType) -> None:
     await _with_fds(sock, _guest_hello(), FLOOD_FDS)
@@ -155,6 +243,54 @@ async def _dma_reply(sock: trio.socket.SocketType) -> None:
     await sock.send(header(MsgType.DMA_REPLY, 12) + bytes(12))
 
 
+# Row X5: request amplification (virtio_sim/attacks/amplify.py). The host process of the
+# corpus serves a read-only blk drive of AMPLIFY.total + 1 MiB (sparse) in slot 2.
+AMPLIFY = Amplified()
+AMPLIFY_RSS_BOUND = 64 * MIB  # host peak RSS growth for the whole request
+AMPLIFY_HELLO_BOUND = 2.0  # seconds; the goal is 0.1 s, this is the CI-safe bound
+AMPLIFY_SECONDS = 120.0  # the request itself, on a loaded 2-core machine
+BLK_AT = MMIO_MAGIC_AT - MMIO_WINDOW  # the second device
+
+
+@case(
+    "wire-blk-amplification",
+    "host",
+    f"indirect table of {AMPLIFY.entries} entries on one {AMPLIFY.buffer_size // MIB} MiB buffer: "
+    f"a {AMPLIFY.total // MIB} MiB blk read",
+)
+async def _amplification(sock: trio.socket.SocketType) -> str:
+    ch = SocketFrameChannel(trio.SocketStream(sock), accept_fds=True, frame_timeout=BOUND)
+    with trio.fail_after(BOUND):
+        mem = session_memory(await guest_handshake(ch, secret=None, can_take_fds=True))
+    try:
+        reset_peak_rss()  # the host runs in this process
+        _, before = rss()
+        served_at: list[float] = []
+
+        async def serve_attack() -> None:
+            await finish(ch, mem, AMPLIFY)
+            served_at.append(trio.current_time())
+
+        with trio.fail_after(AMPLIFY_SECONDS):
+            async with trio.open_nursery() as nursery:
+                await post_amplified_read(ch, mem, BLK_AT, AMPLIFY)
+                nursery.start_soon(serve_attack)
+                latency = await hello_latency(await trio.open_unix_socket(sock.getpeername()))
+                hello_at = trio.current_time()
+        _, peak = rss()
+    except AmplificationError as e:
+        raise CaseFailed(str(e)) from None
+    finally:
+        mem.backing.close()
+    growth = peak - before
+    measured = f"HELLO in {latency * 1000:.1f} ms meanwhile; host peak RSS +{growth / MIB:.1f} MiB"
+    if hello_at > served_at[0]:
+        raise CaseFailed(f"a new connection's HELLO waited for the device ({measured})")
+    if latency > AMPLIFY_HELLO_BOUND or growth > AMPLIFY_RSS_BOUND:
+        raise CaseFailed(f"over the bound: {measured}")
+    return measured
+
+
 # --------------------------------------------------------------------------- vhost-user
 
 
@@ -163,9 +299,7 @@ def vu(request: int, payload: bytes = b"", size: int | None = None, flags: int =
     return layouts.vhost_user_header_codec.pack(request, flags, n) + payload
 
 
-def _vu_raw(
-    data: Callable[[], bytes], half_close: bool = False
-) -> Callable[[trio.socket.SocketType], Awaitable[None]]:
+def _vu_raw(data: Callable[[], bytes], half_close: bool = False) -> Send:
     return _raw(data, half_close)
 
 
@@ -325,13 +459,14 @@ async def _settled(before: int) -> bool:
 async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) -> CaseResult:
     start = time.perf_counter()
     res = CaseResult(c.id, c.target, Verdict.HANDLED)
+    measured: str | None = None
     before = fds_open()
     try:
         if c.target == "host":
             assert host_path is not None
             sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
             await sock.connect(host_path)
-            await c.send(sock)
+            measured = await c.send(sock)
             how = await _drain(sock, wire.bye().encode(), wait=HOST_TIMEOUTS + 0.5)
             sock.close()
             after = await _good_host_guest(host_path)
@@ -353,6 +488,8 @@ async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) ->
             res.policy = how
             after = await _good_vu_frontend(tmp, n)
         res.detail = str(getattr(ended[0], "ended", "")) if c.target != "host" and ended else ""
+        if c.target == "host" and measured:
+            res.detail = measured
         if how is None:
             res.verdict, res.detail = Verdict.HANG, f"the server kept the connection open past {BOUND}s"
         elif after:
@@ -360,6 +497,8 @@ async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) ->
         elif not await _settled(before):
             res.verdict, res.detail = Verdict.FAILURE, f"file descriptors leaked: {before} -> {fds_open()}"
         res.policy = how
+    except CaseFailed as e:
+        res.verdict, res.detail = Verdict.FAILURE, str(e)
     except Exception:  # anything escaping the server is the finding
         res.verdict, res.detail = Verdict.CRASH, traceback.format_exc(limit=-8)
     res.seconds = time.perf_counter() - start
@@ -386,9 +525,11 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
     by the same server the hostile one attacked) and fresh vhost-user back-ends."""
     chosen = CASES if cases is None else cases
     path = os.path.join(tmp, "host.sock")
+    disk = os.path.join(tmp, "amplify.img")
+    sparse_disk(disk, AMPLIFY.total + MIB)
     opts = HostOptions(
         listen=UnixAddress(path),
-        devices=["virtio-rng-device"],
+        devices=["virtio-rng-device", f"virtio-blk-device,drive={disk},readonly=on"],
         ram_size=4 << 20,
         handshake_timeout=HOST_TIMEOUTS,
         frame_timeout=HOST_TIMEOUTS,
@@ -398,11 +539,8 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
     server = HostServer(plan_host(opts), out=events, err=open(os.devnull, "w"))  # noqa: SIM115
     results: list[CaseResult] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run)
         with trio.fail_after(BOUND):
-            # the socket file exists from bind(), before listen(): wait for the server's
-            # own "listening" event, or the first connect can be refused
-            await events.listening.wait()
+            await nursery.start(server.run)  # returns once the host listens
         # warm up: the first guest and front-end open what the server keeps for good
         # (so the fd baseline of each case is steady)
         if await _good_host_guest(path) or await _good_vu_frontend(tmp, -1):

@@ -7,6 +7,7 @@ victim (device 0) and the bystander (device 1), canary-watched memory, and ring 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ RAM = 1 << 20
 # Per-device windows (victim at AREA[0], bystander at AREA[1]): rings, tables, data.
 AREA = (0x10000, 0x80000)
 RING_OFF, TABLE_OFF, DATA_OFF, DATA_END = 0x0, 0x8000, 0xC000, 0x60000
+# The victim blk's disk (sparse): large enough for the amplified request of row X5
+# (corpus_ring.AMPLIFIED_BYTES), so the capacity check is not what stops it.
+VICTIM_DISK = 64 << 20
 READ_ONLY = 0x72000  # RAM mapped read-only for the device behind the IOMMU
 UNMAPPED = 0x74000  # RAM that no IOMMU mapping covers
 DOMAIN = (1, 2)
@@ -118,6 +122,12 @@ class Bench:
         if target.iommu:
             props.append("iommu_platform=on")
         spec = ",".join([kind, *props])
+        victim = spec
+        if target.device == "blk":
+            disk = os.path.join(scratch, "victim.img")
+            with open(disk, "wb") as f:
+                f.truncate(VICTIM_DISK)
+            victim = f"{spec},drive={disk}"
         holder: list[MemWatch] = []
 
         def space(mem: GuestMemory) -> AddressSpace:
@@ -125,7 +135,7 @@ class Bench:
 
         self.setup: HostSetup = build_host(
             HostConfig(
-                devices=[spec, spec],
+                devices=[victim, spec],
                 transport=target.transport,
                 ram_size=RAM,
                 seed=1,

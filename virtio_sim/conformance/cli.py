@@ -14,13 +14,16 @@ import argparse
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from rich.console import Console
 
 from virtio_sim.console import output_console
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from virtio_sim.conformance.report import Report
 
 TRANSPORT_CHOICES = ("mmio-v2", "mmio-v1", "pci-modern", "pci-transitional", "pci-legacy")
 
@@ -38,25 +41,64 @@ def add_conformance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="mmio-v2", help=f"{'|'.join(TRANSPORT_CHOICES)} (default mmio-v2)")
     p.add_argument("--ring", default="split", help="split|packed (default split)")
     p.add_argument("--policy", default="lenient", choices=("strict", "lenient"))
-    p.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    p.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH", help="write JSON (to stdout alone if no PATH)"
+    )
     p.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
     p.add_argument("--html", metavar="FILE", help="write an HTML report here")
     p.add_argument("--quick", action="store_true", help="skip the slow checks (event-idx wrap)")
 
 
-def cmd_conformance(args: argparse.Namespace) -> int:
-    from virtio_sim.conformance.catalog import CatalogError, load_catalog
-    from virtio_sim.conformance.dut import DutError, device_key
+def check_target_with_coverage(
+    target_text: str, *, transport: str, ring: str, policy: str, thorough: bool
+) -> tuple[Report, Any]:
+    """Run one conformance target: its Report and the coverage it decides (the CLI and
+    ``virtio_sim.check_conformance()``). Bad targets and combinations raise CatalogError,
+    TargetError or DutError; a target that breaks during the run gives a report with the
+    run error, not a traceback."""
+    from virtio_sim.conformance.catalog import load_catalog
+    from virtio_sim.conformance.dut import device_key
     from virtio_sim.conformance.findings import FindingLog, Policy
-    from virtio_sim.conformance.report import (
-        build_report,
-        coverage,
-        print_report,
-        to_html,
-        to_json,
-        to_junit,
-    )
+    from virtio_sim.conformance.report import build_report, coverage
     from virtio_sim.conformance.targets import TargetError, check_transport_ring, parse_target
+
+    catalog = load_catalog()
+    target = parse_target(target_text)
+    check_transport_ring(transport, ring)
+    if target.kind != "driver":
+        device_key(target.name)
+    pol = Policy(policy)
+    args = argparse.Namespace(target=target_text, transport=transport, ring=ring, quick=not thorough)
+    try:
+        log = trio.run(lambda: _run(target.kind, args, pol, catalog))
+    except TargetError:
+        raise
+    except Exception as e:  # a broken target gives a report, not a traceback
+        log = FindingLog(catalog.level_of, pol)
+        log.run_errors.append(f"the run stopped: {type(e).__name__}: {e}")
+    report = build_report(
+        catalog,
+        log,
+        target=target_text,
+        actor="driver" if target.kind == "driver" else "device",
+        transport=transport,
+        ring=ring,
+        device_key=None if target.kind == "driver" else device_key(target.name),
+    )
+    return report, coverage(catalog, [log])
+
+
+def check_target(target_text: str, *, transport: str, ring: str, policy: str, thorough: bool) -> Report:
+    return check_target_with_coverage(
+        target_text, transport=transport, ring=ring, policy=policy, thorough=thorough
+    )[0]
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from virtio_sim.conformance.catalog import CatalogError
+    from virtio_sim.conformance.dut import DutError
+    from virtio_sim.conformance.report import print_report, to_html, to_json, to_junit
+    from virtio_sim.conformance.targets import TargetError
     from virtio_sim.outpaths import OutputPathError, check_writable, write_text
 
     console = output_console()  # whole requirement names in a pipe or a CI log
@@ -66,40 +108,21 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     if args.suite is not None:
         return _suite(args, console)
     try:
-        catalog = load_catalog()
-        target = parse_target(args.target)
-        check_transport_ring(args.transport, args.ring)
-        if target.kind != "driver":
-            device_key(target.name)
         # before the run: an unwritable report path must not cost the results
-        check_writable((("--json", args.json), ("--junit-xml", args.junit_xml), ("--html", args.html)))
+        json_path = args.json if args.json != "-" else None
+        check_writable((("--json", json_path), ("--junit-xml", args.junit_xml), ("--html", args.html)))
+        report, cov = check_target_with_coverage(
+            args.target, transport=args.transport, ring=args.ring, policy=args.policy, thorough=not args.quick
+        )
     except (CatalogError, TargetError, DutError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    policy = Policy(args.policy)
-    try:
-        log = trio.run(lambda: _run(target.kind, args, policy, catalog))
-    except TargetError as e:
-        print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as e:  # a broken target gives a report, not a traceback
-        log = FindingLog(catalog.level_of, policy)
-        log.run_errors.append(f"the run stopped: {type(e).__name__}: {e}")
-    actor = "driver" if target.kind == "driver" else "device"
-    key = None if target.kind == "driver" else device_key(target.name)
-    report = build_report(
-        catalog,
-        log,
-        target=args.target,
-        actor=actor,
-        transport=args.transport,
-        ring=args.ring,
-        device_key=key,
-    )
-    cov = coverage(catalog, [log])
-    print_report(report, console, cov)
+    if args.json == "-":
+        print(to_json(report, cov))
+    else:
+        print_report(report, console, cov)
     outputs: list[tuple[str, str | None, Callable[[], str]]] = [
-        ("--json", args.json, lambda: to_json(report, cov)),
+        ("--json", json_path, lambda: to_json(report, cov)),
         ("--junit-xml", args.junit_xml, lambda: to_junit(report)),
         ("--html", args.html, lambda: to_html(report, cov)),
     ]
@@ -126,7 +149,9 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
 
     try:
         catalog = load_catalog()
-        check_writable((("--json", args.json),))  # before the runs: a bad path must not cost them
+        check_writable(
+            (("--json", args.json if args.json != "-" else None),)
+        )  # before the runs: a bad path must not cost them
     except (CatalogError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -165,11 +190,14 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
             ],
             "coverage": cov.to_dict(),
         }
-        try:
-            write_text("--json", args.json, json.dumps(data, indent=2))
-        except OutputPathError as e:
-            print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
+        if args.json == "-":
+            print(json.dumps(data, indent=2))
+        else:
+            try:
+                write_text("--json", args.json, json.dumps(data, indent=2))
+            except OutputPathError as e:
+                print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
     return EXIT_FAIL if failed_runs else EXIT_OK
 
 

@@ -299,17 +299,26 @@ def to_junit(report: Report) -> str:
     KNOWN a skip marked xfail with the documented reason, NOT_APPLICABLE / NOT_COVERED
     skipped (with why), so CI dashboards show the same picture as the terminal. Run-level
     errors are one more errored testcase."""
+    from virtio_sim.matrix.report import junit_stamp
+
     skipped = [r for r in report.rows if r.shown in ("KNOWN", "NOT_APPLICABLE", "NOT_COVERED")]
+    stamp, host = junit_stamp()
     suite = ET.Element(
         "testsuite",
-        name=f"conformance {report.target} {report.transport} {report.ring}",
+        # stable and dotted like the matrix's suites: virtio-sim.conformance.TARGET.TRANSPORT.RING
+        name=f"virtio-sim.conformance.{report.target}.{report.transport}.{report.ring}",
+        timestamp=stamp,
+        hostname=host,
         tests=str(len(report.rows) + bool(report.run_errors)),
         failures=str(len(report.by_shown("FAIL"))),
         errors=str(len(report.errors) + bool(report.run_errors)),
         skipped=str(len(skipped)),
     )
     for r in report.rows:
-        case = ET.SubElement(suite, "testcase", classname=f"{r.area}.{r.level.replace(' ', '_')}", name=r.id)
+        # per-case time: checkers decide many requirements in one run, so none has its own
+        case = ET.SubElement(
+            suite, "testcase", classname=f"{r.area}.{r.level.replace(' ', '_')}", name=r.id, time="0"
+        )
         if r.shown == "KNOWN":
             ET.SubElement(case, "skipped", type="xfail", message=f"KNOWN deviation (xfail): {r.known}")
         elif r.verdict is Verdict.FAIL:
@@ -340,6 +349,16 @@ _COLOURS = {
 }
 
 
+#: the HTML's row order: failures that count, then errors, other failures, known deviations
+_HTML_RANK = {"FAIL": 1, "ERROR": 2, "KNOWN": 4}
+
+
+def _html_order(r: Row) -> int:
+    if r.shown == "FAIL":
+        return 0 if r.level in MANDATORY_LEVELS else 3
+    return _HTML_RANK.get(r.shown, 5)
+
+
 def to_html(report: Report, cov: Coverage | None = None) -> str:
     esc = html.escape
     parts = [
@@ -348,6 +367,10 @@ def to_html(report: Report, cov: Coverage | None = None) -> str:
         "<style>body{font-family:sans-serif}td,th{padding:2px 6px;border:1px solid #ccc}"
         "table{border-collapse:collapse}</style></head><body>",
         f"<h1>Conformance of {esc(report.target)}</h1>",
+        f"<p id='verdict'><b>{'FAIL' if report.failed else 'PASS'}</b>: {len(report.must_failures)} MUST"
+        f" failures, {len(report.by_shown('FAIL')) - len(report.must_failures)} other failures,"
+        f" {len(report.by_shown('ERROR'))} errors, {len(report.by_shown('KNOWN'))} known deviations,"
+        f" {len(report.by_shown('PASS'))} passed of {len(report.rows)} requirements</p>",
         f"<p>transport {esc(report.transport)}, ring {esc(report.ring)}, policy {esc(report.policy)}</p>",
     ]
     if report.stopped:
@@ -366,15 +389,15 @@ def to_html(report: Report, cov: Coverage | None = None) -> str:
             f"<tr><td>{esc(area)}</td>" + "".join(f"<td>{counts.get(v, 0)}</td>" for v in verdicts) + "</tr>"
         )
     parts.append(
-        "</table><h2>Requirements</h2><table><tr><th>id</th><th>level</th><th>verdict</th><th>detail</th></tr>"
+        "</table><h2>Requirements</h2><table id='requirements'><tr><th>id</th><th>section</th>"
+        "<th>level</th><th>verdict</th><th>evidence</th><th>known deviation</th></tr>"
     )
-    for r in report.rows:
+    for r in sorted(report.rows, key=_html_order):  # failures first; stable: catalogue order within
         detail = "; ".join(r.evidence) or (r.not_checkable or "")
-        if r.known:
-            detail = f"KNOWN deviation: {r.known}. Evidence: {detail}"
         parts.append(
-            f"<tr style='background:{_COLOURS[r.shown]}'><td>{esc(r.id)}</td><td>{esc(r.level)}</td>"
-            f"<td>{r.shown}</td><td>{esc(detail)}</td></tr>"
+            f"<tr data-verdict='{r.shown}' style='background:{_COLOURS[r.shown]}'><td>{esc(r.id)}</td>"
+            f"<td>{esc(r.section)}</td><td>{esc(r.level)}</td><td>{r.shown}</td><td>{esc(detail)}</td>"
+            f"<td>{esc(r.known or '')}</td></tr>"
         )
     parts.append("</table></body></html>")
     return "\n".join(parts)

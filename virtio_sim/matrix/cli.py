@@ -1,4 +1,5 @@
-"""``virtio-sim matrix`` and ``virtio-sim compat``."""
+"""``virtio-sim matrix`` (``virtio-sim compat`` is virtio_sim/compat_cli.py; it shares the
+executor options and the progress display defined here)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from virtio_sim.matrix.run import Executor, execute, partial_results, plan
 from virtio_sim.matrix.select import added_values, select_axes
 from virtio_sim.matrix.spec import AXES, Cell, MatrixError, MatrixSpec, expand, expected_outcome, load_matrix
 from virtio_sim.outpaths import OutputPathError, check_writable, write_text
-from virtio_sim.peertext import peer_text, plain
+from virtio_sim.peertext import peer_text
 
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
@@ -178,7 +179,7 @@ def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]], meta:
     if args.junit_xml:
         write_text("--junit-xml", args.junit_xml, report.to_junit(results, meta["source"]))
     if args.html:
-        write_text("--html", args.html, report.to_html(results, f"virtio-sim matrix: {meta['source']}"))
+        write_text("--html", args.html, report.to_html(results, f"virtio-sim matrix: {meta['source']}", meta))
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -266,66 +267,3 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     if not written:
         return EXIT_USAGE
     return EXIT_MISMATCH if bad or errors else 0
-
-
-def cmd_compat(args: argparse.Namespace) -> int:
-    """Run two driver generations over the same device configurations; show what changed."""
-    try:
-        spec, filters = matrix_spec(args)
-        filters["driver"] = [args.old, args.new]
-        cells = plan(spec, filters)
-        check_outputs(args)
-        executor = make_executor(args)
-    except MatrixError as e:
-        print(f"virtio-sim compat: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    json_only = args.json == "-"
-    results = run_with_progress(spec, cells, executor, args.seed, quiet=json_only)
-    pairs: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in results:
-        key = "/".join(str(r[a]) for a in AXES if a != "driver")
-        pairs.setdefault(key, {})[r["driver"]] = r
-    changes = []
-    for key, by in sorted(pairs.items()):
-        old, new = by.get(args.old), by.get(args.new)
-        if old and new and old["outcome"] != new["outcome"]:
-            changes.append(
-                {"config": key, "old": old["outcome"], "new": new["outcome"],
-                 "old_detail": old.get("detail", ""), "new_detail": new.get("detail", "")}
-            )  # fmt: skip
-    meta = {"source": spec.source, "old": args.old, "new": args.new, "configs": len(pairs)}
-    if json_only:
-        import json
-
-        print(json.dumps({"compat": meta, "changed": changes, "cells": results}, indent=2))
-        return 0
-    try:
-        write_outputs(args, results, meta)
-    except OutputPathError as e:
-        print(f"virtio-sim compat: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    console = output_console()
-    console.print(plain(f"{len(pairs)} configurations, {len(changes)} changed from {args.old} to {args.new}"))
-    from rich.table import Table
-
-    t = Table()
-    for header in ("configuration", args.old, args.new, "why (new)"):
-        t.add_column(plain(header))
-    for c in changes:  # profile names and details are data: Text, never markup
-        t.add_row(*(plain(x) for x in (c["config"], c["old"], c["new"])), plain(c["new_detail"], 80))
-    console.print(t)
-    return 0
-
-
-def add_compat_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--old", required=True, help="older driver profile")
-    p.add_argument("--new", required=True, help="newer driver profile")
-    p.add_argument("file", nargs="?", type=Path, help="matrix TOML for the device axes")
-    for axis in AXES:
-        if axis == "driver":
-            continue
-        p.add_argument("--" + axis.replace("_", "-"), dest=axis, action="append", metavar=axis.upper())
-    add_executor_arguments(p)
-    p.add_argument("--json", nargs="?", const="-", metavar="PATH")
-    p.add_argument("--junit-xml", metavar="PATH")
-    p.add_argument("--html", metavar="PATH")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 import json
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from rich.console import Console
@@ -125,12 +125,32 @@ def to_json(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return json.dumps({"matrix": meta, "summary": dict(sorted(counts.items())), "cells": results}, indent=2)
 
 
+def junit_stamp() -> tuple[str, str]:
+    """JUnit's testsuite timestamp (ISO 8601, local time without zone, as the schema has
+    it) and hostname."""
+    import datetime
+    import socket
+
+    return datetime.datetime.now().replace(microsecond=0).isoformat(), socket.gethostname()
+
+
+def suite_name(source: str) -> str:
+    """A JUnit suite name that stays the same wherever the checkout is:
+    ``virtio-sim.matrix.<matrix file stem>``."""
+    return "virtio-sim.matrix." + PurePath(str(source)).stem
+
+
 def to_junit(results: list[dict[str, Any]], name: str) -> str:
+    """One test case per cell (its seconds as the case time); a cell whose outcome is not
+    the expected one is a failure, a TOOL_ERROR an error. ``name``: the matrix file."""
     failures = mismatches(results)
     failed_ids = {m.id for m in failures}
+    stamp, host = junit_stamp()
     suite = ET.Element(
         "testsuite",
-        name=name,
+        name=suite_name(name),
+        timestamp=stamp,
+        hostname=host,
         tests=str(len(results)),
         failures=str(len(failures)),
         errors=str(sum(1 for r in results if r["outcome"] == "TOOL_ERROR")),
@@ -155,55 +175,8 @@ def to_junit(results: list[dict[str, Any]], name: str) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
-def to_html(results: list[dict[str, Any]], title: str) -> str:
-    """A self-contained page: one grid per transport, details per cell on click."""
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(title)}</title><style>",
-        "body{font-family:sans-serif;margin:1em} table{border-collapse:collapse;margin-bottom:2em}",
-        "th,td{border:1px solid #ccc;padding:3px;vertical-align:top}",
-        ".cell{display:inline-block;min-width:4.5em;color:#fff;padding:2px 4px;margin:1px;"
-        "font-size:11px;border-radius:3px;cursor:pointer}",
-        ".mismatch{outline:3px solid #f00}",
-        "details{font-size:12px} pre{white-space:pre-wrap;max-width:60em}",
-        "</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-    ]
-    counts = Counter(r["outcome"] for r in results)
-    parts.append("<p id='summary'>")
-    parts.append(
-        " ".join(
-            f"<span class='cell' style='background:{OUTCOME_COLOUR.get(k, '#000')}'>{esc(k)}: {v}</span>"
-            for k, v in sorted(counts.items())
-        )
-    )
-    parts.append("</p>")
-    for transport in sorted({r["transport"] for r in results}):
-        rows = [r for r in results if r["transport"] == transport]
-        devices = sorted({r["device"] for r in rows})
-        drivers = sorted({r["driver"] for r in rows})
-        parts.append(f"<h2>{esc(transport)}</h2><table class='grid' data-transport='{esc(transport)}'>")
-        parts.append(
-            "<tr><th>driver \\ device</th>" + "".join(f"<th>{esc(d)}</th>" for d in devices) + "</tr>"
-        )
-        for drv in drivers:
-            parts.append(f"<tr><th>{esc(drv)}</th>")
-            for dev in devices:
-                parts.append("<td>")
-                for r in sorted((r for r in rows if r["driver"] == drv and r["device"] == dev), key=_variant):
-                    mism = bool(r.get("expected")) and r["expected"] != r["outcome"]
-                    detail = json.dumps(r, indent=1)
-                    attrs = f"data-id='{esc(r['id'])}' data-outcome='{esc(r['outcome'])}'"
-                    parts.append(
-                        f"<details class='cellbox' {attrs}>"
-                        f"<summary class='cell{' mismatch' if mism else ''}' "
-                        f"style='background:{OUTCOME_COLOUR.get(r['outcome'], '#000')}'>"
-                        f"{esc(_variant(r))}: {esc(ABBREV.get(r['outcome'], r['outcome']))}</summary>"
-                        f"<pre>{esc(detail)}</pre></details>"
-                    )
-                parts.append("</td>")
-            parts.append("</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def to_html(results: list[dict[str, Any]], title: str, meta: dict[str, Any] | None = None) -> str:
+    """The self-contained page (virtio_sim/matrix/html_report.py)."""
+    from virtio_sim.matrix.html_report import default_meta, render
+
+    return render(results, title, default_meta(meta), colours=OUTCOME_COLOUR, abbrev=ABBREV, variant=_variant)
