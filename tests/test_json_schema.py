@@ -56,9 +56,11 @@ def test_run_and_matrix_print_the_same_record(tmp_path: Path) -> None:
     ok = next(c for c in report["cells"] if c["outcome"] == "OK" and c["transport"] == "mmio-v2")
     for key in ("transport", "machine", "iommu", "workload", "device_backend", "device_model"):
         assert ok[key] == record[key], key  # same names, same meaning
-    # a cell's device_option repeats it with `run`
+    # a cell's device_option repeats it with `run`, given a drive (the cell's scratch disk is gone
+    # with the cell, and -device virtio-blk-* without drive= is refused as QEMU refuses it)
     again = _cli(
-        "run", "--device", ok["device_option"], "--driver", ok["driver"], "--transport", ok["transport"],
+        "run", "--device", f"{ok['device_option']},drive={disk}", "--driver", ok["driver"],
+        "--transport", ok["transport"],
         "--workload", "blk-rw", "--json",
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
