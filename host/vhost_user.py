@@ -147,6 +147,21 @@ class RingStats:
     interrupts_suppressed: int = 0
     longest_chain: int = 0  # descriptors in the longest chain (an indirect table's entries)
 
+    def chain(self, length: int, indirect: bool) -> None:
+        """Count one chain the device took: ``length`` buffers, through a table or not."""
+        self.chains += 1
+        self.longest_chain = max(self.longest_chain, length)
+        if indirect:
+            self.indirect_chains += 1
+
+    def interrupt(self, wanted: bool) -> bool:
+        """Count the ring's interrupt decision and pass it on."""
+        if wanted:
+            self.interrupts_sent += 1
+        else:
+            self.interrupts_suppressed += 1
+        return wanted
+
 
 class ObservedSplitQueue(SplitDeviceQueue):
     """The device ring plus the evidence a report wants: how many chains came indirect,
@@ -167,22 +182,12 @@ class ObservedSplitQueue(SplitDeviceQueue):
             self.last_avail = before
             raise
         if chain is not None:
-            self.stats.chains += 1
-            self.stats.longest_chain = max(
-                self.stats.longest_chain, len(chain.readable) + len(chain.writable)
-            )
             _, _, flags, _ = self._read_desc(self.addrs.desc, chain.head, chain.head)
-            if flags & DESC_F.INDIRECT:
-                self.stats.indirect_chains += 1
+            self.stats.chain(len(chain.readable) + len(chain.writable), bool(flags & DESC_F.INDIRECT))
         return chain
 
     def needs_interrupt(self) -> bool:
-        wanted = super().needs_interrupt()
-        if wanted:
-            self.stats.interrupts_sent += 1
-        else:
-            self.stats.interrupts_suppressed += 1
-        return wanted
+        return self.stats.interrupt(super().needs_interrupt())
 
 
 class ObservedPackedQueue(PackedDeviceQueue):
@@ -202,20 +207,13 @@ class ObservedPackedQueue(PackedDeviceQueue):
                     self._order.remove(buf_id)
             raise
         if chain is not None:
-            self.stats.chains += 1
             length = len(chain.readable) + len(chain.writable)
-            self.stats.longest_chain = max(self.stats.longest_chain, length)
-            if chain.descriptors == 1 and length > 1:
-                self.stats.indirect_chains += 1  # one ring slot, several buffers: a table
+            # one ring slot, several buffers: a table
+            self.stats.chain(length, chain.descriptors == 1 and length > 1)
         return chain
 
     def needs_interrupt(self) -> bool:
-        wanted = super().needs_interrupt()
-        if wanted:
-            self.stats.interrupts_sent += 1
-        else:
-            self.stats.interrupts_suppressed += 1
-        return wanted
+        return self.stats.interrupt(super().needs_interrupt())
 
     def resume_at(self, base: int) -> None:
         """SET_VRING_BASE of a packed ring: bits 0-14 the next avail slot, bit 15 its wrap
