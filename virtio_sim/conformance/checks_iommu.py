@@ -256,6 +256,11 @@ async def iommu_requests(ctx: Ctx) -> None:
         log.check("iommu.map.dev-unknown-flags", s == IOMMU_S.INVAL, f"MAP with flag 0x100: {s}")
         s, _, _ = await iommu_req(ctx, IOMMU_T.MAP, map_(4, IOVA + 1, IOVA + granule, 0x10_0000))
         log.check("iommu.map.dev-alignment", s == IOMMU_S.RANGE, f"unaligned MAP: {s}")
+        if s == IOMMU_S.OK:
+            # A device that accepted the unaligned MAP (QEMU 7.2) now holds
+            # [IOVA + 1, IOVA + granule]: take it out again, or the overlap check below would
+            # see its first MAP refused for overlapping this one and blame the wrong rule.
+            await iommu_req(ctx, IOMMU_T.UNMAP, unmap(4, IOVA + 1, IOVA + granule))
         s, _, _ = await iommu_req(ctx, IOMMU_T.MAP, map_(77, IOVA, IOVA + granule - 1, 0x10_0000))
         log.check("iommu.map.dev-no-domain", s == IOMMU_S.NOENT, f"MAP into a missing domain: {s}")
         s, _, _ = await iommu_req(ctx, IOMMU_T.MAP, map_(4, IOVA, IOVA + 4 * granule - 1, 0x10_0000))
