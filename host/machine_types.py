@@ -143,8 +143,9 @@ def ram_layout(name: str, ram_size: int) -> list[tuple[int, int]]:
 
     q35 (QEMU 7.2 hw/i386/pc_q35.c ``pc_q35_init``): below 4 GiB up to ``lowmem``, which
     is 2 GiB when the guest has 0xB0000000 bytes or more and 0xB0000000 otherwise; the rest
-    from 4 GiB. microvm (hw/i386/microvm.c): below 4 GiB up to 3 GiB [M], the rest from
-    4 GiB. arm virt (hw/arm/virt.c): one block from 1 GiB.
+    from 4 GiB. microvm (hw/i386/microvm.c ``microvm_memory_init``: ``lowmem = 0xc0000000``):
+    below 4 GiB up to 3 GiB, the rest from 4 GiB. arm virt (hw/arm/virt.c): one block from
+    1 GiB.
     """
     facts = MACHINE_FACTS[name]
     base = int(facts["ram_base"])
