@@ -75,9 +75,10 @@ def parse_platform(cmdline: str) -> PlatformInfo:
 def vring_use_dma_api(rule: str, features: int, platform: PlatformInfo) -> bool:
     """Linux's ``vring_use_dma_api()`` as each generation (or proposal) had it.
 
-    - ``never``: before 4.5 virtio_ring always used guest-physical addresses.
-    - ``xen``: 4.5-4.7, 780bc7903a32 "virtio_ring: Support DMA APIs" with the series' "vring:
-      Use the DMA API on Xen" [M: hash not checked]: only ``xen_domain()``.
+    - ``never``: up to 4.5 virtio_ring always used guest-physical addresses.
+    - ``xen``: 4.6-4.7, 780bc7903a32 "virtio_ring: Support DMA APIs" with 78fe39872378 (adds
+      the ``<xen/xen.h>`` include; both Andy Lutomirski, 2016-02-02): only ``xen_domain()``
+      (specs/profiles/drivers/linux-4.6-xen.toml says how the release was checked).
     - ``feature``: 4.8+, 1a937693993f "virtio: new feature to detect IOMMU device quirk":
       the DMA API when VIRTIO_F_IOMMU_PLATFORM was negotiated, else still under Xen.
     - ``always``: the 2015 proposal (Andy Lutomirski, "virtio: use the DMA API", v1/v2,

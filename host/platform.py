@@ -92,7 +92,7 @@ class P2mAddressSpace:
     granular): guest page ``p`` sits in machine frame ``base + (p - base + shift) % size``.
     A device reading machine address ``m`` therefore reads guest page
     ``base + (m - base - shift) % size``. A guest that hands a device its pseudo-physical
-    addresses (no DMA API under Xen, Linux before 4.5) makes it read and write the wrong
+    addresses (no DMA API under Xen, Linux before 4.6) makes it read and write the wrong
     frames. Writes are logged in guest-physical terms for the stray-write check.
     """
 

@@ -167,7 +167,7 @@ def test_mmio_on_arm_virt_is_never_behind_the_iommu(tmp_path: Path) -> None:
 def test_translation_is_chosen_at_plug_not_by_negotiation() -> None:
     """QEMU 7.2 with iommu_platform=on translates whatever the driver negotiated: a driver
     without the DMA API whose device is attached gets its GPAs faulted -- unless QEMU
-    refuses FEATURES_OK first (it does since 2943b53f68), which the profile says."""
+    refuses FEATURES_OK first (it does since 8607f5c3072c, QEMU 2.9), which the profile says."""
     r = _run("virtio-blk-pci,iommu_platform=on,x-validate-access-platform=off", ram=G, driver="linux-4.0")
     # linux-4.0 has no virtio-iommu driver: the IOMMU stays in boot bypass, GPAs pass
     assert r.outcome is Outcome.OK, r.detail

@@ -15,7 +15,7 @@ from virtio_sim.profiles import (
 from virtio_sim.spec import F
 
 REQUIRED_DRIVERS = {
-    "linux-3.18", "linux-3.18-ppc64be", "linux-4.0", "linux-4.5-xen", "linux-4.8",
+    "linux-3.18", "linux-3.18-ppc64be", "linux-4.0", "linux-4.6-xen", "linux-4.8",
     "linux-5.0", "linux-5.4-sev", "linux-6.1", "linux-6.1-sev",
 }  # fmt: skip
 REQUIRED_DEVICES = {
@@ -40,7 +40,7 @@ def test_profile_facts() -> None:
     assert load_driver_profile("linux-3.18").mmio_versions == (1,)
     assert not load_driver_profile("linux-3.18").features_ok
     assert load_driver_profile("linux-3.18-ppc64be").endianness == "big"
-    assert load_driver_profile("linux-4.5-xen").dma_api == "xen"
+    assert load_driver_profile("linux-4.6-xen").dma_api == "xen"
     sev = load_driver_profile("linux-6.1-sev")
     assert sev.restricted_memory and sev.refuse_unrestricted
     assert not load_driver_profile("linux-5.4-sev").refuse_unrestricted
