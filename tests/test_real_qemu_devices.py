@@ -24,7 +24,7 @@ from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.iommu_dma import SAC_LIMIT
 from virtio_sim.guest.platform import GuestKernel
 from virtio_sim.guest.profile import guest_policy
-from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
+from virtio_sim.qemu.qtest_link import QtestLink, QtestMemory
 from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.outcome import Outcome, RunResult
