@@ -30,7 +30,6 @@ import trio
 from virtio_sim.embedded import RunConfig, check_config, guest_policy_for
 from virtio_sim.guest.boot import BootInfo, run_guest
 from virtio_sim.guest.firmware import VIRTIO_MMIO_HIDS
-from virtio_sim.qemu.qtest_link import QtestLink, QtestMemory
 from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.host.build import PCI_TRANSPORTS
 from virtio_sim.host.devices.base import PropertyError
@@ -48,6 +47,7 @@ from virtio_sim.qemu.machines import (
     qemu_devices,
 )
 from virtio_sim.qemu.qtest import QtestError, spawn_qtest
+from virtio_sim.qemu.qtest_link import QtestLink, QtestMemory
 from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, MissingTool, require_qemu
 
 DEVICE_BACKENDS = ("ours", "qemu")
