@@ -150,7 +150,9 @@ async def test_matrix_cells_match_embedded_over_both_links(cell: str) -> None:
     # cell it is only a backstop, which a loaded machine must not reach (over TCP every
     # guest RAM access is a message: net-pair there is seconds of wall time under load).
     timeout = HANG_AFTER if expected == "HANG" else BACKSTOP
-    cfg = RunConfig(device=device, workload=workload, transport=transport, seed=3, timeout=timeout, iommu=iommu)
+    cfg = RunConfig(
+        device=device, workload=workload, transport=transport, seed=3, timeout=timeout, iommu=iommu
+    )
     if workload == "net-pair":
         cfg.extra_devices = [device]
     if driver is not None:
