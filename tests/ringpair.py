@@ -10,6 +10,7 @@ from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.chain import DmaBuffer
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 
 RING_BASE = 0x1000
 
@@ -83,26 +84,16 @@ class RingPair:
         self.pool = BumpPool(self.pool_base, self.pool_size) if indirect else None
         self.driver: Any
         self.device: Any
+        drv_features = RingFeatures(event_idx=event_idx, in_order=in_order)
+        dev_features = RingFeatures(event_idx, indirect, in_order, batch, strict)
         if fmt == "packed":
-            self.driver = PackedDriverQueue(
-                self.mem, q, self.addrs, event_idx=event_idx, indirect_pool=self.pool,
-                in_order=in_order,
-            )  # fmt: skip
+            self.driver = PackedDriverQueue(self.mem, q, self.addrs, drv_features, indirect_pool=self.pool)
             self.device = PackedDeviceQueue(
-                self.space, q, self.addrs, event_idx=event_idx, indirect=indirect,
-                in_order=in_order, batch_in_order=batch, max_indirect=max_indirect,
-                strict=strict,
-            )  # fmt: skip
+                self.space, q, self.addrs, dev_features, max_indirect=max_indirect
+            )
         else:
-            self.driver = SplitDriverQueue(
-                self.mem, q, self.addrs, event_idx=event_idx, indirect_pool=self.pool,
-                in_order=in_order,
-            )  # fmt: skip
-            self.device = SplitDeviceQueue(
-                self.space, q, self.addrs, event_idx=event_idx, indirect=indirect,
-                in_order=in_order, batch_in_order=batch, max_indirect=max_indirect,
-                strict=strict,
-            )  # fmt: skip
+            self.driver = SplitDriverQueue(self.mem, q, self.addrs, drv_features, indirect_pool=self.pool)
+            self.device = SplitDeviceQueue(self.space, q, self.addrs, dev_features, max_indirect=max_indirect)
 
     def close(self) -> None:
         if self.own_memory:

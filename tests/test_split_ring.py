@@ -36,6 +36,7 @@ from virtio_sim.ring.split import (
     check_queue_size,
     need_event,
 )
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import AVAIL_F, DESC_F, USED_F
 
 MAX_SEGS = 8  # segments per chain in the random tests
@@ -123,17 +124,13 @@ class Pair:
         self.space = IdentityAddressSpace(self.mem)
         self.addrs = SplitRingAddresses(lay.desc, lay.avail, lay.used)
         self.pool = BumpPool(lay.pool, lay.pool_size) if indirect else None
+        drv_features = RingFeatures(event_idx=event_idx)
+        dev_features = RingFeatures(event_idx=event_idx, indirect=indirect)
         self.driver = SplitDriverQueue(
-            self.mem, q, self.addrs, event_idx=event_idx, indirect_pool=self.pool, order=order
+            self.mem, q, self.addrs, drv_features, indirect_pool=self.pool, order=order
         )
         self.device = SplitDeviceQueue(
-            self.space,
-            q,
-            self.addrs,
-            event_idx=event_idx,
-            indirect=indirect,
-            order=order,
-            max_indirect=max_indirect,
+            self.space, q, self.addrs, dev_features, order=order, max_indirect=max_indirect
         )
         self.idx = L.ring_index_codec(order)
         if start:
@@ -880,7 +877,7 @@ def test_detach_all_returns_tokens_and_descriptors() -> None:
 def test_lenient_device_skips_zero_length_descriptors() -> None:
     pair = Pair(4)
     lay = pair.layout
-    lenient = SplitDeviceQueue(pair.space, 4, pair.addrs, strict=False)
+    lenient = SplitDeviceQueue(pair.space, 4, pair.addrs, RingFeatures(strict=False))
     try:
         pair.driver.add([(lay.data, 0), (lay.data, 4)], [(lay.data + 8, 0)], "z")
         c = lenient.pop()

@@ -19,6 +19,7 @@ from virtio_sim.dma import DmaError, IdentityAddressSpace
 from virtio_sim.memory import GuestMemory, MemoryRegion, SharedMemoryObject
 from virtio_sim.ring.chain import Chain, ChainWriter, DeviceBrokenError, RingError, read_all
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import DESC_F
 
 NEXT, WRITE, INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
@@ -62,10 +63,8 @@ class Hand:
         self.avail_idx = 0
         self.mem.write(RING.avail, self.idx.pack(0) + self.idx.pack(0))  # flags, idx
         self.space = IdentityAddressSpace(self.mem)
-        self.device = SplitDeviceQueue(
-            self.space, q, RING, indirect=indirect, strict=strict, order=order,
-            max_indirect=max_indirect,
-        )  # fmt: skip
+        features = RingFeatures(indirect=indirect, strict=strict)
+        self.device = SplitDeviceQueue(self.space, q, RING, features, order=order, max_indirect=max_indirect)
 
     def desc(
         self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0, table: int | None = None
@@ -547,7 +546,7 @@ def test_each_descriptor_is_read_exactly_once(hand_indirect: Hand) -> None:
     """TOCTOU (#25): a private snapshot per descriptor, the indirect table read in one go."""
     h = hand_indirect
     space = CountingSpace(h.mem)
-    dev = SplitDeviceQueue(space, Q, RING, indirect=True)
+    dev = SplitDeviceQueue(space, Q, RING, RingFeatures(indirect=True))
     h.desc(0, DATA, 16, NEXT, 1, table=TABLE)
     h.desc(1, DATA + 32, 16, WRITE, table=TABLE)
     h.desc(6, DATA + 64, 8, NEXT, 2)

@@ -45,12 +45,13 @@ from virtio_sim.dma import AddressSpace, DmaError, lease_for
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
-from virtio_sim.ring.split import CHAIN_BYTES_LIMIT, QueueFullError, SplitRingAddresses
+from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
+from virtio_sim.ring.types import CHAIN_BYTES_LIMIT, NO_FEATURES, QueueFullError, RingAddresses, RingFeatures
 from virtio_sim.spec import PACKED, PACKED_DESC_F, PACKED_EVENT, PACKED_EVENT_F
 
 # desc = descriptor ring, avail = driver event suppression (the driver area),
 # used = device event suppression (the device area): the transports' three addresses.
-PackedRingAddresses = SplitRingAddresses
+PackedRingAddresses = RingAddresses
 
 _DESC = layouts.PACKED_DESC_CODEC
 _EVENT = layouts.EVENT_SUPPRESS_CODEC
@@ -151,14 +152,10 @@ class PackedDeviceQueue:
         self,
         space: AddressSpace,
         size: int,
-        addrs: SplitRingAddresses,
+        addrs: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
-        indirect: bool = False,
-        in_order: bool = False,
-        batch_in_order: bool = False,
         order: ByteOrder = "little",
-        strict: bool = True,
         max_indirect: int | None = None,
     ) -> None:
         check_packed_queue_size(size)
@@ -168,24 +165,19 @@ class PackedDeviceQueue:
         self.published = 0
         self.size = size
         self.addrs = addrs
-        self.event_idx = event_idx
-        self.indirect = indirect
-        self.in_order = in_order
-        self.batch_in_order = batch_in_order
-        self.strict = strict
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect = features.indirect
+        self.in_order = features.in_order
+        self.batch_in_order = features.batch_in_order
+        self.strict = features.strict
+        self.hooks: DeviceHooks | None = None  # see virtio_sim.ring.hooks
         self.max_indirect = max_indirect if max_indirect is not None else size
         self.warnings: list[str] = []
         self._buffers: dict[int, _DevBuffer] = {}
         self._order: deque[int] = deque()  # ids in the order they were made available
         self._ready: list[tuple[int, _DevBuffer]] = []  # IN_ORDER completions not yet written
         self._pending_error: RingError | None = None  # pop_batch(): raised by the next pop
-        cls = type(self)
-        # pop()'s inline path stands in for these hooks only when nobody overrode them.
-        self._plain_pop = (
-            cls._pop_from is PackedDeviceQueue._pop_from
-            and cls._read_desc is PackedDeviceQueue._read_desc
-            and cls._segments is PackedDeviceQueue._segments
-        )
         self.reset()
         self._check_ring_memory()
         self._leasable = hasattr(space, "lease")
@@ -291,7 +283,7 @@ class PackedDeviceQueue:
         if dl is None or not dl.valid:
             self._take_leases()
             dl = self._dl
-        if dl is None or not dl.valid or not self._plain_pop:
+        if dl is None or not dl.valid:
             return self._pop_from(pos, self._read_desc(pos))
         raw: tuple[int, int, int, int] = _DESC.unpack_from(dl.view, pos % size * _DESC_SIZE)
         addr, length, buf_id, flags = raw
@@ -346,7 +338,7 @@ class PackedDeviceQueue:
             self._take_leases()
             dl = self._dl
         try:
-            if self.in_order or not self._plain_pop or self._pending_error is not None or dl is None:
+            if self.in_order or self._pending_error is not None or dl is None:
                 return self._pop_each(limit, out)
             size, buffers, space = self.size, self._buffers, self.space
             view, unpack_from = dl.view, _DESC.unpack_from
@@ -420,7 +412,7 @@ class PackedDeviceQueue:
         return out
 
     def _pop_each(self, limit: int, out: list[Chain]) -> list[Chain]:
-        """The rest of a pop_batch() through pop() (IN_ORDER, hooks, or no lease)."""
+        """The rest of a pop_batch() through pop() (IN_ORDER, or no lease)."""
         while len(out) < limit and (c := self.pop()) is not None:
             out.append(c)
         return out
@@ -557,8 +549,8 @@ class PackedDeviceQueue:
         if not self.in_order:
             del self._buffers[head]
             dl = self._dl
-            # _write_used() through the lease, unless a subclass changed it
-            if dl is not None and dl.valid and type(self)._write_used is PackedDeviceQueue._write_used:
+            # write_used() through the lease, unless hooks are set
+            if dl is not None and dl.valid and self.hooks is None:
                 self.published += 1
                 pos, size = self._used_pos, self.size
                 flags = (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0)
@@ -569,7 +561,7 @@ class PackedDeviceQueue:
                 self._used_pos = pos + buf.descs
                 self._in_flight_descs -= buf.descs
                 return
-            self._write_used(head, written, buf.descs)
+            self._publish(head, written, buf.descs)
             return
         buf.written = written
         while self._order and self._buffers[self._order[0]].written is not None:
@@ -583,14 +575,9 @@ class PackedDeviceQueue:
 
         The same checks and writes as push(): for each used descriptor len and id first,
         then its flags. A bad head raises ValueError after the completions before it are
-        written. IN_ORDER, a subclass's _write_used() or no lease: push() one by one."""
+        written. IN_ORDER, hooks or no lease: push() one by one."""
         dl = self._dl
-        if (
-            self.in_order
-            or dl is None
-            or not dl.valid
-            or type(self)._write_used is not PackedDeviceQueue._write_used
-        ):
+        if self.in_order or dl is None or not dl.valid or self.hooks is not None:
             for head, written in completions:
                 self.push(head, written)
             return
@@ -640,9 +627,19 @@ class PackedDeviceQueue:
                 del self._buffers[buf_id]
             last_id, last = batch[-1]
             assert last.written is not None
-            self._write_used(last_id, last.written, sum(b.descs for _, b in batch))
+            self._publish(last_id, last.written, sum(b.descs for _, b in batch))
 
-    def _write_used(self, buf_id: int, written: int, skip: int) -> None:
+    def _publish(self, buf_id: int, written: int, skip: int) -> None:
+        hooks = self.hooks
+        if hooks is None:
+            self.write_used(buf_id, written, skip)
+        else:
+            hooks.write_used(self, buf_id, written, skip)
+
+    def write_used(self, buf_id: int, written: int, skip: int) -> None:
+        """Write one used descriptor at the used position and skip ``skip`` ring slots:
+        len and id first, then the flags. No check: push() checked ``buf_id``; hooks and
+        attacks call this directly."""
         self.published += 1  # used entries written: progress the core can see
         pos = self._used_pos
         flags = used_flags(pos, self.size) | (PACKED_DESC_F.WRITE if written else 0)
@@ -669,6 +666,11 @@ class PackedDeviceQueue:
 
     def needs_interrupt(self) -> bool:
         """Whether the driver event suppression asks for an interrupt for what was used."""
+        wanted = self._needs_interrupt()
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.needs_interrupt(self, wanted)
+
+    def _needs_interrupt(self) -> bool:
         self.flush()
         old, new = self._signalled, self._used_pos
         valid = self._signalled_valid
@@ -744,11 +746,10 @@ class PackedDriverQueue:
         self,
         memory: ByteAccess,
         size: int,
-        ring_gpa: SplitRingAddresses,
+        ring_gpa: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
         indirect_pool: DmaPool | None = None,
-        in_order: bool = False,
         order: ByteOrder = "little",
         on_broken: Callable[[DeviceBrokenError], None] | None = None,
     ) -> None:
@@ -758,9 +759,11 @@ class PackedDriverQueue:
         self.memory = memory
         self.size = size
         self.gpa = ring_gpa
-        self.event_idx = event_idx
-        self.indirect_pool = indirect_pool
-        self.in_order = in_order
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect_pool = indirect_pool  # indirect tables come from here (None: none)
+        self.in_order = features.in_order
+        self.hooks: DriverHooks | None = None  # see virtio_sim.ring.hooks
         self.on_broken = on_broken
         self.broken: DeviceBrokenError | None = None
         #: used descriptors with a non-zero len but WRITE clear (QEMU 7.2 writes every one
@@ -823,6 +826,25 @@ class PackedDriverQueue:
         """Make one buffer available; returns its buffer id."""
         if self.broken:
             raise self.broken
+        hooks = self.hooks
+        if hooks is not None:
+            use_indirect = hooks.use_indirect(self, use_indirect)
+            buf_id = self._add(out, in_, token, use_indirect)
+            hooks.added(self, buf_id)
+            return buf_id
+        return self._add(out, in_, token, use_indirect)
+
+    def next_free(self) -> int:
+        """Take the ring's next free buffer id (the most recently freed one)."""
+        return self.free_ids.pop()
+
+    def _add(
+        self,
+        out: Sequence[tuple[int, int]],
+        in_: Sequence[tuple[int, int]],
+        token: Any,
+        use_indirect: bool | None,
+    ) -> int:
         dl = self._dl
         if dl is None or not dl.valid:
             self._take_leases()
@@ -834,6 +856,7 @@ class PackedDriverQueue:
             and not use_indirect
             and self._free
             and self.free_ids
+            and self.hooks is None
         ):
             # One descriptor, through the lease: the same writes in the same order.
             if out:
@@ -863,7 +886,7 @@ class PackedDriverQueue:
         needed = 1 if use_indirect else len(segs)
         if needed > self._free:
             raise QueueFullError(f"buffer needs {needed} descriptors, {self._free} free")
-        buf_id = self.free_ids.pop()
+        buf_id = self.next_free() if self.hooks is None else self.hooks.take(self)
         table: DmaBuffer | None = None
         if use_indirect:
             assert self.indirect_pool is not None
@@ -908,7 +931,7 @@ class PackedDriverQueue:
         if dl is None or not dl.valid:
             self._take_leases()
             dl = self._dl
-        if dl is None or not dl.valid:
+        if dl is None or not dl.valid or self.hooks is not None:
             return [self.add(out, in_, token) for out, in_, token in chains]
         heads: list[int] = []
         size, view, free_ids, inflight = self.size, dl.view, self.free_ids, self.inflight
@@ -957,12 +980,16 @@ class PackedDriverQueue:
         old, new = self._kicked_pos, self._avail_pos
         self._kicked_pos = new
         if old == new:
-            return False
-        word, flags = self._read_event(self.gpa.used)
-        mode = flags & PACKED_EVENT.flags_mask
-        if mode == PACKED_EVENT_F.DESC and self.event_idx:
-            return event_crossed(word, old, new, self.size)
-        return mode != PACKED_EVENT_F.DISABLE
+            wanted = False
+        else:
+            word, flags = self._read_event(self.gpa.used)
+            mode = flags & PACKED_EVENT.flags_mask
+            if mode == PACKED_EVENT_F.DESC and self.event_idx:
+                wanted = event_crossed(word, old, new, self.size)
+            else:
+                wanted = mode != PACKED_EVENT_F.DISABLE
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.kick(self, wanted)
 
     def notify_data(self) -> tuple[int, int]:
         return self.next_avail, self.avail_wrap

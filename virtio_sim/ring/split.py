@@ -39,9 +39,18 @@ from virtio_sim.dma import AddressSpace, DmaError, lease_for
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease, MemoryAccessError
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
-from virtio_sim.spec import AVAIL_F, CHAIN, DESC_F, LIMITS, NOTIFY_DATA, SPLIT, USED_F
+from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
+from virtio_sim.ring.types import (
+    CHAIN_BYTES_LIMIT,
+    IDX_MASK,
+    INDIRECT_TABLE_LIMIT,
+    NO_FEATURES,
+    QueueFullError,
+    RingAddresses,
+    RingFeatures,
+)
+from virtio_sim.spec import AVAIL_F, DESC_F, NOTIFY_DATA, SPLIT, USED_F
 
-IDX_MASK = 0xFFFF
 _NEXT, _WRITE, _INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
 _DESC_SIZE = layouts.DESC_SIZE
 _HDR = layouts.RING_HEADER_SIZE  # avail entries and used elements start after it
@@ -69,10 +78,6 @@ def _word_views(
     return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
 
 
-INDIRECT_TABLE_LIMIT = LIMITS.indirect.max_entries  # specs/limits.toml (QEMU's VIRTQUEUE_MAX_SIZE)
-CHAIN_BYTES_LIMIT = CHAIN.max_bytes  # spec 2.7.5: a chain must not exceed 2^32 bytes
-
-
 def need_event(event: int, new: int, old: int) -> bool:
     """vring_need_event(): did the index move past ``event`` going from ``old`` to ``new``?"""
     return ((new - event - 1) & IDX_MASK) < ((new - old) & IDX_MASK)
@@ -83,11 +88,7 @@ def check_queue_size(size: int) -> None:
         raise ValueError(f"split queue size {size} must be a power of two in 1..{SPLIT.max_queue_size}")
 
 
-@dataclass(frozen=True)
-class SplitRingAddresses:
-    desc: int
-    avail: int
-    used: int
+SplitRingAddresses = RingAddresses  # the name the transports and tests know
 
 
 # --------------------------------------------------------------------------- device side
@@ -100,26 +101,24 @@ class SplitDeviceQueue:
         self,
         space: AddressSpace,
         size: int,
-        addrs: SplitRingAddresses,
+        addrs: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
-        indirect: bool = False,
         order: ByteOrder = "little",
-        strict: bool = True,
         max_indirect: int | None = None,
-        in_order: bool = False,
-        batch_in_order: bool = False,
     ) -> None:
         check_queue_size(size)
         self.space = space
         self.published = 0
         self.size = size
         self.addrs = addrs
-        self.event_idx = event_idx
-        self.indirect = indirect
-        self.strict = strict
-        self.in_order = in_order
-        self.batch_in_order = batch_in_order
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect = features.indirect
+        self.strict = features.strict
+        self.in_order = features.in_order
+        self.batch_in_order = features.batch_in_order
+        self.hooks: DeviceHooks | None = None  # see virtio_sim.ring.hooks
         self.warnings: list[str] = []
         self._next_head = 0  # IN_ORDER: the slot the next chain must start at
         self._order: deque[int] = deque()  # IN_ORDER: heads in avail order
@@ -540,8 +539,8 @@ class SplitDeviceQueue:
         if not self.in_order:
             in_flight.discard(head)
             ul = self._ul
-            # _write_used() inlined (the element, then idx) unless a subclass changed it
-            if ul is not None and ul.valid and type(self)._write_used is SplitDeviceQueue._write_used:
+            # write_used() inlined (the element, then idx) unless hooks are set
+            if ul is not None and ul.valid and self.hooks is None:
                 self.published += 1
                 idx = self.used_idx
                 words = self._words
@@ -558,7 +557,7 @@ class SplitDeviceQueue:
                 self.used_idx = idx = (idx + 1) & IDX_MASK
                 self._idx.pack_into(view, _IDX_OFF, idx)
                 return
-            self._write_used(head, written, 1)
+            self._publish(head, written, 1)
             return
         self._done[head] = written
         while self._order and self._order[0] in self._done:
@@ -573,13 +572,7 @@ class SplitDeviceQueue:
         The same checks as push(); a bad head raises ValueError after the completions
         before it are published (elements, then the index)."""
         ul, words = self._ul, self._words
-        if (
-            self.in_order
-            or words is None
-            or ul is None
-            or not ul.valid
-            or type(self)._write_used is not SplitDeviceQueue._write_used
-        ):
+        if self.in_order or words is None or ul is None or not ul.valid or self.hooks is not None:
             for head, written in completions:
                 self.push(head, written)
             return
@@ -617,9 +610,18 @@ class SplitDeviceQueue:
                 self.in_flight.discard(head)
                 self._writable.pop(head, None)
             head, written = batch[-1]
-            self._write_used(head, written, len(batch))
+            self._publish(head, written, len(batch))
 
-    def _write_used(self, head: int, written: int, count: int) -> None:
+    def _publish(self, head: int, written: int, count: int) -> None:
+        hooks = self.hooks
+        if hooks is None:
+            self.write_used(head, written, count)
+        else:
+            hooks.write_used(self, head, written, count)
+
+    def write_used(self, head: int, written: int, count: int) -> None:
+        """Publish one used element covering ``count`` buffers: the element, then the
+        index. No check: push() checked ``head``; hooks and attacks call this directly."""
         self.published += 1  # used entries written: progress the core can see
         ul = self._ul
         if ul is not None and ul.valid:  # the element first, then the index
@@ -636,7 +638,20 @@ class SplitDeviceQueue:
         except DmaError as e:
             raise RingError("ring-address", f"used ring: {e}", head) from None
 
+    def write_used_idx(self, idx: int) -> None:
+        """Write the used index word alone (``used_idx`` is left as it is): hooks and
+        attacks that publish an index the elements do not back."""
+        try:
+            self.space.write(self._used_idx_addr, self._idx.pack(idx & IDX_MASK))
+        except DmaError as e:
+            raise RingError("ring-address", f"used ring: {e}") from None
+
     def needs_interrupt(self) -> bool:
+        wanted = self._needs_interrupt()
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.needs_interrupt(self, wanted)
+
+    def _needs_interrupt(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last one."""
         self.flush()
         if self.event_idx:
@@ -716,10 +731,6 @@ class _Inflight:
     indirect: DmaBuffer | None
 
 
-class QueueFullError(Exception):
-    """Not enough free descriptors for the chain."""
-
-
 class SplitDriverQueue:
     """The driver's side of one split virtqueue, in the spirit of Linux's virtio_ring."""
 
@@ -727,21 +738,22 @@ class SplitDriverQueue:
         self,
         memory: ByteAccess,
         size: int,
-        ring_gpa: SplitRingAddresses,
+        ring_gpa: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
         indirect_pool: DmaPool | None = None,
         order: ByteOrder = "little",
         on_broken: Callable[[DeviceBrokenError], None] | None = None,
-        in_order: bool = False,
     ) -> None:
         check_queue_size(size)
         self.memory = memory
         self.size = size
         self.gpa = ring_gpa
-        self.event_idx = event_idx
-        self.indirect_pool = indirect_pool
-        self.in_order = in_order
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect_pool = indirect_pool  # indirect tables come from here (None: none)
+        self.in_order = in_order = features.in_order
+        self.hooks: DriverHooks | None = None  # see virtio_sim.ring.hooks
         self._desc = layouts.desc_codec(order)
         self._elem = layouts.used_elem_codec(order)
         self._idx = layouts.ring_index_codec(order)
@@ -805,6 +817,21 @@ class SplitDriverQueue:
         """Make one chain available: ``out`` device-readable, then ``in_`` device-writable."""
         if self.broken:
             raise self.broken
+        hooks = self.hooks
+        if hooks is not None:
+            use_indirect = hooks.use_indirect(self, use_indirect)
+            head = self._add(out, in_, token, use_indirect)
+            hooks.added(self, head)
+            return head
+        return self._add(out, in_, token, use_indirect)
+
+    def _add(
+        self,
+        out: Sequence[tuple[int, int]],
+        in_: Sequence[tuple[int, int]],
+        token: Any,
+        use_indirect: bool | None,
+    ) -> int:
         dl, al, ul = self._dl, self._al, self._ul
         if not (dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid):
             if self._leasable and self._take_leases():  # revoked (pages made private): again
@@ -821,8 +848,8 @@ class SplitDriverQueue:
             # Without indirect tables (a single buffer never takes one unless asked),
             # written through the ring leases (see _add_direct).
             free = self.free
-            if nsegs == 1 and free:
-                head = self._take()  # a subclass may choose descriptors differently
+            if nsegs == 1 and free and self.hooks is None:
+                head = free.popleft() if self.in_order else free.pop()
                 if out:
                     (a, n), writable_len, fl = out[0], 0, 0
                 else:
@@ -909,7 +936,7 @@ class SplitDriverQueue:
             or al is None
             or not (dl.valid and al.valid)
             or self.in_order
-            or type(self)._take is not SplitDriverQueue._take
+            or self.hooks is not None
         ):
             for out, in_, token in chains:
                 heads.append(self.add(out, in_, token))
@@ -976,7 +1003,6 @@ class SplitDriverQueue:
                 raise err
             return done
         u32, mask, size, free = words[2], self._mask, self.size, self.free
-        plain_release = type(self)._release is SplitDriverQueue._release
         for _ in range(ahead):
             w = _ELEM_W32 + _ELEM_WORDS * (last & mask)
             head, length = u32[w], u32[w + 1]
@@ -994,7 +1020,7 @@ class SplitDriverQueue:
             self.last_used = last
             del inflight[head]
             descs = st.descs
-            if len(descs) == 1 and plain_release:
+            if len(descs) == 1:
                 free.append(descs[0])
             else:
                 self._release(descs)
@@ -1042,6 +1068,12 @@ class SplitDriverQueue:
         return head
 
     def _take(self) -> int:
+        hooks = self.hooks
+        return self.next_free() if hooks is None else hooks.take(self)
+
+    def next_free(self) -> int:
+        """Take the ring's next free descriptor: in ring order with IN_ORDER, otherwise
+        the most recently freed one (Linux's free list)."""
         return self.free.popleft() if self.in_order else self.free.pop()
 
     def _release(self, descs: list[int]) -> None:
@@ -1056,6 +1088,20 @@ class SplitDriverQueue:
         value: int = self._idx.unpack(self.memory.read(addr, 2))[0]
         return value
 
+    def used_flags(self) -> int:
+        """The device's used.flags word (VIRTQ_USED_F_NO_NOTIFY)."""
+        return self._used_u16(0)
+
+    def desc(self, index: int) -> tuple[int, int, int, int]:
+        """Descriptor ``index`` of the table as written: (addr, len, flags, next)."""
+        raw = self.memory.read(self.gpa.desc + index * layouts.DESC_SIZE, layouts.DESC_SIZE)
+        fields: tuple[int, int, int, int] = self._desc.unpack(raw)
+        return fields
+
+    def set_desc(self, index: int, addr: int, length: int, flags: int, nxt: int) -> None:
+        """Overwrite descriptor ``index`` (hooks of broken drivers)."""
+        self._write_desc(self.gpa.desc, index, addr, length, flags, nxt)
+
     def _used_u16(self, offset: int) -> int:
         """A 16-bit word of the used ring (through the lease when there is one)."""
         ul = self._ul
@@ -1069,11 +1115,14 @@ class SplitDriverQueue:
         old, new = self._kicked_avail, self.avail_idx
         self._kicked_avail = new
         if old == new:
-            return False
-        if self.event_idx:
+            wanted = False
+        elif self.event_idx:
             event = self._used_u16(layouts.avail_event_offset(self.size))
-            return need_event(event, new, old)
-        return not self._used_u16(0) & USED_F.NO_NOTIFY
+            wanted = need_event(event, new, old)
+        else:
+            wanted = not self._used_u16(0) & USED_F.NO_NOTIFY
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.kick(self, wanted)
 
     def _mark_broken(self, violation: str, message: str) -> DeviceBrokenError:
         err = DeviceBrokenError(violation, message)
@@ -1123,7 +1172,7 @@ class SplitDriverQueue:
             self.last_used = (last + 1) & IDX_MASK
             del inflight[head]
             descs = st.descs
-            if len(descs) == 1 and type(self)._release is SplitDriverQueue._release:
+            if len(descs) == 1:
                 self.free.append(descs[0])
             else:
                 self._release(descs)
