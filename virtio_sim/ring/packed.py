@@ -41,12 +41,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from virtio_sim import layouts
-from virtio_sim.dma import AddressSpace, DmaError, lease_for
+from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease
+from virtio_sim.ring.access import RingMemory
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
 from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
-from virtio_sim.ring.types import CHAIN_BYTES_LIMIT, NO_FEATURES, QueueFullError, RingAddresses, RingFeatures
+from virtio_sim.ring.types import NO_FEATURES, QueueFullError, RingAddresses, RingFeatures
+from virtio_sim.ring.walker import ChainWalker
 from virtio_sim.spec import PACKED, PACKED_DESC_F, PACKED_EVENT, PACKED_EVENT_F
 
 # desc = descriptor ring, avail = driver event suppression (the driver area),
@@ -173,6 +175,9 @@ class PackedDeviceQueue:
         self.strict = features.strict
         self.hooks: DeviceHooks | None = None  # see virtio_sim.ring.hooks
         self.max_indirect = max_indirect if max_indirect is not None else size
+        self.walker = ChainWalker(
+            space, size, indirect=self.indirect, strict=self.strict, max_indirect=self.max_indirect
+        )
         self.warnings: list[str] = []
         self._buffers: dict[int, _DevBuffer] = {}
         self._order: deque[int] = deque()  # ids in the order they were made available
@@ -180,7 +185,7 @@ class PackedDeviceQueue:
         self._pending_error: RingError | None = None  # pop_batch(): raised by the next pop
         self.reset()
         self._check_ring_memory()
-        self._leasable = hasattr(space, "lease")
+        self.mem = RingMemory(space)  # leases or checked accesses (packed rings: little-endian)
         self._dl: Lease | None = None  # descriptor ring (read and written)
         self._el: Lease | None = None  # driver event suppression (read)
         self._take_leases()
@@ -189,10 +194,11 @@ class PackedDeviceQueue:
         """Direct windows on the descriptor ring and the driver's event area, where the
         space offers them; every use checks ``valid`` and falls back to checked accesses
         (see :class:`~virtio_sim.memory.Lease`)."""
-        if self._leasable:
+        mem = self.mem
+        if mem.leasable:
             a = self.addrs
-            self._dl = lease_for(self.space, a.desc, layouts.packed_ring_size(self.size), True)
-            self._el = lease_for(self.space, a.avail, layouts.EVENT_SUPPRESS_SIZE, False)
+            self._dl = mem.lease(a.desc, layouts.packed_ring_size(self.size), True)
+            self._el = mem.lease(a.avail, layouts.EVENT_SUPPRESS_SIZE, False)
 
     def reset(self) -> None:
         """Back to the state of a freshly enabled queue: slot 0, both wrap counters 1."""
@@ -251,22 +257,15 @@ class PackedDeviceQueue:
 
     # -- reading ----------------------------------------------------------------
 
-    def _read(self, addr: int, length: int, what: str, head: int | None = None) -> bytes:
-        try:
-            return self.space.read(addr, length)
-        except DmaError as e:
-            raise RingError("ring-address", f"{what}: {e}", head) from None
-
     def _read_desc(self, pos: int) -> _Desc:
         slot = pos % self.size
-        raw = self._read(self.addrs.desc + slot * _DESC_SIZE, _DESC_SIZE, f"descriptor {slot}")
+        raw = self.mem.read(self.addrs.desc + slot * _DESC_SIZE, _DESC_SIZE, f"descriptor {slot}")
         return _Desc(*_DESC.unpack(raw))
 
     def _flags_at(self, pos: int) -> int:
         slot = pos % self.size
         addr = self.addrs.desc + slot * _DESC_SIZE + _FLAGS_OFF
-        value: int = _U16.unpack(self._read(addr, 2, f"descriptor {slot} flags"))[0]
-        return value
+        return self.mem.read_u16(addr, f"descriptor {slot} flags")
 
     def has_available(self) -> bool:
         if self._pending_error is not None:
@@ -458,81 +457,10 @@ class PackedDeviceQueue:
         buf = self._buffers[buf_id] = _DevBuffer(len(descs))
         if self.in_order:
             self._order.append(buf_id)
-        chain = self._segments(buf_id, descs)
+        chain = self.walker.walk_packed(buf_id, descs)
+        assert chain is not None  # the walker's sink raises
         buf.writable = chain.writable_len
         return chain
-
-    def _segments(self, buf_id: int, descs: list[_Desc]) -> Chain:
-        chain = Chain(buf_id, descriptors=len(descs))
-        total = 0
-
-        def add(addr: int, length: int, write: bool) -> None:
-            nonlocal total
-            if not write and chain.writable:
-                raise RingError(
-                    "readable-after-writable",
-                    "device-readable descriptor after a writable one",
-                    buf_id,
-                )
-            if length == 0 and self.strict:
-                raise RingError("zero-length", "zero-length descriptor", buf_id)
-            total += length
-            if total > CHAIN_BYTES_LIMIT:
-                raise RingError("chain-too-big", "chain is longer than 2^32 bytes", buf_id)
-            try:
-                self.space.check(addr, length, write=write)
-            except DmaError as e:
-                raise RingError("bad-address", str(e), buf_id) from None
-            if length:
-                (chain.writable if write else chain.readable).append((addr, length))
-
-        for i, d in enumerate(descs):
-            if d.flags & PACKED_DESC_F.INDIRECT:
-                self._indirect(buf_id, d, i, chain, add)
-            else:
-                add(d.addr, d.len, bool(d.flags & PACKED_DESC_F.WRITE))
-        return chain
-
-    def _indirect(
-        self,
-        buf_id: int,
-        d: _Desc,
-        index: int,
-        chain: Chain,
-        add: Callable[[int, int, bool], None],
-    ) -> None:
-        if d.flags & PACKED_DESC_F.NEXT:
-            raise RingError("indirect-with-next", "INDIRECT and NEXT both set", buf_id)
-        if index:
-            raise RingError("indirect-in-chain", "INDIRECT descriptor inside a chain of the ring", buf_id)
-        if not self.indirect and self.strict:
-            raise RingError("indirect-not-negotiated", "INDIRECT used without VIRTIO_F_INDIRECT_DESC", buf_id)
-        if d.len == 0 or d.len % _DESC_SIZE:
-            raise RingError(
-                "indirect-bad-length",
-                f"indirect table length {d.len} is not a non-zero multiple of {_DESC_SIZE}",
-                buf_id,
-            )
-        entries = d.len // _DESC_SIZE
-        if entries > self.max_indirect:
-            raise RingError(
-                "indirect-too-large",
-                f"indirect table has {entries} entries (limit {self.max_indirect})",
-                buf_id,
-            )
-        try:
-            table = self.space.read(d.addr, d.len)
-        except DmaError as e:
-            raise RingError("bad-address", f"indirect table: {e}", buf_id) from None
-        # The table length is the chain length; only WRITE means anything in an entry
-        # (NEXT, ids and the wrap bits are ignored), and WRITE on the INDIRECT descriptor
-        # itself is ignored.
-        for i in range(entries):
-            addr, length, _id, flags = _DESC.unpack_from(table, i * _DESC_SIZE)
-            chain.descriptors += 1
-            if flags & PACKED_DESC_F.INDIRECT and self.strict:
-                raise RingError("nested-indirect", "indirect descriptor inside an indirect table", buf_id)
-            add(addr, length, bool(flags & PACKED_DESC_F.WRITE))
 
     # -- completing ---------------------------------------------------------------
 
@@ -645,11 +573,9 @@ class PackedDeviceQueue:
         flags = used_flags(pos, self.size) | (PACKED_DESC_F.WRITE if written else 0)
         raw = _DESC.pack(0, written, buf_id, flags)
         addr = self.addrs.desc + (pos % self.size) * _DESC_SIZE
-        try:
-            self.space.write(addr + _LEN_OFF, raw[_LEN_OFF:_FLAGS_OFF])  # len and id first,
-            self.space.write(addr + _FLAGS_OFF, raw[_FLAGS_OFF:])  # then the flags
-        except DmaError as e:
-            raise RingError("ring-address", f"used descriptor: {e}", buf_id) from None
+        mem = self.mem
+        mem.write(addr + _LEN_OFF, raw[_LEN_OFF:_FLAGS_OFF], "used descriptor", buf_id)  # len and id,
+        mem.write(addr + _FLAGS_OFF, raw[_FLAGS_OFF:], "used descriptor", buf_id)  # then the flags
         self._used_pos += skip
         self._in_flight_descs -= skip
 
@@ -660,7 +586,7 @@ class PackedDeviceQueue:
         if addr == self.addrs.avail and el is not None and el.valid:
             word, flags = _EVENT.unpack_from(el.view, 0)
             return word, flags
-        raw = self._read(addr, layouts.EVENT_SUPPRESS_SIZE, "event suppression")
+        raw = self.mem.read(addr, layouts.EVENT_SUPPRESS_SIZE, "event suppression")
         word, flags = _EVENT.unpack(raw)
         return word, flags
 
@@ -688,19 +614,17 @@ class PackedDeviceQueue:
 
     def set_notification(self, enable: bool) -> None:
         """Tell the driver whether (and with EVENT_IDX, from where) to notify."""
-        base = self.addrs.used
-        try:
-            if not enable:
-                mode = PACKED_EVENT_F.DISABLE
-            elif self.event_idx:
-                word = off_wrap(self._avail_pos, self.size)
-                self.space.write(base + _EV_DESC_OFF, _U16.pack(word))  # the offset first
-                mode = PACKED_EVENT_F.DESC
-            else:
-                mode = PACKED_EVENT_F.ENABLE
-            self.space.write(base + _EV_FLAGS_OFF, _U16.pack(mode))
-        except DmaError as e:
-            raise RingError("ring-address", f"device event suppression: {e}") from None
+        base, what = self.addrs.used, "device event suppression"
+        if not enable:
+            mode = PACKED_EVENT_F.DISABLE
+        elif self.event_idx:
+            self.mem.write_u16(
+                base + _EV_DESC_OFF, off_wrap(self._avail_pos, self.size), what
+            )  # offset first
+            mode = PACKED_EVENT_F.DESC
+        else:
+            mode = PACKED_EVENT_F.ENABLE
+        self.mem.write_u16(base + _EV_FLAGS_OFF, mode, what)
 
     def check_notify_data(self, next_off: int, next_wrap: int) -> str | None:
         """Compare a NOTIFICATION_DATA claim with the ring.
@@ -777,14 +701,14 @@ class PackedDriverQueue:
         self._used_pos = 0
         self._completed: deque[tuple[Any, int]] = deque()  # rest of an IN_ORDER batch
         self._init_rings()
-        self._leasable = hasattr(memory, "lease")
+        self.mem = RingMemory(memory)  # leases or plain reads/writes (little-endian)
         self._dl: Lease | None = None
         self._take_leases()
 
     def _take_leases(self) -> None:
         """A direct window on the descriptor ring in guest RAM (the driver's own memory)."""
-        if self._leasable:
-            self._dl = lease_for(self.memory, self.gpa.desc, layouts.packed_ring_size(self.size), True)
+        if self.mem.leasable:
+            self._dl = self.mem.lease(self.gpa.desc, layouts.packed_ring_size(self.size), True)
 
     def _init_rings(self) -> None:
         """Zeroed rings: nothing available, and both event structures say ENABLE."""

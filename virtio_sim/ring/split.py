@@ -27,21 +27,19 @@ the skipped ones as fully written.
 
 from __future__ import annotations
 
-import struct
-import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from virtio_sim import layouts
-from virtio_sim.dma import AddressSpace, DmaError, lease_for
+from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease, MemoryAccessError
+from virtio_sim.ring.access import RingMemory, WordViews
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
 from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
 from virtio_sim.ring.types import (
-    CHAIN_BYTES_LIMIT,
     IDX_MASK,
     INDIRECT_TABLE_LIMIT,
     NO_FEATURES,
@@ -49,6 +47,7 @@ from virtio_sim.ring.types import (
     RingAddresses,
     RingFeatures,
 )
+from virtio_sim.ring.walker import ChainWalker
 from virtio_sim.spec import AVAIL_F, DESC_F, NOTIFY_DATA, SPLIT, USED_F
 
 _NEXT, _WRITE, _INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
@@ -63,19 +62,6 @@ _IDX_W16 = _IDX_OFF // _AVAIL_STRIDE
 _AVAIL_W16 = _HDR // _AVAIL_STRIDE
 _ELEM_W32 = _HDR // 4
 _ELEM_WORDS = _USED_STRIDE // 4
-
-
-def _word_views(
-    order: ByteOrder, avail: Lease | None, used: Lease | None, size: int
-) -> tuple[memoryview, memoryview, memoryview] | None:
-    """(avail as u16, used as u16, used elements as u32) views, for rings whose byte order
-    is the machine's: a subscript instead of a struct call per ring word."""
-    if order != sys.byteorder or struct.calcsize("H") != 2 or struct.calcsize("I") != 4:
-        return None
-    if avail is None or used is None:
-        return None
-    elems = _HDR + _USED_STRIDE * size
-    return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
 
 
 def need_event(event: int, new: int, old: int) -> bool:
@@ -129,9 +115,17 @@ class SplitDeviceQueue:
         # Linux may build indirect tables longer than a small queue; QEMU caps any chain at
         # VIRTQUEUE_MAX_SIZE (1024) entries, and so do we unless told otherwise.
         self.max_indirect = max_indirect if max_indirect is not None else max(size, INDIRECT_TABLE_LIMIT)
-        self._desc = layouts.desc_codec(order)
-        self._elem = layouts.used_elem_codec(order)
-        self._idx = layouts.ring_index_codec(order)
+        self.mem = RingMemory(space, order)  # leases or checked accesses, byte order
+        self.walker = ChainWalker(
+            space,
+            size,
+            indirect=self.indirect,
+            strict=self.strict,
+            max_indirect=self.max_indirect,
+            in_order=self.in_order,
+            desc_codec=self.mem.desc,
+        )
+        self._desc, self._elem, self._idx = self.mem.desc, self.mem.elem, self.mem.u16
         self.last_avail = 0
         self._shadow_avail = 0
         self.used_idx = 0
@@ -145,12 +139,10 @@ class SplitDeviceQueue:
         self._avail_event_addr = addrs.used + layouts.avail_event_offset(size)
         self._check_ring_memory()
         self._mask = size - 1
-        self._leasable = hasattr(space, "lease")
         self._dl: Lease | None = None
         self._al: Lease | None = None
         self._ul: Lease | None = None
-        self._order_name: ByteOrder = order
-        self._words: tuple[memoryview, memoryview, memoryview] | None = None
+        self._words: WordViews | None = None
         self._take_leases()
 
     def _take_leases(self) -> None:
@@ -160,13 +152,14 @@ class SplitDeviceQueue:
         back to the checked path otherwise, so a revoked lease (IOMMU UNMAP, private
         pages) is never read through; leases are taken again at the next avail refresh.
         """
-        if not self._leasable:
+        mem = self.mem
+        if not mem.leasable:
             return
-        a, size, sp = self.addrs, self.size, self.space
-        self._dl = lease_for(sp, a.desc, layouts.desc_table_size(size), False)
-        self._al = lease_for(sp, a.avail, layouts.avail_ring_size(size), False)
-        self._ul = lease_for(sp, a.used, layouts.used_ring_size(size), True)
-        self._words = _word_views(self._order_name, self._al, self._ul, size)
+        a, size = self.addrs, self.size
+        self._dl = mem.lease(a.desc, layouts.desc_table_size(size), False)
+        self._al = mem.lease(a.avail, layouts.avail_ring_size(size), False)
+        self._ul = mem.lease(a.used, layouts.used_ring_size(size), True)
+        self._words = mem.word_views(self._al, self._ul, size)
 
     def _check_ring_memory(self) -> None:
         a = self.addrs
@@ -180,11 +173,7 @@ class SplitDeviceQueue:
     # -- reading -------------------------------------------------------------
 
     def _read_u16(self, addr: int) -> int:
-        try:
-            value: int = self._idx.unpack(self.space.read(addr, 2))[0]
-        except DmaError as e:
-            raise RingError("ring-address", str(e)) from None
-        return value
+        return self.mem.read_u16(addr)
 
     def avail_idx(self) -> int:
         al = self._al
@@ -215,7 +204,7 @@ class SplitDeviceQueue:
         return self.last_avail != self._shadow_avail
 
     def _refresh_avail(self) -> None:
-        if self._leasable and not (
+        if self.mem.leasable and not (
             self._al is not None and self._al.valid and self._dl is not None and self._dl.valid
         ):
             self._take_leases()
@@ -399,131 +388,23 @@ class SplitDeviceQueue:
         return out
 
     def _read_desc(self, table: int, index: int, head: int) -> tuple[int, int, int, int]:
-        try:
-            raw = self.space.read(table + index * layouts.DESC_SIZE, layouts.DESC_SIZE)
-        except DmaError as e:
-            raise RingError("ring-address", f"descriptor {index}: {e}", head) from None
+        raw = self.mem.read(table + index * layouts.DESC_SIZE, layouts.DESC_SIZE, f"descriptor {index}", head)
         fields: tuple[int, int, int, int] = self._desc.unpack(raw)
         return fields
 
     def _walk(self, head: int, first: tuple[int, int, int, int] | None = None) -> Chain:
-        """Walk and validate the chain at ``head``; every rule of 2.7.5 is checked here.
-
-        Written with locals and one unpack per descriptor (from the descriptor-table lease
-        when there is one): this loop runs once per descriptor of every request.
-        ``first`` is the head descriptor when pop() already read it (read once only).
-        """
-        readable: list[tuple[int, int]] = []
-        writable: list[tuple[int, int]] = []
-        size = self.size
-        table_entries = size
+        """Walk and validate the chain at ``head`` (every rule of 2.7.5: the shared
+        walker, :class:`~virtio_sim.ring.walker.ChainWalker`); through the descriptor
+        table lease when it is valid. ``first`` is the head descriptor pop() already read."""
         dl = self._dl
-        table: bytes | memoryview | None = dl.view if dl is not None and dl.valid else None
-        indirect = False
-        unpack_from = self._desc.unpack_from
-        check = self.space.check
-        w = getattr(self.space, "fast_window", None)
-        if w is not None and not w.valid:
-            w = None
-        strict = self.strict
-        index = head
-        indirect_slot = head  # where the INDIRECT descriptor sits in the main table
-        budget = size  # descriptors left before the walk is a loop or over-long chain
-        total = 0
-        descriptors = 0
-        while True:
-            if index >= table_entries:
-                raise RingError(
-                    "next-out-of-range",
-                    f"descriptor next {index} >= table size {table_entries}",
-                    head,
-                )
-            budget -= 1
-            if budget < 0:
-                raise RingError(
-                    "chain-loop",
-                    f"chain from head {head} is longer than {size} descriptors",
-                    head,
-                )
-            if first is not None:
-                addr, length, flags, nxt = first
-                first = None
-            elif table is None:
-                addr, length, flags, nxt = self._read_desc(self.addrs.desc, index, head)
-            else:
-                addr, length, flags, nxt = unpack_from(table, index * _DESC_SIZE)
-            descriptors += 1
-            if flags & _INDIRECT:
-                if indirect:
-                    raise RingError("nested-indirect", "indirect descriptor inside an indirect table", head)
-                if not self.indirect and strict:
-                    raise RingError(
-                        "indirect-not-negotiated",
-                        "INDIRECT used without VIRTIO_F_INDIRECT_DESC",
-                        head,
-                    )
-                if flags & _NEXT:
-                    raise RingError("indirect-with-next", "INDIRECT and NEXT both set", head)
-                indirect_slot = index
-                if length == 0 or length % _DESC_SIZE:
-                    raise RingError(
-                        "indirect-bad-length",
-                        f"indirect table length {length} is not a non-zero multiple of 16",
-                        head,
-                    )
-                entries = length // _DESC_SIZE
-                if entries > self.max_indirect:
-                    raise RingError(
-                        "indirect-too-large",
-                        f"indirect table has {entries} entries (limit {self.max_indirect})",
-                        head,
-                    )
-                try:
-                    table = self.space.read(addr, length)
-                except DmaError as e:
-                    raise RingError("bad-address", f"indirect table: {e}", head) from None
-                indirect = True
-                table_entries = entries
-                budget = entries
-                index = 0
-                continue
-            is_write = flags & _WRITE
-            if not is_write and writable:
-                raise RingError(
-                    "readable-after-writable",
-                    "device-readable descriptor after a writable one",
-                    head,
-                )
-            if length == 0 and strict:
-                raise RingError("zero-length", "zero-length descriptor", head)
-            total += length
-            if total > CHAIN_BYTES_LIMIT:
-                raise RingError("chain-too-big", "chain is longer than 2^32 bytes", head)
-            if not (
-                w is not None
-                and w.lo <= addr
-                and addr + length <= w.hi
-                and (w.writable if is_write else w.readable)
-                and w.valid
-            ):
-                try:
-                    check(addr, length, bool(is_write))
-                except DmaError as e:
-                    raise RingError("bad-address", str(e), head) from None
-            if length:
-                (writable if is_write else readable).append((addr, length))
-            if not flags & _NEXT:
-                if self.in_order:
-                    # a chain may start with plain descriptors before its INDIRECT one
-                    self._next_head = ((indirect_slot if indirect else index) + 1) % size
-                return Chain(head, readable, writable, descriptors)
-            if self.in_order and strict and nxt != (index + 1) % table_entries:
-                raise RingError(
-                    "in-order-next",
-                    f"IN_ORDER descriptor {index} chains to {nxt}, not to the next slot",
-                    head,
-                )
-            index = nxt
+        walker = self.walker
+        chain = walker.walk_split(
+            head, dl.view if dl is not None and dl.valid else None, self.addrs.desc, first
+        )
+        assert chain is not None  # the walker's sink raises
+        if self.in_order:
+            self._next_head = walker.end_slot
+        return chain
 
     # -- completing ----------------------------------------------------------
 
@@ -631,20 +512,20 @@ class SplitDeviceQueue:
             self._idx.pack_into(view, _IDX_OFF, idx)
             return
         slot = self.used_idx % self.size
-        try:
-            self.space.write(self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written))
-            self.used_idx = (self.used_idx + count) & IDX_MASK
-            self.space.write(self._used_idx_addr, self._idx.pack(self.used_idx))
-        except DmaError as e:
-            raise RingError("ring-address", f"used ring: {e}", head) from None
+        mem = self.mem
+        mem.write(
+            self.addrs.used + layouts.used_elem_offset(slot),
+            self._elem.pack(head, written),
+            "used ring",
+            head,
+        )
+        self.used_idx = (self.used_idx + count) & IDX_MASK
+        mem.write(self._used_idx_addr, self._idx.pack(self.used_idx), "used ring", head)
 
     def write_used_idx(self, idx: int) -> None:
         """Write the used index word alone (``used_idx`` is left as it is): hooks and
         attacks that publish an index the elements do not back."""
-        try:
-            self.space.write(self._used_idx_addr, self._idx.pack(idx & IDX_MASK))
-        except DmaError as e:
-            raise RingError("ring-address", f"used ring: {e}") from None
+        self.mem.write_u16(self._used_idx_addr, idx & IDX_MASK, "used ring")
 
     def needs_interrupt(self) -> bool:
         wanted = self._needs_interrupt()
@@ -668,15 +549,11 @@ class SplitDeviceQueue:
 
     def set_notification(self, enable: bool) -> None:
         """Ask the driver for kicks (enable) or not; with EVENT_IDX via avail_event."""
-        try:
-            if self.event_idx:
-                if enable:
-                    self.space.write(self._avail_event_addr, self._idx.pack(self._shadow_avail))
-            else:
-                flags = 0 if enable else USED_F.NO_NOTIFY
-                self.space.write(self.addrs.used, self._idx.pack(flags))
-        except DmaError as e:
-            raise RingError("ring-address", f"used ring: {e}") from None
+        if self.event_idx:
+            if enable:
+                self.mem.write_u16(self._avail_event_addr, self._shadow_avail, "used ring")
+        else:
+            self.mem.write_u16(self.addrs.used, 0 if enable else USED_F.NO_NOTIFY, "used ring")
 
     def check_notify_data(self, next_off: int, next_wrap: int) -> str | None:
         """Compare a NOTIFICATION_DATA claim (the driver's new avail idx) with the ring.
@@ -754,9 +631,8 @@ class SplitDriverQueue:
         self.indirect_pool = indirect_pool  # indirect tables come from here (None: none)
         self.in_order = in_order = features.in_order
         self.hooks: DriverHooks | None = None  # see virtio_sim.ring.hooks
-        self._desc = layouts.desc_codec(order)
-        self._elem = layouts.used_elem_codec(order)
-        self._idx = layouts.ring_index_codec(order)
+        self.mem = RingMemory(memory, order)  # leases or plain reads/writes, byte order
+        self._desc, self._elem, self._idx = self.mem.desc, self.mem.elem, self.mem.u16
         # Free descriptors. Normally a stack (pop() gives 0 first); with IN_ORDER a queue
         # in ring order, taken from the left, so chains occupy consecutive slots.
         self.free: deque[int] = deque(range(size) if in_order else range(size - 1, -1, -1))
@@ -772,21 +648,20 @@ class SplitDriverQueue:
         self._dl: Lease | None = None
         self._al: Lease | None = None
         self._ul: Lease | None = None
-        self._order_name: ByteOrder = order
-        self._words: tuple[memoryview, memoryview, memoryview] | None = None
-        self._leasable = hasattr(memory, "lease")
+        self._words: WordViews | None = None
         self._take_leases()
 
     def _take_leases(self) -> bool:
         """Direct windows on the rings in guest RAM (the driver's own memory); False when
         the memory offers none (a qtest link) and every access goes through read/write."""
-        if not self._leasable:
+        mem = self.mem
+        if not mem.leasable:
             return False
         g, size = self.gpa, self.size
-        self._dl = lease_for(self.memory, g.desc, layouts.desc_table_size(size), True)
-        self._al = lease_for(self.memory, g.avail, layouts.avail_ring_size(size), True)
-        self._ul = lease_for(self.memory, g.used, layouts.used_ring_size(size), True)
-        self._words = _word_views(self._order_name, self._al, self._ul, size)
+        self._dl = mem.lease(g.desc, layouts.desc_table_size(size), True)
+        self._al = mem.lease(g.avail, layouts.avail_ring_size(size), True)
+        self._ul = mem.lease(g.used, layouts.used_ring_size(size), True)
+        self._words = mem.word_views(self._al, self._ul, size)
         return self._leases_valid()
 
     def _leases_valid(self) -> bool:
@@ -834,7 +709,7 @@ class SplitDriverQueue:
     ) -> int:
         dl, al, ul = self._dl, self._al, self._ul
         if not (dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid):
-            if self._leasable and self._take_leases():  # revoked (pages made private): again
+            if self.mem.leasable and self._take_leases():  # revoked (pages made private): again
                 dl, al, ul = self._dl, self._al, self._ul
             else:
                 dl = None
