@@ -45,6 +45,7 @@ from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease
 from virtio_sim.ring.access import RingMemory
+from virtio_sim.ring.batch import DeviceBatchCalls, DriverBatchCalls
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
 from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
 from virtio_sim.ring.types import NO_FEATURES, QueueFullError, RingAddresses, RingFeatures
@@ -147,7 +148,7 @@ class _DevBuffer:
     written: int | None = None  # set once pushed while IN_ORDER holds it back
 
 
-class PackedDeviceQueue:
+class PackedDeviceQueue(DeviceBatchCalls):
     """The device's view of one packed virtqueue."""
 
     def __init__(
@@ -322,100 +323,6 @@ class PackedDeviceQueue:
             return Chain(buf_id, [], [(addr, length)], 1)
         return Chain(buf_id, [(addr, length)], [], 1)
 
-    def pop_batch(self, limit: int) -> list[Chain]:
-        """Up to ``limit`` available chains, each validated exactly as pop() does.
-
-        Why: one call per batch instead of one per chain (the lease and the address
-        window are looked up once, one-descriptor chains are checked inline). A bad chain
-        after good ones ends the batch: the good ones are returned and the error is raised
-        by the next pop() or pop_batch() (has_available() says True until then). A chain
-        pop() consumes before raising is consumed here too, so nothing is lost or skipped.
-        """
-        out: list[Chain] = []
-        dl = self._dl
-        if dl is None or not dl.valid:
-            self._take_leases()
-            dl = self._dl
-        try:
-            if self.in_order or self._pending_error is not None or dl is None:
-                return self._pop_each(limit, out)
-            size, buffers, space = self.size, self._buffers, self.space
-            view, unpack_from = dl.view, _DESC.unpack_from
-            win = getattr(space, "fast_window", None)
-            # positions kept locally (slot and the lap's AVAIL/USED bits step with them)
-            # and written back however the loop ends
-            pos, busy = self._avail_pos, self._in_flight_descs
-            slot, want = pos % size, (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
-            lease_lost = False
-            try:
-                while len(out) < limit:
-                    if not dl.valid:
-                        lease_lost = True
-                        break
-                    raw: tuple[int, int, int, int] = unpack_from(view, slot * _DESC_SIZE)
-                    addr, length, buf_id, flags = raw
-                    if flags & _AVAIL_USED != want:
-                        break  # not made available in this lap
-                    if flags & (_F_NEXT | _F_INDIRECT) or not length:
-                        self._avail_pos, self._in_flight_descs = pos, busy
-                        try:
-                            chain = self._pop_from(pos, _Desc(*raw))
-                        finally:  # it may consume the chain and then raise
-                            pos, busy = self._avail_pos, self._in_flight_descs
-                        assert chain is not None  # its head is available
-                        out.append(chain)
-                        slot, want = pos % size, (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
-                        win = getattr(space, "fast_window", None)
-                        continue
-                    # pop()'s one-descriptor checks, in pop()'s order
-                    if busy >= size:
-                        raise RingError(
-                            "ring-overrun", f"slot {slot} made available while every slot is in flight"
-                        )
-                    if buf_id >= size:
-                        raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
-                    if buf_id in buffers:
-                        raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
-                    pos += 1
-                    busy += 1
-                    slot += 1
-                    if slot == size:
-                        slot, want = 0, want ^ _AVAIL_USED  # the next lap
-                    is_write = flags & _F_WRITE
-                    buf = buffers[buf_id] = _DevBuffer(1, length if is_write else 0)
-                    if not (
-                        win is not None
-                        and win.valid
-                        and win.lo <= addr
-                        and addr + length <= win.hi
-                        and (win.writable if is_write else win.readable)
-                    ):
-                        try:
-                            space.check(addr, length, write=bool(is_write))
-                        except DmaError as e:
-                            buf.writable = 0
-                            raise RingError("bad-address", str(e), buf_id) from None
-                        win = getattr(space, "fast_window", None)  # the check may move the window
-                    if is_write:
-                        out.append(Chain(buf_id, [], [(addr, length)], 1))
-                    else:
-                        out.append(Chain(buf_id, [(addr, length)], [], 1))
-            finally:
-                self._avail_pos, self._in_flight_descs = pos, busy
-            if lease_lost:
-                return self._pop_each(limit, out)  # a lease went away: the checked path
-        except RingError as e:
-            if not out:
-                raise
-            self._pending_error = e
-        return out
-
-    def _pop_each(self, limit: int, out: list[Chain]) -> list[Chain]:
-        """The rest of a pop_batch() through pop() (IN_ORDER, or no lease)."""
-        while len(out) < limit and (c := self.pop()) is not None:
-            out.append(c)
-        return out
-
     def _pop_from(self, pos: int, first: _Desc) -> Chain | None:
         """pop() for any chain, its head descriptor already read (once)."""
         size = self.size
@@ -497,48 +404,6 @@ class PackedDeviceQueue:
             self._ready.append((first, self._buffers[first]))  # in flight until written
         if not self.batch_in_order:
             self.flush()
-
-    def push_batch(self, completions: Sequence[tuple[int, int]]) -> None:
-        """push() for each (head, written), in one call.
-
-        The same checks and writes as push(): for each used descriptor len and id first,
-        then its flags. A bad head raises ValueError after the completions before it are
-        written. IN_ORDER, hooks or no lease: push() one by one."""
-        dl = self._dl
-        if self.in_order or dl is None or not dl.valid or self.hooks is not None:
-            for head, written in completions:
-                self.push(head, written)
-            return
-        buffers, size, view = self._buffers, self.size, dl.view
-        pos, busy, published = self._used_pos, self._in_flight_descs, self.published
-        slot, lap = pos % size, (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0)
-        try:
-            for head, written in completions:
-                buf = buffers.get(head)
-                if buf is None or buf.written is not None:
-                    raise ValueError(f"device bug: buffer {head} is not in flight")
-                if not dl.valid:  # the lease went away: the checked path
-                    self._used_pos, self._in_flight_descs, self.published = pos, busy, published
-                    try:
-                        self.push(head, written)
-                    finally:
-                        pos, busy, published = self._used_pos, self._in_flight_descs, self.published
-                        slot, lap = pos % size, (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0)
-                    continue
-                del buffers[head]
-                published += 1
-                off = slot * _DESC_SIZE
-                _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
-                _U16.pack_into(view, off + _FLAGS_OFF, lap | _F_WRITE if written else lap)  # then the flags
-                descs = buf.descs
-                pos += descs
-                busy -= descs
-                slot += descs
-                if slot >= size:
-                    slot -= size
-                    lap ^= _AVAIL_USED  # the next lap
-        finally:
-            self._used_pos, self._in_flight_descs, self.published = pos, busy, published
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
@@ -663,7 +528,7 @@ class _DrvBuffer:
     indirect: DmaBuffer | None
 
 
-class PackedDriverQueue:
+class PackedDriverQueue(DriverBatchCalls):
     """The driver's side of one packed virtqueue, in the spirit of Linux's virtio_ring."""
 
     def __init__(
@@ -839,62 +704,6 @@ class PackedDriverQueue:
         self.inflight[buf_id] = _DrvBuffer(token, len(descs), sum(n for _, n in in_), table)
         return buf_id
 
-    def add_batch(
-        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]], Any]]
-    ) -> list[int]:
-        """add() for each (out, in_, token); returns the buffer ids.
-
-        One-buffer chains are written through the lease, and the batch is made available
-        the way the spec allows for a batch: every descriptor is complete, the first
-        one's flags are written last. Other chains go through add() (which decides about
-        indirect tables), after what came before is made available. An error part-way
-        (QueueFullError) leaves the chains before it available, as single adds would."""
-        if self.broken:
-            raise self.broken
-        dl = self._dl
-        if dl is None or not dl.valid:
-            self._take_leases()
-            dl = self._dl
-        if dl is None or not dl.valid or self.hooks is not None:
-            return [self.add(out, in_, token) for out, in_, token in chains]
-        heads: list[int] = []
-        size, view, free_ids, inflight = self.size, dl.view, self.free_ids, self.inflight
-        pos = self._avail_pos
-        first_off = -1  # the batch's first descriptor, whose flags are written last
-        first_flags = 0
-        try:
-            for out, in_, token in chains:
-                if len(out) + len(in_) != 1 or not self._free or not free_ids:
-                    if first_off >= 0:  # make what came before available, then add()
-                        self._avail_pos = pos
-                        _U16.pack_into(view, first_off + _FLAGS_OFF, first_flags)
-                        first_off = -1
-                    heads.append(self.add(out, in_, token))  # QueueFullError when full
-                    pos = self._avail_pos
-                    continue
-                if out:
-                    (a, n), fl, writable_len = out[0], 0, 0
-                else:
-                    (a, n), fl = in_[0], _F_WRITE
-                    writable_len = n
-                buf_id = free_ids.pop()
-                fl |= _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
-                off = pos % size * _DESC_SIZE
-                if first_off < 0:
-                    _BODY.pack_into(view, off, a, n, buf_id)
-                    first_off, first_flags = off, fl
-                else:  # not reachable by the device before the first one's flags
-                    _DESC.pack_into(view, off, a, n, buf_id, fl)
-                pos += 1
-                self._free -= 1
-                inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
-                heads.append(buf_id)
-        finally:
-            self._avail_pos = pos
-            if first_off >= 0:
-                _U16.pack_into(view, first_off + _FLAGS_OFF, first_flags)  # the batch's head last
-        return heads
-
     def _read_event(self, addr: int) -> tuple[int, int]:
         word, flags = _EVENT.unpack(self.memory.read(addr, layouts.EVENT_SUPPRESS_SIZE))
         return word, flags
@@ -982,57 +791,6 @@ class PackedDriverQueue:
                 self.indirect_pool.free(st.indirect)
             self._completed.append((st.token, length if i == buf_id else st.writable_len))
         return self._completed.popleft()
-
-    def get_used_batch(self) -> list[tuple[Any, int]]:
-        """Every used buffer written so far, each checked as get_used() checks it.
-
-        A device error part-way returns the good completions before it; the driver is
-        then broken and the next call raises, as get_used() would."""
-        if self.broken:
-            raise self.broken
-        done: list[tuple[Any, int]] = list(self._completed)
-        self._completed.clear()
-        dl = self._dl
-        if self.in_order or dl is None or not dl.valid:
-            try:
-                while (r := self.get_used()) is not None:
-                    done.append(r)
-            except DeviceBrokenError:
-                if not done:
-                    raise
-            return done
-        size, view, unpack_from = self.size, dl.view, _DESC.unpack_from
-        inflight, free_ids, pool = self.inflight, self.free_ids, self.indirect_pool
-        pos = self._used_pos
-        try:
-            while dl.valid:
-                _addr, length, buf_id, flags = unpack_from(view, pos % size * _DESC_SIZE)
-                if flags & _AVAIL_USED != (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0):
-                    return done  # not used in this lap
-                state = inflight.get(buf_id)
-                if state is None:
-                    raise self._mark_broken("used-bad-id", f"used id {buf_id} is not a buffer in flight")
-                if length and not flags & _F_WRITE:
-                    self.len_without_write += 1  # kept, as in get_used()
-                if length > state.writable_len:
-                    raise self._mark_broken(
-                        "used-bad-len",
-                        f"used len {length} > writable length {state.writable_len} of buffer {buf_id}",
-                    )
-                del inflight[buf_id]
-                pos += state.descs
-                self._used_pos = pos
-                self._free += state.descs
-                free_ids.append(buf_id)
-                if state.indirect is not None and pool is not None:
-                    pool.free(state.indirect)
-                done.append((state.token, length))
-            while (r := self.get_used()) is not None:  # the lease went away: the checked path
-                done.append(r)
-        except DeviceBrokenError:
-            if not done:
-                raise
-        return done
 
     def enable_cb(self) -> bool:
         """Ask for interrupts again; True if used buffers are already pending (race check)."""

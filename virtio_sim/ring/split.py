@@ -37,6 +37,7 @@ from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease, MemoryAccessError
 from virtio_sim.ring.access import RingMemory, WordViews
+from virtio_sim.ring.batch import DeviceBatchCalls, DriverBatchCalls
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
 from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
 from virtio_sim.ring.types import (
@@ -80,7 +81,7 @@ SplitRingAddresses = RingAddresses  # the name the transports and tests know
 # --------------------------------------------------------------------------- device side
 
 
-class SplitDeviceQueue:
+class SplitDeviceQueue(DeviceBatchCalls):
     """The device's view of one split virtqueue."""
 
     def __init__(
@@ -291,102 +292,6 @@ class SplitDeviceQueue:
             return Chain(head, [], [(addr, length)], 1)
         return Chain(head, [(addr, length)], [], 1)
 
-    def pop_batch(self, limit: int) -> list[Chain]:
-        """Up to ``limit`` available chains, each validated exactly as pop() does.
-
-        Why: one call per batch instead of one per chain (the avail index is read once,
-        one-descriptor chains are checked inline). A bad chain after good ones ends the
-        batch: the good ones are returned, the bad head is consumed as pop() consumes it,
-        and its RingError is raised by the next pop() or pop_batch() (has_available() says
-        True until then), so no chain is lost and no error is skipped.
-        """
-        out: list[Chain] = []
-        words = self._words
-        if self.in_order or words is None or self._pending_error is not None:
-            try:
-                self._pop_each(limit, out)
-            except RingError as e:
-                if not out:
-                    raise
-                self._pending_error = e
-            return out
-        try:
-            last = self.last_avail
-            if (self._shadow_avail - last) & IDX_MASK < limit:
-                self._refresh_avail()  # more may have been made available since
-            size, mask = self.size, self._mask
-            in_flight = self.in_flight
-            space = self.space
-            unpack_from = self._desc.unpack_from
-            al, dl = self._al, self._dl
-            if al is None or dl is None:
-                return self._pop_each(limit, out)
-            a16, table = words[0], dl.view
-            win = getattr(space, "fast_window", None)
-            n = min(limit, (self._shadow_avail - last) & IDX_MASK)
-            slot = last & mask
-            if slot + n <= size:  # the window of avail entries, each read once
-                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + slot + n].tolist()
-            else:
-                k = size - slot
-                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + size].tolist()
-                heads += a16[_AVAIL_W16 : _AVAIL_W16 + n - k].tolist()
-            # pop()'s three head rules checked for the whole window at once; a window
-            # that breaks one is checked head by head, so its error comes at the same head.
-            window_ok = not heads or (
-                len(in_flight) + n <= size
-                and max(heads) < size
-                and len(set(heads)) == n
-                and in_flight.isdisjoint(heads)
-            )
-            for head in heads:
-                if not (al.valid and dl.valid):
-                    return self._pop_each(limit, out)  # a lease went away: the checked path
-                last = (last + 1) & IDX_MASK
-                self.last_avail = last
-                if not window_ok:
-                    if len(in_flight) >= size:
-                        raise RingError("too-many-in-flight", f"{size} requests already in flight")
-                    if head >= size:
-                        raise RingError("head-out-of-range", f"avail ring names head {head} >= {size}")
-                    if head in in_flight:
-                        raise RingError("head-in-flight", f"head {head} made available twice")
-                in_flight.add(head)
-                first: tuple[int, int, int, int] = unpack_from(table, head * _DESC_SIZE)
-                addr, length, flags, _nxt = first
-                if flags & (_NEXT | _INDIRECT) or not length:
-                    out.append(self._walk(head, first))
-                    win = getattr(space, "fast_window", None)
-                    continue
-                is_write = flags & _WRITE
-                if not (
-                    win is not None
-                    and win.valid
-                    and win.lo <= addr
-                    and addr + length <= win.hi
-                    and (win.writable if is_write else win.readable)
-                ):
-                    try:
-                        space.check(addr, length, bool(is_write))
-                    except DmaError as e:
-                        raise RingError("bad-address", str(e), head) from None
-                    win = getattr(space, "fast_window", None)  # the check may move the window
-                if is_write:
-                    out.append(Chain(head, [], [(addr, length)], 1))
-                else:
-                    out.append(Chain(head, [(addr, length)], [], 1))
-        except RingError as e:
-            if not out:
-                raise
-            self._pending_error = e
-        return out
-
-    def _pop_each(self, limit: int, out: list[Chain]) -> list[Chain]:
-        """The rest of a pop_batch() through pop() (leases gone or none)."""
-        while len(out) < limit and (c := self.pop()) is not None:
-            out.append(c)
-        return out
-
     def _read_desc(self, table: int, index: int, head: int) -> tuple[int, int, int, int]:
         raw = self.mem.read(table + index * layouts.DESC_SIZE, layouts.DESC_SIZE, f"descriptor {index}", head)
         fields: tuple[int, int, int, int] = self._desc.unpack(raw)
@@ -446,35 +351,6 @@ class SplitDeviceQueue:
             self._ready.append((first, self._done.pop(first)))
         if not self.batch_in_order:
             self.flush()
-
-    def push_batch(self, completions: Sequence[tuple[int, int]]) -> None:
-        """push() for each (head, written), the used index written once at the end.
-
-        The same checks as push(); a bad head raises ValueError after the completions
-        before it are published (elements, then the index)."""
-        ul, words = self._ul, self._words
-        if self.in_order or words is None or ul is None or not ul.valid or self.hooks is not None:
-            for head, written in completions:
-                self.push(head, written)
-            return
-        in_flight = self.in_flight
-        u32 = words[2]
-        mask = self._mask
-        idx = start = self.used_idx
-        try:
-            for head, written in completions:
-                if head not in in_flight or head in self._done:
-                    raise ValueError(f"device bug: head {head} is not in flight")
-                w = _ELEM_W32 + _ELEM_WORDS * (idx & mask)
-                u32[w + 1] = written  # ValueError (like push's struct error) if not a u32
-                u32[w] = head
-                in_flight.discard(head)
-                idx = (idx + 1) & IDX_MASK
-        finally:
-            if idx != start:
-                self.published += (idx - start) & IDX_MASK
-                self.used_idx = idx
-                words[1][_IDX_W16] = idx  # the index after every element it covers
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
@@ -608,7 +484,7 @@ class _Inflight:
     indirect: DmaBuffer | None
 
 
-class SplitDriverQueue:
+class SplitDriverQueue(DriverBatchCalls):
     """The driver's side of one split virtqueue, in the spirit of Linux's virtio_ring."""
 
     def __init__(
@@ -793,120 +669,6 @@ class SplitDriverQueue:
         self.avail_idx = (self.avail_idx + 1) & IDX_MASK
         self.memory.write(self.gpa.avail + layouts.RING_IDX_OFFSET, self._idx.pack(self.avail_idx))
         return head
-
-    def add_batch(
-        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]], Any]]
-    ) -> list[int]:
-        """add() for each (out, in_, token); one-buffer chains are written inline and the
-        avail index once, after every entry (other chains go through add(), which decides
-        about indirect tables). Returns the heads. QueueFullError (or any error) part-way
-        leaves the chains before it made available, as single adds would."""
-        heads: list[int] = []
-        dl, al, words = self._dl, self._al, self._words
-        if self.broken:
-            raise self.broken
-        if (
-            words is None
-            or dl is None
-            or al is None
-            or not (dl.valid and al.valid)
-            or self.in_order
-            or self.hooks is not None
-        ):
-            for out, in_, token in chains:
-                heads.append(self.add(out, in_, token))
-            return heads
-        free, inflight = self.free, self.inflight
-        view, pack_into = dl.view, self._desc.pack_into
-        a16 = words[0]
-        mask = self._mask
-        idx = start = self.avail_idx
-        try:
-            for out, in_, token in chains:
-                if len(out) + len(in_) != 1 or not free:  # add() decides about indirect
-                    if idx != start:  # publish what came before, then the general path
-                        self.avail_idx = idx
-                        a16[_IDX_W16] = idx
-                    heads.append(self.add(out, in_, token))  # QueueFullError when full
-                    idx = start = self.avail_idx
-                    continue
-                head = free.pop()
-                if out:
-                    (a, n), fl, writable_len = out[0], 0, 0
-                else:
-                    (a, n), fl = in_[0], _WRITE
-                    writable_len = n
-                pack_into(view, head * _DESC_SIZE, a, n, fl, 0)
-                inflight[head] = _Inflight(token, [head], writable_len, None)
-                a16[_AVAIL_W16 + (idx & mask)] = head
-                idx = (idx + 1) & IDX_MASK
-                heads.append(head)
-        finally:
-            if idx != start:
-                self.avail_idx = idx
-                a16[_IDX_W16] = idx  # the index last: every chain before it is complete
-        return heads
-
-    def get_used_batch(self) -> list[tuple[Any, int]]:
-        """Every used element published so far, each checked as get_used() checks it.
-
-        A device error part-way returns the good completions before it; the driver is
-        then broken and the next call raises, as get_used() would."""
-        if self.broken:
-            raise self.broken
-        done: list[tuple[Any, int]] = list(self._completed)
-        self._completed.clear()
-        ul, words = self._ul, self._words
-        if self.in_order or words is None or ul is None or not ul.valid:
-            try:
-                while (r := self.get_used()) is not None:
-                    done.append(r)
-            except DeviceBrokenError:
-                if not done:
-                    raise
-            return done
-        last = self.last_used
-        used_idx: int = words[1][_IDX_W16]
-        ahead = (used_idx - last) & IDX_MASK
-        inflight = self.inflight
-        if ahead > len(inflight):
-            err = self._mark_broken(
-                "used-idx-jump",
-                f"used idx {used_idx} is {ahead} ahead but only {len(inflight)} in flight",
-            )
-            if not done:
-                raise err
-            return done
-        u32, mask, size, free = words[2], self._mask, self.size, self.free
-        for _ in range(ahead):
-            w = _ELEM_W32 + _ELEM_WORDS * (last & mask)
-            head, length = u32[w], u32[w + 1]
-            st = inflight.get(head) if head < size else None
-            if st is None:
-                err = self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
-                break
-            if length > st.writable_len:
-                err = self._mark_broken(
-                    "used-bad-len",
-                    f"used len {length} > writable length {st.writable_len} of head {head}",
-                )
-                break
-            last = (last + 1) & IDX_MASK
-            self.last_used = last
-            del inflight[head]
-            descs = st.descs
-            if len(descs) == 1:
-                free.append(descs[0])
-            else:
-                self._release(descs)
-            if st.indirect is not None and self.indirect_pool is not None:
-                self.indirect_pool.free(st.indirect)
-            done.append((st.token, length))
-        else:
-            return done
-        if not done:
-            raise err
-        return done
 
     def _add_direct(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any) -> int:
         """add() without indirect tables, writing through the ring leases (held valid)."""
