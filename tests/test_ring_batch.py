@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ringpair import BumpPool
 
 from virtio_sim import layouts as L
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.chain import DeviceBrokenError, RingError
 from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
+from virtio_sim.ring.mock import MockPool
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
 from virtio_sim.ring.types import RingFeatures
@@ -37,7 +37,7 @@ PACKED_RING = SplitRingAddresses(0x1000, 0x1000 + L.packed_ring_size(Q), 0x2000)
 class Pair:
     def __init__(self, event_idx: bool, indirect: bool = False, packed: bool = False) -> None:
         self.mem = GuestMemory.create(MEM)
-        pool = BumpPool(0x80000, 0x10000) if indirect else None
+        pool = MockPool(0x80000, 0x10000) if indirect else None
         space = IdentityAddressSpace(self.mem)
         self.drv: Any
         self.dev: Any
