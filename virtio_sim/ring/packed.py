@@ -615,6 +615,34 @@ class PackedDriverQueue(DriverBatchCalls):
         """Make one buffer available; returns its buffer id."""
         if self.broken:
             raise self.broken
+        dl = self._dl
+        if (
+            dl is not None
+            and dl.valid
+            and len(out) + len(in_) == 1
+            and not use_indirect
+            and self._free
+            and self.free_ids
+            and self.hooks is None
+        ):
+            # One descriptor through the lease (the common request): id, address and
+            # length, then the head's flags (see _add for every other chain).
+            if out:
+                (a, n), fl, writable_len = out[0], 0, 0
+            else:
+                (a, n), fl = in_[0], _F_WRITE
+                writable_len = n
+            buf_id = self.free_ids.pop()
+            pos, size = self._avail_pos, self.size
+            fl |= _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
+            off = pos % size * _DESC_SIZE
+            view = dl.view
+            _BODY.pack_into(view, off, a, n, buf_id)
+            _U16.pack_into(view, off + _FLAGS_OFF, fl)  # the head's flags last
+            self._avail_pos = pos + 1
+            self._free -= 1
+            self.inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
+            return buf_id
         hooks = self.hooks
         if hooks is not None:
             use_indirect = hooks.use_indirect(self, use_indirect)
@@ -634,36 +662,11 @@ class PackedDriverQueue(DriverBatchCalls):
         token: Any,
         use_indirect: bool | None,
     ) -> int:
+        """add() for every chain the inline path does not take; leases revoked since
+        are taken again for the next add()."""
         dl = self._dl
         if dl is None or not dl.valid:
             self._take_leases()
-            dl = self._dl
-        if (
-            dl is not None
-            and dl.valid
-            and len(out) + len(in_) == 1
-            and not use_indirect
-            and self._free
-            and self.free_ids
-            and self.hooks is None
-        ):
-            # One descriptor, through the lease: the same writes in the same order.
-            if out:
-                (a, n), fl, writable_len = out[0], 0, 0
-            else:
-                (a, n), fl = in_[0], _F_WRITE
-                writable_len = n
-            buf_id = self.free_ids.pop()
-            pos, size = self._avail_pos, self.size
-            fl |= _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
-            off = pos % size * _DESC_SIZE
-            view = dl.view
-            _BODY.pack_into(view, off, a, n, buf_id)
-            _U16.pack_into(view, off + _FLAGS_OFF, fl)  # the head's flags last
-            self._avail_pos = pos + 1
-            self._free -= 1
-            self.inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
-            return buf_id
         w = PACKED_DESC_F.WRITE
         segs = [(a, n, 0) for a, n in out] + [(a, n, w) for a, n in in_]
         if not segs:

@@ -568,6 +568,34 @@ class SplitDriverQueue(DriverBatchCalls):
         """Make one chain available: ``out`` device-readable, then ``in_`` device-writable."""
         if self.broken:
             raise self.broken
+        words, dl = self._words, self._dl
+        if words is not None and dl is not None and not use_indirect and len(out) + len(in_) == 1:
+            al, ul, free = self._al, self._ul, self.free
+            if (
+                free
+                and self.hooks is None
+                and dl.valid
+                and al is not None
+                and al.valid
+                and ul is not None
+                and ul.valid
+            ):
+                # One buffer through the ring leases (the common request): descriptor,
+                # avail entry, then the index (see _add for every other chain).
+                head = free.popleft() if self.in_order else free.pop()
+                if out:
+                    (a, n), writable_len, fl = out[0], 0, 0
+                else:
+                    (a, n), fl = in_[0], _WRITE
+                    writable_len = n
+                self._desc.pack_into(dl.view, head * _DESC_SIZE, a, n, fl, 0)
+                self.inflight[head] = _Inflight(token, [head], writable_len, None)
+                idx = self.avail_idx
+                a16 = words[0]
+                a16[_AVAIL_W16 + (idx & self._mask)] = head
+                self.avail_idx = idx = (idx + 1) & IDX_MASK
+                a16[_IDX_W16] = idx  # the index last: the chain is complete
+                return head
         hooks = self.hooks
         if hooks is not None:
             use_indirect = hooks.use_indirect(self, use_indirect)
@@ -583,6 +611,7 @@ class SplitDriverQueue(DriverBatchCalls):
         token: Any,
         use_indirect: bool | None,
     ) -> int:
+        """add() for every chain the inline path does not take."""
         dl, al, ul = self._dl, self._al, self._ul
         if not (dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid):
             if self.mem.leasable and self._take_leases():  # revoked (pages made private): again
@@ -598,29 +627,6 @@ class SplitDriverQueue(DriverBatchCalls):
         ):
             # Without indirect tables (a single buffer never takes one unless asked),
             # written through the ring leases (see _add_direct).
-            free = self.free
-            if nsegs == 1 and free and self.hooks is None:
-                head = free.popleft() if self.in_order else free.pop()
-                if out:
-                    (a, n), writable_len, fl = out[0], 0, 0
-                else:
-                    (a, n), fl = in_[0], _WRITE
-                    writable_len = n
-                self._desc.pack_into(dl.view, head * _DESC_SIZE, a, n, fl, 0)
-                self.inflight[head] = _Inflight(token, [head], writable_len, None)
-                idx = self.avail_idx
-                words = self._words
-                if words is not None:
-                    a16 = words[0]
-                    a16[_AVAIL_W16 + (idx & self._mask)] = head
-                    self.avail_idx = idx = (idx + 1) & IDX_MASK
-                    a16[_IDX_W16] = idx  # the index last: the chain is complete
-                    return head
-                avail = al.view
-                self._idx.pack_into(avail, _HDR + _AVAIL_STRIDE * (idx & self._mask), head)
-                self.avail_idx = idx = (idx + 1) & IDX_MASK
-                self._idx.pack_into(avail, _IDX_OFF, idx)  # the index last: the chain is complete
-                return head
             return self._add_direct(out, in_, token)
         segs = [(a, n, 0) for a, n in out] + [(a, n, DESC_F.WRITE) for a, n in in_]
         if not segs:
