@@ -107,7 +107,9 @@ class SplitForge(RingForge):
         return [(self.used, L.used_ring_size(self.q))]
 
     def raw_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0) -> None:
-        self.ring.desc_table.store(i, addr, length, flags, nxt)
+        """Descriptor ``i``; a hostile driver may write past the table's end, too."""
+        table = self.ring.desc_table if i < self.q else self.ring.table(self.desc, i + 1)
+        table.store(i, addr, length, flags, nxt)
         if flags & WRITE and not flags & INDIRECT:
             self.allow(addr, length)
 
