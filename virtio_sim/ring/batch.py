@@ -39,10 +39,13 @@ class DeviceBatchCalls:
     def pop_batch(self, limit: int) -> list[Chain]:
         """Up to ``limit`` available chains, each popped by pop()."""
         out: list[Chain] = []
-        pop = self.pop
+        pop, append = self.pop, out.append
         try:
-            while len(out) < limit and (chain := pop()) is not None:
-                out.append(chain)
+            for _ in range(limit):
+                chain = pop()
+                if chain is None:
+                    break
+                append(chain)
         except RingError as e:
             if not out:
                 raise
@@ -80,10 +83,10 @@ class DriverBatchCalls:
     def get_used_batch(self) -> list[tuple[Any, int]]:
         """Every used element published so far, each reaped by get_used()."""
         done: list[tuple[Any, int]] = []
-        get_used = self.get_used
+        get_used, append = self.get_used, done.append
         try:
             while (r := get_used()) is not None:
-                done.append(r)
+                append(r)
         except DeviceBrokenError:
             if not done:
                 raise
