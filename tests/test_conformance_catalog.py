@@ -124,6 +124,7 @@ def test_unreachable_needs_a_testable_entry_without_a_checker(tmp_path: Path) ->
     with pytest.raises(CatalogError, match="unreachable"):
         load_catalog(root)
     root = _copy(tmp_path / "again")
-    (root / "driver-checkers.toml").write_text('[[check]]\nid = "suspend.drv.verify"\nchecker = "status_order"\n')
+    check = '[[check]]\nid = "suspend.drv.verify"\nchecker = "status_order"\n'
+    (root / "driver-checkers.toml").write_text(check)
     with pytest.raises(CatalogError, match=r"suspend\.drv\.verify: marked unreachable, yet a checker"):
         load_catalog(root)

@@ -287,7 +287,8 @@ def coverage(
             slot.testable += 1
             slot.has_checker += e.checker is not None
             slot.decided += e.id in done
-    return Coverage(per_area, dict(sorted(per_actor.items())), len(logs or []), dict(sorted(unreachable.items())))
+    runs = len(logs or [])
+    return Coverage(per_area, dict(sorted(per_actor.items())), runs, dict(sorted(unreachable.items())))
 
 
 def catalog_coverage(catalog: Catalog, areas: tuple[str, ...] = COVERED_AREAS) -> Coverage:
