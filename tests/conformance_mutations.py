@@ -31,6 +31,7 @@ from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Policy
 from virtio_sim.guest.drivers.console import ConsoleDriver
 from virtio_sim.guest.drivers.net import NetDriver
 from virtio_sim.guest.drivers.rng import RngDriver
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.guest.virtio import VirtioGuestDevice
 from virtio_sim.host.devices.blk import BlkDevice
 from virtio_sim.host.devices.console import ConsoleDevice
@@ -39,7 +40,7 @@ from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.host.transport.mmio import MmioTransport
 from virtio_sim.host.virtio_device import QueueState, VirtioDevice
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
-from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue
+from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
 from virtio_sim.spec import NET_F, PACKED_DESC_F, STATUS, F, bit
 
 Patch = Callable[[ExitStack], None]
@@ -58,6 +59,14 @@ class Mutation:
 
 def _attr(owner: Any, name: str, new: Any) -> Patch:
     return lambda stack: stack.enter_context(mock.patch.object(owner, name, new))
+
+
+def _all(*patches: Patch) -> Patch:
+    def apply(stack: ExitStack) -> None:
+        for p in patches:
+            p(stack)
+
+    return apply
 
 
 # -- device-side mutations -------------------------------------------------------------
@@ -165,6 +174,21 @@ def _reset_queue_keeps_ring(self: VirtioDevice, index: int) -> None:
     _orig_reset_queue(self, index)
     if q is not None and saved is not None:
         q.ready, q.ring, q.desc, q.driver, q.device, q.size = saved  # nothing really reset
+
+
+def _reset_queue_later(self: VirtioDevice, index: int) -> None:
+    # the queue reset runs in the background (draining in-flight work) while the register
+    # already reads 0: it completes at the next notification, whichever queue it is for
+    self.__dict__.setdefault("_mutation_resets", []).append(index)
+
+
+_orig_notify = VirtioDevice.notify
+
+
+def _notify_finishes_resets(self: VirtioDevice, index: int) -> None:
+    for q in self.__dict__.pop("_mutation_resets", []):
+        _orig_reset_queue(self, q)
+    _orig_notify(self, index)
 
 
 def _generation_frozen(self: VirtioDevice) -> None:
@@ -453,6 +477,26 @@ def _guest_ignores_no_notify(self: SplitDriverQueue) -> bool:
     return False  # never kicks: the device's "notify me" ignored
 
 
+_orig_modern_setup_queue = PciModernTransport.setup_queue
+
+
+async def _guest_reenable_keeps_old_rings(
+    self: PciModernTransport, index: int, size: int, addrs: SplitRingAddresses
+) -> None:
+    # after a queue reset the guest writes only the size and enable: it assumes the device
+    # kept the ring addresses of the first setup (the reset cleared them)
+    done = self.__dict__.setdefault("_mutation_set_up", set())
+    if index not in done:
+        done.add(index)
+        await _orig_modern_setup_queue(self, index, size, addrs)
+        return
+    await self._w("queue_select", index)
+    await self._w("queue_size", size)
+    off = await self._r("queue_notify_off")
+    self._notify_addr[index] = self.notify_area.address + off * self.notify_multiplier
+    await self._w("queue_enable", 1)
+
+
 # fmt: off
 MUTATIONS: tuple[Mutation, ...] = (
     # the four that survived the previous conformance suite
@@ -591,6 +635,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "split",
         "vqreset.dev.stop",
         _attr(VirtioDevice, "reset_queue", _reset_queue_keeps_ring),
+    ),
+    Mutation(
+        "queue-reset-reads-done-early",
+        "queue_reset reads 0 while the queue reset is still in progress",
+        "host:virtio-rng", "pci-modern", "split", "pci.common.dev-queue-reset-busy",
+        _all(
+            _attr(VirtioDevice, "reset_queue", _reset_queue_later),
+            _attr(VirtioDevice, "notify", _notify_finishes_resets),
+        ),
     ),
     Mutation(
         "generation-frozen",
@@ -758,6 +811,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "split",
         "status.drv.never-clear-bit",
         _attr(VirtioGuestDevice, "driver_ok", _guest_clears_bits),
+    ),
+    Mutation(
+        "guest-reenable-without-rings",
+        "after a queue reset the guest enables the queue without programming its rings again",
+        "driver:linux-6.1,device=rng,workload=rng-queue-reset", "pci-modern", "split",
+        "vqreset.drv.reenable-full-setup",
+        _attr(PciModernTransport, "setup_queue", _guest_reenable_keeps_old_rings),
     ),
 )
 

@@ -234,6 +234,7 @@ class _Queue:
     steps: set[str] = field(default_factory=set)  # legacy mmio setup steps seen (2.x 4.2.4)
     stop_unverified: bool = False  # mmio: QueueReady 0 written, not read back yet
     pfn_zeroed: bool = False  # legacy mmio: QueuePFN 0 written (the queue is stopped)
+    programmed: set[str] = field(default_factory=set)  # setup registers written since set-up began
 
 
 class DriverWatch:
@@ -354,6 +355,9 @@ class DriverWatch:
         self.acked: dict[int, int] = {}
         self.features_checked = False
         self.queues: dict[int, _Queue] = {}
+        #: per queue, the setup registers its first enable was preceded by: what a re-enable
+        #: after a queue reset must program again (vqreset.drv.reenable-full-setup)
+        self.initial_setup: dict[int, frozenset[str]] = {}
 
     def has(self, feature: int) -> bool:
         return bool(self.source.driver_features >> feature & 1)
@@ -677,6 +681,10 @@ class DriverWatch:
             self._fail("mmio.drv.queue-reset-wait" if self._mmio else "pci.common.drv-queue-reset-wait", why)
             q.reset_unverified = False
         setup = field_name in ("size", "desc", "driver", "device", "align", "pfn")
+        if setup:
+            q.programmed.add(field_name)
+        if field_name == "enable" and value:
+            self._enabled(q)
         if not self._vhost and (setup or (field_name == "enable" and value)):
             late = (
                 bool(self.status & STATUS.DRIVER_OK)
@@ -781,6 +789,22 @@ class DriverWatch:
                 "vqreset.drv.verify",
                 "mmio.drv.queue-reset-wait" if self._mmio else "pci.common.drv-queue-reset-wait",
             )
+
+    def _enabled(self, q: _Queue) -> None:
+        """A queue enabled: remember its first setup; after a queue reset, the re-enable
+        must have programmed every register the first setup did (2.6.1 "exactly as during
+        initial setup", values may differ)."""
+        first = self.initial_setup.get(q.index)
+        if not q.was_reset or first is None:
+            self.initial_setup.setdefault(q.index, frozenset(q.programmed))
+            return
+        missing = sorted(first - q.programmed)
+        self._check(
+            "vqreset.drv.reenable-full-setup",
+            not missing,
+            f"queue {q.index} enabled again after its reset without writing {', '.join(missing)} "
+            f"(its first setup wrote {', '.join(sorted(first))})",
+        )
 
     def _start(self, q: _Queue, view: RingView) -> None:
         """Checks once per enabled queue, at its first notification or the end of the run."""
