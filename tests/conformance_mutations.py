@@ -14,6 +14,7 @@ every survivor is explained.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,6 +29,7 @@ from virtio_sim.conformance.catalog import load_catalog
 from virtio_sim.conformance.device_runner import run_device_target
 from virtio_sim.conformance.driver_runner import run_driver_target
 from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Policy, Verdict
+from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.drivers.console import ConsoleDriver
 from virtio_sim.guest.drivers.net import NetDriver
 from virtio_sim.guest.drivers.rng import RngDriver
@@ -477,6 +479,16 @@ def _guest_ignores_no_notify(self: SplitDriverQueue) -> bool:
     return False  # never kicks: the device's "notify me" ignored
 
 
+_orig_blk_probe = BlkDriver.probe
+
+
+async def _guest_blk_ignores_discard_seg(self: BlkDriver) -> None:
+    # the driver takes the block layer's default segment limit, not max_discard_seg
+    await _orig_blk_probe(self)
+    if self.geometry.max_discard_seg:
+        self.geometry = dataclasses.replace(self.geometry, max_discard_seg=256)
+
+
 _orig_modern_setup_queue = PciModernTransport.setup_queue
 
 
@@ -811,6 +823,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "split",
         "status.drv.never-clear-bit",
         _attr(VirtioGuestDevice, "driver_ok", _guest_clears_bits),
+    ),
+    Mutation(
+        "guest-blk-ignores-max-discard-seg",
+        "the guest blk driver merges discards past the device's max_discard_seg",
+        "driver:linux-6.1,device=blk", "mmio-v2", "split", "blk.drv.discard-max-seg",
+        _attr(BlkDriver, "probe", _guest_blk_ignores_discard_seg),
     ),
     Mutation(
         "guest-reenable-without-rings",
