@@ -33,6 +33,7 @@ from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.drivers.console import ConsoleDriver
 from virtio_sim.guest.drivers.net import NetDriver
 from virtio_sim.guest.drivers.rng import RngDriver
+from virtio_sim.guest.transport.mmio import MmioTransportDriver
 from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.guest.virtio import VirtioGuestDevice
 from virtio_sim.host.devices.blk import BlkDevice
@@ -413,6 +414,14 @@ async def _guest_no_reset(self: VirtioGuestDevice, driver_features: int) -> None
         await _orig_negotiate(self, driver_features)
 
 
+async def _guest_reads_wce_early(self: VirtioGuestDevice, driver_features: int) -> None:
+    # the cache mode read while the features are still being negotiated
+    await self.transport.reset()
+    await self.add_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER)
+    await self.transport.read_config(layouts.field_offsets(layouts.VirtioBlkConfig)["writeback"], 1)
+    await _orig_negotiate(self, driver_features)
+
+
 _orig_driver_ok = VirtioGuestDevice.driver_ok
 
 
@@ -487,6 +496,19 @@ async def _guest_blk_ignores_discard_seg(self: BlkDriver) -> None:
     await _orig_blk_probe(self)
     if self.geometry.max_discard_seg:
         self.geometry = dataclasses.replace(self.geometry, max_discard_seg=256)
+
+
+async def _guest_stop_without_readback(self: MmioTransportDriver, index: int) -> None:
+    # QueueReady 0 written and the queue's memory freed at once, without reading it back
+    await self._w("QueueSel", index)
+    await self._w("QueueReady", 0)
+
+
+async def _guest_kicks_stopped_queue(self: MmioTransportDriver, index: int) -> None:
+    # a removal that still flushes a kick to the queue it has just stopped
+    await self._w("QueueSel", index)
+    await self._w("QueuePFN", 0)
+    await self._w("QueueNotify", index)
 
 
 _orig_modern_setup_queue = PciModernTransport.setup_queue
@@ -829,6 +851,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the guest blk driver merges discards past the device's max_discard_seg",
         "driver:linux-6.1,device=blk", "mmio-v2", "split", "blk.drv.discard-max-seg",
         _attr(BlkDriver, "probe", _guest_blk_ignores_discard_seg),
+    ),
+    Mutation(
+        "guest-blk-reads-writeback-early",
+        "the guest reads the blk writeback byte before FEATURES_OK",
+        "driver:linux-6.1,device=blk", "pci-modern", "split", "blk.drv.writeback-after-features-ok",
+        _attr(VirtioGuestDevice, "negotiate", _guest_reads_wce_early),
+    ),
+    Mutation(
+        "guest-stop-queue-no-readback",
+        "the guest stops a virtio-mmio queue without reading QueueReady back",
+        "driver:linux-6.1,device=rng,workload=rng-remove", "mmio-v2", "split", "mmio.drv.stop-queue",
+        _attr(MmioTransportDriver, "disable_queue", _guest_stop_without_readback),
+    ),
+    Mutation(
+        "guest-kicks-stopped-queue",
+        "the guest kicks a legacy virtio-mmio queue after QueuePFN 0 stopped it",
+        "driver:linux-6.1,device=rng,workload=rng-remove", "mmio-v1", "split", "mmio.legacy.pfn-zero-stops",
+        _attr(MmioTransportDriver, "disable_queue", _guest_kicks_stopped_queue),
     ),
     Mutation(
         "guest-reenable-without-rings",

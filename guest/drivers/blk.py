@@ -29,6 +29,9 @@ class BlkGeometry:
     #: DISCARD negotiated: the device's max_discard_seg (the block layer's
     #: max_discard_segments); 0 without DISCARD
     max_discard_seg: int = 0
+    #: the cache mode: CONFIG_WCE negotiated, the config's writeback byte; else FLUSH
+    #: (Linux 6.1 virtblk_get_cache_mode(), read once at probe)
+    writeback: bool = False
 
 
 class BlkDriver(GuestDriver):
@@ -57,7 +60,11 @@ class BlkDriver(GuestDriver):
         fields = [(_CFG["capacity"], 8), (_CFG["seg_max"], 4), (_CFG["blk_size"], 4)]
         if d.has(BLK_F.DISCARD):
             fields.append((_CFG["max_discard_seg"], 4))
-        capacity, seg_max, blk_size, *discard = await self.read_config_stable(fields)
+        if d.has(BLK_F.CONFIG_WCE):
+            fields.append((_CFG["writeback"], 1))
+        capacity, seg_max, blk_size, *rest = await self.read_config_stable(fields)
+        discard = rest[:1] if d.has(BLK_F.DISCARD) else []
+        writeback = bool(rest[-1]) if d.has(BLK_F.CONFIG_WCE) else d.has(BLK_F.FLUSH)
         self.geometry = BlkGeometry(
             capacity=capacity,
             blk_size=blk_size if d.has(BLK_F.BLK_SIZE) and blk_size else BLK.sector_size,
@@ -65,6 +72,7 @@ class BlkDriver(GuestDriver):
             read_only=d.has(BLK_F.RO),
             # Linux: blk_queue_max_discard_segments(q, min(v, MAX_DISCARD_SEGMENTS)); 0 as 1
             max_discard_seg=max(1, discard[0]) if discard else 0,
+            writeback=writeback,
         )
         self.vq: GuestVirtqueue = await self.dev.setup_queue(0, self.queue_size)
 

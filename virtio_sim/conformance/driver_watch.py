@@ -1662,6 +1662,9 @@ class DriverWatch:
                     self._ok(PRESENTED[what])
         if any(q.pfn_zeroed for q in self.queues.values()):
             self._ok("mmio.legacy.pfn-zero-stops")  # stopped queues were not kicked again
+        for q in self.queues.values():
+            if q.stop_unverified:  # Linux's vm_del_vq() reads QueueReady back at once
+                self._fail("mmio.drv.stop-queue", f"queue {q.index}: QueueReady 0 written, never read back")
         if self.failed_set and not self._vhost:
             # FAILED was set and nothing but a reset followed (the status checks fail otherwise)
             self._ok("status.drv.reset-after-failed", "init.drv.stop-on-error")
