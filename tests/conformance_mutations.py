@@ -44,7 +44,7 @@ from virtio_sim.host.transport.mmio import MmioTransport
 from virtio_sim.host.virtio_device import QueueState, VirtioDevice
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
-from virtio_sim.spec import NET_F, PACKED_DESC_F, STATUS, F, bit
+from virtio_sim.spec import BLK_T, NET_F, PACKED_DESC_F, STATUS, F, bit
 
 Patch = Callable[[ExitStack], None]
 
@@ -511,6 +511,14 @@ async def _guest_kicks_stopped_queue(self: MmioTransportDriver, index: int) -> N
     await self._w("QueueNotify", index)
 
 
+async def _guest_zeroout_split_in_two(self: BlkDriver, sector: int, count: int) -> None:
+    # a driver that sends every zeroed range as two segments, past max_write_zeroes_seg (1)
+    half = count // 2
+    codec = layouts.blk_discard_codec("little")
+    payload = codec.pack(sector, half, 0) + codec.pack(sector + half, count - half, 0)
+    await self._request(BLK_T.WRITE_ZEROES, 0, payload, 0, whole=True)
+
+
 _orig_modern_setup_queue = PciModernTransport.setup_queue
 
 
@@ -869,6 +877,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the guest kicks a legacy virtio-mmio queue after QueuePFN 0 stopped it",
         "driver:linux-6.1,device=rng,workload=rng-remove", "mmio-v1", "split", "mmio.legacy.pfn-zero-stops",
         _attr(MmioTransportDriver, "disable_queue", _guest_kicks_stopped_queue),
+    ),
+    Mutation(
+        "guest-blk-write-zeroes-two-segments",
+        "the guest blk driver sends WRITE_ZEROES with more segments than max_write_zeroes_seg",
+        "driver:linux-6.1,device=blk", "mmio-v2", "split", "blk.drv.write-zeroes-max-seg",
+        _attr(BlkDriver, "write_zeroes", _guest_zeroout_split_in_two),
     ),
     Mutation(
         "guest-reenable-without-rings",
