@@ -194,6 +194,12 @@ def _notify_finishes_resets(self: VirtioDevice, index: int) -> None:
     _orig_notify(self, index)
 
 
+def _interrupt_ignoring_notify_on_empty(self: VirtioDevice, q: QueueState) -> None:
+    # NOTIFY_ON_EMPTY offered (as QEMU offers it) but the interrupt decision never looks at it
+    if q.ring is not None and q.ring.needs_interrupt() and self.sink is not None:
+        self.sink.queue_interrupt(q.index)
+
+
 def _generation_frozen(self: VirtioDevice) -> None:
     # the config changed, but the generation counter is not bumped
     now = self._config_space()
@@ -686,6 +692,12 @@ MUTATIONS: tuple[Mutation, ...] = (
             _attr(VirtioDevice, "reset_queue", _reset_queue_later),
             _attr(VirtioDevice, "notify", _notify_finishes_resets),
         ),
+    ),
+    Mutation(
+        "notify-on-empty-ignored",
+        "the device offers NOTIFY_ON_EMPTY and interrupts as if it were not negotiated",
+        "host:virtio-rng", "pci-legacy", "split", "features.legacy.dev-notify-on-empty",
+        _attr(VirtioDevice, "_maybe_interrupt", _interrupt_ignoring_notify_on_empty),
     ),
     Mutation(
         "generation-frozen",
