@@ -586,3 +586,14 @@ def test_a_lease_only_bug_breaks_the_equivalence(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(PackedDeviceQueue, "push", _packed_push_wrong_lap_on_the_lease)
     with pytest.raises(AssertionError, match="lease vs"):
         run_equivalence(cfg, _workload(10))
+
+
+def test_a_driver_moving_avail_idx_back_meets_the_same_checks_on_every_path() -> None:
+    """Found by the malformed-input comparison above: the device has entries announced
+    (avail idx 3, stale heads) and the driver then writes a smaller avail idx. pop() takes
+    the announced entry (and refuses its head, already in flight); the lease path's
+    pop_batch() used to read the idx again first, saw nothing and returned []."""
+    cfg = Config("split", 8, True, False, False, False, "little")
+    ops: list[Op] = [("bump", 0, 3, True), ("pop",), ("pop",)]
+    ops += [("add", 0, 1, [60], None, 1), ("add", 0, 1, [60], None, 2), ("pop_batch", 2)]
+    run_equivalence(cfg, ops)

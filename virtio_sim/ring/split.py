@@ -324,8 +324,11 @@ class SplitDeviceQueue:
             return out
         try:
             last = self.last_avail
-            if (self._shadow_avail - last) & IDX_MASK < limit:
-                self._refresh_avail()  # more may have been made available since
+            if self._shadow_avail == last:
+                # as pop() does: the avail idx is read again only once the entries it
+                # already announced are taken, here and for the rest of the batch below
+                # (a driver that moved it backwards meets the same head checks as pop())
+                self._refresh_avail()
             size, mask = self.size, self._mask
             in_flight = self.in_flight
             space = self.space
@@ -387,6 +390,8 @@ class SplitDeviceQueue:
                     out.append(Chain(head, [], [(addr, length)], 1))
                 else:
                     out.append(Chain(head, [(addr, length)], [], 1))
+            if len(out) < limit:
+                self._pop_each(limit, out)  # the idx read again, as pop() reads it
         except RingError as e:
             if not out:
                 raise
