@@ -25,7 +25,13 @@ class BuildContext:
 
     index: int  # the device's slot on the machine (0, 1, ...)
     seed: int | None  # the run's seed
-    scratch_dir: str | None  # where default disk images may be created
+    #: where default disk images may be created; a callable makes the folder when the
+    #: first image needs it
+    scratch_dir: str | Callable[[], str] | None
+
+    def scratch_folder(self) -> str | None:
+        """The scratch folder, made now if it is made on demand (None: there is none)."""
+        return self.scratch_dir() if callable(self.scratch_dir) else self.scratch_dir
 
 
 def no_defaults(props: dict[str, str], ctx: BuildContext) -> None:

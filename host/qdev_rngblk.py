@@ -136,9 +136,10 @@ def blk_defaults(props: dict[str, str], ctx: BuildContext) -> None:
     """A one-line run without ``drive=`` gets a scratch disk in the run's directory."""
     if "drive" in props:
         return
-    if ctx.scratch_dir is None:
+    folder = ctx.scratch_folder()
+    if folder is None:
         raise PropertyError("drive property not set")
-    disk = os.path.join(ctx.scratch_dir, f"disk{ctx.index}.img")
+    disk = os.path.join(folder, f"disk{ctx.index}.img")
     with open(disk, "wb") as f:
         f.truncate(DEFAULT_DISK_SIZE)
     props["drive"] = disk

@@ -381,7 +381,7 @@ _PROBE = """
 import json
 from virtio_sim.host import process
 from virtio_sim import cli, handshake, wire
-from virtio_sim.ring import split
+from virtio_sim.ring import types as ring_types
 from virtio_sim.spec import VU_LIMITS
 args = cli.build_parser().parse_args(["host", "--listen", "/x"])
 try:
@@ -392,8 +392,8 @@ except wire.WireError as e:
     refused = str(e)
 print(json.dumps({
     "payload": wire.MAX_PAYLOAD, "dma": wire.MAX_DMA_CHUNK, "ram": handshake.MAX_GUEST_RAM,
-    "regions": handshake.MAX_REGIONS, "indirect": split.INDIRECT_TABLE_LIMIT,
-    "chain": split.CHAIN_BYTES_LIMIT, "guests": process.DEFAULT_MAX_GUESTS,
+    "regions": handshake.MAX_REGIONS, "indirect": ring_types.INDIRECT_TABLE_LIMIT,
+    "chain": ring_types.CHAIN_BYTES_LIMIT, "guests": process.DEFAULT_MAX_GUESTS,
     "cli_guests": args.max_guests, "vu": [VU_LIMITS.max_payload, VU_LIMITS.max_fds],
     "refused": refused,
 }))

@@ -173,3 +173,31 @@ def test_the_matrix_runs_the_balloon_like_any_other_kind() -> None:
     assert "linux-3.18-ppc64be/qemu-7.2/pci-legacy/auto/none/off/split/balloon" in ok
     assert "linux-6.1/qemu-7.2/pci-modern/auto/none/on/packed/balloon" in ok
     assert {r["outcome"] for r in results} >= {"OK", "HOST_REFUSED", "NOT_PROBED", "FAILED_CLEAN"}
+
+
+def test_a_target_beyond_guest_memory_stops_short_and_gives_everything_back() -> None:
+    """Linux's fill_balloon stops when no page is left ("Out of puff!") and keeps what it
+    got; the requests themselves use the driver's own frame-number array, so running the
+    guest out of pages is no error: the device saw every page in and out again."""
+    seen: list[BalloonDevice] = []
+
+    def grab(setup: HostSetup) -> None:
+        model = setup.built[0].model
+        assert isinstance(model, BalloonDevice)
+        seen.append(model)
+
+    cfg = RunConfig(
+        device="virtio-balloon-device,x-num-pages=1000000",
+        workload="balloon",
+        transport="mmio-v2",
+        ram_size=16 << 20,
+        on_host=grab,
+    )
+    result = trio.run(run_embedded, cfg)
+    assert result.outcome is Outcome.OK, result.detail
+    assert result.workload["out_of_guest_memory"] is True
+    inflated = result.workload["inflated"]
+    assert 0 < inflated < (16 << 20) >> PFN_SHIFT
+    (model,) = seen
+    assert model.inflated == model.deflated == inflated
+    assert not model.ballooned

@@ -25,6 +25,7 @@ from virtio_sim.devices.balloon import (
     PFNS_PER_REQUEST,
     QUEUE_SIZE,
 )
+from virtio_sim.guest.allocator import OutOfGuestMemory
 from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
 from virtio_sim.guest.kinds import GuestHalf
 from virtio_sim.guest.virtio import GuestVirtqueue
@@ -42,9 +43,13 @@ class BalloonDriver(GuestDriver):
     async def probe(self) -> None:
         self.inflateq: GuestVirtqueue = await self.dev.setup_queue(INFLATEQ, QUEUE_SIZE)
         self.deflateq: GuestVirtqueue = await self.dev.setup_queue(DEFLATEQ, QUEUE_SIZE)
+        #: the frame-number array of every request (Linux's vb->pfns)
+        self.pfn_array = self.dev.dma.alloc(PFNS_PER_REQUEST * PFN_SIZE)
         #: the pages in the balloon, in the order they went in
         self.pages: list[DmaBuffer] = []
         self.requests = 0
+        #: the guest ran out of pages before the target was reached
+        self.out_of_memory = False
 
     def _order(self) -> ByteOrder:
         """The byte order of frame numbers: the guest's on the legacy interface."""
@@ -67,28 +72,33 @@ class BalloonDriver(GuestDriver):
         await self.dev.transport.write_config(CONFIG_ACTUAL, 4, value)
 
     async def _tell(self, vq: GuestVirtqueue, pages: list[DmaBuffer]) -> None:
-        """One request with the pages' frame numbers, complete when the device used it."""
+        """One request with the pages' frame numbers, complete when the device used it.
+        The frame-number array is the driver's own, taken at probe (Linux's vb->pfns), so
+        telling the device never needs memory the balloon may have taken."""
         order = self._order()
         pfns = b"".join((p.gpa >> PFN_SHIFT).to_bytes(PFN_SIZE, order) for p in pages)
-        dma = self.dev.dma
-        buf = dma.alloc(len(pfns))
-        try:
-            dma.write(buf, pfns)
-            await vq.submit([(buf.dev_addr, len(pfns))], [])
-            self.requests += 1
-        finally:
-            dma.free(buf)
+        self.dev.dma.write(self.pfn_array, pfns)
+        await vq.submit([(self.pfn_array.dev_addr, len(pfns))], [])
+        self.requests += 1
 
     async def fill(self, count: int) -> int:
-        """Give ``count`` pages to the balloon (fill_balloon); returns how many went in."""
+        """Give up to ``count`` pages to the balloon (fill_balloon); returns how many went
+        in. When the guest has no page left the balloon stops short, as Linux's does
+        ("Out of puff!"), and gives what it got."""
         given = 0
         while given < count:
-            chunk = [
-                self.dev.dma.alloc(PAGE_SIZE, PAGE_SIZE) for _ in range(min(PFNS_PER_REQUEST, count - given))
-            ]
-            await self._tell(self.inflateq, chunk)
-            self.pages += chunk  # the driver must not touch them from now on (5.5.6.1)
-            given += len(chunk)
+            chunk: list[DmaBuffer] = []
+            try:
+                for _ in range(min(PFNS_PER_REQUEST, count - given)):
+                    chunk.append(self.dev.dma.alloc(PAGE_SIZE, PAGE_SIZE))
+            except OutOfGuestMemory:
+                self.out_of_memory = True
+            if chunk:
+                await self._tell(self.inflateq, chunk)
+                self.pages += chunk  # the driver must not touch them from now on (5.5.6.1)
+                given += len(chunk)
+            if self.out_of_memory:
+                break
         return given
 
     async def leak(self, count: int) -> int:
@@ -107,9 +117,10 @@ class BalloonDriver(GuestDriver):
 
 
 async def balloon_workload(driver: GuestDriver, seed: int | None = None) -> dict[str, Any]:
-    """Inflate to the device's target, report it in ``actual``, then deflate everything
-    and report 0 (what Linux does on a target change and on driver removal). ``actual``
-    must read back as written each time: the device keeps the driver's value."""
+    """Inflate to the device's target (or as far as guest memory goes), report it in
+    ``actual``, then deflate everything and report 0 (what Linux does on a target change
+    and on driver removal). ``actual`` must read back as written each time: the device
+    keeps the driver's value."""
     assert isinstance(driver, BalloonDriver)
     target = await driver.target()
     inflated = await driver.fill(target)
@@ -127,6 +138,7 @@ async def balloon_workload(driver: GuestDriver, seed: int | None = None) -> dict
         "inflated": inflated,
         "deflated": deflated,
         "requests": driver.requests,
+        "out_of_guest_memory": driver.out_of_memory,
         "features": driver.dev.negotiated_names("balloon"),
     }
 
