@@ -56,6 +56,7 @@ from virtio_sim.ring.chain import (
 )
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import QueueFullError, SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 
 PATHS = ("lease", "window", "checked")
 RING_BASE = 0x1000
@@ -256,14 +257,10 @@ class Universe:
             if cfg.fmt == "packed"
             else (SplitDriverQueue, SplitDeviceQueue)
         )
-        driver = drv_cls(
-            ram, cfg.size, addrs, event_idx=cfg.event_idx, indirect_pool=pool, in_order=cfg.in_order,
-            order=cfg.order,
-        )  # fmt: skip
-        device = dev_cls(
-            space, cfg.size, addrs, event_idx=cfg.event_idx, indirect=cfg.indirect, in_order=cfg.in_order,
-            batch_in_order=cfg.batch, order=cfg.order,
-        )  # fmt: skip
+        drv_features = RingFeatures(event_idx=cfg.event_idx, in_order=cfg.in_order)
+        dev_features = RingFeatures(cfg.event_idx, cfg.indirect, cfg.in_order, cfg.batch)
+        driver = drv_cls(ram, cfg.size, addrs, drv_features, indirect_pool=pool, order=cfg.order)
+        device = dev_cls(space, cfg.size, addrs, dev_features, order=cfg.order)
         return cls(path, cfg, mem, ram, space, driver, device)
 
     def close(self) -> None:
