@@ -67,7 +67,9 @@ class HostConfig:
     ram_size: int = 64 << 20
     seed: int | None = None
     guest_order: ByteOrder = "little"
-    scratch_dir: str | None = None  # where default disk images are created
+    #: where default disk images are created; a callable makes the folder when the first
+    #: image needs it (a run without a scratch disk creates none)
+    scratch_dir: str | Callable[[], str] | None = None
     globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
     iommu: str = "none"  # QEMU's machine property: none | virtio-iommu
     # How devices reach guest RAM, asked each time a device sets up a ring: identity over
@@ -181,7 +183,8 @@ def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
     if base == "virtio-blk-device" and "drive" not in spec.props:
         if cfg.scratch_dir is None:
             raise PropertyError("drive property not set")
-        disk = os.path.join(cfg.scratch_dir, f"disk{index}.img")
+        folder = cfg.scratch_dir() if callable(cfg.scratch_dir) else cfg.scratch_dir
+        disk = os.path.join(folder, f"disk{index}.img")
         with open(disk, "wb") as f:
             f.truncate(DEFAULT_DISK_SIZE)
         spec.props["drive"] = disk

@@ -22,6 +22,7 @@ from virtio_sim.layouts import (
     IommuReqHead,
     IommuResvMem,
     VirtioIommuConfig,
+    build_flat,
     field_offsets,
 )
 from virtio_sim.ring.chain import Chain, ChainWriter, read_all
@@ -70,19 +71,18 @@ class IommuDevice(DeviceModel):
 
     def config_space(self) -> bytes:
         i = self.iommu
-        return bytes(
-            VirtioIommuConfig.build(
-                {
-                    "page_size_mask": ~(i.page_size - 1) & ((1 << 64) - 1),
-                    "input_start": i.input_range[0],
-                    "input_end": i.input_range[1],
-                    "domain_start": i.domain_range[0],
-                    "domain_end": i.domain_range[1],
-                    "probe_size": PROBE_SIZE,
-                    "bypass": int(i.bypass),
-                    "reserved": bytes(3),
-                }
-            )
+        return build_flat(
+            VirtioIommuConfig,
+            {
+                "page_size_mask": ~(i.page_size - 1) & ((1 << 64) - 1),
+                "input_start": i.input_range[0],
+                "input_end": i.input_range[1],
+                "domain_start": i.domain_range[0],
+                "domain_end": i.domain_range[1],
+                "probe_size": PROBE_SIZE,
+                "bypass": int(i.bypass),
+                "reserved": bytes(3),
+            },
         )
 
     def config_write(self, offset: int, data: bytes) -> None:
