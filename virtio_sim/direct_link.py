@@ -68,7 +68,7 @@ class DirectLink(HostLink):
 
     def _refuse(self, message: str) -> HostLinkError:
         """What the host's ERROR(PROTOCOL) frame does to the guest: the link is gone."""
-        problem = HostLinkError(f"host error {ErrorCode.PROTOCOL}: {message}")
+        problem = HostLinkError(f"host error {int(ErrorCode.PROTOCOL)}: {message}")
         if self.peer_failure is None and not self._closing:
             self.peer_failure = problem
         if self.failure is None:
