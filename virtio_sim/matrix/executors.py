@@ -15,7 +15,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -76,11 +76,19 @@ def _worker(conn: Connection, fn: CellFn) -> None:
         conn.send((idx, run_one(fn, cell, timeout, seed)))
 
 
+#: cells a worker holds at once: the one it runs and the next, already in its pipe, so
+#: it never waits for the parent between two cells (a parent that is not scheduled at
+#: once on a busy machine left the worker idle for each of the thousands of cells)
+PREFETCH = 2
+
+
 @dataclass
 class _Slot:
     proc: mp.process.BaseProcess
     conn: Connection
-    job: int | None = None
+    #: the cells sent and not answered, in order; the first is running
+    jobs: deque[int] = field(default_factory=deque)
+    #: when the running cell must be done (its start is the previous cell's answer)
     deadline: float = 0.0
 
 
@@ -119,14 +127,23 @@ class LocalPool:
             if progress:
                 progress(i, res)
 
+        def lost(s: _Slot, verdict: dict[str, Any]) -> None:
+            """The running cell gets ``verdict``; the cells queued behind it go back to
+            the front of the queue for the fresh worker."""
+            finish(s.jobs.popleft(), verdict)
+            todo.extendleft(reversed(s.jobs))
+            self._replace(slots, s, fn)
+
         try:
-            while todo or any(s.job is not None for s in slots):
+            while todo or any(s.jobs for s in slots):
                 for s in slots:
-                    if s.job is None and todo:
-                        s.job = todo.popleft()
-                        s.deadline = time.monotonic() + limit
-                        s.conn.send((s.job, cells[s.job], timeout, seed))
-                busy = [s for s in slots if s.job is not None]
+                    while len(s.jobs) < PREFETCH and todo:
+                        if not s.jobs:
+                            s.deadline = time.monotonic() + limit
+                        i = todo.popleft()
+                        s.jobs.append(i)
+                        s.conn.send((i, cells[i], timeout, seed))
+                busy = [s for s in slots if s.jobs]
                 wait_for = max(0.0, min(s.deadline for s in busy) - time.monotonic())
                 ready = wait([s.conn for s in busy], timeout=wait_for)
                 for s in busy:
@@ -134,17 +151,13 @@ class LocalPool:
                         try:
                             idx, res = s.conn.recv()
                         except (EOFError, OSError):
-                            assert s.job is not None
-                            cell = cells[s.job]
-                            finish(s.job, failed_cell(cell, TOOL_ERROR, "worker process died"))
-                            self._replace(slots, s, fn)
+                            lost(s, failed_cell(cells[s.jobs[0]], TOOL_ERROR, "worker process died"))
                             continue
-                        s.job = None
+                        s.jobs.popleft()
+                        s.deadline = time.monotonic() + limit  # the next cell starts now
                         finish(idx, res)
                     elif time.monotonic() >= s.deadline:
-                        assert s.job is not None
-                        finish(s.job, hung_cell(cells[s.job], limit))
-                        self._replace(slots, s, fn)
+                        lost(s, hung_cell(cells[s.jobs[0]], limit))
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM, a closed pipe): busy workers are mid-cell and
             # would finish it first; nobody wants that cell any more, so kill them now.
