@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,3 +81,22 @@ def disk(tmp_path: Path) -> Path:
             f.write(n.to_bytes(4, "little") + bytes(508))
     os.sync()
     return path
+
+
+def _process_umask() -> int:
+    """The umask as /proc shows it: reading it with os.umask would set it, for every thread."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    raise RuntimeError("no Umask line in /proc/self/status")
+
+
+@pytest.fixture(autouse=True)
+def _umask_is_left_alone() -> Iterator[None]:
+    """A test (or the code it runs) that leaves the process umask changed breaks every
+    later test that creates files: a sockets.py race once left it at 0177 and chromium,
+    run by a later test, died in its own 0600 profile directory. Fail the test that did it."""
+    before = _process_umask()
+    yield
+    after = _process_umask()
+    assert after == before, f"the process umask changed from {before:04o} to {after:04o} during this test"

@@ -223,6 +223,33 @@ def test_parse_address(text: str, listen: bool, expect: object) -> None:
     assert parse_address(text, listen=listen) == expect
 
 
+async def test_listening_never_changes_the_process_umask(tmp_path: Path) -> None:
+    """The umask is the whole process's, and bind() awaits: a listener that narrowed it
+    around the bind left it narrowed when two listeners opened at once (A saves 022, B
+    saves A's 177, A restores 022, B restores 177). Every file any thread created later
+    was then 0600 and every directory 0600: chromium, started by a later test, died on
+    SIGTRAP in its own profile directory. The socket is private because its directory
+    is (0700, ours, checked), and is chmod-ed 0600 after the bind."""
+    before = os.umask(0o022)
+    try:
+        listeners = []
+
+        async def one(i: int) -> None:
+            listeners.append(await open_listener(UnixAddress(str(tmp_path / f"d{i}" / "h.sock"))))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(one, i)
+        now = os.umask(0o022)
+        assert oct(now) == oct(0o022)
+        for lst in listeners:
+            assert isinstance(lst.address, UnixAddress) and lst.address.path is not None
+            assert stat.S_IMODE(os.stat(lst.address.path).st_mode) == 0o600
+            await lst.aclose()
+    finally:
+        os.umask(before)
+
+
 @pytest.mark.parametrize("text", ["unix:", "tcp:host", "tcp:h:99999", "tcp:h:0", "udp:x:1", "x"])
 def test_bad_addresses(text: str) -> None:
     with pytest.raises(AddressError):

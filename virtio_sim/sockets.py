@@ -404,7 +404,10 @@ async def _open_unix(addr: UnixAddress) -> Listener:
         check_private_dir(parent)
         _remove_stale_socket(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # the socket is 0600 from the moment it exists
+    # No umask games: the umask belongs to the whole process and bind() awaits, so
+    # narrowing it here narrowed every file other tasks and threads created meanwhile,
+    # and two listeners opening at once left it narrowed for good. Nobody else can reach
+    # the socket before the chmod: its directory is ours and 0700 (checked above).
     try:
         await sock.bind(path)
     except OSError as e:
@@ -413,8 +416,6 @@ async def _open_unix(addr: UnixAddress) -> Listener:
             with contextlib.suppress(OSError):
                 os.rmdir(own_dir)
         raise ListenError(f"cannot listen on unix:{path}: {e.strerror}") from None
-    finally:
-        os.umask(old_umask)
     os.chmod(path, 0o600)
     sock.listen(LISTEN_BACKLOG)
     return Listener(trio.SocketListener(sock), UnixAddress(path), path, os.lstat(path).st_ino, own_dir)
