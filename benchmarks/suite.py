@@ -237,6 +237,10 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
     """Every benchmark of ``only``; counts are multiplied by ``scale`` (a smoke run uses
     a small one). Each ring figure is the best of ``repeat`` runs, interleaved with its
     floor so that both see the same machine."""
+    import virtio_sim.embedded  # noqa: F401  (the whole stack, as a run has it)
+    from virtio_sim.gcfreeze import freeze_startup
+
+    freeze_startup()  # as the commands do after their imports (virtio_sim/gcfreeze.py)
     rows: list[Row] = []
     n = max(512, int(100_000 * scale))
     floor_by_batch: dict[int, float] = {}

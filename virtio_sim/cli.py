@@ -652,12 +652,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _freeze_after_imports(command: str) -> None:
+    """Import the stack the command runs, then freeze what start-up allocated
+    (virtio_sim/gcfreeze.py): its full GC passes then skip every module object."""
+    from virtio_sim.gcfreeze import freeze_startup
+
+    if command == "guest":
+        import virtio_sim.guest.process  # noqa: F401
+    elif command == "host":
+        import virtio_sim.host.process  # noqa: F401
+    else:
+        import virtio_sim.embedded  # noqa: F401  (host and guest stack)
+    freeze_startup()
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
         return _bench(args_list[1:])
     command = next((a for a in args_list if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if args.command in ("run", "host", "guest"):
+        _freeze_after_imports(args.command)
     if args.command in ("run", "host"):
         from virtio_sim.host.devices.base import PropertyError
 

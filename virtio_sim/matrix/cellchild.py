@@ -26,6 +26,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from virtio_sim.gcfreeze import freeze_startup
 from virtio_sim.matrix.executors import (
     TOOL_ERROR,
     WORKER_START_LIMIT,
@@ -102,6 +103,7 @@ def main(fd: int) -> None:
 
     importlib.import_module("virtio_sim.matrix.cell")  # what the local pool preloads
     conn = Connection(fd)
+    freeze_startup()  # the imports are never garbage: full GC passes skip them
     conn.send("ready")  # imports are done: the deadline starts counting from the job
     while True:
         try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from virtio_sim.gcfreeze import freeze_startup
 from virtio_sim.matrix.spec import Cell, machine_for
 from virtio_sim.outcome import Outcome
 from virtio_sim.result_record import bare_record
@@ -64,6 +65,7 @@ def _worker(conn: Connection, fn: CellFn) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop (and
     # kills them), so a worker must not die mid-cell printing its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    freeze_startup()  # the imports are never garbage: full GC passes skip them
     conn.send("ready")  # imports are done: cell deadlines start counting from here
     while True:
         try:
