@@ -658,9 +658,9 @@ def _freeze_after_imports(command: str) -> None:
     from virtio_sim.gcfreeze import freeze_startup
 
     if command == "guest":
-        import virtio_sim.guest.process  # noqa: F401
+        import virtio_sim.guest.process
     elif command == "host":
-        import virtio_sim.host.process  # noqa: F401
+        import virtio_sim.host.process
     else:
         import virtio_sim.embedded  # noqa: F401  (host and guest stack)
     freeze_startup()
