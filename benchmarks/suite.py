@@ -52,17 +52,30 @@ class Row:
         return {**self.__dict__, "ratio": self.ratio, "target_met": self.met}
 
 
-def embedded_blk(size: int, total: int, write: bool) -> float:
-    """Bytes/s of blk requests through the whole embedded stack (transport, wire, rings)."""
+def _link(nursery: trio.Nursery, machine: Any, framed: bool) -> Any:
+    """The embedded link: direct calls (the default), or frames over memory channels."""
+    from virtio_sim.direct_link import DirectLink
+    from virtio_sim.guest.link import HostLink
+    from virtio_sim.host.server import serve
+    from virtio_sim.wire import memory_link
+
+    if not framed:
+        return DirectLink(machine)
+    h, g = memory_link()
+    nursery.start_soon(serve, h, machine)
+    link = HostLink(g)
+    nursery.start_soon(link.run)
+    return link
+
+
+def embedded_blk(size: int, total: int, write: bool, framed: bool = False) -> float:
+    """Bytes/s of blk requests through the whole embedded stack (transport, link, rings)."""
     import tempfile
 
     from virtio_sim.guest.boot import BootInfo
     from virtio_sim.guest.drivers.blk import BlkDriver
-    from virtio_sim.guest.link import HostLink
     from virtio_sim.guest.platform import GuestKernel, GuestPolicy
     from virtio_sim.host.build import HostConfig, build_host
-    from virtio_sim.host.server import serve
-    from virtio_sim.wire import memory_link
 
     async def main() -> float:
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,11 +83,8 @@ def embedded_blk(size: int, total: int, write: bool) -> float:
             with open(disk, "wb") as f:
                 f.truncate(64 << 20)
             setup = build_host(HostConfig(devices=[f"virtio-blk-device,drive={disk}"], ram_size=256 << 20))
-            h, g = memory_link()
             async with trio.open_nursery() as n:
-                n.start_soon(serve, h, setup.machine)
-                link = HostLink(g)
-                n.start_soon(link.run)
+                link = _link(n, setup.machine, framed)
                 kernel = GuestKernel(link, setup.memory, 256 << 20, GuestPolicy())
                 n.start_soon(kernel.irq_loop)
                 boot = BootInfo(setup.machine.kernel_cmdline(), 256 << 20)
@@ -99,23 +109,17 @@ def embedded_blk(size: int, total: int, write: bool) -> float:
     return trio.run(main)
 
 
-def embedded_latency(rounds: int) -> float:
+def embedded_latency(rounds: int, framed: bool = False) -> float:
     """Seconds per single rng request round trip through the embedded stack."""
     from virtio_sim.embedded import RunConfig  # noqa: F401  (keeps imports warm)
     from virtio_sim.guest.drivers.rng import RngDriver
-    from virtio_sim.guest.link import HostLink
     from virtio_sim.guest.platform import GuestKernel, GuestPolicy
     from virtio_sim.host.build import HostConfig, build_host
-    from virtio_sim.host.server import serve
-    from virtio_sim.wire import memory_link
 
     async def main() -> float:
         setup = build_host(HostConfig(devices=["virtio-rng-device"], seed=1))
-        h, g = memory_link()
         async with trio.open_nursery() as n:
-            n.start_soon(serve, h, setup.machine)
-            link = HostLink(g)
-            n.start_soon(link.run)
+            link = _link(n, setup.machine, framed)
             kernel = GuestKernel(link, setup.memory, 64 << 20, GuestPolicy())
             n.start_soon(kernel.irq_loop)
             (rec,) = await kernel.probe_mmio(setup.machine.kernel_cmdline())
@@ -377,17 +381,19 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
         pp, lat = interleaved(
             lambda: floors.channel_pingpong_floor(rounds), lambda: embedded_latency(rounds), repeat
         )
-        rows.append(
-            Row(
-                "latency",
-                "rng request round trip, embedded (floor: trio channel ping-pong)",
-                lat * 1e6,
-                "us",
-                pp * 1e6,
-                higher_is_better=False,
-                clock="wall",
+        framed = min(embedded_latency(rounds, framed=True) for _ in range(repeat))
+        for how, v in (("direct calls", lat), ("framed", framed)):
+            rows.append(
+                Row(
+                    "latency",
+                    f"rng request round trip, embedded, {how} (floor: trio channel ping-pong)",
+                    v * 1e6,
+                    "us",
+                    pp * 1e6,
+                    higher_is_better=False,
+                    clock="wall",
+                )
             )
-        )
         for fmt in ("split", "packed"):
             sp, v = interleaved(
                 lambda: floors.socket_pingpong_floor(rounds),

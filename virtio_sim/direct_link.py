@@ -20,6 +20,8 @@ lets the interrupt task run and its timeout fire.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from virtio_sim.guest.link import HostLink, HostLinkError
@@ -76,7 +78,9 @@ class DirectLink(HostLink):
         self._ended.set()
         return problem
 
-    async def _access(self, op: object, addr: int, size: int, *value: int) -> int:
+    async def _access(self, op: Callable[..., int | None], addr: int, size: int, *value: int) -> int:
+        """One register access: the wire's checks, the server's guard, then the
+        interrupts it raised; every YIELD_EVERY accesses a scheduler checkpoint."""
         if self.failure:
             raise self.failure
         if size not in ACCESS_SIZES:
@@ -85,7 +89,7 @@ class DirectLink(HostLink):
             raise self._refuse(f"value {value[0]:#x} does not fit a {size}-byte access")
         self._in_access = True
         try:
-            result = guarded(self.machine, op, addr, size, *value)  # type: ignore[arg-type]
+            result = guarded(self.machine, op, addr, size, *value)
         finally:
             self._in_access = False
         if self._irqs:

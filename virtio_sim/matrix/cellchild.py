@@ -81,6 +81,14 @@ def _give_back(child: CellChild) -> None:
         _idle.append(child)
 
 
+def run_chunk_with_deadlines(
+    fn: CellFn, cells: list[Cell], timeout: float, seed: int
+) -> list[dict[str, Any]]:
+    """A dask task of several cells, one after another, each under its own hard deadline
+    (a cell process killed at one cell's deadline is replaced for the next)."""
+    return [run_with_deadline(fn, cell, timeout, seed) for cell in cells]
+
+
 def run_with_deadline(fn: CellFn, cell: Cell, timeout: float, seed: int) -> dict[str, Any]:
     """The dask task: run ``fn(cell, timeout, seed)`` in a child; HANG at the hard deadline."""
     child = _take()

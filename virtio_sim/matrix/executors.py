@@ -186,6 +186,11 @@ class LocalPool:
         slots[slots.index(old)] = self._spawn(fn)
 
 
+#: cells per dask task: a task costs the scheduler a round trip of its own (about a cell's
+#: work on this machine), so cells go in chunks; each cell of a chunk still has its own
+#: hard deadline in the cell process (cellchild.run_chunk_with_deadlines)
+DASK_CHUNK = 16
+
 #: seconds to reach a dask scheduler before giving up (``--connect-timeout``); dask's own
 #: default is 30 s of silent retrying, then a long traceback
 SCHEDULER_CONNECT_TIMEOUT = 5.0
@@ -261,25 +266,34 @@ class DaskExecutor:
     ) -> list[dict[str, Any]]:
         from dask.distributed import as_completed
 
-        from virtio_sim.matrix.cellchild import run_with_deadline
+        from virtio_sim.matrix.cellchild import run_chunk_with_deadlines
 
         self.connect()
         client = self._client
         try:
+            chunks = [
+                list(range(i, min(i + DASK_CHUNK, len(cells)))) for i in range(0, len(cells), DASK_CHUNK)
+            ]
             futures = client.map(
-                run_with_deadline, [fn] * len(cells), list(cells), timeout=timeout, seed=seed, pure=False
+                run_chunk_with_deadlines,
+                [fn] * len(chunks),
+                [[cells[i] for i in chunk] for chunk in chunks],
+                timeout=timeout,
+                seed=seed,
+                pure=False,
             )
-            index = {f.key: i for i, f in enumerate(futures)}
+            index = {f.key: chunks[n] for n, f in enumerate(futures)}
             results: list[dict[str, Any] | None] = [None] * len(cells)
             for fut in as_completed(futures):
-                i = index[fut.key]
+                chunk = index[fut.key]
                 try:
-                    res = fut.result()
+                    done = fut.result()
                 except Exception as e:
-                    res = failed_cell(cells[i], TOOL_ERROR, f"{type(e).__name__}: {e}")
-                results[i] = res
-                if progress:
-                    progress(i, res)
+                    done = [failed_cell(cells[i], TOOL_ERROR, f"{type(e).__name__}: {e}") for i in chunk]
+                for i, res in zip(chunk, done, strict=True):
+                    results[i] = res
+                    if progress:
+                        progress(i, res)
             return [r for r in results if r is not None]
         finally:
             self.close()
