@@ -27,13 +27,10 @@ from virtio_sim.guest.acpi import ViotInfo
 from virtio_sim.guest.allocator import PageAllocator
 from virtio_sim.guest.dma import DirectDma, DmaApi
 from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
-from virtio_sim.guest.drivers.blk import BlkDriver
-from virtio_sim.guest.drivers.console import ConsoleDriver
 from virtio_sim.guest.drivers.iommu import IommuDriver, IommuRequestError
-from virtio_sim.guest.drivers.net import NetDriver
-from virtio_sim.guest.drivers.rng import RngDriver
 from virtio_sim.guest.firmware import VIRTIO_MMIO_HIDS, FirmwareView, discover
 from virtio_sim.guest.iommu_dma import IommuDma, IovaAllocator
+from virtio_sim.guest.kinds import drivers
 from virtio_sim.guest.link import HostLink, HostLinkError
 from virtio_sim.guest.pci import (
     Conf1Access,
@@ -72,13 +69,8 @@ from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI
 from virtio_sim.wire import IrqKind
 
-DRIVERS: dict[str, type[GuestDriver]] = {
-    "rng": RngDriver,
-    "blk": BlkDriver,
-    "iommu": IommuDriver,
-    "net": NetDriver,
-    "console": ConsoleDriver,
-}
+#: device kind -> the driver that binds it, from the kinds' guest halves (guest/kinds.py)
+DRIVERS: dict[str, type[GuestDriver]] = drivers()
 
 DEFAULT_ACPI_HIDS = VIRTIO_MMIO_HIDS
 DEFAULT_DT_COMPATIBLES = ("virtio,mmio",)

@@ -15,6 +15,7 @@ from typing import Any
 from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
 from virtio_sim.guest.drivers.console import ConsoleDriver
 from virtio_sim.guest.evidence import CorruptionDetected
+from virtio_sim.guest.kinds import GuestHalf
 from virtio_sim.spec import CONSOLE_F
 
 DEFAULT_SEED = 0xC0DE
@@ -85,3 +86,8 @@ async def console_write_workload(driver: GuestDriver, seed: int | None = None) -
     await driver.write(evidence["console_port"], line)
     evidence["written"] = line.decode()
     return evidence
+
+
+GUEST = GuestHalf(
+    ConsoleDriver, {"console-echo": console_echo_workload, "console-write": console_write_workload}
+)

@@ -15,6 +15,7 @@ from typing import Any
 from virtio_sim.guest.drivers.base import DeviceProtocolError, GuestDriver
 from virtio_sim.guest.drivers.net import NetDriver, RxFrame
 from virtio_sim.guest.evidence import CorruptionDetected
+from virtio_sim.guest.kinds import GuestHalf
 from virtio_sim.netproto import BROADCAST, checksum_ok, format_mac
 from virtio_sim.spec import NET, NET_F, NET_HDR_F
 
@@ -241,3 +242,6 @@ async def net_pair_workload(driver: GuestDriver, seed: int | None = None) -> dic
         "mac_b": format_mac(b.mac),
         "hdr_len": a.hdr_len,
     }
+
+
+GUEST = GuestHalf(NetDriver, {"net-loopback": net_loopback_workload, "net-pair": net_pair_workload})

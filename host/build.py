@@ -7,16 +7,17 @@ before the guest runs (the run's outcome is then HOST_REFUSED).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtio_sim.devices import kind_by_name
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace, WriteLog
 from virtio_sim.host.devices.base import PropertyError, parse_bool
 from virtio_sim.host.devices.iommu import IommuDevice
 from virtio_sim.host.firmware import install_acpi, install_fdt
 from virtio_sim.host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
+from virtio_sim.host.kinds import BuildContext, host_half
 from virtio_sim.host.machine import Machine
 from virtio_sim.host.machine_types import MachineSpec, check_placement, parse_machine, ram_layout
 from virtio_sim.host.pci import BusMasterGate, PciFunction
@@ -36,13 +37,10 @@ from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
-from virtio_sim.netproto import nth_mac
-from virtio_sim.spec import NET
 
 PCI_TRANSPORTS = ("pci-modern", "pci-transitional", "pci-legacy")
 HOST_TRANSPORTS = ("mmio-v2", "mmio-v1", "mmio", *PCI_TRANSPORTS)
 IOMMU_KINDS = ("none", "virtio-iommu")
-DEFAULT_DISK_SIZE = 1 << 20
 
 # What each PCI transport choice sets on a virtio-*-pci device unless the user did.
 # pci-legacy is the transitional device; the guest is told to drive its legacy interface.
@@ -178,21 +176,11 @@ def _ring_evidence(vdev: VirtioDevice) -> dict[str, Any]:
 
 
 def _apply_defaults(spec: DeviceSpec, cfg: HostConfig, index: int) -> None:
-    """Fill in what a one-line run leaves out: a scratch disk, the entropy seed."""
-    base = model_name(spec.driver)
-    if base == "virtio-blk-device" and "drive" not in spec.props:
-        if cfg.scratch_dir is None:
-            raise PropertyError("drive property not set")
-        folder = cfg.scratch_dir() if callable(cfg.scratch_dir) else cfg.scratch_dir
-        disk = os.path.join(folder, f"disk{index}.img")
-        with open(disk, "wb") as f:
-            f.truncate(DEFAULT_DISK_SIZE)
-        spec.props["drive"] = disk
-    if base == "virtio-rng-device" and cfg.seed is not None:
-        spec.props.setdefault("x-seed", str(cfg.seed))
-    if base == "virtio-net-device":
-        # QEMU counts its default NIC address up per NIC; here per device slot.
-        spec.props.setdefault("mac", nth_mac(NET.qemu_default_mac, index))
+    """Fill in what a one-line run leaves out (a scratch disk, the entropy seed, a MAC per
+    NIC): each device kind's host half says what (host/kinds.py)."""
+    kind = kind_by_name(model_name(spec.driver))
+    if kind is not None and kind.qdev_model:
+        host_half(kind.key).defaults(spec.props, BuildContext(index, cfg.seed, cfg.scratch_dir))
 
 
 def _place_on_bus(spec: DeviceSpec, transport: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from virtio_sim.devices import KINDS
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.qdev import RING_PROPS
 from virtio_sim.profiles import DeviceProfile
@@ -22,10 +23,6 @@ class DeviceRequest:
     transport: str  # one of virtio_sim.profiles.TRANSPORT_NAMES
     iommu_platform: bool = False
     packed: bool = False
-
-
-#: device keys whose QEMU device is not called virtio-<key> (the console is virtio-serial)
-QEMU_DEVICE_NAMES = {"console": "virtio-serial"}
 
 
 def _onoff(value: bool) -> str:
@@ -41,8 +38,8 @@ def device_option(req: DeviceRequest, profile: DeviceProfile, *, abi: bool = Tru
     the machine type, so that its hw_compat tables decide them.
     """
     pci = req.transport.startswith("pci-")
-    base = QEMU_DEVICE_NAMES.get(req.device_key, f"virtio-{req.device_key}")
-    name = f"{base}-{'pci' if pci else 'device'}"
+    kind = KINDS[req.device_key]
+    name = kind.pci_name if pci else kind.device_name
     props: dict[str, str] = {}
 
     def need(prop: str, owner: str = name) -> None:

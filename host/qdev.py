@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from virtio_sim.host import qdev_props
 from virtio_sim.host.devices import hostile
 from virtio_sim.host.devices.base import DeviceModel, PropertyError, parse_bool
-from virtio_sim.host.devices.blk import BlkDevice
-from virtio_sim.host.devices.rng import RngDevice
-from virtio_sim.host.qdev_netcon import net_device, serial_device
-from virtio_sim.host.qdev_props import DEVICE_PROPS, Prop, props_for
+from virtio_sim.host.kinds import host_half, qdev_kinds
+from virtio_sim.host.qdev_props import Prop, props_for
 from virtio_sim.host.transport.virtio_pci import resolve_modes
 from virtio_sim.host.virtio_device import ErrorPolicy, TransportFeatures
-from virtio_sim.spec import MMIO, PCI_CFG, PCI_CLASS
+from virtio_sim.spec import PCI_CFG
 
 COMMON_PROPS = tuple(qdev_props.COMMON_PROPS)
 DMA_MODES = ("honor", "bypass", "translate-always")
@@ -103,104 +101,14 @@ def format_device_option(spec: DeviceSpec) -> str:
     return ",".join(parts)
 
 
-def _rng(props: dict[str, str]) -> DeviceModel:
-    seed = props.pop("x-seed", None)
-    qs = props.pop("x-queue-size", None)
-    try:
-        dev = RngDevice(seed=int(seed, 0) if seed is not None else None)
-    except ValueError:
-        raise PropertyError(f"Property 'x-seed' doesn't take value '{seed}'") from None
-    if qs is not None:
-        try:
-            size = int(qs, 0)
-        except ValueError:
-            raise PropertyError(f"Property 'x-queue-size' doesn't take value '{qs}'") from None
-        if size < 2 or size > MMIO.qemu_queue_num_max or size & (size - 1):
-            raise PropertyError(
-                f"invalid x-queue-size property ({size}), must be a power of 2 "
-                f"in 2..{MMIO.qemu_queue_num_max}"
-            )
-        dev.queue_max_size = size
-    return dev
-
-
-def _block_size(name: str, raw: str) -> int:
-    """QEMU's block-size properties (hw/core/qdev-properties-system.c set_blocksize):
-    a power of two between 512 B and 2 MiB."""
-    try:
-        value = int(raw, 0)
-    except ValueError:
-        raise PropertyError(f"Property .{name} doesn't take value '{raw}'") from None
-    if value & (value - 1):
-        raise PropertyError(f"Property .{name} doesn't take value '{raw}', it's not a power of 2")
-    if not BLOCK_SIZE_MIN <= value <= BLOCK_SIZE_MAX:
-        raise PropertyError(
-            f"Property .{name} doesn't take value '{raw}' (min: {BLOCK_SIZE_MIN}, max: {BLOCK_SIZE_MAX})"
-        )
-    return value
-
-
-def _blk(props: dict[str, str]) -> DeviceModel:
-    table = DEVICE_PROPS["virtio-blk-device"]
-    drive = props.pop("drive", None)
-    if not drive:
-        raise PropertyError("drive property not set")
-    readonly = parse_bool("readonly", str(qdev_props.take(props, table, "readonly")))
-    serial = str(qdev_props.take(props, table, "serial"))
-    qs = str(qdev_props.take(props, table, "queue-size"))
-    nq = str(qdev_props.take(props, table, "num-queues"))
-    block_size = _block_size("logical_block_size", str(qdev_props.take(props, table, "logical_block_size")))
-    physical = _block_size("physical_block_size", str(qdev_props.take(props, table, "physical_block_size")))
-    if block_size > physical:  # QEMU blkconf_blocksizes()
-        raise PropertyError("logical_block_size > physical_block_size not supported")
-    try:
-        queue_size, num_queues = int(qs, 0), int(nq, 0)
-    except ValueError:
-        raise PropertyError("queue-size and num-queues take integers") from None
-    if queue_size < 2 or queue_size > 1024 or queue_size & (queue_size - 1):
-        raise PropertyError(f"invalid queue-size property ({queue_size}), must be a power of 2 in 2..1024")
-    # QEMU's virtio-blk switches (their 7.2 defaults; machine types before change them)
-    switches = {
-        name: parse_bool(name, props.pop(name, "on" if default else "off"))
-        for name, default in BLK_SWITCHES.items()
-    }
-    return BlkDevice(
-        drive,
-        read_only=readonly,
-        serial=serial,
-        queue_size=queue_size,
-        logical_block_size=block_size,
-        scsi=switches["scsi"],
-        config_wce=switches["config-wce"],
-        discard=switches["discard"],
-        write_zeroes=switches["write-zeroes"],
-        seg_max_adjust=switches["seg-max-adjust"],
-        num_queues=num_queues,
-    )
-
-
-BLOCK_SIZE_MIN, BLOCK_SIZE_MAX = 512, 2 << 20
-#: virtio-blk's on/off properties with QEMU 7.2's defaults (host/qdev_props.py)
-BLK_SWITCHES = {
-    name: DEVICE_PROPS["virtio-blk-device"][name].default == "on"
-    for name in ("scsi", "config-wce", "discard", "write-zeroes", "seg-max-adjust")
-}
-
-# name -> (factory, properties it accepts besides the common ones: host/qdev_props.py)
+#: name -> (factory, properties it accepts besides the common ones), derived from the
+#: host halves of the device kinds (virtio_sim/devices, host/kinds.py)
 DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str, ...]]] = {
-    "virtio-rng-device": (_rng, tuple(DEVICE_PROPS["virtio-rng-device"])),
-    "virtio-blk-device": (_blk, tuple(DEVICE_PROPS["virtio-blk-device"])),
-    "virtio-net-device": (net_device, tuple(DEVICE_PROPS["virtio-net-device"])),
-    "virtio-serial-device": (serial_device, tuple(DEVICE_PROPS["virtio-serial-device"])),
+    kind.device_name: (host_half(kind.key).factory, tuple(host_half(kind.key).props)) for kind in qdev_kinds()
 }
-
-
-# virtio-*-pci: the same device models behind a virtio-pci proxy (name -> model, PCI class)
+#: virtio-*-pci: the same device models behind a virtio-pci proxy (name -> model, PCI class)
 PCI_DEVICE_TYPES: dict[str, tuple[str, int]] = {
-    "virtio-blk-pci": ("virtio-blk-device", PCI_CLASS.storage_scsi),
-    "virtio-rng-pci": ("virtio-rng-device", PCI_CLASS.others),
-    "virtio-net-pci": ("virtio-net-device", PCI_CLASS.network_ethernet),
-    "virtio-serial-pci": ("virtio-serial-device", PCI_CLASS.communication_other),
+    kind.pci_name: (kind.device_name, kind.pci_class) for kind in qdev_kinds()
 }
 
 

@@ -1,4 +1,4 @@
-"""``-device`` factories for virtio-net and virtio-console (registered in host/qdev.py).
+"""``-device`` factories and host halves of virtio-net and virtio-console (virtio_sim/devices).
 
 QEMU names and properties, and how this simulator maps them:
 
@@ -30,24 +30,34 @@ from virtio_sim.host.devices.chardev import LoopbackChar, chardev_from_spec
 from virtio_sim.host.devices.console import ConsoleDevice
 from virtio_sim.host.devices.net import FAULTS, NetDevice
 from virtio_sim.host.devices.netbackend import SWITCHES, LoopbackBackend, NetBackend
-from virtio_sim.netproto import parse_mac
+from virtio_sim.host.kinds import BuildContext, HostHalf
+from virtio_sim.host.qdev_props import Prop, b
+from virtio_sim.netproto import nth_mac, parse_mac
 from virtio_sim.spec import CONSOLE, NET
 
-NET_PROPS = (
-    "mac",
-    "mrg_rxbuf",
-    "mq",
-    "ctrl_vq",
-    "ctrl_rx",
-    "ctrl_mac_addr",
-    "csum",
-    "guest_csum",
-    "status",
-    "x-backend",
-    "x-queue-pairs",
-    "x-fault",
-)
-SERIAL_PROPS = ("max_ports", "emergency-write", "x-console", "x-ports", "x-size")
+NET_PROPS: dict[str, Prop] = {
+    "mac": Prop("str", NET.qemu_default_mac, "Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56"),
+    "netdev": Prop("str", None, "ID of a netdev to use as a backend (-netdev hubport,...)"),
+    "mrg_rxbuf": b(True, "VIRTIO_NET_F_MRG_RXBUF"),
+    "mq": b(False, "VIRTIO_NET_F_MQ"),
+    "ctrl_vq": b(True, "VIRTIO_NET_F_CTRL_VQ"),
+    "ctrl_rx": b(True, "VIRTIO_NET_F_CTRL_RX (needs ctrl_vq)"),
+    "ctrl_mac_addr": b(True, "VIRTIO_NET_F_CTRL_MAC_ADDR (needs ctrl_vq)"),
+    "csum": b(True, "VIRTIO_NET_F_CSUM"),
+    "guest_csum": b(True, "VIRTIO_NET_F_GUEST_CSUM"),
+    "status": b(True, "VIRTIO_NET_F_STATUS"),
+    "x-backend": Prop("str", "loopback", "loopback|switch:NAME (what netdev= names)"),
+    "x-queue-pairs": Prop("uint16", "1", "queue pairs (a netdev's queues=)"),
+    "x-fault": Prop("str", None, "num-buffers-zero|num-buffers-extra: lie in num_buffers"),
+}
+SERIAL_PROPS: dict[str, Prop] = {
+    "max_ports": Prop("uint32", str(CONSOLE.qemu_max_ports), "ports (MULTIPORT when > 1)"),
+    "emergency-write": b(True, "VIRTIO_CONSOLE_F_EMERGENCY_WRITE"),
+    "chardev": Prop("str", None, "ID of a chardev for the console at port 0 (-chardev ...)"),
+    "x-console": Prop("str", "loopback", "loopback|file:PATH|stdio: the port-0 console"),
+    "x-ports": Prop("uint32", "0", "more ports 1..K on loopback chardevs"),
+    "x-size": Prop("str", None, "COLSxROWS: offer VIRTIO_CONSOLE_F_SIZE"),
+}
 
 
 def _int(props: dict[str, str], name: str, default: int) -> int:
@@ -140,3 +150,12 @@ def serial_device(props: dict[str, str]) -> DeviceModel:
         emergency_write=emergency,
         size=size,
     )
+
+
+def net_defaults(props: dict[str, str], ctx: BuildContext) -> None:
+    """QEMU counts its default NIC address up per NIC; here per device slot."""
+    props.setdefault("mac", nth_mac(NET.qemu_default_mac, ctx.index))
+
+
+HOST_NET = HostHalf(net_device, NET_PROPS, net_defaults)
+HOST_CONSOLE = HostHalf(serial_device, SERIAL_PROPS)

@@ -24,7 +24,6 @@ from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.iommu_dma import SAC_LIMIT
 from virtio_sim.guest.platform import GuestKernel
 from virtio_sim.guest.profile import guest_policy
-from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
 from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.outcome import Outcome, RunResult
@@ -39,6 +38,7 @@ from virtio_sim.qemu.machines import (
     qemu_devices,
 )
 from virtio_sim.qemu.qtest import QtestError, spawn_qtest
+from virtio_sim.qemu.qtest_link import QtestLink, QtestMemory
 from virtio_sim.qemu.run import IOMMU_FAULT, judge_qemu_evidence, run_qemu
 from virtio_sim.qemu.tools import QEMU_X86, require_qemu
 from virtio_sim.spec import MMIO, STATUS, F, status_names

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtio_sim.devices import KINDS
 from virtio_sim.spec import FEATURES, SPECS_DIR
 
 PROFILES_DIR = SPECS_DIR / "profiles"
@@ -70,7 +71,7 @@ class DeviceProfile:
     validate_access_platform: bool = True
     dma: str = "honor"  # "honor" | "bypass" | "translate-always"
     access_platform_offer: str = "property"  # "property" | "never"
-    #: per device model (blk, rng, net, console): QEMU property -> value as this QEMU
+    #: per device kind (blk, rng, net, console, ...): QEMU property -> value as this QEMU
     #: version's machine type sets it (its hw_compat tables and device defaults)
     device_properties: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: property defaults the machine registers for every virtio device (QEMU 6.0+ with
@@ -104,8 +105,7 @@ _DRIVER_REQUIRED = set(_DRIVER_KEYS) - {
 _DEVICE_KEYS = {
     "description": str, "properties": list, "defaults": dict, "pci_modern": bool,
     "mmio_v2": bool, "validate_access_platform": bool, "dma": str, "access_platform_offer": str,
-    "blk": dict, "rng": dict, "net": dict, "console": dict, "iommu": dict, "machine_globals": dict,
-    "qemu": dict, "iommu_models": list,
+    "machine_globals": dict, "qemu": dict, "iommu_models": list,
 }  # fmt: skip
 _CHOICES = {
     "pci_match": ("any", "transitional-only"),
@@ -122,18 +122,13 @@ KNOWN_DEVICE_PROPERTIES = frozenset(
         "packed", "force-legacy", "queue_reset", "in_order", "notification_data",
     }
 )  # fmt: skip
-#: QEMU's per-device properties a profile may set (name -> type), by device model; the
-#: values become -device properties of our models (host/qdev.py takes the same names)
+#: QEMU's per-device properties a profile may set (name -> type), by device kind: each
+#: kind's descriptor says which (virtio_sim/devices); the values become -device properties
+#: of our models (their host halves take the same names)
 DEVICE_MODEL_PROPERTIES: dict[str, dict[str, type]] = {
-    "blk": {
-        "scsi": bool, "config-wce": bool, "discard": bool, "write-zeroes": bool,
-        "queue-size": int, "seg-max-adjust": bool, "num-queues": int, "any_layout": bool,
-    },
-    "rng": {"any_layout": bool},
-    "net": {"any_layout": bool},
-    "console": {"emergency-write": bool, "max_ports": int, "any_layout": bool},
-    "iommu": {},
-}  # fmt: skip
+    key: dict(kind.profile_properties) for key, kind in KINDS.items()
+}
+_DEVICE_KEYS.update(dict.fromkeys(DEVICE_MODEL_PROPERTIES, dict))
 FORCEABLE = {"iommu_platform": bool, "disable-legacy": bool}
 _QEMU_KEYS = {"pci_machine": str, "mmio_machine": str, "arm_machine": str, "notes": list}
 

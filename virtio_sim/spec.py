@@ -89,18 +89,25 @@ class FeatureTable:
     """All known feature bits, addressable by name (or old alias) and by (scope, bit)."""
 
     def __init__(self, features: list[FeatureBit]) -> None:
-        self.features = features
+        self.features: list[FeatureBit] = []
         self._by_name: dict[str, FeatureBit] = {}
         self._by_scope_bit: dict[tuple[str, int], FeatureBit] = {}
         for fb in features:
-            for n in (fb.name, *fb.aliases):
-                if n in self._by_name:
-                    raise SpecDataError(f"features.toml: duplicate feature name {n!r}")
-                self._by_name[n] = fb
-            key = (fb.scope, fb.bit)
-            if key in self._by_scope_bit:
-                raise SpecDataError(f"features.toml: duplicate bit {fb.bit} in scope {fb.scope}")
-            self._by_scope_bit[key] = fb
+            self.add(fb, "features.toml")
+
+    def add(self, fb: FeatureBit, where: str) -> None:
+        """One more feature bit: features.toml's, or a device kind's whose numbers sit
+        beside its code (virtio_sim/devices registers them)."""
+        for n in (fb.name, *fb.aliases):
+            if n in self._by_name:
+                raise SpecDataError(f"{where}: duplicate feature name {n!r}")
+        key = (fb.scope, fb.bit)
+        if key in self._by_scope_bit:
+            raise SpecDataError(f"{where}: duplicate bit {fb.bit} in scope {fb.scope}")
+        for n in (fb.name, *fb.aliases):
+            self._by_name[n] = fb
+        self._by_scope_bit[key] = fb
+        self.features.append(fb)
 
     def get(self, name: str) -> FeatureBit:
         try:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
+from virtio_sim.guest.kinds import GuestHalf
 from virtio_sim.guest.virtio import GuestVirtqueue
 from virtio_sim.layouts import (
     IOMMU_BODIES,
@@ -164,3 +165,7 @@ class IommuDriver(GuestDriver):
         for (v, _), status in zip(ranges, await self._batch("UNMAP", reqs), strict=True):
             if status != IOMMU_S.OK:
                 raise IommuRequestError(f"UNMAP of IOVA {v:#x}", status)
+
+
+#: the virtio-iommu's guest half: bound at probe, no workload of its own (guest/kinds.py)
+GUEST = GuestHalf(IommuDriver)

@@ -15,6 +15,7 @@ from virtio_sim import layouts as L
 from virtio_sim.attacks.forge import PackedForge, RingForge, Seg, SplitForge
 from virtio_sim.attacks.memwatch import MemWatch, WatchedSpace
 from virtio_sim.attacks.ports import MmioPort, PciLegacyPort, PciModernPort, Port
+from virtio_sim.devices import KINDS
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace
 from virtio_sim.host.build import HostConfig, HostSetup, build_host
 from virtio_sim.host.virtio_device import VirtioDevice
@@ -34,11 +35,10 @@ UNMAPPED = 0x74000  # RAM that no IOMMU mapping covers
 DOMAIN = (1, 2)
 MODERN_QUEUE = 8
 
+#: device kind -> (its -device model, the queue the corpus forges requests on): every
+#: kind whose descriptor names an attack queue (virtio_sim/devices)
 DEVICES = {
-    "rng": ("virtio-rng-device", 0),
-    "blk": ("virtio-blk-device", 0),
-    "net": ("virtio-net-device", 1),  # the transmit queue of pair 0
-    "console": ("virtio-serial-device", 1),  # port 0's transmit queue
+    key: (kind.device_name, kind.attack_queue) for key, kind in KINDS.items() if kind.attack_queue is not None
 }
 # transport -> ring formats it can carry (legacy interfaces predate packed rings)
 TRANSPORTS = {

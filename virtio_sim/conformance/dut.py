@@ -361,7 +361,6 @@ PCI_SLOT_SHIFT = 3  # requester id: bus << 8 | slot << 3 | function
 def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Dut:
     """A QEMU device under qtest (blocking: spawns QEMU). Raises DutError when QEMU is
     missing or refuses the device."""
-    from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
     from virtio_sim.host.devices.base import PropertyError
     from virtio_sim.qemu.fw_cfg import FwCfgError
     from virtio_sim.qemu.machines import (
@@ -374,6 +373,7 @@ def open_qemu(device: str, transport: str, *, workdir: Path | None = None) -> Du
         qemu_devices,
     )
     from virtio_sim.qemu.qtest import QtestError, spawn_qtest
+    from virtio_sim.qemu.qtest_link import QtestLink, QtestMemory
     from virtio_sim.qemu.run import QEMU_BINARY, qemu_refusal
     from virtio_sim.qemu.tools import MissingTool, require_qemu
 

@@ -9,6 +9,6 @@
 * :mod:`virtio_sim.qemu.linux_vhost` boots that kernel in QEMU with our device models
   behind vhost-user (:mod:`host.vhost_user`) and collects both sides' evidence.
 * :mod:`virtio_sim.qemu.qtest` spawns QEMU under the qtest protocol; with
-  :mod:`guest.qtest_link` our guest stack drives QEMU's device models
+  :mod:`virtio_sim.qemu.qtest_link` our guest stack drives QEMU's device models
   (:mod:`virtio_sim.qemu.run` is ``virtio-sim run --device-backend qemu``).
 """

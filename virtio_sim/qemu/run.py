@@ -3,7 +3,7 @@
 The same :class:`~virtio_sim.embedded.RunConfig` an embedded run takes, but the devices
 are QEMU's (qemu-system-x86_64 under qtest, :mod:`virtio_sim.qemu.qtest`): the guest
 kernel, transports, rings, drivers and workloads of :mod:`guest` run unchanged over a
-:class:`~guest.qtest_link.QtestLink`, with guest RAM inside QEMU. The result is the same
+:class:`~virtio_sim.qemu.qtest_link.QtestLink`, with guest RAM inside QEMU. The result is the same
 RunResult, so a cell's outcome on our devices and on QEMU's can be compared directly.
 
 What the guest must do differently, because nothing but qtest runs in QEMU:
@@ -30,7 +30,6 @@ import trio
 from virtio_sim.embedded import RunConfig, check_config, guest_policy_for
 from virtio_sim.guest.boot import BootInfo, run_guest
 from virtio_sim.guest.firmware import VIRTIO_MMIO_HIDS
-from virtio_sim.guest.qtest_link import QtestLink, QtestMemory
 from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.host.build import PCI_TRANSPORTS
 from virtio_sim.host.devices.base import PropertyError
@@ -48,6 +47,7 @@ from virtio_sim.qemu.machines import (
     qemu_devices,
 )
 from virtio_sim.qemu.qtest import QtestError, spawn_qtest
+from virtio_sim.qemu.qtest_link import QtestLink, QtestMemory
 from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, MissingTool, require_qemu
 
 DEVICE_BACKENDS = ("ours", "qemu")
