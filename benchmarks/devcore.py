@@ -16,6 +16,7 @@ from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.split import SplitDriverQueue
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import STATUS, F, bit
 
 GROUP = "split ring, rng through VirtioDevice, 1 process"
@@ -50,7 +51,7 @@ def rng_core_throughput(chains: int, batch: int, event_idx: bool) -> float:
         q.size, q.desc, q.driver, q.device = QSIZE, RING_GPA.desc, RING_GPA.avail, RING_GPA.used
         q.ready = True
         dev.write_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK)
-        drv = SplitDriverQueue(mem, QSIZE, RING_GPA, event_idx=event_idx)
+        drv = SplitDriverQueue(mem, QSIZE, RING_GPA, RingFeatures(event_idx=event_idx))
         done = 0
         start = time.process_time()
         while done < chains:

@@ -20,6 +20,7 @@ from virtio_sim.host.iommu import EndpointTranslator, Iommu
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import IOMMU_MAP_F
 
 QSIZE = 256
@@ -46,11 +47,11 @@ def ring_pair(fmt: str, event_idx: bool, translated: bool = False) -> Pair:
         base = 0
     dev_addrs = SplitRingAddresses(base + RING_GPA.desc, base + RING_GPA.avail, base + RING_GPA.used)
     if fmt == "split":
-        drv: Any = SplitDriverQueue(mem, QSIZE, RING_GPA, event_idx=event_idx)
-        dev: Any = SplitDeviceQueue(space, QSIZE, dev_addrs, event_idx=event_idx)
+        drv: Any = SplitDriverQueue(mem, QSIZE, RING_GPA, RingFeatures(event_idx=event_idx))
+        dev: Any = SplitDeviceQueue(space, QSIZE, dev_addrs, RingFeatures(event_idx=event_idx))
     else:
-        drv = PackedDriverQueue(mem, QSIZE, RING_GPA, event_idx=event_idx)
-        dev = PackedDeviceQueue(space, QSIZE, dev_addrs, event_idx=event_idx)
+        drv = PackedDriverQueue(mem, QSIZE, RING_GPA, RingFeatures(event_idx=event_idx))
+        dev = PackedDeviceQueue(space, QSIZE, dev_addrs, RingFeatures(event_idx=event_idx))
     return mem, drv, dev, base
 
 
@@ -129,9 +130,9 @@ def _two_process(fmt: str, rounds: int, batch: int, event_idx: bool, api: str = 
             space = IdentityAddressSpace(mem)
             dev: Any
             if fmt == "split":
-                dev = SplitDeviceQueue(space, QSIZE, RING_GPA, event_idx=event_idx)
+                dev = SplitDeviceQueue(space, QSIZE, RING_GPA, RingFeatures(event_idx=event_idx))
             else:
-                dev = PackedDeviceQueue(space, QSIZE, RING_GPA, event_idx=event_idx)
+                dev = PackedDeviceQueue(space, QSIZE, RING_GPA, RingFeatures(event_idx=event_idx))
             serve = _serve_batch if api == "batch" else _serve
             while child_sock.recv(1) == b"k":
                 serve(dev)
@@ -144,9 +145,9 @@ def _two_process(fmt: str, rounds: int, batch: int, event_idx: bool, api: str = 
     try:
         drv: Any
         if fmt == "split":
-            drv = SplitDriverQueue(mem, QSIZE, RING_GPA, event_idx=event_idx)
+            drv = SplitDriverQueue(mem, QSIZE, RING_GPA, RingFeatures(event_idx=event_idx))
         else:
-            drv = PackedDriverQueue(mem, QSIZE, RING_GPA, event_idx=event_idx)
+            drv = PackedDriverQueue(mem, QSIZE, RING_GPA, RingFeatures(event_idx=event_idx))
         fill, reap = (_fill_batch, _reap_batch) if api == "batch" else (_fill, _reap)
         start = time.perf_counter()
         for _ in range(rounds):

@@ -31,7 +31,8 @@ from virtio_sim.ring.api import DriverRing
 from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer
 from virtio_sim.ring.notify import encode_notify_data
 from virtio_sim.ring.packed import PackedDriverQueue
-from virtio_sim.ring.split import QueueFullError, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.split import SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import QueueFullError, RingFeatures
 from virtio_sim.spec import FEATURES, MMIO_INT, STATUS, F, bit, status_names
 
 # The config-change cause has the same bit in the mmio InterruptStatus and the PCI ISR.
@@ -382,6 +383,10 @@ class VirtioGuestDevice:
         self.queues[index] = vq
         return vq
 
+    def _ring_features(self) -> RingFeatures:
+        """The negotiated ring features, for every ring this device makes."""
+        return RingFeatures.from_bits(self.features)
+
     def new_ring(self, size: int) -> _RingMemory:
         """Allocate and initialise the driver side of a ring in the negotiated format."""
         if self.has(F.RING_PACKED):
@@ -408,10 +413,9 @@ class VirtioGuestDevice:
             self.memory,
             size,
             gpa,
-            event_idx=self.has(F.EVENT_IDX),
+            self._ring_features(),
             indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
             order=order,
-            in_order=self.has(F.IN_ORDER),
         )
         return _RingMemory(ring, area, SplitRingAddresses(desc, avail, used))
 
@@ -424,9 +428,8 @@ class VirtioGuestDevice:
             self.memory,
             size,
             SplitRingAddresses(area.gpa, area.gpa + drv_off, area.gpa + dev_off),
-            event_idx=self.has(F.EVENT_IDX),
+            self._ring_features(),
             indirect_pool=self.dma.coherent if self.has(F.INDIRECT_DESC) else None,
-            in_order=self.has(F.IN_ORDER),
         )
         a = area.dev_addr
         return _RingMemory(ring, area, SplitRingAddresses(a, a + drv_off, a + dev_off))

@@ -304,6 +304,8 @@ class HostServer:
         self.interrupted: int | None = None
         self.last_end: str | None = None
         self._output = threading.Lock()  # guest threads log too: whole lines only
+        self._ended = trio.Event()  # set (and replaced) each time a connection is over
+        self._refusing = 0  # connections being told BUSY (never in ``live``)
 
     # -- output -----------------------------------------------------------------
 
@@ -389,6 +391,18 @@ class HostServer:
         self.live[conn.ident] = conn
         return conn
 
+    async def wait_idle(self) -> None:
+        """Return once no connection is open: every handshake and every guest over, its
+        socket closed and its thread done. A caller that must see how the host treats one
+        guest on its own (the wire corpus's next guest after an attack) waits for this,
+        not for a time: under load the host finishes when it finishes."""
+        while self.live or self._refusing:
+            await self._ended.wait()
+
+    def _note_ended(self) -> None:
+        self._ended.set()
+        self._ended = trio.Event()
+
     @property
     def guests(self) -> int:
         """Authenticated connections: what --max-guests counts."""
@@ -419,6 +433,7 @@ class HostServer:
                 continue
             busy = self._busy()
             if busy is not None:
+                self._refusing += 1
                 nursery.start_soon(self._refuse_busy, stream, self._new_id(), busy)
             else:
                 nursery.start_soon(self._connection, self._register(stream))
@@ -448,9 +463,13 @@ class HostServer:
     async def _refuse_busy(self, stream: trio.SocketStream, ident: int, msg: str) -> None:
         channel = SocketFrameChannel(stream)
         self.log(f"guest {ident}: refused: {msg}")
-        with trio.move_on_after(SHUTDOWN_GRACE):
-            await _send_quietly(channel, wire.error(ErrorCode.BUSY, msg))
-        await channel.aclose()
+        try:
+            with trio.move_on_after(SHUTDOWN_GRACE):
+                await _send_quietly(channel, wire.error(ErrorCode.BUSY, msg))
+            await channel.aclose()
+        finally:
+            self._refusing -= 1
+            self._note_ended()
         self.emit({"event": "guest-ended", "guest": ident, "end": "refused", "reason": msg})
 
     # -- one guest --------------------------------------------------------------
@@ -466,9 +485,10 @@ class HostServer:
             end, reason = "error", f"internal error: {e!r}"
             await _send_quietly(channel, wire.error(ErrorCode.INTERNAL, reason))
         finally:
-            del self.live[ident]
             with trio.CancelScope(shield=True):
                 await channel.aclose()
+            del self.live[ident]
+            self._note_ended()
         record.update(end=end, reason=reason)
         self.last_end = end
         what = {"clean": "ended", "lost": "LOST", "refused": "refused"}.get(end, "dropped")

@@ -61,6 +61,7 @@ from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.ring.chain import Chain, RingError
 from virtio_sim.ring.packed import PackedDeviceQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses, check_queue_size
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import (
     DESC_F,
     FEATURES,
@@ -664,9 +665,11 @@ class VhostUserBackend:
                     self.memory,
                     n,
                     SplitRingAddresses(desc, avail, used),
-                    event_idx=bool(feats >> F.EVENT_IDX & 1),
-                    indirect=bool(feats >> F.INDIRECT_DESC & 1),
-                    strict=self.vdev.strict_rings,
+                    RingFeatures(
+                        event_idx=bool(feats >> F.EVENT_IDX & 1),
+                        indirect=bool(feats >> F.INDIRECT_DESC & 1),
+                        strict=self.vdev.strict_rings,
+                    ),
                 )
                 ring.resume_at(vr.base)
             else:
@@ -674,10 +677,12 @@ class VhostUserBackend:
                     self.memory,
                     n,
                     SplitRingAddresses(desc, avail, used),
-                    event_idx=bool(feats >> F.EVENT_IDX & 1),
-                    indirect=bool(feats >> F.INDIRECT_DESC & 1),
+                    RingFeatures(
+                        event_idx=bool(feats >> F.EVENT_IDX & 1),
+                        indirect=bool(feats >> F.INDIRECT_DESC & 1),
+                        strict=self.vdev.strict_rings,
+                    ),
                     order=self.vdev.byte_order(self.vdev.guest_order),
-                    strict=self.vdev.strict_rings,
                 )
                 ring.resume(vr.base)
         except (RingError, ValueError) as e:

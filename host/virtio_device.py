@@ -40,6 +40,7 @@ from virtio_sim.ring.chain import Chain, RingError
 from virtio_sim.ring.notify import decode_notify_data
 from virtio_sim.ring.packed import PackedDeviceQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import (
     DEVICE_TYPES,
     FEATURES,
@@ -464,29 +465,16 @@ class VirtioDevice:
             space = self.space_for(feats)
             addrs = SplitRingAddresses(q.desc, q.driver, q.device)
             ring: DeviceRing
+            features = RingFeatures.from_bits(
+                self.driver_features,
+                batch_in_order=self.transport_features.in_order_batch,
+                strict=self.strict_rings,
+            )
             if self.packed:
-                ring = PackedDeviceQueue(
-                    space,
-                    q.size,
-                    addrs,
-                    event_idx=self.has_feature(F.EVENT_IDX),
-                    indirect=self.has_feature(F.INDIRECT_DESC),
-                    in_order=self.has_feature(F.IN_ORDER),
-                    batch_in_order=self.transport_features.in_order_batch,
-                    strict=self.strict_rings,
-                )
+                ring = PackedDeviceQueue(space, q.size, addrs, features)
             else:
-                ring = SplitDeviceQueue(
-                    space,
-                    q.size,
-                    addrs,
-                    event_idx=self.has_feature(F.EVENT_IDX),
-                    indirect=self.has_feature(F.INDIRECT_DESC),
-                    order=self.byte_order(self.guest_order),
-                    strict=self.strict_rings,
-                    in_order=self.has_feature(F.IN_ORDER),
-                    batch_in_order=self.transport_features.in_order_batch,
-                )
+                order = self.byte_order(self.guest_order)
+                ring = SplitDeviceQueue(space, q.size, addrs, features, order=order)
             q.ring = ring
         return q.ring
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtio_sim import layouts
-from virtio_sim.dma import DmaError
 from virtio_sim.host.build import HostSetup
 from virtio_sim.host.virtio_device import VirtioDevice
-from virtio_sim.ring.chain import RingError
-from virtio_sim.ring.split import IDX_MASK, SplitDeviceQueue
+from virtio_sim.ring.hooks import DeviceHooks
+from virtio_sim.ring.split import SplitDeviceQueue
 from virtio_sim.spec import STATUS
 
 
@@ -31,47 +30,42 @@ def _vdev(setup: HostSetup) -> VirtioDevice:
     return setup.devices[0]
 
 
-def _on_split_rings(setup: HostSetup, cls: type[SplitDeviceQueue]) -> None:
-    """Every split ring the device builds from now on is a ``cls``."""
+def _on_split_rings(setup: HostSetup, hooks: DeviceHooks) -> None:
+    """Every split ring the device builds from now on runs with ``hooks``."""
     vdev = _vdev(setup)
     original = vdev._ring
 
     def ring(q: Any) -> Any:
         r = original(q)
-        if type(r) is SplitDeviceQueue:
-            r.__class__ = cls
+        if isinstance(r, SplitDeviceQueue):
+            r.hooks = hooks
         return r
 
     vdev._ring = ring  # type: ignore[method-assign]
 
 
-class IdxBeforeElement(SplitDeviceQueue):
+class IdxBeforeElement(DeviceHooks):
     """Publishes used idx first, then writes the element (a driver can read garbage)."""
 
-    def _write_used(self, head: int, written: int, count: int) -> None:
-        self.published += 1
-        slot = self.used_idx % self.size
-        try:
-            self.used_idx = (self.used_idx + count) & IDX_MASK
-            self.space.write(self._used_idx_addr, self._idx.pack(self.used_idx))
-            self.space.write(self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written))
-        except DmaError as e:
-            raise RingError("ring-address", f"used ring: {e}", head) from None
+    def write_used(self, ring: Any, head: int, written: int, count: int) -> None:
+        element = ring.used_idx
+        ring.write_used_idx(element + count)  # the index first ...
+        ring.write_used(head, written, count)  # ... then the element (and the index again)
 
 
-class WrongUsedLen(SplitDeviceQueue):
+class WrongUsedLen(DeviceHooks):
     """Reports one byte more than it wrote."""
 
-    def _write_used(self, head: int, written: int, count: int) -> None:
-        super()._write_used(head, written + 1, count)
+    def write_used(self, ring: Any, head: int, written: int, count: int) -> None:
+        ring.write_used(head, written + 1, count)
 
 
 def used_idx_before_element(setup: HostSetup) -> None:
-    _on_split_rings(setup, IdxBeforeElement)
+    _on_split_rings(setup, IdxBeforeElement())
 
 
 def wrong_used_len(setup: HostSetup) -> None:
-    _on_split_rings(setup, WrongUsedLen)
+    _on_split_rings(setup, WrongUsedLen())
 
 
 def accepts_unoffered_feature(setup: HostSetup) -> None:
@@ -160,12 +154,11 @@ def queue_ready_not_read_back(setup: HostSetup) -> None:
 
 
 def interrupts_despite_no_interrupt(setup: HostSetup) -> None:
-    class Noisy(SplitDeviceQueue):
-        def needs_interrupt(self) -> bool:
-            super().needs_interrupt()
+    class Noisy(DeviceHooks):
+        def needs_interrupt(self, ring: Any, wanted: bool) -> bool:
             return True
 
-    _on_split_rings(setup, Noisy)
+    _on_split_rings(setup, Noisy())
 
 
 def iommu_ignores_attach_reserved(setup: HostSetup) -> None:

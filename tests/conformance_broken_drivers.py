@@ -7,7 +7,6 @@ the device it runs against and the requirement ids a checking device must report
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +18,7 @@ from virtio_sim.guest.transport.pci_legacy import PciLegacyTransport
 from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.guest.virtio import GuestVirtqueue, ProbeRefused, VirtioGuestDevice, _RingMemory
 from virtio_sim.layouts import VIRTIO_CFG_CAP
-from virtio_sim.ring.split import SplitDriverQueue
+from virtio_sim.ring.hooks import DriverHooks
 from virtio_sim.spec import BLK_T, DESC_F, FEATURES, MMIO, PCI, PCI_CAP, STATUS, USED_F, F, bit
 
 
@@ -79,27 +78,29 @@ class SkipsReset(VirtioGuestDevice):
         await super().negotiate(driver_features)
 
 
-class _IdxFirstRing(SplitDriverQueue):
+class _IdxFirstHooks(DriverHooks):
     """Publishes avail idx before the avail entry (which it writes after the kick); takes
     descriptors from the top so the stale entry (0) names the wrong head."""
 
-    pending: list[tuple[int, bytes]]
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, bytes]] = []
+        self.entries: dict[int, bytes] = {}  # slot address -> what the device last saw there
 
-    def _take(self) -> int:
-        return self.free.popleft()
+    def take(self, ring: Any) -> int:
+        value: int = ring.free.popleft()
+        return value
 
-    def add(
-        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
-    ) -> int:
-        # the checked path (memory.write, _take): the lease fast path would bypass both
-        self._leasable = False
-        self._dl = None
-        slot = self.gpa.avail + layouts.avail_entry_offset(self.avail_idx % self.size)
-        stale = self.memory.read(slot, 2)
-        head = super().add(out, in_, token, **kw)
-        self.pending.append((slot, self.memory.read(slot, 2)))
-        self.memory.write(slot, stale)  # idx is published, the entry is not (yet)
-        return head
+    def added(self, ring: Any, head: int) -> None:
+        slot = ring.gpa.avail + layouts.avail_entry_offset((ring.avail_idx - 1) % ring.size)
+        self.pending.append((slot, ring.memory.read(slot, 2)))
+        ring.memory.write(slot, self.entries.get(slot, bytes(2)))  # idx is published, the entry is not
+
+    def publish(self, memory: Any) -> None:
+        """The late entry writes, after the kick was served."""
+        for slot, entry in self.pending:
+            memory.write(slot, entry)
+            self.entries[slot] = entry
+        self.pending.clear()
 
 
 class IdxBeforeEntry(VirtioGuestDevice):
@@ -107,32 +108,26 @@ class IdxBeforeEntry(VirtioGuestDevice):
 
     def new_ring(self, size: int) -> _RingMemory:
         mem = super().new_ring(size)
-        mem.ring.__class__ = _IdxFirstRing
-        mem.ring.pending = []  # type: ignore[attr-defined]
+        hooks = mem.ring.hooks = _IdxFirstHooks()
         inner = self.transport.notify
 
         async def notify(index: int, data: int | None = None) -> None:
             await inner(index, data)
             await self.transport.get_status()  # the device has served the kick by now
-            for vq in self.queues:
-                for slot, entry in getattr(vq.ring, "pending", []):
-                    self.memory.write(slot, entry)
-                getattr(vq.ring, "pending", []).clear()
+            hooks.publish(self.memory)
 
         self.transport.notify = notify  # type: ignore[method-assign]
         return mem
 
 
-class _LoopRing(SplitDriverQueue):
-    def add(
-        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
-    ) -> int:
-        head = super().add(out, in_, token, use_indirect=False)
-        last = self.inflight[head].descs[-1]
-        at = self.gpa.desc + last * layouts.DESC_SIZE
-        addr, length, flags, _ = self._desc.unpack(self.memory.read(at, layouts.DESC_SIZE))
-        self.memory.write(at, self._desc.pack(addr, length, flags | DESC_F.NEXT, head))
-        return head
+class _LoopHooks(DriverHooks):
+    def use_indirect(self, ring: Any, asked: bool | None) -> bool | None:
+        return False
+
+    def added(self, ring: Any, head: int) -> None:
+        last = ring.inflight[head].descs[-1]
+        addr, length, flags, _ = ring.desc(last)
+        ring.set_desc(last, addr, length, flags | DESC_F.NEXT, head)
 
 
 class DescriptorLoop(VirtioGuestDevice):
@@ -140,19 +135,17 @@ class DescriptorLoop(VirtioGuestDevice):
 
     def new_ring(self, size: int) -> _RingMemory:
         mem = super().new_ring(size)
-        mem.ring.__class__ = _LoopRing
+        mem.ring.hooks = _LoopHooks()
         return mem
 
 
-class _WriteFirstRing(SplitDriverQueue):
-    def add(
-        self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any, **kw: Any
-    ) -> int:
-        head = super().add(out, in_, token, use_indirect=False)
-        at = self.gpa.desc + head * layouts.DESC_SIZE
-        addr, length, flags, nxt = self._desc.unpack(self.memory.read(at, layouts.DESC_SIZE))
-        self.memory.write(at, self._desc.pack(addr, length, flags | DESC_F.WRITE, nxt))
-        return head
+class _WriteFirstHooks(DriverHooks):
+    def use_indirect(self, ring: Any, asked: bool | None) -> bool | None:
+        return False
+
+    def added(self, ring: Any, head: int) -> None:
+        addr, length, flags, nxt = ring.desc(head)
+        ring.set_desc(head, addr, length, flags | DESC_F.WRITE, nxt)
 
 
 class WriteBeforeRead(VirtioGuestDevice):
@@ -160,7 +153,7 @@ class WriteBeforeRead(VirtioGuestDevice):
 
     def new_ring(self, size: int) -> _RingMemory:
         mem = super().new_ring(size)
-        mem.ring.__class__ = _WriteFirstRing
+        mem.ring.hooks = _WriteFirstHooks()
         return mem
 
 
@@ -229,10 +222,9 @@ class BadDiscard(VirtioGuestDevice):
             self.dma.free(buf)
 
 
-class _FlagsWithEventIdxRing(SplitDriverQueue):
-    def kick_prepare(self) -> bool:
-        wanted = super().kick_prepare()
-        return wanted and not self._read_u16(self.gpa.used) & USED_F.NO_NOTIFY
+class _FlagsWithEventIdxHooks(DriverHooks):
+    def kick(self, ring: Any, wanted: bool) -> bool:
+        return wanted and not ring.used_flags() & USED_F.NO_NOTIFY
 
 
 class ObeysUsedFlagsWithEventIdx(VirtioGuestDevice):
@@ -240,7 +232,7 @@ class ObeysUsedFlagsWithEventIdx(VirtioGuestDevice):
 
     def new_ring(self, size: int) -> _RingMemory:
         mem = super().new_ring(size)
-        mem.ring.__class__ = _FlagsWithEventIdxRing
+        mem.ring.hooks = _FlagsWithEventIdxHooks()
         return mem
 
 

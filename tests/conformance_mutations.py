@@ -193,7 +193,7 @@ def _net_offers_broken_deps(self: NetDevice, *a: Any, **kw: Any) -> None:
     self.offered = (self.offered | bit(NET_F.GUEST_TSO4)) & ~bit(NET_F.GUEST_CSUM)
 
 
-_orig_packed_write_used = PackedDeviceQueue._write_used
+_orig_packed_write_used = PackedDeviceQueue.write_used
 
 
 def _packed_wrong_wrap(self: PackedDeviceQueue, buf_id: int, written: int, skip: int) -> None:
@@ -545,7 +545,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "mmio-v2",
         "split",
         "split.used.dev-len-before-idx",
-        _attr(SplitDeviceQueue, "_write_used", _idx_first),
+        _attr(SplitDeviceQueue, "write_used", _idx_first),
     ),
     Mutation(
         "blk-used-len-short",
@@ -626,7 +626,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "mmio-v2",
         "packed",
         "packed.wrap.dev-used-encoding",
-        _attr(PackedDeviceQueue, "_write_used", _packed_wrong_wrap),
+        _attr(PackedDeviceQueue, "write_used", _packed_wrong_wrap),
     ),
     Mutation(
         "packed-no-write-flag",
@@ -635,7 +635,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "mmio-v2",
         "packed",
         "packed.used.write-flag-and-len",
-        _attr(PackedDeviceQueue, "_write_used", _packed_no_write_flag),
+        _attr(PackedDeviceQueue, "write_used", _packed_no_write_flag),
     ),
     Mutation(
         "packed-lease-path-wrap",

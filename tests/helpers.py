@@ -14,6 +14,7 @@ from virtio_sim.host.virtio_device import ErrorPolicy, VirtioDevice
 from virtio_sim.layouts import MMIO_OFFSETS as R
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.split import SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import STATUS
 
 
@@ -56,7 +57,9 @@ class Bench:
         u = layouts.used_ring_size(size)
         area = self.dma.alloc(layouts.align_up(d + a, 4) + u, 16)
         addrs = SplitRingAddresses(area.gpa, area.gpa + d, area.gpa + layouts.align_up(d + a, 4))
-        q = SplitDriverQueue(self.memory, size, addrs, event_idx=event_idx, indirect_pool=self.dma)
+        q = SplitDriverQueue(
+            self.memory, size, addrs, RingFeatures(event_idx=event_idx), indirect_pool=self.dma
+        )
         self.w("QueueSel", index)
         self.w("QueueSize", size)
         for reg, addr in (

@@ -7,36 +7,12 @@ from typing import Any
 from virtio_sim import layouts as L
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
-from virtio_sim.ring.chain import DmaBuffer
+from virtio_sim.ring.mock import MockPool, split_layout
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 
 RING_BASE = 0x1000
-
-
-class BumpPool:
-    """A DmaPool over a window of guest RAM that checks every free against its allocs."""
-
-    def __init__(self, base: int, size: int) -> None:
-        self.base = base
-        self.limit = base + size
-        self.next = base
-        self.live: set[DmaBuffer] = set()
-
-    def alloc(self, size: int, align: int) -> DmaBuffer:
-        start = L.align_up(self.next, align)
-        if start + size > self.limit:
-            raise MemoryError("indirect pool exhausted")
-        self.next = start + size
-        buf = DmaBuffer(start, start, size)
-        self.live.add(buf)
-        return buf
-
-    def free(self, buf: DmaBuffer) -> None:
-        assert buf in self.live, f"free of a buffer that is not allocated: {buf}"
-        self.live.remove(buf)
-        if not self.live:
-            self.next = self.base
 
 
 def ring_bytes(fmt: str, q: int) -> int:
@@ -77,32 +53,20 @@ class RingPair:
             drv = base + L.packed_ring_size(q)
             self.addrs = SplitRingAddresses(base, drv, drv + L.EVENT_SUPPRESS_SIZE)
         else:
-            avail = base + L.desc_table_size(q)
-            used = L.align_up(avail + L.avail_ring_size(q), 4)
-            self.addrs = SplitRingAddresses(base, avail, used)
-        self.pool = BumpPool(self.pool_base, self.pool_size) if indirect else None
+            self.addrs = SplitRingAddresses(*split_layout(base, q))
+        self.pool = MockPool(self.pool_base, self.pool_size) if indirect else None
         self.driver: Any
         self.device: Any
+        drv_features = RingFeatures(event_idx=event_idx, in_order=in_order)
+        dev_features = RingFeatures(event_idx, indirect, in_order, batch, strict)
         if fmt == "packed":
-            self.driver = PackedDriverQueue(
-                self.mem, q, self.addrs, event_idx=event_idx, indirect_pool=self.pool,
-                in_order=in_order,
-            )  # fmt: skip
+            self.driver = PackedDriverQueue(self.mem, q, self.addrs, drv_features, indirect_pool=self.pool)
             self.device = PackedDeviceQueue(
-                self.space, q, self.addrs, event_idx=event_idx, indirect=indirect,
-                in_order=in_order, batch_in_order=batch, max_indirect=max_indirect,
-                strict=strict,
-            )  # fmt: skip
+                self.space, q, self.addrs, dev_features, max_indirect=max_indirect
+            )
         else:
-            self.driver = SplitDriverQueue(
-                self.mem, q, self.addrs, event_idx=event_idx, indirect_pool=self.pool,
-                in_order=in_order,
-            )  # fmt: skip
-            self.device = SplitDeviceQueue(
-                self.space, q, self.addrs, event_idx=event_idx, indirect=indirect,
-                in_order=in_order, batch_in_order=batch, max_indirect=max_indirect,
-                strict=strict,
-            )  # fmt: skip
+            self.driver = SplitDriverQueue(self.mem, q, self.addrs, drv_features, indirect_pool=self.pool)
+            self.device = SplitDeviceQueue(self.space, q, self.addrs, dev_features, max_indirect=max_indirect)
 
     def close(self) -> None:
         if self.own_memory:

@@ -9,6 +9,8 @@ goes through the checked path again (and fails there if it must).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from virtio_sim.dma import DmaError, IdentityAddressSpace, TranslatedAddressSpace, lease_for
@@ -16,6 +18,7 @@ from virtio_sim.host.iommu import EndpointTranslator, Iommu
 from virtio_sim.layouts import desc_codec
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.chain import RingError
+from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
 from virtio_sim.spec import DESC_F, IOMMU_MAP_F
 
@@ -202,21 +205,24 @@ def test_lease_path_reads_each_descriptor_once() -> None:
     mem.close()
 
 
-def test_fast_paths_honour_hooks_a_subclass_overrides() -> None:
-    """Checkers swap in rings that misbehave on purpose (tests/conformance_broken*.py);
-    the lease paths must not go around their hooks."""
+def test_fast_paths_honour_the_rings_hooks() -> None:
+    """Checkers give rings hooks that misbehave on purpose (tests/conformance_broken*.py);
+    the lease paths must not go around them."""
 
-    class TakesFromTheTop(SplitDriverQueue):
-        def _take(self) -> int:
-            return self.free.popleft()
+    class TakesFromTheTop(DriverHooks):
+        def take(self, ring: Any) -> int:
+            value: int = ring.free.popleft()
+            return value
 
-    class ReportsOneMore(SplitDeviceQueue):
-        def _write_used(self, head: int, written: int, count: int) -> None:
-            super()._write_used(head, written + 1, count)
+    class ReportsOneMore(DeviceHooks):
+        def write_used(self, ring: Any, head: int, written: int, count: int) -> None:
+            ring.write_used(head, written + 1, count)
 
     mem = GuestMemory.create(1 << 20)
-    drv = TakesFromTheTop(mem, Q, RING)
-    dev = ReportsOneMore(IdentityAddressSpace(mem), Q, RING)
+    drv = SplitDriverQueue(mem, Q, RING)
+    drv.hooks = TakesFromTheTop()
+    dev = SplitDeviceQueue(IdentityAddressSpace(mem), Q, RING)
+    dev.hooks = ReportsOneMore()
     assert drv.add([], [(DATA, 64)], "a") == Q - 1
     assert drv.add_batch([((), ((DATA, 64),), "b")]) == [Q - 2]
     a, b = dev.pop_batch(Q)

@@ -747,6 +747,9 @@ def test_our_virtio_mmio_aml_is_byte_identical_to_qemus_virt() -> None:
 # --------------------------------------------------------------------------- processes
 
 
+RUN_BACKSTOP = 90  # seconds
+
+
 def test_host_and_guest_processes_on_firmware_machines() -> None:
     """``run --processes -M``: the host process writes the tables into the shared guest
     RAM (virt's at 1 GiB), the guest process finds its devices there."""
@@ -765,12 +768,16 @@ def test_host_and_guest_processes_on_firmware_machines() -> None:
                 "--workload",
                 "blk-rw",
                 "--json",
+                # a backstop, not a measurement: the run ends by itself; the default 10 s
+                # wall-clock HANG bound was reached on a loaded machine
+                "--timeout",
+                str(RUN_BACKSTOP),
             ],
             capture_output=True,
             text=True,
             cwd=ROOT,
             check=False,
-            timeout=120,
+            timeout=2 * RUN_BACKSTOP,
         )
         r = json.loads(p.stdout)
         assert r["outcome"] == "OK", r["detail"]

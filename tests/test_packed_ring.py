@@ -24,7 +24,8 @@ from virtio_sim.ring.packed import (
     event_crossed,
     lap_wrap,
 )
-from virtio_sim.ring.split import QueueFullError, SplitRingAddresses
+from virtio_sim.ring.split import SplitRingAddresses
+from virtio_sim.ring.types import QueueFullError, RingFeatures
 from virtio_sim.spec import PACKED_DESC_F, PACKED_EVENT_F
 
 # Retyped from the spec on purpose (see the module docstring).
@@ -564,7 +565,7 @@ def test_misaligned_or_inaccessible_rings_are_refused() -> None:
         bad = SplitRingAddresses(p.addrs.desc + 8, p.addrs.avail, p.addrs.used)
         with pytest.raises(RingError, match="ring-alignment"):
             PackedDeviceQueue(p.space, 4, bad)
-        PackedDeviceQueue(p.space, 4, bad, strict=False)
+        PackedDeviceQueue(p.space, 4, bad, RingFeatures(strict=False))
         far = SplitRingAddresses(p.total, p.addrs.avail, p.addrs.used)
         with pytest.raises(RingError, match="ring-address"):
             PackedDeviceQueue(p.space, 4, far)

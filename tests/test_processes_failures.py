@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 from process_helpers import DEATH_BOUND, host, live_group_members, run_guest, spawn
+from wire_tap import tap
 
 from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_PEER_LOST
 
@@ -38,11 +39,14 @@ def _guest_secret(link: str, tmp_path: Path) -> tuple[str, ...]:
 async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
     with trio.fail_after(60):
         async with host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as h:
-            async with spawn(
-                "guest", "--connect", h.address, *SOAK, *_guest_secret(link, tmp_path), name="guest"
-            ) as g:
+            async with (
+                tap(h.address, tmp_path) as t,
+                spawn(
+                    "guest", "--connect", t.address, *SOAK, *_guest_secret(link, tmp_path), name="guest"
+                ) as g,
+            ):
                 await h.log("guest 1: handshake done")
-                await trio.sleep(0.3)  # well inside the soak (thousands of requests)
+                await t.kicked.wait()  # the driver is past DRIVER_OK and requests flow
                 assert g.proc.returncode is None
                 killed_at = trio.current_time()
                 g.signal(signal.SIGKILL)
@@ -61,14 +65,15 @@ async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
             assert h.proc.returncode is None
 
 
-async def test_kill_9_guest_ends_a_once_host_with_status_3() -> None:
+async def test_kill_9_guest_ends_a_once_host_with_status_3(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with (
             host("--listen", "unix:", "--once", "-device", "virtio-rng-device", *SEED) as h,
-            spawn("guest", "--connect", h.address, *SOAK, name="guest") as g,
+            tap(h.address, tmp_path) as t,
+            spawn("guest", "--connect", t.address, *SOAK, name="guest") as g,
         ):
             await h.log("handshake done")
-            await trio.sleep(0.3)
+            await t.kicked.wait()
             killed_at = trio.current_time()
             g.signal(signal.SIGKILL)
             rc = await h.exit(timeout=5)
@@ -82,10 +87,11 @@ async def test_kill_9_host_mid_workload(tmp_path: Path, link: str) -> None:
     with trio.fail_after(60):
         async with (
             host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as h,
-            spawn("guest", "--connect", h.address, *SOAK, *_guest_secret(link, tmp_path), name="guest") as g,
+            tap(h.address, tmp_path) as t,
+            spawn("guest", "--connect", t.address, *SOAK, *_guest_secret(link, tmp_path), name="guest") as g,
         ):
             await h.log("guest 1: handshake done")
-            await trio.sleep(0.3)
+            await t.kicked.wait()  # mid-workload: the status trace below must show DRIVER_OK
             assert g.proc.returncode is None
             killed_at = trio.current_time()
             h.signal(signal.SIGKILL)
@@ -120,12 +126,15 @@ async def test_ctrl_c_on_the_host_says_bye_and_removes_the_socket(tmp_path: Path
     assert not sock_dir.exists()  # ... and so is the private directory the host created
 
 
-async def test_ctrl_c_on_the_guest_says_bye() -> None:
+async def test_ctrl_c_on_the_guest_says_bye(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with host("--listen", "unix:", "-device", "virtio-rng-device", *SEED) as h:
-            async with spawn("guest", "--connect", h.address, *SOAK, name="guest") as g:
+            async with (
+                tap(h.address, tmp_path) as t,
+                spawn("guest", "--connect", t.address, *SOAK, name="guest") as g,
+            ):
                 await h.log("handshake done")
-                await trio.sleep(0.2)
+                await t.kicked.wait()
                 g.signal(signal.SIGINT)
                 rc = await g.exit(timeout=5)
             ended = await h.event("guest-ended")
@@ -144,7 +153,10 @@ async def test_ctrl_c_on_run_processes_stops_everything(target: str) -> None:
             "--processes", name="runner",
         ) as r:  # fmt: skip
             await r.wait_for(lambda: len(live_group_members(r.pgid)) >= 3, timeout=15)
-            await trio.sleep(0.5)  # the guest is connected and working
+            guests = await r.wait_for(
+                lambda: [pid for pid in live_group_members(r.pgid) if _is_guest(pid)], timeout=15
+            )
+            await r.wait_for(lambda: _has_mapped_guest_ram(guests[0]), timeout=30)  # connected
             if target == "group":
                 os.killpg(r.pgid, signal.SIGINT)
             else:
@@ -166,8 +178,7 @@ async def test_run_processes_reports_a_killed_guest() -> None:
             )
             # Kill only once the guest has mapped guest RAM, i.e. finished the handshake: a
             # guest killed before the host has it leaves the host no loss to report.
-            await r.wait_for(lambda: _has_mapped_guest_ram(members[0]), timeout=15)
-            await trio.sleep(0.2)
+            await r.wait_for(lambda: _has_mapped_guest_ram(members[0]), timeout=30)
             os.kill(members[0], signal.SIGKILL)
             rc = await r.exit(timeout=10)
             assert live_group_members(r.pgid) == []

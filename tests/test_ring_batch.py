@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ringpair import BumpPool
 
 from virtio_sim import layouts as L
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.chain import DeviceBrokenError, RingError
+from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
+from virtio_sim.ring.mock import MockPool
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import DESC_F, PACKED_DESC_F
 
 Q = 16
@@ -35,17 +37,23 @@ PACKED_RING = SplitRingAddresses(0x1000, 0x1000 + L.packed_ring_size(Q), 0x2000)
 class Pair:
     def __init__(self, event_idx: bool, indirect: bool = False, packed: bool = False) -> None:
         self.mem = GuestMemory.create(MEM)
-        pool = BumpPool(0x80000, 0x10000) if indirect else None
+        pool = MockPool(0x80000, 0x10000) if indirect else None
         space = IdentityAddressSpace(self.mem)
         self.drv: Any
         self.dev: Any
         if packed:
-            self.drv = PackedDriverQueue(self.mem, Q, PACKED_RING, event_idx=event_idx, indirect_pool=pool)
-            self.dev = PackedDeviceQueue(space, Q, PACKED_RING, event_idx=event_idx, indirect=indirect)
+            self.drv = PackedDriverQueue(
+                self.mem, Q, PACKED_RING, RingFeatures(event_idx=event_idx), indirect_pool=pool
+            )
+            self.dev = PackedDeviceQueue(
+                space, Q, PACKED_RING, RingFeatures(event_idx=event_idx, indirect=indirect)
+            )
             self.ring_end = PACKED_RING.used + L.EVENT_SUPPRESS_SIZE
         else:
-            self.drv = SplitDriverQueue(self.mem, Q, RING, event_idx=event_idx, indirect_pool=pool)
-            self.dev = SplitDeviceQueue(space, Q, RING, event_idx=event_idx, indirect=indirect)
+            self.drv = SplitDriverQueue(
+                self.mem, Q, RING, RingFeatures(event_idx=event_idx), indirect_pool=pool
+            )
+            self.dev = SplitDeviceQueue(space, Q, RING, RingFeatures(event_idx=event_idx, indirect=indirect))
             self.ring_end = RING.used + L.used_ring_size(Q)
 
     def rings(self) -> bytes:
@@ -279,33 +287,56 @@ def test_packed_push_batch_with_a_bad_head_publishes_the_ones_before() -> None:
         p.mem.close()
 
 
-class _CountingDevice(PackedDeviceQueue):
-    """A subclass overriding the hooks: the fast paths must step aside for it."""
+class _Counting(DeviceHooks):
+    """Hooks that count the used writes and the interrupt decisions they see."""
 
-    reads = 0
-    writes = 0
+    def __init__(self) -> None:
+        self.writes = 0
+        self.decisions = 0
 
-    def _read_desc(self, pos: int) -> Any:
-        type(self).reads += 1
-        return super()._read_desc(pos)
+    def write_used(self, ring: Any, head: int, written: int, count: int) -> None:
+        self.writes += 1
+        ring.write_used(head, written, count)
 
-    def _write_used(self, buf_id: int, written: int, skip: int) -> None:
-        type(self).writes += 1
-        super()._write_used(buf_id, written, skip)
+    def needs_interrupt(self, ring: Any, wanted: bool) -> bool:
+        self.decisions += 1
+        return wanted
 
 
-def test_packed_fast_paths_step_aside_for_overridden_hooks() -> None:
+class _CountingDriver(DriverHooks):
+    def __init__(self) -> None:
+        self.taken = 0
+        self.heads: list[int] = []
+
+    def take(self, ring: Any) -> int:
+        self.taken += 1
+        return super().take(ring)
+
+    def added(self, ring: Any, head: int) -> None:
+        self.heads.append(head)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_fast_paths_step_aside_for_hooks(packed: bool) -> None:
+    """Every used write and every descriptor choice of a ring with hooks goes through
+    them, on the per-chain and the batch calls alike."""
     mem = GuestMemory.create(MEM)
     try:
-        drv = PackedDriverQueue(mem, Q, PACKED_RING)
-        dev = _CountingDevice(IdentityAddressSpace(mem), Q, PACKED_RING)
-        drv.add_batch([((), ((DATA + 4096 * i, 64),), i) for i in range(3)])
-        assert dev.pop() is not None
-        assert len(dev.pop_batch(8)) == 2
-        assert _CountingDevice.reads >= 3  # every pop went through _read_desc
-        dev.push(0, 1)
-        dev.push_batch([(1, 2), (2, 3)])
-        assert _CountingDevice.writes == 3
+        addrs = PACKED_RING if packed else RING
+        drv = (PackedDriverQueue if packed else SplitDriverQueue)(mem, Q, addrs)
+        dev = (PackedDeviceQueue if packed else SplitDeviceQueue)(IdentityAddressSpace(mem), Q, addrs)
+        drv.hooks = drv_hooks = _CountingDriver()
+        dev.hooks = hooks = _Counting()
+        ids = drv.add_batch([((), ((DATA + 4096 * i, 64),), i) for i in range(3)])
+        assert drv_hooks.taken == 3 and drv_hooks.heads == ids
+        first = dev.pop()
+        assert first is not None
+        rest = dev.pop_batch(8)
+        assert len(rest) == 2
+        dev.push(first.head, 1)
+        dev.push_batch([(rest[0].head, 2), (rest[1].head, 3)])
+        assert hooks.writes == 3
+        assert dev.needs_interrupt() and hooks.decisions == 1
         assert drv.get_used_batch() == [(0, 1), (1, 2), (2, 3)]
     finally:
         mem.close()

@@ -37,7 +37,7 @@ from ringpair import RingPair
 from virtio_sim import layouts as L
 from virtio_sim.ring.chain import Chain, ChainWriter, read_all
 from virtio_sim.ring.packed import lap_wrap
-from virtio_sim.ring.split import IDX_MASK
+from virtio_sim.ring.types import IDX_MASK
 from virtio_sim.spec import AVAIL_F, PACKED_EVENT_F, USED_F
 
 SLOT = 0x1000  # data bytes per in-flight token

@@ -36,6 +36,7 @@ from virtio_sim.ring.chain import ChainReader, ChainWriter
 from virtio_sim.ring.notify import encode_notify_data
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import BLK_S, BLK_T, MMIO_INT, STATUS, F, bit
 from virtio_sim.wire import memory_link
 
@@ -390,7 +391,7 @@ def test_notification_data_is_checked_against_the_ring(packed: bool) -> None:
 def test_in_order_batch_completion_through_the_device() -> None:
     model = RngDevice(seed=5)
     b = bench(model, packed=True, in_order=True, in_order_batch=True)
-    q = queue(b, 0, 8, packed=True, in_order=True)
+    q = queue(b, 0, 8, packed=True, features=RingFeatures(in_order=True))
     b.driver_ok()
     bufs = [b.dma.alloc(32) for _ in range(4)]
     for i, buf in enumerate(bufs):

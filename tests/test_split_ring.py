@@ -27,6 +27,7 @@ from virtio_sim.ring.chain import (
     RingError,
     read_all,
 )
+from virtio_sim.ring.mock import MockPool, split_layout
 from virtio_sim.ring.split import (
     IDX_MASK,
     QueueFullError,
@@ -36,6 +37,7 @@ from virtio_sim.ring.split import (
     check_queue_size,
     need_event,
 )
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import AVAIL_F, DESC_F, USED_F
 
 MAX_SEGS = 8  # segments per chain in the random tests
@@ -50,35 +52,6 @@ def in_window(event: int, old: int, new: int) -> bool:
     return ((event - old) & IDX_MASK) < ((new - old) & IDX_MASK)
 
 
-class BumpPool:
-    """A bump allocator over a window of guest RAM for indirect tables (a DmaPool)."""
-
-    def __init__(self, base: int, size: int) -> None:
-        self.base = base
-        self.limit = base + size
-        self.next = base
-        self.live: set[DmaBuffer] = set()
-        self.allocs = 0
-        self.frees = 0
-
-    def alloc(self, size: int, align: int) -> DmaBuffer:
-        start = L.align_up(self.next, align)
-        if start + size > self.limit:
-            raise MemoryError("indirect pool exhausted")
-        self.next = start + size
-        buf = DmaBuffer(start, start, size)
-        self.live.add(buf)
-        self.allocs += 1
-        return buf
-
-    def free(self, buf: DmaBuffer) -> None:
-        assert buf in self.live, f"free of a buffer that is not allocated: {buf}"
-        self.live.remove(buf)
-        self.frees += 1
-        if not self.live:
-            self.next = self.base
-
-
 @dataclass
 class Layout:
     desc: int
@@ -91,9 +64,7 @@ class Layout:
 
     @classmethod
     def for_queue(cls, q: int, slots: int | None = None) -> Layout:
-        desc = 0x1000
-        avail = desc + L.desc_table_size(q)  # 16-aligned
-        used = L.align_up(avail + L.avail_ring_size(q), 4)  # minimum alignments only
+        desc, avail, used = split_layout(0x1000, q)  # minimum alignments only
         pool = L.align_up(used + L.used_ring_size(q), 0x1000)
         pool_size = 0x40000
         data = pool + pool_size
@@ -122,18 +93,14 @@ class Pair:
         self.mem = GuestMemory.create(lay.total)
         self.space = IdentityAddressSpace(self.mem)
         self.addrs = SplitRingAddresses(lay.desc, lay.avail, lay.used)
-        self.pool = BumpPool(lay.pool, lay.pool_size) if indirect else None
+        self.pool = MockPool(lay.pool, lay.pool_size) if indirect else None
+        drv_features = RingFeatures(event_idx=event_idx)
+        dev_features = RingFeatures(event_idx=event_idx, indirect=indirect)
         self.driver = SplitDriverQueue(
-            self.mem, q, self.addrs, event_idx=event_idx, indirect_pool=self.pool, order=order
+            self.mem, q, self.addrs, drv_features, indirect_pool=self.pool, order=order
         )
         self.device = SplitDeviceQueue(
-            self.space,
-            q,
-            self.addrs,
-            event_idx=event_idx,
-            indirect=indirect,
-            order=order,
-            max_indirect=max_indirect,
+            self.space, q, self.addrs, dev_features, order=order, max_indirect=max_indirect
         )
         self.idx = L.ring_index_codec(order)
         if start:
@@ -834,7 +801,7 @@ def test_descriptor_bytes_written_by_the_driver() -> None:
             pair.close()
 
 
-class RoundingPool(BumpPool):
+class RoundingPool(MockPool):
     """A pool that hands out more than asked for (page-granular allocators do)."""
 
     def alloc(self, size: int, align: int) -> DmaBuffer:
@@ -880,7 +847,7 @@ def test_detach_all_returns_tokens_and_descriptors() -> None:
 def test_lenient_device_skips_zero_length_descriptors() -> None:
     pair = Pair(4)
     lay = pair.layout
-    lenient = SplitDeviceQueue(pair.space, 4, pair.addrs, strict=False)
+    lenient = SplitDeviceQueue(pair.space, 4, pair.addrs, RingFeatures(strict=False))
     try:
         pair.driver.add([(lay.data, 0), (lay.data, 4)], [(lay.data + 8, 0)], "z")
         c = lenient.pop()

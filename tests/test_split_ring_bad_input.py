@@ -18,7 +18,9 @@ from virtio_sim import layouts as L
 from virtio_sim.dma import DmaError, IdentityAddressSpace
 from virtio_sim.memory import GuestMemory, MemoryRegion, SharedMemoryObject
 from virtio_sim.ring.chain import Chain, ChainWriter, DeviceBrokenError, RingError, read_all
+from virtio_sim.ring.mock import MockSplitRing
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import DESC_F
 
 NEXT, WRITE, INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
@@ -56,32 +58,27 @@ class Hand:
         if fill:
             for r in self.mem.regions:
                 self.mem.write(r.gpa, canary(r.size, r.gpa))
-        self.desc_codec = L.desc_codec(order)
-        self.elem_codec = L.used_elem_codec(order)
-        self.idx = L.ring_index_codec(order)
-        self.avail_idx = 0
-        self.mem.write(RING.avail, self.idx.pack(0) + self.idx.pack(0))  # flags, idx
+        # the driver's side, field by field (only the avail header is zeroed: the rest
+        # of guest RAM keeps its canaries)
+        self.ring = MockSplitRing(self.mem, q, RING.desc, RING.avail, RING.used, order=order, zero=False)
+        self.ring.avail.flags.store(0)
+        self.ring.avail.idx.store(0)
         self.space = IdentityAddressSpace(self.mem)
-        self.device = SplitDeviceQueue(
-            self.space, q, RING, indirect=indirect, strict=strict, order=order,
-            max_indirect=max_indirect,
-        )  # fmt: skip
+        features = RingFeatures(indirect=indirect, strict=strict)
+        self.device = SplitDeviceQueue(self.space, q, RING, features, order=order, max_indirect=max_indirect)
 
     def desc(
         self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0, table: int | None = None
     ) -> None:
-        base = RING.desc if table is None else table
-        self.mem.write(base + 16 * i, self.desc_codec.pack(addr, length, flags, nxt))
+        t = self.ring.desc_table if table is None else self.ring.table(table, i + 1)
+        t.store(i, addr, length, flags, nxt)
 
     def avail(self, *heads: int) -> None:
-        for h in heads:
-            slot = self.avail_idx % self.q
-            self.mem.write(RING.avail + L.avail_entry_offset(slot), self.idx.pack(h))
-            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self.set_avail_idx(self.avail_idx)
+        self.ring.make_available(*heads)
 
     def set_avail_idx(self, value: int) -> None:
-        self.mem.write(RING.avail + L.RING_IDX_OFFSET, self.idx.pack(value))
+        """The index word alone: the driver's own count stays where it was."""
+        self.ring.avail.idx.store(value)
 
     def snapshot(self) -> bytes:
         return b"".join(self.mem.read(r.gpa, r.size) for r in self.mem.regions)
@@ -110,10 +107,10 @@ class Hand:
         before = self.snapshot()
         self.device.push(err.head, 0)
         after = self.snapshot()
-        elem = RING.used + L.used_elem_offset(slot)
-        idx = RING.used + L.RING_IDX_OFFSET
-        assert self.elem_codec.unpack(self.mem.read(elem, 8)) == (err.head, 0)
-        assert self.idx.unpack(self.mem.read(idx, 2))[0] == self.device.used_idx
+        elem = self.ring.used.ring.ref_at(slot).addr
+        idx = self.ring.used.idx.addr
+        assert self.ring.used_elem(slot) == (err.head, 0)
+        assert self.ring.used_idx() == self.device.used_idx
         allowed = set(range(elem, elem + 8)) | {idx, idx + 1}
         base = self.mem.regions[0].gpa
         changed = {base + i for i in range(len(before)) if before[i] != after[i]}
@@ -547,7 +544,7 @@ def test_each_descriptor_is_read_exactly_once(hand_indirect: Hand) -> None:
     """TOCTOU (#25): a private snapshot per descriptor, the indirect table read in one go."""
     h = hand_indirect
     space = CountingSpace(h.mem)
-    dev = SplitDeviceQueue(space, Q, RING, indirect=True)
+    dev = SplitDeviceQueue(space, Q, RING, RingFeatures(indirect=True))
     h.desc(0, DATA, 16, NEXT, 1, table=TABLE)
     h.desc(1, DATA + 32, 16, WRITE, table=TABLE)
     h.desc(6, DATA + 64, 8, NEXT, 2)

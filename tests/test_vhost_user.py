@@ -32,6 +32,7 @@ from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.packed import PackedDriverQueue
 from virtio_sim.ring.split import SplitDriverQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 from virtio_sim.spec import (
     BLK_F,
     DESC_F,
@@ -128,7 +129,9 @@ class Guest:
         a = layouts.avail_ring_size(QSIZE)
         area = self.dma.alloc(4096, 4096)
         addrs = SplitRingAddresses(area.gpa, area.gpa + d, area.gpa + layouts.align_up(d + a, 4))
-        self.ring = SplitDriverQueue(self.memory, QSIZE, addrs, event_idx=event_idx, indirect_pool=self.dma)
+        self.ring = SplitDriverQueue(
+            self.memory, QSIZE, addrs, RingFeatures(event_idx=event_idx), indirect_pool=self.dma
+        )
         return addrs
 
     def ram_fd(self) -> int:

@@ -89,7 +89,7 @@ class LyingQueue:
         self.state.fired += 1
 
     def _raw(self, buf_id: int, written: int) -> None:
-        self.ring._write_used(buf_id & 0xFFFF, written & 0xFFFFFFFF, 1)
+        self.ring.write_used(buf_id & 0xFFFF, written & 0xFFFFFFFF, 1)
 
     def _writable(self, head: int) -> int:
         chain = self.chains.get(head)
@@ -113,7 +113,7 @@ class LyingQueue:
             case "used-id-ffff":
                 self._raw(0xFFFF, written)
             case "used-id-not-in-flight":
-                in_flight = set(getattr(ring, "in_flight", ())) | set(getattr(ring, "_buffers", {}))
+                in_flight = set(ring.in_flight)
                 other = next(i for i in range(size) if i not in in_flight and i != head)
                 self._raw(other, written)
             case "double-completion":
@@ -123,14 +123,14 @@ class LyingQueue:
                 self.q.push(head, written)
                 if isinstance(ring, SplitDeviceQueue):
                     ring.used_idx = (ring.used_idx + RUN_AHEAD) & 0xFFFF
-                    ring.space.write(ring._used_idx_addr, ring._idx.pack(ring.used_idx))
+                    ring.write_used_idx(ring.used_idx)
                 else:
                     for _ in range(RUN_AHEAD):
                         self._raw((head + 1) % size, 0)
             case "used-idx-backwards":
                 self.q.push(head, written)
                 if isinstance(ring, SplitDeviceQueue):
-                    ring.space.write(ring._used_idx_addr, ring._idx.pack((ring.used_idx - 2) & 0xFFFF))
+                    ring.write_used_idx(ring.used_idx - 2)
                 else:
                     self._raw(head, written)
             case "needs-reset":

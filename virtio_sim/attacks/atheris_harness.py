@@ -20,6 +20,7 @@ from virtio_sim.memory import GuestMemory
 from virtio_sim.ring.chain import RingError
 from virtio_sim.ring.packed import PackedDeviceQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses
+from virtio_sim.ring.types import RingFeatures
 
 MEM = 1 << 16
 Q = 16
@@ -40,9 +41,9 @@ def _walker(packed: bool) -> Callable[[bytes], None]:
     def one(data: bytes) -> None:
         mem.write(0, data[:MEM].ljust(0x3000, b"\0"))
         ring = (
-            PackedDeviceQueue(space, Q, ADDRS, indirect=True)
+            PackedDeviceQueue(space, Q, ADDRS, RingFeatures(indirect=True))
             if packed
-            else SplitDeviceQueue(space, Q, ADDRS, indirect=True)
+            else SplitDeviceQueue(space, Q, ADDRS, RingFeatures(indirect=True))
         )
         try:
             for _ in range(Q + 1):

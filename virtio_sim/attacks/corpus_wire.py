@@ -1,8 +1,14 @@
 """Broken wire traffic (row X1, X4 for hostile text, and F51 for vhost-user): frames a hostile peer sends to
 the host process (two-process protocol, docs/wire-protocol.md) and to the vhost-user
 back-end. Each case connects, misbehaves, and must see the server end that connection
-(an ERROR frame and/or a close) within its bound, leak no file descriptors, and serve a
-well-behaved peer that connects afterwards.
+(an ERROR frame and/or a close), leak no file descriptors, and serve a well-behaved peer
+that connects afterwards.
+
+Every step waits for what it needs, never for a time: the end of the connection, a
+frame, the host's own idle state (:meth:`HostServer.wait_idle`) before the next guest.
+The host's timers (handshake and frame timeouts) are what some cases test; the corpus's
+own bounds are backstops that only a real hang reaches, so the corpus gives the same
+answers on a loaded machine (docs/error-policies.md, "Flakiness check").
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from __future__ import annotations
 import array
 import io
 import os
+import select
 import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import trio
@@ -52,13 +60,20 @@ from virtio_sim.wire import (
     Role,
 )
 
-BOUND = 5.0
+# A backstop, not a measurement: a passing case never waits for it (each waits for an
+# event), only a hang does. Generous because the corpus runs niced beside CPU hogs, where
+# a step's wall time can be 50 times its CPU time.
+BOUND = 60.0
 HOST_TIMEOUTS = 1.0  # the in-process host's handshake and frame timeouts
 FLOOD_FDS = 64
 MMIO_MAGIC_AT = MICROVM_MMIO_BASE + MMIO_WINDOW * (MICROVM_MMIO_SLOTS - 1)  # first device: top slot
 
 
 _HDR = fast_codec(wire.FrameHeader)
+
+# Waits until the corpus's host has no connection open (HostServer.wait_idle); set by
+# run_wire_corpus for the cases that need the host to themselves.
+HOST_IDLE: ContextVar[Callable[[], Awaitable[None]]] = ContextVar("HOST_IDLE")
 
 
 def header(kind: int, length: int, magic: int = PROTOCOL_MAGIC, version: int = PROTOCOL_VERSION) -> bytes:
@@ -84,14 +99,18 @@ class WireCase:
     target: str  # "host" (two-process protocol) | "vhost-user"
     title: str
     send: Send
+    #: host cases: the host must end this connection itself (ERROR and/or close, at once
+    #: or when its timer runs out); False: the traffic is acceptable and the connection
+    #: lasts until the corpus says BYE
+    ends: bool = True
 
 
 CASES: list[WireCase] = []
 
 
-def case(cid: str, target: str, title: str) -> Callable[[Send], None]:
+def case(cid: str, target: str, title: str, *, ends: bool = True) -> Callable[[Send], None]:
     def deco(fn: Send) -> None:
-        CASES.append(WireCase(cid, target, title, fn))
+        CASES.append(WireCase(cid, target, title, fn, ends))
 
     return deco
 
@@ -173,25 +192,49 @@ case("wire-hello-unknown-capability", "host", "a guest HELLO with capability bit
 )
 async def _crowd(sock: trio.socket.SocketType) -> str:
     """This connection and max_unauthenticated - 1 more say nothing; the next one must be
-    told BUSY at once. (Row X6: nothing is built or locked before authentication.)"""
+    told BUSY at once. (Row X6: nothing is built or locked before authentication.)
+
+    The host's handshake timer ends silent connections: on a loaded machine one may end
+    before the extra connection arrives, which then rightly gets a HELLO. The host sends
+    that ERROR(TIMEOUT) before it frees the slot, so an extra connection greeted while
+    every silent one is still open is the host's fault; otherwise the attempt proves
+    nothing and is made again (fresh connections, the host idle again)."""
     path = sock.getpeername()
-    silent = [SocketFrameChannel(trio.SocketStream(sock))]
+    with trio.fail_after(BOUND):
+        frame, void = await _crowd_attempt(path, sock)
+        if void:
+            await wait_hangup(sock)  # the host's timer ends it
+        while void:
+            await HOST_IDLE.get()()
+            frame, void = await _crowd_attempt(path, None)
+    if frame.type is not MsgType.ERROR or wire.parse_error(frame)[0] != ErrorCode.BUSY:
+        raise CaseFailed(f"the connection past the cap got {frame.type.name}, not ERROR(BUSY)")
+    return "ERROR(BUSY) past the cap"
+
+
+async def _crowd_attempt(path: str, first: trio.socket.SocketType | None) -> tuple[wire.Frame, bool]:
+    """(what the extra connection got, whether a silent one had ended by then)."""
+    silent: list[SocketFrameChannel] = []
+    if first is not None:
+        silent.append(SocketFrameChannel(trio.SocketStream(first)))
     try:
-        for _ in range(LIMITS.host.max_unauthenticated - 1):
+        while len(silent) < LIMITS.host.max_unauthenticated:
             silent.append(SocketFrameChannel(await trio.open_unix_socket(path)))
-        with trio.fail_after(BOUND):
-            for ch in silent:
-                if (await ch.receive()).type is not MsgType.HELLO:
-                    raise CaseFailed("a silent connection within the cap was not greeted")
-            extra = SocketFrameChannel(await trio.open_unix_socket(path))
-            frame = await extra.receive()
-            await extra.aclose()
-        if frame.type is not MsgType.ERROR or wire.parse_error(frame)[0] != ErrorCode.BUSY:
-            raise CaseFailed(f"the connection past the cap got {frame.type.name}, not ERROR(BUSY)")
-        return "ERROR(BUSY) past the cap"
+        for ch in silent:
+            if (await ch.receive()).type is not MsgType.HELLO:
+                raise CaseFailed("a silent connection within the cap was not greeted")
+        extra = SocketFrameChannel(await trio.open_unix_socket(path))
+        frame = await extra.receive()
+        await extra.aclose()
+        return frame, frame.type is MsgType.HELLO and any(_ended_early(ch) for ch in silent)
     finally:
-        for ch in silent[1:]:
+        for ch in silent[1 if first is not None else 0 :]:
             await ch.aclose()
+
+
+def _ended_early(ch: SocketFrameChannel) -> bool:
+    """The host said more than its HELLO (its timeout ERROR) or hung up; never blocks."""
+    return bool(ch.take_buffered()) or bool(select.select([ch.socket.fileno()], [], [], 0)[0])
 
 
 @case("wire-never-reads", "host", "after the handshake: thousands of MMIO_READs, no reply ever read")
@@ -211,19 +254,27 @@ async def _never_reads(sock: trio.socket.SocketType) -> str:
             await ch.send_raw(flood)
         except trio.EndOfChannel:
             pass  # it hung up on us already: the reading below sees the end
-    with trio.move_on_after(2 * HOST_TIMEOUTS):
-        await trio.sleep_forever()  # still reading nothing: the host's send must time out
+    # Still reading nothing: the host's sends stall, and after its frame timeout it must
+    # hang up. Reading anything now would unblock it, so watch only for the hang-up.
     with trio.move_on_after(BOUND):
-        while True:  # now read: what was sent, then the end of the connection
-            try:
-                if not await sock.recv(1 << 16):
-                    return "dropped after its frame timeout"
-            except OSError:
-                return "dropped after its frame timeout"
+        await wait_hangup(sock)
+        return "dropped after its frame timeout"
     raise CaseFailed("the host kept the connection of a guest that read nothing")
 
 
-@case("wire-fd-flood", "host", f"HELLO carrying {FLOOD_FDS} file descriptors")
+async def wait_hangup(sock: trio.socket.SocketType) -> None:
+    """Return once the peer has closed its end, reading nothing of what it sent: a private
+    epoll set that watches only for the hang-up becomes readable when it happens."""
+    watch = select.epoll()
+    try:
+        watch.register(sock.fileno(), select.EPOLLRDHUP)  # EPOLLHUP and EPOLLERR come unasked
+        while not watch.poll(0):
+            await trio.lowlevel.wait_readable(watch.fileno())
+    finally:
+        watch.close()
+
+
+@case("wire-fd-flood", "host", f"HELLO carrying {FLOOD_FDS} file descriptors", ends=False)
 async def _fd_flood(sock: trio.socket.SocketType) -> None:
     await _with_fds(sock, _guest_hello(), FLOOD_FDS)
 
@@ -247,8 +298,11 @@ async def _dma_reply(sock: trio.socket.SocketType) -> None:
 # corpus serves a read-only blk drive of AMPLIFY.total + 1 MiB (sparse) in slot 2.
 AMPLIFY = Amplified()
 AMPLIFY_RSS_BOUND = 64 * MIB  # host peak RSS growth for the whole request
-AMPLIFY_HELLO_BOUND = 2.0  # seconds; the goal is 0.1 s, this is the CI-safe bound
-AMPLIFY_SECONDS = 120.0  # the request itself, on a loaded 2-core machine
+# A bystander's HELLO must come back while the request still runs, within this share of
+# the request's own time: both are measured on one clock under one load, so the check
+# holds on a loaded machine as on an idle one. (tests/test_amplification.py measures
+# the absolute latency: 0.3-44 ms, goal < 100 ms.)
+AMPLIFY_HELLO_SHARE = 0.1
 BLK_AT = MMIO_MAGIC_AT - MMIO_WINDOW  # the second device
 
 
@@ -257,6 +311,7 @@ BLK_AT = MMIO_MAGIC_AT - MMIO_WINDOW  # the second device
     "host",
     f"indirect table of {AMPLIFY.entries} entries on one {AMPLIFY.buffer_size // MIB} MiB buffer: "
     f"a {AMPLIFY.total // MIB} MiB blk read",
+    ends=False,
 )
 async def _amplification(sock: trio.socket.SocketType) -> str:
     ch = SocketFrameChannel(trio.SocketStream(sock), accept_fds=True, frame_timeout=BOUND)
@@ -271,7 +326,8 @@ async def _amplification(sock: trio.socket.SocketType) -> str:
             await finish(ch, mem, AMPLIFY)
             served_at.append(trio.current_time())
 
-        with trio.fail_after(AMPLIFY_SECONDS):
+        with trio.fail_after(BOUND):
+            posted_at = trio.current_time()
             async with trio.open_nursery() as nursery:
                 await post_amplified_read(ch, mem, BLK_AT, AMPLIFY)
                 nursery.start_soon(serve_attack)
@@ -286,8 +342,9 @@ async def _amplification(sock: trio.socket.SocketType) -> str:
     measured = f"HELLO in {latency * 1000:.1f} ms meanwhile; host peak RSS +{growth / MIB:.1f} MiB"
     if hello_at > served_at[0]:
         raise CaseFailed(f"a new connection's HELLO waited for the device ({measured})")
-    if latency > AMPLIFY_HELLO_BOUND or growth > AMPLIFY_RSS_BOUND:
-        raise CaseFailed(f"over the bound: {measured}")
+    took = served_at[0] - posted_at
+    if latency > AMPLIFY_HELLO_SHARE * took or growth > AMPLIFY_RSS_BOUND:
+        raise CaseFailed(f"over the bound: {measured}; the request took {took:.1f}s")
     return measured
 
 
@@ -370,27 +427,66 @@ async def _vu_num(sock: trio.socket.SocketType) -> None:
 # --------------------------------------------------------------------------- running
 
 
-async def _drain(sock: trio.socket.SocketType, probe: bytes | None, wait: float = 0.5) -> str | None:
-    """How the server dealt with the connection: "close" (it hung up, maybe after an
-    ERROR frame), "refused" (it answered a probe on the same connection: the bad request
-    was refused and the connection is still usable), "alive" (it closed cleanly when
-    told BYE: the traffic was acceptable), or None (neither: stuck)."""
+async def _closed_within(sock: trio.socket.SocketType, seconds: float) -> bool:
+    """Read (and drop) what arrives until the peer ends the connection; False if it has
+    not within ``seconds``."""
+    with trio.move_on_after(seconds):
+        while True:
+            try:
+                data = await sock.recv(65536)
+            except OSError:
+                return True
+            if not data:
+                return True
+    return False
 
-    async def closed_within(seconds: float) -> bool:
-        with trio.move_on_after(seconds):
-            while True:
-                try:
-                    data = await sock.recv(65536)
-                except OSError:
-                    return True
-                if not data:
-                    return True
-        return False
 
-    if await closed_within(wait if probe is not None else BOUND):
+async def _drain_host(sock: trio.socket.SocketType, ends: bool) -> str | None:
+    """How the host dealt with the connection: "close" (it hung up, maybe after an ERROR
+    frame), "alive" (the traffic was acceptable: it ended cleanly when told BYE), or None
+    (it kept the connection: stuck).
+
+    A case the host must end (``ends``) is given time, not a probe: its timers are what
+    some cases test. Otherwise the BYE goes at once; the host handles frames in order,
+    so whatever it answers to the BYE comes after its answer to the traffic before it.
+    """
+    if ends:
+        return "close" if await _closed_within(sock, BOUND) else None
+    received = bytearray()
+    try:
+        await sock.send(wire.bye().encode())
+        with trio.move_on_after(BOUND):
+            while data := await sock.recv(65536):
+                received += data
+            return "close" if MsgType.ERROR in _frame_types(bytes(received)) else "alive"
+    except OSError:
+        return "close"  # it hung up with our bytes unread
+    return None
+
+
+def _frame_types(data: bytes) -> set[MsgType]:
+    """The types of the whole frames at the start of ``data``."""
+    kinds: set[MsgType] = set()
+    at = 0
+    while at + wire.HEADER_SIZE <= len(data):
+        try:
+            kind, _, length = wire.decode_header(data[at : at + wire.HEADER_SIZE])
+        except wire.WireError:
+            break
+        kinds.add(kind)
+        at += wire.HEADER_SIZE + length
+    return kinds
+
+
+async def _drain_vu(sock: trio.socket.SocketType, probe: bytes, wait: float = 0.5) -> str | None:
+    """How the vhost-user back-end dealt with the connection: "close" (it hung up),
+    "refused" (it answered a probe on the same connection: the bad request was refused
+    and the connection is still usable), "alive" (it closed cleanly when probed), or
+    None (neither: stuck). The back-end handles messages in order, so a probe sent
+    before it has read the bad message is answered after it (or never): ``wait`` only
+    saves the probe when the back-end hangs up at once."""
+    if await _closed_within(sock, wait):
         return "close"
-    if probe is None:
-        return None
     try:
         await sock.send(probe)
     except OSError:
@@ -448,29 +544,43 @@ async def _good_vu_frontend(tmp: str, n: int) -> str | None:
 
 
 async def _settled(before: int) -> bool:
-    """The server closes its end of a finished connection a moment later: wait for it."""
-    with trio.move_on_after(1.0):
+    """The servers close their end of a finished connection when they get to it (and
+    the collector frees what a case dropped): wait for the count to come back."""
+    with trio.move_on_after(BOUND):
         while fds_open() > before + 2:
             await trio.sleep(0.02)
         return True
     return False
 
 
+async def _host_idle() -> None:
+    """No host connection is open (a case run on its own has no host to wait for)."""
+    wait = HOST_IDLE.get(None)
+    if wait is not None:
+        with trio.fail_after(BOUND):
+            await wait()
+
+
 async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) -> CaseResult:
     start = time.perf_counter()
     res = CaseResult(c.id, c.target, Verdict.HANDLED)
     measured: str | None = None
-    before = fds_open()
     try:
         if c.target == "host":
             assert host_path is not None
-            sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-            await sock.connect(host_path)
-            measured = await c.send(sock)
-            how = await _drain(sock, wire.bye().encode(), wait=HOST_TIMEOUTS + 0.5)
-            sock.close()
-            after = await _good_host_guest(host_path)
+            await _host_idle()  # the case has the host to itself
+            before = fds_open()
+            with trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM) as sock:
+                await sock.connect(host_path)  # closed whatever the case raises
+                measured = await c.send(sock)
+                how = await _drain_host(sock, c.ends)
+            after = None
+            if how is not None:
+                await _host_idle()  # done with the hostile connection: the next guest alone
+                after = await _good_host_guest(host_path)
+                await _host_idle()
         else:
+            before = fds_open()
             path = os.path.join(tmp, f"vu{n}.sock")
             built = build_device(parse_device_option("virtio-rng-device"))
             ended: list[object] = []
@@ -483,7 +593,7 @@ async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) ->
                 sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
                 await sock.connect(path)
                 await c.send(sock)
-                how = await _drain(sock, vu(VU_REQ.GET_FEATURES))
+                how = await _drain_vu(sock, vu(VU_REQ.GET_FEATURES))
                 sock.close()
             res.policy = how
             after = await _good_vu_frontend(tmp, n)
@@ -491,7 +601,7 @@ async def run_wire_case(c: WireCase, tmp: str, n: int, host_path: str | None) ->
         if c.target == "host" and measured:
             res.detail = measured
         if how is None:
-            res.verdict, res.detail = Verdict.HANG, f"the server kept the connection open past {BOUND}s"
+            res.verdict, res.detail = Verdict.HANG, f"the server kept the connection open past {BOUND:g}s"
         elif after:
             res.verdict, res.detail = Verdict.FAILURE, after
         elif not await _settled(before):
@@ -538,6 +648,7 @@ async def run_wire_corpus(tmp: str, cases: list[WireCase] | None = None) -> list
     events = ListeningWatch()
     server = HostServer(plan_host(opts), out=events, err=open(os.devnull, "w"))  # noqa: SIM115
     results: list[CaseResult] = []
+    HOST_IDLE.set(server.wait_idle)
     async with trio.open_nursery() as nursery:
         with trio.fail_after(BOUND):
             await nursery.start(server.run)  # returns once the host listens

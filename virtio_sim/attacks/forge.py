@@ -1,9 +1,11 @@
 """Raw ring bytes written as a hostile (or merely careful) driver would write them.
 
 The forge never validates: it puts exactly the descriptors, indices and flags it is told
-into guest memory, so a scenario can express any malformed ring. It also knows which
-bytes a device may legitimately write (the used ring, the packed descriptor ring, and the
-buffers marked device-writable), which is what the canary check allows.
+into guest memory, so a scenario can express any malformed ring. It writes through the
+shared driver-side mock ring (:mod:`virtio_sim.ring.mock`, field by field) and adds what
+an attack needs on top: which bytes a device may legitimately write (the used ring, the
+packed descriptor ring, and the buffers marked device-writable), which is what the
+canary check allows.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 
 from virtio_sim import layouts as L
 from virtio_sim.memory import GuestMemory
+from virtio_sim.ring.mock import MockPackedRing, MockSplitRing
 from virtio_sim.spec import DESC_F, PACKED_DESC_F
 
 NEXT, WRITE, INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
@@ -43,14 +46,20 @@ class RingForge:
     fmt: str = "split"
 
     def __post_init__(self) -> None:
+        self._allowed = set(self.writable)
         self.desc_codec = L.desc_codec(self.order)
         self.idx_codec = L.ring_index_codec(self.order)
         self.elem_codec = L.used_elem_codec(self.order)
 
     def allow(self, addr: int, length: int) -> None:
-        """The device may write these bytes (a device-writable buffer)."""
+        """The device may write these bytes (a device-writable buffer); a range already
+        allowed is not listed again (a case reusing one buffer would grow the list, and
+        every device write is checked against it)."""
         if length > 0:
-            self.writable.append((addr, min(length, 1 << 40)))
+            r = (addr, min(length, 1 << 40))
+            if r not in self._allowed:
+                self._allowed.add(r)
+                self.writable.append(r)
 
     def allowed(self) -> list[tuple[int, int]]:
         return [*self.ring_writable(), *self.writable]
@@ -60,13 +69,13 @@ class RingForge:
 
     def table(self, at: int, entries: list[tuple[int, int, int, int]]) -> int:
         """An indirect table of raw (addr, len, flags, next) entries; returns its bytes."""
-        for i, (addr, length, flags, nxt) in enumerate(entries):
-            # split: (addr, len, flags, next); packed: (addr, len, id, flags)
-            fields = (addr, length, nxt, flags) if self.fmt == "packed" else (addr, length, flags, nxt)
-            self.mem.write(at + DESC_SIZE * i, self.desc_codec.pack(*fields))
+        for addr, length, flags, _nxt in entries:
             if flags & WRITE:
                 self.allow(addr, length)
-        return DESC_SIZE * len(entries)
+        return self.store_table(at, entries)
+
+    def store_table(self, at: int, entries: list[tuple[int, int, int, int]]) -> int:  # pragma: no cover
+        raise NotImplementedError
 
 
 class SplitForge(RingForge):
@@ -74,33 +83,48 @@ class SplitForge(RingForge):
         self, mem: GuestMemory, q: int, desc: int, avail: int, used: int, order: L.ByteOrder = "little"
     ) -> None:
         super().__init__(mem, q, desc, avail, used, order)
-        self.avail_idx = 0
-        self.mem.write(avail, self.idx_codec.pack(0) + self.idx_codec.pack(0))
+        self.ring = MockSplitRing(mem, q, desc, avail, used, order=order, zero=False)
+        self.ring.avail.flags.store(0)
+        self.ring.avail.idx.store(0)
         self.mem.write(used, bytes(L.used_ring_size(q)))
+
+    @property
+    def avail_idx(self) -> int:
+        """The driver's count of avail entries written (put_heads() goes on from it)."""
+        return self.ring.avail_idx
+
+    @avail_idx.setter
+    def avail_idx(self, value: int) -> None:
+        self.ring.avail_idx = value & IDX_MASK
+
+    def store_table(self, at: int, entries: list[tuple[int, int, int, int]]) -> int:
+        table = self.ring.table(at, len(entries))
+        for i, (addr, length, flags, nxt) in enumerate(entries):
+            table.store(i, addr, length, flags, nxt)
+        return DESC_SIZE * len(entries)
 
     def ring_writable(self) -> list[tuple[int, int]]:
         return [(self.used, L.used_ring_size(self.q))]
 
     def raw_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0) -> None:
-        self.mem.write(self.desc + DESC_SIZE * i, self.desc_codec.pack(addr, length, flags, nxt))
+        """Descriptor ``i``; a hostile driver may write past the table's end, too."""
+        table = self.ring.desc_table if i < self.q else self.ring.table(self.desc, i + 1)
+        table.store(i, addr, length, flags, nxt)
         if flags & WRITE and not flags & INDIRECT:
             self.allow(addr, length)
 
     def put_heads(self, *heads: int) -> None:
-        for h in heads:
-            slot = self.avail_idx % self.q
-            self.mem.write(self.avail + L.avail_entry_offset(slot), self.idx_codec.pack(h & IDX_MASK))
-            self.avail_idx = (self.avail_idx + 1) & IDX_MASK
-        self.set_avail_idx(self.avail_idx)
+        self.ring.make_available(*heads)
 
     def set_avail_idx(self, value: int) -> None:
-        self.mem.write(self.avail + L.RING_IDX_OFFSET, self.idx_codec.pack(value & IDX_MASK))
+        """The index word alone (the driver's own count stays where it was)."""
+        self.ring.avail.idx.store(value & IDX_MASK)
 
     def set_avail_flags(self, value: int) -> None:
-        self.mem.write(self.avail, self.idx_codec.pack(value & IDX_MASK))
+        self.ring.set_avail_flags(value)
 
     def set_used_event(self, value: int) -> None:
-        self.mem.write(self.avail + L.used_event_offset(self.q), self.idx_codec.pack(value & IDX_MASK))
+        self.ring.set_used_event(value)
 
     def chain(self, segs: list[Seg], first: int = 0) -> int:
         """Descriptors first, first+1, ... linked by NEXT; returns the head."""
@@ -136,12 +160,10 @@ class SplitForge(RingForge):
         return slot
 
     def used_idx(self) -> int:
-        return int(self.idx_codec.unpack(self.mem.read(self.used + L.RING_IDX_OFFSET, 2))[0])
+        return self.ring.used_idx()
 
     def used_elem(self, n: int) -> tuple[int, int]:
-        raw = self.mem.read(self.used + L.used_elem_offset(n % self.q), 8)
-        head, length = self.elem_codec.unpack(raw)
-        return int(head), int(length)
+        return self.ring.used_elem(n)
 
 
 class PackedForge(RingForge):
@@ -151,28 +173,34 @@ class PackedForge(RingForge):
         self, mem: GuestMemory, q: int, desc: int, driver: int, device: int, order: L.ByteOrder = "little"
     ) -> None:
         super().__init__(mem, q, desc, driver, device, order, fmt="packed")
-        self.next = 0  # free-running position
+        self.ring = MockPackedRing(mem, q, desc, driver, device)
         self.used_pos = 0
-        self.mem.write(desc, bytes(L.packed_ring_size(q)))
-        self.mem.write(driver, bytes(L.EVENT_SUPPRESS_SIZE))
-        self.mem.write(device, bytes(L.EVENT_SUPPRESS_SIZE))
+
+    @property
+    def next(self) -> int:
+        """The free-running position of the next descriptor the driver writes."""
+        return self.ring.next
+
+    @next.setter
+    def next(self, value: int) -> None:
+        self.ring.next = value
+
+    def store_table(self, at: int, entries: list[tuple[int, int, int, int]]) -> int:
+        # entries come as (addr, len, flags, next): packed tables are (addr, len, id, flags)
+        return self.ring.store_table(at, [(a, n, nxt, fl) for a, n, fl, nxt in entries])
 
     def ring_writable(self) -> list[tuple[int, int]]:
         return [(self.desc, L.packed_ring_size(self.q)), (self.used, L.EVENT_SUPPRESS_SIZE)]
 
     @property
     def wrap(self) -> int:
-        return 1 ^ (self.next // self.q) & 1
+        return self.ring.wrap
 
     def avail_bits(self, wrap: int | None = None) -> int:
-        w = self.wrap if wrap is None else wrap
-        return (AVAIL if w else 0) | (0 if w else USED)
+        return self.ring.avail_bits(wrap)
 
     def raw_desc(self, slot: int, addr: int, length: int, buf_id: int, flags: int) -> None:
-        self.mem.write(
-            self.desc + DESC_SIZE * (slot % self.q),
-            self.desc_codec.pack(addr, length, buf_id & IDX_MASK, flags & IDX_MASK),
-        )
+        self.ring.store(slot, addr, length, buf_id, flags)
         if flags & WRITE and not flags & INDIRECT:
             self.allow(addr, length)
 
@@ -210,21 +238,10 @@ class PackedForge(RingForge):
     def used_count(self) -> int:
         """How many used descriptors the device wrote, from the next expected position."""
         n = 0
-        pos = self.used_pos
-        while n < self.q:
-            _, _, _, flags = self.desc_codec.unpack(
-                self.mem.read(self.desc + DESC_SIZE * (pos % self.q), DESC_SIZE)
-            )
-            w = 1 ^ (pos // self.q) & 1
-            a, u = bool(flags & AVAIL), bool(flags & USED)
-            if not (a == u == bool(w)):
-                break
+        while n < self.q and self.ring.is_used(self.used_pos + n):
             n += 1
-            pos += 1
         return n
 
     def used_elem(self, n: int) -> tuple[int, int]:
-        _, length, bid, _ = self.desc_codec.unpack(
-            self.mem.read(self.desc + DESC_SIZE * ((self.used_pos + n) % self.q), DESC_SIZE)
-        )
+        _, length, bid, _ = self.ring.load(self.used_pos + n)
         return int(bid), int(length)

@@ -35,6 +35,9 @@ def inside(addr: int, length: int, ranges: Ranges) -> bool:
     if length <= 0:
         return True
     pos, end = addr, addr + length
+    for start, size in ranges:  # one range covering it all (the common case): no sort
+        if start <= addr and end <= start + size:
+            return True
     for start, size in sorted(ranges):
         if start <= pos < start + size:
             pos = start + size

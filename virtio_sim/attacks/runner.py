@@ -6,6 +6,11 @@ status), (2) no device write outside allowed memory (live watch and canaries), (
 bystander device on the same machine still serves a good request, and (4) the victim
 serves again after a driver reset. An exception escaping the host is a CRASH; a case
 that does not finish within its bound is a HANG, and its thread is stopped (see run_cases).
+
+The bound is CPU time of the case's own thread, not wall time: a case is pure device and
+ring work, so a runaway loop reaches the bound at the same point on an idle machine and
+on one where the case gets a tenth of a core, while a legal case never does. A case that
+blocks without using CPU is caught by a wall-clock backstop instead.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import Bench, Target
 from virtio_sim.spec import STATUS
 
-CASE_SECONDS = 5.0
-STOP_GRACE = 0.5  # seconds a hung case gets to unwind after CaseTimeout is raised in it
+CASE_SECONDS = 5.0  # CPU seconds of the case's thread (the slowest legal case uses < 1)
+# Backstops for a case that uses no CPU while it waits (blocked in a system call): only a
+# real hang reaches them, so they are generous for loaded machines.
+CASE_WALL_SECONDS = 120.0
+STOP_GRACE = 10.0  # wall seconds a stopped case gets to unwind (it does at its next bytecode)
 ACTIVE = ("needs-reset", "drop")
 
 
@@ -164,6 +172,8 @@ async def run_cases(
     scratch: str,
     *,
     bound: float = CASE_SECONDS,
+    wall: float = CASE_WALL_SECONDS,
+    stop_grace: float = STOP_GRACE,
     case: Callable[[Scenario, Target, str], CaseResult] = run_case,
 ) -> Summary:
     """Every case in its own thread, bounded; a case past its bound is a HANG and is stopped.
@@ -173,18 +183,54 @@ async def run_cases(
     :class:`CaseTimeout` raised inside it, which unwinds the case (closing its bench) so
     no runaway loop outlives the run. Only a thread stuck inside a single blocking system
     call cannot be stopped that way; it is reported in ``Summary.leaked`` (a daemon thread,
-    so it never holds up the interpreter's exit)."""
+    so it never holds up the interpreter's exit).
+
+    ``bound`` is CPU seconds of the case's thread; ``wall`` the backstop for a case that
+    waits without using CPU; ``stop_grace`` how long a stopped case may take to unwind."""
     out = Summary()
+    limits = _Limits(bound, wall, stop_grace)
     for s, t in cases:
-        out.results.append(await _bounded(s, t, scratch, bound, case, out.leaked))
+        out.results.append(await _bounded(s, t, scratch, limits, case, out.leaked))
     return out
+
+
+@dataclass(frozen=True)
+class _Limits:
+    cpu: float
+    wall: float
+    stop_grace: float
+
+
+def _thread_cpu(tid: int) -> float:
+    """CPU seconds the thread with kernel id ``tid`` has used. The clock is named by the
+    thread id (Linux's MAKE_THREAD_CPUCLOCK: ~tid << 3 | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED),
+    not by pthread_getcpuclockid, which must not be given a thread that may have exited;
+    a thread that is gone gives OSError."""
+    return time.clock_gettime((~tid << 3) | 4 | 2)
+
+
+async def _wait_within_cpu(done: threading.Event, tid: int, limits: _Limits) -> None:
+    """Return when ``done`` is set, the thread has used ``limits.cpu`` CPU seconds, or
+    ``limits.wall`` seconds have passed. Each wait lasts the CPU budget still left: a
+    thread cannot use more CPU than wall time, so it never overruns unseen, and a starved
+    thread costs a few more waits, not a wrong verdict."""
+    wall_end = time.monotonic() + limits.wall
+    while not done.is_set():
+        try:
+            left = limits.cpu - _thread_cpu(tid)
+        except OSError:  # the thread is gone: done is about to be set
+            left = 0.0
+        now = time.monotonic()
+        if left <= 0 or now >= wall_end:
+            return
+        await trio.to_thread.run_sync(done.wait, min(max(left, 0.01), wall_end - now))
 
 
 async def _bounded(
     s: Scenario,
     t: Target,
     scratch: str,
-    bound: float,
+    limits: _Limits,
     case: Callable[[Scenario, Target, str], CaseResult],
     leaked: list[str],
 ) -> CaseResult:
@@ -204,15 +250,16 @@ async def _bounded(
 
     worker = threading.Thread(target=one, name=f"attack {s.id} @ {t.name}", daemon=True)
     worker.start()
-    await trio.to_thread.run_sync(done.wait, bound)
+    assert worker.ident is not None and worker.native_id is not None
+    await _wait_within_cpu(done, worker.native_id, limits)
     if not done.is_set():
         with lock:
-            if not got and worker.ident is not None:
+            if not got:
                 _interrupt(worker.ident)
-        await trio.to_thread.run_sync(done.wait, STOP_GRACE)
+        await trio.to_thread.run_sync(done.wait, limits.stop_grace)
     if got:
         return got[0]
-    detail = f"no result within {bound}s"
+    detail = f"no result within {limits.cpu:g} CPU seconds (or {limits.wall:g}s of waiting)"
     if done.is_set():
         detail += "; the case was stopped"
     else:

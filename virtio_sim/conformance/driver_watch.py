@@ -33,7 +33,8 @@ from virtio_sim.conformance.findings import Finding, FindingLog, StrictStop
 from virtio_sim.dma import DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.ring.notify import decode_notify_data
-from virtio_sim.ring.split import CHAIN_BYTES_LIMIT, INDIRECT_TABLE_LIMIT, need_event
+from virtio_sim.ring.split import need_event
+from virtio_sim.ring.types import CHAIN_BYTES_LIMIT, INDIRECT_TABLE_LIMIT
 from virtio_sim.ring.view import RingSource, RingView
 from virtio_sim.spec import (
     BLK,

@@ -4,22 +4,21 @@ The guest's own rings (virtio_sim.ring) refuse to build anything odd and hide wh
 device wrote behind reap(); a conformance driver needs the opposite: lay out chains any
 way a test wants (indirect tables behind plain descriptors, WRITE on an indirect
 descriptor, a header split across descriptors), publish when it chooses, and read back
-the raw used entries, flags and event words the device produced.
+the raw used entries, flags and event words the device produced. Both ring classes are
+the shared driver-side mock ring (:mod:`virtio_sim.ring.mock`, written field by field)
+plus what the conformance driver needs on top: areas from its arena, chains from
+segments (indirect parts included) and the bookkeeping of free descriptors.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass
 
 from virtio_sim import layouts
 from virtio_sim.memory import ByteAccess
+from virtio_sim.ring.mock import MockPackedRing, MockSplitRing
 from virtio_sim.spec import DESC_F, PACKED, PACKED_DESC_F, SPLIT
-
-U16 = struct.Struct("<H")
-DESC = struct.Struct("<QIHH")  # addr, len, flags, next (split) / addr, len, id, flags (packed)
-ELEM = struct.Struct("<II")
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,9 @@ class RingAreas:
     device: int
 
 
-class RawSplitRing:
+class RawSplitRing(MockSplitRing):
     """A split ring (2.7) the conformance driver fills by hand; little-endian unless
     ``order`` says otherwise (the legacy interface uses the guest's order)."""
-
-    kind = "split"
 
     def __init__(
         self,
@@ -86,11 +83,6 @@ class RawSplitRing:
     ) -> None:
         self.memory = memory
         self.arena = arena
-        self.size = size
-        self.order = order
-        self._u16 = struct.Struct("<H" if order == "little" else ">H")
-        self._desc = struct.Struct("<QIHH" if order == "little" else ">QIHH")
-        self._elem = struct.Struct("<II" if order == "little" else ">II")
         d = layouts.desc_table_size(size)
         if legacy_align is None:
             desc = arena.alloc(d, SPLIT.desc_align)
@@ -100,17 +92,18 @@ class RawSplitRing:
             desc = arena.alloc(layouts.legacy_vring_size(size, legacy_align), legacy_align)
             avail = desc + d
             used = desc + layouts.legacy_used_ring_offset(size, legacy_align)
+        super().__init__(memory, size, desc, avail, used, order=order, zero=False)  # the arena zeroed them
         self.areas = RingAreas(desc, avail, used)
         # free descriptors in ring order (an IN_ORDER device expects chains in that order)
         self.free: deque[int] = deque(range(size))
         self.chains: dict[int, list[int]] = {}  # head -> descriptors of its chain
-        self.avail_idx = 0
         self.last_used = 0
 
     # -- building chains ------------------------------------------------------------
 
     def write_desc(self, table: int, index: int, addr: int, length: int, flags: int, nxt: int) -> None:
-        self.memory.write(table + layouts.DESC_SIZE * index, self._desc.pack(addr, length, flags, nxt))
+        entries = self.size if table == self.areas.desc else index + 1
+        self.table(table, entries).store(index, addr, length, flags, nxt)
 
     def add(
         self, segments: list[Segment], *, indirect_from: int | None = None, indirect_write_flag: bool = False
@@ -145,72 +138,33 @@ class RawSplitRing:
     def fits(self, segments: list[Segment]) -> bool:
         return len(segments) <= len(self.free)
 
-    def make_available(self, head: int, *, publish: bool = True) -> None:
-        slot = self.avail_idx % self.size
-        self.memory.write(self.areas.driver + layouts.avail_entry_offset(slot), self._u16.pack(head))
-        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        if publish:
-            self.publish()
-
-    def publish(self) -> None:
-        self.memory.write(self.areas.driver + layouts.RING_IDX_OFFSET, self._u16.pack(self.avail_idx))
-
-    def set_avail_idx(self, value: int) -> None:
-        self.avail_idx = value & 0xFFFF
-        self.publish()
-
-    # -- suppression ------------------------------------------------------------------
-
-    def set_avail_flags(self, flags: int) -> None:
-        self.memory.write(self.areas.driver, self._u16.pack(flags))
-
-    def set_used_event(self, value: int) -> None:
-        self.memory.write(
-            self.areas.driver + layouts.used_event_offset(self.size), self._u16.pack(value & 0xFFFF)
-        )
-
-    def used_flags(self) -> int:
-        return int(self._u16.unpack(self.memory.read(self.areas.device, 2))[0])
-
-    def avail_event(self) -> int:
-        return int(
-            self._u16.unpack(self.memory.read(self.areas.device + layouts.avail_event_offset(self.size), 2))[
-                0
-            ]
-        )
-
     # -- used side ------------------------------------------------------------------
 
-    def used_idx(self) -> int:
-        return int(self._u16.unpack(self.memory.read(self.areas.device + layouts.RING_IDX_OFFSET, 2))[0])
-
     def used_elem_addr(self, position: int) -> int:
-        return self.areas.device + layouts.used_elem_offset(position % self.size)
+        return self.used.ring.ref_at(position % self.size).addr
 
     def take_used(self) -> list[UsedEntry]:
         """Every used entry published since the last call, in ring order."""
         now = self.used_idx()
         out = []
         while self.last_used != now:
-            eid, length = self._elem.unpack(self.memory.read(self.used_elem_addr(self.last_used), 8))
+            eid, length = self.used_elem(self.last_used)
             out.append(UsedEntry(eid, length))
             self.free.extend(self.chains.pop(eid, []))
             self.last_used = (self.last_used + 1) & 0xFFFF
         return out
 
 
-class RawPackedRing:
+class RawPackedRing(MockPackedRing):
     """A packed ring (2.8) the conformance driver fills by hand."""
-
-    kind = "packed"
 
     def __init__(self, memory: ByteAccess, arena: Arena, size: int) -> None:
         self.memory = memory
         self.arena = arena
-        self.size = size
         desc = arena.alloc(layouts.packed_ring_size(size), layouts.PACKED_DESC_ALIGN)
         driver = arena.alloc(layouts.EVENT_SUPPRESS_SIZE, layouts.EVENT_SUPPRESS_ALIGN)
         device = arena.alloc(layouts.EVENT_SUPPRESS_SIZE, layouts.EVENT_SUPPRESS_ALIGN)
+        super().__init__(memory, size, desc, driver, device, zero=False)  # the arena zeroed them
         self.areas = RingAreas(desc, driver, device)
         self.next_avail = 0
         self.avail_wrap = PACKED.wrap_counter_start
@@ -234,25 +188,23 @@ class RawPackedRing:
         self.next_id = (self.next_id + 1) % self.size
         if indirect:
             table = self.arena.alloc(layouts.PACKED_DESC_SIZE * len(segments), 16)
-            for i, seg in enumerate(segments):
-                wflag = PACKED_DESC_F.WRITE if seg.write else 0
-                self.memory.write(table + 16 * i, struct.pack("<QIHH", seg.addr, seg.length, 0, wflag))
+            wflag = PACKED_DESC_F.WRITE
+            self.store_table(table, [(s.addr, s.length, 0, wflag if s.write else 0) for s in segments])
             parts = [(table, layouts.PACKED_DESC_SIZE * len(segments), False, True)]
         else:
             parts = [(s.addr, s.length, s.write, False) for s in segments]
         if sum(self.chain_len.values()) + len(parts) > self.size:
             raise RingFull(f"{len(parts)} descriptors wanted, ring of {self.size} has too few free")
         self.chain_len[buf_id] = len(parts)
-        head_pos, head_bytes = self.next_avail, b""
+        head_pos, head = self.next_avail, (0, 0, 0, 0)
         for i, (addr, length, write, ind) in enumerate(parts):
-            flags = self._flags(write, i < len(parts) - 1, ind)
-            raw = struct.pack("<QIHH", addr, length, buf_id, flags)
+            desc = (addr, length, buf_id, self._flags(write, i < len(parts) - 1, ind))
             if i == 0:
-                head_bytes = raw
+                head = desc
             else:
-                self.memory.write(self.desc_addr(self.next_avail), raw)
+                self.store(self.next_avail, *desc)
             self._advance()
-        self.memory.write(self.desc_addr(head_pos), head_bytes)
+        self.store(head_pos, *head)  # the head last (2.8.21)
         return buf_id
 
     def _advance(self) -> None:
@@ -271,8 +223,7 @@ class RawPackedRing:
         out: list[UsedEntry] = []
         f = PACKED_DESC_F
         while True:
-            raw = self.memory.read(self.desc_addr(self.next_used), layouts.PACKED_DESC_SIZE)
-            _addr, length, buf_id, flags = struct.unpack("<QIHH", raw)
+            _addr, length, buf_id, flags = self.load(self.next_used)
             avail, used = bool(flags & f.AVAIL), bool(flags & f.USED)
             if not (avail == used == bool(self.used_wrap)):
                 return out
@@ -285,10 +236,3 @@ class RawPackedRing:
                     self.used_wrap ^= 1
 
     # -- event suppression ----------------------------------------------------------
-
-    def set_driver_event(self, flags: int, off_wrap: int = 0) -> None:
-        self.memory.write(self.areas.driver, struct.pack("<HH", off_wrap, flags))
-
-    def device_event(self) -> tuple[int, int]:
-        off_wrap, flags = struct.unpack("<HH", self.memory.read(self.areas.device, 4))
-        return int(off_wrap), int(flags)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from virtio_sim.dma import AddressSpace
 from virtio_sim.ring.chain import Chain, DeviceBrokenError
+from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
 
 
 class DeviceRing(Protocol):
@@ -22,6 +23,7 @@ class DeviceRing(Protocol):
     size: int
     warnings: list[str]  # non-fatal observations (odd event flags, ...) for the device notes
     published: int  # used entries written so far
+    hooks: DeviceHooks | None  # public fault and evidence hooks (virtio_sim.ring.hooks)
 
     @property
     def in_flight(self) -> Collection[int]: ...
@@ -52,6 +54,7 @@ class DriverRing(Protocol):
 
     size: int
     broken: DeviceBrokenError | None
+    hooks: DriverHooks | None  # public fault hooks (virtio_sim.ring.hooks)
 
     @property
     def num_free(self) -> int: ...

@@ -41,16 +41,20 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from virtio_sim import layouts
-from virtio_sim.dma import AddressSpace, DmaError, lease_for
+from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease
+from virtio_sim.ring.access import RingMemory
+from virtio_sim.ring.batch import DeviceBatchCalls, DriverBatchCalls
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
-from virtio_sim.ring.split import CHAIN_BYTES_LIMIT, QueueFullError, SplitRingAddresses
+from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
+from virtio_sim.ring.types import NO_FEATURES, QueueFullError, RingAddresses, RingFeatures
+from virtio_sim.ring.walker import ChainWalker
 from virtio_sim.spec import PACKED, PACKED_DESC_F, PACKED_EVENT, PACKED_EVENT_F
 
 # desc = descriptor ring, avail = driver event suppression (the driver area),
 # used = device event suppression (the device area): the transports' three addresses.
-PackedRingAddresses = SplitRingAddresses
+PackedRingAddresses = RingAddresses
 
 _DESC = layouts.PACKED_DESC_CODEC
 _EVENT = layouts.EVENT_SUPPRESS_CODEC
@@ -144,21 +148,17 @@ class _DevBuffer:
     written: int | None = None  # set once pushed while IN_ORDER holds it back
 
 
-class PackedDeviceQueue:
+class PackedDeviceQueue(DeviceBatchCalls):
     """The device's view of one packed virtqueue."""
 
     def __init__(
         self,
         space: AddressSpace,
         size: int,
-        addrs: SplitRingAddresses,
+        addrs: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
-        indirect: bool = False,
-        in_order: bool = False,
-        batch_in_order: bool = False,
         order: ByteOrder = "little",
-        strict: bool = True,
         max_indirect: int | None = None,
     ) -> None:
         check_packed_queue_size(size)
@@ -168,27 +168,25 @@ class PackedDeviceQueue:
         self.published = 0
         self.size = size
         self.addrs = addrs
-        self.event_idx = event_idx
-        self.indirect = indirect
-        self.in_order = in_order
-        self.batch_in_order = batch_in_order
-        self.strict = strict
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect = features.indirect
+        self.in_order = features.in_order
+        self.batch_in_order = features.batch_in_order
+        self.strict = features.strict
+        self.hooks: DeviceHooks | None = None  # see virtio_sim.ring.hooks
         self.max_indirect = max_indirect if max_indirect is not None else size
+        self.walker = ChainWalker(
+            space, size, indirect=self.indirect, strict=self.strict, max_indirect=self.max_indirect
+        )
         self.warnings: list[str] = []
         self._buffers: dict[int, _DevBuffer] = {}
         self._order: deque[int] = deque()  # ids in the order they were made available
         self._ready: list[tuple[int, _DevBuffer]] = []  # IN_ORDER completions not yet written
         self._pending_error: RingError | None = None  # pop_batch(): raised by the next pop
-        cls = type(self)
-        # pop()'s inline path stands in for these hooks only when nobody overrode them.
-        self._plain_pop = (
-            cls._pop_from is PackedDeviceQueue._pop_from
-            and cls._read_desc is PackedDeviceQueue._read_desc
-            and cls._segments is PackedDeviceQueue._segments
-        )
         self.reset()
         self._check_ring_memory()
-        self._leasable = hasattr(space, "lease")
+        self.mem = RingMemory(space)  # leases or checked accesses (packed rings: little-endian)
         self._dl: Lease | None = None  # descriptor ring (read and written)
         self._el: Lease | None = None  # driver event suppression (read)
         self._take_leases()
@@ -197,10 +195,11 @@ class PackedDeviceQueue:
         """Direct windows on the descriptor ring and the driver's event area, where the
         space offers them; every use checks ``valid`` and falls back to checked accesses
         (see :class:`~virtio_sim.memory.Lease`)."""
-        if self._leasable:
+        mem = self.mem
+        if mem.leasable:
             a = self.addrs
-            self._dl = lease_for(self.space, a.desc, layouts.packed_ring_size(self.size), True)
-            self._el = lease_for(self.space, a.avail, layouts.EVENT_SUPPRESS_SIZE, False)
+            self._dl = mem.lease(a.desc, layouts.packed_ring_size(self.size), True)
+            self._el = mem.lease(a.avail, layouts.EVENT_SUPPRESS_SIZE, False)
 
     def reset(self) -> None:
         """Back to the state of a freshly enabled queue: slot 0, both wrap counters 1."""
@@ -259,22 +258,15 @@ class PackedDeviceQueue:
 
     # -- reading ----------------------------------------------------------------
 
-    def _read(self, addr: int, length: int, what: str, head: int | None = None) -> bytes:
-        try:
-            return self.space.read(addr, length)
-        except DmaError as e:
-            raise RingError("ring-address", f"{what}: {e}", head) from None
-
     def _read_desc(self, pos: int) -> _Desc:
         slot = pos % self.size
-        raw = self._read(self.addrs.desc + slot * _DESC_SIZE, _DESC_SIZE, f"descriptor {slot}")
+        raw = self.mem.read(self.addrs.desc + slot * _DESC_SIZE, _DESC_SIZE, f"descriptor {slot}")
         return _Desc(*_DESC.unpack(raw))
 
     def _flags_at(self, pos: int) -> int:
         slot = pos % self.size
         addr = self.addrs.desc + slot * _DESC_SIZE + _FLAGS_OFF
-        value: int = _U16.unpack(self._read(addr, 2, f"descriptor {slot} flags"))[0]
-        return value
+        return self.mem.read_u16(addr, f"descriptor {slot} flags")
 
     def has_available(self) -> bool:
         if self._pending_error is not None:
@@ -291,7 +283,7 @@ class PackedDeviceQueue:
         if dl is None or not dl.valid:
             self._take_leases()
             dl = self._dl
-        if dl is None or not dl.valid or not self._plain_pop:
+        if dl is None or not dl.valid:
             return self._pop_from(pos, self._read_desc(pos))
         raw: tuple[int, int, int, int] = _DESC.unpack_from(dl.view, pos % size * _DESC_SIZE)
         addr, length, buf_id, flags = raw
@@ -330,100 +322,6 @@ class PackedDeviceQueue:
         if is_write:
             return Chain(buf_id, [], [(addr, length)], 1)
         return Chain(buf_id, [(addr, length)], [], 1)
-
-    def pop_batch(self, limit: int) -> list[Chain]:
-        """Up to ``limit`` available chains, each validated exactly as pop() does.
-
-        Why: one call per batch instead of one per chain (the lease and the address
-        window are looked up once, one-descriptor chains are checked inline). A bad chain
-        after good ones ends the batch: the good ones are returned and the error is raised
-        by the next pop() or pop_batch() (has_available() says True until then). A chain
-        pop() consumes before raising is consumed here too, so nothing is lost or skipped.
-        """
-        out: list[Chain] = []
-        dl = self._dl
-        if dl is None or not dl.valid:
-            self._take_leases()
-            dl = self._dl
-        try:
-            if self.in_order or not self._plain_pop or self._pending_error is not None or dl is None:
-                return self._pop_each(limit, out)
-            size, buffers, space = self.size, self._buffers, self.space
-            view, unpack_from = dl.view, _DESC.unpack_from
-            win = getattr(space, "fast_window", None)
-            # positions kept locally (slot and the lap's AVAIL/USED bits step with them)
-            # and written back however the loop ends
-            pos, busy = self._avail_pos, self._in_flight_descs
-            slot, want = pos % size, (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
-            lease_lost = False
-            try:
-                while len(out) < limit:
-                    if not dl.valid:
-                        lease_lost = True
-                        break
-                    raw: tuple[int, int, int, int] = unpack_from(view, slot * _DESC_SIZE)
-                    addr, length, buf_id, flags = raw
-                    if flags & _AVAIL_USED != want:
-                        break  # not made available in this lap
-                    if flags & (_F_NEXT | _F_INDIRECT) or not length:
-                        self._avail_pos, self._in_flight_descs = pos, busy
-                        try:
-                            chain = self._pop_from(pos, _Desc(*raw))
-                        finally:  # it may consume the chain and then raise
-                            pos, busy = self._avail_pos, self._in_flight_descs
-                        assert chain is not None  # its head is available
-                        out.append(chain)
-                        slot, want = pos % size, (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
-                        win = getattr(space, "fast_window", None)
-                        continue
-                    # pop()'s one-descriptor checks, in pop()'s order
-                    if busy >= size:
-                        raise RingError(
-                            "ring-overrun", f"slot {slot} made available while every slot is in flight"
-                        )
-                    if buf_id >= size:
-                        raise RingError("buffer-id-out-of-range", f"buffer id {buf_id} >= queue size {size}")
-                    if buf_id in buffers:
-                        raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
-                    pos += 1
-                    busy += 1
-                    slot += 1
-                    if slot == size:
-                        slot, want = 0, want ^ _AVAIL_USED  # the next lap
-                    is_write = flags & _F_WRITE
-                    buf = buffers[buf_id] = _DevBuffer(1, length if is_write else 0)
-                    if not (
-                        win is not None
-                        and win.valid
-                        and win.lo <= addr
-                        and addr + length <= win.hi
-                        and (win.writable if is_write else win.readable)
-                    ):
-                        try:
-                            space.check(addr, length, write=bool(is_write))
-                        except DmaError as e:
-                            buf.writable = 0
-                            raise RingError("bad-address", str(e), buf_id) from None
-                        win = getattr(space, "fast_window", None)  # the check may move the window
-                    if is_write:
-                        out.append(Chain(buf_id, [], [(addr, length)], 1))
-                    else:
-                        out.append(Chain(buf_id, [(addr, length)], [], 1))
-            finally:
-                self._avail_pos, self._in_flight_descs = pos, busy
-            if lease_lost:
-                return self._pop_each(limit, out)  # a lease went away: the checked path
-        except RingError as e:
-            if not out:
-                raise
-            self._pending_error = e
-        return out
-
-    def _pop_each(self, limit: int, out: list[Chain]) -> list[Chain]:
-        """The rest of a pop_batch() through pop() (IN_ORDER, hooks, or no lease)."""
-        while len(out) < limit and (c := self.pop()) is not None:
-            out.append(c)
-        return out
 
     def _pop_from(self, pos: int, first: _Desc) -> Chain | None:
         """pop() for any chain, its head descriptor already read (once)."""
@@ -466,81 +364,10 @@ class PackedDeviceQueue:
         buf = self._buffers[buf_id] = _DevBuffer(len(descs))
         if self.in_order:
             self._order.append(buf_id)
-        chain = self._segments(buf_id, descs)
+        chain = self.walker.walk_packed(buf_id, descs)
+        assert chain is not None  # the walker's sink raises
         buf.writable = chain.writable_len
         return chain
-
-    def _segments(self, buf_id: int, descs: list[_Desc]) -> Chain:
-        chain = Chain(buf_id, descriptors=len(descs))
-        total = 0
-
-        def add(addr: int, length: int, write: bool) -> None:
-            nonlocal total
-            if not write and chain.writable:
-                raise RingError(
-                    "readable-after-writable",
-                    "device-readable descriptor after a writable one",
-                    buf_id,
-                )
-            if length == 0 and self.strict:
-                raise RingError("zero-length", "zero-length descriptor", buf_id)
-            total += length
-            if total > CHAIN_BYTES_LIMIT:
-                raise RingError("chain-too-big", "chain is longer than 2^32 bytes", buf_id)
-            try:
-                self.space.check(addr, length, write=write)
-            except DmaError as e:
-                raise RingError("bad-address", str(e), buf_id) from None
-            if length:
-                (chain.writable if write else chain.readable).append((addr, length))
-
-        for i, d in enumerate(descs):
-            if d.flags & PACKED_DESC_F.INDIRECT:
-                self._indirect(buf_id, d, i, chain, add)
-            else:
-                add(d.addr, d.len, bool(d.flags & PACKED_DESC_F.WRITE))
-        return chain
-
-    def _indirect(
-        self,
-        buf_id: int,
-        d: _Desc,
-        index: int,
-        chain: Chain,
-        add: Callable[[int, int, bool], None],
-    ) -> None:
-        if d.flags & PACKED_DESC_F.NEXT:
-            raise RingError("indirect-with-next", "INDIRECT and NEXT both set", buf_id)
-        if index:
-            raise RingError("indirect-in-chain", "INDIRECT descriptor inside a chain of the ring", buf_id)
-        if not self.indirect and self.strict:
-            raise RingError("indirect-not-negotiated", "INDIRECT used without VIRTIO_F_INDIRECT_DESC", buf_id)
-        if d.len == 0 or d.len % _DESC_SIZE:
-            raise RingError(
-                "indirect-bad-length",
-                f"indirect table length {d.len} is not a non-zero multiple of {_DESC_SIZE}",
-                buf_id,
-            )
-        entries = d.len // _DESC_SIZE
-        if entries > self.max_indirect:
-            raise RingError(
-                "indirect-too-large",
-                f"indirect table has {entries} entries (limit {self.max_indirect})",
-                buf_id,
-            )
-        try:
-            table = self.space.read(d.addr, d.len)
-        except DmaError as e:
-            raise RingError("bad-address", f"indirect table: {e}", buf_id) from None
-        # The table length is the chain length; only WRITE means anything in an entry
-        # (NEXT, ids and the wrap bits are ignored), and WRITE on the INDIRECT descriptor
-        # itself is ignored.
-        for i in range(entries):
-            addr, length, _id, flags = _DESC.unpack_from(table, i * _DESC_SIZE)
-            chain.descriptors += 1
-            if flags & PACKED_DESC_F.INDIRECT and self.strict:
-                raise RingError("nested-indirect", "indirect descriptor inside an indirect table", buf_id)
-            add(addr, length, bool(flags & PACKED_DESC_F.WRITE))
 
     # -- completing ---------------------------------------------------------------
 
@@ -557,8 +384,8 @@ class PackedDeviceQueue:
         if not self.in_order:
             del self._buffers[head]
             dl = self._dl
-            # _write_used() through the lease, unless a subclass changed it
-            if dl is not None and dl.valid and type(self)._write_used is PackedDeviceQueue._write_used:
+            # write_used() through the lease, unless hooks are set
+            if dl is not None and dl.valid and self.hooks is None:
                 self.published += 1
                 pos, size = self._used_pos, self.size
                 flags = (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0)
@@ -569,7 +396,7 @@ class PackedDeviceQueue:
                 self._used_pos = pos + buf.descs
                 self._in_flight_descs -= buf.descs
                 return
-            self._write_used(head, written, buf.descs)
+            self._publish(head, written, buf.descs)
             return
         buf.written = written
         while self._order and self._buffers[self._order[0]].written is not None:
@@ -577,53 +404,6 @@ class PackedDeviceQueue:
             self._ready.append((first, self._buffers[first]))  # in flight until written
         if not self.batch_in_order:
             self.flush()
-
-    def push_batch(self, completions: Sequence[tuple[int, int]]) -> None:
-        """push() for each (head, written), in one call.
-
-        The same checks and writes as push(): for each used descriptor len and id first,
-        then its flags. A bad head raises ValueError after the completions before it are
-        written. IN_ORDER, a subclass's _write_used() or no lease: push() one by one."""
-        dl = self._dl
-        if (
-            self.in_order
-            or dl is None
-            or not dl.valid
-            or type(self)._write_used is not PackedDeviceQueue._write_used
-        ):
-            for head, written in completions:
-                self.push(head, written)
-            return
-        buffers, size, view = self._buffers, self.size, dl.view
-        pos, busy, published = self._used_pos, self._in_flight_descs, self.published
-        slot, lap = pos % size, (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0)
-        try:
-            for head, written in completions:
-                buf = buffers.get(head)
-                if buf is None or buf.written is not None:
-                    raise ValueError(f"device bug: buffer {head} is not in flight")
-                if not dl.valid:  # the lease went away: the checked path
-                    self._used_pos, self._in_flight_descs, self.published = pos, busy, published
-                    try:
-                        self.push(head, written)
-                    finally:
-                        pos, busy, published = self._used_pos, self._in_flight_descs, self.published
-                        slot, lap = pos % size, (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0)
-                    continue
-                del buffers[head]
-                published += 1
-                off = slot * _DESC_SIZE
-                _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
-                _U16.pack_into(view, off + _FLAGS_OFF, lap | _F_WRITE if written else lap)  # then the flags
-                descs = buf.descs
-                pos += descs
-                busy -= descs
-                slot += descs
-                if slot >= size:
-                    slot -= size
-                    lap ^= _AVAIL_USED  # the next lap
-        finally:
-            self._used_pos, self._in_flight_descs, self.published = pos, busy, published
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
@@ -640,19 +420,27 @@ class PackedDeviceQueue:
                 del self._buffers[buf_id]
             last_id, last = batch[-1]
             assert last.written is not None
-            self._write_used(last_id, last.written, sum(b.descs for _, b in batch))
+            self._publish(last_id, last.written, sum(b.descs for _, b in batch))
 
-    def _write_used(self, buf_id: int, written: int, skip: int) -> None:
+    def _publish(self, buf_id: int, written: int, skip: int) -> None:
+        hooks = self.hooks
+        if hooks is None:
+            self.write_used(buf_id, written, skip)
+        else:
+            hooks.write_used(self, buf_id, written, skip)
+
+    def write_used(self, buf_id: int, written: int, skip: int) -> None:
+        """Write one used descriptor at the used position and skip ``skip`` ring slots:
+        len and id first, then the flags. No check: push() checked ``buf_id``; hooks and
+        attacks call this directly."""
         self.published += 1  # used entries written: progress the core can see
         pos = self._used_pos
         flags = used_flags(pos, self.size) | (PACKED_DESC_F.WRITE if written else 0)
         raw = _DESC.pack(0, written, buf_id, flags)
         addr = self.addrs.desc + (pos % self.size) * _DESC_SIZE
-        try:
-            self.space.write(addr + _LEN_OFF, raw[_LEN_OFF:_FLAGS_OFF])  # len and id first,
-            self.space.write(addr + _FLAGS_OFF, raw[_FLAGS_OFF:])  # then the flags
-        except DmaError as e:
-            raise RingError("ring-address", f"used descriptor: {e}", buf_id) from None
+        mem = self.mem
+        mem.write(addr + _LEN_OFF, raw[_LEN_OFF:_FLAGS_OFF], "used descriptor", buf_id)  # len and id,
+        mem.write(addr + _FLAGS_OFF, raw[_FLAGS_OFF:], "used descriptor", buf_id)  # then the flags
         self._used_pos += skip
         self._in_flight_descs -= skip
 
@@ -663,12 +451,17 @@ class PackedDeviceQueue:
         if addr == self.addrs.avail and el is not None and el.valid:
             word, flags = _EVENT.unpack_from(el.view, 0)
             return word, flags
-        raw = self._read(addr, layouts.EVENT_SUPPRESS_SIZE, "event suppression")
+        raw = self.mem.read(addr, layouts.EVENT_SUPPRESS_SIZE, "event suppression")
         word, flags = _EVENT.unpack(raw)
         return word, flags
 
     def needs_interrupt(self) -> bool:
         """Whether the driver event suppression asks for an interrupt for what was used."""
+        wanted = self._needs_interrupt()
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.needs_interrupt(self, wanted)
+
+    def _needs_interrupt(self) -> bool:
         self.flush()
         old, new = self._signalled, self._used_pos
         valid = self._signalled_valid
@@ -686,19 +479,17 @@ class PackedDeviceQueue:
 
     def set_notification(self, enable: bool) -> None:
         """Tell the driver whether (and with EVENT_IDX, from where) to notify."""
-        base = self.addrs.used
-        try:
-            if not enable:
-                mode = PACKED_EVENT_F.DISABLE
-            elif self.event_idx:
-                word = off_wrap(self._avail_pos, self.size)
-                self.space.write(base + _EV_DESC_OFF, _U16.pack(word))  # the offset first
-                mode = PACKED_EVENT_F.DESC
-            else:
-                mode = PACKED_EVENT_F.ENABLE
-            self.space.write(base + _EV_FLAGS_OFF, _U16.pack(mode))
-        except DmaError as e:
-            raise RingError("ring-address", f"device event suppression: {e}") from None
+        base, what = self.addrs.used, "device event suppression"
+        if not enable:
+            mode = PACKED_EVENT_F.DISABLE
+        elif self.event_idx:
+            self.mem.write_u16(
+                base + _EV_DESC_OFF, off_wrap(self._avail_pos, self.size), what
+            )  # offset first
+            mode = PACKED_EVENT_F.DESC
+        else:
+            mode = PACKED_EVENT_F.ENABLE
+        self.mem.write_u16(base + _EV_FLAGS_OFF, mode, what)
 
     def check_notify_data(self, next_off: int, next_wrap: int) -> str | None:
         """Compare a NOTIFICATION_DATA claim with the ring.
@@ -737,18 +528,17 @@ class _DrvBuffer:
     indirect: DmaBuffer | None
 
 
-class PackedDriverQueue:
+class PackedDriverQueue(DriverBatchCalls):
     """The driver's side of one packed virtqueue, in the spirit of Linux's virtio_ring."""
 
     def __init__(
         self,
         memory: ByteAccess,
         size: int,
-        ring_gpa: SplitRingAddresses,
+        ring_gpa: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
         indirect_pool: DmaPool | None = None,
-        in_order: bool = False,
         order: ByteOrder = "little",
         on_broken: Callable[[DeviceBrokenError], None] | None = None,
     ) -> None:
@@ -758,9 +548,11 @@ class PackedDriverQueue:
         self.memory = memory
         self.size = size
         self.gpa = ring_gpa
-        self.event_idx = event_idx
-        self.indirect_pool = indirect_pool
-        self.in_order = in_order
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect_pool = indirect_pool  # indirect tables come from here (None: none)
+        self.in_order = features.in_order
+        self.hooks: DriverHooks | None = None  # see virtio_sim.ring.hooks
         self.on_broken = on_broken
         self.broken: DeviceBrokenError | None = None
         #: used descriptors with a non-zero len but WRITE clear (QEMU 7.2 writes every one
@@ -774,14 +566,14 @@ class PackedDriverQueue:
         self._used_pos = 0
         self._completed: deque[tuple[Any, int]] = deque()  # rest of an IN_ORDER batch
         self._init_rings()
-        self._leasable = hasattr(memory, "lease")
+        self.mem = RingMemory(memory)  # leases or plain reads/writes (little-endian)
         self._dl: Lease | None = None
         self._take_leases()
 
     def _take_leases(self) -> None:
         """A direct window on the descriptor ring in guest RAM (the driver's own memory)."""
-        if self._leasable:
-            self._dl = lease_for(self.memory, self.gpa.desc, layouts.packed_ring_size(self.size), True)
+        if self.mem.leasable:
+            self._dl = self.mem.lease(self.gpa.desc, layouts.packed_ring_size(self.size), True)
 
     def _init_rings(self) -> None:
         """Zeroed rings: nothing available, and both event structures say ENABLE."""
@@ -824,9 +616,6 @@ class PackedDriverQueue:
         if self.broken:
             raise self.broken
         dl = self._dl
-        if dl is None or not dl.valid:
-            self._take_leases()
-            dl = self._dl
         if (
             dl is not None
             and dl.valid
@@ -834,8 +623,10 @@ class PackedDriverQueue:
             and not use_indirect
             and self._free
             and self.free_ids
+            and self.hooks is None
         ):
-            # One descriptor, through the lease: the same writes in the same order.
+            # One descriptor through the lease (the common request): id, address and
+            # length, then the head's flags (see _add for every other chain).
             if out:
                 (a, n), fl, writable_len = out[0], 0, 0
             else:
@@ -852,6 +643,30 @@ class PackedDriverQueue:
             self._free -= 1
             self.inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
             return buf_id
+        hooks = self.hooks
+        if hooks is not None:
+            use_indirect = hooks.use_indirect(self, use_indirect)
+            buf_id = self._add(out, in_, token, use_indirect)
+            hooks.added(self, buf_id)
+            return buf_id
+        return self._add(out, in_, token, use_indirect)
+
+    def next_free(self) -> int:
+        """Take the ring's next free buffer id (the most recently freed one)."""
+        return self.free_ids.pop()
+
+    def _add(
+        self,
+        out: Sequence[tuple[int, int]],
+        in_: Sequence[tuple[int, int]],
+        token: Any,
+        use_indirect: bool | None,
+    ) -> int:
+        """add() for every chain the inline path does not take; leases revoked since
+        are taken again for the next add()."""
+        dl = self._dl
+        if dl is None or not dl.valid:
+            self._take_leases()
         w = PACKED_DESC_F.WRITE
         segs = [(a, n, 0) for a, n in out] + [(a, n, w) for a, n in in_]
         if not segs:
@@ -863,7 +678,7 @@ class PackedDriverQueue:
         needed = 1 if use_indirect else len(segs)
         if needed > self._free:
             raise QueueFullError(f"buffer needs {needed} descriptors, {self._free} free")
-        buf_id = self.free_ids.pop()
+        buf_id = self.next_free() if self.hooks is None else self.hooks.take(self)
         table: DmaBuffer | None = None
         if use_indirect:
             assert self.indirect_pool is not None
@@ -892,62 +707,6 @@ class PackedDriverQueue:
         self.inflight[buf_id] = _DrvBuffer(token, len(descs), sum(n for _, n in in_), table)
         return buf_id
 
-    def add_batch(
-        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]], Any]]
-    ) -> list[int]:
-        """add() for each (out, in_, token); returns the buffer ids.
-
-        One-buffer chains are written through the lease, and the batch is made available
-        the way the spec allows for a batch: every descriptor is complete, the first
-        one's flags are written last. Other chains go through add() (which decides about
-        indirect tables), after what came before is made available. An error part-way
-        (QueueFullError) leaves the chains before it available, as single adds would."""
-        if self.broken:
-            raise self.broken
-        dl = self._dl
-        if dl is None or not dl.valid:
-            self._take_leases()
-            dl = self._dl
-        if dl is None or not dl.valid:
-            return [self.add(out, in_, token) for out, in_, token in chains]
-        heads: list[int] = []
-        size, view, free_ids, inflight = self.size, dl.view, self.free_ids, self.inflight
-        pos = self._avail_pos
-        first_off = -1  # the batch's first descriptor, whose flags are written last
-        first_flags = 0
-        try:
-            for out, in_, token in chains:
-                if len(out) + len(in_) != 1 or not self._free or not free_ids:
-                    if first_off >= 0:  # make what came before available, then add()
-                        self._avail_pos = pos
-                        _U16.pack_into(view, first_off + _FLAGS_OFF, first_flags)
-                        first_off = -1
-                    heads.append(self.add(out, in_, token))  # QueueFullError when full
-                    pos = self._avail_pos
-                    continue
-                if out:
-                    (a, n), fl, writable_len = out[0], 0, 0
-                else:
-                    (a, n), fl = in_[0], _F_WRITE
-                    writable_len = n
-                buf_id = free_ids.pop()
-                fl |= _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
-                off = pos % size * _DESC_SIZE
-                if first_off < 0:
-                    _BODY.pack_into(view, off, a, n, buf_id)
-                    first_off, first_flags = off, fl
-                else:  # not reachable by the device before the first one's flags
-                    _DESC.pack_into(view, off, a, n, buf_id, fl)
-                pos += 1
-                self._free -= 1
-                inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
-                heads.append(buf_id)
-        finally:
-            self._avail_pos = pos
-            if first_off >= 0:
-                _U16.pack_into(view, first_off + _FLAGS_OFF, first_flags)  # the batch's head last
-        return heads
-
     def _read_event(self, addr: int) -> tuple[int, int]:
         word, flags = _EVENT.unpack(self.memory.read(addr, layouts.EVENT_SUPPRESS_SIZE))
         return word, flags
@@ -957,12 +716,16 @@ class PackedDriverQueue:
         old, new = self._kicked_pos, self._avail_pos
         self._kicked_pos = new
         if old == new:
-            return False
-        word, flags = self._read_event(self.gpa.used)
-        mode = flags & PACKED_EVENT.flags_mask
-        if mode == PACKED_EVENT_F.DESC and self.event_idx:
-            return event_crossed(word, old, new, self.size)
-        return mode != PACKED_EVENT_F.DISABLE
+            wanted = False
+        else:
+            word, flags = self._read_event(self.gpa.used)
+            mode = flags & PACKED_EVENT.flags_mask
+            if mode == PACKED_EVENT_F.DESC and self.event_idx:
+                wanted = event_crossed(word, old, new, self.size)
+            else:
+                wanted = mode != PACKED_EVENT_F.DISABLE
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.kick(self, wanted)
 
     def notify_data(self) -> tuple[int, int]:
         return self.next_avail, self.avail_wrap
@@ -1031,57 +794,6 @@ class PackedDriverQueue:
                 self.indirect_pool.free(st.indirect)
             self._completed.append((st.token, length if i == buf_id else st.writable_len))
         return self._completed.popleft()
-
-    def get_used_batch(self) -> list[tuple[Any, int]]:
-        """Every used buffer written so far, each checked as get_used() checks it.
-
-        A device error part-way returns the good completions before it; the driver is
-        then broken and the next call raises, as get_used() would."""
-        if self.broken:
-            raise self.broken
-        done: list[tuple[Any, int]] = list(self._completed)
-        self._completed.clear()
-        dl = self._dl
-        if self.in_order or dl is None or not dl.valid:
-            try:
-                while (r := self.get_used()) is not None:
-                    done.append(r)
-            except DeviceBrokenError:
-                if not done:
-                    raise
-            return done
-        size, view, unpack_from = self.size, dl.view, _DESC.unpack_from
-        inflight, free_ids, pool = self.inflight, self.free_ids, self.indirect_pool
-        pos = self._used_pos
-        try:
-            while dl.valid:
-                _addr, length, buf_id, flags = unpack_from(view, pos % size * _DESC_SIZE)
-                if flags & _AVAIL_USED != (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0):
-                    return done  # not used in this lap
-                state = inflight.get(buf_id)
-                if state is None:
-                    raise self._mark_broken("used-bad-id", f"used id {buf_id} is not a buffer in flight")
-                if length and not flags & _F_WRITE:
-                    self.len_without_write += 1  # kept, as in get_used()
-                if length > state.writable_len:
-                    raise self._mark_broken(
-                        "used-bad-len",
-                        f"used len {length} > writable length {state.writable_len} of buffer {buf_id}",
-                    )
-                del inflight[buf_id]
-                pos += state.descs
-                self._used_pos = pos
-                self._free += state.descs
-                free_ids.append(buf_id)
-                if state.indirect is not None and pool is not None:
-                    pool.free(state.indirect)
-                done.append((state.token, length))
-            while (r := self.get_used()) is not None:  # the lease went away: the checked path
-                done.append(r)
-        except DeviceBrokenError:
-            if not done:
-                raise
-        return done
 
     def enable_cb(self) -> bool:
         """Ask for interrupts again; True if used buffers are already pending (race check)."""

@@ -27,21 +27,30 @@ the skipped ones as fully written.
 
 from __future__ import annotations
 
-import struct
-import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from virtio_sim import layouts
-from virtio_sim.dma import AddressSpace, DmaError, lease_for
+from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease, MemoryAccessError
+from virtio_sim.ring.access import RingMemory, WordViews
+from virtio_sim.ring.batch import DeviceBatchCalls, DriverBatchCalls
 from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
-from virtio_sim.spec import AVAIL_F, CHAIN, DESC_F, LIMITS, NOTIFY_DATA, SPLIT, USED_F
+from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
+from virtio_sim.ring.types import (
+    IDX_MASK,
+    INDIRECT_TABLE_LIMIT,
+    NO_FEATURES,
+    QueueFullError,
+    RingAddresses,
+    RingFeatures,
+)
+from virtio_sim.ring.walker import ChainWalker
+from virtio_sim.spec import AVAIL_F, DESC_F, NOTIFY_DATA, SPLIT, USED_F
 
-IDX_MASK = 0xFFFF
 _NEXT, _WRITE, _INDIRECT = DESC_F.NEXT, DESC_F.WRITE, DESC_F.INDIRECT
 _DESC_SIZE = layouts.DESC_SIZE
 _HDR = layouts.RING_HEADER_SIZE  # avail entries and used elements start after it
@@ -56,23 +65,6 @@ _ELEM_W32 = _HDR // 4
 _ELEM_WORDS = _USED_STRIDE // 4
 
 
-def _word_views(
-    order: ByteOrder, avail: Lease | None, used: Lease | None, size: int
-) -> tuple[memoryview, memoryview, memoryview] | None:
-    """(avail as u16, used as u16, used elements as u32) views, for rings whose byte order
-    is the machine's: a subscript instead of a struct call per ring word."""
-    if order != sys.byteorder or struct.calcsize("H") != 2 or struct.calcsize("I") != 4:
-        return None
-    if avail is None or used is None:
-        return None
-    elems = _HDR + _USED_STRIDE * size
-    return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
-
-
-INDIRECT_TABLE_LIMIT = LIMITS.indirect.max_entries  # specs/limits.toml (QEMU's VIRTQUEUE_MAX_SIZE)
-CHAIN_BYTES_LIMIT = CHAIN.max_bytes  # spec 2.7.5: a chain must not exceed 2^32 bytes
-
-
 def need_event(event: int, new: int, old: int) -> bool:
     """vring_need_event(): did the index move past ``event`` going from ``old`` to ``new``?"""
     return ((new - event - 1) & IDX_MASK) < ((new - old) & IDX_MASK)
@@ -83,43 +75,37 @@ def check_queue_size(size: int) -> None:
         raise ValueError(f"split queue size {size} must be a power of two in 1..{SPLIT.max_queue_size}")
 
 
-@dataclass(frozen=True)
-class SplitRingAddresses:
-    desc: int
-    avail: int
-    used: int
+SplitRingAddresses = RingAddresses  # the name the transports and tests know
 
 
 # --------------------------------------------------------------------------- device side
 
 
-class SplitDeviceQueue:
+class SplitDeviceQueue(DeviceBatchCalls):
     """The device's view of one split virtqueue."""
 
     def __init__(
         self,
         space: AddressSpace,
         size: int,
-        addrs: SplitRingAddresses,
+        addrs: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
-        indirect: bool = False,
         order: ByteOrder = "little",
-        strict: bool = True,
         max_indirect: int | None = None,
-        in_order: bool = False,
-        batch_in_order: bool = False,
     ) -> None:
         check_queue_size(size)
         self.space = space
         self.published = 0
         self.size = size
         self.addrs = addrs
-        self.event_idx = event_idx
-        self.indirect = indirect
-        self.strict = strict
-        self.in_order = in_order
-        self.batch_in_order = batch_in_order
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect = features.indirect
+        self.strict = features.strict
+        self.in_order = features.in_order
+        self.batch_in_order = features.batch_in_order
+        self.hooks: DeviceHooks | None = None  # see virtio_sim.ring.hooks
         self.warnings: list[str] = []
         self._next_head = 0  # IN_ORDER: the slot the next chain must start at
         self._order: deque[int] = deque()  # IN_ORDER: heads in avail order
@@ -130,9 +116,17 @@ class SplitDeviceQueue:
         # Linux may build indirect tables longer than a small queue; QEMU caps any chain at
         # VIRTQUEUE_MAX_SIZE (1024) entries, and so do we unless told otherwise.
         self.max_indirect = max_indirect if max_indirect is not None else max(size, INDIRECT_TABLE_LIMIT)
-        self._desc = layouts.desc_codec(order)
-        self._elem = layouts.used_elem_codec(order)
-        self._idx = layouts.ring_index_codec(order)
+        self.mem = RingMemory(space, order)  # leases or checked accesses, byte order
+        self.walker = ChainWalker(
+            space,
+            size,
+            indirect=self.indirect,
+            strict=self.strict,
+            max_indirect=self.max_indirect,
+            in_order=self.in_order,
+            desc_codec=self.mem.desc,
+        )
+        self._desc, self._elem, self._idx = self.mem.desc, self.mem.elem, self.mem.u16
         self.last_avail = 0
         self._shadow_avail = 0
         self.used_idx = 0
@@ -146,12 +140,10 @@ class SplitDeviceQueue:
         self._avail_event_addr = addrs.used + layouts.avail_event_offset(size)
         self._check_ring_memory()
         self._mask = size - 1
-        self._leasable = hasattr(space, "lease")
         self._dl: Lease | None = None
         self._al: Lease | None = None
         self._ul: Lease | None = None
-        self._order_name: ByteOrder = order
-        self._words: tuple[memoryview, memoryview, memoryview] | None = None
+        self._words: WordViews | None = None
         self._take_leases()
 
     def _take_leases(self) -> None:
@@ -161,13 +153,14 @@ class SplitDeviceQueue:
         back to the checked path otherwise, so a revoked lease (IOMMU UNMAP, private
         pages) is never read through; leases are taken again at the next avail refresh.
         """
-        if not self._leasable:
+        mem = self.mem
+        if not mem.leasable:
             return
-        a, size, sp = self.addrs, self.size, self.space
-        self._dl = lease_for(sp, a.desc, layouts.desc_table_size(size), False)
-        self._al = lease_for(sp, a.avail, layouts.avail_ring_size(size), False)
-        self._ul = lease_for(sp, a.used, layouts.used_ring_size(size), True)
-        self._words = _word_views(self._order_name, self._al, self._ul, size)
+        a, size = self.addrs, self.size
+        self._dl = mem.lease(a.desc, layouts.desc_table_size(size), False)
+        self._al = mem.lease(a.avail, layouts.avail_ring_size(size), False)
+        self._ul = mem.lease(a.used, layouts.used_ring_size(size), True)
+        self._words = mem.word_views(self._al, self._ul, size)
 
     def _check_ring_memory(self) -> None:
         a = self.addrs
@@ -181,11 +174,7 @@ class SplitDeviceQueue:
     # -- reading -------------------------------------------------------------
 
     def _read_u16(self, addr: int) -> int:
-        try:
-            value: int = self._idx.unpack(self.space.read(addr, 2))[0]
-        except DmaError as e:
-            raise RingError("ring-address", str(e)) from None
-        return value
+        return self.mem.read_u16(addr)
 
     def avail_idx(self) -> int:
         al = self._al
@@ -216,7 +205,7 @@ class SplitDeviceQueue:
         return self.last_avail != self._shadow_avail
 
     def _refresh_avail(self) -> None:
-        if self._leasable and not (
+        if self.mem.leasable and not (
             self._al is not None and self._al.valid and self._dl is not None and self._dl.valid
         ):
             self._take_leases()
@@ -303,228 +292,24 @@ class SplitDeviceQueue:
             return Chain(head, [], [(addr, length)], 1)
         return Chain(head, [(addr, length)], [], 1)
 
-    def pop_batch(self, limit: int) -> list[Chain]:
-        """Up to ``limit`` available chains, each validated exactly as pop() does.
-
-        Why: one call per batch instead of one per chain (the avail index is read once,
-        one-descriptor chains are checked inline). A bad chain after good ones ends the
-        batch: the good ones are returned, the bad head is consumed as pop() consumes it,
-        and its RingError is raised by the next pop() or pop_batch() (has_available() says
-        True until then), so no chain is lost and no error is skipped.
-        """
-        out: list[Chain] = []
-        words = self._words
-        if self.in_order or words is None or self._pending_error is not None:
-            try:
-                self._pop_each(limit, out)
-            except RingError as e:
-                if not out:
-                    raise
-                self._pending_error = e
-            return out
-        try:
-            last = self.last_avail
-            if (self._shadow_avail - last) & IDX_MASK < limit:
-                self._refresh_avail()  # more may have been made available since
-            size, mask = self.size, self._mask
-            in_flight = self.in_flight
-            space = self.space
-            unpack_from = self._desc.unpack_from
-            al, dl = self._al, self._dl
-            if al is None or dl is None:
-                return self._pop_each(limit, out)
-            a16, table = words[0], dl.view
-            win = getattr(space, "fast_window", None)
-            n = min(limit, (self._shadow_avail - last) & IDX_MASK)
-            slot = last & mask
-            if slot + n <= size:  # the window of avail entries, each read once
-                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + slot + n].tolist()
-            else:
-                k = size - slot
-                heads = a16[_AVAIL_W16 + slot : _AVAIL_W16 + size].tolist()
-                heads += a16[_AVAIL_W16 : _AVAIL_W16 + n - k].tolist()
-            # pop()'s three head rules checked for the whole window at once; a window
-            # that breaks one is checked head by head, so its error comes at the same head.
-            window_ok = not heads or (
-                len(in_flight) + n <= size
-                and max(heads) < size
-                and len(set(heads)) == n
-                and in_flight.isdisjoint(heads)
-            )
-            for head in heads:
-                if not (al.valid and dl.valid):
-                    return self._pop_each(limit, out)  # a lease went away: the checked path
-                last = (last + 1) & IDX_MASK
-                self.last_avail = last
-                if not window_ok:
-                    if len(in_flight) >= size:
-                        raise RingError("too-many-in-flight", f"{size} requests already in flight")
-                    if head >= size:
-                        raise RingError("head-out-of-range", f"avail ring names head {head} >= {size}")
-                    if head in in_flight:
-                        raise RingError("head-in-flight", f"head {head} made available twice")
-                in_flight.add(head)
-                first: tuple[int, int, int, int] = unpack_from(table, head * _DESC_SIZE)
-                addr, length, flags, _nxt = first
-                if flags & (_NEXT | _INDIRECT) or not length:
-                    out.append(self._walk(head, first))
-                    win = getattr(space, "fast_window", None)
-                    continue
-                is_write = flags & _WRITE
-                if not (
-                    win is not None
-                    and win.valid
-                    and win.lo <= addr
-                    and addr + length <= win.hi
-                    and (win.writable if is_write else win.readable)
-                ):
-                    try:
-                        space.check(addr, length, bool(is_write))
-                    except DmaError as e:
-                        raise RingError("bad-address", str(e), head) from None
-                    win = getattr(space, "fast_window", None)  # the check may move the window
-                if is_write:
-                    out.append(Chain(head, [], [(addr, length)], 1))
-                else:
-                    out.append(Chain(head, [(addr, length)], [], 1))
-        except RingError as e:
-            if not out:
-                raise
-            self._pending_error = e
-        return out
-
-    def _pop_each(self, limit: int, out: list[Chain]) -> list[Chain]:
-        """The rest of a pop_batch() through pop() (leases gone or none)."""
-        while len(out) < limit and (c := self.pop()) is not None:
-            out.append(c)
-        return out
-
     def _read_desc(self, table: int, index: int, head: int) -> tuple[int, int, int, int]:
-        try:
-            raw = self.space.read(table + index * layouts.DESC_SIZE, layouts.DESC_SIZE)
-        except DmaError as e:
-            raise RingError("ring-address", f"descriptor {index}: {e}", head) from None
+        raw = self.mem.read(table + index * layouts.DESC_SIZE, layouts.DESC_SIZE, f"descriptor {index}", head)
         fields: tuple[int, int, int, int] = self._desc.unpack(raw)
         return fields
 
     def _walk(self, head: int, first: tuple[int, int, int, int] | None = None) -> Chain:
-        """Walk and validate the chain at ``head``; every rule of 2.7.5 is checked here.
-
-        Written with locals and one unpack per descriptor (from the descriptor-table lease
-        when there is one): this loop runs once per descriptor of every request.
-        ``first`` is the head descriptor when pop() already read it (read once only).
-        """
-        readable: list[tuple[int, int]] = []
-        writable: list[tuple[int, int]] = []
-        size = self.size
-        table_entries = size
+        """Walk and validate the chain at ``head`` (every rule of 2.7.5: the shared
+        walker, :class:`~virtio_sim.ring.walker.ChainWalker`); through the descriptor
+        table lease when it is valid. ``first`` is the head descriptor pop() already read."""
         dl = self._dl
-        table: bytes | memoryview | None = dl.view if dl is not None and dl.valid else None
-        indirect = False
-        unpack_from = self._desc.unpack_from
-        check = self.space.check
-        w = getattr(self.space, "fast_window", None)
-        if w is not None and not w.valid:
-            w = None
-        strict = self.strict
-        index = head
-        indirect_slot = head  # where the INDIRECT descriptor sits in the main table
-        budget = size  # descriptors left before the walk is a loop or over-long chain
-        total = 0
-        descriptors = 0
-        while True:
-            if index >= table_entries:
-                raise RingError(
-                    "next-out-of-range",
-                    f"descriptor next {index} >= table size {table_entries}",
-                    head,
-                )
-            budget -= 1
-            if budget < 0:
-                raise RingError(
-                    "chain-loop",
-                    f"chain from head {head} is longer than {size} descriptors",
-                    head,
-                )
-            if first is not None:
-                addr, length, flags, nxt = first
-                first = None
-            elif table is None:
-                addr, length, flags, nxt = self._read_desc(self.addrs.desc, index, head)
-            else:
-                addr, length, flags, nxt = unpack_from(table, index * _DESC_SIZE)
-            descriptors += 1
-            if flags & _INDIRECT:
-                if indirect:
-                    raise RingError("nested-indirect", "indirect descriptor inside an indirect table", head)
-                if not self.indirect and strict:
-                    raise RingError(
-                        "indirect-not-negotiated",
-                        "INDIRECT used without VIRTIO_F_INDIRECT_DESC",
-                        head,
-                    )
-                if flags & _NEXT:
-                    raise RingError("indirect-with-next", "INDIRECT and NEXT both set", head)
-                indirect_slot = index
-                if length == 0 or length % _DESC_SIZE:
-                    raise RingError(
-                        "indirect-bad-length",
-                        f"indirect table length {length} is not a non-zero multiple of 16",
-                        head,
-                    )
-                entries = length // _DESC_SIZE
-                if entries > self.max_indirect:
-                    raise RingError(
-                        "indirect-too-large",
-                        f"indirect table has {entries} entries (limit {self.max_indirect})",
-                        head,
-                    )
-                try:
-                    table = self.space.read(addr, length)
-                except DmaError as e:
-                    raise RingError("bad-address", f"indirect table: {e}", head) from None
-                indirect = True
-                table_entries = entries
-                budget = entries
-                index = 0
-                continue
-            is_write = flags & _WRITE
-            if not is_write and writable:
-                raise RingError(
-                    "readable-after-writable",
-                    "device-readable descriptor after a writable one",
-                    head,
-                )
-            if length == 0 and strict:
-                raise RingError("zero-length", "zero-length descriptor", head)
-            total += length
-            if total > CHAIN_BYTES_LIMIT:
-                raise RingError("chain-too-big", "chain is longer than 2^32 bytes", head)
-            if not (
-                w is not None
-                and w.lo <= addr
-                and addr + length <= w.hi
-                and (w.writable if is_write else w.readable)
-                and w.valid
-            ):
-                try:
-                    check(addr, length, bool(is_write))
-                except DmaError as e:
-                    raise RingError("bad-address", str(e), head) from None
-            if length:
-                (writable if is_write else readable).append((addr, length))
-            if not flags & _NEXT:
-                if self.in_order:
-                    # a chain may start with plain descriptors before its INDIRECT one
-                    self._next_head = ((indirect_slot if indirect else index) + 1) % size
-                return Chain(head, readable, writable, descriptors)
-            if self.in_order and strict and nxt != (index + 1) % table_entries:
-                raise RingError(
-                    "in-order-next",
-                    f"IN_ORDER descriptor {index} chains to {nxt}, not to the next slot",
-                    head,
-                )
-            index = nxt
+        walker = self.walker
+        chain = walker.walk_split(
+            head, dl.view if dl is not None and dl.valid else None, self.addrs.desc, first
+        )
+        assert chain is not None  # the walker's sink raises
+        if self.in_order:
+            self._next_head = walker.end_slot
+        return chain
 
     # -- completing ----------------------------------------------------------
 
@@ -540,8 +325,8 @@ class SplitDeviceQueue:
         if not self.in_order:
             in_flight.discard(head)
             ul = self._ul
-            # _write_used() inlined (the element, then idx) unless a subclass changed it
-            if ul is not None and ul.valid and type(self)._write_used is SplitDeviceQueue._write_used:
+            # write_used() inlined (the element, then idx) unless hooks are set
+            if ul is not None and ul.valid and self.hooks is None:
                 self.published += 1
                 idx = self.used_idx
                 words = self._words
@@ -558,7 +343,7 @@ class SplitDeviceQueue:
                 self.used_idx = idx = (idx + 1) & IDX_MASK
                 self._idx.pack_into(view, _IDX_OFF, idx)
                 return
-            self._write_used(head, written, 1)
+            self._publish(head, written, 1)
             return
         self._done[head] = written
         while self._order and self._order[0] in self._done:
@@ -566,41 +351,6 @@ class SplitDeviceQueue:
             self._ready.append((first, self._done.pop(first)))
         if not self.batch_in_order:
             self.flush()
-
-    def push_batch(self, completions: Sequence[tuple[int, int]]) -> None:
-        """push() for each (head, written), the used index written once at the end.
-
-        The same checks as push(); a bad head raises ValueError after the completions
-        before it are published (elements, then the index)."""
-        ul, words = self._ul, self._words
-        if (
-            self.in_order
-            or words is None
-            or ul is None
-            or not ul.valid
-            or type(self)._write_used is not SplitDeviceQueue._write_used
-        ):
-            for head, written in completions:
-                self.push(head, written)
-            return
-        in_flight = self.in_flight
-        u32 = words[2]
-        mask = self._mask
-        idx = start = self.used_idx
-        try:
-            for head, written in completions:
-                if head not in in_flight or head in self._done:
-                    raise ValueError(f"device bug: head {head} is not in flight")
-                w = _ELEM_W32 + _ELEM_WORDS * (idx & mask)
-                u32[w + 1] = written  # ValueError (like push's struct error) if not a u32
-                u32[w] = head
-                in_flight.discard(head)
-                idx = (idx + 1) & IDX_MASK
-        finally:
-            if idx != start:
-                self.published += (idx - start) & IDX_MASK
-                self.used_idx = idx
-                words[1][_IDX_W16] = idx  # the index after every element it covers
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
@@ -617,9 +367,18 @@ class SplitDeviceQueue:
                 self.in_flight.discard(head)
                 self._writable.pop(head, None)
             head, written = batch[-1]
-            self._write_used(head, written, len(batch))
+            self._publish(head, written, len(batch))
 
-    def _write_used(self, head: int, written: int, count: int) -> None:
+    def _publish(self, head: int, written: int, count: int) -> None:
+        hooks = self.hooks
+        if hooks is None:
+            self.write_used(head, written, count)
+        else:
+            hooks.write_used(self, head, written, count)
+
+    def write_used(self, head: int, written: int, count: int) -> None:
+        """Publish one used element covering ``count`` buffers: the element, then the
+        index. No check: push() checked ``head``; hooks and attacks call this directly."""
         self.published += 1  # used entries written: progress the core can see
         ul = self._ul
         if ul is not None and ul.valid:  # the element first, then the index
@@ -629,14 +388,27 @@ class SplitDeviceQueue:
             self._idx.pack_into(view, _IDX_OFF, idx)
             return
         slot = self.used_idx % self.size
-        try:
-            self.space.write(self.addrs.used + layouts.used_elem_offset(slot), self._elem.pack(head, written))
-            self.used_idx = (self.used_idx + count) & IDX_MASK
-            self.space.write(self._used_idx_addr, self._idx.pack(self.used_idx))
-        except DmaError as e:
-            raise RingError("ring-address", f"used ring: {e}", head) from None
+        mem = self.mem
+        mem.write(
+            self.addrs.used + layouts.used_elem_offset(slot),
+            self._elem.pack(head, written),
+            "used ring",
+            head,
+        )
+        self.used_idx = (self.used_idx + count) & IDX_MASK
+        mem.write(self._used_idx_addr, self._idx.pack(self.used_idx), "used ring", head)
+
+    def write_used_idx(self, idx: int) -> None:
+        """Write the used index word alone (``used_idx`` is left as it is): hooks and
+        attacks that publish an index the elements do not back."""
+        self.mem.write_u16(self._used_idx_addr, idx & IDX_MASK, "used ring")
 
     def needs_interrupt(self) -> bool:
+        wanted = self._needs_interrupt()
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.needs_interrupt(self, wanted)
+
+    def _needs_interrupt(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last one."""
         self.flush()
         if self.event_idx:
@@ -653,15 +425,11 @@ class SplitDeviceQueue:
 
     def set_notification(self, enable: bool) -> None:
         """Ask the driver for kicks (enable) or not; with EVENT_IDX via avail_event."""
-        try:
-            if self.event_idx:
-                if enable:
-                    self.space.write(self._avail_event_addr, self._idx.pack(self._shadow_avail))
-            else:
-                flags = 0 if enable else USED_F.NO_NOTIFY
-                self.space.write(self.addrs.used, self._idx.pack(flags))
-        except DmaError as e:
-            raise RingError("ring-address", f"used ring: {e}") from None
+        if self.event_idx:
+            if enable:
+                self.mem.write_u16(self._avail_event_addr, self._shadow_avail, "used ring")
+        else:
+            self.mem.write_u16(self.addrs.used, 0 if enable else USED_F.NO_NOTIFY, "used ring")
 
     def check_notify_data(self, next_off: int, next_wrap: int) -> str | None:
         """Compare a NOTIFICATION_DATA claim (the driver's new avail idx) with the ring.
@@ -716,35 +484,31 @@ class _Inflight:
     indirect: DmaBuffer | None
 
 
-class QueueFullError(Exception):
-    """Not enough free descriptors for the chain."""
-
-
-class SplitDriverQueue:
+class SplitDriverQueue(DriverBatchCalls):
     """The driver's side of one split virtqueue, in the spirit of Linux's virtio_ring."""
 
     def __init__(
         self,
         memory: ByteAccess,
         size: int,
-        ring_gpa: SplitRingAddresses,
+        ring_gpa: RingAddresses,
+        features: RingFeatures = NO_FEATURES,
         *,
-        event_idx: bool = False,
         indirect_pool: DmaPool | None = None,
         order: ByteOrder = "little",
         on_broken: Callable[[DeviceBrokenError], None] | None = None,
-        in_order: bool = False,
     ) -> None:
         check_queue_size(size)
         self.memory = memory
         self.size = size
         self.gpa = ring_gpa
-        self.event_idx = event_idx
-        self.indirect_pool = indirect_pool
-        self.in_order = in_order
-        self._desc = layouts.desc_codec(order)
-        self._elem = layouts.used_elem_codec(order)
-        self._idx = layouts.ring_index_codec(order)
+        self.features = features
+        self.event_idx = features.event_idx
+        self.indirect_pool = indirect_pool  # indirect tables come from here (None: none)
+        self.in_order = in_order = features.in_order
+        self.hooks: DriverHooks | None = None  # see virtio_sim.ring.hooks
+        self.mem = RingMemory(memory, order)  # leases or plain reads/writes, byte order
+        self._desc, self._elem, self._idx = self.mem.desc, self.mem.elem, self.mem.u16
         # Free descriptors. Normally a stack (pop() gives 0 first); with IN_ORDER a queue
         # in ring order, taken from the left, so chains occupy consecutive slots.
         self.free: deque[int] = deque(range(size) if in_order else range(size - 1, -1, -1))
@@ -760,21 +524,20 @@ class SplitDriverQueue:
         self._dl: Lease | None = None
         self._al: Lease | None = None
         self._ul: Lease | None = None
-        self._order_name: ByteOrder = order
-        self._words: tuple[memoryview, memoryview, memoryview] | None = None
-        self._leasable = hasattr(memory, "lease")
+        self._words: WordViews | None = None
         self._take_leases()
 
     def _take_leases(self) -> bool:
         """Direct windows on the rings in guest RAM (the driver's own memory); False when
         the memory offers none (a qtest link) and every access goes through read/write."""
-        if not self._leasable:
+        mem = self.mem
+        if not mem.leasable:
             return False
         g, size = self.gpa, self.size
-        self._dl = lease_for(self.memory, g.desc, layouts.desc_table_size(size), True)
-        self._al = lease_for(self.memory, g.avail, layouts.avail_ring_size(size), True)
-        self._ul = lease_for(self.memory, g.used, layouts.used_ring_size(size), True)
-        self._words = _word_views(self._order_name, self._al, self._ul, size)
+        self._dl = mem.lease(g.desc, layouts.desc_table_size(size), True)
+        self._al = mem.lease(g.avail, layouts.avail_ring_size(size), True)
+        self._ul = mem.lease(g.used, layouts.used_ring_size(size), True)
+        self._words = mem.word_views(self._al, self._ul, size)
         return self._leases_valid()
 
     def _leases_valid(self) -> bool:
@@ -805,9 +568,53 @@ class SplitDriverQueue:
         """Make one chain available: ``out`` device-readable, then ``in_`` device-writable."""
         if self.broken:
             raise self.broken
+        words, dl = self._words, self._dl
+        if words is not None and dl is not None and not use_indirect and len(out) + len(in_) == 1:
+            al, ul, free = self._al, self._ul, self.free
+            if (
+                free
+                and self.hooks is None
+                and dl.valid
+                and al is not None
+                and al.valid
+                and ul is not None
+                and ul.valid
+            ):
+                # One buffer through the ring leases (the common request): descriptor,
+                # avail entry, then the index (see _add for every other chain).
+                head = free.popleft() if self.in_order else free.pop()
+                if out:
+                    (a, n), writable_len, fl = out[0], 0, 0
+                else:
+                    (a, n), fl = in_[0], _WRITE
+                    writable_len = n
+                self._desc.pack_into(dl.view, head * _DESC_SIZE, a, n, fl, 0)
+                self.inflight[head] = _Inflight(token, [head], writable_len, None)
+                idx = self.avail_idx
+                a16 = words[0]
+                a16[_AVAIL_W16 + (idx & self._mask)] = head
+                self.avail_idx = idx = (idx + 1) & IDX_MASK
+                a16[_IDX_W16] = idx  # the index last: the chain is complete
+                return head
+        hooks = self.hooks
+        if hooks is not None:
+            use_indirect = hooks.use_indirect(self, use_indirect)
+            head = self._add(out, in_, token, use_indirect)
+            hooks.added(self, head)
+            return head
+        return self._add(out, in_, token, use_indirect)
+
+    def _add(
+        self,
+        out: Sequence[tuple[int, int]],
+        in_: Sequence[tuple[int, int]],
+        token: Any,
+        use_indirect: bool | None,
+    ) -> int:
+        """add() for every chain the inline path does not take."""
         dl, al, ul = self._dl, self._al, self._ul
         if not (dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid):
-            if self._leasable and self._take_leases():  # revoked (pages made private): again
+            if self.mem.leasable and self._take_leases():  # revoked (pages made private): again
                 dl, al, ul = self._dl, self._al, self._ul
             else:
                 dl = None
@@ -820,29 +627,6 @@ class SplitDriverQueue:
         ):
             # Without indirect tables (a single buffer never takes one unless asked),
             # written through the ring leases (see _add_direct).
-            free = self.free
-            if nsegs == 1 and free:
-                head = self._take()  # a subclass may choose descriptors differently
-                if out:
-                    (a, n), writable_len, fl = out[0], 0, 0
-                else:
-                    (a, n), fl = in_[0], _WRITE
-                    writable_len = n
-                self._desc.pack_into(dl.view, head * _DESC_SIZE, a, n, fl, 0)
-                self.inflight[head] = _Inflight(token, [head], writable_len, None)
-                idx = self.avail_idx
-                words = self._words
-                if words is not None:
-                    a16 = words[0]
-                    a16[_AVAIL_W16 + (idx & self._mask)] = head
-                    self.avail_idx = idx = (idx + 1) & IDX_MASK
-                    a16[_IDX_W16] = idx  # the index last: the chain is complete
-                    return head
-                avail = al.view
-                self._idx.pack_into(avail, _HDR + _AVAIL_STRIDE * (idx & self._mask), head)
-                self.avail_idx = idx = (idx + 1) & IDX_MASK
-                self._idx.pack_into(avail, _IDX_OFF, idx)  # the index last: the chain is complete
-                return head
             return self._add_direct(out, in_, token)
         segs = [(a, n, 0) for a, n in out] + [(a, n, DESC_F.WRITE) for a, n in in_]
         if not segs:
@@ -892,121 +676,6 @@ class SplitDriverQueue:
         self.memory.write(self.gpa.avail + layouts.RING_IDX_OFFSET, self._idx.pack(self.avail_idx))
         return head
 
-    def add_batch(
-        self, chains: Sequence[tuple[Sequence[tuple[int, int]], Sequence[tuple[int, int]], Any]]
-    ) -> list[int]:
-        """add() for each (out, in_, token); one-buffer chains are written inline and the
-        avail index once, after every entry (other chains go through add(), which decides
-        about indirect tables). Returns the heads. QueueFullError (or any error) part-way
-        leaves the chains before it made available, as single adds would."""
-        heads: list[int] = []
-        dl, al, words = self._dl, self._al, self._words
-        if self.broken:
-            raise self.broken
-        if (
-            words is None
-            or dl is None
-            or al is None
-            or not (dl.valid and al.valid)
-            or self.in_order
-            or type(self)._take is not SplitDriverQueue._take
-        ):
-            for out, in_, token in chains:
-                heads.append(self.add(out, in_, token))
-            return heads
-        free, inflight = self.free, self.inflight
-        view, pack_into = dl.view, self._desc.pack_into
-        a16 = words[0]
-        mask = self._mask
-        idx = start = self.avail_idx
-        try:
-            for out, in_, token in chains:
-                if len(out) + len(in_) != 1 or not free:  # add() decides about indirect
-                    if idx != start:  # publish what came before, then the general path
-                        self.avail_idx = idx
-                        a16[_IDX_W16] = idx
-                    heads.append(self.add(out, in_, token))  # QueueFullError when full
-                    idx = start = self.avail_idx
-                    continue
-                head = free.pop()
-                if out:
-                    (a, n), fl, writable_len = out[0], 0, 0
-                else:
-                    (a, n), fl = in_[0], _WRITE
-                    writable_len = n
-                pack_into(view, head * _DESC_SIZE, a, n, fl, 0)
-                inflight[head] = _Inflight(token, [head], writable_len, None)
-                a16[_AVAIL_W16 + (idx & mask)] = head
-                idx = (idx + 1) & IDX_MASK
-                heads.append(head)
-        finally:
-            if idx != start:
-                self.avail_idx = idx
-                a16[_IDX_W16] = idx  # the index last: every chain before it is complete
-        return heads
-
-    def get_used_batch(self) -> list[tuple[Any, int]]:
-        """Every used element published so far, each checked as get_used() checks it.
-
-        A device error part-way returns the good completions before it; the driver is
-        then broken and the next call raises, as get_used() would."""
-        if self.broken:
-            raise self.broken
-        done: list[tuple[Any, int]] = list(self._completed)
-        self._completed.clear()
-        ul, words = self._ul, self._words
-        if self.in_order or words is None or ul is None or not ul.valid:
-            try:
-                while (r := self.get_used()) is not None:
-                    done.append(r)
-            except DeviceBrokenError:
-                if not done:
-                    raise
-            return done
-        last = self.last_used
-        used_idx: int = words[1][_IDX_W16]
-        ahead = (used_idx - last) & IDX_MASK
-        inflight = self.inflight
-        if ahead > len(inflight):
-            err = self._mark_broken(
-                "used-idx-jump",
-                f"used idx {used_idx} is {ahead} ahead but only {len(inflight)} in flight",
-            )
-            if not done:
-                raise err
-            return done
-        u32, mask, size, free = words[2], self._mask, self.size, self.free
-        plain_release = type(self)._release is SplitDriverQueue._release
-        for _ in range(ahead):
-            w = _ELEM_W32 + _ELEM_WORDS * (last & mask)
-            head, length = u32[w], u32[w + 1]
-            st = inflight.get(head) if head < size else None
-            if st is None:
-                err = self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
-                break
-            if length > st.writable_len:
-                err = self._mark_broken(
-                    "used-bad-len",
-                    f"used len {length} > writable length {st.writable_len} of head {head}",
-                )
-                break
-            last = (last + 1) & IDX_MASK
-            self.last_used = last
-            del inflight[head]
-            descs = st.descs
-            if len(descs) == 1 and plain_release:
-                free.append(descs[0])
-            else:
-                self._release(descs)
-            if st.indirect is not None and self.indirect_pool is not None:
-                self.indirect_pool.free(st.indirect)
-            done.append((st.token, length))
-        else:
-            return done
-        if not done:
-            raise err
-        return done
-
     def _add_direct(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any) -> int:
         """add() without indirect tables, writing through the ring leases (held valid)."""
         assert self._dl is not None and self._al is not None
@@ -1042,6 +711,12 @@ class SplitDriverQueue:
         return head
 
     def _take(self) -> int:
+        hooks = self.hooks
+        return self.next_free() if hooks is None else hooks.take(self)
+
+    def next_free(self) -> int:
+        """Take the ring's next free descriptor: in ring order with IN_ORDER, otherwise
+        the most recently freed one (Linux's free list)."""
         return self.free.popleft() if self.in_order else self.free.pop()
 
     def _release(self, descs: list[int]) -> None:
@@ -1056,6 +731,20 @@ class SplitDriverQueue:
         value: int = self._idx.unpack(self.memory.read(addr, 2))[0]
         return value
 
+    def used_flags(self) -> int:
+        """The device's used.flags word (VIRTQ_USED_F_NO_NOTIFY)."""
+        return self._used_u16(0)
+
+    def desc(self, index: int) -> tuple[int, int, int, int]:
+        """Descriptor ``index`` of the table as written: (addr, len, flags, next)."""
+        raw = self.memory.read(self.gpa.desc + index * layouts.DESC_SIZE, layouts.DESC_SIZE)
+        fields: tuple[int, int, int, int] = self._desc.unpack(raw)
+        return fields
+
+    def set_desc(self, index: int, addr: int, length: int, flags: int, nxt: int) -> None:
+        """Overwrite descriptor ``index`` (hooks of broken drivers)."""
+        self._write_desc(self.gpa.desc, index, addr, length, flags, nxt)
+
     def _used_u16(self, offset: int) -> int:
         """A 16-bit word of the used ring (through the lease when there is one)."""
         ul = self._ul
@@ -1069,11 +758,14 @@ class SplitDriverQueue:
         old, new = self._kicked_avail, self.avail_idx
         self._kicked_avail = new
         if old == new:
-            return False
-        if self.event_idx:
+            wanted = False
+        elif self.event_idx:
             event = self._used_u16(layouts.avail_event_offset(self.size))
-            return need_event(event, new, old)
-        return not self._used_u16(0) & USED_F.NO_NOTIFY
+            wanted = need_event(event, new, old)
+        else:
+            wanted = not self._used_u16(0) & USED_F.NO_NOTIFY
+        hooks = self.hooks
+        return wanted if hooks is None else hooks.kick(self, wanted)
 
     def _mark_broken(self, violation: str, message: str) -> DeviceBrokenError:
         err = DeviceBrokenError(violation, message)
@@ -1123,7 +815,7 @@ class SplitDriverQueue:
             self.last_used = (last + 1) & IDX_MASK
             del inflight[head]
             descs = st.descs
-            if len(descs) == 1 and type(self)._release is SplitDriverQueue._release:
+            if len(descs) == 1:
                 self.free.append(descs[0])
             else:
                 self._release(descs)

@@ -1,0 +1,89 @@
+"""How a ring reaches its memory, chosen once when the queue is set up.
+
+Why one layer: split and packed queues, device side and driver side, all read and write
+ring words the same two ways, and each used to decide it for itself:
+
+* through leases (:class:`~virtio_sim.memory.Lease`: a validated memoryview of one ring
+  area) where the memory offers them (guest RAM, an identity address space without
+  private pages, a translated space inside one IOMMU mapping). A lease can be revoked at
+  any time (UNMAP, pages turned private), so every use tests ``valid`` and falls back to
+  the checked path; the queue takes leases again at its next refresh;
+* through checked reads and writes otherwise: every access is translated and
+  bounds-checked by the address space, and a refusal is a ``ring-address`` RingError.
+
+The byte order is chosen here too: struct codecs for descriptors, used elements and ring
+words, and native u16/u32 word views (a subscript instead of a struct call per ring word)
+when the ring's order is the machine's.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from typing import Any
+
+from virtio_sim import layouts
+from virtio_sim.dma import DmaError, lease_for
+from virtio_sim.layouts import ByteOrder
+from virtio_sim.memory import Lease
+from virtio_sim.ring.chain import RingError
+
+_NATIVE_WORDS = struct.calcsize("H") == 2 and struct.calcsize("I") == 4
+
+WordViews = tuple[memoryview, memoryview, memoryview]  # avail as u16, used as u16, used as u32
+
+
+class RingMemory:
+    """One ring's way to its memory: an AddressSpace (device) or guest RAM (driver).
+
+    ``leasable``: the memory hands out leases (decided once; a space that counts or
+    transforms every access has no ``lease`` and is always checked).
+    """
+
+    def __init__(self, space: Any, order: ByteOrder = "little") -> None:
+        self.space = space
+        self.order: ByteOrder = order
+        self.leasable = hasattr(space, "lease")
+        self.native = order == sys.byteorder and _NATIVE_WORDS
+        self.desc = layouts.desc_codec(order)
+        self.elem = layouts.used_elem_codec(order)
+        self.u16 = layouts.ring_index_codec(order)
+
+    def lease(self, addr: int, length: int, write: bool) -> Lease | None:
+        """A direct window on ``[addr, addr+length)``, or None (checked accesses then)."""
+        if not self.leasable:
+            return None
+        return lease_for(self.space, addr, length, write)
+
+    def word_views(self, avail: Lease | None, used: Lease | None, size: int) -> WordViews | None:
+        """Split rings in the machine's byte order: (avail as u16, used as u16, used
+        elements as u32) views of the two leases, or None."""
+        if not self.native or avail is None or used is None:
+            return None
+        elems = layouts.RING_HEADER_SIZE + layouts.USED_ELEM_SIZE * size
+        return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
+
+    # -- checked accesses ---------------------------------------------------------------
+
+    def read(self, addr: int, length: int, what: str, head: int | None = None) -> bytes:
+        try:
+            data: bytes = self.space.read(addr, length)
+        except DmaError as e:
+            raise RingError("ring-address", f"{what}: {e}", head) from None
+        return data
+
+    def write(self, addr: int, data: bytes, what: str, head: int | None = None) -> None:
+        try:
+            self.space.write(addr, data)
+        except DmaError as e:
+            raise RingError("ring-address", f"{what}: {e}", head) from None
+
+    def read_u16(self, addr: int, what: str = "ring word") -> int:
+        value: int = self.u16.unpack(self.read(addr, 2, what))[0]
+        return value
+
+    def write_u16(self, addr: int, value: int, what: str = "ring word") -> None:
+        self.write(addr, self.u16.pack(value), what)
+
+
+__all__ = ["RingMemory", "WordViews"]
