@@ -19,6 +19,8 @@ def blk_pattern_seed(seed: int | None) -> int:
 #: the discard step of blk-rw: two 4-sector bios at sector 16 (clear of the verified plan)
 DISCARD_AT = 16
 DISCARD_BIO = 4
+#: the WRITE_ZEROES step: after the discarded sectors, clear of the verified plan
+ZEROES_AT = DISCARD_AT + 2 * DISCARD_BIO
 
 
 async def blk_rw_workload(
@@ -61,6 +63,13 @@ async def blk_rw_workload(
         # a device may keep or drop it)
         sent = await driver.discard([(DISCARD_AT, DISCARD_BIO), (DISCARD_AT + DISCARD_BIO, DISCARD_BIO)])
         discard = f"{sent['bios']} bios as {sent['ranges_sent']} range(s), {sent['sectors_sent']} sectors"
+    zeroes = "not negotiated"
+    if driver.geometry.write_zeroes and cap > ZEROES_AT + DISCARD_BIO:
+        # blkdev_issue_zeroout(): the zeroed sectors must read back as zeros
+        await driver.write_zeroes(ZEROES_AT, DISCARD_BIO)
+        if await driver.read(ZEROES_AT, DISCARD_BIO) != bytes(DISCARD_BIO * sector):
+            raise CorruptionDetected(f"sectors {ZEROES_AT}.. do not read zero after WRITE_ZEROES")
+        zeroes = f"{DISCARD_BIO} sectors"
     ident = await driver.get_id()
     beyond = "not probed"
     if probe:
@@ -77,6 +86,7 @@ async def blk_rw_workload(
         "beyond_capacity": beyond,
         "plan": plan,
         "discard": discard,
+        "write_zeroes": zeroes,
     }
 
 

@@ -84,7 +84,26 @@ async def rng_queue_reset_workload(driver: GuestDriver, seed: int | None = None)
     return {"bytes": first["bytes"] + second["bytes"], "queue_resets": 1}
 
 
+async def rng_remove_workload(driver: GuestDriver, seed: int | None = None) -> dict[str, Any]:
+    """rng, then the driver removed as Linux 6.1 removes it (virtio-rng.c remove_common():
+    virtio_reset_device(), then del_vqs(); virtio_mmio.c vm_del_vq() writes QueuePFN 0 on
+    version 1, or QueueReady 0 and reads it back): what driver conformance needs to watch a
+    driver stop its queues (``workload=rng-remove``)."""
+    assert isinstance(driver, RngDriver)
+    first = await rng_workload(driver, seed)
+    dev = driver.dev
+    await dev.transport.reset()
+    for vq in dev.queues:
+        await dev.transport.disable_queue(vq.index)
+    return {**first, "removed": True}
+
+
 GUEST = GuestHalf(
     RngDriver,
-    {"rng": rng_workload, "rng-soak": rng_soak_workload, "rng-queue-reset": rng_queue_reset_workload},
+    {
+        "rng": rng_workload,
+        "rng-soak": rng_soak_workload,
+        "rng-queue-reset": rng_queue_reset_workload,
+        "rng-remove": rng_remove_workload,
+    },
 )

@@ -585,9 +585,21 @@ class VirtioDevice:
     def _maybe_interrupt(self, q: QueueState) -> None:
         if q.ring is None:
             return
-        wants = q.ring.needs_interrupt()  # also flushes held IN_ORDER completions
-        while q.ring.warnings:
-            self.note(f"queue {q.index}: {q.ring.warnings.pop(0)}")
+        ring = q.ring
+        feats = self.driver_features
+        if feats >> F.NOTIFY_ON_EMPTY & 1 and not feats >> F.RING_PACKED & 1:
+            # QEMU 7.2 hw/virtio/virtio.c virtio_split_should_notify(): "Always notify when
+            # queue is empty (when feature acknowledge)": nothing in use, nothing available,
+            # before (and instead of) the NO_INTERRUPT / used_event decision; split rings
+            # only (virtio_packed_should_notify() has no such case)
+            ring.flush()
+            if not ring.in_flight and not ring.has_available():
+                if self.sink is not None:
+                    self.sink.queue_interrupt(q.index)
+                return
+        wants = ring.needs_interrupt()  # also flushes held IN_ORDER completions
+        while ring.warnings:
+            self.note(f"queue {q.index}: {ring.warnings.pop(0)}")
         if wants and self.sink is not None:
             self.sink.queue_interrupt(q.index)
 

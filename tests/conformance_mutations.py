@@ -14,6 +14,7 @@ every survivor is explained.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,9 +29,12 @@ from virtio_sim.conformance.catalog import load_catalog
 from virtio_sim.conformance.device_runner import run_device_target
 from virtio_sim.conformance.driver_runner import run_driver_target
 from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Policy, Verdict
+from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.drivers.console import ConsoleDriver
 from virtio_sim.guest.drivers.net import NetDriver
 from virtio_sim.guest.drivers.rng import RngDriver
+from virtio_sim.guest.transport.mmio import MmioTransportDriver
+from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.guest.virtio import VirtioGuestDevice
 from virtio_sim.host.devices.blk import BlkDevice
 from virtio_sim.host.devices.console import ConsoleDevice
@@ -39,8 +43,8 @@ from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.host.transport.mmio import MmioTransport
 from virtio_sim.host.virtio_device import QueueState, VirtioDevice
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
-from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue
-from virtio_sim.spec import NET_F, PACKED_DESC_F, STATUS, F, bit
+from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
+from virtio_sim.spec import BLK_T, NET_F, PACKED_DESC_F, STATUS, F, bit
 
 Patch = Callable[[ExitStack], None]
 
@@ -58,6 +62,14 @@ class Mutation:
 
 def _attr(owner: Any, name: str, new: Any) -> Patch:
     return lambda stack: stack.enter_context(mock.patch.object(owner, name, new))
+
+
+def _all(*patches: Patch) -> Patch:
+    def apply(stack: ExitStack) -> None:
+        for p in patches:
+            p(stack)
+
+    return apply
 
 
 # -- device-side mutations -------------------------------------------------------------
@@ -165,6 +177,27 @@ def _reset_queue_keeps_ring(self: VirtioDevice, index: int) -> None:
     _orig_reset_queue(self, index)
     if q is not None and saved is not None:
         q.ready, q.ring, q.desc, q.driver, q.device, q.size = saved  # nothing really reset
+
+
+def _reset_queue_later(self: VirtioDevice, index: int) -> None:
+    # the queue reset runs in the background (draining in-flight work) while the register
+    # already reads 0: it completes at the next notification, whichever queue it is for
+    self.__dict__.setdefault("_mutation_resets", []).append(index)
+
+
+_orig_notify = VirtioDevice.notify
+
+
+def _notify_finishes_resets(self: VirtioDevice, index: int) -> None:
+    for q in self.__dict__.pop("_mutation_resets", []):
+        _orig_reset_queue(self, q)
+    _orig_notify(self, index)
+
+
+def _interrupt_ignoring_notify_on_empty(self: VirtioDevice, q: QueueState) -> None:
+    # NOTIFY_ON_EMPTY offered (as QEMU offers it) but the interrupt decision never looks at it
+    if q.ring is not None and q.ring.needs_interrupt() and self.sink is not None:
+        self.sink.queue_interrupt(q.index)
 
 
 def _generation_frozen(self: VirtioDevice) -> None:
@@ -387,6 +420,14 @@ async def _guest_no_reset(self: VirtioGuestDevice, driver_features: int) -> None
         await _orig_negotiate(self, driver_features)
 
 
+async def _guest_reads_wce_early(self: VirtioGuestDevice, driver_features: int) -> None:
+    # the cache mode read while the features are still being negotiated
+    await self.transport.reset()
+    await self.add_status(STATUS.ACKNOWLEDGE | STATUS.DRIVER)
+    await self.transport.read_config(layouts.field_offsets(layouts.VirtioBlkConfig)["writeback"], 1)
+    await _orig_negotiate(self, driver_features)
+
+
 _orig_driver_ok = VirtioGuestDevice.driver_ok
 
 
@@ -451,6 +492,57 @@ _orig_split_kick_prepare = SplitDriverQueue.kick_prepare
 def _guest_ignores_no_notify(self: SplitDriverQueue) -> bool:
     _orig_split_kick_prepare(self)
     return False  # never kicks: the device's "notify me" ignored
+
+
+_orig_blk_probe = BlkDriver.probe
+
+
+async def _guest_blk_ignores_discard_seg(self: BlkDriver) -> None:
+    # the driver takes the block layer's default segment limit, not max_discard_seg
+    await _orig_blk_probe(self)
+    if self.geometry.max_discard_seg:
+        self.geometry = dataclasses.replace(self.geometry, max_discard_seg=256)
+
+
+async def _guest_stop_without_readback(self: MmioTransportDriver, index: int) -> None:
+    # QueueReady 0 written and the queue's memory freed at once, without reading it back
+    await self._w("QueueSel", index)
+    await self._w("QueueReady", 0)
+
+
+async def _guest_kicks_stopped_queue(self: MmioTransportDriver, index: int) -> None:
+    # a removal that still flushes a kick to the queue it has just stopped
+    await self._w("QueueSel", index)
+    await self._w("QueuePFN", 0)
+    await self._w("QueueNotify", index)
+
+
+async def _guest_zeroout_split_in_two(self: BlkDriver, sector: int, count: int) -> None:
+    # a driver that sends every zeroed range as two segments, past max_write_zeroes_seg (1)
+    half = count // 2
+    codec = layouts.blk_discard_codec("little")
+    payload = codec.pack(sector, half, 0) + codec.pack(sector + half, count - half, 0)
+    await self._request(BLK_T.WRITE_ZEROES, 0, payload, 0, whole=True)
+
+
+_orig_modern_setup_queue = PciModernTransport.setup_queue
+
+
+async def _guest_reenable_keeps_old_rings(
+    self: PciModernTransport, index: int, size: int, addrs: SplitRingAddresses
+) -> None:
+    # after a queue reset the guest writes only the size and enable: it assumes the device
+    # kept the ring addresses of the first setup (the reset cleared them)
+    done = self.__dict__.setdefault("_mutation_set_up", set())
+    if index not in done:
+        done.add(index)
+        await _orig_modern_setup_queue(self, index, size, addrs)
+        return
+    await self._w("queue_select", index)
+    await self._w("queue_size", size)
+    off = await self._r("queue_notify_off")
+    self._notify_addr[index] = self.notify_area.address + off * self.notify_multiplier
+    await self._w("queue_enable", 1)
 
 
 # fmt: off
@@ -591,6 +683,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         "split",
         "vqreset.dev.stop",
         _attr(VirtioDevice, "reset_queue", _reset_queue_keeps_ring),
+    ),
+    Mutation(
+        "queue-reset-reads-done-early",
+        "queue_reset reads 0 while the queue reset is still in progress",
+        "host:virtio-rng", "pci-modern", "split", "pci.common.dev-queue-reset-busy",
+        _all(
+            _attr(VirtioDevice, "reset_queue", _reset_queue_later),
+            _attr(VirtioDevice, "notify", _notify_finishes_resets),
+        ),
+    ),
+    Mutation(
+        "notify-on-empty-ignored",
+        "the device offers NOTIFY_ON_EMPTY and interrupts as if it were not negotiated",
+        "host:virtio-rng", "pci-legacy", "split", "features.legacy.dev-notify-on-empty",
+        _attr(VirtioDevice, "_maybe_interrupt", _interrupt_ignoring_notify_on_empty),
     ),
     Mutation(
         "generation-frozen",
@@ -758,6 +865,43 @@ MUTATIONS: tuple[Mutation, ...] = (
         "split",
         "status.drv.never-clear-bit",
         _attr(VirtioGuestDevice, "driver_ok", _guest_clears_bits),
+    ),
+    Mutation(
+        "guest-blk-ignores-max-discard-seg",
+        "the guest blk driver merges discards past the device's max_discard_seg",
+        "driver:linux-6.1,device=blk", "mmio-v2", "split", "blk.drv.discard-max-seg",
+        _attr(BlkDriver, "probe", _guest_blk_ignores_discard_seg),
+    ),
+    Mutation(
+        "guest-blk-reads-writeback-early",
+        "the guest reads the blk writeback byte before FEATURES_OK",
+        "driver:linux-6.1,device=blk", "pci-modern", "split", "blk.drv.writeback-after-features-ok",
+        _attr(VirtioGuestDevice, "negotiate", _guest_reads_wce_early),
+    ),
+    Mutation(
+        "guest-stop-queue-no-readback",
+        "the guest stops a virtio-mmio queue without reading QueueReady back",
+        "driver:linux-6.1,device=rng,workload=rng-remove", "mmio-v2", "split", "mmio.drv.stop-queue",
+        _attr(MmioTransportDriver, "disable_queue", _guest_stop_without_readback),
+    ),
+    Mutation(
+        "guest-kicks-stopped-queue",
+        "the guest kicks a legacy virtio-mmio queue after QueuePFN 0 stopped it",
+        "driver:linux-6.1,device=rng,workload=rng-remove", "mmio-v1", "split", "mmio.legacy.pfn-zero-stops",
+        _attr(MmioTransportDriver, "disable_queue", _guest_kicks_stopped_queue),
+    ),
+    Mutation(
+        "guest-blk-write-zeroes-two-segments",
+        "the guest blk driver sends WRITE_ZEROES with more segments than max_write_zeroes_seg",
+        "driver:linux-6.1,device=blk", "mmio-v2", "split", "blk.drv.write-zeroes-max-seg",
+        _attr(BlkDriver, "write_zeroes", _guest_zeroout_split_in_two),
+    ),
+    Mutation(
+        "guest-reenable-without-rings",
+        "after a queue reset the guest enables the queue without programming its rings again",
+        "driver:linux-6.1,device=rng,workload=rng-queue-reset", "pci-modern", "split",
+        "vqreset.drv.reenable-full-setup",
+        _attr(PciModernTransport, "setup_queue", _guest_reenable_keeps_old_rings),
     ),
 )
 

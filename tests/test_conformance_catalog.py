@@ -107,3 +107,24 @@ def test_broken_toml_is_a_catalog_error(tmp_path: Path) -> None:
     (root / "zz.toml").write_text("[[requirement]\n")
     with pytest.raises(CatalogError, match=r"zz\.toml"):
         load_catalog(root)
+
+
+def test_unreachable_needs_a_testable_entry_without_a_checker(tmp_path: Path) -> None:
+    """'unreachable' keeps an entry out of the coverage denominator: it must never hide an
+    entry that has a checker (a checker means a run can reach it)."""
+    root = _copy(tmp_path)
+    far = ENTRY.format(id="x.far", actor="device", level="MUST") + 'unreachable = "no peer has it"\n'
+    (root / "zz.toml").write_text(far)
+    entry = load_catalog(root).entries["x.far"]
+    assert entry.unreachable == "no peer has it" and not entry.counted
+    (root / "zz.toml").write_text(far.replace('not_checkable = "because"', 'checker = "status_order"'))
+    with pytest.raises(CatalogError, match=r"zz\.toml: x\.far: 'unreachable' is for testable"):
+        load_catalog(root)
+    (root / "zz.toml").write_text(far.replace("testable = true", "testable = false"))
+    with pytest.raises(CatalogError, match="unreachable"):
+        load_catalog(root)
+    root = _copy(tmp_path / "again")
+    check = '[[check]]\nid = "suspend.drv.verify"\nchecker = "status_order"\n'
+    (root / "driver-checkers.toml").write_text(check)
+    with pytest.raises(CatalogError, match=r"suspend\.drv\.verify: marked unreachable, yet a checker"):
+        load_catalog(root)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -25,6 +26,7 @@ from virtio_sim.guest.iommu_dma import SAC_LIMIT
 from virtio_sim.guest.platform import GuestKernel
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.guest.workloads import blk_pattern_seed
+from virtio_sim.guest.workloads_blk import DISCARD_BIO, ZEROES_AT
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
@@ -146,6 +148,19 @@ def pattern_disk(path: Path, sectors: int) -> bytes:
     return data
 
 
+def blk_rw_image(before: bytes, workload: dict[str, Any], seed: int) -> bytes:
+    """The disk image blk-rw leaves, replayed independently: the plan's patterns, and the
+    WRITE_ZEROES step's zeroed sectors when it ran (discarded sectors are not checked:
+    QEMU's default discard=ignore keeps them)."""
+    rnd = random.Random(blk_pattern_seed(seed))
+    expected = bytearray(before)
+    for start, count in workload["plan"]:
+        expected[start * SECTOR : (start + count) * SECTOR] = rnd.randbytes(count * SECTOR)
+    if workload["write_zeroes"] != "not negotiated":
+        expected[ZEROES_AT * SECTOR : (ZEROES_AT + DISCARD_BIO) * SECTOR] = bytes(DISCARD_BIO * SECTOR)
+    return bytes(expected)
+
+
 @pytest.mark.parametrize("transport", ALL)
 def test_blk_write_read_verified_in_the_disk_file(transport: str, tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
@@ -156,11 +171,7 @@ def test_blk_write_read_verified_in_the_disk_file(transport: str, tmp_path: Path
     assert r.workload["capacity"] == sectors
     assert r.workload["beyond_capacity"] == "IOERR"
     # replay the workload's pattern: QEMU must have put exactly these bytes in the file
-    rnd = random.Random(blk_pattern_seed(9))
-    expected = bytearray(before)
-    for start, count in r.workload["plan"]:
-        expected[start * SECTOR : (start + count) * SECTOR] = rnd.randbytes(count * SECTOR)
-    assert disk.read_bytes() == bytes(expected)
+    assert disk.read_bytes() == blk_rw_image(before, r.workload, 9)
 
 
 @pytest.mark.parametrize("transport", ("mmio-v2", "pci-modern"))
@@ -402,11 +413,7 @@ def test_arm_virt_rng_and_blk_through_the_gic(transport: str, tmp_path: Path) ->
     before = pattern_disk(disk, 512)
     r = qemu_run(f"virtio-blk-device,drive={disk}", "blk-rw", transport, machine="virt", seed=3)
     assert r.outcome is Outcome.OK, r.detail
-    rnd = random.Random(blk_pattern_seed(3))
-    expected = bytearray(before)
-    for start, count in r.workload["plan"]:
-        expected[start * SECTOR : (start + count) * SECTOR] = rnd.randbytes(count * SECTOR)
-    assert disk.read_bytes() == bytes(expected)
+    assert disk.read_bytes() == blk_rw_image(before, r.workload, 3)
 
 
 def test_arm_virt_has_no_pci_transport_here() -> None:

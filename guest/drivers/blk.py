@@ -29,6 +29,11 @@ class BlkGeometry:
     #: DISCARD negotiated: the device's max_discard_seg (the block layer's
     #: max_discard_segments); 0 without DISCARD
     max_discard_seg: int = 0
+    #: the cache mode: CONFIG_WCE negotiated, the config's writeback byte; else FLUSH
+    #: (Linux 6.1 virtblk_get_cache_mode(), read once at probe)
+    writeback: bool = False
+    #: WRITE_ZEROES negotiated (Linux: blk_queue_max_write_zeroes_sectors)
+    write_zeroes: bool = False
 
 
 class BlkDriver(GuestDriver):
@@ -57,7 +62,11 @@ class BlkDriver(GuestDriver):
         fields = [(_CFG["capacity"], 8), (_CFG["seg_max"], 4), (_CFG["blk_size"], 4)]
         if d.has(BLK_F.DISCARD):
             fields.append((_CFG["max_discard_seg"], 4))
-        capacity, seg_max, blk_size, *discard = await self.read_config_stable(fields)
+        if d.has(BLK_F.CONFIG_WCE):
+            fields.append((_CFG["writeback"], 1))
+        capacity, seg_max, blk_size, *rest = await self.read_config_stable(fields)
+        discard = rest[:1] if d.has(BLK_F.DISCARD) else []
+        writeback = bool(rest[-1]) if d.has(BLK_F.CONFIG_WCE) else d.has(BLK_F.FLUSH)
         self.geometry = BlkGeometry(
             capacity=capacity,
             blk_size=blk_size if d.has(BLK_F.BLK_SIZE) and blk_size else BLK.sector_size,
@@ -65,6 +74,8 @@ class BlkDriver(GuestDriver):
             read_only=d.has(BLK_F.RO),
             # Linux: blk_queue_max_discard_segments(q, min(v, MAX_DISCARD_SEGMENTS)); 0 as 1
             max_discard_seg=max(1, discard[0]) if discard else 0,
+            writeback=writeback,
+            write_zeroes=d.has(BLK_F.WRITE_ZEROES),
         )
         self.vq: GuestVirtqueue = await self.dev.setup_queue(0, self.queue_size)
 
@@ -161,6 +172,17 @@ class BlkDriver(GuestDriver):
         if status != BLK_S.OK:
             raise BlkIoError("discard", status)
         return {"bios": len(bios), "ranges_sent": len(ranges), "sectors_sent": sum(n for _, n in ranges)}
+
+    async def write_zeroes(self, sector: int, count: int) -> None:
+        """blkdev_issue_zeroout() as Linux 6.1 sends it: one REQ_OP_WRITE_ZEROES request,
+        one range (virtblk_setup_discard_write_zeroes_erase() with max_discard_segments 1
+        or a single bio), flags UNMAP unless REQ_NOUNMAP (virtblk_setup_cmd(): the default
+        zeroout may deallocate)."""
+        codec = blk_discard_codec("little")
+        payload = codec.pack(sector, count, QEMU_BLK.write_zeroes_flag_unmap)
+        status, _, _ = await self._request(BLK_T.WRITE_ZEROES, 0, payload, 0, whole=True)
+        if status != BLK_S.OK:
+            raise BlkIoError("write_zeroes", status)
 
     async def get_id(self) -> bytes:
         status, data, _ = await self._request(BLK_T.GET_ID, 0, None, BLK.id_bytes)

@@ -16,6 +16,7 @@ from virtio_sim.conformance.device_checks import (
     bring_up,
     checker,
     kick,
+    negotiate,
     overlaps,
     snapshot,
     submit,
@@ -27,7 +28,7 @@ from virtio_sim.conformance.device_checks import (
 )
 from virtio_sim.conformance.dut import Access
 from virtio_sim.conformance.rawring import RawPackedRing, RawSplitRing, UsedEntry
-from virtio_sim.spec import AVAIL_F, PACKED_DESC_F, PACKED_EVENT, PACKED_EVENT_F, USED_F, F
+from virtio_sim.spec import AVAIL_F, PACKED_DESC_F, PACKED_EVENT, PACKED_EVENT_F, USED_F, F, bit
 
 SPLIT_ONLY = "split ring checks; this run negotiated the packed ring"
 PACKED_ONLY = "packed ring checks; this run uses split rings"
@@ -370,6 +371,34 @@ async def split_notify_suppression(ctx: Ctx) -> None:
         "split.usedsupp.dev-event-idx-else-quiet",
         bool(used) and not irq,
         f"used_event far ahead: used {len(used)}, interrupt {irq}",
+    )
+
+
+@checker("notify_on_empty", ("features.legacy.dev-notify-on-empty",))
+async def notify_on_empty(ctx: Ctx) -> None:
+    """VIRTIO_F_NOTIFY_ON_EMPTY (legacy interface): with the bit negotiated and every
+    interrupt suppressed (avail.flags NO_INTERRUPT, no EVENT_IDX), the device still
+    interrupts once the queue has run empty. QEMU 7.2 offers the bit on every device
+    (notify_on_empty=on) and honours it in virtio_split_should_notify()."""
+    rid = "features.legacy.dev-notify-on-empty"
+    if not ctx.legacy or ctx.ring == "packed":
+        ctx.log.not_applicable(rid, "a legacy-interface feature; this run uses the modern interface")
+        return
+    q = traffic_queue(ctx)
+    await negotiate(ctx)
+    if not ctx.offered >> F.NOTIFY_ON_EMPTY & 1:
+        ctx.log.not_applicable(rid, "VIRTIO_F_NOTIFY_ON_EMPTY not offered")
+        return
+    want = (ctx.features | bit(F.NOTIFY_ON_EMPTY)) & ~bit(F.EVENT_IDX)
+    await bring_up(ctx, (q,), accept=want)
+    ring = ctx.rings[q]
+    assert isinstance(ring, RawSplitRing)
+    ring.set_avail_flags(AVAIL_F.NO_INTERRUPT)
+    used, irq = await _one(ctx, q)  # one buffer: used, and the queue is empty again
+    ctx.log.check(
+        rid,
+        bool(used) and bool(irq),
+        f"NOTIFY_ON_EMPTY, avail.flags NO_INTERRUPT, the queue run empty: used {len(used)}, interrupt {irq}",
     )
 
 

@@ -31,10 +31,12 @@ VQRESET_IDS = (
     "pci.common.dev-queue-reset-zero-after-enable",
     "pci.common.dev-queue-reset-action",
     "pci.common.dev-queue-reset-done",
+    "pci.common.dev-queue-reset-busy",
     "mmio.dev.queue-reset-zero-on-reset",
     "mmio.dev.queue-reset-zero-after-ready",
     "mmio.dev.queue-reset-action",
     "mmio.dev.queue-reset-done",
+    "mmio.dev.queue-reset-busy",
 )
 NEW_SIZE = 32
 
@@ -99,9 +101,14 @@ async def queue_reset(ctx: Ctx) -> None:
     await kick(ctx, q)
     await wait_used(ctx, q, 2)
     await regs.reset()
+    # "busy": the register reads 1 while the reset is in progress, so the first 0 it reads
+    # must mean done: the queue stopped at that instant and its old ring left alone after
     polls = 0
-    while await regs.read("reset") and polls < RESET_POLLS:
+    rst = await regs.read("reset")
+    while rst and polls < RESET_POLLS:
         polls += 1
+        rst = await regs.read("reset")
+    ready_at_zero = await regs.read("ready") if rst == 0 else None
     rst, ready = await regs.read("reset"), await regs.read("ready")
     ctx.log.check(
         prefix + "done", rst == 0 and ready == 0, f"after the queue reset: reset {rst}, enabled {ready}"
@@ -118,6 +125,13 @@ async def queue_reset(ctx: Ctx) -> None:
     touched = device_touched(ctx, mark)
     evidence = f"after the queue reset: {len(late)} used on the old ring, accesses {touched[:3]}"
     ctx.log.check("vqreset.dev.stop", not late and not touched, evidence)
+    if ready_at_zero is not None:  # never 0: the "done" rule has failed, busy is not reached
+        ctx.log.check(
+            prefix + "busy",
+            ready_at_zero == 0 and not late and not touched,
+            f"queue reset read 0 after {polls} polls with the queue reading enabled {ready_at_zero}; "
+            f"the old ring afterwards: {len(late)} used, accesses {touched[:3]}",
+        )
     # Re-enable with another size at other addresses.
     if ready:
         # the queue never stopped: re-enabling it is not what the driver can do next

@@ -173,6 +173,8 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
     console.print(Text(cov.line()))
     for area, why in cov.out_of_scope.items():
         console.print(Text(f"out of scope: {area}: {why}"))
+    for rid, why in cov.unreachable.items():
+        console.print(Text(f"unreachable: {rid}: {why}"))
     if args.json:
         data = {
             "suite": args.suite,

@@ -97,7 +97,7 @@ DEVICE_BIT_PREFIXES = {"IOMMU": "iommu", "BLK": "blk"}  # CONDITIONS on device-t
 DISCARD_SEGMENT = 16  # struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags
 DISCARD_UNMAP = 1  # flags bit 0
 BLK_WRITEBACK = layouts.field_offsets(layouts.virtio_blk_config("little"))["writeback"]
-BLK_CONFIG_SIZE = layouts.virtio_blk_config("little").sizeof()
+BLK_CONFIG_OFFSETS = layouts.field_offsets(layouts.virtio_blk_config("little"))
 IOMMU_REQUEST_QUEUE = 0  # virtio-iommu: requestq; 1 is the event queue
 IDX_HALF = 0x8000  # an idx that moved "forward" by more than this went backwards
 BLK_HEADER = layouts.blk_req_header_codec("little").size
@@ -235,6 +235,7 @@ class _Queue:
     steps: set[str] = field(default_factory=set)  # legacy mmio setup steps seen (2.x 4.2.4)
     stop_unverified: bool = False  # mmio: QueueReady 0 written, not read back yet
     pfn_zeroed: bool = False  # legacy mmio: QueuePFN 0 written (the queue is stopped)
+    programmed: set[str] = field(default_factory=set)  # setup registers written since set-up began
 
 
 class DriverWatch:
@@ -355,6 +356,9 @@ class DriverWatch:
         self.acked: dict[int, int] = {}
         self.features_checked = False
         self.queues: dict[int, _Queue] = {}
+        #: per queue, the setup registers its first enable was preceded by: what a re-enable
+        #: after a queue reset must program again (vqreset.drv.reenable-full-setup)
+        self.initial_setup: dict[int, frozenset[str]] = {}
 
     def has(self, feature: int) -> bool:
         return bool(self.source.driver_features >> feature & 1)
@@ -678,6 +682,10 @@ class DriverWatch:
             self._fail("mmio.drv.queue-reset-wait" if self._mmio else "pci.common.drv-queue-reset-wait", why)
             q.reset_unverified = False
         setup = field_name in ("size", "desc", "driver", "device", "align", "pfn")
+        if setup:
+            q.programmed.add(field_name)
+        if field_name == "enable" and value:
+            self._enabled(q)
         if not self._vhost and (setup or (field_name == "enable" and value)):
             late = (
                 bool(self.status & STATUS.DRIVER_OK)
@@ -782,6 +790,22 @@ class DriverWatch:
                 "vqreset.drv.verify",
                 "mmio.drv.queue-reset-wait" if self._mmio else "pci.common.drv-queue-reset-wait",
             )
+
+    def _enabled(self, q: _Queue) -> None:
+        """A queue enabled: remember its first setup; after a queue reset, the re-enable
+        must have programmed every register the first setup did (2.6.1 "exactly as during
+        initial setup", values may differ)."""
+        first = self.initial_setup.get(q.index)
+        if not q.was_reset or first is None:
+            self.initial_setup.setdefault(q.index, frozenset(q.programmed))
+            return
+        missing = sorted(first - q.programmed)
+        self._check(
+            "vqreset.drv.reenable-full-setup",
+            not missing,
+            f"queue {q.index} enabled again after its reset without writing {', '.join(missing)} "
+            f"(its first setup wrote {', '.join(sorted(first))})",
+        )
 
     def _start(self, q: _Queue, view: RingView) -> None:
         """Checks once per enabled queue, at its first notification or the end of the run."""
@@ -1349,8 +1373,11 @@ class DriverWatch:
         }
         field_name, feature, rule = limit_of[rtype]
         cfg = self._config()
-        if self.has(feature) and len(cfg) >= BLK_CONFIG_SIZE:
-            limit = layouts.virtio_blk_config("little").parse(cfg)[field_name]
+        # the device's config space ends where its last offered feature's fields end (QEMU
+        # 7.2 sizes it by feature): the limit needs only its own field to be there
+        at = BLK_CONFIG_OFFSETS[field_name]
+        if self.has(feature) and len(cfg) >= at + 4:
+            limit = int.from_bytes(cfg[at : at + 4], "little")
             self._check(rule, count <= limit, f"{where}: {count} segments, {field_name} {limit}")
 
     def _config(self) -> bytes:
@@ -1636,6 +1663,9 @@ class DriverWatch:
                     self._ok(PRESENTED[what])
         if any(q.pfn_zeroed for q in self.queues.values()):
             self._ok("mmio.legacy.pfn-zero-stops")  # stopped queues were not kicked again
+        for q in self.queues.values():
+            if q.stop_unverified:  # Linux's vm_del_vq() reads QueueReady back at once
+                self._fail("mmio.drv.stop-queue", f"queue {q.index}: QueueReady 0 written, never read back")
         if self.failed_set and not self._vhost:
             # FAILED was set and nothing but a reset followed (the status checks fail otherwise)
             self._ok("status.drv.reset-after-failed", "init.drv.stop-on-error")

@@ -11,7 +11,10 @@ Coverage (:func:`coverage`) is counted over every area of the catalogue except t
 out-of-scope ones (catalog.OUT_OF_SCOPE, stated in every report): for the testable
 MUST/MUST NOT entries, how many have a checker and how many the runs the report covers
 actually decided (PASS, FAIL or KNOWN). A checker that exists but decided nothing in these
-runs does not count as coverage.
+runs does not count as coverage. Entries marked ``unreachable`` in the catalogue (testable in
+principle, but no peer this tool runs reaches them: a feature none of our models, Linux 6.1
+or QEMU 7.2 implements) are left out of the denominator, never counted as decided, and
+listed with their reason in every coverage report (JSON ``coverage.unreachable``, console).
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ def build_report(
                 e.actor,
                 e.section,
                 f.verdict if f else Verdict.NOT_COVERED,
-                list(f.evidence) if f else [],
+                list(f.evidence) if f else ([f"unreachable here: {e.unreachable}"] if e.unreachable else []),
                 e.checker,
                 e.not_checkable,
                 f.known if f else None,
@@ -205,6 +208,8 @@ class Coverage:
     per_area: dict[str, AreaCoverage]
     per_actor: dict[str, AreaCoverage]
     runs: int  # how many runs' decisions count
+    #: testable MUST/MUST NOT entries no peer here reaches (catalog Entry.unreachable): id -> why
+    unreachable: dict[str, str] = field(default_factory=dict)
     out_of_scope: dict[str, str] = field(default_factory=lambda: dict(OUT_OF_SCOPE))
 
     def _sum(self, attr: str) -> int:
@@ -235,7 +240,7 @@ class Coverage:
             return {"testable": a.testable, "has_checker": a.has_checker, "decided": a.decided}
 
         return {
-            "counts": "testable MUST/MUST NOT entries of every in-scope area",
+            "counts": "testable MUST/MUST NOT entries of every in-scope area, unreachable ones apart",
             "runs": self.runs,
             "testable": self.testable,
             "has_checker": self.has_checker,
@@ -244,6 +249,7 @@ class Coverage:
             "share_decided": round(self.share_decided, 4),
             "per_area": {k: one(v) for k, v in self.per_area.items()},
             "per_actor": {k: one(v) for k, v in self.per_actor.items()},
+            "unreachable": self.unreachable,
             "out_of_scope": self.out_of_scope,
         }
 
@@ -252,7 +258,8 @@ class Coverage:
             f"coverage of testable MUST/MUST NOT (all areas but {', '.join(self.out_of_scope)}): "
             f"decided in {'this run' if self.runs == 1 else f'these {self.runs} runs'} "
             f"{self.decided}/{self.testable} = {self.share_decided:.1%}; with a checker "
-            f"{self.has_checker}/{self.testable} = {self.share_checker:.1%}"
+            f"{self.has_checker}/{self.testable} = {self.share_checker:.1%}; "
+            f"{len(self.unreachable)} more testable ones unreachable here (not counted, listed with why)"
         )
 
 
@@ -269,14 +276,19 @@ def coverage(
     done = decided_ids(logs or [])
     per_area = {a: AreaCoverage() for a in areas}
     per_actor: dict[str, AreaCoverage] = {}
+    unreachable: dict[str, str] = {}
     for e in catalog.entries.values():
         if e.area not in per_area or not e.testable or e.level not in MANDATORY_LEVELS:
+            continue
+        if e.unreachable is not None:
+            unreachable[e.id] = e.unreachable
             continue
         for slot in (per_area[e.area], per_actor.setdefault(e.actor, AreaCoverage())):
             slot.testable += 1
             slot.has_checker += e.checker is not None
             slot.decided += e.id in done
-    return Coverage(per_area, dict(sorted(per_actor.items())), len(logs or []))
+    runs = len(logs or [])
+    return Coverage(per_area, dict(sorted(per_actor.items())), runs, dict(sorted(unreachable.items())))
 
 
 def catalog_coverage(catalog: Catalog, areas: tuple[str, ...] = COVERED_AREAS) -> Coverage:
@@ -381,6 +393,10 @@ def to_html(report: Report, cov: Coverage | None = None) -> str:
         parts.append(f"<p>{esc(cov.line())}</p>")
         for area, why in cov.out_of_scope.items():
             parts.append(f"<p>Out of scope: {esc(area)}: {esc(why)}</p>")
+        if cov.unreachable:
+            parts.append("<p>Unreachable here (not counted):</p><ul>")
+            parts += [f"<li>{esc(rid)}: {esc(why)}</li>" for rid, why in cov.unreachable.items()]
+            parts.append("</ul>")
     parts.append("<h2>By area</h2><table><tr><th>area</th>")
     verdicts = list(SHOWN)
     parts += [f"<th>{v}</th>" for v in verdicts] + ["</tr>"]

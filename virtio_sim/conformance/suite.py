@@ -93,6 +93,9 @@ DRIVER_RUNS = (
     # a real queue reset (VIRTIO_F_RING_RESET) by the driver, on both register layouts
     Run("driver:linux-6.1,device=rng,workload=rng-queue-reset", "mmio-v2"),
     Run("driver:linux-6.1,device=rng,workload=rng-queue-reset", "pci-modern"),
+    # the driver removed (device reset, then its queues deleted): how it stops a queue
+    Run("driver:linux-6.1,device=rng,workload=rng-remove", "mmio-v2"),
+    Run("driver:linux-6.1,device=rng,workload=rng-remove", "mmio-v1"),
 )
 
 QEMU_RUNS = (
