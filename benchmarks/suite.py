@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from benchmarks import devcore, floors, rings
+from benchmarks import devcore, floors, iommu, rings
 
 
 @dataclass
@@ -52,17 +52,30 @@ class Row:
         return {**self.__dict__, "ratio": self.ratio, "target_met": self.met}
 
 
-def embedded_blk(size: int, total: int, write: bool) -> float:
-    """Bytes/s of blk requests through the whole embedded stack (transport, wire, rings)."""
+def _link(nursery: trio.Nursery, machine: Any, framed: bool) -> Any:
+    """The embedded link: direct calls (the default), or frames over memory channels."""
+    from virtio_sim.direct_link import DirectLink
+    from virtio_sim.guest.link import HostLink
+    from virtio_sim.host.server import serve
+    from virtio_sim.wire import memory_link
+
+    if not framed:
+        return DirectLink(machine)
+    h, g = memory_link()
+    nursery.start_soon(serve, h, machine)
+    link = HostLink(g)
+    nursery.start_soon(link.run)
+    return link
+
+
+def embedded_blk(size: int, total: int, write: bool, framed: bool = False) -> float:
+    """Bytes/s of blk requests through the whole embedded stack (transport, link, rings)."""
     import tempfile
 
     from virtio_sim.guest.boot import BootInfo
     from virtio_sim.guest.drivers.blk import BlkDriver
-    from virtio_sim.guest.link import HostLink
     from virtio_sim.guest.platform import GuestKernel, GuestPolicy
     from virtio_sim.host.build import HostConfig, build_host
-    from virtio_sim.host.server import serve
-    from virtio_sim.wire import memory_link
 
     async def main() -> float:
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,11 +83,8 @@ def embedded_blk(size: int, total: int, write: bool) -> float:
             with open(disk, "wb") as f:
                 f.truncate(64 << 20)
             setup = build_host(HostConfig(devices=[f"virtio-blk-device,drive={disk}"], ram_size=256 << 20))
-            h, g = memory_link()
             async with trio.open_nursery() as n:
-                n.start_soon(serve, h, setup.machine)
-                link = HostLink(g)
-                n.start_soon(link.run)
+                link = _link(n, setup.machine, framed)
                 kernel = GuestKernel(link, setup.memory, 256 << 20, GuestPolicy())
                 n.start_soon(kernel.irq_loop)
                 boot = BootInfo(setup.machine.kernel_cmdline(), 256 << 20)
@@ -99,23 +109,17 @@ def embedded_blk(size: int, total: int, write: bool) -> float:
     return trio.run(main)
 
 
-def embedded_latency(rounds: int) -> float:
+def embedded_latency(rounds: int, framed: bool = False) -> float:
     """Seconds per single rng request round trip through the embedded stack."""
     from virtio_sim.embedded import RunConfig  # noqa: F401  (keeps imports warm)
     from virtio_sim.guest.drivers.rng import RngDriver
-    from virtio_sim.guest.link import HostLink
     from virtio_sim.guest.platform import GuestKernel, GuestPolicy
     from virtio_sim.host.build import HostConfig, build_host
-    from virtio_sim.host.server import serve
-    from virtio_sim.wire import memory_link
 
     async def main() -> float:
         setup = build_host(HostConfig(devices=["virtio-rng-device"], seed=1))
-        h, g = memory_link()
         async with trio.open_nursery() as n:
-            n.start_soon(serve, h, setup.machine)
-            link = HostLink(g)
-            n.start_soon(link.run)
+            link = _link(n, setup.machine, framed)
             kernel = GuestKernel(link, setup.memory, 64 << 20, GuestPolicy())
             n.start_soon(kernel.irq_loop)
             (rec,) = await kernel.probe_mmio(setup.machine.kernel_cmdline())
@@ -142,6 +146,38 @@ def matrix_cells_per_second() -> tuple[float, int]:
     start = time.perf_counter()
     execute(spec, cells, LocalPool())
     return len(cells) / (time.perf_counter() - start), len(cells)
+
+
+def matrix_cells_per_cpu_second(step: int) -> tuple[float, int]:
+    """Cells per CPU second of one process running every ``step``-th default-matrix cell
+    in a row: one worker's rate, whichever executor (local pool, dask) hands it cells."""
+    from virtio_sim.matrix.cell import run_cell
+    from virtio_sim.matrix.run import plan
+    from virtio_sim.matrix.spec import load_matrix
+
+    cells = plan(load_matrix())[::step]
+    run_cell(cells[0], 10.0, 1)  # warm: profiles loaded, code paths taken once
+    start = time.process_time()
+    for c in cells:
+        run_cell(c, 10.0, 1)
+    return len(cells) / (time.process_time() - start), step
+
+
+def startup_cpu_seconds(repeat: int) -> float:
+    """Least CPU (user + sys) of a whole ``virtio-sim run`` process over ``repeat`` runs:
+    interpreter start, imports, one rng run, the JSON record."""
+    import resource
+
+    cmd = [sys.executable, "-m", "virtio_sim.cli", "run", "--device", "virtio-rng-device"]
+    cmd += ["--workload", "rng", "--json"]
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        best = min(best, used)
+    return best
 
 
 def peak_rss_processes(ram: str = "1G") -> tuple[float, float]:
@@ -196,6 +232,8 @@ GROUPS = (
     "matrix",
     "memory",
     "device",
+    "iommu",
+    "startup",
 )
 
 
@@ -203,6 +241,10 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
     """Every benchmark of ``only``; counts are multiplied by ``scale`` (a smoke run uses
     a small one). Each ring figure is the best of ``repeat`` runs, interleaved with its
     floor so that both see the same machine."""
+    import virtio_sim.embedded  # noqa: F401  (the whole stack, as a run has it)
+    from virtio_sim.gcfreeze import freeze_startup
+
+    freeze_startup()  # as the commands do after their imports (virtio_sim/gcfreeze.py)
     rows: list[Row] = []
     n = max(512, int(100_000 * scale))
     floor_by_batch: dict[int, float] = {}
@@ -339,17 +381,19 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
         pp, lat = interleaved(
             lambda: floors.channel_pingpong_floor(rounds), lambda: embedded_latency(rounds), repeat
         )
-        rows.append(
-            Row(
-                "latency",
-                "rng request round trip, embedded (floor: trio channel ping-pong)",
-                lat * 1e6,
-                "us",
-                pp * 1e6,
-                higher_is_better=False,
-                clock="wall",
+        framed = min(embedded_latency(rounds, framed=True) for _ in range(repeat))
+        for how, v in (("direct calls", lat), ("framed", framed)):
+            rows.append(
+                Row(
+                    "latency",
+                    f"rng request round trip, embedded, {how} (floor: trio channel ping-pong)",
+                    v * 1e6,
+                    "us",
+                    pp * 1e6,
+                    higher_is_better=False,
+                    clock="wall",
+                )
             )
-        )
         for fmt in ("split", "packed"):
             sp, v = interleaved(
                 lambda: floors.socket_pingpong_floor(rounds),
@@ -369,8 +413,28 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
             )
     if "matrix" in only:
         cps, cells = matrix_cells_per_second()
-        name = f"default matrix, {cells} cells, process pool"
-        rows.append(Row("matrix", name, cps, "cells/s", clock="wall", target=20))
+        name = f"default matrix, {cells} cells, process pool of {os.cpu_count()}"
+        rows.append(Row("matrix", name, cps, "cells/s", clock="wall", target=1000))
+        per_cpu, sample = matrix_cells_per_cpu_second(max(1, int(4 / max(scale, 0.01))))
+        name = f"default matrix, every {sample} cells in one process (what one worker does)"
+        rows.append(Row("matrix", name, per_cpu, "cells/CPU s"))
+    if "iommu" in only:
+        requests = max(20, int(2000 * scale))
+        off_s = strict_s = lazy_s = float("inf")
+        for _ in range(repeat):  # interleaved: all three see the same machine
+            off_s = min(off_s, iommu.blk_request_seconds(requests, "off"))
+            strict_s = min(strict_s, iommu.blk_request_seconds(requests, "strict"))
+            lazy_s = min(lazy_s, iommu.blk_request_seconds(requests, "lazy"))
+        group = "IOMMU per request (4 KiB blk read, map+unmap per request)"
+        rows.append(Row(group, "no IOMMU", off_s * 1e6, "us", higher_is_better=False))
+        for mode, v in (("strict", strict_s), ("lazy, flush queue of 256", lazy_s)):
+            # on <= 1.5x off means off/on >= 0.667
+            name = f"virtio-iommu, {mode}, vs no IOMMU"
+            rows.append(Row(group, name, v * 1e6, "us", off_s * 1e6, higher_is_better=False, target=0.667))
+    if "startup" in only:
+        cpu = startup_cpu_seconds(repeat)
+        name = "virtio-sim run (rng, embedded, --json): CPU of the whole process"
+        rows.append(Row("start-up", name, cpu, "s", higher_is_better=False, target=0.1))
     if "memory" in only:
         rss = "peak RSS, {}, 1 GiB guest RAM"
         embedded_mb = peak_rss_embedded()

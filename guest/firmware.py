@@ -97,13 +97,18 @@ def find_rsdp(memory: ByteAccess, cmdline: str, ram_base: int) -> int | None:
     except Exception:
         return None
     sig = SIG["rsdp"].encode()
-    for off in range(0, len(area) - RSDP_SIZE + 1, RSDP["align"]):
-        if area[off : off + 8] == sig:
+    align = int(RSDP["align"])
+    last = len(area) - RSDP_SIZE
+    off = area.find(sig)  # the signature search runs in C; only aligned hits count
+    while 0 <= off <= last:
+        if off % align == 0:
             try:
                 parse_rsdp(area[off : off + RSDP_SIZE])
             except AcpiError:
-                continue  # Linux's scan also skips a signature with a bad checksum
-            return start + off
+                pass  # Linux's scan also skips a signature with a bad checksum
+            else:
+                return start + off
+        off = area.find(sig, off + 1)
     return None
 
 

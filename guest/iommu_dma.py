@@ -176,6 +176,11 @@ class IommuDma:
         self.coherent: DmaPool = _CoherentPool(gpa, iova, COHERENT_POOL, granule)
         self.maps_sent = 0
         self.unmaps_sent = 0
+        #: None: queued UNMAPs go out with the next flush (before the next chain is made
+        #: available). An int N: Linux's lazy mode (iommu.strict=0, the flush queue of
+        #: drivers/iommu/dma-iommu.c, IOVA_FQ_SIZE entries): UNMAPs wait until N are queued,
+        #: their pages and IOVAs stay unused until then.
+        self.flush_queue: int | None = None
 
     def _round(self, size: int) -> int:
         return (size + self.granule - 1) // self.granule * self.granule
@@ -193,7 +198,8 @@ class IommuDma:
 
     async def flush(self) -> None:
         """Send queued UNMAPs (then release their pages and IOVAs) and MAPs, batched."""
-        if self._pending_unmaps:
+        fq = self.flush_queue
+        if self._pending_unmaps and (fq is None or len(self._pending_unmaps) >= fq):
             bufs, self._pending_unmaps = self._pending_unmaps, []
             ranges = [(b.dev_addr, b.dev_addr + self._sizes[b.dev_addr] - 1) for b in bufs]
             await self.iommu.unmap_many(self.domain, ranges)

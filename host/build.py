@@ -65,7 +65,9 @@ class HostConfig:
     ram_size: int = 64 << 20
     seed: int | None = None
     guest_order: ByteOrder = "little"
-    scratch_dir: str | None = None  # where default disk images are created
+    #: where default disk images are created; a callable makes the folder when the first
+    #: image needs it (a run without a scratch disk creates none)
+    scratch_dir: str | Callable[[], str] | None = None
     globals: dict[str, str] = field(default_factory=dict)  # QEMU -global driver.prop=value
     iommu: str = "none"  # QEMU's machine property: none | virtio-iommu
     # How devices reach guest RAM, asked each time a device sets up a ring: identity over

@@ -113,8 +113,9 @@ class Iommu:
         self._iotlb: dict[tuple[int, int], tuple[int, int]] = {}  # (ep, page) -> (phys page, flags)
         self.iotlb_hits = 0
         self.iotlb_misses = 0
-        # Direct windows given to devices, per endpoint; revoked with the IOTLB entries.
-        self._leases: dict[int, weakref.WeakSet[Revocable]] = {}
+        # Direct windows given to devices, per endpoint, with the IOVA range [lo, hi) each
+        # covers; revoked with the IOTLB entries of that range.
+        self._leases: dict[int, weakref.WeakKeyDictionary[Revocable, tuple[int, int]]] = {}
 
     @property
     def bypass(self) -> bool:
@@ -128,19 +129,25 @@ class Iommu:
             self.invalidate_all()
         self._bypass = value
 
-    def register_lease(self, endpoint: int, lease: Revocable) -> None:
-        """Remember a direct window so the next change of this endpoint's view revokes it."""
-        self._leases.setdefault(endpoint, weakref.WeakSet()).add(lease)
+    def register_lease(self, endpoint: int, lease: Revocable, lo: int = 0, hi: int = ADDRESS_MAX + 1) -> None:
+        """Remember a direct window on IOVAs ``[lo, hi)`` (default: all of them) so the
+        next change of this endpoint's view of that range revokes it."""
+        self._leases.setdefault(endpoint, weakref.WeakKeyDictionary())[lease] = (lo, hi)
 
     def invalidate_all(self) -> None:
         """Revoke every lease of every endpoint (reset, global bypass change)."""
         for ep in list(self._leases):
             self._revoke(ep)
 
-    def _revoke(self, endpoint: int) -> None:
-        leases = self._leases.pop(endpoint, None)
-        for lease in list(leases or ()):
-            lease.revoke()
+    def _revoke(self, endpoint: int, lo: int = 0, hi: int = ADDRESS_MAX + 1) -> None:
+        """Revoke the endpoint's leases that overlap IOVAs ``[lo, hi)``."""
+        leases = self._leases.get(endpoint)
+        if not leases:
+            return
+        for lease, (a, b) in list(leases.items()):
+            if a < hi and lo < b:
+                lease.revoke()
+                del leases[lease]
 
     # -- programming (device requests) --------------------------------------
 
@@ -227,13 +234,22 @@ class Iommu:
         for m in inside:
             d.remove(m)
         for ep in d.endpoints:
-            self._invalidate(ep)
+            # only what the range covered: the IOTLB entries and leases of other mappings
+            # stay good (QEMU's virtio-iommu notifies the unmapped range, not the domain)
+            self._invalidate(ep, virt_start, virt_end + 1)
         return IOMMU_S.OK
 
-    def _invalidate(self, endpoint: int) -> None:
-        for key in [k for k in self._iotlb if k[0] == endpoint]:
-            del self._iotlb[key]
-        self._revoke(endpoint)
+    def _invalidate(self, endpoint: int, lo: int = 0, hi: int = ADDRESS_MAX + 1) -> None:
+        """Forget the endpoint's translations of IOVAs ``[lo, hi)`` (default: all)."""
+        g = self.page_size
+        first, last = lo // g, (hi - 1) // g
+        if last - first < len(self._iotlb):
+            for page in range(first, last + 1):
+                self._iotlb.pop((endpoint, page), None)
+        else:
+            for key in [k for k in self._iotlb if k[0] == endpoint and first <= k[1] <= last]:
+                del self._iotlb[key]
+        self._revoke(endpoint, lo, hi)
 
     # -- translation (device DMA) --------------------------------------------
 
@@ -322,8 +338,8 @@ class EndpointTranslator:
     def probe(self, iova: int) -> tuple[int, int, int, bool, bool] | None:
         return self.iommu.probe(self.endpoint, iova)
 
-    def register_lease(self, lease: Revocable) -> None:
-        self.iommu.register_lease(self.endpoint, lease)
+    def register_lease(self, lease: Revocable, lo: int = 0, hi: int = ADDRESS_MAX + 1) -> None:
+        self.iommu.register_lease(self.endpoint, lease, lo, hi)
 
 
 class UnisolatedAddressSpace:

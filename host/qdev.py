@@ -64,9 +64,9 @@ class BuiltDevice:
 
 def parse_device_option(text: str) -> DeviceSpec:
     """Split ``driver,key=value,...``; QEMU's ``,,`` escape for commas in values is honoured."""
-    parts: list[str] = []
+    parts: list[str] = text.split(",") if ",," not in text else []  # the common case, in C
     cur = ""
-    i = 0
+    i = len(text) if parts else 0
     while i < len(text):
         c = text[i]
         if c == "," and text[i + 1 : i + 2] == ",":
@@ -79,7 +79,8 @@ def parse_device_option(text: str) -> DeviceSpec:
         else:
             cur += c
         i += 1
-    parts.append(cur)
+    if ",," in text:
+        parts.append(cur)
     driver = parts[0].strip()
     if not driver:
         raise PropertyError("Parameter 'driver' is missing")

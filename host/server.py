@@ -78,7 +78,7 @@ async def serve(
         nonlocal in_access
         in_access = True
         try:
-            return _guarded(machine, op, *args)
+            return guarded(machine, op, *args)
         finally:
             in_access = False
 
@@ -225,7 +225,7 @@ async def _serve_dma(
             inbox_tx.close()
 
     async def call(op: Callable[..., int | None], *args: int) -> int:
-        job = functools.partial(_guarded, machine, op, *args)
+        job = functools.partial(guarded, machine, op, *args)
         return await trio.to_thread.run_sync(job, limiter=limiter)
 
     sent_all = trio.Event()
@@ -297,7 +297,7 @@ async def _protocol_error(channel: FrameChannel, e: WireError) -> str:
     return f"protocol error: {e}"
 
 
-def _guarded(machine: Machine, op: Callable[..., int | None], *args: int) -> int:
+def guarded(machine: Machine, op: Callable[..., int | None], *args: int) -> int:
     """Run a register access; a ring or DMA error escaping a device never ends the host."""
     try:
         return op(*args) or 0

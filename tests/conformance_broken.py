@@ -168,7 +168,7 @@ def iommu_ignores_attach_reserved(setup: HostSetup) -> None:
 
     def apply(rtype: int, body: Any) -> int:
         if hasattr(body, "reserved") and hasattr(body, "flags") and hasattr(body, "endpoint"):
-            body.reserved = bytes(len(body.reserved))
+            body = body._replace(reserved=bytes(len(body.reserved)))  # bodies are named tuples
         return int(original(rtype, body))
 
     model._apply = apply  # type: ignore[attr-defined]

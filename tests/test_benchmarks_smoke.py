@@ -42,6 +42,21 @@ def test_bench_command_writes_ratios_for_every_group_it_ran(tmp_path: Path) -> N
     assert len(ap) == 2 and all(r["target"] == 0.8 for r in ap)
 
 
+def test_iommu_and_startup_rows(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    tiny = ["--scale", "0.01", "--repeat", "1", "--only", "iommu,startup", "--json", str(out)]
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *tiny], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    strict = rows["virtio-iommu, strict, vs no IOMMU"]
+    assert strict["floor"] == rows["no IOMMU"]["value"] and strict["target"] == 0.667
+    assert 0 < strict["ratio"] < 1  # mapping costs something: the two runs really differ
+    startup = next(r for name, r in rows.items() if name.startswith("virtio-sim run"))
+    assert startup["value"] > 0 and startup["target"] == 0.1
+
+
 def test_bench_rejects_an_unknown_group(tmp_path: Path) -> None:
     p = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--only", "nope", "--json", str(tmp_path / "x.json")],

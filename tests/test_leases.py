@@ -84,6 +84,34 @@ def test_every_iommu_change_revokes_leases_and_windows(change: str) -> None:
     mem.close()
 
 
+def test_unmap_revokes_only_what_overlaps_the_range() -> None:
+    """UNMAP of one mapping forgets that range only: a lease and the cached translations
+    of another mapping stay good (what a driver that maps and unmaps a buffer per request
+    relies on: its ring leases survive every request's UNMAP)."""
+    mem = GuestMemory.create(1 << 20)
+    iommu = Iommu({1}, bypass=False)
+    iommu.attach(1, 1, bypass=False)
+    ring, buf, other = IOVA, IOVA + 0x10000, IOVA + 0x20000
+    iommu.map(1, ring, ring + 0xFFFF, 0, RW)
+    iommu.map(1, buf, buf + 0xFFF, 0x10000, RW)
+    iommu.map(1, other, other + 0xFFF, 0x11000, RW)
+    space = TranslatedAddressSpace(mem, EndpointTranslator(iommu, 1))
+    ring_lease = space.lease(ring + 0x100, 64, True)
+    buf_lease = space.lease(buf, 64, True)
+    assert ring_lease is not None and buf_lease is not None
+    space.read(other, 4)  # a translation cached for the third mapping
+    misses = iommu.iotlb_misses
+    assert iommu.unmap(1, buf, buf + 0xFFF) == 0
+    assert ring_lease.valid and not buf_lease.valid
+    space.translator.translate(other, 4, False)
+    assert iommu.iotlb_misses == misses  # still cached: not in the unmapped range
+    with pytest.raises(DmaError, match="no mapping"):
+        space.read(buf, 4)
+    assert iommu.unmap(1, ring, ring + 0xFFFF) == 0
+    assert not ring_lease.valid
+    mem.close()
+
+
 def test_window_keeps_permissions_and_bounds() -> None:
     mem = GuestMemory.create(1 << 20)
     iommu = Iommu({1}, bypass=False)

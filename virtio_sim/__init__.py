@@ -12,13 +12,7 @@ virtio_sim.conformance are the modules behind them). The names are loaded on fir
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("virtio-sim")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from virtio_sim.api import (
@@ -49,7 +43,21 @@ __all__ = [
 ]
 
 
+def _version() -> str:
+    """The installed distribution's version, looked up on first use (importlib.metadata
+    and the email parser it needs cost more than the rest of a one-device run's start)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("virtio-sim")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = globals()["__version__"] = _version()
+        return value
     if name in __all__:
         return getattr(import_module("virtio_sim.api"), name)
     raise AttributeError(f"module 'virtio_sim' has no attribute {name!r}")

@@ -9,25 +9,21 @@ import stat
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
-
-import trio
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from virtio_sim.argtypes import positive_seconds
-from virtio_sim.compat_cli import add_compat_arguments, cmd_compat
-from virtio_sim.console import output_console
-from virtio_sim.embedded import TRANSPORTS, ConfigError, RunConfig, run_embedded
 from virtio_sim.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
-from virtio_sim.guest.profile import guest_policy
-from virtio_sim.guest.workloads import WORKLOADS
-from virtio_sim.matrix.cli import add_matrix_arguments, cmd_matrix
-from virtio_sim.outcome import Outcome, RunResult
-from virtio_sim.peertext import peer_text, plain
-from virtio_sim.profiles import ProfileError, load_driver_profile
-from virtio_sim.result_record import result_record
+from virtio_sim.peertext import peer_text
 from virtio_sim.spec import LIMITS
+
+# The rest is imported by the command that uses it: ``virtio-sim run`` pays for the host
+# and guest stack, not for rich, the matrix, conformance or the attack corpus
+# (tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from virtio_sim.embedded import RunConfig
+    from virtio_sim.outcome import RunResult
 
 SECRET_ENV = "VIRTIO_SIM_SECRET"
 
@@ -60,13 +56,83 @@ def _qemu_ram(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from virtio_sim import __version__
+COMMANDS = (
+    "run", "host", "guest", "bench", "matrix", "conformance", "compat", "vhost-user", "attack", "fuzz",
+)  # fmt: skip
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, only that subcommand gets its options (the
+    others keep their names and help), so a run imports no other command's modules."""
     p = _Parser(prog="virtio-sim", description="virtio feature-negotiation and vring emulator")
-    p.add_argument("--version", action="version", version=f"virtio-sim {__version__}")
+    p.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def wanted(name: str) -> bool:
+        return command is None or command == name
+
     run = sub.add_parser("run", help="run one device with one workload, host and guest embedded")
+    if wanted("run"):
+        _add_run_arguments(run)
+    host = sub.add_parser(
+        "host",
+        help="serve virtio devices to guest processes",
+        description="Serve QEMU-style virtio devices to guest processes over a socket.",
+    )
+    if wanted("host"):
+        _add_host_arguments(host)
+    guest = sub.add_parser(
+        "guest",
+        help="run a guest driver stack against a host process",
+        description="Connect to a virtio-sim host, boot, probe, run one workload.",
+    )
+    if wanted("guest"):
+        _add_guest_arguments(guest)
+    sub.add_parser("bench", help="run the benchmarks (the options of python -m benchmarks follow)")
+    m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
+    if wanted("matrix"):
+        from virtio_sim.matrix.cli import add_matrix_arguments
+
+        add_matrix_arguments(m)
+    conf = sub.add_parser("conformance", help="check a device or driver against the spec, per requirement")
+    if wanted("conformance"):
+        from virtio_sim.conformance.cli import add_conformance_arguments
+
+        add_conformance_arguments(conf)
+    c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
+    if wanted("compat"):
+        from virtio_sim.compat_cli import add_compat_arguments
+
+        add_compat_arguments(c)
+    vu = sub.add_parser("vhost-user", help="serve one of our devices to a QEMU vhost-user front-end")
+    if wanted("vhost-user"):
+        from virtio_sim.host.vhost_user_cli import add_vhost_user_arguments
+
+        add_vhost_user_arguments(vu)
+    attack = sub.add_parser("attack", help="replay the hostile-peer corpus (see --list)")
+    fuzz = sub.add_parser("fuzz", help="fuzz rings, registers and wire frames for a while")
+    if wanted("attack") or wanted("fuzz"):
+        from virtio_sim.attacks.cli import add_attack_arguments, add_fuzz_arguments
+
+        add_attack_arguments(attack)
+        add_fuzz_arguments(fuzz)
+    return p
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from virtio_sim import __version__
+
+        print(f"virtio-sim {__version__}")
+        parser.exit()
+
+
+def _add_run_arguments(run: argparse.ArgumentParser) -> None:
+    from virtio_sim.embedded import TRANSPORTS
+    from virtio_sim.guest.workloads import WORKLOADS
+
     add_qemu_options(run, ram_dest="ram")
     run.add_argument("--workload", help=", ".join(WORKLOADS))
     run.add_argument(
@@ -102,26 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --processes: Unix socket with shared RAM (default) or TCP with DMA messages",
     )
-    _add_host_parser(sub)
-    _add_guest_parser(sub)
-    sub.add_parser("bench", help="run the benchmarks (the options of python -m benchmarks follow)")
-    m = sub.add_parser("matrix", help="run an interoperability matrix (the main job)")
-    add_matrix_arguments(m)
-    conf = sub.add_parser("conformance", help="check a device or driver against the spec, per requirement")
-    from virtio_sim.conformance.cli import add_conformance_arguments
-
-    add_conformance_arguments(conf)
-    c = sub.add_parser("compat", help="old vs new driver: where did the outcome change?")
-    add_compat_arguments(c)
-    vu = sub.add_parser("vhost-user", help="serve one of our devices to a QEMU vhost-user front-end")
-    from virtio_sim.host.vhost_user_cli import add_vhost_user_arguments
-
-    add_vhost_user_arguments(vu)
-    from virtio_sim.attacks.cli import add_attack_arguments, add_fuzz_arguments
-
-    add_attack_arguments(sub.add_parser("attack", help="replay the hostile-peer corpus (see --list)"))
-    add_fuzz_arguments(sub.add_parser("fuzz", help="fuzz rings, registers and wire frames for a while"))
-    return p
 
 
 def add_qemu_options(
@@ -180,12 +226,7 @@ def _add_secret_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret", metavar="TEXT", help="shared secret on the command line (visible in ps)")
 
 
-def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    host = sub.add_parser(
-        "host",
-        help="serve virtio devices to guest processes",
-        description="Serve QEMU-style virtio devices to guest processes over a socket.",
-    )
+def _add_host_arguments(host: argparse.ArgumentParser) -> None:
     host.add_argument(
         "--listen",
         required=True,
@@ -233,12 +274,7 @@ def _add_host_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_secret_options(host)
 
 
-def _add_guest_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    guest = sub.add_parser(
-        "guest",
-        help="run a guest driver stack against a host process",
-        description="Connect to a virtio-sim host, boot, probe, run one workload.",
-    )
+def _add_guest_arguments(guest: argparse.ArgumentParser) -> None:
     guest.add_argument("--connect", required=True, metavar="ADDR", help="unix:PATH or tcp:HOST:PORT")
     guest.add_argument("--workload", required=True, help="rng | rng-soak | blk-rw")
     guest.add_argument(
@@ -293,12 +329,26 @@ def _load_secret(args: argparse.Namespace) -> bytes | None:
 def print_human(result: RunResult, console: Console | None = None) -> None:
     """The result for people. Device names, drive paths and details are data (a drive path
     or a host's ERROR message may hold ``[/x]``): rich Text throughout, never markup."""
+    if console is None and not sys.stdout.isatty():
+        _print_plain(result)
+        return
+    from rich.text import Text
+
+    from virtio_sim.console import output_console
+    from virtio_sim.outcome import Outcome
+    from virtio_sim.peertext import plain
+
     console = console or output_console()
     colour = "green" if result.outcome is Outcome.OK else "red"
     head = Text.assemble(
         (str(result.outcome), f"bold {colour}"), " ", plain(result.device), " over ", plain(result.transport)
     )
     console.print(head)
+    for name, value in _rows(result):
+        console.print(Text.assemble(f"  {name:<10} ", plain(value)))
+
+
+def _rows(result: RunResult) -> list[tuple[str, str]]:
     negotiated = ", ".join(result.negotiated) or "-"
     rows = [
         ("offered", f"{result.device_features:#x}"),
@@ -308,8 +358,17 @@ def print_human(result: RunResult, console: Console | None = None) -> None:
     if result.ring:
         rows.append(("ring", f"{result.ring.get('format')}, barriers {result.ring.get('barriers')}"))
     rows.append(("detail", result.detail))
-    for name, value in rows:
-        console.print(Text.assemble(f"  {name:<10} ", plain(value)))
+    return rows
+
+
+def _print_plain(result: RunResult) -> None:
+    """What the rich console prints off a terminal (no styles, no wrapping), without
+    importing rich: the same peer-text escaping, tabs expanded as rich expands them."""
+
+    head = f"{result.outcome} {peer_text(result.device)} over {peer_text(result.transport)}"
+    print(head.expandtabs(8))
+    for name, value in _rows(result):
+        print(f"  {name:<10} {peer_text(value)}".expandtabs(8))
 
 
 def _error(message: str) -> None:
@@ -348,8 +407,11 @@ def _host(args: argparse.Namespace) -> int:
 
 
 def _guest(args: argparse.Namespace) -> int:
+    import trio
+
     from virtio_sim.guest.process import GuestOptions, guest_main, guest_policy_for
     from virtio_sim.guest.workloads import WORKLOADS
+    from virtio_sim.profiles import ProfileError
     from virtio_sim.sockets import AddressError, parse_address
 
     try:
@@ -390,6 +452,8 @@ def _run_record(
     result: RunResult, cfg: RunConfig, driver: str | None, backend: str, seconds: float
 ) -> dict[str, Any]:
     """``run --json``: the record every matrix cell has too (docs/json-schema.md)."""
+    from virtio_sim.result_record import result_record
+
     machine = cfg.machine or ("q35" if cfg.transport.startswith("pci") else "microvm")
     # the transport the run ended up on (--transport mmio resolves to mmio-v1 or mmio-v2)
     transport = result.transport or cfg.transport
@@ -409,6 +473,8 @@ def _ram_text(size: int) -> str:
 
 
 def _run_processes(cfg: RunConfig, link: str, driver: str | None, as_json: str | None) -> int:
+    import trio
+
     from virtio_sim.processes import run_processes
 
     start = time.perf_counter()
@@ -448,9 +514,12 @@ def _bench(argv: list[str]) -> int:
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """``run``'s options as a RunConfig; ConfigError for what QEMU would refuse to parse."""
+    from virtio_sim.embedded import ConfigError, RunConfig
+    from virtio_sim.guest.profile import guest_policy
     from virtio_sim.host.build import check_global, default_transport
     from virtio_sim.host.devices.base import PropertyError
     from virtio_sim.host.qemu_backends import Backends, add_chardev, add_drive, add_netdev
+    from virtio_sim.profiles import ProfileError, load_driver_profile
 
     globals_: dict[str, str] = {}
     backends = Backends()
@@ -496,6 +565,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 def _inline_backends(cfg: RunConfig) -> None:
     """The host process gets device lines only: put what drive=/netdev=/chardev= name
     into them."""
+    from virtio_sim.embedded import ConfigError
     from virtio_sim.host.devices.base import PropertyError
     from virtio_sim.host.qdev import format_device_option, model_name, parse_device_option
     from virtio_sim.host.qemu_backends import resolve
@@ -522,6 +592,9 @@ def _write_json(data: object, dest: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from virtio_sim.embedded import ConfigError, run_embedded_sync
+    from virtio_sim.outcome import Outcome
+
     if not args.devices:
         _error("the following arguments are required: -device/--device")
         return EXIT_USAGE
@@ -541,12 +614,14 @@ def _run(args: argparse.Namespace) -> int:
             _inline_backends(cfg)
             return _run_processes(cfg, args.link or "unix", args.driver, args.json)
         if args.device_backend == "qemu":
+            import trio
+
             from virtio_sim.qemu.run import run_qemu
 
             qemu_machine = args.machine.split(",")[0] if args.machine else None
             result = trio.run(lambda: run_qemu(cfg, machine=qemu_machine))
         else:
-            result = trio.run(run_embedded, cfg)
+            result = run_embedded_sync(cfg)
     except ConfigError as e:
         _error(str(e))
         return EXIT_USAGE
@@ -577,11 +652,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _freeze_after_imports(command: str) -> None:
+    """Import the stack the command runs, then freeze what start-up allocated
+    (virtio_sim/gcfreeze.py): its full GC passes then skip every module object."""
+    from virtio_sim.gcfreeze import freeze_startup
+
+    if command == "guest":
+        import virtio_sim.guest.process
+    elif command == "host":
+        import virtio_sim.host.process
+    else:
+        import virtio_sim.embedded  # noqa: F401  (host and guest stack)
+    freeze_startup()
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["bench"]:  # every option after it belongs to the benchmarks
         return _bench(args_list[1:])
-    args = build_parser().parse_args(argv)
+    command = next((a for a in args_list if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if args.command in ("run", "host", "guest"):
+        _freeze_after_imports(args.command)
     if args.command in ("run", "host"):
         from virtio_sim.host.devices.base import PropertyError
 
@@ -598,6 +690,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.command == "guest":
         return _guest(args)
     if args.command == "matrix":
+        from virtio_sim.matrix.cli import cmd_matrix
+
         return cmd_matrix(args)
     if args.command == "conformance":
         from virtio_sim.conformance.cli import cmd_conformance
@@ -612,6 +706,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
         return cmd_attack(args) if args.command == "attack" else cmd_fuzz(args)
     if args.command == "compat":
+        from virtio_sim.compat_cli import cmd_compat
+
         return cmd_compat(args)
     if args.command == "run":
         return _run(args)

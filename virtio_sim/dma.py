@@ -224,7 +224,7 @@ class TranslatedAddressSpace:
         except DmaError:
             return
         win = Window(lo, hi, phys - lo, readable, writable)
-        self.translator.register_lease(win)  # type: ignore[attr-defined]
+        self.translator.register_lease(win, lo, hi)  # type: ignore[attr-defined]
         self._win = self.fast_window = win
 
     def read(self, addr: int, length: int) -> bytes:
@@ -296,7 +296,7 @@ class TranslatedAddressSpace:
             return None
         lease = lease_for(self.ram, phys + addr - lo, length, write)
         if lease is not None:
-            self.translator.register_lease(lease)  # type: ignore[attr-defined]
+            self.translator.register_lease(lease, addr, addr + length)  # type: ignore[attr-defined]
         return lease
 
 

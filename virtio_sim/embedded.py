@@ -1,20 +1,25 @@
-"""Run a host and a guest in one trio.run, linked by memory channels (the default mode).
+"""Run a host and a guest in one trio.run (the default mode).
 
 The host side is built by :func:`host.build.build_host`, the guest side runs
-:func:`guest.boot.run_guest`; frames between them are encoded and decoded exactly as over
-a socket. The guest judges what it saw (NOT_PROBED, FAILED_CLEAN, CORRUPTION, HANG, ...);
-this module adds the host's evidence: a configuration the host refused is HOST_REFUSED,
-and ring violations the device recorded turn an apparent OK into DEVICE_ERROR.
+:func:`guest.boot.run_guest`; the guest calls the host machine directly
+(:mod:`virtio_sim.direct_link`), or, with ``RunConfig.framed``, sends it frames over
+memory channels, encoded and decoded exactly as over a socket. The guest judges what it
+saw (NOT_PROBED, FAILED_CLEAN, CORRUPTION, HANG, ...); this module adds the host's
+evidence: a configuration the host refused is HOST_REFUSED, and ring violations the
+device recorded turn an apparent OK into DEVICE_ERROR.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 import trio
 
+from virtio_sim.direct_link import DirectLink
 from virtio_sim.guest.boot import BootInfo, run_guest
 from virtio_sim.guest.link import HostLink
 from virtio_sim.guest.platform import GuestPolicy
@@ -61,6 +66,10 @@ class RunConfig:
     #: a virtio-blk device without drive= gets a scratch disk (the matrix, the API); the
     #: command line refuses it as QEMU does ("drive property not set")
     scratch_disks: bool = True
+    #: False (default): the guest calls the host machine directly (virtio_sim/direct_link.py);
+    #: True: every access and interrupt is a frame over trio memory channels, the codec and
+    #: the frame server of the process mode run in one process
+    framed: bool = False
 
 
 def guest_policy_for(cfg: RunConfig) -> GuestPolicy:
@@ -95,54 +104,98 @@ def add_host_evidence(result: RunResult, setup: HostSetup) -> RunResult:
     return result.add_host_evidence(setup.evidence())
 
 
-async def run_embedded(cfg: RunConfig) -> RunResult:
+#: Scratch disks go to tmpfs when there is one: they are thrown away after the run, and
+#: the blk device's fsync (FLUSH, write-through writes) on a loaded disk filesystem costs
+#: milliseconds of wall time per call, on tmpfs nothing. None: the system's temp folder.
+SCRATCH_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def build_embedded(cfg: RunConfig, stack: ExitStack) -> HostSetup | RunResult:
+    """Check ``cfg`` and build its host (no event loop needed): the built host, closed
+    by ``stack``, or the HOST_REFUSED result when the host refuses the configuration.
+    A scratch folder is made (and removed by ``stack``) only when a disk needs one."""
     check_config(cfg)
-    device_name = parse_device_option(cfg.device).driver
-    with tempfile.TemporaryDirectory(prefix="virtio-sim-") as tmp:
-        host_cfg = HostConfig(
-            devices=[cfg.device, *cfg.extra_devices],
-            transport=cfg.transport,
-            ram_size=cfg.ram_size,
-            seed=cfg.seed,
-            guest_order=cfg.host_guest_order or cfg.guest.guest_order,
-            scratch_dir=tmp if cfg.scratch_disks else None,
-            iommu=cfg.iommu,
-            iommu_topology=cfg.iommu_topology,
-            globals=dict(cfg.globals),
-            machine=cfg.machine,
-            backends=cfg.backends,
+    folder: list[str] = []
+
+    def scratch() -> str:
+        if not folder:
+            tmp = tempfile.TemporaryDirectory(prefix="virtio-sim-", dir=SCRATCH_ROOT)
+            folder.append(stack.enter_context(tmp))
+        return folder[0]
+
+    host_cfg = HostConfig(
+        devices=[cfg.device, *cfg.extra_devices],
+        transport=cfg.transport,
+        ram_size=cfg.ram_size,
+        seed=cfg.seed,
+        guest_order=cfg.host_guest_order or cfg.guest.guest_order,
+        scratch_dir=scratch if cfg.scratch_disks else None,
+        iommu=cfg.iommu,
+        iommu_topology=cfg.iommu_topology,
+        globals=dict(cfg.globals),
+        machine=cfg.machine,
+        backends=cfg.backends,
+    )
+    try:
+        setup = build_host(host_cfg)
+    except PropertyError as e:
+        device_name = parse_device_option(cfg.device).driver
+        return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
+    stack.callback(setup.close)
+    return setup
+
+
+async def run_built(cfg: RunConfig, setup: HostSetup) -> RunResult:
+    """Boot the guest of ``cfg`` against the host :func:`build_embedded` built."""
+    finish = cfg.on_host(setup) if cfg.on_host is not None else None
+    try:
+        boot = BootInfo(
+            setup.machine.kernel_cmdline(),
+            cfg.ram_size,
+            setup.ram_base,
+            ram_regions=setup.ram_regions,
+            arch=setup.arch,
         )
-        try:
-            setup = build_host(host_cfg)
-        except PropertyError as e:
-            return RunResult(Outcome.HOST_REFUSED, transport=cfg.transport, device=device_name, detail=str(e))
-        finish = cfg.on_host(setup) if cfg.on_host is not None else None
-        try:
-            host_end, guest_end = memory_link()
-            boot = BootInfo(
-                setup.machine.kernel_cmdline(),
-                cfg.ram_size,
-                setup.ram_base,
-                ram_regions=setup.ram_regions,
-                arch=setup.arch,
-            )
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            link: HostLink
+            if cfg.framed:
+                host_end, guest_end = memory_link()
                 nursery.start_soon(serve, host_end, setup.machine)
-                result = await run_guest(
-                    HostLink(guest_end),
-                    setup.memory,
-                    boot,
-                    cfg.workload,
-                    seed=cfg.seed,
-                    policy=guest_policy_for(cfg),
-                    timeout=cfg.timeout,
-                )
-                nursery.cancel_scope.cancel()
-            result.device = device_name
-            if not result.transport:
-                result.transport = cfg.transport
-            return add_host_evidence(result, setup)
-        finally:
-            if finish is not None:
-                finish()
-            setup.close()
+                link = HostLink(guest_end)
+            else:
+                link = DirectLink(setup.machine)
+            result = await run_guest(
+                link,
+                setup.memory,
+                boot,
+                cfg.workload,
+                seed=cfg.seed,
+                policy=guest_policy_for(cfg),
+                timeout=cfg.timeout,
+            )
+            nursery.cancel_scope.cancel()
+        result.device = parse_device_option(cfg.device).driver
+        if not result.transport:
+            result.transport = cfg.transport
+        return add_host_evidence(result, setup)
+    finally:
+        if finish is not None:
+            finish()
+
+
+async def run_embedded(cfg: RunConfig) -> RunResult:
+    with ExitStack() as stack:
+        built = build_embedded(cfg, stack)
+        if isinstance(built, RunResult):
+            return built
+        return await run_built(cfg, built)
+
+
+def run_embedded_sync(cfg: RunConfig) -> RunResult:
+    """``trio.run(run_embedded, cfg)``, with the event loop started only when there is a
+    guest to run (a host that refuses the configuration answers without one)."""
+    with ExitStack() as stack:
+        built = build_embedded(cfg, stack)
+        if isinstance(built, RunResult):
+            return built
+        return trio.run(run_built, cfg, built)

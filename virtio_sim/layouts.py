@@ -15,6 +15,7 @@ little-endian variant also bound to a module-level name for the common case.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from functools import cache
 from typing import Any, Literal
 
@@ -521,6 +522,19 @@ def field_offsets(declaration: Any) -> dict[str, int]:
             offsets[sub.name] = pos
         pos += sub.sizeof()
     return offsets
+
+
+@cache
+def _flat_builder(declaration: Any) -> tuple[struct.Struct, tuple[str, ...]]:
+    names = tuple(s.name for s in declaration.subcons if not isinstance(getattr(s, "subcon", s), cs.Padded))
+    return fast_codec(declaration), names
+
+
+def build_flat(declaration: Any, values: Mapping[str, object]) -> bytes:
+    """``declaration.build(values)`` for a flat Struct of fixed-size fields, through its
+    struct codec: a device builds its config space on every config read."""
+    codec, names = _flat_builder(declaration)
+    return codec.pack(*[values[n] for n in names])
 
 
 MMIO_OFFSETS: dict[str, int] = field_offsets(MmioRegistersV2)

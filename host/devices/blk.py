@@ -32,6 +32,7 @@ written, like a real disk interrupted mid-request, and goes to the error policy.
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Any
 
 from virtio_sim.host.devices.base import DeviceModel, DeviceQueue, PropertyError
@@ -41,6 +42,7 @@ from virtio_sim.layouts import (
     ByteOrder,
     blk_discard_codec,
     blk_req_header_codec,
+    build_flat,
     field_offsets,
     virtio_blk_config,
 )
@@ -183,13 +185,13 @@ class BlkDevice(DeviceModel):
         )
         # Like QEMU (virtio_blk_cfg_size_params), the config space ends before the fields
         # of features the device does not offer. Reads past it give all ones.
-        full = bytes(decl.build(values))
-        offsets = field_offsets(decl)
-        end = offsets["max_discard_sectors"]
+        full = build_flat(decl, values)  # built on every config read: a struct codec
+        ends = _config_ends(decl)
+        end = ends["discard_start"]
         offered = self.device_features()
         for feature, last in _CONFIG_END:
             if offered >> feature & 1:
-                end = max(end, offsets[last] + _field_size(decl, last))
+                end = max(end, ends[last])
         return full[:end]
 
     def config_write(self, offset: int, data: bytes) -> None:
@@ -375,6 +377,16 @@ class BlkDevice(DeviceModel):
     def _finish(self, writer: ChainWriter, status: int) -> int:
         writer.write_tail(bytes([status]))
         return writer.written + BLK_STATUS_SIZE
+
+
+@cache
+def _config_ends(decl: Any) -> dict[str, int]:
+    """Where the config space ends: before max_discard_sectors without DISCARD
+    ("discard_start"), after a feature's last field with it (computed once per layout)."""
+    offsets = field_offsets(decl)
+    ends = {last: offsets[last] + _field_size(decl, last) for _, last in _CONFIG_END}
+    ends["discard_start"] = offsets["max_discard_sectors"]
+    return ends
 
 
 def _field_size(decl: Any, name: str) -> int:

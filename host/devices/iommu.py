@@ -9,7 +9,9 @@ does not know, is returned unwritten with used.len 0, as the spec asks.
 
 from __future__ import annotations
 
-from collections import deque
+import struct
+from collections import deque, namedtuple
+from typing import Any
 
 from virtio_sim.host.devices.base import DeviceModel, DeviceQueue
 from virtio_sim.host.iommu import Fault, Iommu
@@ -19,9 +21,10 @@ from virtio_sim.layouts import (
     IOMMU_TAIL_SIZE,
     IommuFault,
     IommuPropertyHeader,
-    IommuReqHead,
     IommuResvMem,
     VirtioIommuConfig,
+    build_flat,
+    fast_codec,
     field_offsets,
 )
 from virtio_sim.ring.chain import Chain, ChainWriter, read_all
@@ -41,6 +44,13 @@ PROBE_SIZE = 512
 MAX_REQUEST = 256  # bytes of the device-readable part we ever need to look at
 MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)  # x86 MSI doorbells, reported as RESV_MEM MSI (as QEMU)
 _CFG = field_offsets(VirtioIommuConfig)
+#: every request body decoded through its struct codec (one MAP and one UNMAP per
+#: streaming buffer: construct's parser cost more than the mapping itself), into a named
+#: tuple with the layout's field names
+_BODY_CODECS: dict[str, tuple[struct.Struct, Any]] = {
+    name: (fast_codec(decl), namedtuple(f"Iommu{name.title()}Body", [sc.name for sc in decl.subcons]))
+    for name, decl in IOMMU_BODIES.items()
+}
 _TYPE_NAMES = {getattr(IOMMU_T, n): n for n in IOMMU_T.__class__.__annotations__}
 
 
@@ -70,19 +80,18 @@ class IommuDevice(DeviceModel):
 
     def config_space(self) -> bytes:
         i = self.iommu
-        return bytes(
-            VirtioIommuConfig.build(
-                {
-                    "page_size_mask": ~(i.page_size - 1) & ((1 << 64) - 1),
-                    "input_start": i.input_range[0],
-                    "input_end": i.input_range[1],
-                    "domain_start": i.domain_range[0],
-                    "domain_end": i.domain_range[1],
-                    "probe_size": PROBE_SIZE,
-                    "bypass": int(i.bypass),
-                    "reserved": bytes(3),
-                }
-            )
+        return build_flat(
+            VirtioIommuConfig,
+            {
+                "page_size_mask": ~(i.page_size - 1) & ((1 << 64) - 1),
+                "input_start": i.input_range[0],
+                "input_end": i.input_range[1],
+                "domain_start": i.domain_range[0],
+                "domain_end": i.domain_range[1],
+                "probe_size": PROBE_SIZE,
+                "bypass": int(i.bypass),
+                "reserved": bytes(3),
+            },
         )
 
     def config_write(self, offset: int, data: bytes) -> None:
@@ -120,17 +129,16 @@ class IommuDevice(DeviceModel):
         if len(raw) < IOMMU_HEAD_SIZE or writer.remaining < IOMMU_TAIL_SIZE:
             self.events.note(f"iommu: unparsable request {chain.head} returned unwritten")
             return 0
-        rtype = IommuReqHead.parse(raw).type  # head.reserved is ignored
+        rtype = raw[0]  # head: u8 type, then reserved bytes (ignored)
         name = _TYPE_NAMES.get(rtype)
         if name is None:
             self.events.note(f"iommu: unknown request type {rtype} returned unwritten")
             return 0
-        body_decl = IOMMU_BODIES[name]
-        body_raw = raw[IOMMU_HEAD_SIZE:]
-        if len(body_raw) < body_decl.sizeof():
+        codec, fields = _BODY_CODECS[name]
+        if len(raw) - IOMMU_HEAD_SIZE < codec.size:
             self.events.note(f"iommu: {name} request {chain.head} too short, returned unwritten")
             return 0
-        body = body_decl.parse(body_raw)
+        body = fields._make(codec.unpack_from(raw, IOMMU_HEAD_SIZE))
         if rtype == IOMMU_T.PROBE:
             return self._probe(writer, body.endpoint)
         status = self._apply(rtype, body)

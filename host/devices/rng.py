@@ -12,7 +12,7 @@ import os
 import random
 
 from virtio_sim.host.devices.base import DeviceModel, DeviceQueue
-from virtio_sim.layouts import VirtioRngConfig
+from virtio_sim.layouts import VirtioRngConfig, build_flat
 from virtio_sim.ring.chain import ChainWriter
 
 
@@ -46,7 +46,7 @@ class RngDevice(DeviceModel):
         return 0
 
     def config_space(self) -> bytes:
-        return bytes(VirtioRngConfig.build({}))
+        return build_flat(VirtioRngConfig, {})
 
     def process(self, queue: DeviceQueue) -> int:
         done = 0

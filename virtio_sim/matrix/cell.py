@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import trio
 
-from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
+from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded_sync
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.host.device_profile import DeviceRequest, check_iommu_model, device_option
@@ -102,7 +104,7 @@ def _machine_option(cell: Cell) -> str | None:
 
 def run_cell(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str, Any]:
     """Run ``cell`` and return its JSON-able result (axes + RunResult + timing)."""
-    return _run_cell(cell, timeout, seed, run_embedded)
+    return _run_cell(cell, timeout, seed, run_embedded_sync)
 
 
 def run_cell_qemu(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str, Any]:
@@ -114,8 +116,8 @@ def run_cell_qemu(cell: Cell, timeout: float = 10.0, seed: int = 1) -> dict[str,
 
     machine = compat_machine(_device(cell.device), cell.transport)
 
-    async def runner(cfg: RunConfig) -> RunResult:
-        return await run_qemu(cfg, machine=machine)
+    def runner(cfg: RunConfig) -> RunResult:
+        return trio.run(functools.partial(run_qemu, cfg, machine=machine))
 
     out = _run_cell(cell, timeout, seed, runner, abi=False)
     out["device_backend"] = "qemu"
@@ -160,7 +162,9 @@ def validate_cell_for_qemu(cell: Cell) -> None:
         raise MatrixError(f"cell {cell.id} cannot run on QEMU's devices: {'; '.join(problems)}")
 
 
-def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any, *, abi: bool = True) -> dict[str, Any]:
+def _run_cell(
+    cell: Cell, timeout: float, seed: int, runner: Callable[[RunConfig], RunResult], *, abi: bool = True
+) -> dict[str, Any]:
     start = time.perf_counter()
     driver = _driver(cell.driver)
     device = _device(cell.device)
@@ -189,7 +193,7 @@ def _run_cell(cell: Cell, timeout: float, seed: int, runner: Any, *, abi: bool =
             machine=_machine_option(cell),
             ram_size=parse_ram_size(cell.ram),
         )
-        result = trio.run(runner, cfg)
+        result = runner(cfg)
     axes = cell.axes()
     axes["machine"] = machine_for(cell.transport) if cell.machine == "auto" else cell.machine
     return result_record(

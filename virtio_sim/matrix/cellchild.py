@@ -26,6 +26,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from virtio_sim.gcfreeze import freeze_startup
 from virtio_sim.matrix.executors import (
     TOOL_ERROR,
     WORKER_START_LIMIT,
@@ -80,6 +81,14 @@ def _give_back(child: CellChild) -> None:
         _idle.append(child)
 
 
+def run_chunk_with_deadlines(
+    fn: CellFn, cells: list[Cell], timeout: float, seed: int
+) -> list[dict[str, Any]]:
+    """A dask task of several cells, one after another, each under its own hard deadline
+    (a cell process killed at one cell's deadline is replaced for the next)."""
+    return [run_with_deadline(fn, cell, timeout, seed) for cell in cells]
+
+
 def run_with_deadline(fn: CellFn, cell: Cell, timeout: float, seed: int) -> dict[str, Any]:
     """The dask task: run ``fn(cell, timeout, seed)`` in a child; HANG at the hard deadline."""
     child = _take()
@@ -102,6 +111,7 @@ def main(fd: int) -> None:
 
     importlib.import_module("virtio_sim.matrix.cell")  # what the local pool preloads
     conn = Connection(fd)
+    freeze_startup()  # the imports are never garbage: full GC passes skip them
     conn.send("ready")  # imports are done: the deadline starts counting from the job
     while True:
         try:

@@ -15,10 +15,11 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from virtio_sim.gcfreeze import freeze_startup
 from virtio_sim.matrix.spec import Cell, machine_for
 from virtio_sim.outcome import Outcome
 from virtio_sim.result_record import bare_record
@@ -64,6 +65,7 @@ def _worker(conn: Connection, fn: CellFn) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop (and
     # kills them), so a worker must not die mid-cell printing its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    freeze_startup()  # the imports are never garbage: full GC passes skip them
     conn.send("ready")  # imports are done: cell deadlines start counting from here
     while True:
         try:
@@ -76,11 +78,19 @@ def _worker(conn: Connection, fn: CellFn) -> None:
         conn.send((idx, run_one(fn, cell, timeout, seed)))
 
 
+#: cells a worker holds at once: the one it runs and the next, already in its pipe, so
+#: it never waits for the parent between two cells (a parent that is not scheduled at
+#: once on a busy machine left the worker idle for each of the thousands of cells)
+PREFETCH = 2
+
+
 @dataclass
 class _Slot:
     proc: mp.process.BaseProcess
     conn: Connection
-    job: int | None = None
+    #: the cells sent and not answered, in order; the first is running
+    jobs: deque[int] = field(default_factory=deque)
+    #: when the running cell must be done (its start is the previous cell's answer)
     deadline: float = 0.0
 
 
@@ -119,14 +129,23 @@ class LocalPool:
             if progress:
                 progress(i, res)
 
+        def lost(s: _Slot, verdict: dict[str, Any]) -> None:
+            """The running cell gets ``verdict``; the cells queued behind it go back to
+            the front of the queue for the fresh worker."""
+            finish(s.jobs.popleft(), verdict)
+            todo.extendleft(reversed(s.jobs))
+            self._replace(slots, s, fn)
+
         try:
-            while todo or any(s.job is not None for s in slots):
+            while todo or any(s.jobs for s in slots):
                 for s in slots:
-                    if s.job is None and todo:
-                        s.job = todo.popleft()
-                        s.deadline = time.monotonic() + limit
-                        s.conn.send((s.job, cells[s.job], timeout, seed))
-                busy = [s for s in slots if s.job is not None]
+                    while len(s.jobs) < PREFETCH and todo:
+                        if not s.jobs:
+                            s.deadline = time.monotonic() + limit
+                        i = todo.popleft()
+                        s.jobs.append(i)
+                        s.conn.send((i, cells[i], timeout, seed))
+                busy = [s for s in slots if s.jobs]
                 wait_for = max(0.0, min(s.deadline for s in busy) - time.monotonic())
                 ready = wait([s.conn for s in busy], timeout=wait_for)
                 for s in busy:
@@ -134,17 +153,13 @@ class LocalPool:
                         try:
                             idx, res = s.conn.recv()
                         except (EOFError, OSError):
-                            assert s.job is not None
-                            cell = cells[s.job]
-                            finish(s.job, failed_cell(cell, TOOL_ERROR, "worker process died"))
-                            self._replace(slots, s, fn)
+                            lost(s, failed_cell(cells[s.jobs[0]], TOOL_ERROR, "worker process died"))
                             continue
-                        s.job = None
+                        s.jobs.popleft()
+                        s.deadline = time.monotonic() + limit  # the next cell starts now
                         finish(idx, res)
                     elif time.monotonic() >= s.deadline:
-                        assert s.job is not None
-                        finish(s.job, hung_cell(cells[s.job], limit))
-                        self._replace(slots, s, fn)
+                        lost(s, hung_cell(cells[s.jobs[0]], limit))
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM, a closed pipe): busy workers are mid-cell and
             # would finish it first; nobody wants that cell any more, so kill them now.
@@ -170,6 +185,11 @@ class LocalPool:
         old.conn.close()
         slots[slots.index(old)] = self._spawn(fn)
 
+
+#: cells per dask task: a task costs the scheduler a round trip of its own (about a cell's
+#: work on this machine), so cells go in chunks; each cell of a chunk still has its own
+#: hard deadline in the cell process (cellchild.run_chunk_with_deadlines)
+DASK_CHUNK = 16
 
 #: seconds to reach a dask scheduler before giving up (``--connect-timeout``); dask's own
 #: default is 30 s of silent retrying, then a long traceback
@@ -246,25 +266,34 @@ class DaskExecutor:
     ) -> list[dict[str, Any]]:
         from dask.distributed import as_completed
 
-        from virtio_sim.matrix.cellchild import run_with_deadline
+        from virtio_sim.matrix.cellchild import run_chunk_with_deadlines
 
         self.connect()
         client = self._client
         try:
+            chunks = [
+                list(range(i, min(i + DASK_CHUNK, len(cells)))) for i in range(0, len(cells), DASK_CHUNK)
+            ]
             futures = client.map(
-                run_with_deadline, [fn] * len(cells), list(cells), timeout=timeout, seed=seed, pure=False
+                run_chunk_with_deadlines,
+                [fn] * len(chunks),
+                [[cells[i] for i in chunk] for chunk in chunks],
+                timeout=timeout,
+                seed=seed,
+                pure=False,
             )
-            index = {f.key: i for i, f in enumerate(futures)}
+            index = {f.key: chunks[n] for n, f in enumerate(futures)}
             results: list[dict[str, Any] | None] = [None] * len(cells)
             for fut in as_completed(futures):
-                i = index[fut.key]
+                chunk = index[fut.key]
                 try:
-                    res = fut.result()
+                    done = fut.result()
                 except Exception as e:
-                    res = failed_cell(cells[i], TOOL_ERROR, f"{type(e).__name__}: {e}")
-                results[i] = res
-                if progress:
-                    progress(i, res)
+                    done = [failed_cell(cells[i], TOOL_ERROR, f"{type(e).__name__}: {e}") for i in chunk]
+                for i, res in zip(chunk, done, strict=True):
+                    results[i] = res
+                    if progress:
+                        progress(i, res)
             return [r for r in results if r is not None]
         finally:
             self.close()

@@ -86,6 +86,9 @@ def print_table(results: list[dict[str, Any]], console: Console) -> None:
         rows = [r for r in results if r["transport"] == transport]
         devices = sorted({r["device"] for r in rows})
         drivers = sorted({r["driver"] for r in rows})
+        boxes: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in rows:
+            boxes.setdefault((r["driver"], r["device"]), []).append(r)
         table = Table(title=plain(f"transport {transport}"), show_lines=False)
         table.add_column(Text("driver \\ device"))
         for d in devices:
@@ -93,7 +96,7 @@ def print_table(results: list[dict[str, Any]], console: Console) -> None:
         for drv in drivers:
             cells = []
             for dev in devices:
-                here = [r for r in rows if r["driver"] == drv and r["device"] == dev]
+                here = boxes.get((drv, dev), [])
                 box = Text()
                 for n, r in enumerate(sorted(here, key=_variant)):
                     if n:

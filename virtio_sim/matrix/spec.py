@@ -27,10 +27,13 @@ Patterns are shell globs matched against a cell's axis values; the last matching
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +103,17 @@ class MatrixSpec:
     timeout: float = 10.0
 
 
+@cache
+def _matcher(pattern: str) -> Callable[[str], object]:
+    """fnmatchcase(value, pattern) as one call: a plain comparison for a pattern without
+    wildcards, the compiled pattern otherwise (every cell meets every expect rule)."""
+    if not any(ch in pattern for ch in "*?["):
+        return pattern.__eq__
+    return re.compile(fnmatch.translate(pattern)).match
+
+
 def _matches(cell: Cell, pattern: dict[str, str]) -> bool:
-    return all(fnmatchcase(getattr(cell, k), v) for k, v in pattern.items())
+    return all(_matcher(v)(getattr(cell, k)) for k, v in pattern.items())
 
 
 def _pattern(source: str, where: str, raw: Any, extra: tuple[str, ...] = ()) -> dict[str, str]:
@@ -193,8 +205,8 @@ def expand(spec: MatrixSpec, filters: dict[str, list[str]] | None = None) -> lis
 
 
 def expected_outcome(spec: MatrixSpec, cell: Cell) -> Outcome | None:
-    found: Outcome | None = None
-    for pattern, outcome in spec.expect:
+    """The outcome of the last expect rule that matches ``cell`` (None: no rule does)."""
+    for pattern, outcome in reversed(spec.expect):
         if _matches(cell, pattern):
-            found = outcome
-    return found
+            return outcome
+    return None
