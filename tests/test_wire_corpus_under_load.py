@@ -44,13 +44,13 @@ def starved_host(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(self, guest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(HostServer, "_guest_thread", starved)
-    guarded = host_server._guarded
+    guarded = host_server.guarded
 
     def slow(*args: Any) -> int:
         time.sleep(SLOW_ACCESS)
         return guarded(*args)
 
-    monkeypatch.setattr(host_server, "_guarded", slow)
+    monkeypatch.setattr(host_server, "guarded", slow)
 
 
 @pytest.mark.usefixtures("starved_host")
