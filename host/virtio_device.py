@@ -270,6 +270,7 @@ class VirtioDevice:
             packed=self.packed,
             order=self.byte_order(self.guest_order),
             space=self.space_for(self.driver_features),
+            consumed=None if q.ring is None or self.packed else getattr(q.ring, "last_avail", None),
         )
 
     # -- status ----------------------------------------------------------------

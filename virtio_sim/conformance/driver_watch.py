@@ -227,6 +227,7 @@ class _Queue:
     seen: int = 0  # split: avail idx the watch has read up to; packed: descriptor position
     kicked: int = 0  # split: avail idx at the last notification
     recent: dict[int, int] = field(default_factory=dict)  # split: position -> head read
+    consumed_unseen: int = 0  # split: chains the device consumed before the watch looked
     reset_unverified: bool = False
     was_reset: bool = False
     next_head: int = 0  # split IN_ORDER: where the next chain must start
@@ -963,6 +964,9 @@ class DriverWatch:
             slot = view.driver + layouts.avail_entry_offset(pos % size)
             head = self._u16(view, slot)
             q.recent[pos] = head
+            if view.consumed is not None and 0 < (view.consumed - pos) & IDX_MASK < IDX_HALF:
+                q.consumed_unseen += 1  # the device took it before we looked: not ours to judge
+                continue
             if head < size:
                 self._walk_split(q, view, head, in_order_check=delta <= size)
         q.seen = idx

@@ -28,6 +28,12 @@ class RingView:
     packed: bool
     order: ByteOrder
     space: AddressSpace
+    #: split rings: the device's next avail position (its last_avail), None before the
+    #: device made its ring. A watch that looks later than the device (vhost-user: kicks
+    #: coalesce, the back-end serves whatever is available) must not judge chains the
+    #: device already consumed: the driver may have completed them and reused their
+    #: indirect tables meanwhile.
+    consumed: int | None = None
 
 
 class RingSource(Protocol):
