@@ -253,10 +253,10 @@ _orig_packed_push = PackedDeviceQueue.push
 def _packed_lease_wrap_bug(self: PackedDeviceQueue, head: int, written: int) -> None:
     # the lease fast path computes the lap from the wrong position (off by one lap)
     dl = self._dl
-    if dl is None or not dl.valid or self.in_order:
+    if not dl.valid or self.in_order:
         _orig_packed_push(self, head, written)
         return
-    buf = self._buffers.pop(head)
+    descs = self._buffers.pop(head)  # id -> ring descriptors it occupied
     self.published += 1
     pos, size = self._used_pos, self.size
     lap = (pos // size) & 1  # bug: 1 ^ lap is what the checked path writes
@@ -264,8 +264,8 @@ def _packed_lease_wrap_bug(self: PackedDeviceQueue, head: int, written: int) -> 
     off = pos % size * 16
     struct.pack_into("<IH", dl.view, off + 8, written, head)
     struct.pack_into("<H", dl.view, off + 14, flags)
-    self._used_pos = pos + buf.descs
-    self._in_flight_descs -= buf.descs
+    self._used_pos = pos + descs
+    self._in_flight_descs -= descs
 
 
 _orig_mmio_read = MmioTransport.read

@@ -33,6 +33,27 @@ _NATIVE_WORDS = struct.calcsize("H") == 2 and struct.calcsize("I") == 4
 WordViews = tuple[memoryview, memoryview, memoryview]  # avail as u16, used as u16, used as u32
 
 
+def _no_lease() -> Lease:
+    lease = Lease(0, 0, memoryview(b""), False)
+    lease.revoke()
+    return lease
+
+
+#: What a ring holds where it has no lease: never valid, so the one ``valid`` test every
+#: access makes also covers "no lease at all" (one test instead of two on the hot path).
+NO_LEASE = _no_lease()
+
+
+class _NoWindow:
+    """Stands in for an address space without a ``fast_window`` (every buffer checked),
+    so that the rings read ``space.fast_window`` as a plain attribute."""
+
+    fast_window = None
+
+
+NO_WINDOW: Any = _NoWindow()
+
+
 class RingMemory:
     """One ring's way to its memory: an AddressSpace (device) or guest RAM (driver).
 
@@ -49,16 +70,18 @@ class RingMemory:
         self.elem = layouts.used_elem_codec(order)
         self.u16 = layouts.ring_index_codec(order)
 
-    def lease(self, addr: int, length: int, write: bool) -> Lease | None:
-        """A direct window on ``[addr, addr+length)``, or None (checked accesses then)."""
+    def lease(self, addr: int, length: int, write: bool) -> Lease:
+        """A direct window on ``[addr, addr+length)``, or :data:`NO_LEASE` (checked
+        accesses then)."""
         if not self.leasable:
-            return None
-        return lease_for(self.space, addr, length, write)
+            return NO_LEASE
+        lease = lease_for(self.space, addr, length, write)
+        return NO_LEASE if lease is None else lease
 
-    def word_views(self, avail: Lease | None, used: Lease | None, size: int) -> WordViews | None:
+    def word_views(self, avail: Lease, used: Lease, size: int) -> WordViews | None:
         """Split rings in the machine's byte order: (avail as u16, used as u16, used
         elements as u32) views of the two leases, or None."""
-        if not self.native or avail is None or used is None:
+        if not self.native or not (avail.valid and used.valid):
             return None
         elems = layouts.RING_HEADER_SIZE + layouts.USED_ELEM_SIZE * size
         return avail.view.cast("H"), used.view.cast("H"), used.view[:elems].cast("I")
@@ -86,4 +109,4 @@ class RingMemory:
         self.write(addr, self.u16.pack(value), what)
 
 
-__all__ = ["RingMemory", "WordViews"]
+__all__ = ["NO_LEASE", "NO_WINDOW", "RingMemory", "WordViews"]

@@ -37,16 +37,15 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from virtio_sim import layouts
 from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease
-from virtio_sim.ring.access import RingMemory
+from virtio_sim.ring.access import NO_LEASE, NO_WINDOW, RingMemory
 from virtio_sim.ring.batch import DeviceBatchCalls, DriverBatchCalls
-from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
+from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError, make_chain
 from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
 from virtio_sim.ring.types import NO_FEATURES, QueueFullError, RingAddresses, RingFeatures
 from virtio_sim.ring.walker import ChainWalker
@@ -141,13 +140,6 @@ class _Desc(NamedTuple):
 # --------------------------------------------------------------------------- device side
 
 
-@dataclass(slots=True)
-class _DevBuffer:
-    descs: int  # ring descriptors the chain occupied (what the used side skips)
-    writable: int = 0  # total writable length (IN_ORDER batches need it)
-    written: int | None = None  # set once pushed while IN_ORDER holds it back
-
-
 class PackedDeviceQueue(DeviceBatchCalls):
     """The device's view of one packed virtqueue."""
 
@@ -180,15 +172,21 @@ class PackedDeviceQueue(DeviceBatchCalls):
             space, size, indirect=self.indirect, strict=self.strict, max_indirect=self.max_indirect
         )
         self.warnings: list[str] = []
-        self._buffers: dict[int, _DevBuffer] = {}
-        self._order: deque[int] = deque()  # ids in the order they were made available
-        self._ready: list[tuple[int, _DevBuffer]] = []  # IN_ORDER completions not yet written
+        # buffer id -> ring descriptors the chain occupied (what the used side skips): an
+        # int per buffer, not a record (one record per request was a tenth of the ring's time)
+        self._buffers: dict[int, int] = {}
+        self._order: deque[int] = deque()  # IN_ORDER: ids in the order they were made available
+        self._writable: dict[int, int] = {}  # IN_ORDER: id -> writable length (batches need it)
+        self._written: dict[int, int] = {}  # IN_ORDER: id -> written, pushed but held back
+        self._ready: list[int] = []  # IN_ORDER: pushed ids whose used descriptor is not written
         self._pending_error: RingError | None = None  # pop_batch(): raised by the next pop
         self.reset()
         self._check_ring_memory()
         self.mem = RingMemory(space)  # leases or checked accesses (packed rings: little-endian)
-        self._dl: Lease | None = None  # descriptor ring (read and written)
-        self._el: Lease | None = None  # driver event suppression (read)
+        # what pop() reads the buffer window from (a space without one: never a window)
+        self._wspace = space if hasattr(space, "fast_window") else NO_WINDOW
+        self._dl: Lease = NO_LEASE  # descriptor ring (read and written)
+        self._el: Lease = NO_LEASE  # driver event suppression (read)
         self._take_leases()
 
     def _take_leases(self) -> None:
@@ -212,6 +210,8 @@ class PackedDeviceQueue(DeviceBatchCalls):
         self._pending_error = None
         self._buffers.clear()
         self._order.clear()
+        self._writable.clear()
+        self._written.clear()
         self._ready.clear()
 
     def _check_ring_memory(self) -> None:
@@ -252,8 +252,8 @@ class PackedDeviceQueue(DeviceBatchCalls):
         return lap_wrap(self._used_pos, self.size)
 
     @property
-    def in_flight(self) -> dict[int, _DevBuffer]:
-        """Buffer ids popped and not yet written back as used."""
+    def in_flight(self) -> dict[int, int]:
+        """Buffer ids popped and not yet written back as used (-> their ring descriptors)."""
         return self._buffers
 
     # -- reading ----------------------------------------------------------------
@@ -280,15 +280,14 @@ class PackedDeviceQueue(DeviceBatchCalls):
             raise err
         pos, size = self._avail_pos, self.size
         dl = self._dl
-        if dl is None or not dl.valid:
+        if not dl.valid:
             self._take_leases()
             dl = self._dl
-        if dl is None or not dl.valid:
-            return self._pop_from(pos, self._read_desc(pos))
+            if not dl.valid:
+                return self._pop_from(pos, self._read_desc(pos))
         raw: tuple[int, int, int, int] = _DESC.unpack_from(dl.view, pos % size * _DESC_SIZE)
         addr, length, buf_id, flags = raw
-        wrap = _WRAP_START ^ (pos // size & 1)
-        if flags & _AVAIL_USED != (_F_AVAIL if wrap else _F_USED):
+        if flags & _AVAIL_USED != (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED):
             return None  # not made available in this lap
         if flags & (_F_NEXT | _F_INDIRECT) or not length:
             return self._pop_from(pos, _Desc(*raw))
@@ -302,26 +301,30 @@ class PackedDeviceQueue(DeviceBatchCalls):
             raise RingError("buffer-id-in-flight", f"buffer id {buf_id} made available twice")
         self._avail_pos = pos + 1
         self._in_flight_descs += 1
+        buffers[buf_id] = 1
         is_write = flags & _F_WRITE
-        buf = buffers[buf_id] = _DevBuffer(1, length if is_write else 0)
         if self.in_order:
             self._order.append(buf_id)
-        w = getattr(self.space, "fast_window", None)
-        if not (
-            w is not None
-            and w.valid
-            and w.lo <= addr
-            and addr + length <= w.hi
-            and (w.writable if is_write else w.readable)
-        ):
-            try:
-                self.space.check(addr, length, write=bool(is_write))
-            except DmaError as e:
-                buf.writable = 0
-                raise RingError("bad-address", str(e), buf_id) from None
+            self._writable[buf_id] = length if is_write else 0
+        # inside the space's window the buffer check is two comparisons
+        w = self._wspace.fast_window
         if is_write:
-            return Chain(buf_id, [], [(addr, length)], 1)
-        return Chain(buf_id, [(addr, length)], [], 1)
+            if w is None or not (w.valid and w.writable and w.lo <= addr and addr + length <= w.hi):
+                self._check_buffer(buf_id, addr, length, True)
+            return make_chain(Chain, (buf_id, [], [(addr, length)], 1))
+        if w is None or not (w.valid and w.readable and w.lo <= addr and addr + length <= w.hi):
+            self._check_buffer(buf_id, addr, length, False)
+        return make_chain(Chain, (buf_id, [(addr, length)], [], 1))
+
+    def _check_buffer(self, buf_id: int, addr: int, length: int, write: bool) -> None:
+        """The address space's check of a one-descriptor buffer (outside the window); a
+        refused buffer counts as not writable (what an IN_ORDER batch skips by)."""
+        try:
+            self.space.check(addr, length, write=write)
+        except DmaError as e:
+            if self.in_order:
+                self._writable[buf_id] = 0
+            raise RingError("bad-address", str(e), buf_id) from None
 
     def _pop_from(self, pos: int, first: _Desc) -> Chain | None:
         """pop() for any chain, its head descriptor already read (once)."""
@@ -361,12 +364,14 @@ class PackedDeviceQueue(DeviceBatchCalls):
         # Consumed from here on, even if malformed, so that a drop policy can complete it.
         self._avail_pos += len(descs)
         self._in_flight_descs += len(descs)
-        buf = self._buffers[buf_id] = _DevBuffer(len(descs))
+        self._buffers[buf_id] = len(descs)
         if self.in_order:
             self._order.append(buf_id)
+            self._writable[buf_id] = 0  # until the walk succeeds
         chain = self.walker.walk_packed(buf_id, descs)
         assert chain is not None  # the walker's sink raises
-        buf.writable = chain.writable_len
+        if self.in_order:
+            self._writable[buf_id] = chain.writable_len
         return chain
 
     # -- completing ---------------------------------------------------------------
@@ -378,49 +383,55 @@ class PackedDeviceQueue(DeviceBatchCalls):
         until every older buffer is complete and are then written (one by one, or as one
         batch entry at the next flush() when ``batch_in_order``).
         """
-        buf = self._buffers.get(head)
-        if buf is None or buf.written is not None:
-            raise ValueError(f"device bug: buffer {head} is not in flight")
-        if not self.in_order:
-            del self._buffers[head]
-            dl = self._dl
-            # write_used() through the lease, unless hooks are set
-            if dl is not None and dl.valid and self.hooks is None:
-                self.published += 1
-                pos, size = self._used_pos, self.size
-                flags = (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0)
-                off = pos % size * _DESC_SIZE
-                view = dl.view
-                _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
-                _U16.pack_into(view, off + _FLAGS_OFF, flags)  # then the flags
-                self._used_pos = pos + buf.descs
-                self._in_flight_descs -= buf.descs
-                return
-            self._publish(head, written, buf.descs)
+        if self.in_order:
+            if head not in self._buffers or head in self._written:
+                raise ValueError(f"device bug: buffer {head} is not in flight")
+            self._written[head] = written
+            order = self._order
+            while order and order[0] in self._written:
+                self._ready.append(order.popleft())  # in flight until written
+            if not self.batch_in_order:
+                self.flush()
             return
-        buf.written = written
-        while self._order and self._buffers[self._order[0]].written is not None:
-            first = self._order.popleft()
-            self._ready.append((first, self._buffers[first]))  # in flight until written
-        if not self.batch_in_order:
-            self.flush()
+        descs = self._buffers.pop(head, None)
+        if descs is None:
+            raise ValueError(f"device bug: buffer {head} is not in flight")
+        dl = self._dl
+        # write_used() through the lease, unless hooks are set
+        if dl.valid and self.hooks is None:
+            self.published += 1
+            pos, size = self._used_pos, self.size
+            off = pos % size * _DESC_SIZE
+            view = dl.view
+            _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
+            _U16.pack_into(  # then the flags
+                view,
+                off + _FLAGS_OFF,
+                (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0),
+            )
+            self._used_pos = pos + descs
+            self._in_flight_descs -= descs
+            return
+        self._publish(head, written, descs)
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
         ready, self._ready = self._ready, []
+        written_of, writable_of = self._written, self._writable
         while ready:
             n = 0
             while n + 1 < len(ready) and self.batch_in_order:
-                buf = ready[n][1]
-                if buf.written != buf.writable:
+                buf_id = ready[n]
+                if written_of[buf_id] != writable_of[buf_id]:
                     break  # skipped buffers count as fully written: only full ones join
                 n += 1
             batch, ready = ready[: n + 1], ready[n + 1 :]
-            for buf_id, _ in batch:
-                del self._buffers[buf_id]
-            last_id, last = batch[-1]
-            assert last.written is not None
-            self._publish(last_id, last.written, sum(b.descs for _, b in batch))
+            skip = written = 0
+            for buf_id in batch:
+                skip += self._buffers.pop(buf_id)
+                writable_of.pop(buf_id, None)
+                written = written_of.pop(buf_id)
+            self._publish(batch[-1], written, skip)
 
     def _publish(self, buf_id: int, written: int, skip: int) -> None:
         hooks = self.hooks
@@ -448,7 +459,7 @@ class PackedDeviceQueue(DeviceBatchCalls):
 
     def _read_event(self, addr: int) -> tuple[int, int]:
         el = self._el
-        if addr == self.addrs.avail and el is not None and el.valid:
+        if addr == self.addrs.avail and el.valid:
             word, flags = _EVENT.unpack_from(el.view, 0)
             return word, flags
         raw = self.mem.read(addr, layouts.EVENT_SUPPRESS_SIZE, "event suppression")
@@ -520,12 +531,18 @@ class PackedDeviceQueue(DeviceBatchCalls):
 # --------------------------------------------------------------------------- driver side
 
 
-@dataclass(slots=True)
-class _DrvBuffer:
+class _DrvBuffer(NamedTuple):
+    """A buffer the driver made available (a tuple: built in C by :data:`_new_drv_buffer`)."""
+
     token: Any
-    descs: int
+    descs: int  # ring descriptors it occupies
     writable_len: int
     indirect: DmaBuffer | None
+
+
+_new_drv_buffer: Callable[[type[_DrvBuffer], tuple[Any, int, int, DmaBuffer | None]], _DrvBuffer] = (
+    tuple.__new__
+)
 
 
 class PackedDriverQueue(DriverBatchCalls):
@@ -567,7 +584,7 @@ class PackedDriverQueue(DriverBatchCalls):
         self._completed: deque[tuple[Any, int]] = deque()  # rest of an IN_ORDER batch
         self._init_rings()
         self.mem = RingMemory(memory)  # leases or plain reads/writes (little-endian)
-        self._dl: Lease | None = None
+        self._dl: Lease = NO_LEASE
         self._take_leases()
 
     def _take_leases(self) -> None:
@@ -609,40 +626,35 @@ class PackedDriverQueue(DriverBatchCalls):
         out: Sequence[tuple[int, int]],
         in_: Sequence[tuple[int, int]],
         token: Any,
-        *,
         use_indirect: bool | None = None,
     ) -> int:
-        """Make one buffer available; returns its buffer id."""
+        """Make one buffer available; returns its buffer id.
+
+        (``use_indirect`` may be passed by position: a keyword-only parameter makes
+        CPython 3.11 call the function through its slow, unspecialised path.)"""
         if self.broken:
             raise self.broken
-        dl = self._dl
-        if (
-            dl is not None
-            and dl.valid
-            and len(out) + len(in_) == 1
-            and not use_indirect
-            and self._free
-            and self.free_ids
-            and self.hooks is None
-        ):
-            # One descriptor through the lease (the common request): id, address and
-            # length, then the head's flags (see _add for every other chain).
-            if out:
-                (a, n), fl, writable_len = out[0], 0, 0
-            else:
-                (a, n), fl = in_[0], _F_WRITE
-                writable_len = n
-            buf_id = self.free_ids.pop()
-            pos, size = self._avail_pos, self.size
-            fl |= _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
-            off = pos % size * _DESC_SIZE
-            view = dl.view
-            _BODY.pack_into(view, off, a, n, buf_id)
-            _U16.pack_into(view, off + _FLAGS_OFF, fl)  # the head's flags last
-            self._avail_pos = pos + 1
-            self._free -= 1
-            self.inflight[buf_id] = _DrvBuffer(token, 1, writable_len, None)
-            return buf_id
+        if len(out) + len(in_) == 1 and not use_indirect and self.hooks is None:
+            dl, free_ids = self._dl, self.free_ids
+            if dl.valid and self._free and free_ids:
+                # One descriptor through the lease (the common request): id, address and
+                # length, then the head's flags (see _add for every other chain).
+                pos, size = self._avail_pos, self.size
+                if out:
+                    (a, n), writable_len = out[0], 0
+                    fl = _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
+                else:
+                    (a, n), writable_len = in_[0], in_[0][1]
+                    fl = _F_WRITE | (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
+                buf_id = free_ids.pop()
+                off = pos % size * _DESC_SIZE
+                view = dl.view
+                _BODY.pack_into(view, off, a, n, buf_id)
+                _U16.pack_into(view, off + _FLAGS_OFF, fl)  # the head's flags last
+                self._avail_pos = pos + 1
+                self._free -= 1
+                self.inflight[buf_id] = _new_drv_buffer(_DrvBuffer, (token, 1, writable_len, None))
+                return buf_id
         hooks = self.hooks
         if hooks is not None:
             use_indirect = hooks.use_indirect(self, use_indirect)
@@ -664,8 +676,7 @@ class PackedDriverQueue(DriverBatchCalls):
     ) -> int:
         """add() for every chain the inline path does not take; leases revoked since
         are taken again for the next add()."""
-        dl = self._dl
-        if dl is None or not dl.valid:
+        if not self._dl.valid:
             self._take_leases()
         w = PACKED_DESC_F.WRITE
         segs = [(a, n, 0) for a, n in out] + [(a, n, w) for a, n in in_]
@@ -752,34 +763,36 @@ class PackedDriverQueue(DriverBatchCalls):
             return self._completed.popleft()
         pos = self._used_pos
         dl = self._dl
-        if dl is not None and dl.valid:
+        if dl.valid:
             _addr, length, buf_id, flags = _DESC.unpack_from(dl.view, pos % self.size * _DESC_SIZE)
         else:
             _addr, length, buf_id, flags = _DESC.unpack(self.memory.read(self._desc_addr(pos), _DESC_SIZE))
         if flags & _AVAIL_USED != (_AVAIL_USED if _WRAP_START ^ (pos // self.size & 1) else 0):
             return None  # not used in this lap
-        state = self.inflight.get(buf_id)
+        inflight = self.inflight
+        state = inflight.get(buf_id)
         if state is None:
             raise self._mark_broken("used-bad-id", f"used id {buf_id} is not a buffer in flight")
         # len is taken as written even without WRITE, as Linux 6.1 does
         # (virtqueue_get_buf_ctx_packed reads desc[last_used].len unconditionally) and as
         # QEMU 7.2 needs (virtqueue_packed_fill_desc never sets WRITE). The spec's "driver
         # ignores len without WRITE" (2.8.4) is judged by conformance, not by the ring.
-        if length and not flags & PACKED_DESC_F.WRITE:
+        if length and not flags & _F_WRITE:
             self.len_without_write += 1
-        if length > state.writable_len:
+        token, descs, writable_len, indirect = state
+        if length > writable_len:
             raise self._mark_broken(
                 "used-bad-len",
-                f"used len {length} > writable length {state.writable_len} of buffer {buf_id}",
+                f"used len {length} > writable length {writable_len} of buffer {buf_id}",
             )
         if not self.in_order:
-            del self.inflight[buf_id]
-            self._used_pos = pos + state.descs
-            self._free += state.descs
+            del inflight[buf_id]
+            self._used_pos = pos + descs
+            self._free += descs
             self.free_ids.append(buf_id)
-            if state.indirect is not None and self.indirect_pool is not None:
-                self.indirect_pool.free(state.indirect)
-            return state.token, length
+            if indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(indirect)
+            return token, length
         batch: list[int] = []
         for i in self.inflight:
             batch.append(i)

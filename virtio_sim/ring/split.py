@@ -29,16 +29,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from virtio_sim import layouts
 from virtio_sim.dma import AddressSpace, DmaError
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import ByteAccess, Lease, MemoryAccessError
-from virtio_sim.ring.access import RingMemory, WordViews
+from virtio_sim.ring.access import NO_LEASE, NO_WINDOW, RingMemory, WordViews
 from virtio_sim.ring.batch import DeviceBatchCalls, DriverBatchCalls
-from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError
+from virtio_sim.ring.chain import Chain, DeviceBrokenError, DmaBuffer, DmaPool, RingError, make_chain
 from virtio_sim.ring.hooks import DeviceHooks, DriverHooks
 from virtio_sim.ring.types import (
     IDX_MASK,
@@ -140,9 +139,11 @@ class SplitDeviceQueue(DeviceBatchCalls):
         self._avail_event_addr = addrs.used + layouts.avail_event_offset(size)
         self._check_ring_memory()
         self._mask = size - 1
-        self._dl: Lease | None = None
-        self._al: Lease | None = None
-        self._ul: Lease | None = None
+        # what pop() reads the buffer window from (a space without one: never a window)
+        self._wspace = space if hasattr(space, "fast_window") else NO_WINDOW
+        self._dl: Lease = NO_LEASE
+        self._al: Lease = NO_LEASE
+        self._ul: Lease = NO_LEASE
         self._words: WordViews | None = None
         self._take_leases()
 
@@ -178,14 +179,14 @@ class SplitDeviceQueue(DeviceBatchCalls):
 
     def avail_idx(self) -> int:
         al = self._al
-        if al is not None and al.valid:
+        if al.valid:
             value: int = self._idx.unpack_from(al.view, _IDX_OFF)[0]
             return value
         return self._read_u16(self._avail_idx_addr)
 
     def avail_flags(self) -> int:
         al = self._al
-        if al is not None and al.valid:
+        if al.valid:
             value: int = self._idx.unpack_from(al.view, 0)[0]
             return value
         return self._read_u16(self.addrs.avail)
@@ -193,7 +194,7 @@ class SplitDeviceQueue(DeviceBatchCalls):
     def used_event(self) -> int:
         """The driver's used_event word (EVENT_IDX)."""
         al = self._al
-        if al is not None and al.valid:
+        if al.valid:
             value: int = self._idx.unpack_from(al.view, self._used_event_addr - self.addrs.avail)[0]
             return value
         return self._read_u16(self._used_event_addr)
@@ -205,9 +206,7 @@ class SplitDeviceQueue(DeviceBatchCalls):
         return self.last_avail != self._shadow_avail
 
     def _refresh_avail(self) -> None:
-        if self.mem.leasable and not (
-            self._al is not None and self._al.valid and self._dl is not None and self._dl.valid
-        ):
+        if self.mem.leasable and not (self._al.valid and self._dl.valid):
             self._take_leases()
         idx = self.avail_idx()
         pending = (idx - self.last_avail) & IDX_MASK
@@ -235,13 +234,12 @@ class SplitDeviceQueue(DeviceBatchCalls):
             if last == self._shadow_avail:
                 return None
         size = self.size
+        words = self._words
         al = self._al
-        if al is not None and al.valid:
-            words = self._words
-            if words is not None:
-                head: int = words[0][_AVAIL_W16 + (last & self._mask)]
-            else:
-                head = self._idx.unpack_from(al.view, _HDR + _AVAIL_STRIDE * (last & self._mask))[0]
+        if words is not None and al.valid:
+            head: int = words[0][_AVAIL_W16 + (last & self._mask)]
+        elif al.valid:
+            head = self._idx.unpack_from(al.view, _HDR + _AVAIL_STRIDE * (last & self._mask))[0]
         else:
             head = self._read_u16(self.addrs.avail + layouts.avail_entry_offset(last % size))
         self.last_avail = (last + 1) & IDX_MASK
@@ -267,30 +265,30 @@ class SplitDeviceQueue(DeviceBatchCalls):
             self._writable[head] = chain.writable_len
             return chain
         dl = self._dl
-        if dl is None or not dl.valid:
+        if not dl.valid:
             return self._walk(head)
         first: tuple[int, int, int, int] = self._desc.unpack_from(dl.view, head * _DESC_SIZE)
         addr, length, flags, _nxt = first
         if flags & (_NEXT | _INDIRECT) or not length:
             return self._walk(head, first)
         # A one-descriptor chain (the common request): of the walk's rules only the
-        # buffer check applies (no next, no table; one u32 length is below 2^32).
-        is_write = flags & _WRITE
-        w = getattr(self.space, "fast_window", None)
-        if not (
-            w is not None
-            and w.valid
-            and w.lo <= addr
-            and addr + length <= w.hi
-            and (w.writable if is_write else w.readable)
-        ):
-            try:
-                self.space.check(addr, length, bool(is_write))
-            except DmaError as e:
-                raise RingError("bad-address", str(e), head) from None
-        if is_write:
-            return Chain(head, [], [(addr, length)], 1)
-        return Chain(head, [(addr, length)], [], 1)
+        # buffer check applies (no next, no table; one u32 length is below 2^32), inside
+        # the space's window two comparisons.
+        w = self._wspace.fast_window
+        if flags & _WRITE:
+            if w is None or not (w.valid and w.writable and w.lo <= addr and addr + length <= w.hi):
+                self._check_buffer(head, addr, length, True)
+            return make_chain(Chain, (head, [], [(addr, length)], 1))
+        if w is None or not (w.valid and w.readable and w.lo <= addr and addr + length <= w.hi):
+            self._check_buffer(head, addr, length, False)
+        return make_chain(Chain, (head, [(addr, length)], [], 1))
+
+    def _check_buffer(self, head: int, addr: int, length: int, write: bool) -> None:
+        """The address space's check of a one-descriptor chain's buffer (outside the window)."""
+        try:
+            self.space.check(addr, length, write)
+        except DmaError as e:
+            raise RingError("bad-address", str(e), head) from None
 
     def _read_desc(self, table: int, index: int, head: int) -> tuple[int, int, int, int]:
         raw = self.mem.read(table + index * layouts.DESC_SIZE, layouts.DESC_SIZE, f"descriptor {index}", head)
@@ -303,9 +301,7 @@ class SplitDeviceQueue(DeviceBatchCalls):
         table lease when it is valid. ``first`` is the head descriptor pop() already read."""
         dl = self._dl
         walker = self.walker
-        chain = walker.walk_split(
-            head, dl.view if dl is not None and dl.valid else None, self.addrs.desc, first
-        )
+        chain = walker.walk_split(head, dl.view if dl.valid else None, self.addrs.desc, first)
         assert chain is not None  # the walker's sink raises
         if self.in_order:
             self._next_head = walker.end_slot
@@ -320,37 +316,43 @@ class SplitDeviceQueue(DeviceBatchCalls):
         ``batch_in_order``, until flush()).
         """
         in_flight = self.in_flight
-        if head not in in_flight or head in self._done:
-            raise ValueError(f"device bug: head {head} is not in flight")
-        if not self.in_order:
-            in_flight.discard(head)
-            ul = self._ul
-            # write_used() inlined (the element, then idx) unless hooks are set
-            if ul is not None and ul.valid and self.hooks is None:
-                self.published += 1
-                idx = self.used_idx
-                words = self._words
-                if words is not None and 0 <= written <= 0xFFFFFFFF:
-                    w = _ELEM_W32 + _ELEM_WORDS * (idx & self._mask)
-                    u32 = words[2]
-                    u32[w] = head
-                    u32[w + 1] = written
-                    self.used_idx = idx = (idx + 1) & IDX_MASK
-                    words[1][_IDX_W16] = idx
-                    return
-                view = ul.view
-                self._elem.pack_into(view, _HDR + _USED_STRIDE * (idx & self._mask), head, written)
-                self.used_idx = idx = (idx + 1) & IDX_MASK
-                self._idx.pack_into(view, _IDX_OFF, idx)
-                return
-            self._publish(head, written, 1)
+        if self.in_order:
+            if head not in in_flight or head in self._done:
+                raise ValueError(f"device bug: head {head} is not in flight")
+            self._done[head] = written
+            while self._order and self._order[0] in self._done:
+                first = self._order.popleft()
+                self._ready.append((first, self._done.pop(first)))
+            if not self.batch_in_order:
+                self.flush()
             return
-        self._done[head] = written
-        while self._order and self._order[0] in self._done:
-            first = self._order.popleft()
-            self._ready.append((first, self._done.pop(first)))
-        if not self.batch_in_order:
-            self.flush()
+        try:
+            in_flight.remove(head)
+        except KeyError:
+            raise ValueError(f"device bug: head {head} is not in flight") from None
+        words = self._words
+        ul = self._ul
+        # write_used() inlined (the element, then idx) unless hooks are set
+        if ul.valid and self.hooks is None:
+            self.published += 1
+            idx = self.used_idx
+            if words is not None:
+                w = _ELEM_W32 + _ELEM_WORDS * (idx & self._mask)
+                u32 = words[2]
+                try:
+                    u32[w + 1] = written  # out of u32 range: nothing written, struct says why
+                except (TypeError, ValueError):
+                    self._elem.pack_into(ul.view, _HDR + _USED_STRIDE * (idx & self._mask), head, written)
+                u32[w] = head
+                self.used_idx = idx = (idx + 1) & IDX_MASK
+                words[1][_IDX_W16] = idx
+                return
+            view = ul.view
+            self._elem.pack_into(view, _HDR + _USED_STRIDE * (idx & self._mask), head, written)
+            self.used_idx = idx = (idx + 1) & IDX_MASK
+            self._idx.pack_into(view, _IDX_OFF, idx)
+            return
+        self._publish(head, written, 1)
 
     def flush(self) -> None:
         """Write the held IN_ORDER completions; a batch ends at a short write."""
@@ -381,7 +383,7 @@ class SplitDeviceQueue(DeviceBatchCalls):
         index. No check: push() checked ``head``; hooks and attacks call this directly."""
         self.published += 1  # used entries written: progress the core can see
         ul = self._ul
-        if ul is not None and ul.valid:  # the element first, then the index
+        if ul.valid:  # the element first, then the index
             view = ul.view
             self._elem.pack_into(view, _HDR + _USED_STRIDE * (self.used_idx & self._mask), head, written)
             self.used_idx = idx = (self.used_idx + count) & IDX_MASK
@@ -476,12 +478,18 @@ class SplitDeviceQueue(DeviceBatchCalls):
 # --------------------------------------------------------------------------- driver side
 
 
-@dataclass(slots=True)
-class _Inflight:
+class _Inflight(NamedTuple):
+    """A chain the driver made available (a tuple: built in C by :data:`_new_inflight`)."""
+
     token: Any
-    descs: list[int]  # ring descriptor indices owned by this chain
+    descs: Sequence[int]  # ring descriptor indices owned by this chain
     writable_len: int
     indirect: DmaBuffer | None
+
+
+_new_inflight: Callable[[type[_Inflight], tuple[Any, Sequence[int], int, DmaBuffer | None]], _Inflight] = (
+    tuple.__new__
+)
 
 
 class SplitDriverQueue(DriverBatchCalls):
@@ -521,9 +529,9 @@ class SplitDriverQueue(DriverBatchCalls):
         self.on_broken = on_broken
         self._mask = size - 1
         self._init_rings()
-        self._dl: Lease | None = None
-        self._al: Lease | None = None
-        self._ul: Lease | None = None
+        self._dl: Lease = NO_LEASE
+        self._al: Lease = NO_LEASE
+        self._ul: Lease = NO_LEASE
         self._words: WordViews | None = None
         self._take_leases()
 
@@ -541,8 +549,7 @@ class SplitDriverQueue(DriverBatchCalls):
         return self._leases_valid()
 
     def _leases_valid(self) -> bool:
-        dl, al, ul = self._dl, self._al, self._ul
-        return dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid
+        return self._dl.valid and self._al.valid and self._ul.valid
 
     def _init_rings(self) -> None:
         """The driver zeroes both rings when it allocates them (spec 2.7)."""
@@ -562,24 +569,18 @@ class SplitDriverQueue(DriverBatchCalls):
         out: Sequence[tuple[int, int]],
         in_: Sequence[tuple[int, int]],
         token: Any,
-        *,
         use_indirect: bool | None = None,
     ) -> int:
-        """Make one chain available: ``out`` device-readable, then ``in_`` device-writable."""
+        """Make one chain available: ``out`` device-readable, then ``in_`` device-writable.
+
+        (``use_indirect`` may be passed by position: a keyword-only parameter makes
+        CPython 3.11 call the function through its slow, unspecialised path.)"""
         if self.broken:
             raise self.broken
-        words, dl = self._words, self._dl
-        if words is not None and dl is not None and not use_indirect and len(out) + len(in_) == 1:
-            al, ul, free = self._al, self._ul, self.free
-            if (
-                free
-                and self.hooks is None
-                and dl.valid
-                and al is not None
-                and al.valid
-                and ul is not None
-                and ul.valid
-            ):
+        words = self._words
+        if words is not None and len(out) + len(in_) == 1 and not use_indirect and self.hooks is None:
+            dl, free = self._dl, self.free
+            if free and dl.valid and self._al.valid and self._ul.valid:
                 # One buffer through the ring leases (the common request): descriptor,
                 # avail entry, then the index (see _add for every other chain).
                 head = free.popleft() if self.in_order else free.pop()
@@ -589,7 +590,7 @@ class SplitDriverQueue(DriverBatchCalls):
                     (a, n), fl = in_[0], _WRITE
                     writable_len = n
                 self._desc.pack_into(dl.view, head * _DESC_SIZE, a, n, fl, 0)
-                self.inflight[head] = _Inflight(token, [head], writable_len, None)
+                self.inflight[head] = _new_inflight(_Inflight, (token, (head,), writable_len, None))
                 idx = self.avail_idx
                 a16 = words[0]
                 a16[_AVAIL_W16 + (idx & self._mask)] = head
@@ -612,16 +613,12 @@ class SplitDriverQueue(DriverBatchCalls):
         use_indirect: bool | None,
     ) -> int:
         """add() for every chain the inline path does not take."""
-        dl, al, ul = self._dl, self._al, self._ul
-        if not (dl is not None and al is not None and ul is not None and dl.valid and al.valid and ul.valid):
-            if self.mem.leasable and self._take_leases():  # revoked (pages made private): again
-                dl, al, ul = self._dl, self._al, self._ul
-            else:
-                dl = None
+        direct = self._leases_valid()
+        if not direct and self.mem.leasable:  # revoked (pages made private): again
+            direct = self._take_leases()
         nsegs = len(out) + len(in_)
         if (
-            dl is not None
-            and al is not None
+            direct
             and not use_indirect
             and (use_indirect is not None or self.indirect_pool is None or nsegs == 1)
         ):
@@ -678,7 +675,6 @@ class SplitDriverQueue(DriverBatchCalls):
 
     def _add_direct(self, out: Sequence[tuple[int, int]], in_: Sequence[tuple[int, int]], token: Any) -> int:
         """add() without indirect tables, writing through the ring leases (held valid)."""
-        assert self._dl is not None and self._al is not None
         nsegs = len(out) + len(in_)
         if not nsegs:
             raise ValueError("a chain needs at least one buffer")
@@ -719,7 +715,7 @@ class SplitDriverQueue(DriverBatchCalls):
         the most recently freed one (Linux's free list)."""
         return self.free.popleft() if self.in_order else self.free.pop()
 
-    def _release(self, descs: list[int]) -> None:
+    def _release(self, descs: Sequence[int]) -> None:
         self.free.extend(descs if self.in_order else reversed(descs))
 
     def notify_data(self) -> tuple[int, int]:
@@ -748,7 +744,7 @@ class SplitDriverQueue(DriverBatchCalls):
     def _used_u16(self, offset: int) -> int:
         """A 16-bit word of the used ring (through the lease when there is one)."""
         ul = self._ul
-        if ul is not None and ul.valid:
+        if ul.valid:
             value: int = self._idx.unpack_from(ul.view, offset)[0]
             return value
         return self._read_u16(self.gpa.used + offset)
@@ -778,17 +774,12 @@ class SplitDriverQueue(DriverBatchCalls):
         """Reap one used element: (token, length), or None when nothing new was used."""
         if self.broken:
             raise self.broken
-        if self._completed:
-            return self._completed.popleft()
-        ul = self._ul
-        if ul is not None and ul.valid and not self.in_order:
-            # Through the used-ring lease, without IN_ORDER: the same checks as below.
-            view = ul.view
+        words = self._words
+        if words is not None and not self.in_order and self._ul.valid:
+            # Through the used-ring words, without IN_ORDER (nothing is ever held in
+            # _completed then): the same checks as _get_used.
             last = self.last_used
-            words = self._words
-            used_idx: int = (
-                words[1][_IDX_W16] if words is not None else self._idx.unpack_from(view, _IDX_OFF)[0]
-            )
+            used_idx: int = words[1][_IDX_W16]
             if used_idx == last:
                 return None
             inflight = self.inflight
@@ -798,31 +789,39 @@ class SplitDriverQueue(DriverBatchCalls):
                     "used-idx-jump",
                     f"used idx {used_idx} is {ahead} ahead but only {len(inflight)} in flight",
                 )
-            if words is not None:
-                w = _ELEM_W32 + _ELEM_WORDS * (last & self._mask)
-                u32 = words[2]
-                head, length = u32[w], u32[w + 1]
-            else:
-                head, length = self._elem.unpack_from(view, _HDR + _USED_STRIDE * (last & self._mask))
-            st = inflight.get(head) if head < self.size else None
+            w = _ELEM_W32 + _ELEM_WORDS * (last & self._mask)
+            u32 = words[2]
+            head: int = u32[w]
+            st = inflight.get(head)  # the keys are heads below the queue size
             if st is None:
                 raise self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
-            if length > st.writable_len:
+            length: int = u32[w + 1]
+            token, descs, writable_len, indirect = st
+            if length > writable_len:
                 raise self._mark_broken(
-                    "used-bad-len",
-                    f"used len {length} > writable length {st.writable_len} of head {head}",
+                    "used-bad-len", f"used len {length} > writable length {writable_len} of head {head}"
                 )
             self.last_used = (last + 1) & IDX_MASK
             del inflight[head]
-            descs = st.descs
             if len(descs) == 1:
                 self.free.append(descs[0])
             else:
                 self._release(descs)
-            if st.indirect is not None and self.indirect_pool is not None:
-                self.indirect_pool.free(st.indirect)
-            return st.token, length
-        used_idx = self._read_u16(self.gpa.used + layouts.RING_IDX_OFFSET)
+            if indirect is not None and self.indirect_pool is not None:
+                self.indirect_pool.free(indirect)
+            return token, length
+        return self._get_used()
+
+    def _get_used(self) -> tuple[Any, int] | None:
+        """get_used() through struct codecs: IN_ORDER, a ring in the other byte order, or
+        no used-ring lease (checked reads)."""
+        if self._completed:
+            return self._completed.popleft()
+        ul = self._ul
+        if ul.valid:
+            used_idx: int = self._idx.unpack_from(ul.view, _IDX_OFF)[0]
+        else:
+            used_idx = self._read_u16(self.gpa.used + layouts.RING_IDX_OFFSET)
         if used_idx == self.last_used:
             return None
         ahead = (used_idx - self.last_used) & IDX_MASK
@@ -832,9 +831,12 @@ class SplitDriverQueue(DriverBatchCalls):
                 f"used idx {used_idx} is {ahead} ahead but only {len(self.inflight)} in flight",
             )
         slot = self.last_used % self.size
-        head, length = self._elem.unpack(
-            self.memory.read(self.gpa.used + layouts.used_elem_offset(slot), layouts.USED_ELEM_SIZE)
-        )
+        if ul.valid:
+            head, length = self._elem.unpack_from(ul.view, _HDR + _USED_STRIDE * slot)
+        else:
+            head, length = self._elem.unpack(
+                self.memory.read(self.gpa.used + layouts.used_elem_offset(slot), layouts.USED_ELEM_SIZE)
+            )
         state = self.inflight.get(head) if head < self.size else None
         if state is None:
             raise self._mark_broken("used-bad-id", f"used id {head} is not an in-flight head")
