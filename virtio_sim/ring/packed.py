@@ -35,6 +35,7 @@ written (their whole writable length).
 from __future__ import annotations
 
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -71,6 +72,14 @@ _WRAP_START = PACKED.wrap_counter_start
 _BODY = struct.Struct(_DESC.format[:4])  # (addr, len, id)
 _LEN_ID = struct.Struct(_DESC.format[0] + _DESC.format[2:4])  # (len, id)
 assert _BODY.size == _FLAGS_OFF and _LEN_ID.size == _FLAGS_OFF - _LEN_OFF
+# The flags of an available / a used descriptor by lap parity (pos // size & 1): a table
+# instead of the wrap-counter arithmetic on every call.
+_AVAIL_BY_LAP = tuple(_F_AVAIL if _WRAP_START ^ lap else _F_USED for lap in (0, 1))
+_USED_BY_LAP = tuple(_AVAIL_USED if _WRAP_START ^ lap else 0 for lap in (0, 1))
+# The flags word of descriptor ``slot`` in the ring seen as native u16 (little-endian hosts).
+_DESC_W16 = _DESC_SIZE // 2
+_FLAGS_W16 = _FLAGS_OFF // 2
+_NATIVE_LE = sys.byteorder == "little" and struct.calcsize("H") == 2
 
 
 def check_packed_queue_size(size: int) -> None:
@@ -187,6 +196,7 @@ class PackedDeviceQueue(DeviceBatchCalls):
         self._wspace = space if hasattr(space, "fast_window") else NO_WINDOW
         self._dl: Lease = NO_LEASE  # descriptor ring (read and written)
         self._el: Lease = NO_LEASE  # driver event suppression (read)
+        self._d16: memoryview | None = None  # the descriptor ring lease as native u16
         self._take_leases()
 
     def _take_leases(self) -> None:
@@ -196,8 +206,9 @@ class PackedDeviceQueue(DeviceBatchCalls):
         mem = self.mem
         if mem.leasable:
             a = self.addrs
-            self._dl = mem.lease(a.desc, layouts.packed_ring_size(self.size), True)
+            self._dl = dl = mem.lease(a.desc, layouts.packed_ring_size(self.size), True)
             self._el = mem.lease(a.avail, layouts.EVENT_SUPPRESS_SIZE, False)
+            self._d16 = dl.view.cast("H") if dl.valid and _NATIVE_LE else None
 
     def reset(self) -> None:
         """Back to the state of a freshly enabled queue: slot 0, both wrap counters 1."""
@@ -287,7 +298,7 @@ class PackedDeviceQueue(DeviceBatchCalls):
                 return self._pop_from(pos, self._read_desc(pos))
         raw: tuple[int, int, int, int] = _DESC.unpack_from(dl.view, pos % size * _DESC_SIZE)
         addr, length, buf_id, flags = raw
-        if flags & _AVAIL_USED != (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED):
+        if flags & _AVAIL_USED != _AVAIL_BY_LAP[pos // size & 1]:
             return None  # not made available in this lap
         if flags & (_F_NEXT | _F_INDIRECT) or not length:
             return self._pop_from(pos, _Desc(*raw))
@@ -401,14 +412,14 @@ class PackedDeviceQueue(DeviceBatchCalls):
         if dl.valid and self.hooks is None:
             self.published += 1
             pos, size = self._used_pos, self.size
-            off = pos % size * _DESC_SIZE
-            view = dl.view
-            _LEN_ID.pack_into(view, off + _LEN_OFF, written, head)  # len and id,
-            _U16.pack_into(  # then the flags
-                view,
-                off + _FLAGS_OFF,
-                (_AVAIL_USED if _WRAP_START ^ (pos // size & 1) else 0) | (_F_WRITE if written else 0),
-            )
+            slot = pos % size
+            flags = _USED_BY_LAP[pos // size & 1] | (_F_WRITE if written else 0)
+            _LEN_ID.pack_into(dl.view, slot * _DESC_SIZE + _LEN_OFF, written, head)  # len and id,
+            d16 = self._d16  # then the flags
+            if d16 is not None:
+                d16[slot * _DESC_W16 + _FLAGS_W16] = flags
+            else:
+                _U16.pack_into(dl.view, slot * _DESC_SIZE + _FLAGS_OFF, flags)
             self._used_pos = pos + descs
             self._in_flight_descs -= descs
             return
@@ -585,12 +596,17 @@ class PackedDriverQueue(DriverBatchCalls):
         self._init_rings()
         self.mem = RingMemory(memory)  # leases or plain reads/writes (little-endian)
         self._dl: Lease = NO_LEASE
+        self._ul: Lease = NO_LEASE  # the device event suppression area (read)
+        self._d16: memoryview | None = None  # the descriptor ring lease as native u16
         self._take_leases()
 
     def _take_leases(self) -> None:
-        """A direct window on the descriptor ring in guest RAM (the driver's own memory)."""
+        """Direct windows on the descriptor ring and the device's event suppression area
+        in guest RAM (the driver's own memory)."""
         if self.mem.leasable:
-            self._dl = self.mem.lease(self.gpa.desc, layouts.packed_ring_size(self.size), True)
+            self._dl = dl = self.mem.lease(self.gpa.desc, layouts.packed_ring_size(self.size), True)
+            self._ul = self.mem.lease(self.gpa.used, layouts.EVENT_SUPPRESS_SIZE, False)
+            self._d16 = dl.view.cast("H") if dl.valid and _NATIVE_LE else None
 
     def _init_rings(self) -> None:
         """Zeroed rings: nothing available, and both event structures say ENABLE."""
@@ -641,16 +657,19 @@ class PackedDriverQueue(DriverBatchCalls):
                 # length, then the head's flags (see _add for every other chain).
                 pos, size = self._avail_pos, self.size
                 if out:
-                    (a, n), writable_len = out[0], 0
-                    fl = _F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED
+                    a, n = out[0]
+                    writable_len, fl = 0, _AVAIL_BY_LAP[pos // size & 1]
                 else:
-                    (a, n), writable_len = in_[0], in_[0][1]
-                    fl = _F_WRITE | (_F_AVAIL if _WRAP_START ^ (pos // size & 1) else _F_USED)
+                    a, n = in_[0]
+                    writable_len, fl = n, _F_WRITE | _AVAIL_BY_LAP[pos // size & 1]
                 buf_id = free_ids.pop()
-                off = pos % size * _DESC_SIZE
-                view = dl.view
-                _BODY.pack_into(view, off, a, n, buf_id)
-                _U16.pack_into(view, off + _FLAGS_OFF, fl)  # the head's flags last
+                slot = pos % size
+                _BODY.pack_into(dl.view, slot * _DESC_SIZE, a, n, buf_id)
+                d16 = self._d16  # the head's flags last
+                if d16 is not None:
+                    d16[slot * _DESC_W16 + _FLAGS_W16] = fl
+                else:
+                    _U16.pack_into(dl.view, slot * _DESC_SIZE + _FLAGS_OFF, fl)
                 self._avail_pos = pos + 1
                 self._free -= 1
                 self.inflight[buf_id] = _new_drv_buffer(_DrvBuffer, (token, 1, writable_len, None))
@@ -719,7 +738,11 @@ class PackedDriverQueue(DriverBatchCalls):
         return buf_id
 
     def _read_event(self, addr: int) -> tuple[int, int]:
-        word, flags = _EVENT.unpack(self.memory.read(addr, layouts.EVENT_SUPPRESS_SIZE))
+        ul = self._ul
+        if addr == self.gpa.used and ul.valid:
+            word, flags = _EVENT.unpack_from(ul.view, 0)
+        else:
+            word, flags = _EVENT.unpack(self.memory.read(addr, layouts.EVENT_SUPPRESS_SIZE))
         return word, flags
 
     def kick_prepare(self) -> bool:
@@ -761,13 +784,13 @@ class PackedDriverQueue(DriverBatchCalls):
             raise self.broken
         if self._completed:
             return self._completed.popleft()
-        pos = self._used_pos
+        pos, size = self._used_pos, self.size
         dl = self._dl
         if dl.valid:
-            _addr, length, buf_id, flags = _DESC.unpack_from(dl.view, pos % self.size * _DESC_SIZE)
+            _addr, length, buf_id, flags = _DESC.unpack_from(dl.view, pos % size * _DESC_SIZE)
         else:
             _addr, length, buf_id, flags = _DESC.unpack(self.memory.read(self._desc_addr(pos), _DESC_SIZE))
-        if flags & _AVAIL_USED != (_AVAIL_USED if _WRAP_START ^ (pos // self.size & 1) else 0):
+        if flags & _AVAIL_USED != _USED_BY_LAP[pos // size & 1]:
             return None  # not used in this lap
         inflight = self.inflight
         state = inflight.get(buf_id)
