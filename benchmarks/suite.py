@@ -237,6 +237,10 @@ GROUPS = (
 )
 
 
+SPLIT_TARGET = 0.5  # issue #24: split ring per-chain calls (batch 256) against the floor
+TWO_PROCESS_TARGET = 0.3  # issue #24: two processes (throughput, batch 256) against the floor
+
+
 def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3) -> list[Row]:
     """Every benchmark of ``only``; counts are multiplied by ``scale`` (a smoke run uses
     a small one). Each ring figure is the best of ``repeat`` runs, interleaved with its
@@ -263,6 +267,13 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
     def floor(batch: int) -> float:
         return floor_by_batch.get(batch, 0.0)
 
+    # Issue #24's ring targets, in its words: "split per-chain >= 0.5x floor; packed >= split;
+    # two processes >= 0.3x". Its measurements name batch 256 ("Split ring per-chain calls at
+    # batch 256"), so: split per-chain calls at batch 256 (SPLIT_TARGET); every packed-vs-split
+    # row, per-chain and batch calls (1.0); the two-process throughput rows at batch 256
+    # (TWO_PROCESS_TARGET). The batch-call rows against the floor carry none (the issue's
+    # split target is per-chain), nor do batch 1/16 two-process rows (one socket round trip
+    # per batch against a floor without any) or the latency rows (their floor is the ping-pong).
     split_best: dict[tuple[int, bool], float] = {}
     for fmt in ("split", "packed"):
         if fmt not in only:
@@ -272,7 +283,7 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
                 v = against_floor(lambda: rings.throughput(fmt, n, batch, eidx), batch)  # noqa: B023
                 group = f"{fmt} ring, null device, 1 process"
                 name = f"batch {batch}, event_idx {'on' if eidx else 'off'}"
-                target = 0.5 if (fmt == "split" and batch == 256) else None
+                target = SPLIT_TARGET if (fmt == "split" and batch == 256) else None
                 rows.append(Row(group, name, v, "chains/s", floor(batch), target=target))
                 on_floor.append((rows[-1], batch))
                 if fmt == "split":
@@ -292,9 +303,8 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
                     batch,
                 )
                 name = f"batch {batch}, event_idx {'on' if eidx else 'off'}"
-                target = 0.5 if batch == 256 else None
                 group = f"{fmt} ring, batch calls, 1 process"
-                rows.append(Row(group, name, v, "chains/s", floor(batch), target=target))
+                rows.append(Row(group, name, v, "chains/s", floor(batch)))
                 on_floor.append((rows[-1], batch))
                 if fmt == "split":
                     split_batch_best[(batch, eidx)] = v
@@ -324,7 +334,7 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
                             "chains/s",
                             floor(batch),
                             clock="wall",
-                            target=0.5 if batch == 256 else None,
+                            target=TWO_PROCESS_TARGET if batch == 256 else None,
                         )
                     )
                     on_floor.append((rows[-1], batch))
@@ -342,7 +352,7 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
                         "chains/s",
                         floor(256),
                         clock="wall",
-                        target=0.5,
+                        target=TWO_PROCESS_TARGET,
                     )
                 )
                 on_floor.append((rows[-1], 256))
