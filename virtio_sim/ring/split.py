@@ -804,7 +804,7 @@ class SplitDriverQueue(DriverBatchCalls):
             self.last_used = (last + 1) & IDX_MASK
             del inflight[head]
             if len(descs) == 1:
-                self.free.append(descs[0])
+                self.free.append(head)
             else:
                 self._release(descs)
             if indirect is not None and self.indirect_pool is not None:
