@@ -484,7 +484,8 @@ class PackedDeviceQueue(DeviceBatchCalls):
         return wanted if hooks is None else hooks.needs_interrupt(self, wanted)
 
     def _needs_interrupt(self) -> bool:
-        self.flush()
+        if self._ready:
+            self.flush()
         old, new = self._signalled, self._used_pos
         valid = self._signalled_valid
         self._signalled, self._signalled_valid = new, True

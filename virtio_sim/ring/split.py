@@ -206,9 +206,15 @@ class SplitDeviceQueue(DeviceBatchCalls):
         return self.last_avail != self._shadow_avail
 
     def _refresh_avail(self) -> None:
-        if self.mem.leasable and not (self._al.valid and self._dl.valid):
+        al = self._al
+        if not (al.valid and self._dl.valid) and self.mem.leasable:
             self._take_leases()
-        idx = self.avail_idx()
+            al = self._al
+        words = self._words
+        if words is not None and al.valid:
+            idx: int = words[0][_IDX_W16]
+        else:
+            idx = self.avail_idx()
         pending = (idx - self.last_avail) & IDX_MASK
         if pending > self.size:
             raise RingError(
@@ -412,7 +418,8 @@ class SplitDeviceQueue(DeviceBatchCalls):
 
     def _needs_interrupt(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last one."""
-        self.flush()
+        if self._ready:
+            self.flush()
         if self.event_idx:
             old = self._signalled_used
             valid = self._signalled_valid
