@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 import json
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from virtio_sim.campaign import junit as campaign_junit
+from virtio_sim.campaign.verdict import CaseVerdict, Status
 from virtio_sim.conformance.catalog import COVERED_AREAS, OUT_OF_SCOPE, Catalog
 from virtio_sim.conformance.findings import DECIDED, MANDATORY_LEVELS, FindingLog, Verdict
 from virtio_sim.peertext import plain
@@ -306,49 +307,40 @@ def to_json(report: Report, cov: Coverage | None = None) -> str:
     return json.dumps(data, indent=2)
 
 
-def to_junit(report: Report) -> str:
-    """One testcase per requirement: FAIL is a failure, ERROR an error (with the reason),
-    KNOWN a skip marked xfail with the documented reason, NOT_APPLICABLE / NOT_COVERED
-    skipped (with why), so CI dashboards show the same picture as the terminal. Run-level
-    errors are one more errored testcase."""
-    from virtio_sim.matrix.report import junit_stamp
-
-    skipped = [r for r in report.rows if r.shown in ("KNOWN", "NOT_APPLICABLE", "NOT_COVERED")]
-    stamp, host = junit_stamp()
-    suite = ET.Element(
-        "testsuite",
-        # stable and dotted like the matrix's suites: virtio-sim.conformance.TARGET.TRANSPORT.RING
-        name=f"virtio-sim.conformance.{report.target}.{report.transport}.{report.ring}",
-        timestamp=stamp,
-        hostname=host,
-        tests=str(len(report.rows) + bool(report.run_errors)),
-        failures=str(len(report.by_shown("FAIL"))),
-        errors=str(len(report.errors) + bool(report.run_errors)),
-        skipped=str(len(skipped)),
-    )
+def junit_cases(report: Report) -> list[CaseVerdict]:
+    """One case per requirement: FAIL is a failure, ERROR an error (with the reason),
+    KNOWN an xfail with the documented reason, NOT_APPLICABLE / NOT_COVERED skipped (with
+    why), so CI dashboards show the same picture as the terminal. Run-level errors are one
+    more errored case. No case has a time of its own: checkers decide many requirements
+    in one run."""
+    out = []
     for r in report.rows:
-        # per-case time: checkers decide many requirements in one run, so none has its own
-        case = ET.SubElement(
-            suite, "testcase", classname=f"{r.area}.{r.level.replace(' ', '_')}", name=r.id, time="0"
-        )
+        case = CaseVerdict(f"{r.area}.{r.level.replace(' ', '_')}", r.id, Status.PASSED)
         if r.shown == "KNOWN":
-            ET.SubElement(case, "skipped", type="xfail", message=f"KNOWN deviation (xfail): {r.known}")
+            case.status, case.message = Status.XFAIL, f"KNOWN deviation (xfail): {r.known}"
         elif r.verdict is Verdict.FAIL:
-            fail = ET.SubElement(case, "failure", message=f"{r.level} violated")
-            fail.text = "\n".join(r.evidence)
+            case.status, case.message, case.text = Status.FAILED, f"{r.level} violated", "\n".join(r.evidence)
         elif r.verdict is Verdict.ERROR:
-            err = ET.SubElement(case, "error", message="the checker could not proceed")
-            err.text = "\n".join(r.evidence)
+            case.status, case.message = Status.ERROR, "the checker could not proceed"
+            case.text = "\n".join(r.evidence)
         elif r.verdict is Verdict.NOT_APPLICABLE:
-            ET.SubElement(case, "skipped", message="not applicable: " + "; ".join(r.evidence))
+            case.status, case.message = Status.SKIPPED, "not applicable: " + "; ".join(r.evidence)
         elif r.verdict is Verdict.NOT_COVERED:
             why = "; ".join(r.evidence) or r.not_checkable or "no verdict this run"
-            ET.SubElement(case, "skipped", message="not covered: " + why)
+            case.status, case.message = Status.SKIPPED, "not covered: " + why
+        out.append(case)
     if report.run_errors:
-        case = ET.SubElement(suite, "testcase", classname="run", name="run")
-        err = ET.SubElement(case, "error", message="the run could not proceed")
-        err.text = "\n".join(report.run_errors)
-    return str(ET.tostring(suite, encoding="unicode"))
+        out.append(
+            CaseVerdict("run", "run", Status.ERROR, "the run could not proceed", "\n".join(report.run_errors))
+        )
+    return out
+
+
+def to_junit(report: Report) -> str:
+    """The report as JUnit XML (campaign/junit.py), a suite named stable and dotted like
+    the matrix's: ``virtio-sim.conformance.TARGET.TRANSPORT.RING``."""
+    name = f"virtio-sim.conformance.{report.target}.{report.transport}.{report.ring}"
+    return campaign_junit.to_junit(name, junit_cases(report))
 
 
 _COLOURS = {
