@@ -3,8 +3,9 @@
 A case that overruns is a HANG and its work is stopped, never waited for. Every runner
 does that the same way: it waits for the case's completion for at most what the budget
 has left (:meth:`Budget.left`), looks again, and once nothing is left it stops the work
-(how depends on where the work runs: a worker process is killed, a thread gets
-CaseTimeout raised in it, a trio scope is cancelled; that is the runner's part).
+(how depends on where the work runs: a worker process is killed, campaign/pool.py and
+child.py; a thread gets CaseTimeout raised in it, threadcase.py; a trio task is cancelled,
+:func:`trio_deadline`; that is the runner's part).
 
 Two clocks, one rule. A :class:`WallBudget` counts wall seconds: a matrix cell runs a
 whole guest and host with their own timers, so its bound is the run's own timeout plus a
@@ -20,8 +21,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import trio
 
 #: the shortest wait: a budget that is nearly spent is looked at again after this long
 MIN_WAIT = 0.01
@@ -50,18 +55,15 @@ class WallBudget:
 
     seconds: float
     clock: Callable[[], float] = time.monotonic
-    start: float = field(default=0.0)
+    #: the ``clock`` value at which it is spent (a plain attribute: the pool's loop reads
+    #: it for every message, thousands of times a second)
+    ends: float = field(default=0.0)
 
     def __post_init__(self) -> None:
-        self.start = self.clock()
+        self.ends = self.clock() + self.seconds
 
     def restart(self) -> None:
-        self.start = self.clock()
-
-    @property
-    def ends(self) -> float:
-        """The ``clock`` value at which it is spent."""
-        return self.start + self.seconds
+        self.ends = self.clock() + self.seconds
 
     def left(self) -> float:
         return self.ends - self.clock()
@@ -123,3 +125,12 @@ async def await_within(budget: Budget, wait: Callable[[float], Awaitable[bool]])
             return False
         if await wait(max(left, MIN_WAIT)):
             return True
+
+
+def trio_deadline(budget: WallBudget) -> AbstractContextManager[trio.CancelScope]:
+    """For a case that is a task of the campaign's trio loop (a conformance checker): the
+    budget as a cancel scope that raises trio.TooSlowError once it is spent. Trio stops
+    the task at its next checkpoint, which a checker reaches at every device access."""
+    import trio
+
+    return trio.fail_after(max(budget.left(), 0.0))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -133,7 +134,9 @@ class ProcessPool:
                         s.jobs.append(i)
                         s.conn.send((i, items[i], timeout, seed))
                 busy = [s for s in slots if s.jobs]
-                ready = wait([s.conn for s in busy], timeout=max(0.0, min(s.budget.left() for s in busy)))
+                # the budgets' ends, read directly: this loop turns once per answer
+                wait_for = max(0.0, min(s.budget.ends for s in busy) - time.monotonic())
+                ready = wait([s.conn for s in busy], timeout=wait_for)
                 for s in busy:
                     if s.conn in ready:
                         try:
@@ -144,7 +147,7 @@ class ProcessPool:
                         s.jobs.popleft()
                         s.budget.restart()  # the next case starts now
                         finish(idx, res)
-                    elif s.budget.left() <= 0:
+                    elif time.monotonic() >= s.budget.ends:
                         lost(s, no_answer.hang(items[s.jobs[0]], s.budget.describe(), KILLED))
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM, a closed pipe): busy workers are mid-case and

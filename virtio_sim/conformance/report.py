@@ -19,7 +19,6 @@ listed with their reason in every coverage report (JSON ``coverage.unreachable``
 
 from __future__ import annotations
 
-import html
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from virtio_sim.campaign import html
 from virtio_sim.campaign import junit as campaign_junit
 from virtio_sim.campaign.verdict import CaseVerdict, Status
 from virtio_sim.conformance.catalog import COVERED_AREAS, OUT_OF_SCOPE, Catalog
@@ -364,17 +364,17 @@ def _html_order(r: Row) -> int:
 
 
 def to_html(report: Report, cov: Coverage | None = None) -> str:
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>virtio conformance: {esc(report.target)}</title>",
-        "<style>body{font-family:sans-serif}td,th{padding:2px 6px;border:1px solid #ccc}"
-        "table{border-collapse:collapse}</style></head><body>",
-        f"<h1>Conformance of {esc(report.target)}</h1>",
-        f"<p id='verdict'><b>{'FAIL' if report.failed else 'PASS'}</b>: {len(report.must_failures)} MUST"
+    """The report page in the campaign's frame (campaign/html.py): the verdict, the run,
+    the coverage, counts by area, then every requirement, failures first."""
+    esc = html.esc
+    verdict = (
+        f"<b>{'FAIL' if report.failed else 'PASS'}</b>: {len(report.must_failures)} MUST"
         f" failures, {len(report.by_shown('FAIL')) - len(report.must_failures)} other failures,"
         f" {len(report.by_shown('ERROR'))} errors, {len(report.by_shown('KNOWN'))} known deviations,"
-        f" {len(report.by_shown('PASS'))} passed of {len(report.rows)} requirements</p>",
+        f" {len(report.by_shown('PASS'))} passed of {len(report.rows)} requirements"
+    )
+    parts = [
+        html.banner(not report.failed, verdict),
         f"<p>transport {esc(report.transport)}, ring {esc(report.ring)}, policy {esc(report.policy)}</p>",
     ]
     if report.stopped:
@@ -389,26 +389,28 @@ def to_html(report: Report, cov: Coverage | None = None) -> str:
             parts.append("<p>Unreachable here (not counted):</p><ul>")
             parts += [f"<li>{esc(rid)}: {esc(why)}</li>" for rid, why in cov.unreachable.items()]
             parts.append("</ul>")
-    parts.append("<h2>By area</h2><table><tr><th>area</th>")
-    verdicts = list(SHOWN)
-    parts += [f"<th>{v}</th>" for v in verdicts] + ["</tr>"]
-    for area, counts in report.summary("area").items():
-        parts.append(
-            f"<tr><td>{esc(area)}</td>" + "".join(f"<td>{counts.get(v, 0)}</td>" for v in verdicts) + "</tr>"
-        )
-    parts.append(
-        "</table><h2>Requirements</h2><table id='requirements'><tr><th>id</th><th>section</th>"
-        "<th>level</th><th>verdict</th><th>evidence</th><th>known deviation</th></tr>"
+    parts.append("<h2>By area</h2>")
+    areas = report.summary("area")
+    parts += html.table(("area", *SHOWN), [(a, *(c.get(v, 0) for v in SHOWN)) for a, c in areas.items()])
+    parts.append("<h2>Requirements</h2>")
+    rows = sorted(report.rows, key=_html_order)  # failures first; stable: catalogue order within
+    parts += html.table(
+        ("id", "section", "level", "verdict", "evidence", "known deviation"),
+        [
+            (
+                r.id,
+                r.section,
+                r.level,
+                r.shown,
+                "; ".join(r.evidence) or (r.not_checkable or ""),
+                r.known or "",
+            )
+            for r in rows
+        ],
+        id="requirements",
+        row_attrs=[f"data-verdict='{r.shown}' style='background:{_COLOURS[r.shown]}'" for r in rows],
     )
-    for r in sorted(report.rows, key=_html_order):  # failures first; stable: catalogue order within
-        detail = "; ".join(r.evidence) or (r.not_checkable or "")
-        parts.append(
-            f"<tr data-verdict='{r.shown}' style='background:{_COLOURS[r.shown]}'><td>{esc(r.id)}</td>"
-            f"<td>{esc(r.section)}</td><td>{esc(r.level)}</td><td>{r.shown}</td><td>{esc(detail)}</td>"
-            f"<td>{esc(r.known or '')}</td></tr>"
-        )
-    parts.append("</table></body></html>")
-    return "\n".join(parts)
+    return html.page(f"Conformance of {report.target}", parts)
 
 
 def print_report(report: Report, console: Console, cov: Coverage | None = None) -> None:
