@@ -141,3 +141,38 @@ def test_attack_reports_json_junit_and_html(tmp_path: Path, capsys: pytest.Captu
     # a report path that cannot be written is a usage error before any case runs
     assert cli.main([*argv, "--junit-xml", str(tmp_path / "no" / "a.xml")]) == 2
     assert "--junit-xml" in capsys.readouterr().err
+
+
+def test_a_conformance_checker_that_never_returns_is_stopped_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checker's WallBudget, as a trio deadline, stops a checker stuck waiting on the
+    device: its requirement is ERROR with the reason, and the run goes on to report."""
+    import trio
+
+    from virtio_sim.conformance import device_runner
+    from virtio_sim.conformance.catalog import load_catalog
+    from virtio_sim.conformance.device_checks import Checker, Ctx, load_all
+    from virtio_sim.conformance.dut import open_host
+    from virtio_sim.conformance.findings import Policy, Verdict
+
+    catalog = load_catalog()
+    rid = next(e.id for e in catalog.entries.values() if e.actor == "device")
+
+    async def stuck(ctx: Ctx) -> None:
+        await trio.sleep_forever()  # a device that never answers, a checker that waits on it
+
+    monkeypatch.setitem(load_all(), "stuck", Checker("stuck", (rid,), stuck, None, None))
+    monkeypatch.setattr(device_runner, "CHECKER_TIMEOUT", 0.2)
+    dut = open_host("virtio-rng-device", "mmio-v2")
+    try:
+        log = trio.run(
+            lambda: device_runner.run_device(
+                dut, ring="split", policy=Policy.LENIENT, catalog=catalog, only=("stuck",)
+            )
+        )
+    finally:
+        dut.close()
+    assert log.checkers_run == ["stuck"]
+    assert any("stuck: stopped: TooSlowError" in n for n in log.notes), log.notes
+    assert log.verdict(rid) is Verdict.ERROR
