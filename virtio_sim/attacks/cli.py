@@ -22,8 +22,13 @@ import trio
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows, select
 from virtio_sim.attacks.scenario import CaseResult, Verdict
 from virtio_sim.campaign.outputs import Outputs, add_report_arguments
+from virtio_sim.campaign.target import parse_target_text
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from virtio_sim.outpaths import OutputPathError
+
+#: the kinds of ``--target`` (the campaign's KIND:NAME text, campaign/target.py) and what
+#: names each; ``wire`` stands alone
+TARGET_KINDS = {"host": "DEVICE[/TRANSPORT/RING[+drop][+iommu][+lenient]]", "driver": "PROFILE"}
 
 
 def add_attack_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,7 +121,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     outputs = Outputs.of(args)
     try:
         outputs.check()  # before the cases: a bad path must not cost the results
-        if target.startswith("driver:"):
+        kind = parse_target_text(target, TARGET_KINDS, bare=("wire",)).kind
+        if kind == "driver":
             from virtio_sim.attacks.device_side import (
                 driver_cases,
                 parse_driver_target,
@@ -129,7 +135,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
                 raise ValueError(f"no lie {args.scenario!r} applies to {target}")
             with tempfile.TemporaryDirectory(prefix="virtio-sim-reverse-") as tmp:
                 return _report([run_driver_case(t, lie, tmp) for t, lie in cases], outputs, target)
-        if target == "wire":
+        if kind == "wire":
             from virtio_sim.attacks.corpus_text import TEXT_CASES, run_text_corpus
             from virtio_sim.attacks.corpus_wire import CASES, run_wire_corpus
 
@@ -141,8 +147,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
                 results = trio.run(run_wire_corpus, tmp, chosen) if chosen else []
                 results += trio.run(run_text_corpus, tmp, texts) if texts else []
                 return _report(results, outputs, target)
-        if not target.startswith("host:"):
-            raise ValueError(f"a target is host:DEVICE, driver:PROFILE or wire, not {target!r}")
         from virtio_sim.attacks.runner import run_sync
         from virtio_sim.attacks.targets import parse_target
 
