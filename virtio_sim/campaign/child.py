@@ -42,7 +42,8 @@ class CaseChild:
         # The child unpickles the case function by reference: give it our import path.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "virtio_sim.campaign.child", str(theirs.fileno()), *preload],
+            # this module by its own name: it runs as ``python -m`` wherever the package sits
+            [sys.executable, "-m", __name__, str(theirs.fileno()), *preload],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,

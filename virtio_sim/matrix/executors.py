@@ -32,7 +32,7 @@ Progress = Callable[[int, dict[str, Any]], None]
 TOOL_ERROR = "TOOL_ERROR"  # our own bug while running a cell; never a verdict on the peers
 NOT_RUN = "NOT_RUN"  # the run was interrupted before this cell finished; no verdict
 #: what the workers import once before their first cell (the forkserver's preload)
-PRELOAD = ("virtio_sim.matrix.cell",)
+PRELOAD = (__name__.rpartition(".")[0] + ".cell",)  # virtio_sim.matrix.cell wherever matrix/ sits
 
 
 def failed_cell(cell: Cell, outcome: str, detail: str) -> dict[str, Any]:
