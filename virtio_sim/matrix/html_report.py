@@ -10,7 +10,7 @@ detail on hover), and what changed between successive driver and device generati
 The frame (document, verdict banner, metadata) is every campaign's (campaign/html.py);
 the sections here are the matrix's own, hand-written like the frame: every piece of peer
 or profile text goes through html.escape.
-It stays light for the 2880-cell default matrix (a bound tests/test_reports_html.py
+It stays light for the 2880-cell default matrix (a bound tests/matrix/test_reports_html.py
 checks): a cell is one short element; the full record of each cell is in the JSON report.
 """
 
