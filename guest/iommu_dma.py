@@ -169,7 +169,7 @@ class IovaAllocator:
         length = self._sizes[iova]
         order = (length // self.granule - 1).bit_length()
         if self.top_down and order < IOVA_RANGE_CACHE_MAX_SIZE:
-            loaded, prev, depot = cache = self._rcache[order]
+            loaded, prev, depot = self._rcache[order]
             if len(loaded) < IOVA_MAG_SIZE:
                 loaded.append(iova)
                 return

@@ -93,7 +93,7 @@ class IommuDriver(GuestDriver):
         self.requests = 0
         self._event_bufs: list[DmaBuffer] = []
         self._inflight: list[_Pending] = []
-        self._spare: dict[int, list[DmaBuffer]] = {}
+        self.reqq.polled = True
         self.reqq.ring.disable_cb()  # no callback: NO_INTERRUPT (virtio_ring.c:964-971)
 
     async def start_events(self) -> None:
@@ -125,18 +125,11 @@ class IommuDriver(GuestDriver):
     # back only for write-back requests (an UNMAP's status is never looked at). A full
     # ring is synced first (__viommu_add_req, :248-251).
 
-    def _req_buf(self, size: int) -> DmaBuffer:
-        """A request buffer (Linux kzalloc's a ``viommu_request`` per request): reused
-        once its request completed, so a request costs no DMA allocation."""
-        spare = self._spare.get(size)
-        if spare:
-            return spare.pop()
-        return self.dev.dma.alloc(size)
-
-    def _add(self, name: str, fields: tuple[object, ...], writeback: str | None, extra: int = 0) -> _Pending:
+    def _add(self, name: str, fields: tuple[object, ...], writeback: str | None) -> _Pending:
         codec = _REQUEST_CODECS[name]
-        size = codec.size + extra
-        buf = self._req_buf(size)
+        # Linux kzalloc's the request; here the iommu's own DMA API lends the buffer (its
+        # guard bytes checked when it is freed, after the request completed)
+        buf = self.dev.dma.alloc(codec.size)
         # device-readable head+body, then the device-writable tail (0xff: not a status,
         # so an unwritten tail is seen)
         self.dev.dma.write(buf, codec.pack(getattr(IOMMU_T, name), bytes(3), *fields, *_UNWRITTEN))
@@ -146,25 +139,27 @@ class IommuDriver(GuestDriver):
         while True:
             self.dev.raise_if_broken()
             try:
-                vq.ring.add([(buf.dev_addr, rlen)], [(buf.dev_addr + rlen, size - rlen)], state)
+                vq.ring.add([(buf.dev_addr, rlen)], [(buf.dev_addr + rlen, IOMMU_TAIL_SIZE)], state)
                 break
             except DeviceBrokenError as e:
+                self.dev.dma.free(buf)
                 raise DeviceNeedsReset(str(e)) from None
             except QueueFullError:
+                self.dev.dma.free(buf)
                 if not self._inflight:
                     raise
                 raise _SyncFirst() from None
-        p = _Pending(state, buf, rlen, size, writeback)
+        p = _Pending(state, buf, rlen, writeback)
         self._inflight.append(p)
         self.requests += 1
         return p
 
-    async def _add_req(self, name: str, fields: tuple[object, ...], writeback: str | None, extra: int = 0) -> _Pending:
+    async def _add_req(self, name: str, fields: tuple[object, ...], writeback: str | None) -> _Pending:
         try:
-            return self._add(name, fields, writeback, extra)
+            return self._add(name, fields, writeback)
         except _SyncFirst:
             await self.sync()
-            return self._add(name, fields, writeback, extra)
+            return self._add(name, fields, writeback)
 
     async def sync(self) -> None:
         """__viommu_sync_req: kick, poll until every request in flight completed."""
@@ -181,7 +176,7 @@ class IommuDriver(GuestDriver):
                 p.length = p.state.length
                 if p.writeback is not None:
                     p.status = dma.read(p.buf, 1, p.rlen)[0] if p.length >= IOMMU_TAIL_SIZE else -1
-                self._spare.setdefault(p.size, []).append(p.buf)
+                dma.free(p.buf)
 
     async def _poll(self, state: RequestState) -> None:
         """Busy-poll the used ring (virtqueue_get_buf in __viommu_sync_req's loop).
@@ -211,9 +206,9 @@ class IommuDriver(GuestDriver):
             finally:
                 ring.disable_cb()
 
-    async def _send_sync(self, what: str, name: str, fields: tuple[object, ...], extra: int = 0) -> _Pending:
+    async def _send_sync(self, what: str, name: str, fields: tuple[object, ...]) -> _Pending:
         """viommu_send_req_sync: add one request, sync; its status is read back."""
-        p = await self._add_req(name, fields, what, extra)
+        p = await self._add_req(name, fields, what)
         await self.sync()
         if p.length < IOMMU_TAIL_SIZE:
             raise IommuRequestError(f"{what}: device returned the request unwritten", -1)
@@ -263,7 +258,6 @@ class _Pending:
     state: RequestState
     buf: DmaBuffer
     rlen: int  # the device-readable part
-    size: int
     writeback: str | None  # what the request was, when its status is read back
     length: int = 0
     status: int = -1
