@@ -14,13 +14,13 @@ hole on a small one or on x86 (where the firmware and the PCI hole sit).
 Streaming buffers get guest pages and a fresh IOVA at ``alloc`` time; their MAPs wait
 until :meth:`IommuDma.flush` (before a chain that uses them is made available), which
 sends them the way Linux 6.1 does: one synchronous MAP request per buffer (virtio_ring.c
-maps every scatterlist entry with ``dma_map_page``, :352-374 and :583-606;
+maps every scatterlist entry with ``dma_map_page``, :352-374 and :583-614;
 ``viommu_map_pages`` sends each with ``viommu_send_req_sync``). ``free`` queues the
 UNMAP; pages and IOVAs are reused only after the device confirmed it, so a stale
 translation can never reach a page that belongs to someone else. Rings and indirect
 tables come from a coherent pool mapped once when the device is set up, because the ring
 code needs them synchronously. Linux maps an indirect table per request instead
-(``vring_map_single``, virtio_ring.c:621-631, unmapped in ``detach_buf_split``): one
+(``vring_map_single``, virtio_ring.c:621-634, unmapped in ``detach_buf_split``): one
 MAP and one UNMAP per request that this model does not send.
 
 Line numbers without a file name are drivers/iommu/dma-iommu.c or virtio-iommu.c of
@@ -133,7 +133,7 @@ class IovaAllocator:
         self._sizes[iova] = length
 
     def _cached(self, pages: int, limit: int) -> int | None:
-        """iova_rcache_get (iova.c:833-885): the newest cached IOVA of this size order
+        """iova_rcache_get (iova.c:833-882): the newest cached IOVA of this size order
         whose range ends at or below ``limit``, from the loaded magazine, else the
         previous one, else a full magazine from the depot; None sends the caller to the
         tree."""
@@ -162,7 +162,7 @@ class IovaAllocator:
         return iova
 
     def free(self, iova: int) -> None:
-        """free_iova_fast (iova.c:487-494): into the rcache when the size is cached
+        """free_iova_fast (iova.c:487-493): into the rcache when the size is cached
         (__iova_rcache_insert, :769-815: the loaded magazine, else the previous one, else
         a fresh one with the loaded one moved to the depot, whose 33rd magazine goes back
         to the tree); otherwise back to the tree."""

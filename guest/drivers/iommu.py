@@ -94,7 +94,7 @@ class IommuDriver(GuestDriver):
         self._event_bufs: list[DmaBuffer] = []
         self._inflight: list[_Pending] = []
         self.reqq.polled = True
-        self.reqq.ring.disable_cb()  # no callback: NO_INTERRUPT (virtio_ring.c:964-971)
+        self.reqq.ring.disable_cb()  # no callback: NO_INTERRUPT (virtio_ring.c:967-973)
 
     async def start_events(self) -> None:
         """After DRIVER_OK: lend the event queue its buffers."""
@@ -118,8 +118,8 @@ class IommuDriver(GuestDriver):
     # -- requests: Linux 6.1's request path (drivers/iommu/virtio-iommu.c) -----------
     #
     # The request queue has no callback ("No async requests", virtio-iommu.c:1045-1048),
-    # so its ring asks for no interrupts (virtio_ring.c:964-971) and the driver polls the
-    # used ring. viommu_send_req_sync (:282-301) adds one request and syncs;
+    # so its ring asks for no interrupts (virtio_ring.c:967-973) and the driver polls the
+    # used ring. viommu_send_req_sync (:282-306) adds one request and syncs;
     # viommu_add_req (:264-275) only adds it (no kick); __viommu_sync_req (:154-185)
     # kicks and polls until every request added so far has completed, copying the status
     # back only for write-back requests (an UNMAP's status is never looked at). A full
@@ -238,7 +238,7 @@ class IommuDriver(GuestDriver):
 
     async def queue_unmaps(self, domain: int, ranges: list[tuple[int, int]]) -> None:
         """UNMAPs added without a kick (viommu_unmap_pages -> viommu_add_req,
-        virtio-iommu.c:835-865): they go to the device with the next sync."""
+        virtio-iommu.c:835-862): they go to the device with the next sync."""
         for v, e in ranges:
             await self._add_req("UNMAP", (domain, v, e, bytes(4)), None)
 
