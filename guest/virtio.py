@@ -224,6 +224,8 @@ class GuestVirtqueue:
             dev.dma.free(self.area)
             mem = dev.new_ring(size or self.ring.size)
             self.ring, self.area = mem.ring, mem.area
+            if self.polled:
+                self.ring.disable_cb()  # the new ring asks for no interrupts either
             await dev.dma.flush()
             await dev.transport.setup_queue(self.index, mem.ring.size, mem.addrs)
             for req in pending:

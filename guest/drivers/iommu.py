@@ -134,12 +134,13 @@ class IommuDriver(GuestDriver):
         # so an unwritten tail is seen)
         self.dev.dma.write(buf, codec.pack(getattr(IOMMU_T, name), bytes(3), *fields, *_UNWRITTEN))
         rlen = codec.size - IOMMU_TAIL_SIZE
-        state = RequestState()
+        out, in_ = [(buf.dev_addr, rlen)], [(buf.dev_addr + rlen, IOMMU_TAIL_SIZE)]
+        state = RequestState(out=out, in_=in_)  # what a queue reset would add again
         vq = self.reqq
         while True:
             self.dev.raise_if_broken()
             try:
-                vq.ring.add([(buf.dev_addr, rlen)], [(buf.dev_addr + rlen, IOMMU_TAIL_SIZE)], state)
+                vq.ring.add(out, in_, state)
                 break
             except DeviceBrokenError as e:
                 self.dev.dma.free(buf)
