@@ -11,7 +11,7 @@ first MUST-level failure.
 Documented deviations of a profile (specs/conformance/deviations/driver-known-deviations.toml) are
 handed to the log first, so their failures are reported as KNOWN, with the reason.
 
-Seeded broken drivers (tests/conformance_broken_drivers.py) run through
+Seeded broken drivers (tests/conformance/broken_drivers.py) run through
 :func:`run_driver_check` with their own guest device class.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from virtio_sim import layouts
+from virtio_sim.campaign.target import parse_target_text
 from virtio_sim.conformance.catalog import Catalog, load_known_deviations
 from virtio_sim.conformance.driver_watch import (
     MATCH_RULE,
@@ -114,20 +115,17 @@ class DriverTarget:
 
 
 def parse_driver_spec(spec: str) -> DriverTarget:
-    """``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]`` -> DriverTarget."""
-    kind, _, rest = spec.partition(":")
-    if kind != "driver" or not rest:
-        raise DriverTargetError(f"driver target must look like driver:PROFILE[,props], got {spec!r}")
-    name, *props = rest.split(",")
+    """``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]`` -> DriverTarget
+    (the campaign's target text, virtio_sim/campaign/target.py)."""
+    text = parse_target_text(spec, {"driver": "PROFILE"}, error=DriverTargetError)
+    name = text.name
     devices: tuple[str, ...] = tuple(WORKLOAD_FOR)
     seed = 1
     device_props: list[str] = []
     memory_path = "checked"
     workload: str | None = None
-    for prop in props:
-        key, eq, value = prop.partition("=")
-        if not eq:
-            raise DriverTargetError(f"driver target property {prop!r} is not key=value")
+    for key, value in text.props.items():
+        prop = f"{key}={value}"
         if key == "device":
             devices = tuple(WORKLOAD_FOR) if value == "all" else (value,)
             if value != "all" and value not in WORKLOAD_FOR:
@@ -478,7 +476,7 @@ async def run_driver_check(
             iommu="virtio-iommu" if behind_iommu else "none",
             iommu_topology="spec",  # the driver's IOMMU use is judged on every transport
             # frames, as the watches were written against: with the direct link the seeded
-            # guest-console-no-device-ready mutation survived (tests/test_conformance_mutations.py);
+            # guest-console-no-device-ready mutation survived (tests/conformance/test_mutations.py);
             # why is open (docs/benchmarks.md, issue 24)
             framed=True,
             on_host=watch_host(
