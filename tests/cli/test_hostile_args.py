@@ -111,8 +111,8 @@ def test_closed_stdout_pipe_ends_quietly_with_141(argv: list[str]) -> None:
     os.close(r)
     try:
         p = subprocess.run(
-            [sys.executable, "-m", "virtio_sim.orchestration.cli", *argv], stdout=w, stderr=subprocess.PIPE, text=True,
-            timeout=300,
+            [sys.executable, "-m", "virtio_sim.orchestration.cli", *argv], stdout=w, stderr=subprocess.PIPE,
+            text=True, timeout=300,
         )  # fmt: skip
     finally:
         os.close(w)

@@ -71,7 +71,8 @@ def _fake_host(message: str) -> tuple[str, threading.Thread]:
 
 def _guest(path: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.orchestration.cli", "guest", "--connect", f"unix:{path}", "--workload", "rng"],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "guest", "--connect", f"unix:{path}",
+         "--workload", "rng"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

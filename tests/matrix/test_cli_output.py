@@ -103,8 +103,8 @@ def _session_processes(sid: int) -> list[int]:
 def test_interrupt_stops_workers_and_writes_partial_reports(tmp_path: Path, how: str) -> None:
     js, xml = tmp_path / "part.json", tmp_path / "part.xml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "virtio_sim.orchestration.cli", "matrix", "--transport", "mmio-v2", "--workers", "2",
-         "--json", str(js), "--junit-xml", str(xml)],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "matrix", "--transport", "mmio-v2",
+         "--workers", "2", "--json", str(js), "--junit-xml", str(xml)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stderr is not None

@@ -3,7 +3,8 @@
 Every cell (device x QEMU machine x iommu_platform x ring) runs twice against the same
 device model of ours:
 
-* our guest stack with the linux-6.1 profile, embedded (:func:`virtio_sim.orchestration.embedded.run_embedded`);
+* our guest stack with the linux-6.1 profile, embedded
+  (:func:`virtio_sim.orchestration.embedded.run_embedded`);
 * Debian's Linux 6.1 booted in QEMU 7.2 with the model behind vhost-user
   (:func:`virtio_sim.orchestration.qemu.linux_vhost.boot_with_vhost_user`), one boot per cell so that
   every status write QEMU traces (``-trace virtio_set_status``) belongs to that device.

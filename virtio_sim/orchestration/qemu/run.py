@@ -3,8 +3,8 @@
 The same :class:`~virtio_sim.orchestration.embedded.RunConfig` an embedded run takes, but the devices
 are QEMU's (qemu-system-x86_64 under qtest, :mod:`virtio_sim.orchestration.qemu.qtest`): the guest
 kernel, transports, rings, drivers and workloads of :mod:`guest` run unchanged over a
-:class:`~virtio_sim.orchestration.qemu.qtest_link.QtestLink`, with guest RAM inside QEMU. The result is the same
-RunResult, so a cell's outcome on our devices and on QEMU's can be compared directly.
+:class:`~virtio_sim.orchestration.qemu.qtest_link.QtestLink`, with guest RAM inside QEMU. The
+result is the same RunResult, so a cell's outcome on our devices and on QEMU's can be compared directly.
 
 What the guest must do differently, because nothing but qtest runs in QEMU:
 
