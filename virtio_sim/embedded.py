@@ -12,7 +12,6 @@ device recorded turn an apparent OK into DEVICE_ERROR.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -119,6 +118,8 @@ def build_embedded(cfg: RunConfig, stack: ExitStack) -> HostSetup | RunResult:
 
     def scratch() -> str:
         if not folder:
+            import tempfile  # here: a run without a disk never needs it (tempfile pulls in shutil, random)
+
             tmp = tempfile.TemporaryDirectory(prefix="virtio-sim-", dir=SCRATCH_ROOT)
             folder.append(stack.enter_context(tmp))
         return folder[0]
