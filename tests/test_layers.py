@@ -34,7 +34,7 @@ CORE = frozenset(
     {
         "acpi_layouts", "argtypes", "console", "devices", "dma", "exit_codes", "gcfreeze",
         "handshake", "layouts", "lifeline", "memory", "netproto", "outcome", "outpaths",
-        "peertext", "profiles", "result_record", "ring", "sockets", "spec", "wire",
+        "peertext", "profiles", "result_record", "ring", "sockets", "spec", "tomlcache", "wire",
     }
 )  # fmt: skip
 #: virtio_sim.<name> that orchestrate host and guest (modules and packages). They stay at
