@@ -11,8 +11,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from virtio_sim.guest.drivers.base import DeviceProtocolError
-from virtio_sim.guest.drivers.blk import BlkIoError
+from virtio_sim.guest.drivers.base import BlkIoError, DeviceProtocolError
 from virtio_sim.guest.link import HostLink, HostLinkError
 from virtio_sim.guest.platform import BootError, GuestKernel, GuestPolicy
 from virtio_sim.guest.virtio import DeviceNeedsReset, DriverHang, VirtioGuestDevice

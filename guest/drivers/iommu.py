@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
+from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver, IommuRequestError
 from virtio_sim.guest.kinds import GuestHalf
 from virtio_sim.guest.virtio import GuestVirtqueue
 from virtio_sim.layouts import (
@@ -28,12 +28,6 @@ from virtio_sim.spec import IOMMU_F, IOMMU_S, IOMMU_T, bit
 
 _CFG = field_offsets(VirtioIommuConfig)
 EVENT_BUFFERS = 16
-
-
-class IommuRequestError(Exception):
-    def __init__(self, what: str, status: int) -> None:
-        super().__init__(f"{what} failed with status {status}")
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,9 @@ class DeviceKind:
     #: device feature bits (name -> bit) declared beside the device instead of in
     #: specs/features.toml; registered into spec.FEATURES under this kind's key
     features: Mapping[str, int] = field(default_factory=dict)
+    #: the names of the guest half's workloads, in its order: listing or checking a
+    #: workload name loads no driver (guest/kinds.py checks the half has exactly these)
+    workloads: tuple[str, ...] = ()
 
     @property
     def device_id(self) -> int:
