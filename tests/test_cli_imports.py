@@ -104,6 +104,16 @@ def test_an_rng_run_does_not_import(module: str, rng_run_modules: set[str]) -> N
     assert module not in rng_run_modules, NOT_IN_AN_RNG_RUN[module]
 
 
+def test_a_matrix_worker_loads_everything_a_run_loads_on_demand() -> None:
+    """matrix/cell.py imports what single runs import on demand, so the forkserver loads
+    it once for every worker and the workers' gc.freeze covers it (virtio_sim/gcfreeze.py)."""
+    ours = sorted(m for m in NOT_IN_AN_RNG_RUN if m.startswith("virtio_sim."))
+    code = f"import sys, virtio_sim.matrix.cell\nprint([m for m in {ours!r} if m not in sys.modules])"
+    cmd = [sys.executable, "-c", code]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     "command", ["matrix", "compat", "conformance", "attack", "fuzz", "run", "host", "guest", "vhost-user"]
 )
