@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from virtio_sim.guest.acpi import ViotInfo
 from virtio_sim.guest.allocator import PageAllocator
 from virtio_sim.guest.dma import DirectDma, DmaApi
 from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver, IommuRequestError
@@ -72,6 +71,7 @@ from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI
 from virtio_sim.wire import IrqKind
 
 if TYPE_CHECKING:
+    from virtio_sim.guest.acpi import ViotInfo
     from virtio_sim.guest.drivers.iommu import IommuDriver
 
 #: device kind -> the driver that binds it, from the kinds' guest halves (guest/kinds.py);

@@ -72,7 +72,8 @@ class RunConfig:
 
 
 #: what a run imports only when its configuration needs it (besides the device kinds'
-#: halves): the PCI host and proxy, the IOMMU, firmware tables, the hostile device
+#: halves): the PCI host and proxy, the IOMMU, firmware tables (built by the host, parsed
+#: by the guest), the hostile device
 ON_DEMAND_MODULES = (
     "virtio_sim.host.pci",
     "virtio_sim.host.transport.virtio_pci",
@@ -80,6 +81,9 @@ ON_DEMAND_MODULES = (
     "virtio_sim.host.devices.iommu",  # the machine's iommu= property, not a -device model
     "virtio_sim.host.firmware",
     "virtio_sim.host.devices.hostile",
+    "virtio_sim.guest.acpi",
+    "virtio_sim.guest.fdt",
+    "virtio_sim.guest.pci_firmware",
 )
 
 
