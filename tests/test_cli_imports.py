@@ -102,6 +102,8 @@ NOT_IN_AN_RNG_RUN = {
     "virtio_sim.guest.fdt": _TABLES,
     "virtio_sim.guest.pci_firmware": _TABLES,
     "virtio_sim.sockets": _SOCKETS,
+    "virtio_sim.profiles": "cli.py loads a driver profile for --driver only",
+    "virtio_sim.guest.profile": "cli.py loads a driver profile for --driver only",
 }
 
 
