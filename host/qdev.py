@@ -8,7 +8,7 @@ not have carry the ``x-`` prefix QEMU uses for non-standard ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 from virtio_sim.host import qdev_props
@@ -102,18 +102,31 @@ def format_device_option(spec: DeviceSpec) -> str:
 DeviceType = tuple[Callable[[dict[str, str]], DeviceModel], tuple[str, ...]]
 
 
-class _DeviceTypes(Mapping[str, DeviceType]):
+class _DeviceTypes(MutableMapping[str, DeviceType]):
     """Model name -> (factory, properties it takes besides the common ones), derived from
     the host halves of the device kinds (virtio_sim/devices, host/kinds.py). The names
     come from the descriptors; a kind's host half (its device model) is imported when
-    its entry is first looked up, so a run loads the models it builds and no others."""
+    its entry is first looked up, so a run loads the models it builds and no others.
+    An entry can be replaced (a test swaps a broken model in with monkeypatch.setitem)."""
 
     def __init__(self) -> None:
         self._keys = {kind.device_name: kind.key for kind in qdev_kinds()}
+        self._entries: dict[str, DeviceType] = {}  # looked up or replaced
 
     def __getitem__(self, name: str) -> DeviceType:
-        half = host_half(self._keys[name])
-        return half.factory, tuple(half.props)
+        entry = self._entries.get(name)
+        if entry is None:
+            half = host_half(self._keys[name])
+            entry = self._entries[name] = (half.factory, tuple(half.props))
+        return entry
+
+    def __setitem__(self, name: str, entry: DeviceType) -> None:
+        self._keys.setdefault(name, "")  # a name of no kind: only its set entry exists
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del self._keys[name]
+        self._entries.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
         return name in self._keys
@@ -126,7 +139,7 @@ class _DeviceTypes(Mapping[str, DeviceType]):
 
 
 #: name -> (factory, properties it accepts besides the common ones)
-DEVICE_TYPES: Mapping[str, DeviceType] = _DeviceTypes()
+DEVICE_TYPES: MutableMapping[str, DeviceType] = _DeviceTypes()
 #: virtio-*-pci: the same device models behind a virtio-pci proxy (name -> model, PCI class)
 PCI_DEVICE_TYPES: dict[str, tuple[str, int]] = {
     kind.pci_name: (kind.device_name, kind.pci_class) for kind in qdev_kinds()
