@@ -36,7 +36,8 @@ def guest_half(key: str) -> GuestHalf:
     if not isinstance(half, GuestHalf):
         raise TypeError(f"{kind.guest} is not a GuestHalf")
     if tuple(half.workloads) != kind.workloads:
-        raise ValueError(f"{kind.guest}: workloads {tuple(half.workloads)} but the {key} descriptor lists {kind.workloads}")
+        listed = f"the {key} descriptor lists {kind.workloads}"
+        raise ValueError(f"{kind.guest}: workloads {tuple(half.workloads)} but {listed}")
     return half
 
 

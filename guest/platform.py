@@ -88,6 +88,7 @@ def iommu_driver(driver: GuestDriver | None) -> IommuDriver | None:
         return cast("IommuDriver", driver)
     return None
 
+
 DEFAULT_ACPI_HIDS = VIRTIO_MMIO_HIDS
 DEFAULT_DT_COMPATIBLES = ("virtio,mmio",)
 RAM_ALLOC_START = 1 << 20  # the first MiB is the "firmware's"; drivers allocate above it

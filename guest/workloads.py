@@ -26,4 +26,5 @@ def blk_pattern_seed(seed: int | None) -> int:
     the processes and the tests can name it without loading the blk driver)."""
     return seed if seed is not None else 0x5EED
 
+
 __all__ = ["WORKLOADS", "CorruptionDetected", "WorkloadFn", "blk_pattern_seed"]

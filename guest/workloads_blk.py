@@ -12,7 +12,6 @@ from virtio_sim.guest.kinds import GuestHalf
 from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.spec import BLK
 
-
 #: the discard step of blk-rw: two 4-sector bios at sector 16 (clear of the verified plan)
 DISCARD_AT = 16
 DISCARD_BIO = 4
