@@ -17,10 +17,16 @@ import sys
 import pytest
 from rich.console import Console
 
-from virtio_sim import cli
+from virtio_sim.orchestration import cli
 from virtio_sim.outcome import Outcome, RunResult
 
-HEAVY = ("rich", "virtio_sim.matrix", "virtio_sim.conformance", "virtio_sim.attacks", "virtio_sim.compat")
+HEAVY = (
+    "rich",
+    "virtio_sim.orchestration.matrix",
+    "virtio_sim.orchestration.conformance",
+    "virtio_sim.orchestration.attacks",
+    "virtio_sim.orchestration.compat",
+)
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -31,16 +37,18 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_importing_the_cli_loads_no_command_code() -> None:
-    assert _loaded_after("import virtio_sim.cli") == []
+    assert _loaded_after("import virtio_sim.orchestration.cli") == []
 
 
 def test_a_run_parser_loads_only_the_run_stack() -> None:
-    code = "import virtio_sim.cli as c\nc.build_parser('run').parse_args(['run', '-device', 'x'])"
+    code = (
+        "import virtio_sim.orchestration.cli as c\nc.build_parser('run').parse_args(['run', '-device', 'x'])"
+    )
     assert _loaded_after(code) == []
 
 
 _RUN = (
-    "import sys, virtio_sim.cli as c\n"
+    "import sys, virtio_sim.orchestration.cli as c\n"
     "c.main(['run', '--device', 'virtio-rng-device', '--workload', 'rng', '--json', sys.argv[1]])\n"
     "print('MODULES', ' '.join(sorted(sys.modules)))"
 )
@@ -109,7 +117,7 @@ NOT_IN_AN_RNG_RUN = {
 
 @pytest.mark.parametrize("module", sorted(NOT_IN_AN_RNG_RUN))
 def test_an_rng_run_does_not_import(module: str, rng_run_modules: set[str]) -> None:
-    assert "virtio_sim.embedded" in rng_run_modules  # the probe really ran the stack
+    assert "virtio_sim.orchestration.embedded" in rng_run_modules  # the probe really ran the stack
     assert module not in rng_run_modules, NOT_IN_AN_RNG_RUN[module]
 
 
@@ -119,7 +127,8 @@ def test_a_matrix_worker_loads_everything_a_run_loads_on_demand() -> None:
     ours = sorted(
         m for m, why in NOT_IN_AN_RNG_RUN.items() if m.startswith("virtio_sim.") and why != _SOCKETS
     )
-    code = f"import sys, virtio_sim.matrix.cell\nprint([m for m in {ours!r} if m not in sys.modules])"
+    probe = "import sys, virtio_sim.orchestration.matrix.cell\n"
+    code = probe + f"print([m for m in {ours!r} if m not in sys.modules])"
     cmd = [sys.executable, "-c", code]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
