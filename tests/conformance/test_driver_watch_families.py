@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from virtio_sim.conformance import driver_watch
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.driver_watch import DriverWatch, framings
-from virtio_sim.conformance.findings import FindingLog, Verdict
+from virtio_sim.orchestration.conformance import driver_watch
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.driver_watch import DriverWatch, framings
+from virtio_sim.orchestration.conformance.findings import FindingLog, Verdict
 from virtio_sim.devices import KINDS
 from virtio_sim.devices.framing import Framing, framing_class
 from virtio_sim.dma import IdentityAddressSpace
@@ -72,7 +72,7 @@ def test_every_kinds_framing_lives_in_its_own_package() -> None:
     for key, cls in found.items():
         assert issubclass(cls, Framing) and cls.__module__ == f"virtio_sim.devices.{key}.framing"
     with pytest.raises(ValueError):
-        framing_class("virtio_sim.conformance.driver_watch:DriverWatch")  # not beside a device
+        framing_class("virtio_sim.orchestration.conformance.driver_watch:DriverWatch")  # not beside a device
 
 
 def test_the_watch_judges_chains_by_the_kinds_framing(monkeypatch: pytest.MonkeyPatch) -> None:
