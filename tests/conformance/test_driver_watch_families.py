@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from virtio_sim.orchestration.conformance import driver_watch
-from virtio_sim.orchestration.conformance.catalog import load_catalog
-from virtio_sim.orchestration.conformance.driver_watch import DriverWatch, framings
-from virtio_sim.orchestration.conformance.findings import FindingLog, Verdict
 from virtio_sim.devices import KINDS
 from virtio_sim.devices.framing import Framing, framing_class
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
+from virtio_sim.orchestration.conformance import driver_watch
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.driver_watch import DriverWatch, framings
+from virtio_sim.orchestration.conformance.findings import FindingLog, Verdict
 from virtio_sim.ring.mock import MockSplitRing, split_layout
 from virtio_sim.ring.view import RingView
 from virtio_sim.ring.walker import ChainWalker, ViolationLog

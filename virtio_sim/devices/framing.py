@@ -4,7 +4,7 @@ Why here: a device kind's framing (virtio-blk's 16-byte header and status byte, 
 header, console control messages, entropy buffers writable, virtio-iommu's head, body and
 tail) is part of the device, like its feature bits and config layout, so its rules live in
 its own package (``virtio_sim/devices/<kind>/framing.py``) and a new kind brings its own.
-The driver watch (virtio_sim/conformance/driver_watch*.py) finds them through
+The driver watch (virtio_sim/orchestration/conformance/driver_watch*.py) finds them through
 :attr:`DeviceKind.framing <virtio_sim.devices.DeviceKind>` and hands them every chain the
 driver makes available, the device config accesses and the end of the run.
 

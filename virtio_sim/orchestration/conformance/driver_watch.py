@@ -35,17 +35,26 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
+from virtio_sim.devices import KINDS
+from virtio_sim.devices.framing import Framing, framing_class
 from virtio_sim.orchestration.conformance.driver_watch_base import Family, QueueState, WatchCore
 from virtio_sim.orchestration.conformance.driver_watch_config import ConfigRules
-from virtio_sim.orchestration.conformance.driver_watch_features import UNKNOWN_FEATURE, FeatureRules, known_feature_mask
+from virtio_sim.orchestration.conformance.driver_watch_features import (
+    UNKNOWN_FEATURE,
+    FeatureRules,
+    known_feature_mask,
+)
 from virtio_sim.orchestration.conformance.driver_watch_notify import NotifyRules
 from virtio_sim.orchestration.conformance.driver_watch_queues import QueueRules
 from virtio_sim.orchestration.conformance.driver_watch_rings import RING_VIOLATIONS, RingRules
 from virtio_sim.orchestration.conformance.driver_watch_status import NO_VERSION_1, StatusRules
-from virtio_sim.orchestration.conformance.driver_watch_transport import MATCH_RULE, MISUSE, PRESENTED, TransportRules
+from virtio_sim.orchestration.conformance.driver_watch_transport import (
+    MATCH_RULE,
+    MISUSE,
+    PRESENTED,
+    TransportRules,
+)
 from virtio_sim.orchestration.conformance.findings import Finding, FindingLog
-from virtio_sim.devices import KINDS
-from virtio_sim.devices.framing import Framing, framing_class
 from virtio_sim.ring.view import RingSource
 from virtio_sim.spec import F
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from virtio_sim.orchestration.conformance.findings import Finding, FindingLog, StrictStop
 from virtio_sim.layouts import ByteOrder
+from virtio_sim.orchestration.conformance.findings import Finding, FindingLog, StrictStop
 from virtio_sim.ring.view import RingSource
 from virtio_sim.spec import F
 

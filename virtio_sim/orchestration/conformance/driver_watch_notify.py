@@ -9,8 +9,8 @@ avail_event).
 from __future__ import annotations
 
 from virtio_sim import layouts
-from virtio_sim.orchestration.conformance.driver_watch_base import Family
 from virtio_sim.dma import DmaError
+from virtio_sim.orchestration.conformance.driver_watch_base import Family
 from virtio_sim.ring.notify import decode_notify_data
 from virtio_sim.ring.split import need_event
 from virtio_sim.spec import NOTIFY_DATA, STATUS, USED_F, F, status_names

@@ -10,8 +10,8 @@ the first setup written again. The section of each rule is in specs/conformance/
 from __future__ import annotations
 
 from virtio_sim import layouts
-from virtio_sim.orchestration.conformance.driver_watch_base import Family, QueueState
 from virtio_sim.dma import DmaError
+from virtio_sim.orchestration.conformance.driver_watch_base import Family, QueueState
 from virtio_sim.ring.view import RingView
 from virtio_sim.spec import PCI, SPLIT, STATUS, USED_F, F
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from virtio_sim import layouts
-from virtio_sim.orchestration.conformance.driver_watch_base import Family, QueueState
 from virtio_sim.devices.framing import Request
+from virtio_sim.orchestration.conformance.driver_watch_base import Family, QueueState
 from virtio_sim.ring.chain import Chain, RingError
 from virtio_sim.ring.types import INDIRECT_TABLE_LIMIT
 from virtio_sim.ring.view import RingView
