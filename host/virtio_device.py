@@ -42,6 +42,7 @@ from virtio_sim.ring.notify import decode_notify_data
 from virtio_sim.ring.packed import PackedDeviceQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitRingAddresses
 from virtio_sim.ring.types import RingFeatures
+from virtio_sim.ring.view import consumed_position
 from virtio_sim.spec import (
     DEVICE_TYPES,
     FEATURES,
@@ -271,7 +272,7 @@ class VirtioDevice:
             packed=self.packed,
             order=self.byte_order(self.guest_order),
             space=self.space_for(self.driver_features),
-            consumed=None if q.ring is None or self.packed else getattr(q.ring, "last_avail", None),
+            consumed=consumed_position(q.ring),
         )
 
     # -- status ----------------------------------------------------------------

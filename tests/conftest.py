@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ci_policy import pytest_runtest_makereport  # noqa: F401  (CI=true: a skipped qemu test fails)
 from hypothesis import settings
 
+from tests.support.ci_policy import pytest_runtest_makereport  # noqa: F401  (CI=true: a skipped qemu test fails)
 from virtio_sim.memory import GuestMemory
 from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86, MissingTool, static_busybox
 
@@ -24,7 +24,7 @@ def _static_busybox() -> bool:
 
 
 #: programs tests run, for ``@pytest.mark.tool(NAME)``: how to find one, and the Debian
-#: package that has it (README.md names every one; tests/test_readme_ci.py checks that)
+#: package that has it (README.md names every one; tests/project/test_readme_ci.py checks that)
 SYSTEM_TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
     "iasl": (lambda: shutil.which("iasl") is not None, "acpica-tools"),
     "chromium": (lambda: shutil.which("chromium") is not None, "chromium"),
@@ -45,7 +45,7 @@ if os.environ.get("CI", "").lower() == "true":
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``qemu`` run whenever QEMU is installed; otherwise they are skipped
     with the command that installs it (CI installs it, so there they always run; under
-    CI=true such a skip is a failure: ci_policy.py). The same for ``tool(NAME)``: skipped
+    CI=true such a skip is a failure: support/ci_policy.py). The same for ``tool(NAME)``: skipped
     with ``apt-get install PACKAGE`` when NAME is missing."""
     for marker, binary in (("qemu", QEMU_X86), ("qemu_arm", QEMU_ARM)):
         if shutil.which(binary):

@@ -18,7 +18,7 @@ from virtio_sim.spec import LIMITS
 
 # The rest is imported by the command that uses it: ``virtio-sim run`` pays for the host
 # and guest stack, not for rich, the matrix, conformance or the attack corpus
-# (tests/test_cli_imports.py).
+# (tests/cli/test_imports.py).
 if TYPE_CHECKING:
     from rich.console import Console
 

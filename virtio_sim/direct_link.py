@@ -8,7 +8,7 @@ puts around it (:func:`virtio_sim.host.server.guarded`). Interrupts the machine 
 during an access are handed to the guest's interrupt handler right after the access, in
 the order they were raised (what the server does: reply first, then the IRQ frames);
 interrupts raised outside an access go to the handler at once. Between processes the
-frames stay (:mod:`virtio_sim.wire`); ``tests/test_processes_results.py`` keeps the two
+frames stay (:mod:`virtio_sim.wire`); ``tests/processes/test_results.py`` keeps the two
 modes' results equal.
 
 The checks the frame codec makes on an access (size 1, 2, 4 or 8; a written value that

@@ -3,7 +3,7 @@
 The declarations are the single source of truth for sizes and offsets. Hot paths (the ring
 walkers, the register decoders) must not pay construct's parsing cost per access, so
 :func:`fast_codec` derives a :class:`struct.Struct` from a flat construct declaration and
-:func:`field_offsets` derives each field's offset. ``tests/test_layouts.py`` proves the fast
+:func:`field_offsets` derives each field's offset. ``tests/core/test_layouts.py`` proves the fast
 codecs and the construct declarations agree byte for byte.
 
 Ring structures, device config and request headers exist in two byte orders: virtio 1.x is

@@ -10,7 +10,7 @@ This module plays that guest by hand over a real connection with shared guest RA
 measures what a bystander sees: how long a new connection waits for the host's HELLO
 while the request runs, and how far the host's peak RSS moved (/proc: VmHWM, reset
 through clear_refs). Used by the wire corpus (host in-process) and by
-tests/test_amplification.py (host in its own process).
+tests/attacks/test_amplification.py (host in its own process).
 """
 
 from __future__ import annotations

@@ -306,7 +306,7 @@ def _indirect(
 
 # Row X5: request amplification, host direction. 1000 indirect entries on one buffer: a
 # 31 MiB blk read from a bench of 1 MiB RAM (the
-# wire corpus and tests/test_amplification.py play the full 1000 MiB against a host
+# wire corpus and tests/attacks/test_amplification.py play the full 1000 MiB against a host
 # process). The model must serve it (it is legal, and within QEMU's per-request bound)
 # without host memory in proportion: the case measures what Python allocates meanwhile.
 AMPLIFIED_ENTRIES = 1000

@@ -300,7 +300,7 @@ AMPLIFY = Amplified()
 AMPLIFY_RSS_BOUND = 64 * MIB  # host peak RSS growth for the whole request
 # A bystander's HELLO must come back while the request still runs, within this share of
 # the request's own time: both are measured on one clock under one load, so the check
-# holds on a loaded machine as on an idle one. (tests/test_amplification.py measures
+# holds on a loaded machine as on an idle one. (tests/attacks/test_amplification.py measures
 # the absolute latency: 0.3-44 ms, goal < 100 ms.)
 AMPLIFY_HELLO_SHARE = 0.1
 BLK_AT = MMIO_MAGIC_AT - MMIO_WINDOW  # the second device

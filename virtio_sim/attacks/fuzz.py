@@ -5,7 +5,7 @@ memory link) with random but well-typed operations and checks after every step t
 nothing escaped: no exception out of a register access, no device write outside the
 buffers the driver made writable, NEEDS_RESET only with a recorded violation, and the
 server either answers or ends the connection. CI runs them with a fixed seed and a small
-example budget (tests/test_attacks_fuzz.py); ``virtio-sim fuzz --minutes N`` runs them
+example budget (tests/attacks/test_fuzz.py); ``virtio-sim fuzz --minutes N`` runs them
 for longer with fresh seeds. A failure found that way becomes a regression test.
 """
 

@@ -11,7 +11,7 @@ first MUST-level failure.
 Documented deviations of a profile (specs/conformance/deviations/driver-known-deviations.toml) are
 handed to the log first, so their failures are reported as KNOWN, with the reason.
 
-Seeded broken drivers (tests/conformance_broken_drivers.py) run through
+Seeded broken drivers (tests/conformance/broken_drivers.py) run through
 :func:`run_driver_check` with their own guest device class.
 """
 
@@ -478,7 +478,7 @@ async def run_driver_check(
             iommu="virtio-iommu" if behind_iommu else "none",
             iommu_topology="spec",  # the driver's IOMMU use is judged on every transport
             # frames, as the watches were written against: with the direct link the seeded
-            # guest-console-no-device-ready mutation survived (tests/test_conformance_mutations.py);
+            # guest-console-no-device-ready mutation survived (tests/conformance/test_mutations.py);
             # why is open (docs/benchmarks.md, issue 24)
             framed=True,
             on_host=watch_host(

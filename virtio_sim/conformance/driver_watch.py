@@ -227,7 +227,9 @@ class _Queue:
     seen: int = 0  # split: avail idx the watch has read up to; packed: descriptor position
     kicked: int = 0  # split: avail idx at the last notification
     recent: dict[int, int] = field(default_factory=dict)  # split: position -> head read
-    consumed_unseen: int = 0  # split: chains the device consumed before the watch looked
+    #: what the device consumed before the watch looked, counted and not judged: split,
+    #: chains; packed, descriptors (a list's length is unknown once its slots are reused)
+    consumed_unseen: int = 0
     reset_unverified: bool = False
     was_reset: bool = False
     next_head: int = 0  # split IN_ORDER: where the next chain must start
@@ -1134,7 +1136,7 @@ class DriverWatch:
             q.first_scan = False
             flags0 = codec.unpack(view.space.read(view.desc, layouts.PACKED_DESC_SIZE))[3]
             bits = (bool(flags0 & PACKED_DESC_F.AVAIL), bool(flags0 & PACKED_DESC_F.USED))
-            if bits != (False, False):
+            if bits != (False, False) and not view.consumed:  # not yet used by the device
                 self._check(
                     "packed.wrap.init-one",
                     bits == (True, False),
@@ -1156,6 +1158,14 @@ class DriverWatch:
     def _scan_packed_from(self, q: _Queue, view: RingView, codec: Any) -> None:
         size = view.size
         self._recheck_packed(q, view, codec)
+        if view.consumed is not None:
+            ahead = (view.consumed - q.seen) % (2 * size)
+            if 0 < ahead <= size:
+                # the device consumed these before the watch looked (its position is ahead
+                # of ours): the driver may have completed them and reused their slots and
+                # tables since, so they are counted, not judged
+                q.consumed_unseen += ahead
+                q.seen += ahead
         for _ in range(size):
             pos = q.seen
             wrap = self._wrap(pos, size)

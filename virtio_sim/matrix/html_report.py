@@ -9,7 +9,7 @@ detail on hover), and what changed between successive driver and device generati
 
 Hand-written rather than templated: the page is a few fixed sections, every piece of
 peer or profile text goes through html.escape, and no template engine is a dependency.
-It stays light for the 2880-cell default matrix (a bound tests/test_reports_html.py
+It stays light for the 2880-cell default matrix (a bound tests/matrix/test_reports_html.py
 checks): a cell is one short element; the full record of each cell is in the JSON report.
 """
 

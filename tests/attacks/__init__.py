@@ -1,0 +1,1 @@
+"""virtio_sim/attacks: the hostile corpus, fuzzing, amplification, the wire corpus under load."""

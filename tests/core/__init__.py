@@ -1,0 +1,2 @@
+"""The shared core: spec tables and layouts, guest memory and leases, wire frames, profiles, the JSON
+record."""

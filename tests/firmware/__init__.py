@@ -1,0 +1,2 @@
+"""Machines found through firmware: ACPI tables and device trees, host writer against guest reader and
+the reference tools."""
