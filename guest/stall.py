@@ -24,7 +24,7 @@ import trio
 import trio.testing
 
 #: tasks trio itself keeps waiting for reads in every run: the entry queue's wakeup
-#: socket (trio/_core/_wakeup_socketpair.py); tests/test_stall.py pins the number
+#: socket (trio/_core/_wakeup_socketpair.py); tests/embedded/test_stall.py pins the number
 TRIO_OWN_READERS = 1
 #: how close the next due time must be to the run's deadline to be that deadline (s)
 SAME_DEADLINE = 1e-3
