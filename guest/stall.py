@@ -21,7 +21,10 @@ run uses threads (host/server.py runs them only in the host process, for DMA fra
 from __future__ import annotations
 
 import trio
-import trio.testing
+
+# trio.testing.wait_all_tasks_blocked is this function; importing trio.testing itself would
+# import pytest (trio.testing._raises_group), 1.4 s of start-up for every run and worker
+from trio._core._generated_run import wait_all_tasks_blocked
 
 #: tasks trio itself keeps waiting for reads in every run: the entry queue's wakeup
 #: socket (trio/_core/_wakeup_socketpair.py); tests/embedded/test_stall.py pins the number
@@ -48,7 +51,7 @@ async def cancel_when_stalled(scope: trio.CancelScope, stalled: list[str]) -> No
     appends the reason to ``stalled``. Returns without cancelling when the run is not a
     closed world (a task waits for I/O): then only the deadline ends it."""
     while True:
-        await trio.testing.wait_all_tasks_blocked()
+        await wait_all_tasks_blocked()
         closed, due_in = closed_world_idle()
         if not closed:
             return

@@ -4,6 +4,8 @@ and never while a timer or a task waiting for I/O could still change something."
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import trio
 import trio.testing
@@ -83,3 +85,12 @@ def test_a_task_waiting_for_io_means_the_world_is_not_closed() -> None:
         a.close()
         b.close()
     assert not closed and not stalled and not cancelled
+
+
+def test_the_rule_costs_no_test_framework_at_start_up() -> None:
+    """trio.testing imports pytest: the guest must not (every run and matrix worker would pay)."""
+    probe = "import virtio_sim.guest.boot, sys; print('pytest' in sys.modules, 'trio.testing' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]
