@@ -7,6 +7,8 @@ and frees of unknown addresses are errors (a driver bug should be loud).
 
 from __future__ import annotations
 
+import bisect
+
 from virtio_sim.layouts import align_up
 
 PAGE_SIZE = 4096
@@ -65,15 +67,19 @@ class PageAllocator:
         size = self._used.pop(addr, None)
         if size is None:
             raise ValueError(f"free of {addr:#x}, which is not allocated")
-        self._free.append((addr, size))
-        self._free.sort()
-        merged: list[tuple[int, int]] = []
-        for a, n in self._free:
-            if merged and merged[-1][0] + merged[-1][1] == a:
-                merged[-1] = (merged[-1][0], merged[-1][1] + n)
-            else:
-                merged.append((a, n))
-        self._free = merged
+        # The free list is kept sorted and merged: put the run in its place and merge it
+        # with the neighbours it touches (what sorting and merging the whole list gives).
+        free = self._free
+        i = bisect.bisect_left(free, (addr, size))
+        if i < len(free) and addr + size == free[i][0]:
+            size += free[i][1]
+            del free[i]
+        if i and free[i - 1][0] + free[i - 1][1] == addr:
+            addr = free[i - 1][0]
+            size += free[i - 1][1]
+            i -= 1
+            del free[i]
+        free.insert(i, (addr, size))
 
     @property
     def bytes_free(self) -> int:

@@ -3,31 +3,46 @@
 It reads the device's limits (granule, input and domain ranges, probe size), turns off the
 global bypass when the device lets it (so unattached endpoints are isolated), lends
 buffers to the event queue for fault reports, and offers ATTACH / DETACH / MAP / UNMAP /
-PROBE as async calls. Several MAPs or UNMAPs can go in one batch with one notification.
+PROBE as async calls, each sent the way Linux 6.1 sends it (see the request section).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
 from virtio_sim.guest.kinds import GuestHalf
-from virtio_sim.guest.virtio import GuestVirtqueue
+from virtio_sim.guest.virtio import DeviceNeedsReset, GuestVirtqueue, RequestState
 from virtio_sim.layouts import (
     IOMMU_BODIES,
     IOMMU_TAIL_SIZE,
     IommuFault,
     IommuReqHead,
+    IommuReqTail,
     VirtioIommuConfig,
-    build_flat,
+    fast_codec,
     field_offsets,
 )
-from virtio_sim.ring.chain import DmaBuffer
+from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer
+from virtio_sim.ring.types import QueueFullError
 from virtio_sim.spec import IOMMU_F, IOMMU_S, IOMMU_T, bit
 
 _CFG = field_offsets(VirtioIommuConfig)
 EVENT_BUFFERS = 16
+
+
+def request_codec(name: str) -> struct.Struct:
+    """A whole request -- head, body, tail -- as one struct codec, derived from the
+    layouts (the single source of the field layout; tests/test_iommu.py checks that
+    it builds what construct builds)."""
+    parts = [fast_codec(d).format for d in (IommuReqHead, IOMMU_BODIES[name], IommuReqTail)]
+    return struct.Struct(parts[0][0] + "".join(p[1:] for p in parts))
+
+
+_REQUEST_CODECS = {name: request_codec(name) for name in IOMMU_BODIES}
+_UNWRITTEN = (0xFF, bytes(3))  # the tail before the device writes it: no valid status
 
 
 class IommuRequestError(Exception):
@@ -77,6 +92,9 @@ class IommuDriver(GuestDriver):
         self.faults: list[FaultReport] = []
         self.requests = 0
         self._event_bufs: list[DmaBuffer] = []
+        self._inflight: list[_Pending] = []
+        self.reqq.polled = True
+        self.reqq.ring.disable_cb()  # no callback: NO_INTERRUPT (virtio_ring.c:967-973)
 
     async def start_events(self) -> None:
         """After DRIVER_OK: lend the event queue its buffers."""
@@ -97,74 +115,157 @@ class IommuDriver(GuestDriver):
             return  # spec: a report with non-zero reserved bytes is ignored
         self.faults.append(FaultReport(f.reason, f.flags, f.endpoint, f.address))
 
-    # -- requests ----------------------------------------------------------------
+    # -- requests: Linux 6.1's request path (drivers/iommu/virtio-iommu.c) -----------
+    #
+    # The request queue has no callback ("No async requests", virtio-iommu.c:1045-1048),
+    # so its ring asks for no interrupts (virtio_ring.c:967-973) and the driver polls the
+    # used ring. viommu_send_req_sync (:282-306) adds one request and syncs;
+    # viommu_add_req (:264-275) only adds it (no kick); __viommu_sync_req (:154-185)
+    # kicks and polls until every request added so far has completed, copying the status
+    # back only for write-back requests (an UNMAP's status is never looked at). A full
+    # ring is synced first (__viommu_add_req, :248-251).
 
-    def _request(self, name: str, fields: dict[str, object]) -> bytes:
-        # struct codecs: a MAP and an UNMAP per streaming buffer, construct per request cost more
-        body = build_flat(IOMMU_BODIES[name], fields)
-        return build_flat(IommuReqHead, {"type": getattr(IOMMU_T, name), "reserved": bytes(3)}) + body
+    def _add(self, name: str, fields: tuple[object, ...], writeback: str | None) -> _Pending:
+        codec = _REQUEST_CODECS[name]
+        # Linux kzalloc's the request; here the iommu's own DMA API lends the buffer (its
+        # guard bytes checked when it is freed, after the request completed)
+        buf = self.dev.dma.alloc(codec.size)
+        # device-readable head+body, then the device-writable tail (0xff: not a status,
+        # so an unwritten tail is seen)
+        self.dev.dma.write(buf, codec.pack(getattr(IOMMU_T, name), bytes(3), *fields, *_UNWRITTEN))
+        rlen = codec.size - IOMMU_TAIL_SIZE
+        out, in_ = [(buf.dev_addr, rlen)], [(buf.dev_addr + rlen, IOMMU_TAIL_SIZE)]
+        state = RequestState(out=out, in_=in_)  # what a queue reset would add again
+        vq = self.reqq
+        while True:
+            self.dev.raise_if_broken()
+            try:
+                vq.ring.add(out, in_, state)
+                break
+            except DeviceBrokenError as e:
+                self.dev.dma.free(buf)
+                raise DeviceNeedsReset(str(e)) from None
+            except QueueFullError:
+                self.dev.dma.free(buf)
+                if not self._inflight:
+                    raise
+                raise _SyncFirst() from None
+        p = _Pending(state, buf, rlen, writeback)
+        self._inflight.append(p)
+        self.requests += 1
+        return p
 
-    async def _batch(self, what: str, requests: list[bytes]) -> list[int]:
-        """Send requests in one batch; returns each tail status."""
-        dma = self.dev.dma
-        bufs = [dma.alloc(len(r) + IOMMU_TAIL_SIZE) for r in requests]
+    async def _add_req(self, name: str, fields: tuple[object, ...], writeback: str | None) -> _Pending:
         try:
-            chains = []
-            for buf, r in zip(bufs, requests, strict=True):
-                dma.write(buf, r + b"\xff" * IOMMU_TAIL_SIZE)
-                chains.append(([(buf.dev_addr, len(r))], [(buf.dev_addr + len(r), IOMMU_TAIL_SIZE)]))
-            lengths = await self.reqq.submit_many(chains)
-            self.requests += len(requests)
-            out = []
-            for buf, r, n in zip(bufs, requests, lengths, strict=True):
-                if n < IOMMU_TAIL_SIZE:
-                    raise IommuRequestError(f"{what}: device returned the request unwritten", -1)
-                out.append(dma.read(buf, 1, len(r))[0])
-            return out
-        finally:
-            for b in bufs:
-                dma.free(b)
+            return self._add(name, fields, writeback)
+        except _SyncFirst:
+            await self.sync()
+            return self._add(name, fields, writeback)
 
-    async def _one(self, what: str, name: str, fields: dict[str, object]) -> None:
-        (status,) = await self._batch(what, [self._request(name, fields)])
-        if status != IOMMU_S.OK:
-            raise IommuRequestError(what, status)
+    async def sync(self) -> None:
+        """__viommu_sync_req: kick, poll until every request in flight completed."""
+        vq = self.reqq
+        await vq.kick()
+        inflight, self._inflight = self._inflight, []
+        try:
+            for p in inflight:
+                if not p.state.done.is_set():
+                    await self._poll(p.state)
+        finally:
+            dma = self.dev.dma
+            for p in inflight:
+                p.length = p.state.length
+                if p.writeback is not None:
+                    p.status = dma.read(p.buf, 1, p.rlen)[0] if p.length >= IOMMU_TAIL_SIZE else -1
+                dma.free(p.buf)
+
+    async def _poll(self, state: RequestState) -> None:
+        """Busy-poll the used ring (virtqueue_get_buf in __viommu_sync_req's loop).
+
+        With the device in this process the kick has served the queue by now. When it
+        has not (a device in another process, behind a posted notify write), the queue
+        asks for an interrupt while it waits: a simulated vCPU cannot spin across
+        processes."""
+        vq = self.reqq
+        ring = vq.ring
+        while not state.done.is_set():
+            vq.dev.raise_if_broken()
+            try:
+                got = ring.get_used()
+            except DeviceBrokenError as e:
+                vq.dev.mark_broken(f"queue {vq.index}: {e}")
+                continue
+            if got is not None:
+                token, length = got
+                token.length = length
+                token.done.set()
+                continue
+            if ring.enable_cb():
+                continue  # arrived while asking
+            try:
+                await vq.dev.wait_progress()
+            finally:
+                ring.disable_cb()
+
+    async def _send_sync(self, what: str, name: str, fields: tuple[object, ...]) -> _Pending:
+        """viommu_send_req_sync: add one request, sync; its status is read back."""
+        p = await self._add_req(name, fields, what)
+        await self.sync()
+        if p.length < IOMMU_TAIL_SIZE:
+            raise IommuRequestError(f"{what}: device returned the request unwritten", -1)
+        return p
+
+    async def _one(self, what: str, name: str, fields: tuple[object, ...]) -> None:
+        p = await self._send_sync(what, name, fields)
+        if p.status != IOMMU_S.OK:
+            raise IommuRequestError(what, p.status)
 
     async def attach(self, domain: int, endpoint: int, bypass: bool = False) -> None:
         await self._one(
-            f"ATTACH ep {endpoint} to domain {domain}", "ATTACH",
-            {"domain": domain, "endpoint": endpoint, "flags": int(bypass), "reserved": bytes(4)},
-        )  # fmt: skip
-
-    async def detach(self, domain: int, endpoint: int) -> None:
-        await self._one(
-            f"DETACH ep {endpoint}", "DETACH", {"domain": domain, "endpoint": endpoint, "reserved": bytes(8)}
+            f"ATTACH ep {endpoint} to domain {domain}", "ATTACH", (domain, endpoint, int(bypass), bytes(4))
         )
 
+    async def detach(self, domain: int, endpoint: int) -> None:
+        await self._one(f"DETACH ep {endpoint}", "DETACH", (domain, endpoint, bytes(8)))
+
     async def map_many(self, domain: int, maps: list[tuple[int, int, int, int]]) -> None:
-        """MAP (virt_start, virt_end, phys_start, flags) entries in one batch."""
-        if not maps:
-            return
-        reqs = [
-            self._request(
-                "MAP", {"domain": domain, "virt_start": v, "virt_end": e, "phys_start": p, "flags": f}
-            )
-            for v, e, p, f in maps
-        ]
-        for (v, _, _, _), status in zip(maps, await self._batch("MAP", reqs), strict=True):
-            if status != IOMMU_S.OK:
-                raise IommuRequestError(f"MAP of IOVA {v:#x}", status)
+        """MAP (virt_start, virt_end, phys_start, flags) entries, one synchronous request
+        each: Linux's viommu_map_pages sends every mapping with viommu_send_req_sync
+        (virtio-iommu.c:792-833; 6.1 has no iotlb_sync_map to batch them)."""
+        for v, e, ph, f in maps:
+            p = await self._send_sync(f"MAP of IOVA {v:#x}", "MAP", (domain, v, e, ph, f))
+            if p.status != IOMMU_S.OK:
+                raise IommuRequestError(f"MAP of IOVA {v:#x}", p.status)
+
+    async def queue_unmaps(self, domain: int, ranges: list[tuple[int, int]]) -> None:
+        """UNMAPs added without a kick (viommu_unmap_pages -> viommu_add_req,
+        virtio-iommu.c:835-862): they go to the device with the next sync."""
+        for v, e in ranges:
+            await self._add_req("UNMAP", (domain, v, e, bytes(4)), None)
 
     async def unmap_many(self, domain: int, ranges: list[tuple[int, int]]) -> None:
-        if not ranges:
-            return
-        reqs = [
-            self._request("UNMAP", {"domain": domain, "virt_start": v, "virt_end": e, "reserved": bytes(4)})
-            for v, e in ranges
-        ]
-        for (v, _), status in zip(ranges, await self._batch("UNMAP", reqs), strict=True):
-            if status != IOMMU_S.OK:
-                raise IommuRequestError(f"UNMAP of IOVA {v:#x}", status)
+        """Strict unmaps: each UNMAP added, then synced (dma-iommu.c __iommu_dma_unmap
+        calls iommu_iotlb_sync -> viommu_iotlb_sync -> viommu_sync_req, :674-695 and
+        virtio-iommu.c:884-890). Like Linux, the UNMAP's status is not looked at."""
+        for r in ranges:
+            await self.queue_unmaps(domain, [r])
+            await self.sync()
+
+
+@dataclass
+class _Pending:
+    """One request in flight (Linux's ``struct viommu_request``)."""
+
+    state: RequestState
+    buf: DmaBuffer
+    rlen: int  # the device-readable part
+    writeback: str | None  # what the request was, when its status is read back
+    length: int = 0
+    status: int = -1
+
+
+class _SyncFirst(Exception):
+    """The request queue is full: sync the requests in flight, then add again."""
 
 
 #: the virtio-iommu's guest half: bound at probe, no workload of its own (guest/kinds.py)

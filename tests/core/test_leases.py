@@ -112,6 +112,32 @@ def test_unmap_revokes_only_what_overlaps_the_range() -> None:
     mem.close()
 
 
+def test_unmap_of_range_a_keeps_leases_on_b_up_to_the_byte() -> None:
+    """Leases on B that end right where A starts, or start right after A ends, stay
+    usable after A's UNMAP; a lease reaching one byte into A is revoked (a wrong overlap
+    test in either direction shows here)."""
+    mem = GuestMemory.create(1 << 20)
+    iommu = Iommu({1}, bypass=False)
+    iommu.attach(1, 1, bypass=False)
+    below, a, above = IOVA, IOVA + 0x1000, IOVA + 0x2000
+    iommu.map(1, below, below + 0xFFF, 0x10000, RW)
+    iommu.map(1, a, a + 0xFFF, 0x11000, RW)
+    iommu.map(1, above, above + 0xFFF, 0x12000, RW)
+    space = TranslatedAddressSpace(mem, EndpointTranslator(iommu, 1))
+    touching_below = space.lease(a - 64, 64, True)  # [a-64, a): ends where A starts
+    touching_above = space.lease(above, 64, True)  # starts right after A's last byte
+    in_a = space.lease(a + 0xFC0, 64, True)  # A's last 64 bytes
+    assert touching_below is not None and touching_above is not None and in_a is not None
+    assert iommu.unmap(1, a, a + 0xFFF) == 0
+    assert touching_below.valid and touching_above.valid  # B is still usable ...
+    assert not in_a.valid  # ... A is not
+    mem.write(0x10FC0, b"below!")
+    assert bytes(touching_below.view[:6]) == b"below!"  # and B still reads the right RAM
+    with pytest.raises(DmaError, match="no mapping"):
+        space.read(a + 0xFC0, 4)  # A faults through the checked path, as before
+    mem.close()
+
+
 def test_window_keeps_permissions_and_bounds() -> None:
     mem = GuestMemory.create(1 << 20)
     iommu = Iommu({1}, bypass=False)
