@@ -14,15 +14,15 @@ from __future__ import annotations
 import pytest
 import trio
 
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.device_checks import Ctx, ack, bring_up, kick, traffic_queue
-from virtio_sim.conformance.device_runner import ARENA_OFFSET, ARENA_SIZE, DeviceLog
-from virtio_sim.conformance.dut import Dut, open_host, open_qemu, open_transport
-from virtio_sim.conformance.findings import Policy
-from virtio_sim.conformance.rawring import Arena, RawSplitRing
-from virtio_sim.conformance.targets import device_for_transport
-from virtio_sim.matrix.cell import run_cell
-from virtio_sim.matrix.spec import expand, load_matrix
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.device_checks import Ctx, ack, bring_up, kick, traffic_queue
+from virtio_sim.orchestration.conformance.device_runner import ARENA_OFFSET, ARENA_SIZE, DeviceLog
+from virtio_sim.orchestration.conformance.dut import Dut, open_host, open_qemu, open_transport
+from virtio_sim.orchestration.conformance.findings import Policy
+from virtio_sim.orchestration.conformance.rawring import Arena, RawSplitRing
+from virtio_sim.orchestration.conformance.targets import device_for_transport
+from virtio_sim.orchestration.matrix.cell import run_cell
+from virtio_sim.orchestration.matrix.spec import expand, load_matrix
 from virtio_sim.outcome import Outcome
 from virtio_sim.spec import STATUS
 
