@@ -20,4 +20,5 @@ KIND = DeviceKind(
     workloads=("blk-rw", "blk-rw-no-probe"),
     profile_properties=BLK_PROFILE_PROPERTIES,
     attack_queue=0,  # request queue 0
+    framing="virtio_sim.devices.blk.framing:BlkFraming",
 )

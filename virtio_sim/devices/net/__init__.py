@@ -14,4 +14,5 @@ KIND = DeviceKind(
     workloads=("net-loopback", "net-pair"),
     profile_properties={"any_layout": bool},
     attack_queue=1,  # the transmit queue of pair 0
+    framing="virtio_sim.devices.net.framing:NetFraming",
 )

@@ -15,4 +15,5 @@ KIND = DeviceKind(
     workloads=("rng", "rng-soak", "rng-queue-reset", "rng-remove"),
     profile_properties={"any_layout": bool},
     attack_queue=0,  # the request queue
+    framing="virtio_sim.devices.rng.framing:RngFraming",
 )

@@ -14,4 +14,5 @@ KIND = DeviceKind(
     workloads=("console-echo", "console-write"),
     profile_properties={"emergency-write": bool, "max_ports": int, "any_layout": bool},
     attack_queue=1,  # port 0's transmit queue
+    framing="virtio_sim.devices.console.framing:ConsoleFraming",
 )
