@@ -15,7 +15,6 @@ FAILED_CLEAN -> OK").
 from __future__ import annotations
 
 import itertools
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,34 +311,25 @@ def explain(old: dict[str, Any], new: dict[str, Any], old_name: str, new_name: s
 # --- outputs -----------------------------------------------------------------------------
 
 
-def to_junit(report: CompatReport, fail_on_change: bool, *, timestamp: str, hostname: str) -> str:
-    """One test case per configuration; a changed one carries its cause (a failure when
-    the build is to fail on change, otherwise in system-out)."""
+def to_junit(report: CompatReport, fail_on_change: bool) -> str:
+    """One test case per configuration (campaign/junit.py); a changed one carries its cause
+    (a failure when the build is to fail on change, otherwise in system-out)."""
+    from virtio_sim.campaign.junit import to_junit as write_junit
+    from virtio_sim.campaign.verdict import CaseVerdict, Status
+
     changed = {c.config: c for c in report.changes}
-    suite = ET.Element(
-        "testsuite",
-        name=f"virtio-sim.compat.{report.old}..{report.new}",
-        tests=str(report.configs),
-        failures=str(len(changed) if fail_on_change else 0),
-        errors="0",
-        timestamp=timestamp,
-        hostname=hostname,
-    )
+    cases = []
     for key in sorted({*changed, *report.unpaired, *report.unchanged}):
         c = changed.get(key)
         seconds = _seconds(c.old) + _seconds(c.new) if c is not None else report.unchanged.get(key, 0.0)
-        case = ET.SubElement(
-            suite, "testcase", classname="compat." + key.split("/")[0], name=key, time=f"{seconds:.4f}"
-        )
+        case = CaseVerdict("compat." + key.split("/")[0], key, Status.PASSED, seconds=seconds)
         if key in report.unpaired:
-            ET.SubElement(case, "skipped", message="one of the two generations has no cell here")
-        if c is None:
-            continue
-        message = f"{c.transition}: {c.cause}"
-        if fail_on_change:
-            f = ET.SubElement(case, "failure", message=message)
-            f.text = "\n".join(c.causes)
-        else:
-            out = ET.SubElement(case, "system-out")
-            out.text = message + "\n" + "\n".join(c.causes[1:])
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+            case.status, case.message = Status.SKIPPED, "one of the two generations has no cell here"
+        if c is not None:
+            message = f"{c.transition}: {c.cause}"
+            if fail_on_change:
+                case.status, case.message, case.text = Status.FAILED, message, "\n".join(c.causes)
+            else:
+                case.output = message + "\n" + "\n".join(c.causes[1:])
+        cases.append(case)
+    return write_junit(f"virtio-sim.compat.{report.old}..{report.new}", cases)

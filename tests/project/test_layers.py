@@ -42,7 +42,7 @@ CORE = frozenset(
 #: edit them at once this round, and a move of 14k lines would collide with each of them.
 ORCHESTRATION = frozenset(
     {
-        "api", "attacks", "cli", "compat", "compat_cli", "conformance", "direct_link",
+        "api", "attacks", "campaign", "cli", "compat", "compat_cli", "conformance", "direct_link",
         "embedded", "matrix", "processes", "pytest_plugin", "qemu",
     }
 )  # fmt: skip

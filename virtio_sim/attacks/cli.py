@@ -1,7 +1,7 @@
 """``virtio-sim attack``: replay the hostile corpus by name.
 
     virtio-sim attack --list
-    virtio-sim attack --target host:blk --scenario all [--json]
+    virtio-sim attack --target host:blk --scenario all [--json [PATH]] [--junit-xml PATH] [--html PATH]
     virtio-sim attack --target host:blk/pci-modern/packed --scenario loop-self
     virtio-sim attack --target driver:linux-6.1 --scenario used-id-out-of-range
     virtio-sim attack --target wire --scenario all
@@ -14,16 +14,21 @@ Exit status: 0 when every case was handled, 1 when any crashed, hung, escaped or
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from typing import Any
 
 import trio
 
 from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows, select
 from virtio_sim.attacks.scenario import CaseResult, Verdict
+from virtio_sim.campaign.outputs import Outputs, add_report_arguments
+from virtio_sim.campaign.target import parse_target_text
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from virtio_sim.outpaths import OutputPathError
+
+#: the kinds of ``--target`` (the campaign's KIND:NAME text, campaign/target.py) and what
+#: names each; ``wire`` stands alone
+TARGET_KINDS = {"host": "DEVICE[/TRANSPORT/RING[+drop][+iommu][+lenient]]", "driver": "PROFILE"}
 
 
 def add_attack_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,10 +39,12 @@ def add_attack_arguments(p: argparse.ArgumentParser) -> None:
         help="host:DEVICE[/TRANSPORT/RING[+drop][+iommu]] | driver:PROFILE | wire (default host:rng)",
     )
     p.add_argument("--scenario", default="all", help="a scenario id, a row id (A1..G61) or all")
-    p.add_argument(
-        "--json", nargs="?", const="-", metavar="PATH",
-        help="one JSON document with every case and the counts (to stdout alone if no PATH)",
-    )  # fmt: skip
+    add_report_arguments(
+        p,
+        json_help="one JSON document with every case and the counts (to stdout alone if no PATH)",
+        junit_help="write a JUnit XML report (a case per scenario and target; not handled = failure)",
+        html_help="write an HTML page of the cases, those not handled first",
+    )
 
 
 def _positive_minutes(text: str) -> float:
@@ -81,32 +88,41 @@ def _list() -> int:
     return EXIT_OK
 
 
-def _report(results: list[CaseResult], as_json: str | None) -> int:
-    """``--json`` alone: the JSON document on stdout; ``--json PATH``: written there, and
-    the cases listed as without --json."""
-    counts: dict[str, Any] = {v.value: sum(r.verdict is v for r in results) for v in Verdict}
-    counts["cases"] = len(results)
-    doc = json.dumps({"counts": counts, "cases": [r.as_json() for r in results]}, indent=1)
-    if as_json and as_json != "-":
-        with open(as_json, "w", encoding="utf-8") as f:
-            f.write(doc + "\n")
-    if as_json == "-":
-        print(doc)
+def _report(results: list[CaseResult], outputs: Outputs, target: str) -> int:
+    """``--json`` alone: the JSON document on stdout; otherwise the cases are listed and
+    the files asked for written (virtio_sim/attacks/report.py)."""
+    from virtio_sim.attacks.report import counts, to_html, to_json, to_junit
+
+    n = counts(results)
+    try:
+        outputs.write(
+            json=lambda: to_json(results) + "\n",
+            junit=lambda: to_junit(results, target),
+            html=lambda: to_html(results, target),
+        )
+    except OutputPathError as e:
+        print(f"virtio-sim attack: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if outputs.json_only:
+        print(to_json(results))
     else:
         for r in results:
             print(f"{r.verdict.value:8} {r.scenario:34} {r.target:42} policy={r.policy}")
             if r.verdict is not Verdict.HANDLED:
                 print("         " + r.detail.strip().replace("\n", "\n         ")[:2000])
-        print(" ".join(f"{k}={v}" for k, v in counts.items()))
-    return EXIT_OK if counts["cases"] and counts["cases"] == counts["handled"] else EXIT_FAIL
+        print(" ".join(f"{k}={v}" for k, v in n.items()))
+    return EXIT_OK if n["cases"] and n["cases"] == n["handled"] else EXIT_FAIL
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
     target: str = args.target
+    outputs = Outputs.of(args)
     try:
-        if target.startswith("driver:"):
+        outputs.check()  # before the cases: a bad path must not cost the results
+        kind = parse_target_text(target, TARGET_KINDS, bare=("wire",)).kind
+        if kind == "driver":
             from virtio_sim.attacks.device_side import (
                 driver_cases,
                 parse_driver_target,
@@ -118,8 +134,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
             if not cases:
                 raise ValueError(f"no lie {args.scenario!r} applies to {target}")
             with tempfile.TemporaryDirectory(prefix="virtio-sim-reverse-") as tmp:
-                return _report([run_driver_case(t, lie, tmp) for t, lie in cases], args.json)
-        if target == "wire":
+                return _report([run_driver_case(t, lie, tmp) for t, lie in cases], outputs, target)
+        if kind == "wire":
             from virtio_sim.attacks.corpus_text import TEXT_CASES, run_text_corpus
             from virtio_sim.attacks.corpus_wire import CASES, run_wire_corpus
 
@@ -130,20 +146,18 @@ def cmd_attack(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory(prefix="virtio-sim-wire-") as tmp:
                 results = trio.run(run_wire_corpus, tmp, chosen) if chosen else []
                 results += trio.run(run_text_corpus, tmp, texts) if texts else []
-                return _report(results, args.json)
-        if not target.startswith("host:"):
-            raise ValueError(f"a target is host:DEVICE, driver:PROFILE or wire, not {target!r}")
+                return _report(results, outputs, target)
         from virtio_sim.attacks.runner import run_sync
         from virtio_sim.attacks.targets import parse_target
 
         chosen_cases = host_cases(select(args.scenario, host_scenarios()), parse_target(target))
         if not chosen_cases:
             raise ValueError(f"scenario {args.scenario!r} does not apply to {target}")
-    except ValueError as e:
+    except (ValueError, OutputPathError) as e:
         print(f"virtio-sim attack: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     with tempfile.TemporaryDirectory(prefix="virtio-sim-attack-") as tmp:
-        return _report(run_sync(chosen_cases, tmp).results, args.json)
+        return _report(run_sync(chosen_cases, tmp).results, outputs, target)
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:

@@ -7,16 +7,16 @@ bystander device on the same machine still serves a good request, and (4) the vi
 serves again after a driver reset. An exception escaping the host is a CRASH; a case
 that does not finish within its bound is a HANG, and its thread is stopped (see run_cases).
 
-The bound is CPU time of the case's own thread, not wall time: a case is pure device and
-ring work, so a runaway loop reaches the bound at the same point on an idle machine and
-on one where the case gets a tenth of a core, while a legal case never does. A case that
-blocks without using CPU is caught by a wall-clock backstop instead.
+The bound is CPU time of the case's own thread, not wall time (the campaign's CpuBudget,
+virtio_sim/campaign/deadline.py): a case is pure device and ring work, so a runaway loop
+reaches the bound at the same point on an idle machine and on one where the case gets a
+tenth of a core, while a legal case never does. A case that blocks without using CPU is
+caught by a wall-clock backstop instead.
 """
 
 from __future__ import annotations
 
-import ctypes
-import threading
+import functools
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -26,6 +26,8 @@ import trio
 
 from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
 from virtio_sim.attacks.targets import Bench, Target
+from virtio_sim.campaign.deadline import CpuBudget
+from virtio_sim.campaign.threadcase import run_in_thread
 from virtio_sim.spec import STATUS
 
 CASE_SECONDS = 5.0  # CPU seconds of the case's thread (the slowest legal case uses < 1)
@@ -155,18 +157,6 @@ class Summary:
         )
 
 
-class CaseTimeout(BaseException):
-    """Raised inside a case's thread once the case overran its bound. A BaseException, so
-    the case's own ``except Exception`` (which turns errors into CRASH) cannot swallow it,
-    while its ``finally`` blocks still run and close the bench."""
-
-
-def _interrupt(ident: int) -> None:
-    """Raise :class:`CaseTimeout` in thread ``ident`` at its next bytecode (CPython's
-    PyThreadState_SetAsyncExc). A thread blocked inside one C call gets it on return."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(CaseTimeout))
-
-
 async def run_cases(
     cases: Iterable[tuple[Scenario, Target]],
     scratch: str,
@@ -176,96 +166,34 @@ async def run_cases(
     stop_grace: float = STOP_GRACE,
     case: Callable[[Scenario, Target, str], CaseResult] = run_case,
 ) -> Summary:
-    """Every case in its own thread, bounded; a case past its bound is a HANG and is stopped.
+    """Every case in its own thread under a budget; a case past it is a HANG and is stopped.
 
-    Cases are synchronous (register writes run the device models to completion), so trio
-    cannot cancel them at a checkpoint: instead the overrunning thread gets
-    :class:`CaseTimeout` raised inside it, which unwinds the case (closing its bench) so
-    no runaway loop outlives the run. Only a thread stuck inside a single blocking system
-    call cannot be stopped that way; it is reported in ``Summary.leaked`` (a daemon thread,
-    so it never holds up the interpreter's exit).
-
-    ``bound`` is CPU seconds of the case's thread; ``wall`` the backstop for a case that
-    waits without using CPU; ``stop_grace`` how long a stopped case may take to unwind."""
+    The campaign's deadline mechanism (virtio_sim/campaign/threadcase.py): the case runs in
+    a thread with a :class:`~virtio_sim.campaign.deadline.CpuBudget` of ``bound`` CPU
+    seconds of that thread, ``wall`` the backstop for a case that waits without using CPU;
+    past it the thread gets CaseTimeout raised inside it, which unwinds the case (closing
+    its bench), and ``stop_grace`` wall seconds to do so. A thread stuck inside a single
+    blocking system call cannot be stopped that way; it is reported in ``Summary.leaked``."""
     out = Summary()
-    limits = _Limits(bound, wall, stop_grace)
+
+    def budget(tid: int) -> CpuBudget:
+        return CpuBudget(bound, tid, wall)
+
     for s, t in cases:
-        out.results.append(await _bounded(s, t, scratch, limits, case, out.leaked))
+        ran = await run_in_thread(
+            functools.partial(case, s, t, scratch), f"attack {s.id} @ {t.name}", budget, stop_grace
+        )
+        if ran.result is not None:
+            out.results.append(ran.result)
+            continue
+        detail = f"no result within {ran.bound}"
+        if ran.stopped:
+            detail += "; the case was stopped"
+        else:
+            detail += f"; its thread is blocked in a system call and could not be stopped ({ran.thread})"
+            out.leaked.append(ran.thread)
+        out.results.append(CaseResult(s.id, t.name, Verdict.HANG, detail))
     return out
-
-
-@dataclass(frozen=True)
-class _Limits:
-    cpu: float
-    wall: float
-    stop_grace: float
-
-
-def _thread_cpu(tid: int) -> float:
-    """CPU seconds the thread with kernel id ``tid`` has used. The clock is named by the
-    thread id (Linux's MAKE_THREAD_CPUCLOCK: ~tid << 3 | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED),
-    not by pthread_getcpuclockid, which must not be given a thread that may have exited;
-    a thread that is gone gives OSError."""
-    return time.clock_gettime((~tid << 3) | 4 | 2)
-
-
-async def _wait_within_cpu(done: threading.Event, tid: int, limits: _Limits) -> None:
-    """Return when ``done`` is set, the thread has used ``limits.cpu`` CPU seconds, or
-    ``limits.wall`` seconds have passed. Each wait lasts the CPU budget still left: a
-    thread cannot use more CPU than wall time, so it never overruns unseen, and a starved
-    thread costs a few more waits, not a wrong verdict."""
-    wall_end = time.monotonic() + limits.wall
-    while not done.is_set():
-        try:
-            left = limits.cpu - _thread_cpu(tid)
-        except OSError:  # the thread is gone: done is about to be set
-            left = 0.0
-        now = time.monotonic()
-        if left <= 0 or now >= wall_end:
-            return
-        await trio.to_thread.run_sync(done.wait, min(max(left, 0.01), wall_end - now))
-
-
-async def _bounded(
-    s: Scenario,
-    t: Target,
-    scratch: str,
-    limits: _Limits,
-    case: Callable[[Scenario, Target, str], CaseResult],
-    leaked: list[str],
-) -> CaseResult:
-    got: list[CaseResult] = []
-    done = threading.Event()
-    lock = threading.Lock()
-
-    def one() -> None:
-        try:
-            res = case(s, t, scratch)
-            with lock:  # the runner interrupts only while holding it and seeing no result
-                got.append(res)
-        except CaseTimeout:
-            pass
-        finally:
-            done.set()
-
-    worker = threading.Thread(target=one, name=f"attack {s.id} @ {t.name}", daemon=True)
-    worker.start()
-    assert worker.ident is not None and worker.native_id is not None
-    await _wait_within_cpu(done, worker.native_id, limits)
-    if not done.is_set():
-        with lock:
-            if not got:
-                _interrupt(worker.ident)
-        await trio.to_thread.run_sync(done.wait, limits.stop_grace)
-    if got:
-        return got[0]
-    detail = f"no result within {limits.cpu:g} CPU seconds (or {limits.wall:g}s of waiting)"
-    if done.is_set():
-        detail += "; the case was stopped"
-    else:
-        detail += f"; its thread is blocked in a system call and could not be stopped ({worker.name})"
-        leaked.append(worker.name)
-    return CaseResult(s.id, t.name, Verdict.HANG, detail)
 
 
 def run_sync(

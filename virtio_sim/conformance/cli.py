@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from rich.console import Console
 
+from virtio_sim.campaign.outputs import Outputs, add_report_arguments
 from virtio_sim.console import output_console
 from virtio_sim.exit_codes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
@@ -41,11 +42,12 @@ def add_conformance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="mmio-v2", help=f"{'|'.join(TRANSPORT_CHOICES)} (default mmio-v2)")
     p.add_argument("--ring", default="split", help="split|packed (default split)")
     p.add_argument("--policy", default="lenient", choices=("strict", "lenient"))
-    p.add_argument(
-        "--json", nargs="?", const="-", metavar="PATH", help="write JSON (to stdout alone if no PATH)"
+    add_report_arguments(
+        p,
+        json_help="write JSON (to stdout alone if no PATH)",
+        junit_help="write a JUnit XML report here",
+        html_help="write an HTML report here",
     )
-    p.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
-    p.add_argument("--html", metavar="FILE", help="write an HTML report here")
     p.add_argument("--quick", action="store_true", help="skip the slow checks (event-idx wrap)")
 
 
@@ -99,7 +101,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from virtio_sim.conformance.dut import DutError
     from virtio_sim.conformance.report import print_report, to_html, to_json, to_junit
     from virtio_sim.conformance.targets import TargetError
-    from virtio_sim.outpaths import OutputPathError, check_writable, write_text
+    from virtio_sim.outpaths import OutputPathError
 
     console = output_console()  # whole requirement names in a pipe or a CI log
     if (args.suite is None) == (args.target is None):
@@ -107,29 +109,25 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.suite is not None:
         return _suite(args, console)
+    outputs = Outputs.of(args)
     try:
-        # before the run: an unwritable report path must not cost the results
-        json_path = args.json if args.json != "-" else None
-        check_writable((("--json", json_path), ("--junit-xml", args.junit_xml), ("--html", args.html)))
+        outputs.check()  # before the run: an unwritable report path must not cost the results
         report, cov = check_target_with_coverage(
             args.target, transport=args.transport, ring=args.ring, policy=args.policy, thorough=not args.quick
         )
     except (CatalogError, TargetError, DutError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.json == "-":
+    if outputs.json_only:
         print(to_json(report, cov))
     else:
         print_report(report, console, cov)
-    outputs: list[tuple[str, str | None, Callable[[], str]]] = [
-        ("--json", json_path, lambda: to_json(report, cov)),
-        ("--junit-xml", args.junit_xml, lambda: to_junit(report)),
-        ("--html", args.html, lambda: to_html(report, cov)),
-    ]
     try:
-        for option, path, text in outputs:
-            if path:
-                write_text(option, path, text())
+        outputs.write(
+            json=lambda: to_json(report, cov),
+            junit=lambda: to_junit(report),
+            html=lambda: to_html(report, cov),
+        )
     except OutputPathError as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -145,13 +143,11 @@ def _suite(args: argparse.Namespace, console: Console) -> int:
     from virtio_sim.conformance.catalog import CatalogError, load_catalog
     from virtio_sim.conformance.report import coverage
     from virtio_sim.conformance.suite import default_runs, qemu_documented, run_suite, unexplained
-    from virtio_sim.outpaths import OutputPathError, check_writable, write_text
+    from virtio_sim.outpaths import OutputPathError, write_text
 
     try:
         catalog = load_catalog()
-        check_writable(
-            (("--json", args.json if args.json != "-" else None),)
-        )  # before the runs: a bad path must not cost them
+        Outputs(json=args.json).check()  # before the runs: a bad path must not cost them
     except (CatalogError, OutputPathError) as e:
         print(f"virtio-sim conformance: error: {e}", file=sys.stderr)
         return EXIT_USAGE

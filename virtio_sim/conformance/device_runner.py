@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from virtio_sim.campaign.deadline import WallBudget, trio_deadline
 from virtio_sim.conformance.catalog import Catalog, load_known_deviations
 from virtio_sim.conformance.device_checks import Ctx, Refused, load_all
 from virtio_sim.conformance.dut import (
@@ -178,7 +179,7 @@ async def run_device(
             continue
         log.checkers_run.append(c.name)
         try:
-            with trio.fail_after(CHECKER_TIMEOUT):
+            with trio_deadline(WallBudget(CHECKER_TIMEOUT)):
                 await c.fn(ctx)
         except StrictStop as stop:
             log.stopped = stop.finding

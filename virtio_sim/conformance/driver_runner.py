@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from virtio_sim import layouts
+from virtio_sim.campaign.target import parse_target_text
 from virtio_sim.conformance.catalog import Catalog, load_known_deviations
 from virtio_sim.conformance.driver_watch import (
     MATCH_RULE,
@@ -114,20 +115,17 @@ class DriverTarget:
 
 
 def parse_driver_spec(spec: str) -> DriverTarget:
-    """``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]`` -> DriverTarget."""
-    kind, _, rest = spec.partition(":")
-    if kind != "driver" or not rest:
-        raise DriverTargetError(f"driver target must look like driver:PROFILE[,props], got {spec!r}")
-    name, *props = rest.split(",")
+    """``driver:PROFILE[,device=rng|blk|all][,seed=N][,in_order=on,...]`` -> DriverTarget
+    (the campaign's target text, virtio_sim/campaign/target.py)."""
+    text = parse_target_text(spec, {"driver": "PROFILE"}, error=DriverTargetError)
+    name = text.name
     devices: tuple[str, ...] = tuple(WORKLOAD_FOR)
     seed = 1
     device_props: list[str] = []
     memory_path = "checked"
     workload: str | None = None
-    for prop in props:
-        key, eq, value = prop.partition("=")
-        if not eq:
-            raise DriverTargetError(f"driver target property {prop!r} is not key=value")
+    for key, value in text.props.items():
+        prop = f"{key}={value}"
         if key == "device":
             devices = tuple(WORKLOAD_FOR) if value == "all" else (value,)
             if value != "all" and value not in WORKLOAD_FOR:

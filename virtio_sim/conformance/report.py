@@ -19,9 +19,7 @@ listed with their reason in every coverage report (JSON ``coverage.unreachable``
 
 from __future__ import annotations
 
-import html
 import json
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +28,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from virtio_sim.campaign import html
+from virtio_sim.campaign import junit as campaign_junit
+from virtio_sim.campaign.verdict import CaseVerdict, Status
 from virtio_sim.conformance.catalog import COVERED_AREAS, OUT_OF_SCOPE, Catalog
 from virtio_sim.conformance.findings import DECIDED, MANDATORY_LEVELS, FindingLog, Verdict
 from virtio_sim.peertext import plain
@@ -306,49 +307,40 @@ def to_json(report: Report, cov: Coverage | None = None) -> str:
     return json.dumps(data, indent=2)
 
 
-def to_junit(report: Report) -> str:
-    """One testcase per requirement: FAIL is a failure, ERROR an error (with the reason),
-    KNOWN a skip marked xfail with the documented reason, NOT_APPLICABLE / NOT_COVERED
-    skipped (with why), so CI dashboards show the same picture as the terminal. Run-level
-    errors are one more errored testcase."""
-    from virtio_sim.matrix.report import junit_stamp
-
-    skipped = [r for r in report.rows if r.shown in ("KNOWN", "NOT_APPLICABLE", "NOT_COVERED")]
-    stamp, host = junit_stamp()
-    suite = ET.Element(
-        "testsuite",
-        # stable and dotted like the matrix's suites: virtio-sim.conformance.TARGET.TRANSPORT.RING
-        name=f"virtio-sim.conformance.{report.target}.{report.transport}.{report.ring}",
-        timestamp=stamp,
-        hostname=host,
-        tests=str(len(report.rows) + bool(report.run_errors)),
-        failures=str(len(report.by_shown("FAIL"))),
-        errors=str(len(report.errors) + bool(report.run_errors)),
-        skipped=str(len(skipped)),
-    )
+def junit_cases(report: Report) -> list[CaseVerdict]:
+    """One case per requirement: FAIL is a failure, ERROR an error (with the reason),
+    KNOWN an xfail with the documented reason, NOT_APPLICABLE / NOT_COVERED skipped (with
+    why), so CI dashboards show the same picture as the terminal. Run-level errors are one
+    more errored case. No case has a time of its own: checkers decide many requirements
+    in one run."""
+    out = []
     for r in report.rows:
-        # per-case time: checkers decide many requirements in one run, so none has its own
-        case = ET.SubElement(
-            suite, "testcase", classname=f"{r.area}.{r.level.replace(' ', '_')}", name=r.id, time="0"
-        )
+        case = CaseVerdict(f"{r.area}.{r.level.replace(' ', '_')}", r.id, Status.PASSED)
         if r.shown == "KNOWN":
-            ET.SubElement(case, "skipped", type="xfail", message=f"KNOWN deviation (xfail): {r.known}")
+            case.status, case.message = Status.XFAIL, f"KNOWN deviation (xfail): {r.known}"
         elif r.verdict is Verdict.FAIL:
-            fail = ET.SubElement(case, "failure", message=f"{r.level} violated")
-            fail.text = "\n".join(r.evidence)
+            case.status, case.message, case.text = Status.FAILED, f"{r.level} violated", "\n".join(r.evidence)
         elif r.verdict is Verdict.ERROR:
-            err = ET.SubElement(case, "error", message="the checker could not proceed")
-            err.text = "\n".join(r.evidence)
+            case.status, case.message = Status.ERROR, "the checker could not proceed"
+            case.text = "\n".join(r.evidence)
         elif r.verdict is Verdict.NOT_APPLICABLE:
-            ET.SubElement(case, "skipped", message="not applicable: " + "; ".join(r.evidence))
+            case.status, case.message = Status.SKIPPED, "not applicable: " + "; ".join(r.evidence)
         elif r.verdict is Verdict.NOT_COVERED:
             why = "; ".join(r.evidence) or r.not_checkable or "no verdict this run"
-            ET.SubElement(case, "skipped", message="not covered: " + why)
+            case.status, case.message = Status.SKIPPED, "not covered: " + why
+        out.append(case)
     if report.run_errors:
-        case = ET.SubElement(suite, "testcase", classname="run", name="run")
-        err = ET.SubElement(case, "error", message="the run could not proceed")
-        err.text = "\n".join(report.run_errors)
-    return str(ET.tostring(suite, encoding="unicode"))
+        out.append(
+            CaseVerdict("run", "run", Status.ERROR, "the run could not proceed", "\n".join(report.run_errors))
+        )
+    return out
+
+
+def to_junit(report: Report) -> str:
+    """The report as JUnit XML (campaign/junit.py), a suite named stable and dotted like
+    the matrix's: ``virtio-sim.conformance.TARGET.TRANSPORT.RING``."""
+    name = f"virtio-sim.conformance.{report.target}.{report.transport}.{report.ring}"
+    return campaign_junit.to_junit(name, junit_cases(report))
 
 
 _COLOURS = {
@@ -372,17 +364,17 @@ def _html_order(r: Row) -> int:
 
 
 def to_html(report: Report, cov: Coverage | None = None) -> str:
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>virtio conformance: {esc(report.target)}</title>",
-        "<style>body{font-family:sans-serif}td,th{padding:2px 6px;border:1px solid #ccc}"
-        "table{border-collapse:collapse}</style></head><body>",
-        f"<h1>Conformance of {esc(report.target)}</h1>",
-        f"<p id='verdict'><b>{'FAIL' if report.failed else 'PASS'}</b>: {len(report.must_failures)} MUST"
+    """The report page in the campaign's frame (campaign/html.py): the verdict, the run,
+    the coverage, counts by area, then every requirement, failures first."""
+    esc = html.esc
+    verdict = (
+        f"<b>{'FAIL' if report.failed else 'PASS'}</b>: {len(report.must_failures)} MUST"
         f" failures, {len(report.by_shown('FAIL')) - len(report.must_failures)} other failures,"
         f" {len(report.by_shown('ERROR'))} errors, {len(report.by_shown('KNOWN'))} known deviations,"
-        f" {len(report.by_shown('PASS'))} passed of {len(report.rows)} requirements</p>",
+        f" {len(report.by_shown('PASS'))} passed of {len(report.rows)} requirements"
+    )
+    parts = [
+        html.banner(not report.failed, verdict),
         f"<p>transport {esc(report.transport)}, ring {esc(report.ring)}, policy {esc(report.policy)}</p>",
     ]
     if report.stopped:
@@ -397,26 +389,28 @@ def to_html(report: Report, cov: Coverage | None = None) -> str:
             parts.append("<p>Unreachable here (not counted):</p><ul>")
             parts += [f"<li>{esc(rid)}: {esc(why)}</li>" for rid, why in cov.unreachable.items()]
             parts.append("</ul>")
-    parts.append("<h2>By area</h2><table><tr><th>area</th>")
-    verdicts = list(SHOWN)
-    parts += [f"<th>{v}</th>" for v in verdicts] + ["</tr>"]
-    for area, counts in report.summary("area").items():
-        parts.append(
-            f"<tr><td>{esc(area)}</td>" + "".join(f"<td>{counts.get(v, 0)}</td>" for v in verdicts) + "</tr>"
-        )
-    parts.append(
-        "</table><h2>Requirements</h2><table id='requirements'><tr><th>id</th><th>section</th>"
-        "<th>level</th><th>verdict</th><th>evidence</th><th>known deviation</th></tr>"
+    parts.append("<h2>By area</h2>")
+    areas = report.summary("area")
+    parts += html.table(("area", *SHOWN), [(a, *(c.get(v, 0) for v in SHOWN)) for a, c in areas.items()])
+    parts.append("<h2>Requirements</h2>")
+    rows = sorted(report.rows, key=_html_order)  # failures first; stable: catalogue order within
+    parts += html.table(
+        ("id", "section", "level", "verdict", "evidence", "known deviation"),
+        [
+            (
+                r.id,
+                r.section,
+                r.level,
+                r.shown,
+                "; ".join(r.evidence) or (r.not_checkable or ""),
+                r.known or "",
+            )
+            for r in rows
+        ],
+        id="requirements",
+        row_attrs=[f"data-verdict='{r.shown}' style='background:{_COLOURS[r.shown]}'" for r in rows],
     )
-    for r in sorted(report.rows, key=_html_order):  # failures first; stable: catalogue order within
-        detail = "; ".join(r.evidence) or (r.not_checkable or "")
-        parts.append(
-            f"<tr data-verdict='{r.shown}' style='background:{_COLOURS[r.shown]}'><td>{esc(r.id)}</td>"
-            f"<td>{esc(r.section)}</td><td>{esc(r.level)}</td><td>{r.shown}</td><td>{esc(detail)}</td>"
-            f"<td>{esc(r.known or '')}</td></tr>"
-        )
-    parts.append("</table></body></html>")
-    return "\n".join(parts)
+    return html.page(f"Conformance of {report.target}", parts)
 
 
 def print_report(report: Report, console: Console, cov: Coverage | None = None) -> None:

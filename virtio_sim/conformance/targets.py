@@ -3,21 +3,28 @@
 ``host:DEVICE[,props]`` is one of our host devices (a QEMU-style -device string, e.g.
 ``host:virtio-blk-pci,serial=x``), ``qemu:DEVICE[,props]`` the same device model of a
 real QEMU under qtest, ``driver:PROFILE[,props]`` a guest driver profile watched by the
-checking device. Parsing is strict: a bad target is a :class:`TargetError` (usage error,
-exit 2), never a run that silently checks something else.
+checking device. The text is every campaign's KIND:NAME[,k=v] (campaign/target.py), read
+strictly: a bad target is a :class:`TargetError` (usage error, exit 2), never a run that
+silently checks something else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from virtio_sim.campaign.target import TargetTextError, parse_target_text
+
 KINDS = ("host", "qemu", "driver")
 TRANSPORTS = ("mmio-v2", "mmio-v1", "pci-modern", "pci-transitional", "pci-legacy")
 RINGS = ("split", "packed")
 
 
-class TargetError(ValueError):
+class TargetError(TargetTextError):
     """The --target (or --transport/--ring) cannot be used."""
+
+
+#: each kind and what its name is
+KIND_NAMES = {"host": "DEVICE", "qemu": "DEVICE", "driver": "PROFILE"}
 
 
 @dataclass(frozen=True)
@@ -33,22 +40,9 @@ class Target:
 
 
 def parse_target(spec: str) -> Target:
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in KINDS:
-        raise TargetError(f"target {spec!r}: expected host:DEVICE, qemu:DEVICE or driver:PROFILE")
-    parts = [p.strip() for p in rest.split(",")]
-    name = parts[0]
-    if not name:
-        raise TargetError(f"target {spec!r}: no {'profile' if kind == 'driver' else 'device'} named")
-    props: dict[str, str] = {}
-    for p in parts[1:]:
-        key, eq, value = p.partition("=")
-        if not eq or not key:
-            raise TargetError(f"target {spec!r}: property {p!r} is not key=value")
-        if key in props:
-            raise TargetError(f"target {spec!r}: property {key!r} given twice")
-        props[key] = value
-    return Target(kind, name, props)
+    """The campaign's target text (virtio_sim/campaign/target.py) with conformance's kinds."""
+    t = parse_target_text(spec, KIND_NAMES, error=TargetError)
+    return Target(t.kind, t.name, dict(t.props))
 
 
 def check_transport_ring(transport: str, ring: str) -> None:

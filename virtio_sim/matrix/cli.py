@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from virtio_sim.argtypes import positive_seconds
+from virtio_sim.campaign.interrupt import Interrupted, stop_on_signals
+from virtio_sim.campaign.outputs import Outputs, add_report_arguments
+from virtio_sim.campaign.progress import ProgressReporter
 from virtio_sim.console import output_console
 from virtio_sim.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 from virtio_sim.matrix import report
@@ -22,12 +25,10 @@ from virtio_sim.matrix.executors import (
     ExecutorError,
     LocalPool,
 )
-from virtio_sim.matrix.interrupt import Interrupted, stop_on_signals
-from virtio_sim.matrix.progress import ProgressReporter
 from virtio_sim.matrix.run import Executor, execute, partial_results, plan
 from virtio_sim.matrix.select import added_values, select_axes
 from virtio_sim.matrix.spec import AXES, Cell, MatrixError, MatrixSpec, expand, expected_outcome, load_matrix
-from virtio_sim.outpaths import OutputPathError, check_writable, write_text
+from virtio_sim.outpaths import OutputPathError
 from virtio_sim.peertext import peer_text
 
 EXIT_MISMATCH = 1
@@ -42,21 +43,18 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
             flag, dest=axis, action="append", metavar=axis.upper(), help=f"only these {axis} values"
         )
     add_executor_arguments(p)
-    p.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="write JSON (to stdout alone if no PATH)",
+    add_report_arguments(
+        p,
+        json_help="write JSON (to stdout alone if no PATH)",
+        junit_help="write a JUnit XML report",
+        html_help="write a self-contained HTML grid",
     )
-    p.add_argument("--junit-xml", metavar="PATH", help="write a JUnit XML report")
     p.add_argument(
         "--device-backend",
         choices=("ours", "qemu"),
         default="ours",
         help="run the cells on our device models (default) or on QEMU's (qemu-system-x86_64, qtest)",
     )
-    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML grid")
     p.add_argument(
         "--list", action="store_true", help="print the selected cells and their expected outcomes, run none"
     )
@@ -167,19 +165,18 @@ def _quiet_closed_pipe() -> int:
 def check_outputs(args: argparse.Namespace) -> None:
     """Fail on an unwritable --json/--junit-xml/--html path before any cell runs."""
     try:
-        check_writable((("--json", args.json), ("--junit-xml", args.junit_xml), ("--html", args.html)))
+        Outputs.of(args).check()
     except OutputPathError as e:
         raise MatrixError(str(e)) from None
 
 
 def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Raises OutputPathError if a report cannot be written after all (disk full...)."""
-    if args.json and args.json != "-":
-        write_text("--json", args.json, report.to_json(results, meta))
-    if args.junit_xml:
-        write_text("--junit-xml", args.junit_xml, report.to_junit(results, meta["source"]))
-    if args.html:
-        write_text("--html", args.html, report.to_html(results, f"virtio-sim matrix: {meta['source']}", meta))
+    Outputs.of(args).write(
+        json=lambda: report.to_json(results, meta),
+        junit=lambda: report.to_junit(results, meta["source"]),
+        html=lambda: report.to_html(results, f"virtio-sim matrix: {meta['source']}", meta),
+    )
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

@@ -7,8 +7,9 @@ grid per transport (driver rows, device columns, one mark per cell with its vari
 detail on hover), and what changed between successive driver and device generations
 (the compat explanation, virtio_sim/compat.py).
 
-Hand-written rather than templated: the page is a few fixed sections, every piece of
-peer or profile text goes through html.escape, and no template engine is a dependency.
+The frame (document, verdict banner, metadata) is every campaign's (campaign/html.py);
+the sections here are the matrix's own, hand-written like the frame: every piece of peer
+or profile text goes through html.escape.
 It stays light for the 2880-cell default matrix (a bound tests/matrix/test_reports_html.py
 checks): a cell is one short element; the full record of each cell is in the JSON report.
 """
@@ -22,6 +23,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from virtio_sim.campaign.html import banner, page
+from virtio_sim.campaign.html import meta as run_meta
 from virtio_sim.compat import compare
 
 #: what each outcome means, for the legend (the classes of virtio_sim/outcome.py plus
@@ -81,21 +84,14 @@ document.addEventListener('DOMContentLoaded',()=>{
 });
 """
 
+#: the matrix page's own look, on top of campaign/html.py's BASE_STYLE
 _STYLE = """
-body{font-family:sans-serif;margin:1em;color:#222}
-h1{margin:0 0 .3em}
-#verdict{font-size:1.4em;padding:.4em .6em;border-radius:4px;color:#fff;display:inline-block}
-#verdict.pass{background:#3c9a4a} #verdict.fail{background:#b02a2a}
-table{border-collapse:collapse;margin:.4em 0 1.4em}
-th,td{border:1px solid #ccc;padding:2px 4px;vertical-align:top;font-size:13px}
 td.detail{max-width:60em}
 i.c{display:inline-block;font-style:normal;min-width:3.6em;color:#fff;padding:1px 3px;margin:1px;
  font-size:11px;border-radius:3px;text-align:center}
 i.c.x{outline:3px solid #f00}
 #filters{position:sticky;top:0;background:#f4f4f4;padding:.4em;border:1px solid #ddd}
 #filters label{margin-right:1em}
-dl.meta{display:grid;grid-template-columns:max-content auto;gap:0 1em;font-size:13px}
-dl.meta dt{font-weight:bold}
 """
 
 
@@ -132,10 +128,10 @@ def generation_changes(results: list[dict[str, Any]], axis: str) -> list[tuple[s
 
 def _verdict(results: list[dict[str, Any]], bad: list[dict[str, Any]]) -> list[str]:
     esc = html.escape
-    word = "pass" if not bad else "fail"
     p = [
-        f"<p id='verdict' class='{word}'>{len(results)} cells, {len(bad)} unexpected"
-        f"{'' if bad else ': every cell as expected'}</p>",
+        banner(
+            not bad, f"{len(results)} cells, {len(bad)} unexpected{'' if bad else ': every cell as expected'}"
+        ),
         f"<h2>Unexpected cells ({len(bad)})</h2>",
     ]
     if not bad:
@@ -147,12 +143,6 @@ def _verdict(results: list[dict[str, Any]], bad: list[dict[str, Any]]) -> list[s
             f"<td>{esc(r['outcome'])}</td><td class='detail'>{esc(str(r.get('detail', '')))}</td></tr>"
         )
     return [*p, "</table>"]
-
-
-def _meta(meta: dict[str, Any]) -> list[str]:
-    esc = html.escape
-    rows = [f"<dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd>" for k, v in meta.items()]
-    return ["<h2>Run</h2><dl class='meta' id='meta'>", *rows, "</dl>"]
 
 
 def _legend(counts: Counter[str], unexpected: int, abbrev: dict[str, str]) -> list[str]:
@@ -255,24 +245,17 @@ def render(
     abbrev: dict[str, str],
     variant: Callable[[dict[str, Any]], str],
 ) -> str:
-    esc = html.escape
     bad = [r for r in results if _is_unexpected(r) or r["outcome"] == "TOOL_ERROR"]
     counts = Counter(str(r["outcome"]) for r in results)
-    return "\n".join(
-        [
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-            f"<title>{esc(title)}</title><style>{_STYLE}{_colour_css(colours)}</style>",
-            f"<script>{_SCRIPT}</script></head><body>",
-            f"<h1>{esc(title)}</h1>",
-            *_verdict(results, bad),
-            *_meta(meta),
-            *_legend(counts, len(bad), abbrev),
-            *_filters(results, counts),
-            *_grids(results, abbrev, variant),
-            *_generations(results),
-            "</body></html>",
-        ]
-    )
+    body = [
+        *_verdict(results, bad),
+        *run_meta(meta),
+        *_legend(counts, len(bad), abbrev),
+        *_filters(results, counts),
+        *_grids(results, abbrev, variant),
+        *_generations(results),
+    ]
+    return page(title, body, style=_STYLE + _colour_css(colours), script=_SCRIPT)
 
 
 def default_meta(meta: dict[str, Any] | None) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -13,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from virtio_sim.matrix.executors import NOT_RUN
+from virtio_sim.campaign import junit as campaign_junit
+from virtio_sim.campaign.verdict import CaseVerdict, Status
+from virtio_sim.matrix.executors import NOT_RUN, TOOL_ERROR
 from virtio_sim.peertext import plain
 
 OUTCOME_STYLE = {
@@ -128,54 +129,36 @@ def to_json(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return json.dumps({"matrix": meta, "summary": dict(sorted(counts.items())), "cells": results}, indent=2)
 
 
-def junit_stamp() -> tuple[str, str]:
-    """JUnit's testsuite timestamp (ISO 8601, local time without zone, as the schema has
-    it) and hostname."""
-    import datetime
-    import socket
-
-    return datetime.datetime.now().replace(microsecond=0).isoformat(), socket.gethostname()
-
-
 def suite_name(source: str) -> str:
     """A JUnit suite name that stays the same wherever the checkout is:
     ``virtio-sim.matrix.<matrix file stem>``."""
     return "virtio-sim.matrix." + PurePath(str(source)).stem
 
 
-def to_junit(results: list[dict[str, Any]], name: str) -> str:
-    """One test case per cell (its seconds as the case time); a cell whose outcome is not
-    the expected one is a failure, a TOOL_ERROR an error. ``name``: the matrix file."""
-    failures = mismatches(results)
-    failed_ids = {m.id for m in failures}
-    stamp, host = junit_stamp()
-    suite = ET.Element(
-        "testsuite",
-        name=suite_name(name),
-        timestamp=stamp,
-        hostname=host,
-        tests=str(len(results)),
-        failures=str(len(failures)),
-        errors=str(sum(1 for r in results if r["outcome"] == "TOOL_ERROR")),
-        skipped=str(sum(1 for r in results if r["outcome"] == NOT_RUN)),
-        time=f"{sum(float(r.get('seconds') or 0) for r in results):.3f}",
-    )
+def junit_cases(results: list[dict[str, Any]]) -> list[CaseVerdict]:
+    """One case per cell (its seconds as the case time, its outcome a property): a cell
+    whose outcome is not the expected one failed, a TOOL_ERROR is an error, a cell an
+    interrupt left NOT_RUN is skipped."""
+    failed_ids = {m.id for m in mismatches(results)}
+    out = []
     for r in results:
-        case = ET.SubElement(
-            suite, "testcase", classname=f"matrix.{r['transport']}", name=r["id"],
-            time=f"{float(r.get('seconds') or 0):.4f}",
-        )  # fmt: skip
-        props = ET.SubElement(case, "properties")
-        ET.SubElement(props, "property", name="outcome", value=r["outcome"])
+        o = r["outcome"]
+        detail = r.get("detail", "")
+        case = CaseVerdict(f"matrix.{r['transport']}", r["id"], Status.PASSED,
+                           seconds=float(r.get("seconds") or 0), properties={"outcome": o})  # fmt: skip
         if r["id"] in failed_ids:
-            f = ET.SubElement(case, "failure", message=f"expected {r['expected']}, got {r['outcome']}")
-            f.text = r.get("detail", "")
-        elif r["outcome"] == NOT_RUN:
-            ET.SubElement(case, "skipped", message=r.get("detail", "not run"))
-        elif r["outcome"] == "TOOL_ERROR":
-            e = ET.SubElement(case, "error", message="tool error")
-            e.text = r.get("detail", "")
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+            case.status, case.message, case.text = Status.FAILED, f"expected {r['expected']}, got {o}", detail
+        elif o == NOT_RUN:
+            case.status, case.message = Status.SKIPPED, detail or "not run"
+        elif o == TOOL_ERROR:
+            case.status, case.message, case.text = Status.ERROR, "tool error", detail
+        out.append(case)
+    return out
+
+
+def to_junit(results: list[dict[str, Any]], name: str) -> str:
+    """The matrix as JUnit XML (campaign/junit.py); ``name``: the matrix file."""
+    return campaign_junit.to_junit(suite_name(name), junit_cases(results))
 
 
 def to_html(results: list[dict[str, Any]], title: str, meta: dict[str, Any] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM stop a matrix run the same way: once, cleanly, with partial reports.
+"""Ctrl-C and SIGTERM stop a campaign run the same way: once, cleanly, with partial reports.
 
 Python turns SIGINT into KeyboardInterrupt but leaves SIGTERM fatal, so a CI job that is
 cancelled (SIGTERM) would lose every finished cell and leave workers behind. Inside
