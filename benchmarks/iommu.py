@@ -42,12 +42,12 @@ def blk_request_seconds(requests: int, mode: str, profiler: Any = None) -> float
 
     ``profiler`` (a cProfile.Profile, say) is enabled for the timed requests only.
     """
-    from virtio_sim.direct_link import DirectLink
     from virtio_sim.guest.drivers.blk import BlkDriver
     from virtio_sim.guest.iommu_dma import IommuDma
     from virtio_sim.guest.platform import GuestKernel
     from virtio_sim.guest.profile import guest_policy
     from virtio_sim.host.build import HostConfig, build_host
+    from virtio_sim.orchestration.direct_link import DirectLink
     from virtio_sim.profiles import load_driver_profile
 
     ram = 256 << 20

@@ -8,7 +8,7 @@ import os
 import resource
 import sys
 
-from virtio_sim.cli import main
+from virtio_sim.orchestration.cli import main
 
 
 def _report() -> None:

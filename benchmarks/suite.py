@@ -54,9 +54,9 @@ class Row:
 
 def _link(nursery: trio.Nursery, machine: Any, framed: bool) -> Any:
     """The embedded link: direct calls (the default), or frames over memory channels."""
-    from virtio_sim.direct_link import DirectLink
     from virtio_sim.guest.link import HostLink
     from virtio_sim.host.server import serve
+    from virtio_sim.orchestration.direct_link import DirectLink
     from virtio_sim.wire import memory_link
 
     if not framed:
@@ -111,10 +111,10 @@ def embedded_blk(size: int, total: int, write: bool, framed: bool = False) -> fl
 
 def embedded_latency(rounds: int, framed: bool = False) -> float:
     """Seconds per single rng request round trip through the embedded stack."""
-    from virtio_sim.embedded import RunConfig  # noqa: F401  (keeps imports warm)
     from virtio_sim.guest.drivers.rng import RngDriver
     from virtio_sim.guest.platform import GuestKernel, GuestPolicy
     from virtio_sim.host.build import HostConfig, build_host
+    from virtio_sim.orchestration.embedded import RunConfig  # noqa: F401  (keeps imports warm)
 
     async def main() -> float:
         setup = build_host(HostConfig(devices=["virtio-rng-device"], seed=1))
@@ -137,9 +137,9 @@ def embedded_latency(rounds: int, framed: bool = False) -> float:
 
 
 def matrix_cells_per_second() -> tuple[float, int]:
-    from virtio_sim.matrix.executors import LocalPool
-    from virtio_sim.matrix.run import execute, plan
-    from virtio_sim.matrix.spec import load_matrix
+    from virtio_sim.orchestration.matrix.executors import LocalPool
+    from virtio_sim.orchestration.matrix.run import execute, plan
+    from virtio_sim.orchestration.matrix.spec import load_matrix
 
     spec = load_matrix()
     cells = plan(spec)
@@ -151,9 +151,9 @@ def matrix_cells_per_second() -> tuple[float, int]:
 def matrix_cells_per_cpu_second(step: int) -> tuple[float, int]:
     """Cells per CPU second of one process running every ``step``-th default-matrix cell
     in a row: one worker's rate, whichever executor (local pool, dask) hands it cells."""
-    from virtio_sim.matrix.cell import run_cell
-    from virtio_sim.matrix.run import plan
-    from virtio_sim.matrix.spec import load_matrix
+    from virtio_sim.orchestration.matrix.cell import run_cell
+    from virtio_sim.orchestration.matrix.run import plan
+    from virtio_sim.orchestration.matrix.spec import load_matrix
 
     cells = plan(load_matrix())[::step]
     run_cell(cells[0], 10.0, 1)  # warm: profiles loaded, code paths taken once
@@ -168,7 +168,7 @@ def startup_cpu_seconds(repeat: int) -> float:
     interpreter start, imports, one rng run, the JSON record."""
     import resource
 
-    cmd = [sys.executable, "-m", "virtio_sim.cli", "run", "--device", "virtio-rng-device"]
+    cmd = [sys.executable, "-m", "virtio_sim.orchestration.cli", "run", "--device", "virtio-rng-device"]
     cmd += ["--workload", "rng", "--json"]
     best = float("inf")
     for _ in range(max(1, repeat)):
@@ -183,8 +183,8 @@ def startup_cpu_seconds(repeat: int) -> float:
 def peak_rss_processes(ram: str = "1G") -> tuple[float, float]:
     """Peak RSS (MB) of the host and of the guest process of ``run --processes``."""
     code = (
-        "import trio, virtio_sim.processes as P\n"
-        "from virtio_sim.embedded import RunConfig\n"
+        "import trio, virtio_sim.orchestration.processes as P\n"
+        "from virtio_sim.orchestration.embedded import RunConfig\n"
         "P._cli = lambda: [P.sys.executable, '-m', 'benchmarks.rss_child']\n"
         "cfg = RunConfig(device='virtio-blk-device', workload='blk-rw', "
         f"ram_size={_size(ram)})\n"
@@ -206,7 +206,7 @@ def peak_rss_embedded(ram: str = "1G") -> float:
     """Peak RSS (MB) of a process running host and guest embedded with ``ram`` guest RAM."""
     code = (
         "import resource, trio\n"
-        "from virtio_sim.embedded import RunConfig, run_embedded\n"
+        "from virtio_sim.orchestration.embedded import RunConfig, run_embedded\n"
         "cfg = RunConfig(device='virtio-blk-device', workload='blk-rw', "
         f"ram_size={_size(ram)})\n"
         "r = trio.run(run_embedded, cfg)\n"
@@ -241,7 +241,7 @@ def run_all(scale: float = 1.0, only: tuple[str, ...] = GROUPS, repeat: int = 3)
     """Every benchmark of ``only``; counts are multiplied by ``scale`` (a smoke run uses
     a small one). Each ring figure is the best of ``repeat`` runs, interleaved with its
     floor so that both see the same machine."""
-    import virtio_sim.embedded  # noqa: F401  (the whole stack, as a run has it)
+    import virtio_sim.orchestration.embedded  # noqa: F401  (the whole stack, as a run has it)
     from virtio_sim.gcfreeze import freeze_startup
 
     freeze_startup()  # as the commands do after their imports (virtio_sim/gcfreeze.py)

@@ -12,7 +12,13 @@ from hypothesis import settings
 
 from tests.support.ci_policy import pytest_runtest_makereport  # noqa: F401  (CI=true: a skipped qemu test fails)
 from virtio_sim.memory import GuestMemory
-from virtio_sim.qemu.tools import QEMU_ARM, QEMU_INSTALL_HINT, QEMU_X86, MissingTool, static_busybox
+from virtio_sim.orchestration.qemu.tools import (
+    QEMU_ARM,
+    QEMU_INSTALL_HINT,
+    QEMU_X86,
+    MissingTool,
+    static_busybox,
+)
 
 
 def _static_busybox() -> bool:

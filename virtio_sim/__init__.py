@@ -4,9 +4,9 @@ The Python API (docs/api.md): ``virtio_sim.run(...)`` runs one device with one g
 driver generation and returns the RunResult ``virtio-sim run --json`` prints;
 ``virtio_sim.Matrix(...)`` plans and runs a matrix (cells as ``virtio-sim matrix --json``);
 ``virtio_sim.compare_drivers(...)`` and ``virtio_sim.check_conformance(...)`` return the
-reports of ``virtio-sim compat`` and ``virtio-sim conformance`` (virtio_sim.compat and
-virtio_sim.conformance are the modules behind them). The names are loaded on first use
-(virtio_sim/api.py), so importing a submodule does not pull in the host and guest stack.
+reports of ``virtio-sim compat`` and ``virtio-sim conformance`` (virtio_sim.orchestration.compat and
+virtio_sim.orchestration.conformance are the modules behind them). The names are loaded on first use
+(virtio_sim/orchestration/api.py), so importing a submodule does not pull in the host and guest stack.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from virtio_sim.api import (
+    from virtio_sim.orchestration.api import (
         ConfigError,
         Matrix,
         MatrixError,
@@ -59,5 +59,5 @@ def __getattr__(name: str) -> Any:
         value = globals()["__version__"] = _version()
         return value
     if name in __all__:
-        return getattr(import_module("virtio_sim.api"), name)
+        return getattr(import_module("virtio_sim.orchestration.api"), name)
     raise AttributeError(f"module 'virtio_sim' has no attribute {name!r}")

@@ -1,1 +1,1 @@
-"""The Python API (virtio_sim/api.py) and docs/api.md taken at its word."""
+"""The Python API (virtio_sim/orchestration/api.py) and docs/api.md taken at its word."""

@@ -64,8 +64,8 @@ def test_run_returns_what_the_command_prints() -> None:
 
     ours = virtio_sim.run("virtio-rng-device", "rng", driver="linux-4.8", seed=5).to_json()
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "run", "--device", "virtio-rng-device", "--workload", "rng",
-         "--driver", "linux-4.8", "--seed", "5", "--json"],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "run", "--device", "virtio-rng-device",
+         "--workload", "rng", "--driver", "linux-4.8", "--seed", "5", "--json"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -83,8 +83,8 @@ def test_matrix_cells_are_the_commands_cells() -> None:
     cells = virtio_sim.Matrix(ROOT / "specs/matrices/default.toml", **axes).run(workers=1).cells
     flags = [x for k, v in axes.items() for x in (f"--{k}", v)]
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "matrix", "specs/matrices/default.toml", *flags,
-         "--workers", "1", "--json"],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "matrix", "specs/matrices/default.toml",
+         *flags, "--workers", "1", "--json"],
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr

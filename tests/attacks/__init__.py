@@ -1,1 +1,2 @@
-"""virtio_sim/attacks: the hostile corpus, fuzzing, amplification, the wire corpus under load."""
+"""virtio_sim/orchestration/attacks: the hostile corpus, fuzzing, amplification, the wire corpus under
+load."""

@@ -15,7 +15,10 @@ from pathlib import Path
 import trio
 
 from tests.support.processes import host, raw_channel
-from virtio_sim.attacks.amplify import (
+from virtio_sim.handshake import guest_handshake, session_memory
+from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
+from virtio_sim.host.transport.mmio import MMIO_WINDOW
+from virtio_sim.orchestration.attacks.amplify import (
     MIB,
     Amplified,
     finish,
@@ -25,9 +28,6 @@ from virtio_sim.attacks.amplify import (
     rss,
     sparse_disk,
 )
-from virtio_sim.handshake import guest_handshake, session_memory
-from virtio_sim.host.machine import MICROVM_MMIO_BASE, MICROVM_MMIO_SLOTS
-from virtio_sim.host.transport.mmio import MMIO_WINDOW
 from virtio_sim.sockets import UnixAddress, connect
 
 BLK_BASE = MICROVM_MMIO_BASE + (MICROVM_MMIO_SLOTS - 1) * MMIO_WINDOW  # the only device

@@ -21,27 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim import cli, wire
+from virtio_sim import wire
 from virtio_sim.acpi_layouts import SDT_HEADER_SIZE
-from virtio_sim.attacks.corpus import host_cases, host_scenarios, rows
-from virtio_sim.attacks.corpus_wire import CASES as WIRE_CASES
-from virtio_sim.attacks.corpus_wire import ListeningWatch, run_wire_corpus, vu
-from virtio_sim.attacks.device_side import (
-    IGNORED_NEEDS_RESET,
-    RUN_SECONDS,
-    TOLERABLE,
-    DriverTarget,
-    driver_cases,
-    judge,
-    profiles,
-    run_driver_case,
-)
-from virtio_sim.attacks.forge import INDIRECT, WRITE, SplitForge
-from virtio_sim.attacks.runner import CASE_SECONDS, run_case, run_cases, run_sync
-from virtio_sim.attacks.scenario import CaseResult, Expect, Scenario, Verdict
-from virtio_sim.attacks.targets import DEVICES, Bench, Target, all_targets
 from virtio_sim.dma import IdentityAddressSpace
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.acpi import AcpiError, table_length
 from virtio_sim.handshake import HandshakeError, guest_handshake
 from virtio_sim.host.devices.hostile import LIES
@@ -52,6 +34,25 @@ from virtio_sim.host.vhost_user_wire import VhostUserProtocolError, receive_mess
 from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import fast_codec
 from virtio_sim.memory import GuestMemory
+from virtio_sim.orchestration import cli
+from virtio_sim.orchestration.attacks.corpus import host_cases, host_scenarios, rows
+from virtio_sim.orchestration.attacks.corpus_wire import CASES as WIRE_CASES
+from virtio_sim.orchestration.attacks.corpus_wire import ListeningWatch, run_wire_corpus, vu
+from virtio_sim.orchestration.attacks.device_side import (
+    IGNORED_NEEDS_RESET,
+    RUN_SECONDS,
+    TOLERABLE,
+    DriverTarget,
+    driver_cases,
+    judge,
+    profiles,
+    run_driver_case,
+)
+from virtio_sim.orchestration.attacks.forge import INDIRECT, WRITE, SplitForge
+from virtio_sim.orchestration.attacks.runner import CASE_SECONDS, run_case, run_cases, run_sync
+from virtio_sim.orchestration.attacks.scenario import CaseResult, Expect, Scenario, Verdict
+from virtio_sim.orchestration.attacks.targets import DEVICES, Bench, Target, all_targets
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.ring.chain import RingError
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress
@@ -406,7 +407,8 @@ def test_cli_attack_list_json_and_usage(capsys: pytest.CaptureFixture[str]) -> N
 _PROBE = """
 import json
 from virtio_sim.host import process
-from virtio_sim import cli, handshake, wire
+from virtio_sim import handshake, wire
+from virtio_sim.orchestration import cli
 from virtio_sim.ring import types as ring_types
 from virtio_sim.spec import VU_LIMITS
 args = cli.build_parser().parse_args(["host", "--listen", "/x"])

@@ -7,7 +7,13 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from virtio_sim.attacks.fuzz import RegisterMachine, RingMachine, frames_strategy, fuzz_for, fuzz_frames
+from virtio_sim.orchestration.attacks.fuzz import (
+    RegisterMachine,
+    RingMachine,
+    frames_strategy,
+    fuzz_for,
+    fuzz_frames,
+)
 
 CI = settings(
     max_examples=25,
@@ -38,7 +44,7 @@ def test_fuzz_for_runs_and_reports_nothing_in_a_short_run() -> None:
 
 
 def test_fuzz_minutes_must_be_a_positive_number(capsys) -> None:  # type: ignore[no-untyped-def]
-    from virtio_sim import cli
+    from virtio_sim.orchestration import cli
 
     for bad in ("-1", "0", "nan", "abc"):
         try:

@@ -21,12 +21,12 @@ import pytest
 import trio
 import trio.testing
 
-import virtio_sim.attacks.corpus_wire as corpus_wire
-from virtio_sim.attacks.corpus_wire import CASES, run_wire_corpus
-from virtio_sim.attacks.scenario import Verdict
+import virtio_sim.orchestration.attacks.corpus_wire as corpus_wire
 from virtio_sim.handshake import guest_handshake
 from virtio_sim.host import server as host_server
 from virtio_sim.host.process import HostOptions, HostServer, plan_host
+from virtio_sim.orchestration.attacks.corpus_wire import CASES, run_wire_corpus
+from virtio_sim.orchestration.attacks.scenario import Verdict
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress
 from virtio_sim.wire import bye
 

@@ -1,1 +1,1 @@
-"""virtio_sim/campaign: the shared deadline mechanism, report model and writers, outputs."""
+"""virtio_sim/orchestration/campaign: the shared deadline mechanism, report model and writers, outputs."""

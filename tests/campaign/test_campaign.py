@@ -1,4 +1,4 @@
-"""The campaign harness (virtio_sim/campaign/): the one deadline mechanism, the one JUnit
+"""The campaign harness (virtio_sim/orchestration/campaign/): the one deadline mechanism, the one JUnit
 writer, the report outputs, and attacks reporting through them.
 
 The deadline runners themselves are checked where they stop real work:
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from virtio_sim import cli
-from virtio_sim.campaign.deadline import CpuBudget, WallBudget, hard_deadline, wait_within
-from virtio_sim.campaign.junit import to_junit
-from virtio_sim.campaign.outputs import Outputs
-from virtio_sim.campaign.verdict import CaseVerdict, Status
+from virtio_sim.orchestration import cli
+from virtio_sim.orchestration.campaign.deadline import CpuBudget, WallBudget, hard_deadline, wait_within
+from virtio_sim.orchestration.campaign.junit import to_junit
+from virtio_sim.orchestration.campaign.outputs import Outputs
+from virtio_sim.orchestration.campaign.verdict import CaseVerdict, Status
 from virtio_sim.outpaths import OutputPathError
 
 
@@ -150,11 +150,11 @@ def test_a_conformance_checker_that_never_returns_is_stopped_at_its_deadline(
     device: its requirement is ERROR with the reason, and the run goes on to report."""
     import trio
 
-    from virtio_sim.conformance import device_runner
-    from virtio_sim.conformance.catalog import load_catalog
-    from virtio_sim.conformance.device_checks import Checker, Ctx, load_all
-    from virtio_sim.conformance.dut import open_host
-    from virtio_sim.conformance.findings import Policy, Verdict
+    from virtio_sim.orchestration.conformance import device_runner
+    from virtio_sim.orchestration.conformance.catalog import load_catalog
+    from virtio_sim.orchestration.conformance.device_checks import Checker, Ctx, load_all
+    from virtio_sim.orchestration.conformance.dut import open_host
+    from virtio_sim.orchestration.conformance.findings import Policy, Verdict
 
     catalog = load_catalog()
     rid = next(e.id for e in catalog.entries.values() if e.actor == "device")

@@ -1,1 +1,1 @@
-"""The virtio-sim command as a user runs it (virtio_sim/cli.py, compat_cli.py)."""
+"""The virtio-sim command as a user runs it (virtio_sim/orchestration/cli.py, compat_cli.py)."""

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from virtio_sim.compat import compare, dma_path, explain
+from virtio_sim.orchestration.compat import compare, dma_path, explain
 
 DEFAULT = "specs/matrices/default.toml"
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", *args],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", *args],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
 

@@ -19,7 +19,10 @@ ONE_CELL = ("--driver", "linux-6.1", "--device", "qemu-7.2", "--transport", "mmi
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -76,7 +79,7 @@ def test_matrix_directory_is_a_usage_error(tmp_path: Path) -> None:
 def test_non_finite_or_non_positive_timeouts_are_refused_at_parsing(
     argv: list[str], value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from virtio_sim import cli
+    from virtio_sim.orchestration import cli
 
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args([*argv[:-1], f"{argv[-1]}={value}"])  # =: "-1" is no option
@@ -86,7 +89,7 @@ def test_non_finite_or_non_positive_timeouts_are_refused_at_parsing(
 
 
 def test_matrix_file_with_nan_timeout_is_refused() -> None:
-    from virtio_sim.matrix.spec import MatrixError, parse_matrix
+    from virtio_sim.orchestration.matrix.spec import MatrixError, parse_matrix
 
     for bad in (float("nan"), float("inf"), True):
         with pytest.raises(MatrixError, match="finite positive"):
@@ -108,8 +111,8 @@ def test_closed_stdout_pipe_ends_quietly_with_141(argv: list[str]) -> None:
     os.close(r)
     try:
         p = subprocess.run(
-            [sys.executable, "-m", "virtio_sim.cli", *argv], stdout=w, stderr=subprocess.PIPE, text=True,
-            timeout=300,
+            [sys.executable, "-m", "virtio_sim.orchestration.cli", *argv], stdout=w, stderr=subprocess.PIPE,
+            text=True, timeout=300,
         )  # fmt: skip
     finally:
         os.close(w)

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from virtio_sim import cli, wire
-from virtio_sim.attacks.corpus_text import TEXT_CASES, raw_error, run_text_corpus
-from virtio_sim.attacks.scenario import Verdict
+from virtio_sim import wire
 from virtio_sim.exit_codes import EXIT_FAIL
-from virtio_sim.matrix import report
+from virtio_sim.orchestration import cli
+from virtio_sim.orchestration.attacks.corpus_text import TEXT_CASES, raw_error, run_text_corpus
+from virtio_sim.orchestration.attacks.scenario import Verdict
+from virtio_sim.orchestration.matrix import report
 from virtio_sim.peertext import MAX_PEER_TEXT, cap, peer_text
 from virtio_sim.spec import LIMITS
 
@@ -70,7 +71,8 @@ def _fake_host(message: str) -> tuple[str, threading.Thread]:
 
 def _guest(path: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "guest", "--connect", f"unix:{path}", "--workload", "rng"],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "guest", "--connect", f"unix:{path}",
+         "--workload", "rng"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -15,10 +15,16 @@ import sys
 import pytest
 from rich.console import Console
 
-from virtio_sim import cli
+from virtio_sim.orchestration import cli
 from virtio_sim.outcome import Outcome, RunResult
 
-HEAVY = ("rich", "virtio_sim.matrix", "virtio_sim.conformance", "virtio_sim.attacks", "virtio_sim.compat")
+HEAVY = (
+    "rich",
+    "virtio_sim.orchestration.matrix",
+    "virtio_sim.orchestration.conformance",
+    "virtio_sim.orchestration.attacks",
+    "virtio_sim.orchestration.compat",
+)
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -29,11 +35,13 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_importing_the_cli_loads_no_command_code() -> None:
-    assert _loaded_after("import virtio_sim.cli") == []
+    assert _loaded_after("import virtio_sim.orchestration.cli") == []
 
 
 def test_a_run_parser_loads_only_the_run_stack() -> None:
-    code = "import virtio_sim.cli as c\nc.build_parser('run').parse_args(['run', '-device', 'x'])"
+    code = (
+        "import virtio_sim.orchestration.cli as c\nc.build_parser('run').parse_args(['run', '-device', 'x'])"
+    )
     assert _loaded_after(code) == []
 
 

@@ -17,7 +17,7 @@ SECTOR = 512
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "run", *args],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "run", *args],
         capture_output=True,
         text=True,
         timeout=120,

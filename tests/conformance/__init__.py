@@ -1,2 +1,2 @@
-"""virtio_sim/conformance: catalogue, findings, device and driver checkers, seeded defects and
-mutations."""
+"""virtio_sim/orchestration/conformance: catalogue, findings, device and driver checkers, seeded
+defects and mutations."""

@@ -25,10 +25,6 @@ from unittest import mock
 import trio
 
 from virtio_sim import layouts
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.device_runner import run_device_target
-from virtio_sim.conformance.driver_runner import run_driver_target
-from virtio_sim.conformance.findings import MANDATORY_LEVELS, FindingLog, Policy, Verdict
 from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.drivers.console import ConsoleDriver
 from virtio_sim.guest.drivers.net import NetDriver
@@ -42,6 +38,10 @@ from virtio_sim.host.devices.net import NetDevice
 from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.host.transport.mmio import MmioTransport
 from virtio_sim.host.virtio_device import QueueState, VirtioDevice
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.device_runner import run_device_target
+from virtio_sim.orchestration.conformance.driver_runner import run_driver_target
+from virtio_sim.orchestration.conformance.findings import MANDATORY_LEVELS, FindingLog, Policy, Verdict
 from virtio_sim.ring.packed import PackedDeviceQueue, PackedDriverQueue
 from virtio_sim.ring.split import SplitDeviceQueue, SplitDriverQueue, SplitRingAddresses
 from virtio_sim.spec import BLK_T, NET_F, PACKED_DESC_F, STATUS, F, bit

@@ -7,10 +7,10 @@ import pytest
 import trio
 
 from tests.conformance.broken_devices import DEFECTS, Defect, wrong_used_len
-from virtio_sim.conformance.catalog import Catalog, load_catalog
-from virtio_sim.conformance.device_runner import DeviceLog, run_device
-from virtio_sim.conformance.dut import open_host
-from virtio_sim.conformance.findings import Policy, Verdict
+from virtio_sim.orchestration.conformance.catalog import Catalog, load_catalog
+from virtio_sim.orchestration.conformance.device_runner import DeviceLog, run_device
+from virtio_sim.orchestration.conformance.dut import open_host
+from virtio_sim.orchestration.conformance.findings import Policy, Verdict
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from virtio_sim.conformance.catalog import (
+from virtio_sim.orchestration.conformance.catalog import (
     COVERED_AREAS,
     LEVELS,
     CatalogError,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.conformance.broken_devices import DEFECTS
-from virtio_sim.cli import main
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.findings import FindingLog, Policy
-from virtio_sim.conformance.report import build_report, catalog_coverage, to_junit
+from virtio_sim.orchestration.cli import main
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.findings import FindingLog, Policy
+from virtio_sim.orchestration.conformance.report import build_report, catalog_coverage, to_junit
 
 
 def test_clean_device_exits_0_with_reports(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_known_deviation_reads_known_everywhere(tmp_path: Path) -> None:
     and a skipped xfail with the reason in JUnit; it does not fail the run."""
     from rich.console import Console
 
-    from virtio_sim.conformance.report import print_report, to_html, to_json
+    from virtio_sim.orchestration.conformance.report import print_report, to_html, to_json
 
     catalog = load_catalog()
     rid = "init.legacy.dev-use-before-driver-ok"
@@ -117,8 +117,8 @@ def test_a_checker_that_crashes_is_an_error_not_a_traceback(
 ) -> None:
     """Any exception out of a checker (here: what a packed wrap bug used to raise, RingFull)
     becomes an ERROR finding with the reason; the CLI still writes its reports and exits 1."""
-    from virtio_sim.conformance import device_checks
-    from virtio_sim.conformance.rawring import RingFull
+    from virtio_sim.orchestration.conformance import device_checks
+    from virtio_sim.orchestration.conformance.rawring import RingFull
 
     checker = device_checks.load_all()["rng_entropy"]
 

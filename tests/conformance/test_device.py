@@ -13,12 +13,17 @@ from typing import Any
 import pytest
 import trio
 
-from virtio_sim.conformance.catalog import Catalog, load_catalog
-from virtio_sim.conformance.device_checks import load_all
-from virtio_sim.conformance.device_runner import DeviceLog, known_deviations, run_device, run_device_target
-from virtio_sim.conformance.dut import open_host
-from virtio_sim.conformance.findings import MANDATORY_LEVELS, Policy, Verdict
-from virtio_sim.conformance.targets import TargetError, device_for_transport
+from virtio_sim.orchestration.conformance.catalog import Catalog, load_catalog
+from virtio_sim.orchestration.conformance.device_checks import load_all
+from virtio_sim.orchestration.conformance.device_runner import (
+    DeviceLog,
+    known_deviations,
+    run_device,
+    run_device_target,
+)
+from virtio_sim.orchestration.conformance.dut import open_host
+from virtio_sim.orchestration.conformance.findings import MANDATORY_LEVELS, Policy, Verdict
+from virtio_sim.orchestration.conformance.targets import TargetError, device_for_transport
 
 DEVICES = ("virtio-rng", "virtio-blk", "virtio-net", "virtio-serial", "virtio-iommu")
 TRANSPORTS = ("mmio-v2", "mmio-v1", "pci-modern", "pci-transitional", "pci-legacy")

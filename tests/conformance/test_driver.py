@@ -10,18 +10,18 @@ import pytest
 import trio
 
 from tests.conformance.broken_drivers import BROKEN
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.driver_runner import (
+from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.guest.profile import guest_policy
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.driver_runner import (
     DriverTargetError,
     known_deviations,
     parse_driver_spec,
     run_driver_check,
     run_driver_target,
 )
-from virtio_sim.conformance.driver_watch import DriverWatch
-from virtio_sim.conformance.findings import FindingLog, Policy, Verdict
-from virtio_sim.guest.platform import GuestPolicy
-from virtio_sim.guest.profile import guest_policy
+from virtio_sim.orchestration.conformance.driver_watch import DriverWatch
+from virtio_sim.orchestration.conformance.findings import FindingLog, Policy, Verdict
 from virtio_sim.profiles import load_driver_profile
 
 CATALOG = load_catalog()

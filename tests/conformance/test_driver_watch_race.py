@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.driver_watch import DriverWatch
-from virtio_sim.conformance.findings import FindingLog
 from virtio_sim.dma import IdentityAddressSpace
 from virtio_sim.memory import GuestMemory
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.driver_watch import DriverWatch
+from virtio_sim.orchestration.conformance.findings import FindingLog
 from virtio_sim.ring.api import DeviceRing
 from virtio_sim.ring.mock import MockPackedRing, MockSplitRing, split_layout
 from virtio_sim.ring.packed import PackedDeviceQueue

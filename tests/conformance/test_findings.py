@@ -2,7 +2,7 @@
 
 import pytest
 
-from virtio_sim.conformance.findings import FindingLog, Policy, StrictStop, Verdict
+from virtio_sim.orchestration.conformance.findings import FindingLog, Policy, StrictStop, Verdict
 
 LEVELS = {"a.must": "MUST", "b.should": "SHOULD"}
 

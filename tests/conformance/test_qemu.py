@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.device_runner import run_device_target
-from virtio_sim.conformance.findings import FindingLog, Policy, Verdict
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.device_runner import run_device_target
+from virtio_sim.orchestration.conformance.findings import FindingLog, Policy, Verdict
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "qemu-deviations.md"
 RUNS = (

@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import pytest
 
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.findings import FindingLog
-from virtio_sim.conformance.report import coverage, decided_ids
-from virtio_sim.conformance.suite import Run, default_runs, qemu_documented, run_suite, unexplained
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.findings import FindingLog
+from virtio_sim.orchestration.conformance.report import coverage, decided_ids
+from virtio_sim.orchestration.conformance.suite import (
+    Run,
+    default_runs,
+    qemu_documented,
+    run_suite,
+    unexplained,
+)
 
 MUST_SHOW = 0.85
 

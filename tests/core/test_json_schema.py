@@ -12,8 +12,8 @@ from typing import Any
 
 import jsonschema
 
-from virtio_sim.matrix.run import partial_results, plan
-from virtio_sim.matrix.spec import load_matrix
+from virtio_sim.orchestration.matrix.run import partial_results, plan
+from virtio_sim.orchestration.matrix.spec import load_matrix
 from virtio_sim.result_record import RECORD_KEYS
 from virtio_sim.spec import SPECS_DIR
 
@@ -28,7 +28,10 @@ def _validate(instance: Any, ref: str) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

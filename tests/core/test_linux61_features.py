@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.profile import guest_policy
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import ProfileError, load_driver_profile
 from virtio_sim.spec import BLK_F, F

@@ -11,8 +11,8 @@ from tests.devices.test_blk import _request
 from tests.support.mmio_bench import Bench, make_bench
 from virtio_sim.host.devices.blk import BlkDevice
 from virtio_sim.layouts import blk_discard_codec
-from virtio_sim.matrix.cell import run_cell
-from virtio_sim.matrix.spec import Cell
+from virtio_sim.orchestration.matrix.cell import run_cell
+from virtio_sim.orchestration.matrix.spec import Cell
 from virtio_sim.spec import BLK_F, BLK_S, BLK_T, bit
 
 SECTOR = 512

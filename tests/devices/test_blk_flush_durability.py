@@ -16,11 +16,11 @@ import trio
 
 import virtio_sim.host.devices.blk as blk_module
 from tests.support.mmio_bench import make_bench
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.device_runner import run_device_target
-from virtio_sim.conformance.findings import FindingLog, Policy, Verdict
 from virtio_sim.host.devices.blk import BlkDevice
 from virtio_sim.layouts import RING_IDX_OFFSET, blk_req_header_codec
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.device_runner import run_device_target
+from virtio_sim.orchestration.conformance.findings import FindingLog, Policy, Verdict
 from virtio_sim.spec import BLK_F, BLK_S, BLK_T, bit
 
 RULE = "blk.dev.stable-writes-persisted"
@@ -122,7 +122,7 @@ def test_conformance_stable_writes_fail_when_the_device_does_not_sync(
 def test_qemu_flush_is_judged_by_its_fdatasync_seen_through_strace(monkeypatch: pytest.MonkeyPatch) -> None:
     """QEMU 7.2 (cache=writeback) fdatasyncs the image once per FLUSH (measured here with
     strace -f -y); without that evidence the rule fails, whatever the page cache says."""
-    from virtio_sim.conformance import durability
+    from virtio_sim.orchestration.conformance import durability
 
     texts: list[str] = []
     parse = durability.StraceSyncWatch._parse

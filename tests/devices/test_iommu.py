@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from tests.support.mmio_bench import make_bench
 from virtio_sim.dma import DmaError, TranslatedAddressSpace
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.platform import GuestPolicy
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.host.devices.iommu import IommuDevice
 from virtio_sim.host.iommu import EndpointTranslator, Iommu
 from virtio_sim.layouts import IOMMU_BODIES, IommuFault, IommuReqHead
 from virtio_sim.memory import GuestMemory
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.spec import IOMMU_F, IOMMU_FAULT_R, IOMMU_MAP_F, IOMMU_S, IOMMU_T
@@ -298,7 +298,7 @@ def test_run_cli_with_iommu(tmp_path: Path) -> None:
     disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does
     device = f"virtio-blk-pci,drive={disk},iommu_platform=on"
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "run", "--device", device,
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "run", "--device", device,
          "--transport", "pci-modern", "--workload", "blk-rw", "--iommu", "virtio-iommu", "--driver",
          "linux-6.1", "--json"],
         capture_output=True, text=True, timeout=120,

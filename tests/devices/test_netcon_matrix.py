@@ -5,10 +5,10 @@ negotiation and DMA, not from the device type."""
 
 from __future__ import annotations
 
-from virtio_sim.embedded import TRANSPORTS
-from virtio_sim.matrix.executors import LocalPool
-from virtio_sim.matrix.run import execute, plan
-from virtio_sim.matrix.spec import parse_matrix
+from virtio_sim.orchestration.embedded import TRANSPORTS
+from virtio_sim.orchestration.matrix.executors import LocalPool
+from virtio_sim.orchestration.matrix.run import execute, plan
+from virtio_sim.orchestration.matrix.spec import parse_matrix
 
 WORKLOADS = ["blk-rw", "net-loopback", "console-echo"]
 

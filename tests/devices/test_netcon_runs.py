@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.guest.profile import guest_policy
+from virtio_sim.orchestration.embedded import TRANSPORTS, RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 
 TIMEOUT = 20.0
-CLI = [sys.executable, "-m", "virtio_sim.cli", "run"]
+CLI = [sys.executable, "-m", "virtio_sim.orchestration.cli", "run"]
 SEED5 = ["--seed", "5", "--json"]
 
 

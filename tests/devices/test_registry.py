@@ -15,20 +15,20 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.attacks.targets import DEVICES as ATTACK_DEVICES
 from virtio_sim.devices import KIND_MODULES, KINDS, kind_by_name, resolve
 from virtio_sim.devices.balloon import PFN_SHIFT
 from virtio_sim.devices.balloon.host import RUN_TARGET_PAGES, BalloonDevice
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.platform import DRIVERS
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.host.build import HostSetup
 from virtio_sim.host.device_profile import DeviceRequest, device_option
 from virtio_sim.host.qdev import DEVICE_TYPES, PCI_DEVICE_TYPES, device_props
-from virtio_sim.matrix.executors import LocalPool
-from virtio_sim.matrix.run import execute, plan
-from virtio_sim.matrix.spec import load_matrix
+from virtio_sim.orchestration.attacks.targets import DEVICES as ATTACK_DEVICES
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
+from virtio_sim.orchestration.matrix.executors import LocalPool
+from virtio_sim.orchestration.matrix.run import execute, plan
+from virtio_sim.orchestration.matrix.spec import load_matrix
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import (
     DEVICE_MODEL_PROPERTIES,

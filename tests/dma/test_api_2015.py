@@ -17,9 +17,9 @@ from virtio_sim.host.build import HostConfig, build_host
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.machine_types import parse_machine
 from virtio_sim.host.platform import P2mAddressSpace, cmdline_param, p2m_shift
-from virtio_sim.matrix.cell import run_cell
-from virtio_sim.matrix.spec import expand, expected_outcome, load_matrix
 from virtio_sim.memory import GuestMemory
+from virtio_sim.orchestration.matrix.cell import run_cell
+from virtio_sim.orchestration.matrix.spec import expand, expected_outcome, load_matrix
 from virtio_sim.profiles import list_profiles, load_driver_profile
 from virtio_sim.spec import SPECS_DIR, F
 

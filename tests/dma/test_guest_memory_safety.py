@@ -5,12 +5,12 @@ from __future__ import annotations
 import trio
 
 from virtio_sim.dma import IdentityAddressSpace
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.host import qdev
 from virtio_sim.host.devices.base import DeviceQueue
 from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.memory import GuestMemory
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import load_driver_profile
 

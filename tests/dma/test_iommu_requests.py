@@ -23,7 +23,6 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtio_sim.direct_link import DirectLink
 from virtio_sim.guest.dma import DirectDma
 from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.drivers.iommu import IommuDriver, request_codec
@@ -33,6 +32,7 @@ from virtio_sim.guest.profile import guest_policy
 from virtio_sim.host.build import HostConfig, build_host
 from virtio_sim.host.devices.iommu import IommuDevice
 from virtio_sim.layouts import IOMMU_BODIES, IommuReqHead, IommuReqTail
+from virtio_sim.orchestration.direct_link import DirectLink
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.spec import AVAIL_F, IOMMU_T
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.iommu_dma import SAC_LIMIT, IovaAllocator, IovaExhausted
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.host.build import HostConfig, build_host
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.machine_types import parse_ram_size, ram_layout
-from virtio_sim.matrix.cell import run_cell
-from virtio_sim.matrix.spec import expand, expected_outcome, load_matrix
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
+from virtio_sim.orchestration.matrix.cell import run_cell
+from virtio_sim.orchestration.matrix.spec import expand, expected_outcome, load_matrix
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import load_driver_profile
 from virtio_sim.spec import SPECS_DIR
@@ -93,7 +93,7 @@ def test_machines_place_ram_as_qemu_does() -> None:
 
 
 def test_cli_run_takes_m(capsys: pytest.CaptureFixture[str]) -> None:
-    from virtio_sim.cli import main
+    from virtio_sim.orchestration.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["run", "--device", "virtio-rng-device", "--workload", "rng", "-m", "bogus"])
@@ -176,7 +176,7 @@ def test_translation_is_chosen_at_plug_not_by_negotiation() -> None:
 
 
 def test_a_generation_without_virtio_iommu_is_refused_in_qemus_words() -> None:
-    from virtio_sim.matrix.spec import Cell
+    from virtio_sim.orchestration.matrix.spec import Cell
 
     cell = Cell("linux-6.1", "qemu-4.2", "pci-modern", "auto", "virtio-iommu", "off", "split", "blk-rw")
     out = run_cell(cell, timeout=5.0)
@@ -185,7 +185,7 @@ def test_a_generation_without_virtio_iommu_is_refused_in_qemus_words() -> None:
 
 
 def test_matrix_json_keeps_the_iommu_evidence() -> None:
-    from virtio_sim.matrix.spec import Cell
+    from virtio_sim.orchestration.matrix.spec import Cell
 
     cell = Cell("linux-6.1", "translate-without-bit", "pci-modern", "auto", "virtio-iommu", "off",
                 "split", "blk-rw")  # fmt: skip
@@ -214,8 +214,8 @@ def test_dma_matrix_slice_matches_its_expectations() -> None:
 @pytest.mark.qemu
 def test_qemu_refuses_virtio_iommu_without_pci_in_our_words() -> None:
     """QEMU itself, on microvm: the refusal our host gives is QEMU's, word for word."""
-    from virtio_sim.qemu.qtest import QtestError, spawn_qtest
-    from virtio_sim.qemu.tools import QEMU_X86, require_qemu
+    from virtio_sim.orchestration.qemu.qtest import QtestError, spawn_qtest
+    from virtio_sim.orchestration.qemu.tools import QEMU_X86, require_qemu
 
     args = ["-M", "microvm,ioapic2=off,pit=off", "-m", "64M", "-device", "virtio-iommu-device"]
     stderr = ""
@@ -237,8 +237,8 @@ def test_qemu_refuses_virtio_iommu_without_pci_in_our_words() -> None:
 def test_virtio_iommu_cells_run_against_qemus_virtio_iommu_pci() -> None:
     """--device-backend qemu --iommu virtio-iommu: QEMU's virtio-iommu-pci, same outcomes as
     our model where QEMU gives the evidence (it does not report raw DMA: docs/qemu-deviations.md)."""
-    from virtio_sim.matrix.cell import run_cell_qemu
-    from virtio_sim.matrix.spec import Cell
+    from virtio_sim.orchestration.matrix.cell import run_cell_qemu
+    from virtio_sim.orchestration.matrix.spec import Cell
 
     for driver, bit, expected in (("linux-6.1", "on", "OK"), ("linux-4.0", "on", "FAILED_CLEAN")):
         cell = Cell(driver, "qemu-7.2", "pci-modern", "auto", "virtio-iommu", bit, "split", "blk-rw")

@@ -1,1 +1,2 @@
-"""The embedded mode: host and guest in one process (virtio_sim/embedded.py, direct_link.py)."""
+"""The embedded mode: host and guest in one process (virtio_sim/orchestration/embedded.py,
+direct_link.py)."""

@@ -16,15 +16,15 @@ import pytest
 import trio
 
 from virtio_sim import wire
-from virtio_sim.direct_link import YIELD_EVERY, DirectLink
-from virtio_sim.embedded import RunConfig, run_embedded, run_embedded_sync
 from virtio_sim.guest.link import HostLink, HostLinkError
 from virtio_sim.host.build import HostConfig, HostSetup, build_host
 from virtio_sim.host.server import serve
 from virtio_sim.layouts import MMIO_OFFSETS
-from virtio_sim.matrix.cell import _run_cell
-from virtio_sim.matrix.run import plan
-from virtio_sim.matrix.spec import load_matrix
+from virtio_sim.orchestration.direct_link import YIELD_EVERY, DirectLink
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded, run_embedded_sync
+from virtio_sim.orchestration.matrix.cell import _run_cell
+from virtio_sim.orchestration.matrix.run import plan
+from virtio_sim.orchestration.matrix.spec import load_matrix
 from virtio_sim.outcome import RunResult
 from virtio_sim.spec import MMIO
 

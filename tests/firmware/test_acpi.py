@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from tests.support.machine_runs import bound_probes, run_machine
 from virtio_sim.acpi_layouts import decode_pkg_length, encode_pkg_length
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.acpi import (
     AcpiError,
     parse_dsdt,
@@ -33,6 +32,7 @@ from virtio_sim.host import acpi as host_acpi
 from virtio_sim.host.acpi import AcpiPlan, MmioDeviceEntry, ViotTopology, build_tables, sdt
 from virtio_sim.host.build import HostConfig, build_host
 from virtio_sim.host.machine_types import MACHINE_FACTS
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 
 # --------------------------------------------------------------------------- iasl
@@ -350,9 +350,15 @@ def test_arbitrary_bytes_only_raise_acpi_error(body: bytes, sig: str) -> None:
 def _qemu_dsdt(arch: str, args: list[str]) -> bytes:
     """QEMU's own DSDT, read through fw_cfg and linked as firmware would, found by the
     guest's reader from the RSDP."""
-    from virtio_sim.qemu.fw_cfg import ArmVirtFwCfgPort, FwCfg, WindowPlacer, X86FwCfgPort, read_acpi
-    from virtio_sim.qemu.qtest import spawn_qtest
-    from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, require_qemu
+    from virtio_sim.orchestration.qemu.fw_cfg import (
+        ArmVirtFwCfgPort,
+        FwCfg,
+        WindowPlacer,
+        X86FwCfgPort,
+        read_acpi,
+    )
+    from virtio_sim.orchestration.qemu.qtest import spawn_qtest
+    from virtio_sim.orchestration.qemu.tools import QEMU_ARM, QEMU_X86, require_qemu
 
     x86 = arch == "x86_64"
     q = spawn_qtest(require_qemu(QEMU_X86 if x86 else QEMU_ARM), arch, args)

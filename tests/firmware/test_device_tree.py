@@ -44,7 +44,7 @@ def test_virt_without_acpi_boots_from_the_device_tree() -> None:
 def test_our_device_tree_matches_qemus_virtio_nodes(tmp_path: Path) -> None:
     """QEMU's own virt DTB (dumpdtb) read by the guest's parser: its virtio-mmio nodes
     are exactly the ones our host writes, in the same order."""
-    from virtio_sim.qemu.tools import QEMU_ARM, require_qemu
+    from virtio_sim.orchestration.qemu.tools import QEMU_ARM, require_qemu
 
     dtb = tmp_path / "virt.dtb"
     subprocess.run(

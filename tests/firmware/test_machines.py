@@ -14,15 +14,15 @@ import pytest
 import trio
 
 from tests.support.machine_runs import CLI, QEMU, ROOT, bound_probes, run_machine
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.host import acpi as host_acpi
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.machine_types import parse_machine
-from virtio_sim.matrix import report
-from virtio_sim.matrix.executors import LocalPool
-from virtio_sim.matrix.run import execute, plan
-from virtio_sim.matrix.spec import MatrixError, load_matrix, parse_matrix
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
+from virtio_sim.orchestration.matrix import report
+from virtio_sim.orchestration.matrix.executors import LocalPool
+from virtio_sim.orchestration.matrix.run import execute, plan
+from virtio_sim.orchestration.matrix.spec import MatrixError, load_matrix, parse_matrix
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import load_driver_profile
 
@@ -151,7 +151,7 @@ def test_cli_machine_and_global(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "virtio_sim.cli",
+            "virtio_sim.orchestration.cli",
             "run",
             *args,
             "--device",

@@ -13,19 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from virtio_sim.cli import main
 from virtio_sim.host.build import HostConfig, build_host, check_global, default_transport
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.qdev import DEVICE_TYPES, PCI_DEVICE_TYPES, device_props
 from virtio_sim.host.qdev_help import device_help, device_list, machine_help
 from virtio_sim.host.qemu_backends import Backends, add_drive
+from virtio_sim.orchestration.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
 
 
@@ -218,7 +222,7 @@ def _our_decision(machine: str, devices: list[str], extra: list[str], disk: Path
 
 @pytest.mark.qemu
 def test_same_accept_or_refuse_as_qemu(tmp_path: Path) -> None:
-    from virtio_sim.qemu.tools import require_qemu
+    from virtio_sim.orchestration.qemu.tools import require_qemu
 
     qemu = require_qemu()
     disk = tmp_path / "d.img"

@@ -392,7 +392,7 @@ def test_cli_serves_one_front_end_and_writes_its_report(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "virtio_sim.cli",
+        "virtio_sim.orchestration.cli",
         "vhost-user",
         "--socket",
         str(sock),
@@ -432,7 +432,7 @@ def test_cli_refuses_devices_it_cannot_serve(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "virtio_sim.cli",
+            "virtio_sim.orchestration.cli",
             "vhost-user",
             "--socket",
             str(tmp_path / "s"),

@@ -1,1 +1,2 @@
-"""virtio_sim/matrix: planning, executors and deadlines, the command's output, the reports."""
+"""virtio_sim/orchestration/matrix: planning, executors and deadlines, the command's output, the
+reports."""

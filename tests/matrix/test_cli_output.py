@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from virtio_sim.matrix.spec import expand, expected_outcome, load_matrix
+from virtio_sim.orchestration.matrix.spec import expand, expected_outcome, load_matrix
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -100,8 +103,8 @@ def _session_processes(sid: int) -> list[int]:
 def test_interrupt_stops_workers_and_writes_partial_reports(tmp_path: Path, how: str) -> None:
     js, xml = tmp_path / "part.json", tmp_path / "part.xml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "virtio_sim.cli", "matrix", "--transport", "mmio-v2", "--workers", "2",
-         "--json", str(js), "--junit-xml", str(xml)],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "matrix", "--transport", "mmio-v2",
+         "--workers", "2", "--json", str(js), "--junit-xml", str(xml)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -141,7 +144,7 @@ def test_interrupt_stops_workers_and_writes_partial_reports(tmp_path: Path, how:
 
 def test_a_closed_pipe_ends_quietly() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "virtio_sim.cli", "matrix", "--list"],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "matrix", "--list"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
@@ -150,7 +153,7 @@ def test_a_closed_pipe_ends_quietly() -> None:
     err = proc.stderr.read()
     proc.wait(timeout=60)
     assert first.startswith("linux-")
-    assert proc.returncode == 141 and err == "", err  # 128 + SIGPIPE, as virtio_sim.cli says
+    assert proc.returncode == 141 and err == "", err  # 128 + SIGPIPE, as virtio_sim.orchestration.cli says
 
 
 def test_the_table_prints_names_as_data_not_markup() -> None:
@@ -158,7 +161,7 @@ def test_the_table_prints_names_as_data_not_markup() -> None:
 
     from rich.console import Console
 
-    from virtio_sim.matrix import report
+    from virtio_sim.orchestration.matrix import report
 
     cell = {"driver": "[red]drv", "device": "[bold]dev", "transport": "mmio-v2", "workload": "[i]w",
             "ring": "split", "iommu": "none", "iommu_platform": "off", "machine": "microvm",

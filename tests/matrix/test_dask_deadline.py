@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from virtio_sim.matrix.executors import DaskExecutor, failed_cell, hard_deadline
-from virtio_sim.matrix.spec import Cell
+from virtio_sim.orchestration.matrix.executors import DaskExecutor, failed_cell, hard_deadline
+from virtio_sim.orchestration.matrix.spec import Cell
 
 STUCK_FOR = 3600.0
 

@@ -13,16 +13,19 @@ from typing import Any
 
 import pytest
 
-from virtio_sim.matrix import report
-from virtio_sim.matrix.cell import run_cell
-from virtio_sim.matrix.executors import DaskExecutor, LocalPool
-from virtio_sim.matrix.run import execute, plan
-from virtio_sim.matrix.spec import Cell, MatrixError, expand, load_matrix, parse_matrix
+from virtio_sim.orchestration.matrix import report
+from virtio_sim.orchestration.matrix.cell import run_cell
+from virtio_sim.orchestration.matrix.executors import DaskExecutor, LocalPool
+from virtio_sim.orchestration.matrix.run import execute, plan
+from virtio_sim.orchestration.matrix.spec import Cell, MatrixError, expand, load_matrix, parse_matrix
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from virtio_sim import __version__
-from virtio_sim.matrix import report
-from virtio_sim.matrix.html_report import OUTCOME_MEANING
-from virtio_sim.matrix.spec import expand, load_matrix
+from virtio_sim.orchestration.matrix import report
+from virtio_sim.orchestration.matrix.html_report import OUTCOME_MEANING
+from virtio_sim.orchestration.matrix.spec import expand, load_matrix
 from virtio_sim.outcome import Outcome
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -131,7 +131,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "m.toml").write_text(MATRIX)
     out = d / "m.html"
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "matrix", str(d / "m.toml"),
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "matrix", str(d / "m.toml"),
          "--html", str(out), "--seed", "7"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
@@ -235,10 +235,10 @@ def test_default_matrix_page_stays_light() -> None:
 
 
 def test_conformance_page_puts_failures_first_with_section_and_known_reason() -> None:
-    from virtio_sim.conformance.findings import Verdict
-    from virtio_sim.conformance.report import Report, Row
-    from virtio_sim.conformance.report import to_html as conformance_html
-    from virtio_sim.conformance.report import to_junit as conformance_junit
+    from virtio_sim.orchestration.conformance.findings import Verdict
+    from virtio_sim.orchestration.conformance.report import Report, Row
+    from virtio_sim.orchestration.conformance.report import to_html as conformance_html
+    from virtio_sim.orchestration.conformance.report import to_junit as conformance_junit
 
     def row(rid: str, verdict: Verdict, level: str = "MUST", known: str | None = None) -> Row:
         return Row(rid, "core", level, "device", f"2.1 <{rid}>", verdict, ["saw <x>"], "chk", None, known)

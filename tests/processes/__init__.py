@@ -1,1 +1,2 @@
-"""Host and guest as separate processes (virtio_sim/processes.py, host/process.py, guest/process.py)."""
+"""Host and guest as separate processes (virtio_sim/orchestration/processes.py, host/process.py,
+guest/process.py)."""

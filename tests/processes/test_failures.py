@@ -201,7 +201,7 @@ def _is_guest(pid: int) -> bool:
             argv = f.read().split(b"\0")
     except OSError:
         return False
-    return b"guest" in argv and b"virtio_sim.cli" in argv
+    return b"guest" in argv and b"virtio_sim.orchestration.cli" in argv
 
 
 async def test_children_do_not_outlive_a_killed_runner() -> None:

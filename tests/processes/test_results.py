@@ -18,10 +18,10 @@ import pytest
 import trio
 
 from tests.support.processes import host, run_guest, spawn
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.guest.workloads import blk_pattern_seed
-from virtio_sim.processes import ProcessRun, run_processes
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
+from virtio_sim.orchestration.processes import ProcessRun, run_processes
 from virtio_sim.profiles import load_driver_profile
 
 SECTOR = 512

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.processes import CLI, ROOT
-from virtio_sim import cli, wire
+from virtio_sim import wire
 from virtio_sim.guest.link import HostLink
 from virtio_sim.handshake import (
     HandshakeError,
@@ -28,6 +28,7 @@ from virtio_sim.handshake import (
 from virtio_sim.host.build import HostConfig, build_host
 from virtio_sim.host.server import serve
 from virtio_sim.memory import GuestMemory
+from virtio_sim.orchestration import cli
 from virtio_sim.sockets import (
     AddressError,
     ListenError,

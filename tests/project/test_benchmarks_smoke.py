@@ -19,7 +19,7 @@ def test_bench_command_writes_ratios_for_every_group_it_ran(tmp_path: Path) -> N
     groups = "split,packed,two-process,access-platform,latency,blk,device"
     tiny = ["--scale", "0.01", "--repeat", "1", "--only", groups, "--json", str(out)]
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "bench", *tiny],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "bench", *tiny],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,12 +7,13 @@ and under ``TYPE_CHECKING``, and ``import_module("...")`` with a literal name):
   neither side nor orchestration;
 - host (the device side, QEMU's role) and guest (the driver side, Linux's role) import
   core only, never each other, never orchestration;
-- orchestration (embedded runs, processes, the matrix, attacks, conformance, real peers,
-  the CLI and the API) sits on top and may import all of them.
+- orchestration (embedded runs, processes, the matrix, attacks, conformance, the campaign
+  harness, real peers, the CLI and the API) sits on top and may import all of them.
 
-Which top-level module is core and which is orchestration is written down here, once;
-a new module must be put in one of the two lists (the test says so), so the layer of a
-module is a decision someone made, not an accident of what it imports today.
+A module's layer is its path: ``virtio_sim/orchestration/`` is orchestration, ``host/``
+and ``guest/`` (and the halves ``virtio_sim/devices/<kind>/host.py``, ``guest.py``) are
+the sides, everything else in ``virtio_sim/`` is core. So a new module that imports both
+sides fails here until it is put in ``orchestration/``: the folder says the layer.
 """
 
 from __future__ import annotations
@@ -27,25 +28,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "virtio_sim"
 
-#: virtio_sim.<name> that belong to the shared core (modules and packages); gcfreeze (GC
-#: tuning) and direct_link (the embedded link, host and guest in one call) are placed ahead
-#: of their merge from feat/perf
-CORE = frozenset(
-    {
-        "acpi_layouts", "argtypes", "console", "devices", "dma", "exit_codes", "gcfreeze",
-        "handshake", "layouts", "lifeline", "memory", "netproto", "outcome", "outpaths",
-        "peertext", "profiles", "result_record", "ring", "sockets", "spec", "wire",
-    }
-)  # fmt: skip
-#: virtio_sim.<name> that orchestrate host and guest (modules and packages). They stay at
-#: the top of virtio_sim/ rather than in a package named for the layer: five sessions
-#: edit them at once this round, and a move of 14k lines would collide with each of them.
-ORCHESTRATION = frozenset(
-    {
-        "api", "attacks", "campaign", "cli", "compat", "compat_cli", "conformance", "direct_link",
-        "embedded", "matrix", "processes", "pytest_plugin", "qemu",
-    }
-)  # fmt: skip
+#: virtio_sim/<ORCHESTRATION>/: the one package of the orchestration layer
+ORCHESTRATION = "orchestration"
 SIDES = ("host", "guest")
 
 #: (importer, imported) pairs allowed against the rules, each with its reason. Keep it
@@ -54,7 +38,7 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     # The package face: ``virtio_sim.run`` etc. are loaded on first use from api.py (a
     # string passed to import_module, and names under TYPE_CHECKING for mypy), so that
     # ``import virtio_sim.spec`` does not pull in the host and guest stacks.
-    ("virtio_sim", "virtio_sim.api"): "lazy package face (virtio_sim/__init__.py)",
+    ("virtio_sim", "virtio_sim.orchestration.api"): "lazy package face (virtio_sim/__init__.py)",
 }
 
 
@@ -103,7 +87,7 @@ def imported(name: str, path: Path) -> frozenset[str]:
 
 
 def layer(module: str) -> str:
-    """core | host | guest | orchestration | unplaced for one dotted module name."""
+    """core | host | guest | orchestration for one dotted module name, from its path."""
     parts = module.split(".")
     if len(parts) == 1:
         return "core"  # the package itself: its face (see EXCEPTIONS)
@@ -112,11 +96,9 @@ def layer(module: str) -> str:
         return top
     if top == "devices" and len(parts) >= 4 and parts[3] in SIDES:
         return parts[3]  # virtio_sim.devices.<kind>.host / .guest: the halves of a device
-    if top in CORE:
-        return "core"
-    if top in ORCHESTRATION:
+    if top == ORCHESTRATION:
         return "orchestration"
-    return "unplaced"
+    return "core"
 
 
 ALLOWED = {
@@ -140,10 +122,29 @@ def violations() -> list[str]:
     return found
 
 
-def test_every_module_has_a_layer() -> None:
-    """A new top-level module is placed in CORE or ORCHESTRATION on purpose."""
-    unplaced = sorted({n for n, _ in module_files() if layer(n) == "unplaced"})
-    assert not unplaced, f"put these in CORE or ORCHESTRATION of tests/project/test_layers.py: {unplaced}"
+@pytest.mark.parametrize(
+    ("module", "want"),
+    [
+        ("virtio_sim", "core"),
+        ("virtio_sim.ring.split", "core"),
+        ("virtio_sim.devices.balloon", "core"),
+        ("virtio_sim.devices.balloon.host", "host"),
+        ("virtio_sim.devices.balloon.guest", "guest"),
+        ("virtio_sim.host.qdev", "host"),
+        ("virtio_sim.guest.virtio", "guest"),
+        ("virtio_sim.orchestration", "orchestration"),
+        ("virtio_sim.orchestration.matrix.cell", "orchestration"),
+        ("virtio_sim.orchestration.campaign.pool", "orchestration"),
+    ],
+)
+def test_the_layer_is_the_path(module: str, want: str) -> None:
+    assert layer(module) == want
+
+
+def test_orchestration_is_one_package_on_top() -> None:
+    """What imports both sides lives in virtio_sim/orchestration/, and only there."""
+    both = {n for n, p in module_files() if {layer(t) for t in imported(n, p)} >= set(SIDES)}
+    assert both and {layer(n) for n in both} == {"orchestration"}, both
 
 
 def test_layers_hold() -> None:
@@ -166,8 +167,9 @@ def test_sides_do_not_reach_each_other_through_core() -> None:
     [
         ("virtio_sim.spec", "virtio_sim.host.qdev", "core module virtio_sim.spec imports host"),
         ("virtio_sim.host.qdev", "virtio_sim.guest.virtio", "host module"),
-        ("virtio_sim.guest.virtio", "virtio_sim.matrix.cell", "guest module"),
-        ("virtio_sim.ring.split", "virtio_sim.embedded", "imports orchestration"),
+        ("virtio_sim.guest.virtio", "virtio_sim.orchestration.matrix.cell", "guest module"),
+        ("virtio_sim.ring.split", "virtio_sim.orchestration.embedded", "imports orchestration"),
+        ("virtio_sim.host.qdev", "virtio_sim.orchestration.matrix.cell", "imports orchestration"),
     ],
 )
 def test_the_check_sees_a_broken_rule(

@@ -1,7 +1,7 @@
 """The linux-6.1 profile against Linux 6.1 itself: the cross-check's rules, and one cell.
 
 The full matrix (specs/matrices/crosscheck-linux-6.1.toml, one real-Linux boot per cell)
-is a documented command, ``python -m virtio_sim.qemu.crosscheck``; here the comparison
+is a documented command, ``python -m virtio_sim.orchestration.qemu.crosscheck``; here the comparison
 rules are pinned without QEMU, and one representative cell (virtio-blk, packed ring, on
 q35) runs both drivers for real.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from virtio_sim.qemu.crosscheck import (
+from virtio_sim.orchestration.qemu.crosscheck import (
     Cell,
     Matrix,
     Side,
@@ -20,7 +20,7 @@ from virtio_sim.qemu.crosscheck import (
     status_values,
     traced_status,
 )
-from virtio_sim.qemu.kernel import ensure_kernel
+from virtio_sim.orchestration.qemu.kernel import ensure_kernel
 
 PROBE = [0, 1, 3, 11, 15]  # RESET, ACKNOWLEDGE, +DRIVER, +FEATURES_OK, +DRIVER_OK
 

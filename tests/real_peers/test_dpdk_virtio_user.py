@@ -20,7 +20,7 @@ import trio
 
 from virtio_sim.host.qdev import build_device, parse_device_option
 from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
-from virtio_sim.qemu.tools import DPDK_TESTPMD
+from virtio_sim.orchestration.qemu.tools import DPDK_TESTPMD
 
 pytestmark = pytest.mark.tool("dpdk-testpmd")
 

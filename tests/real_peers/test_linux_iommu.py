@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.qemu.initramfs import build_initramfs
-from virtio_sim.qemu.kernel import KernelImage, ensure_kernel
-from virtio_sim.qemu.linux_vhost import (
+from virtio_sim.orchestration.qemu.initramfs import build_initramfs
+from virtio_sim.orchestration.qemu.kernel import KernelImage, ensure_kernel
+from virtio_sim.orchestration.qemu.linux_vhost import (
     CHECK_VIRTIO_DEVICES,
     BlkCheck,
     BlkLongChains,
@@ -28,7 +28,7 @@ from virtio_sim.qemu.linux_vhost import (
     check_rng,
     served_contains,
 )
-from virtio_sim.qemu.tools import static_busybox
+from virtio_sim.orchestration.qemu.tools import static_busybox
 from virtio_sim.spec import F
 
 pytestmark = pytest.mark.qemu

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.conformance.catalog import load_catalog
-from virtio_sim.conformance.driver_runner import watch_vhost_backends
-from virtio_sim.conformance.driver_watch import DriverWatch
-from virtio_sim.conformance.findings import FindingLog, Policy, Verdict
-from virtio_sim.qemu.initramfs import build_initramfs
-from virtio_sim.qemu.kernel import KernelImage, ensure_kernel
-from virtio_sim.qemu.linux_vhost import (
+from virtio_sim.orchestration.conformance.catalog import load_catalog
+from virtio_sim.orchestration.conformance.driver_runner import watch_vhost_backends
+from virtio_sim.orchestration.conformance.driver_watch import DriverWatch
+from virtio_sim.orchestration.conformance.findings import FindingLog, Policy, Verdict
+from virtio_sim.orchestration.qemu.initramfs import build_initramfs
+from virtio_sim.orchestration.qemu.kernel import KernelImage, ensure_kernel
+from virtio_sim.orchestration.qemu.linux_vhost import (
     CHECK_VIRTIO_DEVICES,
     BlkCheck,
     BlkLongChains,
@@ -32,7 +32,7 @@ from virtio_sim.qemu.linux_vhost import (
     check_rng,
     served_contains,
 )
-from virtio_sim.qemu.tools import static_busybox
+from virtio_sim.orchestration.qemu.tools import static_busybox
 from virtio_sim.spec import BLK_F, F
 
 pytestmark = [pytest.mark.qemu, pytest.mark.tool("busybox")]

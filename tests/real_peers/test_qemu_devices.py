@@ -21,17 +21,15 @@ from typing import Any
 import pytest
 import trio
 
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.iommu_dma import SAC_LIMIT
 from virtio_sim.guest.platform import GuestKernel
 from virtio_sim.guest.profile import guest_policy
 from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.guest.workloads_blk import DISCARD_BIO, ZEROES_AT
 from virtio_sim.layouts import MMIO_OFFSETS
-from virtio_sim.outcome import Outcome, RunResult
-from virtio_sim.profiles import load_driver_profile
-from virtio_sim.qemu import compare as cmp
-from virtio_sim.qemu.machines import (
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
+from virtio_sim.orchestration.qemu import compare as cmp
+from virtio_sim.orchestration.qemu.machines import (
     IOMMU_DEVICE,
     describe,
     install_acpi,
@@ -39,10 +37,12 @@ from virtio_sim.qemu.machines import (
     machine_args,
     qemu_devices,
 )
-from virtio_sim.qemu.qtest import QtestError, spawn_qtest
-from virtio_sim.qemu.qtest_link import QtestLink, QtestMemory
-from virtio_sim.qemu.run import IOMMU_FAULT, judge_qemu_evidence, run_qemu
-from virtio_sim.qemu.tools import QEMU_X86, require_qemu
+from virtio_sim.orchestration.qemu.qtest import QtestError, spawn_qtest
+from virtio_sim.orchestration.qemu.qtest_link import QtestLink, QtestMemory
+from virtio_sim.orchestration.qemu.run import IOMMU_FAULT, judge_qemu_evidence, run_qemu
+from virtio_sim.orchestration.qemu.tools import QEMU_X86, require_qemu
+from virtio_sim.outcome import Outcome, RunResult
+from virtio_sim.profiles import load_driver_profile
 from virtio_sim.spec import MMIO, STATUS, F, status_names
 
 pytestmark = pytest.mark.qemu
@@ -237,7 +237,7 @@ def test_every_difference_from_qemu_is_documented() -> None:
 
 
 def test_cli_run_device_backend_qemu(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "virtio_sim.cli", "run", "--device", "virtio-blk-device"]
+    cmd = [sys.executable, "-m", "virtio_sim.orchestration.cli", "run", "--device", "virtio-blk-device"]
     cmd += ["--workload", "blk-rw", "--transport", "pci-modern", "--device-backend", "qemu", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -360,7 +360,7 @@ def test_matrix_cells_on_qemu_match_ours_and_expectations(tmp_path: Path) -> Non
         cmd = [
             sys.executable,
             "-m",
-            "virtio_sim.cli",
+            "virtio_sim.orchestration.cli",
             "matrix",
             *sel,
             "--device-backend",
@@ -381,7 +381,7 @@ def test_matrix_refuses_cells_qemu_cannot_run() -> None:
     cmd = [
         sys.executable,
         "-m",
-        "virtio_sim.cli",
+        "virtio_sim.orchestration.cli",
         "matrix",
         "--device",
         "qemu-2.3",

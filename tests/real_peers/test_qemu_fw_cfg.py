@@ -23,7 +23,7 @@ from virtio_sim.layouts import (
     FwCfgLoaderAddPointer,
     FwCfgLoaderAllocate,
 )
-from virtio_sim.qemu.fw_cfg import (
+from virtio_sim.orchestration.qemu.fw_cfg import (
     LOADER,
     ArmVirtFwCfgPort,
     FwCfg,
@@ -34,8 +34,8 @@ from virtio_sim.qemu.fw_cfg import (
     link_tables,
     read_acpi,
 )
-from virtio_sim.qemu.qtest import spawn_qtest
-from virtio_sim.qemu.tools import QEMU_ARM, QEMU_X86, require_qemu
+from virtio_sim.orchestration.qemu.qtest import spawn_qtest
+from virtio_sim.orchestration.qemu.tools import QEMU_ARM, QEMU_X86, require_qemu
 
 
 def _cmd(command: int, body: bytes) -> bytes:

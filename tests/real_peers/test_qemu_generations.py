@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from virtio_sim.orchestration.qemu import generations as gen
 from virtio_sim.profiles import ProfileError, load_device_profile
-from virtio_sim.qemu import generations as gen
 from virtio_sim.spec import SPECS_DIR
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "qemu-deviations.md"
@@ -99,7 +99,16 @@ def test_matrix_with_a_bad_device_profile_exits_2_naming_file_and_key(tmp_path: 
     shutil.copytree(SPECS_DIR, specs)
     bad = specs / "profiles" / "devices" / "qemu-9.9.toml"
     bad.write_text((specs / "profiles" / "devices" / "qemu-7.2.toml").read_text() + "\n[rng]\nspeed = 3\n")
-    cmd = [sys.executable, "-m", "virtio_sim.cli", "matrix", "--device", "qemu-9.9", "--driver", "linux-6.1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "virtio_sim.orchestration.cli",
+        "matrix",
+        "--device",
+        "qemu-9.9",
+        "--driver",
+        "linux-6.1",
+    ]
     cmd += ["--transport", "pci-modern", "--workload", "rng"]
     done = subprocess.run(
         cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "VIRTIO_SIM_SPECS": str(specs)}
@@ -132,7 +141,7 @@ def _matrix(
     cmd = [
         sys.executable,
         "-m",
-        "virtio_sim.cli",
+        "virtio_sim.orchestration.cli",
         "matrix",
         *sel,
         "--ring",

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.embedded import RunConfig
+from virtio_sim.orchestration.embedded import RunConfig
+from virtio_sim.orchestration.qemu import kernel, tools
+from virtio_sim.orchestration.qemu.firmware import X86_HALT_LOOP, X86_RESET_VECTOR, x86_halt_image
+from virtio_sim.orchestration.qemu.initramfs import Entry, init_script, newc_archive, parse_markers
+from virtio_sim.orchestration.qemu.machines import machine_args, q35_gsi, qemu_devices
+from virtio_sim.orchestration.qemu.qtest import QtestClient, QtestError
+from virtio_sim.orchestration.qemu.run import qemu_refusal, run_qemu
 from virtio_sim.outcome import Outcome
-from virtio_sim.qemu import kernel, tools
-from virtio_sim.qemu.firmware import X86_HALT_LOOP, X86_RESET_VECTOR, x86_halt_image
-from virtio_sim.qemu.initramfs import Entry, init_script, newc_archive, parse_markers
-from virtio_sim.qemu.machines import machine_args, q35_gsi, qemu_devices
-from virtio_sim.qemu.qtest import QtestClient, QtestError
-from virtio_sim.qemu.run import qemu_refusal, run_qemu
 
 
 def scripted_qemu(replies: dict[str, bytes]) -> tuple[QtestClient, threading.Thread, list[str]]:

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from virtio_sim.embedded import RunConfig
 from virtio_sim.guest.profile import guest_policy
+from virtio_sim.orchestration.embedded import RunConfig
+from virtio_sim.orchestration.qemu.machines import qemu_devices
+from virtio_sim.orchestration.qemu.run import run_qemu
 from virtio_sim.outcome import Outcome
 from virtio_sim.profiles import load_driver_profile
-from virtio_sim.qemu.machines import qemu_devices
-from virtio_sim.qemu.run import run_qemu
 
 pytestmark = pytest.mark.qemu
 

@@ -20,7 +20,6 @@ import trio
 
 from tests.support.mmio_bench import Bench, make_bench
 from virtio_sim import layouts as L
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.link import HostLink
 from virtio_sim.guest.platform import GuestKernel, GuestPolicy
@@ -31,6 +30,7 @@ from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.host.qdev import build_device, parse_device_option
 from virtio_sim.host.server import serve
 from virtio_sim.host.virtio_device import ErrorPolicy
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.ring.chain import ChainReader, ChainWriter
 from virtio_sim.ring.notify import encode_notify_data
@@ -448,7 +448,7 @@ def test_split_driver_queue_type_is_unchanged_for_split() -> None:
 def test_cli_json_reports_the_ring(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import json
 
-    from virtio_sim.cli import main
+    from virtio_sim.orchestration.cli import main
 
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import trio
 
-from virtio_sim.embedded import RunConfig, run_embedded
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import RunResult
 from virtio_sim.spec import load_toml
 
 QEMU = load_toml("qemu_machines.toml")  # measured QEMU 7.2 facts
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "virtio_sim.cli", "run"]
+CLI = [sys.executable, "-m", "virtio_sim.orchestration.cli", "run"]
 
 
 def run_machine(machine: str | None, device: str, workload: str = "rng", **kw: object) -> RunResult:

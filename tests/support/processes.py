@@ -1,6 +1,6 @@
 """Helpers for tests with real host and guest processes.
 
-Every child runs ``python -m virtio_sim.cli ...`` from the worktree root in a process group
+Every child runs ``python -m virtio_sim.orchestration.cli ...`` from the worktree root in a process group
 of its own, so that cleanup can reach grandchildren (``run --processes`` spawns two) and
 a test can prove that nothing it started is still alive afterwards.
 """
@@ -25,7 +25,7 @@ from virtio_sim import wire
 from virtio_sim.sockets import SocketFrameChannel, UnixAddress, connect, parse_address
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "virtio_sim.cli"]
+CLI = [sys.executable, "-m", "virtio_sim.orchestration.cli"]
 DEATH_BOUND = 1.0  # seconds within which a peer's death must be reported
 
 

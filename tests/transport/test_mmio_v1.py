@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.mmio_bench import make_bench
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.host.build import HostConfig, build_host
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.devices.rng import RngDevice
 from virtio_sim.layouts import MMIO_OFFSETS as R
 from virtio_sim.layouts import desc_table_size, legacy_used_ring_offset
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 from virtio_sim.spec import MMIO, STATUS, F, bit
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.pci_bench import HostBench, make_host
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.platform import GuestPolicy
 from virtio_sim.layouts import LEGACY_CONFIG_OFFSET, LEGACY_HDR, field_offsets, virtio_blk_config
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 from virtio_sim.spec import QEMU_PCI
 

@@ -10,13 +10,13 @@ import pytest
 import trio
 
 from tests.support.pci_bench import make_host, with_guest
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.pci import parse_pci_param
 from virtio_sim.guest.platform import GuestKernel, GuestPolicy
 from virtio_sim.guest.transport.pci_legacy import PciLegacyTransport
 from virtio_sim.guest.transport.pci_modern import PciModernTransport
 from virtio_sim.host.machine import Q35_ECAM_BASE, Q35_PCI_IO_WINDOW, Q35_PCI_MEM_WINDOW
 from virtio_sim.layouts import COMMON_CFG, PCI_HEADER
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 from virtio_sim.spec import PCI, PCI_CAP_ID, PCI_CMD, PCI_IDS, QEMU_PCI
 

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.pci_bench import HostBench, make_host, with_guest
-from virtio_sim.embedded import RunConfig, run_embedded
 from virtio_sim.guest.platform import GuestPolicy
 from virtio_sim.host.machine import Q35_ECAM_BASE
 from virtio_sim.layouts import COMMON_CFG, PCI_HEADER
+from virtio_sim.orchestration.embedded import RunConfig, run_embedded
 from virtio_sim.outcome import Outcome
 from virtio_sim.spec import CONF1, PCI, PCI_CMD, QEMU_PCI, STATUS
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.pci_bench import make_host, with_guest
-from virtio_sim.embedded import RunConfig, guest_policy_for, run_embedded
 from virtio_sim.guest.platform import GuestPolicy
+from virtio_sim.orchestration.embedded import RunConfig, guest_policy_for, run_embedded
 from virtio_sim.outcome import Outcome
 
 TRANSPORTS = ("pci-modern", "pci-transitional", "pci-legacy", "mmio-v1", "mmio-v2")

@@ -129,8 +129,9 @@ def test_cli_runs_pci_transports(transport: str, tmp_path: Path) -> None:
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))  # the command line needs drive=, as QEMU does
     p = subprocess.run(
-        [sys.executable, "-m", "virtio_sim.cli", "run", "--device", f"virtio-blk-device,drive={disk}",
-         "--workload", "blk-rw", "--json", "--transport", transport],
+        [sys.executable, "-m", "virtio_sim.orchestration.cli", "run",
+         "--device", f"virtio-blk-device,drive={disk}", "--workload", "blk-rw", "--json",
+         "--transport", transport],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr

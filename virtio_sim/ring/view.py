@@ -2,7 +2,7 @@
 
 Core types (no host or guest imports): the device core (host/virtio_device.py) and the
 vhost-user back-end give these out; the driver-side conformance watch
-(virtio_sim/conformance/driver_watch*.py) reads the rings through them.
+(virtio_sim/orchestration/conformance/driver_watch*.py) reads the rings through them.
 """
 
 from __future__ import annotations
