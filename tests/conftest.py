@@ -51,8 +51,8 @@ if os.environ.get("CI", "").lower() == "true":
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``qemu`` run whenever QEMU is installed; otherwise they are skipped
     with the command that installs it (CI installs it, so there they always run; under
-    CI=true such a skip is a failure: support/ci_policy.py). The same for ``tool(NAME)`` (also a failure under CI): skipped
-    with ``apt-get install PACKAGE`` when NAME is missing."""
+    CI=true such a skip is a failure: support/ci_policy.py). The same for ``tool(NAME)``:
+    skipped with ``apt-get install PACKAGE`` when NAME is missing (a failure under CI too)."""
     for marker, binary in (("qemu", QEMU_X86), ("qemu_arm", QEMU_ARM)):
         if shutil.which(binary):
             continue
