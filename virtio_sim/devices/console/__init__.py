@@ -13,4 +13,5 @@ KIND = DeviceKind(
     guest="virtio_sim.guest.workloads_console:GUEST",
     profile_properties={"emergency-write": bool, "max_ports": int, "any_layout": bool},
     attack_queue=1,  # port 0's transmit queue
+    framing="virtio_sim.devices.console.framing:ConsoleFraming",
 )

@@ -14,4 +14,5 @@ KIND = DeviceKind(
     guest="virtio_sim.guest.workloads_rng:GUEST",
     profile_properties={"any_layout": bool},
     attack_queue=0,  # the request queue
+    framing="virtio_sim.devices.rng.framing:RngFraming",
 )

@@ -13,4 +13,5 @@ KIND = DeviceKind(
     guest="virtio_sim.guest.workloads_net:GUEST",
     profile_properties={"any_layout": bool},
     attack_queue=1,  # the transmit queue of pair 0
+    framing="virtio_sim.devices.net.framing:NetFraming",
 )

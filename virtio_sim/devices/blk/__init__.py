@@ -19,4 +19,5 @@ KIND = DeviceKind(
     guest="virtio_sim.guest.workloads_blk:GUEST",
     profile_properties=BLK_PROFILE_PROPERTIES,
     attack_queue=0,  # request queue 0
+    framing="virtio_sim.devices.blk.framing:BlkFraming",
 )
