@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from virtio_sim.guest.drivers.base import DeviceProtocolError
-from virtio_sim.guest.drivers.blk import BlkIoError
+from virtio_sim.guest.drivers.base import BlkIoError, DeviceProtocolError
 from virtio_sim.guest.link import HostLink, HostLinkError
 from virtio_sim.guest.platform import BootError, GuestKernel, GuestPolicy
+from virtio_sim.guest.stall import cancel_when_stalled
 from virtio_sim.guest.virtio import DeviceNeedsReset, DriverHang, VirtioGuestDevice
 from virtio_sim.guest.workloads import WORKLOADS, CorruptionDetected
 from virtio_sim.memory import ByteAccess
@@ -50,8 +50,11 @@ async def run_guest(
     """Run the guest until the workload ends or ``timeout`` passes (then HANG)."""
     result = RunResult(Outcome.HANG)
     holder: list[GuestKernel | None] = [None]
+    stalled: list[str] = []
     async with trio.open_nursery() as nursery:
         with trio.move_on_after(timeout) as scope:
+            # A run that can no longer change before its deadline ends now (guest/stall.py).
+            nursery.start_soon(cancel_when_stalled, scope, stalled)
 
             async def watch_link() -> None:
                 # A host that goes away (or refuses to go on) ends the run at once: a
@@ -77,7 +80,8 @@ async def run_guest(
         elif scope.cancelled_caught:
             result.outcome = Outcome.HANG
             extra = f" ({result.detail})" if result.detail else ""
-            result.detail = f"no completion within {timeout:g}s{extra}"
+            why = f"; {stalled[0]}" if stalled else ""
+            result.detail = f"no completion within {timeout:g}s{why}{extra}"
         if holder[0] is not None and not result.dma_ranges:
             result.dma_ranges = holder[0].dma_ranges()  # also after a hang: judged with the host's writes
         await link.bye()

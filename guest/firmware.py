@@ -15,23 +15,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from virtio_sim.acpi_layouts import FDT, HID, RSDP, RSDP_SIZE, SDT_HEADER_SIZE, SIG
-from virtio_sim.guest.acpi import (
-    AcpiDevice,
-    AcpiError,
-    ViotInfo,
-    parse_dsdt,
-    parse_fadt,
-    parse_mcfg,
-    parse_root,
-    parse_rsdp,
-    parse_viot,
-)
-from virtio_sim.guest.fdt import FdtError, fdt_size, parse_fdt
 from virtio_sim.guest.pci import PciFirmware
-from virtio_sim.guest.pci_firmware import is_host_bridge, pci_from_acpi, pci_from_fdt
 from virtio_sim.memory import ByteAccess
+
+# The ACPI and device-tree parsers are imported when the firmware has tables to parse:
+# a guest told of its devices on the command line (microvm's default) never needs them.
+if TYPE_CHECKING:
+    from virtio_sim.guest.acpi import AcpiDevice, ViotInfo
 
 #: _HIDs under which a virtio-mmio transport may be described (Linaro's, QEMU's vendor space)
 VIRTIO_MMIO_HIDS = (HID["virtio_mmio"], HID["qemu_vendor"])
@@ -73,6 +66,8 @@ def _read(memory: ByteAccess, address: int, length: int) -> bytes:
     try:
         return bytes(memory.read(address, length))
     except Exception as e:
+        from virtio_sim.guest.acpi import AcpiError
+
         raise AcpiError(f"cannot read {length} bytes at {address:#x}: {e}") from None
 
 
@@ -102,6 +97,8 @@ def find_rsdp(memory: ByteAccess, cmdline: str, ram_base: int) -> int | None:
     off = area.find(sig)  # the signature search runs in C; only aligned hits count
     while 0 <= off <= last:
         if off % align == 0:
+            from virtio_sim.guest.acpi import AcpiError, parse_rsdp
+
             try:
                 parse_rsdp(area[off : off + RSDP_SIZE])
             except AcpiError:
@@ -113,6 +110,8 @@ def find_rsdp(memory: ByteAccess, cmdline: str, ram_base: int) -> int | None:
 
 
 def _mmio_of(dev: AcpiDevice) -> FirmwareMmio:
+    from virtio_sim.guest.acpi import AcpiError
+
     if len(dev.memory) != 1 or len(dev.interrupts) != 1:
         raise AcpiError(
             f"{dev.path} ({dev.hid}): _CRS has {len(dev.memory)} memory and {len(dev.interrupts)} "
@@ -130,6 +129,17 @@ def discover(memory: ByteAccess, cmdline: str, ram_base: int = 0) -> FirmwareVie
         if dtb is not None:
             _discover_fdt(memory, int(str(dtb.group(1)), 0), view)
         return view
+    from virtio_sim.guest.acpi import (
+        AcpiError,
+        parse_dsdt,
+        parse_fadt,
+        parse_mcfg,
+        parse_root,
+        parse_rsdp,
+        parse_viot,
+    )
+    from virtio_sim.guest.pci_firmware import is_host_bridge, pci_from_acpi
+
     view.rsdp_address = rsdp_at
     view.source = "acpi"
     try:
@@ -173,6 +183,10 @@ def discover(memory: ByteAccess, cmdline: str, ram_base: int = 0) -> FirmwareVie
 
 def _discover_fdt(memory: ByteAccess, address: int, view: FirmwareView) -> None:
     """Nodes compatible with "virtio,mmio": reg and the GIC SPI as its GSIV."""
+    from virtio_sim.guest.acpi import AcpiError
+    from virtio_sim.guest.fdt import FdtError, fdt_size, parse_fdt
+    from virtio_sim.guest.pci_firmware import pci_from_fdt
+
     view.source = "fdt"
     view.tables["FDT"] = address
     try:

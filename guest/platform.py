@@ -19,15 +19,16 @@ its data and goes straight to the config or queue handler it was given to.
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import trio
 
-from virtio_sim.guest.acpi import ViotInfo
 from virtio_sim.guest.allocator import PageAllocator
 from virtio_sim.guest.dma import DirectDma, DmaApi
-from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
-from virtio_sim.guest.drivers.iommu import IommuDriver, IommuRequestError
+from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver, IommuRequestError
 from virtio_sim.guest.firmware import VIRTIO_MMIO_HIDS, FirmwareView, discover
 from virtio_sim.guest.iommu_dma import IommuDma, IovaAllocator
 from virtio_sim.guest.kinds import drivers
@@ -69,8 +70,24 @@ from virtio_sim.memory import ByteAccess
 from virtio_sim.spec import DEVICE_TYPES, DEVICE_TYPES_BY_ID, MMIO, PCI
 from virtio_sim.wire import IrqKind
 
-#: device kind -> the driver that binds it, from the kinds' guest halves (guest/kinds.py)
-DRIVERS: dict[str, type[GuestDriver]] = drivers()
+if TYPE_CHECKING:
+    from virtio_sim.guest.acpi import ViotInfo
+    from virtio_sim.guest.drivers.iommu import IommuDriver
+
+#: device kind -> the driver that binds it, from the kinds' guest halves (guest/kinds.py);
+#: a kind's driver module is imported when a probe finds such a device
+DRIVERS: Mapping[str, type[GuestDriver]] = drivers()
+
+
+def iommu_driver(driver: GuestDriver | None) -> IommuDriver | None:
+    """``driver`` if it is the virtio-iommu driver, else None. The class is looked up in
+    sys.modules: while nothing has imported the iommu driver's module no driver can be
+    one, and a run without an IOMMU never imports it."""
+    module = sys.modules.get("virtio_sim.guest.drivers.iommu")
+    if module is not None and isinstance(driver, module.IommuDriver):
+        return cast("IommuDriver", driver)
+    return None
+
 
 DEFAULT_ACPI_HIDS = VIRTIO_MMIO_HIDS
 DEFAULT_DT_COMPATIBLES = ("virtio,mmio",)
@@ -355,9 +372,10 @@ class GuestKernel:
         for res in resources:
             record = await self._probe_one(res)
             self.probes.append(record)
-            if record.bound and isinstance(record.driver, IommuDriver):
-                self.iommu = record.driver
-                await record.driver.start_events()
+            iommu = iommu_driver(record.driver) if record.bound else None
+            if iommu is not None:
+                self.iommu = iommu
+                await iommu.start_events()
         return self.probes
 
     async def _probe_one(self, res: MmioResource) -> ProbeRecord:
@@ -571,9 +589,10 @@ class GuestKernel:
             record = await self._probe_pci_one(bus, pdev)
             record.source = "pci"
             self.probes.append(record)
-            if record.bound and isinstance(record.driver, IommuDriver) and self.iommu is None:
-                self.iommu = record.driver
-                await record.driver.start_events()
+            iommu = iommu_driver(record.driver) if record.bound and self.iommu is None else None
+            if iommu is not None:
+                self.iommu = iommu
+                await iommu.start_events()
         return self.probes
 
     def _pci_transports(self) -> list[type[PciModernTransport] | type[PciLegacyTransport]]:

@@ -11,11 +11,20 @@ ring is DEVICE_ERROR; the caller maps exceptions to outcomes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from virtio_sim.guest.evidence import CorruptionDetected
 from virtio_sim.guest.kinds import WorkloadFn, workloads
-from virtio_sim.guest.workloads_blk import blk_pattern_seed
 
-#: workload name -> (the device kind it needs, the workload)
-WORKLOADS: dict[str, tuple[str, WorkloadFn]] = workloads()
+#: workload name -> (the device kind it needs, the workload); the names come from the
+#: device descriptors, a workload's driver module is imported when it is looked up
+WORKLOADS: Mapping[str, tuple[str, WorkloadFn]] = workloads()
+
+
+def blk_pattern_seed(seed: int | None) -> int:
+    """The seed of the blk workloads' data pattern (here, not in workloads_blk.py, so that
+    the processes and the tests can name it without loading the blk driver)."""
+    return seed if seed is not None else 0x5EED
+
 
 __all__ = ["WORKLOADS", "CorruptionDetected", "WorkloadFn", "blk_pattern_seed"]

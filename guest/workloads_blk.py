@@ -5,16 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from virtio_sim.guest.drivers.base import GuestDriver
-from virtio_sim.guest.drivers.blk import BlkDriver, BlkIoError
+from virtio_sim.guest.drivers.base import BlkIoError, GuestDriver
+from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.evidence import CorruptionDetected
 from virtio_sim.guest.kinds import GuestHalf
+from virtio_sim.guest.workloads import blk_pattern_seed
 from virtio_sim.spec import BLK
-
-
-def blk_pattern_seed(seed: int | None) -> int:
-    return seed if seed is not None else 0x5EED
-
 
 #: the discard step of blk-rw: two 4-sector bios at sector 16 (clear of the verified plan)
 DISCARD_AT = 16

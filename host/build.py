@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtio_sim.devices import kind_by_name
 from virtio_sim.dma import AddressSpace, IdentityAddressSpace, TranslatedAddressSpace, WriteLog
 from virtio_sim.host.devices.base import PropertyError, parse_bool
-from virtio_sim.host.devices.iommu import IommuDevice
-from virtio_sim.host.firmware import install_acpi, install_fdt
-from virtio_sim.host.iommu import EndpointTranslator, Iommu, UnisolatedAddressSpace
 from virtio_sim.host.kinds import BuildContext, host_half
 from virtio_sim.host.machine import Machine
 from virtio_sim.host.machine_types import MachineSpec, check_placement, parse_machine, ram_layout
-from virtio_sim.host.pci import BusMasterGate, PciFunction
 from virtio_sim.host.platform import TRANSLATING, P2mAddressSpace, PlatformIommuWindow, p2m_shift
 from virtio_sim.host.platform import cmdline_param as platform_cmdline
 from virtio_sim.host.qdev import (
@@ -33,10 +29,15 @@ from virtio_sim.host.qdev import (
     pci_name,
 )
 from virtio_sim.host.qemu_backends import Backends, resolve
-from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import ByteOrder
 from virtio_sim.memory import GuestMemory
+
+# The IOMMU, PCI and firmware-table code is imported where a machine needs it: an mmio
+# run on microvm (the default) builds none of it (start-up, tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    from virtio_sim.host.iommu import Iommu, UnisolatedAddressSpace
+    from virtio_sim.host.pci import PciFunction
 
 PCI_TRANSPORTS = ("pci-modern", "pci-transitional", "pci-legacy")
 HOST_TRANSPORTS = ("mmio-v2", "mmio-v1", "mmio", *PCI_TRANSPORTS)
@@ -355,6 +356,8 @@ def build_host(cfg: HostConfig) -> HostSetup:
         if platform in TRANSLATING:
             # The platform IOMMU: off until the guest turns it on (x86), or always
             # translating (pseries' TCE); its registers sit where QEMU's intel-iommu's do.
+            from virtio_sim.host.iommu import Iommu
+
             setup.iommu = Iommu(set(), bypass=platform != "tce")
             machine.sysdevs.append(PlatformIommuWindow(setup.iommu))
             machine.platform_params.append(platform_cmdline(platform))
@@ -371,6 +374,9 @@ def build_host(cfg: HostConfig) -> HostSetup:
         if iommu_kind == "virtio-iommu":
             # The IOMMU itself sits on an mmio slot (also on q35); its endpoints are added
             # below as the devices are plugged.
+            from virtio_sim.host.devices.iommu import IommuDevice
+            from virtio_sim.host.iommu import Iommu
+
             setup.iommu = Iommu(set())
             iommu_dev = VirtioDevice(IommuDevice(setup.iommu), lambda f: make_ram(memory))
             iommu_dev.guest_order = cfg.guest_order
@@ -398,8 +404,12 @@ def build_host(cfg: HostConfig) -> HostSetup:
             for rid in sorted(setup.iommu.endpoints):
                 setup.iommu.attach(rid, rid, bypass=False)
         if mspec is not None and mspec.acpi:
+            from virtio_sim.host.firmware import install_acpi
+
             install_acpi(machine, memory, mspec)
         elif mspec is not None and mspec.facts["arch"] == "aarch64":
+            from virtio_sim.host.firmware import install_fdt
+
             install_fdt(machine, memory, mspec)
     except (PropertyError, ValueError) as e:
         setup.close()
@@ -450,6 +460,8 @@ def _space_for(
         endpoint = endpoint_ref[0]
         if iommu is None or endpoint not in iommu.endpoints:
             return make_ram(memory)  # not behind the IOMMU at all (a virtio-mmio device)
+        from virtio_sim.host.iommu import EndpointTranslator, UnisolatedAddressSpace
+
         if translated:
             translator = EndpointTranslator(iommu, endpoint)
             return TranslatedAddressSpace(memory, translator, make_ram(memory))
@@ -481,6 +493,9 @@ def _plug(
         )
         machine.add_mmio_device(vdev, legacy=force_legacy, bus=bus)
         return vdev
+    from virtio_sim.host.pci import BusMasterGate
+    from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
+
     # A PCI device's DMA goes through its function: no bus mastering, no access.
     holder: list[PciFunction] = []
 

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from virtio_sim.host.pci import PciHost, PciWindows, gpex_host_bridge, q35_host_bridge
 from virtio_sim.host.transport.mmio import MMIO_WINDOW, MmioTransport
-from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 from virtio_sim.host.virtio_device import VirtioDevice
 from virtio_sim.layouts import MMIO_OFFSETS
 from virtio_sim.memory import GuestMemory
 from virtio_sim.spec import MMIO, MSI
+
+if TYPE_CHECKING:  # a machine without a PCI bus (microvm) never imports the PCI code
+    from virtio_sim.host.pci import PciHost
+    from virtio_sim.host.transport.virtio_pci import VirtioPciProxy
 
 MICROVM_MMIO_BASE = 0xFEB00000
 MICROVM_MMIO_SLOTS = 8
@@ -118,6 +120,8 @@ class Machine:
 
     def attach_q35_pci(self) -> PciHost:
         """Give the machine q35's PCI host bridge (ECAM and 0xCF8/0xCFC) at 00:00.0."""
+        from virtio_sim.host.pci import PciHost, PciWindows, q35_host_bridge
+
         host = PciHost(
             PciWindows(Q35_PCI_MEM_WINDOW, Q35_PCI_IO_WINDOW),
             ecam_base=Q35_ECAM_BASE,
@@ -135,6 +139,8 @@ class Machine:
     def attach_virt_pci(self, facts: dict[str, Any]) -> PciHost:
         """Give the machine arm virt's PCIe host bridge: ECAM only (no 0xCF8 ports), INTx
         A-D on GSIV 35-38 swizzled by slot, no MSI controller (specs/machines.toml)."""
+        from virtio_sim.host.pci import PciHost, PciWindows, gpex_host_bridge
+
         host = PciHost(
             PciWindows(tuple(facts["pci_mem"]), tuple(facts["pci_io"])),
             ecam_base=facts["ecam_base"],

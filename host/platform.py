@@ -23,10 +23,14 @@ guest page decides an outcome.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from virtio_sim.dma import AddressSpace, DmaError, IdentityAddressSpace, WriteLog
-from virtio_sim.host.iommu import Iommu
 from virtio_sim.memory import PAGE_SIZE, GuestMemory, Lease, MemoryAccessError
 from virtio_sim.spec import IOMMU_MAP_F, IOMMU_S
+
+if TYPE_CHECKING:  # build.py makes the Iommu; a machine without one never imports it
+    from virtio_sim.host.iommu import Iommu
 
 #: where QEMU's intel-iommu puts its registers (Q35_HOST_BRIDGE_IOMMU_ADDR, the DMAR unit)
 PLATFORM_IOMMU_BASE = 0xFED90000

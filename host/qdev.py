@@ -8,15 +8,13 @@ not have carry the ``x-`` prefix QEMU uses for non-standard ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 from virtio_sim.host import qdev_props
-from virtio_sim.host.devices import hostile
 from virtio_sim.host.devices.base import DeviceModel, PropertyError, parse_bool
 from virtio_sim.host.kinds import host_half, qdev_kinds
 from virtio_sim.host.qdev_props import Prop, props_for
-from virtio_sim.host.transport.virtio_pci import resolve_modes
 from virtio_sim.host.virtio_device import ErrorPolicy, TransportFeatures
 from virtio_sim.spec import PCI_CFG
 
@@ -101,11 +99,47 @@ def format_device_option(spec: DeviceSpec) -> str:
     return ",".join(parts)
 
 
-#: name -> (factory, properties it accepts besides the common ones), derived from the
-#: host halves of the device kinds (virtio_sim/devices, host/kinds.py)
-DEVICE_TYPES: dict[str, tuple[Callable[[dict[str, str]], DeviceModel], tuple[str, ...]]] = {
-    kind.device_name: (host_half(kind.key).factory, tuple(host_half(kind.key).props)) for kind in qdev_kinds()
-}
+DeviceType = tuple[Callable[[dict[str, str]], DeviceModel], tuple[str, ...]]
+
+
+class _DeviceTypes(MutableMapping[str, DeviceType]):
+    """Model name -> (factory, properties it takes besides the common ones), derived from
+    the host halves of the device kinds (virtio_sim/devices, host/kinds.py). The names
+    come from the descriptors; a kind's host half (its device model) is imported when
+    its entry is first looked up, so a run loads the models it builds and no others.
+    An entry can be replaced (a test swaps a broken model in with monkeypatch.setitem)."""
+
+    def __init__(self) -> None:
+        self._keys = {kind.device_name: kind.key for kind in qdev_kinds()}
+        self._entries: dict[str, DeviceType] = {}  # looked up or replaced
+
+    def __getitem__(self, name: str) -> DeviceType:
+        entry = self._entries.get(name)
+        if entry is None:
+            half = host_half(self._keys[name])
+            entry = self._entries[name] = (half.factory, tuple(half.props))
+        return entry
+
+    def __setitem__(self, name: str, entry: DeviceType) -> None:
+        self._keys.setdefault(name, "")  # a name of no kind: only its set entry exists
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del self._keys[name]
+        self._entries.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+#: name -> (factory, properties it accepts besides the common ones)
+DEVICE_TYPES: MutableMapping[str, DeviceType] = _DeviceTypes()
 #: virtio-*-pci: the same device models behind a virtio-pci proxy (name -> model, PCI class)
 PCI_DEVICE_TYPES: dict[str, tuple[str, int]] = {
     kind.pci_name: (kind.device_name, kind.pci_class) for kind in qdev_kinds()
@@ -156,6 +190,8 @@ def _pci_options(props: dict[str, str], class_code: int, driver: str = "") -> Pc
     addr = props.pop("addr", None)
     slot, fn = _pci_addr(addr, driver) if addr is not None else (None, 0)
     # The machine's virtio-pci devices sit on the root bus, where auto keeps legacy on.
+    from virtio_sim.host.transport.virtio_pci import resolve_modes  # PCI devices only
+
     modern, legacy = resolve_modes(disable_legacy, disable_modern, pcie_port=False)
     return PciOptions(modern, legacy, vectors, class_code, slot, fn)
 
@@ -205,6 +241,8 @@ def build_device(spec: DeviceSpec) -> BuiltDevice:
     lie = props.pop("x-hostile", None)
     model = factory(props)
     if lie is not None:
+        from virtio_sim.host.devices import hostile  # only a hostile device needs it
+
         hostile.install(model, lie)  # hostile device mode: its completions lie
     if pci is not None and pci.legacy and tf.access_platform:
         # QEMU's virtio_pci_device_plugged(): bit 33 needs a modern-only (non-transitional) device.

@@ -30,9 +30,8 @@ from virtio_sim.dma import DmaError
 from virtio_sim.host.machine import Machine
 from virtio_sim.host.remote_dma import DmaPort, PostingChannel
 from virtio_sim.ring.chain import RingError
-from virtio_sim.sockets import SendStalledError
 from virtio_sim.spec import LIMITS
-from virtio_sim.wire import ErrorCode, FrameChannel, IrqKind, MsgType, WireError
+from virtio_sim.wire import ErrorCode, FrameChannel, IrqKind, MsgType, SendStalledError, WireError
 
 log = logging.getLogger("virtio_sim.host.server")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtio_sim.dma import DmaError
@@ -117,46 +118,26 @@ class VhostMemoryTable:
                 return r.gpa + (uva - r.uva)
         raise VhostMemoryError(f"front-end address {uva:#x} (+{length:#x}) is in no memory region")
 
-    def _pieces(self, addr: int, length: int) -> list[tuple[MappedRegion, int, int]]:
+    def _pieces(self, addr: int, length: int) -> list[Piece]:
+        """Where a guest-physical range lies: (region, offset in it, bytes) per region."""
         try:
             check_range(addr, length)
         except MemoryAccessError as e:
             raise DmaError(addr, length, e.reason) from None
-        out: list[tuple[MappedRegion, int, int]] = []
-        pos, left = addr, length
-        while left > 0:
-            r = next((r for r in self.regions if r.gpa <= pos < r.end), None)
-            if r is None:
-                raise DmaError(addr, length, f"address {pos:#x} is not in guest RAM")
-            n = min(left, r.end - pos)
-            out.append((r, pos - r.gpa, n))
-            pos += n
-            left -= n
-        return out
+        return _walk(self.regions, addr, length, lambda r: r.gpa, "address {:#x} is not in guest RAM")
 
-    def _uva_pieces(self, uva: int, length: int) -> list[tuple[MappedRegion, int, int]]:
+    def _uva_pieces(self, uva: int, length: int) -> list[Piece]:
         """Like _pieces, by front-end virtual address (what IOTLB entries point at)."""
-        out: list[tuple[MappedRegion, int, int]] = []
-        pos, left = uva, length
-        while left > 0:
-            r = next((r for r in self.regions if r.uva <= pos < r.uva + r.size), None)
-            if r is None:
-                raise DmaError(uva, length, f"front-end address {pos:#x} is in no memory region")
-            n = min(left, r.uva + r.size - pos)
-            out.append((r, pos - r.uva, n))
-            pos += n
-            left -= n
-        return out
+        return _walk(
+            self.regions, uva, length, lambda r: r.uva, "front-end address {:#x} is in no memory region"
+        )
 
     def read_uva(self, uva: int, length: int) -> bytes:
-        return b"".join(bytes(r.view[o : o + n]) for r, o, n in self._uva_pieces(uva, length))
+        return _gather(self._uva_pieces(uva, length))
 
     def write_uva(self, uva: int, data: bytes | bytearray | memoryview) -> None:
         src = memoryview(data).cast("B")
-        pos = 0
-        for r, o, n in self._uva_pieces(uva, len(src)):
-            r.view[o : o + n] = src[pos : pos + n]
-            pos += n
+        _scatter(self._uva_pieces(uva, len(src)), src)
 
     def check_uva(self, uva: int, length: int) -> None:
         self._uva_pieces(uva, length)
@@ -164,14 +145,46 @@ class VhostMemoryTable:
     # -- AddressSpace --------------------------------------------------------------------
 
     def read(self, addr: int, length: int) -> bytes:
-        return b"".join(bytes(r.view[o : o + n]) for r, o, n in self._pieces(addr, length))
+        return _gather(self._pieces(addr, length))
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         src = memoryview(data).cast("B")
-        pos = 0
-        for r, o, n in self._pieces(addr, len(src)):
-            r.view[o : o + n] = src[pos : pos + n]
-            pos += n
+        _scatter(self._pieces(addr, len(src)), src)
 
     def check(self, addr: int, length: int, write: bool) -> None:
         self._pieces(addr, length)
+
+
+#: one stretch of an access inside one region: (region, offset in the region, bytes)
+Piece = tuple[MappedRegion, int, int]
+
+
+def _walk(
+    regions: list[MappedRegion], start: int, length: int, base: Callable[[MappedRegion], int], hole: str
+) -> list[Piece]:
+    """Split ``[start, start + length)`` over ``regions``, each placed at ``base(region)``
+    (its guest-physical or its front-end address); a gap is a DmaError saying ``hole``."""
+    out: list[Piece] = []
+    pos, left = start, length
+    while left > 0:
+        r = next((r for r in regions if base(r) <= pos < base(r) + r.size), None)
+        if r is None:
+            raise DmaError(start, length, hole.format(pos))
+        n = min(left, base(r) + r.size - pos)
+        out.append((r, pos - base(r), n))
+        pos += n
+        left -= n
+    return out
+
+
+def _gather(pieces: list[Piece]) -> bytes:
+    """A read: the pieces' bytes, in order."""
+    return b"".join(bytes(r.view[o : o + n]) for r, o, n in pieces)
+
+
+def _scatter(pieces: list[Piece], src: memoryview) -> None:
+    """A write: ``src`` laid over the pieces, in order (they add up to its length)."""
+    pos = 0
+    for r, o, n in pieces:
+        r.view[o : o + n] = src[pos : pos + n]
+        pos += n

@@ -8,9 +8,10 @@ state. Transports (mmio, pci) translate register accesses into calls here; devic
 Error policy (docs/architecture.md, "Error policies"): when serving a queue raises a
 RingError or DmaError the device either
 
-* ``needs-reset`` (default, QEMU's virtio_error()): sets DEVICE_NEEDS_RESET, sends a
-  configuration change interrupt if DRIVER_OK is set, and serves nothing more until the
-  driver resets it; or
+* ``needs-reset`` (default, QEMU's virtio_error()): serves nothing more until the driver
+  resets it and, when VERSION_1 was negotiated, sets DEVICE_NEEDS_RESET and sends a
+  configuration change interrupt if DRIVER_OK is set (a legacy driver is told nothing:
+  :meth:`VirtioDevice.set_needs_reset`); or
 * ``drop``: gives the offending head back with used.len 0 and keeps the queue running.
 
 Either way the violation is recorded in :attr:`VirtioDevice.violations` with its class.
@@ -560,7 +561,11 @@ class VirtioDevice:
                 if _peer_gone(e):
                     return  # the guest left mid-service: nothing more to serve or signal
                 try:
-                    self._maybe_interrupt(q)  # completions made before the violation
+                    # Completions made before the violation are signalled; without any,
+                    # no queue interrupt (QEMU's handlers push and notify per completion,
+                    # and virtio_error() notifies nothing but, with VERSION_1, the config)
+                    if ring.published != used_before:
+                        self._maybe_interrupt(q)
                 except (RingError, DmaError) as again:
                     # the ring itself became unreadable (e.g. its IOMMU mapping went away):
                     # that must not escape from the notify register write
@@ -633,8 +638,29 @@ class VirtioDevice:
         self.note(f"{message}; device needs reset")
         self.set_needs_reset()
 
+    @property
+    def reports_needs_reset(self) -> bool:
+        """Whether an error sets DEVICE_NEEDS_RESET: only once VERSION_1 was negotiated
+        (QEMU's virtio_error(), :meth:`set_needs_reset`); a legacy driver is never told."""
+        return self.has_feature(F.VERSION_1)
+
     def set_needs_reset(self) -> None:
+        """QEMU's virtio_error(): the device stops serving until a reset (``broken``); only
+        when VIRTIO_F_VERSION_1 was negotiated does it also set DEVICE_NEEDS_RESET and send
+        a configuration change interrupt (which QEMU's virtio_notify_config() sends past
+        DRIVER_OK only). A legacy driver (no VERSION_1: mmio v1, the legacy PCI interface)
+        sees nothing: its requests just never complete.
+
+        Source: hw/virtio/virtio.c virtio_error(), unchanged from QEMU 2.8 (where it came)
+        to 7.2 (``if (virtio_vdev_has_feature(vdev, VIRTIO_F_VERSION_1)) { vdev->status =
+        vdev->status | VIRTIO_CONFIG_S_NEEDS_RESET; virtio_notify_config(vdev); }
+        vdev->broken = true;``). Measured on QEMU 7.2.22 under qtest (docs/qemu-deviations.md):
+        a plain-then-INDIRECT chain ("Incorrect order for descriptors") leaves virtio-rng-pci
+        at status 0x4f on the modern interface and 0x7 on the legacy one.
+        """
         self.broken = True
+        if not self.reports_needs_reset:
+            return
         self.status |= STATUS.DEVICE_NEEDS_RESET
         if self.status & STATUS.DRIVER_OK and self.sink:
             self.sink.config_interrupt()

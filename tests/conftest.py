@@ -35,7 +35,7 @@ SYSTEM_TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
     "iasl": (lambda: shutil.which("iasl") is not None, "acpica-tools"),
     "chromium": (lambda: shutil.which("chromium") is not None, "chromium"),
     "busybox": (_static_busybox, "busybox-static"),
-    "dpdk-testpmd": (lambda: shutil.which("dpdk-testpmd") is not None, "dpdk"),
+    "dpdk-testpmd": (lambda: shutil.which("dpdk-testpmd") is not None, "dpdk-dev"),
 }
 
 # Hypothesis under CI (CI=true, as GitHub Actions and most CI systems set it): the same
@@ -51,8 +51,8 @@ if os.environ.get("CI", "").lower() == "true":
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``qemu`` run whenever QEMU is installed; otherwise they are skipped
     with the command that installs it (CI installs it, so there they always run; under
-    CI=true such a skip is a failure: support/ci_policy.py). The same for ``tool(NAME)``: skipped
-    with ``apt-get install PACKAGE`` when NAME is missing."""
+    CI=true such a skip is a failure: support/ci_policy.py). The same for ``tool(NAME)``:
+    skipped with ``apt-get install PACKAGE`` when NAME is missing (a failure under CI too)."""
     for marker, binary in (("qemu", QEMU_X86), ("qemu_arm", QEMU_ARM)):
         if shutil.which(binary):
             continue

@@ -7,12 +7,12 @@ in a profile would otherwise silently change what a matrix cell tests.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtio_sim import tomlcache
 from virtio_sim.devices import KINDS
 from virtio_sim.spec import FEATURES, SPECS_DIR
 
@@ -135,11 +135,10 @@ _QEMU_KEYS = {"pci_machine": str, "mmio_machine": str, "arm_machine": str, "note
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomlcache.load(path)
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such profile") from None
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # tomllib.TOMLDecodeError
         raise ProfileError(f"{path}: invalid TOML: {e}") from None
 
 

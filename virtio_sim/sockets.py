@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import trio
 
-from virtio_sim.wire import HEADER_SIZE, ErrorCode, Frame, WireError, decode_header
+from virtio_sim.wire import HEADER_SIZE, ErrorCode, Frame, SendStalledError, WireError, decode_header
 
 FRAME_TIMEOUT = 5.0  # seconds a started frame may take to arrive completely
 RECV_CHUNK = 1 << 16
@@ -38,11 +38,6 @@ MAX_PENDING_FDS = 4  # fds a peer may have in flight before it counts as hostile
 LISTEN_BACKLOG = 16
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 SOCKET_NAME = "host.sock"
-
-
-class SendStalledError(trio.EndOfChannel):
-    """The peer took none of a frame for ``frame_timeout`` seconds: it does not read.
-    The stream is unusable afterwards (a frame may be half sent)."""
 
 
 class AddressError(ValueError):

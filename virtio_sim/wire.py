@@ -178,6 +178,13 @@ DMA_OK = 0
 ACCESS_SIZES = (1, 2, 4, 8)
 
 
+class SendStalledError(trio.EndOfChannel):
+    """The peer took none of a frame for ``frame_timeout`` seconds: it does not read.
+    The stream is unusable afterwards (a frame may be half sent). Raised by the socket
+    channels (virtio_sim/sockets.py); defined here, with the frames, so that the host's
+    frame server catches it without importing the socket code (an embedded run has none)."""
+
+
 class WireError(Exception):
     """A frame that is malformed, oversized, of an unknown type or version.
 

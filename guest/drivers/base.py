@@ -16,6 +16,25 @@ class DriverProbeError(Exception):
     """The driver looked at the device and refused it (Linux's probe returning an error)."""
 
 
+class BlkIoError(Exception):
+    """A virtio-blk request completed with an error status (here, not beside the blk
+    driver, so a run's outcome mapping catches it without loading that driver)."""
+
+    def __init__(self, op: str, status: int) -> None:
+        super().__init__(f"{op} completed with status {status}")
+        self.status = status
+
+
+class IommuRequestError(Exception):
+    """A virtio-iommu request the device answered with an error status. Defined here,
+    not beside the iommu driver, so the probe can catch it without loading that driver
+    (a run without an IOMMU never does)."""
+
+    def __init__(self, what: str, status: int) -> None:
+        super().__init__(f"{what} failed with status {status}")
+        self.status = status
+
+
 class GuestDriver:
     #: key into specs/devices.toml
     type_key: ClassVar[str]

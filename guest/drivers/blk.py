@@ -5,19 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from virtio_sim import layouts
-from virtio_sim.guest.drivers.base import GuestDriver
+from virtio_sim.guest.drivers.base import BlkIoError, GuestDriver
 from virtio_sim.guest.evidence import CorruptionDetected
 from virtio_sim.guest.virtio import GuestVirtqueue
 from virtio_sim.layouts import BLK_REQ_HEADER_SIZE, blk_discard_codec, blk_req_header_codec, field_offsets
 from virtio_sim.spec import BLK, BLK_F, BLK_S, BLK_T, QEMU_BLK, bit
 
 _CFG = field_offsets(layouts.VirtioBlkConfig)
-
-
-class BlkIoError(Exception):
-    def __init__(self, op: str, status: int) -> None:
-        super().__init__(f"{op} completed with status {status}")
-        self.status = status
 
 
 @dataclass

@@ -152,6 +152,12 @@ class ConsoleDriver(GuestDriver):
         codec = console_control_codec(self._order())
         handled = 0
         for _ in range(MAX_CONTROL_ROUNDS):
+            if not pool.done and pool.vq.reap():
+                # Linux 6.1's control_work_handler() reads the used ring itself
+                # (virtqueue_get_buf() until it is empty), not only what an interrupt
+                # reaped: a message used before the interrupt was handled is read now.
+                self.dev.mark_progress()
+                continue
             if not pool.done:
                 await pool.refill()
                 if not pool.done:

@@ -9,10 +9,12 @@ PROBE as async calls, each sent the way Linux 6.1 sends it (see the request sect
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver
+from virtio_sim.guest.drivers.base import DriverProbeError, GuestDriver, IommuRequestError
 from virtio_sim.guest.kinds import GuestHalf
 from virtio_sim.guest.virtio import DeviceNeedsReset, GuestVirtqueue, RequestState
 from virtio_sim.layouts import (
@@ -25,7 +27,7 @@ from virtio_sim.layouts import (
     fast_codec,
     field_offsets,
 )
-from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer
+from virtio_sim.ring.chain import DeviceBrokenError, DmaBuffer, DmaPool
 from virtio_sim.ring.types import QueueFullError
 from virtio_sim.spec import IOMMU_F, IOMMU_S, IOMMU_T, bit
 
@@ -43,12 +45,6 @@ def request_codec(name: str) -> struct.Struct:
 
 _REQUEST_CODECS = {name: request_codec(name) for name in IOMMU_BODIES}
 _UNWRITTEN = (0xFF, bytes(3))  # the tail before the device writes it: no valid status
-
-
-class IommuRequestError(Exception):
-    def __init__(self, what: str, status: int) -> None:
-        super().__init__(f"{what} failed with status {status}")
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -94,6 +90,12 @@ class IommuDriver(GuestDriver):
         self._event_bufs: list[DmaBuffer] = []
         self._inflight: list[_Pending] = []
         self.reqq.polled = True
+        self._kept: dict[int, list[DmaBuffer]] | None = None  # see _reusing
+        ring: Any = self.reqq.ring  # split or packed: both take indirect tables from a pool
+        pool = getattr(ring, "indirect_pool", None)
+        self._tables = _KeepingPool(pool) if pool is not None else None
+        if self._tables is not None:
+            ring.indirect_pool = self._tables
         self.reqq.ring.disable_cb()  # no callback: NO_INTERRUPT (virtio_ring.c:967-973)
 
     async def start_events(self) -> None:
@@ -129,7 +131,8 @@ class IommuDriver(GuestDriver):
         codec = _REQUEST_CODECS[name]
         # Linux kzalloc's the request; here the iommu's own DMA API lends the buffer (its
         # guard bytes checked when it is freed, after the request completed)
-        buf = self.dev.dma.alloc(codec.size)
+        kept = self._kept.get(codec.size) if self._kept is not None else None
+        buf = kept.pop() if kept else self.dev.dma.alloc(codec.size)
         # device-readable head+body, then the device-writable tail (0xff: not a status,
         # so an unwritten tail is seen)
         self.dev.dma.write(buf, codec.pack(getattr(IOMMU_T, name), bytes(3), *fields, *_UNWRITTEN))
@@ -177,7 +180,35 @@ class IommuDriver(GuestDriver):
                 p.length = p.state.length
                 if p.writeback is not None:
                     p.status = dma.read(p.buf, 1, p.rlen)[0] if p.length >= IOMMU_TAIL_SIZE else -1
-                dma.free(p.buf)
+                if self._kept is not None:
+                    self._kept.setdefault(p.buf.size, []).append(p.buf)
+                else:
+                    dma.free(p.buf)
+
+    @contextmanager
+    def _reusing(self) -> Iterator[None]:
+        """A run of requests of one kind with nothing else allocating or freeing guest
+        memory in between: the buffer and indirect table a request freed serve the next
+        one instead of going back to the allocator and being taken again (the allocator
+        would hand out the very same pages). All go back at the end, so every later
+        allocation sees the same free memory as without this; their guard bytes are
+        checked then."""
+        if self._kept is not None:
+            yield
+            return
+        self._kept = {}
+        tables = self._tables
+        if tables is not None:
+            tables.keep = True
+        try:
+            yield
+        finally:
+            kept, self._kept = self._kept, None
+            for bufs in kept.values():
+                for b in bufs:
+                    self.dev.dma.free(b)
+            if tables is not None:
+                tables.release()
 
     async def _poll(self, state: RequestState) -> None:
         """Busy-poll the used ring (virtqueue_get_buf in __viommu_sync_req's loop).
@@ -232,10 +263,11 @@ class IommuDriver(GuestDriver):
         """MAP (virt_start, virt_end, phys_start, flags) entries, one synchronous request
         each: Linux's viommu_map_pages sends every mapping with viommu_send_req_sync
         (virtio-iommu.c:792-833; 6.1 has no iotlb_sync_map to batch them)."""
-        for v, e, ph, f in maps:
-            p = await self._send_sync(f"MAP of IOVA {v:#x}", "MAP", (domain, v, e, ph, f))
-            if p.status != IOMMU_S.OK:
-                raise IommuRequestError(f"MAP of IOVA {v:#x}", p.status)
+        with self._reusing():
+            for v, e, ph, f in maps:
+                p = await self._send_sync(f"MAP of IOVA {v:#x}", "MAP", (domain, v, e, ph, f))
+                if p.status != IOMMU_S.OK:
+                    raise IommuRequestError(f"MAP of IOVA {v:#x}", p.status)
 
     async def queue_unmaps(self, domain: int, ranges: list[tuple[int, int]]) -> None:
         """UNMAPs added without a kick (viommu_unmap_pages -> viommu_add_req,
@@ -247,9 +279,10 @@ class IommuDriver(GuestDriver):
         """Strict unmaps: each UNMAP added, then synced (dma-iommu.c __iommu_dma_unmap
         calls iommu_iotlb_sync -> viommu_iotlb_sync -> viommu_sync_req, :674-695 and
         virtio-iommu.c:884-890). Like Linux, the UNMAP's status is not looked at."""
-        for r in ranges:
-            await self.queue_unmaps(domain, [r])
-            await self.sync()
+        with self._reusing():
+            for r in ranges:
+                await self.queue_unmaps(domain, [r])
+                await self.sync()
 
 
 @dataclass
@@ -262,6 +295,40 @@ class _Pending:
     writeback: str | None  # what the request was, when its status is read back
     length: int = 0
     status: int = -1
+
+
+class _KeepingPool:
+    """The request queue's indirect tables: while ``keep`` (see
+    :meth:`IommuDriver._reusing`) a freed table is kept for the next request; otherwise,
+    and at the end, it goes back to the pool it came from."""
+
+    def __init__(self, pool: DmaPool) -> None:
+        self.pool = pool
+        self.keep = False
+        self._kept: dict[tuple[int, int], list[DmaBuffer]] = {}
+        self._key: dict[int, tuple[int, int]] = {}
+
+    def alloc(self, size: int, align: int) -> DmaBuffer:
+        kept = self._kept.get((size, align))
+        if kept:
+            return kept.pop()
+        buf = self.pool.alloc(size, align)
+        self._key[buf.gpa] = (size, align)
+        return buf
+
+    def free(self, buf: DmaBuffer) -> None:
+        if self.keep:
+            self._kept.setdefault(self._key[buf.gpa], []).append(buf)
+            return
+        del self._key[buf.gpa]
+        self.pool.free(buf)
+
+    def release(self) -> None:
+        self.keep = False
+        kept, self._kept = self._kept, {}
+        for bufs in kept.values():
+            for b in bufs:
+                self.free(b)
 
 
 class _SyncFirst(Exception):

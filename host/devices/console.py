@@ -326,10 +326,14 @@ class ConsoleDevice(DeviceModel):
                     chain.head,
                 )
             raw = ChainReader(queue.space, chain.readable).read(min(chain.readable_len, CONTROL_DATA_LIMIT))
-            queue.push(chain.head, 0)
             self.stats.control_in += 1
             port_id, event, value = codec.unpack(raw[:CONSOLE_CONTROL_SIZE])
+            # Answer first, complete second, as QEMU's control_out() does
+            # (hw/char/virtio-serial-bus.c: handle_control_message() before virtqueue_push(),
+            # in every version since 0.13): a driver that sees its DEVICE_READY used finds
+            # the PORT_ADDs it caused already in the receive queue's used ring.
             self._handle_control(port_id, event, value)
+            queue.push(chain.head, 0)
         return done
 
     def _handle_control(self, port_id: int, event: int, value: int) -> None:

@@ -131,7 +131,10 @@ class MmioTransport(InterruptSink):
         self._update_line()
 
     def config_interrupt(self) -> None:
-        self.interrupt_status |= MMIO_INT.CONFIG_CHANGE
+        # QEMU's virtio_notify_config() sets both causes (virtio_set_isr(vdev, 0x3)), and
+        # virtio-mmio's InterruptStatus reads vdev->isr: 0x3, as on virtio-pci (measured on
+        # QEMU 7.2.22 mmio-v2 after virtio_error(): tests/host/test_needs_reset_legacy.py)
+        self.interrupt_status |= MMIO_INT.CONFIG_CHANGE | MMIO_INT.USED_BUFFER
         self._update_line()
 
     # -- access ----------------------------------------------------------------

@@ -32,7 +32,10 @@ from virtio_sim.sockets import UnixAddress, connect
 
 BLK_BASE = MICROVM_MMIO_BASE + (MICROVM_MMIO_SLOTS - 1) * MMIO_WINDOW  # the only device
 RSS_BOUND = 64 * MIB  # host peak RSS growth allowed for the whole 1000 MiB request
-HELLO_BOUND = 2.0  # seconds; the goal is < 0.1 s, this is the CI-safe assertion
+#: a new connection's HELLO may wait at most this share of the time the request itself
+#: takes to serve (same run, same load): device work runs beside the event loop, in steps
+#: of [blk] io_chunk_bytes (1 MiB of 1000), never holding it for a large part of a request
+HELLO_SHARE = 0.25
 BOUND = 120.0  # the request itself, on a loaded 2-core machine
 
 
@@ -57,6 +60,7 @@ async def test_a_1000_mib_request_from_a_16_mib_guest(tmp_path: Path) -> None:
 
                 async with trio.open_nursery() as nursery:
                     await post_amplified_read(ch, mem, BLK_BASE, attack)
+                    posted_at = trio.current_time()
                     nursery.start_soon(serve_attack)
                     latency = await hello_latency(await connect(UnixAddress(h.address[len("unix:") :])))
                     hello_at = trio.current_time()
@@ -65,8 +69,10 @@ async def test_a_1000_mib_request_from_a_16_mib_guest(tmp_path: Path) -> None:
                 mem.backing.close()
                 await ch.aclose()
     growth = peak - before
-    print(f"\namplification: HELLO answered in {latency * 1000:.1f} ms while the request ran; "
+    print(f"\namplification: HELLO answered in {latency * 1000:.1f} ms while the request ran "
+          f"({(served_at[0] - posted_at) * 1000:.0f} ms); "
           f"host peak RSS +{growth / MIB:.1f} MiB for {attack.total // MIB} MiB")  # fmt: skip
     assert hello_at < served_at[0], "the HELLO waited for the device: device work blocks the host"
-    assert latency < HELLO_BOUND
+    service = served_at[0] - posted_at
+    assert latency < HELLO_SHARE * service, f"HELLO {latency:.3f} s of a {service:.3f} s request"
     assert growth < RSS_BOUND, f"host peak RSS grew by {growth / MIB:.0f} MiB"

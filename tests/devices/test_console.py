@@ -7,6 +7,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ from virtio_sim.host.devices.console import ConsoleDevice
 from virtio_sim.host.qdev import DeviceSpec, build_device
 from virtio_sim.host.virtio_device import ErrorPolicy
 from virtio_sim.layouts import CONSOLE_CONFIG_OFFSETS, MMIO_CONFIG_OFFSET, console_control_codec
+from virtio_sim.ring.hooks import DeviceHooks
 from virtio_sim.ring.split import SplitDriverQueue
 from virtio_sim.spec import CONSOLE, CONSOLE_E, CONSOLE_F, LIMITS, STATUS, F, bit
 
@@ -293,3 +295,33 @@ def test_control_message_read_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sizes == [LIMITS.console.control_message_bytes]
     assert [n for _, n in con.used(3)] == [0]
     assert [e for _, e, _, _ in con.control_messages()] == [CONSOLE_E.PORT_ADD]
+
+
+class _SeenAtCompletion(DeviceHooks):
+    """Records, when the control transmit queue's used entry is written, how many control
+    messages the device had delivered on the control receive queue by then."""
+
+    def __init__(self, model: ConsoleDevice) -> None:
+        self.model = model
+        self.delivered: list[int] = []
+
+    def write_used(self, ring: Any, head: int, written: int, count: int) -> None:
+        self.delivered.append(self.model.stats.control_out)
+        super().write_used(ring, head, written, count)
+
+
+def test_answers_are_delivered_before_the_control_message_completes() -> None:
+    """QEMU's control_out() (hw/char/virtio-serial-bus.c, the same in every version since
+    0.13) calls handle_control_message() before virtqueue_push(): when the driver sees its
+    DEVICE_READY or PORT_READY used, the PORT_ADDs or the CONSOLE_PORT it caused are
+    already in the receive queue's used ring. A driver in another process relies on it."""
+    con = make_con(MULTI, max_ports=4, extra_ports=[LoopbackChar()])
+    for _ in range(8):
+        con.post(2, 64)
+    q = con.bench.device.queue(3)
+    assert q is not None and q.ring is not None
+    seen = _SeenAtCompletion(con.model)
+    q.ring.hooks = seen
+    con.control(CONSOLE.bad_id, CONSOLE_E.DEVICE_READY, 1)
+    con.control(0, CONSOLE_E.PORT_READY, 1)
+    assert seen.delivered == [2, 4]  # two PORT_ADDs, then CONSOLE_PORT and PORT_OPEN

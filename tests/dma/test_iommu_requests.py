@@ -23,6 +23,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from virtio_sim.guest.dma import DirectDma
 from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.drivers.iommu import IommuDriver, request_codec
 from virtio_sim.guest.iommu_dma import IOVA_MAG_SIZE, IommuDma, IovaAllocator
@@ -210,3 +211,33 @@ def test_request_codec_builds_what_the_layouts_build(name: str, data: st.DataObj
     )
     got = request_codec(name).pack(getattr(IOMMU_T, name), bytes(3), *values.values(), status, bytes(3))
     assert got == expected
+
+
+def test_a_run_of_maps_reuses_one_buffer_and_gives_everything_back() -> None:
+    """Three MAPs back to back take the iommu's DMA buffer and indirect table once, not
+    three times, and return both when the run ends (no guest memory kept behind)."""
+
+    async def body(drv: BlkDriver, dma: IommuDma, iommu: IommuDriver, batches: list[list[int]]) -> None:
+        own = iommu.dev.dma
+        assert isinstance(own, DirectDma)
+        live = dict(own._live)
+        allocs: list[int] = []
+        alloc = own.alloc
+
+        def counting(size: int, align: int = 1) -> Any:
+            buf = alloc(size, align)
+            allocs.append(buf.gpa)
+            return buf
+
+        own.alloc = counting  # type: ignore[method-assign]
+        g = dma.granule
+        await iommu.map_many(dma.domain, [(0x7000_0000 + i * g, 0x7000_0000 + (i + 1) * g - 1, 0x100000, 3)
+                                          for i in range(3)])  # fmt: skip
+        assert len(allocs) == 2  # one request buffer, one indirect table, for three MAPs
+        assert own._live == live  # both given back: memory looks as before the run
+        await iommu.unmap_many(dma.domain, [(0x7000_0000 + i * g, 0x7000_0000 + (i + 1) * g - 1)
+                                            for i in range(3)])  # fmt: skip
+        assert own._live == live and len(allocs) == 4
+        assert own.check() == []  # guard bytes intact
+
+    _with_blk(body)

@@ -18,7 +18,8 @@ import trio
 
 from tests.support.in_test_guest import in_test_guest
 from tests.support.processes import host
-from virtio_sim.guest.drivers.blk import BlkDriver, BlkIoError
+from virtio_sim.guest.drivers.base import BlkIoError
+from virtio_sim.guest.drivers.blk import BlkDriver
 from virtio_sim.guest.virtio import DeviceNeedsReset
 from virtio_sim.layouts import BLK_REQ_HEADER_SIZE, blk_req_header_codec
 from virtio_sim.spec import BLK_S, BLK_T

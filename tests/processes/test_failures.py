@@ -1,7 +1,11 @@
 """A peer that dies or is interrupted: the other side notices at once, says so, and exits.
 
 ``kill -9`` leaves no chance to say BYE; the survivor sees the end of the stream (or a
-reset) and must report it within a second, with a clear message and a non-zero status.
+reset) and must report it with a clear message and a non-zero status. "At once" is a
+mechanism, not a number: the survivor is woken by the stream's end. Its own timers (the
+guest's run timeout, the host's idle timeout) are set to an hour, far past the tests'
+guard, so a survivor that only a timer could wake fails the guard; the message says the
+link ended (not "no completion" or "idle timeout").
 Ctrl-C is the polite version: BYE to the peer, the socket removed, status 130.
 """
 
@@ -14,21 +18,25 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.support.processes import DEATH_BOUND, host, live_group_members, run_guest, spawn
+from tests.support.processes import host, live_group_members, run_guest, spawn
 from tests.support.wire_tap import tap
 from virtio_sim.exit_codes import EXIT_INTERRUPTED, EXIT_PEER_LOST
 
 SEED = ("--seed", "3")
-SOAK = ("--workload", "rng-soak", *SEED, "--timeout", "60", "--json")
+#: the survivors' own timers: far past GUARD, so only the stream's end can wake them in time
+TIMERS = "3600"
+GUARD = 60  # seconds: the whole test, start-up and a loaded machine included
+SOAK = ("--workload", "rng-soak", *SEED, "--timeout", TIMERS, "--json")
+NO_IDLE = ("--idle-timeout", TIMERS)
 
 
 def _listen(link: str, tmp_path: Path) -> tuple[str, ...]:
     if link == "unix":
-        return ("--listen", "unix:")
+        return ("--listen", "unix:", *NO_IDLE)
     secret = tmp_path / "secret"
     secret.write_text("kill-test")
     os.chmod(secret, 0o600)
-    return ("--listen", "tcp:127.0.0.1:0", "--secret-file", str(secret))
+    return ("--listen", "tcp:127.0.0.1:0", "--secret-file", str(secret), *NO_IDLE)
 
 
 def _guest_secret(link: str, tmp_path: Path) -> tuple[str, ...]:
@@ -37,7 +45,7 @@ def _guest_secret(link: str, tmp_path: Path) -> tuple[str, ...]:
 
 @pytest.mark.parametrize("link", ["unix", "tcp"])
 async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
-    with trio.fail_after(60):
+    with trio.fail_after(GUARD):
         async with host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as h:
             async with (
                 tap(h.address, tmp_path) as t,
@@ -48,10 +56,8 @@ async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
                 await h.log("guest 1: handshake done")
                 await t.kicked.wait()  # the driver is past DRIVER_OK and requests flow
                 assert g.proc.returncode is None
-                killed_at = trio.current_time()
                 g.signal(signal.SIGKILL)
-                seen_at = await h.log("guest 1: LOST", timeout=5)
-            assert seen_at - killed_at < DEATH_BOUND
+                await h.log("guest 1: LOST", timeout=GUARD)
             ended = await h.event("guest-ended")
             assert ended["end"] == "lost"
             assert "before BYE" in ended["reason"]
@@ -66,25 +72,23 @@ async def test_kill_9_guest_mid_workload(tmp_path: Path, link: str) -> None:
 
 
 async def test_kill_9_guest_ends_a_once_host_with_status_3(tmp_path: Path) -> None:
-    with trio.fail_after(60):
+    with trio.fail_after(GUARD):
         async with (
-            host("--listen", "unix:", "--once", "-device", "virtio-rng-device", *SEED) as h,
+            host("--listen", "unix:", *NO_IDLE, "--once", "-device", "virtio-rng-device", *SEED) as h,
             tap(h.address, tmp_path) as t,
             spawn("guest", "--connect", t.address, *SOAK, name="guest") as g,
         ):
             await h.log("handshake done")
             await t.kicked.wait()
-            killed_at = trio.current_time()
             g.signal(signal.SIGKILL)
-            rc = await h.exit(timeout=5)
-            assert trio.current_time() - killed_at < DEATH_BOUND
+            rc = await h.exit(timeout=GUARD)
     assert rc == EXIT_PEER_LOST
     assert "LOST" in h.stderr and "the guest died or dropped the link" in h.stderr
 
 
 @pytest.mark.parametrize("link", ["unix", "tcp"])
 async def test_kill_9_host_mid_workload(tmp_path: Path, link: str) -> None:
-    with trio.fail_after(60):
+    with trio.fail_after(GUARD):
         async with (
             host(*_listen(link, tmp_path), "-device", "virtio-rng-device", *SEED) as h,
             tap(h.address, tmp_path) as t,
@@ -93,10 +97,8 @@ async def test_kill_9_host_mid_workload(tmp_path: Path, link: str) -> None:
             await h.log("guest 1: handshake done")
             await t.kicked.wait()  # mid-workload: the status trace below must show DRIVER_OK
             assert g.proc.returncode is None
-            killed_at = trio.current_time()
             h.signal(signal.SIGKILL)
-            rc = await g.exit(timeout=5)
-            assert trio.current_time() - killed_at < DEATH_BOUND
+            rc = await g.exit(timeout=GUARD)
     assert rc == EXIT_PEER_LOST
     assert "host link lost" in g.stderr
     result = g.json_result()

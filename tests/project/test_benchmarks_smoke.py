@@ -53,8 +53,11 @@ def test_iommu_and_startup_rows(tmp_path: Path) -> None:
     strict = rows["virtio-iommu, strict, vs no IOMMU"]
     assert strict["floor"] == rows["no IOMMU"]["value"] and strict["target"] == 0.667
     assert 0 < strict["ratio"] < 1  # mapping costs something: the two runs really differ
-    startup = next(r for name, r in rows.items() if name.startswith("virtio-sim run"))
+    startup = rows["virtio-sim run (rng, embedded, --json): CPU of the whole process"]
     assert startup["value"] > 0 and startup["target"] == 0.1
+    vs_trio = rows["virtio-sim run vs python -c 'import trio' (floor: interpreter + trio)"]
+    # the floor is the same round's `import trio`, a process of its own, never the run itself
+    assert vs_trio["value"] == startup["value"] and 0 < vs_trio["floor"] != startup["value"]
 
 
 def test_bench_rejects_an_unknown_group(tmp_path: Path) -> None:

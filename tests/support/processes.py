@@ -26,7 +26,6 @@ from virtio_sim.sockets import SocketFrameChannel, UnixAddress, connect, parse_a
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "virtio_sim.orchestration.cli"]
-DEATH_BOUND = 1.0  # seconds within which a peer's death must be reported
 
 
 def live_group_members(pgid: int) -> list[int]:

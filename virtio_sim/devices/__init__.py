@@ -6,8 +6,10 @@ per-device properties a device generation (specs/profiles/devices) may set, the 
 hostile-driver corpus aims at, and where its two halves live. The halves stay beside
 their code and on their own side of the layering: the host half (model factory, property
 table, build defaults) is a ``virtio_sim.host...`` object, the guest half (driver class,
-workloads) a ``virtio_sim.guest...`` object. The core names them as text and never
-imports them, the way QEMU's TypeInfo and Linux's ``virtio_device_id`` tables split one
+workloads) a ``virtio_sim.guest...`` object; its request framing rules (what a checking
+device judges of the driver's requests, :mod:`virtio_sim.devices.framing`) sit in the
+kind's package. The core names the halves as text and never imports them, the way QEMU's
+TypeInfo and Linux's ``virtio_device_id`` tables split one
 device between a device model and a driver that never see each other.
 
 The host registries (host/qdev.py's device types, host/qdev_props.py's tables,
@@ -51,6 +53,12 @@ class DeviceKind:
     #: device feature bits (name -> bit) declared beside the device instead of in
     #: specs/features.toml; registered into spec.FEATURES under this kind's key
     features: Mapping[str, int] = field(default_factory=dict)
+    #: the names of the guest half's workloads, in its order: listing or checking a
+    #: workload name loads no driver (guest/kinds.py checks the half has exactly these)
+    workloads: tuple[str, ...] = ()
+    #: "module:ATTR" of the kind's request framing rules (a virtio_sim.devices.framing
+    #: Framing subclass beside the device, judged by the driver watch); None: none
+    framing: str | None = None
 
     @property
     def device_id(self) -> int:

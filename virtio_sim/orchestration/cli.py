@@ -514,12 +514,10 @@ def _bench(argv: list[str]) -> int:
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """``run``'s options as a RunConfig; ConfigError for what QEMU would refuse to parse."""
-    from virtio_sim.guest.profile import guest_policy
     from virtio_sim.host.build import check_global, default_transport
     from virtio_sim.host.devices.base import PropertyError
     from virtio_sim.host.qemu_backends import Backends, add_chardev, add_drive, add_netdev
     from virtio_sim.orchestration.embedded import ConfigError, RunConfig
-    from virtio_sim.profiles import ProfileError, load_driver_profile
 
     globals_: dict[str, str] = {}
     backends = Backends()
@@ -554,7 +552,10 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         backends=backends,
         scratch_disks=False,  # as QEMU: a virtio-blk device needs drive=
     )
-    if args.driver:
+    if args.driver:  # the profile code only then: a run without --driver uses the default policy
+        from virtio_sim.guest.profile import guest_policy
+        from virtio_sim.profiles import ProfileError, load_driver_profile
+
         try:
             cfg.guest = guest_policy(load_driver_profile(args.driver))
         except ProfileError as e:

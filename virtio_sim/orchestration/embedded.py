@@ -12,7 +12,6 @@ device recorded turn an apparent OK into DEVICE_ERROR.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -72,6 +71,43 @@ class RunConfig:
     framed: bool = False
 
 
+#: what a run imports only when its configuration needs it (besides the device kinds'
+#: halves): the PCI host and proxy, the IOMMU, firmware tables (built by the host, parsed
+#: by the guest), the hostile device
+ON_DEMAND_MODULES = (
+    "virtio_sim.host.pci",
+    "virtio_sim.host.transport.virtio_pci",
+    "virtio_sim.host.iommu",
+    "virtio_sim.host.devices.iommu",  # the machine's iommu= property, not a -device model
+    "virtio_sim.host.firmware",
+    "virtio_sim.host.devices.hostile",
+    "virtio_sim.guest.acpi",
+    "virtio_sim.guest.fdt",
+    "virtio_sim.guest.pci_firmware",
+)
+
+
+def load_everything() -> None:
+    """Import every module a run loads on demand: each device kind's guest and host
+    halves and :data:`ON_DEMAND_MODULES`. A single run never needs this (it imports what
+    its configuration uses); a process that runs cells of every kind, machine and IOMMU
+    setting (a matrix worker, a dask cell process) calls it before freezing its start-up
+    objects (virtio_sim/gcfreeze.py), so the collector skips those modules too, and the
+    matrix's forkserver imports them once for all its workers."""
+    from importlib import import_module
+
+    from virtio_sim.devices import KINDS
+    from virtio_sim.guest.kinds import guest_half
+    from virtio_sim.host.kinds import host_half
+
+    for key, kind in KINDS.items():
+        guest_half(key)
+        if kind.qdev_model:
+            host_half(key)
+    for name in ON_DEMAND_MODULES:
+        import_module(name)
+
+
 def guest_policy_for(cfg: RunConfig) -> GuestPolicy:
     """The transport choice can also say how the guest drives it: pci-legacy is the
     transitional device driven through its legacy interface (virtio_pci.force_legacy=1)."""
@@ -119,6 +155,8 @@ def build_embedded(cfg: RunConfig, stack: ExitStack) -> HostSetup | RunResult:
 
     def scratch() -> str:
         if not folder:
+            import tempfile  # here: a run without a disk never needs it (tempfile pulls in shutil, random)
+
             tmp = tempfile.TemporaryDirectory(prefix="virtio-sim-", dir=SCRATCH_ROOT)
             folder.append(stack.enter_context(tmp))
         return folder[0]

@@ -238,6 +238,28 @@ class ChainWalker:
                 return None
             index = nxt
 
+    def revisit(self, head: int, table_addr: int) -> int | None:
+        """Split rings: the descriptor at which the main-table chain from ``head`` comes
+        back to one it already used (a loop), or None (it ends, leaves the table, or turns
+        to an indirect table first).
+
+        Not part of a walk and never on the device's path: for a checker naming a chain
+        the walk refused (a loop whose last descriptor is writable breaks READ before
+        WRITE before the budget runs out, and the checker reports the loop)."""
+        seen: set[int] = set()
+        index = head
+        while 0 <= index < self.size and index not in seen:
+            seen.add(index)
+            try:
+                raw = self.space.read(table_addr + index * _DESC_SIZE, _DESC_SIZE)
+            except DmaError:
+                return None
+            _addr, _length, flags, nxt = self.desc_codec.unpack(raw)
+            if flags & _INDIRECT or not flags & _NEXT:
+                return None
+            index = nxt
+        return index if index in seen else None
+
     # -- packed rings (2.8) ---------------------------------------------------------------
 
     def walk_packed(self, buf_id: int, descs: Sequence[tuple[int, int, int, int]]) -> Chain | None:

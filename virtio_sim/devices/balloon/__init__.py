@@ -57,6 +57,7 @@ KIND = DeviceKind(
     pci_class=PCI_CLASS.others,
     host="virtio_sim.devices.balloon.host:HOST",
     guest="virtio_sim.devices.balloon.guest:GUEST",
+    workloads=("balloon",),
     features=FEATURES,
     attack_queue=INFLATEQ,
 )

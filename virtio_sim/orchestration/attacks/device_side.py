@@ -116,6 +116,8 @@ async def _run(t: DriverTarget, lie: str) -> RunResult:
 #: how the guest reports a driver that ignores DEVICE_NEEDS_RESET (guest/virtio.py)
 NEEDS_RESET_HANG = "this driver generation ignores it"
 IGNORED_NEEDS_RESET = "hang (NEEDS_RESET ignored, as that Linux)"
+NEEDS_RESET_LIES = ("needs-reset", "needs-reset-storm")
+SILENT_STOP = "hang (the device stopped; a legacy interface has no DEVICE_NEEDS_RESET)"
 
 
 def judge(t: DriverTarget, lie: str, result: RunResult) -> tuple[Verdict, str]:
@@ -127,6 +129,10 @@ def judge(t: DriverTarget, lie: str, result: RunResult) -> tuple[Verdict, str]:
             # What that Linux does: no blk/rng/net/console driver reads DEVICE_NEEDS_RESET,
             # so its requests wait forever; the guest reports the hang with its evidence.
             return Verdict.HANDLED, IGNORED_NEEDS_RESET
+        if fired and lie in NEEDS_RESET_LIES and not result.driver_features >> F.VERSION_1 & 1:
+            # No driver can see it: on a legacy interface QEMU's virtio_error() only stops
+            # the device (host/virtio_device.py set_needs_reset), so every driver waits.
+            return Verdict.HANDLED, SILENT_STOP
         return Verdict.HANG, result.detail
     if result.outcome is Outcome.CORRUPTION and "canary" in result.detail:
         return Verdict.ESCAPE, result.detail  # the device wrote outside the guest's buffers
@@ -160,7 +166,7 @@ def run_driver_case(t: DriverTarget, lie: str, tmp: str) -> CaseResult:
     try:
         result = trio.run(_run, t, lie)
         res.verdict, res.detail = judge(t, lie, result)
-        named = res.detail in ("broken+reset", IGNORED_NEEDS_RESET)
+        named = res.detail in ("broken+reset", IGNORED_NEEDS_RESET, SILENT_STOP)
         res.policy = res.detail if named else result.outcome.value
     except Exception:
         res.verdict, res.detail = Verdict.CRASH, traceback.format_exc(limit=-8)

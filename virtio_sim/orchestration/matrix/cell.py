@@ -19,7 +19,7 @@ from virtio_sim.guest.workloads import WORKLOADS
 from virtio_sim.host.device_profile import DeviceRequest, check_iommu_model, device_option
 from virtio_sim.host.devices.base import PropertyError
 from virtio_sim.host.machine_types import parse_ram_size
-from virtio_sim.orchestration.embedded import TRANSPORTS, RunConfig, run_embedded_sync
+from virtio_sim.orchestration.embedded import TRANSPORTS, RunConfig, load_everything, run_embedded_sync
 from virtio_sim.orchestration.matrix.spec import Cell, MatrixError, machine_for
 from virtio_sim.outcome import Outcome, RunResult
 from virtio_sim.profiles import (
@@ -30,6 +30,11 @@ from virtio_sim.profiles import (
     load_driver_profile,
 )
 from virtio_sim.result_record import result_record
+
+# A worker runs cells of every device kind, machine and IOMMU setting: everything a run
+# imports on demand is imported here, with this module (in the matrix's forkserver, once
+# for all workers), before the worker freezes its start-up objects.
+load_everything()
 
 SUPPORTED = {
     "iommu": ("none", "virtio-iommu"),

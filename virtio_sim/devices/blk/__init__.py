@@ -17,6 +17,8 @@ KIND = DeviceKind(
     pci_class=PCI_CLASS.storage_scsi,  # hw/virtio/virtio-blk-pci.c: PCI_CLASS_STORAGE_SCSI
     host="virtio_sim.host.qdev_rngblk:HOST_BLK",
     guest="virtio_sim.guest.workloads_blk:GUEST",
+    workloads=("blk-rw", "blk-rw-no-probe"),
     profile_properties=BLK_PROFILE_PROPERTIES,
     attack_queue=0,  # request queue 0
+    framing="virtio_sim.devices.blk.framing:BlkFraming",
 )

@@ -13,4 +13,5 @@ KIND = DeviceKind(
     host="",
     guest="virtio_sim.guest.drivers.iommu:GUEST",
     qdev_model=False,
+    framing="virtio_sim.devices.iommu.framing:IommuFraming",
 )

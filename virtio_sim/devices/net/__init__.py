@@ -11,6 +11,8 @@ KIND = DeviceKind(
     pci_class=PCI_CLASS.network_ethernet,  # hw/virtio/virtio-net-pci.c
     host="virtio_sim.host.qdev_netcon:HOST_NET",
     guest="virtio_sim.guest.workloads_net:GUEST",
+    workloads=("net-loopback", "net-pair"),
     profile_properties={"any_layout": bool},
     attack_queue=1,  # the transmit queue of pair 0
+    framing="virtio_sim.devices.net.framing:NetFraming",
 )

@@ -12,6 +12,8 @@ KIND = DeviceKind(
     pci_class=PCI_CLASS.others,
     host="virtio_sim.host.qdev_rngblk:HOST_RNG",
     guest="virtio_sim.guest.workloads_rng:GUEST",
+    workloads=("rng", "rng-soak", "rng-queue-reset", "rng-remove"),
     profile_properties={"any_layout": bool},
     attack_queue=0,  # the request queue
+    framing="virtio_sim.devices.rng.framing:RngFraming",
 )

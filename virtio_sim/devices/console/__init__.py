@@ -11,6 +11,8 @@ KIND = DeviceKind(
     pci_class=PCI_CLASS.communication_other,  # hw/virtio/virtio-serial-pci.c
     host="virtio_sim.host.qdev_netcon:HOST_CONSOLE",
     guest="virtio_sim.guest.workloads_console:GUEST",
+    workloads=("console-echo", "console-write"),
     profile_properties={"emergency-write": bool, "max_ports": int, "any_layout": bool},
     attack_queue=1,  # port 0's transmit queue
+    framing="virtio_sim.devices.console.framing:ConsoleFraming",
 )
