@@ -22,7 +22,19 @@ from virtio_sim.host.qdev import build_device, parse_device_option
 from virtio_sim.host.vhost_user import VhostUserBackend, serve_socket
 from virtio_sim.orchestration.qemu.tools import DPDK_TESTPMD
 
-pytestmark = pytest.mark.tool("dpdk-testpmd")
+pytestmark = [
+    pytest.mark.tool("dpdk-testpmd"),
+    # A known bug, not a flake to retry: run it with `pytest --runxfail` on this file.
+    pytest.mark.xfail(
+        run=False,
+        reason=(
+            "open bug: 3 of 9 runs here never forwarded (a fresh-clone CI run and two runs alone,"
+            " one with the trio loop starved for 300 s); suspected cause: our virtio-net transmit loop"
+            " (host/devices/net.py _process_tx) has no burst bound like QEMU's tx_burst, and"
+            " testpmd's io forwarding refills the ring from its own core as fast as we drain it"
+        ),
+    ),
+]
 
 ENOUGH_FRAMES = 2000  # frames our device must have carried before testpmd is stopped
 RUN_LIMIT = 90.0  # seconds for the whole exchange (EAL start-up under load included)
